@@ -1,0 +1,423 @@
+//! Length-prefixed frames: a 4-byte big-endian length, then one bincode message (serde, standard
+//! config). This is the only module that names bincode, so the encoding can be swapped here alone.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use thiserror::Error;
+
+/// Largest frame body accepted or produced. Checked against the declared length before any buffer
+/// grows, so a peer cannot make us allocate more than this per connection.
+pub const MAX_FRAME: usize = 16 << 20;
+
+const HEADER_LEN: usize = 4;
+
+fn config() -> impl bincode::config::Config {
+    // The limit also stops a length field *inside* a frame from claiming a huge allocation.
+    bincode::config::standard().with_limit::<MAX_FRAME>()
+}
+
+#[derive(Debug, Error)]
+pub enum FrameError {
+    /// The declared length is above `MAX_FRAME` (often: not our protocol at all, e.g. HTTP).
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge { len: usize, max: usize },
+    /// The frame body is not a valid message.
+    #[error("undecodable frame of {len} bytes: {reason}")]
+    Malformed { len: usize, reason: String },
+    /// A message could not be encoded (only possible for messages above `MAX_FRAME`).
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+/// Appends one frame holding `msg` to `out`. On error `out` is left as it was.
+pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let body = match bincode::serde::encode_into_std_write(msg, out, config()) {
+        Ok(n) => n,
+        Err(e) => {
+            out.truncate(start);
+            return Err(FrameError::Encode(e.to_string()));
+        }
+    };
+    if body > MAX_FRAME {
+        out.truncate(start);
+        return Err(FrameError::TooLarge {
+            len: body,
+            max: MAX_FRAME,
+        });
+    }
+    out[start..start + HEADER_LEN].copy_from_slice(&(body as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Size of `msg` as a frame body, without keeping the bytes.
+pub fn encoded_len<T: Serialize>(msg: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter(0);
+    let _ = bincode::serde::encode_into_std_write(msg, &mut c, bincode::config::standard());
+    c.0
+}
+
+/// Reassembles frames from a byte stream split in any way. Sans-IO: the caller reads from its socket
+/// and hands the bytes over with [`FrameDecoder::extend`] (or reads straight into [`FrameDecoder::spare`]).
+///
+/// Memory is bounded: the buffer holds at most one partial frame (≤ `MAX_FRAME`) plus one read.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    /// Start of the unconsumed bytes in `buf`.
+    pos: usize,
+    /// Sticky: once the stream is broken it stays broken.
+    failed: bool,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds bytes read from the stream.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// A writable region of at least `min` bytes at the end of the buffer; call
+    /// [`FrameDecoder::commit`] with how many were filled. Saves a copy when reading from a socket.
+    pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        self.compact();
+        let len = self.buf.len();
+        self.buf.resize(len + min, 0);
+        &mut self.buf[len..]
+    }
+
+    /// Keeps `n` bytes of the region returned by the last [`FrameDecoder::spare`].
+    pub fn commit(&mut self, spare_len: usize, n: usize) {
+        debug_assert!(n <= spare_len);
+        let new_len = self.buf.len() - spare_len + n;
+        self.buf.truncate(new_len);
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The next whole message, `Ok(None)` if more bytes are needed. After an error every call
+    /// returns an error: the stream cannot be resynchronised.
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        let avail = &self.buf[self.pos..];
+        if self.failed {
+            return Err(FrameError::Malformed {
+                len: 0,
+                reason: "stream already broken".into(),
+            });
+        }
+        if avail.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        if len > MAX_FRAME {
+            self.failed = true;
+            return Err(FrameError::TooLarge {
+                len,
+                max: MAX_FRAME,
+            });
+        }
+        if avail.len() < HEADER_LEN + len {
+            // Reserve once for the whole frame instead of growing read by read.
+            let need = self.pos + HEADER_LEN + len;
+            if self.buf.capacity() < need {
+                self.buf.reserve(need - self.buf.len());
+            }
+            return Ok(None);
+        }
+        let body = &avail[HEADER_LEN..HEADER_LEN + len];
+        let result = bincode::serde::decode_from_slice::<T, _>(body, config());
+        self.pos += HEADER_LEN + len;
+        match result {
+            Ok((msg, used)) if used == len => Ok(Some(msg)),
+            Ok((_, used)) => {
+                self.failed = true;
+                Err(FrameError::Malformed {
+                    len,
+                    reason: format!("{} trailing bytes", len - used),
+                })
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(FrameError::Malformed {
+                    len,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Drops consumed bytes so the buffer does not grow with the stream's length.
+    fn compact(&mut self) {
+        if self.pos == 0 {
+            return;
+        }
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+        } else {
+            self.buf.drain(..self.pos);
+        }
+        self.pos = 0;
+        // A connection that once sent a huge frame should not keep that memory forever.
+        if self.buf.capacity() > 1 << 20 && self.buf.len() < 64 << 10 {
+            self.buf.shrink_to(64 << 10);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::*;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    fn sample() -> Vec<ToMaster> {
+        vec![
+            ToMaster::Hello {
+                version: 1,
+                role: Role::Worker(WorkerInfo {
+                    name: "a".into(),
+                    host: "h".into(),
+                    cpus: 4,
+                    slots: 2,
+                    pid: 7,
+                }),
+                auth: vec![1, 2, 3],
+            },
+            ToMaster::Load(LoadReport {
+                cpu_percent: 12.5,
+                load_avg_1m: 0.3,
+                mem_used: 1,
+                mem_total: 2,
+                running: 1,
+            }),
+            ToMaster::Submit {
+                specs: vec![TaskSpec::new(TaskKind::Command {
+                    argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                    env: vec![("A".into(), "B".into())],
+                    cwd: None,
+                })],
+                count: 3,
+            },
+            ToMaster::Finished(vec![Completion {
+                task: TaskId(9),
+                attempt: Attempt(2),
+                outcome: TaskOutcome::Exited {
+                    code: 7,
+                    stdout_tail: "out".into(),
+                    stderr_tail: String::new(),
+                },
+                run_ms: 5,
+            }]),
+            ToMaster::Status,
+        ]
+    }
+
+    fn encode_all(msgs: &[ToMaster]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in msgs {
+            encode_frame(m, &mut out).expect("encodes");
+        }
+        out
+    }
+
+    fn decode_all(dec: &mut FrameDecoder) -> Vec<ToMaster> {
+        let mut got = Vec::new();
+        while let Some(m) = dec.next_frame::<ToMaster>().expect("valid stream") {
+            got.push(m);
+        }
+        got
+    }
+
+    #[test]
+    fn round_trip_whole_stream() {
+        let msgs = sample();
+        let mut dec = FrameDecoder::new();
+        dec.extend(&encode_all(&msgs));
+        assert_eq!(decode_all(&mut dec), msgs);
+        assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn round_trip_one_byte_at_a_time() {
+        let msgs = sample();
+        let bytes = encode_all(&msgs);
+        let mut dec = FrameDecoder::new();
+        let mut got = Vec::new();
+        for b in bytes {
+            dec.extend(&[b]);
+            got.extend(decode_all(&mut dec));
+        }
+        assert_eq!(got, msgs);
+    }
+
+    #[test]
+    fn from_master_round_trip_shares_spec() {
+        let spec = Arc::new(TaskSpec::new(TaskKind::Sleep { ms: 5 }));
+        let msg = FromMaster::Assign(vec![Assignment {
+            task: TaskId(1),
+            attempt: Attempt(1),
+            spec: spec.clone(),
+        }]);
+        let mut out = Vec::new();
+        encode_frame(&msg, &mut out).expect("encodes");
+        assert_eq!(out.len(), 4 + encoded_len(&msg));
+        let mut dec = FrameDecoder::new();
+        dec.extend(&out);
+        assert_eq!(dec.next_frame::<FromMaster>().expect("ok"), Some(msg));
+    }
+
+    #[test]
+    fn spare_and_commit_read_path() {
+        let bytes = encode_all(&sample());
+        let mut dec = FrameDecoder::new();
+        let mut got = Vec::new();
+        for chunk in bytes.chunks(7) {
+            let spare = dec.spare(64);
+            spare[..chunk.len()].copy_from_slice(chunk);
+            dec.commit(64, chunk.len());
+            got.extend(decode_all(&mut dec));
+        }
+        assert_eq!(got, sample());
+    }
+
+    #[test]
+    fn oversize_is_rejected_before_allocating() {
+        let mut dec = FrameDecoder::new();
+        dec.extend(&((MAX_FRAME as u32) + 1).to_be_bytes());
+        match dec.next_frame::<ToMaster>() {
+            Err(FrameError::TooLarge { len, max }) => {
+                assert_eq!(len, MAX_FRAME + 1);
+                assert_eq!(max, MAX_FRAME);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(dec.buf.capacity() < 1024, "no buffer for the declared size");
+        // Sticky.
+        assert!(dec.next_frame::<ToMaster>().is_err());
+    }
+
+    #[test]
+    fn http_request_is_rejected() {
+        let mut dec = FrameDecoder::new();
+        dec.extend(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(matches!(
+            dec.next_frame::<ToMaster>(),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_body_is_malformed() {
+        let mut dec = FrameDecoder::new();
+        dec.extend(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            dec.next_frame::<ToMaster>(),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut out = Vec::new();
+        encode_frame(&ToMaster::Status, &mut out).expect("encodes");
+        // Declare one more body byte than the message uses.
+        let len = u32::from_be_bytes([out[0], out[1], out[2], out[3]]) + 1;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        out.push(0);
+        let mut dec = FrameDecoder::new();
+        dec.extend(&out);
+        assert!(matches!(
+            dec.next_frame::<ToMaster>(),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_frame_waits_for_more() {
+        let mut out = Vec::new();
+        encode_frame(&ToMaster::Status, &mut out).expect("encodes");
+        let mut dec = FrameDecoder::new();
+        dec.extend(&out[..out.len() - 1]);
+        assert_eq!(dec.next_frame::<ToMaster>().expect("not an error"), None);
+    }
+
+    #[test]
+    fn huge_inner_length_does_not_allocate() {
+        // A Vec<u8> claiming 2^60 elements inside a small frame: must fail, not try to allocate.
+        let mut body = vec![0u8]; // ToMaster::Hello variant index
+        body.push(1); // version
+        body.push(1); // Role::Client
+        body.extend_from_slice(&[0xff, 0, 0, 0, 0, 0, 0, 0x10]); // varint u64 length 2^60
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let mut dec = FrameDecoder::new();
+        dec.extend(&frame);
+        assert!(dec.next_frame::<ToMaster>().is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512), split in 1usize..64) {
+            let mut dec = FrameDecoder::new();
+            for chunk in data.chunks(split) {
+                dec.extend(chunk);
+                loop {
+                    match dec.next_frame::<ToMaster>() {
+                        Ok(Some(_)) => continue,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn mutated_stream_never_panics(flip in 0usize..400, byte in any::<u8>(), split in 1usize..32) {
+            let mut bytes = encode_all(&sample());
+            let i = flip % bytes.len();
+            bytes[i] = byte;
+            let mut dec = FrameDecoder::new();
+            for chunk in bytes.chunks(split) {
+                dec.extend(chunk);
+                while let Ok(Some(_)) = dec.next_frame::<ToMaster>() {}
+            }
+        }
+
+        #[test]
+        fn any_split_round_trips(cuts in proptest::collection::vec(1usize..50, 1..40)) {
+            let msgs = sample();
+            let bytes = encode_all(&msgs);
+            let mut dec = FrameDecoder::new();
+            let mut got = Vec::new();
+            let mut at = 0;
+            for c in cuts.iter().cycle() {
+                if at >= bytes.len() { break; }
+                let end = (at + c).min(bytes.len());
+                dec.extend(&bytes[at..end]);
+                at = end;
+                got.extend(decode_all(&mut dec));
+            }
+            prop_assert_eq!(got, msgs);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Human durations for the command line: `250ms`, `3s`, `1.5s`, `1m`, `2h`; a bare number is seconds.
+
+use std::time::Duration;
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 250ms, 3s, 1m"))?;
+    let scale_ms = match unit.trim() {
+        "ms" => 1.0,
+        "" | "s" => 1_000.0,
+        "m" | "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        other => {
+            return Err(format!(
+                "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    let ms = value * scale_ms;
+    if !ms.is_finite() || ms < 0.0 || ms > 1e15 {
+        return Err(format!("invalid duration {text:?}: out of range"));
+    }
+    Ok(Duration::from_micros((ms * 1000.0).round() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("3 parsecs").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("1e400s").is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! Ballast's wire contract: every message that crosses a socket, the frame codec, the handshake's
+//! HMAC, and a small blocking connection used by the CLI, the worker and tests.
+//!
+//! The codec is sans-IO: [`FrameDecoder`] takes bytes in any split and yields whole messages,
+//! [`encode_frame`] appends one frame to a caller-owned buffer. Only `codec` knows about bincode.
+
+pub mod auth;
+pub mod codec;
+pub mod connection;
+pub mod duration;
+pub mod messages;
+
+pub use codec::{encode_frame, FrameDecoder, FrameError, MAX_FRAME};
+pub use connection::{Connection, ConnectionError};
+pub use messages::*;
+
+/// Bumped whenever a wire type changes shape; peers with another version are rejected.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Address used when neither `--master` nor `$BALLAST_MASTER` is given.
+pub const DEFAULT_MASTER_ADDR: &str = "127.0.0.1:7700";

@@ -1,0 +1,359 @@
+//! Wire types. `ToMaster` is everything a worker or client sends; `FromMaster` everything the master
+//! sends. Batched variants (`Assign`, `Started`, `Finished`) carry many items per frame so a busy
+//! connection costs one frame per loop turn, not one per task.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::Arc;
+
+/// A task's id: dense, starting at 1, never reused by one master.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub u64);
+
+/// A worker's id, assigned by the master at registration.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(pub u32);
+
+/// Which run of a task this is (1 for the first). Bumped on every re-queue so a late report from an
+/// older attempt is recognised and dropped.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Attempt(pub u32);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "w{}", self.0)
+    }
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What to run.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum TaskKind {
+    /// A child process: argv is executed directly (no shell), in its own process group.
+    Command {
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: Option<String>,
+    },
+    /// Synthetic: idle for `ms` inside the worker (demos, benchmarks).
+    Sleep { ms: u64 },
+    /// Synthetic: burn one CPU for `ms` inside the worker (load experiments).
+    Spin { ms: u64 },
+}
+
+/// A submitted unit of work and how to treat it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    pub kind: TaskKind,
+    /// Higher runs first; FIFO among equals.
+    pub priority: i32,
+    /// Estimated cost, in arbitrary units (seconds by convention).
+    pub size: f64,
+    /// Kill the task after this long; `None` lets it run forever.
+    pub timeout_ms: Option<u64>,
+    /// How many times a task lost with its worker is run again before it fails as `WorkerLost`.
+    pub max_retries: u32,
+}
+
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+
+impl TaskSpec {
+    pub fn new(kind: TaskKind) -> Self {
+        TaskSpec {
+            kind,
+            priority: 0,
+            size: 1.0,
+            timeout_ms: None,
+            max_retries: DEFAULT_MAX_RETRIES,
+        }
+    }
+
+    /// Why this spec cannot be accepted, if it cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if let TaskKind::Command { argv, .. } = &self.kind {
+            if argv.is_empty() || argv[0].is_empty() {
+                return Err("command has an empty argv".into());
+            }
+        }
+        if !self.size.is_finite() || self.size < 0.0 {
+            return Err(format!(
+                "size must be a finite number >= 0, got {}",
+                self.size
+            ));
+        }
+        if self.timeout_ms == Some(0) {
+            return Err("timeout must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Who a worker is, sent once in its `Hello`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub host: String,
+    pub cpus: u32,
+    pub slots: u32,
+    pub pid: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Role {
+    Worker(WorkerInfo),
+    Client,
+}
+
+/// A worker's load: sent every heartbeat interval, and it is the heartbeat.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default)]
+pub struct LoadReport {
+    /// Whole-host CPU use, 0..=100.
+    pub cpu_percent: f32,
+    pub load_avg_1m: f32,
+    pub mem_used: u64,
+    pub mem_total: u64,
+    /// Tasks the worker is running right now.
+    pub running: u32,
+}
+
+/// One task handed to a worker. The spec is shared (`Arc`) so the master never copies it to send it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub task: TaskId,
+    pub attempt: Attempt,
+    pub spec: Arc<TaskSpec>,
+}
+
+/// Names one attempt of one task.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskRef {
+    pub task: TaskId,
+    pub attempt: Attempt,
+}
+
+/// How one attempt ended, as the worker saw it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum TaskOutcome {
+    /// The process exited; a death by signal N is reported as code 128 + N, as shells do.
+    Exited {
+        code: i32,
+        stdout_tail: String,
+        stderr_tail: String,
+    },
+    /// The task could not be started (no such program, bad cwd ...).
+    Failed { error: String },
+    /// Killed after its `timeout_ms`.
+    TimedOut {
+        stdout_tail: String,
+        stderr_tail: String,
+    },
+    /// Killed on request.
+    Cancelled,
+    /// Its worker died (decided by the master, never sent by a worker).
+    WorkerLost,
+}
+
+/// A finished attempt, reported by the worker.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub task: TaskId,
+    pub attempt: Attempt,
+    pub outcome: TaskOutcome,
+    pub run_ms: u64,
+}
+
+/// Everything a peer (worker or client) sends to the master.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum ToMaster {
+    /// The first frame of every connection, answering the master's `Greeting`.
+    Hello {
+        version: u32,
+        role: Role,
+        /// Empty without a token; HMAC-SHA256(token, nonce) with one.
+        auth: Vec<u8>,
+    },
+    // From workers.
+    Load(LoadReport),
+    Started(Vec<TaskRef>),
+    Finished(Vec<Completion>),
+    // From clients; each is answered by one reply (`Results` may come in several chunks).
+    /// Submit every spec `count` times; the new ids are one contiguous range.
+    Submit {
+        specs: Vec<TaskSpec>,
+        count: u32,
+    },
+    Status,
+    /// Results of these tasks; empty means all.
+    Results {
+        ids: Vec<TaskId>,
+    },
+    /// Reply once all these tasks (empty: every task unfinished now) are finished.
+    /// With `progress`, `Progress` frames come first, at most one per master loop turn.
+    Wait {
+        ids: Vec<TaskId>,
+        progress: bool,
+    },
+    Cancel {
+        ids: Vec<TaskId>,
+    },
+}
+
+/// Where a task is in its life; the last five are final.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    WorkerLost,
+}
+
+impl TaskState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, TaskState::Queued | TaskState::Running)
+    }
+
+    /// The name used in `--json` output and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::TimedOut => "timed_out",
+            TaskState::Cancelled => "cancelled",
+            TaskState::WorkerLost => "worker_lost",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Alive,
+    Dead,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Alive => "alive",
+            WorkerState::Dead => "dead",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct WorkerStatus {
+    pub id: WorkerId,
+    pub name: String,
+    pub host: String,
+    pub addr: String,
+    pub state: WorkerState,
+    pub slots: u32,
+    /// Tasks the master has handed this worker that have not finished.
+    pub running: u32,
+    pub cpu_percent: f32,
+    pub load_avg_1m: f32,
+    pub mem_used: u64,
+    pub mem_total: u64,
+    /// Attempts this worker has finished, whatever their outcome.
+    pub done: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct StatusReport {
+    pub policy: String,
+    pub workers: Vec<WorkerStatus>,
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    /// Every unsuccessful final state: failed, timed out, cancelled, worker lost.
+    pub failed: u64,
+}
+
+/// One task as `results` shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TaskResult {
+    pub id: TaskId,
+    pub state: TaskState,
+    pub exit_code: Option<i32>,
+    /// Name of the worker that produced the outcome (or runs the task now).
+    pub worker: Option<String>,
+    pub attempts: u32,
+    pub priority: i32,
+    /// Milliseconds since the Unix epoch.
+    pub submitted_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Why it failed, when that is not an exit code.
+    pub error: Option<String>,
+}
+
+/// Everything the master sends.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum FromMaster {
+    /// The master speaks first on every connection.
+    Greeting {
+        version: u32,
+        nonce: Vec<u8>,
+    },
+    Welcome {
+        /// Set for workers, `None` for clients.
+        worker_id: Option<WorkerId>,
+        heartbeat_interval_ms: u64,
+    },
+    /// The handshake failed; the master closes the connection after this.
+    Rejected {
+        reason: String,
+    },
+    // To workers.
+    Assign(Vec<Assignment>),
+    Cancel(Vec<TaskRef>),
+    // To clients.
+    /// Ids `first .. first + count` were accepted.
+    Submitted {
+        first: TaskId,
+        count: u64,
+    },
+    Status(StatusReport),
+    /// One chunk of a `Results` reply; `more` says another follows.
+    Results {
+        tasks: Vec<TaskResult>,
+        more: bool,
+    },
+    Progress {
+        total: u64,
+        finished: u64,
+        failed: u64,
+    },
+    WaitDone {
+        total: u64,
+        succeeded: u64,
+        failed: u64,
+    },
+    CancelDone {
+        /// Tasks that were queued or running and are now cancelled (running ones are being killed).
+        cancelled: Vec<TaskId>,
+        /// Tasks that had already finished.
+        already_final: Vec<TaskId>,
+        unknown: Vec<TaskId>,
+    },
+    Error {
+        message: String,
+    },
+}
