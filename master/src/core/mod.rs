@@ -1,0 +1,987 @@
+//! The scheduler core. It does no IO: no sockets, no clock, no files, no randomness. The shell (or a
+//! test, or the simulator) feeds it events with the current time and drains what it wants sent.
+//!
+//! Methods come in four kinds:
+//! - input: `handle_connect`, `handle_message`, `handle_disconnect`, `handle_timeout`;
+//! - the per-turn step: `dispatch` places queued tasks on workers and flushes batched replies;
+//! - output: `poll_output` (messages to send, connections to close) and `poll_timeout` (when
+//!   `handle_timeout` wants to be called next);
+//! - getters: `status`, `task`.
+//!
+//! Call order for one loop turn: any number of `handle_*`, then `dispatch(now)`, then drain
+//! `poll_output` until `None`, then sleep until `poll_timeout` or the next event.
+//!
+//! Time is milliseconds on a clock the caller chooses. The master passes milliseconds since the Unix
+//! epoch derived from a monotonic clock, so timestamps in results are wall-clock; the simulator
+//! passes virtual time.
+
+pub mod policy;
+pub mod queue;
+mod tasks;
+mod wait;
+mod workers;
+
+use log::{debug, info, log, warn, Level};
+use policy::{Placement, PolicyKind};
+use protocol::{
+    auth, Assignment, Attempt, Completion, FromMaster, LoadReport, Role, StatusReport, TaskId,
+    TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo,
+    WorkerState, WorkerStatus, PROTOCOL_VERSION,
+};
+use queue::{QueueKey, TaskQueue};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use tasks::{settle, FinalResult, Task, TaskTable};
+use wait::{WaitStart, Waiters};
+use workers::WorkerTable;
+
+/// The shell's handle for one connection (the mio token's value); the core never interprets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub usize);
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub policy: PolicyKind,
+    /// How often workers are asked to report load.
+    pub heartbeat_interval_ms: u64,
+    /// A worker silent for this long is dead.
+    pub heartbeat_timeout_ms: u64,
+    /// A connection that has not said a valid `Hello` by then is closed.
+    pub handshake_timeout_ms: u64,
+    /// Shared secret; `None` accepts every peer.
+    pub token: Option<Vec<u8>>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            policy: PolicyKind::LeastLoaded,
+            heartbeat_interval_ms: 1_000,
+            heartbeat_timeout_ms: 3_000,
+            handshake_timeout_ms: 5_000,
+            token: None,
+        }
+    }
+}
+
+/// What the core wants done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Send {
+        conn: ConnId,
+        msg: FromMaster,
+    },
+    /// Flush what is queued for `conn`, then close it. The core has already forgotten it.
+    Close {
+        conn: ConnId,
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+enum Peer {
+    Pending { nonce: Vec<u8>, deadline_ms: u64 },
+    Worker(WorkerId),
+    Client,
+}
+
+#[derive(Debug)]
+struct Conn {
+    addr: String,
+    peer: Peer,
+}
+
+/// How often timers are checked. Failure detection is exact to within this.
+const SWEEP_INTERVAL_MS: u64 = 100;
+/// Per-task log lines beyond this many per second go to `debug`, with a summary at `info`.
+const TASK_LINES_PER_SECOND: u32 = 20;
+/// Reply frames are kept well under `MAX_FRAME`.
+const REPLY_FRAME_BUDGET: usize = 4 << 20;
+
+pub struct Core {
+    config: CoreConfig,
+    conns: HashMap<ConnId, Conn>,
+    tasks: TaskTable,
+    queue: TaskQueue,
+    workers: WorkerTable,
+    placement: Placement,
+    waiters: Waiters,
+    outbox: VecDeque<Output>,
+    /// Assignments made this turn, sent as one frame per worker by `dispatch`.
+    assign_batches: BTreeMap<WorkerId, Vec<Assignment>>,
+    /// Something may be placeable: set by anything that adds tasks or frees slots.
+    dirty: bool,
+    next_sweep_ms: Option<u64>,
+    chatter: Chatter,
+}
+
+impl Core {
+    pub fn new(config: CoreConfig) -> Self {
+        Core {
+            placement: Placement::new(config.policy),
+            config,
+            conns: HashMap::new(),
+            tasks: TaskTable::default(),
+            queue: TaskQueue::new(),
+            workers: WorkerTable::default(),
+            waiters: Waiters::default(),
+            outbox: VecDeque::new(),
+            assign_batches: BTreeMap::new(),
+            dirty: false,
+            next_sweep_ms: None,
+            chatter: Chatter::default(),
+        }
+    }
+
+    // ---- input -------------------------------------------------------------------------------
+
+    /// A connection was accepted. `nonce` must be fresh and unpredictable (the shell's randomness).
+    pub fn handle_connect(&mut self, now_ms: u64, conn: ConnId, addr: String, nonce: Vec<u8>) {
+        self.send(
+            conn,
+            FromMaster::Greeting {
+                version: PROTOCOL_VERSION,
+                nonce: nonce.clone(),
+            },
+        );
+        self.conns.insert(
+            conn,
+            Conn {
+                addr,
+                peer: Peer::Pending {
+                    nonce,
+                    deadline_ms: now_ms + self.config.handshake_timeout_ms,
+                },
+            },
+        );
+        self.arm_sweep(now_ms);
+    }
+
+    /// One decoded frame from `conn`.
+    pub fn handle_message(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) {
+        let Some(c) = self.conns.get(&conn) else {
+            return; // Already closed by us; late bytes are ignored.
+        };
+        match (&c.peer, msg) {
+            (
+                Peer::Pending { .. },
+                ToMaster::Hello {
+                    version,
+                    role,
+                    auth,
+                },
+            ) => self.on_hello(now_ms, conn, version, role, auth),
+            (Peer::Pending { .. }, other) => self.protocol_error(
+                now_ms,
+                conn,
+                format!("expected Hello, got {}", name(&other)),
+            ),
+            (Peer::Worker(id), msg) => {
+                let id = *id;
+                self.on_worker_message(now_ms, conn, id, msg)
+            }
+            (Peer::Client, msg) => self.on_client_message(now_ms, conn, msg),
+        }
+    }
+
+    /// The connection closed or failed (socket error, bad frame). Idempotent.
+    pub fn handle_disconnect(&mut self, now_ms: u64, conn: ConnId, reason: &str) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        match c.peer {
+            Peer::Worker(id) => self.lose_worker(now_ms, id, reason),
+            Peer::Client => self.waiters.drop_conn(conn),
+            Peer::Pending { .. } => debug!("{} left before the handshake: {reason}", c.addr),
+        }
+    }
+
+    /// Timers: heartbeats and handshakes. A call before the deadline is a harmless no-op.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        match self.next_sweep_ms {
+            Some(at) if now_ms >= at => {}
+            _ => return,
+        }
+        self.next_sweep_ms = None;
+        let timeout = self.config.heartbeat_timeout_ms;
+        let mut silent = Vec::new();
+        let mut stalled = Vec::new();
+        for (&conn, c) in &self.conns {
+            match c.peer {
+                Peer::Pending { deadline_ms, .. } if now_ms >= deadline_ms => stalled.push(conn),
+                Peer::Worker(id) => {
+                    if let Some(w) = self.workers.get(id) {
+                        let quiet = now_ms.saturating_sub(w.last_seen_ms);
+                        if quiet >= timeout {
+                            silent.push((conn, quiet));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for conn in stalled {
+            if let Some(c) = self.conns.remove(&conn) {
+                warn!(
+                    "{}: no handshake within {} ms, closing",
+                    c.addr, self.config.handshake_timeout_ms
+                );
+            }
+            self.close(conn, "handshake timeout".into());
+        }
+        for (conn, quiet) in silent {
+            let reason = format!("no heartbeat for {quiet} ms");
+            if let Some(Conn {
+                peer: Peer::Worker(id),
+                ..
+            }) = self.conns.remove(&conn)
+            {
+                self.lose_worker(now_ms, id, &reason);
+            }
+            self.close(conn, reason);
+        }
+        self.chatter.summarise(now_ms, self.queue.len());
+        if !self.conns.is_empty() {
+            self.arm_sweep(now_ms);
+        }
+    }
+
+    // ---- the per-turn step -------------------------------------------------------------------
+
+    /// Places queued tasks on workers with free slots, then sends this turn's batched frames.
+    pub fn dispatch(&mut self, now_ms: u64) {
+        if self.dirty {
+            self.dirty = false;
+            self.place(now_ms);
+        }
+        for (worker, batch) in std::mem::take(&mut self.assign_batches) {
+            let Some(conn) = self.workers.get(worker).and_then(|w| w.conn) else {
+                continue;
+            };
+            for chunk in chunk_by_size(batch, |a| spec_size_estimate(&a.spec)) {
+                self.send(conn, FromMaster::Assign(chunk));
+            }
+        }
+        if !self.waiters.is_empty() {
+            self.waiters.flush(&mut self.outbox);
+        }
+    }
+
+    fn place(&mut self, now_ms: u64) {
+        while let Some(id) = self.queue.peek() {
+            let Some(pick) = self.placement.pick() else {
+                break;
+            };
+            self.queue.pop();
+            self.tasks.assign(id, pick.worker);
+            let Some(task) = self.tasks.get(id) else {
+                continue;
+            };
+            let (spec, attempt, priority) = (task.spec.clone(), task.attempt, task.spec.priority);
+            let Some(w) = self.workers.get_mut(pick.worker) else {
+                continue;
+            };
+            w.assigned.insert(id);
+            let cap = w.capacity();
+            self.placement.update(pick.worker, cap);
+            let level = self.chatter.task_line(now_ms, Event::Assigned);
+            log!(
+                level,
+                "task {id} (priority {priority}, attempt {attempt}) -> {} (score {:.2})",
+                w.info.name,
+                pick.score
+            );
+            self.assign_batches
+                .entry(pick.worker)
+                .or_default()
+                .push(Assignment {
+                    task: id,
+                    attempt,
+                    spec,
+                });
+        }
+    }
+
+    // ---- output ------------------------------------------------------------------------------
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outbox.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called, if at all.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.next_sweep_ms
+    }
+
+    // ---- getters -----------------------------------------------------------------------------
+
+    pub fn status(&self) -> StatusReport {
+        let workers = self
+            .workers
+            .iter()
+            .map(|w| WorkerStatus {
+                id: w.id,
+                name: w.info.name.clone(),
+                host: w.info.host.clone(),
+                addr: w.addr.clone(),
+                state: if w.is_alive() {
+                    WorkerState::Alive
+                } else {
+                    WorkerState::Dead
+                },
+                slots: w.info.slots,
+                running: w.assigned.len() as u32,
+                cpu_percent: w.load.cpu_percent,
+                load_avg_1m: w.load.load_avg_1m,
+                mem_used: w.load.mem_used,
+                mem_total: w.load.mem_total,
+                done: w.done,
+            })
+            .collect();
+        let t = &self.tasks;
+        StatusReport {
+            policy: self.placement.kind().to_string(),
+            workers,
+            queued: t.count(TaskState::Queued),
+            running: t.count(TaskState::Running),
+            succeeded: t.count(TaskState::Succeeded),
+            failed: t.count(TaskState::Failed)
+                + t.count(TaskState::TimedOut)
+                + t.count(TaskState::Cancelled)
+                + t.count(TaskState::WorkerLost),
+        }
+    }
+
+    pub fn task(&self, id: TaskId) -> Option<TaskResult> {
+        self.tasks.get(id).map(|t| self.result_view(id, t))
+    }
+
+    // ---- handshake ---------------------------------------------------------------------------
+
+    fn on_hello(&mut self, now_ms: u64, conn: ConnId, version: u32, role: Role, answer: Vec<u8>) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let Peer::Pending { nonce, .. } = &c.peer else {
+            return;
+        };
+        let addr = c.addr.clone();
+        if version != PROTOCOL_VERSION {
+            return self.reject(
+                conn,
+                &addr,
+                format!("protocol version mismatch: master speaks {PROTOCOL_VERSION}, peer speaks {version}"),
+            );
+        }
+        if let Some(token) = &self.config.token {
+            if !auth::verify(token, nonce, &answer) {
+                return self.reject(conn, &addr, "authentication failed".into());
+            }
+        }
+        match role {
+            Role::Client => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.peer = Peer::Client;
+                }
+                debug!("client connected from {addr}");
+                self.send(
+                    conn,
+                    FromMaster::Welcome {
+                        worker_id: None,
+                        heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                    },
+                );
+            }
+            Role::Worker(info) => self.register_worker(now_ms, conn, addr, info),
+        }
+    }
+
+    fn register_worker(&mut self, now_ms: u64, conn: ConnId, addr: String, info: WorkerInfo) {
+        if info.slots == 0 {
+            return self.reject(conn, &addr, "a worker needs at least one slot".into());
+        }
+        if info.name.is_empty() || info.name.len() > 256 {
+            return self.reject(conn, &addr, "worker name must be 1 to 256 bytes".into());
+        }
+        let (name, slots, host) = (info.name.clone(), info.slots, info.host.clone());
+        let (id, previous) = self.workers.register(info, addr.clone(), conn, now_ms);
+        if let Some(old) = previous {
+            // The same worker reconnected before we noticed its old connection die.
+            self.conns.remove(&old);
+            self.close(
+                old,
+                "replaced by a new connection from the same worker".into(),
+            );
+            self.requeue_from(now_ms, id, "reconnected on a new connection");
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.peer = Peer::Worker(id);
+        }
+        info!("worker {name} joined as {id} from {addr} (host {host}, {slots} slots)");
+        if let Some(w) = self.workers.get(id) {
+            let cap = w.capacity();
+            self.placement.update(id, cap);
+        }
+        self.dirty = true;
+        self.send(
+            conn,
+            FromMaster::Welcome {
+                worker_id: Some(id),
+                heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            },
+        );
+    }
+
+    fn reject(&mut self, conn: ConnId, addr: &str, reason: String) {
+        warn!("refused connection from {addr}: {reason}");
+        self.conns.remove(&conn);
+        self.send(
+            conn,
+            FromMaster::Rejected {
+                reason: reason.clone(),
+            },
+        );
+        self.close(conn, reason);
+    }
+
+    // ---- workers -----------------------------------------------------------------------------
+
+    fn on_worker_message(&mut self, now_ms: u64, conn: ConnId, id: WorkerId, msg: ToMaster) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.last_seen_ms = now_ms;
+        }
+        match msg {
+            ToMaster::Load(load) => self.on_load(id, load),
+            ToMaster::Started(refs) => {
+                for r in refs {
+                    if self.is_current(id, r) {
+                        self.tasks.mark_started(r.task, now_ms);
+                    }
+                }
+            }
+            ToMaster::Finished(done) => {
+                for c in done {
+                    self.on_finished(now_ms, id, c);
+                }
+            }
+            other => self.protocol_error(
+                now_ms,
+                conn,
+                format!("a worker may not send {}", name(&other)),
+            ),
+        }
+    }
+
+    fn on_load(&mut self, id: WorkerId, load: LoadReport) {
+        let Some(w) = self.workers.get_mut(id) else {
+            return;
+        };
+        let mut load = load;
+        if !load.cpu_percent.is_finite() {
+            load.cpu_percent = 0.0;
+        }
+        w.load = load;
+        let cap = w.capacity();
+        self.placement.update(id, cap);
+        self.dirty = true;
+    }
+
+    /// Whether `r` names the attempt `worker` is currently supposed to run.
+    fn is_current(&self, worker: WorkerId, r: TaskRef) -> bool {
+        self.tasks.get(r.task).is_some_and(|t| {
+            t.state == TaskState::Running && t.attempt == r.attempt && t.worker == Some(worker)
+        })
+    }
+
+    fn on_finished(&mut self, now_ms: u64, worker: WorkerId, c: Completion) {
+        let r = TaskRef {
+            task: c.task,
+            attempt: c.attempt,
+        };
+        if !self.is_current(worker, r) {
+            // First result wins: a late report from an attempt we gave up on is dropped.
+            let name = self.workers.name(worker).unwrap_or("?");
+            info!(
+                "dropped stale result for task {} attempt {} from {name}",
+                c.task, c.attempt
+            );
+            return;
+        }
+        if matches!(c.outcome, TaskOutcome::WorkerLost) {
+            return self.protocol_error_worker(
+                now_ms,
+                worker,
+                "a worker may not report WorkerLost",
+            );
+        }
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.assigned.remove(&c.task);
+            w.done += 1;
+            let cap = w.capacity();
+            self.placement.update(worker, cap);
+        }
+        let name = self.workers.name(worker).unwrap_or("?").to_string();
+        let (state, result) = settle(c.outcome);
+        let level = self.chatter.task_line(now_ms, Event::Finished);
+        log!(
+            level,
+            "task {} {} on {name} in {} ms{}",
+            c.task,
+            state.as_str(),
+            c.run_ms,
+            result
+                .exit_code
+                .filter(|&code| code != 0)
+                .map(|code| format!(" (exit {code})"))
+                .unwrap_or_default()
+        );
+        self.finish(now_ms, c.task, state, result);
+        self.dirty = true;
+    }
+
+    fn protocol_error_worker(&mut self, now_ms: u64, worker: WorkerId, why: &str) {
+        if let Some(conn) = self.workers.get(worker).and_then(|w| w.conn) {
+            self.protocol_error(now_ms, conn, why.to_string());
+        }
+    }
+
+    /// A worker is gone: its unfinished tasks go back to the queue, or fail past their retries.
+    fn lose_worker(&mut self, now_ms: u64, id: WorkerId, reason: &str) {
+        let Some(w) = self.workers.get_mut(id) else {
+            return;
+        };
+        w.conn = None;
+        let name = w.info.name.clone();
+        self.placement.remove(id);
+        let (requeued, failed) = self.requeue_from(now_ms, id, reason);
+        warn!("worker {name} ({id}) lost: {reason}; {requeued} tasks re-queued, {failed} failed");
+    }
+
+    /// Takes every task away from `id`: back to the queue with the next attempt (keeping its place),
+    /// or final if cancelled or out of retries. Returns (re-queued, finished).
+    fn requeue_from(&mut self, now_ms: u64, id: WorkerId, reason: &str) -> (usize, usize) {
+        let Some(w) = self.workers.get_mut(id) else {
+            return (0, 0);
+        };
+        let mut lost: Vec<TaskId> = w.assigned.drain().collect();
+        // Deterministic order, so logs and tests do not depend on hash order.
+        lost.sort_unstable();
+        let (mut requeued, mut finished) = (0, 0);
+        for task in lost {
+            let Some(t) = self.tasks.get(task) else {
+                continue;
+            };
+            if t.cancel_requested {
+                self.finish(
+                    now_ms,
+                    task,
+                    TaskState::Cancelled,
+                    settle(TaskOutcome::Cancelled).1,
+                );
+                finished += 1;
+            } else if t.attempt.0 > t.spec.max_retries {
+                let (state, mut result) = settle(TaskOutcome::WorkerLost);
+                result.error = Some(format!(
+                    "worker lost ({reason}) on attempt {}, retries exhausted",
+                    t.attempt
+                ));
+                self.finish(now_ms, task, state, result);
+                finished += 1;
+            } else {
+                let key = queue_key(task, t);
+                self.tasks.requeue(task);
+                self.queue.push(task, key);
+                debug!("task {task} re-queued after losing its worker");
+                requeued += 1;
+            }
+        }
+        self.dirty = true;
+        (requeued, finished)
+    }
+
+    // ---- clients -----------------------------------------------------------------------------
+
+    fn on_client_message(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) {
+        match msg {
+            ToMaster::Submit { specs, count } => self.on_submit(now_ms, conn, specs, count),
+            ToMaster::Status => {
+                let report = self.status();
+                self.send(conn, FromMaster::Status(report));
+            }
+            ToMaster::Results { ids } => self.on_results(conn, ids),
+            ToMaster::Wait { ids, progress } => self.on_wait(conn, ids, progress),
+            ToMaster::Cancel { ids } => self.on_cancel(now_ms, conn, ids),
+            other => self.protocol_error(
+                now_ms,
+                conn,
+                format!("a client may not send {}", name(&other)),
+            ),
+        }
+    }
+
+    fn on_submit(&mut self, now_ms: u64, conn: ConnId, specs: Vec<TaskSpec>, count: u32) {
+        if specs.is_empty() || count == 0 {
+            return self.error(conn, "nothing to submit".into());
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            if let Err(e) = spec.validate() {
+                return self.error(conn, format!("task {} of the submission: {e}", i + 1));
+            }
+        }
+        let first = self.tasks.next_id();
+        let mut total = 0u64;
+        for spec in specs {
+            let spec = Arc::new(spec);
+            for _ in 0..count {
+                let id = self.tasks.add(spec.clone(), now_ms);
+                if let Some(t) = self.tasks.get(id) {
+                    self.queue.push(id, queue_key(id, t));
+                }
+                total += 1;
+            }
+        }
+        let last = TaskId(first.0 + total - 1);
+        info!(
+            "accepted {total} tasks ({first}..={last}), {} queued",
+            self.queue.len()
+        );
+        self.dirty = true;
+        self.send(
+            conn,
+            FromMaster::Submitted {
+                first,
+                count: total,
+            },
+        );
+    }
+
+    fn on_results(&mut self, conn: ConnId, ids: Vec<TaskId>) {
+        let views: Vec<TaskResult> = if ids.is_empty() {
+            self.tasks
+                .iter()
+                .map(|(id, t)| self.result_view(id, t))
+                .collect()
+        } else {
+            let mut v = Vec::with_capacity(ids.len());
+            for id in ids {
+                match self.tasks.get(id) {
+                    Some(t) => v.push(self.result_view(id, t)),
+                    None => return self.error(conn, format!("unknown task id {id}")),
+                }
+            }
+            v
+        };
+        let chunks = chunk_by_size(views, |r| 128 + r.stdout.len() + r.stderr.len());
+        let n = chunks.len();
+        for (i, tasks) in chunks.into_iter().enumerate() {
+            self.send(
+                conn,
+                FromMaster::Results {
+                    tasks,
+                    more: i + 1 < n,
+                },
+            );
+        }
+        if n == 0 {
+            self.send(
+                conn,
+                FromMaster::Results {
+                    tasks: Vec::new(),
+                    more: false,
+                },
+            );
+        }
+    }
+
+    fn on_wait(&mut self, conn: ConnId, ids: Vec<TaskId>, progress: bool) {
+        if ids.is_empty() {
+            let upto = TaskId(self.tasks.len() as u64);
+            let start = WaitStart {
+                succeeded: self.tasks.count(TaskState::Succeeded),
+                failed: self.tasks.len() as u64
+                    - self.tasks.unfinished()
+                    - self.tasks.count(TaskState::Succeeded),
+            };
+            let unfinished = self.tasks.unfinished();
+            self.waiters
+                .add_all(conn, upto, unfinished, start, progress);
+            return;
+        }
+        let mut pending = HashSet::new();
+        let mut start = WaitStart {
+            succeeded: 0,
+            failed: 0,
+        };
+        for id in ids {
+            match self.tasks.get(id).map(|t| t.state) {
+                None => return self.error(conn, format!("unknown task id {id}")),
+                Some(s) if !s.is_final() => {
+                    pending.insert(id);
+                }
+                Some(TaskState::Succeeded) => start.succeeded += 1,
+                Some(_) => start.failed += 1,
+            }
+        }
+        self.waiters.add_ids(conn, pending, start, progress);
+    }
+
+    fn on_cancel(&mut self, now_ms: u64, conn: ConnId, ids: Vec<TaskId>) {
+        let mut cancelled = Vec::new();
+        let mut already_final = Vec::new();
+        let mut unknown = Vec::new();
+        let mut kills: BTreeMap<WorkerId, Vec<TaskRef>> = BTreeMap::new();
+        for id in ids {
+            let Some(t) = self.tasks.get(id) else {
+                unknown.push(id);
+                continue;
+            };
+            match t.state {
+                TaskState::Queued => {
+                    self.queue.remove(id);
+                    self.finish(
+                        now_ms,
+                        id,
+                        TaskState::Cancelled,
+                        settle(TaskOutcome::Cancelled).1,
+                    );
+                    cancelled.push(id);
+                }
+                TaskState::Running => {
+                    if let Some(w) = t.worker {
+                        kills.entry(w).or_default().push(TaskRef {
+                            task: id,
+                            attempt: t.attempt,
+                        });
+                    }
+                    self.tasks.request_cancel(id);
+                    cancelled.push(id);
+                }
+                _ => already_final.push(id),
+            }
+        }
+        for (worker, refs) in kills {
+            if let Some(wconn) = self.workers.get(worker).and_then(|w| w.conn) {
+                self.send(wconn, FromMaster::Cancel(refs));
+            }
+        }
+        if !cancelled.is_empty() {
+            info!("cancelling {} tasks", cancelled.len());
+        }
+        self.send(
+            conn,
+            FromMaster::CancelDone {
+                cancelled,
+                already_final,
+                unknown,
+            },
+        );
+    }
+
+    // ---- helpers -----------------------------------------------------------------------------
+
+    /// The one place a task becomes final: tables, counters and waiters move together.
+    fn finish(&mut self, now_ms: u64, id: TaskId, state: TaskState, result: FinalResult) {
+        self.tasks.finish(id, state, result, now_ms);
+        self.waiters.on_final(id, state == TaskState::Succeeded);
+    }
+
+    fn result_view(&self, id: TaskId, t: &Task) -> TaskResult {
+        let r = t.result.as_deref();
+        TaskResult {
+            id,
+            state: t.state,
+            exit_code: r.and_then(|r| r.exit_code),
+            worker: t
+                .worker
+                .and_then(|w| self.workers.name(w))
+                .map(str::to_string),
+            attempts: t.attempt.0,
+            priority: t.spec.priority,
+            submitted_ms: t.submitted_ms,
+            started_ms: t.started_ms,
+            finished_ms: t.finished_ms,
+            stdout: r.map(|r| r.stdout.clone()).unwrap_or_default(),
+            stderr: r.map(|r| r.stderr.clone()).unwrap_or_default(),
+            error: r.and_then(|r| r.error.clone()),
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, msg: FromMaster) {
+        self.outbox.push_back(Output::Send { conn, msg });
+    }
+
+    fn error(&mut self, conn: ConnId, message: String) {
+        debug!("request refused: {message}");
+        self.send(conn, FromMaster::Error { message });
+    }
+
+    fn close(&mut self, conn: ConnId, reason: String) {
+        self.outbox.push_back(Output::Close { conn, reason });
+    }
+
+    /// The peer broke the protocol: forget it (re-queueing a worker's tasks) and close.
+    fn protocol_error(&mut self, now_ms: u64, conn: ConnId, reason: String) {
+        let addr = self
+            .conns
+            .get(&conn)
+            .map(|c| c.addr.clone())
+            .unwrap_or_default();
+        warn!("protocol error from {addr}: {reason}");
+        self.send(
+            conn,
+            FromMaster::Error {
+                message: reason.clone(),
+            },
+        );
+        self.handle_disconnect(now_ms, conn, &reason);
+        self.close(conn, reason);
+    }
+
+    fn arm_sweep(&mut self, now_ms: u64) {
+        if self.next_sweep_ms.is_none() {
+            self.next_sweep_ms = Some(now_ms + SWEEP_INTERVAL_MS);
+        }
+    }
+
+    /// Cross-structure invariants; tests call this after every step.
+    #[cfg(test)]
+    pub fn sanity_check(&self) {
+        let mut queued = 0;
+        for (id, t) in self.tasks.iter() {
+            match t.state {
+                TaskState::Queued => {
+                    queued += 1;
+                    assert!(self.queue.contains(id), "queued task {id} not in the queue");
+                }
+                TaskState::Running => {
+                    let w = t.worker.and_then(|w| self.workers.get(w));
+                    assert!(
+                        w.is_some_and(|w| w.assigned.contains(&id) && w.is_alive()),
+                        "running task {id} not held by a live worker"
+                    );
+                }
+                _ => assert!(!self.queue.contains(id)),
+            }
+        }
+        assert_eq!(queued, self.queue.len());
+        for w in self.workers.iter() {
+            if !w.is_alive() {
+                assert!(w.assigned.is_empty(), "dead worker {} holds tasks", w.id);
+            }
+        }
+    }
+}
+
+fn queue_key(id: TaskId, t: &Task) -> QueueKey {
+    // The id is the submit sequence, so a re-queued task keeps its place among equals.
+    QueueKey {
+        priority: t.spec.priority,
+        order: id.0,
+    }
+}
+
+/// Rough wire size of a spec, to keep batched frames far below `MAX_FRAME` without encoding twice.
+fn spec_size_estimate(spec: &TaskSpec) -> usize {
+    64 + match &spec.kind {
+        protocol::TaskKind::Command { argv, env, cwd } => {
+            argv.iter().map(|a| a.len() + 2).sum::<usize>()
+                + env
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 4)
+                    .sum::<usize>()
+                + cwd.as_ref().map_or(0, |c| c.len())
+        }
+        _ => 0,
+    }
+}
+
+/// Splits `items` into runs whose estimated size stays under `REPLY_FRAME_BUDGET`.
+fn chunk_by_size<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let s = size(&item);
+        if !current.is_empty() && bytes + s > REPLY_FRAME_BUDGET {
+            chunks.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += s;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+fn name(msg: &ToMaster) -> &'static str {
+    match msg {
+        ToMaster::Hello { .. } => "Hello",
+        ToMaster::Load(_) => "Load",
+        ToMaster::Started(_) => "Started",
+        ToMaster::Finished(_) => "Finished",
+        ToMaster::Submit { .. } => "Submit",
+        ToMaster::Status => "Status",
+        ToMaster::Results { .. } => "Results",
+        ToMaster::Wait { .. } => "Wait",
+        ToMaster::Cancel { .. } => "Cancel",
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    Assigned,
+    Finished,
+}
+
+/// Keeps per-task log lines readable: the first few each second at `info`, the rest at `debug`
+/// with a one-line summary, so a 200,000-task batch does not flood the terminal or slow the loop.
+#[derive(Debug, Default)]
+struct Chatter {
+    window_start_ms: u64,
+    lines: u32,
+    assigned: u64,
+    finished: u64,
+}
+
+impl Chatter {
+    fn task_line(&mut self, now_ms: u64, event: Event) -> Level {
+        if now_ms >= self.window_start_ms + 1_000 && self.lines <= TASK_LINES_PER_SECOND {
+            self.window_start_ms = now_ms;
+            self.lines = 0;
+            self.assigned = 0;
+            self.finished = 0;
+        }
+        self.lines += 1;
+        match event {
+            Event::Assigned => self.assigned += 1,
+            Event::Finished => self.finished += 1,
+        }
+        if self.lines <= TASK_LINES_PER_SECOND {
+            Level::Info
+        } else {
+            Level::Debug
+        }
+    }
+
+    fn summarise(&mut self, now_ms: u64, queued: usize) {
+        let elapsed = now_ms.saturating_sub(self.window_start_ms);
+        if elapsed < 1_000 || self.lines <= TASK_LINES_PER_SECOND {
+            return;
+        }
+        info!(
+            "last {:.1} s: {} tasks assigned, {} finished, {queued} queued (per-task lines at debug)",
+            elapsed as f64 / 1e3,
+            self.assigned,
+            self.finished
+        );
+        self.window_start_ms = now_ms;
+        self.lines = 0;
+        self.assigned = 0;
+        self.finished = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,238 @@
+//! `TaskQueue`: an indexed binary max-heap of queued task ids. Besides push and pop it removes any
+//! task by id in O(log n) (cancel, retract), because it knows where every id sits in the heap.
+//!
+//! Ids are dense (1, 2, 3 ...), so the position index is a plain `Vec<u32>` indexed by id rather than
+//! a hash map: 4 bytes per task ever seen and no hashing on the hot path.
+
+use protocol::TaskId;
+use std::cmp::Ordering;
+
+/// Where a task sorts: higher `priority` first, then lower `order` (the submit sequence for FIFO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueKey {
+    pub priority: i32,
+    pub order: u64,
+}
+
+impl QueueKey {
+    /// True when `self` must leave the queue before `other`.
+    fn before(&self, other: &QueueKey) -> bool {
+        match self.priority.cmp(&other.priority) {
+            Ordering::Greater => true,
+            Ordering::Less => false,
+            Ordering::Equal => self.order < other.order,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: QueueKey,
+    id: TaskId,
+}
+
+const ABSENT: u32 = u32::MAX;
+
+#[derive(Debug, Default)]
+pub struct TaskQueue {
+    heap: Vec<Entry>,
+    /// `pos[id]` is the id's index in `heap`, or `ABSENT`.
+    pos: Vec<u32>,
+}
+
+impl TaskQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    pub fn contains(&self, id: TaskId) -> bool {
+        self.slot(id).is_some()
+    }
+
+    /// Adds `id`; returns false (and changes nothing) if it is already queued.
+    pub fn push(&mut self, id: TaskId, key: QueueKey) -> bool {
+        if self.contains(id) {
+            return false;
+        }
+        let idx = id.0 as usize;
+        if idx >= self.pos.len() {
+            // Grow geometrically: ids arrive in increasing order, one resize per doubling.
+            let new_len = (idx + 1).max(self.pos.len() * 2);
+            self.pos.resize(new_len, ABSENT);
+        }
+        assert!(
+            self.heap.len() < ABSENT as usize,
+            "queue holds at most 2^32-1 tasks"
+        );
+        self.heap.push(Entry { key, id });
+        let at = self.heap.len() - 1;
+        self.pos[idx] = at as u32;
+        self.sift_up(at);
+        true
+    }
+
+    /// The task that should run next, without removing it.
+    pub fn peek(&self) -> Option<TaskId> {
+        self.heap.first().map(|e| e.id)
+    }
+
+    pub fn pop(&mut self) -> Option<TaskId> {
+        let first = self.heap.first()?.id;
+        self.remove(first);
+        Some(first)
+    }
+
+    /// Removes `id` wherever it is; returns false if it was not queued.
+    pub fn remove(&mut self, id: TaskId) -> bool {
+        let Some(at) = self.slot(id) else {
+            return false;
+        };
+        let last = self.heap.len() - 1;
+        self.swap(at, last);
+        self.heap.pop();
+        self.pos[id.0 as usize] = ABSENT;
+        if at < self.heap.len() {
+            // The moved entry may belong above or below its new place.
+            self.sift_up(at);
+            self.sift_down(at);
+        }
+        true
+    }
+
+    /// Queued ids in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.heap.iter().map(|e| e.id)
+    }
+
+    fn slot(&self, id: TaskId) -> Option<usize> {
+        match self.pos.get(id.0 as usize) {
+            Some(&p) if p != ABSENT => Some(p as usize),
+            _ => None,
+        }
+    }
+
+    fn swap(&mut self, a: usize, b: usize) {
+        self.heap.swap(a, b);
+        self.pos[self.heap[a].id.0 as usize] = a as u32;
+        self.pos[self.heap[b].id.0 as usize] = b as u32;
+    }
+
+    fn sift_up(&mut self, mut at: usize) {
+        while at > 0 {
+            let parent = (at - 1) / 2;
+            if !self.heap[at].key.before(&self.heap[parent].key) {
+                break;
+            }
+            self.swap(at, parent);
+            at = parent;
+        }
+    }
+
+    fn sift_down(&mut self, mut at: usize) {
+        let n = self.heap.len();
+        loop {
+            let left = 2 * at + 1;
+            if left >= n {
+                break;
+            }
+            let right = left + 1;
+            let child = if right < n && self.heap[right].key.before(&self.heap[left].key) {
+                right
+            } else {
+                left
+            };
+            if !self.heap[child].key.before(&self.heap[at].key) {
+                break;
+            }
+            self.swap(at, child);
+            at = child;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(priority: i32, order: u64) -> QueueKey {
+        QueueKey { priority, order }
+    }
+
+    #[test]
+    fn priority_then_fifo() {
+        let mut q = TaskQueue::new();
+        q.push(TaskId(1), key(0, 1));
+        q.push(TaskId(2), key(9, 2));
+        q.push(TaskId(3), key(0, 3));
+        q.push(TaskId(4), key(9, 4));
+        q.push(TaskId(5), key(-1, 5));
+        let order: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|t| t.0).collect();
+        assert_eq!(order, vec![2, 4, 1, 3, 5]);
+    }
+
+    #[test]
+    fn remove_and_duplicates() {
+        let mut q = TaskQueue::new();
+        assert!(q.push(TaskId(1), key(0, 1)));
+        assert!(!q.push(TaskId(1), key(5, 1)), "already queued");
+        assert!(q.push(TaskId(2), key(0, 2)));
+        assert!(q.remove(TaskId(1)));
+        assert!(!q.remove(TaskId(1)));
+        assert!(!q.remove(TaskId(99)));
+        assert_eq!(q.pop(), Some(TaskId(2)));
+        assert_eq!(q.pop(), None);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push(u64, i32),
+        Pop,
+        Remove(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u64..64, -3i32..3).prop_map(|(id, p)| Op::Push(id, p)),
+            Just(Op::Pop),
+            (1u64..64).prop_map(Op::Remove),
+        ]
+    }
+
+    proptest! {
+        // The heap must agree with a sorted-vector model after every operation.
+        #[test]
+        fn matches_naive_model(ops in proptest::collection::vec(op(), 1..300)) {
+            let mut q = TaskQueue::new();
+            let mut model: Vec<(i32, u64)> = Vec::new(); // (priority, id); order = id
+            for op in ops {
+                match op {
+                    Op::Push(id, p) => {
+                        let fresh = !model.iter().any(|&(_, m)| m == id);
+                        prop_assert_eq!(q.push(TaskId(id), key(p, id)), fresh);
+                        if fresh { model.push((p, id)); }
+                    }
+                    Op::Pop => {
+                        model.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                        let want = if model.is_empty() { None } else { Some(TaskId(model.remove(0).1)) };
+                        prop_assert_eq!(q.pop(), want);
+                    }
+                    Op::Remove(id) => {
+                        let had = model.iter().position(|&(_, m)| m == id);
+                        if let Some(i) = had { model.remove(i); }
+                        prop_assert_eq!(q.remove(TaskId(id)), had.is_some());
+                    }
+                }
+                prop_assert_eq!(q.len(), model.len());
+            }
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! Core tests: no sockets, a fake clock, and every output checked (nothing unexpected is sent).
+
+use super::*;
+use protocol::TaskKind;
+
+struct Harness {
+    core: Core,
+    now: u64,
+    next_conn: usize,
+}
+
+fn sleep_spec(priority: i32) -> TaskSpec {
+    TaskSpec {
+        priority,
+        ..TaskSpec::new(TaskKind::Sleep { ms: 10 })
+    }
+}
+
+fn exited(code: i32) -> TaskOutcome {
+    TaskOutcome::Exited {
+        code,
+        stdout_tail: format!("out-{code}"),
+        stderr_tail: String::new(),
+    }
+}
+
+impl Harness {
+    fn new(policy: PolicyKind) -> Self {
+        Self::with(CoreConfig {
+            policy,
+            ..CoreConfig::default()
+        })
+    }
+
+    fn with(config: CoreConfig) -> Self {
+        Harness {
+            core: Core::new(config),
+            now: 1_000_000,
+            next_conn: 1,
+        }
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        self.core.dispatch(self.now);
+        let out: Vec<Output> = std::iter::from_fn(|| self.core.poll_output()).collect();
+        self.core.sanity_check();
+        out
+    }
+
+    fn connect(&mut self) -> ConnId {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.core
+            .handle_connect(self.now, conn, format!("127.0.0.1:{}", conn.0), vec![9; 32]);
+        let out = self.drain();
+        assert!(matches!(
+            &out[..],
+            [Output::Send {
+                msg: FromMaster::Greeting { .. },
+                ..
+            }]
+        ));
+        conn
+    }
+
+    /// A worker that has joined; returns its connection and id, and what it was sent on joining.
+    fn worker(&mut self, name: &str, slots: u32) -> (ConnId, WorkerId, Vec<Output>) {
+        let conn = self.connect();
+        self.core.handle_message(
+            self.now,
+            conn,
+            ToMaster::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Worker(WorkerInfo {
+                    name: name.into(),
+                    host: "h".into(),
+                    cpus: 2,
+                    slots,
+                    pid: 1,
+                }),
+                auth: vec![],
+            },
+        );
+        let mut out = self.drain();
+        let id = match out.remove(0) {
+            Output::Send {
+                msg:
+                    FromMaster::Welcome {
+                        worker_id: Some(id),
+                        ..
+                    },
+                ..
+            } => id,
+            other => panic!("expected Welcome, got {other:?}"),
+        };
+        (conn, id, out)
+    }
+
+    fn client(&mut self) -> ConnId {
+        let conn = self.connect();
+        self.core.handle_message(
+            self.now,
+            conn,
+            ToMaster::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Client,
+                auth: vec![],
+            },
+        );
+        let out = self.drain();
+        assert!(matches!(
+            &out[..],
+            [Output::Send {
+                msg: FromMaster::Welcome {
+                    worker_id: None,
+                    ..
+                },
+                ..
+            }]
+        ));
+        conn
+    }
+
+    fn msg(&mut self, conn: ConnId, msg: ToMaster) -> Vec<Output> {
+        self.core.handle_message(self.now, conn, msg);
+        self.drain()
+    }
+
+    /// Submits and returns the new ids, plus any other output (assignments).
+    fn submit(
+        &mut self,
+        client: ConnId,
+        specs: Vec<TaskSpec>,
+        count: u32,
+    ) -> (Vec<TaskId>, Vec<Output>) {
+        let mut out = self.msg(client, ToMaster::Submit { specs, count });
+        let pos = out
+            .iter()
+            .position(|o| matches!(o, Output::Send { conn, msg: FromMaster::Submitted { .. } } if *conn == client))
+            .expect("Submitted reply");
+        let Output::Send {
+            msg: FromMaster::Submitted { first, count },
+            ..
+        } = out.remove(pos)
+        else {
+            unreachable!()
+        };
+        ((first.0..first.0 + count).map(TaskId).collect(), out)
+    }
+
+    fn finish(
+        &mut self,
+        worker: ConnId,
+        task: TaskId,
+        attempt: u32,
+        outcome: TaskOutcome,
+    ) -> Vec<Output> {
+        self.msg(
+            worker,
+            ToMaster::Finished(vec![Completion {
+                task,
+                attempt: Attempt(attempt),
+                outcome,
+                run_ms: 3,
+            }]),
+        )
+    }
+
+    fn advance(&mut self, ms: u64) -> Vec<Output> {
+        self.now += ms;
+        self.core.handle_timeout(self.now);
+        self.drain()
+    }
+
+    fn state(&self, id: TaskId) -> TaskState {
+        self.core.task(id).expect("task exists").state
+    }
+}
+
+/// (conn, task, attempt) of every assignment in `out`.
+fn assignments(out: &[Output]) -> Vec<(ConnId, TaskId, u32)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                conn,
+                msg: FromMaster::Assign(a),
+            } => Some(a.iter().map(move |a| (*conn, a.task, a.attempt.0))),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn tasks_wait_for_a_worker_and_respect_slots() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let c = h.client();
+    let (ids, out) = h.submit(c, vec![sleep_spec(0)], 5);
+    assert_eq!(ids.len(), 5);
+    assert!(
+        out.is_empty(),
+        "no worker yet: nothing else sent, got {out:?}"
+    );
+    let (w, _, out) = h.worker("a", 2);
+    assert_eq!(
+        assignments(&out),
+        vec![(w, TaskId(1), 1), (w, TaskId(2), 1)],
+        "two slots, two tasks, one frame"
+    );
+    assert_eq!(out.len(), 1, "one batched Assign frame");
+    let out = h.finish(w, TaskId(1), 1, exited(0));
+    assert_eq!(assignments(&out), vec![(w, TaskId(3), 1)]);
+    assert_eq!(h.state(TaskId(1)), TaskState::Succeeded);
+    assert_eq!(
+        h.core.task(TaskId(1)).and_then(|t| t.worker),
+        Some("a".into())
+    );
+}
+
+#[test]
+fn least_loaded_prefers_idle_cpu_and_counts_assignments_immediately() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (busy, _, _) = h.worker("busy", 4);
+    let (idle, _, _) = h.worker("idle", 4);
+    h.msg(
+        busy,
+        ToMaster::Load(LoadReport {
+            cpu_percent: 90.0,
+            ..LoadReport::default()
+        }),
+    );
+    h.msg(
+        idle,
+        ToMaster::Load(LoadReport {
+            cpu_percent: 10.0,
+            ..LoadReport::default()
+        }),
+    );
+    let c = h.client();
+    let (_, out) = h.submit(c, vec![sleep_spec(0)], 5);
+    let a = assignments(&out);
+    // idle: scores 0.1, 0.25, 0.5, 0.75 (<0.9) take four; the fifth goes to busy (0.9 < 1.0).
+    assert_eq!(a.iter().filter(|x| x.0 == idle).count(), 4);
+    assert_eq!(a.iter().filter(|x| x.0 == busy).count(), 1);
+}
+
+#[test]
+fn round_robin_alternates() {
+    let mut h = Harness::new(PolicyKind::RoundRobin);
+    let (a, _, _) = h.worker("a", 4);
+    let (b, _, _) = h.worker("b", 4);
+    let c = h.client();
+    let (_, out) = h.submit(c, vec![sleep_spec(0)], 4);
+    let mut got = assignments(&out);
+    got.sort_by_key(|x| x.1);
+    let conns: Vec<ConnId> = got.iter().map(|x| x.0).collect();
+    assert_eq!(conns, vec![a, b, a, b]);
+}
+
+#[test]
+fn higher_priority_runs_first_fifo_among_equals() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let (first, _) = h.submit(c, vec![sleep_spec(0)], 1); // takes the only slot
+    let (low, _) = h.submit(c, vec![sleep_spec(0)], 3);
+    let (high, _) = h.submit(c, vec![sleep_spec(9)], 2);
+    let mut order = Vec::new();
+    let mut running = first[0];
+    for _ in 0..5 {
+        let out = h.finish(w, running, 1, exited(0));
+        let a = assignments(&out);
+        assert_eq!(a.len(), 1);
+        running = a[0].1;
+        order.push(running);
+    }
+    assert_eq!(order, vec![high[0], high[1], low[0], low[1], low[2]]);
+}
+
+#[test]
+fn lost_worker_requeues_with_next_attempt_and_stale_result_is_dropped() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker("a", 2);
+    let c = h.client();
+    let (ids, out) = h.submit(c, vec![sleep_spec(0)], 2);
+    assert_eq!(assignments(&out).len(), 2);
+    h.core.handle_disconnect(h.now, a, "connection reset");
+    assert!(h.drain().is_empty(), "nowhere to run yet");
+    assert_eq!(h.state(ids[0]), TaskState::Queued);
+    let (b, _, out) = h.worker("b", 2);
+    assert_eq!(assignments(&out), vec![(b, ids[0], 2), (b, ids[1], 2)]);
+    // The old attempt's result arrives late through a reconnected "a": dropped.
+    let (a2, _, _) = h.worker("a", 2);
+    assert!(h.finish(a2, ids[0], 1, exited(0)).is_empty());
+    assert_eq!(h.state(ids[0]), TaskState::Running);
+    h.finish(b, ids[0], 2, exited(0));
+    assert_eq!(h.state(ids[0]), TaskState::Succeeded);
+    assert_eq!(h.core.task(ids[0]).map(|t| t.attempts), Some(2));
+}
+
+#[test]
+fn heartbeat_timeout_kills_silent_worker_only() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (quiet, _, _) = h.worker("quiet", 1);
+    let (chatty, _, _) = h.worker("chatty", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 2);
+    let mut closed = Vec::new();
+    for _ in 0..40 {
+        h.msg(chatty, ToMaster::Load(LoadReport::default()));
+        for o in h.advance(100) {
+            if let Output::Close { conn, .. } = o {
+                closed.push(conn);
+            }
+        }
+    }
+    assert_eq!(closed, vec![quiet]);
+    let st = h.core.status();
+    let q = st
+        .workers
+        .iter()
+        .find(|w| w.name == "quiet")
+        .expect("listed");
+    assert_eq!(q.state, WorkerState::Dead);
+    // quiet's task went back to the queue; chatty is still busy with its own.
+    assert_eq!(st.queued, 1);
+    let lost = ids
+        .iter()
+        .find(|&&id| h.state(id) == TaskState::Queued)
+        .copied();
+    let lost = lost.expect("one re-queued");
+    let other = ids.iter().copied().find(|&id| id != lost).expect("two ids");
+    let out = h.finish(chatty, other, 1, exited(0));
+    assert_eq!(assignments(&out), vec![(chatty, lost, 2)]);
+}
+
+#[test]
+fn spurious_timeout_is_a_no_op() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (_w, _, _) = h.worker("a", 1);
+    h.core.handle_timeout(h.now); // before the deadline
+    assert!(h.drain().is_empty());
+}
+
+#[test]
+fn retries_exhausted_fails_as_worker_lost() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let c = h.client();
+    let spec = TaskSpec {
+        max_retries: 1,
+        ..sleep_spec(0)
+    };
+    let (ids, _) = h.submit(c, vec![spec], 1);
+    for round in 1..=2 {
+        let (w, _, out) = h.worker(&format!("w{round}"), 1);
+        assert_eq!(assignments(&out), vec![(w, ids[0], round)]);
+        h.core.handle_disconnect(h.now, w, "killed");
+        h.drain();
+    }
+    assert_eq!(h.state(ids[0]), TaskState::WorkerLost);
+    assert_eq!(h.core.status().failed, 1);
+}
+
+#[test]
+fn nonzero_exit_fails_without_retry() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    let out = h.finish(w, ids[0], 1, exited(7));
+    assert!(assignments(&out).is_empty());
+    let r = h.core.task(ids[0]).expect("exists");
+    assert_eq!(
+        (r.state, r.exit_code, r.attempts),
+        (TaskState::Failed, Some(7), 1)
+    );
+    assert_eq!(r.stdout, "out-7");
+}
+
+#[test]
+fn wait_reports_progress_then_done() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 2);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 2);
+    let out = h.msg(
+        c,
+        ToMaster::Wait {
+            ids: vec![],
+            progress: true,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Output::Send {
+            conn: c,
+            msg: FromMaster::Progress {
+                total: 2,
+                finished: 0,
+                failed: 0
+            }
+        }]
+    );
+    let out = h.finish(w, ids[0], 1, exited(0));
+    assert_eq!(
+        out,
+        vec![Output::Send {
+            conn: c,
+            msg: FromMaster::Progress {
+                total: 2,
+                finished: 1,
+                failed: 0
+            }
+        }]
+    );
+    let out = h.finish(w, ids[1], 1, exited(3));
+    assert_eq!(
+        out,
+        vec![Output::Send {
+            conn: c,
+            msg: FromMaster::WaitDone {
+                total: 2,
+                succeeded: 1,
+                failed: 1
+            }
+        }]
+    );
+    // Waiting again on finished work answers at once, failures included.
+    let out = h.msg(
+        c,
+        ToMaster::Wait {
+            ids: vec![ids[1]],
+            progress: false,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Output::Send {
+            conn: c,
+            msg: FromMaster::WaitDone {
+                total: 1,
+                succeeded: 0,
+                failed: 1
+            }
+        }]
+    );
+}
+
+#[test]
+fn unknown_ids_and_bad_specs_get_errors_not_panics() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let c = h.client();
+    for msg in [
+        ToMaster::Wait {
+            ids: vec![TaskId(42)],
+            progress: false,
+        },
+        ToMaster::Results {
+            ids: vec![TaskId(0)],
+        },
+        ToMaster::Submit {
+            specs: vec![TaskSpec::new(TaskKind::Command {
+                argv: vec![],
+                env: vec![],
+                cwd: None,
+            })],
+            count: 1,
+        },
+        ToMaster::Submit {
+            specs: vec![],
+            count: 1,
+        },
+    ] {
+        let out = h.msg(c, msg);
+        assert!(
+            matches!(
+                &out[..],
+                [Output::Send {
+                    msg: FromMaster::Error { .. },
+                    ..
+                }]
+            ),
+            "got {out:?}"
+        );
+    }
+    let out = h.msg(
+        c,
+        ToMaster::Cancel {
+            ids: vec![TaskId(5)],
+        },
+    );
+    assert!(matches!(
+        &out[..],
+        [Output::Send { msg: FromMaster::CancelDone { unknown, .. }, .. }] if unknown == &vec![TaskId(5)]
+    ));
+}
+
+#[test]
+fn protocol_violations_close_only_that_connection() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    // Before the handshake.
+    let conn = h.connect();
+    let out = h.msg(conn, ToMaster::Status);
+    assert!(matches!(out.last(), Some(Output::Close { conn: x, .. }) if *x == conn));
+    // Wrong version.
+    let conn = h.connect();
+    let out = h.msg(
+        conn,
+        ToMaster::Hello {
+            version: PROTOCOL_VERSION + 1,
+            role: Role::Client,
+            auth: vec![],
+        },
+    );
+    match &out[..] {
+        [Output::Send {
+            msg: FromMaster::Rejected { reason },
+            ..
+        }, Output::Close { .. }] => {
+            assert!(reason.contains(&PROTOCOL_VERSION.to_string()), "{reason}");
+            assert!(
+                reason.contains(&(PROTOCOL_VERSION + 1).to_string()),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A worker sending a client request loses its tasks to the queue.
+    let (w, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    let out = h.msg(w, ToMaster::Status);
+    assert!(matches!(out.last(), Some(Output::Close { conn: x, .. }) if *x == w));
+    assert_eq!(h.state(ids[0]), TaskState::Queued);
+    // Late bytes from the closed connection are ignored.
+    assert!(h.msg(w, ToMaster::Load(LoadReport::default())).is_empty());
+}
+
+#[test]
+fn token_is_checked() {
+    let mut h = Harness::with(CoreConfig {
+        token: Some(b"s3cret".to_vec()),
+        ..CoreConfig::default()
+    });
+    let conn = h.connect();
+    let out = h.msg(
+        conn,
+        ToMaster::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            auth: vec![],
+        },
+    );
+    assert!(matches!(
+        &out[..],
+        [Output::Send { msg: FromMaster::Rejected { reason }, .. }, Output::Close { .. }] if reason == "authentication failed"
+    ));
+    let conn = h.connect();
+    let answer = auth::respond(Some(b"s3cret"), &[9; 32]);
+    let out = h.msg(
+        conn,
+        ToMaster::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            auth: answer,
+        },
+    );
+    assert!(matches!(
+        &out[..],
+        [Output::Send {
+            msg: FromMaster::Welcome { .. },
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn silent_connection_is_closed_after_handshake_timeout() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let conn = h.connect();
+    let mut closed = false;
+    for _ in 0..60 {
+        if h.advance(100)
+            .iter()
+            .any(|o| matches!(o, Output::Close { conn: x, .. } if *x == conn))
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed);
+    assert_eq!(h.core.poll_timeout(), None, "no connections, no timer");
+}
+
+#[test]
+fn cancel_removes_queued_and_kills_running() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 2);
+    let out = h.msg(c, ToMaster::Cancel { ids: ids.clone() });
+    assert!(out.contains(&Output::Send {
+        conn: w,
+        msg: FromMaster::Cancel(vec![TaskRef {
+            task: ids[0],
+            attempt: Attempt(1)
+        }])
+    }));
+    assert_eq!(h.state(ids[1]), TaskState::Cancelled);
+    // The worker confirms; nothing is queued to take the freed slot.
+    let out = h.finish(w, ids[0], 1, TaskOutcome::Cancelled);
+    assert!(assignments(&out).is_empty());
+    assert_eq!(h.state(ids[0]), TaskState::Cancelled);
+    // A cancelled task whose worker dies is not re-queued.
+    let (ids2, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    h.msg(c, ToMaster::Cancel { ids: ids2.clone() });
+    h.core.handle_disconnect(h.now, w, "gone");
+    h.drain();
+    assert_eq!(h.state(ids2[0]), TaskState::Cancelled);
+}
+
+#[test]
+fn count_shares_one_spec_and_results_are_chunked() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let c = h.client();
+    let big = "x".repeat(60_000);
+    let spec = TaskSpec::new(TaskKind::Command {
+        argv: vec!["echo".into(), big],
+        env: vec![],
+        cwd: None,
+    });
+    let (ids, _) = h.submit(c, vec![spec], 100);
+    let first = h.core.tasks.get(ids[0]).map(|t| Arc::as_ptr(&t.spec));
+    let last = h.core.tasks.get(ids[99]).map(|t| Arc::as_ptr(&t.spec));
+    assert_eq!(first, last, "copies share the spec");
+    let (w, _, _) = h.worker("a", 100);
+    // 100 × 60 KB of stdout is more than one reply frame's budget.
+    for id in &ids {
+        h.finish(
+            w,
+            *id,
+            1,
+            TaskOutcome::Exited {
+                code: 0,
+                stdout_tail: "y".repeat(60_000),
+                stderr_tail: String::new(),
+            },
+        );
+    }
+    let out = h.msg(c, ToMaster::Results { ids: vec![] });
+    assert!(out.len() > 1, "chunked");
+    let mut seen = 0;
+    for (i, o) in out.iter().enumerate() {
+        match o {
+            Output::Send {
+                msg: FromMaster::Results { tasks, more },
+                ..
+            } => {
+                seen += tasks.len();
+                assert_eq!(*more, i + 1 < out.len());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, 100);
+}

@@ -1,0 +1,93 @@
+//! `WorkerTable`: every worker that ever joined, alive or dead, by id and by name. A worker that comes
+//! back under the same name gets its old id (and its `done` count) back.
+
+use super::policy::Capacity;
+use super::ConnId;
+use protocol::{LoadReport, TaskId, WorkerId, WorkerInfo};
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug)]
+pub struct Worker {
+    pub id: WorkerId,
+    pub info: WorkerInfo,
+    pub addr: String,
+    /// `Some` while alive.
+    pub conn: Option<ConnId>,
+    pub last_seen_ms: u64,
+    pub load: LoadReport,
+    /// Tasks assigned here and not yet finished.
+    pub assigned: HashSet<TaskId>,
+    pub done: u64,
+}
+
+impl Worker {
+    pub fn is_alive(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        Capacity {
+            cpu_percent: self.load.cpu_percent,
+            busy: self.assigned.len() as u32,
+            slots: self.info.slots,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct WorkerTable {
+    /// `workers[i]` has id `i + 1`.
+    workers: Vec<Worker>,
+    by_name: HashMap<String, WorkerId>,
+}
+
+impl WorkerTable {
+    /// Registers a worker, reusing the id of a previous one with the same name.
+    /// Returns the id and, if that name was still alive on another connection, the old connection.
+    pub fn register(
+        &mut self,
+        info: WorkerInfo,
+        addr: String,
+        conn: ConnId,
+        now_ms: u64,
+    ) -> (WorkerId, Option<ConnId>) {
+        if let Some(&id) = self.by_name.get(&info.name) {
+            let w = &mut self.workers[id.0 as usize - 1];
+            let previous = w.conn.replace(conn);
+            w.info = info;
+            w.addr = addr;
+            w.last_seen_ms = now_ms;
+            w.load = LoadReport::default();
+            return (id, previous);
+        }
+        let id = WorkerId(self.workers.len() as u32 + 1);
+        self.by_name.insert(info.name.clone(), id);
+        self.workers.push(Worker {
+            id,
+            info,
+            addr,
+            conn: Some(conn),
+            last_seen_ms: now_ms,
+            load: LoadReport::default(),
+            assigned: HashSet::new(),
+            done: 0,
+        });
+        (id, None)
+    }
+
+    pub fn get(&self, id: WorkerId) -> Option<&Worker> {
+        self.workers.get((id.0 as usize).checked_sub(1)?)
+    }
+
+    pub fn get_mut(&mut self, id: WorkerId) -> Option<&mut Worker> {
+        self.workers.get_mut((id.0 as usize).checked_sub(1)?)
+    }
+
+    pub fn name(&self, id: WorkerId) -> Option<&str> {
+        self.get(id).map(|w| w.info.name.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.iter()
+    }
+}
