@@ -2,3 +2,4 @@
 //! The `master` binary adds the command line (serve and the client subcommands).
 
 pub mod core;
+pub mod server;

@@ -1,1 +1,143 @@
-fn main() {}
+//! `master`: serves the cluster (no subcommand, or `serve`), and is the client CLI for it.
+
+mod client;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use master::core::policy::PolicyKind;
+use master::core::CoreConfig;
+use master::server::{log_listening, Server, ServerConfig};
+use protocol::duration::parse_duration;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "master",
+    version,
+    args_conflicts_with_subcommands = true,
+    about = "Ballast master: schedules tasks over workers by their live load",
+    long_about = "Ballast master. With no subcommand (or `serve`) it runs the scheduler; the other \
+                  subcommands are clients that talk to a running master (see --master)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the master (the default when no subcommand is given).
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (see --port-file).
+    #[arg(long, default_value = protocol::DEFAULT_MASTER_ADDR)]
+    listen: String,
+    /// How tasks are placed on workers.
+    #[arg(long, default_value = "least-loaded", value_parser = ["least-loaded", "round-robin"])]
+    policy: String,
+    /// A worker silent for this long is declared dead and its tasks re-queued.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    heartbeat_timeout: std::time::Duration,
+    /// How often workers report their load (the heartbeat).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    heartbeat: std::time::Duration,
+    /// Shared secret every worker and client must prove (HMAC challenge; never sent).
+    #[arg(long, env = "BALLAST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Allow listening on a non-loopback address without a token.
+    #[arg(long)]
+    insecure: bool,
+    /// Write the bound address (host:port) to this file once listening.
+    #[arg(long)]
+    port_file: Option<PathBuf>,
+    /// Most connections served at once; more are closed on accept.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Client(cmd)) => client::run(cmd),
+        Some(Command::Serve(args)) => serve_main(args),
+        None => serve_main(cli.serve),
+    }
+}
+
+fn serve_main(args: ServeArgs) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let policy: PolicyKind = args.policy.parse().map_err(anyhow::Error::msg)?;
+    let token = args.token.filter(|t| !t.is_empty()).map(String::into_bytes);
+    let heartbeat_interval_ms = args.heartbeat.as_millis().max(1) as u64;
+    let heartbeat_timeout_ms = args.heartbeat_timeout.as_millis() as u64;
+    if heartbeat_timeout_ms <= heartbeat_interval_ms {
+        bail!("--heartbeat-timeout ({heartbeat_timeout_ms} ms) must exceed --heartbeat ({heartbeat_interval_ms} ms)");
+    }
+    check_exposure(&args.listen, token.is_some(), args.insecure)?;
+    let config = ServerConfig {
+        core: CoreConfig {
+            policy,
+            heartbeat_interval_ms,
+            heartbeat_timeout_ms,
+            token,
+            ..CoreConfig::default()
+        },
+        max_connections: args.max_connections,
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(&args.listen, config.clone())?;
+    let addr = server.local_addr().context("reading the bound address")?;
+    log_listening(addr, &config);
+    if let Some(path) = &args.port_file {
+        write_atomically(path, &addr.to_string())
+            .with_context(|| format!("writing --port-file {}", path.display()))?;
+    }
+    server.run()?;
+    Ok(())
+}
+
+/// Refuses to serve strangers: a non-loopback address needs a token, or an explicit --insecure.
+fn check_exposure(listen: &str, has_token: bool, insecure: bool) -> anyhow::Result<()> {
+    if has_token || insecure {
+        return Ok(());
+    }
+    let addrs: Vec<SocketAddr> = listen
+        .to_socket_addrs()
+        .with_context(|| format!("resolving --listen {listen}"))?
+        .collect();
+    if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        bail!(
+            "refusing to listen on {open} without a token: anyone who can reach it could run \
+             commands here. Set --token / BALLAST_TOKEN, or pass --insecure if the network is trusted"
+        );
+    }
+    Ok(())
+}
+
+/// Readers polling for the file never see it half-written.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}

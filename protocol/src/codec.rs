@@ -382,12 +382,7 @@ mod tests {
             let mut dec = FrameDecoder::new();
             for chunk in data.chunks(split) {
                 dec.extend(chunk);
-                loop {
-                    match dec.next_frame::<ToMaster>() {
-                        Ok(Some(_)) => continue,
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+                while let Ok(Some(_)) = dec.next_frame::<ToMaster>() {}
             }
         }
 

@@ -23,7 +23,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     let ms = value * scale_ms;
-    if !ms.is_finite() || ms < 0.0 || ms > 1e15 {
+    if !(0.0..=1e15).contains(&ms) {
         return Err(format!("invalid duration {text:?}: out of range"));
     }
     Ok(Duration::from_micros((ms * 1000.0).round() as u64))

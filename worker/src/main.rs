@@ -1,1 +1,130 @@
-fn main() {}
+//! `worker`: joins a Ballast master, runs the tasks it assigns, and reports this host's load.
+
+mod backoff;
+mod error;
+mod executor;
+mod sampler;
+mod session;
+mod signals;
+mod tail;
+
+use clap::{Parser, ValueEnum};
+use log::error;
+use protocol::WorkerInfo;
+use session::{Config, Event, OnMasterLost};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Ballast worker: runs the tasks a master assigns and reports this host's load.
+///
+/// Exit status: 0 after SIGINT/SIGTERM, 1 when the master is lost under `--on-master-lost stop`
+/// (or on a setup error), 2 when the master rejects the worker (wrong token, other version).
+#[derive(Debug, Parser)]
+#[command(name = "worker", version)]
+struct Args {
+    /// Address of the master (host:port).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "BALLAST_MASTER",
+        default_value = protocol::DEFAULT_MASTER_ADDR
+    )]
+    master: String,
+
+    /// How many tasks to run at once [default: the number of CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    slots: Option<u32>,
+
+    /// Name shown by `master status` [default: <hostname>-<pid>].
+    #[arg(long)]
+    name: Option<String>,
+
+    /// Interval of load reports, which are also the heartbeat: 250ms, 1s, 1m
+    /// [default: the interval the master asks for].
+    #[arg(long, value_name = "DURATION", value_parser = parse_heartbeat)]
+    heartbeat: Option<Duration>,
+
+    /// Shared secret the master requires, if any.
+    #[arg(long, env = "BALLAST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// When the master connection breaks: keep tasks running and reconnect (`wait`), or kill
+    /// them and exit with status 1 (`stop`).
+    #[arg(long, value_name = "POLICY", value_enum, default_value_t = LostPolicy::Wait)]
+    on_master_lost: LostPolicy,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LostPolicy {
+    Wait,
+    Stop,
+}
+
+fn parse_heartbeat(text: &str) -> Result<Duration, String> {
+    let interval = protocol::duration::parse_duration(text)?;
+    if interval.is_zero() {
+        return Err("the heartbeat interval must be greater than zero".into());
+    }
+    Ok(interval)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Session errors were logged when they happened; setup errors were not.
+            let code = match e.downcast_ref::<error::WorkerError>() {
+                Some(worker_error @ error::WorkerError::Setup { .. }) => {
+                    error!("{worker_error}");
+                    worker_error.exit_code()
+                }
+                Some(worker_error) => worker_error.exit_code(),
+                None => {
+                    error!("{e:#}");
+                    1
+                }
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+    let host = sysinfo::System::host_name().unwrap_or_else(|_| "unknown-host".to_string());
+    let pid = std::process::id();
+    let config = Config {
+        master_addr: args.master,
+        // An empty token (e.g. `BALLAST_TOKEN=`) means none.
+        token: args.token.filter(|t| !t.is_empty()).map(String::into_bytes),
+        info: WorkerInfo {
+            name: args.name.unwrap_or_else(|| format!("{host}-{pid}")),
+            host,
+            cpus,
+            slots: args.slots.unwrap_or(cpus),
+            pid,
+        },
+        heartbeat: args.heartbeat,
+        on_master_lost: match args.on_master_lost {
+            LostPolicy::Wait => OnMasterLost::Wait,
+            LostPolicy::Stop => OnMasterLost::Stop,
+        },
+    };
+    let (events, inbox) = mpsc::channel();
+    let signal_events = events.clone();
+    signals::install(move |signal| {
+        let _ = signal_events.send(Event::Signal(signal));
+    })
+    .map_err(|source| error::WorkerError::Setup {
+        what: "install signal handlers",
+        source,
+    })?;
+    session::run(config, events, inbox)?;
+    Ok(())
+}

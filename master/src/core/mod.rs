@@ -24,9 +24,9 @@ mod workers;
 use log::{debug, info, log, warn, Level};
 use policy::{Placement, PolicyKind};
 use protocol::{
-    auth, Assignment, Attempt, Completion, FromMaster, LoadReport, Role, StatusReport, TaskId,
-    TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo,
-    WorkerState, WorkerStatus, PROTOCOL_VERSION,
+    auth, Assignment, Completion, FromMaster, LoadReport, Role, StatusReport, TaskId, TaskOutcome,
+    TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo, WorkerState,
+    WorkerStatus, PROTOCOL_VERSION,
 };
 use queue::{QueueKey, TaskQueue};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};

@@ -1,7 +1,7 @@
 //! Core tests: no sockets, a fake clock, and every output checked (nothing unexpected is sent).
 
 use super::*;
-use protocol::TaskKind;
+use protocol::{Attempt, TaskKind};
 
 struct Harness {
     core: Core,

@@ -1,0 +1,86 @@
+//! `master cancel ID...`: says per group what happened; unknown ids make the exit code 1.
+
+use super::error::Result;
+use super::session::unexpected;
+use super::{ids, view, ConnArgs, Outcome};
+use protocol::{FromMaster, TaskId, ToMaster};
+use std::io::Write;
+
+#[derive(clap::Args, Debug)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Tasks to cancel (queued ones are dropped, running ones are killed).
+    #[arg(value_name = "ID", required = true)]
+    pub ids: Vec<u64>,
+}
+
+/// `CancelDone` summed over the batches.
+#[derive(Debug, Default, PartialEq)]
+struct Cancelled {
+    cancelled: Vec<TaskId>,
+    already_final: Vec<TaskId>,
+    unknown: Vec<TaskId>,
+}
+
+pub fn run(args: CancelArgs) -> Result<Outcome> {
+    let mut session = args.conn.connect()?;
+    let mut all = Cancelled::default();
+    for batch in ids::batched(args.ids.iter().copied().map(TaskId)) {
+        match session.request(&ToMaster::Cancel { ids: batch })? {
+            FromMaster::CancelDone {
+                cancelled,
+                already_final,
+                unknown,
+            } => {
+                all.cancelled.extend(cancelled);
+                all.already_final.extend(already_final);
+                all.unknown.extend(unknown);
+            }
+            other => return Err(unexpected(&other, "CancelDone")),
+        }
+    }
+    let mut out = view::stdout();
+    write_report(&mut out, &all)?;
+    out.flush()?;
+    Ok(if all.unknown.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::TasksFailed
+    })
+}
+
+/// One line per non-empty group, ids shown as ranges (`1-500, 702`).
+fn write_report(out: &mut impl Write, c: &Cancelled) -> std::io::Result<()> {
+    for (label, group) in [
+        ("cancelled:       ", &c.cancelled),
+        ("already finished:", &c.already_final),
+        ("unknown:         ", &c.unknown),
+    ] {
+        if !group.is_empty() {
+            let ranges = ids::compress(group);
+            writeln!(out, "{label} {}", ids::format_ranges(&ranges))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lists_non_empty_groups() {
+        let c = Cancelled {
+            cancelled: vec![TaskId(3), TaskId(1), TaskId(2)],
+            already_final: vec![],
+            unknown: vec![TaskId(99)],
+        };
+        let mut buf = Vec::new();
+        write_report(&mut buf, &c).unwrap();
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "cancelled:        1-3\nunknown:          99\n"
+        );
+    }
+}

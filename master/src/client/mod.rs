@@ -1,0 +1,185 @@
+//! The client side of the `master` binary: `submit`, `status`, `results`, `wait`, `cancel`.
+//! Each subcommand opens one connection (`protocol::Connection`), sends its request(s), and turns
+//! the replies into text or `--json` for a person or a script.
+//!
+//! Exit codes: 0 success; 1 the master refused, an awaited task did not succeed, or a cancelled id
+//! was unknown; 2 the master could not be reached (or refused the handshake), or bad usage.
+
+mod cancel;
+mod error;
+mod ids;
+mod progress;
+mod results;
+mod session;
+mod status;
+mod submit;
+mod taskfile;
+mod view;
+mod wait;
+
+pub use cancel::CancelArgs;
+pub use results::ResultsArgs;
+pub use status::StatusArgs;
+pub use submit::SubmitArgs;
+pub use wait::WaitArgs;
+
+use error::Result;
+use session::Session;
+use std::io::Write;
+use std::process::ExitCode;
+
+/// Largest frame body the client builds, half of `MAX_FRAME`: room for the estimate's slack, and
+/// a master that is busy with a big frame is not handed a second one as large as the limit.
+const FRAME_BUDGET: usize = 8 << 20;
+const _: () = assert!(FRAME_BUDGET < protocol::MAX_FRAME);
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Submit tasks: --sleep D, --spin D, --file FILE, or -- CMD ARGS...
+    Submit(SubmitArgs),
+    /// Show workers and queue counts.
+    Status(StatusArgs),
+    /// Show task results (all tasks, or the given ids).
+    Results(ResultsArgs),
+    /// Wait until the given tasks (default: all unfinished) are finished.
+    Wait(WaitArgs),
+    /// Cancel tasks.
+    Cancel(CancelArgs),
+}
+
+/// Where the master is and how to prove we may talk to it; shared by every subcommand.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Address of the master.
+    #[arg(long, value_name = "ADDR", env = "BALLAST_MASTER", default_value = protocol::DEFAULT_MASTER_ADDR)]
+    pub master: String,
+    /// Shared secret, if the master requires one (never sent: answers an HMAC challenge).
+    #[arg(long, value_name = "T", env = "BALLAST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ConnArgs {
+    /// An empty `BALLAST_MASTER=` reaches clap as an empty value; treat it as unset, like the token.
+    fn connect(&self) -> Result<Session> {
+        let addr = match self.master.trim() {
+            "" => protocol::DEFAULT_MASTER_ADDR,
+            addr => addr,
+        };
+        Session::connect(addr, self.token.as_deref())
+    }
+}
+
+/// How a subcommand that ran to the end went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Exit 1: some awaited task did not succeed, or an id was unknown.
+    TasksFailed,
+}
+
+pub fn run(cmd: ClientCommand) -> ExitCode {
+    let result = match cmd {
+        ClientCommand::Submit(args) => submit::run(args),
+        ClientCommand::Status(args) => status::run(args),
+        ClientCommand::Results(args) => results::run(args),
+        ClientCommand::Wait(args) => wait::run(args),
+        ClientCommand::Cancel(args) => cancel::run(args),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::TasksFailed) => ExitCode::from(1),
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, and no panic if stderr itself is gone.
+            let _ = writeln!(std::io::stderr(), "error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error::ClientError;
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        command: ClientCommand,
+    }
+
+    fn parse(argv: &[&str]) -> std::result::Result<ClientCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("master").chain(argv.iter().copied()))
+            .map(|c| c.command)
+    }
+
+    #[test]
+    fn command_line_contract_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let ok = [
+            &[
+                "submit",
+                "--master",
+                "h:1",
+                "--priority",
+                "-5",
+                "--sleep",
+                "1s",
+                "--wait",
+                "--json",
+            ][..],
+            &[
+                "submit", "--token", "s3cret", "--count", "1000", "--", "echo", "-n", "hi",
+            ],
+            &["submit", "--file", "tasks.jsonl", "--count", "2"],
+            &["status", "--json"],
+            &["results", "--json", "1", "2", "3"],
+            &["results"],
+            &["wait"],
+            &["wait", "--json", "4", "5"],
+            &["cancel", "--master", "h:1", "7", "8"],
+        ];
+        for argv in ok {
+            assert!(parse(argv).is_ok(), "{argv:?}: {:?}", parse(argv).err());
+        }
+        assert!(parse(&["cancel"]).is_err(), "cancel needs ids");
+        assert!(parse(&["results", "x"]).is_err(), "ids are numbers");
+    }
+
+    #[test]
+    fn master_address_defaults() {
+        // Only meaningful when the environment does not set it; never mutate env in tests.
+        if std::env::var_os("BALLAST_MASTER").is_none() {
+            let Ok(ClientCommand::Status(s)) = parse(&["status"]) else {
+                panic!("status parses");
+            };
+            assert_eq!(s.conn.master, protocol::DEFAULT_MASTER_ADDR);
+        }
+        let Ok(ClientCommand::Wait(w)) = parse(&["wait", "--master", "10.0.0.1:9", "3"]) else {
+            panic!("wait parses");
+        };
+        assert_eq!(
+            (w.conn.master.as_str(), w.ids.as_slice()),
+            ("10.0.0.1:9", &[3][..])
+        );
+    }
+
+    #[test]
+    fn unreachable_master_is_one_line_and_exit_2() {
+        // Port 1 on loopback: nothing listens there, so connect is refused at once.
+        let err = match Session::connect("127.0.0.1:1", None) {
+            Err(e) => e,
+            Ok(_) => return, // something does listen there; nothing to check
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("cannot reach the master at 127.0.0.1:1"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+        assert_eq!(err.exit_code(), 2);
+        assert_eq!(ClientError::Master("no".into()).exit_code(), 1);
+    }
+}

@@ -1,0 +1,65 @@
+//! `master results [ID...]`: the reply arrives in chunks (`more` says another follows), which are
+//! written out as they come so memory stays at one chunk for `--json`.
+
+use super::error::Result;
+use super::session::{unexpected, Session};
+use super::view::{self, ResultsOutput};
+use super::{ids, ConnArgs, Outcome};
+use protocol::{FromMaster, TaskId, ToMaster};
+use std::io::Write;
+
+#[derive(clap::Args, Debug)]
+pub struct ResultsArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Print a JSON array of task objects.
+    #[arg(long)]
+    pub json: bool,
+    /// Tasks to show; none means all.
+    #[arg(value_name = "ID")]
+    pub ids: Vec<u64>,
+}
+
+pub fn run(args: ResultsArgs) -> Result<Outcome> {
+    let mut session = args.conn.connect()?;
+    let mut out = view::stdout();
+    let mut sink = if args.json {
+        ResultsOutput::json()
+    } else {
+        ResultsOutput::table()
+    };
+    if args.ids.is_empty() {
+        fetch(&mut session, Vec::new(), &mut sink, &mut out)?;
+    } else {
+        for batch in ids::batched(args.ids.iter().copied().map(TaskId)) {
+            fetch(&mut session, batch, &mut sink, &mut out)?;
+        }
+    }
+    sink.finish(&mut out)?;
+    out.flush()?;
+    Ok(Outcome::Success)
+}
+
+/// One `Results` request and all of its chunks.
+fn fetch(
+    session: &mut Session,
+    ids: Vec<TaskId>,
+    sink: &mut ResultsOutput,
+    out: &mut impl Write,
+) -> Result<()> {
+    session.send(&ToMaster::Results { ids })?;
+    // Bounded by the master: every chunk carries tasks we asked for, and the last has `more: false`.
+    loop {
+        match session.recv()? {
+            FromMaster::Results { tasks, more } => {
+                for task in &tasks {
+                    sink.push(out, task)?;
+                }
+                if !more {
+                    return Ok(());
+                }
+            }
+            other => return Err(unexpected(&other, "Results")),
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! `master submit`: turns the command line (or a task file) into `TaskSpec`s, sends them in
+//! `Submit` frames that each stay under the frame budget, prints the ids, and optionally waits.
+//!
+//! `--count N` travels as a number, never as N copies: a million tasks cost one spec on the wire.
+
+use super::error::{ClientError, Result};
+use super::ids::{self, IdRange};
+use super::session::{unexpected, Requester};
+use super::wait::wait_batches;
+use super::{taskfile, view, ConnArgs, Outcome, FRAME_BUDGET};
+use protocol::codec::encoded_len;
+use protocol::duration::parse_duration;
+use protocol::{FromMaster, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME};
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Higher runs first; may be negative. With --file: the default for lines without one.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub priority: i32,
+    /// Estimated cost (seconds by convention).
+    #[arg(
+        long,
+        value_name = "X",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    pub size: f64,
+    /// Kill a task that runs longer than this (250ms, 3s, 1m).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Runs again after its worker is lost, before it fails as worker_lost.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RETRIES)]
+    pub retries: u32,
+    /// Submit N copies (with --file: the whole file N times).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+    /// Synthetic task: idle this long inside the worker.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub sleep: Option<Duration>,
+    /// Synthetic task: burn one CPU this long inside the worker.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub spin: Option<Duration>,
+    /// Read tasks from JSON lines ("-" for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Then wait for the new tasks, as `master wait` does.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print {"ids": [...]} (with --wait also total, succeeded, failed).
+    #[arg(long)]
+    pub json: bool,
+    /// The program and its arguments, run directly (no shell).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Spec fields the command line sets and a task file line may override.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpecDefaults {
+    pub priority: i32,
+    pub size: f64,
+    pub timeout_ms: Option<u64>,
+    pub max_retries: u32,
+}
+
+impl SpecDefaults {
+    pub fn spec(&self, kind: TaskKind) -> TaskSpec {
+        let mut spec = TaskSpec::new(kind);
+        spec.priority = self.priority;
+        spec.size = self.size;
+        spec.timeout_ms = self.timeout_ms;
+        spec.max_retries = self.max_retries;
+        spec
+    }
+}
+
+/// Whole milliseconds, saturating (parse_duration already caps values far below u64::MAX ms).
+pub fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Bytes a `Submit` frame adds around its specs: variant tag, vector length and count, each a
+/// varint (at most 5 + 9 + 5), rounded up.
+const SUBMIT_OVERHEAD: usize = 32;
+
+/// A spec that cannot travel even alone in a frame (a giant argv or env in a task file).
+pub fn check_frame_size(spec: &TaskSpec) -> std::result::Result<(), String> {
+    let len = encoded_len(spec);
+    if len + SUBMIT_OVERHEAD > MAX_FRAME {
+        return Err(format!(
+            "task is {len} bytes encoded, more than the protocol's frame limit of {MAX_FRAME}"
+        ));
+    }
+    Ok(())
+}
+
+/// Where the work comes from: exactly one of these per submit.
+#[derive(Debug, PartialEq)]
+enum Source<'a> {
+    Kind(TaskKind),
+    File(&'a Path),
+}
+
+impl SubmitArgs {
+    fn defaults(&self) -> SpecDefaults {
+        SpecDefaults {
+            priority: self.priority,
+            size: self.size,
+            timeout_ms: self.timeout.map(duration_ms),
+            max_retries: self.retries,
+        }
+    }
+
+    fn source(&self) -> Result<Source<'_>> {
+        let mut given = Vec::new();
+        if !self.command.is_empty() {
+            given.push("-- CMD");
+        }
+        if self.sleep.is_some() {
+            given.push("--sleep");
+        }
+        if self.spin.is_some() {
+            given.push("--spin");
+        }
+        if self.file.is_some() {
+            given.push("--file");
+        }
+        if given.len() > 1 {
+            return Err(ClientError::Usage(format!(
+                "give only one of --sleep, --spin, --file or -- CMD ARGS... (got {})",
+                given.join(" and ")
+            )));
+        }
+        let source = if let Some(d) = self.sleep {
+            Source::Kind(TaskKind::Sleep { ms: duration_ms(d) })
+        } else if let Some(d) = self.spin {
+            Source::Kind(TaskKind::Spin { ms: duration_ms(d) })
+        } else if let Some(path) = &self.file {
+            Source::File(path)
+        } else if !self.command.is_empty() {
+            Source::Kind(TaskKind::Command {
+                argv: self.command.clone(),
+                env: vec![],
+                cwd: None,
+            })
+        } else {
+            return Err(ClientError::Usage(
+                "nothing to run: give --sleep D, --spin D, --file FILE or -- CMD ARGS...".into(),
+            ));
+        };
+        Ok(source)
+    }
+
+    /// The specs to send, validated: bad input is reported before anything touches the network.
+    fn specs(&self) -> Result<Vec<TaskSpec>> {
+        let defaults = self.defaults();
+        match self.source()? {
+            Source::Kind(kind) => {
+                let spec = defaults.spec(kind);
+                spec.validate().map_err(ClientError::Usage)?;
+                Ok(vec![spec])
+            }
+            Source::File(path) => {
+                let (text, origin) = read_task_file(path)?;
+                taskfile::parse(&text, &origin, &defaults)
+            }
+        }
+    }
+}
+
+fn read_task_file(path: &Path) -> Result<(String, String)> {
+    let cannot =
+        |origin: &str, e: std::io::Error| ClientError::Usage(format!("cannot read {origin}: {e}"));
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| cannot("stdin", e))?;
+        return Ok((text, "stdin".into()));
+    }
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| cannot(&origin, e))?;
+    Ok((text, origin))
+}
+
+/// Consecutive runs of `specs` whose `Submit` frame is at most `budget` bytes. A spec too big for
+/// the budget travels alone (`check_frame_size` has made sure it still fits `MAX_FRAME`).
+pub fn plan_chunks(specs: &[TaskSpec], budget: usize) -> Vec<Range<usize>> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut bytes = SUBMIT_OVERHEAD;
+    for (i, spec) in specs.iter().enumerate() {
+        let len = encoded_len(spec);
+        if i > start && bytes + len > budget {
+            chunks.push(start..i);
+            start = i;
+            bytes = SUBMIT_OVERHEAD;
+        }
+        bytes += len;
+    }
+    if start < specs.len() {
+        chunks.push(start..specs.len());
+    }
+    chunks
+}
+
+/// Sends every chunk, each `count` times, one request at a time, and appends the accepted id
+/// ranges to `accepted` (merging adjacent ones). On error, `accepted` still says what the master
+/// took before it, so the caller can tell the user.
+pub fn submit_all(
+    master: &mut impl Requester,
+    specs: Vec<TaskSpec>,
+    count: u32,
+    budget: usize,
+    accepted: &mut Vec<IdRange>,
+) -> Result<()> {
+    let plan = plan_chunks(&specs, budget);
+    let mut specs = specs.into_iter();
+    for chunk in plan {
+        let chunk: Vec<TaskSpec> = specs.by_ref().take(chunk.len()).collect();
+        let expected = chunk.len() as u64 * u64::from(count);
+        let reply = master.request(&ToMaster::Submit {
+            specs: chunk,
+            count,
+        })?;
+        let range = match reply {
+            FromMaster::Submitted { first, count } if count == expected => IdRange {
+                first: first.0,
+                count,
+            },
+            FromMaster::Submitted { count: got, .. } => {
+                return Err(ClientError::Unexpected {
+                    got: format!("Submitted with {got} ids"),
+                    expected: "one id per task sent",
+                })
+            }
+            other => return Err(unexpected(&other, "Submitted")),
+        };
+        match accepted.last_mut() {
+            Some(last) if last.end() == range.first => last.count += range.count,
+            _ => accepted.push(range),
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: SubmitArgs) -> Result<Outcome> {
+    let specs = args.specs()?;
+    let mut session = args.conn.connect()?;
+    let mut accepted = Vec::new();
+    if let Err(e) = submit_all(&mut session, specs, args.count, FRAME_BUDGET, &mut accepted) {
+        if !accepted.is_empty() {
+            // Those tasks exist and will run; the user needs their ids to wait for or cancel them.
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: the master had already accepted tasks {}",
+                ids::format_ranges(&accepted)
+            );
+        }
+        return Err(e);
+    }
+    let mut out = view::stdout();
+    if !args.json {
+        for id in ids::all(&accepted) {
+            writeln!(out, "{id}")?;
+        }
+        // Flushed before waiting so the ids are usable (e.g. for cancel) while we wait.
+        out.flush()?;
+    }
+    let summary = if args.wait {
+        let total = ids::total(&accepted);
+        Some(wait_batches(
+            &mut session,
+            ids::batched(ids::all(&accepted)),
+            total,
+        )?)
+    } else {
+        None
+    };
+    if args.json {
+        view::write_submit_json(&mut out, &accepted, summary)?;
+    } else if let Some(s) = &summary {
+        s.write_human(&mut out)?;
+    }
+    out.flush()?;
+    Ok(summary.map_or(Outcome::Success, |s| s.outcome()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use protocol::TaskId;
+
+    /// Just enough of the command line to parse `submit` arguments.
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: SubmitArgs,
+    }
+
+    fn parse(argv: &[&str]) -> SubmitArgs {
+        let argv = std::iter::once("submit").chain(argv.iter().copied());
+        Cli::try_parse_from(argv).expect("arguments parse").args
+    }
+
+    fn specs(argv: &[&str]) -> Result<Vec<TaskSpec>> {
+        parse(argv).specs()
+    }
+
+    #[test]
+    fn sleep_with_every_option() {
+        let got = specs(&[
+            "--priority",
+            "-5",
+            "--size",
+            "2.5",
+            "--timeout",
+            "3s",
+            "--retries",
+            "0",
+            "--sleep",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![TaskSpec {
+                kind: TaskKind::Sleep { ms: 250 },
+                priority: -5,
+                size: 2.5,
+                timeout_ms: Some(3_000),
+                max_retries: 0,
+            }]
+        );
+    }
+
+    #[test]
+    fn defaults_and_spin() {
+        let args = parse(&["--spin", "1m"]);
+        assert_eq!(args.count, 1);
+        assert!(!args.wait && !args.json);
+        assert_eq!(
+            args.specs().unwrap(),
+            vec![TaskSpec::new(TaskKind::Spin { ms: 60_000 })]
+        );
+    }
+
+    #[test]
+    fn trailing_command_is_the_argv() {
+        let got = specs(&["--count", "3", "--", "sh", "-c", "echo --sleep"]).unwrap();
+        assert_eq!(
+            got[0].kind,
+            TaskKind::Command {
+                argv: vec!["sh".into(), "-c".into(), "echo --sleep".into()],
+                env: vec![],
+                cwd: None,
+            }
+        );
+        assert_eq!(got.len(), 1, "--count travels as a number, not as copies");
+        assert_eq!(parse(&["--count", "3", "--", "true"]).count, 3);
+    }
+
+    #[test]
+    fn exactly_one_source() {
+        let e = specs(&[]).unwrap_err().to_string();
+        assert!(e.starts_with("nothing to run"), "{e}");
+        let e = specs(&["--sleep", "1s", "--", "ls"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("got -- CMD and --sleep"), "{e}");
+        let e = specs(&["--spin", "1s", "--file", "x.jsonl"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn invalid_values_are_clear_errors() {
+        let e = specs(&["--size", "-1", "--sleep", "1s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("size must be"), "{e}");
+        let e = specs(&["--timeout", "0s", "--sleep", "1s"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "timeout must be greater than zero");
+        let e = specs(&["--", ""]).unwrap_err().to_string();
+        assert_eq!(e, "command has an empty argv");
+        for bad in [
+            &["--sleep", "-1s"][..],
+            &["--sleep", "3 parsecs"],
+            &["--count", "0", "--sleep", "1s"],
+            &["--priority", "high", "--sleep", "1s"],
+        ] {
+            let argv = std::iter::once("submit").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+        let e = specs(&["--file", "/nonexistent/tasks.jsonl"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("cannot read /nonexistent/tasks.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn file_uses_cli_values_as_defaults() {
+        let path =
+            std::env::temp_dir().join(format!("ballast-submit-{}.jsonl", std::process::id()));
+        std::fs::write(
+            &path,
+            "{\"sleep\": \"1s\"}\n{\"spin\": \"2s\", \"priority\": 9}\n",
+        )
+        .unwrap();
+        let got = specs(&["--priority", "-2", "--file", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&path);
+        let got = got.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].priority, got[1].priority), (-2, 9));
+    }
+
+    fn sample_specs(n: usize) -> Vec<TaskSpec> {
+        (0..n)
+            .map(|i| {
+                let mut s = TaskSpec::new(TaskKind::Command {
+                    argv: vec!["echo".into(), "x".repeat(i % 97)],
+                    env: vec![],
+                    cwd: None,
+                });
+                s.priority = i as i32 - 50;
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_cover_all_specs_and_respect_the_budget() {
+        let specs = sample_specs(1_000);
+        for budget in [200, 1_000, 10_000, 1 << 20] {
+            let plan = plan_chunks(&specs, budget);
+            let mut next = 0;
+            for chunk in &plan {
+                assert_eq!(chunk.start, next, "chunks are consecutive");
+                assert!(!chunk.is_empty());
+                next = chunk.end;
+                let frame = ToMaster::Submit {
+                    specs: specs[chunk.clone()].to_vec(),
+                    count: u32::MAX,
+                };
+                assert!(
+                    encoded_len(&frame) <= budget || chunk.len() == 1,
+                    "budget {budget}"
+                );
+            }
+            assert_eq!(next, specs.len());
+        }
+        assert!(plan_chunks(&[], 100).is_empty());
+    }
+
+    #[test]
+    fn a_big_file_splits_under_the_real_budget() {
+        // ~200 bytes per spec: about 20 MB of specs, more than one frame can hold.
+        let spec = TaskSpec::new(TaskKind::Command {
+            argv: vec!["/usr/bin/true".into(), "y".repeat(180)],
+            env: vec![],
+            cwd: None,
+        });
+        let specs = vec![spec; 100_000];
+        let plan = plan_chunks(&specs, FRAME_BUDGET);
+        assert!(plan.len() >= 3, "{} chunks", plan.len());
+        for chunk in plan {
+            let frame = ToMaster::Submit {
+                specs: specs[chunk].to_vec(),
+                count: 1,
+            };
+            let len = encoded_len(&frame);
+            assert!(len <= FRAME_BUDGET, "{len}");
+        }
+    }
+
+    /// Hands out ids like a master would, and records what it was sent.
+    struct FakeMaster {
+        next_id: u64,
+        frames: Vec<(usize, u32)>,
+        lie_about_count: bool,
+    }
+
+    impl Requester for FakeMaster {
+        fn request(&mut self, msg: &ToMaster) -> Result<FromMaster> {
+            let ToMaster::Submit { specs, count } = msg else {
+                return Ok(FromMaster::Error {
+                    message: "not a submit".into(),
+                });
+            };
+            assert!(encoded_len(msg) <= 2_000);
+            self.frames.push((specs.len(), *count));
+            let n = specs.len() as u64 * u64::from(*count) + u64::from(self.lie_about_count);
+            let first = TaskId(self.next_id);
+            self.next_id += n;
+            Ok(FromMaster::Submitted { first, count: n })
+        }
+    }
+
+    #[test]
+    fn ids_come_back_contiguous_across_frames() {
+        let mut master = FakeMaster {
+            next_id: 41,
+            frames: vec![],
+            lie_about_count: false,
+        };
+        let mut accepted = Vec::new();
+        submit_all(&mut master, sample_specs(300), 4, 2_000, &mut accepted).unwrap();
+        assert!(
+            master.frames.len() > 5,
+            "split into {} frames",
+            master.frames.len()
+        );
+        assert!(master.frames.iter().all(|&(_, count)| count == 4));
+        assert_eq!(master.frames.iter().map(|f| f.0).sum::<usize>(), 300);
+        assert_eq!(
+            accepted,
+            vec![IdRange {
+                first: 41,
+                count: 1_200
+            }]
+        );
+        let all: Vec<u64> = ids::all(&accepted).map(|t| t.0).collect();
+        assert_eq!(all, (41..1_241).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_wrong_id_count_is_an_error() {
+        let mut master = FakeMaster {
+            next_id: 1,
+            frames: vec![],
+            lie_about_count: true,
+        };
+        let mut accepted = Vec::new();
+        let e = submit_all(&mut master, sample_specs(1), 1, 2_000, &mut accepted).unwrap_err();
+        assert!(matches!(e, ClientError::Unexpected { .. }), "{e}");
+        assert_eq!(e.exit_code(), 1);
+    }
+}

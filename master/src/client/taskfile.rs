@@ -1,0 +1,232 @@
+//! `submit --file`: one task per JSON line,
+//! `{"cmd": [...], "priority": 0, "size": 1, "timeout": "5s", "sleep": "20ms", "spin": "20ms",
+//!   "retries": 3, "env": {"K": "V"}, "cwd": "/tmp"}`.
+//! Each line names exactly one of `cmd`, `sleep`, `spin`; fields it leaves out come from the
+//! command line. Blank lines and lines starting with `#` are skipped. Every error names the line.
+
+use super::error::{ClientError, Result};
+use super::submit::{check_frame_size, duration_ms, SpecDefaults};
+use protocol::duration::parse_duration;
+use protocol::{TaskKind, TaskSpec};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One line as written. Unknown fields are refused so a typo (`"priorty"`) is not silently ignored.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    cmd: Option<Vec<String>>,
+    priority: Option<i32>,
+    size: Option<f64>,
+    /// Durations are `Value`s so both `"250ms"` and a bare number of seconds work, and the error
+    /// can name the field.
+    timeout: Option<Value>,
+    sleep: Option<Value>,
+    spin: Option<Value>,
+    retries: Option<u32>,
+    /// Ordered, so the same file always produces the same spec.
+    env: Option<BTreeMap<String, String>>,
+    cwd: Option<String>,
+}
+
+/// Parses a whole task file. `origin` names it in errors ("tasks.jsonl line 3: ...").
+pub fn parse(text: &str, origin: &str, defaults: &SpecDefaults) -> Result<Vec<TaskSpec>> {
+    // A byte-order mark from some editors is not JSON.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut specs = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let spec = parse_line(trimmed, defaults)
+            .map_err(|e| ClientError::Usage(format!("{origin} line {}: {e}", index + 1)))?;
+        specs.push(spec);
+    }
+    if specs.is_empty() {
+        return Err(ClientError::Usage(format!("{origin} has no tasks")));
+    }
+    Ok(specs)
+}
+
+fn parse_line(text: &str, defaults: &SpecDefaults) -> std::result::Result<TaskSpec, String> {
+    let line: Line = serde_json::from_str(text).map_err(|e| json_message(&e))?;
+    let kind = match (&line.cmd, &line.sleep, &line.spin) {
+        (Some(argv), None, None) => TaskKind::Command {
+            argv: argv.clone(),
+            env: line.env.clone().unwrap_or_default().into_iter().collect(),
+            cwd: line.cwd.clone(),
+        },
+        (None, Some(d), None) => TaskKind::Sleep {
+            ms: duration_ms(duration(d, "sleep")?),
+        },
+        (None, None, Some(d)) => TaskKind::Spin {
+            ms: duration_ms(duration(d, "spin")?),
+        },
+        (None, None, None) => return Err("nothing to run: give one of cmd, sleep or spin".into()),
+        _ => return Err("give only one of cmd, sleep or spin".into()),
+    };
+    if !matches!(kind, TaskKind::Command { .. }) && (line.env.is_some() || line.cwd.is_some()) {
+        return Err("env and cwd apply only to cmd".into());
+    }
+    let mut spec = defaults.spec(kind);
+    if let Some(p) = line.priority {
+        spec.priority = p;
+    }
+    if let Some(s) = line.size {
+        spec.size = s;
+    }
+    if let Some(t) = &line.timeout {
+        spec.timeout_ms = Some(duration_ms(duration(t, "timeout")?));
+    }
+    if let Some(r) = line.retries {
+        spec.max_retries = r;
+    }
+    spec.validate()?;
+    check_frame_size(&spec)?;
+    Ok(spec)
+}
+
+fn duration(value: &Value, field: &str) -> std::result::Result<Duration, String> {
+    let parsed = match value {
+        Value::String(s) => parse_duration(s),
+        Value::Number(n) => parse_duration(&n.to_string()),
+        _ => Err(format!("must be a duration such as \"250ms\", got {value}")),
+    };
+    parsed.map_err(|e| format!("{field}: {e}"))
+}
+
+/// serde_json ends its messages with "at line 1 column N", which would contradict our line
+/// number; keep the column, drop the line.
+fn json_message(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match full.strip_suffix(&suffix) {
+        Some(msg) => format!("{msg} (column {})", e.column()),
+        None => full,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> SpecDefaults {
+        SpecDefaults {
+            priority: 7,
+            size: 2.0,
+            timeout_ms: Some(9_000),
+            max_retries: 1,
+        }
+    }
+
+    fn err(text: &str) -> String {
+        parse(text, "t.jsonl", &defaults()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_lines_with_defaults_and_overrides() {
+        let text = r#"
+# a comment, then a blank line
+
+{"cmd": ["echo", "hi"], "env": {"B": "2", "A": "1"}, "cwd": "/tmp"}
+  {"sleep": "20ms", "priority": -3, "size": 0.5, "timeout": "5s", "retries": 0}
+{"spin": 1.5}
+{"cmd": ["true"], "timeout": null}
+"#;
+        let specs = parse(text, "t.jsonl", &defaults()).unwrap();
+        assert_eq!(specs.len(), 4);
+        assert_eq!(
+            specs[0],
+            TaskSpec {
+                kind: TaskKind::Command {
+                    argv: vec!["echo".into(), "hi".into()],
+                    env: vec![("A".into(), "1".into()), ("B".into(), "2".into())],
+                    cwd: Some("/tmp".into()),
+                },
+                priority: 7,
+                size: 2.0,
+                timeout_ms: Some(9_000),
+                max_retries: 1,
+            }
+        );
+        assert_eq!(
+            specs[1],
+            TaskSpec {
+                kind: TaskKind::Sleep { ms: 20 },
+                priority: -3,
+                size: 0.5,
+                timeout_ms: Some(5_000),
+                max_retries: 0,
+            }
+        );
+        assert_eq!(specs[2].kind, TaskKind::Spin { ms: 1_500 });
+        assert_eq!(specs[3].timeout_ms, Some(9_000), "null keeps the default");
+    }
+
+    #[test]
+    fn windows_line_endings_and_bom() {
+        let specs = parse(
+            "\u{feff}{\"sleep\": \"1s\"}\r\n{\"spin\": \"2s\"}\r\n",
+            "t",
+            &defaults(),
+        );
+        assert_eq!(specs.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn unknown_field_names_the_line() {
+        let e = err("{\"sleep\": \"1s\"}\n\n{\"cmd\": [\"ls\"], \"priorty\": 3}\n");
+        assert!(
+            e.starts_with("t.jsonl line 3: unknown field `priorty`"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("at line 1"),
+            "serde's own line number is dropped: {e}"
+        );
+    }
+
+    #[test]
+    fn two_sources_on_one_line() {
+        let e = err(r#"{"cmd": ["ls"], "sleep": "1s"}"#);
+        assert_eq!(e, "t.jsonl line 1: give only one of cmd, sleep or spin");
+        let e = err(r#"{"sleep": "1s", "spin": "1s"}"#);
+        assert_eq!(e, "t.jsonl line 1: give only one of cmd, sleep or spin");
+        let e = err(r#"{"priority": 1}"#);
+        assert_eq!(
+            e,
+            "t.jsonl line 1: nothing to run: give one of cmd, sleep or spin"
+        );
+    }
+
+    #[test]
+    fn negative_and_bad_durations() {
+        let e = err("{\"sleep\": \"1s\"}\n{\"sleep\": \"-5ms\"}");
+        assert!(
+            e.starts_with("t.jsonl line 2: sleep: invalid duration \"-5ms\""),
+            "{e}"
+        );
+        let e = err(r#"{"spin": -5}"#);
+        assert!(
+            e.starts_with("t.jsonl line 1: spin: invalid duration"),
+            "{e}"
+        );
+        let e = err(r#"{"cmd": ["ls"], "timeout": "0s"}"#);
+        assert_eq!(e, "t.jsonl line 1: timeout must be greater than zero");
+        let e = err(r#"{"cmd": ["ls"], "timeout": [1]}"#);
+        assert!(e.contains("timeout: must be a duration"), "{e}");
+    }
+
+    #[test]
+    fn other_bad_lines() {
+        assert!(err(r#"{"cmd": []}"#).ends_with("command has an empty argv"));
+        assert!(err(r#"{"cmd": "echo hi"}"#).contains("invalid type: string"));
+        assert!(err(r#"{"sleep": "1s", "cwd": "/"}"#).ends_with("env and cwd apply only to cmd"));
+        assert!(err(r#"{"sleep": "1s", "size": -1}"#).contains("size must be"));
+        assert!(err("{not json").starts_with("t.jsonl line 1: "));
+        assert_eq!(err("# only a comment\n\n"), "t.jsonl has no tasks");
+    }
+}

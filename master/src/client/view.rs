@@ -1,0 +1,608 @@
+//! What the user sees: the `--json` shapes (field names are the command-line contract, so they are
+//! spelled out in view structs rather than derived from wire types that may grow), and aligned tables.
+
+use super::ids::{IdList, IdRange};
+use super::wait::WaitSummary;
+use protocol::{StatusReport, TaskResult, WorkerStatus};
+use serde::Serialize;
+use std::io::{self, BufWriter, StdoutLock, Write};
+
+pub type Out = BufWriter<StdoutLock<'static>>;
+
+/// Locked and buffered: `results` may print hundreds of thousands of rows, and `println!` would
+/// both lock per line and panic on a closed pipe.
+pub fn stdout() -> Out {
+    BufWriter::with_capacity(64 << 10, io::stdout().lock())
+}
+
+pub fn write_json<T: Serialize + ?Sized>(out: &mut impl Write, value: &T) -> io::Result<()> {
+    // serde_json keeps the io::ErrorKind, so a closed pipe is still recognised upstream.
+    serde_json::to_writer(&mut *out, value).map_err(io::Error::from)
+}
+
+// ---------------------------------------------------------------------------------------------
+// submit
+
+/// `{"ids": [...]}`, and with `--wait` also `"total"`, `"succeeded"`, `"failed"`.
+#[derive(Serialize)]
+struct SubmitView<'a> {
+    ids: IdList<'a>,
+    #[serde(flatten)]
+    wait: Option<WaitSummary>,
+}
+
+pub fn write_submit_json(
+    out: &mut impl Write,
+    ids: &[IdRange],
+    wait: Option<WaitSummary>,
+) -> io::Result<()> {
+    write_json(
+        out,
+        &SubmitView {
+            ids: IdList(ids),
+            wait,
+        },
+    )?;
+    writeln!(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// status
+
+#[derive(Serialize, Debug)]
+pub struct StatusView<'a> {
+    pub workers: Vec<WorkerView<'a>>,
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub policy: &'a str,
+}
+
+#[derive(Serialize, Debug)]
+pub struct WorkerView<'a> {
+    pub id: u32,
+    pub name: &'a str,
+    pub addr: &'a str,
+    /// "alive" | "dead"
+    pub state: &'static str,
+    pub slots: u32,
+    pub running: u32,
+    /// f32 on purpose: serde_json prints it with f32 precision (35.2, not 35.20000076293945).
+    pub cpu_percent: f32,
+    pub done: u64,
+    pub host: &'a str,
+    pub load_avg_1m: f32,
+}
+
+impl<'a> From<&'a WorkerStatus> for WorkerView<'a> {
+    fn from(w: &'a WorkerStatus) -> Self {
+        WorkerView {
+            id: w.id.0,
+            name: &w.name,
+            addr: &w.addr,
+            state: w.state.as_str(),
+            slots: w.slots,
+            running: w.running,
+            cpu_percent: w.cpu_percent,
+            done: w.done,
+            host: &w.host,
+            load_avg_1m: w.load_avg_1m,
+        }
+    }
+}
+
+impl<'a> From<&'a StatusReport> for StatusView<'a> {
+    fn from(r: &'a StatusReport) -> Self {
+        StatusView {
+            workers: r.workers.iter().map(WorkerView::from).collect(),
+            queued: r.queued,
+            running: r.running,
+            succeeded: r.succeeded,
+            failed: r.failed,
+            policy: &r.policy,
+        }
+    }
+}
+
+pub fn write_status_json(out: &mut impl Write, report: &StatusReport) -> io::Result<()> {
+    write_json(out, &StatusView::from(report))?;
+    writeln!(out)
+}
+
+pub fn write_status_table(out: &mut impl Write, report: &StatusReport) -> io::Result<()> {
+    if report.workers.is_empty() {
+        writeln!(out, "no workers connected")?;
+    } else {
+        let mut table = Table::new(&[
+            ("name", Align::Left),
+            ("addr", Align::Left),
+            ("state", Align::Left),
+            ("slots", Align::Right),
+            ("running", Align::Right),
+            ("cpu %", Align::Right),
+            ("done", Align::Right),
+        ]);
+        for w in &report.workers {
+            table.push(vec![
+                w.name.clone(),
+                w.addr.clone(),
+                w.state.as_str().to_string(),
+                w.slots.to_string(),
+                w.running.to_string(),
+                format!("{:.1}", w.cpu_percent),
+                w.done.to_string(),
+            ]);
+        }
+        table.write_to(out)?;
+    }
+    writeln!(
+        out,
+        "policy {}: {} queued, {} running, {} succeeded, {} failed",
+        report.policy, report.queued, report.running, report.succeeded, report.failed
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// results
+
+#[derive(Serialize, Debug)]
+pub struct ResultView<'a> {
+    pub id: u64,
+    /// `TaskState::as_str`: queued | running | succeeded | failed | timed_out | cancelled | worker_lost
+    pub state: &'static str,
+    pub exit_code: Option<i32>,
+    pub worker: Option<&'a str>,
+    pub attempts: u32,
+    pub priority: i32,
+    pub submitted_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub stdout: &'a str,
+    pub stderr: &'a str,
+    pub error: Option<&'a str>,
+}
+
+impl<'a> From<&'a TaskResult> for ResultView<'a> {
+    fn from(t: &'a TaskResult) -> Self {
+        ResultView {
+            id: t.id.0,
+            state: t.state.as_str(),
+            exit_code: t.exit_code,
+            worker: t.worker.as_deref(),
+            attempts: t.attempts,
+            priority: t.priority,
+            submitted_ms: t.submitted_ms,
+            started_ms: t.started_ms,
+            finished_ms: t.finished_ms,
+            stdout: &t.stdout,
+            stderr: &t.stderr,
+            error: t.error.as_deref(),
+        }
+    }
+}
+
+/// Where `results` rows go as chunks arrive. JSON is streamed (one object per line inside the
+/// array) so task output is never held for more than one chunk; the table needs every row for its
+/// widths, so it keeps only the short cells.
+pub enum ResultsOutput {
+    Json { rows: u64 },
+    Table(Table),
+}
+
+impl ResultsOutput {
+    pub fn json() -> Self {
+        ResultsOutput::Json { rows: 0 }
+    }
+
+    pub fn table() -> Self {
+        ResultsOutput::Table(Table::new(&[
+            ("id", Align::Right),
+            ("state", Align::Left),
+            ("priority", Align::Right),
+            ("worker", Align::Left),
+            ("attempts", Align::Right),
+            ("exit", Align::Right),
+            ("ms", Align::Right),
+        ]))
+    }
+
+    pub fn push(&mut self, out: &mut impl Write, t: &TaskResult) -> io::Result<()> {
+        match self {
+            ResultsOutput::Json { rows } => {
+                out.write_all(if *rows == 0 { b"[\n" } else { b",\n" })?;
+                *rows += 1;
+                write_json(out, &ResultView::from(t))
+            }
+            ResultsOutput::Table(table) => {
+                table.push(result_row(t));
+                Ok(())
+            }
+        }
+    }
+
+    pub fn finish(self, out: &mut impl Write) -> io::Result<()> {
+        match self {
+            ResultsOutput::Json { rows: 0 } => out.write_all(b"[]\n"),
+            ResultsOutput::Json { .. } => out.write_all(b"\n]\n"),
+            ResultsOutput::Table(table) => table.write_to(out),
+        }
+    }
+}
+
+fn result_row(t: &TaskResult) -> Vec<String> {
+    let blank_or = |v: Option<String>| v.unwrap_or_default();
+    // A clock step backwards on the master could make finished < started: show nothing, not garbage.
+    let ms = match (t.started_ms, t.finished_ms) {
+        (Some(s), Some(f)) => f.checked_sub(s).map(|d| d.to_string()),
+        _ => None,
+    };
+    vec![
+        t.id.0.to_string(),
+        t.state.as_str().to_string(),
+        t.priority.to_string(),
+        blank_or(t.worker.clone()),
+        t.attempts.to_string(),
+        blank_or(t.exit_code.map(|c| c.to_string())),
+        blank_or(ms),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// tables
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Right,
+}
+
+/// A tiny aligned-column printer: two spaces between columns, numbers right-aligned, no padding
+/// after the last column.
+#[derive(Debug)]
+pub struct Table {
+    headers: Vec<&'static str>,
+    aligns: Vec<Align>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(columns: &[(&'static str, Align)]) -> Self {
+        Table {
+            headers: columns.iter().map(|c| c.0).collect(),
+            aligns: columns.iter().map(|c| c.1).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, row: Vec<String>) {
+        debug_assert_eq!(
+            row.len(),
+            self.headers.len(),
+            "row width differs from the header"
+        );
+        self.rows.push(row);
+    }
+
+    pub fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(width(cell));
+            }
+        }
+        let mut line = String::new();
+        self.write_row(out, &mut line, &widths, self.headers.iter().copied())?;
+        for row in &self.rows {
+            self.write_row(out, &mut line, &widths, row.iter().map(String::as_str))?;
+        }
+        Ok(())
+    }
+
+    /// Builds the line in a reused buffer so trailing padding (an empty last cell) can be trimmed.
+    fn write_row<'c>(
+        &self,
+        out: &mut impl Write,
+        line: &mut String,
+        widths: &[usize],
+        cells: impl Iterator<Item = &'c str>,
+    ) -> io::Result<()> {
+        line.clear();
+        for (i, ((cell, &w), &align)) in cells.zip(widths).zip(&self.aligns).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let pad = w.saturating_sub(width(cell));
+            if align == Align::Right {
+                push_spaces(line, pad);
+            }
+            line.push_str(cell);
+            if align == Align::Left {
+                push_spaces(line, pad);
+            }
+        }
+        out.write_all(line.trim_end().as_bytes())?;
+        out.write_all(b"\n")
+    }
+}
+
+fn push_spaces(line: &mut String, n: usize) {
+    for _ in 0..n {
+        line.push(' ');
+    }
+}
+
+/// Display width, counted in chars so a worker named "höst" does not break the columns.
+fn width(s: &str) -> usize {
+    s.chars().count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{TaskId, TaskState, WorkerId, WorkerState};
+    use serde_json::Value;
+
+    fn report() -> StatusReport {
+        StatusReport {
+            policy: "least-loaded".into(),
+            workers: vec![
+                WorkerStatus {
+                    id: WorkerId(1),
+                    name: "a".into(),
+                    host: "h1".into(),
+                    addr: "127.0.0.1:5000".into(),
+                    state: WorkerState::Alive,
+                    slots: 4,
+                    running: 2,
+                    cpu_percent: 35.2,
+                    load_avg_1m: 1.5,
+                    mem_used: 1,
+                    mem_total: 2,
+                    done: 17,
+                },
+                WorkerStatus {
+                    id: WorkerId(2),
+                    name: "long-worker-name".into(),
+                    host: "h2".into(),
+                    addr: "10.0.0.2:6000".into(),
+                    state: WorkerState::Dead,
+                    slots: 16,
+                    running: 0,
+                    cpu_percent: 0.0,
+                    load_avg_1m: 0.0,
+                    mem_used: 0,
+                    mem_total: 0,
+                    done: 123456,
+                },
+            ],
+            queued: 10,
+            running: 2,
+            succeeded: 100,
+            failed: 3,
+        }
+    }
+
+    fn task(id: u64, done: bool) -> TaskResult {
+        TaskResult {
+            id: TaskId(id),
+            state: if done {
+                TaskState::TimedOut
+            } else {
+                TaskState::Queued
+            },
+            exit_code: done.then_some(-1),
+            worker: done.then(|| "w\"1".to_string()),
+            attempts: 2,
+            priority: -5,
+            submitted_ms: 1_700_000_000_000,
+            started_ms: done.then_some(1_700_000_000_100),
+            finished_ms: done.then_some(1_700_000_000_350),
+            stdout: "out\nline".into(),
+            stderr: String::new(),
+            error: done.then(|| "timed out after 250ms".into()),
+        }
+    }
+
+    fn keys(v: &Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
+
+    #[test]
+    fn submit_json_shapes() {
+        let ids = [IdRange { first: 7, count: 3 }];
+        let mut buf = Vec::new();
+        write_submit_json(&mut buf, &ids, None).unwrap();
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v, serde_json::json!({"ids": [7, 8, 9]}));
+        let waited = WaitSummary {
+            total: 3,
+            succeeded: 2,
+            failed: 1,
+        };
+        buf.clear();
+        write_submit_json(&mut buf, &ids, Some(waited)).unwrap();
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ids": [7, 8, 9], "total": 3, "succeeded": 2, "failed": 1})
+        );
+    }
+
+    #[test]
+    fn status_json_has_exactly_the_contract_fields() {
+        let mut buf = Vec::new();
+        write_status_json(&mut buf, &report()).unwrap();
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(
+            keys(&v),
+            [
+                "failed",
+                "policy",
+                "queued",
+                "running",
+                "succeeded",
+                "workers"
+            ]
+        );
+        assert_eq!(v["policy"], "least-loaded");
+        for (field, want) in [
+            ("queued", 10),
+            ("running", 2),
+            ("succeeded", 100),
+            ("failed", 3),
+        ] {
+            assert_eq!(v[field].as_u64(), Some(want), "{field}");
+        }
+        let workers = v["workers"].as_array().unwrap();
+        assert_eq!(workers.len(), 2);
+        let w = &workers[0];
+        assert_eq!(
+            keys(w),
+            [
+                "addr",
+                "cpu_percent",
+                "done",
+                "host",
+                "id",
+                "load_avg_1m",
+                "name",
+                "running",
+                "slots",
+                "state"
+            ]
+        );
+        assert_eq!(w["id"].as_u64(), Some(1));
+        assert!(w["name"].is_string() && w["addr"].is_string() && w["host"].is_string());
+        assert_eq!(w["state"], "alive");
+        assert_eq!(workers[1]["state"], "dead");
+        assert_eq!(w["slots"].as_u64(), Some(4));
+        assert_eq!(w["running"].as_u64(), Some(2));
+        assert_eq!(w["done"].as_u64(), Some(17));
+        assert_eq!(
+            w["cpu_percent"].as_f64(),
+            Some(35.2),
+            "printed with f32 precision"
+        );
+        assert_eq!(w["load_avg_1m"].as_f64(), Some(1.5));
+    }
+
+    #[test]
+    fn results_json_has_exactly_the_contract_fields() {
+        let mut buf = Vec::new();
+        let mut sink = ResultsOutput::json();
+        sink.push(&mut buf, &task(1, true)).unwrap();
+        sink.push(&mut buf, &task(2, false)).unwrap();
+        sink.finish(&mut buf).unwrap();
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        let rows = v.as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        for row in rows {
+            assert_eq!(
+                keys(row),
+                [
+                    "attempts",
+                    "error",
+                    "exit_code",
+                    "finished_ms",
+                    "id",
+                    "priority",
+                    "started_ms",
+                    "state",
+                    "stderr",
+                    "stdout",
+                    "submitted_ms",
+                    "worker"
+                ]
+            );
+            assert!(row["id"].is_u64() && row["attempts"].is_u64() && row["submitted_ms"].is_u64());
+            assert!(row["stdout"].is_string() && row["stderr"].is_string());
+        }
+        let done = &rows[0];
+        assert_eq!(done["state"], "timed_out");
+        assert_eq!(done["exit_code"].as_i64(), Some(-1));
+        assert_eq!(done["worker"], "w\"1");
+        assert_eq!(done["priority"].as_i64(), Some(-5));
+        assert_eq!(done["started_ms"].as_u64(), Some(1_700_000_000_100));
+        assert_eq!(done["finished_ms"].as_u64(), Some(1_700_000_000_350));
+        assert_eq!(done["stdout"], "out\nline");
+        assert_eq!(done["error"], "timed out after 250ms");
+        let queued = &rows[1];
+        assert_eq!(queued["state"], "queued");
+        for nullable in ["exit_code", "worker", "started_ms", "finished_ms", "error"] {
+            assert!(queued[nullable].is_null(), "{nullable}");
+        }
+    }
+
+    #[test]
+    fn empty_results_json_is_an_empty_array() {
+        let mut buf = Vec::new();
+        ResultsOutput::json().finish(&mut buf).unwrap();
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v, serde_json::json!([]));
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut t = Table::new(&[
+            ("name", Align::Left),
+            ("n", Align::Right),
+            ("note", Align::Left),
+        ]);
+        t.push(vec!["höst".into(), "7".into(), "x".into()]);
+        t.push(vec!["a".into(), "12345".into(), "".into()]);
+        let mut buf = Vec::new();
+        t.write_to(&mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert_eq!(text, "name      n  note\nhöst      7  x\na     12345\n");
+    }
+
+    #[test]
+    fn results_table_shows_blank_ms_and_lines_up() {
+        let mut buf = Vec::new();
+        let mut sink = ResultsOutput::table();
+        sink.push(&mut buf, &task(1, true)).unwrap();
+        sink.push(&mut buf, &task(1000, false)).unwrap();
+        assert!(buf.is_empty(), "the table is written only at the end");
+        sink.finish(&mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            lines[0],
+            "  id  state      priority  worker  attempts  exit   ms"
+        );
+        assert_eq!(
+            lines[1],
+            "   1  timed_out        -5  w\"1            2    -1  250"
+        );
+        assert!(lines[2].starts_with("1000  queued"));
+        // Right-aligned columns end at the same place on every line.
+        let end_of_priority = lines[0].find("priority").unwrap() + "priority".len();
+        for l in &lines[1..] {
+            assert_eq!(&l[end_of_priority - 2..end_of_priority], "-5");
+        }
+    }
+
+    #[test]
+    fn status_table_and_summary() {
+        let mut buf = Vec::new();
+        write_status_table(&mut buf, &report()).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "name              addr            state  slots  running  cpu %    done"
+        );
+        assert_eq!(
+            lines[1],
+            "a                 127.0.0.1:5000  alive      4        2   35.2      17"
+        );
+        assert_eq!(
+            lines[3],
+            "policy least-loaded: 10 queued, 2 running, 100 succeeded, 3 failed"
+        );
+    }
+}

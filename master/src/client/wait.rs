@@ -1,0 +1,143 @@
+//! `master wait [ID...]`, also used by `submit --wait`: one `Wait` per frame-sized batch of ids,
+//! `Progress` frames feeding the bar, and `WaitDone` totals summed over the batches.
+
+use super::error::Result;
+use super::progress::{Counts, ProgressBar};
+use super::session::{unexpected, Session};
+use super::{ids, view, ConnArgs, Outcome};
+use protocol::{FromMaster, TaskId, ToMaster};
+use serde::Serialize;
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Print `{"total":..,"succeeded":..,"failed":..}`.
+    #[arg(long)]
+    pub json: bool,
+    /// Tasks to wait for; none means every task unfinished now.
+    #[arg(value_name = "ID")]
+    pub ids: Vec<u64>,
+}
+
+/// What `WaitDone` reports. Field names are the `--json` contract.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WaitSummary {
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+impl WaitSummary {
+    pub fn outcome(&self) -> Outcome {
+        if self.failed == 0 {
+            Outcome::Success
+        } else {
+            Outcome::TasksFailed
+        }
+    }
+
+    pub fn write_human(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "{} tasks: {} succeeded, {} failed",
+            self.total, self.succeeded, self.failed
+        )
+    }
+}
+
+pub fn run(args: WaitArgs) -> Result<Outcome> {
+    let mut session = args.conn.connect()?;
+    let ids: Vec<TaskId> = args.ids.iter().copied().map(TaskId).collect();
+    let summary = if ids.is_empty() {
+        // Empty ids asks the master for "everything unfinished now".
+        wait_batches(&mut session, [Vec::new()], 0)?
+    } else {
+        let known = ids.len() as u64;
+        wait_batches(&mut session, ids::batched(ids), known)?
+    };
+    let mut out = view::stdout();
+    if args.json {
+        view::write_json(&mut out, &summary)?;
+        writeln!(out)?;
+    } else {
+        summary.write_human(&mut out)?;
+    }
+    out.flush()?;
+    Ok(summary.outcome())
+}
+
+/// Waits for every batch in turn. `known_total` (0 if unknown) keeps the bar's total steady
+/// while later batches have not been asked about yet.
+pub fn wait_batches(
+    session: &mut Session,
+    batches: impl IntoIterator<Item = Vec<TaskId>>,
+    known_total: u64,
+) -> Result<WaitSummary> {
+    let show = std::io::stderr().is_terminal();
+    let mut bar = ProgressBar::new(show, Instant::now());
+    let mut done = WaitSummary::default();
+    for batch in batches {
+        session.send(&ToMaster::Wait {
+            ids: batch,
+            progress: show,
+        })?;
+        // Bounded by the master: it sends at most one `Progress` per loop turn and ends with
+        // `WaitDone`, an `Error`, or by closing the connection.
+        loop {
+            match session.recv()? {
+                FromMaster::Progress {
+                    total,
+                    finished,
+                    failed,
+                } => {
+                    let counts = Counts {
+                        total: known_total.max(done.total.saturating_add(total)),
+                        finished: done.total.saturating_add(finished),
+                        failed: done.failed.saturating_add(failed),
+                    };
+                    bar.update(Instant::now(), counts);
+                }
+                FromMaster::WaitDone {
+                    total,
+                    succeeded,
+                    failed,
+                } => {
+                    done.total = done.total.saturating_add(total);
+                    done.succeeded = done.succeeded.saturating_add(succeeded);
+                    done.failed = done.failed.saturating_add(failed);
+                    break;
+                }
+                other => return Err(unexpected(&other, "Progress or WaitDone")),
+            }
+        }
+    }
+    bar.clear();
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_json_and_text() {
+        let s = WaitSummary {
+            total: 5,
+            succeeded: 4,
+            failed: 1,
+        };
+        let v: serde_json::Value = serde_json::to_value(s).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"total": 5, "succeeded": 4, "failed": 1})
+        );
+        let mut buf = Vec::new();
+        s.write_human(&mut buf).unwrap();
+        assert_eq!(buf, b"5 tasks: 4 succeeded, 1 failed\n");
+        assert_eq!(s.outcome(), Outcome::TasksFailed);
+        assert_eq!(WaitSummary::default().outcome(), Outcome::Success);
+    }
+}

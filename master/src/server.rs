@@ -1,0 +1,418 @@
+//! The IO shell: one single-threaded `mio` loop that moves bytes between sockets and the sans-IO
+//! [`Core`](crate::core::Core), and tells it the time. It makes no scheduling decisions.
+//!
+//! Per connection: a `FrameDecoder` and one reused write buffer. WRITABLE interest is registered only
+//! while that buffer holds bytes; everything the core emits in one turn is written with one syscall
+//! per connection. The poll timeout is the core's next deadline.
+
+use crate::core::{ConnId, Core, CoreConfig, Output};
+use log::{debug, error, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use protocol::{auth::NONCE_LEN, encode_frame, FrameDecoder, ToMaster};
+use slab::Slab;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+const LISTENER: Token = Token(usize::MAX);
+/// Bytes asked of the kernel per read; also the decoder's growth step.
+const READ_CHUNK: usize = 64 << 10;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: io::Error },
+    /// The event loop itself failed (not one connection: those are only closed).
+    #[error("event loop failed: {0}")]
+    Poll(#[from] io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub core: CoreConfig,
+    /// Connections beyond this are accepted and closed at once, so the backlog does not fill.
+    pub max_connections: usize,
+    /// A peer that does not read gets disconnected once this many bytes wait for it.
+    pub max_write_buffer: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            core: CoreConfig::default(),
+            max_connections: 10_000,
+            max_write_buffer: 256 << 20,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, advanced by a monotonic clock so a wall-clock jump cannot
+/// fake (or hide) a heartbeat timeout.
+struct Clock {
+    start: Instant,
+    base_ms: u64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let base_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Clock {
+            start: Instant::now(),
+            base_ms,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base_ms + self.start.elapsed().as_millis() as u64
+    }
+}
+
+struct Connection {
+    stream: TcpStream,
+    addr: SocketAddr,
+    decoder: FrameDecoder,
+    out: Vec<u8>,
+    /// Bytes of `out` already written.
+    out_pos: usize,
+    writable_interest: bool,
+    /// The core asked to close this connection once `out` is flushed.
+    closing: bool,
+    /// Already in this turn's list of connections to flush.
+    touched: bool,
+}
+
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Slab<Connection>,
+    core: Core,
+    clock: Clock,
+    config: ServerConfig,
+    touched: Vec<usize>,
+}
+
+impl Server {
+    /// Binds `addr` (port 0 picks a free port; see [`Server::local_addr`]).
+    pub fn bind(addr: &str, config: ServerConfig) -> Result<Server, ServerError> {
+        let bind_err = |source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        let std_listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+        std_listener.set_nonblocking(true).map_err(bind_err)?;
+        let mut listener = TcpListener::from_std(std_listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Server {
+            poll,
+            listener,
+            conns: Slab::new(),
+            core: Core::new(config.core.clone()),
+            clock: Clock::new(),
+            config,
+            touched: Vec::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs the loop forever (until the process is stopped or the poll itself fails).
+    pub fn run(mut self) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self
+                .core
+                .poll_timeout()
+                .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let now = self.clock.now_ms();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(now, key);
+                        }
+                        if event.is_writable() {
+                            self.touch(key);
+                        }
+                    }
+                }
+            }
+            self.core.handle_timeout(now);
+            // Flushing can drop a broken peer, which can free work to place: repeat until quiet.
+            loop {
+                self.core.dispatch(now);
+                self.drain_core();
+                if self.touched.is_empty() {
+                    break;
+                }
+                self.flush_touched(now);
+            }
+        }
+    }
+
+    fn accept(&mut self, now: u64) {
+        loop {
+            let (mut stream, addr) = match self.listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: keep serving the connections we have.
+                    warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            if self.conns.len() >= self.config.max_connections {
+                warn!(
+                    "refused {addr}: {} connections is the limit",
+                    self.config.max_connections
+                );
+                continue; // dropping the stream closes it
+            }
+            let mut nonce = vec![0u8; NONCE_LEN];
+            if let Err(e) = getrandom::fill(&mut nonce) {
+                error!("refused {addr}: no randomness for the handshake nonce: {e}");
+                continue;
+            }
+            if let Err(e) = stream.set_nodelay(true) {
+                debug!("{addr}: cannot set TCP_NODELAY: {e}");
+            }
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut stream, Token(key), Interest::READABLE)
+            {
+                warn!("refused {addr}: cannot register: {e}");
+                continue;
+            }
+            entry.insert(Connection {
+                stream,
+                addr,
+                decoder: FrameDecoder::new(),
+                out: Vec::new(),
+                out_pos: 0,
+                writable_interest: false,
+                closing: false,
+                touched: false,
+            });
+            debug!("accepted {addr}");
+            self.core
+                .handle_connect(now, ConnId(key), addr.to_string(), nonce);
+        }
+    }
+
+    /// Reads until the socket would block, handing every whole frame to the core.
+    fn read(&mut self, now: u64, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // spurious event for a connection we already closed
+        };
+        if conn.closing {
+            return;
+        }
+        let mut failure: Option<String> = None;
+        loop {
+            let spare = conn.decoder.spare(READ_CHUNK);
+            match conn.stream.read(spare) {
+                Ok(0) => {
+                    conn.decoder.commit(READ_CHUNK, 0);
+                    failure = Some("connection closed by peer".into());
+                    break;
+                }
+                Ok(n) => conn.decoder.commit(READ_CHUNK, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.decoder.commit(READ_CHUNK, 0);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    conn.decoder.commit(READ_CHUNK, 0);
+                }
+                Err(e) => {
+                    conn.decoder.commit(READ_CHUNK, 0);
+                    failure = Some(format!("read error: {e}"));
+                    break;
+                }
+            }
+            // Decode as we go so the buffer holds at most one partial frame plus one read.
+            if let Err(reason) = decode_all(&mut self.core, now, key, conn) {
+                failure = Some(reason);
+                break;
+            }
+        }
+        if failure.is_none() {
+            if let Err(reason) = decode_all(&mut self.core, now, key, conn) {
+                failure = Some(reason);
+            }
+        }
+        if let Some(reason) = failure {
+            let addr = conn.addr;
+            if reason.starts_with("protocol error") {
+                warn!("{addr}: {reason}; closing");
+            } else {
+                debug!("{addr}: {reason}");
+            }
+            self.core.handle_disconnect(now, ConnId(key), &reason);
+            self.remove(key);
+        }
+    }
+
+    /// Moves the core's output into connection buffers.
+    fn drain_core(&mut self) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Send { conn, msg } => {
+                    let Some(c) = self.conns.get_mut(conn.0) else {
+                        continue; // the peer left in this same turn
+                    };
+                    if let Err(e) = encode_frame(&msg, &mut c.out) {
+                        error!("{}: cannot encode a reply: {e}", c.addr);
+                        continue;
+                    }
+                    self.touch(conn.0);
+                }
+                Output::Close { conn, reason } => {
+                    if let Some(c) = self.conns.get_mut(conn.0) {
+                        debug!("{}: closing: {reason}", c.addr);
+                        c.closing = true;
+                        self.touch(conn.0);
+                    }
+                }
+            }
+        }
+    }
+
+    fn touch(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            if !c.touched {
+                c.touched = true;
+                self.touched.push(key);
+            }
+        }
+    }
+
+    /// One write per touched connection; WRITABLE interest only while bytes remain.
+    fn flush_touched(&mut self, now: u64) {
+        let touched = std::mem::take(&mut self.touched);
+        for &key in &touched {
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            c.touched = false;
+            let result = write_out(c);
+            let pending = c.out.len() - c.out_pos;
+            let reason = match result {
+                Err(e) => Some(format!("write error: {e}")),
+                Ok(()) if pending > self.config.max_write_buffer => Some(format!(
+                    "peer is not reading ({pending} bytes waiting, limit {})",
+                    self.config.max_write_buffer
+                )),
+                Ok(()) => None,
+            };
+            if let Some(reason) = reason {
+                warn!("{}: {reason}; closing", c.addr);
+                self.core.handle_disconnect(now, ConnId(key), &reason);
+                self.remove(key);
+                continue;
+            }
+            if c.closing && pending == 0 {
+                self.remove(key);
+                continue;
+            }
+            let want = pending > 0;
+            if want != c.writable_interest {
+                let interest = if want {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                if let Err(e) = self
+                    .poll
+                    .registry()
+                    .reregister(&mut c.stream, Token(key), interest)
+                {
+                    warn!("{}: cannot change interest: {e}; closing", c.addr);
+                    self.core
+                        .handle_disconnect(now, ConnId(key), "reregister failed");
+                    self.remove(key);
+                    continue;
+                }
+                c.writable_interest = want;
+            }
+        }
+        // Reuse the list's allocation next turn.
+        self.touched = touched;
+        self.touched.clear();
+    }
+
+    fn remove(&mut self, key: usize) {
+        if let Some(mut c) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+        }
+    }
+}
+
+/// Hands every whole frame in the decoder to the core. Err: the stream is broken.
+fn decode_all(core: &mut Core, now: u64, key: usize, conn: &mut Connection) -> Result<(), String> {
+    loop {
+        match conn.decoder.next_frame::<ToMaster>() {
+            Ok(Some(msg)) => core.handle_message(now, ConnId(key), msg),
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("protocol error: {e}")),
+        }
+    }
+}
+
+/// Writes as much of `out` as the socket takes; keeps the buffer's allocation for reuse.
+fn write_out(c: &mut Connection) -> io::Result<()> {
+    while c.out_pos < c.out.len() {
+        match c.stream.write(&c.out[c.out_pos..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => c.out_pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    if c.out_pos == c.out.len() {
+        c.out.clear();
+        c.out_pos = 0;
+        // Do not pin a huge buffer after one large reply.
+        if c.out.capacity() > 1 << 20 {
+            c.out.shrink_to(64 << 10);
+        }
+    } else if c.out_pos > c.out.len() / 2 {
+        c.out.drain(..c.out_pos);
+        c.out_pos = 0;
+    }
+    Ok(())
+}
+
+pub fn log_listening(addr: SocketAddr, config: &ServerConfig) {
+    info!(
+        "master listening on {addr} (policy {}, heartbeat {} ms, timeout {} ms, auth {})",
+        config.core.policy,
+        config.core.heartbeat_interval_ms,
+        config.core.heartbeat_timeout_ms,
+        if config.core.token.is_some() {
+            "token"
+        } else {
+            "off"
+        }
+    );
+}

@@ -1,0 +1,196 @@
+//! End-to-end: the real `master` and `worker` binaries on loopback, driven through the CLI.
+
+mod common;
+
+use common::{eventually, Cluster};
+use serde_json::Value;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn by_state<'a>(results: &'a [Value], state: &str) -> Vec<&'a Value> {
+    results.iter().filter(|r| r["state"] == state).collect()
+}
+
+#[test]
+fn batch_is_spread_over_two_workers() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("a", 2);
+    c.add_worker("b", 2);
+    c.wait_for_workers(2);
+    let ids = c.submit(&["--count", "200", "--", "sh", "-c", "echo hello-$((6*7))"]);
+    assert_eq!(ids.len(), 200);
+    let out = c.cli(&["wait"]);
+    assert!(
+        out.status.success(),
+        "wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = c.results();
+    assert_eq!(results.len(), 200);
+    for r in &results {
+        assert_eq!(r["state"], "succeeded", "{r}");
+        assert_eq!(r["exit_code"], 0);
+        assert!(
+            r["stdout"].as_str().unwrap_or("").contains("hello-42"),
+            "{r}"
+        );
+    }
+    for name in ["a", "b"] {
+        let n = results.iter().filter(|r| r["worker"] == name).count();
+        assert!(n >= 40, "worker {name} ran only {n} of 200");
+    }
+    let status = c.status();
+    assert_eq!(status["succeeded"], 200);
+    assert_eq!(status["queued"], 0);
+}
+
+#[test]
+fn failing_command_fails_the_wait() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("a", 1);
+    c.wait_for_workers(1);
+    let ids = c.submit(&["--", "sh", "-c", "echo oops >&2; exit 7"]);
+    let out = c.cli(&["wait"]);
+    assert!(!out.status.success(), "wait must fail when a task failed");
+    let r = c.json(&["results", &ids[0].to_string()]);
+    assert_eq!(r[0]["state"], "failed");
+    assert_eq!(r[0]["exit_code"], 7);
+    assert!(r[0]["stderr"].as_str().unwrap_or("").contains("oops"));
+    assert_eq!(r[0]["attempts"], 1, "a non-zero exit is not retried");
+}
+
+#[test]
+fn garbage_on_the_port_leaves_the_master_serving() {
+    let mut c = Cluster::start(&[]);
+    let send = |bytes: &[u8]| {
+        let mut s = TcpStream::connect(&c.addr).expect("connect");
+        let _ = s.write_all(bytes);
+        // Dropping closes; the master must shrug it off.
+    };
+    send(&[0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03]);
+    send(b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    send(&[0, 0, 0, 50, 1, 2, 3]); // a frame promising 50 bytes, then hanging up
+    send(&[0, 0, 0, 3, 0xff, 0xff, 0xff]); // a whole frame that is not a message
+                                           // A truncated frame on a connection that stays open must not block anyone else.
+    let mut open = TcpStream::connect(&c.addr).expect("connect");
+    open.write_all(&[0, 0, 1, 0, 9]).expect("write");
+    let status = c.status();
+    assert!(status["workers"].as_array().is_some());
+    c.add_worker("a", 1);
+    c.wait_for_workers(1);
+    c.submit(&["--sleep", "10ms"]);
+    assert!(c.cli(&["wait"]).status.success());
+    assert!(c.master_alive());
+    drop(open);
+}
+
+#[test]
+fn killed_worker_tasks_are_rerun_elsewhere() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("a", 4);
+    c.add_worker("b", 4);
+    c.wait_for_workers(2);
+    c.submit(&["--count", "8", "--sleep", "1500ms"]);
+    // Kill only once both workers are running their share.
+    eventually(Duration::from_secs(10), "eight tasks running", || {
+        let s = c.status();
+        (s["running"] == 8).then_some(())
+    });
+    c.kill_worker("a");
+    let out = c.cli(&["wait"]);
+    assert!(
+        out.status.success(),
+        "wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = c.results();
+    assert_eq!(by_state(&results, "succeeded").len(), 8);
+    assert!(results.iter().all(|r| r["worker"] == "b"));
+    let retried = results
+        .iter()
+        .filter(|r| r["attempts"].as_u64() >= Some(2))
+        .count();
+    assert_eq!(retried, 4, "a's four tasks ran again");
+    let status = c.status();
+    let a = status["workers"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| w["name"] == "a"))
+        .cloned()
+        .expect("a is still listed");
+    assert_eq!(a["state"], "dead");
+    assert!(c.master_log().contains("re-queued"));
+}
+
+#[test]
+fn higher_priority_starts_first() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("solo", 2);
+    c.wait_for_workers(1);
+    c.submit(&["--count", "2", "--sleep", "700ms"]);
+    eventually(Duration::from_secs(10), "both slots busy", || {
+        (c.status()["running"] == 2).then_some(())
+    });
+    let low = c.submit(&["--count", "10", "--priority", "0", "--sleep", "20ms"]);
+    let high = c.submit(&["--count", "5", "--priority", "9", "--sleep", "20ms"]);
+    assert!(c.cli(&["wait"]).status.success());
+    let results = c.results();
+    let started = |ids: &[u64]| -> Vec<u64> {
+        ids.iter()
+            .map(|id| {
+                results
+                    .iter()
+                    .find(|r| r["id"] == *id)
+                    .and_then(|r| r["started_ms"].as_u64())
+                    .expect("started")
+            })
+            .collect()
+    };
+    let last_high = started(&high).into_iter().max().expect("some");
+    let first_low = started(&low).into_iter().min().expect("some");
+    assert!(
+        last_high <= first_low,
+        "a priority-9 task started at {last_high}, after a priority-0 one at {first_low}"
+    );
+}
+
+#[test]
+fn unreachable_master_is_one_line_and_exit_2() {
+    // Bind and drop to find a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let out = std::process::Command::new(common::MASTER)
+        .args(["status", "--master", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(&port.to_string()), "{err}");
+}
+
+#[test]
+fn token_keeps_strangers_out() {
+    let mut c = Cluster::start(&["--token", "s3cret"]);
+    c.add_worker("stranger", 1);
+    let out = c.cli(&["status"]);
+    assert!(
+        !out.status.success(),
+        "a client without the token is refused"
+    );
+    let ok = std::process::Command::new(common::MASTER)
+        .args(["status", "--json", "--master", &c.addr])
+        .env("BALLAST_TOKEN", "s3cret")
+        .output()
+        .expect("runs");
+    assert!(ok.status.success());
+    let v: Value = serde_json::from_slice(&ok.stdout).expect("json");
+    assert_eq!(v["workers"].as_array().map(|w| w.len()), Some(0), "{v}");
+    eventually(Duration::from_secs(10), "the refusal in the log", || {
+        c.master_log()
+            .contains("authentication failed")
+            .then_some(())
+    });
+}

@@ -1,0 +1,210 @@
+//! A real cluster on loopback for integration tests: the `master` and `worker` binaries as child
+//! processes, the master on a port the OS picks, driven through the CLI. Everything started is killed
+//! when the `Cluster` is dropped, and every wait polls against a deadline.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use serde_json::Value;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const MASTER: &str = env!("CARGO_BIN_EXE_master");
+
+/// The worker binary sits next to the master's; build it once per test run so it is never stale.
+pub fn worker_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = Path::new(MASTER).parent().expect("binary has a directory");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "-p", "worker", "--bin", "worker"]);
+            if dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("cargo runs");
+            assert!(status.success(), "building the worker failed");
+            dir.join("worker")
+        })
+        .clone()
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub addr: String,
+    master: Child,
+    workers: Vec<(String, Child)>,
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, panicking with `what` after `limit`.
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Cluster {
+    /// A master on 127.0.0.1:0 with `extra` arguments; logs go to the test's own folder.
+    pub fn start(extra: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "ballast-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port_file = dir.join("addr");
+        let log = File::create(dir.join("master.log")).expect("log file");
+        let master = Command::new(MASTER)
+            .args(["--listen", "127.0.0.1:0", "--port-file"])
+            .arg(&port_file)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("master starts");
+        let mut cluster = Cluster {
+            dir,
+            addr: String::new(),
+            master,
+            workers: Vec::new(),
+        };
+        cluster.addr = eventually(Duration::from_secs(10), "the master's port file", || {
+            std::fs::read_to_string(&port_file).ok()
+        });
+        cluster
+    }
+
+    pub fn add_worker(&mut self, name: &str, slots: u32) {
+        self.add_worker_with(name, slots, &[]);
+    }
+
+    pub fn add_worker_with(&mut self, name: &str, slots: u32, extra: &[&str]) {
+        let log = File::create(self.dir.join(format!("{name}.log"))).expect("log file");
+        let child = Command::new(worker_bin())
+            .args(["--master", &self.addr, "--name", name, "--slots"])
+            .arg(slots.to_string())
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("worker starts");
+        self.workers.push((name.to_string(), child));
+    }
+
+    /// SIGKILLs a worker (std's `kill` is SIGKILL on Unix).
+    pub fn kill_worker(&mut self, name: &str) {
+        let i = self
+            .workers
+            .iter()
+            .position(|(n, _)| n == name)
+            .expect("known worker");
+        let (_, mut child) = self.workers.remove(i);
+        child.kill().expect("kill");
+        let _ = child.wait();
+    }
+
+    /// Runs `master SUBCOMMAND --master ADDR REST...` (flags go before any `--`).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let (sub, rest) = args.split_first().expect("a subcommand");
+        Command::new(MASTER)
+            .arg(sub)
+            .args(["--master", &self.addr])
+            .args(rest)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cli runs")
+    }
+
+    /// Runs a `--json` client command that must succeed and returns its JSON.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.insert(1, "--json");
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "master {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "master {args:?} printed invalid JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    pub fn status(&self) -> Value {
+        self.json(&["status"])
+    }
+
+    pub fn alive_workers(&self) -> usize {
+        self.status()["workers"]
+            .as_array()
+            .map(|ws| ws.iter().filter(|w| w["state"] == "alive").count())
+            .unwrap_or(0)
+    }
+
+    pub fn wait_for_workers(&self, n: usize) {
+        eventually(Duration::from_secs(20), "workers to join", || {
+            (self.alive_workers() >= n).then_some(())
+        });
+    }
+
+    pub fn results(&self) -> Vec<Value> {
+        self.json(&["results"])
+            .as_array()
+            .cloned()
+            .expect("results is an array")
+    }
+
+    /// Submits and returns the new ids.
+    pub fn submit(&self, args: &[&str]) -> Vec<u64> {
+        let mut all = vec!["submit"];
+        all.extend_from_slice(args);
+        let v = self.json(&all);
+        v["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|x| x.as_u64().expect("numeric id"))
+            .collect()
+    }
+
+    pub fn master_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("master.log")).unwrap_or_default()
+    }
+
+    pub fn master_alive(&mut self) -> bool {
+        matches!(self.master.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.workers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("logs kept in {}", self.dir.display());
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Why the worker stops.
+
+use std::io;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    /// The master refused the handshake (bad token, other protocol version): retrying cannot help.
+    #[error("the master at {addr} rejected this worker: {reason}")]
+    Rejected { addr: String, reason: String },
+    /// The master connection broke and `--on-master-lost stop` asked us not to wait for it.
+    #[error("lost the master at {addr}: {reason}")]
+    MasterLost { addr: String, reason: String },
+    /// The process could not be set up (signal handlers, pipes).
+    #[error("cannot {what}: {source}")]
+    Setup {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+impl WorkerError {
+    /// The process exit status for this error: 2 when a person must change something before a
+    /// retry can work, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            WorkerError::Rejected { .. } => 2,
+            WorkerError::MasterLost { .. } | WorkerError::Setup { .. } => 1,
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Child processes: spawning, output capture, and killing the whole process group.
+//!
+//! Each command gets a supervisor thread that spawns the child and waits for it. The spawning
+//! thread must outlive the child because `PR_SET_PDEATHSIG` fires when the thread that forked
+//! exits, not the process: that is what takes the child down if the worker is SIGKILLed.
+//!
+//! IMPORTANT: the child is its own process group leader, and its pid is the group id. Signalling
+//! the group is only safe while that id cannot have been reused, that is, until the leader is
+//! reaped. The supervisor therefore waits for the exit without reaping (`WNOWAIT`), then, holding
+//! the control lock, kills whatever is left of the group, marks it reaped and reaps it. The main
+//! loop signals the group only under the same lock and only if it is not reaped.
+
+use super::TAIL_BYTES;
+use crate::tail::TailBuffer;
+use log::{debug, warn};
+use protocol::{Completion, TaskKind, TaskOutcome, TaskRef, TaskSpec};
+use std::io::{self, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// After the child exits and its group is killed, how long its output pipes may stay open. Only a
+/// process that left the group (setsid) can hold them longer; the task does not wait for it.
+const OUTPUT_DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Stacks for the per-command threads: they hold a read buffer and little else, and a busy worker
+/// may run hundreds of commands.
+const SUPERVISOR_STACK_BYTES: usize = 256 << 10;
+const READER_STACK_BYTES: usize = 128 << 10;
+const READ_CHUNK_BYTES: usize = 16 << 10;
+
+/// Why a command is being stopped; the first reason given wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StopReason {
+    TimedOut,
+    Cancelled,
+}
+
+/// Shared by the main loop (which stops commands) and the supervisor (which owns the child).
+#[derive(Debug, Default)]
+pub(super) struct CommandControl {
+    state: Mutex<ControlState>,
+}
+
+#[derive(Debug, Default)]
+struct ControlState {
+    /// The child's process group, once it is spawned.
+    pgid: Option<libc::pid_t>,
+    stop: Option<StopReason>,
+    /// The grace is over: the group gets SIGKILL, even if it is spawned only now.
+    killed: bool,
+    /// The group leader has been reaped: its id may now belong to someone else.
+    reaped: bool,
+}
+
+impl ControlState {
+    fn signal_group(&self, signal: libc::c_int) {
+        if let (Some(pgid), false) = (self.pgid, self.reaped) {
+            // SAFETY: plain syscall. ESRCH (the group is already gone) is fine.
+            unsafe { libc::killpg(pgid, signal) };
+        }
+    }
+}
+
+impl CommandControl {
+    pub(super) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records why the command must stop and sends SIGTERM to its group (now, or as soon as it is
+    /// spawned). Returns false if it was already being stopped.
+    pub(super) fn stop(&self, reason: StopReason) -> bool {
+        let mut state = self.lock();
+        if state.stop.is_some() {
+            return false;
+        }
+        state.stop = Some(reason);
+        state.signal_group(libc::SIGTERM);
+        true
+    }
+
+    /// SIGKILLs the group if it is still there.
+    pub(super) fn kill(&self) {
+        let mut state = self.lock();
+        state.killed = true;
+        state.signal_group(libc::SIGKILL);
+    }
+
+    #[cfg(test)]
+    pub(super) fn pgid(&self) -> Option<libc::pid_t> {
+        self.lock().pgid
+    }
+
+    /// Records the new group; if a stop arrived while the child was being spawned, acts on it.
+    fn spawned(&self, pgid: libc::pid_t) {
+        let mut state = self.lock();
+        state.pgid = Some(pgid);
+        if state.killed {
+            state.signal_group(libc::SIGKILL);
+        } else if state.stop.is_some() {
+            state.signal_group(libc::SIGTERM);
+        }
+    }
+
+    /// Waits for the child to exit, kills what is left of its group, reaps it, and returns its
+    /// status with the stop reason that applied when it died.
+    fn reap(&self, child: &mut Child) -> (io::Result<ExitStatus>, Option<StopReason>) {
+        let pid = child.id() as libc::pid_t;
+        if let Err(e) = wait_for_exit_without_reaping(pid) {
+            // Not expected on any platform we build for. Fall back to a plain wait, which leaves
+            // a moment between the reap and `reaped = true` where a stop could signal the id
+            // after it was freed; reusing it needs the pid space to wrap within that moment.
+            debug!("waitid(WNOWAIT) on {pid} failed ({e}); reaping directly");
+            let status = child.wait();
+            let mut state = self.lock();
+            state.reaped = true;
+            return (status, state.stop);
+        }
+        let (status, stop) = {
+            let mut state = self.lock();
+            // The leader is a zombie, which keeps the group id ours. Whatever it left running
+            // (background jobs, daemons) belongs to the task and goes with it; this also makes
+            // sure nothing keeps the output pipes open.
+            state.signal_group(libc::SIGKILL);
+            state.reaped = true;
+            // Returns at once: the child has exited.
+            (child.wait(), state.stop)
+        };
+        reap_orphaned_members(pid);
+        (status, stop)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ControlState> {
+        // The state stays consistent even if a holder panicked: every update is one assignment.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Everything a supervisor thread needs.
+pub(super) struct CommandJob {
+    pub task: TaskRef,
+    pub spec: Arc<TaskSpec>,
+    pub started: Instant,
+    pub control: Arc<CommandControl>,
+}
+
+/// Starts the supervisor thread, which reports the attempt's completion on `events`.
+pub(super) fn spawn_supervisor<E: From<Completion> + Send + 'static>(
+    job: CommandJob,
+    events: Sender<E>,
+) -> io::Result<()> {
+    thread::Builder::new()
+        .name(format!("task-{}", job.task.task))
+        .stack_size(SUPERVISOR_STACK_BYTES)
+        .spawn(move || {
+            let outcome = run(&job);
+            let completion = Completion {
+                task: job.task.task,
+                attempt: job.task.attempt,
+                outcome,
+                run_ms: job.started.elapsed().as_millis() as u64,
+            };
+            // A closed channel means the worker is exiting; nobody wants the result.
+            let _ = events.send(E::from(completion));
+        })?;
+    Ok(())
+}
+
+fn run(job: &CommandJob) -> TaskOutcome {
+    let TaskKind::Command { argv, env, cwd } = &job.spec.kind else {
+        return failed("internal error: not a command".into());
+    };
+    let Some(program) = argv.first() else {
+        return failed("command has an empty argv".into());
+    };
+    // Checked first because spawn's error for a bad cwd looks like a missing program.
+    if let Some(dir) = cwd {
+        if !Path::new(dir).is_dir() {
+            return failed(format!(
+                "working directory `{dir}` does not exist or is not a directory"
+            ));
+        }
+    }
+    let mut command = Command::new(program);
+    command
+        .args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    set_parent_death_signal(&mut command);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return failed(describe_spawn_error(program, &e)),
+    };
+    job.control.spawned(child.id() as libc::pid_t);
+
+    let stdout = Arc::new(Mutex::new(TailBuffer::new(TAIL_BYTES)));
+    let stderr = Arc::new(Mutex::new(TailBuffer::new(TAIL_BYTES)));
+    let (drained_tx, drained_rx) = mpsc::channel();
+    let mut readers = 0;
+    if let Some(pipe) = child.stdout.take() {
+        readers += spawn_reader(job.task, "out", pipe, stdout.clone(), drained_tx.clone());
+    }
+    if let Some(pipe) = child.stderr.take() {
+        readers += spawn_reader(job.task, "err", pipe, stderr.clone(), drained_tx.clone());
+    }
+    drop(drained_tx);
+
+    let (status, stop) = job.control.reap(&mut child);
+
+    let drain_deadline = Instant::now() + OUTPUT_DRAIN_GRACE;
+    for _ in 0..readers {
+        let left = drain_deadline.saturating_duration_since(Instant::now());
+        if drained_rx.recv_timeout(left).is_err() {
+            debug!(
+                "task {}: output still open after the process group died; not waiting for it",
+                job.task.task
+            );
+            break;
+        }
+    }
+    let tail = |buf: &Mutex<TailBuffer>| {
+        buf.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .to_string_lossy()
+    };
+    match (stop, status) {
+        (Some(StopReason::Cancelled), _) => TaskOutcome::Cancelled,
+        (Some(StopReason::TimedOut), _) => TaskOutcome::TimedOut {
+            stdout_tail: tail(&stdout),
+            stderr_tail: tail(&stderr),
+        },
+        (None, Ok(status)) => TaskOutcome::Exited {
+            code: exit_code(status),
+            stdout_tail: tail(&stdout),
+            stderr_tail: tail(&stderr),
+        },
+        (None, Err(e)) => failed(format!("cannot wait for `{program}`: {e}")),
+    }
+}
+
+/// A shell's view of an exit status: a death by signal N is 128 + N.
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+fn failed(error: String) -> TaskOutcome {
+    TaskOutcome::Failed { error }
+}
+
+fn describe_spawn_error(program: &str, e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound if program.contains('/') => format!("no such program `{program}`"),
+        io::ErrorKind::NotFound => format!("no such program `{program}` in PATH"),
+        io::ErrorKind::PermissionDenied => format!("cannot run `{program}`: permission denied"),
+        _ => format!("cannot start `{program}`: {e}"),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn set_parent_death_signal(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_parent_death_signal(_command: &mut Command) {}
+
+/// Blocks until `pid` has exited, leaving it a zombie so its pid (and group id) stay reserved.
+fn wait_for_exit_without_reaping(pid: libc::pid_t) -> io::Result<()> {
+    loop {
+        // SAFETY: a zeroed siginfo_t is a valid output buffer for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: plain syscall on our own child.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Reaps the members of group `pgid` that are our children. They are only ours when the worker is
+/// the reaper of orphans (PID 1 in a container); then nobody else would reap them and they would
+/// stay zombies for the worker's life. Otherwise this returns at once (ECHILD).
+///
+/// The group id cannot be reused while any member, zombie or not, is left, so this only ever
+/// waits for processes of this task; they were just sent SIGKILL, so it does not wait long.
+fn reap_orphaned_members(pgid: libc::pid_t) {
+    loop {
+        let mut status = 0;
+        // SAFETY: plain syscall; only children in group `pgid` are waited for.
+        let rc = unsafe { libc::waitpid(-pgid, &mut status, 0) };
+        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// Copies `pipe` into `tail` until end of file, then says so on `drained`. Returns how many
+/// readers were started (0 or 1).
+fn spawn_reader(
+    task: TaskRef,
+    stream: &str,
+    mut pipe: impl Read + Send + 'static,
+    tail: Arc<Mutex<TailBuffer>>,
+    drained: Sender<()>,
+) -> usize {
+    let spawned = thread::Builder::new()
+        .name(format!("task-{}-{stream}", task.task))
+        .stack_size(READER_STACK_BYTES)
+        .spawn(move || {
+            let mut buf = [0u8; READ_CHUNK_BYTES];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => tail
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .write(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = drained.send(());
+        });
+    match spawned {
+        Ok(_) => 1,
+        Err(e) => {
+            // The pipe is dropped with the closure: the task's writes to it fail (SIGPIPE), which
+            // beats hanging when the pipe fills up.
+            warn!(
+                "task {}: cannot start a reader for std{stream}: {e}",
+                task.task
+            );
+            0
+        }
+    }
+}

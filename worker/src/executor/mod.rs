@@ -1,0 +1,427 @@
+//! Runs task attempts: child processes, and the synthetic `Sleep` and `Spin` tasks.
+//!
+//! [`Executor`] is driven by the session's loop and never blocks it. Its methods are of four kinds:
+//! - getters: [`Executor::running`];
+//! - commands: [`Executor::start`], [`Executor::cancel`], [`Executor::cancel_all`],
+//!   [`Executor::kill_all`];
+//! - input: [`Executor::handle_finished`] (a completion a task thread sent through the events
+//!   channel) and [`Executor::handle_timeout`] (time passed);
+//! - output: [`Executor::poll_timeout`], the next instant `handle_timeout` has work to do.
+//!
+//! Completions known inside a call (a zero-length task, a cancelled sleep) are appended to the
+//! caller's `done` vector; completions produced by threads (commands, spins) arrive as `E` on the
+//! channel given to [`Executor::new`], and must be passed back to `handle_finished`.
+//!
+//! Sleeps cost no thread: they are entries in a timer heap. Spins burn a CPU each, on a pool that
+//! grows to the largest number run at once. A command gets a supervisor thread that spawns the
+//! child and waits for it for its whole life (see `command`), plus one reader thread per pipe.
+
+mod command;
+mod spin;
+
+use command::{CommandControl, StopReason};
+use log::{debug, warn};
+use protocol::{Assignment, Completion, TaskKind, TaskOutcome, TaskRef};
+use spin::{SpinJob, SpinPool};
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How much of each output stream a command's outcome carries.
+pub const TAIL_BYTES: usize = 64 << 10;
+
+/// Time between SIGTERM and SIGKILL when a command is timed out or cancelled.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+pub struct Executor<E> {
+    events: Sender<E>,
+    kill_grace: Duration,
+    running: HashMap<TaskRef, Entry>,
+    timers: BinaryHeap<Timer>,
+    /// Source of entry ids, so a timer left over from an earlier run of the same `TaskRef` is
+    /// recognised as stale.
+    next_id: u64,
+    spins: SpinPool<E>,
+}
+
+struct Entry {
+    id: u64,
+    started: Instant,
+    kind: Running,
+}
+
+enum Running {
+    /// Ends when its `SleepEnd` timer fires.
+    Sleep,
+    /// Ends when its thread reports; the flag asks it to stop early.
+    Spin { cancel: Arc<AtomicBool> },
+    /// Ends when its supervisor thread reports.
+    Command { control: Arc<CommandControl> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerKind {
+    /// A sleep task is over; `timed_out` when its timeout was shorter than its length.
+    SleepEnd { timed_out: bool },
+    /// A command's timeout: SIGTERM its process group.
+    Timeout,
+    /// The grace after SIGTERM is over: SIGKILL the group.
+    Kill,
+}
+
+#[derive(Debug)]
+struct Timer {
+    at: Instant,
+    task: TaskRef,
+    entry: u64,
+    kind: TimerKind,
+}
+
+// Ordered so that `BinaryHeap` (a max-heap) pops the earliest deadline first; entry ids break ties
+// in start order.
+impl Ord for Timer {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other
+            .at
+            .cmp(&self.at)
+            .then_with(|| other.entry.cmp(&self.entry))
+    }
+}
+
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Timer {}
+
+/// How a synthetic task that was not cancelled ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Exited,
+    TimedOut,
+}
+
+impl Ending {
+    fn outcome(self) -> TaskOutcome {
+        match self {
+            Ending::Exited => TaskOutcome::Exited {
+                code: 0,
+                stdout_tail: String::new(),
+                stderr_tail: String::new(),
+            },
+            Ending::TimedOut => TaskOutcome::TimedOut {
+                stdout_tail: String::new(),
+                stderr_tail: String::new(),
+            },
+        }
+    }
+}
+
+impl<E: From<Completion> + Send + 'static> Executor<E> {
+    /// `events` receives the completions of thread-run tasks; `kill_grace` is the time between
+    /// SIGTERM and SIGKILL (normally [`KILL_GRACE`]).
+    pub fn new(events: Sender<E>, kill_grace: Duration) -> Self {
+        Executor {
+            spins: SpinPool::new(events.clone()),
+            events,
+            kill_grace,
+            running: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Attempts started and not yet reported finished.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Starts an attempt. Returns false (and runs nothing) if that attempt is already running.
+    pub fn start(
+        &mut self,
+        now: Instant,
+        assignment: &Assignment,
+        done: &mut Vec<Completion>,
+    ) -> bool {
+        let task = TaskRef {
+            task: assignment.task,
+            attempt: assignment.attempt,
+        };
+        if self.running.contains_key(&task) {
+            warn!(
+                "task {} attempt {} assigned twice; ignoring the second",
+                task.task, task.attempt
+            );
+            return false;
+        }
+        let spec = &assignment.spec;
+        debug!(
+            "task {} attempt {} starts: {:?}",
+            task.task, task.attempt, spec.kind
+        );
+        self.next_id += 1;
+        let id = self.next_id;
+        self.drop_stale_timers();
+        let kind = match &spec.kind {
+            TaskKind::Sleep { ms } => {
+                let (run_ms, ending) = synthetic_run(*ms, spec.timeout_ms);
+                if run_ms == 0 {
+                    done.push(completion(task, ending.outcome(), 0));
+                    return true;
+                }
+                self.timers.push(Timer {
+                    at: now + Duration::from_millis(run_ms),
+                    task,
+                    entry: id,
+                    kind: TimerKind::SleepEnd {
+                        timed_out: ending == Ending::TimedOut,
+                    },
+                });
+                Running::Sleep
+            }
+            TaskKind::Spin { ms } => {
+                let (run_ms, ending) = synthetic_run(*ms, spec.timeout_ms);
+                if run_ms == 0 {
+                    done.push(completion(task, ending.outcome(), 0));
+                    return true;
+                }
+                let cancel = Arc::new(AtomicBool::new(false));
+                let job = SpinJob {
+                    task,
+                    started: now,
+                    until: now + Duration::from_millis(run_ms),
+                    ending,
+                    cancel: cancel.clone(),
+                };
+                if let Err(e) = self.spins.submit(job) {
+                    let error = format!("cannot start a spin thread: {e}");
+                    done.push(completion(task, TaskOutcome::Failed { error }, 0));
+                    return true;
+                }
+                Running::Spin { cancel }
+            }
+            TaskKind::Command { .. } => {
+                let control = Arc::new(CommandControl::new());
+                let job = command::CommandJob {
+                    task,
+                    spec: spec.clone(),
+                    started: now,
+                    control: control.clone(),
+                };
+                if let Err(e) = command::spawn_supervisor(job, self.events.clone()) {
+                    let error = format!("cannot start a supervisor thread: {e}");
+                    done.push(completion(task, TaskOutcome::Failed { error }, 0));
+                    return true;
+                }
+                if let Some(timeout_ms) = spec.timeout_ms {
+                    self.timers.push(Timer {
+                        at: now + Duration::from_millis(timeout_ms),
+                        task,
+                        entry: id,
+                        kind: TimerKind::Timeout,
+                    });
+                }
+                Running::Command { control }
+            }
+        };
+        self.running.insert(
+            task,
+            Entry {
+                id,
+                started: now,
+                kind,
+            },
+        );
+        true
+    }
+
+    /// Stops an attempt on the master's request. A sleep ends at once; a spin or command reports
+    /// `Cancelled` through the channel once it has stopped. Unknown attempts are ignored: they
+    /// finished already, and their completion is on its way.
+    pub fn cancel(&mut self, now: Instant, task: TaskRef, done: &mut Vec<Completion>) {
+        let Some(entry) = self.running.get(&task) else {
+            debug!(
+                "cancel for task {} attempt {}, which is not running",
+                task.task, task.attempt
+            );
+            return;
+        };
+        debug!("task {} attempt {} cancelled", task.task, task.attempt);
+        let id = entry.id;
+        match &entry.kind {
+            Running::Sleep => {
+                let run_ms = millis_since(entry.started, now);
+                self.running.remove(&task);
+                done.push(completion(task, TaskOutcome::Cancelled, run_ms));
+            }
+            Running::Spin { cancel } => cancel.store(true, Ordering::Relaxed),
+            Running::Command { control } => {
+                if control.stop(StopReason::Cancelled) {
+                    self.schedule_kill(now, task, id);
+                }
+            }
+        }
+    }
+
+    /// Cancels every running attempt (the worker is stopping).
+    pub fn cancel_all(&mut self, now: Instant, done: &mut Vec<Completion>) {
+        let tasks: Vec<TaskRef> = self.running.keys().copied().collect();
+        for task in tasks {
+            self.cancel(now, task, done);
+        }
+    }
+
+    /// SIGKILLs every command's process group and tells every spin to stop, without grace.
+    pub fn kill_all(&mut self) {
+        for entry in self.running.values() {
+            match &entry.kind {
+                Running::Sleep => {}
+                Running::Spin { cancel } => cancel.store(true, Ordering::Relaxed),
+                Running::Command { control } => {
+                    control.stop(StopReason::Cancelled);
+                    control.kill();
+                }
+            }
+        }
+    }
+
+    /// A completion sent by a task thread: forgets the attempt. Returns false if the attempt was
+    /// not running (a bug somewhere; the caller should not report it).
+    pub fn handle_finished(&mut self, completion: &Completion) -> bool {
+        let task = TaskRef {
+            task: completion.task,
+            attempt: completion.attempt,
+        };
+        match self.running.remove(&task) {
+            Some(entry) => {
+                if let Running::Spin { .. } = entry.kind {
+                    self.spins.job_done();
+                }
+                debug!(
+                    "task {} attempt {} finished in {} ms: {:?}",
+                    task.task, task.attempt, completion.run_ms, completion.outcome
+                );
+                true
+            }
+            None => {
+                warn!(
+                    "completion for task {} attempt {}, which was not running",
+                    task.task, task.attempt
+                );
+                false
+            }
+        }
+    }
+
+    /// Fires every timer due at `now`. A call with nothing due does nothing.
+    pub fn handle_timeout(&mut self, now: Instant, done: &mut Vec<Completion>) {
+        while let Some(timer) = self.timers.peek() {
+            if timer.at > now {
+                break;
+            }
+            let Some(timer) = self.timers.pop() else {
+                break;
+            };
+            let Some(entry) = self.running.get(&timer.task) else {
+                continue;
+            };
+            if entry.id != timer.entry {
+                continue;
+            }
+            match (timer.kind, &entry.kind) {
+                (TimerKind::SleepEnd { timed_out }, Running::Sleep) => {
+                    let run_ms = millis_since(entry.started, now);
+                    self.running.remove(&timer.task);
+                    let ending = if timed_out {
+                        Ending::TimedOut
+                    } else {
+                        Ending::Exited
+                    };
+                    done.push(completion(timer.task, ending.outcome(), run_ms));
+                }
+                (TimerKind::Timeout, Running::Command { control }) => {
+                    debug!(
+                        "task {} attempt {} timed out; terminating it",
+                        timer.task.task, timer.task.attempt
+                    );
+                    if control.stop(StopReason::TimedOut) {
+                        self.schedule_kill(now, timer.task, timer.entry);
+                    }
+                }
+                (TimerKind::Kill, Running::Command { control }) => control.kill(),
+                (kind, _) => debug_assert!(false, "timer {kind:?} on the wrong kind of task"),
+            }
+        }
+    }
+
+    /// When [`Executor::handle_timeout`] next has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|t| t.at)
+    }
+
+    /// Timers of attempts that ended early (a cancelled sleep, a command that finished before
+    /// its timeout) stay in the heap until their deadline, which may be hours away. Rebuilding the
+    /// heap once stale entries outnumber live ones keeps it O(running), amortised O(1) per start.
+    fn drop_stale_timers(&mut self) {
+        // Each attempt has at most two live timers (timeout and kill, or its sleep end).
+        const SLACK: usize = 1024;
+        if self.timers.len() <= 2 * self.running.len() + SLACK {
+            return;
+        }
+        let running = &self.running;
+        self.timers
+            .retain(|t| running.get(&t.task).is_some_and(|e| e.id == t.entry));
+    }
+
+    fn schedule_kill(&mut self, now: Instant, task: TaskRef, entry: u64) {
+        self.timers.push(Timer {
+            at: now + self.kill_grace,
+            task,
+            entry,
+            kind: TimerKind::Kill,
+        });
+    }
+
+    /// The process group of a running command, once its child exists.
+    #[cfg(test)]
+    fn pgid(&self, task: TaskRef) -> Option<libc::pid_t> {
+        match &self.running.get(&task)?.kind {
+            Running::Command { control } => control.pgid(),
+            _ => None,
+        }
+    }
+}
+
+/// How long a synthetic task of `ms` runs under `timeout_ms`, and how it ends.
+fn synthetic_run(ms: u64, timeout_ms: Option<u64>) -> (u64, Ending) {
+    match timeout_ms {
+        Some(timeout) if timeout < ms => (timeout, Ending::TimedOut),
+        _ => (ms, Ending::Exited),
+    }
+}
+
+fn completion(task: TaskRef, outcome: TaskOutcome, run_ms: u64) -> Completion {
+    Completion {
+        task: task.task,
+        attempt: task.attempt,
+        outcome,
+        run_ms,
+    }
+}
+
+fn millis_since(start: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(start).as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests;

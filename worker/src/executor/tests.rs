@@ -1,0 +1,393 @@
+use super::*;
+use protocol::{Attempt, TaskId, TaskSpec};
+use std::io;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+
+/// Generous: a loaded 2-core CI machine can be slow to fork, but nothing here should take long.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+struct Harness {
+    exec: Executor<Completion>,
+    rx: Receiver<Completion>,
+    done: Vec<Completion>,
+}
+
+impl Harness {
+    fn new(kill_grace: Duration) -> Self {
+        let (tx, rx) = mpsc::channel();
+        Harness {
+            exec: Executor::new(tx, kill_grace),
+            rx,
+            done: Vec::new(),
+        }
+    }
+
+    fn start(&mut self, id: u64, kind: TaskKind, timeout_ms: Option<u64>) -> TaskRef {
+        let mut spec = TaskSpec::new(kind);
+        spec.timeout_ms = timeout_ms;
+        let assignment = Assignment {
+            task: TaskId(id),
+            attempt: Attempt(1),
+            spec: Arc::new(spec),
+        };
+        assert!(self.exec.start(Instant::now(), &assignment, &mut self.done));
+        TaskRef {
+            task: TaskId(id),
+            attempt: Attempt(1),
+        }
+    }
+
+    /// Drives the executor the way the session does until `task` completes.
+    fn wait_for(&mut self, task: TaskRef) -> Completion {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(i) = self.done.iter().position(|c| c.task == task.task) {
+                return self.done.remove(i);
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "task {} did not finish", task.task);
+            let wake = self
+                .exec
+                .poll_timeout()
+                .map_or(deadline, |t| t.min(deadline));
+            match self.rx.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(c) => {
+                    assert!(self.exec.handle_finished(&c));
+                    self.done.push(c);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => panic!("executor channel closed"),
+            }
+            self.exec.handle_timeout(Instant::now(), &mut self.done);
+        }
+    }
+
+    /// Waits until the command `task` has a process group, and returns it.
+    fn pgid(&self, task: TaskRef) -> libc::pid_t {
+        poll_until("the child to be spawned", || self.exec.pgid(task))
+    }
+}
+
+fn poll_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn sh(script: &str) -> TaskKind {
+    TaskKind::Command {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: Vec::new(),
+        cwd: None,
+    }
+}
+
+/// Whether no process of group `pgid` is alive. Members that died after their parent are reaped
+/// by init; some sandboxes run an init that never reaps, so a zombie member counts as gone.
+fn group_is_gone(pgid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    if unsafe { libc::kill(-pgid, 0) } == -1 {
+        return io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    live_members(pgid) == 0
+}
+
+#[cfg(target_os = "linux")]
+fn live_members(pgid: libc::pid_t) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return usize::MAX;
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // After the command name's closing parenthesis: state, ppid, pgrp.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z"
+        })
+        .count()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn live_members(_pgid: libc::pid_t) -> usize {
+    usize::MAX
+}
+
+#[test]
+fn command_exit_code_and_tails() {
+    let mut h = Harness::new(KILL_GRACE);
+    let t = h.start(1, sh("echo hi; echo err >&2; exit 3"), None);
+    let c = h.wait_for(t);
+    assert_eq!(
+        c.outcome,
+        TaskOutcome::Exited {
+            code: 3,
+            stdout_tail: "hi\n".into(),
+            stderr_tail: "err\n".into(),
+        }
+    );
+    assert_eq!(h.exec.running(), 0);
+}
+
+#[test]
+fn command_env_and_cwd() {
+    let mut h = Harness::new(KILL_GRACE);
+    let kind = TaskKind::Command {
+        argv: vec!["sh".into(), "-c".into(), "echo $BALLAST_X; pwd".into()],
+        env: vec![("BALLAST_X".into(), "forty two".into())],
+        cwd: Some("/".into()),
+    };
+    let t = h.start(1, kind, None);
+    match h.wait_for(t).outcome {
+        TaskOutcome::Exited {
+            code, stdout_tail, ..
+        } => {
+            assert_eq!(code, 0);
+            assert_eq!(stdout_tail, "forty two\n/\n");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn death_by_signal_is_128_plus_n() {
+    let mut h = Harness::new(KILL_GRACE);
+    let t = h.start(1, sh("kill -KILL $$"), None);
+    assert!(matches!(
+        h.wait_for(t).outcome,
+        TaskOutcome::Exited { code: 137, .. }
+    ));
+}
+
+#[test]
+fn long_output_keeps_the_tail() {
+    let mut h = Harness::new(KILL_GRACE);
+    // 200,000 lines of 7 bytes: well over the 64 KiB tail.
+    let t = h.start(1, sh("seq 1000001 1200000"), None);
+    match h.wait_for(t).outcome {
+        TaskOutcome::Exited { stdout_tail, .. } => {
+            assert_eq!(stdout_tail.len(), TAIL_BYTES);
+            assert!(stdout_tail.ends_with("1199999\n1200000\n"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn missing_program_fails() {
+    let mut h = Harness::new(KILL_GRACE);
+    let kind = TaskKind::Command {
+        argv: vec!["/nonexistent/ballast-no-such-program".into()],
+        env: Vec::new(),
+        cwd: None,
+    };
+    let t = h.start(1, kind, None);
+    match h.wait_for(t).outcome {
+        TaskOutcome::Failed { error } => assert!(error.contains("no such program"), "{error}"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn bad_cwd_fails_with_a_clear_message() {
+    let mut h = Harness::new(KILL_GRACE);
+    let kind = TaskKind::Command {
+        argv: vec!["true".into()],
+        env: Vec::new(),
+        cwd: Some("/nonexistent/ballast-dir".into()),
+    };
+    let t = h.start(1, kind, None);
+    match h.wait_for(t).outcome {
+        TaskOutcome::Failed { error } => assert!(error.contains("working directory"), "{error}"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn timeout_kills_the_whole_group() {
+    let mut h = Harness::new(KILL_GRACE);
+    let t = h.start(1, sh("echo started; sleep 30"), Some(300));
+    let pgid = h.pgid(t);
+    let c = h.wait_for(t);
+    match c.outcome {
+        TaskOutcome::TimedOut { stdout_tail, .. } => assert_eq!(stdout_tail, "started\n"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(c.run_ms >= 300, "{}", c.run_ms);
+    poll_until("the process group to die", || {
+        group_is_gone(pgid).then_some(())
+    });
+}
+
+#[test]
+fn sigterm_ignored_gets_sigkill_after_grace() {
+    let mut h = Harness::new(Duration::from_millis(200));
+    // The ignored SIGTERM is inherited by sleep too; only SIGKILL ends them.
+    let t = h.start(1, sh("trap '' TERM; sleep 30; echo survived"), Some(100));
+    let pgid = h.pgid(t);
+    let c = h.wait_for(t);
+    assert!(matches!(c.outcome, TaskOutcome::TimedOut { .. }), "{c:?}");
+    assert!(c.run_ms >= 300, "{}", c.run_ms);
+    poll_until("the process group to die", || {
+        group_is_gone(pgid).then_some(())
+    });
+}
+
+#[test]
+fn cancel_kills_the_whole_group() {
+    let mut h = Harness::new(KILL_GRACE);
+    let t = h.start(1, sh("sleep 30 & sleep 30; wait"), None);
+    let pgid = h.pgid(t);
+    h.exec.cancel(Instant::now(), t, &mut h.done);
+    assert_eq!(h.wait_for(t).outcome, TaskOutcome::Cancelled);
+    poll_until("the process group to die", || {
+        group_is_gone(pgid).then_some(())
+    });
+}
+
+#[test]
+fn leftover_background_job_does_not_hold_the_task() {
+    let mut h = Harness::new(KILL_GRACE);
+    // The background sleep keeps stdout open; the task still ends when sh does.
+    let t = h.start(1, sh("sleep 30 & echo done"), None);
+    let pgid = h.pgid(t);
+    match h.wait_for(t).outcome {
+        TaskOutcome::Exited {
+            code, stdout_tail, ..
+        } => assert_eq!((code, stdout_tail.as_str()), (0, "done\n")),
+        other => panic!("unexpected {other:?}"),
+    }
+    poll_until("the process group to die", || {
+        group_is_gone(pgid).then_some(())
+    });
+}
+
+#[test]
+fn zero_sleep_completes_in_the_same_call() {
+    let mut h = Harness::new(KILL_GRACE);
+    h.start(1, TaskKind::Sleep { ms: 0 }, None);
+    h.start(2, TaskKind::Spin { ms: 0 }, None);
+    assert_eq!(h.done.len(), 2);
+    assert!(h
+        .done
+        .iter()
+        .all(|c| matches!(c.outcome, TaskOutcome::Exited { code: 0, .. }) && c.run_ms == 0));
+    assert_eq!(h.exec.running(), 0);
+    assert_eq!(h.exec.poll_timeout(), None);
+}
+
+#[test]
+fn many_zero_sleeps_need_no_timers() {
+    let mut h = Harness::new(KILL_GRACE);
+    for id in 1..=10_000 {
+        h.start(id, TaskKind::Sleep { ms: 0 }, None);
+    }
+    assert_eq!(h.done.len(), 10_000);
+    assert!(h.exec.timers.is_empty() && h.exec.running.is_empty());
+}
+
+#[test]
+fn sleep_ends_on_its_timer() {
+    let mut h = Harness::new(KILL_GRACE);
+    let start = Instant::now();
+    let t = h.start(1, TaskKind::Sleep { ms: 50 }, None);
+    assert!(h.done.is_empty());
+    let deadline = h.exec.poll_timeout().expect("a timer");
+    assert!(deadline >= start + Duration::from_millis(50));
+    // Early or spurious calls do nothing.
+    h.exec.handle_timeout(start, &mut h.done);
+    assert!(h.done.is_empty());
+    h.exec.handle_timeout(deadline, &mut h.done);
+    let c = h.wait_for(t);
+    assert!(matches!(c.outcome, TaskOutcome::Exited { code: 0, .. }));
+    assert!(c.run_ms >= 50);
+}
+
+#[test]
+fn sleep_timeout_and_cancel() {
+    let mut h = Harness::new(KILL_GRACE);
+    let timed = h.start(1, TaskKind::Sleep { ms: 60_000 }, Some(20));
+    let cancelled = h.start(2, TaskKind::Sleep { ms: 60_000 }, None);
+    h.exec.cancel(Instant::now(), cancelled, &mut h.done);
+    assert_eq!(h.wait_for(cancelled).outcome, TaskOutcome::Cancelled);
+    assert!(matches!(
+        h.wait_for(timed).outcome,
+        TaskOutcome::TimedOut { .. }
+    ));
+    // The cancelled sleep's timer is stale and must not produce anything.
+    h.exec
+        .handle_timeout(Instant::now() + Duration::from_secs(120), &mut h.done);
+    assert!(h.done.is_empty());
+    assert_eq!(h.exec.running(), 0);
+}
+
+#[test]
+fn spin_runs_times_out_and_cancels() {
+    let mut h = Harness::new(KILL_GRACE);
+    let ran = h.start(1, TaskKind::Spin { ms: 30 }, None);
+    let timed = h.start(2, TaskKind::Spin { ms: 60_000 }, Some(30));
+    let c = h.wait_for(ran);
+    assert!(matches!(c.outcome, TaskOutcome::Exited { code: 0, .. }));
+    assert!(c.run_ms >= 30);
+    assert!(matches!(
+        h.wait_for(timed).outcome,
+        TaskOutcome::TimedOut { .. }
+    ));
+    let cancelled = h.start(3, TaskKind::Spin { ms: 60_000 }, None);
+    h.exec.cancel(Instant::now(), cancelled, &mut h.done);
+    assert_eq!(h.wait_for(cancelled).outcome, TaskOutcome::Cancelled);
+    // Two spins ran at once, so two threads; the third reused one.
+    assert_eq!(h.exec.spins.threads, 2);
+}
+
+#[test]
+fn duplicate_assignment_is_ignored() {
+    let mut h = Harness::new(KILL_GRACE);
+    h.start(1, TaskKind::Sleep { ms: 60_000 }, None);
+    let again = Assignment {
+        task: TaskId(1),
+        attempt: Attempt(1),
+        spec: Arc::new(TaskSpec::new(TaskKind::Sleep { ms: 1 })),
+    };
+    assert!(!h.exec.start(Instant::now(), &again, &mut h.done));
+    assert_eq!(h.exec.running(), 1);
+}
+
+#[test]
+fn cancel_all_then_kill_all_stops_everything() {
+    let mut h = Harness::new(Duration::from_secs(60));
+    let cmd = h.start(1, sh("trap '' TERM; sleep 30"), None);
+    let spin = h.start(2, TaskKind::Spin { ms: 60_000 }, None);
+    let sleep = h.start(3, TaskKind::Sleep { ms: 60_000 }, None);
+    let pgid = h.pgid(cmd);
+    h.exec.cancel_all(Instant::now(), &mut h.done);
+    h.exec.kill_all();
+    for t in [cmd, spin, sleep] {
+        assert_eq!(h.wait_for(t).outcome, TaskOutcome::Cancelled);
+    }
+    poll_until("the process group to die", || {
+        group_is_gone(pgid).then_some(())
+    });
+}
+
+#[test]
+fn stale_timers_do_not_pile_up() {
+    let mut h = Harness::new(KILL_GRACE);
+    for id in 1..=5_000 {
+        let t = h.start(id, TaskKind::Sleep { ms: 3_600_000 }, None);
+        h.exec.cancel(Instant::now(), t, &mut h.done);
+    }
+    assert_eq!(h.done.len(), 5_000);
+    assert_eq!(h.exec.running(), 0);
+    assert!(
+        h.exec.timers.len() <= 1025,
+        "{} timers",
+        h.exec.timers.len()
+    );
+}

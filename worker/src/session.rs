@@ -1,0 +1,616 @@
+//! The worker's life: connect (with backoff), heartbeat, run what the master assigns, report what
+//! finished, and reconnect when the master goes away.
+//!
+//! One thread runs [`run`]; everything else reaches it through one channel of [`Event`]s: the
+//! connect thread (at most one at a time), the reader thread of the current connection, the task
+//! threads (completions) and the signal thread. A loop turn waits for the first event or the next
+//! deadline (heartbeat, task timer, reconnect, stop), handles everything already queued, then
+//! writes what the turn produced (one `Started` and one `Finished` frame, split only if outputs are
+//! large) with one flush. That batching is what lets a worker keep up with tens of thousands of
+//! zero-length tasks per second.
+
+use crate::backoff::{seed_from_clock_and_pid, Backoff};
+use crate::error::WorkerError;
+use crate::executor::{Executor, KILL_GRACE};
+use crate::sampler::LoadSampler;
+use crate::signals::signal_name;
+use log::{debug, error, info, warn};
+use protocol::connection::{FrameReader, FrameWriter, Welcome};
+use protocol::{
+    Completion, Connection, ConnectionError, FromMaster, Role, TaskOutcome, TaskRef, ToMaster,
+    WorkerInfo,
+};
+use std::mem;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Reconnect delays: first ~100 ms, doubling up to 5 s.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// A connection that lasted this long worked: the next reconnect starts the backoff afresh. A
+/// master that accepts and then drops us at once keeps the delays growing.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// TCP connect timeout per address (the handshake has its own, in `protocol`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connection failures after the first are logged at info at most this often.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// Used when the master's `Welcome` asks for a zero heartbeat interval.
+const FALLBACK_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Events handled per loop turn before the turn's output is flushed: bounds report latency when
+/// the channel is never empty.
+const MAX_EVENTS_PER_TURN: usize = 4096;
+/// Budget for one `Finished` frame, far below `MAX_FRAME` (16 MiB): 64 KiB tails of a few hundred
+/// commands could otherwise exceed it, and smaller frames keep the master's loop turns short.
+const FINISHED_FRAME_BYTES: usize = 1 << 20;
+/// After stopping tasks, how long past the SIGKILL to wait for their threads to report.
+const STOP_SLACK: Duration = Duration::from_secs(1);
+
+/// What to do when the master connection breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMasterLost {
+    /// Keep the tasks running, reconnect, and report them to the next master connection.
+    Wait,
+    /// Kill the tasks and exit with status 1.
+    Stop,
+}
+
+pub struct Config {
+    pub master_addr: String,
+    /// Shared secret for the handshake, if the master wants one.
+    pub token: Option<Vec<u8>>,
+    pub info: WorkerInfo,
+    /// Overrides the master's heartbeat interval.
+    pub heartbeat: Option<Duration>,
+    pub on_master_lost: OnMasterLost,
+}
+
+/// Everything the loop reacts to, from whichever thread.
+pub enum Event {
+    /// A connect attempt (handshake included) finished.
+    Connected {
+        attempt: u64,
+        result: Result<(Connection, Welcome), ConnectionError>,
+    },
+    /// A message from the master on connection `conn`.
+    Frame { conn: u64, msg: FromMaster },
+    /// Connection `conn` broke (or the master closed it).
+    Lost { conn: u64, error: ConnectionError },
+    /// A task thread finished an attempt.
+    Finished(Completion),
+    /// SIGINT or SIGTERM arrived.
+    Signal(libc::c_int),
+}
+
+impl From<Completion> for Event {
+    fn from(c: Completion) -> Self {
+        Event::Finished(c)
+    }
+}
+
+/// Runs the worker until it is told to stop (`Ok`), rejected, or loses its master under
+/// `OnMasterLost::Stop`. `events` must be a sender for `inbox`; the signal thread uses another.
+pub fn run(
+    config: Config,
+    events: Sender<Event>,
+    inbox: Receiver<Event>,
+) -> Result<(), WorkerError> {
+    let mut session = Session::new(config, events);
+    session.connect(Instant::now());
+    loop {
+        let first = match session.poll_timeout() {
+            Some(at) => match inbox.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(event) => Some(event),
+                Err(RecvTimeoutError::Timeout) => None,
+                // The session holds a sender, so the channel cannot close.
+                Err(RecvTimeoutError::Disconnected) => None,
+            },
+            // Only while a connect thread is out, which always reports.
+            None => inbox.recv().ok(),
+        };
+        let now = Instant::now();
+        if let Some(event) = first {
+            session.handle_event(now, event);
+            for event in inbox.try_iter().take(MAX_EVENTS_PER_TURN) {
+                session.handle_event(now, event);
+            }
+        }
+        session.handle_timeout(now);
+        session.flush(now);
+        if let Some(result) = session.poll_exit(Instant::now()) {
+            return result;
+        }
+    }
+}
+
+/// The state of the master connection.
+enum Link {
+    /// Waiting out a backoff delay before the next attempt.
+    Idle {
+        retry_at: Instant,
+    },
+    /// A connect thread is working on `attempt`.
+    Connecting {
+        attempt: u64,
+    },
+    Up(Up),
+    /// The worker is stopping and wants no connection.
+    Closed,
+}
+
+struct Up {
+    conn: u64,
+    writer: FrameWriter,
+    heartbeat: Duration,
+    next_heartbeat: Instant,
+    since: Instant,
+}
+
+struct Stopping {
+    result: Result<(), WorkerError>,
+    give_up_at: Instant,
+}
+
+struct Session {
+    config: Config,
+    events: Sender<Event>,
+    link: Link,
+    /// Tags connect attempts and connections, so that events of abandoned ones are recognised.
+    last_tag: u64,
+    backoff: Backoff,
+    failures: FailureLog,
+    executor: Executor<Event>,
+    sampler: LoadSampler,
+    /// This turn's output. Reused from turn to turn so a busy loop does not allocate for them.
+    started: Vec<TaskRef>,
+    /// This turn's completions; while the master is away, every completion since. That backlog
+    /// is bounded by the attempts that were running when the master went away, since nothing new
+    /// starts without a master.
+    finished: Vec<Completion>,
+    /// Whether we warned that the master assigned more than our slots (warn once per episode).
+    over_slots: bool,
+    stopping: Option<Stopping>,
+}
+
+impl Session {
+    fn new(config: Config, events: Sender<Event>) -> Self {
+        Session {
+            executor: Executor::new(events.clone(), KILL_GRACE),
+            config,
+            events,
+            link: Link::Closed,
+            last_tag: 0,
+            backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP, seed_from_clock_and_pid()),
+            failures: FailureLog::default(),
+            sampler: LoadSampler::new(),
+            started: Vec::new(),
+            finished: Vec::new(),
+            over_slots: false,
+            stopping: None,
+        }
+    }
+
+    fn next_tag(&mut self) -> u64 {
+        self.last_tag += 1;
+        self.last_tag
+    }
+
+    /// The next instant at which `handle_timeout` has work.
+    fn poll_timeout(&self) -> Option<Instant> {
+        let link = match &self.link {
+            Link::Idle { retry_at } => Some(*retry_at),
+            Link::Up(up) => Some(up.next_heartbeat),
+            Link::Connecting { .. } | Link::Closed => None,
+        };
+        [
+            link,
+            self.executor.poll_timeout(),
+            self.stopping.as_ref().map(|s| s.give_up_at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn handle_event(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Connected { attempt, result } => self.on_connected(now, attempt, result),
+            Event::Frame { conn, msg } if self.is_current(conn) => self.on_frame(now, msg),
+            Event::Lost { conn, error } if self.is_current(conn) => {
+                self.on_lost(now, &error.to_string())
+            }
+            // From a connection already given up.
+            Event::Frame { .. } | Event::Lost { .. } => {}
+            Event::Finished(completion) => {
+                if self.executor.handle_finished(&completion) {
+                    self.finished.push(completion);
+                }
+            }
+            Event::Signal(signal) => self.on_signal(now, signal),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.executor.handle_timeout(now, &mut self.finished);
+        match &self.link {
+            Link::Idle { retry_at } if now >= *retry_at => self.connect(now),
+            Link::Up(up) if now >= up.next_heartbeat => self.queue_load(now),
+            _ => {}
+        }
+    }
+
+    /// Writes this turn's output. Without a connection, `Started` is dropped (the next master
+    /// learns of running tasks from their completions) and completions wait.
+    fn flush(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            // Tasks killed because the worker stops are not reported: the master must see them
+            // lost with the worker and run them again, not as cancelled.
+            self.started.clear();
+            self.finished.clear();
+            return;
+        }
+        let Link::Up(up) = &mut self.link else {
+            self.started.clear();
+            return;
+        };
+        if !self.started.is_empty() {
+            let msg = ToMaster::Started(mem::take(&mut self.started));
+            queue(&mut up.writer, &msg);
+            if let ToMaster::Started(mut refs) = msg {
+                refs.clear();
+                self.started = refs;
+            }
+        }
+        if !self.finished.is_empty() {
+            queue_finished(&mut up.writer, &mut self.finished);
+        }
+        if let Err(e) = up.writer.flush() {
+            self.on_lost(now, &e.to_string());
+        }
+    }
+
+    /// The worker's exit status, once it is done.
+    fn poll_exit(&mut self, now: Instant) -> Option<Result<(), WorkerError>> {
+        let stopping = self.stopping.as_ref()?;
+        let left = self.executor.running();
+        if left > 0 && now < stopping.give_up_at {
+            return None;
+        }
+        if left > 0 {
+            warn!("{left} tasks did not report after SIGKILL; exiting anyway");
+            self.executor.kill_all();
+        }
+        self.stopping.take().map(|s| s.result)
+    }
+
+    fn is_current(&self, conn: u64) -> bool {
+        matches!(&self.link, Link::Up(up) if up.conn == conn)
+    }
+
+    /// Starts a connect attempt on its own thread, so the loop keeps running tasks meanwhile.
+    fn connect(&mut self, now: Instant) {
+        let attempt = self.next_tag();
+        let addr = self.config.master_addr.clone();
+        let role = Role::Worker(self.config.info.clone());
+        let token = self.config.token.clone();
+        let events = self.events.clone();
+        let spawned = thread::Builder::new()
+            .name("connect".into())
+            .spawn(move || {
+                let result = Connection::connect(&addr, role, token.as_deref(), CONNECT_TIMEOUT);
+                let _ = events.send(Event::Connected { attempt, result });
+            });
+        self.link = match spawned {
+            Ok(_) => Link::Connecting { attempt },
+            Err(e) => {
+                warn!("cannot start a connect thread: {e}");
+                Link::Idle {
+                    retry_at: now + self.backoff.next_delay(),
+                }
+            }
+        };
+    }
+
+    fn on_connected(
+        &mut self,
+        now: Instant,
+        attempt: u64,
+        result: Result<(Connection, Welcome), ConnectionError>,
+    ) {
+        if !matches!(self.link, Link::Connecting { attempt: a } if a == attempt) {
+            // Stopping meanwhile; dropping the connection closes it.
+            return;
+        }
+        let addr = self.config.master_addr.clone();
+        let (connection, welcome) = match result {
+            Ok(ok) => ok,
+            Err(ConnectionError::Rejected(reason)) => return self.rejected(now, addr, reason),
+            Err(e @ ConnectionError::Version { .. }) => {
+                return self.rejected(now, addr, e.to_string())
+            }
+            Err(e) => {
+                self.failures.note(now, &addr, &e);
+                self.link = Link::Idle {
+                    retry_at: now + self.backoff.next_delay(),
+                };
+                return;
+            }
+        };
+        let (reader, writer) = connection.split();
+        let conn = self.next_tag();
+        if let Err(e) = spawn_reader(reader, conn, self.events.clone()) {
+            warn!("cannot start a reader thread: {e}");
+            writer.shutdown();
+            self.link = Link::Idle {
+                retry_at: now + self.backoff.next_delay(),
+            };
+            return;
+        }
+        let heartbeat = match self.config.heartbeat {
+            Some(interval) => interval,
+            None if welcome.heartbeat_interval_ms == 0 => {
+                warn!(
+                    "the master asked for a zero heartbeat interval; using {} ms",
+                    FALLBACK_HEARTBEAT.as_millis()
+                );
+                FALLBACK_HEARTBEAT
+            }
+            None => Duration::from_millis(welcome.heartbeat_interval_ms),
+        };
+        let id = welcome
+            .worker_id
+            .map_or_else(|| "an unnamed worker".to_string(), |id| id.to_string());
+        info!(
+            "connected to the master at {addr} as {id} ({} slots, heartbeat every {} ms)",
+            self.config.info.slots,
+            heartbeat.as_millis()
+        );
+        if !self.finished.is_empty() {
+            info!(
+                "reporting {} attempts that finished while the master was away",
+                self.finished.len()
+            );
+        }
+        self.failures = FailureLog::default();
+        self.link = Link::Up(Up {
+            conn,
+            writer,
+            heartbeat,
+            next_heartbeat: now,
+            since: now,
+        });
+        // IMPORTANT: the first Load goes out before the completions buffered while away (queued
+        // by this turn's flush), so the master sees a live worker before its reports.
+        self.queue_load(now);
+    }
+
+    fn rejected(&mut self, now: Instant, addr: String, reason: String) {
+        error!("the master at {addr} rejected this worker: {reason}");
+        self.begin_stop(now, Err(WorkerError::Rejected { addr, reason }));
+    }
+
+    fn on_frame(&mut self, now: Instant, msg: FromMaster) {
+        match msg {
+            FromMaster::Assign(assignments) => {
+                for a in &assignments {
+                    if self.executor.start(now, a, &mut self.finished) {
+                        self.started.push(TaskRef {
+                            task: a.task,
+                            attempt: a.attempt,
+                        });
+                    }
+                }
+                let running = self.executor.running();
+                let slots = self.config.info.slots as usize;
+                if running > slots && !self.over_slots {
+                    warn!(
+                        "the master assigned more than our {slots} slots: \
+                         running all {running} tasks"
+                    );
+                }
+                self.over_slots = running > slots;
+            }
+            FromMaster::Cancel(tasks) => {
+                for task in tasks {
+                    self.executor.cancel(now, task, &mut self.finished);
+                }
+            }
+            FromMaster::Rejected { reason } => {
+                let addr = self.config.master_addr.clone();
+                self.rejected(now, addr, reason);
+            }
+            other => {
+                warn!("ignoring a message the master should not send to a worker");
+                debug!("ignored: {other:?}");
+            }
+        }
+    }
+
+    fn on_lost(&mut self, now: Instant, why: &str) {
+        let Link::Up(up) = mem::replace(&mut self.link, Link::Closed) else {
+            return;
+        };
+        // Also wakes our reader thread, which then exits.
+        up.writer.shutdown();
+        let addr = self.config.master_addr.clone();
+        let running = self.executor.running();
+        match self.config.on_master_lost {
+            OnMasterLost::Stop => {
+                error!(
+                    "lost the master at {addr} ({why}); \
+                     stopping {running} running tasks and exiting"
+                );
+                let reason = why.to_string();
+                self.begin_stop(now, Err(WorkerError::MasterLost { addr, reason }));
+            }
+            OnMasterLost::Wait => {
+                info!(
+                    "lost the master at {addr} ({why}); reconnecting, {running} tasks keep running"
+                );
+                if now.saturating_duration_since(up.since) >= STABLE_CONNECTION {
+                    self.backoff.reset();
+                }
+                self.link = Link::Idle {
+                    retry_at: now + self.backoff.next_delay(),
+                };
+            }
+        }
+    }
+
+    fn on_signal(&mut self, now: Instant, signal: libc::c_int) {
+        let name = signal_name(signal);
+        match &mut self.stopping {
+            Some(stopping) => {
+                warn!("{name} again: killing all tasks now");
+                self.executor.kill_all();
+                stopping.give_up_at = now;
+            }
+            None => {
+                info!(
+                    "{name}: stopping {} running tasks and exiting",
+                    self.executor.running()
+                );
+                self.begin_stop(now, Ok(()));
+            }
+        }
+    }
+
+    /// Closes the connection, asks every task to stop (SIGTERM, SIGKILL after the grace) and
+    /// arranges for `poll_exit` to return `result` once they are gone.
+    fn begin_stop(&mut self, now: Instant, result: Result<(), WorkerError>) {
+        if let Link::Up(up) = &self.link {
+            // The master sees the worker gone at once and re-queues its tasks.
+            up.writer.shutdown();
+        }
+        self.link = Link::Closed;
+        self.executor.cancel_all(now, &mut self.finished);
+        if self.stopping.is_none() {
+            self.stopping = Some(Stopping {
+                result,
+                give_up_at: now + KILL_GRACE + STOP_SLACK,
+            });
+        }
+    }
+
+    fn queue_load(&mut self, now: Instant) {
+        let running = u32::try_from(self.executor.running()).unwrap_or(u32::MAX);
+        let report = self.sampler.sample(running);
+        if let Link::Up(up) = &mut self.link {
+            queue(&mut up.writer, &ToMaster::Load(report));
+            // From now, not from the missed deadline: a stalled loop sends one report, not a burst.
+            up.next_heartbeat = now + up.heartbeat;
+        }
+    }
+}
+
+/// Queues `msg`, which can only fail for a message above `MAX_FRAME`; ours are kept far smaller.
+fn queue(writer: &mut FrameWriter, msg: &ToMaster) {
+    if let Err(e) = writer.queue(msg) {
+        error!("dropping a report the codec refused: {e}");
+    }
+}
+
+/// Queues `finished` as `Finished` frames of at most about `FINISHED_FRAME_BYTES` each and leaves
+/// it empty (keeping its allocation in the common one-frame case).
+fn queue_finished(writer: &mut FrameWriter, finished: &mut Vec<Completion>) {
+    let total: usize = finished.iter().map(wire_size_estimate).sum();
+    if total <= FINISHED_FRAME_BYTES {
+        let msg = ToMaster::Finished(mem::take(finished));
+        queue(writer, &msg);
+        if let ToMaster::Finished(mut batch) = msg {
+            batch.clear();
+            *finished = batch;
+        }
+        return;
+    }
+    let mut chunk = Vec::new();
+    let mut chunk_bytes = 0;
+    for completion in finished.drain(..) {
+        let size = wire_size_estimate(&completion);
+        if chunk_bytes + size > FINISHED_FRAME_BYTES && !chunk.is_empty() {
+            queue(writer, &ToMaster::Finished(mem::take(&mut chunk)));
+            chunk_bytes = 0;
+        }
+        chunk_bytes += size;
+        chunk.push(completion);
+    }
+    if !chunk.is_empty() {
+        queue(writer, &ToMaster::Finished(chunk));
+    }
+}
+
+/// An upper bound on a completion's encoded size: its strings plus generous room for ids, tags
+/// and length prefixes.
+fn wire_size_estimate(c: &Completion) -> usize {
+    const FIXED_BYTES: usize = 48;
+    FIXED_BYTES
+        + match &c.outcome {
+            TaskOutcome::Exited {
+                stdout_tail,
+                stderr_tail,
+                ..
+            }
+            | TaskOutcome::TimedOut {
+                stdout_tail,
+                stderr_tail,
+            } => stdout_tail.len() + stderr_tail.len(),
+            TaskOutcome::Failed { error } => error.len(),
+            TaskOutcome::Cancelled | TaskOutcome::WorkerLost => 0,
+        }
+}
+
+/// Forwards every frame of connection `conn` to the loop, then how it ended.
+fn spawn_reader(mut reader: FrameReader, conn: u64, events: Sender<Event>) -> std::io::Result<()> {
+    thread::Builder::new()
+        .name("master-reader".into())
+        .spawn(move || loop {
+            match reader.recv::<FromMaster>() {
+                Ok(msg) => {
+                    if events.send(Event::Frame { conn, msg }).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let _ = events.send(Event::Lost { conn, error });
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Logs connection failures without flooding: the first at info, then at most one info line per
+/// `FAILURE_LOG_INTERVAL` with a count, the rest at debug.
+#[derive(Default)]
+struct FailureLog {
+    failures: u32,
+    last_info: Option<Instant>,
+}
+
+impl FailureLog {
+    fn note(&mut self, now: Instant, addr: &str, error: &ConnectionError) {
+        self.failures += 1;
+        // `Connect` errors already name the address.
+        let what = match error {
+            ConnectionError::Connect { .. } => error.to_string(),
+            _ => format!("handshake with the master at {addr} failed: {error}"),
+        };
+        let due = match self.last_info {
+            None => true,
+            Some(t) => now.saturating_duration_since(t) >= FAILURE_LOG_INTERVAL,
+        };
+        if !due {
+            debug!("{what} (attempt {})", self.failures);
+            return;
+        }
+        self.last_info = Some(now);
+        if self.failures == 1 {
+            info!("{what}; retrying with backoff");
+        } else {
+            info!("{what}; still retrying ({} attempts so far)", self.failures);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,459 @@
+//! The session against a fake master on loopback, speaking the real protocol.
+
+use super::*;
+use protocol::{
+    encode_frame, Assignment, Attempt, FrameDecoder, TaskId, TaskKind, TaskSpec, WorkerId,
+};
+use std::collections::HashSet;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+struct FakeMaster {
+    listener: TcpListener,
+}
+
+struct FakeConn {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+}
+
+impl FakeMaster {
+    fn new() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        FakeMaster { listener }
+    }
+
+    fn addr(&self) -> String {
+        self.listener.local_addr().expect("addr").to_string()
+    }
+
+    /// Accepts the next worker and answers its `Hello` with `answer`.
+    fn accept(&self, answer: FromMaster) -> (FakeConn, WorkerInfo) {
+        let deadline = Instant::now() + PATIENCE;
+        let stream = loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "the worker never connected");
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        stream.set_nonblocking(false).expect("blocking");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut conn = FakeConn {
+            stream,
+            decoder: FrameDecoder::new(),
+        };
+        conn.send(&FromMaster::Greeting {
+            version: protocol::PROTOCOL_VERSION,
+            nonce: vec![1; 32],
+        });
+        let info = match conn.recv() {
+            ToMaster::Hello {
+                role: Role::Worker(info),
+                auth,
+                ..
+            } => {
+                assert!(auth.is_empty(), "no token configured");
+                info
+            }
+            other => panic!("expected a worker Hello, got {other:?}"),
+        };
+        conn.send(&answer);
+        (conn, info)
+    }
+}
+
+impl FakeConn {
+    fn send(&mut self, msg: &FromMaster) {
+        let mut out = Vec::new();
+        encode_frame(msg, &mut out).expect("encode");
+        self.stream.write_all(&out).expect("write");
+    }
+
+    fn recv(&mut self) -> ToMaster {
+        loop {
+            if let Some(msg) = self.decoder.next_frame().expect("valid frames") {
+                return msg;
+            }
+            let mut buf = [0u8; 64 << 10];
+            let n = self.stream.read(&mut buf).expect("read within PATIENCE");
+            assert!(n > 0, "the worker closed the connection");
+            self.decoder.extend(&buf[..n]);
+        }
+    }
+
+    /// The next message that is not a load report.
+    fn recv_report(&mut self) -> ToMaster {
+        loop {
+            match self.recv() {
+                ToMaster::Load(_) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the worker closed the connection (read returns EOF or a reset).
+    fn wait_closed(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("the worker did not close the connection: {e}"),
+            }
+        }
+    }
+}
+
+fn welcome(heartbeat_interval_ms: u64) -> FromMaster {
+    FromMaster::Welcome {
+        worker_id: Some(WorkerId(1)),
+        heartbeat_interval_ms,
+    }
+}
+
+struct Worker {
+    events: Sender<Event>,
+    handle: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl Worker {
+    fn start(addr: String, on_master_lost: OnMasterLost, heartbeat: Option<Duration>) -> Self {
+        let config = Config {
+            master_addr: addr,
+            token: None,
+            info: WorkerInfo {
+                name: "test".into(),
+                host: "localhost".into(),
+                cpus: 2,
+                slots: 2,
+                pid: std::process::id(),
+            },
+            heartbeat,
+            on_master_lost,
+        };
+        let (events, inbox) = mpsc::channel();
+        let tx = events.clone();
+        let handle = thread::spawn(move || run(config, tx, inbox));
+        Worker { events, handle }
+    }
+
+    fn join(self) -> Result<(), WorkerError> {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.handle.is_finished() {
+            assert!(Instant::now() < deadline, "the worker did not exit");
+            thread::sleep(Duration::from_millis(5));
+        }
+        self.handle.join().expect("worker thread panicked")
+    }
+
+    fn stop(self) -> Result<(), WorkerError> {
+        self.events
+            .send(Event::Signal(libc::SIGTERM))
+            .expect("worker alive");
+        self.join()
+    }
+}
+
+fn assign(first: u64, count: u64, kind: TaskKind) -> FromMaster {
+    let spec = Arc::new(TaskSpec::new(kind));
+    FromMaster::Assign(
+        (first..first + count)
+            .map(|id| Assignment {
+                task: TaskId(id),
+                attempt: Attempt(1),
+                spec: spec.clone(),
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn runs_assignments_and_reports_in_batches() {
+    let master = FakeMaster::new();
+    let worker = Worker::start(master.addr(), OnMasterLost::Wait, None);
+    let (mut conn, info) = master.accept(welcome(60_000));
+    assert_eq!((info.name.as_str(), info.slots), ("test", 2));
+    assert!(matches!(conn.recv(), ToMaster::Load(_)), "load first");
+
+    const N: u64 = 5_000;
+    conn.send(&assign(1, N, TaskKind::Sleep { ms: 0 }));
+    let mut started = HashSet::new();
+    let mut finished = HashSet::new();
+    let mut frames = 0;
+    while finished.len() < N as usize {
+        frames += 1;
+        match conn.recv_report() {
+            ToMaster::Started(refs) => started.extend(refs.iter().map(|r| r.task)),
+            ToMaster::Finished(done) => {
+                for c in done {
+                    assert!(started.contains(&c.task), "Started precedes Finished");
+                    assert!(matches!(c.outcome, TaskOutcome::Exited { code: 0, .. }));
+                    finished.insert(c.task);
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(started.len(), N as usize);
+    // One Assign frame is one loop turn: one Started and one Finished frame.
+    assert_eq!(frames, 2);
+    assert!(worker.stop().is_ok());
+    conn.wait_closed();
+}
+
+#[test]
+fn heartbeat_override_sends_periodic_loads() {
+    let master = FakeMaster::new();
+    let worker = Worker::start(
+        master.addr(),
+        OnMasterLost::Wait,
+        Some(Duration::from_millis(20)),
+    );
+    let (mut conn, _) = master.accept(welcome(60_000));
+    for _ in 0..3 {
+        assert!(matches!(conn.recv(), ToMaster::Load(_)));
+    }
+    assert!(worker.stop().is_ok());
+}
+
+#[test]
+fn cancel_from_the_master() {
+    let master = FakeMaster::new();
+    let worker = Worker::start(master.addr(), OnMasterLost::Wait, None);
+    let (mut conn, _) = master.accept(welcome(60_000));
+    conn.send(&assign(1, 1, TaskKind::Sleep { ms: 60_000 }));
+    assert!(matches!(conn.recv_report(), ToMaster::Started(_)));
+    conn.send(&FromMaster::Cancel(vec![TaskRef {
+        task: TaskId(1),
+        attempt: Attempt(1),
+    }]));
+    match conn.recv_report() {
+        ToMaster::Finished(done) => assert_eq!(done[0].outcome, TaskOutcome::Cancelled),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(worker.stop().is_ok());
+}
+
+#[test]
+fn reconnects_and_reports_what_finished_meanwhile() {
+    let master = FakeMaster::new();
+    let worker = Worker::start(master.addr(), OnMasterLost::Wait, None);
+    let (mut conn, _) = master.accept(welcome(60_000));
+    conn.send(&assign(7, 1, TaskKind::Sleep { ms: 200 }));
+    assert!(matches!(conn.recv_report(), ToMaster::Started(_)));
+    drop(conn);
+
+    let (mut conn, _) = master.accept(welcome(60_000));
+    assert!(matches!(conn.recv(), ToMaster::Load(_)), "load first");
+    match conn.recv() {
+        ToMaster::Finished(done) => {
+            assert_eq!(done.len(), 1);
+            assert_eq!(done[0].task, TaskId(7));
+            assert!(matches!(
+                done[0].outcome,
+                TaskOutcome::Exited { code: 0, .. }
+            ));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(worker.stop().is_ok());
+}
+
+#[test]
+fn rejection_exits_with_status_2() {
+    let master = FakeMaster::new();
+    let worker = Worker::start(master.addr(), OnMasterLost::Wait, None);
+    let _conn = master.accept(FromMaster::Rejected {
+        reason: "bad token".into(),
+    });
+    match worker.join() {
+        Err(e @ WorkerError::Rejected { .. }) => {
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains("bad token"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn master_lost_with_stop_kills_tasks_and_exits_1() {
+    let master = FakeMaster::new();
+    let worker = Worker::start(master.addr(), OnMasterLost::Stop, None);
+    let (mut conn, _) = master.accept(welcome(60_000));
+    let pid_file = std::env::temp_dir().join(format!("ballast-worker-test-{}", std::process::id()));
+    let _ = std::fs::remove_file(&pid_file);
+    let script = format!(
+        "echo $$ > {}.tmp; mv {0}.tmp {0}; exec sleep 30",
+        pid_file.display()
+    );
+    conn.send(&assign(
+        1,
+        1,
+        TaskKind::Command {
+            argv: vec!["sh".into(), "-c".into(), script],
+            env: Vec::new(),
+            cwd: None,
+        },
+    ));
+    assert!(matches!(conn.recv_report(), ToMaster::Started(_)));
+    let deadline = Instant::now() + PATIENCE;
+    let pid: libc::pid_t = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the task never started");
+        thread::sleep(Duration::from_millis(5));
+    };
+    let _ = std::fs::remove_file(&pid_file);
+    drop(conn);
+    match worker.join() {
+        Err(e @ WorkerError::MasterLost { .. }) => assert_eq!(e.exit_code(), 1),
+        other => panic!("unexpected {other:?}"),
+    }
+    // The session returns only once the task's supervisor reaped it: the group is gone.
+    // SAFETY: signal 0 only checks for existence.
+    let alive = unsafe { libc::kill(-pid, 0) } == 0;
+    assert!(!alive, "the task's process group survived");
+}
+
+#[test]
+fn failed_handshakes_are_retried_until_stopped() {
+    let master = FakeMaster::new();
+    let worker = Worker::start(master.addr(), OnMasterLost::Wait, None);
+    // Hang up before the greeting, three times: each is a failed attempt the worker retries.
+    let deadline = Instant::now() + PATIENCE;
+    let mut accepted = 0;
+    while accepted < 3 {
+        match master.listener.accept() {
+            Ok((stream, _)) => {
+                drop(stream);
+                accepted += 1;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the worker stopped retrying");
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    assert!(worker.stop().is_ok());
+}
+
+#[test]
+fn large_outputs_are_split_into_bounded_frames() {
+    let big = "x".repeat(60 << 10);
+    let mut batch: Vec<Completion> = (0..100)
+        .map(|i| Completion {
+            task: TaskId(i),
+            attempt: Attempt(1),
+            outcome: TaskOutcome::Exited {
+                code: 0,
+                stdout_tail: big.clone(),
+                stderr_tail: big.clone(),
+            },
+            run_ms: 1,
+        })
+        .collect();
+    let (client, server) = loopback_pair();
+    let (_, mut writer) = client.split();
+    queue_finished(&mut writer, &mut batch);
+    assert!(batch.is_empty());
+    let pending = writer.pending();
+    let mut decoder = FrameDecoder::new();
+    let reader = thread::spawn(move || {
+        let mut server = server;
+        let mut buf = vec![0u8; pending];
+        server.read_exact(&mut buf).expect("read all frames");
+        buf
+    });
+    writer.flush().expect("flush");
+    decoder.extend(&reader.join().expect("reader"));
+    let mut total = 0;
+    let mut frames = 0;
+    while let Some(msg) = decoder.next_frame::<ToMaster>().expect("valid") {
+        let ToMaster::Finished(done) = msg else {
+            panic!("expected Finished");
+        };
+        frames += 1;
+        total += done.len();
+    }
+    assert_eq!(total, 100);
+    assert!(frames >= 12, "about 1 MiB per frame, got {frames} frames");
+}
+
+/// A connected `Connection` (handshake done by a fake master) and the master's end of it.
+fn loopback_pair() -> (Connection, TcpStream) {
+    let master = FakeMaster::new();
+    let addr = master.addr();
+    let client = thread::spawn(move || {
+        Connection::connect(&addr, Role::Client, None, Duration::from_secs(5)).expect("connect")
+    });
+    let deadline = Instant::now() + PATIENCE;
+    let stream = loop {
+        match master.listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "no connection");
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).expect("blocking");
+    let mut conn = FakeConn {
+        stream,
+        decoder: FrameDecoder::new(),
+    };
+    conn.send(&FromMaster::Greeting {
+        version: protocol::PROTOCOL_VERSION,
+        nonce: vec![0; 32],
+    });
+    assert!(matches!(conn.recv(), ToMaster::Hello { .. }));
+    conn.send(&welcome(1000));
+    (client.join().expect("client").0, conn.stream)
+}
+
+/// `cargo test -p worker --release -- --ignored --nocapture throughput`: zero-length tasks through
+/// the whole session (decode, start, batch, encode) with the master keeping a window in flight.
+#[test]
+#[ignore]
+fn throughput_of_zero_length_tasks() {
+    const TOTAL: u64 = 400_000;
+    const BATCH: u64 = 2_000;
+    const WINDOW: u64 = 8;
+    let master = FakeMaster::new();
+    let worker = Worker::start(master.addr(), OnMasterLost::Wait, None);
+    let (mut conn, _) = master.accept(welcome(60_000));
+    let begin = Instant::now();
+    let mut sent = 0;
+    let mut done = 0;
+    while done < TOTAL {
+        while sent < TOTAL && sent - done < WINDOW * BATCH {
+            conn.send(&assign(sent + 1, BATCH, TaskKind::Sleep { ms: 0 }));
+            sent += BATCH;
+        }
+        if let ToMaster::Finished(batch) = conn.recv_report() {
+            done += batch.len() as u64;
+        }
+    }
+    let secs = begin.elapsed().as_secs_f64();
+    println!(
+        "{TOTAL} tasks in {secs:.2} s: {:.0} tasks/s",
+        TOTAL as f64 / secs
+    );
+    assert!(worker.stop().is_ok());
+}
