@@ -2,4 +2,6 @@
 //! The `master` binary adds the command line (serve and the client subcommands).
 
 pub mod core;
+pub mod journal;
 pub mod server;
+pub mod sim;

@@ -4,7 +4,7 @@ mod client;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use master::core::policy::PolicyKind;
+use master::core::policy::{PolicyKind, QueueOrder};
 use master::core::CoreConfig;
 use master::server::{log_listening, Server, ServerConfig};
 use protocol::duration::parse_duration;
@@ -32,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the master (the default when no subcommand is given).
     Serve(ServeArgs),
+    /// Simulate a cluster in virtual time: the real scheduler over simulated workers.
+    Simulate(master::sim::SimulateArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -42,8 +44,11 @@ struct ServeArgs {
     #[arg(long, default_value = protocol::DEFAULT_MASTER_ADDR)]
     listen: String,
     /// How tasks are placed on workers.
-    #[arg(long, default_value = "least-loaded", value_parser = ["least-loaded", "round-robin"])]
+    #[arg(long, default_value = "least-loaded", value_parser = PolicyKind::NAMES)]
     policy: String,
+    /// Which queued task goes first within a priority level: fifo, or largest-first (by size).
+    #[arg(long, default_value = "fifo", value_parser = QueueOrder::NAMES)]
+    order: String,
     /// A worker silent for this long is declared dead and its tasks re-queued.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     heartbeat_timeout: std::time::Duration,
@@ -62,6 +67,12 @@ struct ServeArgs {
     /// Most connections served at once; more are closed on accept.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Folder of the journal (SQLite, WAL): accepted tasks and results survive a crash.
+    #[arg(long, value_name = "DIR", default_value = "ballast-data")]
+    data_dir: PathBuf,
+    /// Keep everything in memory only: a restart forgets all tasks (benchmarks, throwaway runs).
+    #[arg(long)]
+    no_journal: bool,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +80,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Client(cmd)) => client::run(cmd),
         Some(Command::Serve(args)) => serve_main(args),
+        Some(Command::Simulate(args)) => master::sim::main(args),
         None => serve_main(cli.serve),
     }
 }
@@ -88,6 +100,7 @@ fn serve_main(args: ServeArgs) -> ExitCode {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let policy: PolicyKind = args.policy.parse().map_err(anyhow::Error::msg)?;
+    let order: QueueOrder = args.order.parse().map_err(anyhow::Error::msg)?;
     let token = args.token.filter(|t| !t.is_empty()).map(String::into_bytes);
     let heartbeat_interval_ms = args.heartbeat.as_millis().max(1) as u64;
     let heartbeat_timeout_ms = args.heartbeat_timeout.as_millis() as u64;
@@ -98,12 +111,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig {
         core: CoreConfig {
             policy,
+            order,
             heartbeat_interval_ms,
             heartbeat_timeout_ms,
             token,
             ..CoreConfig::default()
         },
         max_connections: args.max_connections,
+        data_dir: (!args.no_journal).then_some(args.data_dir),
         ..ServerConfig::default()
     };
     let server = Server::bind(&args.listen, config.clone())?;

@@ -5,7 +5,8 @@
 //! while that buffer holds bytes; everything the core emits in one turn is written with one syscall
 //! per connection. The poll timeout is the core's next deadline.
 
-use crate::core::{ConnId, Core, CoreConfig, Output};
+use crate::core::{ConnId, Core, CoreConfig, Output, Record, RestoredTask};
+use crate::journal::{FinalRecord, Journal, JournalError};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -13,6 +14,7 @@ use protocol::{auth::NONCE_LEN, encode_frame, FrameDecoder, ToMaster};
 use slab::Slab;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
@@ -28,6 +30,13 @@ pub enum ServerError {
     /// The event loop itself failed (not one connection: those are only closed).
     #[error("event loop failed: {0}")]
     Poll(#[from] io::Error),
+    /// The journal could not be opened, or a commit failed. The master stops rather than tell
+    /// clients about work it could lose.
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    /// The journal's contents do not fit together.
+    #[error("cannot recover from the journal: {0}")]
+    Recovery(String),
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +46,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A peer that does not read gets disconnected once this many bytes wait for it.
     pub max_write_buffer: usize,
+    /// Where the journal lives; `None` keeps everything in memory only.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +56,7 @@ impl Default for ServerConfig {
             core: CoreConfig::default(),
             max_connections: 10_000,
             max_write_buffer: 256 << 20,
+            data_dir: None,
         }
     }
 }
@@ -95,6 +107,7 @@ pub struct Server {
     clock: Clock,
     config: ServerConfig,
     touched: Vec<usize>,
+    journal: Option<Journal>,
 }
 
 impl Server {
@@ -110,14 +123,23 @@ impl Server {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let clock = Clock::new();
+        let mut core_config = config.core.clone();
+        core_config.persist = config.data_dir.is_some();
+        let mut core = Core::new(core_config);
+        let journal = match &config.data_dir {
+            Some(dir) => Some(open_journal(dir, &mut core, clock.now_ms())?),
+            None => None,
+        };
         Ok(Server {
             poll,
             listener,
             conns: Slab::new(),
-            core: Core::new(config.core.clone()),
-            clock: Clock::new(),
+            core,
+            clock,
             config,
             touched: Vec::new(),
+            journal,
         })
     }
 
@@ -156,7 +178,12 @@ impl Server {
             // Flushing can drop a broken peer, which can free work to place: repeat until quiet.
             loop {
                 self.core.dispatch(now);
-                self.drain_core();
+                self.drain_core()?;
+                // IMPORTANT: commit before any byte of this turn reaches a socket, so a client
+                // only ever hears of work that survives a crash. One fsync per turn, not per task.
+                if let Some(journal) = &mut self.journal {
+                    journal.commit()?;
+                }
                 if self.touched.is_empty() {
                     break;
                 }
@@ -272,8 +299,8 @@ impl Server {
         }
     }
 
-    /// Moves the core's output into connection buffers.
-    fn drain_core(&mut self) {
+    /// Moves the core's output into connection buffers and the journal.
+    fn drain_core(&mut self) -> Result<(), ServerError> {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Send { conn, msg } => {
@@ -293,8 +320,14 @@ impl Server {
                         self.touch(conn.0);
                     }
                 }
+                Output::Persist(record) => {
+                    if let Some(journal) = &mut self.journal {
+                        persist(journal, record)?;
+                    }
+                }
             }
         }
+        Ok(())
     }
 
     fn touch(&mut self, key: usize) {
@@ -364,6 +397,72 @@ impl Server {
         if let Some(mut c) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut c.stream);
         }
+    }
+}
+
+/// Opens (or creates) the journal in `dir` and rebuilds the core's state from it.
+fn open_journal(
+    dir: &std::path::Path,
+    core: &mut Core,
+    now_ms: u64,
+) -> Result<Journal, ServerError> {
+    let started = Instant::now();
+    let (journal, recovered) = Journal::open(dir)?;
+    let tasks = recovered
+        .tasks
+        .into_iter()
+        .map(|t| RestoredTask {
+            id: t.id,
+            spec: t.spec,
+            submitted_ms: t.submitted_ms,
+            outcome: t.outcome.map(|f| protocol::TaskResult {
+                id: t.id,
+                state: f.state,
+                exit_code: f.exit_code,
+                worker: f.worker,
+                attempts: f.attempts,
+                priority: 0, // comes from the spec
+                submitted_ms: t.submitted_ms,
+                started_ms: f.started_ms,
+                finished_ms: Some(f.finished_ms),
+                stdout: f.stdout,
+                stderr: f.stderr,
+                error: f.error,
+            }),
+        })
+        .collect();
+    let (finished, unfinished) = core.restore(now_ms, tasks).map_err(ServerError::Recovery)?;
+    info!(
+        "journal {}: recovered {} tasks in {} ms ({finished} finished, {unfinished} to run again)",
+        journal.path().display(),
+        finished + unfinished,
+        started.elapsed().as_millis()
+    );
+    Ok(journal)
+}
+
+fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {
+    match record {
+        Record::Submitted {
+            first,
+            count,
+            spec,
+            submitted_ms,
+        } => journal.record_submit(first, count, &spec, submitted_ms),
+        Record::Finished(r) => journal.record_final(
+            r.id,
+            &FinalRecord {
+                state: r.state,
+                attempts: r.attempts,
+                worker: r.worker,
+                exit_code: r.exit_code,
+                stdout: r.stdout,
+                stderr: r.stderr,
+                error: r.error,
+                started_ms: r.started_ms,
+                finished_ms: r.finished_ms.unwrap_or(r.submitted_ms),
+            },
+        ),
     }
 }
 

@@ -199,6 +199,7 @@ mod tests {
                     cpus: 4,
                     slots: 2,
                     pid: 7,
+                    group: Some("g".into()),
                 }),
                 auth: vec![1, 2, 3],
             },

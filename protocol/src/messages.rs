@@ -64,6 +64,12 @@ pub struct TaskSpec {
     pub timeout_ms: Option<u64>,
     /// How many times a task lost with its worker is run again before it fails as `WorkerLost`.
     pub max_retries: u32,
+    /// How many times a non-zero exit (or a failure to start) is run again, with backoff.
+    #[serde(default)]
+    pub retry_failed: u32,
+    /// Only workers of this group may run it; `None`: any worker.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
@@ -76,6 +82,8 @@ impl TaskSpec {
             size: 1.0,
             timeout_ms: None,
             max_retries: DEFAULT_MAX_RETRIES,
+            retry_failed: 0,
+            group: None,
         }
     }
 
@@ -107,6 +115,8 @@ pub struct WorkerInfo {
     pub cpus: u32,
     pub slots: u32,
     pub pid: u32,
+    /// The group (network, pool) this worker serves; `None`: the default pool.
+    pub group: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -207,6 +217,9 @@ pub enum ToMaster {
     Cancel {
         ids: Vec<TaskId>,
     },
+    /// From workers, right after `Welcome`: the attempts this worker is running now (empty on a fresh
+    /// start). After a reconnect or a master restart the master adopts them instead of re-running.
+    Running(Vec<TaskRef>),
 }
 
 /// Where a task is in its life; the last five are final.

@@ -40,6 +40,11 @@ struct Args {
     #[arg(long)]
     name: Option<String>,
 
+    /// Group (network, pool) this worker serves; tasks submitted with `--group NAME` run only on
+    /// its members [default: none, the shared pool].
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+
     /// Interval of load reports, which are also the heartbeat: 250ms, 1s, 1m
     /// [default: the interval the master asks for].
     #[arg(long, value_name = "DURATION", value_parser = parse_heartbeat)]
@@ -109,6 +114,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             cpus,
             slots: args.slots.unwrap_or(cpus),
             pid,
+            group: args.group.filter(|g| !g.is_empty()),
         },
         heartbeat: args.heartbeat,
         on_master_lost: match args.on_master_lost {

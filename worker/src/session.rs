@@ -380,8 +380,13 @@ impl Session {
             since: now,
         });
         // IMPORTANT: the first Load goes out before the completions buffered while away (queued
-        // by this turn's flush), so the master sees a live worker before its reports.
+        // by this turn's flush), so the master sees a live worker before its reports; `Running`
+        // lets a restarted master adopt attempts in flight instead of running them twice.
         self.queue_load(now);
+        let running = self.executor.running_refs();
+        if let Link::Up(up) = &mut self.link {
+            queue(&mut up.writer, &ToMaster::Running(running));
+        }
     }
 
     fn rejected(&mut self, now: Instant, addr: String, reason: String) {

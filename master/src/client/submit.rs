@@ -42,6 +42,12 @@ pub struct SubmitArgs {
     /// Runs again after its worker is lost, before it fails as worker_lost.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RETRIES)]
     pub retries: u32,
+    /// Runs again (with backoff) after a non-zero exit or a failure to start.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retry_failed: u32,
+    /// Run only on workers of this group (default: any worker).
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
     /// Submit N copies (with --file: the whole file N times).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
@@ -66,12 +72,14 @@ pub struct SubmitArgs {
 }
 
 /// Spec fields the command line sets and a task file line may override.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpecDefaults {
     pub priority: i32,
     pub size: f64,
     pub timeout_ms: Option<u64>,
     pub max_retries: u32,
+    pub retry_failed: u32,
+    pub group: Option<String>,
 }
 
 impl SpecDefaults {
@@ -81,6 +89,8 @@ impl SpecDefaults {
         spec.size = self.size;
         spec.timeout_ms = self.timeout_ms;
         spec.max_retries = self.max_retries;
+        spec.retry_failed = self.retry_failed;
+        spec.group = self.group.clone();
         spec
     }
 }
@@ -119,6 +129,8 @@ impl SubmitArgs {
             size: self.size,
             timeout_ms: self.timeout.map(duration_ms),
             max_retries: self.retries,
+            retry_failed: self.retry_failed,
+            group: self.group.clone(),
         }
     }
 
@@ -342,6 +354,8 @@ mod tests {
                 size: 2.5,
                 timeout_ms: Some(3_000),
                 max_retries: 0,
+                retry_failed: 0,
+                group: None,
             }]
         );
     }

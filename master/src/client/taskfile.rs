@@ -119,6 +119,8 @@ mod tests {
             size: 2.0,
             timeout_ms: Some(9_000),
             max_retries: 1,
+            retry_failed: 0,
+            group: None,
         }
     }
 
@@ -150,6 +152,8 @@ mod tests {
                 size: 2.0,
                 timeout_ms: Some(9_000),
                 max_retries: 1,
+                retry_failed: 0,
+                group: None,
             }
         );
         assert_eq!(
@@ -160,6 +164,8 @@ mod tests {
                 size: 0.5,
                 timeout_ms: Some(5_000),
                 max_retries: 0,
+                retry_failed: 0,
+                group: None,
             }
         );
         assert_eq!(specs[2].kind, TaskKind::Spin { ms: 1_500 });

@@ -22,14 +22,14 @@ mod wait;
 mod workers;
 
 use log::{debug, info, log, warn, Level};
-use policy::{Placement, PolicyKind};
+use policy::{Placement, PolicyKind, QueueOrder};
 use protocol::{
     auth, Assignment, Completion, FromMaster, LoadReport, Role, StatusReport, TaskId, TaskOutcome,
     TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo, WorkerState,
     WorkerStatus, PROTOCOL_VERSION,
 };
 use queue::{QueueKey, TaskQueue};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tasks::{settle, FinalResult, Task, TaskTable};
 use wait::{WaitStart, Waiters};
@@ -42,6 +42,10 @@ pub struct ConnId(pub usize);
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     pub policy: PolicyKind,
+    /// Which queued task goes first within a priority level.
+    pub order: QueueOrder,
+    /// Seeds the randomised policies (power-of-two), so a run can be replayed.
+    pub seed: u64,
     /// How often workers are asked to report load.
     pub heartbeat_interval_ms: u64,
     /// A worker silent for this long is dead.
@@ -50,16 +54,25 @@ pub struct CoreConfig {
     pub handshake_timeout_ms: u64,
     /// Shared secret; `None` accepts every peer.
     pub token: Option<Vec<u8>>,
+    /// Emit `Output::Persist` records for a journal.
+    pub persist: bool,
+    /// After a restart, unfinished tasks wait this long for their workers to reconnect and claim
+    /// them before they are run again.
+    pub recovery_grace_ms: u64,
 }
 
 impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
             policy: PolicyKind::LeastLoaded,
+            order: QueueOrder::Fifo,
+            seed: 0,
             heartbeat_interval_ms: 1_000,
             heartbeat_timeout_ms: 3_000,
             handshake_timeout_ms: 5_000,
             token: None,
+            persist: false,
+            recovery_grace_ms: 5_000,
         }
     }
 }
@@ -76,6 +89,33 @@ pub enum Output {
         conn: ConnId,
         reason: String,
     },
+    /// Make this durable. IMPORTANT: the shell must commit every `Persist` of a turn before it
+    /// writes that turn's bytes to sockets, so no client hears of work that could still be lost.
+    Persist(Record),
+}
+
+/// What the journal keeps: enough to rebuild the queue and the results after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// Ids `first .. first + count` were accepted, all with `spec`.
+    Submitted {
+        first: TaskId,
+        count: u64,
+        spec: Arc<TaskSpec>,
+        submitted_ms: u64,
+    },
+    /// A task reached its final state.
+    Finished(TaskResult),
+}
+
+/// A task read back from the journal.
+#[derive(Debug, Clone)]
+pub struct RestoredTask {
+    pub id: TaskId,
+    pub spec: Arc<TaskSpec>,
+    pub submitted_ms: u64,
+    /// The final outcome, if it had one.
+    pub outcome: Option<TaskResult>,
 }
 
 #[derive(Debug)]
@@ -95,6 +135,9 @@ struct Conn {
 const SWEEP_INTERVAL_MS: u64 = 100;
 /// Per-task log lines beyond this many per second go to `debug`, with a summary at `info`.
 const TASK_LINES_PER_SECOND: u32 = 20;
+/// Retry backoff after a failed run: 200 ms, doubling, at most 30 s.
+const RETRY_BACKOFF_BASE_MS: u64 = 200;
+const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
 /// Reply frames are kept well under `MAX_FRAME`.
 const REPLY_FRAME_BUDGET: usize = 4 << 20;
 
@@ -112,13 +155,17 @@ pub struct Core {
     /// Something may be placeable: set by anything that adds tasks or frees slots.
     dirty: bool,
     next_sweep_ms: Option<u64>,
+    /// Queued tasks kept out of the queue until a time: retry backoff, and the grace period after
+    /// a restart. Ordered by release time.
+    holds: BTreeSet<(u64, TaskId)>,
+    held: HashMap<TaskId, u64>,
     chatter: Chatter,
 }
 
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
         Core {
-            placement: Placement::new(config.policy),
+            placement: Placement::new(config.policy, config.seed),
             config,
             conns: HashMap::new(),
             tasks: TaskTable::default(),
@@ -129,8 +176,52 @@ impl Core {
             assign_batches: BTreeMap::new(),
             dirty: false,
             next_sweep_ms: None,
+            holds: BTreeSet::new(),
+            held: HashMap::new(),
             chatter: Chatter::default(),
         }
+    }
+
+    /// Rebuilds state from the journal; call once, before any connection. Finished tasks keep
+    /// their results; unfinished ones wait `recovery_grace_ms` for a reconnecting worker to claim
+    /// them, then run again with the next attempt. Returns (finished, unfinished).
+    pub fn restore(&mut self, now_ms: u64, tasks: Vec<RestoredTask>) -> Result<(u64, u64), String> {
+        let (mut finished, mut unfinished) = (0, 0);
+        for t in tasks {
+            let outcome = match t.outcome {
+                Some(r) => Some(tasks::RestoredOutcome {
+                    state: r.state,
+                    attempts: r.attempts,
+                    worker: r.worker.map(|name| self.workers.intern(&name)),
+                    started_ms: r.started_ms,
+                    finished_ms: r.finished_ms.unwrap_or(now_ms),
+                    result: FinalResult {
+                        exit_code: r.exit_code,
+                        stdout: r.stdout,
+                        stderr: r.stderr,
+                        error: r.error,
+                    },
+                }),
+                None => None,
+            };
+            let is_final = outcome.is_some();
+            let id = t.id;
+            self.tasks.restore(tasks::Restored {
+                id,
+                spec: t.spec,
+                submitted_ms: t.submitted_ms,
+                outcome,
+            })?;
+            if is_final {
+                finished += 1;
+            } else {
+                // The attempt that was in flight when the master died counts as one.
+                self.tasks.bump_attempt(id);
+                self.hold(id, now_ms + self.config.recovery_grace_ms);
+                unfinished += 1;
+            }
+        }
+        Ok((finished, unfinished))
     }
 
     // ---- input -------------------------------------------------------------------------------
@@ -196,8 +287,9 @@ impl Core {
         }
     }
 
-    /// Timers: heartbeats and handshakes. A call before the deadline is a harmless no-op.
+    /// Timers: heartbeats, handshakes and held tasks. A call before a deadline is a no-op.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.release_holds(now_ms);
         match self.next_sweep_ms {
             Some(at) if now_ms >= at => {}
             _ => return,
@@ -310,7 +402,11 @@ impl Core {
 
     /// When `handle_timeout` should next be called, if at all.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.next_sweep_ms
+        let hold = self.holds.first().map(|&(at, _)| at);
+        match (self.next_sweep_ms, hold) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ---- getters -----------------------------------------------------------------------------
@@ -464,6 +560,7 @@ impl Core {
                     self.on_finished(now_ms, id, c);
                 }
             }
+            ToMaster::Running(refs) => self.on_running(id, refs),
             other => self.protocol_error(
                 now_ms,
                 conn,
@@ -498,15 +595,6 @@ impl Core {
             task: c.task,
             attempt: c.attempt,
         };
-        if !self.is_current(worker, r) {
-            // First result wins: a late report from an attempt we gave up on is dropped.
-            let name = self.workers.name(worker).unwrap_or("?");
-            info!(
-                "dropped stale result for task {} attempt {} from {name}",
-                c.task, c.attempt
-            );
-            return;
-        }
         if matches!(c.outcome, TaskOutcome::WorkerLost) {
             return self.protocol_error_worker(
                 now_ms,
@@ -514,13 +602,43 @@ impl Core {
                 "a worker may not report WorkerLost",
             );
         }
-        if let Some(w) = self.workers.get_mut(worker) {
+        let name = self.workers.name(worker).unwrap_or("?").to_string();
+        if !self.is_current(worker, r) {
+            let waiting = self.tasks.get(c.task).map(|t| t.state) == Some(TaskState::Queued);
+            if !waiting {
+                // Final already, or running as another attempt: that attempt's result will count.
+                info!(
+                    "dropped stale result for task {} attempt {} from {name}",
+                    c.task, c.attempt
+                );
+                return;
+            }
+            // The attempt we gave up on (its worker vanished, or the master restarted) finished
+            // before anyone ran the task again: take its result rather than run it twice.
+            self.queue.remove(c.task);
+            self.unhold(c.task);
+            self.tasks.credit(c.task, worker, c.attempt);
+            info!(
+                "task {} attempt {} finished on {name} while waiting to run again: result kept",
+                c.task, c.attempt
+            );
+        } else if let Some(w) = self.workers.get_mut(worker) {
             w.assigned.remove(&c.task);
-            w.done += 1;
             let cap = w.capacity();
             self.placement.update(worker, cap);
         }
-        let name = self.workers.name(worker).unwrap_or("?").to_string();
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.done += 1;
+        }
+        self.dirty = true;
+        let failed_run = match &c.outcome {
+            TaskOutcome::Failed { .. } => true,
+            TaskOutcome::Exited { code, .. } => *code != 0,
+            _ => false,
+        };
+        if failed_run && self.retry_after_failure(now_ms, c.task, &name) {
+            return;
+        }
         let (state, result) = settle(c.outcome);
         let level = self.chatter.task_line(now_ms, Event::Finished);
         log!(
@@ -536,7 +654,104 @@ impl Core {
                 .unwrap_or_default()
         );
         self.finish(now_ms, c.task, state, result);
+    }
+
+    /// Re-queues a failed run if its spec allows more (`retry_failed`), after a backoff that doubles
+    /// with each failure. Returns whether it did.
+    fn retry_after_failure(&mut self, now_ms: u64, id: TaskId, worker: &str) -> bool {
+        let Some(t) = self.tasks.get(id) else {
+            return false;
+        };
+        if t.cancel_requested || t.failed_runs >= t.spec.retry_failed {
+            return false;
+        }
+        let n = t.failed_runs + 1;
+        let of = t.spec.retry_failed;
+        let delay_ms = (RETRY_BACKOFF_BASE_MS << (n - 1).min(16)).min(RETRY_BACKOFF_MAX_MS);
+        if t.state == TaskState::Running {
+            self.tasks.requeue_failed(id);
+        } else {
+            self.tasks.bump_failed(id);
+        }
+        info!("task {id} failed on {worker}; retry {n}/{of} in {delay_ms} ms");
+        self.hold(id, now_ms + delay_ms);
+        true
+    }
+
+    /// A (re)connected worker says what it is running: adopt attempts nobody else runs, cancel the
+    /// rest, so nothing runs twice.
+    fn on_running(&mut self, worker: WorkerId, refs: Vec<TaskRef>) {
+        let mut cancel = Vec::new();
+        let mut adopted = 0;
+        for r in refs {
+            if self.is_current(worker, r) {
+                continue;
+            }
+            let waiting = self.tasks.get(r.task).map(|t| t.state) == Some(TaskState::Queued);
+            if !waiting {
+                cancel.push(r);
+                continue;
+            }
+            self.queue.remove(r.task);
+            self.unhold(r.task);
+            self.tasks.adopt(r.task, worker, r.attempt);
+            if let Some(w) = self.workers.get_mut(worker) {
+                w.assigned.insert(r.task);
+                let cap = w.capacity();
+                self.placement.update(worker, cap);
+            }
+            adopted += 1;
+        }
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.ready = true;
+            let cap = w.capacity();
+            self.placement.update(worker, cap);
+        }
         self.dirty = true;
+        let name = self.workers.name(worker).unwrap_or("?").to_string();
+        if adopted > 0 {
+            info!("worker {name} still runs {adopted} tasks: adopted, not re-run");
+        }
+        if !cancel.is_empty() {
+            info!(
+                "worker {name} runs {} attempts that are final or run elsewhere: cancelling them",
+                cancel.len()
+            );
+            if let Some(conn) = self.workers.get(worker).and_then(|w| w.conn) {
+                self.send(conn, FromMaster::Cancel(cancel));
+            }
+        }
+    }
+
+    fn hold(&mut self, id: TaskId, until_ms: u64) {
+        self.unhold(id);
+        self.holds.insert((until_ms, id));
+        self.held.insert(id, until_ms);
+    }
+
+    /// Takes `id` out of the holds; returns whether it was held.
+    fn unhold(&mut self, id: TaskId) -> bool {
+        match self.held.remove(&id) {
+            Some(at) => self.holds.remove(&(at, id)),
+            None => false,
+        }
+    }
+
+    /// Moves held tasks whose time has come into the queue.
+    fn release_holds(&mut self, now_ms: u64) {
+        while let Some(&(at, id)) = self.holds.first() {
+            if at > now_ms {
+                break;
+            }
+            self.holds.pop_first();
+            self.held.remove(&id);
+            if let Some(t) = self.tasks.get(id) {
+                if t.state == TaskState::Queued {
+                    self.queue.push(id, queue_key(self.config.order, id, t));
+                    self.dirty = true;
+                }
+            }
+        }
     }
 
     fn protocol_error_worker(&mut self, now_ms: u64, worker: WorkerId, why: &str) {
@@ -588,7 +803,7 @@ impl Core {
                 self.finish(now_ms, task, state, result);
                 finished += 1;
             } else {
-                let key = queue_key(task, t);
+                let key = queue_key(self.config.order, task, t);
                 self.tasks.requeue(task);
                 self.queue.push(task, key);
                 debug!("task {task} re-queued after losing its worker");
@@ -632,10 +847,18 @@ impl Core {
         let mut total = 0u64;
         for spec in specs {
             let spec = Arc::new(spec);
+            if self.config.persist {
+                self.outbox.push_back(Output::Persist(Record::Submitted {
+                    first: self.tasks.next_id(),
+                    count: count as u64,
+                    spec: spec.clone(),
+                    submitted_ms: now_ms,
+                }));
+            }
             for _ in 0..count {
                 let id = self.tasks.add(spec.clone(), now_ms);
                 if let Some(t) = self.tasks.get(id) {
-                    self.queue.push(id, queue_key(id, t));
+                    self.queue.push(id, queue_key(self.config.order, id, t));
                 }
                 total += 1;
             }
@@ -737,7 +960,9 @@ impl Core {
             };
             match t.state {
                 TaskState::Queued => {
-                    self.queue.remove(id);
+                    if !self.queue.remove(id) {
+                        self.unhold(id);
+                    }
                     self.finish(
                         now_ms,
                         id,
@@ -783,6 +1008,13 @@ impl Core {
     fn finish(&mut self, now_ms: u64, id: TaskId, state: TaskState, result: FinalResult) {
         self.tasks.finish(id, state, result, now_ms);
         self.waiters.on_final(id, state == TaskState::Succeeded);
+        if self.config.persist {
+            if let Some(t) = self.tasks.get(id) {
+                let view = self.result_view(id, t);
+                self.outbox
+                    .push_back(Output::Persist(Record::Finished(view)));
+            }
+        }
     }
 
     fn result_view(&self, id: TaskId, t: &Task) -> TaskResult {
@@ -851,7 +1083,10 @@ impl Core {
             match t.state {
                 TaskState::Queued => {
                     queued += 1;
-                    assert!(self.queue.contains(id), "queued task {id} not in the queue");
+                    assert!(
+                        self.queue.contains(id) != self.held.contains_key(&id),
+                        "queued task {id} must be in exactly one of the queue and the holds"
+                    );
                 }
                 TaskState::Running => {
                     let w = t.worker.and_then(|w| self.workers.get(w));
@@ -863,7 +1098,8 @@ impl Core {
                 _ => assert!(!self.queue.contains(id)),
             }
         }
-        assert_eq!(queued, self.queue.len());
+        assert_eq!(queued, self.queue.len() + self.held.len());
+        assert_eq!(self.holds.len(), self.held.len());
         for w in self.workers.iter() {
             if !w.is_alive() {
                 assert!(w.assigned.is_empty(), "dead worker {} holds tasks", w.id);
@@ -872,11 +1108,11 @@ impl Core {
     }
 }
 
-fn queue_key(id: TaskId, t: &Task) -> QueueKey {
+fn queue_key(order: QueueOrder, id: TaskId, t: &Task) -> QueueKey {
     // The id is the submit sequence, so a re-queued task keeps its place among equals.
     QueueKey {
         priority: t.spec.priority,
-        order: id.0,
+        order: order.tie_breaker(id.0, t.spec.size),
     }
 }
 
@@ -926,6 +1162,7 @@ fn name(msg: &ToMaster) -> &'static str {
         ToMaster::Results { .. } => "Results",
         ToMaster::Wait { .. } => "Wait",
         ToMaster::Cancel { .. } => "Cancel",
+        ToMaster::Running(_) => "Running",
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Task {
     /// The worker running it, or the one that produced its outcome.
     pub worker: Option<WorkerId>,
     pub cancel_requested: bool,
+    /// Attempts that ended in a non-zero exit or failed to start (for `retry_failed`).
+    pub failed_runs: u32,
     pub submitted_ms: u64,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
@@ -99,6 +101,25 @@ pub fn settle(outcome: TaskOutcome) -> (TaskState, FinalResult) {
     }
 }
 
+/// A task as the journal gives it back after a restart.
+#[derive(Debug)]
+pub struct Restored {
+    pub id: TaskId,
+    pub spec: Arc<TaskSpec>,
+    pub submitted_ms: u64,
+    pub outcome: Option<RestoredOutcome>,
+}
+
+#[derive(Debug)]
+pub struct RestoredOutcome {
+    pub state: TaskState,
+    pub attempts: u32,
+    pub worker: Option<WorkerId>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: u64,
+    pub result: FinalResult,
+}
+
 #[derive(Debug, Default)]
 pub struct TaskTable {
     /// `tasks[i]` has id `i + 1`.
@@ -124,6 +145,7 @@ impl TaskTable {
             attempt: Attempt(1),
             worker: None,
             cancel_requested: false,
+            failed_runs: 0,
             submitted_ms: now_ms,
             started_ms: None,
             finished_ms: None,
@@ -192,6 +214,68 @@ impl TaskTable {
         task.attempt = Attempt(task.attempt.0 + 1);
         task.worker = None;
         task.started_ms = None;
+    }
+
+    /// One more attempt for a task that never reached its worker's report (restart recovery).
+    pub fn bump_attempt(&mut self, id: TaskId) {
+        let task = self.get_mut(id);
+        task.attempt = Attempt(task.attempt.0 + 1);
+    }
+
+    /// Counts a failed run credited to a queued task and moves to the next attempt.
+    pub fn bump_failed(&mut self, id: TaskId) {
+        let task = self.get_mut(id);
+        task.failed_runs += 1;
+        task.attempt = Attempt(task.attempt.0 + 1);
+    }
+
+    /// Running → Queued after a failed run that will be retried.
+    pub fn requeue_failed(&mut self, id: TaskId) {
+        self.requeue(id);
+        self.get_mut(id).failed_runs += 1;
+    }
+
+    /// Queued → Running on `worker` with an attempt the worker already runs (a reconnecting worker
+    /// reports it): the task is adopted, not started again.
+    pub fn adopt(&mut self, id: TaskId, worker: WorkerId, attempt: Attempt) {
+        debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Queued));
+        self.set_state(id, TaskState::Running);
+        let task = self.get_mut(id);
+        task.worker = Some(worker);
+        task.attempt = attempt;
+    }
+
+    /// Records which attempt produced an outcome that arrives for a queued task (the result of
+    /// an attempt we had given up on, but that finished before anyone ran it again).
+    pub fn credit(&mut self, id: TaskId, worker: WorkerId, attempt: Attempt) {
+        let task = self.get_mut(id);
+        task.worker = Some(worker);
+        task.attempt = attempt;
+    }
+
+    /// Rebuilds a task from the journal after a restart. Ids must come densely, in order.
+    pub fn restore(&mut self, restored: Restored) -> Result<(), String> {
+        if restored.id != self.next_id() {
+            return Err(format!(
+                "journal is missing task {} (next restored task is {})",
+                self.next_id(),
+                restored.id
+            ));
+        }
+        let id = self.add(restored.spec, restored.submitted_ms);
+        if let Some(done) = restored.outcome {
+            if !done.state.is_final() {
+                return Err(format!("journal holds a non-final outcome for task {id}"));
+            }
+            self.set_state(id, done.state);
+            let task = self.get_mut(id);
+            task.attempt = Attempt(done.attempts.max(1));
+            task.worker = done.worker;
+            task.started_ms = done.started_ms;
+            task.finished_ms = Some(done.finished_ms);
+            task.result = Some(Box::new(done.result));
+        }
+        Ok(())
     }
 
     /// Any unfinished state → a final one.

@@ -77,6 +77,7 @@ impl Harness {
                     cpus: 2,
                     slots,
                     pid: 1,
+                    group: None,
                 }),
                 auth: vec![],
             },
@@ -93,6 +94,9 @@ impl Harness {
             } => id,
             other => panic!("expected Welcome, got {other:?}"),
         };
+        assert!(assignments(&out).is_empty(), "no work before the worker says what it runs");
+        self.core.handle_message(self.now, conn, ToMaster::Running(vec![]));
+        out.extend(self.drain());
         (conn, id, out)
     }
 
@@ -663,4 +667,189 @@ fn count_shares_one_spec_and_results_are_chunked() {
         }
     }
     assert_eq!(seen, 100);
+}
+
+#[test]
+fn reconnecting_worker_keeps_its_running_tasks() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker("a", 2);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 3);
+    h.core.handle_disconnect(h.now, a, "link cut");
+    h.drain();
+    assert_eq!(h.state(ids[0]), TaskState::Queued);
+    // Back under the same name, still running attempt 1 of both; nothing else may be sent to it
+    // for them (no re-assignment of what it runs), only the third task.
+    let a2 = h.connect();
+    h.msg(
+        a2,
+        ToMaster::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Worker(WorkerInfo {
+                name: "a".into(),
+                host: "h".into(),
+                cpus: 2,
+                slots: 2,
+                pid: 1,
+                group: None,
+            }),
+            auth: vec![],
+        },
+    );
+    let running = vec![
+        TaskRef { task: ids[0], attempt: Attempt(1) },
+        TaskRef { task: ids[1], attempt: Attempt(1) },
+    ];
+    let out = h.msg(a2, ToMaster::Running(running));
+    assert!(assignments(&out).is_empty(), "both slots are taken by the adopted tasks");
+    assert_eq!(h.state(ids[1]), TaskState::Running);
+    assert_eq!(h.core.status().queued, 1);
+    // Its attempt-1 result counts.
+    h.finish(a2, ids[0], 1, exited(0));
+    let r = h.core.task(ids[0]).expect("exists");
+    assert_eq!((r.state, r.attempts), (TaskState::Succeeded, 1));
+}
+
+#[test]
+fn running_report_for_a_task_final_elsewhere_is_cancelled() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    h.finish(w, ids[0], 1, exited(0));
+    let stale = TaskRef { task: ids[0], attempt: Attempt(1) };
+    let out = h.msg(w, ToMaster::Running(vec![stale]));
+    assert_eq!(out, vec![Output::Send { conn: w, msg: FromMaster::Cancel(vec![stale]) }]);
+}
+
+#[test]
+fn result_of_a_given_up_attempt_is_kept_if_nobody_reran_it() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    h.core.handle_disconnect(h.now, a, "link cut");
+    h.drain();
+    let (a2, _, _) = h.worker("a", 1);
+    // (The re-registered worker got the task again as attempt 2; a result for attempt 1 is stale.)
+    let out = h.finish(a2, ids[0], 1, exited(0));
+    assert!(out.is_empty());
+    assert_eq!(h.state(ids[0]), TaskState::Running);
+    // With no worker to take it, the task stays queued and a late attempt-1 result is kept.
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker("a", 1);
+    let (b, _, _) = h.worker("b", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 3);
+    h.core.handle_disconnect(h.now, a, "link cut");
+    h.drain();
+    let lost = ids.iter().copied().find(|&id| h.state(id) == TaskState::Queued).expect("one queued");
+    let (a2, _, _) = h.worker("a2", 1); // another worker takes something else meanwhile
+    let _ = (b, a2);
+    if h.state(lost) == TaskState::Queued {
+        let out = h.finish(b, lost, 1, exited(0));
+        assert!(!out.iter().any(|o| matches!(o, Output::Close { .. })));
+        assert_eq!(h.state(lost), TaskState::Succeeded);
+    }
+}
+
+#[test]
+fn retry_failed_reruns_after_backoff() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let spec = TaskSpec { retry_failed: 2, ..sleep_spec(0) };
+    let (ids, _) = h.submit(c, vec![spec], 1);
+    let out = h.finish(w, ids[0], 1, exited(3));
+    assert!(assignments(&out).is_empty(), "held for the backoff, not re-run at once");
+    assert_eq!(h.state(ids[0]), TaskState::Queued);
+    assert_eq!(h.core.poll_timeout(), Some(h.now + 100), "sweep comes first");
+    let mut again = Vec::new();
+    for _ in 0..5 {
+        again.extend(assignments(&h.advance(100)));
+    }
+    assert_eq!(again, vec![(w, ids[0], 2)]);
+    h.finish(w, ids[0], 2, exited(3));
+    let mut third = Vec::new();
+    for _ in 0..10 {
+        third.extend(assignments(&h.advance(100)));
+    }
+    assert_eq!(third, vec![(w, ids[0], 3)], "second backoff is longer but still comes");
+    h.finish(w, ids[0], 3, exited(3));
+    let r = h.core.task(ids[0]).expect("exists");
+    assert_eq!((r.state, r.attempts, r.exit_code), (TaskState::Failed, 3, Some(3)), "out of retries");
+}
+
+#[test]
+fn persist_records_precede_replies_and_restore_rebuilds() {
+    let mut h = Harness::with(CoreConfig { persist: true, ..CoreConfig::default() });
+    let (w, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let out = h.msg(c, ToMaster::Submit { specs: vec![sleep_spec(0), sleep_spec(5)], count: 2 });
+    let kinds: Vec<&str> = out
+        .iter()
+        .map(|o| match o {
+            Output::Persist(Record::Submitted { .. }) => "persist",
+            Output::Send { msg: FromMaster::Submitted { .. }, .. } => "reply",
+            Output::Send { msg: FromMaster::Assign(_), .. } => "assign",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, vec!["persist", "persist", "reply", "assign"]);
+    let a = assignments(&out);
+    let out = h.finish(w, a[0].1, 1, exited(0));
+    let finals: Vec<TaskResult> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Persist(Record::Finished(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finals.len(), 1);
+    assert_eq!(finals[0].state, TaskState::Succeeded);
+    assert_eq!(finals[0].worker.as_deref(), Some("a"));
+
+    // A new core from those records: the finished task keeps its result, the rest wait for the
+    // grace period, then run as attempt 2.
+    let spec = Arc::new(sleep_spec(0));
+    let restored: Vec<RestoredTask> = (1..=4)
+        .map(|i| RestoredTask {
+            id: TaskId(i),
+            spec: spec.clone(),
+            submitted_ms: 5,
+            outcome: (TaskId(i) == finals[0].id).then(|| finals[0].clone()),
+        })
+        .collect();
+    let mut h2 = Harness::new(PolicyKind::LeastLoaded);
+    let now = h2.now;
+    assert_eq!(h2.core.restore(now, restored), Ok((1, 3)));
+    assert_eq!(h2.state(finals[0].id), TaskState::Succeeded);
+    let (w2, _, out) = h2.worker("b", 4);
+    assert!(assignments(&out).is_empty(), "held during the grace period");
+    let mut got = Vec::new();
+    for _ in 0..60 {
+        h2.msg(w2, ToMaster::Load(LoadReport::default()));
+        got.extend(assignments(&h2.advance(100)));
+    }
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|&(conn, _, attempt)| conn == w2 && attempt == 2));
+    let gaps = Harness::new(PolicyKind::LeastLoaded).core.restore(
+        0,
+        vec![RestoredTask { id: TaskId(2), spec, submitted_ms: 0, outcome: None }],
+    );
+    assert!(gaps.is_err(), "a gap in the ids is an error, not a silent renumbering");
+}
+
+#[test]
+fn cancel_reaches_held_tasks() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![TaskSpec { retry_failed: 1, ..sleep_spec(0) }], 1);
+    h.finish(w, ids[0], 1, exited(1));
+    h.msg(c, ToMaster::Cancel { ids: ids.clone() });
+    assert_eq!(h.state(ids[0]), TaskState::Cancelled);
+    for _ in 0..10 {
+        assert!(assignments(&h.advance(100)).is_empty());
+    }
 }

@@ -18,6 +18,9 @@ pub struct Worker {
     /// Tasks assigned here and not yet finished.
     pub assigned: HashSet<TaskId>,
     pub done: u64,
+    /// Has said what it is already running (`Running`). Until then it gets no work, or a task it
+    /// still runs from before a reconnect could be handed to it again as a new attempt.
+    pub ready: bool,
 }
 
 impl Worker {
@@ -29,7 +32,7 @@ impl Worker {
         Capacity {
             cpu_percent: self.load.cpu_percent,
             busy: self.assigned.len() as u32,
-            slots: self.info.slots,
+            slots: if self.ready { self.info.slots } else { 0 },
         }
     }
 }
@@ -58,6 +61,7 @@ impl WorkerTable {
             w.addr = addr;
             w.last_seen_ms = now_ms;
             w.load = LoadReport::default();
+            w.ready = false;
             return (id, previous);
         }
         let id = WorkerId(self.workers.len() as u32 + 1);
@@ -71,8 +75,38 @@ impl WorkerTable {
             load: LoadReport::default(),
             assigned: HashSet::new(),
             done: 0,
+            ready: false,
         });
         (id, None)
+    }
+
+    /// The id for `name`, creating a dead placeholder if the name is new (results restored from
+    /// the journal name workers that have not reconnected yet).
+    pub fn intern(&mut self, name: &str) -> WorkerId {
+        if let Some(&id) = self.by_name.get(name) {
+            return id;
+        }
+        let id = WorkerId(self.workers.len() as u32 + 1);
+        self.by_name.insert(name.to_string(), id);
+        self.workers.push(Worker {
+            id,
+            info: WorkerInfo {
+                name: name.to_string(),
+                host: String::new(),
+                cpus: 0,
+                slots: 0,
+                pid: 0,
+                group: None,
+            },
+            addr: String::new(),
+            conn: None,
+            last_seen_ms: 0,
+            load: LoadReport::default(),
+            assigned: HashSet::new(),
+            done: 0,
+            ready: false,
+        });
+        id
     }
 
     pub fn get(&self, id: WorkerId) -> Option<&Worker> {

@@ -69,6 +69,8 @@ impl Cluster {
         let master = Command::new(MASTER)
             .args(["--listen", "127.0.0.1:0", "--port-file"])
             .arg(&port_file)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
             .args(extra)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())

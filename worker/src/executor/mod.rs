@@ -146,6 +146,13 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
         self.running.len()
     }
 
+    /// The attempts running now, in a stable order.
+    pub fn running_refs(&self) -> Vec<TaskRef> {
+        let mut refs: Vec<TaskRef> = self.running.keys().copied().collect();
+        refs.sort_by_key(|r| (r.task, r.attempt));
+        refs
+    }
+
     /// Starts an attempt. Returns false (and runs nothing) if that attempt is already running.
     pub fn start(
         &mut self,

@@ -138,6 +138,7 @@ impl Worker {
                 cpus: 2,
                 slots: 2,
                 pid: std::process::id(),
+                group: None,
             },
             heartbeat,
             on_master_lost,

@@ -1,0 +1,533 @@
+//! The master's durability journal: an embedded SQLite database (WAL mode) at `DIR/ballast.db`.
+//!
+//! It keeps only what a restart needs: every accepted submission (one row per batch: the spec
+//! once and an id range, so a million `--count` copies are one row) and every final outcome (one
+//! row per task). Assignments and attempts in flight are not journaled: an unfinished task is
+//! simply run again after a restart.
+//!
+//! Group commit: `record_*` calls accumulate in one open transaction and `commit` ends it, so the
+//! shell pays one fsync per event-loop turn, however many records the turn produced. Only
+//! committed work survives a crash or a drop; records added since the last commit are lost.
+//!
+//! Call order for one loop turn: any number of `record_submit` / `record_final`, then `commit`.
+//! IMPORTANT: only after `commit` returns may the turn's replies go to sockets, so no client hears
+//! of work that could still be lost. Ids are dense from 1 and batches are recorded in id order,
+//! exactly as the core hands them out; recovery checks the same.
+//!
+//! Every error is sticky: after one, the journal is behind the caller's state, so every later
+//! call fails with [`JournalError::Poisoned`] and the master must stop (a restart recovers from
+//! the last commit). The database is opened in exclusive locking mode: while a master runs, no
+//! other process (a second master, the `sqlite3` shell) can open it.
+
+mod recover;
+#[cfg(test)]
+mod tests;
+
+use protocol::{TaskId, TaskSpec, TaskState};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "ballast.db";
+
+/// The schema this master writes. Bump it with every change to the tables below, and teach
+/// `inspect` and `prepare` to migrate from the previous one.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Version 1. STRICT tables so SQLite rejects a value of the wrong type instead of storing it.
+const SCHEMA_V1: &str = "
+CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT;
+-- Ids first_id .. first_id + count were accepted with this spec (serde_json of TaskSpec).
+CREATE TABLE batches (
+    first_id     INTEGER PRIMARY KEY,
+    count        INTEGER NOT NULL,
+    spec         TEXT NOT NULL,
+    submitted_ms INTEGER NOT NULL
+) STRICT;
+-- A task's final outcome; state is TaskState::as_str.
+CREATE TABLE finals (
+    id          INTEGER PRIMARY KEY,
+    state       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    worker      TEXT,
+    exit_code   INTEGER,
+    stdout      TEXT NOT NULL,
+    stderr      TEXT NOT NULL,
+    error       TEXT,
+    started_ms  INTEGER,
+    finished_ms INTEGER NOT NULL
+) STRICT;
+";
+
+const INSERT_BATCH: &str =
+    "INSERT INTO batches (first_id, count, spec, submitted_ms) VALUES (?1, ?2, ?3, ?4)";
+const UPSERT_FINAL: &str = "INSERT OR REPLACE INTO finals \
+     (id, state, attempts, worker, exit_code, stdout, stderr, error, started_ms, finished_ms) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+/// After a checkpoint, a WAL grown by one huge turn is truncated back to this, so a burst does
+/// not pin its disk space forever.
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
+
+/// Everything the journal held at `open`: enough to rebuild the master's task table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovered {
+    /// Every recorded task in id order. Copies of one batch share one `Arc<TaskSpec>`.
+    pub tasks: Vec<RecoveredTask>,
+    /// The first id never recorded (1 for an empty journal).
+    pub next_id: TaskId,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveredTask {
+    pub id: TaskId,
+    pub spec: Arc<TaskSpec>,
+    pub submitted_ms: u64,
+    /// The final outcome, if the task had one. Boxed so a million unfinished tasks cost 32 bytes
+    /// each, not the size of a `FinalRecord`.
+    pub outcome: Option<Box<FinalRecord>>,
+}
+
+/// A task's final outcome as the journal keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinalRecord {
+    /// Must be final (`TaskState::is_final`).
+    pub state: TaskState,
+    pub attempts: u32,
+    /// Name of the worker that produced the outcome.
+    pub worker: Option<String>,
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub error: Option<String>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: u64,
+}
+
+/// What one `commit` covered, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitStats {
+    /// Records made durable; 0 means the commit was a no-op (no write, no fsync).
+    pub records: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file at the database path is not an SQLite database, or it is damaged.
+    #[error("{}: not an SQLite database, or corrupt: {source}", path.display())]
+    NotADatabase {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// Another process (most likely another master) has the database open.
+    #[error("{}: locked by another process (another master on this data dir?)", path.display())]
+    Locked { path: PathBuf },
+    /// An SQLite database some other program wrote: it has tables but no ballast schema.
+    #[error("{}: an SQLite database, but not a ballast journal; left alone", path.display())]
+    NotBallast { path: PathBuf },
+    /// Written by a newer ballast whose schema this master does not know.
+    #[error(
+        "{}: database schema version {found} is newer than this master ({supported}); upgrade ballast",
+        path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    /// The schema version row is missing, duplicated or holds a version that never existed.
+    #[error("{}: bad schema version: {detail}", path.display())]
+    BadSchemaVersion { path: PathBuf, detail: String },
+    /// SQLite would not switch to WAL mode (some file systems cannot do it).
+    #[error("{}: cannot enable WAL mode (journal mode stays {mode})", path.display())]
+    NoWal { path: PathBuf, mode: String },
+    /// A stored spec does not parse as this version's `TaskSpec`, or is not a valid spec.
+    #[error("{}: batches row first_id={first_id}: bad task spec: {detail}", path.display())]
+    BadSpec {
+        path: PathBuf,
+        first_id: i64,
+        detail: String,
+    },
+    /// A stored row holds an impossible value (overlapping ranges, an unknown state, ...).
+    #[error("{}: {table} row {id}: {detail}", path.display())]
+    BadRow {
+        path: PathBuf,
+        table: &'static str,
+        id: i64,
+        detail: String,
+    },
+    /// `record_submit` whose range does not start right after the last one recorded (ids are
+    /// dense from 1, as the core hands them out).
+    #[error("cannot journal tasks from {first}: the next id to record is {expected}")]
+    OutOfOrder { first: TaskId, expected: TaskId },
+    /// `record_final` for an id that was never recorded as submitted.
+    #[error("cannot journal the outcome of task {id}: it was never recorded as submitted")]
+    UnknownTask { id: TaskId },
+    /// `record_final` with a state that is not final.
+    #[error("cannot journal task {id} as final in state {}", state.as_str())]
+    NotFinal { id: TaskId, state: TaskState },
+    /// A value the journal cannot store faithfully (above SQLite's i64, a non-finite size ...).
+    #[error("cannot journal {what}: {detail}")]
+    Unrepresentable { what: &'static str, detail: String },
+    /// Any other SQLite failure: disk full, I/O error, ...
+    #[error("{}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// An earlier error left the journal behind the caller's state; restart to recover.
+    #[error("journal unusable after an earlier error ({first}); restart the master")]
+    Poisoned { first: String },
+}
+
+/// The open journal. Not `Sync`: it belongs to the event loop.
+#[derive(Debug)]
+pub struct Journal {
+    conn: Connection,
+    path: PathBuf,
+    /// Records added since the last commit; a transaction is open exactly when this is non-zero.
+    pending: usize,
+    /// The id the next `record_submit` must start at: one past the last recorded (committed or
+    /// not).
+    next_id: u64,
+    /// Reused for each spec's JSON so `record_submit` does not allocate per call.
+    spec_buf: Vec<u8>,
+    /// The first error, once one happened; see `JournalError::Poisoned`.
+    poisoned: Option<String>,
+}
+
+impl Journal {
+    /// Opens (creating the directory and database if missing) the journal in `dir` and reads back
+    /// everything committed. Fails with a typed error, and changes nothing, when the file is not a
+    /// ballast journal this master understands.
+    pub fn open(dir: &Path) -> Result<(Journal, Recovered), JournalError> {
+        std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path).map_err(|e| classify(&path, e))?;
+        prepare(&conn, &path)?;
+        let recovered = recover::read_all(&conn, &path)?;
+        let journal = Journal {
+            conn,
+            path,
+            pending: 0,
+            next_id: recovered.next_id.0,
+            spec_buf: Vec::with_capacity(256),
+            poisoned: None,
+        };
+        Ok((journal, recovered))
+    }
+
+    /// Records that ids `first .. first + count` were accepted, all with `spec`: one row whatever
+    /// `count` is. Durable at the next `commit`. An empty range records nothing.
+    pub fn record_submit(
+        &mut self,
+        first: TaskId,
+        count: u64,
+        spec: &TaskSpec,
+        submitted_ms: u64,
+    ) -> Result<(), JournalError> {
+        self.check()?;
+        if count == 0 {
+            return Ok(());
+        }
+        let result = self.insert_batch(first, count, spec, submitted_ms);
+        self.settle(result)
+    }
+
+    /// Records a task's final outcome; recording one id twice keeps the last. Durable at the next
+    /// `commit`.
+    pub fn record_final(&mut self, id: TaskId, rec: &FinalRecord) -> Result<(), JournalError> {
+        self.check()?;
+        let result = self.upsert_final(id, rec);
+        self.settle(result)
+    }
+
+    /// Makes everything recorded since the last commit durable (one fsync). A no-op, with no write
+    /// at all, when nothing was recorded.
+    pub fn commit(&mut self) -> Result<CommitStats, JournalError> {
+        self.check()?;
+        if self.pending == 0 {
+            return Ok(CommitStats::default());
+        }
+        let result = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map_err(|e| self.sqlite_error(e));
+        self.settle(result)?;
+        let records = std::mem::take(&mut self.pending);
+        Ok(CommitStats { records })
+    }
+
+    /// Records waiting for the next `commit`.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check(&self) -> Result<(), JournalError> {
+        match &self.poisoned {
+            Some(first) => Err(JournalError::Poisoned {
+                first: first.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Poisons the journal on any error: the caller's state now holds something the disk never
+    /// will, so recording on would leave a journal that does not replay (a final without its
+    /// submission, a hole in the ids). The open transaction is rolled back; a restart recovers
+    /// the last commit.
+    fn settle<T>(&mut self, result: Result<T, JournalError>) -> Result<T, JournalError> {
+        if let Err(e) = &result {
+            self.poisoned = Some(e.to_string());
+            if !self.conn.is_autocommit() {
+                // Best effort: a failed ROLLBACK changes nothing, the close rolls back anyway.
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            self.pending = 0;
+        }
+        result
+    }
+
+    fn insert_batch(
+        &mut self,
+        first: TaskId,
+        count: u64,
+        spec: &TaskSpec,
+        submitted_ms: u64,
+    ) -> Result<(), JournalError> {
+        // Strict, so a submission the caller forgot to record fails now, not at the next restart.
+        if first.0 != self.next_id {
+            return Err(JournalError::OutOfOrder {
+                first,
+                expected: TaskId(self.next_id),
+            });
+        }
+        let end = first
+            .0
+            .checked_add(count)
+            .filter(|&end| end <= i64::MAX as u64)
+            .ok_or_else(|| JournalError::Unrepresentable {
+                what: "a task id range",
+                detail: format!("{first} + {count} is past {}", i64::MAX),
+            })?;
+        let submitted = to_i64("submitted_ms", submitted_ms)?;
+        // serde_json writes a NaN or infinite f64 as `null`, which would not parse back: refuse
+        // it here rather than leave a journal that cannot be recovered.
+        if !spec.size.is_finite() {
+            return Err(JournalError::Unrepresentable {
+                what: "a task spec",
+                detail: format!("size {} is not finite", spec.size),
+            });
+        }
+        self.spec_buf.clear();
+        serde_json::to_writer(&mut self.spec_buf, spec).map_err(|e| {
+            JournalError::Unrepresentable {
+                what: "a task spec",
+                detail: e.to_string(),
+            }
+        })?;
+        let json =
+            std::str::from_utf8(&self.spec_buf).map_err(|e| JournalError::Unrepresentable {
+                what: "a task spec",
+                detail: e.to_string(),
+            })?;
+        let result = begin_if_idle(&self.conn, self.pending).and_then(|()| {
+            let mut stmt = self.conn.prepare_cached(INSERT_BATCH)?;
+            stmt.execute(params![first.0 as i64, count as i64, json, submitted])
+        });
+        result.map_err(|e| self.sqlite_error(e))?;
+        self.pending += 1;
+        self.next_id = end;
+        Ok(())
+    }
+
+    fn upsert_final(&mut self, id: TaskId, rec: &FinalRecord) -> Result<(), JournalError> {
+        if id.0 == 0 || id.0 >= self.next_id {
+            return Err(JournalError::UnknownTask { id });
+        }
+        if !rec.state.is_final() {
+            return Err(JournalError::NotFinal {
+                id,
+                state: rec.state,
+            });
+        }
+        let started = rec
+            .started_ms
+            .map(|ms| to_i64("started_ms", ms))
+            .transpose()?;
+        let finished = to_i64("finished_ms", rec.finished_ms)?;
+        let result = begin_if_idle(&self.conn, self.pending).and_then(|()| {
+            let mut stmt = self.conn.prepare_cached(UPSERT_FINAL)?;
+            stmt.execute(params![
+                id.0 as i64,
+                rec.state.as_str(),
+                rec.attempts,
+                rec.worker,
+                rec.exit_code,
+                rec.stdout,
+                rec.stderr,
+                rec.error,
+                started,
+                finished,
+            ])
+        });
+        result.map_err(|e| self.sqlite_error(e))?;
+        self.pending += 1;
+        Ok(())
+    }
+
+    fn sqlite_error(&self, e: rusqlite::Error) -> JournalError {
+        classify(&self.path, e)
+    }
+}
+
+/// The first record of a turn opens the transaction that `commit` ends.
+fn begin_if_idle(conn: &Connection, pending: usize) -> rusqlite::Result<()> {
+    if pending == 0 {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    }
+    Ok(())
+}
+
+fn to_i64(what: &'static str, v: u64) -> Result<i64, JournalError> {
+    i64::try_from(v).map_err(|_| JournalError::Unrepresentable {
+        what,
+        detail: format!("{v} is past {}", i64::MAX),
+    })
+}
+
+/// Names the failures a person can act on; the rest stay SQLite's own words with the path.
+fn classify(path: &Path, e: rusqlite::Error) -> JournalError {
+    let path = path.to_path_buf();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            JournalError::NotADatabase { path, source: e }
+        }
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => JournalError::Locked { path },
+        _ => JournalError::Sqlite { path, source: e },
+    }
+}
+
+/// What `inspect` found in the file.
+enum Found {
+    /// No tables at all: a new (or empty) file.
+    Empty,
+    /// A ballast journal of this master's schema version.
+    Current,
+}
+
+/// Takes the file for this connection alone, checks what it holds (reading only, so a file it
+/// refuses is left exactly as it was), then switches to WAL and creates the schema if needed.
+fn prepare(conn: &Connection, path: &Path) -> Result<(), JournalError> {
+    let sql = |e| classify(path, e);
+    // A second master on the same file must fail at once with `Locked`, not wait.
+    conn.busy_timeout(Duration::ZERO).map_err(sql)?;
+    // Exclusive before WAL: the connection then holds the file lock until it closes (a second
+    // master on the same data dir is refused) and keeps the WAL index in memory (no -shm file).
+    conn.query_row("PRAGMA locking_mode = EXCLUSIVE", [], |_| Ok(()))
+        .map_err(sql)?;
+    let found = inspect(conn, path)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(sql)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(JournalError::NoWal {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    // FULL in WAL mode: every commit fsyncs the WAL, so a committed turn survives power loss.
+    conn.execute_batch("PRAGMA synchronous = FULL")
+        .map_err(sql)?;
+    conn.query_row(
+        &format!("PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"),
+        [],
+        |_| Ok(()),
+    )
+    .map_err(sql)?;
+    if let Found::Empty = found {
+        let tx = conn.unchecked_transaction().map_err(sql)?;
+        tx.execute_batch(SCHEMA_V1).map_err(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [SCHEMA_VERSION],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Reads what kind of file this is. The first statement that reads the file, so a garbage file
+/// fails here, as `NotADatabase`.
+fn inspect(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
+    let sql = |e| classify(path, e);
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql)?;
+    let has_version = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schema_version'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(sql)?
+        .is_some();
+    match (has_version, tables) {
+        (false, 0) => return Ok(Found::Empty),
+        (false, _) => {
+            return Err(JournalError::NotBallast {
+                path: path.to_path_buf(),
+            })
+        }
+        (true, _) => {}
+    }
+    let bad = |detail: String| JournalError::BadSchemaVersion {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut stmt = conn
+        .prepare("SELECT version FROM schema_version")
+        .map_err(sql)?;
+    let versions = stmt
+        .query_map([], |r| r.get::<_, i64>(0))
+        .and_then(|rows| rows.collect::<Result<Vec<i64>, _>>())
+        .map_err(sql)?;
+    let [found] = versions[..] else {
+        return Err(bad(format!("{} rows, expected one", versions.len())));
+    };
+    if found > SCHEMA_VERSION {
+        return Err(JournalError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    // Version 1 is the first; migrations from older versions go here once version 2 exists.
+    if found != SCHEMA_VERSION {
+        return Err(bad(format!("version {found} never existed")));
+    }
+    Ok(Found::Current)
+}

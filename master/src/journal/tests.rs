@@ -1,0 +1,606 @@
+use super::*;
+use protocol::TaskKind;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("ballast-journal-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.0.join(DB_FILE)
+    }
+
+    fn wal_len(&self) -> u64 {
+        std::fs::metadata(self.0.join(format!("{DB_FILE}-wal")))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open(dir: &TempDir) -> (Journal, Recovered) {
+    Journal::open(&dir.0).expect("open journal")
+}
+
+/// A plain SQLite connection, for tests that tamper with the file behind the journal's back.
+fn raw(dir: &TempDir) -> Connection {
+    Connection::open(dir.db()).expect("raw open")
+}
+
+fn sleep_spec(ms: u64) -> TaskSpec {
+    TaskSpec::new(TaskKind::Sleep { ms })
+}
+
+/// Every field away from its default, and text that needs escaping.
+fn command_spec() -> TaskSpec {
+    TaskSpec {
+        kind: TaskKind::Command {
+            argv: vec!["sh".into(), "-c".into(), "echo \"ünï\" \\ $X".into()],
+            env: vec![("X".into(), "a=b".into())],
+            cwd: Some("/tmp".into()),
+        },
+        priority: -3,
+        size: 2.5,
+        timeout_ms: Some(1_500),
+        max_retries: 1,
+        retry_failed: 2,
+        group: Some("gpu".into()),
+    }
+}
+
+fn succeeded(stdout: &str) -> FinalRecord {
+    FinalRecord {
+        state: TaskState::Succeeded,
+        attempts: 2,
+        worker: Some("worker-a".into()),
+        exit_code: Some(0),
+        stdout: stdout.into(),
+        stderr: "warn\n".into(),
+        error: None,
+        started_ms: Some(1_000),
+        finished_ms: 1_250,
+    }
+}
+
+fn cancelled() -> FinalRecord {
+    FinalRecord {
+        state: TaskState::Cancelled,
+        attempts: 1,
+        worker: None,
+        exit_code: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        error: Some("cancelled".into()),
+        started_ms: None,
+        finished_ms: 900,
+    }
+}
+
+fn rows(conn: &Connection, table: &str) -> i64 {
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .expect("count rows")
+}
+
+#[test]
+fn round_trip() {
+    let dir = TempDir::new("round-trip");
+    let nested = TempDir(dir.0.join("a/b"));
+    let (mut j, rec) = Journal::open(&nested.0).expect("creates missing dirs");
+    assert_eq!(j.path(), nested.db());
+    assert_eq!(
+        rec,
+        Recovered {
+            tasks: vec![],
+            next_id: TaskId(1)
+        }
+    );
+
+    j.record_submit(TaskId(1), 2, &command_spec(), 100)
+        .expect("submit");
+    j.record_submit(TaskId(3), 1, &sleep_spec(5), 101)
+        .expect("submit");
+    j.record_final(TaskId(2), &succeeded("out\0 ünï\n"))
+        .expect("final");
+    j.record_final(TaskId(3), &cancelled()).expect("final");
+    assert_eq!(j.pending(), 4);
+    assert_eq!(j.commit().expect("commit"), CommitStats { records: 4 });
+    drop(j);
+
+    let (mut j, rec) = Journal::open(&nested.0).expect("reopen");
+    assert_eq!(rec.next_id, TaskId(4));
+    let ids: Vec<u64> = rec.tasks.iter().map(|t| t.id.0).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    let [a, b, c] = &rec.tasks[..] else {
+        panic!("three tasks expected")
+    };
+    assert_eq!(*a.spec, command_spec());
+    assert!(Arc::ptr_eq(&a.spec, &b.spec), "a batch shares one spec");
+    assert_eq!(*c.spec, sleep_spec(5));
+    assert_eq!((a.submitted_ms, c.submitted_ms), (100, 101));
+    assert_eq!(a.outcome, None);
+    assert_eq!(b.outcome.as_deref(), Some(&succeeded("out\0 ünï\n")));
+    assert_eq!(c.outcome.as_deref(), Some(&cancelled()));
+
+    // Ids carry on densely from the recovered ones: backwards or a gap is refused.
+    j.record_submit(TaskId(4), 1, &sleep_spec(1), 102)
+        .expect("next id");
+    drop(j);
+    for first in [2, 6] {
+        let (mut j, _) = Journal::open(&nested.0).expect("reopen");
+        assert!(matches!(
+            j.record_submit(TaskId(first), 1, &sleep_spec(1), 103),
+            Err(JournalError::OutOfOrder {
+                expected: TaskId(4),
+                ..
+            })
+        ));
+    }
+}
+
+#[test]
+fn million_copies_are_one_row_and_share_one_spec() {
+    const N: u64 = 1_000_000;
+    let dir = TempDir::new("million");
+    let (mut j, _) = open(&dir);
+    j.record_submit(TaskId(1), N, &sleep_spec(20), 7)
+        .expect("submit");
+    j.record_final(TaskId(500_000), &succeeded("half"))
+        .expect("final");
+    assert_eq!(j.commit().expect("commit").records, 2);
+    assert_eq!(rows(&j.conn, "batches"), 1);
+    drop(j);
+
+    let started = Instant::now();
+    let (_, rec) = open(&dir);
+    let took = started.elapsed();
+    assert_eq!(rec.tasks.len() as u64, N);
+    assert_eq!(rec.next_id, TaskId(N + 1));
+    let first = &rec.tasks[0].spec;
+    assert!(rec.tasks.iter().all(|t| Arc::ptr_eq(&t.spec, first)));
+    assert_eq!(Arc::strong_count(first), N as usize);
+    assert!(rec
+        .tasks
+        .iter()
+        .enumerate()
+        .all(|(i, t)| t.id.0 == i as u64 + 1));
+    let done: Vec<u64> = rec
+        .tasks
+        .iter()
+        .filter(|t| t.outcome.is_some())
+        .map(|t| t.id.0)
+        .collect();
+    assert_eq!(done, [500_000]);
+    // Generous: it is a loop over memory, not a million rows (tens of ms in release).
+    assert!(took < Duration::from_secs(10), "recovery took {took:?}");
+}
+
+#[test]
+fn uncommitted_records_are_lost_on_drop() {
+    let dir = TempDir::new("drop");
+    let (mut j, _) = open(&dir);
+    j.record_submit(TaskId(1), 10, &sleep_spec(1), 1)
+        .expect("submit");
+    j.record_final(TaskId(1), &cancelled()).expect("final");
+    j.commit().expect("commit");
+    // A turn that never commits: a new batch, a new final, and a replaced one.
+    j.record_submit(TaskId(11), 5, &sleep_spec(2), 2)
+        .expect("submit");
+    j.record_final(TaskId(2), &cancelled()).expect("final");
+    j.record_final(TaskId(1), &succeeded("replaced"))
+        .expect("final");
+    drop(j);
+
+    let (mut j, rec) = open(&dir);
+    assert_eq!(rec.tasks.len(), 10);
+    assert_eq!(rec.next_id, TaskId(11));
+    assert_eq!(rec.tasks[0].outcome.as_deref(), Some(&cancelled()));
+    assert!(rec.tasks[1..].iter().all(|t| t.outcome.is_none()));
+    // The lost ids are handed out again after the restart.
+    j.record_submit(TaskId(11), 1, &sleep_spec(3), 3)
+        .expect("submit");
+    assert_eq!(j.commit().expect("commit").records, 1);
+}
+
+/// Environment variable that turns `crash_child` from a no-op into the crashing half of
+/// `crash_keeps_only_committed_work`.
+const CRASH_DIR_VAR: &str = "BALLAST_JOURNAL_CRASH_DIR";
+
+/// Run by `crash_keeps_only_committed_work` in a child process, which dies mid-turn without
+/// closing the database, as with `kill -9`.
+#[test]
+#[ignore = "helper: does something only when run by crash_keeps_only_committed_work"]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CRASH_DIR_VAR) else {
+        return;
+    };
+    let (mut j, _) = Journal::open(Path::new(&dir)).expect("open");
+    j.record_submit(TaskId(1), 3_000, &sleep_spec(1), 1)
+        .expect("submit");
+    j.commit().expect("commit");
+    for id in 1..=10 {
+        j.record_final(TaskId(id), &succeeded("ok")).expect("final");
+    }
+    j.commit().expect("commit");
+    // An uncommitted turn larger than SQLite's page cache, so some of it spills into the WAL
+    // before the crash: those frames have no commit mark and must be ignored.
+    let big = "x".repeat(4_096);
+    for id in 11..=3_000 {
+        j.record_final(TaskId(id), &succeeded(&big)).expect("final");
+    }
+    j.record_submit(TaskId(3_001), 5, &sleep_spec(2), 2)
+        .expect("submit");
+    std::process::abort();
+}
+
+#[test]
+fn crash_keeps_only_committed_work() {
+    let dir = TempDir::new("crash");
+    let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["journal::tests::crash_child", "--exact", "--ignored"])
+        .env(CRASH_DIR_VAR, &dir.0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run child");
+    assert!(!status.success(), "the child must die, not finish");
+    assert!(
+        dir.wal_len() > 4 << 20,
+        "the dead turn spilled into the WAL"
+    );
+
+    let (_, rec) = open(&dir);
+    assert_eq!(rec.tasks.len(), 3_000);
+    assert_eq!(rec.next_id, TaskId(3_001));
+    let done: Vec<u64> = rec
+        .tasks
+        .iter()
+        .filter(|t| t.outcome.is_some())
+        .map(|t| t.id.0)
+        .collect();
+    assert_eq!(done, (1..=10).collect::<Vec<u64>>());
+}
+
+#[test]
+fn empty_commit_writes_nothing() {
+    let dir = TempDir::new("empty-commit");
+    let (mut j, _) = open(&dir);
+    let (wal, changes) = (dir.wal_len(), j.conn.total_changes());
+    assert_eq!(j.commit().expect("commit"), CommitStats { records: 0 });
+    assert_eq!((dir.wal_len(), j.conn.total_changes()), (wal, changes));
+    assert!(j.conn.is_autocommit(), "no transaction was opened");
+
+    j.record_submit(TaskId(1), 1, &sleep_spec(1), 1)
+        .expect("submit");
+    assert_eq!(j.commit().expect("commit").records, 1);
+    let wal = dir.wal_len();
+    assert!(wal > 0, "a real commit writes the WAL");
+    assert_eq!(j.commit().expect("commit").records, 0);
+    assert_eq!(dir.wal_len(), wal);
+}
+
+#[test]
+fn final_recorded_twice_keeps_the_last() {
+    let dir = TempDir::new("twice");
+    let (mut j, _) = open(&dir);
+    j.record_submit(TaskId(1), 2, &sleep_spec(1), 1)
+        .expect("submit");
+    j.record_final(TaskId(1), &cancelled()).expect("final");
+    j.record_final(TaskId(1), &succeeded("second"))
+        .expect("final");
+    j.commit().expect("commit");
+    j.record_final(TaskId(2), &succeeded("first"))
+        .expect("final");
+    j.commit().expect("commit");
+    j.record_final(TaskId(2), &cancelled()).expect("final");
+    j.commit().expect("commit");
+    assert_eq!(rows(&j.conn, "finals"), 2);
+    drop(j);
+    let (_, rec) = open(&dir);
+    assert_eq!(rec.tasks[0].outcome.as_deref(), Some(&succeeded("second")));
+    assert_eq!(rec.tasks[1].outcome.as_deref(), Some(&cancelled()));
+}
+
+#[test]
+fn settings_are_exclusive_wal_full() {
+    let dir = TempDir::new("settings");
+    let (j, _) = open(&dir);
+    let pragma = |name: &str| -> String {
+        j.conn
+            .query_row(&format!("PRAGMA {name}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| format!("{v:?}"))
+            .expect("pragma")
+    };
+    assert_eq!(pragma("journal_mode"), r#"Text("wal")"#);
+    assert_eq!(pragma("synchronous"), "Integer(2)", "FULL");
+    assert_eq!(pragma("locking_mode"), r#"Text("exclusive")"#);
+    assert!(!dir.0.join(format!("{DB_FILE}-shm")).exists());
+}
+
+#[test]
+fn an_error_poisons_the_journal_and_rolls_back_the_turn() {
+    let dir = TempDir::new("poison");
+    let (mut j, _) = open(&dir);
+    j.record_submit(TaskId(1), 2, &sleep_spec(1), 1)
+        .expect("submit");
+    j.commit().expect("commit");
+    j.record_submit(TaskId(3), 1, &sleep_spec(1), 2)
+        .expect("submit");
+    let mut not_final = cancelled();
+    not_final.state = TaskState::Running;
+    assert!(matches!(
+        j.record_final(TaskId(1), &not_final),
+        Err(JournalError::NotFinal { .. })
+    ));
+    assert!(matches!(j.commit(), Err(JournalError::Poisoned { .. })));
+    assert!(matches!(
+        j.record_final(TaskId(1), &cancelled()),
+        Err(JournalError::Poisoned { .. })
+    ));
+    drop(j);
+    let (mut j, rec) = open(&dir);
+    assert_eq!(rec.tasks.len(), 2, "the poisoned turn was rolled back");
+
+    let err = j
+        .record_final(TaskId(3), &cancelled())
+        .expect_err("unknown");
+    assert!(matches!(err, JournalError::UnknownTask { id: TaskId(3) }));
+    let mut nan = sleep_spec(1);
+    nan.size = f64::NAN;
+    let (mut j, _) = open_after(j, &dir);
+    assert!(matches!(
+        j.record_submit(TaskId(3), 1, &nan, 1),
+        Err(JournalError::Unrepresentable { .. })
+    ));
+    let (mut j, _) = open_after(j, &dir);
+    assert!(matches!(
+        j.record_submit(TaskId(3), 1, &sleep_spec(1), u64::MAX),
+        Err(JournalError::Unrepresentable { .. })
+    ));
+}
+
+/// Closes `j` and opens the same journal again.
+fn open_after(j: Journal, dir: &TempDir) -> (Journal, Recovered) {
+    drop(j);
+    open(dir)
+}
+
+#[test]
+fn a_second_master_is_locked_out() {
+    let dir = TempDir::new("locked");
+    let (j, _) = open(&dir);
+    let err = Journal::open(&dir.0).expect_err("second open");
+    assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains(&dir.db().display().to_string()));
+    drop(j);
+    open(&dir);
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = TempDir::new("newer");
+    let (mut j, _) = open(&dir);
+    j.record_submit(TaskId(1), 1, &sleep_spec(1), 1)
+        .expect("submit");
+    j.commit().expect("commit");
+    drop(j);
+    raw(&dir)
+        .execute("UPDATE schema_version SET version = 7", [])
+        .expect("tamper");
+    let err = Journal::open(&dir.0).expect_err("newer");
+    assert!(
+        matches!(
+            err,
+            JournalError::NewerSchema {
+                found: 7,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("database schema version 7 is newer than this master (1); upgrade ballast")
+    );
+    assert!(msg.contains(&dir.db().display().to_string()));
+    // Refused, not reset.
+    assert_eq!(rows(&raw(&dir), "batches"), 1);
+}
+
+#[test]
+fn garbage_file_is_refused_and_left_alone() {
+    for len in [10, 100_000] {
+        let dir = TempDir::new("garbage");
+        std::fs::create_dir_all(&dir.0).expect("mkdir");
+        let garbage: Vec<u8> = b"not a database\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect();
+        std::fs::write(dir.db(), &garbage).expect("write garbage");
+        let err = Journal::open(&dir.0).expect_err("garbage");
+        assert!(matches!(err, JournalError::NotADatabase { .. }), "{err}");
+        assert!(err.to_string().contains(&dir.db().display().to_string()));
+        assert_eq!(std::fs::read(dir.db()).expect("read back"), garbage);
+    }
+}
+
+#[test]
+fn foreign_database_is_refused_and_left_alone() {
+    let dir = TempDir::new("foreign");
+    std::fs::create_dir_all(&dir.0).expect("mkdir");
+    raw(&dir)
+        .execute_batch("CREATE TABLE photos (id INTEGER PRIMARY KEY)")
+        .expect("foreign db");
+    let err = Journal::open(&dir.0).expect_err("foreign");
+    assert!(matches!(err, JournalError::NotBallast { .. }), "{err}");
+    let mode: String = raw(&dir)
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("mode");
+    assert_eq!(mode, "delete", "not switched to WAL");
+}
+
+#[test]
+fn bad_rows_are_typed_errors_naming_the_row() {
+    // `SLEEP` stands for a valid spec, `EMPTY_ARGV` for one that parses but does not validate.
+    let sleep = serde_json::to_string(&sleep_spec(1)).expect("json");
+    let empty_argv = serde_json::to_string(&TaskSpec::new(TaskKind::Command {
+        argv: vec![],
+        env: vec![],
+        cwd: None,
+    }))
+    .expect("json");
+    type Expect = fn(&JournalError) -> bool;
+    let cases: [(&str, Expect); 6] = [
+        (
+            r#"INSERT INTO batches VALUES (1, 2, '{"kind": "nope"}', 5)"#,
+            |e| matches!(e, JournalError::BadSpec { first_id: 1, .. }),
+        ),
+        ("INSERT INTO batches VALUES (1, 2, 'EMPTY_ARGV', 5)", |e| {
+            matches!(e, JournalError::BadSpec { first_id: 1, .. })
+        }),
+        // Overlap, then a gap.
+        (
+            "INSERT INTO batches VALUES (1, 5, 'SLEEP', 5), (3, 1, 'SLEEP', 5)",
+            |e| {
+                matches!(
+                    e,
+                    JournalError::BadRow {
+                        table: "batches",
+                        id: 3,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "INSERT INTO batches VALUES (1, 1, 'SLEEP', 5), (3, 1, 'SLEEP', 5)",
+            |e| {
+                matches!(
+                    e,
+                    JournalError::BadRow {
+                        table: "batches",
+                        id: 3,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "INSERT INTO finals VALUES (4, 'succeeded', 1, NULL, 0, '', '', NULL, NULL, 9)",
+            |e| {
+                matches!(
+                    e,
+                    JournalError::BadRow {
+                        table: "finals",
+                        id: 4,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "INSERT INTO batches VALUES (1, 1, 'SLEEP', 5);
+             INSERT INTO finals VALUES (1, 'running', 1, NULL, 0, '', '', NULL, NULL, 9)",
+            |e| {
+                matches!(
+                    e,
+                    JournalError::BadRow {
+                        table: "finals",
+                        id: 1,
+                        ..
+                    }
+                )
+            },
+        ),
+    ];
+    for (sql, expected) in cases {
+        let dir = TempDir::new("bad-row");
+        drop(open(&dir));
+        let sql = sql
+            .replace("SLEEP", &sleep)
+            .replace("EMPTY_ARGV", &empty_argv);
+        raw(&dir).execute_batch(&sql).expect("tamper");
+        let err = Journal::open(&dir.0).expect_err(&sql);
+        assert!(expected(&err), "{sql}: {err}");
+        assert!(err.to_string().contains(&dir.db().display().to_string()));
+    }
+}
+
+#[test]
+fn data_dir_that_is_a_file_is_a_typed_error() {
+    let dir = TempDir::new("file-dir");
+    std::fs::create_dir_all(&dir.0).expect("mkdir");
+    let file = dir.0.join("plain");
+    std::fs::write(&file, b"x").expect("write");
+    let err = Journal::open(&file.join("data")).expect_err("not a dir");
+    assert!(matches!(err, JournalError::CreateDir { .. }), "{err}");
+}
+
+/// Not a test: commit rates on this machine. Run with
+/// `cargo test -p master --release journal::tests::measure -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, prints figures"]
+fn measure() {
+    let dir = TempDir::new("measure");
+    let (mut j, _) = open(&dir);
+    let mut next = 1u64;
+    for per_commit in [1usize, 100] {
+        let started = Instant::now();
+        let mut commits = 0u32;
+        while started.elapsed() < Duration::from_secs(2) {
+            for _ in 0..per_commit {
+                j.record_submit(TaskId(next), 1, &sleep_spec(next), next)
+                    .expect("submit");
+                next += 1;
+            }
+            j.commit().expect("commit");
+            commits += 1;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{per_commit:>3} records/commit: {:.0} commits/s, {:.0} records/s",
+            commits as f64 / secs,
+            commits as f64 * per_commit as f64 / secs
+        );
+    }
+    let started = Instant::now();
+    for i in 0..10_000u64 {
+        let mut spec = command_spec();
+        spec.priority = i as i32;
+        j.record_submit(TaskId(next), 1, &spec, i).expect("submit");
+        next += 1;
+    }
+    let recorded = started.elapsed();
+    j.commit().expect("commit");
+    println!(
+        "10000 distinct specs: record {recorded:?}, record+commit {:?}",
+        started.elapsed()
+    );
+    drop(j);
+    let started = Instant::now();
+    let (_, rec) = open(&dir);
+    println!(
+        "recovery of {} tasks: {:?}",
+        rec.tasks.len(),
+        started.elapsed()
+    );
+}

@@ -1,0 +1,349 @@
+//! What the simulated clients submit, and when.
+//!
+//! - `uniform`: every task sleeps 1 s (size 1), all submitted at once.
+//! - `heterogeneous`: a mix of short, medium and long tasks, 0.1 s / 1 s / 10 s (size = duration)
+//!   with probabilities 0.6 / 0.3 / 0.1, so the 10 s tasks carry three quarters of the work. They
+//!   arrive one by one as a Poisson stream at [`HETEROGENEOUS_LOAD`] of the fleet's capacity, the
+//!   way work reaches a shared cluster, instead of in one batch. (Why the stream, and why this
+//!   workload also implies a mixed fleet: see the `sim` module doc.)
+//! - `w3`: task i (0-based) sleeps 1.0 s if i % 10 == 9, else (0.02, 0.05, 0.2)[i % 3] s, with size
+//!   equal to the duration; 200 tasks (36.2 s of work), submitted in index order in one request.
+//! - a `.jsonl` file in the format `master submit --file` reads: one task per line,
+//!   `{"sleep": "20ms", "size": 0.02, "priority": 0}`, with `sleep`, `spin` or `cmd`, and optional
+//!   `priority`, `size` (default 1), `timeout`, `retries`, `retry_failed`, `group`, `env`, `cwd`.
+//!   A simulated `sleep` or `spin` lasts its duration divided by the worker's speed; a `cmd` lasts
+//!   its `size` in seconds. All lines are submitted at once, in file order; `--tasks N` takes N
+//!   tasks cycling through the file.
+
+use super::SimError;
+use crate::core::policy::SplitMix64;
+use protocol::duration::parse_duration;
+use protocol::{TaskKind, TaskSpec};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The heterogeneous stream's offered load, as a fraction of the fleet's nominal capacity (slots ×
+/// speed, summed): a busy cluster that still has free slots most of the time, so where a task goes
+/// is a real choice.
+pub const HETEROGENEOUS_LOAD: f64 = 0.8;
+
+/// (duration in seconds, probability) of the heterogeneous mix.
+const HETEROGENEOUS_MIX: [(f64, f64); 3] = [(0.1, 0.6), (1.0, 0.3), (10.0, 0.1)];
+
+/// The largest task file read, so a wrong path (a disk image, a log) fails fast.
+const MAX_FILE_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkloadKind {
+    Uniform,
+    Heterogeneous,
+    W3,
+    File(PathBuf),
+}
+
+impl WorkloadKind {
+    pub fn parse(text: &str) -> WorkloadKind {
+        match text {
+            "uniform" => WorkloadKind::Uniform,
+            "heterogeneous" => WorkloadKind::Heterogeneous,
+            "w3" => WorkloadKind::W3,
+            path => WorkloadKind::File(PathBuf::from(path)),
+        }
+    }
+
+    /// How many tasks when `--tasks` is not given (`None`: as many as the file has).
+    pub fn default_tasks(&self) -> Option<u64> {
+        match self {
+            WorkloadKind::Uniform | WorkloadKind::Heterogeneous => Some(1_000),
+            WorkloadKind::W3 => Some(200),
+            WorkloadKind::File(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkloadKind::Uniform => f.write_str("uniform"),
+            WorkloadKind::Heterogeneous => f.write_str("heterogeneous"),
+            WorkloadKind::W3 => f.write_str("w3"),
+            WorkloadKind::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// One `Submit` request: `count` copies of each template in `specs`, at `at_us`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub at_us: u64,
+    /// Indices into `Workload::templates`, in submit order.
+    pub specs: std::ops::Range<usize>,
+    pub count: u32,
+}
+
+/// Everything the clients will submit. Specs are stored once per distinct task and referenced
+/// by index, so a million-task stream costs a few bytes per task here.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub templates: Vec<TaskSpec>,
+    /// Template index of each submitted spec, referenced by `Submission::specs`.
+    pub order: Vec<u32>,
+    /// In time order.
+    pub submissions: Vec<Submission>,
+}
+
+impl Workload {
+    pub fn tasks(&self) -> u64 {
+        self.submissions
+            .iter()
+            .map(|s| s.specs.len() as u64 * u64::from(s.count))
+            .sum()
+    }
+
+    /// The specs of one submission.
+    pub fn specs(&self, s: &Submission) -> impl Iterator<Item = &TaskSpec> {
+        self.order[s.specs.clone()]
+            .iter()
+            .map(|&t| &self.templates[t as usize])
+    }
+
+    /// Every task's spec, once per task (copies included), in submit order.
+    pub fn each_task(&self) -> impl Iterator<Item = &TaskSpec> {
+        self.submissions.iter().flat_map(move |s| {
+            self.specs(s)
+                .flat_map(move |spec| std::iter::repeat(spec).take(s.count as usize))
+        })
+    }
+}
+
+/// How long a task runs on a worker of speed 1, in seconds: its sleep or spin, or its size for
+/// a command (the simulator runs nothing).
+pub fn base_seconds(spec: &TaskSpec) -> f64 {
+    match spec.kind {
+        TaskKind::Sleep { ms } | TaskKind::Spin { ms } => ms as f64 / 1e3,
+        TaskKind::Command { .. } => spec.size,
+    }
+}
+
+/// What a workload is built from besides its kind.
+pub struct WorkloadParams {
+    pub tasks: Option<u64>,
+    pub retries: u32,
+    /// Nominal capacity of the fleet (slots × speed, summed), for arrival rates.
+    pub capacity: f64,
+    pub rng: SplitMix64,
+}
+
+pub fn build(kind: &WorkloadKind, p: WorkloadParams) -> Result<Workload, SimError> {
+    let mut rng = p.rng;
+    let sleep = |seconds: f64| TaskSpec {
+        size: seconds,
+        max_retries: p.retries,
+        ..TaskSpec::new(TaskKind::Sleep {
+            ms: (seconds * 1e3).round() as u64,
+        })
+    };
+    let tasks = p.tasks.or(kind.default_tasks());
+    match kind {
+        WorkloadKind::Uniform => {
+            let n = tasks.unwrap_or(0);
+            let count = u32::try_from(n).map_err(|_| SimError::usage("tasks", "too many"))?;
+            Ok(Workload {
+                templates: vec![sleep(1.0)],
+                order: vec![0],
+                submissions: vec![Submission {
+                    at_us: 0,
+                    specs: 0..1,
+                    count,
+                }],
+            })
+        }
+        WorkloadKind::W3 => {
+            let n = tasks.unwrap_or(0) as usize;
+            let templates = [0.02, 0.05, 0.2, 1.0].map(sleep).to_vec();
+            let order = (0..n)
+                .map(|i| if i % 10 == 9 { 3 } else { (i % 3) as u32 })
+                .collect();
+            Ok(Workload {
+                templates,
+                order,
+                submissions: vec![Submission {
+                    at_us: 0,
+                    specs: 0..n,
+                    count: 1,
+                }],
+            })
+        }
+        WorkloadKind::Heterogeneous => {
+            let n = tasks.unwrap_or(0) as usize;
+            let templates = HETEROGENEOUS_MIX.map(|(s, _)| sleep(s)).to_vec();
+            let mean: f64 = HETEROGENEOUS_MIX.iter().map(|(s, p)| s * p).sum();
+            // Tasks per second so that the offered work is the target share of capacity.
+            let rate = HETEROGENEOUS_LOAD * p.capacity / mean;
+            let mut order = Vec::with_capacity(n);
+            let mut submissions = Vec::with_capacity(n);
+            let mut at_s = 0.0f64;
+            for i in 0..n {
+                let u = unit(&mut rng);
+                let mut class = HETEROGENEOUS_MIX.len() - 1;
+                let mut acc = 0.0;
+                for (c, (_, prob)) in HETEROGENEOUS_MIX.iter().enumerate() {
+                    acc += prob;
+                    if u < acc {
+                        class = c;
+                        break;
+                    }
+                }
+                order.push(class as u32);
+                submissions.push(Submission {
+                    at_us: (at_s * 1e6).round() as u64,
+                    specs: i..i + 1,
+                    count: 1,
+                });
+                at_s += exponential(&mut rng, rate);
+            }
+            Ok(Workload {
+                templates,
+                order,
+                submissions,
+            })
+        }
+        WorkloadKind::File(path) => {
+            let templates = read_file(path, p.retries)?;
+            let n = tasks.unwrap_or(templates.len() as u64) as usize;
+            let order = (0..n).map(|i| (i % templates.len()) as u32).collect();
+            Ok(Workload {
+                templates,
+                order,
+                submissions: vec![Submission {
+                    at_us: 0,
+                    specs: 0..n,
+                    count: 1,
+                }],
+            })
+        }
+    }
+}
+
+/// Uniform in [0, 1).
+pub fn unit(rng: &mut SplitMix64) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// An exponential draw with the given rate (events per second), in seconds.
+pub fn exponential(rng: &mut SplitMix64, rate: f64) -> f64 {
+    -(1.0 - unit(rng)).ln() / rate
+}
+
+/// One line of a task file, as `master submit --file` reads it. Unknown fields are refused so a
+/// typo is not silently ignored.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    cmd: Option<Vec<String>>,
+    priority: Option<i32>,
+    size: Option<f64>,
+    timeout: Option<Value>,
+    sleep: Option<Value>,
+    spin: Option<Value>,
+    retries: Option<u32>,
+    retry_failed: Option<u32>,
+    group: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    cwd: Option<String>,
+}
+
+fn read_file(path: &Path, retries: u32) -> Result<Vec<TaskSpec>, SimError> {
+    let origin = path.display().to_string();
+    let io = |e: std::io::Error| SimError::Io {
+        path: origin.clone(),
+        error: e.to_string(),
+    };
+    let meta = std::fs::metadata(path).map_err(|e| SimError::Io {
+        path: origin.clone(),
+        error: format!("{e} (--workload is uniform, heterogeneous, w3, or a .jsonl task file)"),
+    })?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(SimError::Io {
+            path: origin,
+            error: format!("larger than {MAX_FILE_BYTES} bytes"),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    parse(&text, &origin, retries)
+}
+
+/// Parses a task file's text; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str, retries: u32) -> Result<Vec<TaskSpec>, SimError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut specs = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let spec = parse_line(trimmed, retries).map_err(|why| SimError::Workload {
+            origin: format!("{origin} line {}", index + 1),
+            why,
+        })?;
+        specs.push(spec);
+    }
+    if specs.is_empty() {
+        return Err(SimError::Workload {
+            origin: origin.to_string(),
+            why: "no tasks".into(),
+        });
+    }
+    Ok(specs)
+}
+
+fn parse_line(text: &str, retries: u32) -> Result<TaskSpec, String> {
+    let line: Line = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let kind = match (&line.cmd, &line.sleep, &line.spin) {
+        (Some(argv), None, None) => TaskKind::Command {
+            argv: argv.clone(),
+            env: line.env.clone().unwrap_or_default().into_iter().collect(),
+            cwd: line.cwd.clone(),
+        },
+        (None, Some(d), None) => TaskKind::Sleep {
+            ms: duration_ms(d, "sleep")?,
+        },
+        (None, None, Some(d)) => TaskKind::Spin {
+            ms: duration_ms(d, "spin")?,
+        },
+        (None, None, None) => return Err("nothing to run: give one of cmd, sleep or spin".into()),
+        _ => return Err("give only one of cmd, sleep or spin".into()),
+    };
+    let mut spec = TaskSpec {
+        max_retries: line.retries.unwrap_or(retries),
+        ..TaskSpec::new(kind)
+    };
+    if let Some(p) = line.priority {
+        spec.priority = p;
+    }
+    if let Some(s) = line.size {
+        spec.size = s;
+    }
+    if let Some(t) = &line.timeout {
+        spec.timeout_ms = Some(duration_ms(t, "timeout")?);
+    }
+    if let Some(r) = line.retry_failed {
+        spec.retry_failed = r;
+    }
+    spec.group = line.group;
+    spec.validate()?;
+    Ok(spec)
+}
+
+fn duration_ms(value: &Value, field: &str) -> Result<u64, String> {
+    let parsed = match value {
+        Value::String(s) => parse_duration(s),
+        Value::Number(n) => parse_duration(&n.to_string()),
+        _ => Err(format!("must be a duration such as \"250ms\", got {value}")),
+    };
+    let d = parsed.map_err(|e| format!("{field}: {e}"))?;
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
