@@ -10,7 +10,7 @@ use crate::journal::{FinalRecord, Journal, JournalError};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use protocol::{auth::NONCE_LEN, encode_frame, FrameDecoder, ToMaster};
+use protocol::{auth::NONCE_LEN, encode_frame, FrameDecoder, FromMaster, ToMaster};
 use slab::Slab;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -97,6 +97,8 @@ struct Connection {
     closing: bool,
     /// Already in this turn's list of connections to flush.
     touched: bool,
+    /// Offset in `out` where bytes start that may only leave after this turn's journal commit.
+    gate: Option<usize>,
 }
 
 pub struct Server {
@@ -107,6 +109,8 @@ pub struct Server {
     clock: Clock,
     config: ServerConfig,
     touched: Vec<usize>,
+    /// Connections with a gate set this turn.
+    gated: Vec<usize>,
     journal: Option<Journal>,
 }
 
@@ -139,6 +143,7 @@ impl Server {
             clock,
             config,
             touched: Vec::new(),
+            gated: Vec::new(),
             journal,
         })
     }
@@ -175,19 +180,33 @@ impl Server {
                 }
             }
             self.core.handle_timeout(now);
-            // Flushing can drop a broken peer, which can free work to place: repeat until quiet.
-            loop {
-                self.core.dispatch(now);
-                self.drain_core()?;
-                // IMPORTANT: commit before any byte of this turn reaches a socket, so a client
-                // only ever hears of work that survives a crash. One fsync per turn, not per task.
-                if let Some(journal) = &mut self.journal {
-                    journal.commit()?;
+            self.end_turn(now)?;
+        }
+    }
+
+    /// Places work, moves the core's output out, commits the journal once, and writes.
+    fn end_turn(&mut self, now: u64) -> Result<(), ServerError> {
+        // Flushing can drop a broken peer, which can free work to place: repeat until quiet.
+        loop {
+            self.core.dispatch(now);
+            self.drain_core()?;
+            // Frames to workers leave now, so they work while we fsync; client replies wait at
+            // their connection's gate.
+            self.flush_touched(now);
+            // IMPORTANT: commit before any gated reply reaches a socket, so a client only ever
+            // hears of work that survives a crash. One fsync per turn, not per task.
+            if let Some(journal) = &mut self.journal {
+                journal.commit()?;
+            }
+            for key in std::mem::take(&mut self.gated) {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.gate = None;
                 }
-                if self.touched.is_empty() {
-                    break;
-                }
-                self.flush_touched(now);
+                self.touch(key);
+            }
+            self.flush_touched(now);
+            if !self.core.has_work() {
+                return Ok(());
             }
         }
     }
@@ -238,6 +257,7 @@ impl Server {
                 writable_interest: false,
                 closing: false,
                 touched: false,
+                gate: None,
             });
             debug!("accepted {addr}");
             self.core
@@ -307,6 +327,10 @@ impl Server {
                     let Some(c) = self.conns.get_mut(conn.0) else {
                         continue; // the peer left in this same turn
                     };
+                    if self.journal.is_some() && c.gate.is_none() && needs_commit(&msg) {
+                        c.gate = Some(c.out.len());
+                        self.gated.push(conn.0);
+                    }
                     if let Err(e) = encode_frame(&msg, &mut c.out) {
                         error!("{}: cannot encode a reply: {e}", c.addr);
                         continue;
@@ -367,7 +391,8 @@ impl Server {
                 self.remove(key);
                 continue;
             }
-            let want = pending > 0;
+            // Bytes behind the gate need no WRITABLE interest: lifting the gate touches us.
+            let want = c.gate.unwrap_or(c.out.len()) > c.out_pos;
             if want != c.writable_interest {
                 let interest = if want {
                     Interest::READABLE | Interest::WRITABLE
@@ -478,9 +503,25 @@ fn decode_all(core: &mut Core, now: u64, key: usize, conn: &mut Connection) -> R
 }
 
 /// Writes as much of `out` as the socket takes; keeps the buffer's allocation for reuse.
+/// Client replies that speak of durable state (ids, results, completion) wait for the commit;
+/// frames to workers do not: assignments are not journaled anyway.
+fn needs_commit(msg: &FromMaster) -> bool {
+    matches!(
+        msg,
+        FromMaster::Submitted { .. }
+            | FromMaster::Results { .. }
+            | FromMaster::WaitDone { .. }
+            | FromMaster::Progress { .. }
+            | FromMaster::CancelDone { .. }
+            | FromMaster::Status(_)
+    )
+}
+
+/// Writes as much of `out` as the socket takes, up to the gate; keeps the allocation for reuse.
 fn write_out(c: &mut Connection) -> io::Result<()> {
-    while c.out_pos < c.out.len() {
-        match c.stream.write(&c.out[c.out_pos..]) {
+    let limit = c.gate.unwrap_or(c.out.len());
+    while c.out_pos < limit {
+        match c.stream.write(&c.out[c.out_pos..limit]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => c.out_pos += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -497,6 +538,9 @@ fn write_out(c: &mut Connection) -> io::Result<()> {
         }
     } else if c.out_pos > c.out.len() / 2 {
         c.out.drain(..c.out_pos);
+        if let Some(gate) = &mut c.gate {
+            *gate -= c.out_pos;
+        }
         c.out_pos = 0;
     }
     Ok(())

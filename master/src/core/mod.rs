@@ -400,6 +400,11 @@ impl Core {
         self.outbox.pop_front()
     }
 
+    /// Whether `dispatch` or `poll_output` has something to do (the shell loops until not).
+    pub fn has_work(&self) -> bool {
+        self.dirty || !self.outbox.is_empty()
+    }
+
     /// When `handle_timeout` should next be called, if at all.
     pub fn poll_timeout(&self) -> Option<u64> {
         let hold = self.holds.first().map(|&(at, _)| at);
