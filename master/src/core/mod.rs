@@ -312,6 +312,9 @@ impl Core {
                 _ => {}
             }
         }
+        // The map's order is random; decisions must not be (the simulator replays from a seed).
+        stalled.sort_unstable();
+        silent.sort_unstable();
         for conn in stalled {
             if let Some(c) = self.conns.remove(&conn) {
                 warn!(

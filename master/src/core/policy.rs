@@ -496,11 +496,14 @@ mod tests {
             }
             let mut got = Vec::new();
             for k in 1..=50u32 {
-                if k % 3 == 0 {
+                if k.is_multiple_of(3) {
                     p.remove(WorkerId(k));
                 }
                 let w = p.pick().expect("candidates").worker;
-                assert!(w.0 % 3 != 0 || w.0 > k, "a removed worker was picked");
+                assert!(
+                    !w.0.is_multiple_of(3) || w.0 > k,
+                    "a removed worker was picked"
+                );
                 got.push(w.0);
             }
             got

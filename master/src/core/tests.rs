@@ -94,8 +94,12 @@ impl Harness {
             } => id,
             other => panic!("expected Welcome, got {other:?}"),
         };
-        assert!(assignments(&out).is_empty(), "no work before the worker says what it runs");
-        self.core.handle_message(self.now, conn, ToMaster::Running(vec![]));
+        assert!(
+            assignments(&out).is_empty(),
+            "no work before the worker says what it runs"
+        );
+        self.core
+            .handle_message(self.now, conn, ToMaster::Running(vec![]));
         out.extend(self.drain());
         (conn, id, out)
     }
@@ -697,11 +701,20 @@ fn reconnecting_worker_keeps_its_running_tasks() {
         },
     );
     let running = vec![
-        TaskRef { task: ids[0], attempt: Attempt(1) },
-        TaskRef { task: ids[1], attempt: Attempt(1) },
+        TaskRef {
+            task: ids[0],
+            attempt: Attempt(1),
+        },
+        TaskRef {
+            task: ids[1],
+            attempt: Attempt(1),
+        },
     ];
     let out = h.msg(a2, ToMaster::Running(running));
-    assert!(assignments(&out).is_empty(), "both slots are taken by the adopted tasks");
+    assert!(
+        assignments(&out).is_empty(),
+        "both slots are taken by the adopted tasks"
+    );
     assert_eq!(h.state(ids[1]), TaskState::Running);
     assert_eq!(h.core.status().queued, 1);
     // Its attempt-1 result counts.
@@ -717,9 +730,18 @@ fn running_report_for_a_task_final_elsewhere_is_cancelled() {
     let c = h.client();
     let (ids, _) = h.submit(c, vec![sleep_spec(0)], 1);
     h.finish(w, ids[0], 1, exited(0));
-    let stale = TaskRef { task: ids[0], attempt: Attempt(1) };
+    let stale = TaskRef {
+        task: ids[0],
+        attempt: Attempt(1),
+    };
     let out = h.msg(w, ToMaster::Running(vec![stale]));
-    assert_eq!(out, vec![Output::Send { conn: w, msg: FromMaster::Cancel(vec![stale]) }]);
+    assert_eq!(
+        out,
+        vec![Output::Send {
+            conn: w,
+            msg: FromMaster::Cancel(vec![stale])
+        }]
+    );
 }
 
 #[test]
@@ -743,7 +765,11 @@ fn result_of_a_given_up_attempt_is_kept_if_nobody_reran_it() {
     let (ids, _) = h.submit(c, vec![sleep_spec(0)], 3);
     h.core.handle_disconnect(h.now, a, "link cut");
     h.drain();
-    let lost = ids.iter().copied().find(|&id| h.state(id) == TaskState::Queued).expect("one queued");
+    let lost = ids
+        .iter()
+        .copied()
+        .find(|&id| h.state(id) == TaskState::Queued)
+        .expect("one queued");
     let (a2, _, _) = h.worker("a2", 1); // another worker takes something else meanwhile
     let _ = (b, a2);
     if h.state(lost) == TaskState::Queued {
@@ -758,12 +784,22 @@ fn retry_failed_reruns_after_backoff() {
     let mut h = Harness::new(PolicyKind::LeastLoaded);
     let (w, _, _) = h.worker("a", 1);
     let c = h.client();
-    let spec = TaskSpec { retry_failed: 2, ..sleep_spec(0) };
+    let spec = TaskSpec {
+        retry_failed: 2,
+        ..sleep_spec(0)
+    };
     let (ids, _) = h.submit(c, vec![spec], 1);
     let out = h.finish(w, ids[0], 1, exited(3));
-    assert!(assignments(&out).is_empty(), "held for the backoff, not re-run at once");
+    assert!(
+        assignments(&out).is_empty(),
+        "held for the backoff, not re-run at once"
+    );
     assert_eq!(h.state(ids[0]), TaskState::Queued);
-    assert_eq!(h.core.poll_timeout(), Some(h.now + 100), "sweep comes first");
+    assert_eq!(
+        h.core.poll_timeout(),
+        Some(h.now + 100),
+        "sweep comes first"
+    );
     let mut again = Vec::new();
     for _ in 0..5 {
         again.extend(assignments(&h.advance(100)));
@@ -774,24 +810,47 @@ fn retry_failed_reruns_after_backoff() {
     for _ in 0..10 {
         third.extend(assignments(&h.advance(100)));
     }
-    assert_eq!(third, vec![(w, ids[0], 3)], "second backoff is longer but still comes");
+    assert_eq!(
+        third,
+        vec![(w, ids[0], 3)],
+        "second backoff is longer but still comes"
+    );
     h.finish(w, ids[0], 3, exited(3));
     let r = h.core.task(ids[0]).expect("exists");
-    assert_eq!((r.state, r.attempts, r.exit_code), (TaskState::Failed, 3, Some(3)), "out of retries");
+    assert_eq!(
+        (r.state, r.attempts, r.exit_code),
+        (TaskState::Failed, 3, Some(3)),
+        "out of retries"
+    );
 }
 
 #[test]
 fn persist_records_precede_replies_and_restore_rebuilds() {
-    let mut h = Harness::with(CoreConfig { persist: true, ..CoreConfig::default() });
+    let mut h = Harness::with(CoreConfig {
+        persist: true,
+        ..CoreConfig::default()
+    });
     let (w, _, _) = h.worker("a", 1);
     let c = h.client();
-    let out = h.msg(c, ToMaster::Submit { specs: vec![sleep_spec(0), sleep_spec(5)], count: 2 });
+    let out = h.msg(
+        c,
+        ToMaster::Submit {
+            specs: vec![sleep_spec(0), sleep_spec(5)],
+            count: 2,
+        },
+    );
     let kinds: Vec<&str> = out
         .iter()
         .map(|o| match o {
             Output::Persist(Record::Submitted { .. }) => "persist",
-            Output::Send { msg: FromMaster::Submitted { .. }, .. } => "reply",
-            Output::Send { msg: FromMaster::Assign(_), .. } => "assign",
+            Output::Send {
+                msg: FromMaster::Submitted { .. },
+                ..
+            } => "reply",
+            Output::Send {
+                msg: FromMaster::Assign(_),
+                ..
+            } => "assign",
             _ => "other",
         })
         .collect();
@@ -832,12 +891,22 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
         got.extend(assignments(&h2.advance(100)));
     }
     assert_eq!(got.len(), 3);
-    assert!(got.iter().all(|&(conn, _, attempt)| conn == w2 && attempt == 2));
+    assert!(got
+        .iter()
+        .all(|&(conn, _, attempt)| conn == w2 && attempt == 2));
     let gaps = Harness::new(PolicyKind::LeastLoaded).core.restore(
         0,
-        vec![RestoredTask { id: TaskId(2), spec, submitted_ms: 0, outcome: None }],
+        vec![RestoredTask {
+            id: TaskId(2),
+            spec,
+            submitted_ms: 0,
+            outcome: None,
+        }],
     );
-    assert!(gaps.is_err(), "a gap in the ids is an error, not a silent renumbering");
+    assert!(
+        gaps.is_err(),
+        "a gap in the ids is an error, not a silent renumbering"
+    );
 }
 
 #[test]
@@ -845,7 +914,14 @@ fn cancel_reaches_held_tasks() {
     let mut h = Harness::new(PolicyKind::LeastLoaded);
     let (w, _, _) = h.worker("a", 1);
     let c = h.client();
-    let (ids, _) = h.submit(c, vec![TaskSpec { retry_failed: 1, ..sleep_spec(0) }], 1);
+    let (ids, _) = h.submit(
+        c,
+        vec![TaskSpec {
+            retry_failed: 1,
+            ..sleep_spec(0)
+        }],
+        1,
+    );
     h.finish(w, ids[0], 1, exited(1));
     h.msg(c, ToMaster::Cancel { ids: ids.clone() });
     assert_eq!(h.state(ids[0]), TaskState::Cancelled);

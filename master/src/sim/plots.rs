@@ -9,6 +9,7 @@ use super::report::Report;
 use super::world::{RunResult, WorkerSpec};
 use super::SimError;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,7 @@ fn color(i: usize) -> RGBColor {
 }
 
 type Plot = Result<(), Box<dyn Error>>;
+type Draw<'a> = &'a dyn Fn(&Path) -> Plot;
 
 /// Writes the three charts into `dir` (created if missing) and returns their paths.
 pub fn write_all(dir: &Path, fleet: &[WorkerSpec], runs: &[Run]) -> Result<Vec<PathBuf>, SimError> {
@@ -43,7 +45,7 @@ pub fn write_all(dir: &Path, fleet: &[WorkerSpec], runs: &[Run]) -> Result<Vec<P
         path: dir.display().to_string(),
         error: e.to_string(),
     })?;
-    let charts: [(&str, &dyn Fn(&Path) -> Plot); 3] = [
+    let charts: [(&str, Draw); 3] = [
         ("makespan.svg", &|p| makespan(p, runs)),
         ("utilisation.svg", &|p| utilisation(p, fleet, runs)),
         ("completion.svg", &|p| completion(p, runs)),
@@ -71,12 +73,16 @@ fn makespan(path: &Path, runs: &[Run]) -> Plot {
         .max(1e-3)
         * 1.15;
     let names: Vec<String> = runs.iter().map(|r| r.report.policy.clone()).collect();
+    let last = runs.len().saturating_sub(1);
     let mut chart = ChartBuilder::on(&root)
-        .caption("Makespan per policy", (FONT, 24))
+        .caption(
+            format!("Makespan per policy (line: lower bound, {bound:.2} s)"),
+            (FONT, 22),
+        )
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((0..runs.len()).into_segmented(), 0.0..top)?;
+        .build_cartesian_2d((0..last).into_segmented(), 0.0..top)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -98,25 +104,19 @@ fn makespan(path: &Path, runs: &[Run]) -> Plot {
                 .style(color(i).filled())
                 .data([(i, m)]),
         )?;
+        let style = TextStyle::from((FONT, 14).into_font())
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Bottom));
         chart.draw_series(std::iter::once(Text::new(
             format!("{m:.2} s"),
-            (SegmentValue::CenterOf(i), m + top * 0.02),
-            (FONT, 14).into_font().color(&BLACK),
+            (SegmentValue::CenterOf(i), m + top * 0.01),
+            style,
         )))?;
     }
-    chart
-        .draw_series(LineSeries::new(
-            [(SegmentValue::Exact(0), bound), (SegmentValue::Last, bound)],
-            BLACK.stroke_width(2),
-        ))?
-        .label(format!("lower bound {bound:.2} s"))
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font((FONT, 14))
-        .draw()?;
+    chart.draw_series(LineSeries::new(
+        [(SegmentValue::Exact(0), bound), (SegmentValue::Last, bound)],
+        BLACK.stroke_width(2),
+    ))?;
     root.present()?;
     Ok(())
 }
@@ -127,8 +127,8 @@ fn utilisation(path: &Path, fleet: &[WorkerSpec], runs: &[Run]) -> Plot {
     // Slowest to fastest (stable: equal speeds keep join order), so a policy that favours fast
     // workers shows a rising line.
     let mut rank: Vec<usize> = (0..fleet.len()).collect();
-    rank.sort_by(|&a, &b| fleet[a].speed.total_cmp(&fleet[b].speed));
-    let mixed = fleet.windows(2).any(|w| w[0].speed != w[1].speed);
+    rank.sort_by(|&a, &b| fleet[a].capacity().total_cmp(&fleet[b].capacity()));
+    let mixed = fleet.windows(2).any(|w| w[0].capacity() != w[1].capacity());
     let n = fleet.len().max(2);
     let mut chart = ChartBuilder::on(&root)
         .caption("Utilisation per worker", (FONT, 24))
@@ -143,15 +143,15 @@ fn utilisation(path: &Path, fleet: &[WorkerSpec], runs: &[Run]) -> Plot {
         } else {
             "workers, in join order"
         })
-        .y_desc("busy slot-time (% of slots × makespan)")
+        .y_desc("work done (% of capacity × makespan)")
         .label_style((FONT, 14))
         .draw()?;
     for (i, run) in runs.iter().enumerate() {
-        let span_us = run.result.makespan_us.max(1) as f64;
+        let span_s = (run.result.makespan_us.max(1) as f64) / 1e6;
         let points = rank.iter().enumerate().map(|(x, &w)| {
-            let busy = run.result.workers[w].busy_us as f64;
-            let slots = f64::from(fleet[w].slots.max(1));
-            (x, (busy / (slots * span_us) * 100.0).min(105.0))
+            let work = run.result.workers[w].work_s;
+            let cap = fleet[w].capacity().max(1e-9);
+            (x, (work / (cap * span_s) * 100.0).min(105.0))
         });
         chart
             .draw_series(LineSeries::new(points, color(i).stroke_width(2)))?

@@ -4,12 +4,13 @@
 //! - `makespan_s`: from the first submission to the last completion (the last task to become
 //!   final, whatever its outcome).
 //! - `lower_bound_s`: `max(total work / total capacity, longest task / fastest speed)`, where work
-//!   is seconds at speed 1 and capacity is `slots × speed` summed over the fleet. No schedule can
-//!   beat it; `makespan_s / lower_bound_s` is how far a run is from ideal.
-//! - `utilisation`: busy slot-time weighted by speed over `capacity × makespan`, i.e. the share of
-//!   the fleet's work capacity spent running tasks (attempts later lost to failures included;
-//!   downtime counts as capacity, since it was paid for). With equal speeds it is plain busy
-//!   slot-time over `slots × workers × makespan`.
+//!   is seconds at speed 1 and capacity is `slots × speed` summed over the fleet (a host's speed
+//!   here is its rate, `speed × (1 - background)`, see `world`). No schedule can beat it;
+//!   `makespan_s / lower_bound_s` is how far a run is from ideal.
+//! - `utilisation`: work done over `capacity × makespan`, i.e. busy slot-time weighted by speed:
+//!   the share of the fleet's capacity spent running tasks (attempts later lost to failures
+//!   included; downtime counts as capacity, since it was paid for). With equal speeds and no
+//!   background it is plain busy slot-time over `slots × workers × makespan`.
 //! - `requeued`: how many times a task went back to the queue because its worker was lost, read
 //!   from the core's task states right after each loss.
 //! - completion time: per successful task, completion minus submission.
@@ -37,6 +38,7 @@ pub struct Report {
     pub groups: u32,
     pub slots: u32,
     pub speed_spread: f64,
+    pub background: f64,
     pub fail_rate: f64,
     pub failures: u64,
     /// Final as failed, timed out or cancelled (not lost).
@@ -69,6 +71,7 @@ pub struct Setting<'a> {
     pub groups: u32,
     pub slots: u32,
     pub speed_spread: f64,
+    pub background: f64,
     pub fail_rate: f64,
 }
 
@@ -81,11 +84,14 @@ fn ratio(x: f64) -> f64 {
 }
 
 /// `max(total work / capacity, longest task / fastest speed)`, in seconds. A timeout caps a task
-/// at `timeout` on any worker, so it caps its work at `timeout × slowest speed`.
+/// at `timeout` on any worker, so it caps its work at `timeout × slowest rate`.
 pub fn lower_bound_s(fleet: &[WorkerSpec], workload: &Workload) -> f64 {
-    let capacity: f64 = fleet.iter().map(|w| f64::from(w.slots) * w.speed).sum();
-    let fastest = fleet.iter().map(|w| w.speed).fold(0.0, f64::max);
-    let slowest = fleet.iter().map(|w| w.speed).fold(f64::INFINITY, f64::min);
+    let capacity: f64 = fleet.iter().map(WorkerSpec::capacity).sum();
+    let fastest = fleet.iter().map(WorkerSpec::rate).fold(0.0, f64::max);
+    let slowest = fleet
+        .iter()
+        .map(WorkerSpec::rate)
+        .fold(f64::INFINITY, f64::min);
     if capacity <= 0.0 || fastest <= 0.0 {
         return 0.0;
     }
@@ -113,13 +119,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub fn build(set: &Setting, fleet: &[WorkerSpec], workload: &Workload, r: &RunResult) -> Report {
     let makespan_s = r.makespan_us as f64 / 1e6;
     let util = |members: &mut dyn Iterator<Item = usize>| {
-        let (mut busy, mut cap) = (0.0, 0.0);
+        let (mut work, mut cap) = (0.0, 0.0);
         for i in members {
-            busy += r.workers[i].busy_us as f64 / 1e6 * fleet[i].speed;
-            cap += f64::from(fleet[i].slots) * fleet[i].speed;
+            work += r.workers[i].work_s;
+            cap += fleet[i].capacity();
         }
         if cap > 0.0 && makespan_s > 0.0 {
-            ratio(busy / (cap * makespan_s))
+            ratio(work / (cap * makespan_s))
         } else {
             0.0
         }
@@ -158,6 +164,7 @@ pub fn build(set: &Setting, fleet: &[WorkerSpec], workload: &Workload, r: &RunRe
         groups: set.groups,
         slots: set.slots,
         speed_spread: set.speed_spread,
+        background: set.background,
         fail_rate: set.fail_rate,
         failures: r.failures,
         failed: r.other_failed,
@@ -229,7 +236,7 @@ pub fn render(reports: &[Report]) -> String {
     };
     let mut out = format!(
         "workload {} ({} tasks, order {}) on {} workers x {} slots in {} group{}, speed spread {}, \
-         fail rate {}/s, seed {}\n\n",
+         background up to {}, fail rate {}/s, seed {}\n\n",
         first.workload,
         first.tasks,
         first.order,
@@ -238,6 +245,7 @@ pub fn render(reports: &[Report]) -> String {
         first.groups,
         if first.groups == 1 { "" } else { "s" },
         first.speed_spread,
+        first.background,
         first.fail_rate,
         first.seed,
     );

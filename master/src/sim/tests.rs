@@ -86,8 +86,8 @@ fn failures_with_recovery_lose_nothing() {
     assert!(r.failures > 10, "{r:?}");
     assert!(r.requeued > 0, "{r:?}");
     assert_eq!((r.completed, r.lost), (400, 0), "{r:?}");
-    let busy: u64 = res.workers.iter().map(|w| w.busy_us).sum();
-    assert!(busy > 0);
+    let work: f64 = res.workers.iter().map(|w| w.work_s).sum();
+    assert!(work > 0.0);
 }
 
 #[test]
@@ -248,6 +248,7 @@ fn bad_flags_are_refused() {
         ("--speed-spread 0.5", "speed-spread"),
         ("--tasks 0", "tasks"),
         ("--fail-rate 1000", "fail-rate"),
+        ("--background 1", "background"),
         ("--heartbeat 3s --heartbeat-timeout 2s", "heartbeat-timeout"),
     ] {
         match Scenario::from_args(&args(flags)) {

@@ -5,14 +5,14 @@
 //!   with probabilities 0.6 / 0.3 / 0.1, so the 10 s tasks carry three quarters of the work. They
 //!   arrive one by one as a Poisson stream at [`HETEROGENEOUS_LOAD`] of the fleet's capacity, the
 //!   way work reaches a shared cluster, instead of in one batch. (Why the stream, and why this
-//!   workload also implies a mixed fleet: see the `sim` module doc.)
+//!   workload also implies hosts shared with other work: see the `sim` module doc.)
 //! - `w3`: task i (0-based) sleeps 1.0 s if i % 10 == 9, else (0.02, 0.05, 0.2)[i % 3] s, with size
 //!   equal to the duration; 200 tasks (36.2 s of work), submitted in index order in one request.
 //! - a `.jsonl` file in the format `master submit --file` reads: one task per line,
 //!   `{"sleep": "20ms", "size": 0.02, "priority": 0}`, with `sleep`, `spin` or `cmd`, and optional
 //!   `priority`, `size` (default 1), `timeout`, `retries`, `retry_failed`, `group`, `env`, `cwd`.
-//!   A simulated `sleep` or `spin` lasts its duration divided by the worker's speed; a `cmd` lasts
-//!   its `size` in seconds. All lines are submitted at once, in file order; `--tasks N` takes N
+//!   A simulated `sleep` or `spin` is that many seconds of speed-1 work; a `cmd` is `size`
+//!   seconds of it. All lines are submitted at once, in file order; `--tasks N` takes N
 //!   tasks cycling through the file.
 
 use super::SimError;
@@ -25,10 +25,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The heterogeneous stream's offered load, as a fraction of the fleet's nominal capacity (slots ×
-/// speed, summed): a busy cluster that still has free slots most of the time, so where a task goes
-/// is a real choice.
-pub const HETEROGENEOUS_LOAD: f64 = 0.8;
+/// The heterogeneous stream's offered load, as a fraction of the fleet's capacity (what its slots
+/// can do per second, summed): a cluster busy enough to queue in bursts that still has free
+/// slots most of the time, so where a task goes is a real choice.
+pub const HETEROGENEOUS_LOAD: f64 = 0.5;
 
 /// (duration in seconds, probability) of the heterogeneous mix.
 const HETEROGENEOUS_MIX: [(f64, f64); 3] = [(0.1, 0.6), (1.0, 0.3), (10.0, 0.1)];
@@ -114,7 +114,7 @@ impl Workload {
     pub fn each_task(&self) -> impl Iterator<Item = &TaskSpec> {
         self.submissions.iter().flat_map(move |s| {
             self.specs(s)
-                .flat_map(move |spec| std::iter::repeat(spec).take(s.count as usize))
+                .flat_map(move |spec| std::iter::repeat_n(spec, s.count as usize))
         })
     }
 }

@@ -12,11 +12,14 @@
 //! `dispatch(now)` until the core has nothing more to say, and finally arms a timer event at
 //! `poll_timeout()`.
 //!
-//! A simulated worker, once welcomed, sends `Load` every heartbeat interval the master asked for
-//! (`cpu_percent = running / slots × 100`), runs each assigned task for `base / speed` seconds
-//! (`base`: the sleep or spin, or a command's size; capped by the spec's timeout, which then ends
-//! it as `TimedOut`) and reports `Finished`. With `fail_rate > 0` it dies after exponentially
-//! distributed up-times (a closed socket: `handle_disconnect`), loses what it was running, and
+//! A simulated worker, once welcomed, sends `Load` every heartbeat interval the master asked for,
+//! runs each assigned task for `base / rate` seconds (`base`: the sleep or spin, or a command's
+//! size; a spec's timeout ends it earlier as `TimedOut`) and reports `Finished`. A host has a
+//! `speed` (how fast its cores are; the master cannot see it) and may carry a `background` load
+//! `b` in [0, 1) from other work that takes that share of every core, as CPU steal does on a
+//! crowded VM host: its tasks run at `rate = speed × (1 - b)` and it reports
+//! `cpu_percent = 100 × (b + (1 - b) × running / slots)`, which is `running / slots × 100` on a
+//! dedicated host. With `fail_rate > 0` it dies after exponentially distributed up-times (a closed socket: `handle_disconnect`), loses what it was running, and
 //! comes back `recover` later on a fresh connection under the same name. Each worker draws its
 //! failures from its own seeded stream, so every policy in a comparison faces the same failures.
 
@@ -42,6 +45,7 @@ pub fn stream(seed: u64, tag: u64) -> SplitMix64 {
 pub const STREAM_SPEEDS: u64 = 1;
 pub const STREAM_WORKLOAD: u64 = 2;
 pub const STREAM_NONCES: u64 = 3;
+pub const STREAM_BACKGROUND: u64 = 4;
 /// Worker `i` uses `STREAM_WORKER + i`.
 pub const STREAM_WORKER: u64 = 1 << 32;
 
@@ -50,20 +54,44 @@ pub const STREAM_WORKER: u64 = 1 << 32;
 pub struct WorkerSpec {
     pub name: String,
     pub group: u32,
+    /// How fast the host's cores are, relative to 1 (invisible to the master).
     pub speed: f64,
+    /// Other work on the host, as a share of every core, in [0, 1).
+    pub background: f64,
     pub slots: u32,
 }
 
+impl WorkerSpec {
+    /// Seconds of speed-1 work a running task does per second.
+    pub fn rate(&self) -> f64 {
+        self.speed * (1.0 - self.background)
+    }
+
+    /// The most speed-1 work per second the host's tasks can do (all slots busy).
+    pub fn capacity(&self) -> f64 {
+        f64::from(self.slots) * self.rate()
+    }
+
+    /// Whole-host CPU use with `n` tasks running, in percent.
+    pub fn cpu_percent(&self, n: u32) -> f64 {
+        let share = f64::from(n) / f64::from(self.slots.max(1));
+        ((self.background + (1.0 - self.background) * share) * 100.0).min(100.0)
+    }
+}
+
 /// `workers` hosts split into `groups` contiguous blocks named `g{group}-w{index in group}`, with
-/// speeds drawn uniformly in `[1 / spread, spread]`.
+/// speeds drawn uniformly in `[1 / spread, spread]` and background loads uniformly in
+/// `[0, background]`, each from its own stream.
 pub fn fleet(
     workers: u32,
     groups: u32,
     slots: u32,
     speed_spread: f64,
+    background: f64,
     seed: u64,
 ) -> Vec<WorkerSpec> {
     let mut rng = stream(seed, STREAM_SPEEDS);
+    let mut bg_rng = stream(seed, STREAM_BACKGROUND);
     let groups = groups.clamp(1, workers.max(1));
     let start = |g: u32| (u64::from(g) * u64::from(workers) / u64::from(groups)) as u32;
     let (lo, hi) = (1.0 / speed_spread, speed_spread);
@@ -75,10 +103,16 @@ pub fn fleet(
             } else {
                 1.0
             };
+            let background = if background > 0.0 {
+                unit(&mut bg_rng) * background
+            } else {
+                0.0
+            };
             fleet.push(WorkerSpec {
                 name: format!("g{g}-w{j}"),
                 group: g,
                 speed,
+                background,
                 slots,
             });
         }
@@ -125,8 +159,8 @@ pub struct RunResult {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerResult {
-    /// Slot-time spent running tasks, including attempts lost to failures.
-    pub busy_us: u64,
+    /// Speed-1 seconds of work done, including attempts lost to failures.
+    pub work_s: f64,
     /// Attempts finished here.
     pub done: u64,
     pub failures: u64,
@@ -135,10 +169,13 @@ pub struct WorkerResult {
 #[derive(Debug, Clone)]
 enum Event {
     Submit(usize),
+    /// A running task reaches its end (or its timeout).
     Finish {
         worker: u32,
         incarnation: u32,
         slot: usize,
+        task: TaskId,
+        timed_out: bool,
     },
     Heartbeat {
         worker: u32,
@@ -186,7 +223,8 @@ struct Running {
     task: TaskId,
     attempt: Attempt,
     start_us: u64,
-    timed_out: bool,
+    /// Speed-1 microseconds of work it takes.
+    work_us: f64,
 }
 
 #[derive(Debug)]
@@ -197,7 +235,7 @@ struct SimWorker {
     heartbeat_us: u64,
     running: Slab<Running>,
     rng: SplitMix64,
-    busy_us: u64,
+    work_us: f64,
     done: u64,
     failures: u64,
 }
@@ -277,7 +315,7 @@ impl<'a> World<'a> {
                 heartbeat_us: cfg.heartbeat_ms * 1_000,
                 running: Slab::new(),
                 rng: stream(cfg.seed, STREAM_WORKER + i as u64),
-                busy_us: 0,
+                work_us: 0.0,
                 done: 0,
                 failures: 0,
             })
@@ -427,7 +465,9 @@ impl<'a> World<'a> {
                 worker,
                 incarnation,
                 slot,
-            } => self.finish_task(now_us, worker, incarnation, slot),
+                task,
+                timed_out,
+            } => self.finish_task(now_us, worker, incarnation, slot, task, timed_out),
             Event::Fail {
                 worker,
                 incarnation,
@@ -454,11 +494,9 @@ impl<'a> World<'a> {
     }
 
     fn load(&self, worker: u32) -> LoadReport {
-        let w = &self.workers[worker as usize];
-        let slots = self.fleet[worker as usize].slots.max(1);
-        let running = w.running.len() as u32;
+        let running = self.workers[worker as usize].running.len() as u32;
         LoadReport {
-            cpu_percent: (running as f32 / slots as f32 * 100.0).min(100.0),
+            cpu_percent: self.fleet[worker as usize].cpu_percent(running) as f32,
             load_avg_1m: running as f32,
             running,
             ..LoadReport::default()
@@ -507,12 +545,21 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Work done by a task that ran from `start_us` until `now_us` (capped at its whole work).
+    fn work_done(&self, worker: u32, r: &Running, now_us: u64) -> f64 {
+        let ran_us = now_us.saturating_sub(r.start_us) as f64;
+        (ran_us * self.fleet[worker as usize].rate()).min(r.work_us)
+    }
+
     /// The worker's process is gone: what it was running is lost with it.
     fn die(&mut self, now_us: u64, worker: u32) {
+        let lost: f64 = self.workers[worker as usize]
+            .running
+            .iter()
+            .map(|(_, r)| self.work_done(worker, r, now_us))
+            .sum();
         let w = &mut self.workers[worker as usize];
-        for (_, r) in w.running.iter() {
-            w.busy_us += now_us - r.start_us;
-        }
+        w.work_us += lost;
         w.conn = None;
         w.incarnation += 1;
         w.failures += 1;
@@ -541,18 +588,30 @@ impl<'a> World<'a> {
         }
     }
 
-    fn finish_task(&mut self, now_us: u64, worker: u32, incarnation: u32, slot: usize) {
-        let w = &mut self.workers[worker as usize];
+    fn finish_task(
+        &mut self,
+        now_us: u64,
+        worker: u32,
+        incarnation: u32,
+        slot: usize,
+        task: TaskId,
+        timed_out: bool,
+    ) {
+        let w = &self.workers[worker as usize];
         if w.incarnation != incarnation {
             return; // That life ended; its results were lost with it.
         }
-        let (Some(conn), Some(r)) = (w.conn, w.running.try_remove(slot)) else {
-            return;
-        };
-        let run_us = now_us - r.start_us;
-        w.busy_us += run_us;
+        if w.running.get(slot).is_none_or(|r| r.task != task) {
+            return; // Cancelled, and the slot reused.
+        }
+        let Some(conn) = w.conn else { return };
+        let r = self.workers[worker as usize].running.remove(slot);
+        let work = self.work_done(worker, &r, now_us);
+        let w = &mut self.workers[worker as usize];
+        w.work_us += if timed_out { work } else { r.work_us };
         w.done += 1;
-        let outcome = if r.timed_out {
+        let run_us = now_us - r.start_us;
+        let outcome = if timed_out {
             TaskOutcome::TimedOut {
                 stdout_tail: String::new(),
                 stderr_tail: String::new(),
@@ -575,7 +634,7 @@ impl<'a> World<'a> {
             }]),
         );
         self.last_progress_us = now_us;
-        if r.timed_out {
+        if timed_out {
             // The core decides whether a timed-out task is final or retried.
             if self.core.task(r.task).is_some_and(|t| t.state.is_final()) {
                 self.finals += 1;
@@ -605,7 +664,7 @@ impl<'a> World<'a> {
         }
         if let Some(at_ms) = self.core.poll_timeout() {
             let at_us = (at_ms * 1_000).max(now_us + 1);
-            if self.timer_at_us.map_or(true, |t| at_us < t) {
+            if self.timer_at_us.is_none_or(|t| at_us < t) {
                 self.timer_at_us = Some(at_us);
                 self.schedule(at_us, Event::Timer);
             }
@@ -654,7 +713,7 @@ impl<'a> World<'a> {
                     )));
                 }
                 self.arrival_us
-                    .extend(std::iter::repeat(at).take(count as usize));
+                    .extend(std::iter::repeat_n(at, count as usize));
             }
             (Owner::Client, FromMaster::Error { message }) => {
                 return Err(SimError::Core(format!(
@@ -691,10 +750,11 @@ impl<'a> World<'a> {
                         );
                     }
                     FromMaster::Assign(list) => {
-                        let speed = self.fleet[worker as usize].speed;
                         let mut started = Vec::with_capacity(list.len());
+                        let rate = self.fleet[worker as usize].rate();
                         for a in list {
-                            let natural_us = (base_seconds(&a.spec) * 1e6 / speed).ceil() as u64;
+                            let work_us = base_seconds(&a.spec) * 1e6;
+                            let natural_us = (work_us / rate).ceil() as u64;
                             let (run_us, timed_out) = match a.spec.timeout_ms {
                                 Some(t) if natural_us > t.saturating_mul(1_000) => {
                                     (t.saturating_mul(1_000), true)
@@ -705,14 +765,16 @@ impl<'a> World<'a> {
                                 task: a.task,
                                 attempt: a.attempt,
                                 start_us: now_us,
-                                timed_out,
+                                work_us,
                             });
                             self.schedule(
-                                now_us + run_us,
+                                now_us.saturating_add(run_us),
                                 Event::Finish {
                                     worker,
                                     incarnation,
                                     slot,
+                                    task: a.task,
+                                    timed_out,
                                 },
                             );
                             started.push(TaskRef {
@@ -727,16 +789,16 @@ impl<'a> World<'a> {
                     FromMaster::Cancel(refs) => {
                         // Kill on request: report Cancelled now, as a real worker would.
                         let mut done = Vec::new();
-                        let w = &mut self.workers[worker as usize];
                         for r in refs {
-                            let found = w
+                            let found = self.workers[worker as usize]
                                 .running
                                 .iter()
                                 .find(|(_, x)| x.task == r.task && x.attempt == r.attempt)
                                 .map(|(k, _)| k);
                             if let Some(k) = found {
-                                let x = w.running.remove(k);
-                                w.busy_us += now_us - x.start_us;
+                                let x = self.workers[worker as usize].running.remove(k);
+                                let work = self.work_done(worker, &x, now_us);
+                                self.workers[worker as usize].work_us += work;
                                 done.push(Completion {
                                     task: x.task,
                                     attempt: x.attempt,
@@ -775,6 +837,17 @@ impl<'a> World<'a> {
     fn finish(self) -> RunResult {
         let unfinished = self.total.saturating_sub(self.finals);
         let other_failed = self.finals - self.succeeded - self.worker_lost;
+        if cfg!(debug_assertions) && other_failed == 0 {
+            // Cross-check against the core: every re-queue after a loss bumped an attempt.
+            let reruns: u64 = (1..=self.total)
+                .filter_map(|id| self.core.task(TaskId(id)))
+                .map(|t| u64::from(t.attempts.saturating_sub(1)))
+                .sum();
+            debug_assert_eq!(
+                reruns, self.requeued,
+                "re-queues seen vs attempts in the core"
+            );
+        }
         let mut completion_s = self.completion_s;
         completion_s.sort_by(f64::total_cmp);
         let start = self.first_submit_us.unwrap_or(0);
@@ -792,7 +865,7 @@ impl<'a> World<'a> {
                 .workers
                 .iter()
                 .map(|w| WorkerResult {
-                    busy_us: w.busy_us,
+                    work_s: w.work_us / 1e6,
                     done: w.done,
                     failures: w.failures,
                 })
@@ -810,7 +883,7 @@ impl<'a> World<'a> {
 fn stall_limit_us(cfg: &WorldConfig, fleet: &[WorkerSpec], workload: &Workload) -> u64 {
     let slowest = fleet
         .iter()
-        .map(|w| w.speed)
+        .map(WorkerSpec::rate)
         .fold(f64::INFINITY, f64::min)
         .max(1e-9);
     let longest = workload
