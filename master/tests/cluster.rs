@@ -194,3 +194,28 @@ fn token_keeps_strangers_out() {
             .then_some(())
     });
 }
+
+#[test]
+fn group_tasks_run_only_on_that_groups_workers() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker_with("a1", 2, &["--group", "a"]);
+    c.add_worker_with("a2", 2, &["--group", "a"]);
+    c.add_worker_with("b1", 2, &["--group", "b"]);
+    c.wait_for_workers(3);
+    c.submit(&["--count", "30", "--group", "b", "--sleep", "10ms"]);
+    assert!(c.cli(&["wait"]).status.success());
+    let results = c.results();
+    assert_eq!(by_state(&results, "succeeded").len(), 30);
+    assert!(
+        results.iter().all(|r| r["worker"] == "b1"),
+        "a group-b task ran elsewhere"
+    );
+    let status = c.status();
+    let groups: Vec<&str> = status["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter_map(|w| w["group"].as_str())
+        .collect();
+    assert_eq!(groups.iter().filter(|g| **g == "a").count(), 2);
+}

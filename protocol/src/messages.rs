@@ -272,6 +272,7 @@ impl WorkerState {
 pub struct WorkerStatus {
     pub id: WorkerId,
     pub name: String,
+    pub group: Option<String>,
     pub host: String,
     pub addr: String,
     pub state: WorkerState,

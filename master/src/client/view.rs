@@ -73,6 +73,8 @@ pub struct WorkerView<'a> {
     pub done: u64,
     pub host: &'a str,
     pub load_avg_1m: f32,
+    /// The worker's group, or null for the shared pool.
+    pub group: Option<&'a str>,
 }
 
 impl<'a> From<&'a WorkerStatus> for WorkerView<'a> {
@@ -88,6 +90,7 @@ impl<'a> From<&'a WorkerStatus> for WorkerView<'a> {
             done: w.done,
             host: &w.host,
             load_avg_1m: w.load_avg_1m,
+            group: w.group.as_deref(),
         }
     }
 }
@@ -116,6 +119,7 @@ pub fn write_status_table(out: &mut impl Write, report: &StatusReport) -> io::Re
     } else {
         let mut table = Table::new(&[
             ("name", Align::Left),
+            ("group", Align::Left),
             ("addr", Align::Left),
             ("state", Align::Left),
             ("slots", Align::Right),
@@ -126,6 +130,7 @@ pub fn write_status_table(out: &mut impl Write, report: &StatusReport) -> io::Re
         for w in &report.workers {
             table.push(vec![
                 w.name.clone(),
+                w.group.clone().unwrap_or_default(),
                 w.addr.clone(),
                 w.state.as_str().to_string(),
                 w.slots.to_string(),
@@ -350,6 +355,7 @@ mod tests {
                 WorkerStatus {
                     id: WorkerId(1),
                     name: "a".into(),
+                    group: Some("gpu".into()),
                     host: "h1".into(),
                     addr: "127.0.0.1:5000".into(),
                     state: WorkerState::Alive,
@@ -364,6 +370,7 @@ mod tests {
                 WorkerStatus {
                     id: WorkerId(2),
                     name: "long-worker-name".into(),
+                    group: None,
                     host: "h2".into(),
                     addr: "10.0.0.2:6000".into(),
                     state: WorkerState::Dead,
@@ -465,6 +472,7 @@ mod tests {
                 "addr",
                 "cpu_percent",
                 "done",
+                "group",
                 "host",
                 "id",
                 "load_avg_1m",
@@ -594,11 +602,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "name              addr            state  slots  running  cpu %    done"
+            "name              group  addr            state  slots  running  cpu %    done"
         );
         assert_eq!(
             lines[1],
-            "a                 127.0.0.1:5000  alive      4        2   35.2      17"
+            "a                 gpu    127.0.0.1:5000  alive      4        2   35.2      17"
         );
         assert_eq!(
             lines[3],

@@ -16,19 +16,21 @@
 //! passes virtual time.
 
 pub mod policy;
+mod pools;
 pub mod queue;
 mod tasks;
 mod wait;
 mod workers;
 
 use log::{debug, info, log, warn, Level};
-use policy::{Placement, PolicyKind, QueueOrder};
+use policy::{PolicyKind, QueueOrder};
+use pools::Pools;
 use protocol::{
     auth, Assignment, Completion, FromMaster, LoadReport, Role, StatusReport, TaskId, TaskOutcome,
     TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo, WorkerState,
     WorkerStatus, PROTOCOL_VERSION,
 };
-use queue::{QueueKey, TaskQueue};
+use queue::QueueKey;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tasks::{settle, FinalResult, Task, TaskTable};
@@ -145,9 +147,9 @@ pub struct Core {
     config: CoreConfig,
     conns: HashMap<ConnId, Conn>,
     tasks: TaskTable,
-    queue: TaskQueue,
+    /// Queued tasks and worker placement, per group.
+    pools: Pools,
     workers: WorkerTable,
-    placement: Placement,
     waiters: Waiters,
     outbox: VecDeque<Output>,
     /// Assignments made this turn, sent as one frame per worker by `dispatch`.
@@ -165,11 +167,10 @@ pub struct Core {
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
         Core {
-            placement: Placement::new(config.policy, config.seed),
+            pools: Pools::new(config.policy, config.seed),
             config,
             conns: HashMap::new(),
             tasks: TaskTable::default(),
-            queue: TaskQueue::new(),
             workers: WorkerTable::default(),
             waiters: Waiters::default(),
             outbox: VecDeque::new(),
@@ -335,7 +336,7 @@ impl Core {
             }
             self.close(conn, reason);
         }
-        self.chatter.summarise(now_ms, self.queue.len());
+        self.chatter.summarise(now_ms, self.pools.len());
         if !self.conns.is_empty() {
             self.arm_sweep(now_ms);
         }
@@ -363,11 +364,7 @@ impl Core {
     }
 
     fn place(&mut self, now_ms: u64) {
-        while let Some(id) = self.queue.peek() {
-            let Some(pick) = self.placement.pick() else {
-                break;
-            };
-            self.queue.pop();
+        while let Some((id, pick)) = self.pools.next() {
             self.tasks.assign(id, pick.worker);
             let Some(task) = self.tasks.get(id) else {
                 continue;
@@ -378,7 +375,7 @@ impl Core {
             };
             w.assigned.insert(id);
             let cap = w.capacity();
-            self.placement.update(pick.worker, cap);
+            self.pools.update(pick.worker, w.info.group.as_deref(), cap);
             let level = self.chatter.task_line(now_ms, Event::Assigned);
             log!(
                 level,
@@ -426,6 +423,7 @@ impl Core {
             .map(|w| WorkerStatus {
                 id: w.id,
                 name: w.info.name.clone(),
+                group: w.info.group.clone(),
                 host: w.info.host.clone(),
                 addr: w.addr.clone(),
                 state: if w.is_alive() {
@@ -444,7 +442,7 @@ impl Core {
             .collect();
         let t = &self.tasks;
         StatusReport {
-            policy: self.placement.kind().to_string(),
+            policy: self.pools.kind().to_string(),
             workers,
             queued: t.count(TaskState::Queued),
             running: t.count(TaskState::Running),
@@ -522,10 +520,7 @@ impl Core {
             c.peer = Peer::Worker(id);
         }
         info!("worker {name} joined as {id} from {addr} (host {host}, {slots} slots)");
-        if let Some(w) = self.workers.get(id) {
-            let cap = w.capacity();
-            self.placement.update(id, cap);
-        }
+        self.refresh(id);
         self.dirty = true;
         self.send(
             conn,
@@ -586,8 +581,7 @@ impl Core {
             load.cpu_percent = 0.0;
         }
         w.load = load;
-        let cap = w.capacity();
-        self.placement.update(id, cap);
+        self.refresh(id);
         self.dirty = true;
     }
 
@@ -623,7 +617,7 @@ impl Core {
             }
             // The attempt we gave up on (its worker vanished, or the master restarted) finished
             // before anyone ran the task again: take its result rather than run it twice.
-            self.queue.remove(c.task);
+            self.dequeue(c.task);
             self.unhold(c.task);
             self.tasks.credit(c.task, worker, c.attempt);
             info!(
@@ -632,8 +626,7 @@ impl Core {
             );
         } else if let Some(w) = self.workers.get_mut(worker) {
             w.assigned.remove(&c.task);
-            let cap = w.capacity();
-            self.placement.update(worker, cap);
+            self.refresh(worker);
         }
         if let Some(w) = self.workers.get_mut(worker) {
             w.done += 1;
@@ -700,21 +693,18 @@ impl Core {
                 cancel.push(r);
                 continue;
             }
-            self.queue.remove(r.task);
+            self.dequeue(r.task);
             self.unhold(r.task);
             self.tasks.adopt(r.task, worker, r.attempt);
             if let Some(w) = self.workers.get_mut(worker) {
                 w.assigned.insert(r.task);
-                let cap = w.capacity();
-                self.placement.update(worker, cap);
             }
             adopted += 1;
         }
         if let Some(w) = self.workers.get_mut(worker) {
             w.ready = true;
-            let cap = w.capacity();
-            self.placement.update(worker, cap);
         }
+        self.refresh(worker);
         self.dirty = true;
         let name = self.workers.name(worker).unwrap_or("?").to_string();
         if adopted > 0 {
@@ -728,6 +718,37 @@ impl Core {
             if let Some(conn) = self.workers.get(worker).and_then(|w| w.conn) {
                 self.send(conn, FromMaster::Cancel(cancel));
             }
+        }
+    }
+
+    /// Puts a queued task into its pool's queue.
+    fn enqueue(&mut self, id: TaskId) {
+        if let Some(t) = self.tasks.get(id) {
+            let key = queue_key(self.config.order, id, t);
+            self.pools.push(id, t.spec.group.as_deref(), key);
+        }
+    }
+
+    /// Takes a task out of its pool's queue; returns whether it was there.
+    fn dequeue(&mut self, id: TaskId) -> bool {
+        match self.tasks.get(id) {
+            Some(t) => self.pools.remove(id, t.spec.group.as_deref()),
+            None => false,
+        }
+    }
+
+    #[cfg(test)]
+    fn is_queued(&self, id: TaskId) -> bool {
+        self.tasks
+            .get(id)
+            .is_some_and(|t| self.pools.contains(id, t.spec.group.as_deref()))
+    }
+
+    /// Tells placement a worker's current capacity (after any change to it).
+    fn refresh(&mut self, worker: WorkerId) {
+        if let Some(w) = self.workers.get(worker) {
+            self.pools
+                .update(worker, w.info.group.as_deref(), w.capacity());
         }
     }
 
@@ -753,11 +774,9 @@ impl Core {
             }
             self.holds.pop_first();
             self.held.remove(&id);
-            if let Some(t) = self.tasks.get(id) {
-                if t.state == TaskState::Queued {
-                    self.queue.push(id, queue_key(self.config.order, id, t));
-                    self.dirty = true;
-                }
+            if self.tasks.get(id).map(|t| t.state) == Some(TaskState::Queued) {
+                self.enqueue(id);
+                self.dirty = true;
             }
         }
     }
@@ -775,7 +794,8 @@ impl Core {
         };
         w.conn = None;
         let name = w.info.name.clone();
-        self.placement.remove(id);
+        let group = w.info.group.clone();
+        self.pools.remove_worker(id, group.as_deref());
         let (requeued, failed) = self.requeue_from(now_ms, id, reason);
         warn!("worker {name} ({id}) lost: {reason}; {requeued} tasks re-queued, {failed} failed");
     }
@@ -811,9 +831,8 @@ impl Core {
                 self.finish(now_ms, task, state, result);
                 finished += 1;
             } else {
-                let key = queue_key(self.config.order, task, t);
                 self.tasks.requeue(task);
-                self.queue.push(task, key);
+                self.enqueue(task);
                 debug!("task {task} re-queued after losing its worker");
                 requeued += 1;
             }
@@ -865,16 +884,14 @@ impl Core {
             }
             for _ in 0..count {
                 let id = self.tasks.add(spec.clone(), now_ms);
-                if let Some(t) = self.tasks.get(id) {
-                    self.queue.push(id, queue_key(self.config.order, id, t));
-                }
+                self.enqueue(id);
                 total += 1;
             }
         }
         let last = TaskId(first.0 + total - 1);
         info!(
             "accepted {total} tasks ({first}..={last}), {} queued",
-            self.queue.len()
+            self.pools.len()
         );
         self.dirty = true;
         self.send(
@@ -968,7 +985,7 @@ impl Core {
             };
             match t.state {
                 TaskState::Queued => {
-                    if !self.queue.remove(id) {
+                    if !self.dequeue(id) {
                         self.unhold(id);
                     }
                     self.finish(
@@ -1092,7 +1109,7 @@ impl Core {
                 TaskState::Queued => {
                     queued += 1;
                     assert!(
-                        self.queue.contains(id) != self.held.contains_key(&id),
+                        self.is_queued(id) != self.held.contains_key(&id),
                         "queued task {id} must be in exactly one of the queue and the holds"
                     );
                 }
@@ -1103,10 +1120,10 @@ impl Core {
                         "running task {id} not held by a live worker"
                     );
                 }
-                _ => assert!(!self.queue.contains(id)),
+                _ => assert!(!self.is_queued(id)),
             }
         }
-        assert_eq!(queued, self.queue.len() + self.held.len());
+        assert_eq!(queued, self.pools.len() + self.held.len());
         assert_eq!(self.holds.len(), self.held.len());
         for w in self.workers.iter() {
             if !w.is_alive() {

@@ -16,7 +16,7 @@ pub struct QueueKey {
 
 impl QueueKey {
     /// True when `self` must leave the queue before `other`.
-    fn before(&self, other: &QueueKey) -> bool {
+    pub fn before(&self, other: &QueueKey) -> bool {
         match self.priority.cmp(&other.priority) {
             Ordering::Greater => true,
             Ordering::Less => false,
@@ -82,6 +82,11 @@ impl TaskQueue {
     /// The task that should run next, without removing it.
     pub fn peek(&self) -> Option<TaskId> {
         self.heap.first().map(|e| e.id)
+    }
+
+    /// The next task's key, to compare the heads of several queues.
+    pub fn peek_key(&self) -> Option<QueueKey> {
+        self.heap.first().map(|e| e.key)
     }
 
     pub fn pop(&mut self) -> Option<TaskId> {

@@ -929,3 +929,56 @@ fn cancel_reaches_held_tasks() {
         assert!(assignments(&h.advance(100)).is_empty());
     }
 }
+
+#[test]
+fn group_tasks_run_only_in_their_group() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let conn_of = |h: &mut Harness, name: &str, group: Option<&str>| {
+        let conn = h.connect();
+        h.msg(
+            conn,
+            ToMaster::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Worker(WorkerInfo {
+                    name: name.into(),
+                    host: "h".into(),
+                    cpus: 2,
+                    slots: 2,
+                    pid: 1,
+                    group: group.map(str::to_string),
+                }),
+                auth: vec![],
+            },
+        );
+        h.msg(conn, ToMaster::Running(vec![]));
+        conn
+    };
+    let a1 = conn_of(&mut h, "a1", Some("a"));
+    let a2 = conn_of(&mut h, "a2", Some("a"));
+    let b1 = conn_of(&mut h, "b1", Some("b"));
+    let c = h.client();
+    let in_b = TaskSpec {
+        group: Some("b".into()),
+        ..sleep_spec(0)
+    };
+    let (ids, out) = h.submit(c, vec![in_b], 6);
+    let first: Vec<ConnId> = assignments(&out).iter().map(|x| x.0).collect();
+    assert_eq!(first, vec![b1, b1], "only b's worker, two slots");
+    // The shared pool may use every worker, b's included.
+    let (_, out) = h.submit(c, vec![sleep_spec(0)], 4);
+    let shared: Vec<ConnId> = assignments(&out).iter().map(|x| x.0).collect();
+    assert_eq!(shared.len(), 4);
+    assert!(shared.iter().all(|&w| w == a1 || w == a2));
+    // Freeing a slot on b runs the next b task there.
+    let out = h.finish(b1, ids[0], 1, exited(0));
+    assert_eq!(assignments(&out), vec![(b1, ids[2], 1)]);
+    assert_eq!(
+        h.core
+            .status()
+            .workers
+            .iter()
+            .filter(|w| w.group.as_deref() == Some("a"))
+            .count(),
+        2
+    );
+}

@@ -1,0 +1,194 @@
+//! `Pools`: the queues and placements of worker groups. A task without a group may run on any
+//! worker; a task with group G only on G's members. Each pool has its own queue and its own
+//! placement over its members; the shared pool's placement holds every worker.
+//!
+//! The next task to place is the best queue head (priority, then order) among pools that have a
+//! worker with a free slot, so a full group never blocks the others and priorities hold across
+//! pools wherever the same workers could take either task. With no groups this is exactly one
+//! queue and one placement: no extra cost per task.
+
+use super::policy::{Capacity, Pick, Placement, PolicyKind};
+use super::queue::{QueueKey, TaskQueue};
+use protocol::{TaskId, WorkerId};
+use std::collections::BTreeMap;
+
+#[derive(Debug)]
+struct Pool {
+    queue: TaskQueue,
+    placement: Placement,
+}
+
+#[derive(Debug)]
+pub struct Pools {
+    kind: PolicyKind,
+    seed: u64,
+    shared: Pool,
+    /// Group pools by index; `by_name` maps names to indices (ordered, so scans are deterministic).
+    groups: Vec<Pool>,
+    by_name: BTreeMap<String, usize>,
+}
+
+impl Pools {
+    pub fn new(kind: PolicyKind, seed: u64) -> Self {
+        Pools {
+            kind,
+            seed,
+            shared: Pool {
+                queue: TaskQueue::new(),
+                placement: Placement::new(kind, seed),
+            },
+            groups: Vec::new(),
+            by_name: BTreeMap::new(),
+        }
+    }
+
+    pub fn kind(&self) -> PolicyKind {
+        self.kind
+    }
+
+    /// Queued tasks in all pools.
+    pub fn len(&self) -> usize {
+        self.shared.queue.len() + self.groups.iter().map(|p| p.queue.len()).sum::<usize>()
+    }
+
+    fn pool_mut(&mut self, group: Option<&str>) -> &mut Pool {
+        let Some(name) = group else {
+            return &mut self.shared;
+        };
+        let i = match self.by_name.get(name) {
+            Some(&i) => i,
+            None => {
+                let i = self.groups.len();
+                // A distinct seed per pool so two groups do not draw the same sequence.
+                let seed = self.seed.wrapping_add(i as u64 + 1);
+                self.groups.push(Pool {
+                    queue: TaskQueue::new(),
+                    placement: Placement::new(self.kind, seed),
+                });
+                self.by_name.insert(name.to_string(), i);
+                i
+            }
+        };
+        &mut self.groups[i]
+    }
+
+    #[cfg(test)]
+    fn pool(&self, group: Option<&str>) -> Option<&Pool> {
+        match group {
+            None => Some(&self.shared),
+            Some(name) => self.by_name.get(name).map(|&i| &self.groups[i]),
+        }
+    }
+
+    pub fn push(&mut self, id: TaskId, group: Option<&str>, key: QueueKey) -> bool {
+        self.pool_mut(group).queue.push(id, key)
+    }
+
+    pub fn remove(&mut self, id: TaskId, group: Option<&str>) -> bool {
+        match group {
+            None => self.shared.queue.remove(id),
+            Some(name) => match self.by_name.get(name) {
+                Some(&i) => self.groups[i].queue.remove(id),
+                None => false,
+            },
+        }
+    }
+
+    #[cfg(test)]
+    pub fn contains(&self, id: TaskId, group: Option<&str>) -> bool {
+        self.pool(group).is_some_and(|p| p.queue.contains(id))
+    }
+
+    /// A worker's new capacity, in the shared pool and in its group's.
+    pub fn update(&mut self, worker: WorkerId, group: Option<&str>, cap: Capacity) {
+        self.shared.placement.update(worker, cap);
+        if group.is_some() {
+            self.pool_mut(group).placement.update(worker, cap);
+        }
+    }
+
+    pub fn remove_worker(&mut self, worker: WorkerId, group: Option<&str>) {
+        self.shared.placement.remove(worker);
+        if group.is_some() {
+            self.pool_mut(group).placement.remove(worker);
+        }
+    }
+
+    /// Takes the next task to place and the worker for it, if any task can be placed now.
+    /// The caller assigns it and then calls `update` for that worker.
+    pub fn next(&mut self) -> Option<(TaskId, Pick)> {
+        let mut best: Option<(QueueKey, Option<usize>)> = None;
+        if self.shared.placement.has_candidates() {
+            best = self.shared.queue.peek_key().map(|k| (k, None));
+        }
+        for (i, pool) in self.groups.iter().enumerate() {
+            if !pool.placement.has_candidates() {
+                continue;
+            }
+            if let Some(k) = pool.queue.peek_key() {
+                if best.is_none_or(|(b, _)| k.before(&b)) {
+                    best = Some((k, Some(i)));
+                }
+            }
+        }
+        let pool = match best?.1 {
+            None => &mut self.shared,
+            Some(i) => &mut self.groups[i],
+        };
+        let pick = pool.placement.pick()?;
+        let id = pool.queue.pop()?;
+        Some((id, pick))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap(busy: u32, slots: u32) -> Capacity {
+        Capacity {
+            cpu_percent: 0.0,
+            busy,
+            slots,
+        }
+    }
+
+    fn key(priority: i32, order: u64) -> QueueKey {
+        QueueKey { priority, order }
+    }
+
+    #[test]
+    fn group_tasks_only_go_to_members_and_shared_tasks_anywhere() {
+        let mut p = Pools::new(PolicyKind::LeastLoaded, 0);
+        p.update(WorkerId(1), Some("a"), cap(0, 1));
+        p.update(WorkerId(2), Some("b"), cap(0, 1));
+        p.push(TaskId(1), Some("b"), key(0, 1));
+        p.push(TaskId(2), Some("b"), key(0, 2));
+        p.push(TaskId(3), None, key(0, 3));
+        let (t, pick) = p.next().expect("b's task first (oldest)");
+        assert_eq!((t, pick.worker), (TaskId(1), WorkerId(2)));
+        p.update(WorkerId(2), Some("b"), cap(1, 1));
+        // b is full: its second task waits, the shared task goes to a's worker.
+        let (t, pick) = p.next().expect("shared task");
+        assert_eq!((t, pick.worker), (TaskId(3), WorkerId(1)));
+        p.update(WorkerId(1), Some("a"), cap(1, 1));
+        assert_eq!(p.next(), None);
+        assert_eq!(p.len(), 1);
+        assert!(p.contains(TaskId(2), Some("b")));
+    }
+
+    #[test]
+    fn a_group_without_members_holds_its_tasks() {
+        let mut p = Pools::new(PolicyKind::RoundRobin, 0);
+        p.update(WorkerId(1), None, cap(0, 4));
+        p.push(TaskId(1), Some("gpu"), key(9, 1));
+        p.push(TaskId(2), None, key(0, 2));
+        let (t, _) = p
+            .next()
+            .expect("the shared task runs despite a higher-priority gpu task");
+        assert_eq!(t, TaskId(2));
+        assert_eq!(p.next(), None);
+        assert!(p.remove(TaskId(1), Some("gpu")));
+        assert_eq!(p.len(), 0);
+    }
+}
