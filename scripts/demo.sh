@@ -6,7 +6,7 @@
 #   BALLAST_DEMO_DIR=/tmp/d scripts/demo.sh
 #
 # Needs only a Rust toolchain, bash and coreutils. Works without a terminal (CI). Exits non-zero if
-# the cluster did not behave as designed (see `check` at the end), so CI can run it as a test.
+# the cluster did not behave as designed (see the checks at the end), so CI can run it as a test.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -68,7 +68,7 @@ eventually() {
 }
 
 # --- build ------------------------------------------------------------------------------------------
-say "building (cargo build --release --workspace)"
+say "building (cargo build --release --workspace; the first build takes a few minutes)"
 cd "$root"
 cargo build --release --workspace --quiet
 # The target directory may be moved by CARGO_TARGET_DIR or a cargo config; ask cargo where it is.
@@ -79,18 +79,21 @@ worker="$target/release/worker"
 [[ -x $master && -x $worker ]] || die "built binaries not found under $target/release"
 
 # --- run folder ---------------------------------------------------------------------------------------
-# Only a folder this script made (it holds our .gitignore) is ever emptied.
-if [[ -e $dir && -n $(ls -A "$dir" 2>/dev/null) && ! -f $dir/.gitignore ]]; then
+# Only an empty folder or one this script made (it holds the marker) is ever emptied.
+marker=.ballast-demo-run
+if [[ -e $dir && -n $(ls -A "$dir" 2>/dev/null) && ! -f $dir/$marker ]]; then
   die "$dir exists and was not made by demo.sh; remove it or set BALLAST_DEMO_DIR"
 fi
 rm -rf "$dir"
 mkdir -p "$dir"
+touch "$dir/$marker"
 echo '*' >"$dir/.gitignore" # keeps the run out of `git status`
 started=$SECONDS
 
 # --- master -------------------------------------------------------------------------------------------
 say "starting a master on a free loopback port"
-"$master" --listen 127.0.0.1:0 --port-file "$dir/addr" >"$dir/master.log" 2>&1 &
+"$master" --listen 127.0.0.1:0 --port-file "$dir/addr" --data-dir "$dir/ballast-data" \
+  >"$dir/master.log" 2>&1 &
 master_pid=$!
 eventually 10 "the master's port file" test -s "$dir/addr"
 BALLAST_MASTER=$(cat "$dir/addr")
@@ -257,4 +260,5 @@ grep -q 're-queued' "$dir/master.log" || die "the master log does not mention re
 say "done in $((SECONDS - started)) s: $n_ok of $total succeeded, $failing failed by design," \
   "$victim's tasks re-ran elsewhere"
 echo "logs: $dir/{master,worker-1,worker-2,worker-3}.log"
-echo "follow a live cluster's log with: tail -f $dir/master.log   (RUST_LOG=debug for per-task lines)"
+echo "to watch the next run live, in another terminal: tail -F $dir/master.log"
+echo "(run the demo with RUST_LOG=debug to log every task)"

@@ -22,6 +22,8 @@ pub struct ProgressBar {
     enabled: bool,
     start: Instant,
     last_draw: Option<Instant>,
+    /// Tasks already finished at the first update: they do not count towards the rate.
+    baseline: Option<u64>,
 }
 
 impl ProgressBar {
@@ -30,6 +32,7 @@ impl ProgressBar {
             enabled,
             start,
             last_draw: None,
+            baseline: None,
         }
     }
 
@@ -37,6 +40,7 @@ impl ProgressBar {
         if !self.enabled {
             return;
         }
+        let baseline = *self.baseline.get_or_insert(counts.finished);
         if self
             .last_draw
             .is_some_and(|t| now.duration_since(t) < MIN_REDRAW)
@@ -44,7 +48,7 @@ impl ProgressBar {
             return;
         }
         self.last_draw = Some(now);
-        let line = render(counts, now.duration_since(self.start));
+        let line = render(counts, now.duration_since(self.start), baseline);
         // `\x1b[K` erases what a longer previous line left behind. Errors are ignored: a broken
         // stderr must not stop the wait.
         let mut err = io::stderr().lock();
@@ -70,7 +74,8 @@ impl Drop for ProgressBar {
 }
 
 /// `[###########-------------------]  375/1000  2 failed  41.7/s  0:09`
-pub fn render(c: Counts, elapsed: Duration) -> String {
+/// `already` tasks were finished before the wait began; the rate counts only the rest.
+pub fn render(c: Counts, elapsed: Duration, already: u64) -> String {
     let finished = c.finished.min(c.total);
     let filled = if c.total == 0 {
         0
@@ -82,7 +87,7 @@ pub fn render(c: Counts, elapsed: Duration) -> String {
         .collect();
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
-        finished as f64 / secs
+        finished.saturating_sub(already) as f64 / secs
     } else {
         0.0
     };
@@ -121,7 +126,7 @@ mod tests {
             finished: 500,
             failed: 2,
         };
-        let line = render(c, Duration::from_secs(4));
+        let line = render(c, Duration::from_secs(4), 0);
         assert_eq!(
             line,
             format!(
@@ -130,13 +135,15 @@ mod tests {
                 "-".repeat(15)
             )
         );
-        assert!(render(c, Duration::from_secs(3723)).ends_with("1:02:03"));
-        assert!(render(c, Duration::from_secs(100)).contains("5.0/s"));
+        assert!(render(c, Duration::from_secs(3723), 0).ends_with("1:02:03"));
+        assert!(render(c, Duration::from_secs(100), 0).contains("5.0/s"));
+        // 400 were done before the wait began: only 100 in 4 s count.
+        assert!(render(c, Duration::from_secs(4), 400).contains("25.0/s"));
     }
 
     #[test]
     fn degenerate_counts_do_not_panic() {
-        let zero = render(Counts::default(), Duration::ZERO);
+        let zero = render(Counts::default(), Duration::ZERO, 0);
         assert!(zero.contains("0/0") && zero.contains("0.0/s"));
         // More finished than total (a confused master) fills the bar, no more.
         let over = Counts {
@@ -144,13 +151,15 @@ mod tests {
             finished: 9,
             failed: 0,
         };
-        assert!(render(over, Duration::from_secs(1)).starts_with(&format!("[{}]", "#".repeat(30))));
+        assert!(
+            render(over, Duration::from_secs(1), 0).starts_with(&format!("[{}]", "#".repeat(30)))
+        );
         let huge = Counts {
             total: u64::MAX,
             finished: u64::MAX - 1,
             failed: u64::MAX,
         };
-        render(huge, Duration::from_secs(1));
+        render(huge, Duration::from_secs(1), 0);
     }
 
     #[test]

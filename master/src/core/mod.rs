@@ -563,7 +563,7 @@ impl Core {
                     self.on_finished(now_ms, id, c);
                 }
             }
-            ToMaster::Running(refs) => self.on_running(id, refs),
+            ToMaster::Running(refs) => self.on_running(now_ms, id, refs),
             other => self.protocol_error(
                 now_ms,
                 conn,
@@ -681,7 +681,7 @@ impl Core {
 
     /// A (re)connected worker says what it is running: adopt attempts nobody else runs, cancel the
     /// rest, so nothing runs twice.
-    fn on_running(&mut self, worker: WorkerId, refs: Vec<TaskRef>) {
+    fn on_running(&mut self, now_ms: u64, worker: WorkerId, refs: Vec<TaskRef>) {
         let mut cancel = Vec::new();
         let mut adopted = 0;
         for r in refs {
@@ -696,6 +696,7 @@ impl Core {
             self.dequeue(r.task);
             self.unhold(r.task);
             self.tasks.adopt(r.task, worker, r.attempt);
+            self.tasks.mark_started_if_unknown(r.task, now_ms);
             if let Some(w) = self.workers.get_mut(worker) {
                 w.assigned.insert(r.task);
             }

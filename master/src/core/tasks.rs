@@ -245,6 +245,13 @@ impl TaskTable {
         task.attempt = attempt;
     }
 
+    /// When an adopted attempt really started is unknown; the moment we learned of it is the best
+    /// bound there is (and keeps `ms` in results meaningful).
+    pub fn mark_started_if_unknown(&mut self, id: TaskId, now_ms: u64) {
+        let task = self.get_mut(id);
+        task.started_ms.get_or_insert(now_ms);
+    }
+
     /// Records which attempt produced an outcome that arrives for a queued task (the result of
     /// an attempt we had given up on, but that finished before anyone ran it again).
     pub fn credit(&mut self, id: TaskId, worker: WorkerId, attempt: Attempt) {

@@ -91,11 +91,12 @@ impl FakeConn {
         }
     }
 
-    /// The next message that is not a load report.
+    /// The next message that is not a load report or an (empty) inventory of running tasks.
     fn recv_report(&mut self) -> ToMaster {
         loop {
             match self.recv() {
                 ToMaster::Load(_) => {}
+                ToMaster::Running(refs) if refs.is_empty() => {}
                 other => return other,
             }
         }
@@ -222,8 +223,13 @@ fn heartbeat_override_sends_periodic_loads() {
         Some(Duration::from_millis(20)),
     );
     let (mut conn, _) = master.accept(welcome(60_000));
-    for _ in 0..3 {
-        assert!(matches!(conn.recv(), ToMaster::Load(_)));
+    let mut loads = 0;
+    while loads < 3 {
+        match conn.recv() {
+            ToMaster::Load(_) => loads += 1,
+            ToMaster::Running(refs) => assert!(refs.is_empty(), "nothing runs yet"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
     assert!(worker.stop().is_ok());
 }
@@ -257,7 +263,11 @@ fn reconnects_and_reports_what_finished_meanwhile() {
 
     let (mut conn, _) = master.accept(welcome(60_000));
     assert!(matches!(conn.recv(), ToMaster::Load(_)), "load first");
-    match conn.recv() {
+    assert!(
+        matches!(conn.recv(), ToMaster::Running(_)),
+        "then what it still runs"
+    );
+    match conn.recv_report() {
         ToMaster::Finished(done) => {
             assert_eq!(done.len(), 1);
             assert_eq!(done[0].task, TaskId(7));
@@ -267,6 +277,30 @@ fn reconnects_and_reports_what_finished_meanwhile() {
             ));
         }
         other => panic!("unexpected {other:?}"),
+    }
+    assert!(worker.stop().is_ok());
+}
+
+#[test]
+fn reconnect_reports_attempts_still_running() {
+    let master = FakeMaster::new();
+    let worker = Worker::start(master.addr(), OnMasterLost::Wait, None);
+    let (mut conn, _) = master.accept(welcome(60_000));
+    conn.send(&assign(7, 1, TaskKind::Sleep { ms: 60_000 }));
+    assert!(matches!(conn.recv_report(), ToMaster::Started(_)));
+    drop(conn);
+
+    let (mut conn, _) = master.accept(welcome(60_000));
+    assert!(matches!(conn.recv(), ToMaster::Load(_)), "load first");
+    match conn.recv() {
+        ToMaster::Running(refs) => assert_eq!(
+            refs,
+            vec![TaskRef {
+                task: TaskId(7),
+                attempt: Attempt(1)
+            }]
+        ),
+        other => panic!("expected Running, got {other:?}"),
     }
     assert!(worker.stop().is_ok());
 }
