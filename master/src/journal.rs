@@ -2,12 +2,15 @@
 //!
 //! It keeps only what a restart needs: every accepted submission (one row per batch: the spec
 //! once and an id range, so a million `--count` copies are one row) and every final outcome (one
-//! row per task). Assignments and attempts in flight are not journaled: an unfinished task is
-//! simply run again after a restart.
+//! row per commit holding that turn's finals, as a blob of `protocol` frames; a later outcome for
+//! an id replaces an earlier one). Assignments and attempts in flight are not journaled: an
+//! unfinished task is simply run again after a restart.
 //!
 //! Group commit: `record_*` calls accumulate in one open transaction and `commit` ends it, so the
-//! shell pays one fsync per event-loop turn, however many records the turn produced. Only
-//! committed work survives a crash or a drop; records added since the last commit are lost.
+//! shell pays one fsync per event-loop turn, however many records the turn produced. Finals are
+//! cheaper still: `record_final` only appends a frame to a buffer, and `commit` stores the buffer
+//! as one row, so SQLite's per-row work is paid once per turn, not once per task. Only committed
+//! work survives a crash or a drop; records added since the last commit are lost.
 //!
 //! Call order for one loop turn: any number of `record_submit` / `record_final`, then `commit`.
 //! IMPORTANT: only after `commit` returns may the turn's replies go to sockets, so no client hears
@@ -25,6 +28,8 @@ mod tests;
 
 use protocol::{TaskId, TaskSpec, TaskState};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,26 +51,24 @@ CREATE TABLE batches (
     spec         TEXT NOT NULL,
     submitted_ms INTEGER NOT NULL
 ) STRICT;
--- A task's final outcome; state is TaskState::as_str.
-CREATE TABLE finals (
-    id          INTEGER PRIMARY KEY,
-    state       TEXT NOT NULL,
-    attempts    INTEGER NOT NULL,
-    worker      TEXT,
-    exit_code   INTEGER,
-    stdout      TEXT NOT NULL,
-    stderr      TEXT NOT NULL,
-    error       TEXT,
-    started_ms  INTEGER,
-    finished_ms INTEGER NOT NULL
+-- The final outcomes of one commit (rarely a few rows per commit, see FINAL_BLOB_FLUSH_BYTES):
+-- protocol frames (protocol::encode_frame) of FinalEntry, back to back. Replayed in seq order,
+-- so for an id recorded twice the later outcome wins.
+CREATE TABLE final_batches (
+    seq     INTEGER PRIMARY KEY,
+    records BLOB NOT NULL
 ) STRICT;
 ";
 
 const INSERT_BATCH: &str =
     "INSERT INTO batches (first_id, count, spec, submitted_ms) VALUES (?1, ?2, ?3, ?4)";
-const UPSERT_FINAL: &str = "INSERT OR REPLACE INTO finals \
-     (id, state, attempts, worker, exit_code, stdout, stderr, error, started_ms, finished_ms) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/// `seq` is left to SQLite: one more than the largest so far, as rows are never deleted.
+const INSERT_FINALS: &str = "INSERT INTO final_batches (records) VALUES (?1)";
+
+/// A turn's finals buffer is written out as a row once it reaches this, before the commit: it
+/// bounds the buffer (a final can carry two 64 KiB output tails, a turn can hold thousands) and
+/// keeps every blob far below SQLite's 1 GB limit. Ordinary turns stay one row.
+const FINAL_BLOB_FLUSH_BYTES: usize = 4 << 20;
 
 /// After a checkpoint, a WAL grown by one huge turn is truncated back to this, so a burst does
 /// not pin its disk space forever.
@@ -104,6 +107,55 @@ pub struct FinalRecord {
     pub error: Option<String>,
     pub started_ms: Option<u64>,
     pub finished_ms: u64,
+}
+
+/// One final outcome inside a `final_batches` blob, one frame each. Borrows on the way in (no copy
+/// of the output tails), owns on the way out (`FrameDecoder` needs `DeserializeOwned`).
+/// IMPORTANT: this is the on-disk format: a change to it is a schema change.
+#[derive(Debug, Serialize, Deserialize)]
+struct FinalEntry<'a> {
+    id: u64,
+    state: TaskState,
+    attempts: u32,
+    worker: Option<Cow<'a, str>>,
+    exit_code: Option<i32>,
+    stdout: Cow<'a, str>,
+    stderr: Cow<'a, str>,
+    error: Option<Cow<'a, str>>,
+    started_ms: Option<u64>,
+    finished_ms: u64,
+}
+
+impl<'a> FinalEntry<'a> {
+    fn borrowed(id: TaskId, rec: &'a FinalRecord) -> FinalEntry<'a> {
+        FinalEntry {
+            id: id.0,
+            state: rec.state,
+            attempts: rec.attempts,
+            worker: rec.worker.as_deref().map(Cow::Borrowed),
+            exit_code: rec.exit_code,
+            stdout: Cow::Borrowed(&rec.stdout),
+            stderr: Cow::Borrowed(&rec.stderr),
+            error: rec.error.as_deref().map(Cow::Borrowed),
+            started_ms: rec.started_ms,
+            finished_ms: rec.finished_ms,
+        }
+    }
+
+    fn into_record(self) -> (u64, FinalRecord) {
+        let rec = FinalRecord {
+            state: self.state,
+            attempts: self.attempts,
+            worker: self.worker.map(Cow::into_owned),
+            exit_code: self.exit_code,
+            stdout: self.stdout.into_owned(),
+            stderr: self.stderr.into_owned(),
+            error: self.error.map(Cow::into_owned),
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+        };
+        (self.id, rec)
+    }
 }
 
 /// What one `commit` covered, for metrics and logs.
@@ -200,6 +252,9 @@ pub struct Journal {
     next_id: u64,
     /// Reused for each spec's JSON so `record_submit` does not allocate per call.
     spec_buf: Vec<u8>,
+    /// This turn's finals not yet in `final_batches`: frames of `FinalEntry`. Reused across
+    /// turns; see `FINAL_BLOB_FLUSH_BYTES` for its bound.
+    final_buf: Vec<u8>,
     /// The first error, once one happened; see `JournalError::Poisoned`.
     poisoned: Option<String>,
 }
@@ -223,6 +278,7 @@ impl Journal {
             pending: 0,
             next_id: recovered.next_id.0,
             spec_buf: Vec::with_capacity(256),
+            final_buf: Vec::new(),
             poisoned: None,
         };
         Ok((journal, recovered))
@@ -246,10 +302,10 @@ impl Journal {
     }
 
     /// Records a task's final outcome; recording one id twice keeps the last. Durable at the next
-    /// `commit`.
+    /// `commit`. Usually only checks and buffers: the write happens at `commit`.
     pub fn record_final(&mut self, id: TaskId, rec: &FinalRecord) -> Result<(), JournalError> {
         self.check()?;
-        let result = self.upsert_final(id, rec);
+        let result = self.append_final(id, rec);
         self.settle(result)
     }
 
@@ -260,11 +316,12 @@ impl Journal {
         if self.pending == 0 {
             return Ok(CommitStats::default());
         }
-        let result = self
-            .conn
-            .prepare_cached("COMMIT")
-            .and_then(|mut s| s.execute([]))
-            .map_err(|e| self.sqlite_error(e));
+        let result = self.flush_finals().and_then(|()| {
+            self.conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+                .map_err(|e| self.sqlite_error(e))
+        });
         self.settle(result)?;
         let records = std::mem::take(&mut self.pending);
         Ok(CommitStats { records })
@@ -301,6 +358,7 @@ impl Journal {
                 let _ = self.conn.execute_batch("ROLLBACK");
             }
             self.pending = 0;
+            self.final_buf = Vec::new();
         }
         result
     }
@@ -358,7 +416,7 @@ impl Journal {
         Ok(())
     }
 
-    fn upsert_final(&mut self, id: TaskId, rec: &FinalRecord) -> Result<(), JournalError> {
+    fn append_final(&mut self, id: TaskId, rec: &FinalRecord) -> Result<(), JournalError> {
         if id.0 == 0 || id.0 >= self.next_id {
             return Err(JournalError::UnknownTask { id });
         }
@@ -368,28 +426,46 @@ impl Journal {
                 state: rec.state,
             });
         }
-        let started = rec
-            .started_ms
-            .map(|ms| to_i64("started_ms", ms))
-            .transpose()?;
-        let finished = to_i64("finished_ms", rec.finished_ms)?;
-        let result = begin_if_idle(&self.conn, self.pending).and_then(|()| {
-            let mut stmt = self.conn.prepare_cached(UPSERT_FINAL)?;
-            stmt.execute(params![
-                id.0 as i64,
-                rec.state.as_str(),
-                rec.attempts,
-                rec.worker,
-                rec.exit_code,
-                rec.stdout,
-                rec.stderr,
-                rec.error,
-                started,
-                finished,
-            ])
-        });
-        result.map_err(|e| self.sqlite_error(e))?;
+        // Bincode stores any u64, but the journal keeps promising what SQLite columns could hold,
+        // and recovery checks the same.
+        if let Some(ms) = rec.started_ms {
+            to_i64("started_ms", ms)?;
+        }
+        to_i64("finished_ms", rec.finished_ms)?;
+        begin_if_idle(&self.conn, self.pending).map_err(|e| self.sqlite_error(e))?;
+        // Only a record above `MAX_FRAME` fails here; the buffer is then left as it was.
+        protocol::encode_frame(&FinalEntry::borrowed(id, rec), &mut self.final_buf).map_err(
+            |e| JournalError::Unrepresentable {
+                what: "a task outcome",
+                detail: e.to_string(),
+            },
+        )?;
         self.pending += 1;
+        if self.final_buf.len() >= FINAL_BLOB_FLUSH_BYTES {
+            self.flush_finals()?;
+        }
+        Ok(())
+    }
+
+    /// Inserts the buffered finals as one `final_batches` row inside the open transaction, then
+    /// empties the buffer (keeping a sane allocation for the next turn).
+    fn flush_finals(&mut self) -> Result<(), JournalError> {
+        if self.final_buf.is_empty() {
+            return Ok(());
+        }
+        debug_assert!(
+            !self.conn.is_autocommit(),
+            "finals buffered outside a transaction"
+        );
+        self.conn
+            .prepare_cached(INSERT_FINALS)
+            .and_then(|mut stmt| stmt.execute([&self.final_buf[..]]))
+            .map_err(|e| self.sqlite_error(e))?;
+        self.final_buf.clear();
+        // Only a single huge record grows it this far (flushes happen at FINAL_BLOB_FLUSH_BYTES).
+        if self.final_buf.capacity() > 2 * FINAL_BLOB_FLUSH_BYTES {
+            self.final_buf.shrink_to(FINAL_BLOB_FLUSH_BYTES);
+        }
         Ok(())
     }
 
@@ -528,6 +604,25 @@ fn inspect(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
     // Version 1 is the first; migrations from older versions go here once version 2 exists.
     if found != SCHEMA_VERSION {
         return Err(bad(format!("version {found} never existed")));
+    }
+    // Version 1 changed in place before its release (per-task `finals` rows became
+    // `final_batches`): a file from such a build must be refused by name, not fail later as
+    // "no such table".
+    let has_final_batches = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'final_batches'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(sql)?
+        .is_some();
+    if !has_final_batches {
+        return Err(bad(
+            "version 1 without table final_batches: written by a pre-release build; \
+             move the data directory away"
+                .into(),
+        ));
     }
     Ok(Found::Current)
 }

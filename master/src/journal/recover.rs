@@ -1,22 +1,15 @@
-//! Reading the journal back at `open`: batches expanded to tasks in id order, finals merged in.
+//! Reading the journal back at `open`: batches expanded to tasks in id order, then every commit's
+//! finals replayed onto them in commit order.
 //! Nothing read from the file is trusted: every impossible value is a typed error naming its row.
 
-use super::{classify, FinalRecord, JournalError, Recovered, RecoveredTask};
-use protocol::{TaskId, TaskSpec, TaskState};
+use super::{classify, FinalEntry, FinalRecord, JournalError, Recovered, RecoveredTask};
+use protocol::{FrameDecoder, TaskId, TaskSpec};
 use rusqlite::{Connection, Row};
 use std::path::Path;
 use std::sync::Arc;
 
 pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Recovered, JournalError> {
     let sql = |e| classify(path, e);
-    // Both sides are in id order, so one pass merges them.
-    let mut finals = read_finals(conn, path)?.into_iter().peekable();
-    let orphan = |id: u64| JournalError::BadRow {
-        path: path.to_path_buf(),
-        table: "finals",
-        id: id as i64,
-        detail: "no batch holds this task id".into(),
-    };
     let mut tasks: Vec<RecoveredTask> = Vec::new();
     let mut next_id: u64 = 1;
     let mut stmt = conn
@@ -35,28 +28,104 @@ pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Recovered, Jour
             });
         }
         for id in batch.first..batch.end {
-            let outcome = match finals.peek() {
-                // Unreachable with dense batches; a guard so no file can misplace an outcome.
-                Some(&(fid, _)) if fid < id => return Err(orphan(fid)),
-                Some(&(fid, _)) if fid == id => finals.next().map(|(_, rec)| rec),
-                _ => None,
-            };
             tasks.push(RecoveredTask {
                 id: TaskId(id),
                 spec: Arc::clone(&batch.spec),
                 submitted_ms: batch.submitted_ms,
-                outcome,
+                outcome: None,
             });
         }
         next_id = batch.end;
     }
-    if let Some((fid, _)) = finals.next() {
-        return Err(orphan(fid));
-    }
+    read_finals(conn, path, &mut tasks)?;
     Ok(Recovered {
         tasks,
         next_id: TaskId(next_id),
     })
+}
+
+/// Replays `final_batches` in commit order onto `tasks` (dense from id 1, as `read_batch`
+/// checked), so a later outcome for an id replaces an earlier one, as the live journal promises.
+fn read_finals(
+    conn: &Connection,
+    path: &Path,
+    tasks: &mut [RecoveredTask],
+) -> Result<(), JournalError> {
+    let sql = |e| classify(path, e);
+    let mut stmt = conn
+        .prepare("SELECT seq, records FROM final_batches ORDER BY seq")
+        .map_err(sql)?;
+    let mut rows = stmt.query([]).map_err(sql)?;
+    // One decoder for all rows: its buffer is reused, and it is empty again after a whole blob.
+    let mut decoder = FrameDecoder::new();
+    while let Some(row) = rows.next().map_err(sql)? {
+        let seq: i64 = row.get(0).map_err(sql)?;
+        let bad = |detail: String| JournalError::BadRow {
+            path: path.to_path_buf(),
+            table: "final_batches",
+            id: seq,
+            detail,
+        };
+        // Borrowed from SQLite's row buffer; the decoder takes its own copy.
+        let blob = row
+            .get_ref(1)
+            .map_err(|e| bad(e.to_string()))?
+            .as_blob()
+            .map_err(|e| bad(e.to_string()))?;
+        if blob.is_empty() {
+            return Err(bad(
+                "no records (a commit writes a row only with some)".into()
+            ));
+        }
+        decoder.extend(blob);
+        let mut index = 0usize;
+        loop {
+            let entry = match decoder.next_frame::<FinalEntry<'static>>() {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                Err(e) => return Err(bad(format!("record {index}: {e}"))),
+            };
+            let (id, rec) = entry.into_record();
+            let slot = check_final(id, &rec, tasks.len())
+                .map_err(|detail| bad(format!("record {index} (task {id}): {detail}")))?;
+            debug_assert_eq!(tasks[slot].id, TaskId(id));
+            tasks[slot].outcome = Some(Box::new(rec));
+            index += 1;
+        }
+        if decoder.buffered() != 0 {
+            return Err(bad(format!(
+                "truncated: {} bytes after record {index} are not a whole record",
+                decoder.buffered()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one decoded final against what the journal can have written; returns the index of
+/// its task in `tasks` (of length `known`: ids 1 ..= known were submitted).
+fn check_final(id: u64, rec: &FinalRecord, known: usize) -> Result<usize, String> {
+    if id < 1 {
+        return Err("task ids start at 1".into());
+    }
+    if !rec.state.is_final() {
+        return Err(format!(
+            "state {:?} is not a final state",
+            rec.state.as_str()
+        ));
+    }
+    for (name, ms) in [
+        ("started_ms", rec.started_ms),
+        ("finished_ms", Some(rec.finished_ms)),
+    ] {
+        if let Some(ms) = ms.filter(|&ms| ms > i64::MAX as u64) {
+            return Err(format!("{name} {ms} is past {}", i64::MAX));
+        }
+    }
+    match usize::try_from(id - 1) {
+        Ok(slot) if slot < known => Ok(slot),
+        _ => Err("no batch holds this task id".into()),
+    }
 }
 
 struct Batch {
@@ -115,85 +184,4 @@ fn read_batch(row: &Row<'_>, path: &Path, next_id: u64) -> Result<Batch, Journal
         spec: Arc::new(spec),
         submitted_ms: submitted_ms as u64,
     })
-}
-
-fn read_finals(
-    conn: &Connection,
-    path: &Path,
-) -> Result<Vec<(u64, Box<FinalRecord>)>, JournalError> {
-    let sql = |e| classify(path, e);
-    let mut stmt = conn
-        .prepare(
-            "SELECT id, state, attempts, worker, exit_code, stdout, stderr, error, started_ms, \
-             finished_ms FROM finals ORDER BY id",
-        )
-        .map_err(sql)?;
-    let mut rows = stmt.query([]).map_err(sql)?;
-    let mut finals = Vec::new();
-    while let Some(row) = rows.next().map_err(sql)? {
-        finals.push(read_final(row, path)?);
-    }
-    Ok(finals)
-}
-
-fn read_final(row: &Row<'_>, path: &Path) -> Result<(u64, Box<FinalRecord>), JournalError> {
-    let id: i64 = row.get(0).map_err(|e| classify(path, e))?;
-    let bad = |detail: String| JournalError::BadRow {
-        path: path.to_path_buf(),
-        table: "finals",
-        id,
-        detail,
-    };
-    let get_err = |e: rusqlite::Error| bad(e.to_string());
-    if id < 1 {
-        return Err(bad("task ids start at 1".into()));
-    }
-    let state_text = row
-        .get_ref(1)
-        .and_then(|v| Ok(v.as_str()?))
-        .map_err(get_err)?;
-    let state = parse_state(state_text)
-        .filter(|s| s.is_final())
-        .ok_or_else(|| bad(format!("state {state_text:?} is not a final state")))?;
-    let attempts: i64 = row.get(2).map_err(get_err)?;
-    let attempts =
-        u32::try_from(attempts).map_err(|_| bad(format!("attempts {attempts} out of range")))?;
-    let exit_code: Option<i64> = row.get(4).map_err(get_err)?;
-    let exit_code = exit_code
-        .map(i32::try_from)
-        .transpose()
-        .map_err(|_| bad(format!("exit_code {exit_code:?} out of range")))?;
-    let ms = |col: usize, name: &str| -> Result<Option<u64>, JournalError> {
-        let v: Option<i64> = row.get(col).map_err(get_err)?;
-        v.map(|v| u64::try_from(v).map_err(|_| bad(format!("{name} {v} is negative"))))
-            .transpose()
-    };
-    let started_ms = ms(8, "started_ms")?;
-    let finished_ms = ms(9, "finished_ms")?.ok_or_else(|| bad("finished_ms is null".into()))?;
-    let rec = FinalRecord {
-        state,
-        attempts,
-        worker: row.get(3).map_err(get_err)?,
-        exit_code,
-        stdout: row.get(5).map_err(get_err)?,
-        stderr: row.get(6).map_err(get_err)?,
-        error: row.get(7).map_err(get_err)?,
-        started_ms,
-        finished_ms,
-    };
-    Ok((id as u64, Box::new(rec)))
-}
-
-/// The inverse of `TaskState::as_str`.
-fn parse_state(s: &str) -> Option<TaskState> {
-    const ALL: [TaskState; 7] = [
-        TaskState::Queued,
-        TaskState::Running,
-        TaskState::Succeeded,
-        TaskState::Failed,
-        TaskState::TimedOut,
-        TaskState::Cancelled,
-        TaskState::WorkerLost,
-    ];
-    ALL.into_iter().find(|state| state.as_str() == s)
 }

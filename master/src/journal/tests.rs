@@ -163,6 +163,7 @@ fn million_copies_are_one_row_and_share_one_spec() {
         .expect("final");
     assert_eq!(j.commit().expect("commit").records, 2);
     assert_eq!(rows(&j.conn, "batches"), 1);
+    assert_eq!(rows(&j.conn, "final_batches"), 1);
     drop(j);
 
     let started = Instant::now();
@@ -308,7 +309,7 @@ fn final_recorded_twice_keeps_the_last() {
     j.commit().expect("commit");
     j.record_final(TaskId(2), &cancelled()).expect("final");
     j.commit().expect("commit");
-    assert_eq!(rows(&j.conn, "finals"), 2);
+    assert_eq!(rows(&j.conn, "final_batches"), 3, "one row per commit");
     drop(j);
     let (_, rec) = open(&dir);
     assert_eq!(rec.tasks[0].outcome.as_deref(), Some(&succeeded("second")));
@@ -425,6 +426,26 @@ fn newer_schema_is_refused() {
 }
 
 #[test]
+fn pre_release_layout_is_refused_and_left_alone() {
+    let dir = TempDir::new("pre-release");
+    drop(open(&dir));
+    // What builds before `final_batches` wrote, still as version 1.
+    raw(&dir)
+        .execute_batch(
+            "DROP TABLE final_batches;
+             CREATE TABLE finals (id INTEGER PRIMARY KEY, state TEXT NOT NULL) STRICT;",
+        )
+        .expect("tamper");
+    let err = Journal::open(&dir.0).expect_err("pre-release");
+    assert!(
+        matches!(err, JournalError::BadSchemaVersion { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("final_batches"), "{err}");
+    assert_eq!(rows(&raw(&dir), "finals"), 0, "left alone");
+}
+
+#[test]
 fn garbage_file_is_refused_and_left_alone() {
     for len in [10, 100_000] {
         let dir = TempDir::new("garbage");
@@ -469,7 +490,7 @@ fn bad_rows_are_typed_errors_naming_the_row() {
     }))
     .expect("json");
     type Expect = fn(&JournalError) -> bool;
-    let cases: [(&str, Expect); 6] = [
+    let cases: [(&str, Expect); 4] = [
         (
             r#"INSERT INTO batches VALUES (1, 2, '{"kind": "nope"}', 5)"#,
             |e| matches!(e, JournalError::BadSpec { first_id: 1, .. }),
@@ -504,33 +525,6 @@ fn bad_rows_are_typed_errors_naming_the_row() {
                 )
             },
         ),
-        (
-            "INSERT INTO finals VALUES (4, 'succeeded', 1, NULL, 0, '', '', NULL, NULL, 9)",
-            |e| {
-                matches!(
-                    e,
-                    JournalError::BadRow {
-                        table: "finals",
-                        id: 4,
-                        ..
-                    }
-                )
-            },
-        ),
-        (
-            "INSERT INTO batches VALUES (1, 1, 'SLEEP', 5);
-             INSERT INTO finals VALUES (1, 'running', 1, NULL, 0, '', '', NULL, NULL, 9)",
-            |e| {
-                matches!(
-                    e,
-                    JournalError::BadRow {
-                        table: "finals",
-                        id: 1,
-                        ..
-                    }
-                )
-            },
-        ),
     ];
     for (sql, expected) in cases {
         let dir = TempDir::new("bad-row");
@@ -542,6 +536,247 @@ fn bad_rows_are_typed_errors_naming_the_row() {
         let err = Journal::open(&dir.0).expect_err(&sql);
         assert!(expected(&err), "{sql}: {err}");
         assert!(err.to_string().contains(&dir.db().display().to_string()));
+    }
+}
+
+/// A `final_batches` blob as `commit` writes it.
+fn blob(entries: &[(u64, &FinalRecord)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &(id, rec) in entries {
+        protocol::encode_frame(&FinalEntry::borrowed(TaskId(id), rec), &mut out).expect("encode");
+    }
+    out
+}
+
+#[test]
+fn each_commit_of_finals_is_one_row() {
+    let dir = TempDir::new("one-row");
+    let (mut j, _) = open(&dir);
+    j.record_submit(TaskId(1), 2_000, &sleep_spec(1), 1)
+        .expect("submit");
+    j.commit().expect("commit");
+    assert_eq!(rows(&j.conn, "final_batches"), 0, "a turn without finals");
+    let mut next = 1u64;
+    let mut expected = Vec::new();
+    for (turn, n) in [1u64, 100, 1_000].into_iter().enumerate() {
+        for _ in 0..n {
+            let rec = succeeded(&format!("task {next}"));
+            j.record_final(TaskId(next), &rec).expect("final");
+            expected.push(rec);
+            next += 1;
+        }
+        assert!(!j.conn.is_autocommit(), "finals alone open the transaction");
+        assert_eq!(j.commit().expect("commit").records, n as usize);
+        assert!(j.conn.is_autocommit());
+        assert_eq!(rows(&j.conn, "final_batches"), turn as i64 + 1);
+        assert!(j.final_buf.is_empty());
+    }
+    drop(j);
+    let (_, rec) = open(&dir);
+    let outcomes: Vec<&FinalRecord> = rec
+        .tasks
+        .iter()
+        .filter_map(|t| t.outcome.as_deref())
+        .collect();
+    assert_eq!(outcomes, expected.iter().collect::<Vec<_>>());
+    assert!(rec.tasks[..expected.len()]
+        .iter()
+        .all(|t| t.outcome.is_some()));
+}
+
+#[test]
+fn big_turns_are_split_and_the_buffer_shrinks_back() {
+    let dir = TempDir::new("big-turn");
+    let (mut j, _) = open(&dir);
+    j.record_submit(TaskId(1), 200, &sleep_spec(1), 1)
+        .expect("submit");
+    // 200 finals with two 64 KiB tails each: 25 MiB in one turn.
+    let tail = "y".repeat(64 << 10);
+    let mut big = succeeded(&tail);
+    big.stderr = tail.clone();
+    for id in 1..=200 {
+        j.record_final(TaskId(id), &big).expect("final");
+        assert!(
+            j.final_buf.len() < FINAL_BLOB_FLUSH_BYTES,
+            "flushed as it fills"
+        );
+    }
+    assert_eq!(j.commit().expect("commit").records, 201);
+    let blobs = rows(&j.conn, "final_batches");
+    assert!((6..=8).contains(&blobs), "{blobs} rows of at most 4 MiB");
+    let max_blob: i64 = j
+        .conn
+        .query_row("SELECT max(length(records)) FROM final_batches", [], |r| {
+            r.get(0)
+        })
+        .expect("max");
+    assert!(max_blob < (FINAL_BLOB_FLUSH_BYTES + (256 << 10)) as i64);
+
+    // One outcome of 12 MiB grows the buffer past the bound; the commit gives the memory back.
+    let huge = succeeded(&"z".repeat(12 << 20));
+    j.record_final(TaskId(1), &huge).expect("final");
+    j.commit().expect("commit");
+    assert!(j.final_buf.capacity() <= 2 * FINAL_BLOB_FLUSH_BYTES);
+    drop(j);
+    let (_, rec) = open(&dir);
+    assert_eq!(rec.tasks[0].outcome.as_deref(), Some(&huge));
+    assert!(rec.tasks[1..]
+        .iter()
+        .all(|t| t.outcome.as_deref() == Some(&big)));
+}
+
+#[test]
+fn an_outcome_too_large_for_a_frame_poisons() {
+    let dir = TempDir::new("too-large");
+    let (mut j, _) = open(&dir);
+    j.record_submit(TaskId(1), 1, &sleep_spec(1), 1)
+        .expect("submit");
+    j.commit().expect("commit");
+    let huge = succeeded(&"z".repeat(protocol::MAX_FRAME));
+    let err = j.record_final(TaskId(1), &huge).expect_err("too large");
+    assert!(matches!(err, JournalError::Unrepresentable { .. }), "{err}");
+    assert!(matches!(j.commit(), Err(JournalError::Poisoned { .. })));
+    assert!(j.conn.is_autocommit(), "rolled back");
+}
+
+#[test]
+fn a_failed_finals_insert_poisons_and_rolls_back() {
+    let dir = TempDir::new("insert-fails");
+    let (mut j, _) = open(&dir);
+    j.record_submit(TaskId(1), 3, &sleep_spec(1), 1)
+        .expect("submit");
+    j.record_final(TaskId(1), &cancelled()).expect("final");
+    j.commit().expect("commit");
+    j.record_submit(TaskId(4), 1, &sleep_spec(1), 2)
+        .expect("submit");
+    j.record_final(TaskId(2), &cancelled()).expect("final");
+    // Inside the turn's transaction, so the rollback restores the table.
+    j.conn
+        .execute_batch("DROP TABLE final_batches")
+        .expect("sabotage");
+    let err = j.commit().expect_err("insert fails");
+    assert!(matches!(err, JournalError::Sqlite { .. }), "{err}");
+    assert!(j.conn.is_autocommit(), "rolled back");
+    assert_eq!(j.pending(), 0);
+    assert!(matches!(j.commit(), Err(JournalError::Poisoned { .. })));
+    assert!(matches!(
+        j.record_final(TaskId(3), &cancelled()),
+        Err(JournalError::Poisoned { .. })
+    ));
+    drop(j);
+    let (_, rec) = open(&dir);
+    assert_eq!(rec.next_id, TaskId(4));
+    let done: Vec<u64> = rec
+        .tasks
+        .iter()
+        .filter(|t| t.outcome.is_some())
+        .map(|t| t.id.0)
+        .collect();
+    assert_eq!(done, [1]);
+}
+
+#[test]
+fn bad_final_batches_are_typed_errors_naming_the_row() {
+    let ok = succeeded("ok");
+    let mut running = cancelled();
+    running.state = TaskState::Running;
+    let mut far_future = cancelled();
+    far_future.finished_ms = u64::MAX;
+    let good = blob(&[(1, &ok), (2, &cancelled())]);
+    let mut trailing_in_frame = blob(&[(1, &ok)]);
+    let len = u32::from_be_bytes(trailing_in_frame[..4].try_into().expect("4 bytes")) + 1;
+    trailing_in_frame[..4].copy_from_slice(&len.to_be_bytes());
+    trailing_in_frame.push(0);
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("no batch holds this task id", vec![blob(&[(4, &ok)])]),
+        (
+            "no batch holds this task id",
+            vec![good.clone(), blob(&[(1, &ok), (9, &ok)])],
+        ),
+        ("task ids start at 1", vec![blob(&[(0, &ok)])]),
+        ("not a final state", vec![blob(&[(1, &running)])]),
+        ("finished_ms", vec![blob(&[(1, &far_future)])]),
+        (
+            "undecodable",
+            vec![good.clone(), vec![0, 0, 0, 3, 0xff, 0xff, 0xff]],
+        ),
+        ("exceeds the maximum", vec![vec![0xff; 8]]),
+        ("trailing bytes", vec![trailing_in_frame]),
+        ("truncated", vec![good[..good.len() - 1].to_vec()]),
+        ("truncated", vec![[&good[..], &[0, 0]].concat()]),
+        ("no records", vec![good.clone(), vec![]]),
+    ];
+    for (want, blobs) in cases {
+        let dir = TempDir::new("bad-final");
+        let (mut j, _) = open(&dir);
+        j.record_submit(TaskId(1), 3, &sleep_spec(1), 1)
+            .expect("submit");
+        j.commit().expect("commit");
+        drop(j);
+        let conn = raw(&dir);
+        // Sparse seqs, so the error must name the row's own seq, not its position.
+        let mut last_seq = 0;
+        for (i, b) in blobs.iter().enumerate() {
+            last_seq = 10 * (i as i64 + 1);
+            conn.execute(
+                "INSERT INTO final_batches (seq, records) VALUES (?1, ?2)",
+                params![last_seq, b],
+            )
+            .expect("tamper");
+        }
+        drop(conn);
+        let err = Journal::open(&dir.0).expect_err(want);
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                JournalError::BadRow { table: "final_batches", id, .. } if id == last_seq
+            ),
+            "{want}: {msg}"
+        );
+        assert!(msg.contains(want), "{want}: {msg}");
+        assert!(msg.contains(&dir.db().display().to_string()));
+    }
+}
+
+#[test]
+fn damaged_final_blobs_never_panic() {
+    let dir = TempDir::new("damaged");
+    let (mut j, _) = open(&dir);
+    j.record_submit(TaskId(1), 3, &sleep_spec(1), 1)
+        .expect("submit");
+    j.record_final(TaskId(1), &succeeded("out")).expect("final");
+    j.record_final(TaskId(3), &cancelled()).expect("final");
+    j.commit().expect("commit");
+    drop(j);
+    let good = blob(&[(1, &succeeded("out")), (3, &cancelled())]);
+    let mut damaged: Vec<Vec<u8>> = (0..good.len()).map(|n| good[..n].to_vec()).collect();
+    for i in 0..good.len() {
+        for byte in [0x00, 0x7f, 0xff] {
+            let mut b = good.clone();
+            b[i] ^= byte;
+            damaged.push(b);
+        }
+    }
+    for b in damaged {
+        raw(&dir)
+            .execute("UPDATE final_batches SET records = ?1", [&b])
+            .expect("tamper");
+        // Either a consistent journal (a flip inside a string or a number) or a typed error.
+        match Journal::open(&dir.0) {
+            Ok((_, rec)) => assert_eq!(rec.tasks.len(), 3),
+            Err(e) => assert!(
+                matches!(
+                    e,
+                    JournalError::BadRow {
+                        table: "final_batches",
+                        id: 1,
+                        ..
+                    }
+                ),
+                "{e}"
+            ),
+        }
     }
 }
 
@@ -560,13 +795,17 @@ fn data_dir_that_is_a_file_is_a_typed_error() {
 #[test]
 #[ignore = "measurement, prints figures"]
 fn measure() {
+    // Each phase runs for this long or until it has recorded this many finals, whichever is
+    // first: the cap keeps the recovery at the end within a few hundred MB.
+    const PHASE: Duration = Duration::from_secs(2);
+    const PHASE_FINALS: u64 = 1_000_000;
     let dir = TempDir::new("measure");
     let (mut j, _) = open(&dir);
     let mut next = 1u64;
     for per_commit in [1usize, 100] {
         let started = Instant::now();
         let mut commits = 0u32;
-        while started.elapsed() < Duration::from_secs(2) {
+        while started.elapsed() < PHASE {
             for _ in 0..per_commit {
                 j.record_submit(TaskId(next), 1, &sleep_spec(next), next)
                     .expect("submit");
@@ -577,11 +816,61 @@ fn measure() {
         }
         let secs = started.elapsed().as_secs_f64();
         println!(
-            "{per_commit:>3} records/commit: {:.0} commits/s, {:.0} records/s",
+            "{per_commit:>4} submits/commit: {:.0} commits/s, {:.0} records/s",
             commits as f64 / secs,
             commits as f64 * per_commit as f64 / secs
         );
     }
+    // What a zero-length task leaves behind: no output, a worker name, exit code 0.
+    let outcome = FinalRecord {
+        state: TaskState::Succeeded,
+        attempts: 1,
+        worker: Some("a".into()),
+        exit_code: Some(0),
+        stdout: String::new(),
+        stderr: String::new(),
+        error: None,
+        started_ms: Some(1_000),
+        finished_ms: 1_001,
+    };
+    // With `synchronous = OFF` the commit skips its fsync, which shows the journal's own CPU
+    // cost per final (on this machine's disk an fsync alone is a few ms).
+    for (sync, per_commit) in [
+        ("FULL", 1u64),
+        ("FULL", 100),
+        ("FULL", 1_000),
+        ("OFF", 100),
+        ("OFF", 1_000),
+    ] {
+        j.conn
+            .execute_batch(&format!("PRAGMA synchronous = {sync}"))
+            .expect("pragma");
+        // The ids to finish, submitted (one row) outside the timed part.
+        let first = next;
+        j.record_submit(TaskId(first), PHASE_FINALS, &sleep_spec(0), 1)
+            .expect("submit");
+        j.commit().expect("commit");
+        next += PHASE_FINALS;
+        let mut id = first;
+        let started = Instant::now();
+        while started.elapsed() < PHASE && id + per_commit <= next {
+            for _ in 0..per_commit {
+                j.record_final(TaskId(id), &outcome).expect("final");
+                id += 1;
+            }
+            j.commit().expect("commit");
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let done = id - first;
+        println!(
+            "{per_commit:>4} finals/commit, synchronous={sync:<4}: {:.0} commits/s, {:.0} records/s",
+            (done / per_commit) as f64 / secs,
+            done as f64 / secs
+        );
+    }
+    j.conn
+        .execute_batch("PRAGMA synchronous = FULL")
+        .expect("pragma");
     let started = Instant::now();
     for i in 0..10_000u64 {
         let mut spec = command_spec();
@@ -596,11 +885,14 @@ fn measure() {
         started.elapsed()
     );
     drop(j);
+    let db_bytes = std::fs::metadata(dir.db()).map(|m| m.len()).unwrap_or(0);
     let started = Instant::now();
     let (_, rec) = open(&dir);
+    let took = started.elapsed();
     println!(
-        "recovery of {} tasks: {:?}",
+        "recovery of {} tasks ({} finished, {} MB file + WAL): {took:?}",
         rec.tasks.len(),
-        started.elapsed()
+        rec.tasks.iter().filter(|t| t.outcome.is_some()).count(),
+        (db_bytes + dir.wal_len()) >> 20,
     );
 }
