@@ -27,8 +27,8 @@ pub enum ConnectionError {
     #[error("protocol error: {0}")]
     Frame(#[from] FrameError),
     /// The master refused the handshake.
-    #[error("rejected by the master: {0}")]
-    Rejected(String),
+    #[error("the master at {addr} refused this connection: {reason}")]
+    Rejected { addr: String, reason: String },
     /// The master speaks another protocol version.
     #[error("protocol version mismatch: master speaks {master}, we speak {ours}")]
     Version { master: u32, ours: u32 },
@@ -148,7 +148,13 @@ impl Connection {
         // Bound the handshake so a wrong port does not hang us; callers set their own timeouts after.
         conn.reader
             .set_read_timeout(Some(connect_timeout.max(Duration::from_secs(5))))?;
-        let welcome = conn.handshake(role, token)?;
+        let welcome = conn.handshake(role, token).map_err(|e| match e {
+            ConnectionError::Rejected { reason, .. } => ConnectionError::Rejected {
+                addr: addr.to_string(),
+                reason,
+            },
+            other => other,
+        })?;
         conn.reader.set_read_timeout(None)?;
         Ok((conn, welcome))
     }
@@ -179,7 +185,10 @@ impl Connection {
                 worker_id,
                 heartbeat_interval_ms,
             }),
-            Ok(FromMaster::Rejected { reason }) => Err(ConnectionError::Rejected(reason)),
+            Ok(FromMaster::Rejected { reason }) => Err(ConnectionError::Rejected {
+                addr: String::new(), // filled in by `connect`, which knows it
+                reason,
+            }),
             Ok(other) => Err(ConnectionError::Unexpected(format!("{other:?}"))),
             Err(e) => Err(e),
         }

@@ -324,7 +324,9 @@ impl Session {
         let addr = self.config.master_addr.clone();
         let (connection, welcome) = match result {
             Ok(ok) => ok,
-            Err(ConnectionError::Rejected(reason)) => return self.rejected(now, addr, reason),
+            Err(ConnectionError::Rejected { reason, .. }) => {
+                return self.rejected(now, addr, reason)
+            }
             Err(e @ ConnectionError::Version { .. }) => {
                 return self.rejected(now, addr, e.to_string())
             }

@@ -506,6 +506,12 @@ impl Core {
             return self.reject(conn, &addr, "worker name must be 1 to 256 bytes".into());
         }
         let (name, slots, host) = (info.name.clone(), info.slots, info.host.clone());
+        // A worker coming back (perhaps in another group) leaves the pools it was in; `refresh`
+        // below puts it where it belongs now.
+        if let Some(old) = self.workers.by_name(&name) {
+            let group = old.info.group.clone();
+            self.pools.remove_worker(old.id, group.as_deref());
+        }
         let (id, previous) = self.workers.register(info, addr.clone(), conn, now_ms);
         if let Some(old) = previous {
             // The same worker reconnected before we noticed its old connection die.
@@ -1246,5 +1252,7 @@ impl Chatter {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

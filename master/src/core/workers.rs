@@ -109,6 +109,10 @@ impl WorkerTable {
         id
     }
 
+    pub fn by_name(&self, name: &str) -> Option<&Worker> {
+        self.by_name.get(name).and_then(|&id| self.get(id))
+    }
+
     pub fn get(&self, id: WorkerId) -> Option<&Worker> {
         self.workers.get((id.0 as usize).checked_sub(1)?)
     }

@@ -57,6 +57,11 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
 impl Cluster {
     /// A master on 127.0.0.1:0 with `extra` arguments; logs go to the test's own folder.
     pub fn start(extra: &[&str]) -> Cluster {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Like [`Cluster::start`], with these environment variables set for the master only.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = std::env::temp_dir().join(format!(
             "ballast-test-{}-{}",
             std::process::id(),
@@ -72,6 +77,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -192,6 +198,126 @@ impl Cluster {
 
     pub fn master_alive(&mut self) -> bool {
         matches!(self.master.try_wait(), Ok(None))
+    }
+}
+
+impl Cluster {
+    /// SIGKILLs the master (no chance to flush or say goodbye) and reaps it.
+    pub fn kill_master(&mut self) {
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+    }
+
+    /// Starts the master again on the same data dir and the same address (so workers and the CLI
+    /// find it where they left it); `extra` as for [`Cluster::start`]. Kills a running one first.
+    /// Returns once the new master has written its port file.
+    pub fn restart_master(&mut self, extra: &[&str]) {
+        self.kill_master();
+        let port_file = self.dir.join("addr");
+        let _ = std::fs::remove_file(&port_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("master.log"))
+            .expect("log file");
+        self.master = Command::new(MASTER)
+            .args(["--listen", &self.addr, "--port-file"])
+            .arg(&port_file)
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("master starts again");
+        let addr = eventually(
+            Duration::from_secs(10),
+            "the restarted master's port file",
+            || std::fs::read_to_string(&port_file).ok(),
+        );
+        assert_eq!(
+            addr, self.addr,
+            "the restarted master must reuse the address"
+        );
+    }
+
+    /// SIGKILLs worker `name` if it runs, then starts it again under the same name; its log is
+    /// appended to.
+    pub fn restart_worker(&mut self, name: &str, slots: u32, extra: &[&str]) {
+        if self.workers.iter().any(|(n, _)| n == name) {
+            self.kill_worker(name);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .expect("log file");
+        let child = Command::new(worker_bin())
+            .args(["--master", &self.addr, "--name", name, "--slots"])
+            .arg(slots.to_string())
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("worker starts");
+        self.workers.push((name.to_string(), child));
+    }
+
+    /// The exit status of worker `name` if it has exited (without blocking).
+    pub fn worker_exit(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let (_, child) = self
+            .workers
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .expect("known worker");
+        child.try_wait().expect("try_wait")
+    }
+
+    /// The pid of worker `name`.
+    pub fn worker_pid(&self, name: &str) -> u32 {
+        self.workers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
+            .expect("known worker")
+    }
+
+    /// Runs a client command like [`Cluster::cli`], with these extra environment variables, and
+    /// kills it (and panics) if it has not finished within `limit`: a master that stopped answering
+    /// must fail the test, not hang it.
+    pub fn cli_within(&self, limit: Duration, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let (sub, rest) = args.split_first().expect("a subcommand");
+        let child = Command::new(MASTER)
+            .arg(sub)
+            .args(["--master", &self.addr])
+            .args(rest)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cli runs");
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(out) => {
+                let _ = reader.join();
+                out.expect("cli output")
+            }
+            Err(_) => {
+                // The child is still ours (not yet reaped), so its pid cannot have been reused.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+                let _ = reader.join();
+                panic!("master {args:?} did not finish within {limit:?}");
+            }
+        }
     }
 }
 
