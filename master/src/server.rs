@@ -19,6 +19,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 const LISTENER: Token = Token(usize::MAX);
+/// How long a record may wait for its commit when no reply depends on it. A crash loses at most
+/// this much of finished work (those tasks run again); nothing a client was told is ever lost.
+const COMMIT_WINDOW: Duration = Duration::from_millis(10);
+/// Commit at once past this many pending records, to bound the open transaction.
+const COMMIT_BATCH_MAX: usize = 1 << 16;
 /// Bytes asked of the kernel per read; also the decoder's growth step.
 const READ_CHUNK: usize = 64 << 10;
 
@@ -112,6 +117,8 @@ pub struct Server {
     /// Connections with a gate set this turn.
     gated: Vec<usize>,
     journal: Option<Journal>,
+    /// When the oldest record not yet committed was made.
+    uncommitted_since: Option<Instant>,
 }
 
 impl Server {
@@ -145,6 +152,7 @@ impl Server {
             touched: Vec::new(),
             gated: Vec::new(),
             journal,
+            uncommitted_since: None,
         })
     }
 
@@ -156,10 +164,7 @@ impl Server {
     pub fn run(mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self
-                .core
-                .poll_timeout()
-                .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
+            let timeout = self.poll_timeout();
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -194,10 +199,9 @@ impl Server {
             // their connection's gate.
             self.flush_touched(now);
             // IMPORTANT: commit before any gated reply reaches a socket, so a client only ever
-            // hears of work that survives a crash. One fsync per turn, not per task.
-            if let Some(journal) = &mut self.journal {
-                journal.commit()?;
-            }
+            // hears of work that survives a crash.
+            let force = !self.gated.is_empty();
+            self.commit_if_due(force)?;
             for key in std::mem::take(&mut self.gated) {
                 if let Some(c) = self.conns.get_mut(key) {
                     c.gate = None;
@@ -208,6 +212,40 @@ impl Server {
             if !self.core.has_work() {
                 return Ok(());
             }
+        }
+    }
+
+    /// Group commit: at once when a reply waits on it (`force`), else once the oldest record has
+    /// waited `COMMIT_WINDOW` or enough have piled up. A turn that only records finals for workers'
+    /// results thus shares its fsync with the turns of the next few milliseconds.
+    fn commit_if_due(&mut self, force: bool) -> Result<(), ServerError> {
+        let Some(journal) = &mut self.journal else {
+            return Ok(());
+        };
+        if journal.pending() == 0 {
+            self.uncommitted_since = None;
+            return Ok(());
+        }
+        let since = *self.uncommitted_since.get_or_insert_with(Instant::now);
+        if force || since.elapsed() >= COMMIT_WINDOW || journal.pending() >= COMMIT_BATCH_MAX {
+            journal.commit()?;
+            self.uncommitted_since = None;
+        }
+        Ok(())
+    }
+
+    /// The loop's sleep: until the core's next deadline or the pending commit's, if sooner.
+    fn poll_timeout(&self) -> Option<Duration> {
+        let core = self
+            .core
+            .poll_timeout()
+            .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
+        let commit = self
+            .uncommitted_since
+            .map(|since| COMMIT_WINDOW.saturating_sub(since.elapsed()));
+        match (core, commit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
