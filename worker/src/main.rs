@@ -58,6 +58,12 @@ struct Args {
     /// them and exit with status 1 (`stop`).
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = LostPolicy::Wait)]
     on_master_lost: LostPolicy,
+
+    /// Commands die with the worker even if it is SIGKILLed or crashes (Linux PR_SET_PDEATHSIG).
+    /// Off by default: it makes every spawn a full fork, about 0.5 ms more per command. Graceful
+    /// stops, timeouts and cancels kill a task's whole process group either way.
+    #[arg(long)]
+    tasks_die_with_worker: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -121,6 +127,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             LostPolicy::Wait => OnMasterLost::Wait,
             LostPolicy::Stop => OnMasterLost::Stop,
         },
+        tasks_die_with_worker: args.tasks_die_with_worker,
     };
     let (events, inbox) = mpsc::channel();
     let signal_events = events.clone();

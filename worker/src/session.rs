@@ -63,6 +63,8 @@ pub struct Config {
     /// Overrides the master's heartbeat interval.
     pub heartbeat: Option<Duration>,
     pub on_master_lost: OnMasterLost,
+    /// Commands die with the worker even when it is SIGKILLed (`PR_SET_PDEATHSIG`).
+    pub tasks_die_with_worker: bool,
 }
 
 /// Everything the loop reacts to, from whichever thread.
@@ -175,7 +177,8 @@ struct Session {
 impl Session {
     fn new(config: Config, events: Sender<Event>) -> Self {
         Session {
-            executor: Executor::new(events.clone(), KILL_GRACE),
+            executor: Executor::new(events.clone(), KILL_GRACE)
+                .with_tasks_die_with_worker(config.tasks_die_with_worker),
             config,
             events,
             link: Link::Closed,

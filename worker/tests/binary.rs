@@ -123,8 +123,13 @@ fn welcome() -> FromMaster {
 }
 
 fn worker(master: &str) -> Child {
+    worker_with(master, &[])
+}
+
+fn worker_with(master: &str, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_worker"))
         .args(["--master", master, "--slots", "2", "--name", "itest"])
+        .args(extra)
         .env_remove("BALLAST_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -224,7 +229,7 @@ fn sigterm_stops_tasks_and_exits_0() {
 #[test]
 fn sigkilled_worker_takes_its_tasks_down() {
     let master = FakeMaster::new();
-    let mut child = worker(&master.addr());
+    let mut child = worker_with(&master.addr(), &["--tasks-die-with-worker"]);
     let mut conn = master.accept(welcome());
     let pid_file = pid_file("sigkill");
     let task = conn.assign_sleeper(&pid_file);

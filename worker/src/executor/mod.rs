@@ -38,6 +38,8 @@ pub const KILL_GRACE: Duration = Duration::from_secs(2);
 pub struct Executor<E> {
     events: Sender<E>,
     kill_grace: Duration,
+    /// Commands die with the worker even when it is SIGKILLed (see `command`).
+    die_with_worker: bool,
     running: HashMap<TaskRef, Entry>,
     timers: BinaryHeap<Timer>,
     /// Source of entry ids, so a timer left over from an earlier run of the same `TaskRef` is
@@ -135,10 +137,17 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
             spins: SpinPool::new(events.clone()),
             events,
             kill_grace,
+            die_with_worker: false,
             running: HashMap::new(),
             timers: BinaryHeap::new(),
             next_id: 0,
         }
+    }
+
+    /// Makes commands die with the worker even on SIGKILL, at a cost per spawn (see `command`).
+    pub fn with_tasks_die_with_worker(mut self, on: bool) -> Self {
+        self.die_with_worker = on;
+        self
     }
 
     /// Attempts started and not yet reported finished.
@@ -224,6 +233,7 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
                     spec: spec.clone(),
                     started: now,
                     control: control.clone(),
+                    die_with_worker: self.die_with_worker,
                 };
                 if let Err(e) = command::spawn_supervisor(job, self.events.clone()) {
                     let error = format!("cannot start a supervisor thread: {e}");

@@ -143,6 +143,7 @@ impl Worker {
             },
             heartbeat,
             on_master_lost,
+            tasks_die_with_worker: false,
         };
         let (events, inbox) = mpsc::channel();
         let tx = events.clone();
