@@ -72,11 +72,15 @@ pub fn encoded_len<T: Serialize>(msg: &T) -> usize {
 /// and hands the bytes over with [`FrameDecoder::extend`] (or reads straight into [`FrameDecoder::spare`]).
 ///
 /// Memory is bounded: the buffer holds at most one partial frame (≤ `MAX_FRAME`) plus one read.
+/// Bytes are zeroed only when the buffer grows, never per read: `buf[..]` is all initialised and
+/// the data lives in `buf[start..end]`.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
-    /// Start of the unconsumed bytes in `buf`.
-    pos: usize,
+    /// First unconsumed byte.
+    start: usize,
+    /// One past the last received byte.
+    end: usize,
     /// Sticky: once the stream is broken it stays broken.
     failed: bool,
 }
@@ -88,41 +92,42 @@ impl FrameDecoder {
 
     /// Adds bytes read from the stream.
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.compact();
-        self.buf.extend_from_slice(bytes);
+        let spare = self.spare(bytes.len());
+        spare.copy_from_slice(bytes);
+        self.end += bytes.len();
     }
 
-    /// A writable region of at least `min` bytes at the end of the buffer; call
-    /// [`FrameDecoder::commit`] with how many were filled. Saves a copy when reading from a socket.
-    pub fn spare(&mut self, min: usize) -> &mut [u8] {
+    /// A writable region of exactly `len` bytes after the data; call [`FrameDecoder::commit`] with
+    /// how many were filled. Saves a copy when reading from a socket.
+    pub fn spare(&mut self, len: usize) -> &mut [u8] {
         self.compact();
-        let len = self.buf.len();
-        self.buf.resize(len + min, 0);
-        &mut self.buf[len..]
+        if self.buf.len() < self.end + len {
+            self.buf.resize(self.end + len, 0);
+        }
+        &mut self.buf[self.end..self.end + len]
     }
 
     /// Keeps `n` bytes of the region returned by the last [`FrameDecoder::spare`].
     pub fn commit(&mut self, spare_len: usize, n: usize) {
-        debug_assert!(n <= spare_len);
-        let new_len = self.buf.len() - spare_len + n;
-        self.buf.truncate(new_len);
+        debug_assert!(n <= spare_len && self.end + n <= self.buf.len());
+        self.end += n.min(self.buf.len() - self.end);
     }
 
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.pos
+        self.end - self.start
     }
 
     /// The next whole message, `Ok(None)` if more bytes are needed. After an error every call
     /// returns an error: the stream cannot be resynchronised.
     pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        let avail = &self.buf[self.pos..];
         if self.failed {
             return Err(FrameError::Malformed {
                 len: 0,
                 reason: "stream already broken".into(),
             });
         }
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -136,7 +141,7 @@ impl FrameDecoder {
         }
         if avail.len() < HEADER_LEN + len {
             // Reserve once for the whole frame instead of growing read by read.
-            let need = self.pos + HEADER_LEN + len;
+            let need = self.end - self.start + HEADER_LEN + len;
             if self.buf.capacity() < need {
                 self.buf.reserve(need - self.buf.len());
             }
@@ -144,7 +149,7 @@ impl FrameDecoder {
         }
         let body = &avail[HEADER_LEN..HEADER_LEN + len];
         let result = bincode::serde::decode_from_slice::<T, _>(body, config());
-        self.pos += HEADER_LEN + len;
+        self.start += HEADER_LEN + len;
         match result {
             Ok((msg, used)) if used == len => Ok(Some(msg)),
             Ok((_, used)) => {
@@ -164,20 +169,21 @@ impl FrameDecoder {
         }
     }
 
-    /// Drops consumed bytes so the buffer does not grow with the stream's length.
+    /// Moves unconsumed bytes to the front so the buffer does not grow with the stream's length.
     fn compact(&mut self) {
-        if self.pos == 0 {
-            return;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
         }
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-        } else {
-            self.buf.drain(..self.pos);
-        }
-        self.pos = 0;
         // A connection that once sent a huge frame should not keep that memory forever.
-        if self.buf.capacity() > 1 << 20 && self.buf.len() < 64 << 10 {
-            self.buf.shrink_to(64 << 10);
+        const KEEP: usize = 64 << 10;
+        if self.buf.len() > 1 << 20 && self.end < KEEP {
+            self.buf.truncate(KEEP);
+            self.buf.shrink_to(KEEP);
         }
     }
 }
