@@ -1,0 +1,393 @@
+#!/usr/bin/env bash
+# Ballast benchmark suite (issue 4): workloads W1..W7 of docs/PERFORMANCE.md.
+#
+# Usage: scripts/bench.sh [--no-build] [--only W1,W2,...] [--repeat N]
+#   --no-build      use the binaries already in target/release
+#   --only LIST     run only these workloads (W1 W2 W3 W4 W5 W7; W6 is W2 with the journal on)
+#   --repeat N      runs of each throughput workload (W1, W2, W5); the median is reported (default 3)
+#   BENCH_OUT=DIR   where results.json and the run's logs go (default: bench/ in the repo)
+#   BENCH_TMP=DIR   parent of the scratch folder (default: $TMPDIR or /tmp)
+#
+# Every run starts fresh processes with fresh data dirs in one scratch folder; a trap stops every
+# process this script started (by PID) and removes the folder. It measures and reports; it asserts
+# nothing and exits 0 whatever the figures (non-zero only when a workload cannot run at all).
+# Release build only. About 80 s on the 2-core reference machine (plus the build).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${BENCH_OUT:-$ROOT/bench}
+BUILD=1
+ONLY=""
+REPEAT=3
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-build) BUILD=0 ;;
+        --only) ONLY=",$2,"; shift ;;
+        --repeat) REPEAT=$2; shift ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+want() { [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]]; }
+
+if [ "$BUILD" = 1 ]; then
+    (cd "$ROOT" && cargo build --release --workspace --quiet)
+fi
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+for b in master worker ballast-load; do
+    [ -x "$BIN/$b" ] || { echo "bench.sh: missing $BIN/$b (build first)" >&2; exit 2; }
+done
+
+PIDS=()
+# Stops only what this script started, by PID.
+stop_all() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
+SCRATCH=$(mktemp -d "${BENCH_TMP:-${TMPDIR:-/tmp}}/ballast-bench.XXXXXX")
+cleanup() {
+    stop_all
+    rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Private copies: a build in the shared target dir during the run must not swap binaries under us.
+mkdir -p "$SCRATCH/bin" "$OUT"
+cp "$BIN/master" "$BIN/worker" "$BIN/ballast-load" "$SCRATCH/bin/"
+MASTER=$SCRATCH/bin/master
+WORKER=$SCRATCH/bin/worker
+LOAD=$SCRATCH/bin/ballast-load
+LOGS=$OUT/logs
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
+
+# Timestamps: bash's own clock in ns (µs resolution), read without forking: `$(date +%s%N)` would
+# add a process start to every sample.
+now() { NOW=${EPOCHREALTIME//[.,]/}000; }
+# Milliseconds between two timestamps, with 3 decimals.
+ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e6 }'; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+# utime + stime of a process in clock ticks (our binaries' names have no spaces).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TCK=$(getconf CLK_TCK)
+calc() { awk "BEGIN { printf \"%.${2:-3}f\", $1 }"; }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+json_list() { local IFS=,; echo "[$*]"; }
+# Share of the whole machine busy over 0.5 s before a workload, as "busy%/steal%": other jobs on
+# the machine (builds, tests) show up as busy, a loaded hypervisor as steal, and both in every
+# figure measured next to them.
+host_busy_pct() {
+    local a b
+    a=$(awk '/^cpu / { print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8+$9, $9 }' /proc/stat)
+    sleep 0.5
+    b=$(awk '/^cpu / { print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8+$9, $9 }' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2];
+        if (d <= 0) { print "0/0"; exit }
+        printf "%.0f/%.0f", 100 * (y[1] - x[1]) / d, 100 * (y[3] - x[3]) / d }'
+}
+# JSON string list of host samples.
+json_strs() { local out="" v; for v in "$@"; do out="$out${out:+,}\"$v\""; done; echo "[$out]"; }
+
+# start_master NAME journal|nojournal [extra args]: sets MPID and ADDR.
+start_master() {
+    local name=$1 journal=$2
+    shift 2
+    local dir=$SCRATCH/$name
+    mkdir -p "$dir"
+    local jargs=(--data-dir "$dir/data")
+    [ "$journal" = nojournal ] && jargs=(--no-journal)
+    "$MASTER" serve --listen 127.0.0.1:0 --port-file "$dir/port" "${jargs[@]}" "$@" \
+        >"$LOGS/$name.master.log" 2>&1 &
+    MPID=$!
+    PIDS+=("$MPID")
+    local i
+    for i in $(seq 250); do
+        [ -s "$dir/port" ] && break
+        sleep 0.02
+    done
+    [ -s "$dir/port" ] || { echo "bench.sh: master $name did not start; see $LOGS/$name.master.log" >&2; exit 1; }
+    ADDR=$(cat "$dir/port")
+}
+
+# start_workers NAME N SLOTS: N real worker processes; sets WPIDS.
+start_workers() {
+    local name=$1 n=$2 slots=$3 i
+    WPIDS=()
+    for i in $(seq "$n"); do
+        "$WORKER" --master "$ADDR" --slots "$slots" --name "$name-w$i" \
+            >"$LOGS/$name.worker$i.log" 2>&1 &
+        WPIDS+=("$!")
+        PIDS+=("$!")
+    done
+    wait_alive "$n"
+}
+
+# Waits (at most 60 s) until the master reports N alive workers.
+wait_alive() {
+    local n=$1 i alive=0
+    for i in $(seq 600); do
+        alive=$("$MASTER" status --master "$ADDR" --json 2>/dev/null | grep -o '"alive"' | wc -l || true)
+        [ "$alive" -ge "$n" ] && return 0
+        sleep 0.1
+    done
+    echo "bench.sh: only $alive of $n workers joined" >&2
+    exit 1
+}
+
+tag_of() { if [ "$1" = journal ]; then echo "journal on"; else echo "journal off"; fi; }
+
+# ---- results -------------------------------------------------------------------------------
+# One row per figure: id|workload|value|unit|better(higher/lower)|target|peer label|peer value
+# With a peer, the target is the wanted ratio figure/peer; without, the figure itself.
+ROWS=()
+row() { ROWS+=("$1|$2|$3|$4|$5|$6|$7|$8"); }
+EXTRA=()   # "key": json-value pairs for the details of results.json
+extra() { EXTRA+=("\"$1\": $2"); }
+
+echo "Ballast benchmarks: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), repeat $REPEAT"
+echo "logs in $LOGS"
+
+# ---- W1 spawn ------------------------------------------------------------------------------
+# 5,000 `true` through two one-slot workers, against xargs -P2 measured right before each run.
+for mode in journal nojournal; do
+    want W1 || break
+    xr=() br=() ratios=() busy=()
+    for r in $(seq "$REPEAT"); do
+        busy+=("$(host_busy_pct)")
+        now; t0=$NOW
+        seq 5000 | xargs -P2 -n1 true
+        now; t1=$NOW
+        xr+=("$(calc "5000 / (($t1 - $t0) / 1e9)" 1)")
+        start_master "w1-$mode-$r" "$mode"
+        start_workers "w1-$mode-$r" 2 1
+        now; t0=$NOW
+        "$MASTER" submit --master "$ADDR" --count 5000 --wait -- true >/dev/null
+        now; t1=$NOW
+        br+=("$(calc "5000 / (($t1 - $t0) / 1e9)" 1)")
+        ratios+=("$(calc "${br[-1]} / ${xr[-1]}" 3)")
+        stop_all
+        echo "W1 spawn ($(tag_of $mode)) run $r: ballast ${br[-1]}/s, xargs -P2 ${xr[-1]}/s (host busy/steal ${busy[-1]}% before)"
+    done
+    # The median run by ratio, so that figure and peer come from the same run.
+    mid=$(for i in "${!ratios[@]}"; do echo "${ratios[$i]} $i"; done | sort -g | awk -v n="${#ratios[@]}" 'NR == int((n + 1) / 2) { print $2 }')
+    row W1 "spawn 5k true, 2x1 slots, $(tag_of $mode)" "${br[$mid]}" tasks/s higher 0.95 "xargs -P2" "${xr[$mid]}"
+    extra "w1_${mode}_ballast_tasks_per_s" "$(json_list "${br[@]}")"
+    extra "w1_${mode}_xargs_tasks_per_s" "$(json_list "${xr[@]}")"
+    extra "w1_${mode}_host_busy_steal_pct" "$(json_strs "${busy[@]}")"
+done
+
+# ---- W2 dispatch (journal on is also W6) ---------------------------------------------------
+W2_RATE_JOURNAL=""
+for mode in journal nojournal; do
+    want W2 || break
+    rates=() mcpu=() wcpu=() busy=()
+    for r in $(seq "$REPEAT"); do
+        busy+=("$(host_busy_pct)")
+        start_master "w2-$mode-$r" "$mode"
+        start_workers "w2-$mode-$r" 2 64
+        m0=$(cpu_ticks "$MPID")
+        w0=$(( $(cpu_ticks "${WPIDS[0]}") + $(cpu_ticks "${WPIDS[1]}") ))
+        now; t0=$NOW
+        "$MASTER" submit --master "$ADDR" --count 200000 --sleep 0ms --wait >/dev/null
+        now; t1=$NOW
+        m1=$(cpu_ticks "$MPID")
+        w1=$(( $(cpu_ticks "${WPIDS[0]}") + $(cpu_ticks "${WPIDS[1]}") ))
+        rates+=("$(calc "200000 / (($t1 - $t0) / 1e9)" 0)")
+        mcpu+=("$(calc "($m1 - $m0) / $TCK" 2)")
+        wcpu+=("$(calc "($w1 - $w0) / $TCK" 2)")
+        [ "$r" = 1 ] && extra "w2_${mode}_master_rss_after_kb" "$(rss_kb "$MPID")"
+        stop_all
+        echo "W2 dispatch ($(tag_of $mode)) run $r: ${rates[-1]} tasks/s, master CPU ${mcpu[-1]} s, workers CPU ${wcpu[-1]} s (host busy/steal ${busy[-1]}% before)"
+    done
+    rate=$(printf '%s\n' "${rates[@]}" | median)
+    id=W2; [ "$mode" = journal ] && { id=W2/W6; W2_RATE_JOURNAL=$rate; }
+    row "$id" "dispatch 200k zero-length, $(tag_of $mode)" "$rate" tasks/s higher 200000 "" ""
+    extra "w2_${mode}_tasks_per_s" "$(json_list "${rates[@]}")"
+    extra "w2_${mode}_master_cpu_s" "$(json_list "${mcpu[@]}")"
+    extra "w2_${mode}_workers_cpu_s" "$(json_list "${wcpu[@]}")"
+    extra "w2_${mode}_host_busy_steal_pct" "$(json_strs "${busy[@]}")"
+done
+
+# ---- W3 latency ----------------------------------------------------------------------------
+for mode in journal nojournal; do
+    want W3 || break
+    busy=$(host_busy_pct)
+    start_master "w3-$mode" "$mode"
+    start_workers "w3-$mode" 2 64
+    json=$("$LOAD" latency --master "$ADDR" --count 2000 2>>"$LOGS/w3-$mode.load.log")
+    # The same round trip with a real process (`true`) instead of a synthetic task: the part of
+    # W7 that is not the client's own process start.
+    json_cmd=$("$LOAD" latency --master "$ADDR" --count 200 --command true 2>>"$LOGS/w3-$mode.load.log")
+    stop_all
+    get() { echo "$json" | grep -o "\"$1\":[0-9.]*" | cut -d: -f2; }
+    echo "W3 latency ($(tag_of $mode)): p50 $(get p50_ms) ms, p99 $(get p99_ms) ms (host busy/steal ${busy}% before)"
+    row W3 "latency p50, $(tag_of $mode)" "$(get p50_ms)" ms lower 1 "" ""
+    row W3 "latency p99, $(tag_of $mode)" "$(get p99_ms)" ms lower 5 "" ""
+    row W3 "latency max, $(tag_of $mode)" "$(get max_ms)" ms lower "" "" ""
+    extra "w3_${mode}" "$json"
+    extra "w3_${mode}_command_true" "$json_cmd"
+    extra "w3_${mode}_host_busy_steal_pct" "\"$busy\""
+done
+
+# ---- W4 memory -----------------------------------------------------------------------------
+for mode in journal nojournal; do
+    want W4 || break
+    start_master "w4-$mode" "$mode"
+    sleep 0.3
+    before=$(rss_kb "$MPID")
+    now; t0=$NOW
+    "$MASTER" submit --master "$ADDR" --count 1000000 --sleep 1ms >/dev/null
+    now; t1=$NOW
+    after=$(rss_kb "$MPID")
+    hwm=$(hwm_kb "$MPID")
+    stop_all
+    per_task=$(calc "($after - $before) * 1024 / 1000000" 1)
+    echo "W4 memory ($(tag_of $mode)): RSS $before -> $after KiB, $per_task B per queued task"
+    row W4 "RSS per queued task (1M), $(tag_of $mode)" "$per_task" B lower 1024 "" ""
+    extra "w4_${mode}_rss_before_kb" "$before"
+    extra "w4_${mode}_rss_after_kb" "$after"
+    extra "w4_${mode}_hwm_kb" "$hwm"
+    extra "w4_${mode}_submit_s" "$(calc "($t1 - $t0) / 1e9")"
+done
+
+# ---- W5 fan-in -----------------------------------------------------------------------------
+# 1,000 simulated workers (one ballast-load process, one thread) on one master, journal on.
+if want W5; then
+    rates=() runcpu=() hbcpu=() busy=() rss1000=()
+    for r in $(seq "$REPEAT"); do
+        busy+=("$(host_busy_pct)")
+        start_master "w5-$r" journal
+        "$LOAD" workers --master "$ADDR" --count 1000 --slots 4 --duration 10m \
+            >"$SCRATCH/w5-$r.json" 2>"$LOGS/w5-$r.load.log" &
+        LPID=$!
+        PIDS+=("$LPID")
+        wait_alive 1000
+        sleep 1
+        rss1000+=("$(rss_kb "$MPID")")
+        # Heartbeats only: 1,000 Load frames a second.
+        c0=$(cpu_ticks "$MPID"); now; t0=$NOW
+        sleep 3
+        c1=$(cpu_ticks "$MPID"); now; t1=$NOW
+        hbcpu+=("$(calc "100 * ($c1 - $c0) / $TCK / (($t1 - $t0) / 1e9)" 1)")
+        c0=$(cpu_ticks "$MPID"); now; t0=$NOW
+        "$MASTER" submit --master "$ADDR" --count 200000 --sleep 0ms --wait >/dev/null
+        now; t1=$NOW; c1=$(cpu_ticks "$MPID")
+        secs=$(calc "($t1 - $t0) / 1e9")
+        rates+=("$(calc "200000 / $secs" 0)")
+        runcpu+=("$(calc "100 * ($c1 - $c0) / $TCK / $secs" 1)")
+        kill -TERM "$LPID"
+        wait "$LPID" 2>/dev/null || true
+        [ "$r" = 1 ] && extra w5_load_generator "$(cat "$SCRATCH/w5-$r.json" 2>/dev/null || echo null)"
+        stop_all
+        echo "W5 fan-in run $r: ${rates[-1]} tasks/s, master CPU ${runcpu[-1]}% during, ${hbcpu[-1]}% heartbeats only (host busy/steal ${busy[-1]}% before)"
+    done
+    rate=$(printf '%s\n' "${rates[@]}" | median)
+    # Compared with W2 (journal on) of this same run; without it, the figure stands alone.
+    if [ -n "$W2_RATE_JOURNAL" ]; then
+        row W5 "fan-in 1000 workers x 4, 200k, journal on" "$rate" tasks/s higher 0.5 "W2 journal on" "$W2_RATE_JOURNAL"
+    else
+        row W5 "fan-in 1000 workers x 4, 200k, journal on" "$rate" tasks/s higher "" "" ""
+    fi
+    row W5 "master CPU, heartbeats only" "$(printf '%s\n' "${hbcpu[@]}" | median)" "% core" lower "" "" ""
+    row W5 "master CPU, during the batch" "$(printf '%s\n' "${runcpu[@]}" | median)" "% core" lower "" "" ""
+    row W5 "master RSS with 1000 workers" "$(calc "$(printf '%s\n' "${rss1000[@]}" | median) / 1024" 1)" MiB lower "" "" ""
+    extra w5_tasks_per_s "$(json_list "${rates[@]}")"
+    extra w5_master_cpu_pct_batch "$(json_list "${runcpu[@]}")"
+    extra w5_master_cpu_pct_heartbeats "$(json_list "${hbcpu[@]}")"
+    extra w5_master_rss_kb "$(json_list "${rss1000[@]}")"
+    extra w5_host_busy_steal_pct "$(json_strs "${busy[@]}")"
+fi
+
+# ---- W7 end to end -------------------------------------------------------------------------
+for mode in journal nojournal; do
+    want W7 || break
+    start_master "w7-$mode" "$mode"
+    start_workers "w7-$mode" 2 1
+    sleep 0.5
+    idle=$(rss_kb "$MPID")
+    samples=()
+    for i in $(seq 20); do
+        now; t0=$NOW
+        "$MASTER" submit --master "$ADDR" --wait -- true >/dev/null
+        now; t1=$NOW
+        samples+=("$(ms_between "$t0" "$t1")")
+    done
+    stop_all
+    med=$(printf '%s\n' "${samples[@]}" | median)
+    echo "W7 end to end ($(tag_of $mode)): median $med ms, idle master RSS $idle KiB"
+    row W7 "submit --wait -- true, median, $(tag_of $mode)" "$med" ms lower 3 "" ""
+    if [ "$mode" = journal ]; then
+        row W7 "idle master RSS, 2 workers" "$(calc "$idle / 1024" 1)" MiB lower 10 "" ""
+    fi
+    extra "w7_${mode}_samples_ms" "$(json_list "${samples[@]}")"
+    extra "w7_${mode}_idle_rss_kb" "$idle"
+done
+# The floor under W7: the client binary starting and exiting, no master involved.
+if want W7; then
+    floor=()
+    for i in $(seq 20); do
+        now; t0=$NOW
+        "$MASTER" --version >/dev/null
+        now; t1=$NOW
+        floor+=("$(ms_between "$t0" "$t1")")
+    done
+    extra w7_process_floor_median_ms "$(printf '%s\n' "${floor[@]}" | median)"
+fi
+
+# ---- report --------------------------------------------------------------------------------
+printf '\n%-6s %-44s %11s %-8s %-26s %7s\n' id workload figure unit "peer / target" ratio
+json_rows=()
+for r in "${ROWS[@]}"; do
+    IFS='|' read -r id name value unit better target peer_label peer <<<"$r"
+    ratio="" ref="" met=null
+    if [ -n "$peer" ]; then
+        ratio=$(calc "$value / $peer" 2)
+        met=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r >= t) ? "true" : "false" }')
+        ref="$peer_label $peer, want >= ${target}x"
+    elif [ -n "$target" ]; then
+        ratio=$(calc "$value / $target" 2)
+        if [ "$better" = higher ]; then
+            ref="target >= $target"
+            met=$(awk -v v="$value" -v t="$target" 'BEGIN { print (v >= t) ? "true" : "false" }')
+        else
+            ref="target < $target"
+            met=$(awk -v v="$value" -v t="$target" 'BEGIN { print (v < t) ? "true" : "false" }')
+        fi
+    fi
+    printf '%-6s %-44s %11s %-8s %-26s %7s\n' "$id" "$name" "$value" "$unit" "$ref" "${ratio:+${ratio}x}"
+    json_rows+=("{\"id\": \"$id\", \"workload\": \"$name\", \"value\": $value, \"unit\": \"$unit\", \"better\": \"$better\", \"target\": ${target:-null}, \"peer_label\": \"$peer_label\", \"peer\": ${peer:-null}, \"ratio\": ${ratio:-null}, \"met\": $met}")
+done
+
+git_state=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null) || git_state="$git_state+dirty"
+{
+    echo "{"
+    echo "  \"date\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\","
+    echo "  \"git\": \"$git_state\","
+    echo "  \"repeat\": $REPEAT,"
+    echo "  \"machine\": {\"cpu\": \"$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)\", \"cores\": $(nproc), \"mem_kb\": $(awk '/MemTotal/ { print $2 }' /proc/meminfo), \"kernel\": \"$(uname -r)\", \"loadavg_at_end\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"},"
+    echo "  \"rows\": ["
+    for i in "${!json_rows[@]}"; do
+        sep=","; [ "$i" -eq $(( ${#json_rows[@]} - 1 )) ] && sep=""
+        echo "    ${json_rows[$i]}$sep"
+    done
+    echo "  ],"
+    echo "  \"details\": {"
+    for i in "${!EXTRA[@]}"; do
+        sep=","; [ "$i" -eq $(( ${#EXTRA[@]} - 1 )) ] && sep=""
+        echo "    ${EXTRA[$i]}$sep"
+    done
+    echo "  }"
+    echo "}"
+} >"$OUT/results.json"
+echo
+echo "wrote $OUT/results.json"
