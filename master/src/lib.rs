@@ -5,3 +5,4 @@ pub mod core;
 pub mod journal;
 pub mod server;
 pub mod sim;
+pub mod taskfile;

@@ -13,7 +13,6 @@ mod results;
 mod session;
 mod status;
 mod submit;
-mod taskfile;
 mod view;
 mod wait;
 

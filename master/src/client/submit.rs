@@ -7,7 +7,7 @@ use super::error::{ClientError, Result};
 use super::ids::{self, IdRange};
 use super::session::{unexpected, Requester};
 use super::wait::wait_batches;
-use super::{taskfile, view, ConnArgs, Outcome, FRAME_BUDGET};
+use super::{view, ConnArgs, Outcome, FRAME_BUDGET};
 use protocol::codec::encoded_len;
 use protocol::duration::parse_duration;
 use protocol::{FromMaster, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME};
@@ -71,28 +71,17 @@ pub struct SubmitArgs {
     pub command: Vec<String>,
 }
 
-/// Spec fields the command line sets and a task file line may override.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpecDefaults {
-    pub priority: i32,
-    pub size: f64,
-    pub timeout_ms: Option<u64>,
-    pub max_retries: u32,
-    pub retry_failed: u32,
-    pub group: Option<String>,
-}
+pub use master::taskfile::SpecDefaults;
 
-impl SpecDefaults {
-    pub fn spec(&self, kind: TaskKind) -> TaskSpec {
-        let mut spec = TaskSpec::new(kind);
-        spec.priority = self.priority;
-        spec.size = self.size;
-        spec.timeout_ms = self.timeout_ms;
-        spec.max_retries = self.max_retries;
-        spec.retry_failed = self.retry_failed;
-        spec.group = self.group.clone();
-        spec
+/// A task file's specs, each checked to fit a frame on its own.
+fn parse_task_file(text: &str, origin: &str, defaults: &SpecDefaults) -> Result<Vec<TaskSpec>> {
+    let specs = master::taskfile::parse(text, origin, defaults)
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    for (i, spec) in specs.iter().enumerate() {
+        check_frame_size(spec)
+            .map_err(|e| ClientError::Usage(format!("{origin}: task {}: {e}", i + 1)))?;
     }
+    Ok(specs)
 }
 
 /// Whole milliseconds, saturating (parse_duration already caps values far below u64::MAX ms).
@@ -185,7 +174,7 @@ impl SubmitArgs {
             }
             Source::File(path) => {
                 let (text, origin) = read_task_file(path)?;
-                taskfile::parse(&text, &origin, &defaults)
+                parse_task_file(&text, &origin, &defaults)
             }
         }
     }

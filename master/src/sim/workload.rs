@@ -17,11 +17,8 @@
 
 use super::SimError;
 use crate::core::policy::SplitMix64;
-use protocol::duration::parse_duration;
+use crate::taskfile::{self, SpecDefaults};
 use protocol::{TaskKind, TaskSpec};
-use serde::Deserialize;
-use serde_json::Value;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -238,24 +235,6 @@ pub fn exponential(rng: &mut SplitMix64, rate: f64) -> f64 {
     -(1.0 - unit(rng)).ln() / rate
 }
 
-/// One line of a task file, as `master submit --file` reads it. Unknown fields are refused so a
-/// typo is not silently ignored.
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    cmd: Option<Vec<String>>,
-    priority: Option<i32>,
-    size: Option<f64>,
-    timeout: Option<Value>,
-    sleep: Option<Value>,
-    spin: Option<Value>,
-    retries: Option<u32>,
-    retry_failed: Option<u32>,
-    group: Option<String>,
-    env: Option<BTreeMap<String, String>>,
-    cwd: Option<String>,
-}
-
 fn read_file(path: &Path, retries: u32) -> Result<Vec<TaskSpec>, SimError> {
     let origin = path.display().to_string();
     let io = |e: std::io::Error| SimError::Io {
@@ -276,74 +255,15 @@ fn read_file(path: &Path, retries: u32) -> Result<Vec<TaskSpec>, SimError> {
     parse(&text, &origin, retries)
 }
 
-/// Parses a task file's text; `origin` names it in errors.
+/// Parses a task file's text with the same rules as `master submit --file`; `origin` names it in
+/// errors. Lines without `retries` get `retries`.
 pub fn parse(text: &str, origin: &str, retries: u32) -> Result<Vec<TaskSpec>, SimError> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut specs = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let spec = parse_line(trimmed, retries).map_err(|why| SimError::Workload {
-            origin: format!("{origin} line {}", index + 1),
-            why,
-        })?;
-        specs.push(spec);
-    }
-    if specs.is_empty() {
-        return Err(SimError::Workload {
-            origin: origin.to_string(),
-            why: "no tasks".into(),
-        });
-    }
-    Ok(specs)
-}
-
-fn parse_line(text: &str, retries: u32) -> Result<TaskSpec, String> {
-    let line: Line = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let kind = match (&line.cmd, &line.sleep, &line.spin) {
-        (Some(argv), None, None) => TaskKind::Command {
-            argv: argv.clone(),
-            env: line.env.clone().unwrap_or_default().into_iter().collect(),
-            cwd: line.cwd.clone(),
-        },
-        (None, Some(d), None) => TaskKind::Sleep {
-            ms: duration_ms(d, "sleep")?,
-        },
-        (None, None, Some(d)) => TaskKind::Spin {
-            ms: duration_ms(d, "spin")?,
-        },
-        (None, None, None) => return Err("nothing to run: give one of cmd, sleep or spin".into()),
-        _ => return Err("give only one of cmd, sleep or spin".into()),
+    let defaults = SpecDefaults {
+        max_retries: retries,
+        ..SpecDefaults::default()
     };
-    let mut spec = TaskSpec {
-        max_retries: line.retries.unwrap_or(retries),
-        ..TaskSpec::new(kind)
-    };
-    if let Some(p) = line.priority {
-        spec.priority = p;
-    }
-    if let Some(s) = line.size {
-        spec.size = s;
-    }
-    if let Some(t) = &line.timeout {
-        spec.timeout_ms = Some(duration_ms(t, "timeout")?);
-    }
-    if let Some(r) = line.retry_failed {
-        spec.retry_failed = r;
-    }
-    spec.group = line.group;
-    spec.validate()?;
-    Ok(spec)
-}
-
-fn duration_ms(value: &Value, field: &str) -> Result<u64, String> {
-    let parsed = match value {
-        Value::String(s) => parse_duration(s),
-        Value::Number(n) => parse_duration(&n.to_string()),
-        _ => Err(format!("must be a duration such as \"250ms\", got {value}")),
-    };
-    let d = parsed.map_err(|e| format!("{field}: {e}"))?;
-    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    taskfile::parse(text, origin, &defaults).map_err(|e| SimError::Workload {
+        origin: e.at,
+        why: e.why,
+    })
 }

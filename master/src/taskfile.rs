@@ -1,13 +1,12 @@
-//! `submit --file`: one task per JSON line,
-//! `{"cmd": [...], "priority": 0, "size": 1, "timeout": "5s", "sleep": "20ms", "spin": "20ms",
-//!   "retries": 3, "env": {"K": "V"}, "cwd": "/tmp"}`.
+//! Task files, as `master submit --file` and `master simulate --workload FILE` read them: one task
+//! per JSON line, `{"cmd": [...], "priority": 0, "size": 1, "timeout": "5s", "sleep": "20ms",
+//! "spin": "20ms", "retries": 3, "retry_failed": 0, "group": "g", "env": {"K": "V"}, "cwd": "/tmp"}`.
 //! Each line names exactly one of `cmd`, `sleep`, `spin`; fields it leaves out come from the
-//! command line. Blank lines and lines starting with `#` are skipped. Every error names the line.
+//! defaults (the command line). Blank lines and lines starting with `#` are skipped. Every error
+//! names the line.
 
-use super::error::{ClientError, Result};
-use super::submit::{check_frame_size, duration_ms, SpecDefaults};
 use protocol::duration::parse_duration;
-use protocol::{TaskKind, TaskSpec};
+use protocol::{TaskKind, TaskSpec, DEFAULT_MAX_RETRIES};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -26,13 +25,64 @@ struct Line {
     sleep: Option<Value>,
     spin: Option<Value>,
     retries: Option<u32>,
+    retry_failed: Option<u32>,
+    group: Option<String>,
     /// Ordered, so the same file always produces the same spec.
     env: Option<BTreeMap<String, String>>,
     cwd: Option<String>,
 }
 
+/// Spec fields the command line sets and a task file line may override.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecDefaults {
+    pub priority: i32,
+    pub size: f64,
+    pub timeout_ms: Option<u64>,
+    pub max_retries: u32,
+    pub retry_failed: u32,
+    pub group: Option<String>,
+}
+
+impl Default for SpecDefaults {
+    fn default() -> Self {
+        SpecDefaults {
+            priority: 0,
+            size: 1.0,
+            timeout_ms: None,
+            max_retries: DEFAULT_MAX_RETRIES,
+            retry_failed: 0,
+            group: None,
+        }
+    }
+}
+
+impl SpecDefaults {
+    pub fn spec(&self, kind: TaskKind) -> TaskSpec {
+        let mut spec = TaskSpec::new(kind);
+        spec.priority = self.priority;
+        spec.size = self.size;
+        spec.timeout_ms = self.timeout_ms;
+        spec.max_retries = self.max_retries;
+        spec.retry_failed = self.retry_failed;
+        spec.group = self.group.clone();
+        spec
+    }
+}
+
+/// What is wrong with a task file, and where ("tasks.jsonl line 3", or just the file).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{at}: {why}")]
+pub struct TaskFileError {
+    pub at: String,
+    pub why: String,
+}
+
 /// Parses a whole task file. `origin` names it in errors ("tasks.jsonl line 3: ...").
-pub fn parse(text: &str, origin: &str, defaults: &SpecDefaults) -> Result<Vec<TaskSpec>> {
+pub fn parse(
+    text: &str,
+    origin: &str,
+    defaults: &SpecDefaults,
+) -> Result<Vec<TaskSpec>, TaskFileError> {
     // A byte-order mark from some editors is not JSON.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut specs = Vec::new();
@@ -41,12 +91,17 @@ pub fn parse(text: &str, origin: &str, defaults: &SpecDefaults) -> Result<Vec<Ta
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let spec = parse_line(trimmed, defaults)
-            .map_err(|e| ClientError::Usage(format!("{origin} line {}: {e}", index + 1)))?;
+        let spec = parse_line(trimmed, defaults).map_err(|why| TaskFileError {
+            at: format!("{origin} line {}", index + 1),
+            why,
+        })?;
         specs.push(spec);
     }
     if specs.is_empty() {
-        return Err(ClientError::Usage(format!("{origin} has no tasks")));
+        return Err(TaskFileError {
+            at: origin.to_string(),
+            why: "no tasks".into(),
+        });
     }
     Ok(specs)
 }
@@ -84,8 +139,13 @@ fn parse_line(text: &str, defaults: &SpecDefaults) -> std::result::Result<TaskSp
     if let Some(r) = line.retries {
         spec.max_retries = r;
     }
+    if let Some(r) = line.retry_failed {
+        spec.retry_failed = r;
+    }
+    if line.group.is_some() {
+        spec.group = line.group;
+    }
     spec.validate()?;
-    check_frame_size(&spec)?;
     Ok(spec)
 }
 
@@ -96,6 +156,11 @@ fn duration(value: &Value, field: &str) -> std::result::Result<Duration, String>
         _ => Err(format!("must be a duration such as \"250ms\", got {value}")),
     };
     parsed.map_err(|e| format!("{field}: {e}"))
+}
+
+/// Whole milliseconds, saturating.
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// serde_json ends its messages with "at line 1 column N", which would contradict our line
@@ -233,6 +298,18 @@ mod tests {
         assert!(err(r#"{"sleep": "1s", "cwd": "/"}"#).ends_with("env and cwd apply only to cmd"));
         assert!(err(r#"{"sleep": "1s", "size": -1}"#).contains("size must be"));
         assert!(err("{not json").starts_with("t.jsonl line 1: "));
-        assert_eq!(err("# only a comment\n\n"), "t.jsonl has no tasks");
+        assert_eq!(err("# only a comment\n\n"), "t.jsonl: no tasks");
+    }
+
+    #[test]
+    fn group_and_retry_failed_per_line() {
+        let specs = parse(
+            r#"{"sleep": "1s", "group": "gpu", "retry_failed": 2}"#,
+            "t.jsonl",
+            &defaults(),
+        )
+        .expect("valid");
+        assert_eq!(specs[0].group.as_deref(), Some("gpu"));
+        assert_eq!(specs[0].retry_failed, 2);
     }
 }
