@@ -137,6 +137,9 @@ struct Conn {
 const SWEEP_INTERVAL_MS: u64 = 100;
 /// Per-task log lines beyond this many per second go to `debug`, with a summary at `info`.
 const TASK_LINES_PER_SECOND: u32 = 20;
+/// One submission may create at most this many tasks (about 1 GiB of task records): a client
+/// cannot make the master allocate without bound in one request.
+const MAX_TASKS_PER_SUBMIT: u64 = 10_000_000;
 /// Retry backoff after a failed run: 200 ms, doubling, at most 30 s.
 const RETRY_BACKOFF_BASE_MS: u64 = 200;
 const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
@@ -857,9 +860,10 @@ impl Core {
                 let report = self.status();
                 self.send(conn, FromMaster::Status(report));
             }
-            ToMaster::Results { ids } => self.on_results(conn, ids),
-            ToMaster::Wait { ids, progress } => self.on_wait(conn, ids, progress),
-            ToMaster::Cancel { ids } => self.on_cancel(now_ms, conn, ids),
+            // Repeated ids would cost work and reply bytes per repeat (a 16 MiB frame holds ~2M).
+            ToMaster::Results { ids } => self.on_results(conn, unique(ids)),
+            ToMaster::Wait { ids, progress } => self.on_wait(conn, unique(ids), progress),
+            ToMaster::Cancel { ids } => self.on_cancel(now_ms, conn, unique(ids)),
             other => self.protocol_error(
                 now_ms,
                 conn,
@@ -871,6 +875,15 @@ impl Core {
     fn on_submit(&mut self, now_ms: u64, conn: ConnId, specs: Vec<TaskSpec>, count: u32) {
         if specs.is_empty() || count == 0 {
             return self.error(conn, "nothing to submit".into());
+        }
+        let asked = specs.len() as u64 * count as u64;
+        if asked > MAX_TASKS_PER_SUBMIT {
+            return self.error(
+                conn,
+                format!(
+                    "{asked} tasks in one submission; at most {MAX_TASKS_PER_SUBMIT} at a time"
+                ),
+            );
         }
         for (i, spec) in specs.iter().enumerate() {
             if let Err(e) = spec.validate() {
@@ -1138,6 +1151,12 @@ impl Core {
             }
         }
     }
+}
+
+/// `ids` without repeats, first occurrence kept.
+fn unique(ids: Vec<TaskId>) -> Vec<TaskId> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    ids.into_iter().filter(|id| seen.insert(*id)).collect()
 }
 
 fn queue_key(order: QueueOrder, id: TaskId, t: &Task) -> QueueKey {

@@ -982,3 +982,57 @@ fn group_tasks_run_only_in_their_group() {
         2
     );
 }
+
+#[test]
+fn repeated_ids_cost_once_and_huge_submissions_are_refused() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    h.finish(w, ids[0], 1, exited(0));
+    let out = h.msg(
+        c,
+        ToMaster::Results {
+            ids: vec![ids[0]; 10_000],
+        },
+    );
+    match &out[..] {
+        [Output::Send {
+            msg: FromMaster::Results { tasks, more: false },
+            ..
+        }] => {
+            assert_eq!(tasks.len(), 1)
+        }
+        other => panic!("{other:?}"),
+    }
+    let out = h.msg(
+        c,
+        ToMaster::Wait {
+            ids: vec![ids[0]; 3],
+            progress: false,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Output::Send {
+            conn: c,
+            msg: FromMaster::WaitDone {
+                total: 1,
+                succeeded: 1,
+                failed: 0
+            }
+        }]
+    );
+    let out = h.msg(
+        c,
+        ToMaster::Submit {
+            specs: vec![sleep_spec(0), sleep_spec(0)],
+            count: 6_000_000,
+        },
+    );
+    assert!(
+        matches!(&out[..], [Output::Send { msg: FromMaster::Error { message }, .. }] if message.contains("at most")),
+        "{out:?}"
+    );
+    assert_eq!(h.core.status().queued, 0, "nothing was created");
+}
