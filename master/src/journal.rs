@@ -553,6 +553,16 @@ fn prepare(conn: &Connection, path: &Path) -> Result<(), JournalError> {
 
 /// Reads what kind of file this is. The first statement that reads the file, so a garbage file
 /// fails here, as `NotADatabase`.
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [name],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+}
+
 fn inspect(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
     let sql = |e| classify(path, e);
     let tables: i64 = conn
@@ -562,15 +572,7 @@ fn inspect(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
             |r| r.get(0),
         )
         .map_err(sql)?;
-    let has_version = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schema_version'",
-            [],
-            |_| Ok(()),
-        )
-        .optional()
-        .map_err(sql)?
-        .is_some();
+    let has_version = table_exists(conn, "schema_version").map_err(sql)?;
     match (has_version, tables) {
         (false, 0) => return Ok(Found::Empty),
         (false, _) => {
@@ -608,15 +610,7 @@ fn inspect(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
     // Version 1 changed in place before its release (per-task `finals` rows became
     // `final_batches`): a file from such a build must be refused by name, not fail later as
     // "no such table".
-    let has_final_batches = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'final_batches'",
-            [],
-            |_| Ok(()),
-        )
-        .optional()
-        .map_err(sql)?
-        .is_some();
+    let has_final_batches = table_exists(conn, "final_batches").map_err(sql)?;
     if !has_final_batches {
         return Err(bad(
             "version 1 without table final_batches: written by a pre-release build; \

@@ -101,6 +101,11 @@ impl Cluster {
 
     pub fn add_worker_with(&mut self, name: &str, slots: u32, extra: &[&str]) {
         let log = File::create(self.dir.join(format!("{name}.log"))).expect("log file");
+        self.spawn_worker(name, slots, extra, log);
+    }
+
+    /// Starts a worker process logging to `log` and remembers it under `name`.
+    fn spawn_worker(&mut self, name: &str, slots: u32, extra: &[&str], log: File) {
         let child = Command::new(worker_bin())
             .args(["--master", &self.addr, "--name", name, "--slots"])
             .arg(slots.to_string())
@@ -253,16 +258,7 @@ impl Cluster {
             .append(true)
             .open(self.dir.join(format!("{name}.log")))
             .expect("log file");
-        let child = Command::new(worker_bin())
-            .args(["--master", &self.addr, "--name", name, "--slots"])
-            .arg(slots.to_string())
-            .args(extra)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("worker starts");
-        self.workers.push((name.to_string(), child));
+        self.spawn_worker(name, slots, extra, log);
     }
 
     /// The exit status of worker `name` if it has exited (without blocking).
