@@ -482,6 +482,7 @@ fn open_journal(
                 id: t.id,
                 state: f.state,
                 exit_code: f.exit_code,
+                copies: u32::from(f.worker.is_some()), // TODO(copies): from the journal
                 worker: f.worker,
                 attempts: f.attempts,
                 priority: 0, // comes from the spec

@@ -219,6 +219,7 @@ mod tests {
                 max_retries: 1,
                 retry_failed: 0,
                 group: None,
+                replicas: 1,
             }
         );
         assert_eq!(
@@ -231,6 +232,7 @@ mod tests {
                 max_retries: 0,
                 retry_failed: 0,
                 group: None,
+                replicas: 1,
             }
         );
         assert_eq!(specs[2].kind, TaskKind::Spin { ms: 1_500 });

@@ -206,6 +206,7 @@ mod tests {
                     slots: 2,
                     pid: 7,
                     group: Some("g".into()),
+                    prefetch: 3,
                 }),
                 auth: vec![1, 2, 3],
             },
@@ -235,6 +236,10 @@ mod tests {
                 run_ms: 5,
             }]),
             ToMaster::Status,
+            ToMaster::Retracted(vec![TaskRef {
+                task: TaskId(4),
+                attempt: Attempt(1),
+            }]),
         ]
     }
 

@@ -70,9 +70,20 @@ pub struct TaskSpec {
     /// Only workers of this group may run it; `None`: any worker.
     #[serde(default)]
     pub group: Option<String>,
+    /// Run this many copies at once, on distinct workers; the first success wins and the other
+    /// copies are cancelled. 1 for an ordinary task.
+    #[serde(default = "one")]
+    pub replicas: u32,
 }
 
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
+
+/// The most copies one task may ask for (`replicas`).
+pub const MAX_REPLICAS: u32 = 64;
+
+fn one() -> u32 {
+    1
+}
 
 impl TaskSpec {
     pub fn new(kind: TaskKind) -> Self {
@@ -84,6 +95,7 @@ impl TaskSpec {
             max_retries: DEFAULT_MAX_RETRIES,
             retry_failed: 0,
             group: None,
+            replicas: 1,
         }
     }
 
@@ -103,6 +115,12 @@ impl TaskSpec {
         if self.timeout_ms == Some(0) {
             return Err("timeout must be greater than zero".into());
         }
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(format!(
+                "replicas must be 1 to {MAX_REPLICAS}, got {}",
+                self.replicas
+            ));
+        }
         Ok(())
     }
 }
@@ -117,6 +135,10 @@ pub struct WorkerInfo {
     pub pid: u32,
     /// The group (network, pool) this worker serves; `None`: the default pool.
     pub group: Option<String>,
+    /// How many tasks beyond `slots` it will hold, not yet started, to hide dispatch latency. The
+    /// master may take them back (`Retract`) to run them elsewhere.
+    #[serde(default)]
+    pub prefetch: u32,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -220,6 +242,9 @@ pub enum ToMaster {
     /// From workers, right after `Welcome`: the attempts this worker is running now (empty on a fresh
     /// start). After a reconnect or a master restart the master adopts them instead of re-running.
     Running(Vec<TaskRef>),
+    /// From workers, answering `Retract`: the attempts given back, never started. Asked-for attempts
+    /// missing here had started (or finished) and will report as usual.
+    Retracted(Vec<TaskRef>),
 }
 
 /// Where a task is in its life; the last five are final.
@@ -277,7 +302,9 @@ pub struct WorkerStatus {
     pub addr: String,
     pub state: WorkerState,
     pub slots: u32,
-    /// Tasks the master has handed this worker that have not finished.
+    /// Tasks it may hold beyond its slots, not yet started.
+    pub prefetch: u32,
+    /// Tasks the master has handed this worker that have not finished (prefetched ones included).
     pub running: u32,
     pub cpu_percent: f32,
     pub load_avg_1m: f32,
@@ -307,6 +334,9 @@ pub struct TaskResult {
     /// Name of the worker that produced the outcome (or runs the task now).
     pub worker: Option<String>,
     pub attempts: u32,
+    /// How many copies of the task ran for this outcome: 1 for an ordinary task, up to `replicas`
+    /// (plus a speculative copy) for a redundant one, 0 if it never ran.
+    pub copies: u32,
     pub priority: i32,
     /// Milliseconds since the Unix epoch.
     pub submitted_ms: u64,
@@ -338,6 +368,8 @@ pub enum FromMaster {
     // To workers.
     Assign(Vec<Assignment>),
     Cancel(Vec<TaskRef>),
+    /// Give back these attempts if they have not started; answered by `Retracted`.
+    Retract(Vec<TaskRef>),
     // To clients.
     /// Ids `first .. first + count` were accepted.
     Submitted {

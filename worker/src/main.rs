@@ -121,6 +121,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             slots: args.slots.unwrap_or(cpus),
             pid,
             group: args.group.filter(|g| !g.is_empty()),
+            prefetch: 0,
         },
         heartbeat: args.heartbeat,
         on_master_lost: match args.on_master_lost {

@@ -354,6 +354,7 @@ impl SimThread {
                 slots,
                 pid: std::process::id(),
                 group: None,
+                prefetch: 0,
             };
             let (stream, decoder, hb_ms) = handshake(addr, token, info)
                 .with_context(|| format!("simulated worker {n} connecting to {addr}"))?;

@@ -68,6 +68,7 @@ fn variant_name(msg: &FromMaster) -> &'static str {
         FromMaster::Rejected { .. } => "Rejected",
         FromMaster::Assign(_) => "Assign",
         FromMaster::Cancel(_) => "Cancel",
+        FromMaster::Retract(_) => "Retract",
         FromMaster::Submitted { .. } => "Submitted",
         FromMaster::Status(_) => "Status",
         FromMaster::Results { .. } => "Results",

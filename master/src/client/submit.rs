@@ -345,6 +345,7 @@ mod tests {
                 max_retries: 0,
                 retry_failed: 0,
                 group: None,
+                replicas: 1,
             }]
         );
     }

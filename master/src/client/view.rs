@@ -366,6 +366,7 @@ mod tests {
                     mem_used: 1,
                     mem_total: 2,
                     done: 17,
+                    prefetch: 0,
                 },
                 WorkerStatus {
                     id: WorkerId(2),
@@ -381,6 +382,7 @@ mod tests {
                     mem_used: 0,
                     mem_total: 0,
                     done: 123456,
+                    prefetch: 0,
                 },
             ],
             queued: 10,
@@ -408,6 +410,7 @@ mod tests {
             stdout: "out\nline".into(),
             stderr: String::new(),
             error: done.then(|| "timed out after 250ms".into()),
+            copies: 1,
         }
     }
 

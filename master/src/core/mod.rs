@@ -435,6 +435,7 @@ impl Core {
                     WorkerState::Dead
                 },
                 slots: w.info.slots,
+                prefetch: w.info.prefetch,
                 running: w.assigned.len() as u32,
                 cpu_percent: w.load.cpu_percent,
                 load_avg_1m: w.load.load_avg_1m,
@@ -1073,6 +1074,7 @@ impl Core {
                 .and_then(|w| self.workers.name(w))
                 .map(str::to_string),
             attempts: t.attempt.0,
+            copies: u32::from(t.worker.is_some()),
             priority: t.spec.priority,
             submitted_ms: t.submitted_ms,
             started_ms: t.started_ms,
@@ -1214,6 +1216,7 @@ fn name(msg: &ToMaster) -> &'static str {
         ToMaster::Wait { .. } => "Wait",
         ToMaster::Cancel { .. } => "Cancel",
         ToMaster::Running(_) => "Running",
+        ToMaster::Retracted(_) => "Retracted",
     }
 }
 

@@ -176,6 +176,7 @@ fn spec() -> BoxedStrategy<TaskSpec> {
                 max_retries,
                 retry_failed,
                 group,
+                replicas: 1,
             },
         )
         .boxed()
@@ -194,6 +195,7 @@ fn worker_info() -> BoxedStrategy<WorkerInfo> {
             slots,
             pid: 1,
             group,
+            prefetch: 0,
         })
         .boxed()
 }
@@ -405,6 +407,7 @@ impl World {
                             stdout: String::new(),
                             stderr: String::new(),
                             error: None,
+                            copies: 1,
                         }),
                     }
                 })
@@ -472,6 +475,7 @@ impl World {
                         slots: 1 + (pick / 9 % 3) as u32,
                         pid: 1,
                         group: (pick / 27 % 4 == 0).then(|| "g".to_string()),
+                        prefetch: 0,
                     });
                     let h = HelloSpec {
                         version_ok: true,
@@ -716,6 +720,7 @@ impl World {
                 slots: 2,
                 pid: 1,
                 group: group.map(str::to_string),
+                prefetch: 0,
             }),
         );
         assert_eq!(self.slots[slot].welcomed, Some(true), "{name} joined");

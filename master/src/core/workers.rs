@@ -97,6 +97,7 @@ impl WorkerTable {
                 slots: 0,
                 pid: 0,
                 group: None,
+                prefetch: 0,
             },
             addr: String::new(),
             conn: None,

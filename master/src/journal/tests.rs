@@ -60,6 +60,7 @@ fn command_spec() -> TaskSpec {
         max_retries: 1,
         retry_failed: 2,
         group: Some("gpu".into()),
+        replicas: 1,
     }
 }
 

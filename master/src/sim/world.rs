@@ -512,6 +512,7 @@ impl<'a> World<'a> {
             slots: spec.slots,
             pid: worker + 1,
             group: Some(format!("g{}", spec.group)),
+            prefetch: 0,
         };
         let conn = self.new_conn(Owner::Worker(worker));
         let nonce = self.nonce();

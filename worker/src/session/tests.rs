@@ -140,6 +140,7 @@ impl Worker {
                 slots: 2,
                 pid: std::process::id(),
                 group: None,
+                prefetch: 0,
             },
             heartbeat,
             on_master_lost,
