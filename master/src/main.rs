@@ -73,6 +73,18 @@ struct ServeArgs {
     /// Keep everything in memory only: a restart forgets all tasks (benchmarks, throwaway runs).
     #[arg(long)]
     no_journal: bool,
+    /// When a slot is idle and nothing is queued, start a second copy of any task that has run
+    /// longer than F times its estimate (its size times the run time per unit of size seen so
+    /// far); the first success wins. F must be at least 1.
+    #[arg(long, value_name = "F", value_parser = parse_speculate)]
+    speculate: Option<f64>,
+}
+
+fn parse_speculate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f >= 1.0 => Ok(f),
+        _ => Err(format!("expected a number >= 1, got {s:?}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -115,6 +127,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             heartbeat_interval_ms,
             heartbeat_timeout_ms,
             token,
+            speculate: args.speculate,
             ..CoreConfig::default()
         },
         max_connections: args.max_connections,

@@ -18,19 +18,23 @@
 pub mod policy;
 mod pools;
 pub mod queue;
+mod rebalance;
+mod speculation;
 mod tasks;
 mod wait;
 mod workers;
 
 use log::{debug, info, log, warn, Level};
 use policy::{PolicyKind, QueueOrder};
-use pools::Pools;
+use pools::{Next, Pools};
 use protocol::{
     auth, Assignment, Completion, FromMaster, LoadReport, Role, StatusReport, TaskId, TaskOutcome,
     TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo, WorkerState,
     WorkerStatus, PROTOCOL_VERSION,
 };
 use queue::QueueKey;
+use rebalance::Unstarted;
+use speculation::RunEstimate;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tasks::{settle, FinalResult, Task, TaskTable};
@@ -61,6 +65,9 @@ pub struct CoreConfig {
     /// After a restart, unfinished tasks wait this long for their workers to reconnect and claim
     /// them before they are run again.
     pub recovery_grace_ms: u64,
+    /// Start a copy of a task running longer than this many times its size-scaled estimate, when
+    /// a slot is idle (`master --speculate F`); `None`: never.
+    pub speculate: Option<f64>,
 }
 
 impl Default for CoreConfig {
@@ -75,6 +82,7 @@ impl Default for CoreConfig {
             token: None,
             persist: false,
             recovery_grace_ms: 5_000,
+            speculate: None,
         }
     }
 }
@@ -143,6 +151,8 @@ const MAX_TASKS_PER_SUBMIT: u64 = 10_000_000;
 /// Retry backoff after a failed run: 200 ms, doubling, at most 30 s.
 const RETRY_BACKOFF_BASE_MS: u64 = 200;
 const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
+/// A worker may prefetch at most this many tasks beyond its slots.
+const MAX_PREFETCH: u32 = 1024;
 /// Reply frames are kept well under `MAX_FRAME`.
 const REPLY_FRAME_BUDGET: usize = 4 << 20;
 
@@ -164,6 +174,15 @@ pub struct Core {
     /// a restart. Ordered by release time.
     holds: BTreeSet<(u64, TaskId)>,
     held: HashMap<TaskId, u64>,
+    /// Tasks given back by a worker (`Retracted`), and that worker: the next placement of each
+    /// goes elsewhere if it can, or rebalancing could hand it straight back.
+    avoid: HashMap<TaskId, WorkerId>,
+    /// Unstarted runs on prefetching workers, for displacement by higher priorities.
+    unstarted: Unstarted,
+    /// Live workers that prefetch; rebalancing has nothing to do while there are none.
+    prefetching: usize,
+    /// Run time per unit of `size`, for speculation.
+    estimate: RunEstimate,
     chatter: Chatter,
 }
 
@@ -182,6 +201,10 @@ impl Core {
             next_sweep_ms: None,
             holds: BTreeSet::new(),
             held: HashMap::new(),
+            avoid: HashMap::new(),
+            unstarted: Unstarted::default(),
+            prefetching: 0,
+            estimate: RunEstimate::default(),
             chatter: Chatter::default(),
         }
     }
@@ -205,6 +228,7 @@ impl Core {
                         stderr: r.stderr,
                         error: r.error,
                     },
+                    copies: r.copies,
                 }),
                 None => None,
             };
@@ -339,6 +363,9 @@ impl Core {
             }
             self.close(conn, reason);
         }
+        if let Some(factor) = self.config.speculate {
+            self.speculate(now_ms, factor);
+        }
         self.chatter.summarise(now_ms, self.pools.len());
         if !self.conns.is_empty() {
             self.arm_sweep(now_ms);
@@ -352,6 +379,10 @@ impl Core {
         if self.dirty {
             self.dirty = false;
             self.place(now_ms);
+            if self.prefetching > 0 {
+                self.displace_prefetched(now_ms);
+                self.rebalance();
+            }
         }
         for (worker, batch) in std::mem::take(&mut self.assign_batches) {
             let Some(conn) = self.workers.get(worker).and_then(|w| w.conn) else {
@@ -367,34 +398,82 @@ impl Core {
     }
 
     fn place(&mut self, now_ms: u64) {
-        while let Some((id, pick)) = self.pools.next() {
-            self.tasks.assign(id, pick.worker);
-            let Some(task) = self.tasks.get(id) else {
-                continue;
-            };
-            let (spec, attempt, priority) = (task.spec.clone(), task.attempt, task.spec.priority);
-            let Some(w) = self.workers.get_mut(pick.worker) else {
-                continue;
-            };
-            w.assigned.insert(id);
-            let cap = w.capacity();
-            self.pools.update(pick.worker, w.info.group.as_deref(), cap);
-            let level = self.chatter.task_line(now_ms, Event::Assigned);
-            log!(
-                level,
-                "task {id} (priority {priority}, attempt {attempt}) -> {} (score {:.2})",
-                w.info.name,
-                pick.score
-            );
-            self.assign_batches
-                .entry(pick.worker)
-                .or_default()
-                .push(Assignment {
-                    task: id,
-                    attempt,
-                    spec,
-                });
+        let mut blocked = Vec::new();
+        loop {
+            let (tasks, avoid) = (&self.tasks, &self.avoid);
+            let next = self.pools.next(|id, w| {
+                tasks.get(id).is_some_and(|t| t.runs_on(w))
+                    || (!avoid.is_empty() && avoid.get(&id) == Some(&w))
+            });
+            match next {
+                Next::Place(id, pick) => self.assign_run(now_ms, id, pick.worker, pick.score),
+                // Avoiding the worker a task was retracted from is a preference: with nowhere
+                // else to go, it goes back.
+                Next::Blocked(id) if self.avoid.remove(&id).is_some() => self.enqueue(id),
+                Next::Blocked(id) => blocked.push(id),
+                Next::Done => break,
+            }
         }
+        for id in blocked {
+            self.enqueue(id);
+        }
+    }
+
+    /// Hands `id` to `worker`: its first run if it is queued, another copy if it runs already.
+    fn assign_run(&mut self, now_ms: u64, id: TaskId, worker: WorkerId, score: f64) {
+        let Some(t) = self.tasks.get(id) else {
+            return;
+        };
+        let attempt = if t.state == TaskState::Queued {
+            let attempt = t.attempt;
+            self.tasks.assign(id, worker);
+            attempt
+        } else {
+            self.tasks.add_copy(id, worker)
+        };
+        if !self.avoid.is_empty() {
+            self.avoid.remove(&id);
+        }
+        let Some(task) = self.tasks.get(id) else {
+            return;
+        };
+        let (spec, priority) = (task.spec.clone(), task.spec.priority);
+        let copy = task
+            .copies
+            .as_ref()
+            .map(|c| (c.started, task.copies_wanted()));
+        let wants_copy = task.wants_copy();
+        let key = queue_key(self.config.order, id, task);
+        let Some(w) = self.workers.get_mut(worker) else {
+            return;
+        };
+        w.assigned.insert(id);
+        let cap = w.capacity();
+        let prefetches = w.info.prefetch > 0;
+        self.pools.update(worker, w.info.group.as_deref(), cap);
+        let level = self.chatter.task_line(now_ms, Event::Assigned);
+        log!(
+            level,
+            "task {id} (priority {priority}, attempt {attempt}) -> {} (score {score:.2}){}",
+            w.info.name,
+            copy.map(|(n, of)| format!(", copy {n} of {of}"))
+                .unwrap_or_default()
+        );
+        if prefetches {
+            self.unstarted.insert(key.priority, key.order, id, worker);
+        }
+        if wants_copy {
+            // The next copy goes out in queue order, like any task, to another worker.
+            self.enqueue(id);
+        }
+        self.assign_batches
+            .entry(worker)
+            .or_default()
+            .push(Assignment {
+                task: id,
+                attempt,
+                spec,
+            });
     }
 
     // ---- output ------------------------------------------------------------------------------
@@ -509,12 +588,26 @@ impl Core {
         if info.name.is_empty() || info.name.len() > 256 {
             return self.reject(conn, &addr, "worker name must be 1 to 256 bytes".into());
         }
+        if info.prefetch > MAX_PREFETCH {
+            return self.reject(
+                conn,
+                &addr,
+                format!("prefetch must be at most {MAX_PREFETCH}"),
+            );
+        }
         let (name, slots, host) = (info.name.clone(), info.slots, info.host.clone());
+        let prefetch = info.prefetch;
         // A worker coming back (perhaps in another group) leaves the pools it was in; `refresh`
         // below puts it where it belongs now.
         if let Some(old) = self.workers.by_name(&name) {
             let group = old.info.group.clone();
+            if old.is_alive() && old.info.prefetch > 0 {
+                self.prefetching -= 1;
+            }
             self.pools.remove_worker(old.id, group.as_deref());
+        }
+        if prefetch > 0 {
+            self.prefetching += 1;
         }
         let (id, previous) = self.workers.register(info, addr.clone(), conn, now_ms);
         if let Some(old) = previous {
@@ -529,7 +622,11 @@ impl Core {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.peer = Peer::Worker(id);
         }
-        info!("worker {name} joined as {id} from {addr} (host {host}, {slots} slots)");
+        let prefetch = match prefetch {
+            0 => String::new(),
+            n => format!(", prefetch {n}"),
+        };
+        info!("worker {name} joined as {id} from {addr} (host {host}, {slots} slots{prefetch})");
         self.refresh(id);
         self.dirty = true;
         self.send(
@@ -564,10 +661,12 @@ impl Core {
             ToMaster::Started(refs) => {
                 for r in refs {
                     if self.is_current(id, r) {
-                        self.tasks.mark_started(r.task, now_ms);
+                        self.tasks.mark_started(r.task, id, now_ms);
+                        self.forget_unstarted(r.task, id);
                     }
                 }
             }
+            ToMaster::Retracted(refs) => self.on_retracted(id, refs),
             ToMaster::Finished(done) => {
                 for c in done {
                     self.on_finished(now_ms, id, c);
@@ -597,9 +696,9 @@ impl Core {
 
     /// Whether `r` names the attempt `worker` is currently supposed to run.
     fn is_current(&self, worker: WorkerId, r: TaskRef) -> bool {
-        self.tasks.get(r.task).is_some_and(|t| {
-            t.state == TaskState::Running && t.attempt == r.attempt && t.worker == Some(worker)
-        })
+        self.tasks
+            .get(r.task)
+            .is_some_and(|t| t.is_run(worker, r.attempt))
     }
 
     fn on_finished(&mut self, now_ms: u64, worker: WorkerId, c: Completion) {
@@ -619,9 +718,16 @@ impl Core {
             let waiting = self.tasks.get(c.task).map(|t| t.state) == Some(TaskState::Queued);
             if !waiting {
                 // Final already, or running as another attempt: that attempt's result will count.
-                info!(
+                // A copy cancelled because another won is expected, not news.
+                let level = match c.outcome {
+                    TaskOutcome::Cancelled => Level::Debug,
+                    _ => Level::Info,
+                };
+                log!(
+                    level,
                     "dropped stale result for task {} attempt {} from {name}",
-                    c.task, c.attempt
+                    c.task,
+                    c.attempt
                 );
                 return;
             }
@@ -634,14 +740,33 @@ impl Core {
                 "task {} attempt {} finished on {name} while waiting to run again: result kept",
                 c.task, c.attempt
             );
-        } else if let Some(w) = self.workers.get_mut(worker) {
-            w.assigned.remove(&c.task);
+        } else {
+            if let Some(w) = self.workers.get_mut(worker) {
+                w.assigned.remove(&c.task);
+            }
+            self.forget_unstarted(c.task, worker);
             self.refresh(worker);
         }
         if let Some(w) = self.workers.get_mut(worker) {
             w.done += 1;
         }
         self.dirty = true;
+        let succeeded = matches!(c.outcome, TaskOutcome::Exited { code: 0, .. });
+        if succeeded {
+            if let Some(t) = self.tasks.get(c.task) {
+                self.estimate.record(t.spec.size, c.run_ms);
+            }
+            // The first success wins: the other copies are cancelled.
+            let others = self.tasks.keep_only(c.task, worker);
+            self.cancel_runs(c.task, others);
+        } else if self.tasks.has_other_runs(c.task, worker) {
+            self.tasks.end_run(c.task, worker);
+            info!(
+                "copy of task {} (attempt {}) ended on {name} without success; other copies run on",
+                c.task, c.attempt
+            );
+            return;
+        }
         let failed_run = match &c.outcome {
             TaskOutcome::Failed { .. } => true,
             TaskOutcome::Exited { code, .. } => *code != 0,
@@ -679,7 +804,9 @@ impl Core {
         let n = t.failed_runs + 1;
         let of = t.spec.retry_failed;
         let delay_ms = (RETRY_BACKOFF_BASE_MS << (n - 1).min(16)).min(RETRY_BACKOFF_MAX_MS);
-        if t.state == TaskState::Running {
+        let running = t.state == TaskState::Running;
+        self.drop_copy_request(id);
+        if running {
             self.tasks.requeue_failed(id);
         } else {
             self.tasks.bump_failed(id);
@@ -804,6 +931,10 @@ impl Core {
             return;
         };
         w.conn = None;
+        w.retracting.clear();
+        if w.info.prefetch > 0 {
+            self.prefetching -= 1;
+        }
         let name = w.info.name.clone();
         let group = w.info.group.clone();
         self.pools.remove_worker(id, group.as_deref());
@@ -822,6 +953,12 @@ impl Core {
         lost.sort_unstable();
         let (mut requeued, mut finished) = (0, 0);
         for task in lost {
+            if self.tasks.has_other_runs(task, id) {
+                // Another copy runs on: the task is not lost.
+                self.tasks.end_run(task, id);
+                continue;
+            }
+            self.drop_copy_request(task);
             let Some(t) = self.tasks.get(task) else {
                 continue;
             };
@@ -1018,12 +1155,13 @@ impl Core {
                     cancelled.push(id);
                 }
                 TaskState::Running => {
-                    if let Some(w) = t.worker {
-                        kills.entry(w).or_default().push(TaskRef {
+                    for run in t.runs() {
+                        kills.entry(run.worker).or_default().push(TaskRef {
                             task: id,
-                            attempt: t.attempt,
+                            attempt: run.attempt,
                         });
                     }
+                    self.drop_copy_request(id);
                     self.tasks.request_cancel(id);
                     cancelled.push(id);
                 }
@@ -1052,6 +1190,10 @@ impl Core {
 
     /// The one place a task becomes final: tables, counters and waiters move together.
     fn finish(&mut self, now_ms: u64, id: TaskId, state: TaskState, result: FinalResult) {
+        self.drop_copy_request(id);
+        if !self.avoid.is_empty() {
+            self.avoid.remove(&id);
+        }
         self.tasks.finish(id, state, result, now_ms);
         self.waiters.on_final(id, state == TaskState::Succeeded);
         if self.config.persist {
@@ -1074,7 +1216,7 @@ impl Core {
                 .and_then(|w| self.workers.name(w))
                 .map(str::to_string),
             attempts: t.attempt.0,
-            copies: u32::from(t.worker.is_some()),
+            copies: t.copies_ran(),
             priority: t.spec.priority,
             submitted_ms: t.submitted_ms,
             started_ms: t.started_ms,
@@ -1087,6 +1229,35 @@ impl Core {
 
     fn send(&mut self, conn: ConnId, msg: FromMaster) {
         self.outbox.push_back(Output::Send { conn, msg });
+    }
+
+    /// A task that runs several copies may sit in the queue for its next one; once it is final,
+    /// re-queued or cancelled, it wants none.
+    fn drop_copy_request(&mut self, id: TaskId) {
+        if self.tasks.get(id).is_some_and(|t| t.copies.is_some()) {
+            self.dequeue(id);
+        }
+    }
+
+    /// Cancels runs of `task` that lost the race (another copy succeeded): the workers kill them,
+    /// and their slots are free at once.
+    fn cancel_runs(&mut self, task: TaskId, runs: Vec<tasks::Run>) {
+        for run in runs {
+            let Some(w) = self.workers.get_mut(run.worker) else {
+                continue;
+            };
+            w.assigned.remove(&task);
+            let conn = w.conn;
+            self.forget_unstarted(task, run.worker);
+            self.refresh(run.worker);
+            if let Some(conn) = conn {
+                let r = TaskRef {
+                    task,
+                    attempt: run.attempt,
+                };
+                self.send(conn, FromMaster::Cancel(vec![r]));
+            }
+        }
     }
 
     fn error(&mut self, conn: ConnId, message: String) {
@@ -1126,6 +1297,7 @@ impl Core {
     #[cfg(test)]
     pub fn sanity_check(&self) {
         let mut queued = 0;
+        let mut copy_requests = 0;
         for (id, t) in self.tasks.iter() {
             match t.state {
                 TaskState::Queued => {
@@ -1136,22 +1308,42 @@ impl Core {
                     );
                 }
                 TaskState::Running => {
-                    let w = t.worker.and_then(|w| self.workers.get(w));
-                    assert!(
-                        w.is_some_and(|w| w.assigned.contains(&id) && w.is_alive()),
-                        "running task {id} not held by a live worker"
-                    );
+                    let mut seen = HashSet::new();
+                    for run in t.runs() {
+                        let w = self.workers.get(run.worker);
+                        assert!(
+                            w.is_some_and(|w| w.assigned.contains(&id) && w.is_alive()),
+                            "running task {id} not held by a live worker"
+                        );
+                        assert!(seen.insert(run.worker), "two copies of {id} on one worker");
+                    }
+                    assert!(!seen.is_empty(), "running task {id} has no run");
+                    if self.is_queued(id) {
+                        assert!(t.wants_copy(), "running task {id} queued but wants no copy");
+                        copy_requests += 1;
+                    }
                 }
                 _ => assert!(!self.is_queued(id)),
             }
         }
-        assert_eq!(queued, self.pools.len() + self.held.len());
+        assert_eq!(queued + copy_requests, self.pools.len() + self.held.len());
         assert_eq!(self.holds.len(), self.held.len());
+        let mut prefetching = 0;
         for w in self.workers.iter() {
             if !w.is_alive() {
                 assert!(w.assigned.is_empty(), "dead worker {} holds tasks", w.id);
+            } else if w.info.prefetch > 0 {
+                prefetching += 1;
+            }
+            for &id in &w.assigned {
+                assert!(
+                    self.tasks.get(id).is_some_and(|t| t.runs_on(w.id)),
+                    "worker {} holds task {id} that does not run there",
+                    w.id
+                );
             }
         }
+        assert_eq!(prefetching, self.prefetching);
     }
 }
 

@@ -148,13 +148,18 @@ impl FromStr for QueueOrder {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Capacity {
     pub cpu_percent: f32,
+    /// Tasks assigned and not finished, prefetched ones included.
     pub busy: u32,
     pub slots: u32,
+    /// Tasks it may hold beyond its slots, not yet started (`worker --prefetch`).
+    pub prefetch: u32,
 }
 
 impl Capacity {
+    /// Tasks it can take now: free slots and free prefetch places. The scores use `busy / slots`,
+    /// so a worker with a free slot (score below 1) is preferred to one that would only prefetch.
     pub fn free(&self) -> u32 {
-        self.slots.saturating_sub(self.busy)
+        (self.slots + self.prefetch).saturating_sub(self.busy)
     }
 
     /// The least-loaded score, in [0, ∞).
@@ -292,54 +297,87 @@ impl Placement {
 
     /// The worker the next task should go to, if any has a free slot. The caller assigns the task
     /// and then calls `update` with the worker's new capacity.
+    #[cfg(test)]
     pub fn pick(&mut self) -> Option<Pick> {
-        match self.kind {
+        self.pick_excluding(|_| false)
+    }
+
+    /// Like `pick`, among the workers for which `excluded` is false: a copy of a task must not
+    /// land where another copy runs. `excluded` is true for at most a few workers, so the ordered
+    /// policies skip them in passing; power-of-two draws among the rest.
+    pub fn pick_excluding(&mut self, excluded: impl Fn(WorkerId) -> bool) -> Option<Pick> {
+        let worker = match self.kind {
             PolicyKind::LeastLoaded | PolicyKind::Weighted => {
-                self.ordered.first().map(|&(score, _, worker)| Pick {
-                    worker,
-                    score: score as f64 / 1e6,
-                })
+                self.ordered.iter().map(|k| k.2).find(|&w| !excluded(w))?
             }
             PolicyKind::RoundRobin => {
-                let next = match self.last_pick {
-                    Some(last) => self
-                        .by_id
-                        .range((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
-                        .next()
-                        .or_else(|| self.by_id.first()),
-                    None => self.by_id.first(),
-                }
-                .copied()?;
-                self.last_pick = Some(next);
-                Some(Pick {
-                    worker: next,
-                    score: 0.0,
-                })
-            }
-            PolicyKind::PowerOfTwo => {
-                let n = self.pool.len();
-                let first = match n {
-                    0 => return None,
-                    1 => self.pool[0],
-                    _ => {
-                        // Two distinct draws: the second skips over the first.
-                        let i = self.rng.below(n);
-                        let mut j = self.rng.below(n - 1);
-                        if j >= i {
-                            j += 1;
-                        }
-                        let (a, b) = (self.pool[i], self.pool[j]);
-                        match (self.keys.get(&a), self.keys.get(&b)) {
-                            (Some(ka), Some(kb)) if kb < ka => b,
-                            _ => a,
-                        }
-                    }
+                use std::ops::Bound::{Excluded, Included, Unbounded};
+                let (after, upto) = match self.last_pick {
+                    Some(last) => ((Excluded(last), Unbounded), (Unbounded, Included(last))),
+                    None => ((Unbounded, Unbounded), (Unbounded, Unbounded)),
                 };
-                let score = self.keys.get(&first).map_or(0, |k| k.0);
-                Some(Pick {
-                    worker: first,
-                    score: score as f64 / 1e6,
-                })
+                let next = self
+                    .by_id
+                    .range(after)
+                    .chain(self.by_id.range(upto))
+                    .copied()
+                    .find(|&w| !excluded(w))?;
+                self.last_pick = Some(next);
+                next
+            }
+            PolicyKind::PowerOfTwo => self.pick_two(&excluded)?,
+        };
+        let score = match self.kind {
+            PolicyKind::RoundRobin => 0,
+            _ => self.keys.get(&worker).map_or(0, |k| k.0),
+        };
+        Some(Pick {
+            worker,
+            score: score as f64 / 1e6,
+        })
+    }
+
+    /// Two distinct random candidates, the one the least-loaded order prefers wins.
+    fn pick_two(&mut self, excluded: &impl Fn(WorkerId) -> bool) -> Option<WorkerId> {
+        let n = self.pool.len();
+        let (a, b) = match n {
+            0 => return None,
+            1 => (self.pool[0], None),
+            _ => {
+                // Two distinct draws: the second skips over the first.
+                let i = self.rng.below(n);
+                let mut j = self.rng.below(n - 1);
+                if j >= i {
+                    j += 1;
+                }
+                (self.pool[i], Some(self.pool[j]))
+            }
+        };
+        let drawn = [Some(a), b].into_iter().flatten().filter(|&w| !excluded(w));
+        let better = |x: WorkerId, y: WorkerId| match (self.keys.get(&x), self.keys.get(&y)) {
+            (Some(kx), Some(ky)) if ky < kx => y,
+            _ => x,
+        };
+        if let Some(w) = drawn.reduce(better) {
+            return Some(w);
+        }
+        // Both draws excluded (rare: only copies exclude): draw again among the others.
+        let rest: Vec<WorkerId> = self
+            .pool
+            .iter()
+            .copied()
+            .filter(|&w| !excluded(w))
+            .collect();
+        match rest.len() {
+            0 => None,
+            1 => Some(rest[0]),
+            m => {
+                let i = self.rng.below(m);
+                let mut j = self.rng.below(m - 1);
+                if j >= i {
+                    j += 1;
+                }
+                Some(better(rest[i], rest[j]))
             }
         }
     }
@@ -362,6 +400,7 @@ mod tests {
             cpu_percent: cpu,
             busy,
             slots,
+            prefetch: 0,
         }
     }
 

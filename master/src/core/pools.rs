@@ -115,8 +115,11 @@ impl Pools {
     }
 
     /// Takes the next task to place and the worker for it, if any task can be placed now.
-    /// The caller assigns it and then calls `update` for that worker.
-    pub fn next(&mut self) -> Option<(TaskId, Pick)> {
+    /// The caller assigns it and then calls `update` for that worker. `excluded(task, worker)`
+    /// keeps copies of one task on distinct workers; a head task whose every candidate is
+    /// excluded comes back as `Next::Blocked` (taken out of the queue: the caller pushes it back
+    /// once it has placed the rest, so it does not hold up the tasks behind it).
+    pub fn next(&mut self, excluded: impl Fn(TaskId, WorkerId) -> bool) -> Next {
         let mut best: Option<(QueueKey, Option<usize>)> = None;
         if self.shared.placement.has_candidates() {
             best = self.shared.queue.peek_key().map(|k| (k, None));
@@ -131,14 +134,59 @@ impl Pools {
                 }
             }
         }
-        let pool = match best?.1 {
+        let Some((_, index)) = best else {
+            return Next::Done;
+        };
+        let pool = match index {
             None => &mut self.shared,
             Some(i) => &mut self.groups[i],
         };
-        let pick = pool.placement.pick()?;
-        let id = pool.queue.pop()?;
-        Some((id, pick))
+        let Some(id) = pool.queue.pop() else {
+            return Next::Done;
+        };
+        match pool.placement.pick_excluding(|w| excluded(id, w)) {
+            Some(pick) => Next::Place(id, pick),
+            None => Next::Blocked(id),
+        }
     }
+
+    /// The head of every queue whose workers are all full, best first: tasks that wait although
+    /// a worker may hold a prefetched task of lower priority.
+    pub fn waiting_heads(&self) -> Vec<(TaskId, QueueKey, Option<&str>)> {
+        let mut heads = Vec::new();
+        if !self.shared.placement.has_candidates() {
+            if let (Some(id), Some(k)) = (self.shared.queue.peek(), self.shared.queue.peek_key()) {
+                heads.push((id, k, None));
+            }
+        }
+        for (name, &i) in &self.by_name {
+            let pool = &self.groups[i];
+            if pool.placement.has_candidates() {
+                continue;
+            }
+            if let (Some(id), Some(k)) = (pool.queue.peek(), pool.queue.peek_key()) {
+                heads.push((id, k, Some(name.as_str())));
+            }
+        }
+        heads.sort_by(|a, b| {
+            if a.1.before(&b.1) {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        });
+        heads
+    }
+}
+
+/// What `Pools::next` found.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    Place(TaskId, Pick),
+    /// Every free worker already runs a copy of this task (or is the one it was taken from).
+    Blocked(TaskId),
+    /// Nothing can be placed now.
+    Done,
 }
 
 #[cfg(test)]
@@ -150,6 +198,14 @@ mod tests {
             cpu_percent: 0.0,
             busy,
             slots,
+            prefetch: 0,
+        }
+    }
+
+    fn placed(n: Next) -> Option<(TaskId, Pick)> {
+        match n {
+            Next::Place(id, pick) => Some((id, pick)),
+            _ => None,
         }
     }
 
@@ -165,14 +221,14 @@ mod tests {
         p.push(TaskId(1), Some("b"), key(0, 1));
         p.push(TaskId(2), Some("b"), key(0, 2));
         p.push(TaskId(3), None, key(0, 3));
-        let (t, pick) = p.next().expect("b's task first (oldest)");
+        let (t, pick) = placed(p.next(|_, _| false)).expect("b's task first (oldest)");
         assert_eq!((t, pick.worker), (TaskId(1), WorkerId(2)));
         p.update(WorkerId(2), Some("b"), cap(1, 1));
         // b is full: its second task waits, the shared task goes to a's worker.
-        let (t, pick) = p.next().expect("shared task");
+        let (t, pick) = placed(p.next(|_, _| false)).expect("shared task");
         assert_eq!((t, pick.worker), (TaskId(3), WorkerId(1)));
         p.update(WorkerId(1), Some("a"), cap(1, 1));
-        assert_eq!(p.next(), None);
+        assert_eq!(p.next(|_, _| false), Next::Done);
         assert_eq!(p.len(), 1);
         assert!(p.contains(TaskId(2), Some("b")));
     }
@@ -183,11 +239,10 @@ mod tests {
         p.update(WorkerId(1), None, cap(0, 4));
         p.push(TaskId(1), Some("gpu"), key(9, 1));
         p.push(TaskId(2), None, key(0, 2));
-        let (t, _) = p
-            .next()
+        let (t, _) = placed(p.next(|_, _| false))
             .expect("the shared task runs despite a higher-priority gpu task");
         assert_eq!(t, TaskId(2));
-        assert_eq!(p.next(), None);
+        assert_eq!(p.next(|_, _| false), Next::Done);
         assert!(p.remove(TaskId(1), Some("gpu")));
         assert_eq!(p.len(), 0);
     }

@@ -377,6 +377,7 @@ impl World {
             token: token.clone(),
             persist: s.persist,
             recovery_grace_ms: 5_000,
+            speculate: None,
         });
         let now = 1_000_000;
         if !s.restored.is_empty() {

@@ -29,6 +29,117 @@ pub struct Task {
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
     pub result: Option<Box<FinalResult>>,
+    /// Only for tasks that ever ran more than one copy at once (replicas, a speculative copy):
+    /// ordinary tasks pay 8 bytes for it, not a `Copies`.
+    pub copies: Option<Box<Copies>>,
+}
+
+/// The runs of a task beyond its primary one (`Task::worker`, `attempt`, `started_ms`).
+#[derive(Debug)]
+pub struct Copies {
+    /// Live runs besides the primary, each on a distinct worker.
+    pub extra: Vec<Run>,
+    /// Copies started in this round (the primary included), kept after the task is final as the
+    /// `copies` of its outcome. A round ends when the task is re-queued.
+    pub started: u32,
+    /// The highest attempt number handed out: every copy has its own.
+    pub issued: Attempt,
+    /// A speculative copy was asked for in this round.
+    pub speculated: bool,
+}
+
+impl Default for Copies {
+    fn default() -> Self {
+        Copies {
+            extra: Vec::new(),
+            started: 0,
+            issued: Attempt(0),
+            speculated: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Run {
+    pub worker: WorkerId,
+    pub attempt: Attempt,
+    pub started_ms: Option<u64>,
+}
+
+impl Task {
+    /// Whether `worker` runs `attempt` of this task now.
+    pub fn is_run(&self, worker: WorkerId, attempt: Attempt) -> bool {
+        self.state == TaskState::Running
+            && ((self.worker == Some(worker) && self.attempt == attempt)
+                || self.copies.as_ref().is_some_and(|c| {
+                    c.extra
+                        .iter()
+                        .any(|r| r.worker == worker && r.attempt == attempt)
+                }))
+    }
+
+    /// Whether some live run of this task is on `worker` (copies must go to distinct workers).
+    pub fn runs_on(&self, worker: WorkerId) -> bool {
+        self.state == TaskState::Running
+            && (self.worker == Some(worker)
+                || self
+                    .copies
+                    .as_ref()
+                    .is_some_and(|c| c.extra.iter().any(|r| r.worker == worker)))
+    }
+
+    /// Every live run: the primary first.
+    pub fn runs(&self) -> impl Iterator<Item = Run> + '_ {
+        let primary = match (self.state, self.worker) {
+            (TaskState::Running, Some(worker)) => Some(Run {
+                worker,
+                attempt: self.attempt,
+                started_ms: self.started_ms,
+            }),
+            _ => None,
+        };
+        let extra = match (self.state, &self.copies) {
+            (TaskState::Running, Some(c)) => c.extra.as_slice(),
+            _ => &[],
+        };
+        primary.into_iter().chain(extra.iter().copied())
+    }
+
+    /// How many copies should run in this round: the replicas, plus one if it was speculated.
+    pub fn copies_wanted(&self) -> u32 {
+        let speculated = self.copies.as_ref().is_some_and(|c| c.speculated);
+        self.spec.replicas.max(1) + u32::from(speculated)
+    }
+
+    /// A running task that should get one more copy on another worker.
+    pub fn wants_copy(&self) -> bool {
+        self.state == TaskState::Running
+            && !self.cancel_requested
+            && self.copies.as_ref().map_or(1, |c| c.started) < self.copies_wanted()
+    }
+
+    /// The attempt number after every one handed out so far.
+    fn next_attempt(&self) -> Attempt {
+        let issued = self.copies.as_ref().map_or(self.attempt, |c| c.issued);
+        Attempt(issued.max(self.attempt).0 + 1)
+    }
+
+    /// A run that the master did not place itself (adopted, credited) is this round's copy.
+    fn count_first_copy(&mut self) {
+        let attempt = self.attempt;
+        if let Some(c) = &mut self.copies {
+            c.started = c.started.max(1);
+            c.issued = c.issued.max(attempt);
+        }
+    }
+
+    /// How many copies ran for the outcome (`TaskResult::copies`).
+    pub fn copies_ran(&self) -> u32 {
+        match &self.copies {
+            Some(c) => c.started,
+            None => u32::from(self.worker.is_some()),
+        }
+    }
 }
 
 const STATES: usize = 7;
@@ -118,6 +229,7 @@ pub struct RestoredOutcome {
     pub started_ms: Option<u64>,
     pub finished_ms: u64,
     pub result: FinalResult,
+    pub copies: u32,
 }
 
 #[derive(Debug, Default)]
@@ -150,6 +262,7 @@ impl TaskTable {
             started_ms: None,
             finished_ms: None,
             result: None,
+            copies: None,
         });
         self.counts[state_index(TaskState::Queued)] += 1;
         id
@@ -160,7 +273,7 @@ impl TaskTable {
         self.tasks.get(i)
     }
 
-    fn get_mut(&mut self, id: TaskId) -> &mut Task {
+    pub(super) fn get_mut(&mut self, id: TaskId) -> &mut Task {
         // Callers only pass ids they got from `get` or `add`.
         &mut self.tasks[id.0 as usize - 1]
     }
@@ -189,44 +302,163 @@ impl TaskTable {
         self.counts[state_index(state)] += 1;
     }
 
-    /// Queued → Running on `worker`.
+    /// Queued → Running on `worker`: the primary run, the first copy of a round.
     pub fn assign(&mut self, id: TaskId, worker: WorkerId) {
         debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Queued));
         self.set_state(id, TaskState::Running);
         let task = self.get_mut(id);
         task.worker = Some(worker);
         task.started_ms = None;
+        if task.spec.replicas > 1 || task.copies.is_some() {
+            let c = task.copies.get_or_insert_with(Box::default);
+            c.started = 1;
+            c.issued = c.issued.max(task.attempt);
+        }
     }
 
-    pub fn mark_started(&mut self, id: TaskId, now_ms: u64) {
-        self.get_mut(id).started_ms = Some(now_ms);
+    /// One more copy of a running task, on `worker` (which runs none yet); returns its attempt.
+    pub fn add_copy(&mut self, id: TaskId, worker: WorkerId) -> Attempt {
+        let task = self.get_mut(id);
+        debug_assert!(task.wants_copy() && !task.runs_on(worker));
+        let primary = task.attempt;
+        let c = task.copies.get_or_insert_with(Box::default);
+        let attempt = Attempt(c.issued.max(primary).0 + 1);
+        c.issued = attempt;
+        c.started += 1;
+        c.extra.push(Run {
+            worker,
+            attempt,
+            started_ms: None,
+        });
+        attempt
+    }
+
+    /// Asks for one speculative copy of a running task; false if it already had one.
+    pub fn speculate(&mut self, id: TaskId) -> bool {
+        let task = self.get_mut(id);
+        let c = task.copies.get_or_insert_with(|| {
+            Box::new(Copies {
+                started: 1,
+                issued: task.attempt,
+                ..Copies::default()
+            })
+        });
+        !std::mem::replace(&mut c.speculated, true)
+    }
+
+    pub fn mark_started(&mut self, id: TaskId, worker: WorkerId, now_ms: u64) {
+        let task = self.get_mut(id);
+        if task.worker == Some(worker) {
+            task.started_ms = Some(now_ms);
+        } else if let Some(c) = &mut task.copies {
+            if let Some(r) = c.extra.iter_mut().find(|r| r.worker == worker) {
+                r.started_ms = Some(now_ms);
+            }
+        }
+    }
+
+    /// Whether a run other than `worker`'s is live.
+    pub fn has_other_runs(&self, id: TaskId, worker: WorkerId) -> bool {
+        self.get(id)
+            .is_some_and(|t| t.runs().any(|r| r.worker != worker))
+    }
+
+    /// Ends `worker`'s run of a task that keeps other runs: if it was the primary, another run
+    /// takes its place. Call only when `has_other_runs`.
+    pub fn end_run(&mut self, id: TaskId, worker: WorkerId) {
+        let task = self.get_mut(id);
+        let Some(c) = &mut task.copies else {
+            return;
+        };
+        if let Some(i) = c.extra.iter().position(|r| r.worker == worker) {
+            c.extra.swap_remove(i);
+        } else if task.worker == Some(worker) {
+            if let Some(next) = c.extra.pop() {
+                task.worker = Some(next.worker);
+                task.attempt = next.attempt;
+                task.started_ms = next.started_ms;
+            }
+        }
+    }
+
+    /// Makes `worker`'s run the primary and removes every other run, returning them (the first
+    /// success wins; the caller cancels the rest).
+    pub fn keep_only(&mut self, id: TaskId, worker: WorkerId) -> Vec<Run> {
+        let task = self.get_mut(id);
+        let Some(c) = &mut task.copies else {
+            return Vec::new();
+        };
+        let mut others = std::mem::take(&mut c.extra);
+        if task.worker != Some(worker) {
+            if let Some(i) = others.iter().position(|r| r.worker == worker) {
+                let winner = others.swap_remove(i);
+                if let Some(old) = task.worker {
+                    others.push(Run {
+                        worker: old,
+                        attempt: task.attempt,
+                        started_ms: task.started_ms,
+                    });
+                }
+                task.worker = Some(winner.worker);
+                task.attempt = winner.attempt;
+                task.started_ms = winner.started_ms;
+            }
+        }
+        others
+    }
+
+    /// Running → Queued with the same attempt: its only run was given back unstarted (retracted),
+    /// so the attempt never ran and is handed out again.
+    pub fn unassign(&mut self, id: TaskId) {
+        debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Running));
+        self.set_state(id, TaskState::Queued);
+        let task = self.get_mut(id);
+        task.worker = None;
+        task.started_ms = None;
+        if let Some(c) = &mut task.copies {
+            c.started = 0;
+        }
+    }
+
+    /// A retracted extra copy never ran: it no longer counts as started.
+    pub fn uncount_copy(&mut self, id: TaskId) {
+        if let Some(c) = &mut self.get_mut(id).copies {
+            c.started = c.started.saturating_sub(1);
+        }
     }
 
     pub fn request_cancel(&mut self, id: TaskId) {
         self.get_mut(id).cancel_requested = true;
     }
 
-    /// Running → Queued with the next attempt; the caller puts it back in the queue.
+    /// Running → Queued with the next attempt, starting a new round of copies; the caller puts it
+    /// back in the queue.
     pub fn requeue(&mut self, id: TaskId) {
         debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Running));
         self.set_state(id, TaskState::Queued);
         let task = self.get_mut(id);
-        task.attempt = Attempt(task.attempt.0 + 1);
+        task.attempt = task.next_attempt();
         task.worker = None;
         task.started_ms = None;
+        if let Some(c) = &mut task.copies {
+            **c = Copies {
+                issued: task.attempt,
+                ..Copies::default()
+            };
+        }
     }
 
     /// One more attempt for a task that never reached its worker's report (restart recovery).
     pub fn bump_attempt(&mut self, id: TaskId) {
         let task = self.get_mut(id);
-        task.attempt = Attempt(task.attempt.0 + 1);
+        task.attempt = task.next_attempt();
     }
 
     /// Counts a failed run credited to a queued task and moves to the next attempt.
     pub fn bump_failed(&mut self, id: TaskId) {
         let task = self.get_mut(id);
         task.failed_runs += 1;
-        task.attempt = Attempt(task.attempt.0 + 1);
+        task.attempt = task.next_attempt();
     }
 
     /// Running → Queued after a failed run that will be retried.
@@ -243,6 +475,7 @@ impl TaskTable {
         let task = self.get_mut(id);
         task.worker = Some(worker);
         task.attempt = attempt;
+        task.count_first_copy();
     }
 
     /// When an adopted attempt really started is unknown; the moment we learned of it is the best
@@ -258,6 +491,7 @@ impl TaskTable {
         let task = self.get_mut(id);
         task.worker = Some(worker);
         task.attempt = attempt;
+        task.count_first_copy();
     }
 
     /// Rebuilds a task from the journal after a restart. Ids must come densely, in order.
@@ -281,6 +515,13 @@ impl TaskTable {
             task.started_ms = done.started_ms;
             task.finished_ms = Some(done.finished_ms);
             task.result = Some(Box::new(done.result));
+            if done.copies != task.copies_ran() {
+                task.copies = Some(Box::new(Copies {
+                    started: done.copies,
+                    issued: task.attempt,
+                    ..Copies::default()
+                }));
+            }
         }
         Ok(())
     }
@@ -293,6 +534,11 @@ impl TaskTable {
         let task = self.get_mut(id);
         task.finished_ms = Some(now_ms);
         task.result = Some(Box::new(result));
+        if let Some(c) = &mut task.copies {
+            // `attempts` in results counts every run handed out, copies included.
+            task.attempt = task.attempt.max(c.issued);
+            c.extra = Vec::new();
+        }
     }
 }
 

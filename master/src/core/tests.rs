@@ -3,6 +3,8 @@
 use super::*;
 use protocol::{Attempt, TaskKind};
 
+mod copies;
+
 struct Harness {
     core: Core,
     now: u64,
@@ -65,6 +67,16 @@ impl Harness {
 
     /// A worker that has joined; returns its connection and id, and what it was sent on joining.
     fn worker(&mut self, name: &str, slots: u32) -> (ConnId, WorkerId, Vec<Output>) {
+        self.worker_with(name, slots, 0)
+    }
+
+    /// A worker that holds up to `prefetch` unstarted tasks beyond its slots.
+    fn worker_with(
+        &mut self,
+        name: &str,
+        slots: u32,
+        prefetch: u32,
+    ) -> (ConnId, WorkerId, Vec<Output>) {
         let conn = self.connect();
         self.core.handle_message(
             self.now,
@@ -78,7 +90,7 @@ impl Harness {
                     slots,
                     pid: 1,
                     group: None,
-                    prefetch: 0,
+                    prefetch,
                 }),
                 auth: vec![],
             },

@@ -3,8 +3,8 @@
 
 use super::policy::Capacity;
 use super::ConnId;
-use protocol::{LoadReport, TaskId, WorkerId, WorkerInfo};
-use std::collections::{HashMap, HashSet};
+use protocol::{LoadReport, TaskId, TaskRef, WorkerId, WorkerInfo};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 #[derive(Debug)]
 pub struct Worker {
@@ -21,6 +21,8 @@ pub struct Worker {
     /// Has said what it is already running (`Running`). Until then it gets no work, or a task it
     /// still runs from before a reconnect could be handed to it again as a new attempt.
     pub ready: bool,
+    /// `Retract` requests without an answer yet, oldest first: the worker answers each in turn.
+    pub retracting: VecDeque<Vec<TaskRef>>,
 }
 
 impl Worker {
@@ -33,6 +35,7 @@ impl Worker {
             cpu_percent: self.load.cpu_percent,
             busy: self.assigned.len() as u32,
             slots: if self.ready { self.info.slots } else { 0 },
+            prefetch: if self.ready { self.info.prefetch } else { 0 },
         }
     }
 }
@@ -62,6 +65,7 @@ impl WorkerTable {
             w.last_seen_ms = now_ms;
             w.load = LoadReport::default();
             w.ready = false;
+            w.retracting.clear();
             return (id, previous);
         }
         let id = WorkerId(self.workers.len() as u32 + 1);
@@ -76,6 +80,7 @@ impl WorkerTable {
             assigned: HashSet::new(),
             done: 0,
             ready: false,
+            retracting: VecDeque::new(),
         });
         (id, None)
     }
@@ -106,6 +111,7 @@ impl WorkerTable {
             assigned: HashSet::new(),
             done: 0,
             ready: false,
+            retracting: VecDeque::new(),
         });
         id
     }

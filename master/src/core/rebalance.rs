@@ -1,0 +1,253 @@
+//! Rebalancing of prefetched work. A worker started with `--prefetch K` holds up to K tasks beyond
+//! its slots, not yet started, so it never waits a round trip for its next task. Two things keep
+//! that from costing balance or priority:
+//!
+//! - **Retract**: when a worker has a free slot and nothing is queued, the master asks the most
+//!   loaded worker to give back unstarted tasks (`Retract`). The worker answers with what it really
+//!   returned (`Retracted`); the rest had started. Returned tasks are queued again, keep their
+//!   attempt (they never ran), and are not placed back on the worker they came from.
+//! - **Displace**: when a task waits because every worker is full, and a worker holds an unstarted
+//!   task of lower priority, the waiting task is sent to that worker (whose local queue starts
+//!   higher priorities first) and the lower one is retracted. So a prefetched task never starts
+//!   before a queued task of higher priority that could take its slot.
+
+use super::{queue_key, Core};
+use log::{debug, info};
+use protocol::{FromMaster, TaskId, TaskRef, TaskState, WorkerId};
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
+
+/// Runs handed to prefetching workers and not yet reported started, the ones a worker would start
+/// last first: lowest priority, then latest in queue order. Entries are removed when a run starts
+/// or finishes; any other way a run ends (worker lost, cancelled, retracted) leaves an entry that
+/// is found stale and dropped when it is next looked at.
+#[derive(Debug, Default)]
+pub struct Unstarted {
+    set: BTreeSet<(i32, Reverse<u64>, TaskId, WorkerId)>,
+}
+
+impl Unstarted {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    pub fn insert(&mut self, priority: i32, order: u64, task: TaskId, worker: WorkerId) {
+        self.set.insert((priority, Reverse(order), task, worker));
+    }
+
+    pub fn remove(&mut self, priority: i32, order: u64, task: TaskId, worker: WorkerId) {
+        self.set.remove(&(priority, Reverse(order), task, worker));
+    }
+}
+
+impl Core {
+    /// Forgets `task`'s unstarted entry on `worker` (it started, or finished).
+    pub(super) fn forget_unstarted(&mut self, task: TaskId, worker: WorkerId) {
+        if self.unstarted.is_empty() {
+            return;
+        }
+        if let Some(t) = self.tasks.get(task) {
+            let k = queue_key(self.config.order, task, t);
+            self.unstarted.remove(k.priority, k.order, task, worker);
+        }
+    }
+
+    /// Whether `worker` has been handed `task` and has not said it started it, and no retract
+    /// of it is outstanding.
+    fn is_unstarted(&self, task: TaskId, worker: WorkerId) -> Option<TaskRef> {
+        let t = self.tasks.get(task)?;
+        let run = t
+            .runs()
+            .find(|r| r.worker == worker && r.started_ms.is_none())?;
+        let r = TaskRef {
+            task,
+            attempt: run.attempt,
+        };
+        let w = self.workers.get(worker)?;
+        let asked = w.retracting.iter().any(|refs| refs.contains(&r));
+        (w.is_alive() && !asked).then_some(r)
+    }
+
+    /// Sends waiting tasks to workers that hold unstarted tasks of lower priority, retracting
+    /// those. Runs after placement, so any task still queued found every worker full.
+    pub(super) fn displace_prefetched(&mut self, now_ms: u64) {
+        while !self.unstarted.is_empty() {
+            let heads: Vec<(TaskId, i32, Option<String>)> = self
+                .pools
+                .waiting_heads()
+                .into_iter()
+                .map(|(id, key, group)| (id, key.priority, group.map(str::to_string)))
+                .collect();
+            let mut moved = false;
+            for (head, priority, group) in heads {
+                let Some((victim, worker)) = self.lowest_unstarted_below(head, priority, &group)
+                else {
+                    continue;
+                };
+                self.pools.remove(head, group.as_deref());
+                self.assign_run(now_ms, head, worker, 0.0);
+                let name = self.workers.name(worker).unwrap_or("?").to_string();
+                let victim_priority = self.tasks.get(victim.task).map_or(0, |t| t.spec.priority);
+                info!(
+                    "task {head} (priority {priority}) displaces prefetched task {} \
+                     (priority {victim_priority}) on {name}: retracting it",
+                    victim.task
+                );
+                self.send_retract(worker, vec![victim]);
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    /// The unstarted run of lowest priority below `priority` on a live worker that may run `head`
+    /// (same group, no copy of it yet). Drops the stale entries it passes.
+    fn lowest_unstarted_below(
+        &mut self,
+        head: TaskId,
+        priority: i32,
+        group: &Option<String>,
+    ) -> Option<(TaskRef, WorkerId)> {
+        let mut stale = Vec::new();
+        let mut found = None;
+        for &entry in &self.unstarted.set {
+            let (p, _, task, worker) = entry;
+            if p >= priority {
+                break;
+            }
+            let Some(r) = self.is_unstarted(task, worker) else {
+                stale.push(entry);
+                continue;
+            };
+            let Some(w) = self.workers.get(worker) else {
+                continue;
+            };
+            let fits = group.is_none() || w.info.group == *group;
+            let has_copy = self.tasks.get(head).is_some_and(|t| t.runs_on(worker));
+            if fits && !has_copy {
+                found = Some((entry, r, worker));
+                break;
+            }
+        }
+        for entry in stale {
+            self.unstarted.set.remove(&entry);
+        }
+        let (entry, r, worker) = found?;
+        self.unstarted.set.remove(&entry);
+        Some((r, worker))
+    }
+
+    /// When a worker has a free slot and nothing is queued, asks the most loaded worker for
+    /// unstarted tasks the idle ones may run.
+    pub(super) fn rebalance(&mut self) {
+        if self.prefetching == 0 || self.pools.len() > 0 {
+            return;
+        }
+        let mut idle: Vec<(WorkerId, u32, Option<String>)> = Vec::new();
+        let mut donor: Option<(usize, WorkerId)> = None;
+        for w in self.workers.iter() {
+            if !w.is_alive() || !w.ready {
+                continue;
+            }
+            let busy = w.assigned.len();
+            let slots = w.info.slots as usize;
+            if busy < slots {
+                idle.push((w.id, (slots - busy) as u32, w.info.group.clone()));
+            } else if busy > slots && w.retracting.is_empty() {
+                let backlog = busy - slots;
+                if donor.is_none_or(|(b, _)| backlog > b) {
+                    donor = Some((backlog, w.id));
+                }
+            }
+        }
+        let (Some((backlog, donor)), false) = (donor, idle.is_empty()) else {
+            return;
+        };
+        // Unstarted tasks the idle workers may run, the ones the donor would start last first.
+        let mut candidates: Vec<(i32, Reverse<u64>, TaskRef)> = Vec::new();
+        if let Some(w) = self.workers.get(donor) {
+            for &task in &w.assigned {
+                let Some(t) = self.tasks.get(task) else {
+                    continue;
+                };
+                let runnable = idle.iter().any(|(i, _, g)| {
+                    (t.spec.group.is_none() || t.spec.group == *g) && !t.runs_on(*i)
+                });
+                if !runnable || t.state != TaskState::Running {
+                    continue;
+                }
+                if let Some(r) = self.is_unstarted(task, donor) {
+                    let k = queue_key(self.config.order, task, t);
+                    candidates.push((k.priority, Reverse(k.order), r));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        candidates.sort_unstable_by_key(|c| (c.0, c.1, c.2.task));
+        let free: u32 = idle.iter().map(|i| i.1).sum();
+        let take = backlog.min(free as usize);
+        let refs: Vec<TaskRef> = candidates.into_iter().take(take).map(|c| c.2).collect();
+        let names: Vec<&str> = idle.iter().filter_map(|i| self.workers.name(i.0)).collect();
+        let (donor_name, busy, slots) = self.workers.get(donor).map_or(("?", 0, 0), |w| {
+            (w.info.name.as_str(), w.assigned.len(), w.info.slots)
+        });
+        info!(
+            "rebalancing: {} idle, nothing queued; asking {donor_name} ({busy} tasks on {slots} \
+             slots) to return {} unstarted tasks",
+            names.join(", "),
+            refs.len()
+        );
+        self.send_retract(donor, refs);
+    }
+
+    fn send_retract(&mut self, worker: WorkerId, refs: Vec<TaskRef>) {
+        let Some(w) = self.workers.get_mut(worker) else {
+            return;
+        };
+        w.retracting.push_back(refs.clone());
+        if let Some(conn) = w.conn {
+            self.send(conn, FromMaster::Retract(refs));
+        }
+    }
+
+    /// The answer to `Retract`: these attempts never started and are ours to place again.
+    pub(super) fn on_retracted(&mut self, worker: WorkerId, returned: Vec<TaskRef>) {
+        let Some(w) = self.workers.get_mut(worker) else {
+            return;
+        };
+        let asked = w.retracting.pop_front().unwrap_or_default();
+        let mut requeued = 0;
+        for r in returned {
+            if !asked.contains(&r) || !self.is_current(worker, r) {
+                debug!("ignoring a returned task {} we did not ask for", r.task);
+                continue;
+            }
+            if let Some(w) = self.workers.get_mut(worker) {
+                w.assigned.remove(&r.task);
+            }
+            if self.tasks.has_other_runs(r.task, worker) {
+                // An extra copy: it never ran, so it is owed again.
+                self.tasks.end_run(r.task, worker);
+                self.tasks.uncount_copy(r.task);
+            } else {
+                self.tasks.unassign(r.task);
+            }
+            self.forget_unstarted(r.task, worker);
+            self.avoid.insert(r.task, worker);
+            self.enqueue(r.task);
+            requeued += 1;
+        }
+        self.refresh(worker);
+        self.dirty = true;
+        let name = self.workers.name(worker).unwrap_or("?");
+        info!(
+            "rebalanced: {name} returned {requeued} of {} tasks (the rest had started); \
+             queued again",
+            asked.len()
+        );
+    }
+}

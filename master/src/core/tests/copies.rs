@@ -1,0 +1,255 @@
+//! Several copies of a task (replicas, speculation) and prefetch rebalancing (retract, displace).
+
+use super::*;
+
+fn replicated(n: u32) -> TaskSpec {
+    TaskSpec {
+        replicas: n,
+        ..sleep_spec(0)
+    }
+}
+
+/// (conn, task, attempt) of every `Cancel` in `out`.
+fn cancels(out: &[Output]) -> Vec<(ConnId, TaskId, u32)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                conn,
+                msg: FromMaster::Cancel(refs),
+            } => Some(refs.iter().map(move |r| (*conn, r.task, r.attempt.0))),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// (conn, task, attempt) of every `Retract` in `out`.
+fn retracts(out: &[Output]) -> Vec<(ConnId, TaskId, u32)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                conn,
+                msg: FromMaster::Retract(refs),
+            } => Some(refs.iter().map(move |r| (*conn, r.task, r.attempt.0))),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn started(h: &mut Harness, worker: ConnId, task: TaskId, attempt: u32) {
+    let out = h.msg(
+        worker,
+        ToMaster::Started(vec![TaskRef {
+            task,
+            attempt: Attempt(attempt),
+        }]),
+    );
+    assert!(out.is_empty(), "Started is not answered: {out:?}");
+}
+
+fn retracted(h: &mut Harness, worker: ConnId, refs: &[(TaskId, u32)]) -> Vec<Output> {
+    let refs = refs
+        .iter()
+        .map(|&(task, a)| TaskRef {
+            task,
+            attempt: Attempt(a),
+        })
+        .collect();
+    h.msg(worker, ToMaster::Retracted(refs))
+}
+
+#[test]
+fn replicas_run_on_distinct_workers_and_the_first_success_wins() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker("a", 2);
+    let (b, _, _) = h.worker("b", 2);
+    let c = h.client();
+    let (ids, out) = h.submit(c, vec![replicated(2)], 1);
+    let mut got = assignments(&out);
+    got.sort();
+    assert_eq!(got, vec![(a, ids[0], 1), (b, ids[0], 2)], "one copy each");
+    let (more, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    // b's copy wins: a's is cancelled and its slot is free at once.
+    let out = h.finish(b, ids[0], 2, exited(0));
+    assert_eq!(cancels(&out), vec![(a, ids[0], 1)]);
+    let r = h.core.task(ids[0]).expect("task");
+    assert_eq!(r.state, TaskState::Succeeded);
+    assert_eq!((r.copies, r.attempts), (2, 2));
+    assert_eq!(r.worker.as_deref(), Some("b"));
+    // The loser's report is expected and changes nothing.
+    let out = h.finish(a, ids[0], 1, TaskOutcome::Cancelled);
+    assert!(cancels(&out).is_empty() && assignments(&out).is_empty());
+    assert_eq!(h.state(ids[0]), TaskState::Succeeded);
+    assert_eq!(h.state(more[0]), TaskState::Running);
+}
+
+#[test]
+fn a_failed_copy_leaves_the_others_running_and_all_failing_fails() {
+    let mut h = Harness::new(PolicyKind::RoundRobin);
+    let (a, _, _) = h.worker("a", 1);
+    let (b, _, _) = h.worker("b", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![replicated(2), replicated(2)], 1);
+    // Both slots go to the first task's two copies; the second task waits.
+    h.finish(a, ids[0], 1, exited(3));
+    assert_eq!(h.state(ids[0]), TaskState::Running, "b's copy runs on");
+    h.finish(b, ids[0], 2, exited(0));
+    let r = h.core.task(ids[0]).expect("task");
+    assert_eq!((r.state, r.copies), (TaskState::Succeeded, 2));
+    // The second task's copies both fail: the task fails, with the last outcome.
+    let out = h.advance(0);
+    assert!(assignments(&out).is_empty());
+    let r = h.core.task(ids[1]).expect("task");
+    assert_eq!(r.state, TaskState::Running);
+    h.finish(a, ids[1], 1, exited(4));
+    h.finish(b, ids[1], 2, exited(5));
+    let r = h.core.task(ids[1]).expect("task");
+    assert_eq!(
+        (r.state, r.exit_code, r.copies),
+        (TaskState::Failed, Some(5), 2)
+    );
+}
+
+#[test]
+fn a_copy_waits_for_a_distinct_worker_without_holding_up_others() {
+    let mut h = Harness::new(PolicyKind::PowerOfTwo);
+    let (a, _, _) = h.worker("a", 2);
+    let c = h.client();
+    let (ids, out) = h.submit(c, vec![replicated(2), sleep_spec(0)], 1);
+    assert_eq!(
+        assignments(&out),
+        vec![(a, ids[0], 1), (a, ids[1], 1)],
+        "the second copy cannot go to a; the next task takes a's other slot"
+    );
+    let (b, _, out) = h.worker("b", 1);
+    assert_eq!(assignments(&out), vec![(b, ids[0], 2)]);
+    // a's copy is lost with a: the task is not, b's copy runs on.
+    h.core.handle_disconnect(h.now, a, "gone");
+    h.drain();
+    assert_eq!(h.state(ids[0]), TaskState::Running);
+    h.finish(b, ids[0], 2, exited(0));
+    let r = h.core.task(ids[0]).expect("task");
+    assert_eq!((r.state, r.copies), (TaskState::Succeeded, 2));
+}
+
+#[test]
+fn cancel_kills_every_copy() {
+    let mut h = Harness::new(PolicyKind::Weighted);
+    let (a, _, _) = h.worker("a", 1);
+    let (b, _, _) = h.worker("b", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![replicated(3)], 1);
+    let out = h.msg(c, ToMaster::Cancel { ids: ids.clone() });
+    let mut got = cancels(&out);
+    got.sort();
+    assert_eq!(got, vec![(a, ids[0], 1), (b, ids[0], 2)]);
+    h.finish(a, ids[0], 1, TaskOutcome::Cancelled);
+    assert_eq!(h.state(ids[0]), TaskState::Running, "b still has to report");
+    h.finish(b, ids[0], 2, TaskOutcome::Cancelled);
+    assert_eq!(h.state(ids[0]), TaskState::Cancelled);
+    // A third worker must not get the copy that was still owed.
+    let (_, _, out) = h.worker("c", 1);
+    assert!(assignments(&out).is_empty());
+}
+
+#[test]
+fn an_idle_worker_gets_tasks_retracted_from_a_prefetching_one() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker_with("a", 1, 3);
+    let c = h.client();
+    let (ids, out) = h.submit(c, vec![sleep_spec(0)], 4);
+    assert_eq!(assignments(&out).len(), 4, "one slot plus three prefetched");
+    started(&mut h, a, ids[0], 1);
+    // b joins with a free slot and nothing queued: a is asked for the task it would start last.
+    let (b, _, out) = h.worker("b", 2);
+    assert!(assignments(&out).is_empty());
+    assert_eq!(retracts(&out), vec![(a, ids[3], 1), (a, ids[2], 1)]);
+    // No second request while the first is unanswered.
+    assert!(retracts(&h.msg(a, ToMaster::Load(LoadReport::default()))).is_empty());
+    // Task 3 had started meanwhile; task 4 comes back and goes to b, same attempt (never ran).
+    started(&mut h, a, ids[2], 1);
+    let out = retracted(&mut h, a, &[(ids[3], 1)]);
+    assert_eq!(assignments(&out), vec![(b, ids[3], 1)]);
+    h.finish(b, ids[3], 1, exited(0));
+    let r = h.core.task(ids[3]).expect("task");
+    assert_eq!((r.attempts, r.worker.as_deref()), (1, Some("b")));
+}
+
+#[test]
+fn a_retracted_task_does_not_go_back_where_it_came_from() {
+    let mut h = Harness::new(PolicyKind::RoundRobin);
+    let (a, _, _) = h.worker_with("a", 1, 2);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 3);
+    started(&mut h, a, ids[0], 1);
+    let (b, _, out) = h.worker("b", 1);
+    let asked = retracts(&out);
+    assert_eq!(asked, vec![(a, ids[2], 1)], "b has one free slot");
+    // Round-robin's next pick would be a; the returned task goes to b regardless.
+    let out = retracted(&mut h, a, &[(ids[2], 1)]);
+    assert_eq!(assignments(&out), vec![(b, ids[2], 1)]);
+}
+
+#[test]
+fn a_waiting_higher_priority_task_displaces_a_prefetched_one() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker_with("a", 1, 2);
+    let c = h.client();
+    let (low, _) = h.submit(c, vec![sleep_spec(0)], 3);
+    started(&mut h, a, low[0], 1);
+    let (high, out) = h.submit(c, vec![sleep_spec(5)], 1);
+    // The high task goes to a (whose local queue starts it first) and a's last low one is
+    // retracted, so no low task can start before it.
+    assert_eq!(assignments(&out), vec![(a, high[0], 1)]);
+    assert_eq!(retracts(&out), vec![(a, low[2], 1)]);
+    let out = retracted(&mut h, a, &[(low[2], 1)]);
+    assert!(assignments(&out).is_empty(), "a is full again");
+    assert_eq!(h.state(low[2]), TaskState::Queued);
+    // When a frees its slot, the queued low task refills the prefetch place.
+    let out = h.finish(a, low[0], 1, exited(0));
+    assert_eq!(assignments(&out), vec![(a, low[2], 1)]);
+}
+
+#[test]
+fn a_straggler_gets_a_speculative_copy_when_a_slot_is_idle() {
+    let mut h = Harness::with(CoreConfig {
+        speculate: Some(2.0),
+        ..CoreConfig::default()
+    });
+    let (a, _, _) = h.worker("a", 1);
+    let (b, _, _) = h.worker("b", 1);
+    let c = h.client();
+    // Three successes at 100 ms per unit of size teach the estimate.
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 3);
+    for (i, &id) in ids.iter().enumerate() {
+        let (w, attempt) = match h.core.task(id).and_then(|t| t.worker).as_deref() {
+            Some("a") => (a, 1),
+            _ => (b, 1),
+        };
+        if i == 2 {
+            started(&mut h, w, id, attempt);
+        }
+        let done = Completion {
+            task: id,
+            attempt: Attempt(attempt),
+            outcome: exited(0),
+            run_ms: 100,
+        };
+        h.msg(w, ToMaster::Finished(vec![done]));
+    }
+    let (slow, out) = h.submit(c, vec![sleep_spec(0)], 1);
+    let (w, _, _) = assignments(&out)[0];
+    let other = if w == a { b } else { a };
+    started(&mut h, w, slow[0], 1);
+    let mut copy = Vec::new();
+    for _ in 0..5 {
+        let out = h.advance(100);
+        copy.extend(assignments(&out));
+    }
+    assert_eq!(copy, vec![(other, slow[0], 2)], "one copy after 2 x 100 ms");
+    let out = h.finish(other, slow[0], 2, exited(0));
+    assert_eq!(cancels(&out), vec![(w, slow[0], 1)]);
+    let r = h.core.task(slow[0]).expect("task");
+    assert_eq!((r.state, r.copies), (TaskState::Succeeded, 2));
+}
