@@ -60,6 +60,9 @@ enum Reply {
     Running,
     /// The same attempt reported twice in one frame.
     FinishedTwice,
+    /// The answer to the oldest unanswered `Retract`: the asked-for attempts whose bit is set in
+    /// `pick`, as if the others had started.
+    Retracted,
 }
 
 #[derive(Debug, Clone)]
@@ -166,17 +169,20 @@ fn spec() -> BoxedStrategy<TaskSpec> {
         0u32..3,
         0u32..3,
         group(),
+        prop_oneof![12 => Just(1u32), 4 => 2u32..4, 1 => Just(0u32)],
     )
         .prop_map(
-            |(kind, priority, size, timeout_ms, max_retries, retry_failed, group)| TaskSpec {
-                kind,
-                priority,
-                size,
-                timeout_ms,
-                max_retries,
-                retry_failed,
-                group,
-                replicas: 1,
+            |(kind, priority, size, timeout_ms, max_retries, retry_failed, group, replicas)| {
+                TaskSpec {
+                    kind,
+                    priority,
+                    size,
+                    timeout_ms,
+                    max_retries,
+                    retry_failed,
+                    group,
+                    replicas,
+                }
             },
         )
         .boxed()
@@ -187,15 +193,16 @@ fn worker_info() -> BoxedStrategy<WorkerInfo> {
         prop_oneof![Just("a"), Just("b"), Just("c"), Just("")],
         0u32..4,
         group(),
+        prop_oneof![3 => Just(0u32), 1 => 1u32..3, 1 => Just(5_000u32)],
     )
-        .prop_map(|(name, slots, group)| WorkerInfo {
+        .prop_map(|(name, slots, group, prefetch)| WorkerInfo {
             name: name.to_string(),
             host: "h".into(),
             cpus: 2,
             slots,
             pid: 1,
             group,
-            prefetch: 0,
+            prefetch,
         })
         .boxed()
 }
@@ -258,6 +265,7 @@ fn to_master() -> BoxedStrategy<ToMaster> {
         1 => (vec(task_id(), 0..4), any::<bool>()).prop_map(|(ids, progress)| ToMaster::Wait { ids, progress }),
         1 => vec(task_id(), 0..4).prop_map(|ids| ToMaster::Cancel { ids }),
         1 => vec(task_ref(), 0..4).prop_map(ToMaster::Running),
+        1 => vec(task_ref(), 0..4).prop_map(ToMaster::Retracted),
         1 => hello().prop_map(|h| ToMaster::Hello {
             version: if h.version_ok { PROTOCOL_VERSION } else { 1 },
             role: Role::Client,
@@ -285,6 +293,7 @@ fn piece() -> BoxedStrategy<Piece> {
         4 => any::<u8>().prop_map(Reply::Finished),
         2 => Just(Reply::Running),
         1 => Just(Reply::FinishedTwice),
+        2 => Just(Reply::Retracted),
     ];
     prop_oneof![
         20 => (client_msg(), reply, any::<usize>())
@@ -319,6 +328,7 @@ struct Setup {
     policy: PolicyKind,
     order: QueueOrder,
     persist: bool,
+    speculate: Option<f64>,
     /// Tasks read back from a journal before any connection: `Some(succeeded)` if final.
     restored: Vec<(TaskSpec, Option<bool>)>,
 }
@@ -329,15 +339,19 @@ fn setup() -> BoxedStrategy<Setup> {
         prop::sample::select(PolicyKind::ALL.to_vec()),
         prop_oneof![Just(QueueOrder::Fifo), Just(QueueOrder::LargestFirst)],
         any::<bool>(),
+        prop::option::of(prop_oneof![Just(1.0), Just(3.0)]),
         vec((spec(), prop::option::of(any::<bool>())), 0..6),
     )
-        .prop_map(|(token, policy, order, persist, restored)| Setup {
-            token,
-            policy,
-            order,
-            persist,
-            restored,
-        })
+        .prop_map(
+            |(token, policy, order, persist, speculate, restored)| Setup {
+                token,
+                policy,
+                order,
+                persist,
+                speculate,
+                restored,
+            },
+        )
         .boxed()
 }
 
@@ -348,6 +362,8 @@ struct Slot {
     nonce: Vec<u8>,
     /// Attempts assigned to this connection (most recent last).
     assigned: Vec<TaskRef>,
+    /// `Retract` requests not answered yet, oldest first.
+    retracts: VecDeque<Vec<TaskRef>>,
     /// Welcomed: `Some(true)` as a worker, `Some(false)` as a client.
     welcomed: Option<bool>,
 }
@@ -377,7 +393,7 @@ impl World {
             token: token.clone(),
             persist: s.persist,
             recovery_grace_ms: 5_000,
-            speculate: None,
+            speculate: s.speculate,
         });
         let now = 1_000_000;
         if !s.restored.is_empty() {
@@ -456,7 +472,7 @@ impl World {
             .handle_connect(self.now, conn, format!("10.0.0.{slot}:{}", conn.0), nonce);
     }
 
-    fn encode(&self, slot: usize, piece: &Piece) -> Vec<u8> {
+    fn encode(&mut self, slot: usize, piece: &Piece) -> Vec<u8> {
         let mut out = Vec::new();
         let frame = |m: &ToMaster, out: &mut Vec<u8>| encode_frame(m, out).expect("encodes");
         match piece {
@@ -476,7 +492,7 @@ impl World {
                         slots: 1 + (pick / 9 % 3) as u32,
                         pid: 1,
                         group: (pick / 27 % 4 == 0).then(|| "g".to_string()),
-                        prefetch: 0,
+                        prefetch: (pick / 108 % 3) as u32,
                     });
                     let h = HelloSpec {
                         version_ok: true,
@@ -487,6 +503,19 @@ impl World {
                 }
                 Some(false) => frame(client, &mut out),
                 Some(true) => {
+                    if let Reply::Retracted = reply {
+                        let s = &mut self.slots[slot];
+                        let asked = s.retracts.pop_front().unwrap_or_default();
+                        let returned: Vec<TaskRef> = asked
+                            .into_iter()
+                            .enumerate()
+                            .filter(|(i, _)| pick >> (i % 64) & 1 == 1)
+                            .map(|(_, r)| r)
+                            .collect();
+                        s.assigned.retain(|r| !returned.contains(r));
+                        frame(&ToMaster::Retracted(returned), &mut out);
+                        return out;
+                    }
                     let assigned = &self.slots[slot].assigned;
                     let msg = match reply {
                         Reply::Load => ToMaster::Load(LoadReport::default()),
@@ -619,6 +648,12 @@ impl World {
                                     }));
                             }
                         }
+                        FromMaster::Retract(refs) => {
+                            assert!(self.workers.contains(&conn), "Retract to a non-worker");
+                            if let Some(slot) = slot {
+                                self.slots[slot].retracts.push_back(refs);
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -739,6 +774,7 @@ fn worker_rejoining_outside_its_group_leaves_the_group() {
         policy: PolicyKind::LeastLoaded,
         order: QueueOrder::Fifo,
         persist: false,
+        speculate: None,
         restored: Vec::new(),
     });
     w.end_turn();
