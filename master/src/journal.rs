@@ -21,11 +21,16 @@
 //! call fails with [`JournalError::Poisoned`] and the master must stop (a restart recovers from
 //! the last commit). The database is opened in exclusive locking mode: while a master runs, no
 //! other process (a second master, the `sqlite3` shell) can open it.
+//!
+//! The schema is versioned (`SCHEMA_VERSION`): `open` migrates a journal of an older version in
+//! place (see `migrate`) and refuses one of a newer version.
 
+mod migrate;
 mod recover;
 #[cfg(test)]
 mod tests;
 
+use log::info;
 use protocol::{TaskId, TaskSpec, TaskState};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -37,12 +42,14 @@ use std::time::Duration;
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "ballast.db";
 
-/// The schema this master writes. Bump it with every change to the tables below, and teach
-/// `inspect` and `prepare` to migrate from the previous one.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema this master writes. Bump it with every change to the tables below or to
+/// `FinalEntry`, and teach `inspect` and `migrate` to upgrade from the previous one.
+/// Version 2 added `copies` to `FinalEntry`; the tables are still version 1's.
+pub const SCHEMA_VERSION: i64 = 2;
 
-/// Version 1. STRICT tables so SQLite rejects a value of the wrong type instead of storing it.
-const SCHEMA_V1: &str = "
+/// The tables of versions 1 and 2. STRICT so SQLite rejects a value of the wrong type instead of
+/// storing it.
+const SCHEMA: &str = "
 CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT;
 -- Ids first_id .. first_id + count were accepted with this spec (serde_json of TaskSpec).
 CREATE TABLE batches (
@@ -99,6 +106,8 @@ pub struct FinalRecord {
     /// Must be final (`TaskState::is_final`).
     pub state: TaskState,
     pub attempts: u32,
+    /// How many copies of the task ran for this outcome (`TaskResult::copies`).
+    pub copies: u32,
     /// Name of the worker that produced the outcome.
     pub worker: Option<String>,
     pub exit_code: Option<i32>,
@@ -111,12 +120,15 @@ pub struct FinalRecord {
 
 /// One final outcome inside a `final_batches` blob, one frame each. Borrows on the way in (no copy
 /// of the output tails), owns on the way out (`FrameDecoder` needs `DeserializeOwned`).
-/// IMPORTANT: this is the on-disk format: a change to it is a schema change.
+/// IMPORTANT: this is the on-disk format: a change to it is a schema change (bincode frames are
+/// positional, so even a new field at the end breaks reading older blobs).
 #[derive(Debug, Serialize, Deserialize)]
 struct FinalEntry<'a> {
     id: u64,
     state: TaskState,
     attempts: u32,
+    /// Since version 2.
+    copies: u32,
     worker: Option<Cow<'a, str>>,
     exit_code: Option<i32>,
     stdout: Cow<'a, str>,
@@ -132,6 +144,7 @@ impl<'a> FinalEntry<'a> {
             id: id.0,
             state: rec.state,
             attempts: rec.attempts,
+            copies: rec.copies,
             worker: rec.worker.as_deref().map(Cow::Borrowed),
             exit_code: rec.exit_code,
             stdout: Cow::Borrowed(&rec.stdout),
@@ -146,6 +159,7 @@ impl<'a> FinalEntry<'a> {
         let rec = FinalRecord {
             state: self.state,
             attempts: self.attempts,
+            copies: self.copies,
             worker: self.worker.map(Cow::into_owned),
             exit_code: self.exit_code,
             stdout: self.stdout.into_owned(),
@@ -270,8 +284,18 @@ impl Journal {
         })?;
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path).map_err(|e| classify(&path, e))?;
-        prepare(&conn, &path)?;
-        let recovered = recover::read_all(&conn, &path)?;
+        let recovered = match prepare(&conn, &path)? {
+            Found::Empty | Found::Current => recover::read_all(&conn, &path)?,
+            Found::V1 => {
+                let (recovered, rewritten) = migrate::from_v1(&conn, &path)?;
+                info!(
+                    "journal schema 1 migrated to {SCHEMA_VERSION}: {rewritten} outcome rows \
+                     rewritten ({})",
+                    path.display()
+                );
+                recovered
+            }
+        };
         let journal = Journal {
             conn,
             path,
@@ -507,11 +531,14 @@ enum Found {
     Empty,
     /// A ballast journal of this master's schema version.
     Current,
+    /// A version 1 journal: `migrate::from_v1` upgrades it in place.
+    V1,
 }
 
 /// Takes the file for this connection alone, checks what it holds (reading only, so a file it
 /// refuses is left exactly as it was), then switches to WAL and creates the schema if needed.
-fn prepare(conn: &Connection, path: &Path) -> Result<(), JournalError> {
+/// An older schema is reported, not yet migrated: `open` migrates it together with the read-back.
+fn prepare(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
     let sql = |e| classify(path, e);
     // A second master on the same file must fail at once with `Locked`, not wait.
     conn.busy_timeout(Duration::ZERO).map_err(sql)?;
@@ -540,7 +567,7 @@ fn prepare(conn: &Connection, path: &Path) -> Result<(), JournalError> {
     .map_err(sql)?;
     if let Found::Empty = found {
         let tx = conn.unchecked_transaction().map_err(sql)?;
-        tx.execute_batch(SCHEMA_V1).map_err(sql)?;
+        tx.execute_batch(SCHEMA).map_err(sql)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
             [SCHEMA_VERSION],
@@ -548,7 +575,7 @@ fn prepare(conn: &Connection, path: &Path) -> Result<(), JournalError> {
         .map_err(sql)?;
         tx.commit().map_err(sql)?;
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Reads what kind of file this is. The first statement that reads the file, so a garbage file
@@ -603,20 +630,22 @@ fn inspect(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
             supported: SCHEMA_VERSION,
         });
     }
-    // Version 1 is the first; migrations from older versions go here once version 2 exists.
-    if found != SCHEMA_VERSION {
-        return Err(bad(format!("version {found} never existed")));
+    match found {
+        SCHEMA_VERSION => Ok(Found::Current),
+        1 => {
+            // Version 1 changed in place before its release (per-task `finals` rows became
+            // `final_batches`): a file from such a build must be refused by name, not fail
+            // later as "no such table".
+            let has_final_batches = table_exists(conn, "final_batches").map_err(sql)?;
+            if !has_final_batches {
+                return Err(bad(
+                    "version 1 without table final_batches: written by a pre-release build; \
+                     move the data directory away"
+                        .into(),
+                ));
+            }
+            Ok(Found::V1)
+        }
+        _ => Err(bad(format!("version {found} never existed"))),
     }
-    // Version 1 changed in place before its release (per-task `finals` rows became
-    // `final_batches`): a file from such a build must be refused by name, not fail later as
-    // "no such table".
-    let has_final_batches = table_exists(conn, "final_batches").map_err(sql)?;
-    if !has_final_batches {
-        return Err(bad(
-            "version 1 without table final_batches: written by a pre-release build; \
-             move the data directory away"
-                .into(),
-        ));
-    }
-    Ok(Found::Current)
 }

@@ -482,7 +482,7 @@ fn open_journal(
                 id: t.id,
                 state: f.state,
                 exit_code: f.exit_code,
-                copies: u32::from(f.worker.is_some()), // TODO(copies): from the journal
+                copies: f.copies,
                 worker: f.worker,
                 attempts: f.attempts,
                 priority: 0, // comes from the spec
@@ -518,6 +518,7 @@ fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {
             &FinalRecord {
                 state: r.state,
                 attempts: r.attempts,
+                copies: r.copies,
                 worker: r.worker,
                 exit_code: r.exit_code,
                 stdout: r.stdout,

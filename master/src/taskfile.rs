@@ -1,6 +1,7 @@
 //! Task files, as `master submit --file` and `master simulate --workload FILE` read them: one task
 //! per JSON line, `{"cmd": [...], "priority": 0, "size": 1, "timeout": "5s", "sleep": "20ms",
-//! "spin": "20ms", "retries": 3, "retry_failed": 0, "group": "g", "env": {"K": "V"}, "cwd": "/tmp"}`.
+//! "spin": "20ms", "retries": 3, "retry_failed": 0, "group": "g", "replicas": 1, "env": {"K": "V"},
+//! "cwd": "/tmp"}`.
 //! Each line names exactly one of `cmd`, `sleep`, `spin`; fields it leaves out come from the
 //! defaults (the command line). Blank lines and lines starting with `#` are skipped. Every error
 //! names the line.
@@ -27,6 +28,7 @@ struct Line {
     retries: Option<u32>,
     retry_failed: Option<u32>,
     group: Option<String>,
+    replicas: Option<u32>,
     /// Ordered, so the same file always produces the same spec.
     env: Option<BTreeMap<String, String>>,
     cwd: Option<String>,
@@ -41,6 +43,7 @@ pub struct SpecDefaults {
     pub max_retries: u32,
     pub retry_failed: u32,
     pub group: Option<String>,
+    pub replicas: u32,
 }
 
 impl Default for SpecDefaults {
@@ -52,6 +55,7 @@ impl Default for SpecDefaults {
             max_retries: DEFAULT_MAX_RETRIES,
             retry_failed: 0,
             group: None,
+            replicas: 1,
         }
     }
 }
@@ -65,6 +69,7 @@ impl SpecDefaults {
         spec.max_retries = self.max_retries;
         spec.retry_failed = self.retry_failed;
         spec.group = self.group.clone();
+        spec.replicas = self.replicas;
         spec
     }
 }
@@ -145,6 +150,10 @@ fn parse_line(text: &str, defaults: &SpecDefaults) -> std::result::Result<TaskSp
     if line.group.is_some() {
         spec.group = line.group;
     }
+    if let Some(n) = line.replicas {
+        spec.replicas = n;
+    }
+    // Also the range of `replicas` (1 ..= MAX_REPLICAS), so a bad line is named here.
     spec.validate()?;
     Ok(spec)
 }
@@ -186,6 +195,7 @@ mod tests {
             max_retries: 1,
             retry_failed: 0,
             group: None,
+            replicas: 2,
         }
     }
 
@@ -219,7 +229,7 @@ mod tests {
                 max_retries: 1,
                 retry_failed: 0,
                 group: None,
-                replicas: 1,
+                replicas: 2,
             }
         );
         assert_eq!(
@@ -232,7 +242,7 @@ mod tests {
                 max_retries: 0,
                 retry_failed: 0,
                 group: None,
-                replicas: 1,
+                replicas: 2,
             }
         );
         assert_eq!(specs[2].kind, TaskKind::Spin { ms: 1_500 });
@@ -313,5 +323,27 @@ mod tests {
         .expect("valid");
         assert_eq!(specs[0].group.as_deref(), Some("gpu"));
         assert_eq!(specs[0].retry_failed, 2);
+    }
+
+    #[test]
+    fn replicas_per_line_override_the_default() {
+        let specs = parse(
+            "{\"sleep\": \"1s\"}\n{\"sleep\": \"1s\", \"replicas\": 64}\n{\"spin\": 1, \"replicas\": 1}",
+            "t.jsonl",
+            &defaults(),
+        )
+        .expect("valid");
+        let replicas: Vec<u32> = specs.iter().map(|s| s.replicas).collect();
+        assert_eq!(replicas, [2, 64, 1]);
+        assert_eq!(
+            err("{\"sleep\": \"1s\"}\n{\"sleep\": \"1s\", \"replicas\": 0}"),
+            "t.jsonl line 2: replicas must be 1 to 64, got 0"
+        );
+        assert_eq!(
+            err(r#"{"cmd": ["ls"], "replicas": 65}"#),
+            "t.jsonl line 1: replicas must be 1 to 64, got 65"
+        );
+        assert!(err(r#"{"cmd": ["ls"], "replicas": -1}"#).contains("invalid value"));
+        assert!(err(r#"{"cmd": ["ls"], "replicas": "3"}"#).contains("invalid type"));
     }
 }

@@ -31,6 +31,7 @@ fn batch_is_spread_over_two_workers() {
     for r in &results {
         assert_eq!(r["state"], "succeeded", "{r}");
         assert_eq!(r["exit_code"], 0);
+        assert_eq!(r["copies"], 1, "an ordinary task runs one copy: {r}");
         assert!(
             r["stdout"].as_str().unwrap_or("").contains("hello-42"),
             "{r}"
@@ -42,6 +43,8 @@ fn batch_is_spread_over_two_workers() {
     }
     let status = c.status();
     assert_eq!(status["succeeded"], 200);
+    let workers = status["workers"].as_array().expect("workers");
+    assert!(workers.iter().all(|w| w["prefetch"].is_u64()), "{status}");
     assert_eq!(status["queued"], 0);
 }
 

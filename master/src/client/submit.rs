@@ -10,7 +10,9 @@ use super::wait::wait_batches;
 use super::{view, ConnArgs, Outcome, FRAME_BUDGET};
 use protocol::codec::encoded_len;
 use protocol::duration::parse_duration;
-use protocol::{FromMaster, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME};
+use protocol::{
+    FromMaster, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME, MAX_REPLICAS,
+};
 use std::io::{Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -48,6 +50,10 @@ pub struct SubmitArgs {
     /// Run only on workers of this group (default: any worker).
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
+    /// Run N copies of each task at once on distinct workers; the first success wins and the
+    /// others are cancelled (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_replicas)]
+    pub replicas: u32,
     /// Submit N copies (with --file: the whole file N times).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
@@ -72,6 +78,19 @@ pub struct SubmitArgs {
 }
 
 pub use master::taskfile::SpecDefaults;
+
+/// `--replicas`: refused here, before the task file is read or the master is reached.
+fn parse_replicas(text: &str) -> std::result::Result<u32, String> {
+    let n: u32 = text
+        .parse()
+        .map_err(|_| format!("must be a whole number from 1 to {MAX_REPLICAS}"))?;
+    if !(1..=MAX_REPLICAS).contains(&n) {
+        return Err(format!(
+            "must be 1 to {MAX_REPLICAS} (copies run at once, each on its own worker)"
+        ));
+    }
+    Ok(n)
+}
 
 /// A task file's specs, each checked to fit a frame on its own.
 fn parse_task_file(text: &str, origin: &str, defaults: &SpecDefaults) -> Result<Vec<TaskSpec>> {
@@ -120,6 +139,7 @@ impl SubmitArgs {
             max_retries: self.retries,
             retry_failed: self.retry_failed,
             group: self.group.clone(),
+            replicas: self.replicas,
         }
     }
 
@@ -331,6 +351,8 @@ mod tests {
             "3s",
             "--retries",
             "0",
+            "--replicas",
+            "3",
             "--sleep",
             "250ms",
         ])
@@ -345,7 +367,7 @@ mod tests {
                 max_retries: 0,
                 retry_failed: 0,
                 group: None,
-                replicas: 1,
+                replicas: 3,
             }]
         );
     }
@@ -429,6 +451,40 @@ mod tests {
         let got = got.unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].priority, got[1].priority), (-2, 9));
+    }
+
+    #[test]
+    fn replicas_out_of_range_are_refused_by_the_parser() {
+        assert_eq!(parse(&["--sleep", "1s"]).replicas, 1);
+        assert_eq!(parse(&["--replicas", "64", "--sleep", "1s"]).replicas, 64);
+        for (bad, why) in [
+            ("0", "must be 1 to 64"),
+            ("65", "must be 1 to 64"),
+            ("-1", "whole number"),
+            ("two", "whole number"),
+        ] {
+            let flag = format!("--replicas={bad}");
+            let argv = ["submit", &flag, "--sleep", "1s"];
+            let e = Cli::try_parse_from(argv).unwrap_err().to_string();
+            assert!(e.contains("--replicas") && e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn file_replicas_key_overrides_the_flag() {
+        let path = std::env::temp_dir().join(format!(
+            "ballast-submit-replicas-{}.jsonl",
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            "{\"sleep\": \"1s\"}\n{\"spin\": \"2s\", \"replicas\": 5}\n",
+        )
+        .unwrap();
+        let got = specs(&["--replicas", "2", "--file", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&path);
+        let got = got.unwrap();
+        assert_eq!((got[0].replicas, got[1].replicas), (2, 5));
     }
 
     fn sample_specs(n: usize) -> Vec<TaskSpec> {

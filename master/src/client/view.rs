@@ -67,6 +67,8 @@ pub struct WorkerView<'a> {
     /// "alive" | "dead"
     pub state: &'static str,
     pub slots: u32,
+    /// Tasks it may hold beyond `slots`, not yet started.
+    pub prefetch: u32,
     pub running: u32,
     /// f32 on purpose: serde_json prints it with f32 precision (35.2, not 35.20000076293945).
     pub cpu_percent: f32,
@@ -85,6 +87,7 @@ impl<'a> From<&'a WorkerStatus> for WorkerView<'a> {
             addr: &w.addr,
             state: w.state.as_str(),
             slots: w.slots,
+            prefetch: w.prefetch,
             running: w.running,
             cpu_percent: w.cpu_percent,
             done: w.done,
@@ -133,7 +136,7 @@ pub fn write_status_table(out: &mut impl Write, report: &StatusReport) -> io::Re
                 w.group.clone().unwrap_or_default(),
                 w.addr.clone(),
                 w.state.as_str().to_string(),
-                w.slots.to_string(),
+                slots_cell(w),
                 w.running.to_string(),
                 format!("{:.1}", w.cpu_percent),
                 w.done.to_string(),
@@ -148,6 +151,15 @@ pub fn write_status_table(out: &mut impl Write, report: &StatusReport) -> io::Re
     )
 }
 
+/// `4`, or `4+2` for a worker that also holds up to 2 prefetched tasks: one narrow column.
+fn slots_cell(w: &WorkerStatus) -> String {
+    if w.prefetch == 0 {
+        w.slots.to_string()
+    } else {
+        format!("{}+{}", w.slots, w.prefetch)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // results
 
@@ -159,6 +171,8 @@ pub struct ResultView<'a> {
     pub exit_code: Option<i32>,
     pub worker: Option<&'a str>,
     pub attempts: u32,
+    /// Copies that ran for this outcome: 1 ordinarily, 0 if it never ran, more for replicas.
+    pub copies: u32,
     pub priority: i32,
     pub submitted_ms: u64,
     pub started_ms: Option<u64>,
@@ -176,6 +190,7 @@ impl<'a> From<&'a TaskResult> for ResultView<'a> {
             exit_code: t.exit_code,
             worker: t.worker.as_deref(),
             attempts: t.attempts,
+            copies: t.copies,
             priority: t.priority,
             submitted_ms: t.submitted_ms,
             started_ms: t.started_ms,
@@ -191,9 +206,19 @@ impl<'a> From<&'a TaskResult> for ResultView<'a> {
 /// array) so task output is never held for more than one chunk; the table needs every row for its
 /// widths, so it keeps only the short cells.
 pub enum ResultsOutput {
-    Json { rows: u64 },
-    Table(Table),
+    Json {
+        rows: u64,
+    },
+    Table {
+        table: Table,
+        /// Some task ran more than one copy. Without one, the `copies` column is dropped at the
+        /// end: it would only repeat 1 (or 0 for tasks that never ran) on every line.
+        replicated: bool,
+    },
 }
+
+/// Where `copies` sits in the results table, right after `attempts`.
+const COPIES_COLUMN: usize = 5;
 
 impl ResultsOutput {
     pub fn json() -> Self {
@@ -201,15 +226,21 @@ impl ResultsOutput {
     }
 
     pub fn table() -> Self {
-        ResultsOutput::Table(Table::new(&[
+        let table = Table::new(&[
             ("id", Align::Right),
             ("state", Align::Left),
             ("priority", Align::Right),
             ("worker", Align::Left),
             ("attempts", Align::Right),
+            ("copies", Align::Right),
             ("exit", Align::Right),
             ("ms", Align::Right),
-        ]))
+        ]);
+        debug_assert_eq!(table.headers[COPIES_COLUMN], "copies");
+        ResultsOutput::Table {
+            table,
+            replicated: false,
+        }
     }
 
     pub fn push(&mut self, out: &mut impl Write, t: &TaskResult) -> io::Result<()> {
@@ -219,7 +250,8 @@ impl ResultsOutput {
                 *rows += 1;
                 write_json(out, &ResultView::from(t))
             }
-            ResultsOutput::Table(table) => {
+            ResultsOutput::Table { table, replicated } => {
+                *replicated |= t.copies > 1;
                 table.push(result_row(t));
                 Ok(())
             }
@@ -230,7 +262,15 @@ impl ResultsOutput {
         match self {
             ResultsOutput::Json { rows: 0 } => out.write_all(b"[]\n"),
             ResultsOutput::Json { .. } => out.write_all(b"\n]\n"),
-            ResultsOutput::Table(table) => table.write_to(out),
+            ResultsOutput::Table {
+                mut table,
+                replicated,
+            } => {
+                if !replicated {
+                    table.remove_column(COPIES_COLUMN);
+                }
+                table.write_to(out)
+            }
         }
     }
 }
@@ -248,6 +288,7 @@ fn result_row(t: &TaskResult) -> Vec<String> {
         t.priority.to_string(),
         blank_or(t.worker.clone()),
         t.attempts.to_string(),
+        t.copies.to_string(),
         blank_or(t.exit_code.map(|c| c.to_string())),
         blank_or(ms),
     ]
@@ -287,6 +328,15 @@ impl Table {
             "row width differs from the header"
         );
         self.rows.push(row);
+    }
+
+    /// Drops a column from the header and every row, for one decided only after all rows are in.
+    pub fn remove_column(&mut self, index: usize) {
+        self.headers.remove(index);
+        self.aligns.remove(index);
+        for row in &mut self.rows {
+            row.remove(index);
+        }
     }
 
     pub fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
@@ -366,7 +416,7 @@ mod tests {
                     mem_used: 1,
                     mem_total: 2,
                     done: 17,
-                    prefetch: 0,
+                    prefetch: 2,
                 },
                 WorkerStatus {
                     id: WorkerId(2),
@@ -410,7 +460,7 @@ mod tests {
             stdout: "out\nline".into(),
             stderr: String::new(),
             error: done.then(|| "timed out after 250ms".into()),
-            copies: 1,
+            copies: u32::from(done),
         }
     }
 
@@ -480,6 +530,7 @@ mod tests {
                 "id",
                 "load_avg_1m",
                 "name",
+                "prefetch",
                 "running",
                 "slots",
                 "state"
@@ -490,6 +541,8 @@ mod tests {
         assert_eq!(w["state"], "alive");
         assert_eq!(workers[1]["state"], "dead");
         assert_eq!(w["slots"].as_u64(), Some(4));
+        assert_eq!(w["prefetch"].as_u64(), Some(2));
+        assert_eq!(workers[1]["prefetch"].as_u64(), Some(0));
         assert_eq!(w["running"].as_u64(), Some(2));
         assert_eq!(w["done"].as_u64(), Some(17));
         assert_eq!(
@@ -515,6 +568,7 @@ mod tests {
                 keys(row),
                 [
                     "attempts",
+                    "copies",
                     "error",
                     "exit_code",
                     "finished_ms",
@@ -535,6 +589,7 @@ mod tests {
         assert_eq!(done["state"], "timed_out");
         assert_eq!(done["exit_code"].as_i64(), Some(-1));
         assert_eq!(done["worker"], "w\"1");
+        assert_eq!(done["copies"].as_u64(), Some(1));
         assert_eq!(done["priority"].as_i64(), Some(-5));
         assert_eq!(done["started_ms"].as_u64(), Some(1_700_000_000_100));
         assert_eq!(done["finished_ms"].as_u64(), Some(1_700_000_000_350));
@@ -542,6 +597,7 @@ mod tests {
         assert_eq!(done["error"], "timed out after 250ms");
         let queued = &rows[1];
         assert_eq!(queued["state"], "queued");
+        assert_eq!(queued["copies"].as_u64(), Some(0), "never ran");
         for nullable in ["exit_code", "worker", "started_ms", "finished_ms", "error"] {
             assert!(queued[nullable].is_null(), "{nullable}");
         }
@@ -598,6 +654,29 @@ mod tests {
     }
 
     #[test]
+    fn results_table_shows_copies_only_when_a_task_ran_several() {
+        let mut replicated = task(2, true);
+        replicated.copies = 3;
+        let mut buf = Vec::new();
+        let mut sink = ResultsOutput::table();
+        for t in [task(1, true), replicated, task(3, false)] {
+            sink.push(&mut buf, &t).unwrap();
+        }
+        sink.finish(&mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "id  state      priority  worker  attempts  copies  exit   ms",
+                " 1  timed_out        -5  w\"1            2       1    -1  250",
+                " 2  timed_out        -5  w\"1            2       3    -1  250",
+                " 3  queued           -5                 2       0",
+            ]
+        );
+    }
+
+    #[test]
     fn status_table_and_summary() {
         let mut buf = Vec::new();
         write_status_table(&mut buf, &report()).unwrap();
@@ -609,7 +688,12 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "a                 gpu    127.0.0.1:5000  alive      4        2   35.2      17"
+            "a                 gpu    127.0.0.1:5000  alive    4+2        2   35.2      17"
+        );
+        assert_eq!(
+            lines[2],
+            "long-worker-name         10.0.0.2:6000   dead      16        0    0.0  123456",
+            "no prefetch: just the slots"
         );
         assert_eq!(
             lines[3],

@@ -68,6 +68,8 @@ fn succeeded(stdout: &str) -> FinalRecord {
     FinalRecord {
         state: TaskState::Succeeded,
         attempts: 2,
+        // A replicated task: three copies ran, worker-a's won.
+        copies: 3,
         worker: Some("worker-a".into()),
         exit_code: Some(0),
         stdout: stdout.into(),
@@ -82,6 +84,7 @@ fn cancelled() -> FinalRecord {
     FinalRecord {
         state: TaskState::Cancelled,
         attempts: 1,
+        copies: 0,
         worker: None,
         exit_code: None,
         stdout: String::new(),
@@ -136,6 +139,8 @@ fn round_trip() {
     assert_eq!(a.outcome, None);
     assert_eq!(b.outcome.as_deref(), Some(&succeeded("out\0 ünï\n")));
     assert_eq!(c.outcome.as_deref(), Some(&cancelled()));
+    let copies = |t: &RecoveredTask| t.outcome.as_ref().map(|o| o.copies);
+    assert_eq!((copies(b), copies(c)), (Some(3), Some(0)), "copies kept");
 
     // Ids carry on densely from the recovered ones: backwards or a gap is refused.
     j.record_submit(TaskId(4), 1, &sleep_spec(1), 102)
@@ -411,7 +416,7 @@ fn newer_schema_is_refused() {
             err,
             JournalError::NewerSchema {
                 found: 7,
-                supported: 1,
+                supported: SCHEMA_VERSION,
                 ..
             }
         ),
@@ -419,7 +424,8 @@ fn newer_schema_is_refused() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("database schema version 7 is newer than this master (1); upgrade ballast")
+        msg.contains("database schema version 7 is newer than this master (2); upgrade ballast"),
+        "{msg}"
     );
     assert!(msg.contains(&dir.db().display().to_string()));
     // Refused, not reset.
@@ -434,7 +440,8 @@ fn pre_release_layout_is_refused_and_left_alone() {
     raw(&dir)
         .execute_batch(
             "DROP TABLE final_batches;
-             CREATE TABLE finals (id INTEGER PRIMARY KEY, state TEXT NOT NULL) STRICT;",
+             CREATE TABLE finals (id INTEGER PRIMARY KEY, state TEXT NOT NULL) STRICT;
+             UPDATE schema_version SET version = 1;",
         )
         .expect("tamper");
     let err = Journal::open(&dir.0).expect_err("pre-release");
@@ -444,6 +451,222 @@ fn pre_release_layout_is_refused_and_left_alone() {
     );
     assert!(err.to_string().contains("final_batches"), "{err}");
     assert_eq!(rows(&raw(&dir), "finals"), 0, "left alone");
+}
+
+/// The tables as version 1 created them, frozen here (not `SCHEMA`, which may move on).
+const V1_TABLES: &str = "
+CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT;
+CREATE TABLE batches (
+    first_id     INTEGER PRIMARY KEY,
+    count        INTEGER NOT NULL,
+    spec         TEXT NOT NULL,
+    submitted_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE final_batches (
+    seq     INTEGER PRIMARY KEY,
+    records BLOB NOT NULL
+) STRICT;
+INSERT INTO schema_version (version) VALUES (1);
+";
+
+/// One final outcome as version 1 encoded it: `FinalEntry` without `copies`. Its own type, not
+/// the migration's, so a change to either is caught here.
+#[derive(Serialize)]
+struct V1Entry<'a> {
+    id: u64,
+    state: TaskState,
+    attempts: u32,
+    worker: Option<&'a str>,
+    exit_code: Option<i32>,
+    stdout: &'a str,
+    stderr: &'a str,
+    error: Option<&'a str>,
+    started_ms: Option<u64>,
+    finished_ms: u64,
+}
+
+fn v1_blob(entries: &[(u64, &FinalRecord)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &(id, rec) in entries {
+        let entry = V1Entry {
+            id,
+            state: rec.state,
+            attempts: rec.attempts,
+            worker: rec.worker.as_deref(),
+            exit_code: rec.exit_code,
+            stdout: &rec.stdout,
+            stderr: &rec.stderr,
+            error: rec.error.as_deref(),
+            started_ms: rec.started_ms,
+            finished_ms: rec.finished_ms,
+        };
+        protocol::encode_frame(&entry, &mut out).expect("encode");
+    }
+    out
+}
+
+/// A version 1 data dir: ids 1..=4 in one batch (a spec without `replicas`, as version 1 wrote
+/// it), and one `final_batches` row per blob.
+fn v1_journal(dir: &TempDir, blobs: &[Vec<u8>]) {
+    std::fs::create_dir_all(&dir.0).expect("mkdir");
+    let conn = raw(dir);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .expect("wal");
+    assert_eq!(mode, "wal");
+    conn.execute_batch(V1_TABLES).expect("v1 tables");
+    let mut spec = serde_json::to_value(sleep_spec(1)).expect("json");
+    spec.as_object_mut()
+        .and_then(|o| o.remove("replicas"))
+        .expect("a replicas key to drop");
+    conn.execute(
+        "INSERT INTO batches VALUES (1, 4, ?1, 5)",
+        [spec.to_string()],
+    )
+    .expect("batch");
+    for b in blobs {
+        conn.execute("INSERT INTO final_batches (records) VALUES (?1)", [b])
+            .expect("finals");
+    }
+}
+
+fn version(conn: &Connection) -> i64 {
+    conn.query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .expect("version")
+}
+
+fn final_blobs(dir: &TempDir) -> Vec<Vec<u8>> {
+    let conn = raw(dir);
+    let mut stmt = conn
+        .prepare("SELECT records FROM final_batches ORDER BY seq")
+        .expect("select");
+    let blobs = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect::<Result<Vec<Vec<u8>>, _>>())
+        .expect("blobs");
+    blobs
+}
+
+#[test]
+fn version_1_is_migrated_in_place_once() {
+    let dir = TempDir::new("v1");
+    let mut failed = succeeded("first try");
+    failed.state = TaskState::Failed;
+    let mut lost = succeeded("lost");
+    lost.state = TaskState::WorkerLost;
+    // Task 1 is recorded twice (the later row wins), task 4 never finished.
+    v1_journal(
+        &dir,
+        &[
+            v1_blob(&[(1, &failed), (2, &cancelled())]),
+            v1_blob(&[(1, &succeeded("ok")), (3, &lost)]),
+        ],
+    );
+    let (mut j, rec) = open(&dir);
+    assert_eq!(version(&j.conn), SCHEMA_VERSION);
+    assert_eq!(rows(&j.conn, "final_batches"), 2, "rewritten, not added");
+    assert_eq!(rec.next_id, TaskId(5));
+    assert!(rec.tasks.iter().all(|t| *t.spec == sleep_spec(1)));
+    // With a worker: one copy ran (version 1 had no replicas); without: it never ran.
+    let with_copies = |mut r: FinalRecord, copies| {
+        r.copies = copies;
+        Some(r)
+    };
+    let outcomes: Vec<Option<FinalRecord>> = rec
+        .tasks
+        .iter()
+        .map(|t| t.outcome.as_deref().cloned())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            with_copies(succeeded("ok"), 1),
+            with_copies(cancelled(), 0),
+            with_copies(lost, 1),
+            None,
+        ]
+    );
+
+    // The migrated journal is an ordinary version 2 one: it records, and it reopens as it was,
+    // with no second migration (which would misread version 2 entries).
+    j.record_final(TaskId(4), &succeeded("after"))
+        .expect("final");
+    j.commit().expect("commit");
+    drop(j);
+    let blobs = final_blobs(&dir);
+    let (_, again) = open(&dir);
+    assert_eq!(again.tasks[..3], rec.tasks[..3]);
+    assert_eq!(again.tasks[3].outcome.as_deref(), Some(&succeeded("after")));
+    assert_eq!(final_blobs(&dir), blobs, "not rewritten again");
+    assert_eq!(version(&raw(&dir)), SCHEMA_VERSION);
+}
+
+#[test]
+fn version_1_without_outcomes_migrates() {
+    let dir = TempDir::new("v1-empty");
+    v1_journal(&dir, &[]);
+    let (_, rec) = open(&dir);
+    assert_eq!(rec.tasks.len(), 4);
+    assert!(rec.tasks.iter().all(|t| t.outcome.is_none()));
+    assert_eq!(version(&raw(&dir)), SCHEMA_VERSION);
+}
+
+#[test]
+fn a_version_1_journal_that_fails_to_migrate_is_left_as_it_was() {
+    let good = v1_blob(&[(1, &succeeded("ok"))]);
+    let cases: [(&str, Vec<Vec<u8>>); 3] = [
+        // Damaged: the rewrite itself fails.
+        (
+            "truncated",
+            vec![good.clone(), good[..good.len() - 1].to_vec()],
+        ),
+        (
+            "undecodable",
+            vec![good.clone(), vec![0, 0, 0, 3, 0xff, 0xff, 0xff]],
+        ),
+        // Decodes, but names a task no batch holds: the read-back fails after the rewrite.
+        (
+            "no batch holds this task id",
+            vec![good.clone(), v1_blob(&[(9, &cancelled())])],
+        ),
+    ];
+    for (want, blobs) in cases {
+        let dir = TempDir::new("v1-bad");
+        v1_journal(&dir, &blobs);
+        let err = Journal::open(&dir.0).expect_err(want);
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                JournalError::BadRow {
+                    table: "final_batches",
+                    id: 2,
+                    ..
+                }
+            ),
+            "{want}: {msg}"
+        );
+        assert!(msg.contains(want), "{want}: {msg}");
+        assert_eq!(version(&raw(&dir)), 1, "{want}: rolled back");
+        assert_eq!(final_blobs(&dir), blobs, "{want}: rolled back");
+    }
+}
+
+#[test]
+fn versions_that_never_existed_are_refused() {
+    for bad in [0, -1] {
+        let dir = TempDir::new("no-such-version");
+        drop(open(&dir));
+        raw(&dir)
+            .execute("UPDATE schema_version SET version = ?1", [bad])
+            .expect("tamper");
+        let err = Journal::open(&dir.0).expect_err("never existed");
+        assert!(
+            matches!(err, JournalError::BadSchemaVersion { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("never existed"), "{err}");
+    }
 }
 
 #[test]
@@ -826,6 +1049,7 @@ fn measure() {
     let outcome = FinalRecord {
         state: TaskState::Succeeded,
         attempts: 1,
+        copies: 1,
         worker: Some("a".into()),
         exit_code: Some(0),
         stdout: String::new(),

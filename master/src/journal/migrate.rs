@@ -1,0 +1,119 @@
+//! Upgrading an older journal in place at `open`. One transaction holds the rewrite and the
+//! read-back, so a file that fails either is rolled back and left as it was, still the old version.
+
+use super::{classify, recover, FinalEntry, JournalError, Recovered, SCHEMA_VERSION};
+use protocol::{FrameDecoder, TaskState};
+use rusqlite::{params, Connection};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::path::Path;
+
+// `from_v1` writes version 2 entries; a version 3 needs its own step after it.
+const _: () = assert!(SCHEMA_VERSION == 2);
+
+/// `FinalEntry` exactly as version 1 wrote it: no `copies`.
+/// IMPORTANT: frozen. It must decode version 1 blobs for as long as they can be migrated.
+#[derive(Debug, Deserialize)]
+struct FinalEntryV1 {
+    id: u64,
+    state: TaskState,
+    attempts: u32,
+    worker: Option<String>,
+    exit_code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    error: Option<String>,
+    started_ms: Option<u64>,
+    finished_ms: u64,
+}
+
+impl FinalEntryV1 {
+    fn into_v2(self) -> FinalEntry<'static> {
+        FinalEntry {
+            id: self.id,
+            state: self.state,
+            attempts: self.attempts,
+            // Version 1 had no replicas: an outcome with a worker ran one copy, one without a
+            // worker (cancelled while queued) never ran.
+            copies: u32::from(self.worker.is_some()),
+            worker: self.worker.map(Cow::Owned),
+            exit_code: self.exit_code,
+            stdout: Cow::Owned(self.stdout),
+            stderr: Cow::Owned(self.stderr),
+            error: self.error.map(Cow::Owned),
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+        }
+    }
+}
+
+/// Rewrites every `final_batches` blob from version 1 entries to version 2, sets the version and
+/// reads the journal back, all in one transaction. Returns what was recovered and how many rows
+/// were rewritten.
+pub(super) fn from_v1(conn: &Connection, path: &Path) -> Result<(Recovered, usize), JournalError> {
+    let sql = |e| classify(path, e);
+    let tx = conn.unchecked_transaction().map_err(sql)?;
+    // The seqs first: SQLite leaves a SELECT undefined while the same connection updates the
+    // rows it is stepping over. One i64 per commit ever made, so small.
+    let seqs = tx
+        .prepare("SELECT seq FROM final_batches ORDER BY seq")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<i64>, _>>()
+        })
+        .map_err(sql)?;
+    // Reused across rows: one blob (at most a few MiB, see FINAL_BLOB_FLUSH_BYTES) at a time.
+    let mut decoder = FrameDecoder::new();
+    let mut blob = Vec::new();
+    for &seq in &seqs {
+        let bad = |detail: String| JournalError::BadRow {
+            path: path.to_path_buf(),
+            table: "final_batches",
+            id: seq,
+            detail,
+        };
+        {
+            let mut stmt = tx
+                .prepare_cached("SELECT records FROM final_batches WHERE seq = ?1")
+                .map_err(sql)?;
+            let mut rows = stmt.query([seq]).map_err(sql)?;
+            let row = rows
+                .next()
+                .map_err(sql)?
+                .ok_or_else(|| bad("vanished during the migration".into()))?;
+            let old = row
+                .get_ref(0)
+                .map_err(|e| bad(e.to_string()))?
+                .as_blob()
+                .map_err(|e| bad(e.to_string()))?;
+            decoder.extend(old);
+        }
+        blob.clear();
+        let mut index = 0usize;
+        loop {
+            let entry = match decoder.next_frame::<FinalEntryV1>() {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                Err(e) => return Err(bad(format!("version 1 record {index}: {e}"))),
+            };
+            protocol::encode_frame(&entry.into_v2(), &mut blob)
+                .map_err(|e| bad(format!("version 1 record {index}: {e}")))?;
+            index += 1;
+        }
+        if decoder.buffered() != 0 {
+            return Err(bad(format!(
+                "truncated: {} bytes after version 1 record {index} are not a whole record",
+                decoder.buffered()
+            )));
+        }
+        tx.prepare_cached("UPDATE final_batches SET records = ?2 WHERE seq = ?1")
+            .and_then(|mut stmt| stmt.execute(params![seq, &blob[..]]))
+            .map_err(sql)?;
+    }
+    tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
+        .map_err(sql)?;
+    // Inside the transaction: a migrated journal that does not read back is never committed.
+    let recovered = recover::read_all(&tx, path)?;
+    tx.commit().map_err(sql)?;
+    Ok((recovered, seqs.len()))
+}
