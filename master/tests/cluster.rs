@@ -222,3 +222,50 @@ fn group_tasks_run_only_on_that_groups_workers() {
         .collect();
     assert_eq!(groups.iter().filter(|g| **g == "a").count(), 2);
 }
+
+#[test]
+fn replicas_run_on_distinct_workers_and_one_outcome_counts_them() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("w1", 1);
+    c.add_worker("w2", 1);
+    c.wait_for_workers(2);
+    c.submit(&["--replicas", "2", "--", "sh", "-c", "sleep 0.2"]);
+    assert!(c.cli(&["wait"]).status.success());
+    let results = c.results();
+    assert_eq!(results.len(), 1, "one task, one outcome");
+    assert_eq!(results[0]["state"], "succeeded");
+    assert_eq!(results[0]["copies"], 2);
+    let log = c.master_log();
+    assert!(
+        log.contains("-> w1") && log.contains("-> w2"),
+        "a copy on each worker"
+    );
+    // The losing copy is cancelled: both slots come free.
+    eventually(Duration::from_secs(10), "both workers idle", || {
+        let status = c.status();
+        let workers = status["workers"].as_array()?.clone();
+        workers.iter().all(|w| w["running"] == 0).then_some(())
+    });
+}
+
+#[test]
+fn a_straggler_gets_a_speculative_copy_and_one_outcome() {
+    let mut c = Cluster::start(&["--speculate", "3"]);
+    c.add_worker("w1", 1);
+    c.add_worker("w2", 1);
+    c.wait_for_workers(2);
+    // Three quick tasks teach the estimate (about 50 ms per unit of size) ...
+    c.submit(&["--count", "3", "--size", "1", "--sleep", "50ms"]);
+    assert!(c.cli(&["wait"]).status.success());
+    // ... then one of the same size runs 20 times longer.
+    let ids = c.submit(&["--size", "1", "--sleep", "1s"]);
+    assert!(c.cli(&["wait"]).status.success());
+    let results = c.results();
+    let slow = results
+        .iter()
+        .find(|r| r["id"] == ids[0])
+        .expect("the slow task");
+    assert_eq!(slow["state"], "succeeded");
+    assert_eq!(slow["copies"], 2);
+    assert!(c.master_log().contains("starting a speculative copy"));
+}
