@@ -825,15 +825,29 @@ impl Core {
             if self.is_current(worker, r) {
                 continue;
             }
-            let waiting = self.tasks.get(r.task).map(|t| t.state) == Some(TaskState::Queued);
-            if !waiting {
+            let Some(t) = self.tasks.get(r.task) else {
+                cancel.push(r);
+                continue;
+            };
+            if t.state == TaskState::Queued {
+                self.dequeue(r.task);
+                self.unhold(r.task);
+                self.tasks.adopt(r.task, worker, r.attempt);
+                self.tasks.mark_started_if_unknown(r.task, now_ms);
+            } else if t.wants_copy() && !t.runs_on(worker) {
+                // A copy of a redundant task that the task still wants: keep it as one.
+                self.tasks.adopt_copy(r.task, worker, r.attempt, now_ms);
+            } else {
                 cancel.push(r);
                 continue;
             }
-            self.dequeue(r.task);
-            self.unhold(r.task);
-            self.tasks.adopt(r.task, worker, r.attempt);
-            self.tasks.mark_started_if_unknown(r.task, now_ms);
+            // Adopted runs may leave a redundant task wanting more copies: queue the request,
+            // or drop it if this run was the last one wanted.
+            if self.tasks.get(r.task).is_some_and(|t| t.wants_copy()) {
+                self.enqueue(r.task);
+            } else {
+                self.drop_copy_request(r.task);
+            }
             if let Some(w) = self.workers.get_mut(worker) {
                 w.assigned.insert(r.task);
             }
@@ -1234,7 +1248,11 @@ impl Core {
     /// A task that runs several copies may sit in the queue for its next one; once it is final,
     /// re-queued or cancelled, it wants none.
     fn drop_copy_request(&mut self, id: TaskId) {
-        if self.tasks.get(id).is_some_and(|t| t.copies.is_some()) {
+        if self
+            .tasks
+            .get(id)
+            .is_some_and(|t| t.copies.is_some() || t.spec.replicas > 1)
+        {
             self.dequeue(id);
         }
     }

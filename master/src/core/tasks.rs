@@ -478,6 +478,27 @@ impl TaskTable {
         task.count_first_copy();
     }
 
+    /// Adds a copy a reconnecting worker reports running (`attempt` is its own) to a running task.
+    pub fn adopt_copy(&mut self, id: TaskId, worker: WorkerId, attempt: Attempt, now_ms: u64) {
+        let task = self.get_mut(id);
+        debug_assert!(task.wants_copy() && !task.runs_on(worker));
+        let primary = task.attempt;
+        let c = task.copies.get_or_insert_with(|| {
+            Box::new(Copies {
+                started: 1,
+                issued: primary,
+                ..Copies::default()
+            })
+        });
+        c.issued = c.issued.max(attempt).max(primary);
+        c.started += 1;
+        c.extra.push(Run {
+            worker,
+            attempt,
+            started_ms: Some(now_ms),
+        });
+    }
+
     /// When an adopted attempt really started is unknown; the moment we learned of it is the best
     /// bound there is (and keeps `ms` in results meaningful).
     pub fn mark_started_if_unknown(&mut self, id: TaskId, now_ms: u64) {
