@@ -3,6 +3,7 @@
 mod backoff;
 mod error;
 mod executor;
+mod pending;
 mod sampler;
 mod session;
 mod signals;
@@ -35,6 +36,12 @@ struct Args {
     /// How many tasks to run at once [default: the number of CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     slots: Option<u32>,
+
+    /// Tasks held beyond the slots, not yet started, to hide dispatch latency: the next one starts
+    /// as soon as a slot frees, without a round trip to the master. The master may take them back
+    /// to run elsewhere.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    prefetch: u32,
 
     /// Name shown by `master status` [default: <hostname>-<pid>].
     #[arg(long)]
@@ -121,7 +128,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             slots: args.slots.unwrap_or(cpus),
             pid,
             group: args.group.filter(|g| !g.is_empty()),
-            prefetch: 0,
+            prefetch: args.prefetch,
         },
         heartbeat: args.heartbeat,
         on_master_lost: match args.on_master_lost {

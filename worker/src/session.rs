@@ -4,14 +4,21 @@
 //! One thread runs [`run`]; everything else reaches it through one channel of [`Event`]s: the
 //! connect thread (at most one at a time), the reader thread of the current connection, the task
 //! threads (completions) and the signal thread. A loop turn waits for the first event or the next
-//! deadline (heartbeat, task timer, reconnect, stop), handles everything already queued, then
-//! writes what the turn produced (one `Started` and one `Finished` frame, split only if outputs are
-//! large) with one flush. That batching is what lets a worker keep up with tens of thousands of
-//! zero-length tasks per second.
+//! deadline (heartbeat, task timer, reconnect, stop), handles everything already queued, starts
+//! pending tasks into the free slots, then writes what the turn produced (one `Started` and one
+//! `Finished` frame, split only if outputs are large, then the answers to `Retract`) with one
+//! flush. That batching is what lets a worker keep up with tens of thousands of zero-length tasks
+//! per second.
+//!
+//! Assignments wait in a [`PendingQueue`] and start, best first, only while fewer than `slots`
+//! tasks run; up to `prefetch` more may wait there so that a freed slot is refilled without a round
+//! trip to the master. Tasks that have not started belong to the master: it may take them back
+//! (`Retract`), and they are dropped, never started, when the master connection is lost.
 
 use crate::backoff::{seed_from_clock_and_pid, Backoff};
 use crate::error::WorkerError;
 use crate::executor::{Executor, KILL_GRACE};
+use crate::pending::PendingQueue;
 use crate::sampler::LoadSampler;
 use crate::signals::signal_name;
 use log::{debug, error, info, warn};
@@ -20,6 +27,7 @@ use protocol::{
     Completion, Connection, ConnectionError, FromMaster, Role, TaskOutcome, TaskRef, ToMaster,
     WorkerInfo,
 };
+use std::collections::HashSet;
 use std::mem;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread;
@@ -118,6 +126,7 @@ pub fn run(
             }
         }
         session.handle_timeout(now);
+        session.start_pending(now);
         session.flush(now);
         if let Some(result) = session.poll_exit(Instant::now()) {
             return result;
@@ -169,8 +178,14 @@ struct Session {
     /// is bounded by the attempts that were running when the master went away, since nothing new
     /// starts without a master.
     finished: Vec<Completion>,
-    /// Whether we warned that the master assigned more than our slots (warn once per episode).
-    over_slots: bool,
+    /// This turn's answers to `Retract`, one per request, written after `started` and `finished`.
+    retracted: Vec<Vec<TaskRef>>,
+    /// Assigned, not started. Its bound is the master's: `slots + prefetch` held in all, one more
+    /// briefly while the master swaps in a higher-priority task (see `start_pending`).
+    pending: PendingQueue,
+    /// Whether we warned that the master assigned more than `slots + prefetch` (warn once per
+    /// episode).
+    over_limit: bool,
     stopping: Option<Stopping>,
 }
 
@@ -188,7 +203,9 @@ impl Session {
             sampler: LoadSampler::new(),
             started: Vec::new(),
             finished: Vec::new(),
-            over_slots: false,
+            retracted: Vec::new(),
+            pending: PendingQueue::default(),
+            over_limit: false,
             stopping: None,
         }
     }
@@ -250,10 +267,14 @@ impl Session {
             // lost with the worker and run them again, not as cancelled.
             self.started.clear();
             self.finished.clear();
+            self.retracted.clear();
             return;
         }
         let Link::Up(up) = &mut self.link else {
+            // The answers were for a connection that is gone, whose master forgets this worker's
+            // pending tasks anyway.
             self.started.clear();
+            self.retracted.clear();
             return;
         };
         if !self.started.is_empty() {
@@ -266,6 +287,9 @@ impl Session {
         }
         if !self.finished.is_empty() {
             queue_finished(&mut up.writer, &mut self.finished);
+        }
+        for returned in self.retracted.drain(..) {
+            queue(&mut up.writer, &ToMaster::Retracted(returned));
         }
         if let Err(e) = up.writer.flush() {
             self.on_lost(now, &e.to_string());
@@ -366,8 +390,9 @@ impl Session {
             .worker_id
             .map_or_else(|| "an unnamed worker".to_string(), |id| id.to_string());
         info!(
-            "connected to the master at {addr} as {id} ({} slots, heartbeat every {} ms)",
+            "connected to the master at {addr} as {id} ({} slots, prefetch {}, heartbeat every {} ms)",
             self.config.info.slots,
+            self.config.info.prefetch,
             heartbeat.as_millis()
         );
         if !self.finished.is_empty() {
@@ -401,29 +426,48 @@ impl Session {
 
     fn on_frame(&mut self, now: Instant, msg: FromMaster) {
         match msg {
+            // Started by `start_pending` at the end of the turn.
             FromMaster::Assign(assignments) => {
-                for a in &assignments {
-                    if self.executor.start(now, a, &mut self.finished) {
-                        self.started.push(TaskRef {
-                            task: a.task,
-                            attempt: a.attempt,
-                        });
+                for a in assignments {
+                    let (task, attempt) = (a.task, a.attempt);
+                    if self.executor.is_running(TaskRef { task, attempt }) {
+                        warn!("task {task} attempt {attempt} assigned twice; ignoring the second");
+                    } else {
+                        self.pending.push(a);
                     }
                 }
-                let running = self.executor.running();
-                let slots = self.config.info.slots as usize;
-                if running > slots && !self.over_slots {
-                    warn!(
-                        "the master assigned more than our {slots} slots: \
-                         running all {running} tasks"
-                    );
-                }
-                self.over_slots = running > slots;
             }
             FromMaster::Cancel(tasks) => {
+                let mut unstarted: HashSet<TaskRef> =
+                    self.pending.remove(&tasks).into_iter().collect();
                 for task in tasks {
-                    self.executor.cancel(now, task, &mut self.finished);
+                    if !unstarted.remove(&task) {
+                        self.executor.cancel(now, task, &mut self.finished);
+                        continue;
+                    }
+                    debug!(
+                        "task {} attempt {} cancelled before it started",
+                        task.task, task.attempt
+                    );
+                    // Reported as a cancelled running task would be, so the master needs no
+                    // second path for it.
+                    self.finished.push(Completion {
+                        task: task.task,
+                        attempt: task.attempt,
+                        outcome: TaskOutcome::Cancelled,
+                        run_ms: 0,
+                    });
                 }
+            }
+            FromMaster::Retract(tasks) => {
+                let asked = tasks.len();
+                let returned = self.pending.remove(&tasks);
+                info!(
+                    "returned {} of {asked} tasks to the master (the rest had started)",
+                    returned.len()
+                );
+                // Answered even when empty: the master counts on one answer per request.
+                self.retracted.push(returned);
             }
             FromMaster::Rejected { reason } => {
                 let addr = self.config.master_addr.clone();
@@ -457,6 +501,7 @@ impl Session {
                 info!(
                     "lost the master at {addr} ({why}); reconnecting, {running} tasks keep running"
                 );
+                self.drop_pending("the master connection is lost");
                 if now.saturating_duration_since(up.since) >= STABLE_CONNECTION {
                     self.backoff.reset();
                 }
@@ -493,12 +538,61 @@ impl Session {
             up.writer.shutdown();
         }
         self.link = Link::Closed;
+        self.drop_pending("the worker stops");
         self.executor.cancel_all(now, &mut self.finished);
         if self.stopping.is_none() {
             self.stopping = Some(Stopping {
                 result,
                 give_up_at: now + KILL_GRACE + STOP_SLACK,
             });
+        }
+    }
+
+    /// Starts pending tasks, best first, while a slot is free. Called once per loop turn, after
+    /// the turn's events and timers, so every slot freed in the turn (a completion, a timer, a
+    /// cancel) is refilled here and nowhere else. Cheap when there is nothing to do, so it needs
+    /// no dirty flag.
+    fn start_pending(&mut self, now: Instant) {
+        debug_assert!(
+            self.pending.is_empty() || matches!(self.link, Link::Up(_)),
+            "pending tasks outlived their master connection"
+        );
+        let slots = self.config.info.slots as usize;
+        // Bounded by the queue: every iteration takes one task out. A zero-length task finishes
+        // inside `start` and takes no slot, so a batch of them starts in one turn.
+        while self.executor.running() < slots {
+            let Some(a) = self.pending.pop() else {
+                break;
+            };
+            if self.executor.start(now, &a, &mut self.finished) {
+                self.started.push(TaskRef {
+                    task: a.task,
+                    attempt: a.attempt,
+                });
+            }
+        }
+        // A warning, not an error: when the master swaps a higher-priority task in, it may
+        // over-assign by one until our `Retracted` answer reaches it.
+        let limit = slots.saturating_add(self.config.info.prefetch as usize);
+        let held = self.executor.running() + self.pending.len();
+        if held > limit && !self.over_limit {
+            warn!(
+                "the master assigned more than our {slots} slots + {} prefetch: \
+                 holding all {held} tasks",
+                self.config.info.prefetch
+            );
+        }
+        self.over_limit = held > limit;
+    }
+
+    /// Forgets the tasks that have not started. They are the master's: it re-queues them when it
+    /// sees this worker gone, so starting them later could run them twice.
+    fn drop_pending(&mut self, why: &str) {
+        let dropped = self.pending.clear();
+        if dropped > 0 {
+            info!(
+                "{why}: dropping {dropped} tasks that had not started (the master re-queues them)"
+            );
         }
     }
 

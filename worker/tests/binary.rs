@@ -182,6 +182,7 @@ fn help_lists_the_options() {
         "--heartbeat",
         "--token",
         "--on-master-lost",
+        "--prefetch",
     ] {
         assert!(help.contains(option), "{option} missing from:\n{help}");
     }

@@ -1,7 +1,7 @@
 //! Runs task attempts: child processes, and the synthetic `Sleep` and `Spin` tasks.
 //!
 //! [`Executor`] is driven by the session's loop and never blocks it. Its methods are of four kinds:
-//! - getters: [`Executor::running`];
+//! - getters: [`Executor::running`], [`Executor::is_running`], [`Executor::running_refs`];
 //! - commands: [`Executor::start`], [`Executor::cancel`], [`Executor::cancel_all`],
 //!   [`Executor::kill_all`];
 //! - input: [`Executor::handle_finished`] (a completion a task thread sent through the events
@@ -153,6 +153,11 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
     /// Attempts started and not yet reported finished.
     pub fn running(&self) -> usize {
         self.running.len()
+    }
+
+    /// Whether that attempt is running now.
+    pub fn is_running(&self, task: TaskRef) -> bool {
+        self.running.contains_key(&task)
     }
 
     /// The attempts running now, in a stable order.

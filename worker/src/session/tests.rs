@@ -123,6 +123,25 @@ fn welcome(heartbeat_interval_ms: u64) -> FromMaster {
     }
 }
 
+fn test_config(addr: String, on_master_lost: OnMasterLost, heartbeat: Option<Duration>) -> Config {
+    Config {
+        master_addr: addr,
+        token: None,
+        info: WorkerInfo {
+            name: "test".into(),
+            host: "localhost".into(),
+            cpus: 2,
+            slots: 2,
+            pid: std::process::id(),
+            group: None,
+            prefetch: 0,
+        },
+        heartbeat,
+        on_master_lost,
+        tasks_die_with_worker: false,
+    }
+}
+
 struct Worker {
     events: Sender<Event>,
     handle: JoinHandle<Result<(), WorkerError>>,
@@ -130,22 +149,18 @@ struct Worker {
 
 impl Worker {
     fn start(addr: String, on_master_lost: OnMasterLost, heartbeat: Option<Duration>) -> Self {
-        let config = Config {
-            master_addr: addr,
-            token: None,
-            info: WorkerInfo {
-                name: "test".into(),
-                host: "localhost".into(),
-                cpus: 2,
-                slots: 2,
-                pid: std::process::id(),
-                group: None,
-                prefetch: 0,
-            },
-            heartbeat,
-            on_master_lost,
-            tasks_die_with_worker: false,
-        };
+        Worker::spawn(test_config(addr, on_master_lost, heartbeat))
+    }
+
+    /// A worker with `slots` slots holding up to `prefetch` tasks more, not started.
+    fn with_prefetch(addr: String, slots: u32, prefetch: u32) -> Self {
+        let mut config = test_config(addr, OnMasterLost::Wait, None);
+        config.info.slots = slots;
+        config.info.prefetch = prefetch;
+        Worker::spawn(config)
+    }
+
+    fn spawn(config: Config) -> Self {
         let (events, inbox) = mpsc::channel();
         let tx = events.clone();
         let handle = thread::spawn(move || run(config, tx, inbox));
@@ -303,6 +318,198 @@ fn reconnect_reports_attempts_still_running() {
             }]
         ),
         other => panic!("expected Running, got {other:?}"),
+    }
+    assert!(worker.stop().is_ok());
+}
+
+fn task(id: u64) -> TaskRef {
+    TaskRef {
+        task: TaskId(id),
+        attempt: Attempt(1),
+    }
+}
+
+/// One `Assign` frame of sleeps, each `(id, priority, ms)`.
+fn assign_sleeps(tasks: &[(u64, i32, u64)]) -> FromMaster {
+    FromMaster::Assign(
+        tasks
+            .iter()
+            .map(|&(id, priority, ms)| {
+                let mut spec = TaskSpec::new(TaskKind::Sleep { ms });
+                spec.priority = priority;
+                Assignment {
+                    task: TaskId(id),
+                    attempt: Attempt(1),
+                    spec: Arc::new(spec),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// What a worker reported about one task, in the order the reports arrived.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Started(u64),
+    Finished(u64),
+}
+
+#[test]
+fn prefetched_tasks_start_one_at_a_time_in_priority_order() {
+    let master = FakeMaster::new();
+    let worker = Worker::with_prefetch(master.addr(), 1, 3);
+    let (mut conn, info) = master.accept(welcome(60_000));
+    assert_eq!((info.slots, info.prefetch), (1, 3));
+    // One frame, out of priority order: the worker decides what starts first.
+    conn.send(&assign_sleeps(&[
+        (1, 0, 30),
+        (2, 5, 30),
+        (3, 1, 30),
+        (4, 0, 30),
+    ]));
+    let mut seen = Vec::new();
+    let mut finished = 0;
+    while finished < 4 {
+        match conn.recv_report() {
+            ToMaster::Started(refs) => seen.extend(refs.iter().map(|r| Seen::Started(r.task.0))),
+            ToMaster::Finished(done) => {
+                for c in done {
+                    assert!(matches!(c.outcome, TaskOutcome::Exited { code: 0, .. }));
+                    seen.push(Seen::Finished(c.task.0));
+                    finished += 1;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A turn writes `Started` before `Finished`, so each start arrives just before the completion
+    // that freed its slot: one task at a time, highest priority first, FIFO among equals (1, 4).
+    use Seen::{Finished, Started};
+    assert_eq!(
+        seen,
+        [
+            Started(2),
+            Started(3),
+            Finished(2),
+            Started(1),
+            Finished(3),
+            Started(4),
+            Finished(1),
+            Finished(4),
+        ]
+    );
+    assert!(worker.stop().is_ok());
+}
+
+#[test]
+fn retract_returns_only_tasks_not_started() {
+    let master = FakeMaster::new();
+    let worker = Worker::with_prefetch(master.addr(), 1, 2);
+    let (mut conn, _) = master.accept(welcome(60_000));
+    conn.send(&assign(1, 3, TaskKind::Sleep { ms: 60_000 }));
+    match conn.recv_report() {
+        ToMaster::Started(refs) => assert_eq!(refs, [task(1)]),
+        other => panic!("unexpected {other:?}"),
+    }
+    // 1 runs, 2 waits, 99 was never assigned.
+    conn.send(&FromMaster::Retract(vec![task(1), task(2), task(99)]));
+    match conn.recv_report() {
+        ToMaster::Retracted(refs) => assert_eq!(refs, [task(2)]),
+        other => panic!("unexpected {other:?}"),
+    }
+    // The freed slot goes to 3, not to the task given back.
+    conn.send(&FromMaster::Cancel(vec![task(1)]));
+    match conn.recv_report() {
+        ToMaster::Started(refs) => assert_eq!(refs, [task(3)]),
+        other => panic!("unexpected {other:?}"),
+    }
+    match conn.recv_report() {
+        ToMaster::Finished(done) => {
+            assert_eq!(done.len(), 1);
+            assert_eq!(
+                (done[0].task, &done[0].outcome),
+                (TaskId(1), &TaskOutcome::Cancelled)
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Nothing left to give back: the answer still comes, empty.
+    conn.send(&FromMaster::Retract(vec![task(2), task(3)]));
+    match conn.recv_report() {
+        ToMaster::Retracted(refs) => assert!(refs.is_empty(), "got {refs:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(worker.stop().is_ok());
+}
+
+#[test]
+fn cancel_of_a_pending_task_reports_it_cancelled() {
+    let master = FakeMaster::new();
+    let worker = Worker::with_prefetch(master.addr(), 1, 1);
+    let (mut conn, _) = master.accept(welcome(60_000));
+    conn.send(&assign(1, 2, TaskKind::Sleep { ms: 60_000 }));
+    match conn.recv_report() {
+        ToMaster::Started(refs) => assert_eq!(refs, [task(1)]),
+        other => panic!("unexpected {other:?}"),
+    }
+    conn.send(&FromMaster::Cancel(vec![task(2)]));
+    match conn.recv_report() {
+        ToMaster::Finished(done) => assert_eq!(
+            done,
+            [Completion {
+                task: TaskId(2),
+                attempt: Attempt(1),
+                outcome: TaskOutcome::Cancelled,
+                run_ms: 0,
+            }]
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Gone from the queue, and never started: nothing came before this answer.
+    conn.send(&FromMaster::Retract(vec![task(2)]));
+    match conn.recv_report() {
+        ToMaster::Retracted(refs) => assert!(refs.is_empty(), "got {refs:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(worker.stop().is_ok());
+}
+
+#[test]
+fn pending_tasks_are_dropped_when_the_master_connection_is_lost() {
+    let master = FakeMaster::new();
+    let worker = Worker::with_prefetch(master.addr(), 1, 2);
+    let (mut conn, _) = master.accept(welcome(60_000));
+    conn.send(&assign_sleeps(&[
+        (1, 0, 30),
+        (2, 0, 60_000),
+        (3, 0, 60_000),
+    ]));
+    match conn.recv_report() {
+        ToMaster::Started(refs) => assert_eq!(refs, [task(1)]),
+        other => panic!("unexpected {other:?}"),
+    }
+    drop(conn);
+
+    // Until 1's completion, whether it finished while away or after: had 2 or 3 been kept, one
+    // would have taken 1's slot and show in `Running` (started while away) or in a `Started`.
+    let (mut conn, _) = master.accept(welcome(60_000));
+    loop {
+        match conn.recv() {
+            ToMaster::Load(load) => assert!(load.running <= 1, "{load:?}"),
+            ToMaster::Running(refs) => assert!(refs.iter().all(|&r| r == task(1)), "{refs:?}"),
+            ToMaster::Finished(done) => {
+                assert!(done.iter().all(|c| c.task == TaskId(1)), "{done:?}");
+                if !done.is_empty() {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    conn.send(&FromMaster::Retract(vec![task(2), task(3)]));
+    match conn.recv_report() {
+        ToMaster::Retracted(refs) => assert!(refs.is_empty(), "got {refs:?}"),
+        other => panic!("unexpected {other:?}"),
     }
     assert!(worker.stop().is_ok());
 }
