@@ -269,3 +269,61 @@ fn a_straggler_gets_a_speculative_copy_and_one_outcome() {
     assert_eq!(slow["copies"], 2);
     assert!(c.master_log().contains("starting a speculative copy"));
 }
+
+/// Waits until `worker` holds `n` tasks (running or prefetched) in the master's view.
+fn wait_for_held(c: &Cluster, worker: &str, n: u64) {
+    eventually(Duration::from_secs(10), "tasks to reach the worker", || {
+        let status = c.status();
+        let w = status["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["name"] == worker)?
+            .clone();
+        (w["running"].as_u64() == Some(n)).then_some(())
+    });
+}
+
+#[test]
+fn an_idle_worker_gets_unstarted_tasks_retracted_from_a_prefetching_one() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker_with("w1", 1, &["--prefetch", "4"]);
+    c.wait_for_workers(1);
+    let ids = c.submit(&["--count", "5", "--sleep", "800ms"]);
+    wait_for_held(&c, "w1", 5);
+    c.add_worker("w2", 2);
+    assert!(c.cli(&["wait"]).status.success());
+    let results = c.results();
+    assert_eq!(by_state(&results, "succeeded").len(), ids.len());
+    let on_w2 = results.iter().filter(|r| r["worker"] == "w2").count();
+    assert!(on_w2 >= 1, "no task moved to the idle worker");
+    assert!(
+        results.iter().all(|r| r["attempts"] == 1),
+        "a returned task keeps its attempt: it never ran"
+    );
+    let log = c.master_log();
+    assert!(log.contains("rebalancing: w2 idle"), "{log}");
+    assert!(log.contains("rebalanced: w1 returned"), "{log}");
+}
+
+#[test]
+fn a_prefetched_task_never_starts_before_a_higher_priority_one() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker_with("w1", 1, &["--prefetch", "2"]);
+    c.wait_for_workers(1);
+    let low = c.submit(&["--count", "3", "--sleep", "300ms"]);
+    wait_for_held(&c, "w1", 3);
+    let high = c.submit(&["--priority", "5", "--sleep", "10ms"]);
+    assert!(c.cli(&["wait"]).status.success());
+    let results = c.results();
+    let started = |id: u64| -> u64 {
+        results
+            .iter()
+            .find(|r| r["id"] == id)
+            .and_then(|r| r["started_ms"].as_u64())
+            .expect("started")
+    };
+    // low[0] was running when the high task came; the prefetched low ones start after it.
+    assert!(started(high[0]) <= started(low[1]));
+    assert!(started(high[0]) <= started(low[2]));
+    assert!(c.master_log().contains("displaces prefetched task"));
+}
