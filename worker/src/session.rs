@@ -571,18 +571,19 @@ impl Session {
                 });
             }
         }
-        // A warning, not an error: when the master swaps a higher-priority task in, it may
-        // over-assign by one until our `Retracted` answer reaches it.
+        // When the master swaps a higher-priority task in and the task it retracts had already
+        // started, we hold one more than `slots + prefetch` for a while: normal, not worth a
+        // warning. Beyond that the master and this worker disagree about the limit.
         let limit = slots.saturating_add(self.config.info.prefetch as usize);
         let held = self.executor.running() + self.pending.len();
-        if held > limit && !self.over_limit {
+        if held > limit + 1 && !self.over_limit {
             warn!(
                 "the master assigned more than our {slots} slots + {} prefetch: \
                  holding all {held} tasks",
                 self.config.info.prefetch
             );
         }
-        self.over_limit = held > limit;
+        self.over_limit = held > limit + 1;
     }
 
     /// Forgets the tasks that have not started. They are the master's: it re-queues them when it
