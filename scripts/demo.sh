@@ -12,10 +12,12 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=${BALLAST_DEMO_DIR:-$root/demo-run}
 
-# Batch shape. Three workers with two slots each; worker-2 is the one that gets killed.
+# Batch shape. Three workers with two slots each; worker-2 is the one that gets killed. worker-3
+# also prefetches two tasks beyond its slots, which the master takes back when another worker idles.
 workers=3
 slots=2
 victim=worker-2
+prefetcher=worker-3
 
 say() { printf '\n== %s\n' "$*"; }
 die() {
@@ -103,7 +105,9 @@ echo "master pid $master_pid listening on $BALLAST_MASTER (BALLAST_MASTER=$BALLA
 # --- workers ------------------------------------------------------------------------------------------
 say "starting $workers workers with $slots slots each"
 for i in $(seq 1 "$workers"); do
-  "$worker" --name "worker-$i" --slots "$slots" >"$dir/worker-$i.log" 2>&1 &
+  extra=()
+  [[ worker-$i == "$prefetcher" ]] && extra=(--prefetch 2)
+  "$worker" --name "worker-$i" --slots "$slots" "${extra[@]}" >"$dir/worker-$i.log" 2>&1 &
   worker_pid[worker-$i]=$!
   echo "worker-$i pid $!"
 done
@@ -163,6 +167,8 @@ submit "a program that does not exist (fails)" -- /nonexistent/ballast-demo-prog
 missing_id=$first_id
 failing=$((failing + 3))
 submit "priority 9 sleep 200ms (jumps the queue)" --priority 9 --count 6 --sleep 200ms
+submit "sleep 1 as 2 copies on 2 workers (first wins)" --replicas 2 -- sleep 1
+replicated_id=$first_id
 echo "  ${total} tasks, ${failing} of them fail by design"
 
 # --- kill a worker mid-run ------------------------------------------------------------------------------
@@ -230,7 +236,9 @@ say "tasks finished per worker (from results --json)"
 sed -n 's/.*"worker":"\([^"]*\)".*/\1/p' <<<"$rows" | sort | uniq -c
 say "tasks per final state"
 sed -n 's/.*"state":"\([a-z_]*\)".*/\1/p' <<<"$rows" | sort | uniq -c
-rerun=$(grep -v '"attempts":1$' <<<"$rows" | sed -n 's/^"id":\([0-9]*\),.*/\1/p' | paste -sd' ' -) || true
+# The replicated task counts its two copies as two attempts; it is not a re-run.
+rerun=$(grep -v -e '"attempts":1$' -e "^\"id\":$replicated_id," <<<"$rows" |
+  sed -n 's/^"id":\([0-9]*\),.*/\1/p' | paste -sd' ' -) || true
 echo "re-run after the kill (attempts > 1): ${rerun:-none}"
 
 say "what some tasks said (results --json ID)"
@@ -242,9 +250,11 @@ field() {
 echo "task $hello_id stdout: $(field "$hello_id" stdout)"
 echo "task $exit3_id stderr: $(field "$exit3_id" stderr)"
 echo "task $missing_id error:  $(field "$missing_id" error)"
+copies=$("$master" results --json "$replicated_id" | grep -o '"copies":[0-9]*' | head -n 1)
+echo "task $replicated_id (--replicas 2): ${copies#\"copies\":} copies ran, one outcome"
 
 say "from the master log"
-grep -E 'listening|joined|lost|re-queued|stale' "$dir/master.log" || true
+grep -E 'listening|joined|lost|re-queued|stale|rebalanc|displaces|copy 2 of' "$dir/master.log" || true
 
 # --- check: the run went as designed ----------------------------------------------------------------
 count() { grep -c "$1" <<<"$rows" || true; }
