@@ -713,6 +713,13 @@ impl Core {
                 "a worker may not report WorkerLost",
             );
         }
+        if let Some(w) = self.workers.get_mut(worker) {
+            if w.draining.remove(&r) {
+                // A losing copy is gone: its slot is free now.
+                self.refresh(worker);
+                self.dirty = true;
+            }
+        }
         let name = self.workers.name(worker).unwrap_or("?").to_string();
         if !self.is_current(worker, r) {
             let waiting = self.tasks.get(c.task).map(|t| t.state) == Some(TaskState::Queued);
@@ -946,6 +953,7 @@ impl Core {
         };
         w.conn = None;
         w.retracting.clear();
+        w.draining.clear();
         if w.info.prefetch > 0 {
             self.prefetching -= 1;
         }
@@ -1257,22 +1265,22 @@ impl Core {
         }
     }
 
-    /// Cancels runs of `task` that lost the race (another copy succeeded): the workers kill them,
-    /// and their slots are free at once.
+    /// Cancels runs of `task` that lost the race (another copy succeeded). Their slots stay busy
+    /// (`draining`) until the workers report them ended.
     fn cancel_runs(&mut self, task: TaskId, runs: Vec<tasks::Run>) {
         for run in runs {
             let Some(w) = self.workers.get_mut(run.worker) else {
                 continue;
             };
+            let r = TaskRef {
+                task,
+                attempt: run.attempt,
+            };
             w.assigned.remove(&task);
+            w.draining.insert(r);
             let conn = w.conn;
             self.forget_unstarted(task, run.worker);
-            self.refresh(run.worker);
             if let Some(conn) = conn {
-                let r = TaskRef {
-                    task,
-                    attempt: run.attempt,
-                };
                 self.send(conn, FromMaster::Cancel(vec![r]));
             }
         }

@@ -151,7 +151,7 @@ impl Core {
             if !w.is_alive() || !w.ready {
                 continue;
             }
-            let busy = w.assigned.len();
+            let busy = w.busy();
             let slots = w.info.slots as usize;
             if busy < slots {
                 idle.push((w.id, (slots - busy) as u32, w.info.group.clone()));
@@ -193,7 +193,7 @@ impl Core {
         let refs: Vec<TaskRef> = candidates.into_iter().take(take).map(|c| c.2).collect();
         let names: Vec<&str> = idle.iter().filter_map(|i| self.workers.name(i.0)).collect();
         let (donor_name, busy, slots) = self.workers.get(donor).map_or(("?", 0, 0), |w| {
-            (w.info.name.as_str(), w.assigned.len(), w.info.slots)
+            (w.info.name.as_str(), w.busy(), w.info.slots)
         });
         info!(
             "rebalancing: {} idle, nothing queued; asking {donor_name} ({busy} tasks on {slots} \

@@ -50,7 +50,7 @@ impl Core {
             .workers
             .iter()
             .filter(|w| w.is_alive() && w.ready)
-            .map(|w| w.info.slots.saturating_sub(w.assigned.len() as u32))
+            .map(|w| (w.info.slots as usize).saturating_sub(w.busy()) as u32)
             .sum();
         if idle == 0 {
             return;

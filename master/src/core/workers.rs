@@ -21,6 +21,9 @@ pub struct Worker {
     /// Has said what it is already running (`Running`). Until then it gets no work, or a task it
     /// still runs from before a reconnect could be handed to it again as a new attempt.
     pub ready: bool,
+    /// Copies cancelled because another copy won: their slots stay busy until the worker reports
+    /// them ended (a command may take the whole kill grace to die).
+    pub draining: HashSet<TaskRef>,
     /// `Retract` requests without an answer yet, oldest first: the worker answers each in turn.
     pub retracting: VecDeque<Vec<TaskRef>>,
 }
@@ -30,10 +33,15 @@ impl Worker {
         self.conn.is_some()
     }
 
+    /// Slots in use as the worker sees them: its tasks, and losing copies still being killed.
+    pub fn busy(&self) -> usize {
+        self.assigned.len() + self.draining.len()
+    }
+
     pub fn capacity(&self) -> Capacity {
         Capacity {
             cpu_percent: self.load.cpu_percent,
-            busy: self.assigned.len() as u32,
+            busy: self.busy() as u32,
             slots: if self.ready { self.info.slots } else { 0 },
             prefetch: if self.ready { self.info.prefetch } else { 0 },
         }
@@ -66,6 +74,7 @@ impl WorkerTable {
             w.load = LoadReport::default();
             w.ready = false;
             w.retracting.clear();
+            w.draining.clear();
             return (id, previous);
         }
         let id = WorkerId(self.workers.len() as u32 + 1);
@@ -80,6 +89,7 @@ impl WorkerTable {
             assigned: HashSet::new(),
             done: 0,
             ready: false,
+            draining: HashSet::new(),
             retracting: VecDeque::new(),
         });
         (id, None)
@@ -111,6 +121,7 @@ impl WorkerTable {
             assigned: HashSet::new(),
             done: 0,
             ready: false,
+            draining: HashSet::new(),
             retracting: VecDeque::new(),
         });
         id

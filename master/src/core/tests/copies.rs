@@ -253,3 +253,18 @@ fn a_straggler_gets_a_speculative_copy_when_a_slot_is_idle() {
     let r = h.core.task(slow[0]).expect("task");
     assert_eq!((r.state, r.copies), (TaskState::Succeeded, 2));
 }
+
+#[test]
+fn a_losing_copy_keeps_its_slot_until_its_worker_reports_it_gone() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker("a", 1);
+    let (b, _, _) = h.worker("b", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![replicated(2), sleep_spec(0), sleep_spec(0)], 1);
+    let out = h.finish(b, ids[0], 2, exited(0));
+    assert_eq!(cancels(&out), vec![(a, ids[0], 1)]);
+    // b's slot is free; a's is not until its copy is dead (a command may take the kill grace).
+    assert_eq!(assignments(&out), vec![(b, ids[1], 1)]);
+    let out = h.finish(a, ids[0], 1, TaskOutcome::Cancelled);
+    assert_eq!(assignments(&out), vec![(a, ids[2], 1)]);
+}
