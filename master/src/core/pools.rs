@@ -168,12 +168,11 @@ impl Pools {
                 heads.push((id, k, Some(name.as_str())));
             }
         }
+        // Best first: higher priority, then lower order (a total order, as `sort_by` needs).
         heads.sort_by(|a, b| {
-            if a.1.before(&b.1) {
-                std::cmp::Ordering::Less
-            } else {
-                std::cmp::Ordering::Greater
-            }
+            b.1.priority
+                .cmp(&a.1.priority)
+                .then(a.1.order.cmp(&b.1.order))
         });
         heads
     }
