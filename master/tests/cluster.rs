@@ -270,16 +270,10 @@ fn a_straggler_gets_a_speculative_copy_and_one_outcome() {
     assert!(c.master_log().contains("starting a speculative copy"));
 }
 
-/// Waits until `worker` holds `n` tasks (running or prefetched) in the master's view.
-fn wait_for_held(c: &Cluster, worker: &str, n: u64) {
-    eventually(Duration::from_secs(10), "tasks to reach the worker", || {
-        let status = c.status();
-        let w = status["workers"]
-            .as_array()?
-            .iter()
-            .find(|w| w["name"] == worker)?
-            .clone();
-        (w["running"].as_u64() == Some(n)).then_some(())
+/// Waits until nothing is queued: every task is on a worker, running or prefetched.
+fn wait_until_all_assigned(c: &Cluster) {
+    eventually(Duration::from_secs(10), "every task assigned", || {
+        (c.status()["queued"].as_u64() == Some(0)).then_some(())
     });
 }
 
@@ -289,7 +283,8 @@ fn an_idle_worker_gets_unstarted_tasks_retracted_from_a_prefetching_one() {
     c.add_worker_with("w1", 1, &["--prefetch", "4"]);
     c.wait_for_workers(1);
     let ids = c.submit(&["--count", "5", "--sleep", "800ms"]);
-    wait_for_held(&c, "w1", 5);
+    // One slot and four prefetched: all five are on w1 before w2 exists.
+    wait_until_all_assigned(&c);
     c.add_worker("w2", 2);
     assert!(c.cli(&["wait"]).status.success());
     let results = c.results();
@@ -310,8 +305,10 @@ fn a_prefetched_task_never_starts_before_a_higher_priority_one() {
     let mut c = Cluster::start(&[]);
     c.add_worker_with("w1", 1, &["--prefetch", "2"]);
     c.wait_for_workers(1);
-    let low = c.submit(&["--count", "3", "--sleep", "300ms"]);
-    wait_for_held(&c, "w1", 3);
+    // The first low task holds the slot long enough for the rest to be submitted behind it.
+    let mut low = c.submit(&["--sleep", "1500ms"]);
+    low.extend(c.submit(&["--count", "2", "--sleep", "100ms"]));
+    wait_until_all_assigned(&c);
     let high = c.submit(&["--priority", "5", "--sleep", "10ms"]);
     assert!(c.cli(&["wait"]).status.success());
     let results = c.results();
