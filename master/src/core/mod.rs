@@ -714,7 +714,8 @@ impl Core {
             );
         }
         if let Some(w) = self.workers.get_mut(worker) {
-            if w.draining.remove(&r) {
+            // Checked first: hashing every completion for an almost always empty set costs.
+            if !w.draining.is_empty() && w.draining.remove(&r) {
                 // A losing copy is gone: its slot is free now.
                 self.refresh(worker);
                 self.dirty = true;

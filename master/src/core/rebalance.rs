@@ -80,7 +80,8 @@ impl Core {
                 .collect();
             let mut moved = false;
             for (head, priority, group) in heads {
-                let Some((victim, worker)) = self.lowest_unstarted_below(head, priority, &group)
+                let Some((victim, worker)) =
+                    self.lowest_unstarted_below(head, priority, group.as_deref())
                 else {
                     continue;
                 };
@@ -108,7 +109,7 @@ impl Core {
         &mut self,
         head: TaskId,
         priority: i32,
-        group: &Option<String>,
+        group: Option<&str>,
     ) -> Option<(TaskRef, WorkerId)> {
         let mut stale = Vec::new();
         let mut found = None;
@@ -124,7 +125,7 @@ impl Core {
             let Some(w) = self.workers.get(worker) else {
                 continue;
             };
-            let fits = group.is_none() || w.info.group == *group;
+            let fits = group.is_none() || w.info.group.as_deref() == group;
             let has_copy = self.tasks.get(head).is_some_and(|t| t.runs_on(worker));
             if fits && !has_copy {
                 found = Some((entry, r, worker));
