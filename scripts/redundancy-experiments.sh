@@ -20,81 +20,15 @@
 # toolchain, bash 5, coreutils and python3 (only for the summary). Every process it starts is
 # recorded by PID and stopped by the trap; nothing is ever killed by name.
 set -euo pipefail
-export LC_ALL=C # EPOCHREALTIME and printf use the locale's decimal point
-
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out=$root/experiments
-reps=${BALLAST_EXP_REPS:-3}
-started=$SECONDS
-
-die() {
-  printf 'redundancy-experiments.sh: %s\n' "$*" >&2
-  exit 1
-}
-[[ ${BASH_VERSINFO[0]} -ge 5 ]] || die "needs bash 5 (for EPOCHREALTIME)"
-command -v python3 >/dev/null || die "needs python3 for the summary"
-[[ $reps =~ ^[1-9][0-9]*$ ]] || die "BALLAST_EXP_REPS must be a positive integer"
-
-# --- processes: every PID started is recorded and stopped by cleanup, never by name ----------------
-pids=()
-work=
-stop_pids() {
-  # TERM, up to 5 s grace, then KILL; `kill -0` fails once bash has reaped the child.
-  (($#)) || return 0
-  kill -TERM "$@" 2>/dev/null || true
-  local end=$((SECONDS + 5)) pid
-  for pid in "$@"; do
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < end)); do sleep 0.02; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-}
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  stop_pids "${pids[@]}"
-  if [[ -n $work && -d $work ]]; then
-    if [[ -n ${BALLAST_EXP_KEEP:-} || $status -ne 0 ]]; then
-      echo "run folder kept: $work" >&2
-    else
-      rm -rf "$work"
-    fi
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# --- build -----------------------------------------------------------------------------------------
-echo "== building (cargo build --release --workspace)"
-cd "$root"
-cargo build --release --workspace --quiet
-target=$(cargo metadata --format-version 1 --no-deps |
-  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-work=$(mktemp -d "${TMPDIR:-/tmp}/ballast-redundancy.XXXXXX")
-# A private copy of the binaries: other people rebuilding the workspace meanwhile cannot swap them
-# under a half-finished experiment.
-cp "$target/release/master" "$target/release/worker" "$work/"
-master=$work/master
-worker=$work/worker
-commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null | grep -c . || true)
+script=redundancy-experiments.sh
+work_prefix=ballast-redundancy
+# shellcheck source=scripts/lib/experiment.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/experiment.sh"
 
 # --- workloads -------------------------------------------------------------------------------------
-# W3, exactly as experiments.sh makes it: task i sleeps 1.0 s if i % 10 == 9, else
-# (0.02, 0.05, 0.2)[i % 3] s; size = duration. Lower bound on 4 slots: 36.2 / 4 = 9.05 s.
+# W3, exactly as experiments.sh makes it (bound 9.05 s on 4 slots).
 w3=$work/w3.jsonl
-: >"$w3"
-ms=(20 50 200)
-sz=(0.02 0.05 0.2)
-for ((i = 0; i < 200; i++)); do
-  if ((i % 10 == 9)); then
-    printf '{"sleep": "1000ms", "size": 1.0, "priority": 0}\n' >>"$w3"
-  else
-    printf '{"sleep": "%sms", "size": %s, "priority": 0}\n' "${ms[i % 3]}" "${sz[i % 3]}" >>"$w3"
-  fi
-done
+write_w3 "$w3"
 # The straggler task: one byte of /dev/urandom below 13 (13/256 = 5.1 %) sleeps 2 s, else 0.2 s.
 # Every copy rolls again. Single quotes on purpose: the task's shell expands it, not this one.
 # shellcheck disable=SC2016
@@ -117,18 +51,8 @@ cluster_run() {
   printf '%s\0' "$@" >"$d/submit.args" # the exact command, for the summary
   local extra=()
   [[ -n $margs ]] && read -r -a extra <<<"$margs"
-  "$master" serve --listen 127.0.0.1:0 --port-file "$d/addr" --no-journal --order fifo \
-    "${extra[@]}" >"$d/master.log" 2>&1 &
-  local mpid=$!
-  pids+=("$mpid")
-  local end=$((SECONDS + 10))
-  until [[ -s $d/addr ]]; do
-    kill -0 "$mpid" 2>/dev/null || die "master exited at start; see $d/master.log"
-    ((SECONDS < end)) || die "no port file after 10 s; see $d/master.log"
-    sleep 0.02
-  done
-  local addr
-  addr=$(cat "$d/addr")
+  local addr mpid
+  start_master "$d" --no-journal --order fifo "${extra[@]}"
   local wargs=(--master "$addr" --slots 2 --prefetch "$prefetch")
   "$worker" "${wargs[@]}" --name w1 >"$d/w1.log" 2>&1 &
   pids+=("$!")
@@ -139,11 +63,7 @@ cluster_run() {
     "$worker" "${wargs[@]}" --name w2 >"$d/w2.log" 2>&1 &
     pids+=("$!")
   fi
-  end=$((SECONDS + 10))
-  until [[ $("$master" status --master "$addr" --json 2>/dev/null | grep -o '"state":"alive"' | wc -l) -eq $want ]]; do
-    ((SECONDS < end)) || die "workers did not join within 10 s; see $d/"
-    sleep 0.02
-  done
+  wait_alive "$addr" "$want" "$d"
   local load
   load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo null)
   # The measured section: exactly one client command (in the background when w2 joins late).

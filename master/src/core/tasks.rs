@@ -69,23 +69,13 @@ pub struct Run {
 impl Task {
     /// Whether `worker` runs `attempt` of this task now.
     pub fn is_run(&self, worker: WorkerId, attempt: Attempt) -> bool {
-        self.state == TaskState::Running
-            && ((self.worker == Some(worker) && self.attempt == attempt)
-                || self.copies.as_ref().is_some_and(|c| {
-                    c.extra
-                        .iter()
-                        .any(|r| r.worker == worker && r.attempt == attempt)
-                }))
+        self.runs()
+            .any(|r| r.worker == worker && r.attempt == attempt)
     }
 
     /// Whether some live run of this task is on `worker` (copies must go to distinct workers).
     pub fn runs_on(&self, worker: WorkerId) -> bool {
-        self.state == TaskState::Running
-            && (self.worker == Some(worker)
-                || self
-                    .copies
-                    .as_ref()
-                    .is_some_and(|c| c.extra.iter().any(|r| r.worker == worker)))
+        self.runs().any(|r| r.worker == worker)
     }
 
     /// Every live run: the primary first.
