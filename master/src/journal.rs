@@ -30,8 +30,9 @@ mod recover;
 #[cfg(test)]
 mod tests;
 
+use crate::core::EpochStart;
 use log::info;
-use protocol::{TaskId, TaskSpec, TaskState};
+use protocol::{Incarnation, TaskId, TaskSpec, TaskState};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -44,8 +45,8 @@ pub const DB_FILE: &str = "ballast.db";
 
 /// The schema this master writes. Bump it with every change to the tables below or to
 /// `FinalEntry`, and teach `inspect` and `migrate` to upgrade from the previous one.
-/// Version 2 added `copies` to `FinalEntry`; the tables are still version 1's.
-pub const SCHEMA_VERSION: i64 = 2;
+/// Version 2 added `copies` to `FinalEntry`; version 3 the identity tables (`IDENTITY_TABLES`).
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The tables of versions 1 and 2. STRICT so SQLite rejects a value of the wrong type instead of
 /// storing it.
@@ -64,6 +65,20 @@ CREATE TABLE batches (
 CREATE TABLE final_batches (
     seq     INTEGER PRIMARY KEY,
     records BLOB NOT NULL
+) STRICT;
+";
+
+/// Added in version 3: who this master is, and every start of it. A worker's report about a run
+/// is credited to the task that run belongs to by its incarnation (see `core::epochs`).
+pub(crate) const IDENTITY_TABLES: &str = "
+-- One row: the random id that names this data dir to workers (Welcome.master_id).
+CREATE TABLE master (id INTEGER NOT NULL) STRICT;
+-- One row per start: the incarnation, and the journal's next id then (every id it commits is at
+-- least that, every id an earlier one committed is below it).
+CREATE TABLE incarnations (
+    incarnation INTEGER PRIMARY KEY,
+    first_id    INTEGER NOT NULL,
+    started_ms  INTEGER NOT NULL
 ) STRICT;
 ";
 
@@ -88,6 +103,10 @@ pub struct Recovered {
     pub tasks: Vec<RecoveredTask>,
     /// The first id never recorded (1 for an empty journal).
     pub next_id: TaskId,
+    /// Names this data dir; made once, at creation.
+    pub master_id: u64,
+    /// Every start of a master on this journal, this one last (recorded and committed by `open`).
+    pub history: Vec<EpochStart>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -284,8 +303,16 @@ impl Journal {
         })?;
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path).map_err(|e| classify(&path, e))?;
-        let recovered = match prepare(&conn, &path)? {
+        let mut recovered = match prepare(&conn, &path)? {
             Found::Empty | Found::Current => recover::read_all(&conn, &path)?,
+            Found::V2 => {
+                let recovered = migrate::from_v2(&conn, &path)?;
+                info!(
+                    "journal schema 2 migrated to {SCHEMA_VERSION} ({})",
+                    path.display()
+                );
+                recovered
+            }
             Found::V1 => {
                 let (recovered, rewritten) = migrate::from_v1(&conn, &path)?;
                 info!(
@@ -296,6 +323,9 @@ impl Journal {
                 recovered
             }
         };
+        let (master_id, history) = start_incarnation(&conn, &path, recovered.next_id)?;
+        recovered.master_id = master_id;
+        recovered.history = history;
         let journal = Journal {
             conn,
             path,
@@ -533,6 +563,104 @@ enum Found {
     Current,
     /// A version 1 journal: `migrate::from_v1` upgrades it in place.
     V1,
+    /// A version 2 journal: `migrate::from_v2` adds the identity tables.
+    V2,
+}
+
+/// Makes this start of the master durable before it can hand out anything: the data dir's id
+/// (created once) and a new incarnation row starting at `next_id`. Returns the id and every
+/// incarnation so far, this one last.
+fn start_incarnation(
+    conn: &Connection,
+    path: &Path,
+    next_id: TaskId,
+) -> Result<(u64, Vec<EpochStart>), JournalError> {
+    let sql = |e| classify(path, e);
+    let bad = |table: &'static str, id: i64, detail: String| JournalError::BadRow {
+        path: path.to_path_buf(),
+        table,
+        id,
+        detail,
+    };
+    let tx = conn.unchecked_transaction().map_err(sql)?;
+    let ids = tx
+        .prepare("SELECT id FROM master")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<i64>, _>>()
+        })
+        .map_err(sql)?;
+    let master_id = match ids[..] {
+        [] => {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).map_err(|e| JournalError::Unrepresentable {
+                what: "the master id",
+                detail: format!("no randomness: {e}"),
+            })?;
+            let id = i64::from_le_bytes(bytes);
+            tx.execute("INSERT INTO master (id) VALUES (?1)", [id])
+                .map_err(sql)?;
+            id
+        }
+        [id] => id,
+        _ => {
+            return Err(bad(
+                "master",
+                0,
+                format!("{} rows, expected one", ids.len()),
+            ))
+        }
+    };
+    let rows = tx
+        .prepare("SELECT incarnation, first_id FROM incarnations ORDER BY incarnation")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<Result<Vec<(i64, i64)>, _>>()
+        })
+        .map_err(sql)?;
+    let mut history = Vec::with_capacity(rows.len() + 1);
+    for (incarnation, first_id) in rows {
+        let (Ok(n), Ok(first)) = (u32::try_from(incarnation), u64::try_from(first_id)) else {
+            return Err(bad(
+                "incarnations",
+                incarnation,
+                format!("first_id {first_id} out of range"),
+            ));
+        };
+        if first > next_id.0 {
+            return Err(bad(
+                "incarnations",
+                incarnation,
+                format!("first_id {first} is past the last recorded task"),
+            ));
+        }
+        history.push(EpochStart {
+            incarnation: Incarnation(n),
+            first_id: TaskId(first),
+        });
+    }
+    let last = history.last().map_or(0, |s| s.incarnation.0);
+    let Some(current) = last.checked_add(1) else {
+        return Err(bad(
+            "incarnations",
+            i64::from(last),
+            "no incarnation after it".into(),
+        ));
+    };
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    tx.execute(
+        "INSERT INTO incarnations (incarnation, first_id, started_ms) VALUES (?1, ?2, ?3)",
+        params![i64::from(current), to_i64("an id", next_id.0)?, started_ms],
+    )
+    .map_err(sql)?;
+    tx.commit().map_err(sql)?;
+    history.push(EpochStart {
+        incarnation: Incarnation(current),
+        first_id: next_id,
+    });
+    Ok((master_id as u64, history))
 }
 
 /// Takes the file for this connection alone, checks what it holds (reading only, so a file it
@@ -568,6 +696,7 @@ fn prepare(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
     if let Found::Empty = found {
         let tx = conn.unchecked_transaction().map_err(sql)?;
         tx.execute_batch(SCHEMA).map_err(sql)?;
+        tx.execute_batch(IDENTITY_TABLES).map_err(sql)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
             [SCHEMA_VERSION],
@@ -632,6 +761,7 @@ fn inspect(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
     }
     match found {
         SCHEMA_VERSION => Ok(Found::Current),
+        2 => Ok(Found::V2),
         1 => {
             // Version 1 changed in place before its release (per-task `finals` rows became
             // `final_batches`): a file from such a build must be refused by name, not fail

@@ -42,6 +42,9 @@ pub enum ServerError {
     /// The journal's contents do not fit together.
     #[error("cannot recover from the journal: {0}")]
     Recovery(String),
+    /// The system gave no randomness for the master id.
+    #[error("no randomness for the master id: {0}")]
+    Random(String),
 }
 
 #[derive(Debug, Clone)]
@@ -137,10 +140,19 @@ impl Server {
         let clock = Clock::new();
         let mut core_config = config.core.clone();
         core_config.persist = config.data_dir.is_some();
-        let mut core = Core::new(core_config);
-        let journal = match &config.data_dir {
-            Some(dir) => Some(open_journal(dir, &mut core, clock.now_ms())?),
-            None => None,
+        let (core, journal) = match &config.data_dir {
+            Some(dir) => {
+                let (core, journal) = open_journal(dir, core_config, clock.now_ms())?;
+                (core, Some(journal))
+            }
+            None => {
+                // Without a journal every start is a new master: nothing it hands out may be
+                // mistaken for a run of an earlier one.
+                let mut id = [0u8; 8];
+                getrandom::fill(&mut id).map_err(|e| ServerError::Random(e.to_string()))?;
+                core_config.master_id = u64::from_le_bytes(id);
+                (Core::new(core_config), None)
+            }
         };
         Ok(Server {
             poll,
@@ -463,14 +475,23 @@ impl Server {
     }
 }
 
-/// Opens (or creates) the journal in `dir` and rebuilds the core's state from it.
+/// Opens (or creates) the journal in `dir`, which starts a new incarnation, and builds the core
+/// of that incarnation from it.
 fn open_journal(
     dir: &std::path::Path,
-    core: &mut Core,
+    mut config: CoreConfig,
     now_ms: u64,
-) -> Result<Journal, ServerError> {
+) -> Result<(Core, Journal), ServerError> {
     let started = Instant::now();
     let (journal, recovered) = Journal::open(dir)?;
+    let Some(current) = recovered.history.last().map(|s| s.incarnation) else {
+        return Err(ServerError::Recovery(
+            "the journal started no incarnation".into(),
+        ));
+    };
+    config.master_id = recovered.master_id;
+    config.incarnation = current;
+    let mut core = Core::new(config);
     let tasks = recovered
         .tasks
         .into_iter()
@@ -495,14 +516,17 @@ fn open_journal(
             }),
         })
         .collect();
-    let (finished, unfinished) = core.restore(now_ms, tasks).map_err(ServerError::Recovery)?;
+    let (finished, unfinished) = core
+        .restore(now_ms, tasks, recovered.history)
+        .map_err(ServerError::Recovery)?;
     info!(
-        "journal {}: recovered {} tasks in {} ms ({finished} finished, {unfinished} to run again)",
+        "journal {}: incarnation {current}; recovered {} tasks in {} ms ({finished} finished, \
+         {unfinished} to run again)",
         journal.path().display(),
         finished + unfinished,
         started.elapsed().as_millis()
     );
-    Ok(journal)
+    Ok((core, journal))
 }
 
 fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {

@@ -228,6 +228,7 @@ mod tests {
             ToMaster::Finished(vec![Completion {
                 task: TaskId(9),
                 attempt: Attempt(2),
+                incarnation: Incarnation(1),
                 outcome: TaskOutcome::Exited {
                     code: 7,
                     stdout_tail: "out".into(),
@@ -239,6 +240,7 @@ mod tests {
             ToMaster::Retracted(vec![TaskRef {
                 task: TaskId(4),
                 attempt: Attempt(1),
+                incarnation: Incarnation(1),
             }]),
         ]
     }
@@ -287,6 +289,7 @@ mod tests {
         let msg = FromMaster::Assign(vec![Assignment {
             task: TaskId(1),
             attempt: Attempt(1),
+            incarnation: Incarnation(1),
             spec: spec.clone(),
         }]);
         let mut out = Vec::new();

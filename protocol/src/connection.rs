@@ -3,7 +3,7 @@
 
 use crate::auth;
 use crate::codec::{encode_frame, FrameDecoder, FrameError};
-use crate::messages::{FromMaster, Role, ToMaster, WorkerId};
+use crate::messages::{FromMaster, Incarnation, Role, ToMaster, WorkerId};
 use crate::PROTOCOL_VERSION;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -42,6 +42,8 @@ pub enum ConnectionError {
 pub struct Welcome {
     pub worker_id: Option<WorkerId>,
     pub heartbeat_interval_ms: u64,
+    pub master_id: u64,
+    pub incarnation: Incarnation,
 }
 
 /// Receiving half: reads frames with a reused buffer.
@@ -181,9 +183,13 @@ impl Connection {
             Ok(FromMaster::Welcome {
                 worker_id,
                 heartbeat_interval_ms,
+                master_id,
+                incarnation,
             }) => Ok(Welcome {
                 worker_id,
                 heartbeat_interval_ms,
+                master_id,
+                incarnation,
             }),
             Ok(FromMaster::Rejected { reason }) => Err(ConnectionError::Rejected {
                 addr: String::new(), // filled in by `connect`, which knows it

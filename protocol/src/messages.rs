@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
 
-/// A task's id: dense, starting at 1, never reused by one master.
+/// A task's id: dense, starting at 1. Never reused for an acknowledged task; an id handed out for a
+/// submission that a crash lost before its commit is handed out again by the next incarnation, so
+/// an id alone never names a run: [`TaskRef`] adds the attempt and the incarnation.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId(pub u64);
 
@@ -18,6 +20,18 @@ pub struct WorkerId(pub u32);
 /// older attempt is recognised and dropped.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Attempt(pub u32);
+
+/// One life of a master on one data dir: bumped (and made durable) at every start, carried in
+/// `Welcome` and in every task reference, so a report from a run that an earlier life handed out is
+/// recognised as such. A master without a journal has only incarnation 1, and a random `master_id`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Incarnation(pub u32);
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -164,14 +178,39 @@ pub struct LoadReport {
 pub struct Assignment {
     pub task: TaskId,
     pub attempt: Attempt,
+    pub incarnation: Incarnation,
     pub spec: Arc<TaskSpec>,
 }
 
-/// Names one attempt of one task.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+impl Assignment {
+    pub fn task_ref(&self) -> TaskRef {
+        TaskRef {
+            task: self.task,
+            attempt: self.attempt,
+            incarnation: self.incarnation,
+        }
+    }
+}
+
+/// Names one run of one task: the attempt, handed out by the master's incarnation `incarnation`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskRef {
     pub task: TaskId,
     pub attempt: Attempt,
+    pub incarnation: Incarnation,
+}
+
+impl TaskRef {
+    /// The report that this run ended with `outcome`.
+    pub fn completion(self, outcome: TaskOutcome, run_ms: u64) -> Completion {
+        Completion {
+            task: self.task,
+            attempt: self.attempt,
+            incarnation: self.incarnation,
+            outcome,
+            run_ms,
+        }
+    }
 }
 
 /// How one attempt ended, as the worker saw it.
@@ -201,8 +240,19 @@ pub enum TaskOutcome {
 pub struct Completion {
     pub task: TaskId,
     pub attempt: Attempt,
+    pub incarnation: Incarnation,
     pub outcome: TaskOutcome,
     pub run_ms: u64,
+}
+
+impl Completion {
+    pub fn task_ref(&self) -> TaskRef {
+        TaskRef {
+            task: self.task,
+            attempt: self.attempt,
+            incarnation: self.incarnation,
+        }
+    }
 }
 
 /// Everything a peer (worker or client) sends to the master.
@@ -360,6 +410,11 @@ pub enum FromMaster {
         /// Set for workers, `None` for clients.
         worker_id: Option<WorkerId>,
         heartbeat_interval_ms: u64,
+        /// Names the master's data dir (random at its creation; random per start without a
+        /// journal). A worker whose runs came from another master stops them: nobody owns them.
+        master_id: u64,
+        /// This life of that master; the tasks it hands out carry it.
+        incarnation: Incarnation,
     },
     /// The handshake failed; the master closes the connection after this.
     Rejected {

@@ -86,16 +86,13 @@ impl PendingQueue {
 }
 
 fn task_ref(assignment: &Assignment) -> TaskRef {
-    TaskRef {
-        task: assignment.task,
-        attempt: assignment.attempt,
-    }
+    assignment.task_ref()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{Attempt, TaskId, TaskKind, TaskSpec};
+    use protocol::{Attempt, Incarnation, TaskId, TaskKind, TaskSpec};
     use std::sync::Arc;
 
     fn assignment(id: u64, priority: i32) -> Assignment {
@@ -104,6 +101,7 @@ mod tests {
         Assignment {
             task: TaskId(id),
             attempt: Attempt(1),
+            incarnation: Incarnation(1),
             spec: Arc::new(spec),
         }
     }
@@ -112,6 +110,7 @@ mod tests {
         TaskRef {
             task: TaskId(id),
             attempt: Attempt(1),
+            incarnation: Incarnation(1),
         }
     }
 
@@ -171,6 +170,7 @@ mod tests {
         let other_attempt = TaskRef {
             task: TaskId(3),
             attempt: Attempt(2),
+            incarnation: Incarnation(1),
         };
         // Answered in the order asked; 9 was never pending, attempt 2 of task 3 is another run,
         // and a repeated request counts once.

@@ -187,6 +187,11 @@ struct Session {
     /// episode).
     over_limit: bool,
     stopping: Option<Stopping>,
+    /// The master (its data dir) whose tasks we run: set by the first `Welcome`.
+    master_id: Option<u64>,
+    /// Runs of another master, stopped when we found ourselves talking to a different one: their
+    /// ends are reported to nobody. Emptied as they end.
+    disowned: HashSet<TaskRef>,
 }
 
 impl Session {
@@ -207,6 +212,8 @@ impl Session {
             pending: PendingQueue::default(),
             over_limit: false,
             stopping: None,
+            master_id: None,
+            disowned: HashSet::new(),
         }
     }
 
@@ -242,7 +249,9 @@ impl Session {
             // From a connection already given up.
             Event::Frame { .. } | Event::Lost { .. } => {}
             Event::Finished(completion) => {
-                if self.executor.handle_finished(&completion) {
+                if self.executor.handle_finished(&completion)
+                    && !self.disowned.remove(&completion.task_ref())
+                {
                     self.finished.push(completion);
                 }
             }
@@ -252,6 +261,10 @@ impl Session {
 
     fn handle_timeout(&mut self, now: Instant) {
         self.executor.handle_timeout(now, &mut self.finished);
+        if !self.disowned.is_empty() {
+            let disowned = &mut self.disowned;
+            self.finished.retain(|c| !disowned.remove(&c.task_ref()));
+        }
         match &self.link {
             Link::Idle { retry_at } if now >= *retry_at => self.connect(now),
             Link::Up(up) if now >= up.next_heartbeat => self.queue_load(now),
@@ -365,6 +378,7 @@ impl Session {
                 return;
             }
         };
+        self.adopt_master(now, &addr, welcome.master_id);
         let (reader, writer) = connection.split();
         let conn = self.next_tag();
         if let Err(e) = spawn_reader(reader, conn, self.events.clone()) {
@@ -413,10 +427,38 @@ impl Session {
         // by this turn's flush), so the master sees a live worker before its reports; `Running`
         // lets a restarted master adopt attempts in flight instead of running them twice.
         self.queue_load(now);
-        let running = self.executor.running_refs();
+        let mut running = self.executor.running_refs();
+        running.retain(|r| !self.disowned.contains(r));
         if let Link::Up(up) = &mut self.link {
             queue(&mut up.writer, &ToMaster::Running(running));
         }
+    }
+
+    /// IMPORTANT: task ids and incarnations are only unique within one master's data dir. Runs of
+    /// another master (its data dir moved away, or a master without a journal restarted) belong
+    /// to no task here; reporting them could credit a stranger's result to a task with the same
+    /// id, so they are stopped and forgotten.
+    fn adopt_master(&mut self, now: Instant, addr: &str, master_id: u64) {
+        let previous = self.master_id.replace(master_id);
+        if previous.is_none_or(|p| p == master_id) {
+            return;
+        }
+        let runs = self.executor.running_refs();
+        warn!(
+            "the master at {addr} is not the one our tasks came from (id {master_id:016x}, was \
+             {:016x}): stopping {} tasks and dropping {} results of the old one",
+            previous.unwrap_or_default(),
+            runs.len(),
+            self.finished.len()
+        );
+        let mut ended = Vec::new();
+        for r in &runs {
+            self.executor.cancel(now, *r, &mut ended);
+        }
+        self.disowned
+            .extend(runs.into_iter().filter(|r| self.executor.is_running(*r)));
+        self.finished.clear();
+        self.started.clear();
     }
 
     fn rejected(&mut self, now: Instant, addr: String, reason: String) {
@@ -430,7 +472,7 @@ impl Session {
             FromMaster::Assign(assignments) => {
                 for a in assignments {
                     let (task, attempt) = (a.task, a.attempt);
-                    if self.executor.is_running(TaskRef { task, attempt }) {
+                    if self.executor.is_running(a.task_ref()) {
                         warn!("task {task} attempt {attempt} assigned twice; ignoring the second");
                     } else {
                         self.pending.push(a);
@@ -451,12 +493,8 @@ impl Session {
                     );
                     // Reported as a cancelled running task would be, so the master needs no
                     // second path for it.
-                    self.finished.push(Completion {
-                        task: task.task,
-                        attempt: task.attempt,
-                        outcome: TaskOutcome::Cancelled,
-                        run_ms: 0,
-                    });
+                    self.finished
+                        .push(task.completion(TaskOutcome::Cancelled, 0));
                 }
             }
             FromMaster::Retract(tasks) => {
@@ -565,10 +603,7 @@ impl Session {
                 break;
             };
             if self.executor.start(now, &a, &mut self.finished) {
-                self.started.push(TaskRef {
-                    task: a.task,
-                    attempt: a.attempt,
-                });
+                self.started.push(a.task_ref());
             }
         }
         // When the master swaps a higher-priority task in and the task it retracts had already

@@ -2,8 +2,8 @@
 //! happens to tasks when the worker dies.
 
 use protocol::{
-    encode_frame, Assignment, Attempt, FrameDecoder, FromMaster, Role, TaskId, TaskKind, TaskSpec,
-    ToMaster, WorkerId,
+    encode_frame, Assignment, Attempt, FrameDecoder, FromMaster, Incarnation, Role, TaskId,
+    TaskKind, TaskSpec, ToMaster, WorkerId,
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -107,6 +107,7 @@ impl Conn {
         self.send(&FromMaster::Assign(vec![Assignment {
             task: TaskId(1),
             attempt: Attempt(1),
+            incarnation: Incarnation(1),
             spec: Arc::new(spec),
         }]));
         poll_until("the task to start", || {
@@ -119,6 +120,8 @@ fn welcome() -> FromMaster {
     FromMaster::Welcome {
         worker_id: Some(WorkerId(1)),
         heartbeat_interval_ms: 60_000,
+        master_id: 1,
+        incarnation: Incarnation(1),
     }
 }
 

@@ -484,6 +484,7 @@ impl SimThread {
                     c.finished.extend(list.into_iter().map(|a| Completion {
                         task: a.task,
                         attempt: a.attempt,
+                        incarnation: a.incarnation,
                         outcome: TaskOutcome::Exited {
                             code: 0,
                             stdout_tail: String::new(),

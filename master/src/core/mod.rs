@@ -15,6 +15,7 @@
 //! epoch derived from a monotonic clock, so timestamps in results are wall-clock; the simulator
 //! passes virtual time.
 
+mod epochs;
 pub mod policy;
 mod pools;
 pub mod queue;
@@ -24,13 +25,15 @@ mod tasks;
 mod wait;
 mod workers;
 
+pub use epochs::EpochStart;
+use epochs::Epochs;
 use log::{debug, info, log, warn, Level};
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::{
-    auth, Assignment, Completion, FromMaster, LoadReport, Role, StatusReport, TaskId, TaskOutcome,
-    TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo, WorkerState,
-    WorkerStatus, PROTOCOL_VERSION,
+    auth, Assignment, Completion, FromMaster, Incarnation, LoadReport, Role, StatusReport, TaskId,
+    TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo,
+    WorkerState, WorkerStatus, PROTOCOL_VERSION,
 };
 use queue::QueueKey;
 use rebalance::Unstarted;
@@ -68,6 +71,10 @@ pub struct CoreConfig {
     /// Start a copy of a task running longer than this many times its size-scaled estimate, when
     /// a slot is idle (`master --speculate F`); `None`: never.
     pub speculate: Option<f64>,
+    /// Names this master's data dir in `Welcome` (random per start without a journal).
+    pub master_id: u64,
+    /// This start of the master; `restore` brings the earlier ones.
+    pub incarnation: Incarnation,
 }
 
 impl Default for CoreConfig {
@@ -83,6 +90,8 @@ impl Default for CoreConfig {
             persist: false,
             recovery_grace_ms: 5_000,
             speculate: None,
+            master_id: 0,
+            incarnation: Incarnation(1),
         }
     }
 }
@@ -183,16 +192,19 @@ pub struct Core {
     prefetching: usize,
     /// Run time per unit of `size`, for speculation.
     estimate: RunEstimate,
+    /// Which incarnation submitted which ids: a run is credited only to its own task.
+    epochs: Epochs,
     chatter: Chatter,
 }
 
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
+        let incarnation = config.incarnation;
         Core {
             pools: Pools::new(config.policy, config.seed),
             config,
             conns: HashMap::new(),
-            tasks: TaskTable::default(),
+            tasks: TaskTable::new(incarnation),
             workers: WorkerTable::default(),
             waiters: Waiters::default(),
             outbox: VecDeque::new(),
@@ -205,6 +217,7 @@ impl Core {
             unstarted: Unstarted::default(),
             prefetching: 0,
             estimate: RunEstimate::default(),
+            epochs: Epochs::fresh(incarnation),
             chatter: Chatter::default(),
         }
     }
@@ -212,7 +225,22 @@ impl Core {
     /// Rebuilds state from the journal; call once, before any connection. Finished tasks keep
     /// their results; unfinished ones wait `recovery_grace_ms` for a reconnecting worker to claim
     /// them, then run again with the next attempt. Returns (finished, unfinished).
-    pub fn restore(&mut self, now_ms: u64, tasks: Vec<RestoredTask>) -> Result<(u64, u64), String> {
+    /// `history` lists every incarnation's start, this one (`config.incarnation`) last.
+    pub fn restore(
+        &mut self,
+        now_ms: u64,
+        tasks: Vec<RestoredTask>,
+        history: Vec<EpochStart>,
+    ) -> Result<(u64, u64), String> {
+        let epochs = Epochs::from_history(history)?;
+        if epochs.current() != self.config.incarnation {
+            return Err(format!(
+                "the journal's last incarnation is {}, the master's {}",
+                epochs.current(),
+                self.config.incarnation
+            ));
+        }
+        self.epochs = epochs;
         let (mut finished, mut unfinished) = (0, 0);
         for t in tasks {
             let outcome = match t.outcome {
@@ -472,6 +500,7 @@ impl Core {
             .push(Assignment {
                 task: id,
                 attempt,
+                incarnation: self.epochs.current(),
                 spec,
             });
     }
@@ -574,6 +603,8 @@ impl Core {
                     FromMaster::Welcome {
                         worker_id: None,
                         heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                        master_id: self.config.master_id,
+                        incarnation: self.epochs.current(),
                     },
                 );
             }
@@ -634,6 +665,8 @@ impl Core {
             FromMaster::Welcome {
                 worker_id: Some(id),
                 heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                master_id: self.config.master_id,
+                incarnation: self.epochs.current(),
             },
         );
     }
@@ -696,16 +729,11 @@ impl Core {
 
     /// Whether `r` names the attempt `worker` is currently supposed to run.
     fn is_current(&self, worker: WorkerId, r: TaskRef) -> bool {
-        self.tasks
-            .get(r.task)
-            .is_some_and(|t| t.is_run(worker, r.attempt))
+        self.tasks.get(r.task).is_some_and(|t| t.is_run(worker, r))
     }
 
     fn on_finished(&mut self, now_ms: u64, worker: WorkerId, c: Completion) {
-        let r = TaskRef {
-            task: c.task,
-            attempt: c.attempt,
-        };
+        let r = c.task_ref();
         if matches!(c.outcome, TaskOutcome::WorkerLost) {
             return self.protocol_error_worker(
                 now_ms,
@@ -723,6 +751,16 @@ impl Core {
         }
         let name = self.workers.name(worker).unwrap_or("?").to_string();
         if !self.is_current(worker, r) {
+            if !self.epochs.owns(r) {
+                // IMPORTANT: this run was handed out by an earlier incarnation for a submission
+                // that died uncommitted with it; the id now names another task.
+                warn!(
+                    "dropped result of task {} attempt {} from {name}: it ran for incarnation {}, \
+                     before this task was submitted (the id was reused after a crash)",
+                    c.task, c.attempt, r.incarnation
+                );
+                return;
+            }
             let waiting = self.tasks.get(c.task).map(|t| t.state) == Some(TaskState::Queued);
             if !waiting {
                 // Final already, or running as another attempt: that attempt's result will count.
@@ -743,7 +781,7 @@ impl Core {
             // before anyone ran the task again: take its result rather than run it twice.
             self.dequeue(c.task);
             self.unhold(c.task);
-            self.tasks.credit(c.task, worker, c.attempt);
+            self.tasks.credit(worker, r);
             info!(
                 "task {} attempt {} finished on {name} while waiting to run again: result kept",
                 c.task, c.attempt
@@ -829,8 +867,15 @@ impl Core {
     fn on_running(&mut self, now_ms: u64, worker: WorkerId, refs: Vec<TaskRef>) {
         let mut cancel = Vec::new();
         let mut adopted = 0;
+        let mut foreign = 0;
         for r in refs {
             if self.is_current(worker, r) {
+                continue;
+            }
+            if !self.epochs.owns(r) {
+                // A run of a submission lost with an earlier incarnation: nobody owns it.
+                foreign += 1;
+                cancel.push(r);
                 continue;
             }
             let Some(t) = self.tasks.get(r.task) else {
@@ -840,11 +885,11 @@ impl Core {
             if t.state == TaskState::Queued {
                 self.dequeue(r.task);
                 self.unhold(r.task);
-                self.tasks.adopt(r.task, worker, r.attempt);
+                self.tasks.adopt(worker, r);
                 self.tasks.mark_started_if_unknown(r.task, now_ms);
             } else if t.wants_copy() && !t.runs_on(worker) {
                 // A copy of a redundant task that the task still wants: keep it as one.
-                self.tasks.adopt_copy(r.task, worker, r.attempt, now_ms);
+                self.tasks.adopt_copy(worker, r, now_ms);
             } else {
                 cancel.push(r);
                 continue;
@@ -870,11 +915,19 @@ impl Core {
         if adopted > 0 {
             info!("worker {name} still runs {adopted} tasks: adopted, not re-run");
         }
-        if !cancel.is_empty() {
+        if foreign > 0 {
+            warn!(
+                "worker {name} runs {foreign} tasks handed out by an earlier incarnation of this \
+                 master and never committed: cancelling them"
+            );
+        }
+        if cancel.len() > foreign {
             info!(
                 "worker {name} runs {} attempts that are final or run elsewhere: cancelling them",
-                cancel.len()
+                cancel.len() - foreign
             );
+        }
+        if !cancel.is_empty() {
             if let Some(conn) = self.workers.get(worker).and_then(|w| w.conn) {
                 self.send(conn, FromMaster::Cancel(cancel));
             }
@@ -1179,10 +1232,7 @@ impl Core {
                 }
                 TaskState::Running => {
                     for run in t.runs() {
-                        kills.entry(run.worker).or_default().push(TaskRef {
-                            task: id,
-                            attempt: run.attempt,
-                        });
+                        kills.entry(run.worker).or_default().push(run.task_ref(id));
                     }
                     self.drop_copy_request(id);
                     self.tasks.request_cancel(id);
@@ -1273,10 +1323,7 @@ impl Core {
             let Some(w) = self.workers.get_mut(run.worker) else {
                 continue;
             };
-            let r = TaskRef {
-                task,
-                attempt: run.attempt,
-            };
+            let r = run.task_ref(task);
             w.assigned.remove(&task);
             w.draining.insert(r);
             let conn = w.conn;

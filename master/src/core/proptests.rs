@@ -8,7 +8,7 @@
 use super::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use protocol::{encode_frame, Attempt, FrameDecoder, TaskKind};
+use protocol::{encode_frame, Attempt, FrameDecoder, Incarnation, TaskKind};
 
 /// Fake connection slots; each can be (re)opened many times with a fresh `ConnId`.
 const SLOTS: usize = 4;
@@ -83,10 +83,12 @@ fn task_id() -> BoxedStrategy<TaskId> {
 }
 
 fn task_ref() -> BoxedStrategy<TaskRef> {
-    (task_id(), 0u32..5)
-        .prop_map(|(task, a)| TaskRef {
+    // Incarnation 2 is this master's after a restart, 1 an earlier one's, 3 another master's.
+    (task_id(), 0u32..5, 1u32..4)
+        .prop_map(|(task, a, i)| TaskRef {
             task,
             attempt: Attempt(a),
+            incarnation: Incarnation(i),
         })
         .boxed()
 }
@@ -253,6 +255,7 @@ fn to_master() -> BoxedStrategy<ToMaster> {
             (task_ref(), outcome(), 0u64..100).prop_map(|(r, outcome, run_ms)| Completion {
                 task: r.task,
                 attempt: r.attempt,
+                incarnation: r.incarnation,
                 outcome,
                 run_ms,
             }),
@@ -394,6 +397,9 @@ impl World {
             persist: s.persist,
             recovery_grace_ms: 5_000,
             speculate: s.speculate,
+            master_id: 1,
+            // A restored master is the second incarnation on its journal.
+            incarnation: Incarnation(if s.restored.is_empty() { 1 } else { 2 }),
         });
         let now = 1_000_000;
         if !s.restored.is_empty() {
@@ -429,7 +435,17 @@ impl World {
                     }
                 })
                 .collect();
-            core.restore(now, restored).expect("restores");
+            let history = vec![
+                EpochStart {
+                    incarnation: Incarnation(1),
+                    first_id: TaskId(1),
+                },
+                EpochStart {
+                    incarnation: Incarnation(2),
+                    first_id: TaskId(s.restored.len() as u64 + 1),
+                },
+            ];
+            core.restore(now, restored, history).expect("restores");
         }
         World {
             core,
@@ -526,6 +542,7 @@ impl World {
                             let done = |k: u8| Completion {
                                 task: t.task,
                                 attempt: t.attempt,
+                                incarnation: t.incarnation,
                                 outcome: outcome_of(k),
                                 run_ms: 5,
                             };
@@ -642,10 +659,7 @@ impl World {
                             if let Some(slot) = slot {
                                 self.slots[slot]
                                     .assigned
-                                    .extend(batch.iter().map(|a| TaskRef {
-                                        task: a.task,
-                                        attempt: a.attempt,
-                                    }));
+                                    .extend(batch.iter().map(Assignment::task_ref));
                             }
                         }
                         FromMaster::Retract(refs) => {

@@ -59,10 +59,7 @@ impl Core {
         let run = t
             .runs()
             .find(|r| r.worker == worker && r.started_ms.is_none())?;
-        let r = TaskRef {
-            task,
-            attempt: run.attempt,
-        };
+        let r = run.task_ref(task);
         let w = self.workers.get(worker)?;
         let asked = w.retracting.iter().any(|refs| refs.contains(&r));
         (w.is_alive() && !asked).then_some(r)

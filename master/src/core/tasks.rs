@@ -1,7 +1,7 @@
 //! `TaskTable`: every task the master has accepted, indexed by id, with per-state counts kept as
 //! tasks move so `status` never scans the table. All state transitions happen here.
 
-use protocol::{Attempt, TaskId, TaskOutcome, TaskSpec, TaskState, WorkerId};
+use protocol::{Attempt, Incarnation, TaskId, TaskOutcome, TaskRef, TaskSpec, TaskState, WorkerId};
 use std::sync::Arc;
 
 /// What a finished task produced. Boxed in `Task` so queued tasks do not pay for it.
@@ -20,6 +20,9 @@ pub struct Task {
     pub state: TaskState,
     /// The current (or last) attempt; 1 for the first run.
     pub attempt: Attempt,
+    /// The master incarnation that handed out `attempt`: this one, or an earlier one for a run
+    /// adopted after a restart.
+    pub incarnation: Incarnation,
     /// The worker running it, or the one that produced its outcome.
     pub worker: Option<WorkerId>,
     pub cancel_requested: bool,
@@ -63,14 +66,26 @@ impl Default for Copies {
 pub struct Run {
     pub worker: WorkerId,
     pub attempt: Attempt,
+    pub incarnation: Incarnation,
     pub started_ms: Option<u64>,
 }
 
+impl Run {
+    pub fn task_ref(&self, task: TaskId) -> TaskRef {
+        TaskRef {
+            task,
+            attempt: self.attempt,
+            incarnation: self.incarnation,
+        }
+    }
+}
+
 impl Task {
-    /// Whether `worker` runs `attempt` of this task now.
-    pub fn is_run(&self, worker: WorkerId, attempt: Attempt) -> bool {
-        self.runs()
-            .any(|r| r.worker == worker && r.attempt == attempt)
+    /// Whether `worker` runs exactly this run (attempt and incarnation) of this task now.
+    pub fn is_run(&self, worker: WorkerId, r: TaskRef) -> bool {
+        self.runs().any(|run| {
+            run.worker == worker && run.attempt == r.attempt && run.incarnation == r.incarnation
+        })
     }
 
     /// Whether some live run of this task is on `worker` (copies must go to distinct workers).
@@ -84,6 +99,7 @@ impl Task {
             (TaskState::Running, Some(worker)) => Some(Run {
                 worker,
                 attempt: self.attempt,
+                incarnation: self.incarnation,
                 started_ms: self.started_ms,
             }),
             _ => None,
@@ -222,14 +238,24 @@ pub struct RestoredOutcome {
     pub copies: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TaskTable {
     /// `tasks[i]` has id `i + 1`.
     tasks: Vec<Task>,
     counts: [u64; STATES],
+    /// This master's incarnation: every run this table hands out carries it.
+    incarnation: Incarnation,
 }
 
 impl TaskTable {
+    pub fn new(incarnation: Incarnation) -> Self {
+        TaskTable {
+            tasks: Vec::new(),
+            counts: [0; STATES],
+            incarnation,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.tasks.len()
     }
@@ -245,6 +271,7 @@ impl TaskTable {
             spec,
             state: TaskState::Queued,
             attempt: Attempt(1),
+            incarnation: self.incarnation,
             worker: None,
             cancel_requested: false,
             failed_runs: 0,
@@ -296,8 +323,10 @@ impl TaskTable {
     pub fn assign(&mut self, id: TaskId, worker: WorkerId) {
         debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Queued));
         self.set_state(id, TaskState::Running);
+        let incarnation = self.incarnation;
         let task = self.get_mut(id);
         task.worker = Some(worker);
+        task.incarnation = incarnation;
         task.started_ms = None;
         if task.spec.replicas > 1 || task.copies.is_some() {
             let c = task.copies.get_or_insert_with(Box::default);
@@ -308,6 +337,7 @@ impl TaskTable {
 
     /// One more copy of a running task, on `worker` (which runs none yet); returns its attempt.
     pub fn add_copy(&mut self, id: TaskId, worker: WorkerId) -> Attempt {
+        let incarnation = self.incarnation;
         let task = self.get_mut(id);
         debug_assert!(task.wants_copy() && !task.runs_on(worker));
         let primary = task.attempt;
@@ -318,6 +348,7 @@ impl TaskTable {
         c.extra.push(Run {
             worker,
             attempt,
+            incarnation,
             started_ms: None,
         });
         attempt
@@ -366,6 +397,7 @@ impl TaskTable {
             if let Some(next) = c.extra.pop() {
                 task.worker = Some(next.worker);
                 task.attempt = next.attempt;
+                task.incarnation = next.incarnation;
                 task.started_ms = next.started_ms;
             }
         }
@@ -386,11 +418,13 @@ impl TaskTable {
                     others.push(Run {
                         worker: old,
                         attempt: task.attempt,
+                        incarnation: task.incarnation,
                         started_ms: task.started_ms,
                     });
                 }
                 task.worker = Some(winner.worker);
                 task.attempt = winner.attempt;
+                task.incarnation = winner.incarnation;
                 task.started_ms = winner.started_ms;
             }
         }
@@ -457,20 +491,22 @@ impl TaskTable {
         self.get_mut(id).failed_runs += 1;
     }
 
-    /// Queued → Running on `worker` with an attempt the worker already runs (a reconnecting worker
+    /// Queued → Running on `worker` with a run the worker already has (a reconnecting worker
     /// reports it): the task is adopted, not started again.
-    pub fn adopt(&mut self, id: TaskId, worker: WorkerId, attempt: Attempt) {
-        debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Queued));
-        self.set_state(id, TaskState::Running);
-        let task = self.get_mut(id);
+    pub fn adopt(&mut self, worker: WorkerId, r: TaskRef) {
+        debug_assert_eq!(self.get(r.task).map(|t| t.state), Some(TaskState::Queued));
+        self.set_state(r.task, TaskState::Running);
+        let task = self.get_mut(r.task);
         task.worker = Some(worker);
-        task.attempt = attempt;
+        task.attempt = r.attempt;
+        task.incarnation = r.incarnation;
         task.count_first_copy();
     }
 
-    /// Adds a copy a reconnecting worker reports running (`attempt` is its own) to a running task.
-    pub fn adopt_copy(&mut self, id: TaskId, worker: WorkerId, attempt: Attempt, now_ms: u64) {
-        let task = self.get_mut(id);
+    /// Adds a copy a reconnecting worker reports running (`r` is its own) to a running task.
+    pub fn adopt_copy(&mut self, worker: WorkerId, r: TaskRef, now_ms: u64) {
+        let attempt = r.attempt;
+        let task = self.get_mut(r.task);
         debug_assert!(task.wants_copy() && !task.runs_on(worker));
         let primary = task.attempt;
         let c = task.copies.get_or_insert_with(|| {
@@ -485,6 +521,7 @@ impl TaskTable {
         c.extra.push(Run {
             worker,
             attempt,
+            incarnation: r.incarnation,
             started_ms: Some(now_ms),
         });
     }
@@ -498,10 +535,11 @@ impl TaskTable {
 
     /// Records which attempt produced an outcome that arrives for a queued task (the result of
     /// an attempt we had given up on, but that finished before anyone ran it again).
-    pub fn credit(&mut self, id: TaskId, worker: WorkerId, attempt: Attempt) {
-        let task = self.get_mut(id);
+    pub fn credit(&mut self, worker: WorkerId, r: TaskRef) {
+        let task = self.get_mut(r.task);
         task.worker = Some(worker);
-        task.attempt = attempt;
+        task.attempt = r.attempt;
+        task.incarnation = r.incarnation;
         task.count_first_copy();
     }
 
@@ -560,7 +598,7 @@ mod tests {
 
     #[test]
     fn counts_follow_transitions() {
-        let mut t = TaskTable::default();
+        let mut t = TaskTable::new(Incarnation(1));
         let spec = Arc::new(TaskSpec::new(TaskKind::Sleep { ms: 1 }));
         let a = t.add(spec.clone(), 5);
         let b = t.add(spec, 5);

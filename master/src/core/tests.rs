@@ -1,7 +1,7 @@
 //! Core tests: no sockets, a fake clock, and every output checked (nothing unexpected is sent).
 
 use super::*;
-use protocol::{Attempt, TaskKind};
+use protocol::{Attempt, Incarnation, TaskKind};
 
 mod copies;
 
@@ -26,10 +26,29 @@ fn exited(code: i32) -> TaskOutcome {
     }
 }
 
+/// `(incarnation, first_id)` pairs, oldest first.
+fn history(starts: &[(u32, u64)]) -> Vec<EpochStart> {
+    starts
+        .iter()
+        .map(|&(i, first)| EpochStart {
+            incarnation: Incarnation(i),
+            first_id: TaskId(first),
+        })
+        .collect()
+}
+
 impl Harness {
     fn new(policy: PolicyKind) -> Self {
         Self::with(CoreConfig {
             policy,
+            ..CoreConfig::default()
+        })
+    }
+
+    /// The second incarnation of a master (call `core.restore` with a matching history).
+    fn restarted() -> Self {
+        Self::with(CoreConfig {
+            incarnation: Incarnation(2),
             ..CoreConfig::default()
         })
     }
@@ -181,6 +200,7 @@ impl Harness {
             ToMaster::Finished(vec![Completion {
                 task,
                 attempt: Attempt(attempt),
+                incarnation: Incarnation(1),
                 outcome,
                 run_ms: 3,
             }]),
@@ -624,7 +644,8 @@ fn cancel_removes_queued_and_kills_running() {
         conn: w,
         msg: FromMaster::Cancel(vec![TaskRef {
             task: ids[0],
-            attempt: Attempt(1)
+            attempt: Attempt(1),
+            incarnation: Incarnation(1)
         }])
     }));
     assert_eq!(h.state(ids[1]), TaskState::Cancelled);
@@ -718,10 +739,12 @@ fn reconnecting_worker_keeps_its_running_tasks() {
         TaskRef {
             task: ids[0],
             attempt: Attempt(1),
+            incarnation: Incarnation(1),
         },
         TaskRef {
             task: ids[1],
             attempt: Attempt(1),
+            incarnation: Incarnation(1),
         },
     ];
     let out = h.msg(a2, ToMaster::Running(running));
@@ -747,6 +770,7 @@ fn running_report_for_a_task_final_elsewhere_is_cancelled() {
     let stale = TaskRef {
         task: ids[0],
         attempt: Attempt(1),
+        incarnation: Incarnation(1),
     };
     let out = h.msg(w, ToMaster::Running(vec![stale]));
     assert_eq!(
@@ -893,9 +917,12 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
             outcome: (TaskId(i) == finals[0].id).then(|| finals[0].clone()),
         })
         .collect();
-    let mut h2 = Harness::new(PolicyKind::LeastLoaded);
+    let mut h2 = Harness::restarted();
     let now = h2.now;
-    assert_eq!(h2.core.restore(now, restored), Ok((1, 3)));
+    assert_eq!(
+        h2.core.restore(now, restored, history(&[(1, 1), (2, 5)])),
+        Ok((1, 3))
+    );
     assert_eq!(h2.state(finals[0].id), TaskState::Succeeded);
     let (w2, _, out) = h2.worker("b", 4);
     assert!(assignments(&out).is_empty(), "held during the grace period");
@@ -908,7 +935,7 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
     assert!(got
         .iter()
         .all(|&(conn, _, attempt)| conn == w2 && attempt == 2));
-    let gaps = Harness::new(PolicyKind::LeastLoaded).core.restore(
+    let gaps = Harness::restarted().core.restore(
         0,
         vec![RestoredTask {
             id: TaskId(2),
@@ -916,6 +943,7 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
             submitted_ms: 0,
             outcome: None,
         }],
+        history(&[(1, 1), (2, 3)]),
     );
     assert!(
         gaps.is_err(),
@@ -1050,4 +1078,165 @@ fn repeated_ids_cost_once_and_huge_submissions_are_refused() {
         "{out:?}"
     );
     assert_eq!(h.core.status().queued, 0, "nothing was created");
+}
+
+/// Hello for a worker, and the outputs up to its `Welcome` drained; nothing else is sent yet.
+fn hello(h: &mut Harness, name: &str, slots: u32, group: Option<&str>) -> ConnId {
+    let conn = h.connect();
+    h.msg(
+        conn,
+        ToMaster::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Worker(WorkerInfo {
+                name: name.into(),
+                host: "h".into(),
+                cpus: 2,
+                slots,
+                pid: 1,
+                group: group.map(String::from),
+                prefetch: 0,
+            }),
+            auth: vec![],
+        },
+    );
+    conn
+}
+
+fn run_ref(task: TaskId, attempt: u32, incarnation: u32) -> TaskRef {
+    TaskRef {
+        task,
+        attempt: Attempt(attempt),
+        incarnation: Incarnation(incarnation),
+    }
+}
+
+fn finished(r: TaskRef, stdout: &str) -> ToMaster {
+    ToMaster::Finished(vec![r.completion(
+        TaskOutcome::Exited {
+            code: 0,
+            stdout_tail: stdout.into(),
+            stderr_tail: String::new(),
+        },
+        3,
+    )])
+}
+
+/// Issue 9: incarnation 1 handed out task 1 and died before committing its submission; in
+/// incarnation 2 the next submission is task 1 again. The old run must be stopped, and neither
+/// its `Running` claim nor its result may be taken for the new task.
+#[test]
+fn a_run_of_a_lost_submission_is_never_credited_to_the_reused_id() {
+    let mut h = Harness::restarted();
+    let now = h.now;
+    assert_eq!(
+        h.core.restore(now, vec![], history(&[(1, 1), (2, 1)])),
+        Ok((0, 0))
+    );
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    assert_eq!(ids, [TaskId(1)]);
+    let old = run_ref(TaskId(1), 1, 1);
+    let w = hello(&mut h, "a", 1, None);
+    h.msg(w, ToMaster::Load(LoadReport::default()));
+    let out = h.msg(w, ToMaster::Running(vec![old]));
+    assert!(
+        out.contains(&Output::Send {
+            conn: w,
+            msg: FromMaster::Cancel(vec![old])
+        }),
+        "the orphan is stopped: {out:?}"
+    );
+    let assigned: Vec<TaskRef> = out
+        .iter()
+        .flat_map(|o| match o {
+            Output::Send {
+                msg: FromMaster::Assign(list),
+                ..
+            } => list.iter().map(Assignment::task_ref).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(
+        assigned,
+        [run_ref(TaskId(1), 1, 2)],
+        "the new task runs for real"
+    );
+    // The orphan finished before the kill landed: its output is not the new task's.
+    assert!(h.msg(w, finished(old, "OLD")).is_empty());
+    assert_eq!(h.state(TaskId(1)), TaskState::Running);
+    h.msg(w, finished(run_ref(TaskId(1), 1, 2), "NEW"));
+    let r = h.core.task(TaskId(1)).expect("exists");
+    assert_eq!((r.state, r.stdout.as_str()), (TaskState::Succeeded, "NEW"));
+}
+
+/// The path the reproduction took: a late result for a task that waits to run (here: for a
+/// group no worker serves) is kept only if it is that task's.
+#[test]
+fn a_late_result_of_a_lost_submission_is_not_kept_for_a_waiting_task() {
+    let mut h = Harness::restarted();
+    let now = h.now;
+    h.core
+        .restore(now, vec![], history(&[(1, 1), (2, 1)]))
+        .expect("restores");
+    let c = h.client();
+    let spec = TaskSpec {
+        group: Some("gpu".into()),
+        ..sleep_spec(0)
+    };
+    let (ids, _) = h.submit(c, vec![spec], 1);
+    let w = hello(&mut h, "a", 1, None);
+    h.msg(w, ToMaster::Load(LoadReport::default()));
+    h.msg(w, ToMaster::Running(Vec::new()));
+    assert!(h.msg(w, finished(run_ref(ids[0], 1, 1), "OLD")).is_empty());
+    assert_eq!(h.state(ids[0]), TaskState::Queued);
+}
+
+/// The other side of the rule: a task the journal had before the crash is the same task, and
+/// its run of the earlier incarnation is adopted and credited.
+#[test]
+fn a_run_of_a_committed_task_is_adopted_across_a_restart() {
+    let mut h = Harness::restarted();
+    let now = h.now;
+    let restored = vec![RestoredTask {
+        id: TaskId(1),
+        spec: Arc::new(sleep_spec(0)),
+        submitted_ms: 5,
+        outcome: None,
+    }];
+    assert_eq!(
+        h.core.restore(now, restored, history(&[(1, 1), (2, 2)])),
+        Ok((0, 1))
+    );
+    let old = run_ref(TaskId(1), 1, 1);
+    let w = hello(&mut h, "a", 1, None);
+    h.msg(w, ToMaster::Load(LoadReport::default()));
+    let out = h.msg(w, ToMaster::Running(vec![old]));
+    assert!(
+        out.is_empty(),
+        "adopted: nothing to cancel or assign: {out:?}"
+    );
+    assert_eq!(h.state(TaskId(1)), TaskState::Running);
+    h.msg(w, finished(old, "DONE"));
+    let r = h.core.task(TaskId(1)).expect("exists");
+    assert_eq!((r.state, r.stdout.as_str()), (TaskState::Succeeded, "DONE"));
+    // A run "from the future" (another master's numbering) is never adopted.
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let c = h.client();
+    let (ids, _) = h.submit(
+        c,
+        vec![TaskSpec {
+            group: Some("gpu".into()),
+            ..sleep_spec(0)
+        }],
+        1,
+    );
+    let w = hello(&mut h, "a", 1, None);
+    h.msg(w, ToMaster::Load(LoadReport::default()));
+    let future = run_ref(ids[0], 1, 7);
+    let out = h.msg(w, ToMaster::Running(vec![future]));
+    assert!(out.contains(&Output::Send {
+        conn: w,
+        msg: FromMaster::Cancel(vec![future])
+    }));
+    assert_eq!(h.state(ids[0]), TaskState::Queued);
 }

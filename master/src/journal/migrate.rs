@@ -1,15 +1,18 @@
 //! Upgrading an older journal in place at `open`. One transaction holds the rewrite and the
 //! read-back, so a file that fails either is rolled back and left as it was, still the old version.
 
-use super::{classify, recover, FinalEntry, JournalError, Recovered, SCHEMA_VERSION};
+use super::{
+    classify, recover, FinalEntry, JournalError, Recovered, IDENTITY_TABLES, SCHEMA_VERSION,
+};
 use protocol::{FrameDecoder, TaskState};
 use rusqlite::{params, Connection};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::path::Path;
 
-// `from_v1` writes version 2 entries; a version 3 needs its own step after it.
-const _: () = assert!(SCHEMA_VERSION == 2);
+// `from_v1` writes version 2 entries, which version 3 keeps (it only added tables); a version 4
+// needs its own step after `add_identity`.
+const _: () = assert!(SCHEMA_VERSION == 3);
 
 /// `FinalEntry` exactly as version 1 wrote it: no `copies`.
 /// IMPORTANT: frozen. It must decode version 1 blobs for as long as they can be migrated.
@@ -110,10 +113,24 @@ pub(super) fn from_v1(conn: &Connection, path: &Path) -> Result<(Recovered, usiz
             .and_then(|mut stmt| stmt.execute(params![seq, &blob[..]]))
             .map_err(sql)?;
     }
+    tx.execute_batch(IDENTITY_TABLES).map_err(sql)?;
     tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
         .map_err(sql)?;
     // Inside the transaction: a migrated journal that does not read back is never committed.
     let recovered = recover::read_all(&tx, path)?;
     tx.commit().map_err(sql)?;
     Ok((recovered, seqs.len()))
+}
+
+/// Version 2 to 3: the identity tables, empty (the master id and the first incarnation are made
+/// by `open` right after, as for a new journal), in one transaction with the read-back.
+pub(super) fn from_v2(conn: &Connection, path: &Path) -> Result<Recovered, JournalError> {
+    let sql = |e| classify(path, e);
+    let tx = conn.unchecked_transaction().map_err(sql)?;
+    tx.execute_batch(IDENTITY_TABLES).map_err(sql)?;
+    tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
+        .map_err(sql)?;
+    let recovered = recover::read_all(&tx, path)?;
+    tx.commit().map_err(sql)?;
+    Ok(recovered)
 }

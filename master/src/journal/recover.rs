@@ -41,6 +41,9 @@ pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Recovered, Jour
     Ok(Recovered {
         tasks,
         next_id: TaskId(next_id),
+        // Filled in by `open`, which starts the next incarnation.
+        master_id: 0,
+        history: Vec::new(),
     })
 }
 

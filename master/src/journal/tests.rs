@@ -110,9 +110,15 @@ fn round_trip() {
         rec,
         Recovered {
             tasks: vec![],
-            next_id: TaskId(1)
+            next_id: TaskId(1),
+            master_id: rec.master_id,
+            history: vec![EpochStart {
+                incarnation: Incarnation(1),
+                first_id: TaskId(1)
+            }],
         }
     );
+    let master_id = rec.master_id;
 
     j.record_submit(TaskId(1), 2, &command_spec(), 100)
         .expect("submit");
@@ -127,6 +133,13 @@ fn round_trip() {
 
     let (mut j, rec) = Journal::open(&nested.0).expect("reopen");
     assert_eq!(rec.next_id, TaskId(4));
+    assert_eq!(rec.master_id, master_id, "the data dir keeps its id");
+    let starts: Vec<(u32, u64)> = rec
+        .history
+        .iter()
+        .map(|s| (s.incarnation.0, s.first_id.0))
+        .collect();
+    assert_eq!(starts, [(1, 1), (2, 4)], "each open is a new incarnation");
     let ids: Vec<u64> = rec.tasks.iter().map(|t| t.id.0).collect();
     assert_eq!(ids, [1, 2, 3]);
     let [a, b, c] = &rec.tasks[..] else {
@@ -424,7 +437,7 @@ fn newer_schema_is_refused() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("database schema version 7 is newer than this master (2); upgrade ballast"),
+        msg.contains("database schema version 7 is newer than this master (3); upgrade ballast"),
         "{msg}"
     );
     assert!(msg.contains(&dir.db().display().to_string()));
@@ -1119,5 +1132,52 @@ fn measure() {
         rec.tasks.len(),
         rec.tasks.iter().filter(|t| t.outcome.is_some()).count(),
         (db_bytes + dir.wal_len()) >> 20,
+    );
+}
+
+#[test]
+fn every_open_starts_an_incarnation_even_without_commits() {
+    // A master that dies before committing anything still used its incarnation: what it handed
+    // out must not be mistaken for the next one's.
+    let dir = TempDir::new("incarnations");
+    let ids: Vec<u32> = (0..3)
+        .map(|_| {
+            let (_, rec) = Journal::open(&dir.0).expect("opens");
+            let last = rec.history.last().expect("current incarnation");
+            assert_eq!(last.first_id, TaskId(1));
+            last.incarnation.0
+        })
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    let a = Journal::open(&TempDir::new("other-a").0).expect("opens").1;
+    let b = Journal::open(&TempDir::new("other-b").0).expect("opens").1;
+    assert_ne!(a.master_id, b.master_id, "two data dirs, two masters");
+}
+
+#[test]
+fn a_version_2_journal_gains_the_identity_tables() {
+    let dir = TempDir::new("from-v2");
+    {
+        let (mut j, _) = Journal::open(&dir.0).expect("opens");
+        j.record_submit(TaskId(1), 3, &sleep_spec(1), 100)
+            .expect("submit");
+        j.commit().expect("commit");
+    }
+    let conn = raw(&dir);
+    conn.execute_batch(
+        "DROP TABLE master; DROP TABLE incarnations; UPDATE schema_version SET version = 2;",
+    )
+    .expect("downgrade to version 2");
+    drop(conn);
+    let (_, rec) = Journal::open(&dir.0).expect("migrates");
+    assert_eq!(version(&raw(&dir)), SCHEMA_VERSION);
+    assert_eq!(rec.tasks.len(), 3);
+    assert_eq!(
+        rec.history,
+        [EpochStart {
+            incarnation: Incarnation(1),
+            first_id: TaskId(4)
+        }],
+        "history starts at the migration: no version 2 worker can report a run"
     );
 }

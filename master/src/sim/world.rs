@@ -28,7 +28,7 @@ use super::SimError;
 use crate::core::policy::{PolicyKind, QueueOrder, SplitMix64};
 use crate::core::{ConnId, Core, CoreConfig, Output};
 use protocol::{
-    Attempt, Completion, FromMaster, LoadReport, Role, TaskId, TaskOutcome, TaskRef, TaskState,
+    Attempt, Completion, FromMaster, Incarnation, LoadReport, Role, TaskId, TaskOutcome, TaskState,
     ToMaster, WorkerInfo, PROTOCOL_VERSION,
 };
 use slab::Slab;
@@ -222,6 +222,8 @@ impl Eq for Scheduled {}
 struct Running {
     task: TaskId,
     attempt: Attempt,
+    /// The master incarnation that handed it out.
+    master: Incarnation,
     start_us: u64,
     /// Speed-1 microseconds of work it takes.
     work_us: f64,
@@ -630,6 +632,7 @@ impl<'a> World<'a> {
             ToMaster::Finished(vec![Completion {
                 task: r.task,
                 attempt: r.attempt,
+                incarnation: r.master,
                 outcome,
                 run_ms: run_us / 1_000,
             }]),
@@ -765,6 +768,7 @@ impl<'a> World<'a> {
                             let slot = self.workers[worker as usize].running.insert(Running {
                                 task: a.task,
                                 attempt: a.attempt,
+                                master: a.incarnation,
                                 start_us: now_us,
                                 work_us,
                             });
@@ -778,10 +782,7 @@ impl<'a> World<'a> {
                                     timed_out,
                                 },
                             );
-                            started.push(TaskRef {
-                                task: a.task,
-                                attempt: a.attempt,
-                            });
+                            started.push(a.task_ref());
                         }
                         self.last_progress_us = now_us;
                         self.core
@@ -794,7 +795,11 @@ impl<'a> World<'a> {
                             let found = self.workers[worker as usize]
                                 .running
                                 .iter()
-                                .find(|(_, x)| x.task == r.task && x.attempt == r.attempt)
+                                .find(|(_, x)| {
+                                    x.task == r.task
+                                        && x.attempt == r.attempt
+                                        && x.master == r.incarnation
+                                })
                                 .map(|(k, _)| k);
                             if let Some(k) = found {
                                 let x = self.workers[worker as usize].running.remove(k);
@@ -803,6 +808,7 @@ impl<'a> World<'a> {
                                 done.push(Completion {
                                     task: x.task,
                                     attempt: x.attempt,
+                                    incarnation: x.master,
                                     outcome: TaskOutcome::Cancelled,
                                     run_ms: (now_us - x.start_us) / 1_000,
                                 });

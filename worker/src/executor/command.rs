@@ -164,12 +164,9 @@ pub(super) fn spawn_supervisor<E: From<Completion> + Send + 'static>(
         .stack_size(SUPERVISOR_STACK_BYTES)
         .spawn(move || {
             let outcome = run(&job);
-            let completion = Completion {
-                task: job.task.task,
-                attempt: job.task.attempt,
-                outcome,
-                run_ms: job.started.elapsed().as_millis() as u64,
-            };
+            let completion = job
+                .task
+                .completion(outcome, job.started.elapsed().as_millis() as u64);
             // A closed channel means the worker is exiting; nobody wants the result.
             let _ = events.send(E::from(completion));
         })?;

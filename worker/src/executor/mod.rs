@@ -174,10 +174,7 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
         assignment: &Assignment,
         done: &mut Vec<Completion>,
     ) -> bool {
-        let task = TaskRef {
-            task: assignment.task,
-            attempt: assignment.attempt,
-        };
+        let task = assignment.task_ref();
         if self.running.contains_key(&task) {
             warn!(
                 "task {} attempt {} assigned twice; ignoring the second",
@@ -320,10 +317,7 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
     /// A completion sent by a task thread: forgets the attempt. Returns false if the attempt was
     /// not running (a bug somewhere; the caller should not report it).
     pub fn handle_finished(&mut self, completion: &Completion) -> bool {
-        let task = TaskRef {
-            task: completion.task,
-            attempt: completion.attempt,
-        };
+        let task = completion.task_ref();
         match self.running.remove(&task) {
             Some(entry) => {
                 if let Running::Spin { .. } = entry.kind {
@@ -433,12 +427,7 @@ fn synthetic_run(ms: u64, timeout_ms: Option<u64>) -> (u64, Ending) {
 }
 
 fn completion(task: TaskRef, outcome: TaskOutcome, run_ms: u64) -> Completion {
-    Completion {
-        task: task.task,
-        attempt: task.attempt,
-        outcome,
-        run_ms,
-    }
+    task.completion(outcome, run_ms)
 }
 
 fn millis_since(start: Instant, now: Instant) -> u64 {

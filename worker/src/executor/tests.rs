@@ -1,5 +1,5 @@
 use super::*;
-use protocol::{Attempt, TaskId, TaskSpec};
+use protocol::{Attempt, Incarnation, TaskId, TaskSpec};
 use std::io;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 
@@ -28,12 +28,14 @@ impl Harness {
         let assignment = Assignment {
             task: TaskId(id),
             attempt: Attempt(1),
+            incarnation: Incarnation(1),
             spec: Arc::new(spec),
         };
         assert!(self.exec.start(Instant::now(), &assignment, &mut self.done));
         TaskRef {
             task: TaskId(id),
             attempt: Attempt(1),
+            incarnation: Incarnation(1),
         }
     }
 
@@ -353,6 +355,7 @@ fn duplicate_assignment_is_ignored() {
     let again = Assignment {
         task: TaskId(1),
         attempt: Attempt(1),
+        incarnation: Incarnation(1),
         spec: Arc::new(TaskSpec::new(TaskKind::Sleep { ms: 1 })),
     };
     assert!(!h.exec.start(Instant::now(), &again, &mut h.done));

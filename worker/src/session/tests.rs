@@ -2,7 +2,8 @@
 
 use super::*;
 use protocol::{
-    encode_frame, Assignment, Attempt, FrameDecoder, TaskId, TaskKind, TaskSpec, WorkerId,
+    encode_frame, Assignment, Attempt, FrameDecoder, Incarnation, TaskId, TaskKind, TaskSpec,
+    WorkerId,
 };
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
@@ -120,6 +121,8 @@ fn welcome(heartbeat_interval_ms: u64) -> FromMaster {
     FromMaster::Welcome {
         worker_id: Some(WorkerId(1)),
         heartbeat_interval_ms,
+        master_id: 1,
+        incarnation: Incarnation(1),
     }
 }
 
@@ -191,6 +194,7 @@ fn assign(first: u64, count: u64, kind: TaskKind) -> FromMaster {
             .map(|id| Assignment {
                 task: TaskId(id),
                 attempt: Attempt(1),
+                incarnation: Incarnation(1),
                 spec: spec.clone(),
             })
             .collect(),
@@ -261,6 +265,7 @@ fn cancel_from_the_master() {
     conn.send(&FromMaster::Cancel(vec![TaskRef {
         task: TaskId(1),
         attempt: Attempt(1),
+        incarnation: Incarnation(1),
     }]));
     match conn.recv_report() {
         ToMaster::Finished(done) => assert_eq!(done[0].outcome, TaskOutcome::Cancelled),
@@ -314,7 +319,8 @@ fn reconnect_reports_attempts_still_running() {
             refs,
             vec![TaskRef {
                 task: TaskId(7),
-                attempt: Attempt(1)
+                attempt: Attempt(1),
+                incarnation: Incarnation(1)
             }]
         ),
         other => panic!("expected Running, got {other:?}"),
@@ -326,6 +332,7 @@ fn task(id: u64) -> TaskRef {
     TaskRef {
         task: TaskId(id),
         attempt: Attempt(1),
+        incarnation: Incarnation(1),
     }
 }
 
@@ -340,6 +347,7 @@ fn assign_sleeps(tasks: &[(u64, i32, u64)]) -> FromMaster {
                 Assignment {
                     task: TaskId(id),
                     attempt: Attempt(1),
+                    incarnation: Incarnation(1),
                     spec: Arc::new(spec),
                 }
             })
@@ -459,6 +467,7 @@ fn cancel_of_a_pending_task_reports_it_cancelled() {
             [Completion {
                 task: TaskId(2),
                 attempt: Attempt(1),
+                incarnation: Incarnation(1),
                 outcome: TaskOutcome::Cancelled,
                 run_ms: 0,
             }]
@@ -612,6 +621,7 @@ fn large_outputs_are_split_into_bounded_frames() {
         .map(|i| Completion {
             task: TaskId(i),
             attempt: Attempt(1),
+            incarnation: Incarnation(1),
             outcome: TaskOutcome::Exited {
                 code: 0,
                 stdout_tail: big.clone(),

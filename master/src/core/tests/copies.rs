@@ -43,6 +43,7 @@ fn started(h: &mut Harness, worker: ConnId, task: TaskId, attempt: u32) {
         ToMaster::Started(vec![TaskRef {
             task,
             attempt: Attempt(attempt),
+            incarnation: Incarnation(1),
         }]),
     );
     assert!(out.is_empty(), "Started is not answered: {out:?}");
@@ -54,6 +55,7 @@ fn retracted(h: &mut Harness, worker: ConnId, refs: &[(TaskId, u32)]) -> Vec<Out
         .map(|&(task, a)| TaskRef {
             task,
             attempt: Attempt(a),
+            incarnation: Incarnation(1),
         })
         .collect();
     h.msg(worker, ToMaster::Retracted(refs))
@@ -233,6 +235,7 @@ fn a_straggler_gets_a_speculative_copy_when_a_slot_is_idle() {
         let done = Completion {
             task: id,
             attempt: Attempt(attempt),
+            incarnation: Incarnation(1),
             outcome: exited(0),
             run_ms: 100,
         };
