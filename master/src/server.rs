@@ -4,6 +4,9 @@
 //! Per connection: a `FrameDecoder` and one reused write buffer. WRITABLE interest is registered only
 //! while that buffer holds bytes; everything the core emits in one turn is written with one syscall
 //! per connection. The poll timeout is the core's next deadline.
+//!
+//! Connection ids carry their slot's generation ([`ConnTable`]), and the mio token is the id itself:
+//! output or an event for a connection that is gone cannot reach the one that took over its slot.
 
 use crate::core::{ConnId, Core, CoreConfig, Output, Record, RestoredTask};
 use crate::journal::{FinalRecord, Journal, JournalError};
@@ -112,13 +115,13 @@ struct Connection {
 pub struct Server {
     poll: Poll,
     listener: TcpListener,
-    conns: Slab<Connection>,
+    conns: ConnTable<Connection>,
     core: Core,
     clock: Clock,
     config: ServerConfig,
-    touched: Vec<usize>,
+    touched: Vec<ConnId>,
     /// Connections with a gate set this turn.
-    gated: Vec<usize>,
+    gated: Vec<ConnId>,
     journal: Option<Journal>,
     /// When the oldest record not yet committed was made.
     uncommitted_since: Option<Instant>,
@@ -157,7 +160,7 @@ impl Server {
         Ok(Server {
             poll,
             listener,
-            conns: Slab::new(),
+            conns: ConnTable::default(),
             core,
             clock,
             config,
@@ -186,12 +189,14 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
-                    Token(key) => {
+                    // An event for a connection closed earlier in this batch finds nothing.
+                    token => {
+                        let id = ConnId(token.0);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(now, key);
+                            self.read(now, id);
                         }
                         if event.is_writable() {
-                            self.touch(key);
+                            self.touch(id);
                         }
                     }
                 }
@@ -214,11 +219,11 @@ impl Server {
             // hears of work that survives a crash.
             let force = !self.gated.is_empty();
             self.commit_if_due(force)?;
-            for key in std::mem::take(&mut self.gated) {
-                if let Some(c) = self.conns.get_mut(key) {
+            for id in std::mem::take(&mut self.gated) {
+                if let Some(c) = self.conns.get_mut(id) {
                     c.gate = None;
                 }
-                self.touch(key);
+                self.touch(id);
             }
             self.flush_touched(now);
             if !self.core.has_work() {
@@ -288,37 +293,41 @@ impl Server {
             if let Err(e) = stream.set_nodelay(true) {
                 debug!("{addr}: cannot set TCP_NODELAY: {e}");
             }
-            let entry = self.conns.vacant_entry();
-            let key = entry.key();
+            let Some(id) = self.conns.vacant_id() else {
+                warn!("refused {addr}: no connection slot left");
+                continue;
+            };
             if let Err(e) =
                 self.poll
                     .registry()
-                    .register(&mut stream, Token(key), Interest::READABLE)
+                    .register(&mut stream, token(id), Interest::READABLE)
             {
                 warn!("refused {addr}: cannot register: {e}");
                 continue;
             }
-            entry.insert(Connection {
-                stream,
-                addr,
-                decoder: FrameDecoder::new(),
-                out: Vec::new(),
-                out_pos: 0,
-                writable_interest: false,
-                closing: false,
-                touched: false,
-                gate: None,
-            });
+            self.conns.insert(
+                id,
+                Connection {
+                    stream,
+                    addr,
+                    decoder: FrameDecoder::new(),
+                    out: Vec::new(),
+                    out_pos: 0,
+                    writable_interest: false,
+                    closing: false,
+                    touched: false,
+                    gate: None,
+                },
+            );
             debug!("accepted {addr}");
-            self.core
-                .handle_connect(now, ConnId(key), addr.to_string(), nonce);
+            self.core.handle_connect(now, id, addr.to_string(), nonce);
         }
     }
 
     /// Reads until the socket would block, handing every whole frame to the core.
-    fn read(&mut self, now: u64, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return; // spurious event for a connection we already closed
+    fn read(&mut self, now: u64, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return; // a late event for a connection we already closed
         };
         if conn.closing {
             return;
@@ -347,13 +356,13 @@ impl Server {
                 }
             }
             // Decode as we go so the buffer holds at most one partial frame plus one read.
-            if let Err(reason) = decode_all(&mut self.core, now, key, conn) {
+            if let Err(reason) = decode_all(&mut self.core, now, id, conn) {
                 failure = Some(reason);
                 break;
             }
         }
         if failure.is_none() {
-            if let Err(reason) = decode_all(&mut self.core, now, key, conn) {
+            if let Err(reason) = decode_all(&mut self.core, now, id, conn) {
                 failure = Some(reason);
             }
         }
@@ -364,8 +373,8 @@ impl Server {
             } else {
                 debug!("{addr}: {reason}");
             }
-            self.core.handle_disconnect(now, ConnId(key), &reason);
-            self.remove(key);
+            self.core.handle_disconnect(now, id, &reason);
+            self.remove(id);
         }
     }
 
@@ -374,24 +383,24 @@ impl Server {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Send { conn, msg } => {
-                    let Some(c) = self.conns.get_mut(conn.0) else {
-                        continue; // the peer left in this same turn
+                    let Some(c) = self.conns.get_mut(conn) else {
+                        continue; // the peer left in this same turn (its slot may be reused)
                     };
                     if self.journal.is_some() && c.gate.is_none() && needs_commit(&msg) {
                         c.gate = Some(c.out.len());
-                        self.gated.push(conn.0);
+                        self.gated.push(conn);
                     }
                     if let Err(e) = encode_frame(&msg, &mut c.out) {
                         error!("{}: cannot encode a reply: {e}", c.addr);
                         continue;
                     }
-                    self.touch(conn.0);
+                    self.touch(conn);
                 }
                 Output::Close { conn, reason } => {
-                    if let Some(c) = self.conns.get_mut(conn.0) {
+                    if let Some(c) = self.conns.get_mut(conn) {
                         debug!("{}: closing: {reason}", c.addr);
                         c.closing = true;
-                        self.touch(conn.0);
+                        self.touch(conn);
                     }
                 }
                 Output::Persist(record) => {
@@ -404,11 +413,11 @@ impl Server {
         Ok(())
     }
 
-    fn touch(&mut self, key: usize) {
-        if let Some(c) = self.conns.get_mut(key) {
+    fn touch(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
             if !c.touched {
                 c.touched = true;
-                self.touched.push(key);
+                self.touched.push(id);
             }
         }
     }
@@ -416,8 +425,8 @@ impl Server {
     /// One write per touched connection; WRITABLE interest only while bytes remain.
     fn flush_touched(&mut self, now: u64) {
         let touched = std::mem::take(&mut self.touched);
-        for &key in &touched {
-            let Some(c) = self.conns.get_mut(key) else {
+        for &id in &touched {
+            let Some(c) = self.conns.get_mut(id) else {
                 continue;
             };
             c.touched = false;
@@ -433,12 +442,12 @@ impl Server {
             };
             if let Some(reason) = reason {
                 warn!("{}: {reason}; closing", c.addr);
-                self.core.handle_disconnect(now, ConnId(key), &reason);
-                self.remove(key);
+                self.core.handle_disconnect(now, id, &reason);
+                self.remove(id);
                 continue;
             }
             if c.closing && pending == 0 {
-                self.remove(key);
+                self.remove(id);
                 continue;
             }
             // Bytes behind the gate need no WRITABLE interest: lifting the gate touches us.
@@ -452,12 +461,11 @@ impl Server {
                 if let Err(e) = self
                     .poll
                     .registry()
-                    .reregister(&mut c.stream, Token(key), interest)
+                    .reregister(&mut c.stream, token(id), interest)
                 {
                     warn!("{}: cannot change interest: {e}; closing", c.addr);
-                    self.core
-                        .handle_disconnect(now, ConnId(key), "reregister failed");
-                    self.remove(key);
+                    self.core.handle_disconnect(now, id, "reregister failed");
+                    self.remove(id);
                     continue;
                 }
                 c.writable_interest = want;
@@ -468,11 +476,95 @@ impl Server {
         self.touched.clear();
     }
 
-    fn remove(&mut self, key: usize) {
-        if let Some(mut c) = self.conns.try_remove(key) {
+    fn remove(&mut self, id: ConnId) {
+        if let Some(mut c) = self.conns.remove(id) {
             let _ = self.poll.registry().deregister(&mut c.stream);
         }
     }
+}
+
+// A `ConnId` is a slot index in the low half and that slot's generation in the high half.
+const INDEX_BITS: u32 = usize::BITS / 2;
+const INDEX_MASK: usize = (1 << INDEX_BITS) - 1;
+const GENERATION_MASK: usize = usize::MAX >> INDEX_BITS;
+
+/// The live connections, by [`ConnId`]. A slot's generation moves on each time it is freed, so an
+/// id names one connection for ever: output the core queued for a connection that is gone, or an
+/// event mio still reports for it, finds nothing rather than the connection that took its slot.
+/// (The generation wraps after 2^32 reuses of one slot on 64 bits; no output lives that long.)
+struct ConnTable<T> {
+    slots: Slab<Slot<T>>,
+    /// The generation the next connection in each slot gets; never shrinks, so bounded by the
+    /// most connections ever open at once.
+    generations: Vec<usize>,
+}
+
+struct Slot<T> {
+    id: ConnId,
+    conn: T,
+}
+
+impl<T> Default for ConnTable<T> {
+    fn default() -> Self {
+        ConnTable {
+            slots: Slab::new(),
+            generations: Vec::new(),
+        }
+    }
+}
+
+impl<T> ConnTable<T> {
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The id the next [`ConnTable::insert`] must use; `None` if the slot index does not fit an
+    /// id (never below 2^32 open connections on 64 bits).
+    fn vacant_id(&self) -> Option<ConnId> {
+        let index = self.slots.vacant_key();
+        // The all-ones index is never used, so no id equals the listener's token.
+        if index >= INDEX_MASK {
+            return None;
+        }
+        let generation = self.generations.get(index).copied().unwrap_or(0);
+        Some(ConnId(generation << INDEX_BITS | index))
+    }
+
+    /// Stores `conn` under `id`, which must come from [`ConnTable::vacant_id`] just before.
+    fn insert(&mut self, id: ConnId, conn: T) {
+        debug_assert_eq!(Some(id), self.vacant_id(), "a stale vacant id");
+        let index = id.0 & INDEX_MASK;
+        if self.generations.len() <= index {
+            self.generations.resize(index + 1, 0);
+        }
+        let key = self.slots.insert(Slot { id, conn });
+        debug_assert_eq!(key, index);
+    }
+
+    /// The connection `id` names, if it is still open.
+    fn get_mut(&mut self, id: ConnId) -> Option<&mut T> {
+        match self.slots.get_mut(id.0 & INDEX_MASK) {
+            Some(slot) if slot.id == id => Some(&mut slot.conn),
+            _ => None,
+        }
+    }
+
+    /// Closes `id`: its slot is free for a new connection, which gets the next generation.
+    fn remove(&mut self, id: ConnId) -> Option<T> {
+        let index = id.0 & INDEX_MASK;
+        if self.slots.get(index)?.id != id {
+            return None;
+        }
+        if let Some(next) = self.generations.get_mut(index) {
+            *next = (*next + 1) & GENERATION_MASK;
+        }
+        Some(self.slots.remove(index).conn)
+    }
+}
+
+/// A connection's mio token is its id: never shared with a later connection in the same slot.
+fn token(id: ConnId) -> Token {
+    Token(id.0)
 }
 
 /// Opens (or creates) the journal in `dir`, which starts a new incarnation, and builds the core
@@ -556,10 +648,10 @@ fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {
 }
 
 /// Hands every whole frame in the decoder to the core. Err: the stream is broken.
-fn decode_all(core: &mut Core, now: u64, key: usize, conn: &mut Connection) -> Result<(), String> {
+fn decode_all(core: &mut Core, now: u64, id: ConnId, conn: &mut Connection) -> Result<(), String> {
     loop {
         match conn.decoder.next_frame::<ToMaster>() {
-            Ok(Some(msg)) => core.handle_message(now, ConnId(key), msg),
+            Ok(Some(msg)) => core.handle_message(now, id, msg),
             Ok(None) => return Ok(()),
             Err(e) => return Err(format!("protocol error: {e}")),
         }
@@ -622,4 +714,66 @@ pub fn log_listening(addr: SocketAddr, config: &ServerConfig) {
             "off"
         }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn open(table: &mut ConnTable<u32>, value: u32) -> ConnId {
+        let id = table.vacant_id().expect("a free slot");
+        table.insert(id, value);
+        id
+    }
+
+    #[test]
+    fn a_reused_slot_never_gets_an_old_id() {
+        let mut table = ConnTable::default();
+        let mut seen = HashSet::new();
+        let keep = open(&mut table, 0);
+        for i in 1..=1000 {
+            let id = open(&mut table, i);
+            assert_eq!(id.0 & INDEX_MASK, 1, "the freed slot is reused");
+            assert!(seen.insert(id), "{id:?} handed out twice");
+            assert_ne!(token(id), LISTENER);
+            assert_eq!(table.remove(id), Some(i));
+        }
+        assert_eq!(
+            table.get_mut(keep),
+            Some(&mut 0),
+            "other slots are untouched"
+        );
+    }
+
+    #[test]
+    fn an_old_id_finds_nothing_in_its_reused_slot() {
+        let mut table = ConnTable::default();
+        let old = open(&mut table, 1);
+        assert_eq!(table.remove(old), Some(1));
+        let new = open(&mut table, 2);
+        assert_eq!(old.0 & INDEX_MASK, new.0 & INDEX_MASK);
+        // Output queued for `old`, or a late mio event for its token, must not reach `new`.
+        assert_eq!(table.get_mut(old), None);
+        assert_eq!(table.remove(old), None, "removing a dead id frees nothing");
+        assert_eq!(table.get_mut(new), Some(&mut 2));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn generations_wrap_within_their_bits() {
+        let mut table = ConnTable::default();
+        let first = open(&mut table, 0);
+        table.remove(first);
+        table.generations[0] = GENERATION_MASK;
+        let last = open(&mut table, 1);
+        assert_eq!(last, ConnId(GENERATION_MASK << INDEX_BITS));
+        assert_ne!(token(last), LISTENER);
+        assert_eq!(table.remove(last), Some(1));
+        assert_eq!(
+            table.vacant_id(),
+            Some(ConnId(0)),
+            "wrapped, index untouched"
+        );
+    }
 }

@@ -41,7 +41,8 @@ impl fmt::Display for TaskId {
 
 impl fmt::Display for WorkerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "w{}", self.0)
+        // Never `w3`: that reads as a worker's name (the README's workers are `w1`, `w2`).
+        write!(f, "#{}", self.0)
     }
 }
 

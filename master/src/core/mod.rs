@@ -45,6 +45,7 @@ use wait::{WaitStart, Waiters};
 use workers::WorkerTable;
 
 /// The shell's handle for one connection (the mio token's value); the core never interprets it.
+/// The shell never gives one id to two connections, so output for a closed one reaches no other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub usize);
 
@@ -657,7 +658,8 @@ impl Core {
             0 => String::new(),
             n => format!(", prefetch {n}"),
         };
-        info!("worker {name} joined as {id} from {addr} (host {host}, {slots} slots{prefetch})");
+        // "worker NAME joined" is what scripts grep for; the id only disambiguates.
+        info!("worker {name} joined from {addr} ({id}, host {host}, {slots} slots{prefetch})");
         self.refresh(id);
         self.dirty = true;
         self.send(
@@ -1345,12 +1347,15 @@ impl Core {
 
     /// The peer broke the protocol: forget it (re-queueing a worker's tasks) and close.
     fn protocol_error(&mut self, now_ms: u64, conn: ConnId, reason: String) {
-        let addr = self
-            .conns
-            .get(&conn)
-            .map(|c| c.addr.clone())
-            .unwrap_or_default();
-        warn!("protocol error from {addr}: {reason}");
+        let who = match self.conns.get(&conn) {
+            Some(Conn {
+                addr,
+                peer: Peer::Worker(id),
+            }) => format!("worker {} at {addr}", self.workers.name(*id).unwrap_or("?")),
+            Some(c) => c.addr.clone(),
+            None => String::new(),
+        };
+        warn!("protocol error from {who}: {reason}");
         self.send(
             conn,
             FromMaster::Error {

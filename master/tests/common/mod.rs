@@ -208,6 +208,13 @@ impl Cluster {
     pub fn master_alive(&mut self) -> bool {
         matches!(self.master.try_wait(), Ok(None))
     }
+
+    /// Sends `signal` to the master (e.g. SIGSTOP/SIGCONT to hold its loop between two events).
+    pub fn signal_master(&self, signal: libc::c_int) {
+        // The child is not reaped until `Drop`, so its pid cannot have been reused.
+        let rc = unsafe { libc::kill(self.master.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({signal}) on the master failed");
+    }
 }
 
 impl Cluster {
