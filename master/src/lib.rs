@@ -1,7 +1,8 @@
-//! The Ballast master as a library: the sans-IO scheduling `core` and the mio `server` that drives it.
-//! The `master` binary adds the command line (serve and the client subcommands).
+//! The Ballast master as a library: the mio `server` that drives the sans-IO scheduler (its own
+//! crate, `master/scheduler`, re-exported here as `core`), the journal and the simulator. The
+//! `master` binary adds the command line (serve and the client subcommands).
 
-pub mod core;
+pub use scheduler as core;
 pub mod journal;
 pub mod server;
 pub mod sim;
