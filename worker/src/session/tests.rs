@@ -719,3 +719,54 @@ fn throughput_of_zero_length_tasks() {
     );
     assert!(worker.stop().is_ok());
 }
+
+/// Issue 9: ids and incarnations mean something only to the master that handed them out. A
+/// worker that reconnects to a different master (another data dir, or a master without a journal
+/// that restarted) stops the old master's runs and reports neither them nor their results.
+#[test]
+fn runs_of_another_master_are_stopped_and_never_reported() {
+    let master = FakeMaster::new();
+    let worker = Worker::start(master.addr(), OnMasterLost::Wait, None);
+    let (mut conn, _) = master.accept(welcome(60_000));
+    conn.send(&assign(7, 1, TaskKind::Sleep { ms: 60_000 }));
+    conn.send(&assign(8, 1, TaskKind::Sleep { ms: 50 }));
+    let mut started = 0;
+    while started < 2 {
+        match conn.recv_report() {
+            ToMaster::Started(refs) => started += refs.len(),
+            ToMaster::Finished(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(conn);
+
+    let other = FromMaster::Welcome {
+        worker_id: Some(WorkerId(1)),
+        heartbeat_interval_ms: 60_000,
+        master_id: 2,
+        incarnation: Incarnation(1),
+    };
+    let (mut conn, _) = master.accept(other);
+    assert!(matches!(conn.recv(), ToMaster::Load(_)), "load first");
+    match conn.recv() {
+        ToMaster::Running(refs) => {
+            assert!(refs.is_empty(), "task 7 is not this master's: {refs:?}")
+        }
+        other => panic!("expected Running, got {other:?}"),
+    }
+    // Whatever the old master's runs did, the first report this master gets is about its own task.
+    conn.send(&assign(1, 1, TaskKind::Sleep { ms: 0 }));
+    match conn.recv_report() {
+        ToMaster::Started(refs) => {
+            assert_eq!(refs.iter().map(|r| r.task).collect::<Vec<_>>(), [TaskId(1)])
+        }
+        other => panic!("expected Started of the new task, got {other:?}"),
+    }
+    match conn.recv_report() {
+        ToMaster::Finished(done) => {
+            assert_eq!(done.iter().map(|c| c.task).collect::<Vec<_>>(), [TaskId(1)])
+        }
+        other => panic!("expected Finished of the new task, got {other:?}"),
+    }
+    assert!(worker.stop().is_ok());
+}
