@@ -125,6 +125,13 @@ impl FrameWriter {
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
+
+    /// The socket and the queue buffer (with what is queued and not flushed), for a caller that
+    /// writes on its own terms: the worker must never block in `flush`, so its writer thread owns
+    /// the socket.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
 }
 
 impl Connection {

@@ -3,6 +3,7 @@
 mod backoff;
 mod error;
 mod executor;
+mod outbox;
 mod pending;
 mod sampler;
 mod session;

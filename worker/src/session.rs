@@ -5,10 +5,15 @@
 //! connect thread (at most one at a time), the reader thread of the current connection, the task
 //! threads (completions) and the signal thread. A loop turn waits for the first event or the next
 //! deadline (heartbeat, task timer, reconnect, stop), handles everything already queued, starts
-//! pending tasks into the free slots, then writes what the turn produced (one `Started` and one
-//! `Finished` frame, split only if outputs are large, then the answers to `Retract`) with one
-//! flush. That batching is what lets a worker keep up with tens of thousands of zero-length tasks
-//! per second.
+//! pending tasks into the free slots, then hands what the turn produced (one `Started` and one
+//! `Finished` frame, split only if outputs are large, then the answers to `Retract`) to the
+//! connection's writer thread in one piece. That batching is what lets a worker keep up with tens
+//! of thousands of zero-length tasks per second.
+//!
+//! The loop never writes to the socket itself, so a master that does not read (stopped,
+//! partitioned, overloaded) cannot hold up task timers, kills or SIGTERM: see [`Outbox`]. While
+//! the outbox is full the turn's reports wait here; a master that takes no byte for
+//! `STALL_HEARTBEATS` heartbeats is lost, as if it had closed the socket.
 //!
 //! Assignments wait in a [`PendingQueue`] and start, best first, only while fewer than `slots`
 //! tasks run; up to `prefetch` more may wait there so that a freed slot is refilled without a round
@@ -18,11 +23,12 @@
 use crate::backoff::{seed_from_clock_and_pid, Backoff};
 use crate::error::WorkerError;
 use crate::executor::{Executor, KILL_GRACE};
+use crate::outbox::{Outbox, WriterNote, OUTBOX_LIMIT};
 use crate::pending::PendingQueue;
 use crate::sampler::LoadSampler;
 use crate::signals::signal_name;
 use log::{debug, error, info, warn};
-use protocol::connection::{FrameReader, FrameWriter, Welcome};
+use protocol::connection::{FrameReader, Welcome};
 use protocol::{
     Completion, Connection, ConnectionError, FromMaster, Role, TaskOutcome, TaskRef, ToMaster,
     WorkerInfo,
@@ -53,6 +59,9 @@ const MAX_EVENTS_PER_TURN: usize = 4096;
 const FINISHED_FRAME_BYTES: usize = 1 << 20;
 /// After stopping tasks, how long past the SIGKILL to wait for their threads to report.
 const STOP_SLACK: Duration = Duration::from_secs(1);
+/// A master that takes no byte of ours for this many heartbeat intervals (ours or the master's,
+/// whichever is longer) is lost: the master's default heartbeat timeout is 3 intervals, too.
+const STALL_HEARTBEATS: u32 = 3;
 
 /// What to do when the master connection breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +95,9 @@ pub enum Event {
     Frame { conn: u64, msg: FromMaster },
     /// Connection `conn` broke (or the master closed it).
     Lost { conn: u64, error: ConnectionError },
+    /// A connection's writer caught up after its outbox was full (one of an abandoned connection
+    /// costs a spurious turn, nothing more).
+    Drained,
     /// A task thread finished an attempt.
     Finished(Completion),
     /// SIGINT or SIGTERM arrived.
@@ -151,8 +163,10 @@ enum Link {
 
 struct Up {
     conn: u64,
-    writer: FrameWriter,
+    out: Outbox,
     heartbeat: Duration,
+    /// Unwritten bytes waiting this long with none written mean a master that does not read.
+    stall_timeout: Duration,
     next_heartbeat: Instant,
     since: Instant,
 }
@@ -226,7 +240,10 @@ impl Session {
     fn poll_timeout(&self) -> Option<Instant> {
         let link = match &self.link {
             Link::Idle { retry_at } => Some(*retry_at),
-            Link::Up(up) => Some(up.next_heartbeat),
+            Link::Up(up) => {
+                let stall = up.out.stall_deadline(up.stall_timeout);
+                Some(stall.map_or(up.next_heartbeat, |at| at.min(up.next_heartbeat)))
+            }
             Link::Connecting { .. } | Link::Closed => None,
         };
         [
@@ -246,6 +263,8 @@ impl Session {
             Event::Lost { conn, error } if self.is_current(conn) => {
                 self.on_lost(now, &error.to_string())
             }
+            // Nothing to do now: this turn's `flush` queues what waited.
+            Event::Drained => {}
             // From a connection already given up.
             Event::Frame { .. } | Event::Lost { .. } => {}
             Event::Finished(completion) => {
@@ -267,13 +286,22 @@ impl Session {
         }
         match &self.link {
             Link::Idle { retry_at } if now >= *retry_at => self.connect(now),
+            Link::Up(up) if up.out.stalled(now, up.stall_timeout) => {
+                let why = format!(
+                    "it took none of our data for {} ms",
+                    up.stall_timeout.as_millis()
+                );
+                self.on_lost(now, &why);
+            }
             Link::Up(up) if now >= up.next_heartbeat => self.queue_load(now),
             _ => {}
         }
     }
 
-    /// Writes this turn's output. Without a connection, `Started` is dropped (the next master
-    /// learns of running tasks from their completions) and completions wait.
+    /// Hands this turn's output to the writer. Without a connection, `Started` is dropped (the
+    /// next master learns of running tasks from their completions) and completions wait; while
+    /// the outbox is full, everything waits (bounded: the master assigns no more tasks before it
+    /// hears of these).
     fn flush(&mut self, now: Instant) {
         if self.stopping.is_some() {
             // Tasks killed because the worker stops are not reported: the master must see them
@@ -290,23 +318,24 @@ impl Session {
             self.retracted.clear();
             return;
         };
+        if !up.out.accepting() {
+            return;
+        }
         if !self.started.is_empty() {
             let msg = ToMaster::Started(mem::take(&mut self.started));
-            queue(&mut up.writer, &msg);
+            up.out.queue(&msg);
             if let ToMaster::Started(mut refs) = msg {
                 refs.clear();
                 self.started = refs;
             }
         }
         if !self.finished.is_empty() {
-            queue_finished(&mut up.writer, &mut self.finished);
+            queue_finished(&mut up.out, &mut self.finished);
         }
         for returned in self.retracted.drain(..) {
-            queue(&mut up.writer, &ToMaster::Retracted(returned));
+            up.out.queue(&ToMaster::Retracted(returned));
         }
-        if let Err(e) = up.writer.flush() {
-            self.on_lost(now, &e.to_string());
-        }
+        up.out.send(now);
     }
 
     /// The worker's exit status, once it is done.
@@ -389,17 +418,43 @@ impl Session {
             };
             return;
         }
-        let heartbeat = match self.config.heartbeat {
-            Some(interval) => interval,
-            None if welcome.heartbeat_interval_ms == 0 => {
-                warn!(
-                    "the master asked for a zero heartbeat interval; using {} ms",
-                    FALLBACK_HEARTBEAT.as_millis()
-                );
+        let (stream, buf) = writer.into_parts();
+        let events = self.events.clone();
+        let notify = move |note| {
+            let event = match note {
+                WriterNote::Failed(e) => Event::Lost {
+                    conn,
+                    error: ConnectionError::Io(e),
+                },
+                WriterNote::Drained => Event::Drained,
+            };
+            events.send(event).is_ok()
+        };
+        let out = match Outbox::start(stream, buf, OUTBOX_LIMIT, notify) {
+            Ok(out) => out,
+            Err(e) => {
+                // `start` shut the socket down, which ends the reader.
+                warn!("cannot start a writer thread: {e}");
+                self.link = Link::Idle {
+                    retry_at: now + self.backoff.next_delay(),
+                };
+                return;
+            }
+        };
+        let master_heartbeat = match welcome.heartbeat_interval_ms {
+            0 => {
+                if self.config.heartbeat.is_none() {
+                    warn!(
+                        "the master asked for a zero heartbeat interval; using {} ms",
+                        FALLBACK_HEARTBEAT.as_millis()
+                    );
+                }
                 FALLBACK_HEARTBEAT
             }
-            None => Duration::from_millis(welcome.heartbeat_interval_ms),
+            ms => Duration::from_millis(ms),
         };
+        let heartbeat = self.config.heartbeat.unwrap_or(master_heartbeat);
+        let stall_timeout = heartbeat.max(master_heartbeat) * STALL_HEARTBEATS;
         let id = welcome
             .worker_id
             .map_or_else(|| "an unnamed worker".to_string(), |id| id.to_string());
@@ -418,8 +473,9 @@ impl Session {
         self.failures = FailureLog::default();
         self.link = Link::Up(Up {
             conn,
-            writer,
+            out,
             heartbeat,
+            stall_timeout,
             next_heartbeat: now,
             since: now,
         });
@@ -430,7 +486,7 @@ impl Session {
         let mut running = self.executor.running_refs();
         running.retain(|r| !self.disowned.contains(r));
         if let Link::Up(up) = &mut self.link {
-            queue(&mut up.writer, &ToMaster::Running(running));
+            up.out.queue(&ToMaster::Running(running));
         }
     }
 
@@ -519,11 +575,20 @@ impl Session {
     }
 
     fn on_lost(&mut self, now: Instant, why: &str) {
-        let Link::Up(up) = mem::replace(&mut self.link, Link::Closed) else {
+        let Link::Up(mut up) = mem::replace(&mut self.link, Link::Closed) else {
             return;
         };
-        // Also wakes our reader thread, which then exits.
-        up.writer.shutdown();
+        // Also wakes our reader and writer threads, which then exit.
+        let mut unsent = up.out.close();
+        if !unsent.is_empty() {
+            debug!(
+                "{} completions had not reached the master; they wait for the next connection",
+                unsent.len()
+            );
+            // They finished before this turn's.
+            unsent.append(&mut self.finished);
+            self.finished = unsent;
+        }
         let addr = self.config.master_addr.clone();
         let running = self.executor.running();
         match self.config.on_master_lost {
@@ -571,9 +636,10 @@ impl Session {
     /// Closes the connection, asks every task to stop (SIGTERM, SIGKILL after the grace) and
     /// arranges for `poll_exit` to return `result` once they are gone.
     fn begin_stop(&mut self, now: Instant, result: Result<(), WorkerError>) {
-        if let Link::Up(up) = &self.link {
-            // The master sees the worker gone at once and re-queues its tasks.
-            up.writer.shutdown();
+        if let Link::Up(up) = &mut self.link {
+            // The master sees the worker gone at once and re-queues its tasks. What had not been
+            // written is not reported, as nothing is once the worker stops (see `flush`).
+            up.out.close();
         }
         self.link = Link::Closed;
         self.drop_pending("the worker stops");
@@ -636,31 +702,23 @@ impl Session {
         let running = u32::try_from(self.executor.running()).unwrap_or(u32::MAX);
         let report = self.sampler.sample(running);
         if let Link::Up(up) = &mut self.link {
-            queue(&mut up.writer, &ToMaster::Load(report));
+            // A full outbox means the master is behind on our data: one more report would wait
+            // behind the rest, and the stall check watches that the master reads at all.
+            if up.out.accepting() {
+                up.out.queue(&ToMaster::Load(report));
+            }
             // From now, not from the missed deadline: a stalled loop sends one report, not a burst.
             up.next_heartbeat = now + up.heartbeat;
         }
     }
 }
 
-/// Queues `msg`, which can only fail for a message above `MAX_FRAME`; ours are kept far smaller.
-fn queue(writer: &mut FrameWriter, msg: &ToMaster) {
-    if let Err(e) = writer.queue(msg) {
-        error!("dropping a report the codec refused: {e}");
-    }
-}
-
 /// Queues `finished` as `Finished` frames of at most about `FINISHED_FRAME_BYTES` each and leaves
 /// it empty (keeping its allocation in the common one-frame case).
-fn queue_finished(writer: &mut FrameWriter, finished: &mut Vec<Completion>) {
+fn queue_finished(out: &mut Outbox, finished: &mut Vec<Completion>) {
     let total: usize = finished.iter().map(wire_size_estimate).sum();
     if total <= FINISHED_FRAME_BYTES {
-        let msg = ToMaster::Finished(mem::take(finished));
-        queue(writer, &msg);
-        if let ToMaster::Finished(mut batch) = msg {
-            batch.clear();
-            *finished = batch;
-        }
+        out.queue_finished(finished);
         return;
     }
     let mut chunk = Vec::new();
@@ -668,14 +726,14 @@ fn queue_finished(writer: &mut FrameWriter, finished: &mut Vec<Completion>) {
     for completion in finished.drain(..) {
         let size = wire_size_estimate(&completion);
         if chunk_bytes + size > FINISHED_FRAME_BYTES && !chunk.is_empty() {
-            queue(writer, &ToMaster::Finished(mem::take(&mut chunk)));
+            out.queue_finished(&mut chunk);
             chunk_bytes = 0;
         }
         chunk_bytes += size;
         chunk.push(completion);
     }
     if !chunk.is_empty() {
-        queue(writer, &ToMaster::Finished(chunk));
+        out.queue_finished(&mut chunk);
     }
 }
 

@@ -201,6 +201,7 @@ impl Cluster {
         std::fs::read_to_string(self.dir.join("master.log")).unwrap_or_default()
     }
 
+    /// The master's pid, e.g. to SIGSTOP it.
     pub fn master_pid(&self) -> u32 {
         self.master.id()
     }

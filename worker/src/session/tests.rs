@@ -5,7 +5,7 @@ use protocol::{
     encode_frame, Assignment, Attempt, FrameDecoder, Incarnation, TaskId, TaskKind, TaskSpec,
     WorkerId,
 };
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
@@ -81,12 +81,25 @@ impl FakeConn {
     }
 
     fn recv(&mut self) -> ToMaster {
+        self.try_recv().expect("a message within PATIENCE")
+    }
+
+    /// The next message, or `None` when none came within PATIENCE.
+    fn try_recv(&mut self) -> Option<ToMaster> {
         loop {
             if let Some(msg) = self.decoder.next_frame().expect("valid frames") {
-                return msg;
+                return Some(msg);
             }
             let mut buf = [0u8; 64 << 10];
-            let n = self.stream.read(&mut buf).expect("read within PATIENCE");
+            let n = match self.stream.read(&mut buf) {
+                Ok(n) => n,
+                // Signals to this test process (other tests') may interrupt a read.
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return None
+                }
+                Err(e) => panic!("read: {e}"),
+            };
             assert!(n > 0, "the worker closed the connection");
             self.decoder.extend(&buf[..n]);
         }
@@ -591,6 +604,143 @@ fn master_lost_with_stop_kills_tasks_and_exits_1() {
     }
 }
 
+/// `count` commands from `first` on, each printing 64 KiB to stdout and to stderr (so its
+/// completion carries 128 KiB of tails), then appending its id to `done_file`.
+fn assign_noisy(first: u64, count: u64, done_file: &std::path::Path) -> FromMaster {
+    FromMaster::Assign(
+        (first..first + count)
+            .map(|id| {
+                let script = format!(
+                    "printf '%65536s' x; printf '%65536s' y >&2; echo {id} >> {}",
+                    done_file.display()
+                );
+                Assignment {
+                    task: TaskId(id),
+                    attempt: Attempt(1),
+                    incarnation: Incarnation(1),
+                    spec: Arc::new(TaskSpec::new(TaskKind::Command {
+                        argv: vec!["sh".into(), "-c".into(), script],
+                        env: Vec::new(),
+                        cwd: None,
+                    })),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The tasks of every `Finished` frame the worker sent before it closed `conn` (a torn last
+/// frame is ignored, as the master ignores it).
+fn finished_until_closed(conn: FakeConn) -> Vec<TaskId> {
+    let FakeConn {
+        mut stream,
+        mut decoder,
+    } = conn;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut ids = Vec::new();
+    loop {
+        while let Some(msg) = decoder.next_frame::<ToMaster>().expect("valid frames") {
+            if let ToMaster::Finished(done) = msg {
+                ids.extend(done.iter().map(|c| c.task));
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return ids,
+            Ok(n) => decoder.extend(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return ids,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("the worker did not close the connection: {e}"),
+        }
+    }
+}
+
+/// 96 tasks of 128 KiB each (12 MiB) to a master that reads nothing after the handshake: far more
+/// than loopback buffers hold, so the writer must stall with completions behind it.
+const NOISY_TASKS: u64 = 96;
+
+fn noisy_config(addr: String, on_master_lost: OnMasterLost) -> Config {
+    let mut config = test_config(addr, on_master_lost, None);
+    config.info.slots = 4;
+    config.info.prefetch = NOISY_TASKS as u32;
+    config
+}
+
+fn temp_path(what: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("ballast-worker-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+#[test]
+fn a_master_that_stops_reading_is_lost_and_no_completion_with_it() {
+    let done_file = temp_path("stalled-done");
+    let master = FakeMaster::new();
+    let worker = Worker::spawn(noisy_config(master.addr(), OnMasterLost::Wait));
+    // A 100 ms heartbeat: the worker gives up after 300 ms without a byte taken.
+    let (mut stalled, _) = master.accept(welcome(100));
+    assert!(matches!(stalled.recv(), ToMaster::Load(_)), "load first");
+    stalled.send(&assign_noisy(1, NOISY_TASKS, &done_file));
+
+    // Not reading `stalled` any more: the worker must come back on its own.
+    let (mut conn, _) = master.accept(welcome(60_000));
+    let mut reported: HashSet<TaskId> = finished_until_closed(stalled).into_iter().collect();
+    let mut running: HashSet<TaskId> = HashSet::new();
+    assert!(matches!(conn.recv(), ToMaster::Load(_)), "load first");
+    match conn.recv() {
+        ToMaster::Running(refs) => running.extend(refs.iter().map(|r| r.task)),
+        other => panic!("expected Running, got {other:?}"),
+    }
+    // Unstarted tasks went with the stalled connection, so once those still running are
+    // reported, nothing runs and the done file is complete.
+    while !running.is_subset(&reported) {
+        match conn.recv_report() {
+            ToMaster::Finished(done) => reported.extend(done.iter().map(|c| c.task)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let done = std::fs::read_to_string(&done_file).expect("tasks ran");
+    let _ = std::fs::remove_file(&done_file);
+    let ran: HashSet<TaskId> = done
+        .lines()
+        .map(|l| TaskId(l.trim().parse().expect("an id")))
+        .collect();
+    assert!(
+        ran.len() as u64 > NOISY_TASKS / 2,
+        "the loop kept starting tasks while the master did not read ({} ran)",
+        ran.len()
+    );
+    // Every task that ran is reported, on the stalled connection or this one.
+    while !ran.is_subset(&reported) {
+        match conn.try_recv() {
+            Some(ToMaster::Finished(done)) => reported.extend(done.iter().map(|c| c.task)),
+            Some(ToMaster::Load(_)) => {}
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {
+                let lost: BTreeSet<_> = ran.difference(&reported).collect();
+                panic!("finished but never reported: {lost:?}");
+            }
+        }
+    }
+    assert!(worker.stop().is_ok());
+}
+
+#[test]
+fn a_master_that_stops_reading_is_lost_with_stop_too() {
+    let done_file = temp_path("stalled-stop");
+    let master = FakeMaster::new();
+    let worker = Worker::spawn(noisy_config(master.addr(), OnMasterLost::Stop));
+    let (mut stalled, _) = master.accept(welcome(100));
+    assert!(matches!(stalled.recv(), ToMaster::Load(_)), "load first");
+    stalled.send(&assign_noisy(1, NOISY_TASKS, &done_file));
+    match worker.join() {
+        Err(WorkerError::MasterLost { reason, .. }) => {
+            assert!(reason.contains("took none of our data"), "{reason}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let _ = std::fs::remove_file(&done_file);
+}
+
 #[test]
 fn failed_handshakes_are_retried_until_stopped() {
     let master = FakeMaster::new();
@@ -630,28 +780,32 @@ fn large_outputs_are_split_into_bounded_frames() {
             run_ms: 1,
         })
         .collect();
-    let (client, server) = loopback_pair();
-    let (_, mut writer) = client.split();
-    queue_finished(&mut writer, &mut batch);
+    let (client, mut server) = loopback_pair();
+    let (_, writer) = client.split();
+    let (stream, buf) = writer.into_parts();
+    let mut out = Outbox::start(stream, buf, OUTBOX_LIMIT, |_| true).expect("writer thread");
+    queue_finished(&mut out, &mut batch);
     assert!(batch.is_empty());
-    let pending = writer.pending();
+    out.send(Instant::now());
+    server.set_read_timeout(Some(PATIENCE)).expect("timeout");
     let mut decoder = FrameDecoder::new();
-    let reader = thread::spawn(move || {
-        let mut server = server;
-        let mut buf = vec![0u8; pending];
-        server.read_exact(&mut buf).expect("read all frames");
-        buf
-    });
-    writer.flush().expect("flush");
-    decoder.extend(&reader.join().expect("reader"));
+    let mut buf = vec![0u8; 64 << 10];
     let mut total = 0;
     let mut frames = 0;
-    while let Some(msg) = decoder.next_frame::<ToMaster>().expect("valid") {
-        let ToMaster::Finished(done) = msg else {
-            panic!("expected Finished");
-        };
-        frames += 1;
-        total += done.len();
+    loop {
+        while let Some(msg) = decoder.next_frame::<ToMaster>().expect("valid") {
+            let ToMaster::Finished(done) = msg else {
+                panic!("expected Finished");
+            };
+            frames += 1;
+            total += done.len();
+        }
+        if total >= 100 {
+            break;
+        }
+        let n = server.read(&mut buf).expect("read within PATIENCE");
+        assert!(n > 0, "the worker closed the connection");
+        decoder.extend(&buf[..n]);
     }
     assert_eq!(total, 100);
     assert!(frames >= 12, "about 1 MiB per frame, got {frames} frames");
