@@ -10,7 +10,7 @@
 //! carries this incarnation's mark in its environment (see `mark`), and exits.
 //!
 //! The guarantee, and where it ends:
-//! - A command and everything in its process group die within milliseconds of the worker, by
+//! - A command and everything in its process group die within ~20 ms of the worker, by
 //!   default and without the fork that `--tasks-die-with-worker` costs. So does any descendant
 //!   that left the group (`setsid`) but kept the environment; a command spawned in the instant
 //!   between `posix_spawn` and its record is caught by its mark.

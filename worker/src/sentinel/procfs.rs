@@ -38,8 +38,9 @@ mod linux {
     }
 
     /// SIGKILLs every process (except those in `spare`) that `doomed(pid, environment)` condemns,
-    /// and returns their pids. Processes whose environment cannot be read (another user's, non-dumpable ones)
-    /// are skipped. One pass: what a killed process forks while it is being killed needs another.
+    /// and returns their pids. Processes whose environment cannot be read (another user's,
+    /// non-dumpable ones) are skipped. One pass: what a killed process forks while it is being
+    /// killed needs another.
     pub fn kill_by_environment(
         spare: &[libc::pid_t],
         mut doomed: impl FnMut(libc::pid_t, &[u8]) -> bool,
