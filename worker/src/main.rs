@@ -6,6 +6,7 @@ mod executor;
 mod outbox;
 mod pending;
 mod sampler;
+mod sentinel;
 mod session;
 mod signals;
 mod tail;
@@ -67,9 +68,9 @@ struct Args {
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = LostPolicy::Wait)]
     on_master_lost: LostPolicy,
 
-    /// Commands die with the worker even if it is SIGKILLed or crashes (Linux PR_SET_PDEATHSIG).
-    /// Off by default: it makes every spawn a full fork, about 0.5 ms more per command. Graceful
-    /// stops, timeouts and cancels kill a task's whole process group either way.
+    /// Also tie each command to the worker with Linux PR_SET_PDEATHSIG, for when the worker's
+    /// sentinel is killed together with it (e.g. `kill -9` of both). Commands die with the worker
+    /// without it: the sentinel kills them. Costs a full fork per spawn, about 0.5 ms.
     #[arg(long)]
     tasks_die_with_worker: bool,
 }
@@ -118,12 +119,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
     let host = sysinfo::System::host_name().unwrap_or_else(|_| "unknown-host".to_string());
     let pid = std::process::id();
+    let name = args.name.unwrap_or_else(|| format!("{host}-{pid}"));
+    // IMPORTANT: first, while the process has one thread (the sentinel is forked).
+    sentinel::start(&name).map_err(|source| error::WorkerError::Setup {
+        what: "start the sentinel process",
+        source,
+    })?;
     let config = Config {
         master_addr: args.master,
         // An empty token (e.g. `BALLAST_TOKEN=`) means none.
         token: args.token.filter(|t| !t.is_empty()).map(String::into_bytes),
         info: WorkerInfo {
-            name: args.name.unwrap_or_else(|| format!("{host}-{pid}")),
+            name,
             host,
             cpus,
             slots: args.slots.unwrap_or(cpus),

@@ -1,20 +1,25 @@
 //! Child processes: spawning, output capture, and killing the whole process group.
 //!
-//! Each command gets a supervisor thread that spawns the child and waits for it. With
-//! `die_with_worker` the child also gets `PR_SET_PDEATHSIG`, which takes it down if the worker is
-//! SIGKILLed; the spawning thread must then outlive the child, because the signal fires when the
-//! thread that forked exits, not the process. It is opt-in because it needs a `pre_exec` hook,
-//! which makes std fork instead of `posix_spawn`: measured here, that costs ~0.5 ms per command and
-//! cut a 5,000 × `true` batch from 1.19× to 0.82-0.88× of `xargs -P2`. Graceful stops (SIGTERM,
-//! `--on-master-lost stop`, timeouts, cancel) kill task groups either way.
+//! Each command gets a supervisor thread that spawns the child (`posix_spawn`, through std) and
+//! waits for it. The worker's sentinel (see `crate::sentinel`) is told of the child's group right
+//! after the spawn and again before its leader is reaped, so that it can kill the group if the
+//! worker dies, SIGKILL included. With `die_with_worker` the child also gets `PR_SET_PDEATHSIG`,
+//! which takes it down even if the sentinel died too; the spawning thread must then outlive the
+//! child, because the signal fires when the thread that forked exits, not the process. It is
+//! opt-in because it needs a `pre_exec` hook, which makes std fork instead of `posix_spawn`:
+//! measured here, that costs ~0.5 ms per command and cut a 5,000 × `true` batch from 1.19× to
+//! 0.82-0.88× of `xargs -P2`. Graceful stops (SIGTERM, `--on-master-lost stop`, timeouts, cancel)
+//! kill task groups either way.
 //!
 //! IMPORTANT: the child is its own process group leader, and its pid is the group id. Signalling
 //! the group is only safe while that id cannot have been reused, that is, until the leader is
 //! reaped. The supervisor therefore waits for the exit without reaping (`WNOWAIT`), then, holding
-//! the control lock, kills whatever is left of the group, marks it reaped and reaps it. The main
-//! loop signals the group only under the same lock and only if it is not reaped.
+//! the control lock, kills whatever is left of the group and marks it reaped; it tells the
+//! sentinel, and only then reaps it. The main loop signals the group only under the same lock and
+//! only if it is not reaped.
 
 use super::TAIL_BYTES;
+use crate::sentinel::Link;
 use crate::tail::TailBuffer;
 use log::{debug, warn};
 use protocol::{Completion, TaskKind, TaskOutcome, TaskRef, TaskSpec};
@@ -111,29 +116,44 @@ impl CommandControl {
     }
 
     /// Waits for the child to exit, kills what is left of its group, reaps it, and returns its
-    /// status with the stop reason that applied when it died.
-    fn reap(&self, child: &mut Child) -> (io::Result<ExitStatus>, Option<StopReason>) {
+    /// status with the stop reason that applied when it died. `sentinel` forgets the group before
+    /// its id is freed.
+    fn reap(
+        &self,
+        child: &mut Child,
+        sentinel: Option<&Link>,
+    ) -> (io::Result<ExitStatus>, Option<StopReason>) {
         let pid = child.id() as libc::pid_t;
         if let Err(e) = wait_for_exit_without_reaping(pid) {
             // Not expected on any platform we build for. Fall back to a plain wait, which leaves
             // a moment between the reap and `reaped = true` where a stop could signal the id
-            // after it was freed; reusing it needs the pid space to wrap within that moment.
+            // after it was freed; reusing it needs the pid space to wrap within that moment. The
+            // sentinel forgets the group first, so it can never signal a freed id; until the
+            // child exits only its mark protects it.
             debug!("waitid(WNOWAIT) on {pid} failed ({e}); reaping directly");
+            if let Some(sentinel) = sentinel {
+                sentinel.task_reaped(pid);
+            }
             let status = child.wait();
             let mut state = self.lock();
             state.reaped = true;
             return (status, state.stop);
         }
-        let (status, stop) = {
+        let stop = {
             let mut state = self.lock();
             // The leader is a zombie, which keeps the group id ours. Whatever it left running
             // (background jobs, daemons) belongs to the task and goes with it; this also makes
             // sure nothing keeps the output pipes open.
             state.signal_group(libc::SIGKILL);
             state.reaped = true;
-            // Returns at once: the child has exited.
-            (child.wait(), state.stop)
+            state.stop
         };
+        // Outside the lock: a slow sentinel may stall this thread, never the main loop.
+        if let Some(sentinel) = sentinel {
+            sentinel.task_reaped(pid);
+        }
+        // Returns at once: the child has exited.
+        let status = child.wait();
         reap_orphaned_members(pid);
         (status, stop)
     }
@@ -150,8 +170,10 @@ pub(super) struct CommandJob {
     pub spec: Arc<TaskSpec>,
     pub started: Instant,
     pub control: Arc<CommandControl>,
-    /// Tie the child's life to the worker's even on SIGKILL (`PR_SET_PDEATHSIG`).
+    /// Also tie the child's life to the worker's with `PR_SET_PDEATHSIG` (costs a fork).
     pub die_with_worker: bool,
+    /// Kills the command's group if the worker dies; `None` when there is none (unit tests).
+    pub sentinel: Option<Arc<Link>>,
 }
 
 /// Starts the supervisor thread, which reports the attempt's completion on `events`.
@@ -206,7 +228,13 @@ fn run(job: &CommandJob) -> TaskOutcome {
         Ok(child) => child,
         Err(e) => return failed(describe_spawn_error(program, &e)),
     };
-    job.control.spawned(child.id() as libc::pid_t);
+    let pgid = child.id() as libc::pid_t;
+    // IMPORTANT: first, to keep short the moment in which a SIGKILLed worker leaves a child the
+    // sentinel does not know by its group (its mark covers that moment).
+    if let Some(sentinel) = &job.sentinel {
+        sentinel.task_started(pgid);
+    }
+    job.control.spawned(pgid);
 
     let stdout = Arc::new(Mutex::new(TailBuffer::new(TAIL_BYTES)));
     let stderr = Arc::new(Mutex::new(TailBuffer::new(TAIL_BYTES)));
@@ -220,7 +248,7 @@ fn run(job: &CommandJob) -> TaskOutcome {
     }
     drop(drained_tx);
 
-    let (status, stop) = job.control.reap(&mut child);
+    let (status, stop) = job.control.reap(&mut child, job.sentinel.as_deref());
 
     let drain_deadline = Instant::now() + OUTPUT_DRAIN_GRACE;
     for _ in 0..readers {

@@ -15,10 +15,13 @@
 //! Sleeps cost no thread: they are entries in a timer heap. Spins burn a CPU each, on a pool that
 //! grows to the largest number run at once. A command gets a supervisor thread that spawns the
 //! child and waits for it for its whole life (see `command`), plus one reader thread per pipe.
+//! Commands are reported to the process's sentinel, if it has one (see `crate::sentinel`), which
+//! kills them if the worker dies.
 
 mod command;
 mod spin;
 
+use crate::sentinel::{self, Link};
 use command::{CommandControl, StopReason};
 use log::{debug, warn};
 use protocol::{Assignment, Completion, TaskKind, TaskOutcome, TaskRef};
@@ -38,8 +41,10 @@ pub const KILL_GRACE: Duration = Duration::from_secs(2);
 pub struct Executor<E> {
     events: Sender<E>,
     kill_grace: Duration,
-    /// Commands die with the worker even when it is SIGKILLed (see `command`).
+    /// Commands also get `PR_SET_PDEATHSIG`, at the cost of a fork (see `command`).
     die_with_worker: bool,
+    /// Told of every command's process group, to kill them if the worker dies.
+    sentinel: Option<Arc<Link>>,
     running: HashMap<TaskRef, Entry>,
     timers: BinaryHeap<Timer>,
     /// Source of entry ids, so a timer left over from an earlier run of the same `TaskRef` is
@@ -131,22 +136,32 @@ impl Ending {
 
 impl<E: From<Completion> + Send + 'static> Executor<E> {
     /// `events` receives the completions of thread-run tasks; `kill_grace` is the time between
-    /// SIGTERM and SIGKILL (normally [`KILL_GRACE`]).
+    /// SIGTERM and SIGKILL (normally [`KILL_GRACE`]). Commands are reported to the sentinel if
+    /// [`sentinel::start`] ran before.
     pub fn new(events: Sender<E>, kill_grace: Duration) -> Self {
         Executor {
             spins: SpinPool::new(events.clone()),
             events,
             kill_grace,
             die_with_worker: false,
+            sentinel: sentinel::link(),
             running: HashMap::new(),
             timers: BinaryHeap::new(),
             next_id: 0,
         }
     }
 
-    /// Makes commands die with the worker even on SIGKILL, at a cost per spawn (see `command`).
+    /// Also gives commands `PR_SET_PDEATHSIG`, for when the sentinel dies with the worker, at a
+    /// cost per spawn (see `command`).
     pub fn with_tasks_die_with_worker(mut self, on: bool) -> Self {
         self.die_with_worker = on;
+        self
+    }
+
+    /// Reports commands to this link instead of the process's sentinel.
+    #[cfg(test)]
+    fn with_sentinel(mut self, link: Arc<Link>) -> Self {
+        self.sentinel = Some(link);
         self
     }
 
@@ -236,6 +251,7 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
                     started: now,
                     control: control.clone(),
                     die_with_worker: self.die_with_worker,
+                    sentinel: self.sentinel.clone(),
                 };
                 if let Err(e) = command::spawn_supervisor(job, self.events.clone()) {
                     let error = format!("cannot start a supervisor thread: {e}");

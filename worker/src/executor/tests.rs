@@ -394,3 +394,111 @@ fn stale_timers_do_not_pile_up() {
         h.exec.timers.len()
     );
 }
+
+/// A pipe standing in for the sentinel: the executor writes to `link`, the test reads `records`.
+struct FakeSentinel {
+    link: Arc<Link>,
+    pipe: std::fs::File,
+    buf: Vec<u8>,
+}
+
+impl FakeSentinel {
+    fn new() -> Self {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors; both are fresh and become owned here.
+        let (read, write) = unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            // Only the read end: the test polls it, the executor writes as it would for real.
+            let flags = libc::fcntl(fds[0], libc::F_GETFL);
+            assert_eq!(
+                libc::fcntl(fds[0], libc::F_SETFL, flags | libc::O_NONBLOCK),
+                0
+            );
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        FakeSentinel {
+            link: Arc::new(Link::new(write, None)),
+            pipe: read,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Everything written so far, as raw bytes.
+    fn drain(&mut self) -> &[u8] {
+        use std::io::Read;
+        let mut chunk = [0u8; 256];
+        loop {
+            match self.pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("reading the fake sentinel: {e}"),
+            }
+        }
+        &self.buf
+    }
+}
+
+fn records(pgids: &[(u8, libc::pid_t)]) -> Vec<u8> {
+    pgids
+        .iter()
+        .flat_map(|&(tag, pgid)| {
+            let mut r = vec![tag];
+            r.extend(pgid.to_le_bytes());
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn the_sentinel_learns_of_a_group_at_spawn_and_forgets_it_at_reap() {
+    let mut sentinel = FakeSentinel::new();
+    let mut h = Harness::new(KILL_GRACE);
+    h.exec = Executor::new(h.exec.events.clone(), KILL_GRACE).with_sentinel(sentinel.link.clone());
+    let t = h.start(1, sh("sleep 30"), None);
+    let pgid = h.pgid(t);
+    poll_until("the spawn to be recorded", || {
+        (sentinel.drain() == records(&[(b'+', pgid)]).as_slice()).then_some(())
+    });
+    h.exec.cancel(Instant::now(), t, &mut h.done);
+    assert_eq!(h.wait_for(t).outcome, TaskOutcome::Cancelled);
+    // The record precedes the completion, which is sent after the reap.
+    assert_eq!(sentinel.drain(), records(&[(b'+', pgid), (b'-', pgid)]));
+}
+
+#[test]
+fn a_command_that_cannot_start_is_never_recorded() {
+    let mut sentinel = FakeSentinel::new();
+    let mut h = Harness::new(KILL_GRACE);
+    h.exec = Executor::new(h.exec.events.clone(), KILL_GRACE).with_sentinel(sentinel.link.clone());
+    let kind = TaskKind::Command {
+        argv: vec!["/nonexistent/ballast-test-program".into()],
+        env: Vec::new(),
+        cwd: None,
+    };
+    let t = h.start(1, kind, None);
+    assert!(matches!(h.wait_for(t).outcome, TaskOutcome::Failed { .. }));
+    assert!(sentinel.drain().is_empty());
+}
+
+#[test]
+fn commands_still_run_when_the_sentinel_is_gone() {
+    let sentinel = FakeSentinel::new();
+    let link = sentinel.link.clone();
+    drop(sentinel);
+    let mut h = Harness::new(KILL_GRACE);
+    h.exec = Executor::new(h.exec.events.clone(), KILL_GRACE).with_sentinel(link);
+    for id in 1..=2 {
+        let t = h.start(id, sh("echo ok"), None);
+        match h.wait_for(t).outcome {
+            TaskOutcome::Exited {
+                code, stdout_tail, ..
+            } => assert_eq!((code, stdout_tail.as_str()), (0, "ok\n")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
