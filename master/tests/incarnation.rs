@@ -16,8 +16,6 @@ use common::{eventually, Cluster};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const OLD_MARKER: &str = "OLD-TASK-OUTPUT-5c1f";
-
 fn strace_available() -> bool {
     Command::new("strace")
         .arg("-V")
@@ -83,6 +81,11 @@ fn a_task_lost_with_a_crash_is_never_credited_to_the_next_task_with_its_id() {
         eprintln!("skipped: no strace on this machine");
         return;
     }
+    // Unique to this run: other test runs on the machine may be doing the same.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let old_marker = format!("OLD-TASK-OUTPUT-{}-{nanos}", std::process::id());
     let mut c = Cluster::start(&[]);
     c.add_worker("w1", 1);
     c.wait_for_workers(1);
@@ -104,7 +107,7 @@ fn a_task_lost_with_a_crash_is_never_credited_to_the_next_task_with_its_id() {
         traced(master_pid).then_some(())
     });
     // Its reply waits for the commit that never comes; it dies with the master.
-    let script = format!("sleep 20; echo {OLD_MARKER}");
+    let script = format!("sleep 20; echo {old_marker}");
     let submit = Reap(
         Command::new(common::MASTER)
             .args(["submit", "--master", &c.addr, "--", "sh", "-c", &script])
@@ -117,7 +120,7 @@ fn a_task_lost_with_a_crash_is_never_credited_to_the_next_task_with_its_id() {
     eventually(
         Duration::from_secs(10),
         "the worker to start the task",
-        || (!processes_with(OLD_MARKER).is_empty()).then_some(()),
+        || (!processes_with(&old_marker).is_empty()).then_some(()),
     );
     let worker_pid = c.worker_pid("w1");
     // The worker must not reconnect before the new task exists: then its claim on the old run
@@ -139,11 +142,12 @@ fn a_task_lost_with_a_crash_is_never_credited_to_the_next_task_with_its_id() {
     assert_eq!(result["stdout"], "NEW\n", "{result}");
     // The orphan was stopped, not left to run for nobody.
     eventually(Duration::from_secs(10), "the old run to be killed", || {
-        processes_with(OLD_MARKER).is_empty().then_some(())
+        processes_with(&old_marker).is_empty().then_some(())
     });
     let log = c.master_log();
     assert!(
         log.contains("handed out by an earlier incarnation"),
-        "the master says why it cancels the old run"
+        "the master says why it cancels the old run:\n{log}\n--- worker:\n{}",
+        std::fs::read_to_string(c.dir.join("w1.log")).unwrap_or_default()
     );
 }

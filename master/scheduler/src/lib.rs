@@ -764,7 +764,9 @@ impl Core {
                 return;
             }
             let waiting = self.tasks.get(c.task).map(|t| t.state) == Some(TaskState::Queued);
-            if !waiting {
+            // IMPORTANT: a stale `Cancelled` answers a cancel of ours (a duplicate run, a losing
+            // copy); it never says how the task ended. Found by the simulator with cut links.
+            if !waiting || matches!(c.outcome, TaskOutcome::Cancelled) {
                 // Final already, or running as another attempt: that attempt's result will count.
                 // A copy cancelled because another won is expected, not news.
                 let level = match c.outcome {

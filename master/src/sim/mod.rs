@@ -4,6 +4,11 @@
 //!
 //! - `world`: the event queue and the simulated workers and client (see its doc for the model);
 //! - `workload`: what is submitted and when (`uniform`, `heterogeneous`, `w3`, a task file);
+//! - `faults`: message delay, cut connections and master crashes (`--delay`, `--drop-rate`,
+//!   `--master-crashes`);
+//! - `net`: the connections as both ends see them (delays keep order within one);
+//! - `journal`: the core's records with the real shell's commit rule, and the restart from them;
+//! - `invariants`: the ground truth and the invariants checked against it after every step;
 //! - `report`: the figures of a run (makespan, lower bound, utilisation, ...) as JSON or a table;
 //! - `plots`: SVG charts.
 //!
@@ -39,15 +44,22 @@
 //! has a line per group, so tasks that target a group (a task file's `"group"`) are routed by the
 //! core once it knows groups, with nothing to change here.
 
+pub mod faults;
+pub mod invariants;
+pub mod journal;
+pub mod net;
 pub mod plots;
 pub mod report;
 pub mod workload;
 pub mod world;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use crate::core::policy::{PolicyKind, QueueOrder};
+use faults::Faults;
 use protocol::duration::parse_duration;
 use report::{Report, Setting};
 use std::io::Write;
@@ -67,6 +79,12 @@ const MAX_SPEED_SPREAD: f64 = 1_000.0;
 const MAX_BACKGROUND: f64 = 0.99;
 /// Background load bound when `--workload heterogeneous` is given without `--background`.
 const HETEROGENEOUS_BACKGROUND: f64 = 0.8;
+/// Fault limits: beyond them a run says nothing about the core (every connection always cut, a
+/// master never up).
+const MAX_DELAY_US: u64 = 60_000_000;
+const MAX_DROP_RATE: f64 = 0.5;
+const MAX_MASTER_CRASHES: u32 = 1_000;
+const MAX_DOWNTIME_US: u64 = 3_600_000_000;
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(
@@ -125,6 +143,21 @@ pub struct SimulateArgs {
     /// Re-runs after a worker loss before a task fails as worker_lost (task files: the default).
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub retries: u32,
+    /// Deliver every message after a random delay in [0, D]: messages on different connections
+    /// overtake each other, those on one connection never do.
+    #[arg(long, value_name = "D", default_value = "0s", value_parser = parse_duration)]
+    pub delay: Duration,
+    /// Each message on a worker's connection cuts it with this probability; the worker keeps
+    /// its tasks running and reconnects with backoff.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub drop_rate: f64,
+    /// Crash the master N times, at the end of a loop turn before its journal commit; it restarts
+    /// from what was committed.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub master_crashes: u32,
+    /// How long a crashed master stays down.
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = parse_duration)]
+    pub master_downtime: Duration,
     /// One JSON object (with --compare: an array, one per policy).
     #[arg(long)]
     pub json: bool,
@@ -223,6 +256,7 @@ impl Scenario {
                 format!("({heartbeat_timeout_ms} ms) must exceed --heartbeat ({heartbeat_ms} ms)"),
             ));
         }
+        let faults = faults_from_args(a)?;
         let policy: PolicyKind = a.policy.parse().map_err(|e| SimError::usage("policy", e))?;
         let order: QueueOrder = a.order.parse().map_err(|e| SimError::usage("order", e))?;
         let fleet = world::fleet(
@@ -257,6 +291,7 @@ impl Scenario {
                 recover_us: a.recover.as_micros().min(u128::from(u64::MAX / 4)) as u64,
                 heartbeat_ms,
                 heartbeat_timeout_ms,
+                faults,
             },
             workload_name: kind.to_string(),
             groups: a.groups,
@@ -283,10 +318,45 @@ impl Scenario {
             speed_spread: self.speed_spread,
             background: self.background,
             fail_rate: cfg.fail_rate,
+            faults: &cfg.faults,
         };
         let report = report::build(&setting, &self.fleet, &self.workload, &result);
         Ok((report, result))
     }
+}
+
+fn faults_from_args(a: &SimulateArgs) -> Result<Faults, SimError> {
+    let delay_us = a.delay.as_micros().min(u128::from(u64::MAX)) as u64;
+    if delay_us > MAX_DELAY_US {
+        return Err(SimError::usage("delay", "must be at most 60s"));
+    }
+    if !(a.drop_rate.is_finite() && (0.0..=MAX_DROP_RATE).contains(&a.drop_rate)) {
+        return Err(SimError::usage(
+            "drop-rate",
+            format!("must be a number in 0..={MAX_DROP_RATE}"),
+        ));
+    }
+    if a.master_crashes > MAX_MASTER_CRASHES {
+        return Err(SimError::usage(
+            "master-crashes",
+            format!("must be at most {MAX_MASTER_CRASHES}"),
+        ));
+    }
+    let downtime_us = a.master_downtime.as_micros().min(u128::from(u64::MAX)) as u64;
+    if !(1..=MAX_DOWNTIME_US).contains(&downtime_us) {
+        return Err(SimError::usage(
+            "master-downtime",
+            "must be more than 0 and at most 1h",
+        ));
+    }
+    Ok(Faults {
+        delay_us,
+        drop_rate: a.drop_rate,
+        master_crashes: a.master_crashes,
+        downtime_us,
+        #[cfg(test)]
+        misreport_once: false,
+    })
 }
 
 /// The `master simulate` entry point: runs, prints, and maps errors to an exit code (2 for bad

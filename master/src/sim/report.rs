@@ -14,10 +14,15 @@
 //! - `requeued`: how many times a task went back to the queue because its worker was lost, read
 //!   from the core's task states right after each loss.
 //! - completion time: per successful task, completion minus submission.
+//! - `invariant_violations` (with faults, or when nonzero): broken invariants (see
+//!   `invariants`), the first few described in `violations`; `faults` says what was injected
+//!   and what happened (crashes, cut connections, tasks the client had to resubmit).
 
+use super::faults::Faults;
 use super::workload::{base_seconds, Workload};
 use super::world::{RunResult, WorkerSpec};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// One run's figures. The first nine fields are the stable contract of `--json`; more may follow.
@@ -50,6 +55,29 @@ pub struct Report {
     pub stalled: bool,
     pub events: u64,
     pub per_group: Vec<GroupReport>,
+    /// Shown with faults, or whenever nonzero; without faults the output is as it always was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invariant_violations: Option<u64>,
+    /// Nonzero counts by kind (see `invariants::Kind`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub violation_kinds: BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultReport>,
+}
+
+/// What was injected, and what it did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FaultReport {
+    pub delay_s: f64,
+    pub drop_rate: f64,
+    pub master_crashes: u32,
+    /// Crashes that happened (one not due before the work is done never does).
+    pub crashes: u32,
+    pub connections_cut: u64,
+    /// Tasks sent again because a crash forgot their unacknowledged submission.
+    pub resubmitted: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -73,6 +101,7 @@ pub struct Setting<'a> {
     pub speed_spread: f64,
     pub background: f64,
     pub fail_rate: f64,
+    pub faults: &'a Faults,
 }
 
 /// Rounds for stable, readable output: seconds to the microsecond, fractions to 1e-4.
@@ -175,6 +204,18 @@ pub fn build(set: &Setting, fleet: &[WorkerSpec], workload: &Workload, r: &RunRe
         stalled: r.stalled,
         events: r.events,
         per_group,
+        invariant_violations: (set.faults.any() || r.invariant_violations > 0)
+            .then_some(r.invariant_violations),
+        violation_kinds: r.violation_kinds.iter().copied().collect(),
+        violations: r.violations.clone(),
+        faults: set.faults.any().then(|| FaultReport {
+            delay_s: micro(set.faults.delay_us as f64 / 1e6),
+            drop_rate: set.faults.drop_rate,
+            master_crashes: set.faults.master_crashes,
+            crashes: r.crashes,
+            connections_cut: r.drops,
+            resubmitted: r.resubmitted,
+        }),
     }
 }
 
@@ -261,6 +302,30 @@ pub fn render(reports: &[Report]) -> String {
             "\n{}: stalled (nothing moved for a long time); unfinished tasks count as lost",
             r.policy
         );
+    }
+    for r in reports {
+        let Some(n) = r.invariant_violations else {
+            continue;
+        };
+        out.push('\n');
+        if let Some(f) = &r.faults {
+            let _ = writeln!(
+                out,
+                "{}: faults: delay up to {} s, drop rate {}, {} of {} master crashes, {} \
+                 connections cut, {} tasks resubmitted",
+                r.policy,
+                f.delay_s,
+                f.drop_rate,
+                f.crashes,
+                f.master_crashes,
+                f.connections_cut,
+                f.resubmitted
+            );
+        }
+        let _ = writeln!(out, "{}: invariant violations: {n}", r.policy);
+        for v in &r.violations {
+            let _ = writeln!(out, "  {v}");
+        }
     }
     if first.groups > 1 {
         out.push_str("\nper group:\n");
