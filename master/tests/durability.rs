@@ -5,10 +5,11 @@
 mod common;
 
 use common::{eventually, Cluster};
-use protocol::{auth, encode_frame, FrameDecoder, FromMaster, Role, ToMaster, PROTOCOL_VERSION};
+use protocol::connection::{handshake, Welcome};
+use protocol::{ConnectionError, FrameDecoder, Role, ToMaster};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -140,39 +141,13 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<usize> {
     None
 }
 
-/// Does the handshake by hand (so the test knows its own address) and returns the master's reply.
-fn raw_hello(addr: &str, token: Option<&[u8]>) -> (TcpStream, FromMaster) {
+/// Does the handshake on a socket of the test's own (so it knows its address) and returns how the
+/// master answered.
+fn raw_hello(addr: &str, token: Option<&[u8]>) -> (TcpStream, Result<Welcome, ConnectionError>) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
-    let mut dec = FrameDecoder::new();
-    let mut recv = |s: &mut TcpStream| -> FromMaster {
-        loop {
-            if let Some(m) = dec.next_frame::<FromMaster>().expect("valid frame") {
-                return m;
-            }
-            let mut buf = [0u8; 4096];
-            let n = s.read(&mut buf).expect("read");
-            assert!(n > 0, "the master closed before answering");
-            dec.extend(&buf[..n]);
-        }
-    };
-    let nonce = match recv(&mut s) {
-        FromMaster::Greeting { nonce, .. } => nonce,
-        other => panic!("expected Greeting, got {other:?}"),
-    };
-    let mut out = Vec::new();
-    encode_frame(
-        &ToMaster::Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Client,
-            auth: auth::respond(token, &nonce),
-        },
-        &mut out,
-    )
-    .expect("encodes");
-    s.write_all(&out).expect("write hello");
-    let reply = recv(&mut s);
+    let reply = handshake(&mut s, &mut FrameDecoder::new(), addr, Role::Client, token);
     (s, reply)
 }
 
@@ -384,7 +359,10 @@ fn token_from_the_environment_admits_only_holders() {
 
     // A refusal the test can name: its own socket, with a wrong answer to the challenge.
     let (stream, reply) = raw_hello(&c.addr, Some(b"wrong"));
-    assert!(matches!(reply, FromMaster::Rejected { .. }), "{reply:?}");
+    assert!(
+        matches!(reply, Err(ConnectionError::Rejected { .. })),
+        "{reply:?}"
+    );
     let local = stream.local_addr().expect("local addr").to_string();
     eventually(
         Duration::from_secs(10),

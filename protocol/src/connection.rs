@@ -1,5 +1,7 @@
-//! A blocking connection to the master, for the CLI, the worker and tests. The master itself never
-//! uses this: it runs the same codec inside its mio loop.
+//! The client library: a blocking connection to the master for the CLI, the worker and tests, and
+//! the client half of the handshake ([`handshake`]) for callers that bring their own socket (the
+//! load generator, tests that need to know theirs). The master itself never uses this: it runs
+//! the same codec inside its mio loop.
 
 use crate::auth;
 use crate::codec::{encode_frame, FrameDecoder, FrameError};
@@ -11,6 +13,12 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 use thiserror::Error;
+
+/// Bytes asked of the socket per read once connected: a `Results` chunk can be megabytes.
+const READ_CHUNK: usize = 64 << 10;
+/// Per read during the handshake, whose frames are tiny: a caller that holds thousands of
+/// connections (the load generator) keeps their decoders small.
+const HANDSHAKE_READ_CHUNK: usize = 4 << 10;
 
 #[derive(Debug, Error)]
 pub enum ConnectionError {
@@ -66,29 +74,7 @@ pub struct Connection {
 impl FrameReader {
     /// Blocks for the next message. `Err(Closed)` on a clean end of stream.
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T, ConnectionError> {
-        loop {
-            if let Some(msg) = self.decoder.next_frame()? {
-                return Ok(msg);
-            }
-            const READ_CHUNK: usize = 64 << 10;
-            let spare = self.decoder.spare(READ_CHUNK);
-            let n = match self.stream.read(spare) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-                Err(e) => {
-                    self.decoder.commit(READ_CHUNK, 0);
-                    return Err(e.into());
-                }
-            };
-            self.decoder.commit(READ_CHUNK, n);
-            if n == 0 && self.decoder.buffered() == 0 {
-                return Err(ConnectionError::Closed);
-            }
-            if n == 0 {
-                // EOF in the middle of a frame.
-                return Err(ConnectionError::Closed);
-            }
-        }
+        recv_blocking(&mut self.stream, &mut self.decoder, READ_CHUNK)
     }
 
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
@@ -157,54 +143,12 @@ impl Connection {
         // Bound the handshake so a wrong port does not hang us; callers set their own timeouts after.
         conn.reader
             .set_read_timeout(Some(connect_timeout.max(Duration::from_secs(5))))?;
-        let welcome = conn.handshake(role, token).map_err(|e| match e {
-            ConnectionError::Rejected { reason, .. } => ConnectionError::Rejected {
-                addr: addr.to_string(),
-                reason,
-            },
-            other => other,
-        })?;
+        // The writer's buffer is empty until the caller queues something: the handshake may write
+        // through the reader's handle of the same socket.
+        let reader = &mut conn.reader;
+        let welcome = handshake(&mut reader.stream, &mut reader.decoder, addr, role, token)?;
         conn.reader.set_read_timeout(None)?;
         Ok((conn, welcome))
-    }
-
-    fn handshake(&mut self, role: Role, token: Option<&[u8]>) -> Result<Welcome, ConnectionError> {
-        let nonce = match self.reader.recv::<FromMaster>()? {
-            FromMaster::Greeting { version, nonce } => {
-                if version != PROTOCOL_VERSION {
-                    return Err(ConnectionError::Version {
-                        master: version,
-                        ours: PROTOCOL_VERSION,
-                    });
-                }
-                nonce
-            }
-            other => return Err(ConnectionError::Unexpected(format!("{other:?}"))),
-        };
-        self.writer.send(&ToMaster::Hello {
-            version: PROTOCOL_VERSION,
-            role,
-            auth: auth::respond(token, &nonce),
-        })?;
-        match self.reader.recv::<FromMaster>() {
-            Ok(FromMaster::Welcome {
-                worker_id,
-                heartbeat_interval_ms,
-                master_id,
-                incarnation,
-            }) => Ok(Welcome {
-                worker_id,
-                heartbeat_interval_ms,
-                master_id,
-                incarnation,
-            }),
-            Ok(FromMaster::Rejected { reason }) => Err(ConnectionError::Rejected {
-                addr: String::new(), // filled in by `connect`, which knows it
-                reason,
-            }),
-            Ok(other) => Err(ConnectionError::Unexpected(format!("{other:?}"))),
-            Err(e) => Err(e),
-        }
     }
 
     pub fn send(&mut self, msg: &ToMaster) -> Result<(), ConnectionError> {
@@ -226,6 +170,92 @@ impl Connection {
     }
 }
 
+/// The client half of the handshake, on a connected blocking stream of any kind: waits for the
+/// master's `Greeting`, answers `Hello` as `role` (with the HMAC of its nonce under `token`, if
+/// any), and returns what the master said in `Welcome`. `master` names the peer in a `Rejected`
+/// error. Bound the waits with a read timeout on the stream.
+///
+/// Bytes that followed `Welcome` stay in `decoder`, so a caller that goes on with its own IO (a
+/// non-blocking stream in a poll loop, as the load generator's simulated workers do) loses none.
+pub fn handshake<S: Read + Write>(
+    stream: &mut S,
+    decoder: &mut FrameDecoder,
+    master: &str,
+    role: Role,
+    token: Option<&[u8]>,
+) -> Result<Welcome, ConnectionError> {
+    let nonce = match recv_blocking(stream, decoder, HANDSHAKE_READ_CHUNK)? {
+        FromMaster::Greeting { version, nonce } => {
+            if version != PROTOCOL_VERSION {
+                return Err(ConnectionError::Version {
+                    master: version,
+                    ours: PROTOCOL_VERSION,
+                });
+            }
+            nonce
+        }
+        other => return Err(ConnectionError::Unexpected(other.name().to_string())),
+    };
+    let mut hello = Vec::new();
+    encode_frame(
+        &ToMaster::Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            auth: auth::respond(token, &nonce),
+        },
+        &mut hello,
+    )?;
+    stream.write_all(&hello)?;
+    match recv_blocking(stream, decoder, HANDSHAKE_READ_CHUNK)? {
+        FromMaster::Welcome {
+            worker_id,
+            heartbeat_interval_ms,
+            master_id,
+            incarnation,
+        } => Ok(Welcome {
+            worker_id,
+            heartbeat_interval_ms,
+            master_id,
+            incarnation,
+        }),
+        FromMaster::Rejected { reason } => Err(ConnectionError::Rejected {
+            addr: master.to_string(),
+            reason,
+        }),
+        other => Err(ConnectionError::Unexpected(other.name().to_string())),
+    }
+}
+
+/// Blocks until `decoder` holds a whole message, reading `read_chunk` bytes at a time.
+fn recv_blocking<T: DeserializeOwned>(
+    stream: &mut impl Read,
+    decoder: &mut FrameDecoder,
+    read_chunk: usize,
+) -> Result<T, ConnectionError> {
+    loop {
+        if let Some(msg) = decoder.next_frame()? {
+            return Ok(msg);
+        }
+        let spare = decoder.spare(read_chunk);
+        match stream.read(spare) {
+            Ok(n) => {
+                decoder.commit(read_chunk, n);
+                if n == 0 {
+                    // A clean end, or one in the middle of a frame: either way nothing follows.
+                    return Err(ConnectionError::Closed);
+                }
+            }
+            Err(e) => {
+                decoder.commit(read_chunk, 0);
+                // A signal is not the end of the stream.
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+}
+
 fn connect_any(addr: &str, timeout: Duration) -> Result<TcpStream, ConnectionError> {
     let err = |source| ConnectionError::Connect {
         addr: addr.to_string(),
@@ -239,4 +269,243 @@ fn connect_any(addr: &str, timeout: Duration) -> Result<TcpStream, ConnectionErr
         }
     }
     Err(err(last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{Assignment, Attempt, TaskId, TaskKind, TaskSpec, WorkerInfo};
+    use std::io::Cursor;
+    use std::sync::Arc;
+
+    /// A master whose every frame is written in advance (the handshake reads `Greeting`, writes,
+    /// then reads the rest), recording what the client writes.
+    struct Scripted {
+        input: Cursor<Vec<u8>>,
+        output: Vec<u8>,
+        /// Every other read fails with `Interrupted`, as a signal would make it.
+        interrupt: bool,
+        /// Most bytes one read returns.
+        max_read: usize,
+    }
+
+    impl Scripted {
+        fn new(frames: &[FromMaster]) -> Scripted {
+            let mut input = Vec::new();
+            for f in frames {
+                encode_frame(f, &mut input).expect("encodes");
+            }
+            Scripted {
+                input: Cursor::new(input),
+                output: Vec::new(),
+                interrupt: false,
+                max_read: 1,
+            }
+        }
+
+        fn sent(&self) -> Vec<ToMaster> {
+            let mut dec = FrameDecoder::new();
+            dec.extend(&self.output);
+            let mut got = Vec::new();
+            while let Some(m) = dec.next_frame().expect("valid frames") {
+                got.push(m);
+            }
+            got
+        }
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.interrupt = !self.interrupt;
+            if self.interrupt {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(self.max_read);
+            self.input.read(&mut buf[..n])
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const NONCE: [u8; 32] = [9; 32];
+
+    fn greeting(version: u32) -> FromMaster {
+        FromMaster::Greeting {
+            version,
+            nonce: NONCE.to_vec(),
+        }
+    }
+
+    fn welcome() -> FromMaster {
+        FromMaster::Welcome {
+            worker_id: Some(WorkerId(3)),
+            heartbeat_interval_ms: 250,
+            master_id: 77,
+            incarnation: Incarnation(2),
+        }
+    }
+
+    fn worker() -> Role {
+        Role::Worker(WorkerInfo {
+            name: "w".into(),
+            host: "h".into(),
+            cpus: 1,
+            slots: 1,
+            pid: 1,
+            group: None,
+            prefetch: 0,
+        })
+    }
+
+    #[test]
+    fn answers_the_nonce_and_keeps_what_followed_welcome() {
+        let assign = FromMaster::Assign(vec![Assignment {
+            task: TaskId(1),
+            attempt: Attempt(1),
+            incarnation: Incarnation(2),
+            spec: Arc::new(TaskSpec::new(TaskKind::Sleep { ms: 1 })),
+        }]);
+        let mut master = Scripted::new(&[greeting(PROTOCOL_VERSION), welcome(), assign.clone()]);
+        // Everything in the first read: the `Assign` arrives with the `Greeting`.
+        master.max_read = usize::MAX;
+        let mut decoder = FrameDecoder::new();
+        let w = handshake(&mut master, &mut decoder, "m:1", worker(), Some(b"tok")).expect("ok");
+        assert_eq!(
+            (w.worker_id, w.heartbeat_interval_ms, w.master_id),
+            (Some(WorkerId(3)), 250, 77)
+        );
+        assert_eq!(w.incarnation, Incarnation(2));
+        assert_eq!(
+            master.sent(),
+            vec![ToMaster::Hello {
+                version: PROTOCOL_VERSION,
+                role: worker(),
+                auth: auth::respond(Some(b"tok"), &NONCE),
+            }]
+        );
+        assert_eq!(master.input.position(), master.input.get_ref().len() as u64);
+        assert_eq!(
+            decoder.next_frame::<FromMaster>().expect("ok"),
+            Some(assign)
+        );
+    }
+
+    #[test]
+    fn frames_split_into_single_bytes_and_interrupted_reads_are_fine() {
+        let mut master = Scripted::new(&[greeting(PROTOCOL_VERSION), welcome()]);
+        let mut decoder = FrameDecoder::new();
+        let w = handshake(&mut master, &mut decoder, "m", Role::Client, None).expect("ok");
+        assert_eq!(w.master_id, 77);
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn a_refusal_names_the_master() {
+        let mut master = Scripted::new(&[
+            greeting(PROTOCOL_VERSION),
+            FromMaster::Rejected {
+                reason: "authentication failed".into(),
+            },
+        ]);
+        match handshake(
+            &mut master,
+            &mut FrameDecoder::new(),
+            "m:1",
+            Role::Client,
+            None,
+        ) {
+            Err(ConnectionError::Rejected { addr, reason }) => {
+                assert_eq!(
+                    (addr.as_str(), reason.as_str()),
+                    ("m:1", "authentication failed")
+                );
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        let ToMaster::Hello { auth, .. } = &master.sent()[0] else {
+            panic!("expected Hello");
+        };
+        assert!(auth.is_empty(), "no token, no answer");
+    }
+
+    #[test]
+    fn another_version_is_refused_before_saying_hello() {
+        let mut master = Scripted::new(&[greeting(PROTOCOL_VERSION + 1), welcome()]);
+        let got = handshake(
+            &mut master,
+            &mut FrameDecoder::new(),
+            "m",
+            Role::Client,
+            None,
+        );
+        assert!(
+            matches!(got, Err(ConnectionError::Version { master, ours })
+                if master == PROTOCOL_VERSION + 1 && ours == PROTOCOL_VERSION),
+            "{got:?}"
+        );
+        assert!(master.output.is_empty());
+    }
+
+    #[test]
+    fn out_of_order_messages_are_named_not_dumped() {
+        let status = FromMaster::Error {
+            message: "x".repeat(10_000),
+        };
+        let mut master = Scripted::new(&[status]);
+        let got = handshake(
+            &mut master,
+            &mut FrameDecoder::new(),
+            "m",
+            Role::Client,
+            None,
+        );
+        assert!(
+            matches!(&got, Err(ConnectionError::Unexpected(name)) if name == "Error"),
+            "{got:?}"
+        );
+        let mut master = Scripted::new(&[greeting(PROTOCOL_VERSION), greeting(PROTOCOL_VERSION)]);
+        let got = handshake(
+            &mut master,
+            &mut FrameDecoder::new(),
+            "m",
+            Role::Client,
+            None,
+        );
+        assert!(
+            matches!(&got, Err(ConnectionError::Unexpected(name)) if name == "Greeting"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_master_that_hangs_up_mid_handshake_is_closed() {
+        let mut master = Scripted::new(&[greeting(PROTOCOL_VERSION)]);
+        let got = handshake(
+            &mut master,
+            &mut FrameDecoder::new(),
+            "m",
+            Role::Client,
+            None,
+        );
+        assert!(matches!(got, Err(ConnectionError::Closed)), "{got:?}");
+        // Cut inside the Greeting itself.
+        let mut master = Scripted::new(&[greeting(PROTOCOL_VERSION)]);
+        let cut = master.input.get_ref().len() - 1;
+        master.input.get_mut().truncate(cut);
+        let got = handshake(
+            &mut master,
+            &mut FrameDecoder::new(),
+            "m",
+            Role::Client,
+            None,
+        );
+        assert!(matches!(got, Err(ConnectionError::Closed)), "{got:?}");
+    }
 }

@@ -3,8 +3,10 @@
 //!
 //! The codec is sans-IO: [`FrameDecoder`] takes bytes in any split and yields whole messages,
 //! [`encode_frame`] appends one frame to a caller-owned buffer. Only `codec` knows about bincode.
+//! Batched messages are cut to a frame budget by [`budget::chunks_within`], by their encoded size.
 
 pub mod auth;
+pub mod budget;
 pub mod codec;
 pub mod connection;
 pub mod duration;

@@ -298,6 +298,26 @@ pub enum ToMaster {
     Retracted(Vec<TaskRef>),
 }
 
+impl ToMaster {
+    /// The variant's name, for logs and errors: a whole message printed with `{:?}` could be
+    /// megabytes of specs or task output.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ToMaster::Hello { .. } => "Hello",
+            ToMaster::Load(_) => "Load",
+            ToMaster::Started(_) => "Started",
+            ToMaster::Finished(_) => "Finished",
+            ToMaster::Submit { .. } => "Submit",
+            ToMaster::Status => "Status",
+            ToMaster::Results { .. } => "Results",
+            ToMaster::Wait { .. } => "Wait",
+            ToMaster::Cancel { .. } => "Cancel",
+            ToMaster::Running(_) => "Running",
+            ToMaster::Retracted(_) => "Retracted",
+        }
+    }
+}
+
 /// Where a task is in its life; the last five are final.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TaskState {
@@ -458,4 +478,124 @@ pub enum FromMaster {
     Error {
         message: String,
     },
+}
+
+impl FromMaster {
+    /// The variant's name, for logs and errors (see [`ToMaster::name`]).
+    pub fn name(&self) -> &'static str {
+        match self {
+            FromMaster::Greeting { .. } => "Greeting",
+            FromMaster::Welcome { .. } => "Welcome",
+            FromMaster::Rejected { .. } => "Rejected",
+            FromMaster::Assign(_) => "Assign",
+            FromMaster::Cancel(_) => "Cancel",
+            FromMaster::Retract(_) => "Retract",
+            FromMaster::Submitted { .. } => "Submitted",
+            FromMaster::Status(_) => "Status",
+            FromMaster::Results { .. } => "Results",
+            FromMaster::Progress { .. } => "Progress",
+            FromMaster::WaitDone { .. } => "WaitDone",
+            FromMaster::CancelDone { .. } => "CancelDone",
+            FromMaster::Error { .. } => "Error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name is the variant's own, as `Debug` spells it.
+    fn named_as_debug(debug: String, name: &str) {
+        let variant = debug.split([' ', '(', '{']).next().unwrap_or_default();
+        assert_eq!(variant, name, "{debug}");
+    }
+
+    #[test]
+    fn every_message_is_named_after_its_variant() {
+        let run = TaskRef {
+            task: TaskId(1),
+            attempt: Attempt(1),
+            incarnation: Incarnation(1),
+        };
+        let to_master = [
+            ToMaster::Hello {
+                version: 1,
+                role: Role::Client,
+                auth: vec![],
+            },
+            ToMaster::Load(LoadReport::default()),
+            ToMaster::Started(vec![run]),
+            ToMaster::Finished(vec![]),
+            ToMaster::Submit {
+                specs: vec![],
+                count: 1,
+            },
+            ToMaster::Status,
+            ToMaster::Results { ids: vec![] },
+            ToMaster::Wait {
+                ids: vec![],
+                progress: false,
+            },
+            ToMaster::Cancel { ids: vec![] },
+            ToMaster::Running(vec![]),
+            ToMaster::Retracted(vec![]),
+        ];
+        for msg in &to_master {
+            named_as_debug(format!("{msg:?}"), msg.name());
+        }
+        let from_master = [
+            FromMaster::Greeting {
+                version: 1,
+                nonce: vec![],
+            },
+            FromMaster::Welcome {
+                worker_id: None,
+                heartbeat_interval_ms: 1,
+                master_id: 1,
+                incarnation: Incarnation(1),
+            },
+            FromMaster::Rejected { reason: "r".into() },
+            FromMaster::Assign(vec![]),
+            FromMaster::Cancel(vec![run]),
+            FromMaster::Retract(vec![]),
+            FromMaster::Submitted {
+                first: TaskId(1),
+                count: 1,
+            },
+            FromMaster::Status(StatusReport {
+                policy: "p".into(),
+                workers: vec![],
+                queued: 0,
+                running: 0,
+                succeeded: 0,
+                failed: 0,
+            }),
+            FromMaster::Results {
+                tasks: vec![],
+                more: false,
+            },
+            FromMaster::Progress {
+                total: 0,
+                finished: 0,
+                failed: 0,
+            },
+            FromMaster::WaitDone {
+                total: 0,
+                succeeded: 0,
+                failed: 0,
+            },
+            FromMaster::CancelDone {
+                cancelled: vec![],
+                already_final: vec![],
+                unknown: vec![],
+            },
+            FromMaster::Error {
+                message: "m".into(),
+            },
+        ];
+        for msg in &from_master {
+            named_as_debug(format!("{msg:?}"), msg.name());
+        }
+    }
 }

@@ -28,6 +28,7 @@ use crate::pending::PendingQueue;
 use crate::sampler::LoadSampler;
 use crate::signals::signal_name;
 use log::{debug, error, info, warn};
+use protocol::budget::chunks_within;
 use protocol::connection::{FrameReader, Welcome};
 use protocol::{
     Completion, Connection, ConnectionError, FromMaster, Role, TaskOutcome, TaskRef, ToMaster,
@@ -713,48 +714,13 @@ impl Session {
     }
 }
 
-/// Queues `finished` as `Finished` frames of at most about `FINISHED_FRAME_BYTES` each and leaves
-/// it empty (keeping its allocation in the common one-frame case).
+/// Queues `finished` as `Finished` frames of at most `FINISHED_FRAME_BYTES` each and leaves it
+/// empty (keeping its allocation in the common one-frame case).
 fn queue_finished(out: &mut Outbox, finished: &mut Vec<Completion>) {
-    let total: usize = finished.iter().map(wire_size_estimate).sum();
-    if total <= FINISHED_FRAME_BYTES {
-        out.queue_finished(finished);
-        return;
-    }
-    let mut chunk = Vec::new();
-    let mut chunk_bytes = 0;
-    for completion in finished.drain(..) {
-        let size = wire_size_estimate(&completion);
-        if chunk_bytes + size > FINISHED_FRAME_BYTES && !chunk.is_empty() {
-            out.queue_finished(&mut chunk);
-            chunk_bytes = 0;
-        }
-        chunk_bytes += size;
-        chunk.push(completion);
-    }
-    if !chunk.is_empty() {
+    for mut chunk in chunks_within(mem::take(finished), FINISHED_FRAME_BYTES) {
         out.queue_finished(&mut chunk);
+        *finished = chunk;
     }
-}
-
-/// An upper bound on a completion's encoded size: its strings plus generous room for ids, tags
-/// and length prefixes.
-fn wire_size_estimate(c: &Completion) -> usize {
-    const FIXED_BYTES: usize = 48;
-    FIXED_BYTES
-        + match &c.outcome {
-            TaskOutcome::Exited {
-                stdout_tail,
-                stderr_tail,
-                ..
-            }
-            | TaskOutcome::TimedOut {
-                stdout_tail,
-                stderr_tail,
-            } => stdout_tail.len() + stderr_tail.len(),
-            TaskOutcome::Failed { error } => error.len(),
-            TaskOutcome::Cancelled | TaskOutcome::WorkerLost => 0,
-        }
 }
 
 /// Forwards every frame of connection `conn` to the loop, then how it ended.

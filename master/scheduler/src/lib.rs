@@ -30,6 +30,7 @@ use epochs::Epochs;
 use log::{debug, info, log, warn, Level};
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
+use protocol::budget::chunks_within;
 use protocol::{
     auth, Assignment, Completion, FromMaster, Incarnation, LoadReport, Role, StatusReport, TaskId,
     TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo,
@@ -322,7 +323,7 @@ impl Core {
             (Peer::Pending { .. }, other) => self.protocol_error(
                 now_ms,
                 conn,
-                format!("expected Hello, got {}", name(&other)),
+                format!("expected Hello, got {}", other.name()),
             ),
             (Peer::Worker(id), msg) => {
                 let id = *id;
@@ -417,7 +418,7 @@ impl Core {
             let Some(conn) = self.workers.get(worker).and_then(|w| w.conn) else {
                 continue;
             };
-            for chunk in chunk_by_size(batch, |a| spec_size_estimate(&a.spec)) {
+            for chunk in chunks_within(batch, REPLY_FRAME_BUDGET) {
                 self.send(conn, FromMaster::Assign(chunk));
             }
         }
@@ -711,7 +712,7 @@ impl Core {
             other => self.protocol_error(
                 now_ms,
                 conn,
-                format!("a worker may not send {}", name(&other)),
+                format!("a worker may not send {}", other.name()),
             ),
         }
     }
@@ -1085,7 +1086,7 @@ impl Core {
             other => self.protocol_error(
                 now_ms,
                 conn,
-                format!("a client may not send {}", name(&other)),
+                format!("a client may not send {}", other.name()),
             ),
         }
     }
@@ -1157,7 +1158,7 @@ impl Core {
             }
             v
         };
-        let chunks = chunk_by_size(views, |r| 128 + r.stdout.len() + r.stderr.len());
+        let chunks: Vec<_> = chunks_within(views, REPLY_FRAME_BUDGET).collect();
         let n = chunks.len();
         for (i, tasks) in chunks.into_iter().enumerate() {
             self.send(
@@ -1439,57 +1440,6 @@ fn queue_key(order: QueueOrder, id: TaskId, t: &Task) -> QueueKey {
     QueueKey {
         priority: t.spec.priority,
         order: order.tie_breaker(id.0, t.spec.size),
-    }
-}
-
-/// Rough wire size of a spec, to keep batched frames far below `MAX_FRAME` without encoding twice.
-fn spec_size_estimate(spec: &TaskSpec) -> usize {
-    64 + match &spec.kind {
-        protocol::TaskKind::Command { argv, env, cwd } => {
-            argv.iter().map(|a| a.len() + 2).sum::<usize>()
-                + env
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len() + 4)
-                    .sum::<usize>()
-                + cwd.as_ref().map_or(0, |c| c.len())
-        }
-        _ => 0,
-    }
-}
-
-/// Splits `items` into runs whose estimated size stays under `REPLY_FRAME_BUDGET`.
-fn chunk_by_size<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
-    let mut chunks = Vec::new();
-    let mut current = Vec::new();
-    let mut bytes = 0;
-    for item in items {
-        let s = size(&item);
-        if !current.is_empty() && bytes + s > REPLY_FRAME_BUDGET {
-            chunks.push(std::mem::take(&mut current));
-            bytes = 0;
-        }
-        bytes += s;
-        current.push(item);
-    }
-    if !current.is_empty() {
-        chunks.push(current);
-    }
-    chunks
-}
-
-fn name(msg: &ToMaster) -> &'static str {
-    match msg {
-        ToMaster::Hello { .. } => "Hello",
-        ToMaster::Load(_) => "Load",
-        ToMaster::Started(_) => "Started",
-        ToMaster::Finished(_) => "Finished",
-        ToMaster::Submit { .. } => "Submit",
-        ToMaster::Status => "Status",
-        ToMaster::Results { .. } => "Results",
-        ToMaster::Wait { .. } => "Wait",
-        ToMaster::Cancel { .. } => "Cancel",
-        ToMaster::Running(_) => "Running",
-        ToMaster::Retracted(_) => "Retracted",
     }
 }
 

@@ -3,7 +3,8 @@
 //! - `latency`: sequential submit → result round trips of one zero-length task from one in-process
 //!   client (`protocol::Connection`), recorded in an HDR histogram (workload W3).
 //! - `workers`: many simulated workers held by one or a few threads (mio), each answering `Assign`
-//!   with an immediate `Finished` and heartbeating like a real worker (workload W5).
+//!   with an immediate `Finished` and heartbeating like a real worker (workload W5). Each says
+//!   hello through the client library (`protocol::connection::handshake`), then goes non-blocking.
 //!
 //! It measures; it asserts nothing about the figures. Both subcommands print one JSON object on
 //! stdout at the end (human lines go to stderr), so the script can collect them.
@@ -13,10 +14,11 @@ use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Poll, Token};
+use protocol::connection;
 use protocol::duration::parse_duration;
 use protocol::{
-    auth, encode_frame, Completion, Connection, FrameDecoder, FromMaster, LoadReport, Role,
-    TaskKind, TaskOutcome, TaskSpec, ToMaster, WorkerInfo, PROTOCOL_VERSION,
+    encode_frame, Completion, Connection, FrameDecoder, FromMaster, LoadReport, Role, TaskKind,
+    TaskOutcome, TaskSpec, ToMaster, WorkerInfo,
 };
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -601,49 +603,14 @@ fn handshake(
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut decoder = FrameDecoder::new();
-    let nonce = match recv_blocking(&mut stream, &mut decoder)? {
-        FromMaster::Greeting { version, nonce } if version == PROTOCOL_VERSION => nonce,
-        other => bail!("expected a Greeting of version {PROTOCOL_VERSION}, got {other:?}"),
-    };
-    let mut out = Vec::new();
-    encode_frame(
-        &ToMaster::Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Worker(info),
-            auth: auth::respond(token, &nonce),
-        },
-        &mut out,
+    let welcome = connection::handshake(
+        &mut stream,
+        &mut decoder,
+        &addr.to_string(),
+        Role::Worker(info),
+        token,
     )?;
-    stream.write_all(&out)?;
-    let hb_ms = match recv_blocking(&mut stream, &mut decoder)? {
-        FromMaster::Welcome {
-            heartbeat_interval_ms,
-            ..
-        } => heartbeat_interval_ms,
-        FromMaster::Rejected { reason } => bail!("rejected: {reason}"),
-        other => bail!("expected Welcome, got {other:?}"),
-    };
     stream.set_read_timeout(None)?;
     stream.set_nonblocking(true)?;
-    Ok((stream, decoder, hb_ms))
-}
-
-fn recv_blocking(stream: &mut TcpStream, decoder: &mut FrameDecoder) -> anyhow::Result<FromMaster> {
-    loop {
-        if let Some(msg) = decoder.next_frame()? {
-            return Ok(msg);
-        }
-        let spare = decoder.spare(4096);
-        let n = match stream.read(spare) {
-            Ok(n) => n,
-            Err(e) => {
-                decoder.commit(4096, 0);
-                return Err(e.into());
-            }
-        };
-        decoder.commit(4096, n);
-        if n == 0 {
-            bail!("the master closed the connection during the handshake");
-        }
-    }
+    Ok((stream, decoder, welcome.heartbeat_interval_ms))
 }

@@ -27,8 +27,8 @@ use session::Session;
 use std::io::Write;
 use std::process::ExitCode;
 
-/// Largest frame body the client builds, half of `MAX_FRAME`: room for the estimate's slack, and
-/// a master that is busy with a big frame is not handed a second one as large as the limit.
+/// Largest frame body the client builds, half of `MAX_FRAME`: a master that is busy with a big
+/// frame is not handed a second one as large as the limit.
 const FRAME_BUDGET: usize = 8 << 20;
 const _: () = assert!(FRAME_BUDGET < protocol::MAX_FRAME);
 

@@ -56,25 +56,7 @@ impl Requester for Session {
 /// `Results` chunk printed with `{:?}` could be megabytes of task output.
 pub fn unexpected(got: &FromMaster, expected: &'static str) -> ClientError {
     ClientError::Unexpected {
-        got: variant_name(got).to_string(),
+        got: got.name().to_string(),
         expected,
-    }
-}
-
-fn variant_name(msg: &FromMaster) -> &'static str {
-    match msg {
-        FromMaster::Greeting { .. } => "Greeting",
-        FromMaster::Welcome { .. } => "Welcome",
-        FromMaster::Rejected { .. } => "Rejected",
-        FromMaster::Assign(_) => "Assign",
-        FromMaster::Cancel(_) => "Cancel",
-        FromMaster::Retract(_) => "Retract",
-        FromMaster::Submitted { .. } => "Submitted",
-        FromMaster::Status(_) => "Status",
-        FromMaster::Results { .. } => "Results",
-        FromMaster::Progress { .. } => "Progress",
-        FromMaster::WaitDone { .. } => "WaitDone",
-        FromMaster::CancelDone { .. } => "CancelDone",
-        FromMaster::Error { .. } => "Error",
     }
 }

@@ -8,13 +8,13 @@ use super::ids::{self, IdRange};
 use super::session::{unexpected, Requester};
 use super::wait::wait_batches;
 use super::{view, ConnArgs, Outcome, FRAME_BUDGET};
+use protocol::budget::{chunks_within, Chunks};
 use protocol::codec::encoded_len;
 use protocol::duration::parse_duration;
 use protocol::{
     FromMaster, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME, MAX_REPLICAS,
 };
 use std::io::{Read, Write};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -215,25 +215,11 @@ fn read_task_file(path: &Path) -> Result<(String, String)> {
     Ok((text, origin))
 }
 
-/// Consecutive runs of `specs` whose `Submit` frame is at most `budget` bytes. A spec too big for
-/// the budget travels alone (`check_frame_size` has made sure it still fits `MAX_FRAME`).
-pub fn plan_chunks(specs: &[TaskSpec], budget: usize) -> Vec<Range<usize>> {
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    let mut bytes = SUBMIT_OVERHEAD;
-    for (i, spec) in specs.iter().enumerate() {
-        let len = encoded_len(spec);
-        if i > start && bytes + len > budget {
-            chunks.push(start..i);
-            start = i;
-            bytes = SUBMIT_OVERHEAD;
-        }
-        bytes += len;
-    }
-    if start < specs.len() {
-        chunks.push(start..specs.len());
-    }
-    chunks
+/// The specs of each `Submit` frame, in order: consecutive runs of `specs` whose frame is at most
+/// `budget` bytes. A spec too big for the budget travels alone (`check_frame_size` has made sure
+/// it still fits `MAX_FRAME`).
+pub fn frame_chunks(specs: Vec<TaskSpec>, budget: usize) -> Chunks<TaskSpec> {
+    chunks_within(specs, budget.saturating_sub(SUBMIT_OVERHEAD))
 }
 
 /// Sends every chunk, each `count` times, one request at a time, and appends the accepted id
@@ -246,10 +232,7 @@ pub fn submit_all(
     budget: usize,
     accepted: &mut Vec<IdRange>,
 ) -> Result<()> {
-    let plan = plan_chunks(&specs, budget);
-    let mut specs = specs.into_iter();
-    for chunk in plan {
-        let chunk: Vec<TaskSpec> = specs.by_ref().take(chunk.len()).collect();
+    for chunk in frame_chunks(specs, budget) {
         let expected = chunk.len() as u64 * u64::from(count);
         let reply = master.request(&ToMaster::Submit {
             specs: chunk,
@@ -505,14 +488,11 @@ mod tests {
     fn chunks_cover_all_specs_and_respect_the_budget() {
         let specs = sample_specs(1_000);
         for budget in [200, 1_000, 10_000, 1 << 20] {
-            let plan = plan_chunks(&specs, budget);
-            let mut next = 0;
-            for chunk in &plan {
-                assert_eq!(chunk.start, next, "chunks are consecutive");
+            let chunks: Vec<Vec<TaskSpec>> = frame_chunks(specs.clone(), budget).collect();
+            for chunk in &chunks {
                 assert!(!chunk.is_empty());
-                next = chunk.end;
                 let frame = ToMaster::Submit {
-                    specs: specs[chunk.clone()].to_vec(),
+                    specs: chunk.clone(),
                     count: u32::MAX,
                 };
                 assert!(
@@ -520,9 +500,9 @@ mod tests {
                     "budget {budget}"
                 );
             }
-            assert_eq!(next, specs.len());
+            assert_eq!(chunks.concat(), specs, "every spec once, in order");
         }
-        assert!(plan_chunks(&[], 100).is_empty());
+        assert!(frame_chunks(Vec::new(), 100).next().is_none());
     }
 
     #[test]
@@ -534,11 +514,11 @@ mod tests {
             cwd: None,
         });
         let specs = vec![spec; 100_000];
-        let plan = plan_chunks(&specs, FRAME_BUDGET);
-        assert!(plan.len() >= 3, "{} chunks", plan.len());
-        for chunk in plan {
+        let chunks: Vec<Vec<TaskSpec>> = frame_chunks(specs, FRAME_BUDGET).collect();
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        for chunk in chunks {
             let frame = ToMaster::Submit {
-                specs: specs[chunk].to_vec(),
+                specs: chunk,
                 count: 1,
             };
             let len = encoded_len(&frame);
