@@ -13,7 +13,7 @@ use crate::journal::{FinalRecord, Journal, JournalError};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use protocol::{auth::NONCE_LEN, encode_frame, FrameDecoder, FromMaster, ToMaster};
+use protocol::{auth::NONCE_LEN, encode_frame, FrameDecoder, FrameError, FromMaster, ToMaster};
 use slab::Slab;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -332,13 +332,13 @@ impl Server {
         if conn.closing {
             return;
         }
-        let mut failure: Option<String> = None;
+        let mut failure: Option<ReadFailure> = None;
         loop {
             let spare = conn.decoder.spare(READ_CHUNK);
             match conn.stream.read(spare) {
                 Ok(0) => {
                     conn.decoder.commit(READ_CHUNK, 0);
-                    failure = Some("connection closed by peer".into());
+                    failure = Some(ReadFailure::Closed);
                     break;
                 }
                 Ok(n) => conn.decoder.commit(READ_CHUNK, n),
@@ -351,24 +351,24 @@ impl Server {
                 }
                 Err(e) => {
                     conn.decoder.commit(READ_CHUNK, 0);
-                    failure = Some(format!("read error: {e}"));
+                    failure = Some(ReadFailure::Io(e));
                     break;
                 }
             }
             // Decode as we go so the buffer holds at most one partial frame plus one read.
-            if let Err(reason) = decode_all(&mut self.core, now, id, conn) {
-                failure = Some(reason);
+            if let Err(e) = decode_all(&mut self.core, now, id, conn) {
+                failure = Some(ReadFailure::Frame(e));
                 break;
             }
         }
         if failure.is_none() {
-            if let Err(reason) = decode_all(&mut self.core, now, id, conn) {
-                failure = Some(reason);
+            if let Err(e) = decode_all(&mut self.core, now, id, conn) {
+                failure = Some(ReadFailure::Frame(e));
             }
         }
         if let Some(reason) = failure {
             let addr = conn.addr;
-            if reason.starts_with("protocol error") {
+            if let ReadFailure::Frame(_) = reason {
                 warn!("{addr}: {reason}; closing");
             } else {
                 debug!("{addr}: {reason}");
@@ -647,13 +647,32 @@ fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {
     }
 }
 
+/// Why reading from a connection ended it.
+#[derive(Debug, Error)]
+enum ReadFailure {
+    /// The peer closed its end.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The socket failed.
+    #[error("read error: {0}")]
+    Io(io::Error),
+    /// The bytes are not our protocol (a bad length or an undecodable frame).
+    #[error("protocol error: {0}")]
+    Frame(FrameError),
+}
+
 /// Hands every whole frame in the decoder to the core. Err: the stream is broken.
-fn decode_all(core: &mut Core, now: u64, id: ConnId, conn: &mut Connection) -> Result<(), String> {
+fn decode_all(
+    core: &mut Core,
+    now: u64,
+    id: ConnId,
+    conn: &mut Connection,
+) -> Result<(), FrameError> {
     loop {
         match conn.decoder.next_frame::<ToMaster>() {
             Ok(Some(msg)) => core.handle_message(now, id, msg),
             Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("protocol error: {e}")),
+            Err(e) => return Err(e),
         }
     }
 }

@@ -11,15 +11,22 @@
 //! Call order for one loop turn: any number of `handle_*`, then `dispatch(now)`, then drain
 //! `poll_output` until `None`, then sleep until `poll_timeout` or the next event.
 //!
+//! Two layers: the session layer (`session.rs`) owns connections, the handshake and the master's
+//! identity, and turns connection ids into the `WorkerId`s and `ClientId`s that the scheduling
+//! part (`Core`'s tables, placement, rebalancing, speculation) speaks; all output leaves through
+//! it. The scheduling part never sees a `ConnId`.
+//!
 //! Time is milliseconds on a clock the caller chooses. The master passes milliseconds since the Unix
 //! epoch derived from a monotonic clock, so timestamps in results are wall-clock; the simulator
 //! passes virtual time.
 
 mod epochs;
+mod holds;
 pub mod policy;
 mod pools;
 pub mod queue;
 mod rebalance;
+mod session;
 mod speculation;
 mod tasks;
 mod wait;
@@ -27,28 +34,26 @@ mod workers;
 
 pub use epochs::EpochStart;
 use epochs::Epochs;
+use holds::Holds;
 use log::{debug, info, log, warn, Level};
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
 use protocol::{
-    auth, Assignment, Completion, FromMaster, Incarnation, LoadReport, Role, StatusReport, TaskId,
-    TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo,
-    WorkerState, WorkerStatus, PROTOCOL_VERSION,
+    Assignment, Completion, FromMaster, Incarnation, StatusReport, TaskId, TaskOutcome, TaskRef,
+    TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerState, WorkerStatus,
 };
 use queue::QueueKey;
 use rebalance::Unstarted;
+pub use session::{ClientId, CloseReason, ConnId, Refusal, Violation};
+use session::{Departed, Inbound, SessionConfig, Sessions, WorkerHello};
 use speculation::RunEstimate;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
 use std::sync::Arc;
 use tasks::{settle, FinalResult, Task, TaskTable};
 use wait::{WaitStart, Waiters};
-use workers::WorkerTable;
-
-/// The shell's handle for one connection (the mio token's value); the core never interprets it.
-/// The shell never gives one id to two connections, so output for a closed one reaches no other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub usize);
+use workers::{PlacementChange, WorkerTable};
 
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -108,7 +113,7 @@ pub enum Output {
     /// Flush what is queued for `conn`, then close it. The core has already forgotten it.
     Close {
         conn: ConnId,
-        reason: String,
+        reason: CloseReason,
     },
     /// Make this durable. IMPORTANT: the shell must commit every `Persist` of a turn before it
     /// writes that turn's bytes to sockets, so no client hears of work that could still be lost.
@@ -139,19 +144,6 @@ pub struct RestoredTask {
     pub outcome: Option<TaskResult>,
 }
 
-#[derive(Debug)]
-enum Peer {
-    Pending { nonce: Vec<u8>, deadline_ms: u64 },
-    Worker(WorkerId),
-    Client,
-}
-
-#[derive(Debug)]
-struct Conn {
-    addr: String,
-    peer: Peer,
-}
-
 /// How often timers are checked. Failure detection is exact to within this.
 const SWEEP_INTERVAL_MS: u64 = 100;
 /// Per-task log lines beyond this many per second go to `debug`, with a summary at `info`.
@@ -162,36 +154,32 @@ const MAX_TASKS_PER_SUBMIT: u64 = 10_000_000;
 /// Retry backoff after a failed run: 200 ms, doubling, at most 30 s.
 const RETRY_BACKOFF_BASE_MS: u64 = 200;
 const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
-/// A worker may prefetch at most this many tasks beyond its slots.
-const MAX_PREFETCH: u32 = 1024;
 /// Reply frames are kept well under `MAX_FRAME`.
 const REPLY_FRAME_BUDGET: usize = 4 << 20;
 
 pub struct Core {
     config: CoreConfig,
-    conns: HashMap<ConnId, Conn>,
+    /// Connections, handshakes and the way out: the rest of `Core` never sees a `ConnId`.
+    session: Sessions,
     tasks: TaskTable,
     /// Queued tasks and worker placement, per group.
     pools: Pools,
     workers: WorkerTable,
     waiters: Waiters,
-    outbox: VecDeque<Output>,
     /// Assignments made this turn, sent as one frame per worker by `dispatch`.
     assign_batches: BTreeMap<WorkerId, Vec<Assignment>>,
-    /// Something may be placeable: set by anything that adds tasks or frees slots.
+    /// Something may be placeable: set only by `enqueue` (a task entered a queue) and `learn`
+    /// (a worker may have room, or something for rebalancing).
     dirty: bool,
     next_sweep_ms: Option<u64>,
     /// Queued tasks kept out of the queue until a time: retry backoff, and the grace period after
-    /// a restart. Ordered by release time.
-    holds: BTreeSet<(u64, TaskId)>,
-    held: HashMap<TaskId, u64>,
+    /// a restart.
+    holds: Holds,
     /// Tasks given back by a worker (`Retracted`), and that worker: the next placement of each
-    /// goes elsewhere if it can, or rebalancing could hand it straight back.
+    /// goes elsewhere if it can, or rebalancing could hand it straight back. Only looked up.
     avoid: HashMap<TaskId, WorkerId>,
     /// Unstarted runs on prefetching workers, for displacement by higher priorities.
     unstarted: Unstarted,
-    /// Live workers that prefetch; rebalancing has nothing to do while there are none.
-    prefetching: usize,
     /// Run time per unit of `size`, for speculation.
     estimate: RunEstimate,
     /// Which incarnation submitted which ids: a run is credited only to its own task.
@@ -202,22 +190,26 @@ pub struct Core {
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
         let incarnation = config.incarnation;
+        let session = Sessions::new(SessionConfig {
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            handshake_timeout_ms: config.handshake_timeout_ms,
+            token: config.token.clone(),
+            master_id: config.master_id,
+            incarnation,
+        });
         Core {
             pools: Pools::new(config.policy, config.seed),
             config,
-            conns: HashMap::new(),
+            session,
             tasks: TaskTable::new(incarnation),
             workers: WorkerTable::default(),
             waiters: Waiters::default(),
-            outbox: VecDeque::new(),
             assign_batches: BTreeMap::new(),
             dirty: false,
             next_sweep_ms: None,
-            holds: BTreeSet::new(),
-            held: HashMap::new(),
+            holds: Holds::default(),
             avoid: HashMap::new(),
             unstarted: Unstarted::default(),
-            prefetching: 0,
             estimate: RunEstimate::default(),
             epochs: Epochs::fresh(incarnation),
             chatter: Chatter::default(),
@@ -275,7 +267,7 @@ impl Core {
             } else {
                 // The attempt that was in flight when the master died counts as one.
                 self.tasks.bump_attempt(id);
-                self.hold(id, now_ms + self.config.recovery_grace_ms);
+                self.holds.hold(id, now_ms + self.config.recovery_grace_ms);
                 unfinished += 1;
             }
         }
@@ -286,62 +278,26 @@ impl Core {
 
     /// A connection was accepted. `nonce` must be fresh and unpredictable (the shell's randomness).
     pub fn handle_connect(&mut self, now_ms: u64, conn: ConnId, addr: String, nonce: Vec<u8>) {
-        self.send(
-            conn,
-            FromMaster::Greeting {
-                version: PROTOCOL_VERSION,
-                nonce: nonce.clone(),
-            },
-        );
-        self.conns.insert(
-            conn,
-            Conn {
-                addr,
-                peer: Peer::Pending {
-                    nonce,
-                    deadline_ms: now_ms + self.config.handshake_timeout_ms,
-                },
-            },
-        );
+        if let Some(earlier) = self.session.connect(now_ms, conn, addr, nonce) {
+            self.depart(now_ms, earlier, &"its connection id was reused");
+        }
         self.arm_sweep(now_ms);
     }
 
     /// One decoded frame from `conn`.
     pub fn handle_message(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) {
-        let Some(c) = self.conns.get(&conn) else {
-            return; // Already closed by us; late bytes are ignored.
-        };
-        match (&c.peer, msg) {
-            (
-                Peer::Pending { .. },
-                ToMaster::Hello {
-                    version,
-                    role,
-                    auth,
-                },
-            ) => self.on_hello(now_ms, conn, version, role, auth),
-            (Peer::Pending { .. }, other) => self.protocol_error(
-                now_ms,
-                conn,
-                format!("expected Hello, got {}", other.name()),
-            ),
-            (Peer::Worker(id), msg) => {
-                let id = *id;
-                self.on_worker_message(now_ms, conn, id, msg)
-            }
-            (Peer::Client, msg) => self.on_client_message(now_ms, conn, msg),
+        match self.session.receive(conn, msg) {
+            Inbound::Handled => {}
+            Inbound::WorkerHello(hello) => self.register_worker(now_ms, hello),
+            Inbound::Worker(id, msg) => self.on_worker_message(now_ms, id, msg),
+            Inbound::Client(id, msg) => self.on_client_message(now_ms, id, msg),
         }
     }
 
     /// The connection closed or failed (socket error, bad frame). Idempotent.
-    pub fn handle_disconnect(&mut self, now_ms: u64, conn: ConnId, reason: &str) {
-        let Some(c) = self.conns.remove(&conn) else {
-            return;
-        };
-        match c.peer {
-            Peer::Worker(id) => self.lose_worker(now_ms, id, reason),
-            Peer::Client => self.waiters.drop_conn(conn),
-            Peer::Pending { .. } => debug!("{} left before the handshake: {reason}", c.addr),
+    pub fn handle_disconnect(&mut self, now_ms: u64, conn: ConnId, reason: impl fmt::Display) {
+        if let Some(peer) = self.session.disconnect(conn, &reason) {
+            self.depart(now_ms, peer, &reason);
         }
     }
 
@@ -353,52 +309,36 @@ impl Core {
             _ => return,
         }
         self.next_sweep_ms = None;
+        self.session.expire_handshakes(now_ms);
         let timeout = self.config.heartbeat_timeout_ms;
-        let mut silent = Vec::new();
-        let mut stalled = Vec::new();
-        for (&conn, c) in &self.conns {
-            match c.peer {
-                Peer::Pending { deadline_ms, .. } if now_ms >= deadline_ms => stalled.push(conn),
-                Peer::Worker(id) => {
-                    if let Some(w) = self.workers.get(id) {
-                        let quiet = now_ms.saturating_sub(w.last_seen_ms);
-                        if quiet >= timeout {
-                            silent.push((conn, quiet));
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        // The map's order is random; decisions must not be (the simulator replays from a seed).
-        stalled.sort_unstable();
-        silent.sort_unstable();
-        for conn in stalled {
-            if let Some(c) = self.conns.remove(&conn) {
-                warn!(
-                    "{}: no handshake within {} ms, closing",
-                    c.addr, self.config.handshake_timeout_ms
-                );
-            }
-            self.close(conn, "handshake timeout".into());
-        }
-        for (conn, quiet) in silent {
-            let reason = format!("no heartbeat for {quiet} ms");
-            if let Some(Conn {
-                peer: Peer::Worker(id),
-                ..
-            }) = self.conns.remove(&conn)
-            {
-                self.lose_worker(now_ms, id, &reason);
-            }
-            self.close(conn, reason);
+        // In id order, so the simulator replays from a seed.
+        let silent: Vec<(WorkerId, u64)> = self
+            .workers
+            .iter()
+            .filter(|w| w.is_alive())
+            .map(|w| (w.id, now_ms.saturating_sub(w.last_seen_ms)))
+            .filter(|&(_, quiet)| quiet >= timeout)
+            .collect();
+        for (id, quiet_ms) in silent {
+            // The connection first, so nothing said while the worker is lost can reach it.
+            let reason = CloseReason::HeartbeatTimeout { quiet_ms };
+            self.session.close_worker(id, reason.clone());
+            self.lose_worker(now_ms, id, &reason);
         }
         if let Some(factor) = self.config.speculate {
             self.speculate(now_ms, factor);
         }
         self.chatter.summarise(now_ms, self.pools.len());
-        if !self.conns.is_empty() {
+        if !self.session.is_empty() {
             self.arm_sweep(now_ms);
+        }
+    }
+
+    /// A peer's connection is gone: a worker's tasks go back, a client's waits end.
+    fn depart(&mut self, now_ms: u64, peer: Departed, reason: &dyn fmt::Display) {
+        match peer {
+            Departed::Worker(id) => self.lose_worker(now_ms, id, reason),
+            Departed::Client(id) => self.waiters.drop_client(id),
         }
     }
 
@@ -409,21 +349,21 @@ impl Core {
         if self.dirty {
             self.dirty = false;
             self.place(now_ms);
-            if self.prefetching > 0 {
+            if self.workers.prefetching() > 0 {
                 self.displace_prefetched(now_ms);
                 self.rebalance();
             }
         }
         for (worker, batch) in std::mem::take(&mut self.assign_batches) {
-            let Some(conn) = self.workers.get(worker).and_then(|w| w.conn) else {
+            if !self.workers.is_alive(worker) {
                 continue;
-            };
+            }
             for chunk in chunks_within(batch, REPLY_FRAME_BUDGET) {
-                self.send(conn, FromMaster::Assign(chunk));
+                self.session.send_worker(worker, FromMaster::Assign(chunk));
             }
         }
         if !self.waiters.is_empty() {
-            self.waiters.flush(&mut self.outbox);
+            self.waiters.flush(&mut self.session);
         }
     }
 
@@ -439,13 +379,13 @@ impl Core {
                 Next::Place(id, pick) => self.assign_run(now_ms, id, pick.worker, pick.score),
                 // Avoiding the worker a task was retracted from is a preference: with nowhere
                 // else to go, it goes back.
-                Next::Blocked(id) if self.avoid.remove(&id).is_some() => self.enqueue(id),
+                Next::Blocked(id) if self.avoid.remove(&id).is_some() => self.put_back(id),
                 Next::Blocked(id) => blocked.push(id),
                 Next::Done => break,
             }
         }
         for id in blocked {
-            self.enqueue(id);
+            self.put_back(id);
         }
     }
 
@@ -474,13 +414,14 @@ impl Core {
             .map(|c| (c.started, task.copies_wanted()));
         let wants_copy = task.wants_copy();
         let key = queue_key(self.config.order, id, task);
-        let Some(w) = self.workers.get_mut(worker) else {
+        let Some(change) = self.workers.assign(worker, id) else {
             return;
         };
-        w.assigned.insert(id);
-        let cap = w.capacity();
+        self.learn(change);
+        let Some(w) = self.workers.get(worker) else {
+            return;
+        };
         let prefetches = w.info.prefetch > 0;
-        self.pools.update(worker, w.info.group.as_deref(), cap);
         let level = self.chatter.task_line(now_ms, Event::Assigned);
         log!(
             level,
@@ -494,7 +435,7 @@ impl Core {
         }
         if wants_copy {
             // The next copy goes out in queue order, like any task, to another worker.
-            self.enqueue(id);
+            self.put_back(id);
         }
         self.assign_batches
             .entry(worker)
@@ -510,17 +451,17 @@ impl Core {
     // ---- output ------------------------------------------------------------------------------
 
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outbox.pop_front()
+        self.session.poll_output()
     }
 
     /// Whether `dispatch` or `poll_output` has something to do (the shell loops until not).
     pub fn has_work(&self) -> bool {
-        self.dirty || !self.outbox.is_empty()
+        self.dirty || self.session.has_output()
     }
 
     /// When `handle_timeout` should next be called, if at all.
     pub fn poll_timeout(&self) -> Option<u64> {
-        let hold = self.holds.first().map(|&(at, _)| at);
+        let hold = self.holds.next_release();
         match (self.next_sweep_ms, hold) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -572,88 +513,27 @@ impl Core {
         self.tasks.get(id).map(|t| self.result_view(id, t))
     }
 
-    // ---- handshake ---------------------------------------------------------------------------
+    // ---- joining -----------------------------------------------------------------------------
 
-    fn on_hello(&mut self, now_ms: u64, conn: ConnId, version: u32, role: Role, answer: Vec<u8>) {
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        let Peer::Pending { nonce, .. } = &c.peer else {
-            return;
-        };
-        let addr = c.addr.clone();
-        if version != PROTOCOL_VERSION {
-            return self.reject(
-                conn,
-                &addr,
-                format!("protocol version mismatch: master speaks {PROTOCOL_VERSION}, peer speaks {version}"),
-            );
-        }
-        if let Some(token) = &self.config.token {
-            if !auth::verify(token, nonce, &answer) {
-                return self.reject(conn, &addr, "authentication failed".into());
-            }
-        }
-        match role {
-            Role::Client => {
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.peer = Peer::Client;
-                }
-                debug!("client connected from {addr}");
-                self.send(
-                    conn,
-                    FromMaster::Welcome {
-                        worker_id: None,
-                        heartbeat_interval_ms: self.config.heartbeat_interval_ms,
-                        master_id: self.config.master_id,
-                        incarnation: self.epochs.current(),
-                    },
-                );
-            }
-            Role::Worker(info) => self.register_worker(now_ms, conn, addr, info),
-        }
-    }
-
-    fn register_worker(&mut self, now_ms: u64, conn: ConnId, addr: String, info: WorkerInfo) {
-        if info.slots == 0 {
-            return self.reject(conn, &addr, "a worker needs at least one slot".into());
-        }
-        if info.name.is_empty() || info.name.len() > 256 {
-            return self.reject(conn, &addr, "worker name must be 1 to 256 bytes".into());
-        }
-        if info.prefetch > MAX_PREFETCH {
-            return self.reject(
-                conn,
-                &addr,
-                format!("prefetch must be at most {MAX_PREFETCH}"),
-            );
-        }
+    /// A worker passed the handshake: give it its id (its old one if the name is known) and let
+    /// the session layer bind and welcome it.
+    fn register_worker(&mut self, now_ms: u64, hello: WorkerHello) {
+        let WorkerHello { ticket, info, addr } = hello;
         let (name, slots, host) = (info.name.clone(), info.slots, info.host.clone());
         let prefetch = info.prefetch;
-        // A worker coming back (perhaps in another group) leaves the pools it was in; `refresh`
-        // below puts it where it belongs now.
-        if let Some(old) = self.workers.by_name(&name) {
-            let group = old.info.group.clone();
-            if old.is_alive() && old.info.prefetch > 0 {
-                self.prefetching -= 1;
-            }
-            self.pools.remove_worker(old.id, group.as_deref());
-        }
-        if prefetch > 0 {
-            self.prefetching += 1;
-        }
-        let (id, previous) = self.workers.register(info, addr.clone(), conn, now_ms);
-        if let Some(old) = previous {
+        // A worker coming back (perhaps in another group) leaves the pools it was in and enters
+        // the ones it belongs to now.
+        let (joined, change) = self.workers.register(info, addr.clone(), now_ms);
+        self.learn(change);
+        let id = joined.id;
+        let replaced = self.session.accept_worker(ticket, id);
+        debug_assert_eq!(
+            replaced, joined.replaced,
+            "the tables agree on who was alive"
+        );
+        if joined.replaced {
             // The same worker reconnected before we noticed its old connection die.
-            self.conns.remove(&old);
-            self.close(
-                old,
-                "replaced by a new connection from the same worker".into(),
-            );
-            self.requeue_from(now_ms, id, "reconnected on a new connection");
-        }
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.peer = Peer::Worker(id);
+            self.requeue_from(now_ms, id, &"reconnected on a new connection");
         }
         let prefetch = match prefetch {
             0 => String::new(),
@@ -661,39 +541,18 @@ impl Core {
         };
         // "worker NAME joined" is what scripts grep for; the id only disambiguates.
         info!("worker {name} joined from {addr} ({id}, host {host}, {slots} slots{prefetch})");
-        self.refresh(id);
-        self.dirty = true;
-        self.send(
-            conn,
-            FromMaster::Welcome {
-                worker_id: Some(id),
-                heartbeat_interval_ms: self.config.heartbeat_interval_ms,
-                master_id: self.config.master_id,
-                incarnation: self.epochs.current(),
-            },
-        );
-    }
-
-    fn reject(&mut self, conn: ConnId, addr: &str, reason: String) {
-        warn!("refused connection from {addr}: {reason}");
-        self.conns.remove(&conn);
-        self.send(
-            conn,
-            FromMaster::Rejected {
-                reason: reason.clone(),
-            },
-        );
-        self.close(conn, reason);
     }
 
     // ---- workers -----------------------------------------------------------------------------
 
-    fn on_worker_message(&mut self, now_ms: u64, conn: ConnId, id: WorkerId, msg: ToMaster) {
-        if let Some(w) = self.workers.get_mut(id) {
-            w.last_seen_ms = now_ms;
-        }
+    fn on_worker_message(&mut self, now_ms: u64, id: WorkerId, msg: ToMaster) {
+        self.workers.seen(id, now_ms);
         match msg {
-            ToMaster::Load(load) => self.on_load(id, load),
+            ToMaster::Load(load) => {
+                if let Some(change) = self.workers.set_load(id, load) {
+                    self.learn(change);
+                }
+            }
             ToMaster::Started(refs) => {
                 for r in refs {
                     if self.is_current(id, r) {
@@ -705,29 +564,19 @@ impl Core {
             ToMaster::Retracted(refs) => self.on_retracted(id, refs),
             ToMaster::Finished(done) => {
                 for c in done {
+                    // A worker that broke the protocol mid-frame is forgotten: the rest of its
+                    // frame is not credited to anything.
+                    if !self.workers.is_alive(id) {
+                        break;
+                    }
                     self.on_finished(now_ms, id, c);
                 }
             }
             ToMaster::Running(refs) => self.on_running(now_ms, id, refs),
-            other => self.protocol_error(
-                now_ms,
-                conn,
-                format!("a worker may not send {}", other.name()),
-            ),
+            other => {
+                self.worker_broke_protocol(now_ms, id, Violation::WorkerMayNotSend(other.name()))
+            }
         }
-    }
-
-    fn on_load(&mut self, id: WorkerId, load: LoadReport) {
-        let Some(w) = self.workers.get_mut(id) else {
-            return;
-        };
-        let mut load = load;
-        if !load.cpu_percent.is_finite() {
-            load.cpu_percent = 0.0;
-        }
-        w.load = load;
-        self.refresh(id);
-        self.dirty = true;
     }
 
     /// Whether `r` names the attempt `worker` is currently supposed to run.
@@ -738,19 +587,11 @@ impl Core {
     fn on_finished(&mut self, now_ms: u64, worker: WorkerId, c: Completion) {
         let r = c.task_ref();
         if matches!(c.outcome, TaskOutcome::WorkerLost) {
-            return self.protocol_error_worker(
-                now_ms,
-                worker,
-                "a worker may not report WorkerLost",
-            );
+            return self.worker_broke_protocol(now_ms, worker, Violation::WorkerLostReported);
         }
-        if let Some(w) = self.workers.get_mut(worker) {
-            // Checked first: hashing every completion for an almost always empty set costs.
-            if !w.draining.is_empty() && w.draining.remove(&r) {
-                // A losing copy is gone: its slot is free now.
-                self.refresh(worker);
-                self.dirty = true;
-            }
+        if let Some(change) = self.workers.drained(worker, r) {
+            // A losing copy is gone: its slot is free now.
+            self.learn(change);
         }
         let name = self.workers.name(worker).unwrap_or("?").to_string();
         if !self.is_current(worker, r) {
@@ -785,23 +626,19 @@ impl Core {
             // The attempt we gave up on (its worker vanished, or the master restarted) finished
             // before anyone ran the task again: take its result rather than run it twice.
             self.dequeue(c.task);
-            self.unhold(c.task);
+            self.holds.unhold(c.task);
             self.tasks.credit(worker, r);
             info!(
                 "task {} attempt {} finished on {name} while waiting to run again: result kept",
                 c.task, c.attempt
             );
         } else {
-            if let Some(w) = self.workers.get_mut(worker) {
-                w.assigned.remove(&c.task);
+            if let Some(change) = self.workers.unassign(worker, c.task) {
+                self.learn(change);
             }
             self.forget_unstarted(c.task, worker);
-            self.refresh(worker);
         }
-        if let Some(w) = self.workers.get_mut(worker) {
-            w.done += 1;
-        }
-        self.dirty = true;
+        self.workers.count_done(worker);
         let succeeded = matches!(c.outcome, TaskOutcome::Exited { code: 0, .. });
         if succeeded {
             if let Some(t) = self.tasks.get(c.task) {
@@ -863,7 +700,7 @@ impl Core {
             self.tasks.bump_failed(id);
         }
         info!("task {id} failed on {worker}; retry {n}/{of} in {delay_ms} ms");
-        self.hold(id, now_ms + delay_ms);
+        self.holds.hold(id, now_ms + delay_ms);
         true
     }
 
@@ -889,7 +726,7 @@ impl Core {
             };
             if t.state == TaskState::Queued {
                 self.dequeue(r.task);
-                self.unhold(r.task);
+                self.holds.unhold(r.task);
                 self.tasks.adopt(worker, r);
                 self.tasks.mark_started_if_unknown(r.task, now_ms);
             } else if t.wants_copy() && !t.runs_on(worker) {
@@ -906,16 +743,14 @@ impl Core {
             } else {
                 self.drop_copy_request(r.task);
             }
-            if let Some(w) = self.workers.get_mut(worker) {
-                w.assigned.insert(r.task);
+            if let Some(change) = self.workers.assign(worker, r.task) {
+                self.learn(change);
             }
             adopted += 1;
         }
-        if let Some(w) = self.workers.get_mut(worker) {
-            w.ready = true;
+        if let Some(change) = self.workers.mark_ready(worker) {
+            self.learn(change);
         }
-        self.refresh(worker);
-        self.dirty = true;
         let name = self.workers.name(worker).unwrap_or("?").to_string();
         if adopted > 0 {
             info!("worker {name} still runs {adopted} tasks: adopted, not re-run");
@@ -933,14 +768,19 @@ impl Core {
             );
         }
         if !cancel.is_empty() {
-            if let Some(conn) = self.workers.get(worker).and_then(|w| w.conn) {
-                self.send(conn, FromMaster::Cancel(cancel));
-            }
+            self.session.send_worker(worker, FromMaster::Cancel(cancel));
         }
     }
 
-    /// Puts a queued task into its pool's queue.
+    /// Puts a queued task into its pool's queue: the next `dispatch` places it.
     fn enqueue(&mut self, id: TaskId) {
+        self.put_back(id);
+        self.dirty = true;
+    }
+
+    /// Puts a task back into its pool's queue while placement runs (it could not go anywhere
+    /// now, or wants its next copy): no new pass is needed for it.
+    fn put_back(&mut self, id: TaskId) {
         if let Some(t) = self.tasks.get(id) {
             let key = queue_key(self.config.order, id, t);
             self.pools.push(id, t.spec.group.as_deref(), key);
@@ -962,76 +802,86 @@ impl Core {
             .is_some_and(|t| self.pools.contains(id, t.spec.group.as_deref()))
     }
 
-    /// Tells placement a worker's current capacity (after any change to it).
-    fn refresh(&mut self, worker: WorkerId) {
-        if let Some(w) = self.workers.get(worker) {
-            self.pools
-                .update(worker, w.info.group.as_deref(), w.capacity());
-        }
-    }
-
-    fn hold(&mut self, id: TaskId, until_ms: u64) {
-        self.unhold(id);
-        self.holds.insert((until_ms, id));
-        self.held.insert(id, until_ms);
-    }
-
-    /// Takes `id` out of the holds; returns whether it was held.
-    fn unhold(&mut self, id: TaskId) -> bool {
-        match self.held.remove(&id) {
-            Some(at) => self.holds.remove(&(at, id)),
-            None => false,
+    /// Tells placement what changed about a worker. Every change to a worker's capacity comes
+    /// from a `WorkerTable` method as a `PlacementChange`, so none can skip this.
+    fn learn(&mut self, change: PlacementChange) {
+        match change {
+            PlacementChange::Capacity { worker, freed } => {
+                // Placement holds live workers only: a dead one's last tasks leaving changes none.
+                if let Some(w) = self.workers.get(worker).filter(|w| w.is_alive()) {
+                    self.pools
+                        .update(worker, w.info.group.as_deref(), w.capacity());
+                }
+                if freed {
+                    self.dirty = true;
+                }
+            }
+            PlacementChange::Joined {
+                worker,
+                previous_group,
+            } => {
+                if let Some(group) = previous_group {
+                    self.pools.remove_worker(worker, group.as_deref());
+                }
+                if let Some(w) = self.workers.get(worker) {
+                    self.pools
+                        .update(worker, w.info.group.as_deref(), w.capacity());
+                }
+                self.dirty = true;
+            }
+            PlacementChange::Left { worker, group } => {
+                self.pools.remove_worker(worker, group.as_deref());
+            }
         }
     }
 
     /// Moves held tasks whose time has come into the queue.
     fn release_holds(&mut self, now_ms: u64) {
-        while let Some(&(at, id)) = self.holds.first() {
-            if at > now_ms {
-                break;
-            }
-            self.holds.pop_first();
-            self.held.remove(&id);
+        while let Some(id) = self.holds.pop_due(now_ms) {
             if self.tasks.get(id).map(|t| t.state) == Some(TaskState::Queued) {
                 self.enqueue(id);
-                self.dirty = true;
             }
         }
     }
 
-    fn protocol_error_worker(&mut self, now_ms: u64, worker: WorkerId, why: &str) {
-        if let Some(conn) = self.workers.get(worker).and_then(|w| w.conn) {
-            self.protocol_error(now_ms, conn, why.to_string());
-        }
+    /// The worker sent what it may not: its connection is closed (after an `Error`) and it is
+    /// lost, its tasks re-queued.
+    fn worker_broke_protocol(&mut self, now_ms: u64, worker: WorkerId, v: Violation) {
+        let Some(w) = self.workers.get(worker).filter(|w| w.is_alive()) else {
+            return;
+        };
+        warn!(
+            "protocol error from worker {} at {}: {v}",
+            w.info.name, w.addr
+        );
+        // The connection first, so nothing said while the worker is lost can reach it.
+        self.session.close_worker(worker, CloseReason::Protocol(v));
+        self.lose_worker(now_ms, worker, &v);
     }
 
     /// A worker is gone: its unfinished tasks go back to the queue, or fail past their retries.
-    fn lose_worker(&mut self, now_ms: u64, id: WorkerId, reason: &str) {
-        let Some(w) = self.workers.get_mut(id) else {
+    fn lose_worker(&mut self, now_ms: u64, id: WorkerId, reason: &dyn fmt::Display) {
+        let Some(change) = self.workers.lose(id) else {
             return;
         };
-        w.conn = None;
-        w.retracting.clear();
-        w.draining.clear();
-        if w.info.prefetch > 0 {
-            self.prefetching -= 1;
-        }
-        let name = w.info.name.clone();
-        let group = w.info.group.clone();
-        self.pools.remove_worker(id, group.as_deref());
+        self.learn(change);
         let (requeued, failed) = self.requeue_from(now_ms, id, reason);
+        let name = self.workers.name(id).unwrap_or("?");
         warn!("worker {name} ({id}) lost: {reason}; {requeued} tasks re-queued, {failed} failed");
     }
 
     /// Takes every task away from `id`: back to the queue with the next attempt (keeping its place),
     /// or final if cancelled or out of retries. Returns (re-queued, finished).
-    fn requeue_from(&mut self, now_ms: u64, id: WorkerId, reason: &str) -> (usize, usize) {
-        let Some(w) = self.workers.get_mut(id) else {
+    fn requeue_from(
+        &mut self,
+        now_ms: u64,
+        id: WorkerId,
+        reason: &dyn fmt::Display,
+    ) -> (usize, usize) {
+        let Some((lost, change)) = self.workers.take_assigned(id) else {
             return (0, 0);
         };
-        let mut lost: Vec<TaskId> = w.assigned.drain().collect();
-        // Deterministic order, so logs and tests do not depend on hash order.
-        lost.sort_unstable();
+        self.learn(change);
         let (mut requeued, mut finished) = (0, 0);
         for task in lost {
             if self.tasks.has_other_runs(task, id) {
@@ -1066,39 +916,38 @@ impl Core {
                 requeued += 1;
             }
         }
-        self.dirty = true;
         (requeued, finished)
     }
 
     // ---- clients -----------------------------------------------------------------------------
 
-    fn on_client_message(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) {
+    fn on_client_message(&mut self, now_ms: u64, client: ClientId, msg: ToMaster) {
         match msg {
-            ToMaster::Submit { specs, count } => self.on_submit(now_ms, conn, specs, count),
+            ToMaster::Submit { specs, count } => self.on_submit(now_ms, client, specs, count),
             ToMaster::Status => {
                 let report = self.status();
-                self.send(conn, FromMaster::Status(report));
+                self.session.send_client(client, FromMaster::Status(report));
             }
             // Repeated ids would cost work and reply bytes per repeat (a 16 MiB frame holds ~2M).
-            ToMaster::Results { ids } => self.on_results(conn, unique(ids)),
-            ToMaster::Wait { ids, progress } => self.on_wait(conn, unique(ids), progress),
-            ToMaster::Cancel { ids } => self.on_cancel(now_ms, conn, unique(ids)),
-            other => self.protocol_error(
-                now_ms,
-                conn,
-                format!("a client may not send {}", other.name()),
-            ),
+            ToMaster::Results { ids } => self.on_results(client, unique(ids)),
+            ToMaster::Wait { ids, progress } => self.on_wait(client, unique(ids), progress),
+            ToMaster::Cancel { ids } => self.on_cancel(now_ms, client, unique(ids)),
+            other => {
+                let v = Violation::ClientMayNotSend(other.name());
+                self.session.close_client(client, CloseReason::Protocol(v));
+                self.waiters.drop_client(client);
+            }
         }
     }
 
-    fn on_submit(&mut self, now_ms: u64, conn: ConnId, specs: Vec<TaskSpec>, count: u32) {
+    fn on_submit(&mut self, now_ms: u64, client: ClientId, specs: Vec<TaskSpec>, count: u32) {
         if specs.is_empty() || count == 0 {
-            return self.error(conn, "nothing to submit".into());
+            return self.error(client, "nothing to submit".into());
         }
         let asked = specs.len() as u64 * count as u64;
         if asked > MAX_TASKS_PER_SUBMIT {
             return self.error(
-                conn,
+                client,
                 format!(
                     "{asked} tasks in one submission; at most {MAX_TASKS_PER_SUBMIT} at a time"
                 ),
@@ -1106,7 +955,7 @@ impl Core {
         }
         for (i, spec) in specs.iter().enumerate() {
             if let Err(e) = spec.validate() {
-                return self.error(conn, format!("task {} of the submission: {e}", i + 1));
+                return self.error(client, format!("task {} of the submission: {e}", i + 1));
             }
         }
         let first = self.tasks.next_id();
@@ -1114,12 +963,12 @@ impl Core {
         for spec in specs {
             let spec = Arc::new(spec);
             if self.config.persist {
-                self.outbox.push_back(Output::Persist(Record::Submitted {
+                self.session.push_record(Record::Submitted {
                     first: self.tasks.next_id(),
                     count: count as u64,
                     spec: spec.clone(),
                     submitted_ms: now_ms,
-                }));
+                });
             }
             for _ in 0..count {
                 let id = self.tasks.add(spec.clone(), now_ms);
@@ -1132,9 +981,8 @@ impl Core {
             "accepted {total} tasks ({first}..={last}), {} queued",
             self.pools.len()
         );
-        self.dirty = true;
-        self.send(
-            conn,
+        self.session.send_client(
+            client,
             FromMaster::Submitted {
                 first,
                 count: total,
@@ -1142,7 +990,7 @@ impl Core {
         );
     }
 
-    fn on_results(&mut self, conn: ConnId, ids: Vec<TaskId>) {
+    fn on_results(&mut self, client: ClientId, ids: Vec<TaskId>) {
         let views: Vec<TaskResult> = if ids.is_empty() {
             self.tasks
                 .iter()
@@ -1153,7 +1001,7 @@ impl Core {
             for id in ids {
                 match self.tasks.get(id) {
                     Some(t) => v.push(self.result_view(id, t)),
-                    None => return self.error(conn, format!("unknown task id {id}")),
+                    None => return self.error(client, format!("unknown task id {id}")),
                 }
             }
             v
@@ -1161,8 +1009,8 @@ impl Core {
         let chunks: Vec<_> = chunks_within(views, REPLY_FRAME_BUDGET).collect();
         let n = chunks.len();
         for (i, tasks) in chunks.into_iter().enumerate() {
-            self.send(
-                conn,
+            self.session.send_client(
+                client,
                 FromMaster::Results {
                     tasks,
                     more: i + 1 < n,
@@ -1170,8 +1018,8 @@ impl Core {
             );
         }
         if n == 0 {
-            self.send(
-                conn,
+            self.session.send_client(
+                client,
                 FromMaster::Results {
                     tasks: Vec::new(),
                     more: false,
@@ -1180,7 +1028,7 @@ impl Core {
         }
     }
 
-    fn on_wait(&mut self, conn: ConnId, ids: Vec<TaskId>, progress: bool) {
+    fn on_wait(&mut self, client: ClientId, ids: Vec<TaskId>, progress: bool) {
         if ids.is_empty() {
             let upto = TaskId(self.tasks.len() as u64);
             let start = WaitStart {
@@ -1191,17 +1039,17 @@ impl Core {
             };
             let unfinished = self.tasks.unfinished();
             self.waiters
-                .add_all(conn, upto, unfinished, start, progress);
+                .add_all(client, upto, unfinished, start, progress);
             return;
         }
-        let mut pending = HashSet::new();
+        let mut pending = BTreeSet::new();
         let mut start = WaitStart {
             succeeded: 0,
             failed: 0,
         };
         for id in ids {
             match self.tasks.get(id).map(|t| t.state) {
-                None => return self.error(conn, format!("unknown task id {id}")),
+                None => return self.error(client, format!("unknown task id {id}")),
                 Some(s) if !s.is_final() => {
                     pending.insert(id);
                 }
@@ -1209,10 +1057,10 @@ impl Core {
                 Some(_) => start.failed += 1,
             }
         }
-        self.waiters.add_ids(conn, pending, start, progress);
+        self.waiters.add_ids(client, pending, start, progress);
     }
 
-    fn on_cancel(&mut self, now_ms: u64, conn: ConnId, ids: Vec<TaskId>) {
+    fn on_cancel(&mut self, now_ms: u64, client: ClientId, ids: Vec<TaskId>) {
         let mut cancelled = Vec::new();
         let mut already_final = Vec::new();
         let mut unknown = Vec::new();
@@ -1225,7 +1073,7 @@ impl Core {
             match t.state {
                 TaskState::Queued => {
                     if !self.dequeue(id) {
-                        self.unhold(id);
+                        self.holds.unhold(id);
                     }
                     self.finish(
                         now_ms,
@@ -1247,15 +1095,13 @@ impl Core {
             }
         }
         for (worker, refs) in kills {
-            if let Some(wconn) = self.workers.get(worker).and_then(|w| w.conn) {
-                self.send(wconn, FromMaster::Cancel(refs));
-            }
+            self.session.send_worker(worker, FromMaster::Cancel(refs));
         }
         if !cancelled.is_empty() {
             info!("cancelling {} tasks", cancelled.len());
         }
-        self.send(
-            conn,
+        self.session.send_client(
+            client,
             FromMaster::CancelDone {
                 cancelled,
                 already_final,
@@ -1277,8 +1123,7 @@ impl Core {
         if self.config.persist {
             if let Some(t) = self.tasks.get(id) {
                 let view = self.result_view(id, t);
-                self.outbox
-                    .push_back(Output::Persist(Record::Finished(view)));
+                self.session.push_record(Record::Finished(view));
             }
         }
     }
@@ -1305,10 +1150,6 @@ impl Core {
         }
     }
 
-    fn send(&mut self, conn: ConnId, msg: FromMaster) {
-        self.outbox.push_back(Output::Send { conn, msg });
-    }
-
     /// A task that runs several copies may sit in the queue for its next one; once it is final,
     /// re-queued or cancelled, it wants none.
     fn drop_copy_request(&mut self, id: TaskId) {
@@ -1325,48 +1166,21 @@ impl Core {
     /// (`draining`) until the workers report them ended.
     fn cancel_runs(&mut self, task: TaskId, runs: Vec<tasks::Run>) {
         for run in runs {
-            let Some(w) = self.workers.get_mut(run.worker) else {
-                continue;
-            };
             let r = run.task_ref(task);
-            w.assigned.remove(&task);
-            w.draining.insert(r);
-            let conn = w.conn;
-            self.forget_unstarted(task, run.worker);
-            if let Some(conn) = conn {
-                self.send(conn, FromMaster::Cancel(vec![r]));
+            if let Some(change) = self.workers.drain(run.worker, r) {
+                self.learn(change);
             }
+            self.forget_unstarted(task, run.worker);
+            self.session
+                .send_worker(run.worker, FromMaster::Cancel(vec![r]));
         }
     }
 
-    fn error(&mut self, conn: ConnId, message: String) {
+    /// Refuses a client's request; the connection stays open.
+    fn error(&mut self, client: ClientId, message: String) {
         debug!("request refused: {message}");
-        self.send(conn, FromMaster::Error { message });
-    }
-
-    fn close(&mut self, conn: ConnId, reason: String) {
-        self.outbox.push_back(Output::Close { conn, reason });
-    }
-
-    /// The peer broke the protocol: forget it (re-queueing a worker's tasks) and close.
-    fn protocol_error(&mut self, now_ms: u64, conn: ConnId, reason: String) {
-        let who = match self.conns.get(&conn) {
-            Some(Conn {
-                addr,
-                peer: Peer::Worker(id),
-            }) => format!("worker {} at {addr}", self.workers.name(*id).unwrap_or("?")),
-            Some(c) => c.addr.clone(),
-            None => String::new(),
-        };
-        warn!("protocol error from {who}: {reason}");
-        self.send(
-            conn,
-            FromMaster::Error {
-                message: reason.clone(),
-            },
-        );
-        self.handle_disconnect(now_ms, conn, &reason);
-        self.close(conn, reason);
+        self.session
+            .send_client(client, FromMaster::Error { message });
     }
 
     fn arm_sweep(&mut self, now_ms: u64) {
@@ -1385,7 +1199,7 @@ impl Core {
                 TaskState::Queued => {
                     queued += 1;
                     assert!(
-                        self.is_queued(id) != self.held.contains_key(&id),
+                        self.is_queued(id) != self.holds.contains(id),
                         "queued task {id} must be in exactly one of the queue and the holds"
                     );
                 }
@@ -1408,15 +1222,28 @@ impl Core {
                 _ => assert!(!self.is_queued(id)),
             }
         }
-        assert_eq!(queued + copy_requests, self.pools.len() + self.held.len());
-        assert_eq!(self.holds.len(), self.held.len());
-        let mut prefetching = 0;
+        assert_eq!(queued + copy_requests, self.pools.len() + self.holds.len());
+        self.workers.sanity_check();
+        self.session.sanity_check();
         for w in self.workers.iter() {
+            assert_eq!(
+                w.is_alive(),
+                self.session.has_worker(w.id),
+                "worker {} is alive exactly while it has a connection",
+                w.id
+            );
             if !w.is_alive() {
                 assert!(w.assigned.is_empty(), "dead worker {} holds tasks", w.id);
-            } else if w.info.prefetch > 0 {
-                prefetching += 1;
             }
+            assert!(
+                self.pools.agrees(
+                    w.id,
+                    w.info.group.as_deref(),
+                    w.is_alive().then(|| w.capacity())
+                ),
+                "placement has a stale capacity for worker {}",
+                w.id
+            );
             for &id in &w.assigned {
                 assert!(
                     self.tasks.get(id).is_some_and(|t| t.runs_on(w.id)),
@@ -1425,11 +1252,11 @@ impl Core {
                 );
             }
         }
-        assert_eq!(prefetching, self.prefetching);
     }
 }
 
-/// `ids` without repeats, first occurrence kept.
+/// `ids` without repeats, first occurrence kept (the set is only looked up: the order is the
+/// input's).
 fn unique(ids: Vec<TaskId>) -> Vec<TaskId> {
     let mut seen = HashSet::with_capacity(ids.len());
     ids.into_iter().filter(|id| seen.insert(*id)).collect()

@@ -215,13 +215,14 @@ pub struct Placement {
     /// Workers with a free slot, best first (least-loaded, weighted).
     ordered: BTreeSet<LoadKey>,
     /// Each eligible worker's current key: to remove it from `ordered` on update, and for
-    /// power-of-two to compare its two draws.
+    /// power-of-two to compare its two draws. Only looked up, never iterated.
     keys: HashMap<WorkerId, LoadKey>,
     /// Workers with a free slot in join order (round-robin).
     by_id: BTreeSet<WorkerId>,
     last_pick: Option<WorkerId>,
     /// Workers with a free slot, in no particular order, and where each sits (power-of-two).
     pool: Vec<WorkerId>,
+    /// Where each worker sits in `pool`; only looked up.
     pool_index: HashMap<WorkerId, usize>,
     rng: SplitMix64,
 }
@@ -258,19 +259,13 @@ impl Placement {
         if cap.free() == 0 {
             return;
         }
+        let key = self.key(worker, cap);
         match self.kind {
-            PolicyKind::LeastLoaded => {
-                let key = (millionths(cap.score()), Reverse(cap.free()), worker);
-                self.ordered.insert(key);
-                self.keys.insert(worker, key);
-            }
-            PolicyKind::Weighted => {
-                let key = (millionths(cap.share()), Reverse(cap.slots), worker);
+            PolicyKind::LeastLoaded | PolicyKind::Weighted => {
                 self.ordered.insert(key);
                 self.keys.insert(worker, key);
             }
             PolicyKind::PowerOfTwo => {
-                let key = (millionths(cap.score()), Reverse(cap.free()), worker);
                 self.keys.insert(worker, key);
                 self.pool_index.insert(worker, self.pool.len());
                 self.pool.push(worker);
@@ -278,6 +273,24 @@ impl Placement {
             PolicyKind::RoundRobin => {
                 self.by_id.insert(worker);
             }
+        }
+    }
+
+    fn key(&self, worker: WorkerId, cap: Capacity) -> LoadKey {
+        match self.kind {
+            PolicyKind::Weighted => (millionths(cap.share()), Reverse(cap.slots), worker),
+            _ => (millionths(cap.score()), Reverse(cap.free()), worker),
+        }
+    }
+
+    /// Whether placement holds `worker` exactly as `update(worker, cap)` would leave it (`None`:
+    /// not at all), for the core's cross-checks.
+    #[cfg(test)]
+    pub fn agrees(&self, worker: WorkerId, cap: Option<Capacity>) -> bool {
+        let cap = cap.filter(|c| c.free() > 0);
+        match self.kind {
+            PolicyKind::RoundRobin => self.by_id.contains(&worker) == cap.is_some(),
+            _ => self.keys.get(&worker).copied() == cap.map(|c| self.key(worker, c)),
         }
     }
 

@@ -114,6 +114,21 @@ impl Pools {
         }
     }
 
+    /// Whether the shared pool and `group`'s hold `worker` as `update` with `cap` would.
+    #[cfg(test)]
+    pub fn agrees(&self, worker: WorkerId, group: Option<&str>, cap: Option<Capacity>) -> bool {
+        let in_group = match group {
+            None => true,
+            // A group pool is made at the first update; none yet means it was never placed.
+            Some(_) => self
+                .pool(group)
+                .map_or(cap.is_none_or(|c| c.free() == 0), |p| {
+                    p.placement.agrees(worker, cap)
+                }),
+        };
+        in_group && self.shared.placement.agrees(worker, cap)
+    }
+
     /// Takes the next task to place and the worker for it, if any task can be placed now.
     /// The caller assigns it and then calls `update` for that worker. `excluded(task, worker)`
     /// keeps copies of one task on distinct workers; a head task whose every candidate is

@@ -8,7 +8,11 @@
 use super::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use protocol::{encode_frame, Attempt, FrameDecoder, Incarnation, TaskKind};
+use protocol::{
+    encode_frame, Attempt, FrameDecoder, Incarnation, LoadReport, Role, TaskKind, WorkerInfo,
+    PROTOCOL_VERSION,
+};
+use std::collections::VecDeque;
 
 /// Fake connection slots; each can be (re)opened many times with a fresh `ConnId`.
 const SLOTS: usize = 4;

@@ -140,7 +140,7 @@ impl Core {
     /// When a worker has a free slot and nothing is queued, asks the most loaded worker for
     /// unstarted tasks the idle ones may run.
     pub(super) fn rebalance(&mut self) {
-        if self.prefetching == 0 || self.pools.len() > 0 {
+        if self.workers.prefetching() == 0 || self.pools.len() > 0 {
             return;
         }
         let mut idle: Vec<(WorkerId, u32, Option<String>)> = Vec::new();
@@ -203,29 +203,26 @@ impl Core {
     }
 
     fn send_retract(&mut self, worker: WorkerId, refs: Vec<TaskRef>) {
-        let Some(w) = self.workers.get_mut(worker) else {
+        if !self.workers.is_alive(worker) {
             return;
-        };
-        w.retracting.push_back(refs.clone());
-        if let Some(conn) = w.conn {
-            self.send(conn, FromMaster::Retract(refs));
         }
+        self.workers.ask_retract(worker, refs.clone());
+        self.session.send_worker(worker, FromMaster::Retract(refs));
     }
 
     /// The answer to `Retract`: these attempts never started and are ours to place again.
     pub(super) fn on_retracted(&mut self, worker: WorkerId, returned: Vec<TaskRef>) {
-        let Some(w) = self.workers.get_mut(worker) else {
+        let Some((asked, answered)) = self.workers.answer_retract(worker) else {
             return;
         };
-        let asked = w.retracting.pop_front().unwrap_or_default();
         let mut requeued = 0;
         for r in returned {
             if !asked.contains(&r) || !self.is_current(worker, r) {
                 debug!("ignoring a returned task {} we did not ask for", r.task);
                 continue;
             }
-            if let Some(w) = self.workers.get_mut(worker) {
-                w.assigned.remove(&r.task);
+            if let Some(change) = self.workers.unassign(worker, r.task) {
+                self.learn(change);
             }
             if self.tasks.has_other_runs(r.task, worker) {
                 // An extra copy: it never ran, so it is owed again.
@@ -239,8 +236,7 @@ impl Core {
             self.enqueue(r.task);
             requeued += 1;
         }
-        self.refresh(worker);
-        self.dirty = true;
+        self.learn(answered);
         let name = self.workers.name(worker).unwrap_or("?");
         info!(
             "rebalanced: {name} returned {requeued} of {} tasks (the rest had started); \

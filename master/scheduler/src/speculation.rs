@@ -89,7 +89,6 @@ impl Core {
                      starting a speculative copy"
                 );
                 self.enqueue(id);
-                self.dirty = true;
             }
         }
     }

@@ -1,7 +1,9 @@
 //! Core tests: no sockets, a fake clock, and every output checked (nothing unexpected is sent).
 
 use super::*;
-use protocol::{Attempt, Incarnation, TaskKind};
+use protocol::{
+    auth, Attempt, Incarnation, LoadReport, Role, TaskKind, WorkerInfo, PROTOCOL_VERSION,
+};
 
 mod copies;
 
@@ -1239,4 +1241,83 @@ fn a_run_of_a_committed_task_is_adopted_across_a_restart() {
         msg: FromMaster::Cancel(vec![future])
     }));
     assert_eq!(h.state(ids[0]), TaskState::Queued);
+}
+
+#[test]
+fn a_client_closed_for_a_protocol_error_hears_nothing_more() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    assert!(h
+        .msg(
+            c,
+            ToMaster::Wait {
+                ids: vec![],
+                progress: true
+            }
+        )
+        .iter()
+        .all(|o| !matches!(
+            o,
+            Output::Send {
+                msg: FromMaster::WaitDone { .. },
+                ..
+            }
+        )));
+    let out = h.msg(c, ToMaster::Load(LoadReport::default()));
+    let v = Violation::ClientMayNotSend("Load");
+    assert_eq!(
+        out,
+        vec![
+            Output::Send {
+                conn: c,
+                msg: FromMaster::Error {
+                    message: v.to_string()
+                }
+            },
+            Output::Close {
+                conn: c,
+                reason: CloseReason::Protocol(v)
+            }
+        ]
+    );
+    // Its wait is gone with it: the task's end reaches nobody.
+    let (w, _, out) = h.worker("a", 1);
+    assert_eq!(assignments(&out), vec![(w, ids[0], 1)]);
+    let out = h.finish(w, ids[0], 1, exited(0));
+    assert!(
+        out.iter()
+            .all(|o| !matches!(o, Output::Send { conn, .. } if *conn == c)),
+        "{out:?}"
+    );
+    assert_eq!(h.state(ids[0]), TaskState::Succeeded);
+}
+
+#[test]
+fn nothing_after_a_protocol_error_in_a_frame_is_credited() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 2);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 2);
+    let done = |task, outcome| Completion {
+        task,
+        attempt: Attempt(1),
+        incarnation: Incarnation(1),
+        outcome,
+        run_ms: 1,
+    };
+    let out = h.msg(
+        w,
+        ToMaster::Finished(vec![
+            done(ids[0], TaskOutcome::WorkerLost),
+            done(ids[1], exited(0)),
+        ]),
+    );
+    assert!(matches!(
+        out.last(),
+        Some(Output::Close { conn, reason: CloseReason::Protocol(Violation::WorkerLostReported) }) if *conn == w
+    ));
+    // The worker is forgotten with the rest of its frame: both tasks wait to run again.
+    assert_eq!(h.state(ids[0]), TaskState::Queued);
+    assert_eq!(h.state(ids[1]), TaskState::Queued);
 }

@@ -1,8 +1,8 @@
 //! `Waiters`: clients blocked in `wait` (or `submit --wait`), each answered once its tasks are final.
 
-use super::{ConnId, Output};
+use super::session::{ClientId, Sessions};
 use protocol::{FromMaster, TaskId};
-use std::collections::{HashSet, VecDeque};
+use std::collections::BTreeSet;
 
 #[derive(Debug)]
 enum Scope {
@@ -10,7 +10,7 @@ enum Scope {
     /// `remaining` are still to finish.
     All { upto: TaskId, remaining: u64 },
     /// Explicit ids still to finish.
-    Ids(HashSet<TaskId>),
+    Ids(BTreeSet<TaskId>),
 }
 
 impl Scope {
@@ -24,7 +24,7 @@ impl Scope {
 
 #[derive(Debug)]
 struct Waiter {
-    conn: ConnId,
+    client: ClientId,
     scope: Scope,
     total: u64,
     succeeded: u64,
@@ -53,14 +53,14 @@ impl Waiters {
     /// Waits for every task up to `upto`, of which `unfinished` are not final yet.
     pub fn add_all(
         &mut self,
-        conn: ConnId,
+        client: ClientId,
         upto: TaskId,
         unfinished: u64,
         start: WaitStart,
         progress: bool,
     ) {
         self.push(
-            conn,
+            client,
             Scope::All {
                 upto,
                 remaining: unfinished,
@@ -73,18 +73,18 @@ impl Waiters {
     /// Waits for `pending`, plus tasks already final that `start` counts.
     pub fn add_ids(
         &mut self,
-        conn: ConnId,
-        pending: HashSet<TaskId>,
+        client: ClientId,
+        pending: BTreeSet<TaskId>,
         start: WaitStart,
         progress: bool,
     ) {
-        self.push(conn, Scope::Ids(pending), start, progress);
+        self.push(client, Scope::Ids(pending), start, progress);
     }
 
-    fn push(&mut self, conn: ConnId, scope: Scope, start: WaitStart, progress: bool) {
+    fn push(&mut self, client: ClientId, scope: Scope, start: WaitStart, progress: bool) {
         let total = scope.remaining() + start.succeeded + start.failed;
         self.list.push(Waiter {
-            conn,
+            client,
             scope,
             total,
             succeeded: start.succeeded,
@@ -116,34 +116,34 @@ impl Waiters {
         }
     }
 
-    pub fn drop_conn(&mut self, conn: ConnId) {
-        self.list.retain(|w| w.conn != conn);
+    pub fn drop_client(&mut self, client: ClientId) {
+        self.list.retain(|w| w.client != client);
     }
 
     /// Emits `Progress` for waiters that changed and `WaitDone` for those now complete (and forgets
     /// them). Called once per loop turn, so progress costs at most one frame per turn per waiter.
-    pub fn flush(&mut self, out: &mut VecDeque<Output>) {
+    pub fn flush(&mut self, out: &mut Sessions) {
         self.list.retain_mut(|w| {
             if w.scope.remaining() == 0 {
-                out.push_back(Output::Send {
-                    conn: w.conn,
-                    msg: FromMaster::WaitDone {
+                out.send_client(
+                    w.client,
+                    FromMaster::WaitDone {
                         total: w.total,
                         succeeded: w.succeeded,
                         failed: w.failed,
                     },
-                });
+                );
                 return false;
             }
             if w.progress && w.changed {
-                out.push_back(Output::Send {
-                    conn: w.conn,
-                    msg: FromMaster::Progress {
+                out.send_client(
+                    w.client,
+                    FromMaster::Progress {
                         total: w.total,
                         finished: w.succeeded + w.failed,
                         failed: w.failed,
                     },
-                });
+                );
             }
             w.changed = false;
             true

@@ -1,36 +1,58 @@
 //! `WorkerTable`: every worker that ever joined, alive or dead, by id and by name. A worker that comes
 //! back under the same name gets its old id (and its `done` count) back.
+//!
+//! The table keeps its own rules: only its methods change a worker (callers get `&Worker`, never
+//! `&mut`), it counts the live prefetching workers as they join and leave, and every change to a
+//! worker's capacity (its assigned and draining sets, its load, its readiness, its membership)
+//! returns a [`PlacementChange`] that the caller must hand to placement: a refresh cannot be
+//! forgotten at a call site.
 
 use super::policy::Capacity;
-use super::ConnId;
 use protocol::{LoadReport, TaskId, TaskRef, WorkerId, WorkerInfo};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 #[derive(Debug)]
 pub struct Worker {
     pub id: WorkerId,
     pub info: WorkerInfo,
     pub addr: String,
-    /// `Some` while alive.
-    pub conn: Option<ConnId>,
+    alive: bool,
     pub last_seen_ms: u64,
     pub load: LoadReport,
-    /// Tasks assigned here and not yet finished.
-    pub assigned: HashSet<TaskId>,
+    /// Tasks assigned here and not yet finished. Ordered: it is iterated when the worker's tasks
+    /// are taken back and by rebalancing, and those decisions must not depend on hash order.
+    pub assigned: BTreeSet<TaskId>,
     pub done: u64,
     /// Has said what it is already running (`Running`). Until then it gets no work, or a task it
     /// still runs from before a reconnect could be handed to it again as a new attempt.
     pub ready: bool,
     /// Copies cancelled because another copy won: their slots stay busy until the worker reports
     /// them ended (a command may take the whole kill grace to die).
-    pub draining: HashSet<TaskRef>,
+    pub draining: BTreeSet<TaskRef>,
     /// `Retract` requests without an answer yet, oldest first: the worker answers each in turn.
     pub retracting: VecDeque<Vec<TaskRef>>,
 }
 
 impl Worker {
+    fn new(id: WorkerId, info: WorkerInfo, addr: String, alive: bool, now_ms: u64) -> Self {
+        Worker {
+            id,
+            info,
+            addr,
+            alive,
+            last_seen_ms: now_ms,
+            load: LoadReport::default(),
+            assigned: BTreeSet::new(),
+            done: 0,
+            ready: false,
+            draining: BTreeSet::new(),
+            retracting: VecDeque::new(),
+        }
+    }
+
+    /// Connected (the session layer holds a connection for it).
     pub fn is_alive(&self) -> bool {
-        self.conn.is_some()
+        self.alive
     }
 
     /// Slots in use as the worker sees them: its tasks, and losing copies still being killed.
@@ -48,51 +70,96 @@ impl Worker {
     }
 }
 
+/// What placement must learn after a worker changed. Apply each one (`Core::learn`) right away:
+/// the next pick depends on it.
+#[must_use = "placement must learn of the change (Core::learn)"]
+#[derive(Debug, PartialEq)]
+pub enum PlacementChange {
+    /// `worker`'s capacity is now `Worker::capacity()`; `freed`: it may have room, or rebalancing
+    /// something to look at, that it did not have (so the next `dispatch` must look).
+    Capacity { worker: WorkerId, freed: bool },
+    /// `worker` joined: it leaves the placement of `previous_group` if it had joined before, and
+    /// enters its own.
+    Joined {
+        worker: WorkerId,
+        previous_group: Option<Option<String>>,
+    },
+    /// `worker` is dead: it leaves the placement of `group`.
+    Left {
+        worker: WorkerId,
+        group: Option<String>,
+    },
+}
+
+/// What `register` did.
+#[derive(Debug)]
+pub struct Joined {
+    pub id: WorkerId,
+    /// The worker was still alive on another connection, with the tasks in `assigned` (kept):
+    /// the caller takes them back.
+    pub replaced: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct WorkerTable {
     /// `workers[i]` has id `i + 1`.
     workers: Vec<Worker>,
+    /// Only looked up by name, never iterated.
     by_name: HashMap<String, WorkerId>,
+    /// Live workers that prefetch; rebalancing has nothing to do while there are none.
+    prefetching: usize,
 }
 
 impl WorkerTable {
-    /// Registers a worker, reusing the id of a previous one with the same name.
-    /// Returns the id and, if that name was still alive on another connection, the old connection.
+    /// Registers a worker that passed its handshake, reusing the id of a previous one with the
+    /// same name.
     pub fn register(
         &mut self,
         info: WorkerInfo,
         addr: String,
-        conn: ConnId,
         now_ms: u64,
-    ) -> (WorkerId, Option<ConnId>) {
+    ) -> (Joined, PlacementChange) {
+        if info.prefetch > 0 {
+            self.prefetching += 1;
+        }
         if let Some(&id) = self.by_name.get(&info.name) {
             let w = &mut self.workers[id.0 as usize - 1];
-            let previous = w.conn.replace(conn);
-            w.info = info;
+            let replaced = w.alive;
+            if replaced && w.info.prefetch > 0 {
+                self.prefetching -= 1;
+            }
+            let previous_group = std::mem::replace(&mut w.info, info).group;
+            w.alive = true;
             w.addr = addr;
             w.last_seen_ms = now_ms;
             w.load = LoadReport::default();
             w.ready = false;
             w.retracting.clear();
             w.draining.clear();
-            return (id, previous);
+            let change = PlacementChange::Joined {
+                worker: id,
+                previous_group: Some(previous_group),
+            };
+            return (Joined { id, replaced }, change);
         }
-        let id = WorkerId(self.workers.len() as u32 + 1);
+        let id = self.next_id();
         self.by_name.insert(info.name.clone(), id);
-        self.workers.push(Worker {
-            id,
-            info,
-            addr,
-            conn: Some(conn),
-            last_seen_ms: now_ms,
-            load: LoadReport::default(),
-            assigned: HashSet::new(),
-            done: 0,
-            ready: false,
-            draining: HashSet::new(),
-            retracting: VecDeque::new(),
-        });
-        (id, None)
+        self.workers.push(Worker::new(id, info, addr, true, now_ms));
+        let change = PlacementChange::Joined {
+            worker: id,
+            previous_group: None,
+        };
+        (
+            Joined {
+                id,
+                replaced: false,
+            },
+            change,
+        )
+    }
+
+    fn next_id(&self) -> WorkerId {
+        WorkerId(self.workers.len() as u32 + 1)
     }
 
     /// The id for `name`, creating a dead placeholder if the name is new (results restored from
@@ -101,49 +168,287 @@ impl WorkerTable {
         if let Some(&id) = self.by_name.get(name) {
             return id;
         }
-        let id = WorkerId(self.workers.len() as u32 + 1);
+        let id = self.next_id();
         self.by_name.insert(name.to_string(), id);
-        self.workers.push(Worker {
-            id,
-            info: WorkerInfo {
-                name: name.to_string(),
-                host: String::new(),
-                cpus: 0,
-                slots: 0,
-                pid: 0,
-                group: None,
-                prefetch: 0,
-            },
-            addr: String::new(),
-            conn: None,
-            last_seen_ms: 0,
-            load: LoadReport::default(),
-            assigned: HashSet::new(),
-            done: 0,
-            ready: false,
-            draining: HashSet::new(),
-            retracting: VecDeque::new(),
-        });
+        let info = WorkerInfo {
+            name: name.to_string(),
+            host: String::new(),
+            cpus: 0,
+            slots: 0,
+            pid: 0,
+            group: None,
+            prefetch: 0,
+        };
+        self.workers
+            .push(Worker::new(id, info, String::new(), false, 0));
         id
     }
 
-    pub fn by_name(&self, name: &str) -> Option<&Worker> {
-        self.by_name.get(name).and_then(|&id| self.get(id))
+    /// The worker's connection is gone. Its assigned tasks stay listed until the caller takes
+    /// them back (`take_assigned`). `None` if it was not alive.
+    pub fn lose(&mut self, id: WorkerId) -> Option<PlacementChange> {
+        let w = self.get_mut(id).filter(|w| w.alive)?;
+        w.alive = false;
+        w.retracting.clear();
+        w.draining.clear();
+        let (prefetches, group) = (w.info.prefetch > 0, w.info.group.clone());
+        if prefetches {
+            self.prefetching -= 1;
+        }
+        Some(PlacementChange::Left { worker: id, group })
+    }
+
+    /// Something arrived from the worker: it is alive at `now_ms`.
+    pub fn seen(&mut self, id: WorkerId, now_ms: u64) {
+        if let Some(w) = self.get_mut(id) {
+            w.last_seen_ms = now_ms;
+        }
+    }
+
+    /// A load report (its numbers come from the network: a non-finite CPU figure counts as 0).
+    pub fn set_load(&mut self, id: WorkerId, mut load: LoadReport) -> Option<PlacementChange> {
+        let w = self.get_mut(id)?;
+        if !load.cpu_percent.is_finite() {
+            load.cpu_percent = 0.0;
+        }
+        w.load = load;
+        Some(PlacementChange::Capacity {
+            worker: id,
+            freed: true,
+        })
+    }
+
+    /// The worker said what it runs (`Running`): it may be given work.
+    pub fn mark_ready(&mut self, id: WorkerId) -> Option<PlacementChange> {
+        let w = self.get_mut(id)?;
+        w.ready = true;
+        Some(PlacementChange::Capacity {
+            worker: id,
+            freed: true,
+        })
+    }
+
+    /// `task` runs (or is adopted) on the worker.
+    pub fn assign(&mut self, id: WorkerId, task: TaskId) -> Option<PlacementChange> {
+        let w = self.get_mut(id)?;
+        w.assigned.insert(task);
+        Some(PlacementChange::Capacity {
+            worker: id,
+            freed: false,
+        })
+    }
+
+    /// `task` no longer runs on the worker (it finished, or was given back).
+    pub fn unassign(&mut self, id: WorkerId, task: TaskId) -> Option<PlacementChange> {
+        let w = self.get_mut(id)?;
+        w.assigned.remove(&task);
+        Some(PlacementChange::Capacity {
+            worker: id,
+            freed: true,
+        })
+    }
+
+    /// The worker's run `r` lost the race and is being cancelled: its slot stays busy until the
+    /// worker reports it ended (`drained`). A change only if `r` was not assigned there, since
+    /// moving it from assigned to draining leaves the busy count as it was.
+    pub fn drain(&mut self, id: WorkerId, r: TaskRef) -> Option<PlacementChange> {
+        let w = self.get_mut(id)?;
+        let busy = w.busy();
+        w.assigned.remove(&r.task);
+        w.draining.insert(r);
+        (w.busy() != busy).then_some(PlacementChange::Capacity {
+            worker: id,
+            freed: false,
+        })
+    }
+
+    /// The worker reported run `r` ended: if it was draining, its slot is free now.
+    pub fn drained(&mut self, id: WorkerId, r: TaskRef) -> Option<PlacementChange> {
+        let w = self.get_mut(id)?;
+        // Checked first: a lookup per completion in an almost always empty set costs.
+        if w.draining.is_empty() || !w.draining.remove(&r) {
+            return None;
+        }
+        Some(PlacementChange::Capacity {
+            worker: id,
+            freed: true,
+        })
+    }
+
+    /// Takes every task off the worker (lost, or replaced by a new connection), in id order.
+    pub fn take_assigned(&mut self, id: WorkerId) -> Option<(BTreeSet<TaskId>, PlacementChange)> {
+        let w = self.get_mut(id)?;
+        let tasks = std::mem::take(&mut w.assigned);
+        let change = PlacementChange::Capacity {
+            worker: id,
+            freed: true,
+        };
+        Some((tasks, change))
+    }
+
+    pub fn count_done(&mut self, id: WorkerId) {
+        if let Some(w) = self.get_mut(id) {
+            w.done += 1;
+        }
+    }
+
+    /// Records a `Retract` sent to the worker; its answer comes in order (`answer_retract`).
+    pub fn ask_retract(&mut self, id: WorkerId, refs: Vec<TaskRef>) {
+        if let Some(w) = self.get_mut(id) {
+            w.retracting.push_back(refs);
+        }
+    }
+
+    /// The worker answered its oldest `Retract`: what was asked. With nothing outstanding any
+    /// more it may be asked again, so rebalancing must look (the change is `freed`).
+    pub fn answer_retract(&mut self, id: WorkerId) -> Option<(Vec<TaskRef>, PlacementChange)> {
+        let w = self.get_mut(id)?;
+        let asked = w.retracting.pop_front().unwrap_or_default();
+        let change = PlacementChange::Capacity {
+            worker: id,
+            freed: true,
+        };
+        Some((asked, change))
+    }
+
+    /// Live workers that prefetch.
+    pub fn prefetching(&self) -> usize {
+        self.prefetching
     }
 
     pub fn get(&self, id: WorkerId) -> Option<&Worker> {
         self.workers.get((id.0 as usize).checked_sub(1)?)
     }
 
-    pub fn get_mut(&mut self, id: WorkerId) -> Option<&mut Worker> {
+    fn get_mut(&mut self, id: WorkerId) -> Option<&mut Worker> {
         self.workers.get_mut((id.0 as usize).checked_sub(1)?)
+    }
+
+    pub fn is_alive(&self, id: WorkerId) -> bool {
+        self.get(id).is_some_and(Worker::is_alive)
     }
 
     pub fn name(&self, id: WorkerId) -> Option<&str> {
         self.get(id).map(|w| w.info.name.as_str())
     }
 
+    /// In id (join) order.
     pub fn iter(&self) -> impl Iterator<Item = &Worker> {
         self.workers.iter()
+    }
+
+    /// The prefetching count agrees with the table.
+    #[cfg(test)]
+    pub fn sanity_check(&self) {
+        let live_prefetching = self
+            .workers
+            .iter()
+            .filter(|w| w.alive && w.info.prefetch > 0)
+            .count();
+        assert_eq!(live_prefetching, self.prefetching);
+        for w in &self.workers {
+            assert_eq!(self.by_name.get(&w.info.name), Some(&w.id));
+            if !w.alive {
+                assert!(w.draining.is_empty() && w.retracting.is_empty());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Attempt, Incarnation};
+
+    fn info(name: &str, prefetch: u32, group: Option<&str>) -> WorkerInfo {
+        WorkerInfo {
+            name: name.into(),
+            host: "h".into(),
+            cpus: 1,
+            slots: 2,
+            pid: 1,
+            group: group.map(str::to_string),
+            prefetch,
+        }
+    }
+
+    fn r(task: u64) -> TaskRef {
+        TaskRef {
+            task: TaskId(task),
+            attempt: Attempt(1),
+            incarnation: Incarnation(1),
+        }
+    }
+
+    #[test]
+    fn a_returning_worker_keeps_its_id_and_leaves_its_old_group() {
+        let mut t = WorkerTable::default();
+        let (a, change) = t.register(info("a", 0, Some("g")), "x".into(), 1);
+        assert_eq!(
+            change,
+            PlacementChange::Joined {
+                worker: a.id,
+                previous_group: None
+            }
+        );
+        let _ = t.assign(a.id, TaskId(7));
+        let (again, change) = t.register(info("a", 0, None), "y".into(), 2);
+        assert_eq!(
+            (again.id, again.replaced),
+            (a.id, true),
+            "still alive: replaced"
+        );
+        assert_eq!(
+            change,
+            PlacementChange::Joined {
+                worker: a.id,
+                previous_group: Some(Some("g".into()))
+            }
+        );
+        let (tasks, _) = t.take_assigned(a.id).expect("known");
+        assert_eq!(tasks.into_iter().collect::<Vec<_>>(), vec![TaskId(7)]);
+        assert!(t.lose(a.id).is_some());
+        assert!(
+            t.lose(a.id).is_none(),
+            "losing a dead worker changes nothing"
+        );
+        let (back, _) = t.register(info("a", 0, None), "z".into(), 3);
+        assert!(!back.replaced, "it was dead");
+        t.sanity_check();
+    }
+
+    #[test]
+    fn prefetching_counts_live_prefetchers_across_rejoins() {
+        let mut t = WorkerTable::default();
+        let (a, _) = t.register(info("a", 4, None), "x".into(), 1);
+        let (b, _) = t.register(info("b", 0, None), "x".into(), 1);
+        assert_eq!(t.prefetching(), 1);
+        // a rejoins without prefetch while its old connection still counts; b starts prefetching.
+        let _ = t.register(info("a", 0, None), "x".into(), 2);
+        let _ = t.register(info("b", 2, None), "x".into(), 2);
+        assert_eq!(t.prefetching(), 1);
+        let _ = t.lose(b.id);
+        assert_eq!(t.prefetching(), 0);
+        let _ = t.lose(a.id);
+        assert_eq!(t.prefetching(), 0);
+        t.sanity_check();
+    }
+
+    #[test]
+    fn draining_keeps_the_slot_busy_until_the_run_ends() {
+        let mut t = WorkerTable::default();
+        let (a, _) = t.register(info("a", 0, None), "x".into(), 1);
+        let _ = t.assign(a.id, TaskId(1));
+        assert_eq!(t.drain(a.id, r(1)), None, "busy is unchanged");
+        assert_eq!(t.get(a.id).map(Worker::busy), Some(1));
+        assert_eq!(t.drained(a.id, r(2)), None, "not draining");
+        assert_eq!(
+            t.drained(a.id, r(1)),
+            Some(PlacementChange::Capacity {
+                worker: a.id,
+                freed: true
+            })
+        );
+        assert_eq!(t.get(a.id).map(Worker::busy), Some(0));
     }
 }

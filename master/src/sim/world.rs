@@ -1335,7 +1335,12 @@ impl<'a> World<'a> {
         self.send_to_peer(now_us, conn, msg)
     }
 
-    fn on_close(&mut self, now_us: u64, conn: ConnId, reason: String) -> Result<(), SimError> {
+    fn on_close(
+        &mut self,
+        now_us: u64,
+        conn: ConnId,
+        reason: crate::core::CloseReason,
+    ) -> Result<(), SimError> {
         if !self.check_output(conn, None) {
             return Ok(());
         }
