@@ -30,14 +30,13 @@ mod recover;
 #[cfg(test)]
 mod tests;
 
-use crate::core::EpochStart;
+use crate::core::{EpochStart, Outcome, RestoredTask};
 use log::info;
 use protocol::{Incarnation, TaskId, TaskSpec, TaskState};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The database file inside the data directory.
@@ -99,42 +98,15 @@ const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 /// Everything the journal held at `open`: enough to rebuild the master's task table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recovered {
-    /// Every recorded task in id order. Copies of one batch share one `Arc<TaskSpec>`.
-    pub tasks: Vec<RecoveredTask>,
+    /// Every recorded task in id order, as the core's `restore` takes them. Copies of one batch
+    /// share one `Arc<TaskSpec>`.
+    pub tasks: Vec<RestoredTask>,
     /// The first id never recorded (1 for an empty journal).
     pub next_id: TaskId,
     /// Names this data dir; made once, at creation.
     pub master_id: u64,
     /// Every start of a master on this journal, this one last (recorded and committed by `open`).
     pub history: Vec<EpochStart>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecoveredTask {
-    pub id: TaskId,
-    pub spec: Arc<TaskSpec>,
-    pub submitted_ms: u64,
-    /// The final outcome, if the task had one. Boxed so a million unfinished tasks cost 32 bytes
-    /// each, not the size of a `FinalRecord`.
-    pub outcome: Option<Box<FinalRecord>>,
-}
-
-/// A task's final outcome as the journal keeps it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FinalRecord {
-    /// Must be final (`TaskState::is_final`).
-    pub state: TaskState,
-    pub attempts: u32,
-    /// How many copies of the task ran for this outcome (`TaskResult::copies`).
-    pub copies: u32,
-    /// Name of the worker that produced the outcome.
-    pub worker: Option<String>,
-    pub exit_code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-    pub error: Option<String>,
-    pub started_ms: Option<u64>,
-    pub finished_ms: u64,
 }
 
 /// One final outcome inside a `final_batches` blob, one frame each. Borrows on the way in (no copy
@@ -158,7 +130,7 @@ struct FinalEntry<'a> {
 }
 
 impl<'a> FinalEntry<'a> {
-    fn borrowed(id: TaskId, rec: &'a FinalRecord) -> FinalEntry<'a> {
+    fn borrowed(id: TaskId, rec: &'a Outcome) -> FinalEntry<'a> {
         FinalEntry {
             id: id.0,
             state: rec.state,
@@ -174,8 +146,8 @@ impl<'a> FinalEntry<'a> {
         }
     }
 
-    fn into_record(self) -> (u64, FinalRecord) {
-        let rec = FinalRecord {
+    fn into_record(self) -> (u64, Outcome) {
+        let rec = Outcome {
             state: self.state,
             attempts: self.attempts,
             copies: self.copies,
@@ -357,7 +329,7 @@ impl Journal {
 
     /// Records a task's final outcome; recording one id twice keeps the last. Durable at the next
     /// `commit`. Usually only checks and buffers: the write happens at `commit`.
-    pub fn record_final(&mut self, id: TaskId, rec: &FinalRecord) -> Result<(), JournalError> {
+    pub fn record_final(&mut self, id: TaskId, rec: &Outcome) -> Result<(), JournalError> {
         self.check()?;
         let result = self.append_final(id, rec);
         self.settle(result)
@@ -470,7 +442,7 @@ impl Journal {
         Ok(())
     }
 
-    fn append_final(&mut self, id: TaskId, rec: &FinalRecord) -> Result<(), JournalError> {
+    fn append_final(&mut self, id: TaskId, rec: &Outcome) -> Result<(), JournalError> {
         if id.0 == 0 || id.0 >= self.next_id {
             return Err(JournalError::UnknownTask { id });
         }

@@ -8,8 +8,8 @@
 //! Connection ids carry their slot's generation ([`ConnTable`]), and the mio token is the id itself:
 //! output or an event for a connection that is gone cannot reach the one that took over its slot.
 
-use crate::core::{ConnId, Core, CoreConfig, Output, Record, RestoredTask};
-use crate::journal::{FinalRecord, Journal, JournalError};
+use crate::core::{ConnId, Core, CoreConfig, Output, Record};
+use crate::journal::{Journal, JournalError};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -584,32 +584,8 @@ fn open_journal(
     config.master_id = recovered.master_id;
     config.incarnation = current;
     let mut core = Core::new(config);
-    let tasks = recovered
-        .tasks
-        .into_iter()
-        .map(|t| RestoredTask {
-            id: t.id,
-            spec: t.spec,
-            submitted_ms: t.submitted_ms,
-            outcome: t.outcome.map(|f| protocol::TaskResult {
-                id: t.id,
-                state: f.state,
-                exit_code: f.exit_code,
-                copies: f.copies,
-                worker: f.worker,
-                attempts: f.attempts,
-                priority: 0, // comes from the spec
-                submitted_ms: t.submitted_ms,
-                started_ms: f.started_ms,
-                finished_ms: Some(f.finished_ms),
-                stdout: f.stdout,
-                stderr: f.stderr,
-                error: f.error,
-            }),
-        })
-        .collect();
     let (finished, unfinished) = core
-        .restore(now_ms, tasks, recovered.history)
+        .restore(now_ms, recovered.tasks, recovered.history)
         .map_err(ServerError::Recovery)?;
     info!(
         "journal {}: incarnation {current}; recovered {} tasks in {} ms ({finished} finished, \
@@ -629,21 +605,7 @@ fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {
             spec,
             submitted_ms,
         } => journal.record_submit(first, count, &spec, submitted_ms),
-        Record::Finished(r) => journal.record_final(
-            r.id,
-            &FinalRecord {
-                state: r.state,
-                attempts: r.attempts,
-                copies: r.copies,
-                worker: r.worker,
-                exit_code: r.exit_code,
-                stdout: r.stdout,
-                stderr: r.stderr,
-                error: r.error,
-                started_ms: r.started_ms,
-                finished_ms: r.finished_ms.unwrap_or(r.submitted_ms),
-            },
-        ),
+        Record::Finished { id, outcome } => journal.record_final(id, &outcome),
     }
 }
 

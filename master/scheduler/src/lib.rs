@@ -131,17 +131,38 @@ pub enum Record {
         submitted_ms: u64,
     },
     /// A task reached its final state.
-    Finished(TaskResult),
+    Finished { id: TaskId, outcome: Outcome },
+}
+
+/// A task's final outcome as it is made durable and read back: the one shape from the core's
+/// `Persist` to the journal's rows and back into `restore`. What a finished task needs beyond
+/// its spec (priority, submission time ...), which the journal keeps once per batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Always final (`TaskState::is_final`).
+    pub state: TaskState,
+    pub attempts: u32,
+    /// How many copies ran for this outcome (`TaskResult::copies`).
+    pub copies: u32,
+    /// Name of the worker that produced it.
+    pub worker: Option<String>,
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub error: Option<String>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: u64,
 }
 
 /// A task read back from the journal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RestoredTask {
     pub id: TaskId,
+    /// Shared by every task of one batch.
     pub spec: Arc<TaskSpec>,
     pub submitted_ms: u64,
-    /// The final outcome, if it had one.
-    pub outcome: Option<TaskResult>,
+    /// The final outcome, if it had one. Boxed so a million unfinished tasks cost 32 bytes each.
+    pub outcome: Option<Box<Outcome>>,
 }
 
 /// How often timers are checked. Failure detection is exact to within this.
@@ -237,31 +258,14 @@ impl Core {
         self.epochs = epochs;
         let (mut finished, mut unfinished) = (0, 0);
         for t in tasks {
-            let outcome = match t.outcome {
-                Some(r) => Some(tasks::RestoredOutcome {
-                    state: r.state,
-                    attempts: r.attempts,
-                    worker: r.worker.map(|name| self.workers.intern(&name)),
-                    started_ms: r.started_ms,
-                    finished_ms: r.finished_ms.unwrap_or(now_ms),
-                    result: FinalResult {
-                        exit_code: r.exit_code,
-                        stdout: r.stdout,
-                        stderr: r.stderr,
-                        error: r.error,
-                    },
-                    copies: r.copies,
-                }),
-                None => None,
-            };
-            let is_final = outcome.is_some();
+            let worker = t
+                .outcome
+                .as_ref()
+                .and_then(|o| o.worker.as_deref())
+                .map(|name| self.workers.intern(name));
+            let is_final = t.outcome.is_some();
             let id = t.id;
-            self.tasks.restore(tasks::Restored {
-                id,
-                spec: t.spec,
-                submitted_ms: t.submitted_ms,
-                outcome,
-            })?;
+            self.tasks.restore(t, worker)?;
             if is_final {
                 finished += 1;
             } else {
@@ -1122,9 +1126,29 @@ impl Core {
         self.waiters.on_final(id, state == TaskState::Succeeded);
         if self.config.persist {
             if let Some(t) = self.tasks.get(id) {
-                let view = self.result_view(id, t);
-                self.session.push_record(Record::Finished(view));
+                let outcome = self.outcome_of(t, now_ms);
+                self.session.push_record(Record::Finished { id, outcome });
             }
+        }
+    }
+
+    /// What the journal keeps of a final task.
+    fn outcome_of(&self, t: &Task, now_ms: u64) -> Outcome {
+        let r = t.result.as_deref();
+        Outcome {
+            state: t.state,
+            attempts: t.attempt.0,
+            copies: t.copies_ran(),
+            worker: t
+                .worker
+                .and_then(|w| self.workers.name(w))
+                .map(str::to_string),
+            exit_code: r.and_then(|r| r.exit_code),
+            stdout: r.map(|r| r.stdout.clone()).unwrap_or_default(),
+            stderr: r.map(|r| r.stderr.clone()).unwrap_or_default(),
+            error: r.and_then(|r| r.error.clone()),
+            started_ms: t.started_ms,
+            finished_ms: t.finished_ms.unwrap_or(now_ms),
         }
     }
 

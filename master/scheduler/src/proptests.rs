@@ -417,24 +417,23 @@ impl World {
                         id,
                         spec: Arc::new(spec.clone()),
                         submitted_ms: now - 10,
-                        outcome: fin.map(|ok| TaskResult {
-                            id,
-                            state: if ok {
-                                TaskState::Succeeded
-                            } else {
-                                TaskState::Failed
-                            },
-                            exit_code: Some(if ok { 0 } else { 1 }),
-                            worker: Some("a".into()),
-                            attempts: 1,
-                            priority: spec.priority,
-                            submitted_ms: now - 10,
-                            started_ms: Some(now - 5),
-                            finished_ms: Some(now - 1),
-                            stdout: String::new(),
-                            stderr: String::new(),
-                            error: None,
-                            copies: 1,
+                        outcome: fin.map(|ok| {
+                            Box::new(Outcome {
+                                state: if ok {
+                                    TaskState::Succeeded
+                                } else {
+                                    TaskState::Failed
+                                },
+                                exit_code: Some(if ok { 0 } else { 1 }),
+                                worker: Some("a".into()),
+                                attempts: 1,
+                                started_ms: Some(now - 5),
+                                finished_ms: now - 1,
+                                stdout: String::new(),
+                                stderr: String::new(),
+                                error: None,
+                                copies: 1,
+                            })
                         }),
                     }
                 })

@@ -1,6 +1,7 @@
 //! `TaskTable`: every task the master has accepted, indexed by id, with per-state counts kept as
 //! tasks move so `status` never scans the table. All state transitions happen here.
 
+use crate::RestoredTask;
 use protocol::{Attempt, Incarnation, TaskId, TaskOutcome, TaskRef, TaskSpec, TaskState, WorkerId};
 use std::sync::Arc;
 
@@ -216,26 +217,6 @@ pub fn settle(outcome: TaskOutcome) -> (TaskState, FinalResult) {
             },
         ),
     }
-}
-
-/// A task as the journal gives it back after a restart.
-#[derive(Debug)]
-pub struct Restored {
-    pub id: TaskId,
-    pub spec: Arc<TaskSpec>,
-    pub submitted_ms: u64,
-    pub outcome: Option<RestoredOutcome>,
-}
-
-#[derive(Debug)]
-pub struct RestoredOutcome {
-    pub state: TaskState,
-    pub attempts: u32,
-    pub worker: Option<WorkerId>,
-    pub started_ms: Option<u64>,
-    pub finished_ms: u64,
-    pub result: FinalResult,
-    pub copies: u32,
 }
 
 #[derive(Debug)]
@@ -544,7 +525,12 @@ impl TaskTable {
     }
 
     /// Rebuilds a task from the journal after a restart. Ids must come densely, in order.
-    pub fn restore(&mut self, restored: Restored) -> Result<(), String> {
+    /// `worker` is the interned id of `outcome.worker`.
+    pub fn restore(
+        &mut self,
+        restored: RestoredTask,
+        worker: Option<WorkerId>,
+    ) -> Result<(), String> {
         if restored.id != self.next_id() {
             return Err(format!(
                 "journal is missing task {} (next restored task is {})",
@@ -557,13 +543,19 @@ impl TaskTable {
             if !done.state.is_final() {
                 return Err(format!("journal holds a non-final outcome for task {id}"));
             }
+            let done = *done;
             self.set_state(id, done.state);
             let task = self.get_mut(id);
             task.attempt = Attempt(done.attempts.max(1));
-            task.worker = done.worker;
+            task.worker = worker;
             task.started_ms = done.started_ms;
             task.finished_ms = Some(done.finished_ms);
-            task.result = Some(Box::new(done.result));
+            task.result = Some(Box::new(FinalResult {
+                exit_code: done.exit_code,
+                stdout: done.stdout,
+                stderr: done.stderr,
+                error: done.error,
+            }));
             if done.copies != task.copies_ran() {
                 task.copies = Some(Box::new(Copies {
                     started: done.copies,

@@ -897,16 +897,16 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
     assert_eq!(kinds, vec!["persist", "persist", "reply", "assign"]);
     let a = assignments(&out);
     let out = h.finish(w, a[0].1, 1, exited(0));
-    let finals: Vec<TaskResult> = out
+    let finals: Vec<(TaskId, Outcome)> = out
         .iter()
         .filter_map(|o| match o {
-            Output::Persist(Record::Finished(r)) => Some(r.clone()),
+            Output::Persist(Record::Finished { id, outcome }) => Some((*id, outcome.clone())),
             _ => None,
         })
         .collect();
     assert_eq!(finals.len(), 1);
-    assert_eq!(finals[0].state, TaskState::Succeeded);
-    assert_eq!(finals[0].worker.as_deref(), Some("a"));
+    assert_eq!(finals[0].1.state, TaskState::Succeeded);
+    assert_eq!(finals[0].1.worker.as_deref(), Some("a"));
 
     // A new core from those records: the finished task keeps its result, the rest wait for the
     // grace period, then run as attempt 2.
@@ -916,7 +916,7 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
             id: TaskId(i),
             spec: spec.clone(),
             submitted_ms: 5,
-            outcome: (TaskId(i) == finals[0].id).then(|| finals[0].clone()),
+            outcome: (TaskId(i) == finals[0].0).then(|| Box::new(finals[0].1.clone())),
         })
         .collect();
     let mut h2 = Harness::restarted();
@@ -925,7 +925,7 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
         h2.core.restore(now, restored, history(&[(1, 1), (2, 5)])),
         Ok((1, 3))
     );
-    assert_eq!(h2.state(finals[0].id), TaskState::Succeeded);
+    assert_eq!(h2.state(finals[0].0), TaskState::Succeeded);
     let (w2, _, out) = h2.worker("b", 4);
     assert!(assignments(&out).is_empty(), "held during the grace period");
     let mut got = Vec::new();

@@ -2,7 +2,7 @@
 //! finals replayed onto them in commit order.
 //! Nothing read from the file is trusted: every impossible value is a typed error naming its row.
 
-use super::{classify, FinalEntry, FinalRecord, JournalError, Recovered, RecoveredTask};
+use super::{classify, FinalEntry, JournalError, Outcome, Recovered, RestoredTask};
 use protocol::{FrameDecoder, TaskId, TaskSpec};
 use rusqlite::{Connection, Row};
 use std::path::Path;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Recovered, JournalError> {
     let sql = |e| classify(path, e);
-    let mut tasks: Vec<RecoveredTask> = Vec::new();
+    let mut tasks: Vec<RestoredTask> = Vec::new();
     let mut next_id: u64 = 1;
     let mut stmt = conn
         .prepare("SELECT first_id, count, spec, submitted_ms FROM batches ORDER BY first_id")
@@ -28,7 +28,7 @@ pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Recovered, Jour
             });
         }
         for id in batch.first..batch.end {
-            tasks.push(RecoveredTask {
+            tasks.push(RestoredTask {
                 id: TaskId(id),
                 spec: Arc::clone(&batch.spec),
                 submitted_ms: batch.submitted_ms,
@@ -52,7 +52,7 @@ pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Recovered, Jour
 fn read_finals(
     conn: &Connection,
     path: &Path,
-    tasks: &mut [RecoveredTask],
+    tasks: &mut [RestoredTask],
 ) -> Result<(), JournalError> {
     let sql = |e| classify(path, e);
     let mut stmt = conn
@@ -107,7 +107,7 @@ fn read_finals(
 
 /// Checks one decoded final against what the journal can have written; returns the index of
 /// its task in `tasks` (of length `known`: ids 1 ..= known were submitted).
-fn check_final(id: u64, rec: &FinalRecord, known: usize) -> Result<usize, String> {
+fn check_final(id: u64, rec: &Outcome, known: usize) -> Result<usize, String> {
     if id < 1 {
         return Err("task ids start at 1".into());
     }

@@ -1,6 +1,7 @@
 use super::*;
 use protocol::TaskKind;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -64,8 +65,8 @@ fn command_spec() -> TaskSpec {
     }
 }
 
-fn succeeded(stdout: &str) -> FinalRecord {
-    FinalRecord {
+fn succeeded(stdout: &str) -> Outcome {
+    Outcome {
         state: TaskState::Succeeded,
         attempts: 2,
         // A replicated task: three copies ran, worker-a's won.
@@ -80,8 +81,8 @@ fn succeeded(stdout: &str) -> FinalRecord {
     }
 }
 
-fn cancelled() -> FinalRecord {
-    FinalRecord {
+fn cancelled() -> Outcome {
+    Outcome {
         state: TaskState::Cancelled,
         attempts: 1,
         copies: 0,
@@ -152,7 +153,7 @@ fn round_trip() {
     assert_eq!(a.outcome, None);
     assert_eq!(b.outcome.as_deref(), Some(&succeeded("out\0 ünï\n")));
     assert_eq!(c.outcome.as_deref(), Some(&cancelled()));
-    let copies = |t: &RecoveredTask| t.outcome.as_ref().map(|o| o.copies);
+    let copies = |t: &RestoredTask| t.outcome.as_ref().map(|o| o.copies);
     assert_eq!((copies(b), copies(c)), (Some(3), Some(0)), "copies kept");
 
     // Ids carry on densely from the recovered ones: backwards or a gap is refused.
@@ -498,7 +499,7 @@ struct V1Entry<'a> {
     finished_ms: u64,
 }
 
-fn v1_blob(entries: &[(u64, &FinalRecord)]) -> Vec<u8> {
+fn v1_blob(entries: &[(u64, &Outcome)]) -> Vec<u8> {
     let mut out = Vec::new();
     for &(id, rec) in entries {
         let entry = V1Entry {
@@ -581,11 +582,11 @@ fn version_1_is_migrated_in_place_once() {
     assert_eq!(rec.next_id, TaskId(5));
     assert!(rec.tasks.iter().all(|t| *t.spec == sleep_spec(1)));
     // With a worker: one copy ran (version 1 had no replicas); without: it never ran.
-    let with_copies = |mut r: FinalRecord, copies| {
+    let with_copies = |mut r: Outcome, copies| {
         r.copies = copies;
         Some(r)
     };
-    let outcomes: Vec<Option<FinalRecord>> = rec
+    let outcomes: Vec<Option<Outcome>> = rec
         .tasks
         .iter()
         .map(|t| t.outcome.as_deref().cloned())
@@ -777,7 +778,7 @@ fn bad_rows_are_typed_errors_naming_the_row() {
 }
 
 /// A `final_batches` blob as `commit` writes it.
-fn blob(entries: &[(u64, &FinalRecord)]) -> Vec<u8> {
+fn blob(entries: &[(u64, &Outcome)]) -> Vec<u8> {
     let mut out = Vec::new();
     for &(id, rec) in entries {
         protocol::encode_frame(&FinalEntry::borrowed(TaskId(id), rec), &mut out).expect("encode");
@@ -810,7 +811,7 @@ fn each_commit_of_finals_is_one_row() {
     }
     drop(j);
     let (_, rec) = open(&dir);
-    let outcomes: Vec<&FinalRecord> = rec
+    let outcomes: Vec<&Outcome> = rec
         .tasks
         .iter()
         .filter_map(|t| t.outcome.as_deref())
@@ -1059,7 +1060,7 @@ fn measure() {
         );
     }
     // What a zero-length task leaves behind: no output, a worker name, exit code 0.
-    let outcome = FinalRecord {
+    let outcome = Outcome {
         state: TaskState::Succeeded,
         attempts: 1,
         copies: 1,

@@ -8,8 +8,8 @@
 //! them (or until [`COMMIT_BATCH_MAX`] pile up). A commit makes every pending record durable, so
 //! what is committed is always a prefix of what was recorded.
 
-use crate::core::{Core, CoreConfig, EpochStart, Record, RestoredTask};
-use protocol::{FromMaster, Incarnation, TaskId, TaskResult, TaskSpec};
+use crate::core::{Core, CoreConfig, EpochStart, Outcome, Record, RestoredTask};
+use protocol::{FromMaster, Incarnation, TaskId, TaskSpec};
 use std::sync::Arc;
 
 /// As `server.rs`'s `COMMIT_WINDOW` (10 ms) and `COMMIT_BATCH_MAX`.
@@ -38,7 +38,7 @@ pub struct SimJournal {
     /// Committed submissions, in id order (dense from 1).
     batches: Vec<Batch>,
     /// The last committed final of each committed id, by id - 1.
-    finals: Vec<Option<Box<TaskResult>>>,
+    finals: Vec<Option<Box<Outcome>>>,
     /// When the oldest pending record was seen at a turn's end.
     uncommitted_since_us: Option<u64>,
     pub commits: u64,
@@ -99,13 +99,13 @@ impl SimJournal {
                         submitted_ms,
                     });
                 }
-                Record::Finished(r) => {
-                    if let Some(slot) = (r.id.0 as usize)
+                Record::Finished { id, outcome } => {
+                    if let Some(slot) = (id.0 as usize)
                         .checked_sub(1)
                         .and_then(|i| self.finals.get_mut(i))
                     {
                         // A later final for an id replaces an earlier one, as in the real journal.
-                        *slot = Some(Box::new(r));
+                        *slot = Some(Box::new(outcome));
                     }
                 }
             }
@@ -136,25 +136,17 @@ impl SimJournal {
         std::mem::take(&mut self.pending)
     }
 
-    /// What a restarted master reads back, as `journal/recover.rs` and `server::open_journal`
-    /// make it: batches expanded in id order, the last final of each id (the journal's
-    /// `FinalRecord` keeps no priority and a finish time always).
+    /// What a restarted master reads back, as `journal/recover.rs` makes it: batches expanded in
+    /// id order, the last final of each id.
     fn restored_tasks(&self) -> Vec<RestoredTask> {
         let mut tasks = Vec::with_capacity(self.finals.len());
         for b in &self.batches {
             for id in b.first.0..b.first.0 + b.count {
-                let outcome = self.finals[id as usize - 1].as_deref().map(|r| TaskResult {
-                    id: TaskId(id),
-                    priority: 0,
-                    submitted_ms: b.submitted_ms,
-                    finished_ms: Some(r.finished_ms.unwrap_or(b.submitted_ms)),
-                    ..r.clone()
-                });
                 tasks.push(RestoredTask {
                     id: TaskId(id),
                     spec: Arc::clone(&b.spec),
                     submitted_ms: b.submitted_ms,
-                    outcome,
+                    outcome: self.finals[id as usize - 1].clone(),
                 });
             }
         }
@@ -204,21 +196,21 @@ mod tests {
     }
 
     fn finished(id: u64, state: TaskState) -> Record {
-        Record::Finished(TaskResult {
+        Record::Finished {
             id: TaskId(id),
-            state,
-            exit_code: Some(0),
-            copies: 1,
-            worker: Some("w".into()),
-            attempts: 1,
-            priority: 7,
-            submitted_ms: 5,
-            started_ms: Some(6),
-            finished_ms: None,
-            stdout: "out".into(),
-            stderr: String::new(),
-            error: None,
-        })
+            outcome: Outcome {
+                state,
+                exit_code: Some(0),
+                copies: 1,
+                worker: Some("w".into()),
+                attempts: 1,
+                started_ms: Some(6),
+                finished_ms: 8,
+                stdout: "out".into(),
+                stderr: String::new(),
+                error: None,
+            },
+        }
     }
 
     #[test]
@@ -255,11 +247,7 @@ mod tests {
             TaskState::Failed,
             "the later final was not committed"
         );
-        assert_eq!(
-            (r.priority, r.finished_ms),
-            (0, Some(5)),
-            "as the real journal keeps it"
-        );
+        assert_eq!(r.finished_ms, 8);
         assert!(tasks[1].outcome.is_none());
         let core = restart(CoreConfig::default(), 10, &mut j).expect("restore");
         assert_eq!(

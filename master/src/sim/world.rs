@@ -1378,7 +1378,7 @@ impl<'a> World<'a> {
                     .map_err(SimError::Core)?;
                 None
             }
-            Record::Finished(r) => self.truth.ended(now_us, r.id, r.state),
+            Record::Finished { id, outcome } => self.truth.ended(now_us, *id, outcome.state),
         };
         if let Some(j) = &mut self.journal {
             j.record(record, logical);
