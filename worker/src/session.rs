@@ -456,14 +456,18 @@ impl Session {
         };
         let heartbeat = self.config.heartbeat.unwrap_or(master_heartbeat);
         let stall_timeout = heartbeat.max(master_heartbeat) * STALL_HEARTBEATS;
+        // The name first: the master's internal id (`#3`) only disambiguates.
         let id = welcome
             .worker_id
-            .map_or_else(|| "an unnamed worker".to_string(), |id| id.to_string());
+            .map_or_else(String::new, |id| format!(" ({id})"));
         info!(
-            "connected to the master at {addr} as {id} ({} slots, prefetch {}, heartbeat every {} ms)",
+            "connected to the master at {addr} as worker {}{id} ({} slots, prefetch {}, heartbeat \
+             every {} ms, master incarnation {})",
+            self.config.info.name,
             self.config.info.slots,
             self.config.info.prefetch,
-            heartbeat.as_millis()
+            heartbeat.as_millis(),
+            welcome.incarnation
         );
         if !self.finished.is_empty() {
             info!(
