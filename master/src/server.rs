@@ -8,12 +8,12 @@
 //! Connection ids carry their slot's generation ([`ConnTable`]), and the mio token is the id itself:
 //! output or an event for a connection that is gone cannot reach the one that took over its slot.
 
-use crate::core::{ConnId, Core, CoreConfig, Output, Record};
+use crate::core::{needs_commit, ConnId, Core, CoreConfig, Output, Record};
 use crate::journal::{Journal, JournalError};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use protocol::{auth::NONCE_LEN, encode_frame, FrameDecoder, FrameError, FromMaster, ToMaster};
+use protocol::{auth::NONCE_LEN, encode_frame, FrameDecoder, FrameError, ToMaster};
 use slab::Slab;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -640,20 +640,6 @@ fn decode_all(
 }
 
 /// Writes as much of `out` as the socket takes; keeps the buffer's allocation for reuse.
-/// Client replies that speak of durable state (ids, results, completion) wait for the commit;
-/// frames to workers do not: assignments are not journaled anyway.
-fn needs_commit(msg: &FromMaster) -> bool {
-    matches!(
-        msg,
-        FromMaster::Submitted { .. }
-            | FromMaster::Results { .. }
-            | FromMaster::WaitDone { .. }
-            | FromMaster::Progress { .. }
-            | FromMaster::CancelDone { .. }
-            | FromMaster::Status(_)
-    )
-}
-
 /// Writes as much of `out` as the socket takes, up to the gate; keeps the allocation for reuse.
 fn write_out(c: &mut Connection) -> io::Result<()> {
     let limit = c.gate.unwrap_or(c.out.len());

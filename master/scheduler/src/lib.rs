@@ -120,6 +120,21 @@ pub enum Output {
     Persist(Record),
 }
 
+/// Whether a reply speaks of durable state (ids, results, completion, status) and so must wait
+/// for the turn's journal commit. Frames to workers never wait: assignments are not journaled, and
+/// workers stay busy during the fsync. The shell and the simulator apply the same rule.
+pub fn needs_commit(msg: &FromMaster) -> bool {
+    matches!(
+        msg,
+        FromMaster::Submitted { .. }
+            | FromMaster::Results { .. }
+            | FromMaster::WaitDone { .. }
+            | FromMaster::Progress { .. }
+            | FromMaster::CancelDone { .. }
+            | FromMaster::Status(_)
+    )
+}
+
 /// What the journal keeps: enough to rebuild the queue and the results after a restart.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {

@@ -9,7 +9,7 @@
 //! what is committed is always a prefix of what was recorded.
 
 use crate::core::{Core, CoreConfig, EpochStart, Outcome, Record, RestoredTask};
-use protocol::{FromMaster, Incarnation, TaskId, TaskSpec};
+use protocol::{Incarnation, TaskId, TaskSpec};
 use std::sync::Arc;
 
 /// As `server.rs`'s `COMMIT_WINDOW` (10 ms) and `COMMIT_BATCH_MAX`.
@@ -165,20 +165,6 @@ pub fn restart(
     let mut core = Core::new(config);
     core.restore(now_ms, journal.restored_tasks(), journal.history.clone())?;
     Ok(core)
-}
-
-/// Client replies that speak of durable state wait for the turn's commit (`server.rs`'s
-/// `needs_commit`).
-pub fn needs_commit(msg: &FromMaster) -> bool {
-    matches!(
-        msg,
-        FromMaster::Submitted { .. }
-            | FromMaster::Results { .. }
-            | FromMaster::WaitDone { .. }
-            | FromMaster::Progress { .. }
-            | FromMaster::CancelDone { .. }
-            | FromMaster::Status(_)
-    )
 }
 
 #[cfg(test)]

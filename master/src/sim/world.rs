@@ -1312,7 +1312,8 @@ impl<'a> World<'a> {
         }
         match self.net.link(conn).owner {
             Owner::Client => {
-                if self.journal.is_some() && (self.client_gated || journal::needs_commit(&msg)) {
+                if self.journal.is_some() && (self.client_gated || crate::core::needs_commit(&msg))
+                {
                     // Behind the gate until this turn's commit, as in the shell.
                     self.client_gated = true;
                     self.gated.push((conn, msg));
