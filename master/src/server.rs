@@ -8,7 +8,7 @@
 //! Connection ids carry their slot's generation ([`ConnTable`]), and the mio token is the id itself:
 //! output or an event for a connection that is gone cannot reach the one that took over its slot.
 
-use crate::core::{needs_commit, ConnId, Core, CoreConfig, Output, Record};
+use crate::core::{needs_commit, ConnId, Core, CoreConfig, Output, Record, RestoreError};
 use crate::journal::{Journal, JournalError};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -44,7 +44,7 @@ pub enum ServerError {
     Journal(#[from] JournalError),
     /// The journal's contents do not fit together.
     #[error("cannot recover from the journal: {0}")]
-    Recovery(String),
+    Recovery(#[from] RestoreError),
     /// The system gave no randomness for the master id.
     #[error("no randomness for the master id: {0}")]
     Random(String),
@@ -577,16 +577,12 @@ fn open_journal(
     let started = Instant::now();
     let (journal, recovered) = Journal::open(dir)?;
     let Some(current) = recovered.history.last().map(|s| s.incarnation) else {
-        return Err(ServerError::Recovery(
-            "the journal started no incarnation".into(),
-        ));
+        return Err(RestoreError::NoIncarnation.into());
     };
     config.master_id = recovered.master_id;
     config.incarnation = current;
     let mut core = Core::new(config);
-    let (finished, unfinished) = core
-        .restore(now_ms, recovered.tasks, recovered.history)
-        .map_err(ServerError::Recovery)?;
+    let (finished, unfinished) = core.restore(now_ms, recovered.tasks, recovered.history)?;
     info!(
         "journal {}: incarnation {current}; recovered {} tasks in {} ms ({finished} finished, \
          {unfinished} to run again)",

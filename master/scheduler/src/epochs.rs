@@ -7,6 +7,7 @@
 //! task with id X was submitted by the last incarnation that had started when X was committed, so
 //! a run of X handed out by an earlier incarnation belongs to some other, forgotten submission.
 
+use crate::RestoreError;
 use protocol::{Incarnation, TaskId, TaskRef};
 
 /// When an incarnation started: every id it committed is `>= first_id`, and every id an earlier
@@ -35,16 +36,16 @@ impl Epochs {
     }
 
     /// The journal's history, current incarnation last. Refuses histories that are not ordered.
-    pub fn from_history(starts: Vec<EpochStart>) -> Result<Self, String> {
+    pub fn from_history(starts: Vec<EpochStart>) -> Result<Self, RestoreError> {
         if starts.is_empty() {
-            return Err("no incarnation recorded".into());
+            return Err(RestoreError::NoIncarnation);
         }
         for w in starts.windows(2) {
             if w[1].incarnation <= w[0].incarnation || w[1].first_id < w[0].first_id {
-                return Err(format!(
-                    "incarnation {} (first id {}) follows incarnation {} (first id {})",
-                    w[1].incarnation, w[1].first_id, w[0].incarnation, w[0].first_id
-                ));
+                return Err(RestoreError::DisorderedHistory {
+                    earlier: (w[0].incarnation, w[0].first_id),
+                    later: (w[1].incarnation, w[1].first_id),
+                });
             }
         }
         Ok(Epochs { starts })

@@ -26,6 +26,7 @@ pub mod policy;
 mod pools;
 pub mod queue;
 mod rebalance;
+mod restore_error;
 mod session;
 mod speculation;
 mod tasks;
@@ -45,6 +46,7 @@ use protocol::{
 };
 use queue::QueueKey;
 use rebalance::Unstarted;
+pub use restore_error::RestoreError;
 pub use session::{ClientId, CloseReason, ConnId, Refusal, Violation};
 use session::{Departed, Inbound, SessionConfig, Sessions, WorkerHello};
 use speculation::RunEstimate;
@@ -261,14 +263,13 @@ impl Core {
         now_ms: u64,
         tasks: Vec<RestoredTask>,
         history: Vec<EpochStart>,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<(u64, u64), RestoreError> {
         let epochs = Epochs::from_history(history)?;
         if epochs.current() != self.config.incarnation {
-            return Err(format!(
-                "the journal's last incarnation is {}, the master's {}",
-                epochs.current(),
-                self.config.incarnation
-            ));
+            return Err(RestoreError::WrongIncarnation {
+                journal: epochs.current(),
+                core: self.config.incarnation,
+            });
         }
         self.epochs = epochs;
         let (mut finished, mut unfinished) = (0, 0);

@@ -1,7 +1,7 @@
 //! `TaskTable`: every task the master has accepted, indexed by id, with per-state counts kept as
 //! tasks move so `status` never scans the table. All state transitions happen here.
 
-use crate::RestoredTask;
+use crate::{RestoreError, RestoredTask};
 use protocol::{Attempt, Incarnation, TaskId, TaskOutcome, TaskRef, TaskSpec, TaskState, WorkerId};
 use std::sync::Arc;
 
@@ -530,18 +530,17 @@ impl TaskTable {
         &mut self,
         restored: RestoredTask,
         worker: Option<WorkerId>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RestoreError> {
         if restored.id != self.next_id() {
-            return Err(format!(
-                "journal is missing task {} (next restored task is {})",
-                self.next_id(),
-                restored.id
-            ));
+            return Err(RestoreError::MissingTask {
+                expected: self.next_id(),
+                got: restored.id,
+            });
         }
         let id = self.add(restored.spec, restored.submitted_ms);
         if let Some(done) = restored.outcome {
             if !done.state.is_final() {
-                return Err(format!("journal holds a non-final outcome for task {id}"));
+                return Err(RestoreError::NotFinal { id });
             }
             let done = *done;
             self.set_state(id, done.state);

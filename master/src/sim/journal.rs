@@ -8,7 +8,7 @@
 //! them (or until [`COMMIT_BATCH_MAX`] pile up). A commit makes every pending record durable, so
 //! what is committed is always a prefix of what was recorded.
 
-use crate::core::{Core, CoreConfig, EpochStart, Outcome, Record, RestoredTask};
+use crate::core::{Core, CoreConfig, EpochStart, Outcome, Record, RestoreError, RestoredTask};
 use protocol::{Incarnation, TaskId, TaskSpec};
 use std::sync::Arc;
 
@@ -160,7 +160,7 @@ pub fn restart(
     mut config: CoreConfig,
     now_ms: u64,
     journal: &mut SimJournal,
-) -> Result<Core, String> {
+) -> Result<Core, RestoreError> {
     config.incarnation = journal.start_incarnation();
     let mut core = Core::new(config);
     core.restore(now_ms, journal.restored_tasks(), journal.history.clone())?;
