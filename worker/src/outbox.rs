@@ -254,6 +254,17 @@ impl Outbox {
         self.handed += self.staged.len() as u64;
         let (wake, written) = {
             let mut backlog = self.shared.lock();
+            // Fast path: with nothing queued or in flight the writer is not in `write`, so the
+            // loop may write itself, without waiting and without waking a thread (a context
+            // switch per turn, the round trip of a one-slot worker). What the socket does not
+            // take at once goes to the writer as before.
+            if backlog.unwritten() == 0 && !backlog.closed {
+                let n = try_send(&self.stream, &self.staged);
+                if n > 0 {
+                    backlog.written += n as u64;
+                    self.staged.drain(..n);
+                }
+            }
             (backlog.append(now, &mut self.staged), backlog.written)
         };
         if wake {
@@ -297,6 +308,23 @@ impl Drop for Outbox {
     fn drop(&mut self) {
         self.shut();
     }
+}
+
+/// One `send` that never blocks; returns how many bytes the socket took (0 when it would block or
+/// failed: the writer thread then meets the error on its own write).
+fn try_send(stream: &TcpStream, bytes: &[u8]) -> usize {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the pointer and length describe a live slice; the fd belongs to `stream`, which
+    // outlives the call.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(n).unwrap_or(0)
 }
 
 /// The writer thread: takes whatever is queued, writes it, reports progress, until closed or a

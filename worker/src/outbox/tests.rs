@@ -257,3 +257,16 @@ fn a_failed_write_is_reported() {
         }
     }
 }
+
+#[test]
+fn a_turn_to_an_idle_writer_is_written_by_the_loop_itself() {
+    let (ours, peer) = socket_pair();
+    let mut out = Outbox::start(ours, Vec::new(), usize::MAX, |_| true).expect("writer thread");
+    let mut batch = vec![completion(7, 100)];
+    out.queue_finished(&mut batch);
+    out.send(Instant::now());
+    // Written before `send` returned: no thread hop, nothing left waiting, nothing to reclaim.
+    assert_eq!(out.stall_deadline(PATIENCE), None, "nothing waits");
+    assert!(out.close().is_empty(), "the frame left whole");
+    assert_eq!(read_completions(peer), [TaskId(7)]);
+}
