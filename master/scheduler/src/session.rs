@@ -100,11 +100,19 @@ impl fmt::Display for Violation {
 /// Why a `Hello` was refused.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
-    VersionMismatch { peer: u32 },
+    VersionMismatch {
+        peer: u32,
+    },
     AuthenticationFailed,
     NoSlots,
-    BadName { len: usize },
-    PrefetchTooLarge { asked: u32 },
+    BadName {
+        len: usize,
+    },
+    /// Names starting with `#` would read as the master's internal ids (`#3`) in the log.
+    NameLooksLikeId,
+    PrefetchTooLarge {
+        asked: u32,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -119,6 +127,9 @@ impl fmt::Display for Refusal {
             Refusal::BadName { len } => write!(
                 f,
                 "worker name must be 1 to {MAX_WORKER_NAME} bytes, not {len}"
+            ),
+            Refusal::NameLooksLikeId => f.write_str(
+                "worker name must not start with '#': the log writes the master's ids that way",
             ),
             Refusal::PrefetchTooLarge { asked } => {
                 write!(f, "prefetch must be at most {MAX_PREFETCH}, not {asked}")
@@ -514,6 +525,8 @@ fn worker_refusal(info: &WorkerInfo) -> Option<Refusal> {
         Some(Refusal::BadName {
             len: info.name.len(),
         })
+    } else if info.name.starts_with('#') {
+        Some(Refusal::NameLooksLikeId)
     } else if info.prefetch > MAX_PREFETCH {
         Some(Refusal::PrefetchTooLarge {
             asked: info.prefetch,
@@ -689,6 +702,13 @@ mod tests {
                 Refusal::BadName {
                     len: MAX_WORKER_NAME + 1,
                 },
+            ),
+            (
+                hello(
+                    Role::Worker(worker_info("#2")),
+                    auth::respond(Some(b"secret"), &NONCE),
+                ),
+                Refusal::NameLooksLikeId,
             ),
             (
                 hello(
