@@ -68,7 +68,7 @@ CREATE TABLE final_batches (
 ";
 
 /// Added in version 3: who this master is, and every start of it. A worker's report about a run
-/// is credited to the task that run belongs to by its incarnation (see `core::epochs`).
+/// is credited to the task that run belongs to by its incarnation (see `master/scheduler/src/epochs.rs`).
 pub(crate) const IDENTITY_TABLES: &str = "
 -- One row: the random id that names this data dir to workers (Welcome.master_id).
 CREATE TABLE master (id INTEGER NOT NULL) STRICT;

@@ -2,8 +2,9 @@
 //! [`Core`](crate::core::Core), and tells it the time. It makes no scheduling decisions.
 //!
 //! Per connection: a `FrameDecoder` and one reused write buffer. WRITABLE interest is registered only
-//! while that buffer holds bytes; everything the core emits in one turn is written with one syscall
-//! per connection. The poll timeout is the core's next deadline.
+//! while that buffer holds bytes; a turn writes each connection at most twice: before the journal
+//! commit (frames to workers), and after it (client replies gated on the commit). The poll timeout
+//! is the core's next deadline.
 //!
 //! Connection ids carry their slot's generation ([`ConnTable`]), and the mio token is the id itself:
 //! output or an event for a connection that is gone cannot reach the one that took over its slot.
@@ -635,7 +636,6 @@ fn decode_all(
     }
 }
 
-/// Writes as much of `out` as the socket takes; keeps the buffer's allocation for reuse.
 /// Writes as much of `out` as the socket takes, up to the gate; keeps the allocation for reuse.
 fn write_out(c: &mut Connection) -> io::Result<()> {
     let limit = c.gate.unwrap_or(c.out.len());

@@ -92,7 +92,7 @@ fn a_task_lost_with_a_crash_is_never_credited_to_the_next_task_with_its_id() {
     let master_pid = c.master_pid();
     // Every journal write of the master now waits 5 s first: the submission below is sent to the
     // worker at once and never committed.
-    let strace = Reap(
+    let mut strace = Reap(
         Command::new("strace")
             .args(["-qq", "-f", "-o", "/dev/null", "-e", "trace=pwrite64"])
             .args(["-e", "inject=pwrite64:delay_enter=5000000"])
@@ -104,6 +104,12 @@ fn a_task_lost_with_a_crash_is_never_credited_to_the_next_task_with_its_id() {
             .expect("strace starts"),
     );
     eventually(Duration::from_secs(10), "strace to attach", || {
+        if let Ok(Some(status)) = strace.0.try_wait() {
+            panic!(
+                "strace could not attach to the master ({status}): ptrace is not permitted here \
+                 (kernel.yama.ptrace_scope, or a container without CAP_SYS_PTRACE)"
+            );
+        }
         traced(master_pid).then_some(())
     });
     // Its reply waits for the commit that never comes; it dies with the master.

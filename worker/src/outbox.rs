@@ -1,12 +1,14 @@
 //! The bytes on their way to the master: the loop queues frames, a writer thread that owns the
 //! socket's write half writes them. Nothing here makes the loop wait for the master.
 //!
-//! Why a thread and not non-blocking writes on the loop: the loop waits on its event channel, not
-//! on sockets, so it could not learn that a full socket has drained (the master's mio shell has
-//! WRITABLE interest for that; here it would take a retry timer, which is polling). The writer
+//! Why a thread and not only non-blocking writes on the loop: the loop waits on its event channel,
+//! not on sockets, so it could not learn that a full socket has drained (the master's mio shell
+//! has WRITABLE interest for that; here it would take a retry timer, which is polling). The writer
 //! thread is the twin of the reader thread: it blocks in `write` as that one blocks in `read`, and
-//! speaks to the loop through the same channel. The loop only takes a lock to swap (or, while
-//! the writer is behind, append) one buffer per turn.
+//! speaks to the loop through the same channel. When the writer has nothing queued or in flight,
+//! the loop sends the turn's bytes itself with one `send(MSG_DONTWAIT)`, which never blocks; the
+//! thread gets only what the socket did not take. Otherwise the loop takes a lock to swap (or,
+//! while the writer is behind, append) one buffer per turn.
 //!
 //! Bounds, in the spirit of rustls's `wants_write`: once `limit` bytes wait, [`Outbox::accepting`]
 //! says no and the session keeps its reports (bounded by the tasks the master assigned) until the
@@ -292,9 +294,12 @@ impl Outbox {
     /// A frame being written at this very moment may reach the master too: a completion is then
     /// reported twice, which the master drops as stale, and never lost.
     pub fn close(&mut self) -> Vec<Completion> {
+        // Bytes still in the kernel's send queue were accepted, not delivered: a master that took
+        // none of them may never see them, so their completions are reported again too.
+        let unsent = unsent_bytes(&self.stream);
         self.shut();
         let written = self.shared.lock().written;
-        self.unconfirmed.reclaim(written)
+        self.unconfirmed.reclaim(written.saturating_sub(unsent))
     }
 
     fn shut(&self) {
@@ -308,6 +313,22 @@ impl Drop for Outbox {
     fn drop(&mut self) {
         self.shut();
     }
+}
+
+/// Bytes the socket accepted and has not yet sent (`SIOCOUTQ`); 0 where that cannot be read.
+fn unsent_bytes(stream: &TcpStream) -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ on a socket) writes one int to the pointer given.
+        let ok = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) } == 0;
+        if ok {
+            return u64::try_from(n).unwrap_or(0);
+        }
+    }
+    let _ = stream;
+    0
 }
 
 /// One `send` that never blocks; returns how many bytes the socket took (0 when it would block or

@@ -10,8 +10,9 @@
 //! connection's writer thread in one piece. That batching is what lets a worker keep up with tens
 //! of thousands of zero-length tasks per second.
 //!
-//! The loop never writes to the socket itself, so a master that does not read (stopped,
-//! partitioned, overloaded) cannot hold up task timers, kills or SIGTERM: see [`Outbox`]. While
+//! The loop never blocks on the socket (it writes only with a non-blocking `send` when the writer
+//! thread is idle), so a master that does not read (stopped, partitioned, overloaded) cannot hold
+//! up task timers, kills or SIGTERM: see [`Outbox`]. While
 //! the outbox is full the turn's reports wait here; a master that takes no byte for
 //! `STALL_HEARTBEATS` heartbeats is lost, as if it had closed the socket.
 //!
@@ -270,7 +271,7 @@ impl Session {
             Event::Frame { .. } | Event::Lost { .. } => {}
             Event::Finished(completion) => {
                 if self.executor.handle_finished(&completion)
-                    && !self.disowned.remove(&completion.task_ref())
+                    && (self.disowned.is_empty() || !self.disowned.remove(&completion.task_ref()))
                 {
                     self.finished.push(completion);
                 }

@@ -58,7 +58,9 @@ impl Epochs {
     /// The incarnation that submitted task `id`: the last one that started at or below it.
     fn submitted_by(&self, id: TaskId) -> Incarnation {
         let i = self.starts.partition_point(|s| s.first_id <= id);
-        // `first_id` of the first start is 1 at most, so `i >= 1` for every real id.
+        // Ids below the first start's `first_id` are from before incarnations were recorded (a
+        // journal migrated from schema 2): they count as the first incarnation's, whose workers
+        // are the first that can report runs at all.
         self.starts[i.saturating_sub(1)].incarnation
     }
 
@@ -115,6 +117,13 @@ mod tests {
         assert!(!e.owns(r(11, 2)), "anything 2 handed out as 11 was lost");
         assert!(e.owns(r(11, 3)));
         assert!(e.owns(r(10, 2)));
+    }
+
+    #[test]
+    fn tasks_from_before_a_migration_belong_to_the_first_incarnation() {
+        let e = Epochs::from_history(vec![start(1, 11), start(2, 20)]).expect("ok");
+        assert!(e.owns(r(5, 1)) && e.owns(r(5, 2)));
+        assert!(!e.owns(r(20, 1)));
     }
 
     #[test]

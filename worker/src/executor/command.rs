@@ -19,7 +19,7 @@
 //! only if it is not reaped.
 
 use super::TAIL_BYTES;
-use crate::sentinel::Link;
+use crate::sentinel::{Link, MARK_VAR};
 use crate::tail::TailBuffer;
 use log::{debug, warn};
 use protocol::{Completion, TaskKind, TaskOutcome, TaskRef, TaskSpec};
@@ -213,7 +213,13 @@ fn run(job: &CommandJob) -> TaskOutcome {
     let mut command = Command::new(program);
     command
         .args(&argv[1..])
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        // IMPORTANT: a task may not set the sentinel's mark: it would slip out of its own
+        // worker's sweep, or into another's.
+        .envs(
+            env.iter()
+                .filter(|(k, _)| k != MARK_VAR)
+                .map(|(k, v)| (k, v)),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

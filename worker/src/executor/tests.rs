@@ -502,3 +502,21 @@ fn commands_still_run_when_the_sentinel_is_gone() {
         }
     }
 }
+
+#[test]
+fn a_task_cannot_set_the_sentinel_mark() {
+    let mut h = Harness::new(KILL_GRACE);
+    let script = format!("echo \"[${}]\"", crate::sentinel::MARK_VAR);
+    let kind = TaskKind::Command {
+        argv: vec!["sh".into(), "-c".into(), script],
+        env: vec![(crate::sentinel::MARK_VAR.into(), "1:2:other-worker".into())],
+        cwd: None,
+    };
+    let t = h.start(1, kind, None);
+    match h.wait_for(t).outcome {
+        TaskOutcome::Exited { stdout_tail, .. } => {
+            assert!(!stdout_tail.contains("other-worker"), "{stdout_tail:?}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -29,7 +29,8 @@ mod procfs;
 
 use groups::{Groups, Record};
 use log::{debug, info, warn};
-use mark::{env_value, Mark, MARK_VAR};
+pub use mark::MARK_VAR;
+use mark::{env_value, Mark};
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -211,7 +212,10 @@ fn watch(mut pipe: File, mark: &Mark) {
 
     let left = procfs::kill_by_environment(&spare, |_, environ| {
         env_value(environ, MARK_VAR).is_some_and(|value| {
-            mark.is_left_by_predecessor(value, |pid, start| procfs::start_ticks(pid) == Some(start))
+            // A zombie predecessor is dead: its commands are left over.
+            mark.is_left_by_predecessor(value, |pid, start| {
+                procfs::live_start_ticks(pid) == Some(start)
+            })
         })
     });
     if !left.is_empty() {

@@ -13,6 +13,15 @@ mod linux {
         stat_field(pid, 22)?.parse().ok()
     }
 
+    /// Like [`start_ticks`], but `None` for a zombie: a dead process its parent has not reaped
+    /// yet is not alive, whatever its start time says (field 3 is its state).
+    pub fn live_start_ticks(pid: libc::pid_t) -> Option<u64> {
+        match stat_field(pid, 3)?.as_str() {
+            "Z" | "X" => None,
+            _ => start_ticks(pid),
+        }
+    }
+
     /// How many threads this process has (`Threads:` in `/proc/self/status`).
     pub fn own_thread_count() -> Option<usize> {
         let status = fs::read_to_string("/proc/self/status").ok()?;
@@ -152,10 +161,17 @@ mod linux {
 }
 
 #[cfg(target_os = "linux")]
-pub use linux::{kill_by_environment, own_thread_count, process_group, start_ticks};
+pub use linux::{
+    kill_by_environment, live_start_ticks, own_thread_count, process_group, start_ticks,
+};
 
 #[cfg(not(target_os = "linux"))]
 pub fn start_ticks(_pid: libc::pid_t) -> Option<u64> {
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn live_start_ticks(_pid: libc::pid_t) -> Option<u64> {
     None
 }
 
