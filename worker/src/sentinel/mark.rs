@@ -1,5 +1,5 @@
 //! The mark every command inherits: an environment variable naming the worker incarnation that
-//! started it, `BALLAST_WORKER_INCARNATION=<pid>:<start ticks>:<name>`. No IO.
+//! started it, `BALLAST_WORKER_LIFE=<pid>:<start ticks>:<name>`. No IO.
 //!
 //! A process group says which commands a worker runs while it runs them; the mark still says it
 //! after the worker is gone, for the processes the sentinel could not know of by group: a command
@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-pub const MARK_VAR: &str = "BALLAST_WORKER_INCARNATION";
+pub const MARK_VAR: &str = "BALLAST_WORKER_LIFE";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mark {
@@ -143,8 +143,7 @@ mod tests {
 
     #[test]
     fn env_value_finds_the_exact_key() {
-        let environ =
-            b"PATH=/bin\0BALLAST_WORKER_INCARNATION_X=no\0BALLAST_WORKER_INCARNATION=1:2:w\0";
+        let environ = b"PATH=/bin\0BALLAST_WORKER_LIFE_X=no\0BALLAST_WORKER_LIFE=1:2:w\0";
         assert_eq!(env_value(environ, MARK_VAR), Some(&b"1:2:w"[..]));
         assert_eq!(env_value(b"PATH=/bin\0", MARK_VAR), None);
         assert_eq!(env_value(b"", MARK_VAR), None);
