@@ -9,7 +9,9 @@
 //! Connection ids carry their slot's generation ([`ConnTable`]), and the mio token is the id itself:
 //! output or an event for a connection that is gone cannot reach the one that took over its slot.
 
-use crate::core::{needs_commit, ConnId, Core, CoreConfig, Output, Record, RestoreError};
+use crate::core::{
+    needs_commit, ConnId, Core, CoreConfig, GroupCommit, Output, Record, RestoreError,
+};
 use crate::journal::{Journal, JournalError};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -23,11 +25,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 const LISTENER: Token = Token(usize::MAX);
-/// How long a record may wait for its commit when no reply depends on it. A crash loses at most
-/// this much of finished work (those tasks run again); nothing a client was told is ever lost.
-const COMMIT_WINDOW: Duration = Duration::from_millis(10);
-/// Commit at once past this many pending records, to bound the open transaction.
-const COMMIT_BATCH_MAX: usize = 1 << 16;
 /// Bytes asked of the kernel per read; also the decoder's growth step.
 const READ_CHUNK: usize = 64 << 10;
 
@@ -95,6 +92,11 @@ impl Clock {
     fn now_ms(&self) -> u64 {
         self.base_ms + self.start.elapsed().as_millis() as u64
     }
+
+    /// Monotonic microseconds since start, for the group commit.
+    fn monotonic_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
 }
 
 struct Connection {
@@ -125,7 +127,7 @@ pub struct Server {
     gated: Vec<ConnId>,
     journal: Option<Journal>,
     /// When the oldest record not yet committed was made.
-    uncommitted_since: Option<Instant>,
+    group_commit: GroupCommit,
 }
 
 impl Server {
@@ -168,7 +170,7 @@ impl Server {
             touched: Vec::new(),
             gated: Vec::new(),
             journal,
-            uncommitted_since: None,
+            group_commit: GroupCommit::default(),
         })
     }
 
@@ -240,14 +242,9 @@ impl Server {
         let Some(journal) = &mut self.journal else {
             return Ok(());
         };
-        if journal.pending() == 0 {
-            self.uncommitted_since = None;
-            return Ok(());
-        }
-        let since = *self.uncommitted_since.get_or_insert_with(Instant::now);
-        if force || since.elapsed() >= COMMIT_WINDOW || journal.pending() >= COMMIT_BATCH_MAX {
+        let now_us = self.clock.monotonic_us();
+        if self.group_commit.due(now_us, journal.pending(), force) {
             journal.commit()?;
-            self.uncommitted_since = None;
         }
         Ok(())
     }
@@ -258,9 +255,11 @@ impl Server {
             .core
             .poll_timeout()
             .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
+        let now_us = self.clock.monotonic_us();
         let commit = self
-            .uncommitted_since
-            .map(|since| COMMIT_WINDOW.saturating_sub(since.elapsed()));
+            .group_commit
+            .deadline_us()
+            .map(|at| Duration::from_micros(at.saturating_sub(now_us)));
         match (core, commit) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

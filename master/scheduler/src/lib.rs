@@ -21,6 +21,7 @@
 //! passes virtual time.
 
 mod epochs;
+mod group_commit;
 mod holds;
 pub mod policy;
 mod pools;
@@ -35,6 +36,7 @@ mod workers;
 
 pub use epochs::EpochStart;
 use epochs::Epochs;
+pub use group_commit::{GroupCommit, COMMIT_BATCH_MAX, COMMIT_WINDOW_US};
 use holds::Holds;
 use log::{debug, info, log, warn, Level};
 use policy::{PolicyKind, QueueOrder};

@@ -483,16 +483,13 @@ impl SimThread {
                 Ok(Some(FromMaster::Assign(list))) => {
                     totals.assign_frames.fetch_add(1, Ordering::Relaxed);
                     tasks += list.len() as u64;
-                    c.finished.extend(list.into_iter().map(|a| Completion {
-                        task: a.task,
-                        attempt: a.attempt,
-                        incarnation: a.incarnation,
-                        outcome: TaskOutcome::Exited {
+                    c.finished.extend(list.iter().map(|a| {
+                        let outcome = TaskOutcome::Exited {
                             code: 0,
                             stdout_tail: String::new(),
                             stderr_tail: String::new(),
-                        },
-                        run_ms: 0,
+                        };
+                        a.task_ref().completion(outcome, 0)
                     }));
                 }
                 // Nothing runs long enough to be cancelled; anything else is not for workers.

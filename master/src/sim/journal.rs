@@ -8,13 +8,13 @@
 //! them (or until [`COMMIT_BATCH_MAX`] pile up). A commit makes every pending record durable, so
 //! what is committed is always a prefix of what was recorded.
 
-use crate::core::{Core, CoreConfig, EpochStart, Outcome, Record, RestoreError, RestoredTask};
+use crate::core::{
+    Core, CoreConfig, EpochStart, GroupCommit, Outcome, Record, RestoreError, RestoredTask,
+};
 use protocol::{Incarnation, TaskId, TaskSpec};
 use std::sync::Arc;
 
-/// As `server.rs`'s `COMMIT_WINDOW` (10 ms) and `COMMIT_BATCH_MAX`.
-pub const COMMIT_WINDOW_US: u64 = 10_000;
-pub const COMMIT_BATCH_MAX: usize = 1 << 16;
+pub use crate::core::{COMMIT_BATCH_MAX, COMMIT_WINDOW_US};
 
 /// A record not yet committed, with the logical task a final belongs to (see `invariants`), so
 /// a crash can take back what it loses.
@@ -40,7 +40,7 @@ pub struct SimJournal {
     /// The last committed final of each committed id, by id - 1.
     finals: Vec<Option<Box<Outcome>>>,
     /// When the oldest pending record was seen at a turn's end.
-    uncommitted_since_us: Option<u64>,
+    group_commit: GroupCommit,
     pub commits: u64,
     /// Every start of the master, as the real journal's `incarnations` table: the first master
     /// (incarnation 1, from id 1) is implied until the first restart records it.
@@ -64,21 +64,14 @@ impl SimJournal {
     /// The group-commit rule at the end of a turn at `now_us`; `force`: a client reply of this
     /// turn waits for the commit. Returns when the next commit is due if it did not commit.
     pub fn end_turn(&mut self, now_us: u64, force: bool) -> Option<u64> {
-        if self.pending.is_empty() {
-            self.uncommitted_since_us = None;
-            return None;
-        }
-        let since = *self.uncommitted_since_us.get_or_insert(now_us);
-        if force || now_us >= since + COMMIT_WINDOW_US || self.pending.len() >= COMMIT_BATCH_MAX {
+        if self.group_commit.due(now_us, self.pending.len(), force) {
             self.commit();
-            return None;
         }
-        Some(since + COMMIT_WINDOW_US)
+        self.group_commit.deadline_us()
     }
 
     fn commit(&mut self) {
         self.commits += 1;
-        self.uncommitted_since_us = None;
         for p in std::mem::take(&mut self.pending) {
             match p.record {
                 Record::Submitted {
@@ -132,7 +125,7 @@ impl SimJournal {
 
     /// The master died: what was not committed is gone. Returns it.
     pub fn crash(&mut self) -> Vec<Pending> {
-        self.uncommitted_since_us = None;
+        self.group_commit.reset();
         std::mem::take(&mut self.pending)
     }
 
