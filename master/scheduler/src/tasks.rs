@@ -131,6 +131,24 @@ impl Task {
         Attempt(issued.max(self.attempt).0 + 1)
     }
 
+    /// Makes `r`, a run handed out earlier and reported by its worker (adopted, credited), the
+    /// primary. IMPORTANT: the attempt counter must not go back with it: later attempts may have
+    /// been handed out and still run (cancelled, on a worker that has not answered yet), and a
+    /// number handed out twice makes that worker's answer to our cancel look like the new
+    /// run's end. A queued task's own `attempt` is only reserved, so everything below it may be
+    /// out: that high-water is kept in `Copies::issued` (boxed only in this rare case). Found by
+    /// the simulator's property test (delay plus cut links).
+    fn take_reported_run(&mut self, r: TaskRef) {
+        if r.attempt < self.attempt {
+            let issued = Attempt(self.attempt.0 - 1);
+            let c = self.copies.get_or_insert_with(Box::default);
+            c.issued = c.issued.max(issued);
+        }
+        self.attempt = r.attempt;
+        self.incarnation = r.incarnation;
+        self.count_first_copy();
+    }
+
     /// A run that the master did not place itself (adopted, credited) is this round's copy.
     fn count_first_copy(&mut self) {
         let attempt = self.attempt;
@@ -479,9 +497,7 @@ impl TaskTable {
         self.set_state(r.task, TaskState::Running);
         let task = self.get_mut(r.task);
         task.worker = Some(worker);
-        task.attempt = r.attempt;
-        task.incarnation = r.incarnation;
-        task.count_first_copy();
+        task.take_reported_run(r);
     }
 
     /// Adds a copy a reconnecting worker reports running (`r` is its own) to a running task.
@@ -519,9 +535,7 @@ impl TaskTable {
     pub fn credit(&mut self, worker: WorkerId, r: TaskRef) {
         let task = self.get_mut(r.task);
         task.worker = Some(worker);
-        task.attempt = r.attempt;
-        task.incarnation = r.incarnation;
-        task.count_first_copy();
+        task.take_reported_run(r);
     }
 
     /// Rebuilds a task from the journal after a restart. Ids must come densely, in order.

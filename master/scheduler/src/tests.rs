@@ -1321,3 +1321,46 @@ fn nothing_after_a_protocol_error_in_a_frame_is_credited() {
     assert_eq!(h.state(ids[0]), TaskState::Queued);
     assert_eq!(h.state(ids[1]), TaskState::Queued);
 }
+
+/// Found by the simulator's property test: after adopting an older attempt, the next one must not
+/// be a number already handed out. Here attempt 2 went to b, which is told to cancel it once a's
+/// attempt 1 is adopted; if a is then lost and attempt 2 were handed out again (to b), b's answer
+/// to the cancel would end the task as `cancelled`.
+#[test]
+fn an_adopted_older_attempt_does_not_reuse_a_later_number() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    let id = ids[0];
+    h.core.handle_disconnect(h.now, a, "link cut");
+    h.drain();
+    let (b, _, out) = h.worker("b", 1);
+    assert_eq!(assignments(&out), [(b, id, 2)]);
+    h.core.handle_disconnect(h.now, b, "link cut");
+    h.drain();
+    // a comes back, still running attempt 1: adopted.
+    let a2 = hello(&mut h, "a", 1, None);
+    h.msg(a2, ToMaster::Load(LoadReport::default()));
+    h.msg(a2, ToMaster::Running(vec![run_ref(id, 1, 1)]));
+    assert_eq!(h.state(id), TaskState::Running);
+    // b comes back, still running attempt 2: cancelled, it runs on a.
+    let b2 = hello(&mut h, "b", 1, None);
+    h.msg(b2, ToMaster::Load(LoadReport::default()));
+    let out = h.msg(b2, ToMaster::Running(vec![run_ref(id, 2, 1)]));
+    assert!(out.contains(&Output::Send {
+        conn: b2,
+        msg: FromMaster::Cancel(vec![run_ref(id, 2, 1)])
+    }));
+    // a is lost: the task runs again, as an attempt nobody had.
+    h.core.handle_disconnect(h.now, a2, "link cut");
+    let out = h.drain();
+    assert_eq!(assignments(&out), [(b2, id, 3)]);
+    // b's answer to the cancel of attempt 2 is stale, not the task's end.
+    let stale = ToMaster::Finished(vec![run_ref(id, 2, 1).completion(TaskOutcome::Cancelled, 5)]);
+    h.msg(b2, stale);
+    assert_eq!(h.state(id), TaskState::Running);
+    h.finish(b2, id, 3, exited(0));
+    let r = h.core.task(id).expect("exists");
+    assert_eq!((r.state, r.attempts), (TaskState::Succeeded, 3));
+}
