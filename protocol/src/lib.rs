@@ -10,6 +10,7 @@ pub mod budget;
 pub mod codec;
 pub mod connection;
 pub mod duration;
+pub mod limits;
 pub mod messages;
 
 pub use codec::{encode_frame, FrameDecoder, FrameError, MAX_FRAME};
