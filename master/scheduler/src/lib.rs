@@ -42,6 +42,7 @@ use log::{debug, info, log, warn, Level};
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
+use protocol::limits::{LimitError, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_TAIL_BYTES};
 use protocol::{
     Assignment, Completion, FromMaster, Incarnation, StatusReport, TaskId, TaskOutcome, TaskRef,
     TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerState, WorkerStatus,
@@ -173,6 +174,37 @@ pub struct Outcome {
     pub finished_ms: u64,
 }
 
+impl Outcome {
+    /// A task that never ran and fails with `error`.
+    fn refused(now_ms: u64, error: String) -> Outcome {
+        Outcome {
+            state: TaskState::Failed,
+            attempts: 1,
+            copies: 0,
+            worker: None,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            error: Some(error),
+            started_ms: None,
+            finished_ms: now_ms,
+        }
+    }
+
+    /// Cuts every field to its limit (`protocol::limits`), as a worker's report is cut.
+    fn cap(&mut self) {
+        use protocol::limits::{keep_tail, truncate_with_marker};
+        keep_tail(&mut self.stdout, MAX_TAIL_BYTES);
+        keep_tail(&mut self.stderr, MAX_TAIL_BYTES);
+        if let Some(error) = &mut self.error {
+            truncate_with_marker(error, MAX_ERROR_BYTES);
+        }
+        if let Some(worker) = &mut self.worker {
+            truncate_with_marker(worker, MAX_NAME_BYTES);
+        }
+    }
+}
+
 /// A task read back from the journal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestoredTask {
@@ -275,7 +307,36 @@ impl Core {
         }
         self.epochs = epochs;
         let (mut finished, mut unfinished) = (0, 0);
-        for t in tasks {
+        // Tasks of one batch share their spec: check each spec once.
+        let mut checked: Option<(*const TaskSpec, Result<(), LimitError>)> = None;
+        for mut t in tasks {
+            if let Some(outcome) = &mut t.outcome {
+                // Rows written before the limits: what the master serves must fit a frame.
+                outcome.cap();
+            } else {
+                let ptr = Arc::as_ptr(&t.spec);
+                let verdict = match &checked {
+                    Some((p, v)) if *p == ptr => v.clone(),
+                    _ => {
+                        let v = protocol::limits::check_spec(&t.spec);
+                        checked = Some((ptr, v.clone()));
+                        v
+                    }
+                };
+                if let Err(e) = verdict {
+                    // IMPORTANT: an over-limit spec from an older journal would be handed to a
+                    // worker in a frame that cannot be sent; it fails here, durably, instead.
+                    warn!("task {} from the journal fails: {e}", t.id);
+                    let outcome = Outcome::refused(now_ms, format!("refused at recovery: {e}"));
+                    if self.config.persist {
+                        self.session.push_record(Record::Finished {
+                            id: t.id,
+                            outcome: outcome.clone(),
+                        });
+                    }
+                    t.outcome = Some(Box::new(outcome));
+                }
+            }
             let worker = t
                 .outcome
                 .as_ref()
@@ -606,7 +667,12 @@ impl Core {
         self.tasks.get(r.task).is_some_and(|t| t.is_run(worker, r))
     }
 
-    fn on_finished(&mut self, now_ms: u64, worker: WorkerId, c: Completion) {
+    fn on_finished(&mut self, now_ms: u64, worker: WorkerId, mut c: Completion) {
+        // IMPORTANT: before anything keeps or journals it: the outcome's record and every reply
+        // that carries it must fit a frame, whatever the worker sent.
+        if protocol::limits::cap_outcome(&mut c.outcome) {
+            debug!("task {}: the worker's report was cut to its limits", c.task);
+        }
         let r = c.task_ref();
         if matches!(c.outcome, TaskOutcome::WorkerLost) {
             return self.worker_broke_protocol(now_ms, worker, Violation::WorkerLostReported);
