@@ -83,3 +83,20 @@ fn results_answer_for_tasks_whose_error_echoes_a_huge_program_name() {
     assert_eq!(r.len(), 150);
     assert!(r.iter().all(|t| t["state"] == "failed"));
 }
+
+/// `master --max-tasks N`: a submission that would pass it is refused with exit 1 and a clear
+/// message; the master keeps serving (the acceptance uses 1,000,000 and 600,000).
+#[test]
+fn a_submission_past_max_tasks_exits_1_and_the_master_serves_on() {
+    let c = Cluster::start(&["--max-tasks", "1000"]);
+    let ids = c.submit(&["--count", "600", "--sleep", "1s"]);
+    assert_eq!(ids.len(), 600);
+    let out = c.cli(&["submit", "--count", "600", "--sleep", "1s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--max-tasks) is 1000"), "{err}");
+    assert_eq!(c.status()["queued"], 600, "the master serves on");
+    assert_eq!(c.submit(&["--count", "400", "--sleep", "1s"]).len(), 400);
+    let out = c.cli(&["submit", "--count", "1", "--sleep", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -87,6 +87,9 @@ pub struct CoreConfig {
     pub master_id: u64,
     /// This start of the master; `restore` brings the earlier ones.
     pub incarnation: Incarnation,
+    /// The most tasks the master holds (finished ones included): a submission that would pass it
+    /// is refused whole (`master --max-tasks`).
+    pub max_tasks: u64,
 }
 
 impl Default for CoreConfig {
@@ -104,6 +107,7 @@ impl Default for CoreConfig {
             speculate: None,
             master_id: 0,
             incarnation: Incarnation(1),
+            max_tasks: u64::MAX,
         }
     }
 }
@@ -1038,6 +1042,21 @@ impl Core {
                 client,
                 format!(
                     "{asked} tasks in one submission; at most {MAX_TASKS_PER_SUBMIT} at a time"
+                ),
+            );
+        }
+        let held = self.tasks.len() as u64;
+        if held.saturating_add(asked) > self.config.max_tasks {
+            warn!(
+                "refused a submission of {asked} tasks: {held} held, --max-tasks {}",
+                self.config.max_tasks
+            );
+            return self.error(
+                client,
+                format!(
+                    "cannot accept {asked} more tasks: the master holds {held} and its limit \
+                     (--max-tasks) is {}",
+                    self.config.max_tasks
                 ),
             );
         }

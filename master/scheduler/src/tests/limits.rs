@@ -195,3 +195,30 @@ fn an_over_limit_spec_from_an_old_journal_fails_at_recovery() {
     let (_, _, out) = h.worker("a", 4);
     assert!(assignments(&out).is_empty(), "{out:?}");
 }
+
+#[test]
+fn a_submission_past_max_tasks_is_refused_whole_and_the_master_serves_on() {
+    let mut h = Harness::with(CoreConfig {
+        max_tasks: 1_000,
+        ..CoreConfig::default()
+    });
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 600);
+    assert_eq!(ids.len(), 600);
+    let out = h.msg(
+        c,
+        ToMaster::Submit {
+            specs: vec![sleep_spec(0)],
+            count: 600,
+        },
+    );
+    let message = error_to(&out, c);
+    assert!(
+        message.contains("holds 600") && message.contains("--max-tasks) is 1000"),
+        "{message}"
+    );
+    assert!(h.core.task(TaskId(601)).is_none(), "nothing of it accepted");
+    let (more, _) = h.submit(c, vec![sleep_spec(0)], 400);
+    assert_eq!(more.len(), 400, "up to the limit exactly");
+    assert_eq!(h.core.status().queued, 1_000);
+}
