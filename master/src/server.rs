@@ -718,7 +718,7 @@ fn write_out(c: &mut Connection) -> io::Result<()> {
 
 pub fn log_listening(addr: SocketAddr, config: &ServerConfig) {
     info!(
-        "master listening on {addr} (policy {}, heartbeat {} ms, timeout {} ms, auth {})",
+        "master listening on {addr} (policy {}, heartbeat {} ms, timeout {} ms, auth {}, max tasks {})",
         config.core.policy,
         config.core.heartbeat_interval_ms,
         config.core.heartbeat_timeout_ms,
@@ -726,7 +726,8 @@ pub fn log_listening(addr: SocketAddr, config: &ServerConfig) {
             "token"
         } else {
             "off"
-        }
+        },
+        config.core.max_tasks
     );
 }
 

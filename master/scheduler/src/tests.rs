@@ -6,6 +6,7 @@ use protocol::{
 };
 
 mod copies;
+mod limits;
 
 struct Harness {
     core: Core,
