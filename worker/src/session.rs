@@ -401,6 +401,12 @@ impl Session {
             Err(e @ ConnectionError::Version { .. }) => {
                 return self.rejected(now, addr, e.to_string())
             }
+            Err(ConnectionError::MasterUnproven { .. }) => {
+                // Retrying cannot help: someone must give both the same token.
+                let e = WorkerError::MasterUnproven { addr };
+                error!("{e}");
+                return self.begin_stop(now, Err(e));
+            }
             Err(e) => {
                 self.failures.note(now, &addr, &e);
                 self.link = Link::Idle {
@@ -569,7 +575,7 @@ impl Session {
                 // Answered even when empty: the master counts on one answer per request.
                 self.retracted.push(returned);
             }
-            FromMaster::Rejected { reason } => {
+            FromMaster::Rejected { reason, .. } => {
                 let addr = self.config.master_addr.clone();
                 self.rejected(now, addr, reason);
             }

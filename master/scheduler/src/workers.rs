@@ -178,6 +178,7 @@ impl WorkerTable {
             pid: 0,
             group: None,
             prefetch: 0,
+            heartbeat_interval_ms: 0,
         };
         self.workers
             .push(Worker::new(id, info, String::new(), false, 0));
@@ -369,6 +370,7 @@ mod tests {
             pid: 1,
             group: group.map(str::to_string),
             prefetch,
+            heartbeat_interval_ms: 0,
         }
     }
 
