@@ -141,3 +141,36 @@ fn a_workers_answer_relayed_as_a_client_hello_is_refused() {
     let _ = worker.kill();
     let _ = worker.wait();
 }
+
+/// The acceptance line: "Two workers started with the same `--name`: the second is refused
+/// (exits non-zero with a line that says the name is in use) or waits; 20 tasks of 1 s on them
+/// end with `attempts` 1 each."
+#[test]
+fn a_second_worker_with_a_live_name_is_refused() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("twin", 4);
+    c.wait_for_workers(1);
+    let second = Command::new(worker_bin())
+        .args(["--master", &c.addr, "--name", "twin", "--slots", "4"])
+        .env_remove("BALLAST_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker starts");
+    let ids = c.submit(&["--count", "20", "--sleep", "1s"]);
+    assert!(c.cli(&["wait"]).status.success());
+    let out = second.wait_with_output().expect("the second worker exits");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("is in use"), "{err}");
+    let results = c.results();
+    assert_eq!(results.len(), ids.len());
+    for r in &results {
+        assert_eq!(r["state"], "succeeded", "{r}");
+        assert_eq!(r["attempts"], 1, "{r}");
+    }
+    let log = c.master_log();
+    assert!(log.contains("is in use by a live worker"), "{log}");
+    assert_eq!(c.alive_workers(), 1);
+}

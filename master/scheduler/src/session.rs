@@ -122,6 +122,15 @@ pub enum Refusal {
     PrefetchTooLarge {
         asked: u32,
     },
+    /// A live worker (connected, heard from within the heartbeat timeout) has this name and is
+    /// not this process: two workers under one name would take each other's id and tasks.
+    NameInUse {
+        name: String,
+        /// Where the live one is connected from.
+        addr: String,
+        quiet_ms: u64,
+        timeout_ms: u64,
+    },
 }
 
 impl Refusal {
@@ -136,6 +145,7 @@ impl Refusal {
             | Refusal::HostTooLong { .. }
             | Refusal::BadGroup { .. }
             | Refusal::PrefetchTooLarge { .. } => RejectKind::InvalidInfo,
+            Refusal::NameInUse { .. } => RejectKind::NameInUse,
         }
     }
 }
@@ -167,6 +177,16 @@ impl fmt::Display for Refusal {
             Refusal::PrefetchTooLarge { asked } => {
                 write!(f, "prefetch must be at most {MAX_PREFETCH}, not {asked}")
             }
+            Refusal::NameInUse {
+                name,
+                addr,
+                quiet_ms,
+                timeout_ms,
+            } => write!(
+                f,
+                "the name {name:?} is in use by a live worker (connected from {addr}, heard from \
+                 {quiet_ms} ms ago; a worker silent for {timeout_ms} ms is declared dead)"
+            ),
         }
     }
 }
@@ -377,6 +397,15 @@ impl Sessions {
                 info,
                 addr,
             }),
+        }
+    }
+
+    /// Refuses a worker's `Hello` for a reason only the scheduler knows (its name is taken).
+    pub fn refuse_worker(&mut self, ticket: HelloTicket, refusal: Refusal) {
+        let conn = ticket.0;
+        if let Some(c) = self.conns.get(&conn) {
+            warn!("refused worker from {}: {refusal}", c.addr);
+            self.close(conn, CloseReason::Refused(refusal));
         }
     }
 

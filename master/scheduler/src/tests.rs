@@ -3,10 +3,12 @@
 use super::*;
 use protocol::auth::RoleTag;
 use protocol::{
-    auth, Attempt, Incarnation, LoadReport, Role, TaskKind, WorkerInfo, PROTOCOL_VERSION,
+    auth, Attempt, Incarnation, LoadReport, RejectKind, Role, TaskKind, WorkerInfo,
+    PROTOCOL_VERSION,
 };
 
 mod copies;
+mod names;
 
 struct Harness {
     core: Core,

@@ -329,6 +329,11 @@ impl WorkerTable {
         self.get(id).is_some_and(Worker::is_alive)
     }
 
+    /// The worker that has (or last had) this name.
+    pub fn by_name(&self, name: &str) -> Option<&Worker> {
+        self.by_name.get(name).and_then(|&id| self.get(id))
+    }
+
     pub fn name(&self, id: WorkerId) -> Option<&str> {
         self.get(id).map(|w| w.info.name.as_str())
     }
