@@ -22,6 +22,7 @@
 
 mod epochs;
 mod group_commit;
+mod handed;
 mod holds;
 pub mod policy;
 mod pools;
@@ -37,6 +38,7 @@ mod workers;
 pub use epochs::EpochStart;
 use epochs::Epochs;
 pub use group_commit::{GroupCommit, COMMIT_BATCH_MAX, COMMIT_WINDOW_US};
+use handed::GivenUp;
 use holds::Holds;
 use log::{debug, info, log, warn, Level};
 use policy::{PolicyKind, QueueOrder};
@@ -224,6 +226,8 @@ pub struct Core {
     estimate: RunEstimate,
     /// Which incarnation submitted which ids: a run is credited only to its own task.
     epochs: Epochs,
+    /// Runs taken back from lost workers: a late report of one is believed only from its worker.
+    given_up: GivenUp,
     chatter: Chatter,
 }
 
@@ -252,6 +256,7 @@ impl Core {
             unstarted: Unstarted::default(),
             estimate: RunEstimate::default(),
             epochs: Epochs::fresh(incarnation),
+            given_up: GivenUp::default(),
             chatter: Chatter::default(),
         }
     }
@@ -608,14 +613,18 @@ impl Core {
             }
             ToMaster::Retracted(refs) => self.on_retracted(id, refs),
             ToMaster::Finished(done) => {
+                let mut forged = Vec::new();
                 for c in done {
                     // A worker that broke the protocol mid-frame is forgotten: the rest of its
                     // frame is not credited to anything.
                     if !self.workers.is_alive(id) {
                         break;
                     }
-                    self.on_finished(now_ms, id, c);
+                    if let Some(r) = self.on_finished(now_ms, id, c) {
+                        forged.push(r);
+                    }
                 }
+                self.log_forged(id, "results", &forged);
             }
             ToMaster::Running(refs) => self.on_running(now_ms, id, refs),
             other => {
@@ -629,10 +638,43 @@ impl Core {
         self.tasks.get(r.task).is_some_and(|t| t.is_run(worker, r))
     }
 
-    fn on_finished(&mut self, now_ms: u64, worker: WorkerId, c: Completion) {
+    /// Whether `worker` may report run `r`, which is not current: a run of this incarnation only
+    /// if it was handed to that worker (and given up when the master lost it); a run of an
+    /// earlier one (unknown: assignments are not journaled) only if the worker could have been
+    /// given the task at all, by its group.
+    fn may_report(&self, worker: WorkerId, r: TaskRef) -> bool {
+        if r.incarnation == self.epochs.current() {
+            return self.given_up.was_handed(worker, r);
+        }
+        let (Some(t), Some(w)) = (self.tasks.get(r.task), self.workers.get(worker)) else {
+            return false;
+        };
+        t.spec.group.is_none() || t.spec.group == w.info.group
+    }
+
+    /// One line per frame for the reports of runs `worker` was never handed: a forged or broken
+    /// frame of thousands of ids costs one line, not thousands.
+    fn log_forged(&mut self, worker: WorkerId, what: &str, forged: &[TaskRef]) {
+        let Some(first) = forged.first() else {
+            return;
+        };
+        let name = self.workers.name(worker).unwrap_or("?");
+        warn!(
+            "dropped {} {what} from worker {name} ({worker}) for runs it was never handed \
+             (first: task {} attempt {} of incarnation {})",
+            forged.len(),
+            first.task,
+            first.attempt,
+            first.incarnation
+        );
+    }
+
+    /// Credits one completion; returns its run if it was refused as never handed to `worker`.
+    fn on_finished(&mut self, now_ms: u64, worker: WorkerId, c: Completion) -> Option<TaskRef> {
         let r = c.task_ref();
         if matches!(c.outcome, TaskOutcome::WorkerLost) {
-            return self.worker_broke_protocol(now_ms, worker, Violation::WorkerLostReported);
+            self.worker_broke_protocol(now_ms, worker, Violation::WorkerLostReported);
+            return None;
         }
         if let Some(change) = self.workers.drained(worker, r) {
             // A losing copy is gone: its slot is free now.
@@ -648,7 +690,7 @@ impl Core {
                      before this task was submitted (the id was reused after a crash)",
                     c.task, c.attempt, r.incarnation
                 );
-                return;
+                return None;
             }
             let waiting = self.tasks.get(c.task).map(|t| t.state) == Some(TaskState::Queued);
             // IMPORTANT: a stale `Cancelled` answers a cancel of ours (a duplicate run, a losing
@@ -666,7 +708,12 @@ impl Core {
                     c.task,
                     c.attempt
                 );
-                return;
+                return None;
+            }
+            // IMPORTANT: only the worker the run was handed to may end a waiting task with it;
+            // anything else is a forged result (or another worker's mistake).
+            if !self.may_report(worker, r) {
+                return Some(r);
             }
             // The attempt we gave up on (its worker vanished, or the master restarted) finished
             // before anyone ran the task again: take its result rather than run it twice.
@@ -698,7 +745,7 @@ impl Core {
                 "copy of task {} (attempt {}) ended on {name} without success; other copies run on",
                 c.task, c.attempt
             );
-            return;
+            return None;
         }
         let failed_run = match &c.outcome {
             TaskOutcome::Failed { .. } => true,
@@ -706,7 +753,7 @@ impl Core {
             _ => false,
         };
         if failed_run && self.retry_after_failure(now_ms, c.task, &name) {
-            return;
+            return None;
         }
         let (state, result) = settle(c.outcome);
         let level = self.chatter.task_line(now_ms, Event::Finished);
@@ -723,6 +770,7 @@ impl Core {
                 .unwrap_or_default()
         );
         self.finish(now_ms, c.task, state, result);
+        None
     }
 
     /// Re-queues a failed run if its spec allows more (`retry_failed`), after a backoff that doubles
@@ -755,6 +803,7 @@ impl Core {
         let mut cancel = Vec::new();
         let mut adopted = 0;
         let mut foreign = 0;
+        let mut forged = Vec::new();
         for r in refs {
             if self.is_current(worker, r) {
                 continue;
@@ -762,6 +811,12 @@ impl Core {
             if !self.epochs.owns(r) {
                 // A run of a submission lost with an earlier incarnation: nobody owns it.
                 foreign += 1;
+                cancel.push(r);
+                continue;
+            }
+            if !self.may_report(worker, r) {
+                // Never handed to this worker: not adopted, and stopped if it really runs.
+                forged.push(r);
                 cancel.push(r);
                 continue;
             }
@@ -806,12 +861,13 @@ impl Core {
                  master and never committed: cancelling them"
             );
         }
-        if cancel.len() > foreign {
+        if cancel.len() > foreign + forged.len() {
             info!(
                 "worker {name} runs {} attempts that are final or run elsewhere: cancelling them",
-                cancel.len() - foreign
+                cancel.len() - foreign - forged.len()
             );
         }
+        self.log_forged(worker, "running reports", &forged);
         if !cancel.is_empty() {
             self.session.send_worker(worker, FromMaster::Cancel(cancel));
         }
@@ -928,7 +984,18 @@ impl Core {
         };
         self.learn(change);
         let (mut requeued, mut finished) = (0, 0);
+        let current = self.epochs.current();
         for task in lost {
+            // Its late report (after a reconnect) is believed from this worker only.
+            if let Some(run) = self
+                .tasks
+                .get(task)
+                .and_then(|t| t.runs().find(|r| r.worker == id))
+            {
+                if run.incarnation == current {
+                    self.given_up.record(task, id, run.attempt);
+                }
+            }
             if self.tasks.has_other_runs(task, id) {
                 // Another copy runs on: the task is not lost.
                 self.tasks.end_run(task, id);
@@ -1164,6 +1231,7 @@ impl Core {
             self.avoid.remove(&id);
         }
         self.tasks.finish(id, state, result, now_ms);
+        self.given_up.forget(id);
         self.waiters.on_final(id, state == TaskState::Succeeded);
         if self.config.persist {
             if let Some(t) = self.tasks.get(id) {

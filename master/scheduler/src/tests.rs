@@ -8,6 +8,7 @@ use protocol::{
 };
 
 mod copies;
+mod forged;
 mod names;
 
 struct Harness {
