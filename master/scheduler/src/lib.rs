@@ -24,6 +24,7 @@ mod epochs;
 mod group_commit;
 mod handed;
 mod holds;
+mod log_limit;
 pub mod policy;
 mod pools;
 pub mod queue;
@@ -41,6 +42,7 @@ pub use group_commit::{GroupCommit, COMMIT_BATCH_MAX, COMMIT_WINDOW_US};
 use handed::GivenUp;
 use holds::Holds;
 use log::{debug, info, log, warn, Level};
+use log_limit::LogLimiter;
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
@@ -188,6 +190,9 @@ pub struct RestoredTask {
 
 /// How often timers are checked. Failure detection is exact to within this.
 const SWEEP_INTERVAL_MS: u64 = 100;
+/// Lines about one worker's bad reports (dropped results) per second; the rest are counted and
+/// summed up once a second.
+const PEER_LINES_PER_SECOND: u32 = 5;
 /// Per-task log lines beyond this many per second go to `debug`, with a summary at `info`.
 const TASK_LINES_PER_SECOND: u32 = 20;
 /// One submission may create at most this many tasks (about 1 GiB of task records): a client
@@ -228,6 +233,8 @@ pub struct Core {
     epochs: Epochs,
     /// Runs taken back from lost workers: a late report of one is believed only from its worker.
     given_up: GivenUp,
+    /// Warnings about one worker's reports: a few a second, then a summary line.
+    peer_log: LogLimiter<WorkerId>,
     chatter: Chatter,
 }
 
@@ -257,6 +264,7 @@ impl Core {
             estimate: RunEstimate::default(),
             epochs: Epochs::fresh(incarnation),
             given_up: GivenUp::default(),
+            peer_log: LogLimiter::new(PEER_LINES_PER_SECOND, 1_000),
             chatter: Chatter::default(),
         }
     }
@@ -313,7 +321,7 @@ impl Core {
 
     /// One decoded frame from `conn`.
     pub fn handle_message(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) {
-        match self.session.receive(conn, msg) {
+        match self.session.receive(now_ms, conn, msg) {
             Inbound::Handled => {}
             Inbound::WorkerHello(hello) => self.register_worker(now_ms, hello),
             Inbound::Worker(id, msg) => self.on_worker_message(now_ms, id, msg),
@@ -337,6 +345,19 @@ impl Core {
         }
         self.next_sweep_ms = None;
         self.session.expire_handshakes(now_ms);
+        self.session.summarise_logs(now_ms);
+        for s in self.peer_log.summarise(now_ms) {
+            let name = s
+                .peer
+                .and_then(|w| self.workers.name(w))
+                .unwrap_or("other workers");
+            info!(
+                "worker {name}: {} more lines about dropped reports in the last {:.1} s (not \
+                 logged one by one)",
+                s.suppressed,
+                s.over_ms as f64 / 1e3
+            );
+        }
         let timeout = self.config.heartbeat_timeout_ms;
         // In id order, so the simulator replays from a seed.
         let silent: Vec<(WorkerId, u64)> = self
@@ -356,7 +377,11 @@ impl Core {
             self.speculate(now_ms, factor);
         }
         self.chatter.summarise(now_ms, self.pools.len());
-        if !self.session.is_empty() {
+        // Suppressed lines are summed up even after their peers have gone.
+        if !self.session.is_empty()
+            || self.session.has_pending_logs()
+            || self.peer_log.has_pending()
+        {
             self.arm_sweep(now_ms);
         }
     }
@@ -547,7 +572,7 @@ impl Core {
     fn register_worker(&mut self, now_ms: u64, hello: WorkerHello) {
         let WorkerHello { ticket, info, addr } = hello;
         if let Some(refusal) = self.name_taken(now_ms, &info) {
-            return self.session.refuse_worker(ticket, refusal);
+            return self.session.refuse_worker(now_ms, ticket, refusal);
         }
         let (name, slots, host) = (info.name.clone(), info.slots, info.host.clone());
         let prefetch = info.prefetch;
@@ -613,18 +638,18 @@ impl Core {
             }
             ToMaster::Retracted(refs) => self.on_retracted(id, refs),
             ToMaster::Finished(done) => {
-                let mut forged = Vec::new();
+                let mut drops = FrameDrops::default();
                 for c in done {
                     // A worker that broke the protocol mid-frame is forgotten: the rest of its
                     // frame is not credited to anything.
                     if !self.workers.is_alive(id) {
                         break;
                     }
-                    if let Some(r) = self.on_finished(now_ms, id, c) {
-                        forged.push(r);
+                    if let Some((why, r)) = self.on_finished(now_ms, id, c) {
+                        drops.add(why, r);
                     }
                 }
-                self.log_forged(id, "results", &forged);
+                self.log_drops(now_ms, id, &drops);
             }
             ToMaster::Running(refs) => self.on_running(now_ms, id, refs),
             other => {
@@ -652,25 +677,40 @@ impl Core {
         t.spec.group.is_none() || t.spec.group == w.info.group
     }
 
-    /// One line per frame for the reports of runs `worker` was never handed: a forged or broken
-    /// frame of thousands of ids costs one line, not thousands.
-    fn log_forged(&mut self, worker: WorkerId, what: &str, forged: &[TaskRef]) {
-        let Some(first) = forged.first() else {
-            return;
-        };
-        let name = self.workers.name(worker).unwrap_or("?");
-        warn!(
-            "dropped {} {what} from worker {name} ({worker}) for runs it was never handed \
-             (first: task {} attempt {} of incarnation {})",
-            forged.len(),
-            first.task,
-            first.attempt,
-            first.incarnation
-        );
+    /// One line per kind of dropped result in a frame, each with its count and first run: a
+    /// forged or broken frame of thousands of ids costs a few lines, not thousands, and a worker
+    /// that sends many such frames is limited per second on top (`peer_log`).
+    fn log_drops(&mut self, now_ms: u64, worker: WorkerId, drops: &FrameDrops) {
+        for (why, count, first) in drops.kinds() {
+            let level = match why {
+                // A copy cancelled because another won is expected, not news.
+                Dropped::StaleCancelled => Level::Debug,
+                Dropped::Stale => Level::Info,
+                Dropped::Forged | Dropped::ReusedId => Level::Warn,
+            };
+            if level <= Level::Info && !self.peer_log.allow(now_ms, &worker) {
+                continue;
+            }
+            let name = self.workers.name(worker).unwrap_or("?");
+            log!(
+                level,
+                "dropped {count} {} from worker {name} ({worker}) (first: task {} attempt {}, \
+                 incarnation {})",
+                why.describe(),
+                first.task,
+                first.attempt,
+                first.incarnation
+            );
+        }
     }
 
-    /// Credits one completion; returns its run if it was refused as never handed to `worker`.
-    fn on_finished(&mut self, now_ms: u64, worker: WorkerId, c: Completion) -> Option<TaskRef> {
+    /// Credits one completion; returns why it was dropped, if it was.
+    fn on_finished(
+        &mut self,
+        now_ms: u64,
+        worker: WorkerId,
+        c: Completion,
+    ) -> Option<(Dropped, TaskRef)> {
         let r = c.task_ref();
         if matches!(c.outcome, TaskOutcome::WorkerLost) {
             self.worker_broke_protocol(now_ms, worker, Violation::WorkerLostReported);
@@ -685,35 +725,24 @@ impl Core {
             if !self.epochs.owns(r) {
                 // IMPORTANT: this run was handed out by an earlier incarnation for a submission
                 // that died uncommitted with it; the id now names another task.
-                warn!(
-                    "dropped result of task {} attempt {} from {name}: it ran for incarnation {}, \
-                     before this task was submitted (the id was reused after a crash)",
-                    c.task, c.attempt, r.incarnation
-                );
-                return None;
+                return Some((Dropped::ReusedId, r));
             }
             let waiting = self.tasks.get(c.task).map(|t| t.state) == Some(TaskState::Queued);
             // IMPORTANT: a stale `Cancelled` answers a cancel of ours (a duplicate run, a losing
             // copy); it never says how the task ended. Found by the simulator with cut links.
             if !waiting || matches!(c.outcome, TaskOutcome::Cancelled) {
-                // Final already, or running as another attempt: that attempt's result will count.
-                // A copy cancelled because another won is expected, not news.
-                let level = match c.outcome {
-                    TaskOutcome::Cancelled => Level::Debug,
-                    _ => Level::Info,
+                // Final already, or running as another attempt (or unknown): that attempt's
+                // result will count.
+                let why = match c.outcome {
+                    TaskOutcome::Cancelled => Dropped::StaleCancelled,
+                    _ => Dropped::Stale,
                 };
-                log!(
-                    level,
-                    "dropped stale result for task {} attempt {} from {name}",
-                    c.task,
-                    c.attempt
-                );
-                return None;
+                return Some((why, r));
             }
             // IMPORTANT: only the worker the run was handed to may end a waiting task with it;
             // anything else is a forged result (or another worker's mistake).
             if !self.may_report(worker, r) {
-                return Some(r);
+                return Some((Dropped::Forged, r));
             }
             // The attempt we gave up on (its worker vanished, or the master restarted) finished
             // before anyone ran the task again: take its result rather than run it twice.
@@ -867,7 +896,18 @@ impl Core {
                 cancel.len() - foreign - forged.len()
             );
         }
-        self.log_forged(worker, "running reports", &forged);
+        if let Some(first) = forged.first() {
+            if self.peer_log.allow(now_ms, &worker) {
+                warn!(
+                    "worker {name} reports {} runs it was never handed (first: task {} attempt \
+                     {}, incarnation {}): not adopted, cancelled",
+                    forged.len(),
+                    first.task,
+                    first.attempt,
+                    first.incarnation
+                );
+            }
+        }
         if !cancel.is_empty() {
             self.session.send_worker(worker, FromMaster::Cancel(cancel));
         }
@@ -1400,6 +1440,64 @@ fn queue_key(order: QueueOrder, id: TaskId, t: &Task) -> QueueKey {
     QueueKey {
         priority: t.spec.priority,
         order: order.tie_breaker(id.0, t.spec.size),
+    }
+}
+
+/// Why a reported completion was not credited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    /// The task is final, runs as another attempt, or is unknown.
+    Stale,
+    /// As `Stale`, a `Cancelled` (the answer to a cancel of ours).
+    StaleCancelled,
+    /// Of a submission lost with an earlier incarnation: the id names another task now.
+    ReusedId,
+    /// A run the master never handed to this worker.
+    Forged,
+}
+
+impl Dropped {
+    const ALL: [Dropped; 4] = [
+        Dropped::Stale,
+        Dropped::StaleCancelled,
+        Dropped::ReusedId,
+        Dropped::Forged,
+    ];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Dropped::Stale => {
+                "stale results (the task is final, unknown, or runs as another attempt)"
+            }
+            Dropped::StaleCancelled => "stale cancellations",
+            Dropped::ReusedId => {
+                "results of runs handed out before their task was submitted (ids reused after a \
+                 crash)"
+            }
+            Dropped::Forged => "results for runs it was never handed",
+        }
+    }
+}
+
+/// The dropped completions of one `Finished` frame, by kind: a count and the first run.
+#[derive(Debug, Default)]
+struct FrameDrops {
+    kinds: [(u64, Option<TaskRef>); 4],
+}
+
+impl FrameDrops {
+    fn add(&mut self, why: Dropped, r: TaskRef) {
+        let i = Dropped::ALL.iter().position(|&d| d == why).unwrap_or(0);
+        let (count, first) = &mut self.kinds[i];
+        *count += 1;
+        first.get_or_insert(r);
+    }
+
+    fn kinds(&self) -> impl Iterator<Item = (Dropped, u64, TaskRef)> + '_ {
+        Dropped::ALL
+            .iter()
+            .zip(&self.kinds)
+            .filter_map(|(&why, &(count, first))| first.map(|r| (why, count, r)))
     }
 }
 

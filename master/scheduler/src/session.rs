@@ -11,6 +11,7 @@
 //! handshake, a missed deadline). A closed connection is forgotten at once; the `Close` output
 //! tells the shell to flush and drop it.
 
+use crate::log_limit::LogLimiter;
 use crate::{Output, Record};
 use log::{debug, warn};
 use protocol::auth::{self, RoleTag};
@@ -261,6 +262,18 @@ pub struct Sessions {
     clients: BTreeMap<ClientId, ConnId>,
     next_client: u64,
     out: VecDeque<Output>,
+    /// Warnings about peers before (or at) their handshake, per IP address: a flood of wrong
+    /// tokens or idle connections from one address writes a few lines and a summary a second.
+    refusals: LogLimiter<String>,
+}
+
+/// Lines about one address's refused or failed handshakes: this many per window, then counted.
+const REFUSAL_LINES: u32 = 5;
+const REFUSAL_WINDOW_MS: u64 = 10_000;
+
+/// The address part of `ip:port` (`[v6]:port` keeps its brackets).
+fn ip_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(ip, _)| ip)
 }
 
 impl Sessions {
@@ -273,6 +286,7 @@ impl Sessions {
             clients: BTreeMap::new(),
             next_client: 1,
             out: VecDeque::new(),
+            refusals: LogLimiter::new(REFUSAL_LINES, REFUSAL_WINDOW_MS),
         }
     }
 
@@ -317,7 +331,7 @@ impl Sessions {
 
     /// One decoded frame from `conn`: handshake frames are handled here, the rest are handed on
     /// with the peer's id.
-    pub fn receive(&mut self, conn: ConnId, msg: ToMaster) -> Inbound {
+    pub fn receive(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) -> Inbound {
         let Some(c) = self.conns.get(&conn) else {
             return Inbound::Handled; // closed by us; late bytes are ignored
         };
@@ -332,10 +346,12 @@ impl Sessions {
                     auth,
                     nonce,
                 },
-            ) => self.on_hello(conn, version, role, &auth, &nonce),
+            ) => self.on_hello(now_ms, conn, version, role, &auth, &nonce),
             (Peer::Pending { .. }, other) => {
                 let v = Violation::ExpectedHello { got: other.name() };
-                warn!("protocol error from {}: {v}", c.addr);
+                if self.refusals.allow(now_ms, &ip_of(&c.addr).to_string()) {
+                    warn!("protocol error from {}: {v}", c.addr);
+                }
                 self.close(conn, CloseReason::Protocol(v));
                 Inbound::Handled
             }
@@ -344,6 +360,7 @@ impl Sessions {
 
     fn on_hello(
         &mut self,
+        now_ms: u64,
         conn: ConnId,
         version: u32,
         role: Role,
@@ -369,7 +386,11 @@ impl Sessions {
             None
         };
         if let Some(refusal) = refusal {
-            warn!("refused connection from {addr}: {refusal}");
+            // IMPORTANT: a wrong token costs one line only while the address stays under its
+            // budget: 500 attempts a second write a handful and a summary a second.
+            if self.refusals.allow(now_ms, &ip_of(addr).to_string()) {
+                warn!("refused connection from {addr}: {refusal}");
+            }
             self.close(conn, CloseReason::Refused(refusal));
             return Inbound::Handled;
         }
@@ -401,10 +422,12 @@ impl Sessions {
     }
 
     /// Refuses a worker's `Hello` for a reason only the scheduler knows (its name is taken).
-    pub fn refuse_worker(&mut self, ticket: HelloTicket, refusal: Refusal) {
+    pub fn refuse_worker(&mut self, now_ms: u64, ticket: HelloTicket, refusal: Refusal) {
         let conn = ticket.0;
         if let Some(c) = self.conns.get(&conn) {
-            warn!("refused worker from {}: {refusal}", c.addr);
+            if self.refusals.allow(now_ms, &ip_of(&c.addr).to_string()) {
+                warn!("refused worker from {}: {refusal}", c.addr);
+            }
             self.close(conn, CloseReason::Refused(refusal));
         }
     }
@@ -484,13 +507,33 @@ impl Sessions {
             }
             self.handshakes.pop_first();
             if let Some(c) = self.conns.get(&conn) {
-                warn!(
-                    "{}: no handshake within {} ms, closing",
-                    c.addr, self.config.handshake_timeout_ms
-                );
+                if self.refusals.allow(now_ms, &ip_of(&c.addr).to_string()) {
+                    warn!(
+                        "{}: no handshake within {} ms, closing",
+                        c.addr, self.config.handshake_timeout_ms
+                    );
+                }
             }
             let timeout_ms = self.config.handshake_timeout_ms;
             self.close(conn, CloseReason::HandshakeTimeout { timeout_ms });
+        }
+    }
+
+    /// Some refusal line waits for its summary (the sweep must go on).
+    pub fn has_pending_logs(&self) -> bool {
+        self.refusals.has_pending()
+    }
+
+    /// Writes one line per address whose refusals were not written, at most once a second.
+    pub fn summarise_logs(&mut self, now_ms: u64) {
+        for s in self.refusals.summarise(now_ms) {
+            let from = s.peer.as_deref().unwrap_or("other addresses");
+            warn!(
+                "{from}: {} more refused or failed handshakes in the last {:.1} s (not logged \
+                 one by one)",
+                s.suppressed,
+                s.over_ms as f64 / 1e3
+            );
         }
     }
 
@@ -696,11 +739,11 @@ mod tests {
     fn client(s: &mut Sessions, conn: ConnId) -> ClientId {
         assert_eq!(s.connect(0, conn, "c".into(), NONCE.to_vec()), None);
         assert!(matches!(
-            s.receive(conn, hello(Role::Client, vec![])),
+            s.receive(0, conn, hello(Role::Client, vec![])),
             Inbound::Handled
         ));
         drain(s);
-        match s.receive(conn, ToMaster::Status) {
+        match s.receive(0, conn, ToMaster::Status) {
             Inbound::Client(id, ToMaster::Status) => id,
             other => panic!("expected a client's message, got {other:?}"),
         }
@@ -709,7 +752,7 @@ mod tests {
     /// Opens `conn` and binds it to worker `id`; returns whether that replaced a connection.
     fn join(s: &mut Sessions, conn: ConnId, name: &str, id: WorkerId) -> bool {
         s.connect(0, conn, "w".into(), NONCE.to_vec());
-        let Inbound::WorkerHello(h) = s.receive(conn, hello(worker(name), vec![])) else {
+        let Inbound::WorkerHello(h) = s.receive(0, conn, hello(worker(name), vec![])) else {
             panic!("expected a worker's hello");
         };
         assert_eq!(h.info.name, name);
@@ -736,7 +779,7 @@ mod tests {
             )]
         );
         assert!(matches!(
-            s.receive(conn, hello(Role::Client, vec![])),
+            s.receive(0, conn, hello(Role::Client, vec![])),
             Inbound::Handled
         ));
         let welcome = FromMaster::Welcome {
@@ -749,7 +792,7 @@ mod tests {
         assert_eq!(drain(&mut s), vec![send(conn, welcome)]);
         assert_eq!(s.next_deadline(), None, "no handshake pending");
         assert!(matches!(
-            s.receive(conn, ToMaster::Status),
+            s.receive(0, conn, ToMaster::Status),
             Inbound::Client(_, ToMaster::Status)
         ));
     }
@@ -772,7 +815,7 @@ mod tests {
             }) if *c == conn
         ));
         assert!(matches!(
-            s.receive(conn, ToMaster::Running(vec![])),
+            s.receive(0, conn, ToMaster::Running(vec![])),
             Inbound::Worker(WorkerId(4), ToMaster::Running(_))
         ));
         s.send_worker(WorkerId(4), FromMaster::Cancel(vec![]));
@@ -889,7 +932,7 @@ mod tests {
             let conn = ConnId(i + 1);
             s.connect(0, conn, "x".into(), NONCE.to_vec());
             drain(&mut s);
-            assert!(matches!(s.receive(conn, msg), Inbound::Handled));
+            assert!(matches!(s.receive(0, conn, msg), Inbound::Handled));
             assert_eq!(
                 drain(&mut s),
                 vec![
@@ -908,7 +951,7 @@ mod tests {
             );
             // Forgotten: late frames are ignored and nothing more is sent.
             assert!(matches!(
-                s.receive(conn, ToMaster::Status),
+                s.receive(0, conn, ToMaster::Status),
                 Inbound::Handled
             ));
             assert!(drain(&mut s).is_empty());
@@ -919,7 +962,7 @@ mod tests {
         s.connect(0, conn, "x".into(), NONCE.to_vec());
         let answer = answer(b"secret", RoleTag::Client);
         assert!(matches!(
-            s.receive(conn, hello(Role::Client, answer)),
+            s.receive(0, conn, hello(Role::Client, answer)),
             Inbound::Handled
         ));
         let out = drain(&mut s);
@@ -943,7 +986,7 @@ mod tests {
         let conn = ConnId(1);
         s.connect(0, conn, "w".into(), NONCE.to_vec());
         let msg = hello(worker("a"), answer(b"secret", RoleTag::Worker));
-        let Inbound::WorkerHello(h) = s.receive(conn, msg) else {
+        let Inbound::WorkerHello(h) = s.receive(0, conn, msg) else {
             panic!("expected a worker's hello");
         };
         s.accept_worker(h.ticket, WorkerId(1));
@@ -985,7 +1028,7 @@ mod tests {
         s.connect(0, conn, "x".into(), NONCE.to_vec());
         drain(&mut s);
         assert!(matches!(
-            s.receive(conn, ToMaster::Status),
+            s.receive(0, conn, ToMaster::Status),
             Inbound::Handled
         ));
         let v = Violation::ExpectedHello { got: "Status" };
@@ -1040,7 +1083,7 @@ mod tests {
         );
         assert_eq!(s.next_deadline(), None);
         assert!(
-            matches!(s.receive(quick, ToMaster::Status), Inbound::Client(..)),
+            matches!(s.receive(0, quick, ToMaster::Status), Inbound::Client(..)),
             "the welcomed client stays"
         );
     }
@@ -1103,7 +1146,7 @@ mod tests {
             }]
         );
         assert!(matches!(
-            s.receive(ConnId(6), ToMaster::Running(vec![])),
+            s.receive(0, ConnId(6), ToMaster::Running(vec![])),
             Inbound::Handled
         ));
     }
