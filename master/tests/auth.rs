@@ -182,27 +182,38 @@ fn wrong_tokens_cost_the_log_a_few_lines() {
     let c = Cluster::start_with_env(&["--token", TOKEN], &[("RUST_LOG", "info")]);
     // The log's first lines (listening ...) are written before the port file.
     let before = c.master_log().lines().count();
-    for _ in 0..500 {
-        let mut s = TcpStream::connect(&c.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        let got = protocol::connection::handshake(
-            &mut s,
-            &mut FrameDecoder::new(),
-            &c.addr,
-            Role::Client,
-            Some(b"wrong"),
-        );
-        assert!(
-            matches!(
-                got,
-                Err(protocol::ConnectionError::Rejected {
-                    kind: RejectKind::Authentication,
-                    ..
-                })
-            ),
-            "{got:?}"
-        );
+    // 10 guessers of 50 attempts each: past the first few, each answer waits a little.
+    let guessers: Vec<_> = (0..10)
+        .map(|_| {
+            let addr = c.addr.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let mut s = TcpStream::connect(&addr).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(20)))
+                        .expect("timeout");
+                    let got = protocol::connection::handshake(
+                        &mut s,
+                        &mut FrameDecoder::new(),
+                        &addr,
+                        Role::Client,
+                        Some(b"wrong"),
+                    );
+                    assert!(
+                        matches!(
+                            got,
+                            Err(protocol::ConnectionError::Rejected {
+                                kind: RejectKind::Authentication,
+                                ..
+                            })
+                        ),
+                        "{got:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for g in guessers {
+        g.join().expect("a guesser");
     }
     let out = c.cli_within(Duration::from_secs(30), &["status", "--token", TOKEN], &[]);
     assert!(out.status.success(), "the right token still works: {out:?}");

@@ -1,5 +1,7 @@
 //! `LogLimiter`: at most a few lines per peer per window, then silence with a count, summed up
-//! in one line per peer per second. A peer that sends junk (wrong tokens, frames of unknown
+//! in one line per peer after a second, then after 2, 4 ... at most a minute apart while the
+//! flood goes on (a flood slowed down by the session layer lasts long: one line a second would
+//! be a line per few attempts again). A peer that sends junk (wrong tokens, frames of unknown
 //! ids, handshakes it never finishes) costs the log a bounded number of lines, however fast it
 //! sends. Like the rest of the crate it does no IO and reads no clock: the caller passes `now`
 //! and prints what [`LogLimiter::summarise`] hands back.
@@ -9,8 +11,10 @@ use std::collections::BTreeMap;
 /// Peers tracked at once. Beyond this, lines from new peers are counted together (`others`):
 /// a flood from many addresses cannot grow the table without bound.
 const MAX_PEERS: usize = 4_096;
-/// A peer's suppressed lines are summed up at most this often.
+/// A peer's suppressed lines are first summed up after this long; the interval doubles with each
+/// summary while the peer goes on, up to `MAX_SUMMARY_INTERVAL_MS`.
 const SUMMARY_INTERVAL_MS: u64 = 1_000;
+const MAX_SUMMARY_INTERVAL_MS: u64 = 60_000;
 
 #[derive(Debug)]
 struct Window {
@@ -19,6 +23,8 @@ struct Window {
     suppressed: u64,
     /// When the last summary of this peer was given (or its first suppression).
     summary_ms: u64,
+    /// How long after `summary_ms` the next summary is due.
+    interval_ms: u64,
 }
 
 #[derive(Debug)]
@@ -67,6 +73,7 @@ impl<K: Ord + Clone> LogLimiter<K> {
             lines: 0,
             suppressed: 0,
             summary_ms: now_ms,
+            interval_ms: SUMMARY_INTERVAL_MS,
         });
         if now_ms.saturating_sub(w.start_ms) >= self.window_ms {
             w.start_ms = now_ms;
@@ -89,7 +96,7 @@ impl<K: Ord + Clone> LogLimiter<K> {
         let mut due = Vec::new();
         let window_ms = self.window_ms;
         self.peers.retain(|peer, w| {
-            if w.suppressed > 0 && now_ms.saturating_sub(w.summary_ms) >= SUMMARY_INTERVAL_MS {
+            if w.suppressed > 0 && now_ms.saturating_sub(w.summary_ms) >= w.interval_ms {
                 due.push(Suppressed {
                     peer: Some(peer.clone()),
                     suppressed: w.suppressed,
@@ -97,6 +104,7 @@ impl<K: Ord + Clone> LogLimiter<K> {
                 });
                 w.suppressed = 0;
                 w.summary_ms = now_ms;
+                w.interval_ms = (w.interval_ms * 2).min(MAX_SUMMARY_INTERVAL_MS);
             }
             w.suppressed > 0 || now_ms.saturating_sub(w.start_ms) < window_ms
         });
@@ -127,25 +135,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_flood_costs_a_few_lines_and_one_summary_per_second() {
+    fn a_flood_costs_a_few_lines_and_summaries_ever_further_apart() {
         let mut l = LogLimiter::new(5, 10_000);
         let mut written = 0;
         let mut summaries = Vec::new();
-        // 500 lines over 5 s from one peer.
-        for i in 0..500u64 {
+        // 5,000 lines over 50 s from one peer.
+        for i in 0..5_000u64 {
             let now = i * 10;
             if l.allow(now, &"a") {
                 written += 1;
             }
             summaries.extend(l.summarise(now));
         }
-        assert_eq!(written, 5);
-        assert_eq!(summaries.len(), 4, "{summaries:?}");
+        // A new window every 10 s lets 5 more through.
+        assert_eq!(written, 25);
+        let at: Vec<u64> = summaries.iter().map(|s| s.over_ms).collect();
+        assert_eq!(
+            at,
+            vec![1_000, 2_000, 4_000, 8_000, 16_000],
+            "{summaries:?}"
+        );
         let counted: u64 = summaries.iter().map(|s| s.suppressed).sum();
-        let pending: u64 = l.summarise(60_000).iter().map(|s| s.suppressed).sum();
+        let pending: u64 = l.summarise(200_000).iter().map(|s| s.suppressed).sum();
         assert_eq!(
             written + counted + pending,
-            500,
+            5_000,
             "every line is written or counted"
         );
         assert!(!l.has_pending());

@@ -243,6 +243,12 @@ enum Peer {
     },
     Worker(WorkerId),
     Client(ClientId),
+    /// Failed its authentication from an address that keeps failing: told `refusal` and closed
+    /// only at `at_ms` (in `handshakes`), so guessing tokens goes slowly. Frames are ignored.
+    Refusing {
+        at_ms: u64,
+        refusal: Refusal,
+    },
 }
 
 #[derive(Debug)]
@@ -256,7 +262,8 @@ pub struct Sessions {
     config: SessionConfig,
     /// Only looked up by id, never iterated: its hash order decides nothing.
     conns: HashMap<ConnId, Conn>,
-    /// Pending handshakes by deadline: expiries go out in one deterministic order.
+    /// Pending handshakes by deadline, and delayed refusals by their time: expiries go out in one
+    /// deterministic order.
     handshakes: BTreeSet<(u64, ConnId)>,
     workers: BTreeMap<WorkerId, ConnId>,
     clients: BTreeMap<ClientId, ConnId>,
@@ -265,7 +272,19 @@ pub struct Sessions {
     /// Warnings about peers before (or at) their handshake, per IP address: a flood of wrong
     /// tokens or idle connections from one address writes a few lines and a summary a second.
     refusals: LogLimiter<String>,
+    /// Failed authentications per IP address: (start of the window, failures in it).
+    auth_failures: BTreeMap<String, (u64, u32)>,
 }
+
+/// Failed authentications from one address within `AUTH_FAILURE_WINDOW_MS` answered at once;
+/// beyond, each waits `AUTH_FAILURE_DELAY_MS` for its `Rejected`. A script that guesses tokens
+/// one connection at a time gets 10 guesses a second instead of thousands; the holder of the
+/// right token from the same address is let in at once.
+const AUTH_FAILURES_FREE: u32 = 5;
+const AUTH_FAILURE_WINDOW_MS: u64 = 10_000;
+const AUTH_FAILURE_DELAY_MS: u64 = 100;
+/// Addresses whose failures are counted at once (beyond, new ones are not slowed down).
+const MAX_FAILING_ADDRS: usize = 4_096;
 
 /// Lines about one address's refused or failed handshakes: this many per window, then counted.
 const REFUSAL_LINES: u32 = 5;
@@ -287,6 +306,7 @@ impl Sessions {
             next_client: 1,
             out: VecDeque::new(),
             refusals: LogLimiter::new(REFUSAL_LINES, REFUSAL_WINDOW_MS),
+            auth_failures: BTreeMap::new(),
         }
     }
 
@@ -338,6 +358,7 @@ impl Sessions {
         match (&c.peer, msg) {
             (Peer::Worker(id), msg) => Inbound::Worker(*id, msg),
             (Peer::Client(id), msg) => Inbound::Client(*id, msg),
+            (Peer::Refusing { .. }, _) => Inbound::Handled,
             (
                 Peer::Pending { .. },
                 ToMaster::Hello {
@@ -388,10 +409,15 @@ impl Sessions {
         if let Some(refusal) = refusal {
             // IMPORTANT: a wrong token costs one line only while the address stays under its
             // budget: 500 attempts a second write a handful and a summary a second.
-            if self.refusals.allow(now_ms, &ip_of(addr).to_string()) {
+            let ip = ip_of(addr).to_string();
+            if self.refusals.allow(now_ms, &ip) {
                 warn!("refused connection from {addr}: {refusal}");
             }
-            self.close(conn, CloseReason::Refused(refusal));
+            if refusal == Refusal::AuthenticationFailed && self.count_auth_failure(now_ms, ip) {
+                self.refuse_later(now_ms, conn, refusal);
+            } else {
+                self.close(conn, CloseReason::Refused(refusal));
+            }
             return Inbound::Handled;
         }
         let master_proof = auth::master_proof(token, tag, nonce, peer_nonce);
@@ -419,6 +445,47 @@ impl Sessions {
                 addr,
             }),
         }
+    }
+
+    /// Counts a failed authentication from `ip`; returns whether its answer is to be delayed.
+    fn count_auth_failure(&mut self, now_ms: u64, ip: String) -> bool {
+        if !self.auth_failures.contains_key(&ip) && self.auth_failures.len() >= MAX_FAILING_ADDRS {
+            return false;
+        }
+        let (start_ms, failures) = self.auth_failures.entry(ip).or_insert((now_ms, 0));
+        if now_ms.saturating_sub(*start_ms) >= AUTH_FAILURE_WINDOW_MS {
+            (*start_ms, *failures) = (now_ms, 0);
+        }
+        *failures += 1;
+        *failures > AUTH_FAILURES_FREE
+    }
+
+    /// Holds `conn`'s refusal until `AUTH_FAILURE_DELAY_MS` from now (`expire_handshakes`).
+    fn refuse_later(&mut self, now_ms: u64, conn: ConnId, refusal: Refusal) {
+        let at_ms = now_ms + AUTH_FAILURE_DELAY_MS;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Peer::Pending { deadline_ms, .. } = c.peer {
+            self.handshakes.remove(&(deadline_ms, conn));
+        }
+        c.peer = Peer::Refusing { at_ms, refusal };
+        self.handshakes.insert((at_ms, conn));
+    }
+
+    /// When the next delayed refusal or handshake deadline is due (the sweep runs every 100 ms;
+    /// that granularity is enough for both).
+    #[cfg(test)]
+    pub fn next_refusal(&self) -> Option<u64> {
+        self.handshakes
+            .iter()
+            .find(|(_, conn)| {
+                matches!(
+                    self.conns.get(conn).map(|c| &c.peer),
+                    Some(Peer::Refusing { .. })
+                )
+            })
+            .map(|&(at, _)| at)
     }
 
     /// Refuses a worker's `Hello` for a reason only the scheduler knows (its name is taken).
@@ -492,7 +559,7 @@ impl Sessions {
         match c.peer {
             Peer::Worker(id) => Some(Departed::Worker(id)),
             Peer::Client(id) => Some(Departed::Client(id)),
-            Peer::Pending { .. } => {
+            Peer::Pending { .. } | Peer::Refusing { .. } => {
                 debug!("{} left before the handshake: {reason}", c.addr);
                 None
             }
@@ -506,6 +573,15 @@ impl Sessions {
                 break;
             }
             self.handshakes.pop_first();
+            if let Some(Conn {
+                peer: Peer::Refusing { refusal, .. },
+                ..
+            }) = self.conns.get(&conn)
+            {
+                let reason = CloseReason::Refused(refusal.clone());
+                self.close(conn, reason);
+                continue;
+            }
             if let Some(c) = self.conns.get(&conn) {
                 if self.refusals.allow(now_ms, &ip_of(&c.addr).to_string()) {
                     warn!(
@@ -526,6 +602,9 @@ impl Sessions {
 
     /// Writes one line per address whose refusals were not written, at most once a second.
     pub fn summarise_logs(&mut self, now_ms: u64) {
+        self.auth_failures.retain(|_, &mut (start_ms, _)| {
+            now_ms.saturating_sub(start_ms) < AUTH_FAILURE_WINDOW_MS
+        });
         for s in self.refusals.summarise(now_ms) {
             let from = s.peer.as_deref().unwrap_or("other addresses");
             warn!(
@@ -589,6 +668,9 @@ impl Sessions {
             Peer::Pending { deadline_ms, .. } => {
                 self.handshakes.remove(&(deadline_ms, conn));
             }
+            Peer::Refusing { at_ms, .. } => {
+                self.handshakes.remove(&(at_ms, conn));
+            }
             Peer::Worker(id) => {
                 self.workers.remove(&id);
             }
@@ -641,6 +723,10 @@ impl Sessions {
                 Peer::Pending { deadline_ms, .. } => {
                     pending += 1;
                     assert!(self.handshakes.contains(&(deadline_ms, conn)));
+                }
+                Peer::Refusing { at_ms, .. } => {
+                    pending += 1;
+                    assert!(self.handshakes.contains(&(at_ms, conn)));
                 }
                 Peer::Worker(id) => assert_eq!(self.workers.get(&id), Some(&conn)),
                 Peer::Client(id) => assert_eq!(self.clients.get(&id), Some(&conn)),
@@ -977,6 +1063,83 @@ mod tests {
             auth::verify_master(b"secret", RoleTag::Client, &NONCE, &PEER_NONCE, proof),
             "the master proves the token over both nonces, for a client"
         );
+    }
+
+    /// An address that keeps failing its authentication is answered late; the holder of the
+    /// right token from the same address is let in at once, and another address is not slowed.
+    #[test]
+    fn repeated_auth_failures_from_one_address_are_answered_late() {
+        let mut s = sessions(Some(b"secret"));
+        let wrong = || hello(Role::Client, answer(b"wrong", RoleTag::Client));
+        let mut conn = 0;
+        let mut open = |s: &mut Sessions, addr: &str| {
+            conn += 1;
+            s.connect(1_000, ConnId(conn), addr.into(), NONCE.to_vec());
+            drain(s);
+            ConnId(conn)
+        };
+        for _ in 0..AUTH_FAILURES_FREE {
+            let c = open(&mut s, "10.0.0.1:5");
+            s.receive(1_000, c, wrong());
+            assert!(matches!(
+                &drain(&mut s)[..],
+                [
+                    Output::Send {
+                        msg: FromMaster::Rejected { .. },
+                        ..
+                    },
+                    Output::Close { .. }
+                ]
+            ));
+        }
+        let slow = open(&mut s, "10.0.0.1:6");
+        s.receive(1_000, slow, wrong());
+        assert!(drain(&mut s).is_empty(), "answered later");
+        assert_eq!(s.next_refusal(), Some(1_000 + AUTH_FAILURE_DELAY_MS));
+        // Frames meanwhile are ignored.
+        s.receive(1_010, slow, wrong());
+        assert!(drain(&mut s).is_empty());
+        // The right token from the same address, and a wrong one from another, at once.
+        let good = open(&mut s, "10.0.0.1:7");
+        s.receive(
+            1_010,
+            good,
+            hello(Role::Client, answer(b"secret", RoleTag::Client)),
+        );
+        assert!(matches!(
+            &drain(&mut s)[..],
+            [Output::Send {
+                msg: FromMaster::Welcome { .. },
+                ..
+            }]
+        ));
+        let other = open(&mut s, "10.0.0.2:5");
+        s.receive(1_010, other, wrong());
+        assert_eq!(drain(&mut s).len(), 2);
+        s.expire_handshakes(1_000 + AUTH_FAILURE_DELAY_MS - 1);
+        assert!(drain(&mut s).is_empty());
+        s.expire_handshakes(1_000 + AUTH_FAILURE_DELAY_MS);
+        assert_eq!(
+            drain(&mut s),
+            vec![
+                send(
+                    slow,
+                    FromMaster::Rejected {
+                        reason: Refusal::AuthenticationFailed.to_string(),
+                        kind: RejectKind::Authentication,
+                    }
+                ),
+                Output::Close {
+                    conn: slow,
+                    reason: CloseReason::Refused(Refusal::AuthenticationFailed)
+                }
+            ]
+        );
+        // After the window, the address starts afresh.
+        s.summarise_logs(1_000 + AUTH_FAILURE_WINDOW_MS);
+        let late = open(&mut s, "10.0.0.1:8");
+        s.receive(1_000 + AUTH_FAILURE_WINDOW_MS, late, wrong());
+        assert_eq!(drain(&mut s).len(), 2, "answered at once again");
     }
 
     /// A worker's `Welcome` proves the token for a worker: bound to its role and to both nonces.
