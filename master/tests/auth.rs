@@ -281,3 +281,30 @@ fn a_frame_of_unknown_ids_costs_one_line() {
     eprintln!("lines added: {added}");
     assert!(added < 20, "{added} lines:\n{log}");
 }
+
+/// `--client-idle-timeout`: an idle client connection is closed; a `wait` that lasts longer is
+/// not.
+#[test]
+fn idle_clients_are_closed_but_waits_are_not() {
+    let mut c = Cluster::start(&["--client-idle-timeout", "1s"]);
+    let mut s = TcpStream::connect(&c.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut dec = FrameDecoder::new();
+    protocol::connection::handshake(&mut s, &mut dec, &c.addr, Role::Client, None)
+        .expect("welcomed");
+    let mut buf = [0u8; 64];
+    let n = s
+        .read(&mut buf)
+        .expect("the master closes, it does not stall");
+    assert_eq!(n, 0, "closed without a word");
+    assert!(c.master_log().contains("idle for"), "logged at debug");
+    c.add_worker("w", 1);
+    c.wait_for_workers(1);
+    let out = c.cli_within(
+        Duration::from_secs(60),
+        &["submit", "--wait", "--sleep", "3s"],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+}

@@ -90,6 +90,9 @@ pub struct CoreConfig {
     pub master_id: u64,
     /// This start of the master; `restore` brings the earlier ones.
     pub incarnation: Incarnation,
+    /// A client with nothing in flight (no `wait`) that sends nothing for this long is closed
+    /// (`master --client-idle-timeout`); `None`: never.
+    pub client_idle_timeout_ms: Option<u64>,
 }
 
 impl Default for CoreConfig {
@@ -107,9 +110,14 @@ impl Default for CoreConfig {
             speculate: None,
             master_id: 0,
             incarnation: Incarnation(1),
+            client_idle_timeout_ms: Some(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
         }
     }
 }
+
+/// `master --client-idle-timeout`'s default: an idle connection costs some 65 KiB and a place
+/// under `--max-connections`; a person typing commands reconnects each time anyway.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 5 * 60 * 1_000;
 
 /// What the core wants done.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,6 +244,8 @@ pub struct Core {
     /// Warnings about one worker's reports: a few a second, then a summary line.
     peer_log: LogLimiter<WorkerId>,
     chatter: Chatter,
+    /// When idle clients are looked for next (once a second is plenty for a timeout of minutes).
+    next_idle_check_ms: u64,
 }
 
 impl Core {
@@ -266,6 +276,7 @@ impl Core {
             given_up: GivenUp::default(),
             peer_log: LogLimiter::new(PEER_LINES_PER_SECOND, 1_000),
             chatter: Chatter::default(),
+            next_idle_check_ms: 0,
         }
     }
 
@@ -376,6 +387,7 @@ impl Core {
         if let Some(factor) = self.config.speculate {
             self.speculate(now_ms, factor);
         }
+        self.close_idle_clients(now_ms);
         self.chatter.summarise(now_ms, self.pools.len());
         // Suppressed lines are summed up even after their peers have gone.
         if !self.session.is_empty()
@@ -383,6 +395,26 @@ impl Core {
             || self.peer_log.has_pending()
         {
             self.arm_sweep(now_ms);
+        }
+    }
+
+    /// Closes clients that sent nothing for `client_idle_timeout_ms` and wait for nothing.
+    fn close_idle_clients(&mut self, now_ms: u64) {
+        let Some(timeout_ms) = self.config.client_idle_timeout_ms else {
+            return;
+        };
+        if now_ms < self.next_idle_check_ms {
+            return;
+        }
+        self.next_idle_check_ms = now_ms + 1_000;
+        for (client, idle_ms) in self.session.idle_clients(now_ms, timeout_ms) {
+            // IMPORTANT: a `wait` may rightly last for hours with nothing said.
+            if self.waiters.has_client(client) {
+                continue;
+            }
+            debug!("{client}: idle for {idle_ms} ms, closing");
+            self.session
+                .close_client(client, CloseReason::ClientIdle { idle_ms });
         }
     }
 

@@ -56,6 +56,8 @@ pub enum CloseReason {
     HeartbeatTimeout { quiet_ms: u64 },
     /// The same worker connected again before its old connection was seen to die.
     Replaced,
+    /// A client with nothing in flight sent nothing for this long (`--client-idle-timeout`).
+    ClientIdle { idle_ms: u64 },
 }
 
 impl fmt::Display for CloseReason {
@@ -71,6 +73,9 @@ impl fmt::Display for CloseReason {
             }
             CloseReason::Replaced => {
                 f.write_str("replaced by a new connection from the same worker")
+            }
+            CloseReason::ClientIdle { idle_ms } => {
+                write!(f, "client idle for {idle_ms} ms with nothing in flight")
             }
         }
     }
@@ -255,6 +260,8 @@ enum Peer {
 struct Conn {
     addr: String,
     peer: Peer,
+    /// When the peer last sent a frame (or connected).
+    last_active_ms: u64,
 }
 
 #[derive(Debug)]
@@ -339,6 +346,7 @@ impl Sessions {
             conn,
             Conn {
                 addr,
+                last_active_ms: now_ms,
                 peer: Peer::Pending {
                     nonce,
                     deadline_ms,
@@ -352,9 +360,11 @@ impl Sessions {
     /// One decoded frame from `conn`: handshake frames are handled here, the rest are handed on
     /// with the peer's id.
     pub fn receive(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) -> Inbound {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return Inbound::Handled; // closed by us; late bytes are ignored
         };
+        c.last_active_ms = now_ms;
+        let c = &*c;
         match (&c.peer, msg) {
             (Peer::Worker(id), msg) => Inbound::Worker(*id, msg),
             (Peer::Client(id), msg) => Inbound::Client(*id, msg),
@@ -391,6 +401,7 @@ impl Sessions {
         let Some(Conn {
             addr,
             peer: Peer::Pending { nonce, .. },
+            ..
         }) = self.conns.get(&conn)
         else {
             return Inbound::Handled;
@@ -628,6 +639,18 @@ impl Sessions {
         if let Some(&conn) = self.workers.get(&worker) {
             self.close(conn, reason);
         }
+    }
+
+    /// Clients that have sent nothing for `timeout_ms`, in id order (the caller spares those
+    /// with a request in flight).
+    pub fn idle_clients(&self, now_ms: u64, timeout_ms: u64) -> Vec<(ClientId, u64)> {
+        self.clients
+            .iter()
+            .filter_map(|(&id, conn)| {
+                let idle_ms = now_ms.saturating_sub(self.conns.get(conn)?.last_active_ms);
+                (idle_ms >= timeout_ms).then_some((id, idle_ms))
+            })
+            .collect()
     }
 
     /// Closes `client`'s connection, if it has one.

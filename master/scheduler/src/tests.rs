@@ -9,6 +9,7 @@ use protocol::{
 
 mod copies;
 mod forged;
+mod idle;
 mod names;
 
 struct Harness {
