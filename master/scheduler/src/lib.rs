@@ -608,12 +608,13 @@ impl Core {
         }
         let (name, slots, host) = (info.name.clone(), info.slots, info.host.clone());
         let prefetch = info.prefetch;
+        let heartbeat_ms = self.heartbeat_for(&info);
         // A worker coming back (perhaps in another group) leaves the pools it was in and enters
         // the ones it belongs to now.
         let (joined, change) = self.workers.register(info, addr.clone(), now_ms);
         self.learn(change);
         let id = joined.id;
-        let replaced = self.session.accept_worker(ticket, id);
+        let replaced = self.session.accept_worker(ticket, id, heartbeat_ms);
         debug_assert_eq!(
             replaced, joined.replaced,
             "the tables agree on who was alive"
@@ -628,6 +629,28 @@ impl Core {
         };
         // "worker NAME joined" is what scripts grep for; the id only disambiguates.
         info!("worker {name} joined from {addr} ({id}, host {host}, {slots} slots{prefetch})");
+    }
+
+    /// The heartbeat interval to tell a worker: the one it asked for if that meets the timeout
+    /// (at least two reports per timeout), else ours, with a line that says so. A worker that
+    /// reports every 5 s against a 3 s timeout would be declared dead every 3 s, forever.
+    fn heartbeat_for(&self, info: &WorkerInfo) -> u64 {
+        let ours = self.config.heartbeat_interval_ms;
+        let timeout = self.config.heartbeat_timeout_ms;
+        match info.heartbeat_interval_ms {
+            0 => ours,
+            asked if asked.saturating_mul(2) <= timeout => asked,
+            asked => {
+                info!(
+                    "worker {} asked for heartbeat {}; told to use {}, the timeout is {}",
+                    info.name,
+                    ms(asked),
+                    ms(ours),
+                    ms(timeout)
+                );
+                ours
+            }
+        }
     }
 
     /// Why `info` may not take its name now: another live worker holds it. A worker that really
@@ -1457,6 +1480,15 @@ impl Core {
                 );
             }
         }
+    }
+}
+
+/// A duration for a log line: `5s`, `1.5s`, `250ms`.
+fn ms(ms: u64) -> String {
+    if ms >= 1_000 && ms % 100 == 0 {
+        format!("{}s", ms as f64 / 1e3)
+    } else {
+        format!("{ms}ms")
     }
 }
 

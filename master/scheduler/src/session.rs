@@ -447,7 +447,8 @@ impl Sessions {
                 self.next_client += 1;
                 let proof = self.bind(conn, Peer::Client(id));
                 self.clients.insert(id, conn);
-                self.welcome(conn, None, proof);
+                let interval_ms = self.config.heartbeat_interval_ms;
+                self.welcome(conn, None, proof, interval_ms);
                 Inbound::Handled
             }
             Role::Worker(info) => Inbound::WorkerHello(WorkerHello {
@@ -510,10 +511,16 @@ impl Sessions {
         }
     }
 
-    /// Binds a worker's connection to the id the scheduler gave it and welcomes it. Returns
-    /// whether another connection held that worker: it is closed (`Replaced`), and the scheduler
-    /// must take back what it had assigned there.
-    pub fn accept_worker(&mut self, ticket: HelloTicket, id: WorkerId) -> bool {
+    /// Binds a worker's connection to the id the scheduler gave it and welcomes it, telling it
+    /// to report every `heartbeat_interval_ms`. Returns whether another connection held that
+    /// worker: it is closed (`Replaced`), and the scheduler must take back what it had assigned
+    /// there.
+    pub fn accept_worker(
+        &mut self,
+        ticket: HelloTicket,
+        id: WorkerId,
+        heartbeat_interval_ms: u64,
+    ) -> bool {
         let conn = ticket.0;
         let replaced = match self.workers.get(&id) {
             Some(&old) if old != conn => {
@@ -530,7 +537,7 @@ impl Sessions {
         }
         let proof = self.bind(conn, Peer::Worker(id));
         self.workers.insert(id, conn);
-        self.welcome(conn, Some(id), proof);
+        self.welcome(conn, Some(id), proof, heartbeat_interval_ms);
         replaced
     }
 
@@ -550,12 +557,18 @@ impl Sessions {
         }
     }
 
-    fn welcome(&mut self, conn: ConnId, worker_id: Option<WorkerId>, proof: Vec<u8>) {
+    fn welcome(
+        &mut self,
+        conn: ConnId,
+        worker_id: Option<WorkerId>,
+        proof: Vec<u8>,
+        heartbeat_interval_ms: u64,
+    ) {
         self.out.push_back(Output::Send {
             conn,
             msg: FromMaster::Welcome {
                 worker_id,
-                heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                heartbeat_interval_ms,
                 master_id: self.config.master_id,
                 incarnation: self.config.incarnation,
                 proof,
@@ -865,7 +878,7 @@ mod tests {
             panic!("expected a worker's hello");
         };
         assert_eq!(h.info.name, name);
-        s.accept_worker(h.ticket, id)
+        s.accept_worker(h.ticket, id, 1_000)
     }
 
     fn send(conn: ConnId, msg: FromMaster) -> Output {
@@ -1175,7 +1188,7 @@ mod tests {
         let Inbound::WorkerHello(h) = s.receive(0, conn, msg) else {
             panic!("expected a worker's hello");
         };
-        s.accept_worker(h.ticket, WorkerId(1));
+        s.accept_worker(h.ticket, WorkerId(1), 1_000);
         let out = drain(&mut s);
         let Some(Output::Send {
             msg: FromMaster::Welcome { proof, .. },
