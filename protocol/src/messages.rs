@@ -136,7 +136,7 @@ impl TaskSpec {
                 self.replicas
             ));
         }
-        Ok(())
+        crate::limits::check_spec(self).map_err(|e| e.to_string())
     }
 }
 

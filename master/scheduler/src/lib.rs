@@ -46,6 +46,7 @@ use log_limit::LogLimiter;
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
+use protocol::limits::{LimitError, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_TAIL_BYTES};
 use protocol::{
     Assignment, Completion, FromMaster, Incarnation, StatusReport, TaskId, TaskOutcome, TaskRef,
     TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo, WorkerState, WorkerStatus,
@@ -93,6 +94,9 @@ pub struct CoreConfig {
     /// A client with nothing in flight (no `wait`) that sends nothing for this long is closed
     /// (`master --client-idle-timeout`); `None`: never.
     pub client_idle_timeout_ms: Option<u64>,
+    /// The most tasks the master holds (finished ones included): a submission that would pass it
+    /// is refused whole (`master --max-tasks`).
+    pub max_tasks: u64,
 }
 
 impl Default for CoreConfig {
@@ -111,6 +115,7 @@ impl Default for CoreConfig {
             master_id: 0,
             incarnation: Incarnation(1),
             client_idle_timeout_ms: Some(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
+            max_tasks: u64::MAX,
         }
     }
 }
@@ -183,6 +188,37 @@ pub struct Outcome {
     pub error: Option<String>,
     pub started_ms: Option<u64>,
     pub finished_ms: u64,
+}
+
+impl Outcome {
+    /// A task that never ran and fails with `error`.
+    fn refused(now_ms: u64, error: String) -> Outcome {
+        Outcome {
+            state: TaskState::Failed,
+            attempts: 1,
+            copies: 0,
+            worker: None,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            error: Some(error),
+            started_ms: None,
+            finished_ms: now_ms,
+        }
+    }
+
+    /// Cuts every field to its limit (`protocol::limits`), as a worker's report is cut.
+    fn cap(&mut self) {
+        use protocol::limits::{keep_tail, truncate_with_marker};
+        keep_tail(&mut self.stdout, MAX_TAIL_BYTES);
+        keep_tail(&mut self.stderr, MAX_TAIL_BYTES);
+        if let Some(error) = &mut self.error {
+            truncate_with_marker(error, MAX_ERROR_BYTES);
+        }
+        if let Some(worker) = &mut self.worker {
+            truncate_with_marker(worker, MAX_NAME_BYTES);
+        }
+    }
 }
 
 /// A task read back from the journal.
@@ -299,7 +335,36 @@ impl Core {
         }
         self.epochs = epochs;
         let (mut finished, mut unfinished) = (0, 0);
-        for t in tasks {
+        // Tasks of one batch share their spec: check each spec once.
+        let mut checked: Option<(*const TaskSpec, Result<(), LimitError>)> = None;
+        for mut t in tasks {
+            if let Some(outcome) = &mut t.outcome {
+                // Rows written before the limits: what the master serves must fit a frame.
+                outcome.cap();
+            } else {
+                let ptr = Arc::as_ptr(&t.spec);
+                let verdict = match &checked {
+                    Some((p, v)) if *p == ptr => v.clone(),
+                    _ => {
+                        let v = protocol::limits::check_spec(&t.spec);
+                        checked = Some((ptr, v.clone()));
+                        v
+                    }
+                };
+                if let Err(e) = verdict {
+                    // IMPORTANT: an over-limit spec from an older journal would be handed to a
+                    // worker in a frame that cannot be sent; it fails here, durably, instead.
+                    warn!("task {} from the journal fails: {e}", t.id);
+                    let outcome = Outcome::refused(now_ms, format!("refused at recovery: {e}"));
+                    if self.config.persist {
+                        self.session.push_record(Record::Finished {
+                            id: t.id,
+                            outcome: outcome.clone(),
+                        });
+                    }
+                    t.outcome = Some(Box::new(outcome));
+                }
+            }
             let worker = t
                 .outcome
                 .as_ref()
@@ -764,8 +829,13 @@ impl Core {
         &mut self,
         now_ms: u64,
         worker: WorkerId,
-        c: Completion,
+        mut c: Completion,
     ) -> Option<(Dropped, TaskRef)> {
+        // IMPORTANT: before anything keeps or journals it: the outcome's record and every reply
+        // that carries it must fit a frame, whatever the worker sent.
+        if protocol::limits::cap_outcome(&mut c.outcome) {
+            debug!("task {}: the worker's report was cut to its limits", c.task);
+        }
         let r = c.task_ref();
         if matches!(c.outcome, TaskOutcome::WorkerLost) {
             self.worker_broke_protocol(now_ms, worker, Violation::WorkerLostReported);
@@ -1157,6 +1227,21 @@ impl Core {
                 client,
                 format!(
                     "{asked} tasks in one submission; at most {MAX_TASKS_PER_SUBMIT} at a time"
+                ),
+            );
+        }
+        let held = self.tasks.len() as u64;
+        if held.saturating_add(asked) > self.config.max_tasks {
+            warn!(
+                "refused a submission of {asked} tasks: {held} held, --max-tasks {}",
+                self.config.max_tasks
+            );
+            return self.error(
+                client,
+                format!(
+                    "cannot accept {asked} more tasks: the master holds {held} and its limit \
+                     (--max-tasks) is {}",
+                    self.config.max_tasks
                 ),
             );
         }

@@ -10,6 +10,7 @@ use protocol::{
 mod copies;
 mod forged;
 mod idle;
+mod limits;
 mod names;
 
 struct Harness {

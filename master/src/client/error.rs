@@ -16,6 +16,10 @@ pub enum ClientError {
     /// Connecting, the handshake, or the socket afterwards failed (unreachable, rejected, closed).
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+    /// A task breaks a limit the master enforces (`protocol::limits`); refused before sending,
+    /// with the exit code of the master's own refusal.
+    #[error("{0}")]
+    Refused(String),
     /// The master answered with `Error { message }`.
     #[error("{0}")]
     Master(String),
@@ -31,7 +35,10 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Usage(_) | ClientError::Connection(_) => 2,
-            ClientError::Master(_) | ClientError::Unexpected { .. } | ClientError::Output(_) => 1,
+            ClientError::Master(_)
+            | ClientError::Refused(_)
+            | ClientError::Unexpected { .. }
+            | ClientError::Output(_) => 1,
         }
     }
 
