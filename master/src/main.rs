@@ -82,6 +82,10 @@ struct ServeArgs {
     /// far); the first success wins. F must be at least 1.
     #[arg(long, value_name = "F", value_parser = parse_speculate)]
     speculate: Option<f64>,
+    /// Close a client connection that has nothing in flight (no wait) and sends nothing for this
+    /// long; 0 or "off" never closes one.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_idle_timeout)]
+    client_idle_timeout: IdleTimeout,
     /// The most tasks the master holds, finished ones included; a submission that would pass it
     /// is refused whole (the client exits 1). Default: half of this machine's memory at
     /// 256 bytes a task, and at least 1,000,000.
@@ -165,6 +169,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             heartbeat_timeout_ms,
             token,
             speculate: args.speculate,
+            client_idle_timeout_ms: args
+                .client_idle_timeout
+                .0
+                .map(|d| d.as_millis().max(1) as u64),
             max_tasks: args.max_tasks.unwrap_or_else(default_max_tasks),
             ..CoreConfig::default()
         },
@@ -182,6 +190,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     server.run()?;
     Ok(())
+}
+
+/// `--client-idle-timeout`: a duration, or none (a newtype: clap reads a bare `Option` field as
+/// "the flag may be missing").
+#[derive(Debug, Clone, Copy)]
+struct IdleTimeout(Option<std::time::Duration>);
+
+/// A duration, or 0 / `off` for none.
+fn parse_idle_timeout(text: &str) -> Result<IdleTimeout, String> {
+    if text == "off" || text == "0" {
+        return Ok(IdleTimeout(None));
+    }
+    parse_duration(text).map(|d| IdleTimeout((!d.is_zero()).then_some(d)))
 }
 
 /// Refuses to serve strangers: a non-loopback address needs a token, or an explicit --insecure.

@@ -174,3 +174,162 @@ fn a_second_worker_with_a_live_name_is_refused() {
     assert!(log.contains("is in use by a live worker"), "{log}");
     assert_eq!(c.alive_workers(), 1);
 }
+
+/// The acceptance line: "500 client attempts with a wrong token add fewer than 50 lines to the
+/// master's log" (at the default level), and a client with the right token still gets in at once.
+#[test]
+fn wrong_tokens_cost_the_log_a_few_lines() {
+    let c = Cluster::start_with_env(&["--token", TOKEN], &[("RUST_LOG", "info")]);
+    // The log's first lines (listening ...) are written before the port file.
+    let before = c.master_log().lines().count();
+    // 10 guessers of 50 attempts each: past the first few, each answer waits a little.
+    let guessers: Vec<_> = (0..10)
+        .map(|_| {
+            let addr = c.addr.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let mut s = TcpStream::connect(&addr).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(20)))
+                        .expect("timeout");
+                    let got = protocol::connection::handshake(
+                        &mut s,
+                        &mut FrameDecoder::new(),
+                        &addr,
+                        Role::Client,
+                        Some(b"wrong"),
+                    );
+                    assert!(
+                        matches!(
+                            got,
+                            Err(protocol::ConnectionError::Rejected {
+                                kind: RejectKind::Authentication,
+                                ..
+                            })
+                        ),
+                        "{got:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for g in guessers {
+        g.join().expect("a guesser");
+    }
+    let out = c.cli_within(Duration::from_secs(30), &["status", "--token", TOKEN], &[]);
+    assert!(out.status.success(), "the right token still works: {out:?}");
+    // The summary of the suppressed lines comes within a sweep or two.
+    let log = eventually(Duration::from_secs(10), "the summary line", || {
+        let log = c.master_log();
+        log.contains("more refused or failed handshakes")
+            .then_some(log)
+    });
+    let added = log.lines().count() - before;
+    eprintln!("lines added: {added}");
+    assert!(added < 50, "{added} lines:\n{log}");
+    assert!(log.contains("authentication failed"), "{log}");
+}
+
+/// One frame of 100,000 results for unknown ids (the campaign's 200,002 log lines) writes one
+/// line, and so do a hundred such frames a few more.
+#[test]
+fn a_frame_of_unknown_ids_costs_one_line() {
+    let c = Cluster::start_with_env(&[], &[("RUST_LOG", "info")]);
+    let mut s = TcpStream::connect(&c.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut dec = FrameDecoder::new();
+    let info = protocol::WorkerInfo {
+        name: "junk".into(),
+        host: "h".into(),
+        cpus: 1,
+        slots: 1,
+        pid: 1,
+        group: None,
+        prefetch: 0,
+        heartbeat_interval_ms: 0,
+    };
+    protocol::connection::handshake(&mut s, &mut dec, &c.addr, Role::Worker(info), None)
+        .expect("welcomed");
+    send(&mut s, &ToMaster::Running(vec![]));
+    let before = c.master_log().lines().count();
+    let junk: Vec<protocol::Completion> = (0..100_000u64)
+        .map(|i| {
+            protocol::TaskRef {
+                task: protocol::TaskId(1_000_000 + i),
+                attempt: protocol::Attempt(1),
+                incarnation: protocol::Incarnation(1),
+            }
+            .completion(protocol::TaskOutcome::Failed { error: "x".into() }, 1)
+        })
+        .collect();
+    for _ in 0..20 {
+        send(&mut s, &ToMaster::Finished(junk.clone()));
+    }
+    // A request on another connection, answered after the junk was read: the log is complete.
+    eventually(
+        Duration::from_secs(60),
+        "the master to read the junk",
+        || {
+            c.master_log()
+                .contains("dropped 100000 stale results")
+                .then_some(())
+        },
+    );
+    let log = c.master_log();
+    assert!(!log.contains("protocol error"), "{log}");
+    let added = log.lines().count() - before;
+    eprintln!("lines added: {added}");
+    assert!(added < 20, "{added} lines:\n{log}");
+}
+
+/// `--client-idle-timeout`: an idle client connection is closed; a `wait` that lasts longer is
+/// not.
+#[test]
+fn idle_clients_are_closed_but_waits_are_not() {
+    let mut c = Cluster::start(&["--client-idle-timeout", "1s"]);
+    let mut s = TcpStream::connect(&c.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut dec = FrameDecoder::new();
+    protocol::connection::handshake(&mut s, &mut dec, &c.addr, Role::Client, None)
+        .expect("welcomed");
+    let mut buf = [0u8; 64];
+    let n = s
+        .read(&mut buf)
+        .expect("the master closes, it does not stall");
+    assert_eq!(n, 0, "closed without a word");
+    assert!(c.master_log().contains("idle for"), "logged at debug");
+    c.add_worker("w", 1);
+    c.wait_for_workers(1);
+    let out = c.cli_within(
+        Duration::from_secs(60),
+        &["submit", "--wait", "--sleep", "3s"],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The acceptance line: "`worker --heartbeat 5s` against the default 3 s timeout: refused at
+/// connect with a message about the heartbeat, or adjusted with a log line; in 12 s it is not
+/// declared dead more than once." Here: adjusted, and never declared dead over a window in
+/// which the old behaviour lost it twice.
+#[test]
+fn a_heartbeat_too_slow_for_the_timeout_is_adjusted() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker_with("slow", 1, &["--heartbeat", "5s"]);
+    c.wait_for_workers(1);
+    eventually(Duration::from_secs(10), "the master's line", || {
+        c.master_log()
+            .contains("worker slow asked for heartbeat 5s; told to use 1s, the timeout is 3s")
+            .then_some(())
+    });
+    let worker_log = || std::fs::read_to_string(c.dir.join("slow.log")).unwrap_or_default();
+    eventually(Duration::from_secs(10), "the worker's line", || {
+        worker_log().contains("adjusted").then_some(())
+    });
+    // An observation window, not a synchronisation: the old behaviour lost it every 3 s.
+    std::thread::sleep(Duration::from_secs(7));
+    let log = c.master_log();
+    assert!(!log.contains("worker slow (#1) lost"), "{log}");
+    assert_eq!(c.alive_workers(), 1);
+}

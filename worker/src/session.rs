@@ -85,7 +85,8 @@ pub struct Config {
     /// Shared secret for the handshake, if the master wants one.
     pub token: Option<Vec<u8>>,
     pub info: WorkerInfo,
-    /// Overrides the master's heartbeat interval.
+    /// The heartbeat interval asked for (also sent in `WorkerInfo`); the master may tell us a
+    /// shorter one to meet its timeout, which wins.
     pub heartbeat: Option<Duration>,
     pub on_master_lost: OnMasterLost,
     /// Commands die with the worker even when it is SIGKILLed (`PR_SET_PDEATHSIG`).
@@ -488,7 +489,20 @@ impl Session {
             }
             ms => Duration::from_millis(ms),
         };
-        let heartbeat = self.config.heartbeat.unwrap_or(master_heartbeat);
+        // The master says what meets its timeout; a faster interval of our own is fine too.
+        let heartbeat = match self.config.heartbeat {
+            Some(asked) if master_heartbeat < asked => {
+                info!(
+                    "the master told us to report every {} ms, not the {} ms asked for \
+                     (--heartbeat): its heartbeat timeout needs it; adjusted",
+                    master_heartbeat.as_millis(),
+                    asked.as_millis()
+                );
+                master_heartbeat
+            }
+            Some(asked) => asked,
+            None => master_heartbeat,
+        };
         let stall_timeout = heartbeat.max(master_heartbeat) * STALL_HEARTBEATS;
         // The name first: the master's internal id (`#3`) only disambiguates.
         let id = welcome

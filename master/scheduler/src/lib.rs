@@ -22,7 +22,9 @@
 
 mod epochs;
 mod group_commit;
+mod handed;
 mod holds;
+mod log_limit;
 pub mod policy;
 mod pools;
 pub mod queue;
@@ -37,8 +39,10 @@ mod workers;
 pub use epochs::EpochStart;
 use epochs::Epochs;
 pub use group_commit::{GroupCommit, COMMIT_BATCH_MAX, COMMIT_WINDOW_US};
+use handed::GivenUp;
 use holds::Holds;
 use log::{debug, info, log, warn, Level};
+use log_limit::LogLimiter;
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
@@ -87,6 +91,9 @@ pub struct CoreConfig {
     pub master_id: u64,
     /// This start of the master; `restore` brings the earlier ones.
     pub incarnation: Incarnation,
+    /// A client with nothing in flight (no `wait`) that sends nothing for this long is closed
+    /// (`master --client-idle-timeout`); `None`: never.
+    pub client_idle_timeout_ms: Option<u64>,
     /// The most tasks the master holds (finished ones included): a submission that would pass it
     /// is refused whole (`master --max-tasks`).
     pub max_tasks: u64,
@@ -107,10 +114,15 @@ impl Default for CoreConfig {
             speculate: None,
             master_id: 0,
             incarnation: Incarnation(1),
+            client_idle_timeout_ms: Some(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
             max_tasks: u64::MAX,
         }
     }
 }
+
+/// `master --client-idle-timeout`'s default: an idle connection costs some 65 KiB and a place
+/// under `--max-connections`; a person typing commands reconnects each time anyway.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 5 * 60 * 1_000;
 
 /// What the core wants done.
 #[derive(Debug, Clone, PartialEq)]
@@ -222,6 +234,9 @@ pub struct RestoredTask {
 
 /// How often timers are checked. Failure detection is exact to within this.
 const SWEEP_INTERVAL_MS: u64 = 100;
+/// Lines about one worker's bad reports (dropped results) per second; the rest are counted and
+/// summed up once a second.
+const PEER_LINES_PER_SECOND: u32 = 5;
 /// Per-task log lines beyond this many per second go to `debug`, with a summary at `info`.
 const TASK_LINES_PER_SECOND: u32 = 20;
 /// One submission may create at most this many tasks (about 1 GiB of task records): a client
@@ -260,7 +275,13 @@ pub struct Core {
     estimate: RunEstimate,
     /// Which incarnation submitted which ids: a run is credited only to its own task.
     epochs: Epochs,
+    /// Runs taken back from lost workers: a late report of one is believed only from its worker.
+    given_up: GivenUp,
+    /// Warnings about one worker's reports: a few a second, then a summary line.
+    peer_log: LogLimiter<WorkerId>,
     chatter: Chatter,
+    /// When idle clients are looked for next (once a second is plenty for a timeout of minutes).
+    next_idle_check_ms: u64,
 }
 
 impl Core {
@@ -288,7 +309,10 @@ impl Core {
             unstarted: Unstarted::default(),
             estimate: RunEstimate::default(),
             epochs: Epochs::fresh(incarnation),
+            given_up: GivenUp::default(),
+            peer_log: LogLimiter::new(PEER_LINES_PER_SECOND, 1_000),
             chatter: Chatter::default(),
+            next_idle_check_ms: 0,
         }
     }
 
@@ -373,7 +397,7 @@ impl Core {
 
     /// One decoded frame from `conn`.
     pub fn handle_message(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) {
-        match self.session.receive(conn, msg) {
+        match self.session.receive(now_ms, conn, msg) {
             Inbound::Handled => {}
             Inbound::WorkerHello(hello) => self.register_worker(now_ms, hello),
             Inbound::Worker(id, msg) => self.on_worker_message(now_ms, id, msg),
@@ -397,6 +421,19 @@ impl Core {
         }
         self.next_sweep_ms = None;
         self.session.expire_handshakes(now_ms);
+        self.session.summarise_logs(now_ms);
+        for s in self.peer_log.summarise(now_ms) {
+            let name = s
+                .peer
+                .and_then(|w| self.workers.name(w))
+                .unwrap_or("other workers");
+            info!(
+                "worker {name}: {} more lines about dropped reports in the last {:.1} s (not \
+                 logged one by one)",
+                s.suppressed,
+                s.over_ms as f64 / 1e3
+            );
+        }
         let timeout = self.config.heartbeat_timeout_ms;
         // In id order, so the simulator replays from a seed.
         let silent: Vec<(WorkerId, u64)> = self
@@ -415,9 +452,34 @@ impl Core {
         if let Some(factor) = self.config.speculate {
             self.speculate(now_ms, factor);
         }
+        self.close_idle_clients(now_ms);
         self.chatter.summarise(now_ms, self.pools.len());
-        if !self.session.is_empty() {
+        // Suppressed lines are summed up even after their peers have gone.
+        if !self.session.is_empty()
+            || self.session.has_pending_logs()
+            || self.peer_log.has_pending()
+        {
             self.arm_sweep(now_ms);
+        }
+    }
+
+    /// Closes clients that sent nothing for `client_idle_timeout_ms` and wait for nothing.
+    fn close_idle_clients(&mut self, now_ms: u64) {
+        let Some(timeout_ms) = self.config.client_idle_timeout_ms else {
+            return;
+        };
+        if now_ms < self.next_idle_check_ms {
+            return;
+        }
+        self.next_idle_check_ms = now_ms + 1_000;
+        for (client, idle_ms) in self.session.idle_clients(now_ms, timeout_ms) {
+            // IMPORTANT: a `wait` may rightly last for hours with nothing said.
+            if self.waiters.has_client(client) {
+                continue;
+            }
+            debug!("{client}: idle for {idle_ms} ms, closing");
+            self.session
+                .close_client(client, CloseReason::ClientIdle { idle_ms });
         }
     }
 
@@ -607,16 +669,17 @@ impl Core {
     fn register_worker(&mut self, now_ms: u64, hello: WorkerHello) {
         let WorkerHello { ticket, info, addr } = hello;
         if let Some(refusal) = self.name_taken(now_ms, &info) {
-            return self.session.refuse_worker(ticket, refusal);
+            return self.session.refuse_worker(now_ms, ticket, refusal);
         }
         let (name, slots, host) = (info.name.clone(), info.slots, info.host.clone());
         let prefetch = info.prefetch;
+        let heartbeat_ms = self.heartbeat_for(&info);
         // A worker coming back (perhaps in another group) leaves the pools it was in and enters
         // the ones it belongs to now.
         let (joined, change) = self.workers.register(info, addr.clone(), now_ms);
         self.learn(change);
         let id = joined.id;
-        let replaced = self.session.accept_worker(ticket, id);
+        let replaced = self.session.accept_worker(ticket, id, heartbeat_ms);
         debug_assert_eq!(
             replaced, joined.replaced,
             "the tables agree on who was alive"
@@ -631,6 +694,28 @@ impl Core {
         };
         // "worker NAME joined" is what scripts grep for; the id only disambiguates.
         info!("worker {name} joined from {addr} ({id}, host {host}, {slots} slots{prefetch})");
+    }
+
+    /// The heartbeat interval to tell a worker: the one it asked for if that meets the timeout
+    /// (at least two reports per timeout), else ours, with a line that says so. A worker that
+    /// reports every 5 s against a 3 s timeout would be declared dead every 3 s, forever.
+    fn heartbeat_for(&self, info: &WorkerInfo) -> u64 {
+        let ours = self.config.heartbeat_interval_ms;
+        let timeout = self.config.heartbeat_timeout_ms;
+        match info.heartbeat_interval_ms {
+            0 => ours,
+            asked if asked.saturating_mul(2) <= timeout => asked,
+            asked => {
+                info!(
+                    "worker {} asked for heartbeat {}; told to use {}, the timeout is {}",
+                    info.name,
+                    ms(asked),
+                    ms(ours),
+                    ms(timeout)
+                );
+                ours
+            }
+        }
     }
 
     /// Why `info` may not take its name now: another live worker holds it. A worker that really
@@ -673,14 +758,18 @@ impl Core {
             }
             ToMaster::Retracted(refs) => self.on_retracted(id, refs),
             ToMaster::Finished(done) => {
+                let mut drops = FrameDrops::default();
                 for c in done {
                     // A worker that broke the protocol mid-frame is forgotten: the rest of its
                     // frame is not credited to anything.
                     if !self.workers.is_alive(id) {
                         break;
                     }
-                    self.on_finished(now_ms, id, c);
+                    if let Some((why, r)) = self.on_finished(now_ms, id, c) {
+                        drops.add(why, r);
+                    }
                 }
+                self.log_drops(now_ms, id, &drops);
             }
             ToMaster::Running(refs) => self.on_running(now_ms, id, refs),
             other => {
@@ -694,7 +783,54 @@ impl Core {
         self.tasks.get(r.task).is_some_and(|t| t.is_run(worker, r))
     }
 
-    fn on_finished(&mut self, now_ms: u64, worker: WorkerId, mut c: Completion) {
+    /// Whether `worker` may report run `r`, which is not current: a run of this incarnation only
+    /// if it was handed to that worker (and given up when the master lost it); a run of an
+    /// earlier one (unknown: assignments are not journaled) only if the worker could have been
+    /// given the task at all, by its group.
+    fn may_report(&self, worker: WorkerId, r: TaskRef) -> bool {
+        if r.incarnation == self.epochs.current() {
+            return self.given_up.was_handed(worker, r);
+        }
+        let (Some(t), Some(w)) = (self.tasks.get(r.task), self.workers.get(worker)) else {
+            return false;
+        };
+        t.spec.group.is_none() || t.spec.group == w.info.group
+    }
+
+    /// One line per kind of dropped result in a frame, each with its count and first run: a
+    /// forged or broken frame of thousands of ids costs a few lines, not thousands, and a worker
+    /// that sends many such frames is limited per second on top (`peer_log`).
+    fn log_drops(&mut self, now_ms: u64, worker: WorkerId, drops: &FrameDrops) {
+        for (why, count, first) in drops.kinds() {
+            let level = match why {
+                // A copy cancelled because another won is expected, not news.
+                Dropped::StaleCancelled => Level::Debug,
+                Dropped::Stale => Level::Info,
+                Dropped::Forged | Dropped::ReusedId => Level::Warn,
+            };
+            if level <= Level::Info && !self.peer_log.allow(now_ms, &worker) {
+                continue;
+            }
+            let name = self.workers.name(worker).unwrap_or("?");
+            log!(
+                level,
+                "dropped {count} {} from worker {name} ({worker}) (first: task {} attempt {}, \
+                 incarnation {})",
+                why.describe(),
+                first.task,
+                first.attempt,
+                first.incarnation
+            );
+        }
+    }
+
+    /// Credits one completion; returns why it was dropped, if it was.
+    fn on_finished(
+        &mut self,
+        now_ms: u64,
+        worker: WorkerId,
+        mut c: Completion,
+    ) -> Option<(Dropped, TaskRef)> {
         // IMPORTANT: before anything keeps or journals it: the outcome's record and every reply
         // that carries it must fit a frame, whatever the worker sent.
         if protocol::limits::cap_outcome(&mut c.outcome) {
@@ -702,7 +838,8 @@ impl Core {
         }
         let r = c.task_ref();
         if matches!(c.outcome, TaskOutcome::WorkerLost) {
-            return self.worker_broke_protocol(now_ms, worker, Violation::WorkerLostReported);
+            self.worker_broke_protocol(now_ms, worker, Violation::WorkerLostReported);
+            return None;
         }
         if let Some(change) = self.workers.drained(worker, r) {
             // A losing copy is gone: its slot is free now.
@@ -713,30 +850,24 @@ impl Core {
             if !self.epochs.owns(r) {
                 // IMPORTANT: this run was handed out by an earlier incarnation for a submission
                 // that died uncommitted with it; the id now names another task.
-                warn!(
-                    "dropped result of task {} attempt {} from {name}: it ran for incarnation {}, \
-                     before this task was submitted (the id was reused after a crash)",
-                    c.task, c.attempt, r.incarnation
-                );
-                return;
+                return Some((Dropped::ReusedId, r));
             }
             let waiting = self.tasks.get(c.task).map(|t| t.state) == Some(TaskState::Queued);
             // IMPORTANT: a stale `Cancelled` answers a cancel of ours (a duplicate run, a losing
             // copy); it never says how the task ended. Found by the simulator with cut links.
             if !waiting || matches!(c.outcome, TaskOutcome::Cancelled) {
-                // Final already, or running as another attempt: that attempt's result will count.
-                // A copy cancelled because another won is expected, not news.
-                let level = match c.outcome {
-                    TaskOutcome::Cancelled => Level::Debug,
-                    _ => Level::Info,
+                // Final already, or running as another attempt (or unknown): that attempt's
+                // result will count.
+                let why = match c.outcome {
+                    TaskOutcome::Cancelled => Dropped::StaleCancelled,
+                    _ => Dropped::Stale,
                 };
-                log!(
-                    level,
-                    "dropped stale result for task {} attempt {} from {name}",
-                    c.task,
-                    c.attempt
-                );
-                return;
+                return Some((why, r));
+            }
+            // IMPORTANT: only the worker the run was handed to may end a waiting task with it;
+            // anything else is a forged result (or another worker's mistake).
+            if !self.may_report(worker, r) {
+                return Some((Dropped::Forged, r));
             }
             // The attempt we gave up on (its worker vanished, or the master restarted) finished
             // before anyone ran the task again: take its result rather than run it twice.
@@ -768,7 +899,7 @@ impl Core {
                 "copy of task {} (attempt {}) ended on {name} without success; other copies run on",
                 c.task, c.attempt
             );
-            return;
+            return None;
         }
         let failed_run = match &c.outcome {
             TaskOutcome::Failed { .. } => true,
@@ -776,7 +907,7 @@ impl Core {
             _ => false,
         };
         if failed_run && self.retry_after_failure(now_ms, c.task, &name) {
-            return;
+            return None;
         }
         let (state, result) = settle(c.outcome);
         let level = self.chatter.task_line(now_ms, Event::Finished);
@@ -793,6 +924,7 @@ impl Core {
                 .unwrap_or_default()
         );
         self.finish(now_ms, c.task, state, result);
+        None
     }
 
     /// Re-queues a failed run if its spec allows more (`retry_failed`), after a backoff that doubles
@@ -825,6 +957,7 @@ impl Core {
         let mut cancel = Vec::new();
         let mut adopted = 0;
         let mut foreign = 0;
+        let mut forged = Vec::new();
         for r in refs {
             if self.is_current(worker, r) {
                 continue;
@@ -832,6 +965,12 @@ impl Core {
             if !self.epochs.owns(r) {
                 // A run of a submission lost with an earlier incarnation: nobody owns it.
                 foreign += 1;
+                cancel.push(r);
+                continue;
+            }
+            if !self.may_report(worker, r) {
+                // Never handed to this worker: not adopted, and stopped if it really runs.
+                forged.push(r);
                 cancel.push(r);
                 continue;
             }
@@ -876,11 +1015,23 @@ impl Core {
                  master and never committed: cancelling them"
             );
         }
-        if cancel.len() > foreign {
+        if cancel.len() > foreign + forged.len() {
             info!(
                 "worker {name} runs {} attempts that are final or run elsewhere: cancelling them",
-                cancel.len() - foreign
+                cancel.len() - foreign - forged.len()
             );
+        }
+        if let Some(first) = forged.first() {
+            if self.peer_log.allow(now_ms, &worker) {
+                warn!(
+                    "worker {name} reports {} runs it was never handed (first: task {} attempt \
+                     {}, incarnation {}): not adopted, cancelled",
+                    forged.len(),
+                    first.task,
+                    first.attempt,
+                    first.incarnation
+                );
+            }
         }
         if !cancel.is_empty() {
             self.session.send_worker(worker, FromMaster::Cancel(cancel));
@@ -998,7 +1149,18 @@ impl Core {
         };
         self.learn(change);
         let (mut requeued, mut finished) = (0, 0);
+        let current = self.epochs.current();
         for task in lost {
+            // Its late report (after a reconnect) is believed from this worker only.
+            if let Some(run) = self
+                .tasks
+                .get(task)
+                .and_then(|t| t.runs().find(|r| r.worker == id))
+            {
+                if run.incarnation == current {
+                    self.given_up.record(task, id, run.attempt);
+                }
+            }
             if self.tasks.has_other_runs(task, id) {
                 // Another copy runs on: the task is not lost.
                 self.tasks.end_run(task, id);
@@ -1249,6 +1411,7 @@ impl Core {
             self.avoid.remove(&id);
         }
         self.tasks.finish(id, state, result, now_ms);
+        self.given_up.forget(id);
         self.waiters.on_final(id, state == TaskState::Succeeded);
         if self.config.persist {
             if let Some(t) = self.tasks.get(id) {
@@ -1405,6 +1568,15 @@ impl Core {
     }
 }
 
+/// A duration for a log line: `5s`, `1.5s`, `250ms`.
+fn ms(ms: u64) -> String {
+    if ms >= 1_000 && ms % 100 == 0 {
+        format!("{}s", ms as f64 / 1e3)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 /// `ids` without repeats, first occurrence kept (the set is only looked up: the order is the
 /// input's).
 fn unique(ids: Vec<TaskId>) -> Vec<TaskId> {
@@ -1417,6 +1589,64 @@ fn queue_key(order: QueueOrder, id: TaskId, t: &Task) -> QueueKey {
     QueueKey {
         priority: t.spec.priority,
         order: order.tie_breaker(id.0, t.spec.size),
+    }
+}
+
+/// Why a reported completion was not credited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    /// The task is final, runs as another attempt, or is unknown.
+    Stale,
+    /// As `Stale`, a `Cancelled` (the answer to a cancel of ours).
+    StaleCancelled,
+    /// Of a submission lost with an earlier incarnation: the id names another task now.
+    ReusedId,
+    /// A run the master never handed to this worker.
+    Forged,
+}
+
+impl Dropped {
+    const ALL: [Dropped; 4] = [
+        Dropped::Stale,
+        Dropped::StaleCancelled,
+        Dropped::ReusedId,
+        Dropped::Forged,
+    ];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Dropped::Stale => {
+                "stale results (the task is final, unknown, or runs as another attempt)"
+            }
+            Dropped::StaleCancelled => "stale cancellations",
+            Dropped::ReusedId => {
+                "results of runs handed out before their task was submitted (ids reused after a \
+                 crash)"
+            }
+            Dropped::Forged => "results for runs it was never handed",
+        }
+    }
+}
+
+/// The dropped completions of one `Finished` frame, by kind: a count and the first run.
+#[derive(Debug, Default)]
+struct FrameDrops {
+    kinds: [(u64, Option<TaskRef>); 4],
+}
+
+impl FrameDrops {
+    fn add(&mut self, why: Dropped, r: TaskRef) {
+        let i = Dropped::ALL.iter().position(|&d| d == why).unwrap_or(0);
+        let (count, first) = &mut self.kinds[i];
+        *count += 1;
+        first.get_or_insert(r);
+    }
+
+    fn kinds(&self) -> impl Iterator<Item = (Dropped, u64, TaskRef)> + '_ {
+        Dropped::ALL
+            .iter()
+            .zip(&self.kinds)
+            .filter_map(|(&why, &(count, first))| first.map(|r| (why, count, r)))
     }
 }
 

@@ -406,6 +406,7 @@ impl World {
             master_id: 1,
             // A restored master is the second incarnation on its journal.
             incarnation: Incarnation(if s.restored.is_empty() { 1 } else { 2 }),
+            client_idle_timeout_ms: Some(60_000),
             max_tasks: u64::MAX,
         });
         let now = 1_000_000;

@@ -11,6 +11,7 @@
 //! handshake, a missed deadline). A closed connection is forgotten at once; the `Close` output
 //! tells the shell to flush and drop it.
 
+use crate::log_limit::LogLimiter;
 use crate::{Output, Record};
 use log::{debug, warn};
 use protocol::auth::{self, RoleTag};
@@ -55,6 +56,8 @@ pub enum CloseReason {
     HeartbeatTimeout { quiet_ms: u64 },
     /// The same worker connected again before its old connection was seen to die.
     Replaced,
+    /// A client with nothing in flight sent nothing for this long (`--client-idle-timeout`).
+    ClientIdle { idle_ms: u64 },
 }
 
 impl fmt::Display for CloseReason {
@@ -70,6 +73,9 @@ impl fmt::Display for CloseReason {
             }
             CloseReason::Replaced => {
                 f.write_str("replaced by a new connection from the same worker")
+            }
+            CloseReason::ClientIdle { idle_ms } => {
+                write!(f, "client idle for {idle_ms} ms with nothing in flight")
             }
         }
     }
@@ -242,12 +248,20 @@ enum Peer {
     },
     Worker(WorkerId),
     Client(ClientId),
+    /// Failed its authentication from an address that keeps failing: told `refusal` and closed
+    /// only at `at_ms` (in `handshakes`), so guessing tokens goes slowly. Frames are ignored.
+    Refusing {
+        at_ms: u64,
+        refusal: Refusal,
+    },
 }
 
 #[derive(Debug)]
 struct Conn {
     addr: String,
     peer: Peer,
+    /// When the peer last sent a frame (or connected).
+    last_active_ms: u64,
 }
 
 #[derive(Debug)]
@@ -255,12 +269,37 @@ pub struct Sessions {
     config: SessionConfig,
     /// Only looked up by id, never iterated: its hash order decides nothing.
     conns: HashMap<ConnId, Conn>,
-    /// Pending handshakes by deadline: expiries go out in one deterministic order.
+    /// Pending handshakes by deadline, and delayed refusals by their time: expiries go out in one
+    /// deterministic order.
     handshakes: BTreeSet<(u64, ConnId)>,
     workers: BTreeMap<WorkerId, ConnId>,
     clients: BTreeMap<ClientId, ConnId>,
     next_client: u64,
     out: VecDeque<Output>,
+    /// Warnings about peers before (or at) their handshake, per IP address: a flood of wrong
+    /// tokens or idle connections from one address writes a few lines and a summary a second.
+    refusals: LogLimiter<String>,
+    /// Failed authentications per IP address: (start of the window, failures in it).
+    auth_failures: BTreeMap<String, (u64, u32)>,
+}
+
+/// Failed authentications from one address within `AUTH_FAILURE_WINDOW_MS` answered at once;
+/// beyond, each waits `AUTH_FAILURE_DELAY_MS` for its `Rejected`. A script that guesses tokens
+/// one connection at a time gets 10 guesses a second instead of thousands; the holder of the
+/// right token from the same address is let in at once.
+const AUTH_FAILURES_FREE: u32 = 5;
+const AUTH_FAILURE_WINDOW_MS: u64 = 10_000;
+const AUTH_FAILURE_DELAY_MS: u64 = 100;
+/// Addresses whose failures are counted at once (beyond, new ones are not slowed down).
+const MAX_FAILING_ADDRS: usize = 4_096;
+
+/// Lines about one address's refused or failed handshakes: this many per window, then counted.
+const REFUSAL_LINES: u32 = 5;
+const REFUSAL_WINDOW_MS: u64 = 10_000;
+
+/// The address part of `ip:port` (`[v6]:port` keeps its brackets).
+fn ip_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(ip, _)| ip)
 }
 
 impl Sessions {
@@ -273,6 +312,8 @@ impl Sessions {
             clients: BTreeMap::new(),
             next_client: 1,
             out: VecDeque::new(),
+            refusals: LogLimiter::new(REFUSAL_LINES, REFUSAL_WINDOW_MS),
+            auth_failures: BTreeMap::new(),
         }
     }
 
@@ -305,6 +346,7 @@ impl Sessions {
             conn,
             Conn {
                 addr,
+                last_active_ms: now_ms,
                 peer: Peer::Pending {
                     nonce,
                     deadline_ms,
@@ -317,13 +359,16 @@ impl Sessions {
 
     /// One decoded frame from `conn`: handshake frames are handled here, the rest are handed on
     /// with the peer's id.
-    pub fn receive(&mut self, conn: ConnId, msg: ToMaster) -> Inbound {
-        let Some(c) = self.conns.get(&conn) else {
+    pub fn receive(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) -> Inbound {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return Inbound::Handled; // closed by us; late bytes are ignored
         };
+        c.last_active_ms = now_ms;
+        let c = &*c;
         match (&c.peer, msg) {
             (Peer::Worker(id), msg) => Inbound::Worker(*id, msg),
             (Peer::Client(id), msg) => Inbound::Client(*id, msg),
+            (Peer::Refusing { .. }, _) => Inbound::Handled,
             (
                 Peer::Pending { .. },
                 ToMaster::Hello {
@@ -332,10 +377,12 @@ impl Sessions {
                     auth,
                     nonce,
                 },
-            ) => self.on_hello(conn, version, role, &auth, &nonce),
+            ) => self.on_hello(now_ms, conn, version, role, &auth, &nonce),
             (Peer::Pending { .. }, other) => {
                 let v = Violation::ExpectedHello { got: other.name() };
-                warn!("protocol error from {}: {v}", c.addr);
+                if self.refusals.allow(now_ms, &ip_of(&c.addr).to_string()) {
+                    warn!("protocol error from {}: {v}", c.addr);
+                }
                 self.close(conn, CloseReason::Protocol(v));
                 Inbound::Handled
             }
@@ -344,6 +391,7 @@ impl Sessions {
 
     fn on_hello(
         &mut self,
+        now_ms: u64,
         conn: ConnId,
         version: u32,
         role: Role,
@@ -353,6 +401,7 @@ impl Sessions {
         let Some(Conn {
             addr,
             peer: Peer::Pending { nonce, .. },
+            ..
         }) = self.conns.get(&conn)
         else {
             return Inbound::Handled;
@@ -369,8 +418,17 @@ impl Sessions {
             None
         };
         if let Some(refusal) = refusal {
-            warn!("refused connection from {addr}: {refusal}");
-            self.close(conn, CloseReason::Refused(refusal));
+            // IMPORTANT: a wrong token costs one line only while the address stays under its
+            // budget: 500 attempts a second write a handful and a summary a second.
+            let ip = ip_of(addr).to_string();
+            if self.refusals.allow(now_ms, &ip) {
+                warn!("refused connection from {addr}: {refusal}");
+            }
+            if refusal == Refusal::AuthenticationFailed && self.count_auth_failure(now_ms, ip) {
+                self.refuse_later(now_ms, conn, refusal);
+            } else {
+                self.close(conn, CloseReason::Refused(refusal));
+            }
             return Inbound::Handled;
         }
         let master_proof = auth::master_proof(token, tag, nonce, peer_nonce);
@@ -389,7 +447,8 @@ impl Sessions {
                 self.next_client += 1;
                 let proof = self.bind(conn, Peer::Client(id));
                 self.clients.insert(id, conn);
-                self.welcome(conn, None, proof);
+                let interval_ms = self.config.heartbeat_interval_ms;
+                self.welcome(conn, None, proof, interval_ms);
                 Inbound::Handled
             }
             Role::Worker(info) => Inbound::WorkerHello(WorkerHello {
@@ -400,19 +459,68 @@ impl Sessions {
         }
     }
 
+    /// Counts a failed authentication from `ip`; returns whether its answer is to be delayed.
+    fn count_auth_failure(&mut self, now_ms: u64, ip: String) -> bool {
+        if !self.auth_failures.contains_key(&ip) && self.auth_failures.len() >= MAX_FAILING_ADDRS {
+            return false;
+        }
+        let (start_ms, failures) = self.auth_failures.entry(ip).or_insert((now_ms, 0));
+        if now_ms.saturating_sub(*start_ms) >= AUTH_FAILURE_WINDOW_MS {
+            (*start_ms, *failures) = (now_ms, 0);
+        }
+        *failures += 1;
+        *failures > AUTH_FAILURES_FREE
+    }
+
+    /// Holds `conn`'s refusal until `AUTH_FAILURE_DELAY_MS` from now (`expire_handshakes`).
+    fn refuse_later(&mut self, now_ms: u64, conn: ConnId, refusal: Refusal) {
+        let at_ms = now_ms + AUTH_FAILURE_DELAY_MS;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Peer::Pending { deadline_ms, .. } = c.peer {
+            self.handshakes.remove(&(deadline_ms, conn));
+        }
+        c.peer = Peer::Refusing { at_ms, refusal };
+        self.handshakes.insert((at_ms, conn));
+    }
+
+    /// When the next delayed refusal or handshake deadline is due (the sweep runs every 100 ms;
+    /// that granularity is enough for both).
+    #[cfg(test)]
+    pub fn next_refusal(&self) -> Option<u64> {
+        self.handshakes
+            .iter()
+            .find(|(_, conn)| {
+                matches!(
+                    self.conns.get(conn).map(|c| &c.peer),
+                    Some(Peer::Refusing { .. })
+                )
+            })
+            .map(|&(at, _)| at)
+    }
+
     /// Refuses a worker's `Hello` for a reason only the scheduler knows (its name is taken).
-    pub fn refuse_worker(&mut self, ticket: HelloTicket, refusal: Refusal) {
+    pub fn refuse_worker(&mut self, now_ms: u64, ticket: HelloTicket, refusal: Refusal) {
         let conn = ticket.0;
         if let Some(c) = self.conns.get(&conn) {
-            warn!("refused worker from {}: {refusal}", c.addr);
+            if self.refusals.allow(now_ms, &ip_of(&c.addr).to_string()) {
+                warn!("refused worker from {}: {refusal}", c.addr);
+            }
             self.close(conn, CloseReason::Refused(refusal));
         }
     }
 
-    /// Binds a worker's connection to the id the scheduler gave it and welcomes it. Returns
-    /// whether another connection held that worker: it is closed (`Replaced`), and the scheduler
-    /// must take back what it had assigned there.
-    pub fn accept_worker(&mut self, ticket: HelloTicket, id: WorkerId) -> bool {
+    /// Binds a worker's connection to the id the scheduler gave it and welcomes it, telling it
+    /// to report every `heartbeat_interval_ms`. Returns whether another connection held that
+    /// worker: it is closed (`Replaced`), and the scheduler must take back what it had assigned
+    /// there.
+    pub fn accept_worker(
+        &mut self,
+        ticket: HelloTicket,
+        id: WorkerId,
+        heartbeat_interval_ms: u64,
+    ) -> bool {
         let conn = ticket.0;
         let replaced = match self.workers.get(&id) {
             Some(&old) if old != conn => {
@@ -429,7 +537,7 @@ impl Sessions {
         }
         let proof = self.bind(conn, Peer::Worker(id));
         self.workers.insert(id, conn);
-        self.welcome(conn, Some(id), proof);
+        self.welcome(conn, Some(id), proof, heartbeat_interval_ms);
         replaced
     }
 
@@ -449,12 +557,18 @@ impl Sessions {
         }
     }
 
-    fn welcome(&mut self, conn: ConnId, worker_id: Option<WorkerId>, proof: Vec<u8>) {
+    fn welcome(
+        &mut self,
+        conn: ConnId,
+        worker_id: Option<WorkerId>,
+        proof: Vec<u8>,
+        heartbeat_interval_ms: u64,
+    ) {
         self.out.push_back(Output::Send {
             conn,
             msg: FromMaster::Welcome {
                 worker_id,
-                heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                heartbeat_interval_ms,
                 master_id: self.config.master_id,
                 incarnation: self.config.incarnation,
                 proof,
@@ -469,7 +583,7 @@ impl Sessions {
         match c.peer {
             Peer::Worker(id) => Some(Departed::Worker(id)),
             Peer::Client(id) => Some(Departed::Client(id)),
-            Peer::Pending { .. } => {
+            Peer::Pending { .. } | Peer::Refusing { .. } => {
                 debug!("{} left before the handshake: {reason}", c.addr);
                 None
             }
@@ -483,14 +597,46 @@ impl Sessions {
                 break;
             }
             self.handshakes.pop_first();
+            if let Some(Conn {
+                peer: Peer::Refusing { refusal, .. },
+                ..
+            }) = self.conns.get(&conn)
+            {
+                let reason = CloseReason::Refused(refusal.clone());
+                self.close(conn, reason);
+                continue;
+            }
             if let Some(c) = self.conns.get(&conn) {
-                warn!(
-                    "{}: no handshake within {} ms, closing",
-                    c.addr, self.config.handshake_timeout_ms
-                );
+                if self.refusals.allow(now_ms, &ip_of(&c.addr).to_string()) {
+                    warn!(
+                        "{}: no handshake within {} ms, closing",
+                        c.addr, self.config.handshake_timeout_ms
+                    );
+                }
             }
             let timeout_ms = self.config.handshake_timeout_ms;
             self.close(conn, CloseReason::HandshakeTimeout { timeout_ms });
+        }
+    }
+
+    /// Some refusal line waits for its summary (the sweep must go on).
+    pub fn has_pending_logs(&self) -> bool {
+        self.refusals.has_pending()
+    }
+
+    /// Writes one line per address whose refusals were not written, at most once a second.
+    pub fn summarise_logs(&mut self, now_ms: u64) {
+        self.auth_failures.retain(|_, &mut (start_ms, _)| {
+            now_ms.saturating_sub(start_ms) < AUTH_FAILURE_WINDOW_MS
+        });
+        for s in self.refusals.summarise(now_ms) {
+            let from = s.peer.as_deref().unwrap_or("other addresses");
+            warn!(
+                "{from}: {} more refused or failed handshakes in the last {:.1} s (not logged \
+                 one by one)",
+                s.suppressed,
+                s.over_ms as f64 / 1e3
+            );
         }
     }
 
@@ -506,6 +652,18 @@ impl Sessions {
         if let Some(&conn) = self.workers.get(&worker) {
             self.close(conn, reason);
         }
+    }
+
+    /// Clients that have sent nothing for `timeout_ms`, in id order (the caller spares those
+    /// with a request in flight).
+    pub fn idle_clients(&self, now_ms: u64, timeout_ms: u64) -> Vec<(ClientId, u64)> {
+        self.clients
+            .iter()
+            .filter_map(|(&id, conn)| {
+                let idle_ms = now_ms.saturating_sub(self.conns.get(conn)?.last_active_ms);
+                (idle_ms >= timeout_ms).then_some((id, idle_ms))
+            })
+            .collect()
     }
 
     /// Closes `client`'s connection, if it has one.
@@ -545,6 +703,9 @@ impl Sessions {
         match c.peer {
             Peer::Pending { deadline_ms, .. } => {
                 self.handshakes.remove(&(deadline_ms, conn));
+            }
+            Peer::Refusing { at_ms, .. } => {
+                self.handshakes.remove(&(at_ms, conn));
             }
             Peer::Worker(id) => {
                 self.workers.remove(&id);
@@ -598,6 +759,10 @@ impl Sessions {
                 Peer::Pending { deadline_ms, .. } => {
                     pending += 1;
                     assert!(self.handshakes.contains(&(deadline_ms, conn)));
+                }
+                Peer::Refusing { at_ms, .. } => {
+                    pending += 1;
+                    assert!(self.handshakes.contains(&(at_ms, conn)));
                 }
                 Peer::Worker(id) => assert_eq!(self.workers.get(&id), Some(&conn)),
                 Peer::Client(id) => assert_eq!(self.clients.get(&id), Some(&conn)),
@@ -696,11 +861,11 @@ mod tests {
     fn client(s: &mut Sessions, conn: ConnId) -> ClientId {
         assert_eq!(s.connect(0, conn, "c".into(), NONCE.to_vec()), None);
         assert!(matches!(
-            s.receive(conn, hello(Role::Client, vec![])),
+            s.receive(0, conn, hello(Role::Client, vec![])),
             Inbound::Handled
         ));
         drain(s);
-        match s.receive(conn, ToMaster::Status) {
+        match s.receive(0, conn, ToMaster::Status) {
             Inbound::Client(id, ToMaster::Status) => id,
             other => panic!("expected a client's message, got {other:?}"),
         }
@@ -709,11 +874,11 @@ mod tests {
     /// Opens `conn` and binds it to worker `id`; returns whether that replaced a connection.
     fn join(s: &mut Sessions, conn: ConnId, name: &str, id: WorkerId) -> bool {
         s.connect(0, conn, "w".into(), NONCE.to_vec());
-        let Inbound::WorkerHello(h) = s.receive(conn, hello(worker(name), vec![])) else {
+        let Inbound::WorkerHello(h) = s.receive(0, conn, hello(worker(name), vec![])) else {
             panic!("expected a worker's hello");
         };
         assert_eq!(h.info.name, name);
-        s.accept_worker(h.ticket, id)
+        s.accept_worker(h.ticket, id, 1_000)
     }
 
     fn send(conn: ConnId, msg: FromMaster) -> Output {
@@ -736,7 +901,7 @@ mod tests {
             )]
         );
         assert!(matches!(
-            s.receive(conn, hello(Role::Client, vec![])),
+            s.receive(0, conn, hello(Role::Client, vec![])),
             Inbound::Handled
         ));
         let welcome = FromMaster::Welcome {
@@ -749,7 +914,7 @@ mod tests {
         assert_eq!(drain(&mut s), vec![send(conn, welcome)]);
         assert_eq!(s.next_deadline(), None, "no handshake pending");
         assert!(matches!(
-            s.receive(conn, ToMaster::Status),
+            s.receive(0, conn, ToMaster::Status),
             Inbound::Client(_, ToMaster::Status)
         ));
     }
@@ -772,7 +937,7 @@ mod tests {
             }) if *c == conn
         ));
         assert!(matches!(
-            s.receive(conn, ToMaster::Running(vec![])),
+            s.receive(0, conn, ToMaster::Running(vec![])),
             Inbound::Worker(WorkerId(4), ToMaster::Running(_))
         ));
         s.send_worker(WorkerId(4), FromMaster::Cancel(vec![]));
@@ -889,7 +1054,7 @@ mod tests {
             let conn = ConnId(i + 1);
             s.connect(0, conn, "x".into(), NONCE.to_vec());
             drain(&mut s);
-            assert!(matches!(s.receive(conn, msg), Inbound::Handled));
+            assert!(matches!(s.receive(0, conn, msg), Inbound::Handled));
             assert_eq!(
                 drain(&mut s),
                 vec![
@@ -908,7 +1073,7 @@ mod tests {
             );
             // Forgotten: late frames are ignored and nothing more is sent.
             assert!(matches!(
-                s.receive(conn, ToMaster::Status),
+                s.receive(0, conn, ToMaster::Status),
                 Inbound::Handled
             ));
             assert!(drain(&mut s).is_empty());
@@ -919,7 +1084,7 @@ mod tests {
         s.connect(0, conn, "x".into(), NONCE.to_vec());
         let answer = answer(b"secret", RoleTag::Client);
         assert!(matches!(
-            s.receive(conn, hello(Role::Client, answer)),
+            s.receive(0, conn, hello(Role::Client, answer)),
             Inbound::Handled
         ));
         let out = drain(&mut s);
@@ -936,6 +1101,83 @@ mod tests {
         );
     }
 
+    /// An address that keeps failing its authentication is answered late; the holder of the
+    /// right token from the same address is let in at once, and another address is not slowed.
+    #[test]
+    fn repeated_auth_failures_from_one_address_are_answered_late() {
+        let mut s = sessions(Some(b"secret"));
+        let wrong = || hello(Role::Client, answer(b"wrong", RoleTag::Client));
+        let mut conn = 0;
+        let mut open = |s: &mut Sessions, addr: &str| {
+            conn += 1;
+            s.connect(1_000, ConnId(conn), addr.into(), NONCE.to_vec());
+            drain(s);
+            ConnId(conn)
+        };
+        for _ in 0..AUTH_FAILURES_FREE {
+            let c = open(&mut s, "10.0.0.1:5");
+            s.receive(1_000, c, wrong());
+            assert!(matches!(
+                &drain(&mut s)[..],
+                [
+                    Output::Send {
+                        msg: FromMaster::Rejected { .. },
+                        ..
+                    },
+                    Output::Close { .. }
+                ]
+            ));
+        }
+        let slow = open(&mut s, "10.0.0.1:6");
+        s.receive(1_000, slow, wrong());
+        assert!(drain(&mut s).is_empty(), "answered later");
+        assert_eq!(s.next_refusal(), Some(1_000 + AUTH_FAILURE_DELAY_MS));
+        // Frames meanwhile are ignored.
+        s.receive(1_010, slow, wrong());
+        assert!(drain(&mut s).is_empty());
+        // The right token from the same address, and a wrong one from another, at once.
+        let good = open(&mut s, "10.0.0.1:7");
+        s.receive(
+            1_010,
+            good,
+            hello(Role::Client, answer(b"secret", RoleTag::Client)),
+        );
+        assert!(matches!(
+            &drain(&mut s)[..],
+            [Output::Send {
+                msg: FromMaster::Welcome { .. },
+                ..
+            }]
+        ));
+        let other = open(&mut s, "10.0.0.2:5");
+        s.receive(1_010, other, wrong());
+        assert_eq!(drain(&mut s).len(), 2);
+        s.expire_handshakes(1_000 + AUTH_FAILURE_DELAY_MS - 1);
+        assert!(drain(&mut s).is_empty());
+        s.expire_handshakes(1_000 + AUTH_FAILURE_DELAY_MS);
+        assert_eq!(
+            drain(&mut s),
+            vec![
+                send(
+                    slow,
+                    FromMaster::Rejected {
+                        reason: Refusal::AuthenticationFailed.to_string(),
+                        kind: RejectKind::Authentication,
+                    }
+                ),
+                Output::Close {
+                    conn: slow,
+                    reason: CloseReason::Refused(Refusal::AuthenticationFailed)
+                }
+            ]
+        );
+        // After the window, the address starts afresh.
+        s.summarise_logs(1_000 + AUTH_FAILURE_WINDOW_MS);
+        let late = open(&mut s, "10.0.0.1:8");
+        s.receive(1_000 + AUTH_FAILURE_WINDOW_MS, late, wrong());
+        assert_eq!(drain(&mut s).len(), 2, "answered at once again");
+    }
+
     /// A worker's `Welcome` proves the token for a worker: bound to its role and to both nonces.
     #[test]
     fn a_worker_is_welcomed_with_the_masters_proof() {
@@ -943,10 +1185,10 @@ mod tests {
         let conn = ConnId(1);
         s.connect(0, conn, "w".into(), NONCE.to_vec());
         let msg = hello(worker("a"), answer(b"secret", RoleTag::Worker));
-        let Inbound::WorkerHello(h) = s.receive(conn, msg) else {
+        let Inbound::WorkerHello(h) = s.receive(0, conn, msg) else {
             panic!("expected a worker's hello");
         };
-        s.accept_worker(h.ticket, WorkerId(1));
+        s.accept_worker(h.ticket, WorkerId(1), 1_000);
         let out = drain(&mut s);
         let Some(Output::Send {
             msg: FromMaster::Welcome { proof, .. },
@@ -985,7 +1227,7 @@ mod tests {
         s.connect(0, conn, "x".into(), NONCE.to_vec());
         drain(&mut s);
         assert!(matches!(
-            s.receive(conn, ToMaster::Status),
+            s.receive(0, conn, ToMaster::Status),
             Inbound::Handled
         ));
         let v = Violation::ExpectedHello { got: "Status" };
@@ -1040,7 +1282,7 @@ mod tests {
         );
         assert_eq!(s.next_deadline(), None);
         assert!(
-            matches!(s.receive(quick, ToMaster::Status), Inbound::Client(..)),
+            matches!(s.receive(0, quick, ToMaster::Status), Inbound::Client(..)),
             "the welcomed client stays"
         );
     }
@@ -1103,7 +1345,7 @@ mod tests {
             }]
         );
         assert!(matches!(
-            s.receive(ConnId(6), ToMaster::Running(vec![])),
+            s.receive(0, ConnId(6), ToMaster::Running(vec![])),
             Inbound::Handled
         ));
     }

@@ -8,6 +8,8 @@ use protocol::{
 };
 
 mod copies;
+mod forged;
+mod idle;
 mod limits;
 mod names;
 

@@ -401,6 +401,8 @@ impl<'a> World<'a> {
             heartbeat_timeout_ms: cfg.heartbeat_timeout_ms,
             // The records are the ground truth of what the core decided, journal or not.
             persist: true,
+            // The simulated client is one long session; an idle close would only add noise.
+            client_idle_timeout_ms: None,
             ..CoreConfig::default()
         };
         let workers = (0..fleet.len())

@@ -270,6 +270,28 @@ fn heartbeat_override_sends_periodic_loads() {
     assert!(worker.stop().is_ok());
 }
 
+/// A worker that asked for a heartbeat too slow for the master's timeout reports as often as the
+/// master tells it.
+#[test]
+fn a_shorter_heartbeat_from_the_master_wins() {
+    let master = FakeMaster::new();
+    let worker = Worker::start(
+        master.addr(),
+        OnMasterLost::Wait,
+        Some(Duration::from_secs(60)),
+    );
+    let (mut conn, _) = master.accept(welcome(20));
+    let mut loads = 0;
+    while loads < 3 {
+        match conn.recv() {
+            ToMaster::Load(_) => loads += 1,
+            ToMaster::Running(refs) => assert!(refs.is_empty(), "nothing runs yet"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(worker.stop().is_ok());
+}
+
 #[test]
 fn cancel_from_the_master() {
     let master = FakeMaster::new();

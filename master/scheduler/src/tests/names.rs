@@ -126,3 +126,47 @@ fn the_same_process_reconnecting_replaces_its_old_connection() {
         "{out:?}"
     );
 }
+
+/// The heartbeat a worker asks for is what its `Welcome` says, unless it cannot meet the
+/// timeout (more than half of it): then the master's own interval.
+#[test]
+fn a_heartbeat_too_slow_for_the_timeout_is_replaced_by_ours() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    // The defaults: heartbeat 1 s, timeout 3 s.
+    for (i, (asked, told)) in [
+        (0, 1_000),
+        (250, 250),
+        (1_500, 1_500),
+        (1_501, 1_000),
+        (5_000, 1_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let conn = h.connect();
+        let out = h.msg(
+            conn,
+            ToMaster::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Worker(WorkerInfo {
+                    heartbeat_interval_ms: asked,
+                    ..info(&format!("w{i}"), 1)
+                }),
+                auth: vec![],
+                nonce: vec![5; 32],
+            },
+        );
+        let got = out.iter().find_map(|o| match o {
+            Output::Send {
+                msg:
+                    FromMaster::Welcome {
+                        heartbeat_interval_ms,
+                        ..
+                    },
+                ..
+            } => Some(*heartbeat_interval_ms),
+            _ => None,
+        });
+        assert_eq!(got, Some(told), "asked {asked}");
+    }
+}
