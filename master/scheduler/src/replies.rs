@@ -231,3 +231,37 @@ fn capped(mut w: WorkerStatus) -> WorkerStatus {
     }
     w
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Chunk after chunk from a cursor covers every item once, in order, each chunk within
+        /// the budget unless it is one item alone, and greedy.
+        #[test]
+        fn chunks_made_from_a_cursor_cover_all_within_budget(
+            lens in proptest::collection::vec(0usize..300, 0..80),
+            budget in 1usize..1_000,
+        ) {
+            let items: Vec<String> =
+                lens.iter().enumerate().map(|(i, &n)| format!("{i}:{}", "z".repeat(n))).collect();
+            let mut next = 0;
+            let mut got = Vec::new();
+            while next < items.len() {
+                let chunk = fill_chunk(budget, |i| items.get(next + i).cloned());
+                prop_assert!(!chunk.is_empty());
+                prop_assert!(chunk.len() == 1 || encoded_len(&chunk) <= budget);
+                if let Some(after) = items.get(next + chunk.len()) {
+                    let mut grown = chunk.clone();
+                    grown.push(after.clone());
+                    prop_assert!(encoded_len(&grown) > budget, "greedy");
+                }
+                next += chunk.len();
+                got.extend(chunk);
+            }
+            prop_assert_eq!(got, items);
+        }
+    }
+}
