@@ -64,7 +64,14 @@ pub struct ConnArgs {
     pub reply_timeout: Duration,
 }
 
+/// The default `--reply-timeout`.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A duration above zero; empty (`BALLAST_REPLY_TIMEOUT=` in a script) means the default.
 fn parse_reply_timeout(text: &str) -> std::result::Result<Duration, String> {
+    if text.trim().is_empty() {
+        return Ok(REPLY_TIMEOUT);
+    }
     match protocol::duration::parse_duration(text)? {
         d if d.is_zero() => Err("the reply timeout must be greater than zero".into()),
         d => Ok(d),
@@ -158,6 +165,12 @@ mod tests {
             assert!(parse(argv).is_ok(), "{argv:?}: {:?}", parse(argv).err());
         }
         assert!(parse(&["cancel"]).is_err(), "cancel needs ids");
+        let Ok(ClientCommand::Results(r)) = parse(&["results", "--reply-timeout", "1.5s"]) else {
+            panic!("--reply-timeout parses");
+        };
+        assert_eq!(r.conn.reply_timeout, Duration::from_millis(1_500));
+        assert!(parse(&["status", "--reply-timeout", "0s"]).is_err());
+        assert_eq!(parse_reply_timeout(""), Ok(REPLY_TIMEOUT));
         assert!(parse(&["results", "x"]).is_err(), "ids are numbers");
     }
 
