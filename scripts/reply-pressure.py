@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 
@@ -86,13 +87,22 @@ def main() -> None:
         welcome = read_frame(sock)
         assert welcome[0] == 1, f"Welcome, got variant {welcome[0]}"
         # Results { ids: [] } is ToMaster variant 6.
+        # A sampler thread every 5 ms: the old master's peak lasted under a second.
+        peak = [base]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_kib(proc.pid))
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         sock.sendall(frame(bytes([6, 0])) * requests)
         sent = time.time()
 
-        peak = base
         status_ms = []
         while time.time() - sent < seconds:
-            peak = max(peak, rss_kib(proc.pid))
             t0 = time.time()
             out = subprocess.run(
                 [master, "status", "--master", addr, "--json"],
@@ -103,13 +113,25 @@ def main() -> None:
             status_ms.append((time.time() - t0) * 1000)
             if out.returncode != 0:
                 print("status failed:", out.stderr.decode().strip())
-            peak = max(peak, rss_kib(proc.pid))
             time.sleep(0.2)
+        stop.set()
+        sampler.join()
+        peak = peak[0]
+        closed = ""
+        try:
+            sock.setblocking(False)
+            # Bytes waiting (a reply) or nothing yet: still open; end of stream or reset: closed.
+            if sock.recv(1) == b"":
+                closed = " (the master had closed the connection)"
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed = " (the master had closed the connection)"
         print(
             f"{master}: {tasks} queued tasks, {requests} pipelined Results, never read: "
             f"RSS before {base / 1024:.0f} MiB, peak {peak / 1024:.0f} MiB "
             f"(+{(peak - base) / 1024:.0f} MiB); `master status` meanwhile: "
-            f"{len(status_ms)} runs, slowest {max(status_ms):.0f} ms"
+            f"{len(status_ms)} runs, slowest {max(status_ms):.0f} ms{closed}"
         )
         sock.close()
     finally:
