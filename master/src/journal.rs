@@ -25,22 +25,37 @@
 //! The schema is versioned (`SCHEMA_VERSION`): `open` migrates a journal of an older version in
 //! place (see `migrate`) and refuses one of a newer version.
 
+mod marks;
 mod migrate;
 mod recover;
 #[cfg(test)]
 mod tests;
 
 use crate::core::{EpochStart, Outcome, RestoredTask};
-use log::info;
+use log::{error, info, warn};
+use marks::{MarkValues, Marks};
 use protocol::{Incarnation, TaskId, TaskSpec, TaskState};
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "ballast.db";
+pub use marks::MARKS_FILE;
+
+/// How `open` treats a journal that holds less than its marks say it committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Start anyway (`master --accept-journal-loss`): the lost ids are recorded as failed tasks
+    /// (so no id is ever handed out twice, and a client asking about one hears why), the
+    /// incarnations go on above the lost ones, and the loss is logged. Without it `open` refuses
+    /// with [`JournalError::Lost`].
+    pub accept_loss: bool,
+}
 
 /// The schema this master writes. Bump it with every change to the tables below or to
 /// `FinalEntry`, and teach `inspect` and `migrate` to upgrade from the previous one.
@@ -179,7 +194,12 @@ pub enum JournalError {
         source: std::io::Error,
     },
     /// The file at the database path is not an SQLite database, or it is damaged.
-    #[error("{}: not an SQLite database, or corrupt: {source}", path.display())]
+    #[error(
+        "{}: the journal is damaged, or not an SQLite database ({source}); the master cannot \
+         read it: restore the data directory from a backup, or move it aside to start empty \
+         (its tasks are then lost)",
+        path.display()
+    )]
     NotADatabase {
         path: PathBuf,
         source: rusqlite::Error,
@@ -234,7 +254,17 @@ pub enum JournalError {
     /// A value the journal cannot store faithfully (above SQLite's i64, a non-finite size ...).
     #[error("cannot journal {what}: {detail}")]
     Unrepresentable { what: &'static str, detail: String },
-    /// Any other SQLite failure: disk full, I/O error, ...
+    /// The journal cannot be written: a read-only file system, a directory or file without
+    /// write permission.
+    #[error(
+        "{}: read-only ({detail}): make the data directory writable or choose another --data-dir",
+        path.display()
+    )]
+    ReadOnly { path: PathBuf, detail: String },
+    /// The disk (or the user's quota) is full.
+    #[error("{}: no space left on device ({detail})", path.display())]
+    NoSpace { path: PathBuf, detail: String },
+    /// Any other SQLite failure: an I/O error, ...
     #[error("{}: {source}", path.display())]
     Sqlite {
         path: PathBuf,
@@ -243,6 +273,98 @@ pub enum JournalError {
     /// An earlier error left the journal behind the caller's state; restart to recover.
     #[error("journal unusable after an earlier error ({first}); restart the master")]
     Poisoned { first: String },
+    /// The database holds less than its marks file says was committed (and acknowledged): the
+    /// WAL or the database was damaged, truncated or replaced by an older copy. SQLite itself
+    /// cannot tell: its WAL replay stops quietly at the first bad frame.
+    #[error(
+        "{}: the journal lost acknowledged work: {loss} ({} records more than the database \
+         holds; the WAL or the database was damaged or replaced). The master will not start on \
+         it: restore the data directory from a backup, or start with --accept-journal-loss to \
+         record the lost tasks as failed and go on",
+        path.display(),
+        marks.display()
+    )]
+    Lost {
+        path: PathBuf,
+        marks: PathBuf,
+        loss: Loss,
+    },
+    /// The marks file holds bytes but no valid record, so the journal cannot be checked.
+    #[error(
+        "{}: the journal's marks file is damaged, so the master cannot check that the journal \
+         is whole; start with --accept-journal-loss to go on without the check (it writes new marks)",
+        marks.display()
+    )]
+    MarksDamaged { marks: PathBuf },
+    /// The marks file belongs to another journal (another master id) than the database.
+    #[error(
+        "{}: the marks file was written for another journal (master id {found:#x}, this one is \
+         {expected:#x}): the database was replaced; start with --accept-journal-loss to go on \
+         with this database (it writes new marks)",
+        marks.display()
+    )]
+    ForeignMarks {
+        marks: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    /// The marks file could not be read or written.
+    #[error("{}: {source}", marks.display())]
+    MarksIo {
+        marks: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What a journal lost, by its marks: the last committed state it no longer reaches.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Loss {
+    /// Accepted task ids the database does not hold: `first ..= last`.
+    pub ids: Option<(TaskId, TaskId)>,
+    /// Commits of final outcomes it does not hold: the tasks they finished look unfinished and
+    /// run again.
+    pub final_commits: u64,
+    /// Starts of the master it does not hold.
+    pub incarnations: u64,
+}
+
+impl Loss {
+    fn is_empty(&self) -> bool {
+        self.ids.is_none() && self.final_commits == 0 && self.incarnations == 0
+    }
+
+    /// How many task ids were lost.
+    pub fn lost_ids(&self) -> u64 {
+        self.ids.map_or(0, |(first, last)| last.0 - first.0 + 1)
+    }
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some((first, last)) = self.ids {
+            parts.push(format!(
+                "tasks {first} to {last} ({} tasks) were accepted but are missing",
+                self.lost_ids()
+            ));
+        }
+        if self.final_commits > 0 {
+            parts.push(format!(
+                "the results of {} commits are missing (those tasks would run again)",
+                self.final_commits
+            ));
+        }
+        if self.incarnations > 0 {
+            parts.push(format!(
+                "{} starts of the master are missing",
+                self.incarnations
+            ));
+        }
+        if parts.is_empty() {
+            parts.push("nothing".into());
+        }
+        f.write_str(&parts.join("; "))
+    }
 }
 
 /// The open journal. Not `Sync`: it belongs to the event loop.
@@ -262,20 +384,48 @@ pub struct Journal {
     final_buf: Vec<u8>,
     /// The first error, once one happened; see `JournalError::Poisoned`.
     poisoned: Option<String>,
+    /// The largest `final_batches.seq` written (committed or not).
+    finals_seq: u64,
+    /// What every commit writes to the marks file after SQLite's commit; `None` only inside
+    /// `open`, before the file is made.
+    marks: Option<Marks>,
+    /// The data dir's id and this start's incarnation, for the marks.
+    master_id: u64,
+    incarnation: u64,
 }
 
 impl Journal {
     /// Opens (creating the directory and database if missing) the journal in `dir` and reads back
     /// everything committed. Fails with a typed error, and changes nothing, when the file is not a
-    /// ballast journal this master understands.
+    /// ballast journal this master understands, or when it holds less than its marks say.
     pub fn open(dir: &Path) -> Result<(Journal, Recovered), JournalError> {
+        Journal::open_with(dir, OpenOptions::default())
+    }
+
+    /// [`Journal::open`] with options.
+    pub fn open_with(
+        dir: &Path,
+        options: OpenOptions,
+    ) -> Result<(Journal, Recovered), JournalError> {
         std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;
         let path = dir.join(DB_FILE);
+        check_writable(dir, &path)?;
+        let marks_path = dir.join(MARKS_FILE);
+        let found_marks = marks::read(&marks_path).map_err(|source| JournalError::MarksIo {
+            marks: marks_path.clone(),
+            source,
+        })?;
         let conn = Connection::open(&path).map_err(|e| classify(&path, e))?;
-        let mut recovered = match prepare(&conn, &path)? {
+        // IMPORTANT: until the journal passed its checks, closing must not checkpoint: a refused
+        // start leaves the WAL exactly as it found it (frames past a damaged one included), for
+        // whoever tries to rescue it.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(|e| classify(&path, e))?;
+        let found = prepare(&conn, &path).map_err(|e| refine(&conn, e))?;
+        let mut recovered = match found {
             Found::Empty | Found::Current => recover::read_all(&conn, &path)?,
             Found::V2 => {
                 let recovered = migrate::from_v2(&conn, &path)?;
@@ -295,10 +445,11 @@ impl Journal {
                 recovered
             }
         };
-        let (master_id, history) = start_incarnation(&conn, &path, recovered.next_id)?;
-        recovered.master_id = master_id;
-        recovered.history = history;
-        let journal = Journal {
+        let reached = reached(&conn, &path, recovered.next_id)?;
+        let check = check_marks(found_marks, &reached, &path, &marks_path, options)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+            .map_err(|e| classify(&path, e))?;
+        let mut journal = Journal {
             conn,
             path,
             pending: 0,
@@ -306,8 +457,103 @@ impl Journal {
             spec_buf: Vec::with_capacity(256),
             final_buf: Vec::new(),
             poisoned: None,
+            finals_seq: reached.finals_seq,
+            marks: None,
+            master_id: 0,
+            incarnation: 0,
         };
+        let mut min_incarnation = 0;
+        let mut master_hint = None;
+        if let MarksCheck::Accepted { loss, marks } = &check {
+            min_incarnation = marks.incarnation;
+            if reached.master_id.is_none() {
+                master_hint = Some(marks.master_id);
+            }
+            journal.accept_loss(loss, &mut recovered)?;
+        }
+        let (master_id, history) = start_incarnation(
+            &journal.conn,
+            &journal.path,
+            recovered.next_id,
+            min_incarnation,
+            master_hint,
+        )
+        .map_err(|e| refine(&journal.conn, e))?;
+        recovered.master_id = master_id;
+        journal.master_id = master_id;
+        journal.incarnation = history.last().map_or(0, |s| u64::from(s.incarnation.0));
+        recovered.history = history;
+        let values = journal.mark_values();
+        let marks = Marks::create(&marks_path, values)
+            .map_err(|source| marks_io_error(&journal.path, &marks_path, source))?;
+        journal.marks = Some(marks);
         Ok((journal, recovered))
+    }
+
+    /// Records the ids the marks say were accepted, and the database lost, as failed tasks (a
+    /// client asking about one hears why; no id is handed out twice), and says loudly what is
+    /// gone. Called by `open` with `--accept-journal-loss`, before the new incarnation.
+    fn accept_loss(&mut self, loss: &Loss, recovered: &mut Recovered) -> Result<(), JournalError> {
+        error!(
+            "journal {}: STARTING WITH LOST WORK (--accept-journal-loss): {loss}",
+            self.path.display()
+        );
+        let Some((first, last)) = loss.ids else {
+            return Ok(());
+        };
+        let count = last.0 - first.0 + 1;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // What the task was is gone with it: a placeholder keeps the ids dense.
+        let spec = Arc::new(TaskSpec::new(protocol::TaskKind::Sleep { ms: 0 }));
+        let outcome = Outcome {
+            state: TaskState::Failed,
+            attempts: 0,
+            copies: 0,
+            worker: None,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            error: Some(format!(
+                "lost: the master accepted this task, but its journal was damaged and lost it \
+                 (tasks {first} to {last}); started with --accept-journal-loss"
+            )),
+            started_ms: None,
+            finished_ms: now_ms,
+        };
+        self.record_submit(first, count, &spec, now_ms)?;
+        if recovered.tasks.try_reserve(count as usize).is_err() {
+            return Err(JournalError::Unrepresentable {
+                what: "the lost tasks",
+                detail: format!("{count} tasks do not fit in memory"),
+            });
+        }
+        for id in first.0..=last.0 {
+            self.record_final(TaskId(id), &outcome)?;
+            recovered.tasks.push(RestoredTask {
+                id: TaskId(id),
+                spec: Arc::clone(&spec),
+                submitted_ms: now_ms,
+                outcome: Some(Box::new(outcome.clone())),
+            });
+        }
+        self.commit()?;
+        recovered.next_id = TaskId(last.0 + 1);
+        warn!(
+            "journal {}: tasks {first} to {last} ({count}) recorded as failed (lost)",
+            self.path.display()
+        );
+        Ok(())
+    }
+
+    fn mark_values(&self) -> MarkValues {
+        MarkValues {
+            master_id: self.master_id,
+            next_id: self.next_id,
+            finals_seq: self.finals_seq,
+            incarnation: self.incarnation,
+        }
     }
 
     /// Records that ids `first .. first + count` were accepted, all with `spec`: one row whatever
@@ -349,6 +595,16 @@ impl Journal {
                 .map_err(|e| self.sqlite_error(e))
         });
         self.settle(result)?;
+        // After SQLite's commit, so the marks never claim more than the database holds; before
+        // the caller sends the turn's replies. (Inside `open`, before the file exists, the marks
+        // are written whole at its end.)
+        let values = self.mark_values();
+        if let Some(marks) = &mut self.marks {
+            let result = marks
+                .write(values)
+                .map_err(|source| marks_io_error(&self.path, marks.path(), source));
+            self.settle(result)?;
+        }
         let records = std::mem::take(&mut self.pending);
         Ok(CommitStats { records })
     }
@@ -487,6 +743,7 @@ impl Journal {
             .prepare_cached(INSERT_FINALS)
             .and_then(|mut stmt| stmt.execute([&self.final_buf[..]]))
             .map_err(|e| self.sqlite_error(e))?;
+        self.finals_seq = self.conn.last_insert_rowid() as u64;
         self.final_buf.clear();
         // Only a single huge record grows it this far (flushes happen at FINAL_BLOB_FLUSH_BYTES).
         if self.final_buf.capacity() > 2 * FINAL_BLOB_FLUSH_BYTES {
@@ -496,7 +753,7 @@ impl Journal {
     }
 
     fn sqlite_error(&self, e: rusqlite::Error) -> JournalError {
-        classify(&self.path, e)
+        refine(&self.conn, classify(&self.path, e))
     }
 }
 
@@ -508,6 +765,25 @@ fn begin_if_idle(conn: &Connection, pending: usize) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A failed write of the marks file, named like the database's own failures where it can be.
+fn marks_io_error(db: &Path, marks: &Path, source: std::io::Error) -> JournalError {
+    let detail = format!("{}: {source}", marks.display());
+    match source.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => JournalError::NoSpace {
+            path: db.to_path_buf(),
+            detail,
+        },
+        Some(libc::EROFS | libc::EACCES | libc::EPERM) => JournalError::ReadOnly {
+            path: db.to_path_buf(),
+            detail,
+        },
+        _ => JournalError::MarksIo {
+            marks: marks.to_path_buf(),
+            source,
+        },
+    }
+}
+
 fn to_i64(what: &'static str, v: u64) -> Result<i64, JournalError> {
     i64::try_from(v).map_err(|_| JournalError::Unrepresentable {
         what,
@@ -516,6 +792,7 @@ fn to_i64(what: &'static str, v: u64) -> Result<i64, JournalError> {
 }
 
 /// Names the failures a person can act on; the rest stay SQLite's own words with the path.
+/// An I/O error says only which call failed; [`refine`] adds what the system said.
 fn classify(path: &Path, e: rusqlite::Error) -> JournalError {
     let path = path.to_path_buf();
     match e.sqlite_error_code() {
@@ -523,7 +800,61 @@ fn classify(path: &Path, e: rusqlite::Error) -> JournalError {
             JournalError::NotADatabase { path, source: e }
         }
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => JournalError::Locked { path },
+        Some(ErrorCode::ReadOnly) => JournalError::ReadOnly {
+            path,
+            detail: e.to_string(),
+        },
+        Some(ErrorCode::DiskFull) => JournalError::NoSpace {
+            path,
+            detail: e.to_string(),
+        },
         _ => JournalError::Sqlite { path, source: e },
+    }
+}
+
+/// An SQLite I/O error (`SQLITE_IOERR_WRITE`, `_FSYNC`, `_LOCK`, ...) as what the system call
+/// behind it said, `errno` (`sqlite3_system_errno` of the connection that failed): no space or
+/// quota left, or a read-only file system or missing permission. Other errors pass unchanged.
+fn refine_io(err: JournalError, errno: i32) -> JournalError {
+    let JournalError::Sqlite { path, source } = err else {
+        return err;
+    };
+    if source.sqlite_error_code() != Some(ErrorCode::SystemIoFailure) {
+        return JournalError::Sqlite { path, source };
+    }
+    let detail = format!("{}; {source}", std::io::Error::from_raw_os_error(errno));
+    match errno {
+        libc::ENOSPC | libc::EDQUOT => JournalError::NoSpace { path, detail },
+        libc::EROFS | libc::EACCES | libc::EPERM => JournalError::ReadOnly { path, detail },
+        _ => JournalError::Sqlite { path, source },
+    }
+}
+
+/// [`refine_io`] with the errno of `conn`'s last failure.
+fn refine(conn: &Connection, err: JournalError) -> JournalError {
+    // SAFETY: the handle is live for as long as `conn`; the call only reads its last error.
+    let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
+    refine_io(err, errno)
+}
+
+/// Refuses a data directory this process cannot write (a read-only mount, no permission) before
+/// SQLite reports it as a bare I/O error. Root passes permission checks, not a read-only mount.
+fn check_writable(dir: &Path, db: &Path) -> Result<(), JournalError> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return Ok(()); // a NUL in the path: SQLite's open reports it
+    };
+    // SAFETY: plain syscall on a valid C string.
+    if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EROFS | libc::EACCES | libc::EPERM) => Err(JournalError::ReadOnly {
+            path: db.to_path_buf(),
+            detail: format!("{}: {e}", dir.display()),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -539,13 +870,126 @@ enum Found {
     V2,
 }
 
+/// How far the database reaches, in the marks' terms (read at `open`, before this start adds its
+/// incarnation). `master_id` is `None` for a new database.
+struct Reached {
+    master_id: Option<u64>,
+    next_id: u64,
+    finals_seq: u64,
+    incarnation: u64,
+}
+
+fn reached(conn: &Connection, path: &Path, next_id: TaskId) -> Result<Reached, JournalError> {
+    let sql = |e| classify(path, e);
+    let master_id = conn
+        .query_row("SELECT id FROM master LIMIT 1", [], |r| r.get::<_, i64>(0))
+        .optional()
+        .map_err(sql)?
+        .map(|id| id as u64);
+    let finals_seq: i64 = conn
+        .query_row("SELECT coalesce(max(seq), 0) FROM final_batches", [], |r| {
+            r.get(0)
+        })
+        .map_err(sql)?;
+    let incarnation: i64 = conn
+        .query_row(
+            "SELECT coalesce(max(incarnation), 0) FROM incarnations",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql)?;
+    Ok(Reached {
+        master_id,
+        next_id: next_id.0,
+        finals_seq: finals_seq.max(0) as u64,
+        incarnation: incarnation.max(0) as u64,
+    })
+}
+
+/// What `check_marks` decided.
+enum MarksCheck {
+    /// Nothing lost (or nothing to check against).
+    Whole,
+    /// Lost, and `--accept-journal-loss` says go on; `marks` is what was committed.
+    Accepted { loss: Loss, marks: MarkValues },
+}
+
+/// Compares what the database reaches with what its marks say was committed.
+fn check_marks(
+    found: marks::Found,
+    reached: &Reached,
+    path: &Path,
+    marks_path: &Path,
+    options: OpenOptions,
+) -> Result<MarksCheck, JournalError> {
+    let marks = match found {
+        marks::Found::None => return Ok(MarksCheck::Whole),
+        marks::Found::Damaged if options.accept_loss => {
+            warn!(
+                "journal {}: marks file {} damaged; going on without the check \
+                 (--accept-journal-loss)",
+                path.display(),
+                marks_path.display()
+            );
+            return Ok(MarksCheck::Whole);
+        }
+        marks::Found::Damaged => {
+            return Err(JournalError::MarksDamaged {
+                marks: marks_path.to_path_buf(),
+            })
+        }
+        marks::Found::Marks(marks) => marks,
+    };
+    // A database without a master id is new: everything the marks speak of is gone, and the
+    // data dir keeps its identity if the loss is accepted.
+    if let Some(id) = reached.master_id.filter(|&id| id != marks.master_id) {
+        if options.accept_loss {
+            warn!(
+                "journal {}: marks file {} is another journal's (master id {:#x}, this one \
+                 {id:#x}); ignored (--accept-journal-loss)",
+                path.display(),
+                marks_path.display(),
+                marks.master_id
+            );
+            return Ok(MarksCheck::Whole);
+        }
+        return Err(JournalError::ForeignMarks {
+            marks: marks_path.to_path_buf(),
+            found: marks.master_id,
+            expected: id,
+        });
+    }
+    let loss = Loss {
+        ids: (marks.next_id > reached.next_id)
+            .then(|| (TaskId(reached.next_id), TaskId(marks.next_id - 1))),
+        final_commits: marks.finals_seq.saturating_sub(reached.finals_seq),
+        incarnations: marks.incarnation.saturating_sub(reached.incarnation),
+    };
+    if loss.is_empty() {
+        return Ok(MarksCheck::Whole);
+    }
+    if !options.accept_loss {
+        return Err(JournalError::Lost {
+            path: path.to_path_buf(),
+            marks: marks_path.to_path_buf(),
+            loss,
+        });
+    }
+    Ok(MarksCheck::Accepted { loss, marks })
+}
+
 /// Makes this start of the master durable before it can hand out anything: the data dir's id
 /// (created once) and a new incarnation row starting at `next_id`. Returns the id and every
 /// incarnation so far, this one last.
+///
+/// `min_incarnation`: the new incarnation is above it too (starts the journal lost, see
+/// `accept_loss`); `master_hint`: the id a new database takes instead of a random one.
 fn start_incarnation(
     conn: &Connection,
     path: &Path,
     next_id: TaskId,
+    min_incarnation: u64,
+    master_hint: Option<u64>,
 ) -> Result<(u64, Vec<EpochStart>), JournalError> {
     let sql = |e| classify(path, e);
     let bad = |table: &'static str, id: i64, detail: String| JournalError::BadRow {
@@ -562,8 +1006,14 @@ fn start_incarnation(
                 .collect::<Result<Vec<i64>, _>>()
         })
         .map_err(sql)?;
-    let master_id = match ids[..] {
-        [] => {
+    let master_id = match (&ids[..], master_hint) {
+        ([], Some(hint)) => {
+            let id = hint as i64;
+            tx.execute("INSERT INTO master (id) VALUES (?1)", [id])
+                .map_err(sql)?;
+            id
+        }
+        ([], None) => {
             let mut bytes = [0u8; 8];
             getrandom::fill(&mut bytes).map_err(|e| JournalError::Unrepresentable {
                 what: "the master id",
@@ -574,7 +1024,7 @@ fn start_incarnation(
                 .map_err(sql)?;
             id
         }
-        [id] => id,
+        (&[id], _) => id,
         _ => {
             return Err(bad(
                 "master",
@@ -611,7 +1061,10 @@ fn start_incarnation(
             first_id: TaskId(first),
         });
     }
-    let last = history.last().map_or(0, |s| s.incarnation.0);
+    let last = history
+        .last()
+        .map_or(0, |s| s.incarnation.0)
+        .max(u32::try_from(min_incarnation).unwrap_or(u32::MAX));
     let Some(current) = last.checked_add(1) else {
         return Err(bad(
             "incarnations",

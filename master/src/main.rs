@@ -73,6 +73,10 @@ struct ServeArgs {
     /// Keep everything in memory only: a restart forgets all tasks (benchmarks, throwaway runs).
     #[arg(long)]
     no_journal: bool,
+    /// Start even if the journal lost acknowledged work (a damaged WAL, an older copy of the
+    /// database): the lost ids are logged and recorded as failed. Without it the master refuses.
+    #[arg(long, conflicts_with = "no_journal")]
+    accept_journal_loss: bool,
     /// When a slot is idle and nothing is queued, start a second copy of any task that has run
     /// longer than F times its estimate (its size times the run time per unit of size seen so
     /// far); the first success wins. F must be at least 1.
@@ -166,6 +170,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         max_connections: args.max_connections,
         data_dir: (!args.no_journal).then_some(args.data_dir),
+        accept_journal_loss: args.accept_journal_loss,
         ..ServerConfig::default()
     };
     let server = Server::bind(&args.listen, config.clone())?;

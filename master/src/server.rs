@@ -13,7 +13,7 @@ use crate::core::{
     needs_commit, Backlog, ConnId, Core, CoreConfig, GroupCommit, Output, Record, RestoreError,
     REPLY_BYTES_IN_FLIGHT_MAX, STALLED_READER_MS,
 };
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Journal, JournalError, OpenOptions};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -39,14 +39,28 @@ pub enum ServerError {
     Poll(#[from] io::Error),
     /// The journal could not be opened, or a commit failed. The master stops rather than tell
     /// clients about work it could lose.
+    // Not `#[from]`: that would also make the inner error the `source`, and `{:#}` in main
+    // would print its text twice.
     #[error("journal: {0}")]
-    Journal(#[from] JournalError),
+    Journal(JournalError),
     /// The journal's contents do not fit together.
     #[error("cannot recover from the journal: {0}")]
-    Recovery(#[from] RestoreError),
+    Recovery(RestoreError),
     /// The system gave no randomness for the master id.
     #[error("no randomness for the master id: {0}")]
     Random(String),
+}
+
+impl From<JournalError> for ServerError {
+    fn from(e: JournalError) -> Self {
+        ServerError::Journal(e)
+    }
+}
+
+impl From<RestoreError> for ServerError {
+    fn from(e: RestoreError) -> Self {
+        ServerError::Recovery(e)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +72,8 @@ pub struct ServerConfig {
     pub max_write_buffer: usize,
     /// Where the journal lives; `None` keeps everything in memory only.
     pub data_dir: Option<PathBuf>,
+    /// Start on a journal that lost acknowledged work (its lost ids become failed tasks).
+    pub accept_journal_loss: bool,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +83,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_write_buffer: 256 << 20,
             data_dir: None,
+            accept_journal_loss: false,
         }
     }
 }
@@ -165,7 +182,10 @@ impl Server {
         core_config.persist = config.data_dir.is_some();
         let (core, journal) = match &config.data_dir {
             Some(dir) => {
-                let (core, journal) = open_journal(dir, core_config, clock.now_ms())?;
+                let options = OpenOptions {
+                    accept_loss: config.accept_journal_loss,
+                };
+                let (core, journal) = open_journal(dir, options, core_config, clock.now_ms())?;
                 (core, Some(journal))
             }
             None => {
@@ -233,7 +253,10 @@ impl Server {
         // Flushing can drop a broken peer, which can free work to place: repeat until quiet.
         loop {
             self.core.dispatch(now);
-            self.drain_core()?;
+            if let Err(e) = self.drain_core() {
+                self.tell_waiting_clients(&e);
+                return Err(e.into());
+            }
             // Frames to workers leave now, so they work while we fsync; client replies wait at
             // their connection's gate.
             self.flush_touched(now);
@@ -322,9 +345,34 @@ impl Server {
         };
         let now_us = self.clock.monotonic_us();
         if self.group_commit.due(now_us, journal.pending(), force) {
-            journal.commit()?;
+            if let Err(e) = journal.commit() {
+                self.tell_waiting_clients(&e);
+                return Err(e.into());
+            }
         }
         Ok(())
+    }
+
+    /// A commit failed, so the master is about to stop: the replies that waited on it are
+    /// dropped (they speak of work that is not durable), and each client that waited hears why
+    /// instead of a bare closed connection. Best effort: one non-blocking write each.
+    fn tell_waiting_clients(&mut self, e: &JournalError) {
+        let mut message = format!("the master cannot write its journal: {e}; it is stopping");
+        protocol::limits::truncate_with_marker(&mut message, protocol::limits::MAX_ERROR_BYTES);
+        let msg = protocol::FromMaster::Error { message };
+        for id in std::mem::take(&mut self.gated) {
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if let Some(gate) = c.gate.take() {
+                c.out.truncate(gate.max(c.out_pos));
+            }
+            if encode_frame(&msg, &mut c.out).is_ok() {
+                if let Err(err) = write_out(c) {
+                    debug!("{}: cannot say the journal failed: {err}", c.addr);
+                }
+            }
+        }
     }
 
     /// The loop's sleep: until the core's next deadline or the pending commit's, if sooner.
@@ -472,8 +520,11 @@ impl Server {
         }
     }
 
-    /// Moves the core's output into connection buffers and the journal.
-    fn drain_core(&mut self) -> Result<(), ServerError> {
+    /// Moves the core's output into connection buffers and the journal. After a journal error
+    /// it drains on without recording, so every reply that would have waited on the commit is
+    /// gated (and then answered by `tell_waiting_clients`), and returns the error.
+    fn drain_core(&mut self) -> Result<(), JournalError> {
+        let mut failed = None;
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Send { conn, msg } => {
@@ -513,13 +564,13 @@ impl Server {
                     }
                 }
                 Output::Persist(record) => {
-                    if let Some(journal) = &mut self.journal {
-                        persist(journal, record)?;
+                    if let (Some(journal), None) = (&mut self.journal, &failed) {
+                        failed = persist(journal, record).err();
                     }
                 }
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     fn touch(&mut self, id: ConnId) {
@@ -691,11 +742,12 @@ fn token(id: ConnId) -> Token {
 /// of that incarnation from it.
 fn open_journal(
     dir: &std::path::Path,
+    options: OpenOptions,
     mut config: CoreConfig,
     now_ms: u64,
 ) -> Result<(Core, Journal), ServerError> {
     let started = Instant::now();
-    let (journal, recovered) = Journal::open(dir)?;
+    let (journal, recovered) = Journal::open_with(dir, options)?;
     let Some(current) = recovered.history.last().map(|s| s.incarnation) else {
         return Err(RestoreError::NoIncarnation.into());
     };

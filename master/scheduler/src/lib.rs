@@ -47,7 +47,7 @@ use protocol::codec::encoded_len;
 use protocol::limits::{LimitError, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_TAIL_BYTES};
 use protocol::{
     Assignment, Completion, FromMaster, Incarnation, StatusReport, TaskId, TaskOutcome, TaskRef,
-    TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerState, WorkerStatus,
+    TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo, WorkerState, WorkerStatus,
 };
 use queue::QueueKey;
 use rebalance::Unstarted;
@@ -650,6 +650,9 @@ impl Core {
     /// the session layer bind and welcome it.
     fn register_worker(&mut self, now_ms: u64, hello: WorkerHello) {
         let WorkerHello { ticket, info, addr } = hello;
+        if let Some(refusal) = self.name_taken(now_ms, &info) {
+            return self.session.refuse_worker(ticket, refusal);
+        }
         let (name, slots, host) = (info.name.clone(), info.slots, info.host.clone());
         let prefetch = info.prefetch;
         // A worker coming back (perhaps in another group) leaves the pools it was in and enters
@@ -672,6 +675,26 @@ impl Core {
         };
         // "worker NAME joined" is what scripts grep for; the id only disambiguates.
         info!("worker {name} joined from {addr} ({id}, host {host}, {slots} slots{prefetch})");
+    }
+
+    /// Why `info` may not take its name now: another live worker holds it. A worker that really
+    /// restarted finds its old connection gone (closed, or silent past the heartbeat timeout and
+    /// swept) and takes its name and id back; the same process (host and pid) reconnecting
+    /// before we saw its old connection die replaces it.
+    fn name_taken(&self, now_ms: u64, info: &WorkerInfo) -> Option<Refusal> {
+        let old = self.workers.by_name(&info.name).filter(|w| w.is_alive())?;
+        let quiet_ms = now_ms.saturating_sub(old.last_seen_ms);
+        let timeout_ms = self.config.heartbeat_timeout_ms;
+        let same_process = old.info.host == info.host && old.info.pid == info.pid;
+        if same_process || quiet_ms >= timeout_ms {
+            return None;
+        }
+        Some(Refusal::NameInUse {
+            name: info.name.clone(),
+            addr: old.addr.clone(),
+            quiet_ms,
+            timeout_ms,
+        })
     }
 
     // ---- workers -----------------------------------------------------------------------------

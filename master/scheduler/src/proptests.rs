@@ -209,6 +209,7 @@ fn worker_info() -> BoxedStrategy<WorkerInfo> {
             pid: 1,
             group,
             prefetch,
+            heartbeat_interval_ms: 0,
         })
         .boxed()
 }
@@ -277,6 +278,7 @@ fn to_master() -> BoxedStrategy<ToMaster> {
             version: if h.version_ok { PROTOCOL_VERSION } else { 1 },
             role: Role::Client,
             auth: Vec::new(),
+            nonce: vec![5; 32],
         }),
     ]
     .boxed()
@@ -513,6 +515,7 @@ impl World {
                         pid: 1,
                         group: (pick / 27 % 4 == 0).then(|| "g".to_string()),
                         prefetch: (pick / 108 % 3) as u32,
+                        heartbeat_interval_ms: 0,
                     });
                     let h = HelloSpec {
                         version_ok: true,
@@ -575,14 +578,19 @@ impl World {
     }
 
     fn hello(&self, slot: usize, h: &HelloSpec, out: &mut Vec<u8>) {
-        let auth = match &h.auth {
-            Auth::Good => protocol::auth::respond(self.token.as_deref(), &self.slots[slot].nonce),
-            Auth::Empty => Vec::new(),
-            Auth::Bad(b) => b.clone(),
-        };
         let role = match &h.worker {
             Some(info) => Role::Worker(info.clone()),
             None => Role::Client,
+        };
+        let auth = match &h.auth {
+            Auth::Good => protocol::auth::peer_answer(
+                self.token.as_deref(),
+                protocol::auth::RoleTag::of(&role),
+                &self.slots[slot].nonce,
+                &[5; 32],
+            ),
+            Auth::Empty => Vec::new(),
+            Auth::Bad(b) => b.clone(),
         };
         let version = if h.version_ok { PROTOCOL_VERSION } else { 1 };
         encode_frame(
@@ -590,6 +598,7 @@ impl World {
                 version,
                 role,
                 auth,
+                nonce: vec![5; 32],
             },
             out,
         )
@@ -780,6 +789,7 @@ impl World {
                 pid: 1,
                 group: group.map(str::to_string),
                 prefetch: 0,
+                heartbeat_interval_ms: 0,
             }),
         );
         assert_eq!(self.slots[slot].welcomed, Some(true), "{name} joined");

@@ -13,8 +13,9 @@
 
 use crate::{Output, Record};
 use log::{debug, warn};
+use protocol::auth::{self, RoleTag};
 use protocol::{
-    auth, FromMaster, Incarnation, Role, ToMaster, WorkerId, WorkerInfo, PROTOCOL_VERSION,
+    FromMaster, Incarnation, RejectKind, Role, ToMaster, WorkerId, WorkerInfo, PROTOCOL_VERSION,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -37,8 +38,9 @@ impl fmt::Display for ClientId {
 
 /// A worker may prefetch at most this many tasks beyond its slots.
 pub const MAX_PREFETCH: u32 = 1024;
-/// Longest worker name accepted, in bytes (names go into every log line and status report).
-const MAX_WORKER_NAME: usize = 256;
+/// Longest worker name, host name and group accepted, in bytes: they go into every log line,
+/// status report and outcome record.
+const MAX_WORKER_NAME: usize = protocol::limits::MAX_NAME_BYTES;
 
 /// Why the master closes a connection (`Output::Close`).
 #[derive(Debug, Clone, PartialEq)]
@@ -110,9 +112,42 @@ pub enum Refusal {
     },
     /// Names starting with `#` would read as the master's internal ids (`#3`) in the log.
     NameLooksLikeId,
+    HostTooLong {
+        len: usize,
+    },
+    /// Empty (use no group) or too long.
+    BadGroup {
+        len: usize,
+    },
     PrefetchTooLarge {
         asked: u32,
     },
+    /// A live worker (connected, heard from within the heartbeat timeout) has this name and is
+    /// not this process: two workers under one name would take each other's id and tasks.
+    NameInUse {
+        name: String,
+        /// Where the live one is connected from.
+        addr: String,
+        quiet_ms: u64,
+        timeout_ms: u64,
+    },
+}
+
+impl Refusal {
+    /// What the peer is told it may act on (`Rejected::kind`).
+    pub fn kind(&self) -> RejectKind {
+        match self {
+            Refusal::VersionMismatch { .. } => RejectKind::Version,
+            Refusal::AuthenticationFailed => RejectKind::Authentication,
+            Refusal::NoSlots
+            | Refusal::BadName { .. }
+            | Refusal::NameLooksLikeId
+            | Refusal::HostTooLong { .. }
+            | Refusal::BadGroup { .. }
+            | Refusal::PrefetchTooLarge { .. } => RejectKind::InvalidInfo,
+            Refusal::NameInUse { .. } => RejectKind::NameInUse,
+        }
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -131,9 +166,27 @@ impl fmt::Display for Refusal {
             Refusal::NameLooksLikeId => f.write_str(
                 "worker name must not start with '#': the log writes the master's ids that way",
             ),
+            Refusal::HostTooLong { len } => write!(
+                f,
+                "worker host name must be at most {MAX_WORKER_NAME} bytes, not {len}"
+            ),
+            Refusal::BadGroup { len } => write!(
+                f,
+                "worker group must be 1 to {MAX_WORKER_NAME} bytes, not {len}"
+            ),
             Refusal::PrefetchTooLarge { asked } => {
                 write!(f, "prefetch must be at most {MAX_PREFETCH}, not {asked}")
             }
+            Refusal::NameInUse {
+                name,
+                addr,
+                quiet_ms,
+                timeout_ms,
+            } => write!(
+                f,
+                "the name {name:?} is in use by a live worker (connected from {addr}, heard from \
+                 {quiet_ms} ms ago; a worker silent for {timeout_ms} ms is declared dead)"
+            ),
         }
     }
 }
@@ -181,7 +234,12 @@ pub enum Departed {
 
 #[derive(Debug)]
 enum Peer {
-    Pending { nonce: Vec<u8>, deadline_ms: u64 },
+    /// `proof` is empty until the `Hello` is accepted, then the master's MAC for `Welcome`.
+    Pending {
+        nonce: Vec<u8>,
+        deadline_ms: u64,
+        proof: Vec<u8>,
+    },
     Worker(WorkerId),
     Client(ClientId),
 }
@@ -247,7 +305,11 @@ impl Sessions {
             conn,
             Conn {
                 addr,
-                peer: Peer::Pending { nonce, deadline_ms },
+                peer: Peer::Pending {
+                    nonce,
+                    deadline_ms,
+                    proof: Vec::new(),
+                },
             },
         );
         earlier
@@ -268,8 +330,9 @@ impl Sessions {
                     version,
                     role,
                     auth,
+                    nonce,
                 },
-            ) => self.on_hello(conn, version, role, &auth),
+            ) => self.on_hello(conn, version, role, &auth, &nonce),
             (Peer::Pending { .. }, other) => {
                 let v = Violation::ExpectedHello { got: other.name() };
                 warn!("protocol error from {}: {v}", c.addr);
@@ -279,7 +342,14 @@ impl Sessions {
         }
     }
 
-    fn on_hello(&mut self, conn: ConnId, version: u32, role: Role, answer: &[u8]) -> Inbound {
+    fn on_hello(
+        &mut self,
+        conn: ConnId,
+        version: u32,
+        role: Role,
+        answer: &[u8],
+        peer_nonce: &[u8],
+    ) -> Inbound {
         let Some(Conn {
             addr,
             peer: Peer::Pending { nonce, .. },
@@ -287,14 +357,11 @@ impl Sessions {
         else {
             return Inbound::Handled;
         };
+        let tag = RoleTag::of(&role);
+        let token = self.config.token.as_deref();
         let refusal = if version != PROTOCOL_VERSION {
             Some(Refusal::VersionMismatch { peer: version })
-        } else if self
-            .config
-            .token
-            .as_ref()
-            .is_some_and(|token| !auth::verify(token, nonce, answer))
-        {
+        } else if token.is_some_and(|t| !auth::verify_peer(t, tag, nonce, peer_nonce, answer)) {
             Some(Refusal::AuthenticationFailed)
         } else if let Role::Worker(info) = &role {
             worker_refusal(info)
@@ -306,21 +373,39 @@ impl Sessions {
             self.close(conn, CloseReason::Refused(refusal));
             return Inbound::Handled;
         }
+        let master_proof = auth::master_proof(token, tag, nonce, peer_nonce);
+        let addr = addr.clone();
+        if let Some(Conn {
+            peer: Peer::Pending { proof, .. },
+            ..
+        }) = self.conns.get_mut(&conn)
+        {
+            *proof = master_proof;
+        }
         match role {
             Role::Client => {
                 debug!("client connected from {addr}");
                 let id = ClientId(self.next_client);
                 self.next_client += 1;
-                self.bind(conn, Peer::Client(id));
+                let proof = self.bind(conn, Peer::Client(id));
                 self.clients.insert(id, conn);
-                self.welcome(conn, None);
+                self.welcome(conn, None, proof);
                 Inbound::Handled
             }
             Role::Worker(info) => Inbound::WorkerHello(WorkerHello {
                 ticket: HelloTicket(conn),
                 info,
-                addr: addr.clone(),
+                addr,
             }),
+        }
+    }
+
+    /// Refuses a worker's `Hello` for a reason only the scheduler knows (its name is taken).
+    pub fn refuse_worker(&mut self, ticket: HelloTicket, refusal: Refusal) {
+        let conn = ticket.0;
+        if let Some(c) = self.conns.get(&conn) {
+            warn!("refused worker from {}: {refusal}", c.addr);
+            self.close(conn, CloseReason::Refused(refusal));
         }
     }
 
@@ -342,22 +427,29 @@ impl Sessions {
         ) {
             return replaced; // closed meanwhile (the scheduler accepts in the same call)
         }
-        self.bind(conn, Peer::Worker(id));
+        let proof = self.bind(conn, Peer::Worker(id));
         self.workers.insert(id, conn);
-        self.welcome(conn, Some(id));
+        self.welcome(conn, Some(id), proof);
         replaced
     }
 
-    fn bind(&mut self, conn: ConnId, peer: Peer) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            if let Peer::Pending { deadline_ms, .. } = c.peer {
+    /// Binds a pending connection to its peer; returns the master's proof for its `Welcome`.
+    fn bind(&mut self, conn: ConnId, peer: Peer) -> Vec<u8> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        match std::mem::replace(&mut c.peer, peer) {
+            Peer::Pending {
+                deadline_ms, proof, ..
+            } => {
                 self.handshakes.remove(&(deadline_ms, conn));
+                proof
             }
-            c.peer = peer;
+            _ => Vec::new(),
         }
     }
 
-    fn welcome(&mut self, conn: ConnId, worker_id: Option<WorkerId>) {
+    fn welcome(&mut self, conn: ConnId, worker_id: Option<WorkerId>, proof: Vec<u8>) {
         self.out.push_back(Output::Send {
             conn,
             msg: FromMaster::Welcome {
@@ -365,6 +457,7 @@ impl Sessions {
                 heartbeat_interval_ms: self.config.heartbeat_interval_ms,
                 master_id: self.config.master_id,
                 incarnation: self.config.incarnation,
+                proof,
             },
         });
     }
@@ -436,6 +529,7 @@ impl Sessions {
             }),
             CloseReason::Refused(r) => Some(FromMaster::Rejected {
                 reason: r.to_string(),
+                kind: r.kind(),
             }),
             _ => None,
         };
@@ -540,6 +634,17 @@ fn worker_refusal(info: &WorkerInfo) -> Option<Refusal> {
         })
     } else if info.name.starts_with('#') {
         Some(Refusal::NameLooksLikeId)
+    } else if info.host.len() > MAX_WORKER_NAME {
+        Some(Refusal::HostTooLong {
+            len: info.host.len(),
+        })
+    } else if let Some(len) = info
+        .group
+        .as_ref()
+        .map(String::len)
+        .filter(|&len| len == 0 || len > MAX_WORKER_NAME)
+    {
+        Some(Refusal::BadGroup { len })
     } else if info.prefetch > MAX_PREFETCH {
         Some(Refusal::PrefetchTooLarge {
             asked: info.prefetch,
@@ -555,6 +660,12 @@ mod tests {
     use protocol::auth::NONCE_LEN;
 
     const NONCE: [u8; NONCE_LEN] = [7; NONCE_LEN];
+    /// What every test peer sends as its nonce (`hello` puts it in).
+    const PEER_NONCE: [u8; NONCE_LEN] = [5; NONCE_LEN];
+
+    fn answer(token: &[u8], role: RoleTag) -> Vec<u8> {
+        auth::peer_answer(Some(token), role, &NONCE, &PEER_NONCE)
+    }
 
     fn sessions(token: Option<&[u8]>) -> Sessions {
         Sessions::new(SessionConfig {
@@ -577,6 +688,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             role,
             auth,
+            nonce: PEER_NONCE.to_vec(),
         }
     }
 
@@ -589,6 +701,7 @@ mod tests {
             pid: 1,
             group: None,
             prefetch: 0,
+            heartbeat_interval_ms: 0,
         })
     }
 
@@ -644,6 +757,7 @@ mod tests {
             heartbeat_interval_ms: 1_000,
             master_id: 42,
             incarnation: Incarnation(3),
+            proof: Vec::new(),
         };
         assert_eq!(drain(&mut s), vec![send(conn, welcome)]);
         assert_eq!(s.next_deadline(), None, "no handshake pending");
@@ -686,14 +800,15 @@ mod tests {
                 ToMaster::Hello {
                     version: PROTOCOL_VERSION + 1,
                     role: Role::Client,
-                    auth: auth::respond(Some(b"secret"), &NONCE),
+                    auth: answer(b"secret", RoleTag::Client),
+                    nonce: PEER_NONCE.to_vec(),
                 },
                 Refusal::VersionMismatch {
                     peer: PROTOCOL_VERSION + 1,
                 },
             ),
             (
-                hello(Role::Client, auth::respond(Some(b"wrong"), &NONCE)),
+                hello(Role::Client, answer(b"wrong", RoleTag::Client)),
                 Refusal::AuthenticationFailed,
             ),
             (hello(Role::Client, vec![]), Refusal::AuthenticationFailed),
@@ -703,14 +818,14 @@ mod tests {
                         slots: 0,
                         ..worker_info("a")
                     }),
-                    auth::respond(Some(b"secret"), &NONCE),
+                    answer(b"secret", RoleTag::Worker),
                 ),
                 Refusal::NoSlots,
             ),
             (
                 hello(
                     Role::Worker(worker_info(&"x".repeat(MAX_WORKER_NAME + 1))),
-                    auth::respond(Some(b"secret"), &NONCE),
+                    answer(b"secret", RoleTag::Worker),
                 ),
                 Refusal::BadName {
                     len: MAX_WORKER_NAME + 1,
@@ -719,9 +834,56 @@ mod tests {
             (
                 hello(
                     Role::Worker(worker_info("#2")),
-                    auth::respond(Some(b"secret"), &NONCE),
+                    answer(b"secret", RoleTag::Worker),
                 ),
                 Refusal::NameLooksLikeId,
+            ),
+            (
+                hello(
+                    Role::Worker(WorkerInfo {
+                        host: "h".repeat(MAX_WORKER_NAME + 1),
+                        ..worker_info("a")
+                    }),
+                    answer(b"secret", RoleTag::Worker),
+                ),
+                Refusal::HostTooLong {
+                    len: MAX_WORKER_NAME + 1,
+                },
+            ),
+            (
+                hello(
+                    Role::Worker(WorkerInfo {
+                        group: Some("g".repeat(MAX_WORKER_NAME + 1)),
+                        ..worker_info("a")
+                    }),
+                    answer(b"secret", RoleTag::Worker),
+                ),
+                Refusal::BadGroup {
+                    len: MAX_WORKER_NAME + 1,
+                },
+            ),
+            (
+                hello(
+                    Role::Worker(WorkerInfo {
+                        group: Some(String::new()),
+                        ..worker_info("a")
+                    }),
+                    answer(b"secret", RoleTag::Worker),
+                ),
+                Refusal::BadGroup { len: 0 },
+            ),
+            (
+                // A worker's answer replayed as a client's `Hello` (a relay posing as the master).
+                hello(Role::Client, answer(b"secret", RoleTag::Worker)),
+                Refusal::AuthenticationFailed,
+            ),
+            (
+                // The right MAC for another peer nonce than the one sent.
+                hello(
+                    Role::Client,
+                    auth::peer_answer(Some(b"secret"), RoleTag::Client, &NONCE, &[6; NONCE_LEN]),
+                ),
+                Refusal::AuthenticationFailed,
             ),
             (
                 hello(
@@ -729,7 +891,7 @@ mod tests {
                         prefetch: MAX_PREFETCH + 1,
                         ..worker_info("a")
                     }),
-                    auth::respond(Some(b"secret"), &NONCE),
+                    answer(b"secret", RoleTag::Worker),
                 ),
                 Refusal::PrefetchTooLarge {
                     asked: MAX_PREFETCH + 1,
@@ -747,7 +909,8 @@ mod tests {
                     send(
                         conn,
                         FromMaster::Rejected {
-                            reason: refusal.to_string()
+                            reason: refusal.to_string(),
+                            kind: refusal.kind(),
                         }
                     ),
                     Output::Close {
@@ -767,17 +930,57 @@ mod tests {
         // The right answer passes.
         let conn = ConnId(99);
         s.connect(0, conn, "x".into(), NONCE.to_vec());
-        let answer = auth::respond(Some(b"secret"), &NONCE);
+        let answer = answer(b"secret", RoleTag::Client);
         assert!(matches!(
             s.receive(conn, hello(Role::Client, answer)),
             Inbound::Handled
         ));
-        assert!(matches!(
-            drain(&mut s).last(),
-            Some(Output::Send {
-                msg: FromMaster::Welcome { .. },
-                ..
-            })
+        let out = drain(&mut s);
+        let Some(Output::Send {
+            msg: FromMaster::Welcome { proof, .. },
+            ..
+        }) = out.last()
+        else {
+            panic!("expected Welcome, got {out:?}");
+        };
+        assert!(
+            auth::verify_master(b"secret", RoleTag::Client, &NONCE, &PEER_NONCE, proof),
+            "the master proves the token over both nonces, for a client"
+        );
+    }
+
+    /// A worker's `Welcome` proves the token for a worker: bound to its role and to both nonces.
+    #[test]
+    fn a_worker_is_welcomed_with_the_masters_proof() {
+        let mut s = sessions(Some(b"secret"));
+        let conn = ConnId(1);
+        s.connect(0, conn, "w".into(), NONCE.to_vec());
+        let msg = hello(worker("a"), answer(b"secret", RoleTag::Worker));
+        let Inbound::WorkerHello(h) = s.receive(conn, msg) else {
+            panic!("expected a worker's hello");
+        };
+        s.accept_worker(h.ticket, WorkerId(1));
+        let out = drain(&mut s);
+        let Some(Output::Send {
+            msg: FromMaster::Welcome { proof, .. },
+            ..
+        }) = out.last()
+        else {
+            panic!("expected Welcome, got {out:?}");
+        };
+        assert!(auth::verify_master(
+            b"secret",
+            RoleTag::Worker,
+            &NONCE,
+            &PEER_NONCE,
+            proof
+        ));
+        assert!(!auth::verify_master(
+            b"secret",
+            RoleTag::Client,
+            &NONCE,
+            &PEER_NONCE,
+            proof
         ));
     }
 

@@ -1,12 +1,15 @@
 //! Core tests: no sockets, a fake clock, and every output checked (nothing unexpected is sent).
 
 use super::*;
+use protocol::auth::RoleTag;
 use protocol::{
-    auth, Attempt, Incarnation, LoadReport, Role, TaskKind, WorkerInfo, PROTOCOL_VERSION,
+    auth, Attempt, Incarnation, LoadReport, RejectKind, Role, TaskKind, WorkerInfo,
+    PROTOCOL_VERSION,
 };
 
 mod copies;
 mod limits;
+mod names;
 
 struct Harness {
     core: Core,
@@ -124,8 +127,10 @@ impl Harness {
                     pid: 1,
                     group: None,
                     prefetch,
+                    heartbeat_interval_ms: 0,
                 }),
                 auth: vec![],
+                nonce: vec![5; 32],
             },
         );
         let mut out = self.drain();
@@ -159,6 +164,7 @@ impl Harness {
                 version: PROTOCOL_VERSION,
                 role: Role::Client,
                 auth: vec![],
+                nonce: vec![5; 32],
             },
         );
         let out = self.drain();
@@ -565,11 +571,12 @@ fn protocol_violations_close_only_that_connection() {
             version: PROTOCOL_VERSION + 1,
             role: Role::Client,
             auth: vec![],
+            nonce: vec![5; 32],
         },
     );
     match &out[..] {
         [Output::Send {
-            msg: FromMaster::Rejected { reason },
+            msg: FromMaster::Rejected { reason, .. },
             ..
         }, Output::Close { .. }] => {
             assert!(reason.contains(&PROTOCOL_VERSION.to_string()), "{reason}");
@@ -604,20 +611,22 @@ fn token_is_checked() {
             version: PROTOCOL_VERSION,
             role: Role::Client,
             auth: vec![],
+            nonce: vec![5; 32],
         },
     );
     assert!(matches!(
         &out[..],
-        [Output::Send { msg: FromMaster::Rejected { reason }, .. }, Output::Close { .. }] if reason == "authentication failed"
+        [Output::Send { msg: FromMaster::Rejected { reason, .. }, .. }, Output::Close { .. }] if reason == "authentication failed"
     ));
     let conn = h.connect();
-    let answer = auth::respond(Some(b"s3cret"), &[9; 32]);
+    let answer = auth::peer_answer(Some(b"s3cret"), RoleTag::Client, &[9; 32], &[5; 32]);
     let out = h.msg(
         conn,
         ToMaster::Hello {
             version: PROTOCOL_VERSION,
             role: Role::Client,
             auth: answer,
+            nonce: vec![5; 32],
         },
     );
     assert!(matches!(
@@ -745,8 +754,10 @@ fn reconnecting_worker_keeps_its_running_tasks() {
                 pid: 1,
                 group: None,
                 prefetch: 0,
+                heartbeat_interval_ms: 0,
             }),
             auth: vec![],
+            nonce: vec![5; 32],
         },
     );
     let running = vec![
@@ -1003,8 +1014,10 @@ fn group_tasks_run_only_in_their_group() {
                     pid: 1,
                     group: group.map(str::to_string),
                     prefetch: 0,
+                    heartbeat_interval_ms: 0,
                 }),
                 auth: vec![],
+                nonce: vec![5; 32],
             },
         );
         h.msg(conn, ToMaster::Running(vec![]));
@@ -1109,8 +1122,10 @@ fn hello(h: &mut Harness, name: &str, slots: u32, group: Option<&str>) -> ConnId
                 pid: 1,
                 group: group.map(String::from),
                 prefetch: 0,
+                heartbeat_interval_ms: 0,
             }),
             auth: vec![],
+            nonce: vec![5; 32],
         },
     );
     conn

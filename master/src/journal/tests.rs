@@ -1170,6 +1170,8 @@ fn a_version_2_journal_gains_the_identity_tables() {
     )
     .expect("downgrade to version 2");
     drop(conn);
+    // Version 2 kept no marks.
+    std::fs::remove_file(dir.0.join(MARKS_FILE)).expect("marks removed");
     let (_, rec) = Journal::open(&dir.0).expect("migrates");
     assert_eq!(version(&raw(&dir)), SCHEMA_VERSION);
     assert_eq!(rec.tasks.len(), 3);
@@ -1181,4 +1183,257 @@ fn a_version_2_journal_gains_the_identity_tables() {
         }],
         "history starts at the migration: no version 2 worker can report a run"
     );
+}
+
+// ---- marks: a journal that lost committed work is refused, or its loss accepted aloud ----------
+
+/// A crash image of a live journal: its files as they are on disk now (every commit fsynced),
+/// copied while the journal stays open, so closing does not checkpoint the WAL away.
+fn snapshot(dir: &TempDir, name: &str) -> TempDir {
+    let copy = TempDir::new(name);
+    std::fs::create_dir_all(&copy.0).expect("copy dir");
+    for file in [DB_FILE, &format!("{DB_FILE}-wal"), MARKS_FILE] {
+        let from = dir.0.join(file);
+        if from.exists() {
+            std::fs::copy(&from, copy.0.join(file)).expect("copy");
+        }
+    }
+    copy
+}
+
+/// A journal with `batches` submissions of one task each, one commit each, and finals for the
+/// first few: every commit in the WAL (far below the auto-checkpoint's 1000 pages).
+fn journal_of_commits(name: &str, batches: u64) -> (TempDir, Journal) {
+    let dir = TempDir::new(name);
+    let (mut j, _) = open(&dir);
+    for id in 1..=batches {
+        j.record_submit(TaskId(id), 1, &sleep_spec(id), id)
+            .expect("submit");
+        if id % 10 == 0 {
+            j.record_final(TaskId(id - 5), &succeeded("ok"))
+                .expect("final");
+        }
+        j.commit().expect("commit");
+    }
+    (dir, j)
+}
+
+fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open for damage");
+    file.write_all_at(bytes, offset).expect("damage");
+}
+
+fn accept_loss() -> OpenOptions {
+    OpenOptions { accept_loss: true }
+}
+
+#[test]
+fn a_wal_damaged_in_the_middle_is_refused_with_the_lost_ids() {
+    let (dir, j) = journal_of_commits("wal-damage", 90);
+    let wal = dir.0.join(format!("{DB_FILE}-wal"));
+    let len = std::fs::metadata(&wal).expect("wal").len();
+    assert!(len > 100 << 10, "the commits are in the WAL ({len} bytes)");
+    // Several places in the second half, and one right after the header.
+    for (n, offset) in [len / 2, len * 2 / 3, len - 5_000, 40]
+        .into_iter()
+        .enumerate()
+    {
+        let copy = snapshot(&dir, &format!("wal-damage-{n}"));
+        overwrite(&copy.0.join(format!("{DB_FILE}-wal")), offset, &[0xa5; 64]);
+        let err = Journal::open(&copy.0).expect_err("a journal that lost work is refused");
+        let JournalError::Lost { loss, .. } = &err else {
+            panic!("offset {offset}: expected Lost, got {err}");
+        };
+        let (first, last) = loss.ids.expect("lost ids");
+        assert_eq!(last, TaskId(90), "offset {offset}: {err}");
+        assert!(first.0 > 1 || offset == 40, "offset {offset}: {err}");
+        let text = err.to_string();
+        for word in [
+            "journal",
+            "--accept-journal-loss",
+            &format!("tasks {first} to 90"),
+        ] {
+            assert!(text.contains(word), "{word:?} missing from: {text}");
+        }
+        // The refusal changed nothing: it says the same again.
+        let again = Journal::open(&copy.0).expect_err("still refused");
+        assert_eq!(again.to_string(), text);
+    }
+    drop(j);
+}
+
+#[test]
+fn an_accepted_loss_records_the_lost_ids_as_failed_and_goes_on() {
+    let (dir, j) = journal_of_commits("accept", 60);
+    let copy = snapshot(&dir, "accept-copy");
+    drop(j);
+    let wal = copy.0.join(format!("{DB_FILE}-wal"));
+    let len = std::fs::metadata(&wal).expect("wal").len();
+    overwrite(&wal, len / 2, &[0x5a; 64]);
+    let Err(JournalError::Lost { loss, .. }) = Journal::open(&copy.0) else {
+        panic!("expected Lost");
+    };
+    let (first, last) = loss.ids.expect("lost ids");
+    let (mut j, rec) = Journal::open_with(&copy.0, accept_loss()).expect("accepted");
+    assert_eq!(rec.next_id, TaskId(61), "no id is handed out twice");
+    assert_eq!(rec.tasks.len(), 60);
+    for t in &rec.tasks[first.0 as usize - 1..] {
+        let outcome = t.outcome.as_ref().expect("a lost task is final");
+        assert_eq!(outcome.state, TaskState::Failed, "task {}", t.id);
+        assert!(
+            outcome.error.as_deref().is_some_and(|e| e.contains("lost")),
+            "{outcome:?}"
+        );
+    }
+    assert!(rec.tasks[..first.0 as usize - 1]
+        .iter()
+        .all(|t| t.spec.kind != TaskKind::Sleep { ms: 0 }));
+    assert_eq!(last, TaskId(60));
+    // The new incarnation is above every one the marks knew (the one that wrote the tasks).
+    let current = rec.history.last().expect("current").incarnation;
+    assert!(current.0 >= 2, "{:?}", rec.history);
+    j.record_submit(TaskId(61), 1, &sleep_spec(1), 1)
+        .expect("ids go on");
+    j.commit().expect("commit");
+    drop(j);
+    let (_, rec) = Journal::open(&copy.0).expect("whole again: no flag needed");
+    assert_eq!(rec.next_id, TaskId(62));
+    let failed = rec.tasks.iter().filter(|t| {
+        t.outcome
+            .as_ref()
+            .is_some_and(|o| o.state == TaskState::Failed)
+    });
+    assert_eq!(failed.count() as u64, last.0 - first.0 + 1);
+}
+
+#[test]
+fn lost_finals_and_an_older_copy_of_the_database_are_refused() {
+    let (dir, mut j) = journal_of_commits("older", 20);
+    let old = snapshot(&dir, "older-copy");
+    for id in 1..=5 {
+        j.record_final(TaskId(id), &succeeded("later"))
+            .expect("final");
+        j.commit().expect("commit");
+    }
+    // The older database under the newer marks: five commits of finals are missing.
+    std::fs::copy(dir.0.join(MARKS_FILE), old.0.join(MARKS_FILE)).expect("newer marks");
+    let err = Journal::open(&old.0).expect_err("older copy refused");
+    let JournalError::Lost { loss, .. } = &err else {
+        panic!("expected Lost, got {err}");
+    };
+    assert_eq!(
+        *loss,
+        Loss {
+            ids: None,
+            final_commits: 5,
+            incarnations: 0
+        }
+    );
+    assert!(err.to_string().contains("results of 5 commits"), "{err}");
+    drop(j);
+}
+
+#[test]
+fn a_deleted_database_with_its_marks_left_is_refused_and_keeps_its_identity_if_accepted() {
+    let (dir, j) = journal_of_commits("deleted", 7);
+    let copy = snapshot(&dir, "deleted-copy");
+    drop(j);
+    let (_, before) = Journal::open(&dir.0).expect("reopen");
+    std::fs::remove_file(copy.0.join(DB_FILE)).expect("rm db");
+    std::fs::remove_file(copy.0.join(format!("{DB_FILE}-wal"))).expect("rm wal");
+    let err = Journal::open(&copy.0).expect_err("empty journal under marks");
+    assert!(err.to_string().contains("tasks 1 to 7"), "{err}");
+    let (_, rec) = Journal::open_with(&copy.0, accept_loss()).expect("accepted");
+    assert_eq!(rec.next_id, TaskId(8));
+    assert_eq!(rec.master_id, before.master_id, "the data dir keeps its id");
+    assert!(rec.tasks.iter().all(|t| t.outcome.is_some()));
+}
+
+#[test]
+fn damaged_or_foreign_marks_are_refused_unless_accepted() {
+    let (dir, j) = journal_of_commits("bad-marks", 3);
+    drop(j);
+    let marks = dir.0.join(MARKS_FILE);
+    let good = std::fs::read(&marks).expect("marks");
+    std::fs::write(&marks, vec![0x11; good.len()]).expect("damage");
+    let err = Journal::open(&dir.0).expect_err("damaged marks");
+    assert!(matches!(err, JournalError::MarksDamaged { .. }), "{err}");
+    let (_, rec) = Journal::open_with(&dir.0, accept_loss()).expect("accepted");
+    assert_eq!(rec.next_id, TaskId(4));
+    Journal::open(&dir.0).expect("new marks written");
+
+    let other = TempDir::new("other-marks");
+    Journal::open(&other.0).expect("another journal");
+    std::fs::copy(other.0.join(MARKS_FILE), &marks).expect("foreign marks");
+    let err = Journal::open(&dir.0).expect_err("foreign marks");
+    assert!(matches!(err, JournalError::ForeignMarks { .. }), "{err}");
+    Journal::open_with(&dir.0, accept_loss()).expect("accepted");
+    Journal::open(&dir.0).expect("new marks written");
+}
+
+#[test]
+fn a_journal_from_before_the_marks_opens_and_gains_them() {
+    let (dir, j) = journal_of_commits("no-marks", 3);
+    drop(j);
+    std::fs::remove_file(dir.0.join(MARKS_FILE)).expect("rm marks");
+    let (_, rec) = open(&dir);
+    assert_eq!(rec.next_id, TaskId(4));
+    assert!(dir.0.join(MARKS_FILE).exists());
+}
+
+#[test]
+fn a_damaged_database_page_is_a_clear_error() {
+    let (dir, j) = journal_of_commits("db-damage", 300);
+    drop(j); // checkpoints: everything is in the main file now
+    let db = dir.db();
+    let len = std::fs::metadata(&db).expect("db").len();
+    assert!(len >= 4 * 4096, "{len}");
+    // Page 2 onwards holds the tables' b-trees: spoil their page headers.
+    for page in 1..len / 4096 {
+        overwrite(&db, page * 4096, &[0xee; 64]);
+    }
+    let err = Journal::open(&dir.0).expect_err("damaged database");
+    let text = err.to_string();
+    assert!(matches!(err, JournalError::NotADatabase { .. }), "{text}");
+    for word in ["ballast.db", "damaged", "backup"] {
+        assert!(text.contains(word), "{word:?} missing from: {text}");
+    }
+}
+
+#[test]
+fn io_errors_are_named_by_what_the_system_said() {
+    let path = Path::new("/data/ballast.db");
+    let io = |extended: i32| {
+        classify(
+            path,
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(extended), None),
+        )
+    };
+    let full = refine_io(io(rusqlite::ffi::SQLITE_IOERR_WRITE), libc::ENOSPC);
+    assert!(matches!(full, JournalError::NoSpace { .. }), "{full}");
+    assert!(full.to_string().contains("no space left"), "{full}");
+    let fsync = refine_io(io(rusqlite::ffi::SQLITE_IOERR_FSYNC), libc::EDQUOT);
+    assert!(matches!(fsync, JournalError::NoSpace { .. }), "{fsync}");
+    let ro = refine_io(io(rusqlite::ffi::SQLITE_IOERR_LOCK), libc::EROFS);
+    assert!(matches!(ro, JournalError::ReadOnly { .. }), "{ro}");
+    assert!(ro.to_string().contains("read-only"), "{ro}");
+    let other = refine_io(io(rusqlite::ffi::SQLITE_IOERR_READ), libc::EIO);
+    assert!(matches!(other, JournalError::Sqlite { .. }), "{other}");
+    let readonly = io(rusqlite::ffi::SQLITE_READONLY_DBMOVED);
+    assert!(
+        matches!(readonly, JournalError::ReadOnly { .. }),
+        "{readonly}"
+    );
+    let disk_full = io(rusqlite::ffi::SQLITE_FULL);
+    assert!(
+        matches!(disk_full, JournalError::NoSpace { .. }),
+        "{disk_full}"
+    );
+    // Not an I/O error: the errno is not looked at.
+    let busy = refine_io(io(rusqlite::ffi::SQLITE_BUSY), libc::ENOSPC);
+    assert!(matches!(busy, JournalError::Locked { .. }), "{busy}");
 }

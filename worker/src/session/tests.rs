@@ -136,6 +136,7 @@ fn welcome(heartbeat_interval_ms: u64) -> FromMaster {
         heartbeat_interval_ms,
         master_id: 1,
         incarnation: Incarnation(1),
+        proof: Vec::new(),
     }
 }
 
@@ -151,6 +152,7 @@ fn test_config(addr: String, on_master_lost: OnMasterLost, heartbeat: Option<Dur
             pid: std::process::id(),
             group: None,
             prefetch: 0,
+            heartbeat_interval_ms: 0,
         },
         heartbeat,
         on_master_lost,
@@ -542,6 +544,7 @@ fn rejection_exits_with_status_2() {
     let worker = Worker::start(master.addr(), OnMasterLost::Wait, None);
     let _conn = master.accept(FromMaster::Rejected {
         reason: "bad token".into(),
+        kind: protocol::RejectKind::Authentication,
     });
     match worker.join() {
         Err(e @ WorkerError::Rejected { .. }) => {
@@ -899,6 +902,7 @@ fn runs_of_another_master_are_stopped_and_never_reported() {
         heartbeat_interval_ms: 60_000,
         master_id: 2,
         incarnation: Incarnation(1),
+        proof: Vec::new(),
     };
     let (mut conn, _) = master.accept(other);
     assert!(matches!(conn.recv(), ToMaster::Load(_)), "load first");
