@@ -82,8 +82,12 @@ def main() -> None:
         greeting = read_frame(sock)
         assert greeting[0] == 0, "Greeting first"
         version = greeting[1]  # a varint below 251 is one byte
-        # Hello { version, role: Client (variant 1), auth: [] }
-        sock.sendall(frame(bytes([0, version, 1, 0])))
+        # Hello { version, role: Client (variant 1), auth: [] }, and from version 5 on the
+        # client's own nonce (32 bytes), which the master's proof covers.
+        hello = bytes([0, version, 1, 0])
+        if version >= 5:
+            hello += bytes([32]) + os.urandom(32)
+        sock.sendall(frame(hello))
         welcome = read_frame(sock)
         assert welcome[0] == 1, f"Welcome, got variant {welcome[0]}"
         # Results { ids: [] } is ToMaster variant 6.
