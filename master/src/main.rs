@@ -82,6 +82,43 @@ struct ServeArgs {
     /// far); the first success wins. F must be at least 1.
     #[arg(long, value_name = "F", value_parser = parse_speculate)]
     speculate: Option<f64>,
+    /// Close a client connection that has nothing in flight (no wait) and sends nothing for this
+    /// long; 0 or "off" never closes one.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_idle_timeout)]
+    client_idle_timeout: IdleTimeout,
+    /// The most tasks the master holds, finished ones included; a submission that would pass it
+    /// is refused whole (the client exits 1). Default: half of this machine's memory at
+    /// 256 bytes a task, and at least 1,000,000.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_tasks: Option<u64>,
+}
+
+/// What one task costs the master, for the default `--max-tasks`: its record, its queue entry
+/// and its share of a journaled batch, with room to spare.
+const TASK_BYTES: u64 = 256;
+const MIN_DEFAULT_MAX_TASKS: u64 = 1_000_000;
+
+/// Half of `MemTotal` (from `/proc/meminfo`) at [`TASK_BYTES`] a task, at least
+/// [`MIN_DEFAULT_MAX_TASKS`] (also when the memory cannot be read).
+fn default_max_tasks() -> u64 {
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| mem_total_bytes(&text));
+    max_tasks_for(mem_total)
+}
+
+fn max_tasks_for(mem_total_bytes: Option<u64>) -> u64 {
+    mem_total_bytes
+        .map(|bytes| bytes / 2 / TASK_BYTES)
+        .unwrap_or(0)
+        .max(MIN_DEFAULT_MAX_TASKS)
+}
+
+/// `MemTotal:  16314480 kB` in bytes.
+fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 fn parse_speculate(s: &str) -> Result<f64, String> {
@@ -132,6 +169,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             heartbeat_timeout_ms,
             token,
             speculate: args.speculate,
+            client_idle_timeout_ms: args
+                .client_idle_timeout
+                .0
+                .map(|d| d.as_millis().max(1) as u64),
+            max_tasks: args.max_tasks.unwrap_or_else(default_max_tasks),
             ..CoreConfig::default()
         },
         max_connections: args.max_connections,
@@ -148,6 +190,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     server.run()?;
     Ok(())
+}
+
+/// `--client-idle-timeout`: a duration, or none (a newtype: clap reads a bare `Option` field as
+/// "the flag may be missing").
+#[derive(Debug, Clone, Copy)]
+struct IdleTimeout(Option<std::time::Duration>);
+
+/// A duration, or 0 / `off` for none.
+fn parse_idle_timeout(text: &str) -> Result<IdleTimeout, String> {
+    if text == "off" || text == "0" {
+        return Ok(IdleTimeout(None));
+    }
+    parse_duration(text).map(|d| IdleTimeout((!d.is_zero()).then_some(d)))
 }
 
 /// Refuses to serve strangers: a non-loopback address needs a token, or an explicit --insecure.
@@ -173,4 +228,20 @@ fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_task_limit_fits_the_machine() {
+        let meminfo = "MemTotal:       16314480 kB\nMemFree:         1000 kB\n";
+        let bytes = mem_total_bytes(meminfo);
+        assert_eq!(bytes, Some(16_314_480 * 1024));
+        assert_eq!(max_tasks_for(bytes), 16_314_480 * 1024 / 2 / 256);
+        assert_eq!(max_tasks_for(Some(1 << 20)), MIN_DEFAULT_MAX_TASKS);
+        assert_eq!(max_tasks_for(None), MIN_DEFAULT_MAX_TASKS);
+        assert_eq!(mem_total_bytes("nonsense"), None);
+    }
 }

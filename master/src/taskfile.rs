@@ -80,6 +80,9 @@ impl SpecDefaults {
 pub struct TaskFileError {
     pub at: String,
     pub why: String,
+    /// The line is well formed but breaks a limit the master enforces (`protocol::limits`): the
+    /// master would refuse it, so the CLI exits as if it had (1), not as for bad usage (2).
+    pub breaks_limit: bool,
 }
 
 /// Parses a whole task file. `origin` names it in errors ("tasks.jsonl line 3: ...").
@@ -96,9 +99,10 @@ pub fn parse(
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let spec = parse_line(trimmed, defaults).map_err(|why| TaskFileError {
+        let spec = parse_line(trimmed, defaults).map_err(|(why, breaks_limit)| TaskFileError {
             at: format!("{origin} line {}", index + 1),
             why,
+            breaks_limit,
         })?;
         specs.push(spec);
     }
@@ -106,12 +110,25 @@ pub fn parse(
         return Err(TaskFileError {
             at: origin.to_string(),
             why: "no tasks".into(),
+            breaks_limit: false,
         });
     }
     Ok(specs)
 }
 
-fn parse_line(text: &str, defaults: &SpecDefaults) -> std::result::Result<TaskSpec, String> {
+/// One line's spec; Err says why not, and whether it is a limit the master enforces.
+fn parse_line(
+    text: &str,
+    defaults: &SpecDefaults,
+) -> std::result::Result<TaskSpec, (String, bool)> {
+    let spec = parse_fields(text, defaults).map_err(|why| (why, false))?;
+    protocol::limits::check_spec(&spec).map_err(|e| (e.to_string(), true))?;
+    // Also the range of `replicas` (1 ..= MAX_REPLICAS), so a bad line is named here.
+    spec.validate().map_err(|why| (why, false))?;
+    Ok(spec)
+}
+
+fn parse_fields(text: &str, defaults: &SpecDefaults) -> std::result::Result<TaskSpec, String> {
     let line: Line = serde_json::from_str(text).map_err(|e| json_message(&e))?;
     let kind = match (&line.cmd, &line.sleep, &line.spin) {
         (Some(argv), None, None) => TaskKind::Command {
@@ -153,8 +170,6 @@ fn parse_line(text: &str, defaults: &SpecDefaults) -> std::result::Result<TaskSp
     if let Some(n) = line.replicas {
         spec.replicas = n;
     }
-    // Also the range of `replicas` (1 ..= MAX_REPLICAS), so a bad line is named here.
-    spec.validate()?;
     Ok(spec)
 }
 
@@ -311,6 +326,29 @@ mod tests {
         assert!(err(r#"{"sleep": "1s", "size": -1}"#).contains("size must be"));
         assert!(err("{not json").starts_with("t.jsonl line 1: "));
         assert_eq!(err("# only a comment\n\n"), "t.jsonl: no tasks");
+    }
+
+    #[test]
+    fn limits_are_named_and_marked_as_the_masters_refusal() {
+        let e = parse(
+            "{\"sleep\": \"1s\"}\n{\"cmd\":[\"true\"],\"env\":{\"A=B\":\"x\"}}",
+            "t.jsonl",
+            &defaults(),
+        )
+        .unwrap_err();
+        assert!(e.breaks_limit);
+        assert_eq!(
+            e.to_string(),
+            "t.jsonl line 2: env key \"A=B\" contains '='"
+        );
+        let group = format!(r#"{{"sleep": "1s", "group": "{}"}}"#, "g".repeat(100 << 10));
+        let e = parse(&group, "t.jsonl", &defaults()).unwrap_err();
+        assert!(
+            e.breaks_limit && e.why.starts_with("group name must be"),
+            "{e}"
+        );
+        let e = parse(r#"{"cmd": []}"#, "t.jsonl", &defaults()).unwrap_err();
+        assert!(!e.breaks_limit, "bad usage, not a limit");
     }
 
     #[test]

@@ -1,45 +1,246 @@
-//! Handshake authentication: the master sends a fresh nonce, the peer answers HMAC-SHA256(token,
-//! nonce). The token itself never crosses the wire, and a recorded answer is useless for another nonce.
+//! Handshake authentication, both ways and bound to the role. The master's `Greeting` carries a
+//! fresh nonce, the peer's `Hello` its own; each side then proves the token with an HMAC-SHA256
+//! over both nonces, a direction label and the peer's role:
+//!
+//! ```text
+//! peer   -> master: HMAC(token, "ballast-v5 peer->master" || role tag || master nonce || peer nonce)
+//! master -> peer:   HMAC(token, "ballast-v5 master->peer" || role tag || master nonce || peer nonce)
+//! ```
+//!
+//! The token never crosses the wire; a recorded answer is useless for another nonce; the labels
+//! keep one direction's MAC from being reflected as the other's, and the role tag keeps a worker's
+//! answer (relayed by a listener posing as the master) from opening a client session. Both nonces
+//! have a fixed length ([`NONCE_LEN`]), so the concatenation is unambiguous.
+//!
+//! What this does not give: a secret or authenticated channel after the handshake. An active
+//! man-in-the-middle that relays a whole conversation can still read and change it (TLS is on the
+//! roadmap).
 
+use crate::messages::Role;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Length of the nonce the master sends in its `Greeting`.
+/// Length of each nonce: the master's in `Greeting`, the peer's in `Hello`.
 pub const NONCE_LEN: usize = 32;
 
-/// The answer a peer holding `token` gives to `nonce`. Empty when there is no token.
-pub fn respond(token: Option<&[u8]>, nonce: &[u8]) -> Vec<u8> {
+const PEER_TO_MASTER: &[u8] = b"ballast-v5 peer->master";
+const MASTER_TO_PEER: &[u8] = b"ballast-v5 master->peer";
+
+/// Which kind of peer a MAC speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleTag {
+    Worker,
+    Client,
+}
+
+impl RoleTag {
+    pub fn of(role: &Role) -> RoleTag {
+        match role {
+            Role::Worker(_) => RoleTag::Worker,
+            Role::Client => RoleTag::Client,
+        }
+    }
+
+    fn bytes(self) -> &'static [u8] {
+        // NUL-terminated, so neither tag is a prefix of anything the other could be followed by.
+        match self {
+            RoleTag::Worker => b"worker\0",
+            RoleTag::Client => b"client\0",
+        }
+    }
+}
+
+/// Which way a MAC goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    PeerToMaster,
+    MasterToPeer,
+}
+
+fn mac(
+    token: &[u8],
+    direction: Direction,
+    role: RoleTag,
+    master_nonce: &[u8],
+    peer_nonce: &[u8],
+) -> HmacSha256 {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = HmacSha256::new_from_slice(token).expect("HMAC takes any key length");
+    mac.update(match direction {
+        Direction::PeerToMaster => PEER_TO_MASTER,
+        Direction::MasterToPeer => MASTER_TO_PEER,
+    });
+    mac.update(role.bytes());
+    mac.update(master_nonce);
+    mac.update(peer_nonce);
+    mac
+}
+
+/// Whether both nonces have the length the MAC layout assumes.
+pub fn nonces_ok(master_nonce: &[u8], peer_nonce: &[u8]) -> bool {
+    master_nonce.len() == NONCE_LEN && peer_nonce.len() == NONCE_LEN
+}
+
+/// The peer's answer (`Hello::auth`) for a peer holding `token`. Empty when there is no token.
+pub fn peer_answer(
+    token: Option<&[u8]>,
+    role: RoleTag,
+    master_nonce: &[u8],
+    peer_nonce: &[u8],
+) -> Vec<u8> {
     let Some(token) = token else {
         return Vec::new();
     };
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = HmacSha256::new_from_slice(token).expect("HMAC takes any key length");
-    mac.update(nonce);
+    let mac = mac(
+        token,
+        Direction::PeerToMaster,
+        role,
+        master_nonce,
+        peer_nonce,
+    );
     mac.finalize().into_bytes().to_vec()
 }
 
-/// Whether `answer` proves knowledge of `token` for `nonce`, compared in constant time.
-pub fn verify(token: &[u8], nonce: &[u8], answer: &[u8]) -> bool {
-    let mut mac = HmacSha256::new_from_slice(token).expect("HMAC takes any key length");
-    mac.update(nonce);
-    mac.verify_slice(answer).is_ok()
+/// Whether `answer` proves the peer knows `token` for these nonces, compared in constant time.
+pub fn verify_peer(
+    token: &[u8],
+    role: RoleTag,
+    master_nonce: &[u8],
+    peer_nonce: &[u8],
+    answer: &[u8],
+) -> bool {
+    nonces_ok(master_nonce, peer_nonce)
+        && mac(
+            token,
+            Direction::PeerToMaster,
+            role,
+            master_nonce,
+            peer_nonce,
+        )
+        .verify_slice(answer)
+        .is_ok()
+}
+
+/// The master's proof (`Welcome::proof`) for a master holding `token`. Empty when there is none.
+pub fn master_proof(
+    token: Option<&[u8]>,
+    role: RoleTag,
+    master_nonce: &[u8],
+    peer_nonce: &[u8],
+) -> Vec<u8> {
+    let Some(token) = token else {
+        return Vec::new();
+    };
+    let mac = mac(
+        token,
+        Direction::MasterToPeer,
+        role,
+        master_nonce,
+        peer_nonce,
+    );
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Whether `proof` shows the master knows `token` for these nonces, compared in constant time.
+pub fn verify_master(
+    token: &[u8],
+    role: RoleTag,
+    master_nonce: &[u8],
+    peer_nonce: &[u8],
+    proof: &[u8],
+) -> bool {
+    nonces_ok(master_nonce, peer_nonce)
+        && mac(
+            token,
+            Direction::MasterToPeer,
+            role,
+            master_nonce,
+            peer_nonce,
+        )
+        .verify_slice(proof)
+        .is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const M: [u8; NONCE_LEN] = [7; NONCE_LEN];
+    const P: [u8; NONCE_LEN] = [8; NONCE_LEN];
+    const TOKEN: &[u8] = b"secret";
+
     #[test]
     fn right_token_verifies_wrong_does_not() {
-        let nonce = [7u8; NONCE_LEN];
-        let answer = respond(Some(b"secret"), &nonce);
+        let answer = peer_answer(Some(TOKEN), RoleTag::Worker, &M, &P);
         assert_eq!(answer.len(), 32);
-        assert!(verify(b"secret", &nonce, &answer));
-        assert!(!verify(b"other", &nonce, &answer));
-        assert!(!verify(b"secret", &[8u8; NONCE_LEN], &answer));
-        assert!(!verify(b"secret", &nonce, &[]));
-        assert!(respond(None, &nonce).is_empty());
+        assert!(verify_peer(TOKEN, RoleTag::Worker, &M, &P, &answer));
+        assert!(!verify_peer(b"other", RoleTag::Worker, &M, &P, &answer));
+        assert!(!verify_peer(
+            TOKEN,
+            RoleTag::Worker,
+            &[9; NONCE_LEN],
+            &P,
+            &answer
+        ));
+        assert!(!verify_peer(
+            TOKEN,
+            RoleTag::Worker,
+            &M,
+            &[9; NONCE_LEN],
+            &answer
+        ));
+        assert!(!verify_peer(TOKEN, RoleTag::Worker, &M, &P, &[]));
+        assert!(peer_answer(None, RoleTag::Worker, &M, &P).is_empty());
+        let proof = master_proof(Some(TOKEN), RoleTag::Client, &M, &P);
+        assert!(verify_master(TOKEN, RoleTag::Client, &M, &P, &proof));
+        assert!(!verify_master(b"other", RoleTag::Client, &M, &P, &proof));
+        assert!(!verify_master(TOKEN, RoleTag::Client, &M, &P, &[]));
+        assert!(master_proof(None, RoleTag::Client, &M, &P).is_empty());
+    }
+
+    /// A worker's answer relayed by a listener posing as the master does not open a client
+    /// session on the real one, nor the other way round.
+    #[test]
+    fn an_answer_is_bound_to_its_role() {
+        let worker = peer_answer(Some(TOKEN), RoleTag::Worker, &M, &P);
+        assert!(!verify_peer(TOKEN, RoleTag::Client, &M, &P, &worker));
+        let client = peer_answer(Some(TOKEN), RoleTag::Client, &M, &P);
+        assert!(!verify_peer(TOKEN, RoleTag::Worker, &M, &P, &client));
+        let proof = master_proof(Some(TOKEN), RoleTag::Worker, &M, &P);
+        assert!(!verify_master(TOKEN, RoleTag::Client, &M, &P, &proof));
+    }
+
+    /// Neither side's MAC passes as the other's: a peer's answer reflected back as the master's
+    /// proof, or a master's proof replayed as a peer's answer, fails.
+    #[test]
+    fn an_answer_is_bound_to_its_direction() {
+        for role in [RoleTag::Worker, RoleTag::Client] {
+            let answer = peer_answer(Some(TOKEN), role, &M, &P);
+            let proof = master_proof(Some(TOKEN), role, &M, &P);
+            assert_ne!(answer, proof);
+            assert!(!verify_master(TOKEN, role, &M, &P, &answer));
+            assert!(!verify_peer(TOKEN, role, &M, &P, &proof));
+            // Swapping the nonces (a reflector that greets with the peer's own nonce) fails too.
+            assert!(!verify_master(TOKEN, role, &P, &M, &answer));
+        }
+    }
+
+    /// A recorded answer is worth nothing on a connection with another master nonce.
+    #[test]
+    fn a_recorded_answer_does_not_replay() {
+        let answer = peer_answer(Some(TOKEN), RoleTag::Client, &M, &P);
+        let fresh = [1u8; NONCE_LEN];
+        assert!(!verify_peer(TOKEN, RoleTag::Client, &fresh, &P, &answer));
+    }
+
+    #[test]
+    fn nonces_of_another_length_never_verify() {
+        let short = [7u8; NONCE_LEN - 1];
+        let answer = peer_answer(Some(TOKEN), RoleTag::Worker, &short, &P);
+        assert!(!verify_peer(TOKEN, RoleTag::Worker, &short, &P, &answer));
+        let proof = master_proof(Some(TOKEN), RoleTag::Worker, &M, &[]);
+        assert!(!verify_master(TOKEN, RoleTag::Worker, &M, &[], &proof));
     }
 }

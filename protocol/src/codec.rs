@@ -207,8 +207,10 @@ mod tests {
                     pid: 7,
                     group: Some("g".into()),
                     prefetch: 3,
+                    heartbeat_interval_ms: 0,
                 }),
                 auth: vec![1, 2, 3],
+                nonce: vec![4; 32],
             },
             ToMaster::Load(LoadReport {
                 cpu_percent: 12.5,

@@ -4,8 +4,9 @@
 //! the same codec inside its mio loop.
 
 use crate::auth;
+use crate::auth::{RoleTag, NONCE_LEN};
 use crate::codec::{encode_frame, FrameDecoder, FrameError};
-use crate::messages::{FromMaster, Incarnation, Role, ToMaster, WorkerId};
+use crate::messages::{FromMaster, Incarnation, RejectKind, Role, ToMaster, WorkerId};
 use crate::PROTOCOL_VERSION;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -36,7 +37,21 @@ pub enum ConnectionError {
     Frame(#[from] FrameError),
     /// The master refused the handshake.
     #[error("the master at {addr} refused this connection: {reason}")]
-    Rejected { addr: String, reason: String },
+    Rejected {
+        addr: String,
+        reason: String,
+        kind: RejectKind,
+    },
+    /// We hold a token and the master's `Welcome` did not prove it: a master without the token
+    /// (or with another), or something posing as the master. Nothing it sends is acted on.
+    #[error(
+        "the master at {addr} did not prove the token (it has none, or another one): \
+         refusing to work with it"
+    )]
+    MasterUnproven { addr: String },
+    /// The system gave no randomness for our handshake nonce.
+    #[error("no randomness for the handshake nonce: {0}")]
+    Random(String),
     /// The master speaks another protocol version.
     #[error("protocol version mismatch: master speaks {master}, we speak {ours}")]
     Version { master: u32, ours: u32 },
@@ -171,12 +186,14 @@ impl Connection {
 }
 
 /// The client half of the handshake, on a connected blocking stream of any kind: waits for the
-/// master's `Greeting`, answers `Hello` as `role` (with the HMAC of its nonce under `token`, if
-/// any), and returns what the master said in `Welcome`. `master` names the peer in a `Rejected`
-/// error. Bound the waits with a read timeout on the stream.
+/// master's `Greeting`, answers `Hello` as `role` with a fresh nonce of ours (and, with a
+/// `token`, our MAC over both nonces), and returns what the master said in `Welcome`, once the
+/// master has proved the token too (with one). `master` names the peer in errors. Bound the
+/// waits with a read timeout on the stream.
 ///
 /// Bytes that followed `Welcome` stay in `decoder`, so a caller that goes on with its own IO (a
-/// non-blocking stream in a poll loop, as the load generator's simulated workers do) loses none.
+/// non-blocking stream in a poll loop, as the load generator's simulated workers do) loses none;
+/// after an error they must be dropped unread (an unproven master's `Assign` may be among them).
 pub fn handshake<S: Read + Write>(
     stream: &mut S,
     decoder: &mut FrameDecoder,
@@ -184,7 +201,22 @@ pub fn handshake<S: Read + Write>(
     role: Role,
     token: Option<&[u8]>,
 ) -> Result<Welcome, ConnectionError> {
-    let nonce = match recv_blocking(stream, decoder, HANDSHAKE_READ_CHUNK)? {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|e| ConnectionError::Random(e.to_string()))?;
+    handshake_with_nonce(stream, decoder, master, role, token, &nonce)
+}
+
+/// [`handshake`] with the caller's nonce, which must be fresh and unpredictable (tests and the
+/// simulator bring their own).
+pub fn handshake_with_nonce<S: Read + Write>(
+    stream: &mut S,
+    decoder: &mut FrameDecoder,
+    master: &str,
+    role: Role,
+    token: Option<&[u8]>,
+    peer_nonce: &[u8; NONCE_LEN],
+) -> Result<Welcome, ConnectionError> {
+    let master_nonce = match recv_blocking(stream, decoder, HANDSHAKE_READ_CHUNK)? {
         FromMaster::Greeting { version, nonce } => {
             if version != PROTOCOL_VERSION {
                 return Err(ConnectionError::Version {
@@ -196,12 +228,14 @@ pub fn handshake<S: Read + Write>(
         }
         other => return Err(ConnectionError::Unexpected(other.name().to_string())),
     };
+    let tag = RoleTag::of(&role);
     let mut hello = Vec::new();
     encode_frame(
         &ToMaster::Hello {
             version: PROTOCOL_VERSION,
             role,
-            auth: auth::respond(token, &nonce),
+            auth: auth::peer_answer(token, tag, &master_nonce, peer_nonce),
+            nonce: peer_nonce.to_vec(),
         },
         &mut hello,
     )?;
@@ -212,15 +246,31 @@ pub fn handshake<S: Read + Write>(
             heartbeat_interval_ms,
             master_id,
             incarnation,
-        } => Ok(Welcome {
-            worker_id,
-            heartbeat_interval_ms,
-            master_id,
-            incarnation,
-        }),
-        FromMaster::Rejected { reason } => Err(ConnectionError::Rejected {
+            proof,
+        } => {
+            // IMPORTANT: before anything the master sent is acted on. A master that greets us
+            // with our own nonce could be reflecting our `Hello`; the direction label in the MAC
+            // already defeats that, the check costs nothing.
+            if let Some(token) = token {
+                if master_nonce.as_slice() == peer_nonce.as_slice()
+                    || !auth::verify_master(token, tag, &master_nonce, peer_nonce, &proof)
+                {
+                    return Err(ConnectionError::MasterUnproven {
+                        addr: master.to_string(),
+                    });
+                }
+            }
+            Ok(Welcome {
+                worker_id,
+                heartbeat_interval_ms,
+                master_id,
+                incarnation,
+            })
+        }
+        FromMaster::Rejected { reason, kind } => Err(ConnectionError::Rejected {
             addr: master.to_string(),
             reason,
+            kind,
         }),
         other => Err(ConnectionError::Unexpected(other.name().to_string())),
     }
@@ -335,6 +385,8 @@ mod tests {
     }
 
     const NONCE: [u8; 32] = [9; 32];
+    const PEER_NONCE: [u8; 32] = [5; 32];
+    const TOKEN: &[u8] = b"tok";
 
     fn greeting(version: u32) -> FromMaster {
         FromMaster::Greeting {
@@ -344,12 +396,22 @@ mod tests {
     }
 
     fn welcome() -> FromMaster {
+        welcome_with(Vec::new())
+    }
+
+    fn welcome_with(proof: Vec<u8>) -> FromMaster {
         FromMaster::Welcome {
             worker_id: Some(WorkerId(3)),
             heartbeat_interval_ms: 250,
             master_id: 77,
             incarnation: Incarnation(2),
+            proof,
         }
+    }
+
+    /// What a master holding `token` proves to a peer of `role` that sent `PEER_NONCE`.
+    fn proof(token: &[u8], role: RoleTag) -> Vec<u8> {
+        auth::master_proof(Some(token), role, &NONCE, &PEER_NONCE)
     }
 
     fn worker() -> Role {
@@ -361,6 +423,7 @@ mod tests {
             pid: 1,
             group: None,
             prefetch: 0,
+            heartbeat_interval_ms: 0,
         })
     }
 
@@ -372,11 +435,23 @@ mod tests {
             incarnation: Incarnation(2),
             spec: Arc::new(TaskSpec::new(TaskKind::Sleep { ms: 1 })),
         }]);
-        let mut master = Scripted::new(&[greeting(PROTOCOL_VERSION), welcome(), assign.clone()]);
+        let mut master = Scripted::new(&[
+            greeting(PROTOCOL_VERSION),
+            welcome_with(proof(TOKEN, RoleTag::Worker)),
+            assign.clone(),
+        ]);
         // Everything in the first read: the `Assign` arrives with the `Greeting`.
         master.max_read = usize::MAX;
         let mut decoder = FrameDecoder::new();
-        let w = handshake(&mut master, &mut decoder, "m:1", worker(), Some(b"tok")).expect("ok");
+        let w = handshake_with_nonce(
+            &mut master,
+            &mut decoder,
+            "m:1",
+            worker(),
+            Some(TOKEN),
+            &PEER_NONCE,
+        )
+        .expect("ok");
         assert_eq!(
             (w.worker_id, w.heartbeat_interval_ms, w.master_id),
             (Some(WorkerId(3)), 250, 77)
@@ -387,7 +462,8 @@ mod tests {
             vec![ToMaster::Hello {
                 version: PROTOCOL_VERSION,
                 role: worker(),
-                auth: auth::respond(Some(b"tok"), &NONCE),
+                auth: auth::peer_answer(Some(TOKEN), RoleTag::Worker, &NONCE, &PEER_NONCE),
+                nonce: PEER_NONCE.to_vec(),
             }]
         );
         assert_eq!(master.input.position(), master.input.get_ref().len() as u64);
@@ -412,6 +488,7 @@ mod tests {
             greeting(PROTOCOL_VERSION),
             FromMaster::Rejected {
                 reason: "authentication failed".into(),
+                kind: RejectKind::Authentication,
             },
         ]);
         match handshake(
@@ -421,18 +498,116 @@ mod tests {
             Role::Client,
             None,
         ) {
-            Err(ConnectionError::Rejected { addr, reason }) => {
+            Err(ConnectionError::Rejected { addr, reason, kind }) => {
                 assert_eq!(
-                    (addr.as_str(), reason.as_str()),
-                    ("m:1", "authentication failed")
+                    (addr.as_str(), reason.as_str(), kind),
+                    ("m:1", "authentication failed", RejectKind::Authentication)
                 );
             }
             other => panic!("expected Rejected, got {other:?}"),
         }
-        let ToMaster::Hello { auth, .. } = &master.sent()[0] else {
+        let ToMaster::Hello { auth, nonce, .. } = &master.sent()[0] else {
             panic!("expected Hello");
         };
         assert!(auth.is_empty(), "no token, no answer");
+        assert_eq!(nonce.len(), NONCE_LEN, "a fresh nonce all the same");
+    }
+
+    /// With a token, a `Welcome` without the master's proof, with a wrong one, with one for
+    /// another role, or our own answer reflected back, is refused before anything after it is
+    /// read: the `Assign` that followed stays unread.
+    #[test]
+    fn a_master_that_does_not_prove_the_token_is_refused() {
+        let answer = auth::peer_answer(Some(TOKEN), RoleTag::Worker, &NONCE, &PEER_NONCE);
+        let cases = [
+            ("no proof (a master without a token)", Vec::new()),
+            ("another token", proof(b"other", RoleTag::Worker)),
+            ("the proof for a client", proof(TOKEN, RoleTag::Client)),
+            ("our own answer reflected", answer),
+        ];
+        for (what, bad) in cases {
+            let assign = FromMaster::Assign(vec![]);
+            let mut master =
+                Scripted::new(&[greeting(PROTOCOL_VERSION), welcome_with(bad), assign]);
+            let got = handshake_with_nonce(
+                &mut master,
+                &mut FrameDecoder::new(),
+                "m:1",
+                worker(),
+                Some(TOKEN),
+                &PEER_NONCE,
+            );
+            assert!(
+                matches!(&got, Err(ConnectionError::MasterUnproven { addr }) if addr == "m:1"),
+                "{what}: {got:?}"
+            );
+            assert!(
+                got.unwrap_err()
+                    .to_string()
+                    .contains("did not prove the token"),
+                "{what}"
+            );
+        }
+        // A master that greets us with our own nonce and proves nothing new is refused too.
+        let mut master = Scripted::new(&[
+            FromMaster::Greeting {
+                version: PROTOCOL_VERSION,
+                nonce: PEER_NONCE.to_vec(),
+            },
+            welcome_with(auth::master_proof(
+                Some(TOKEN),
+                RoleTag::Client,
+                &PEER_NONCE,
+                &PEER_NONCE,
+            )),
+        ]);
+        let got = handshake_with_nonce(
+            &mut master,
+            &mut FrameDecoder::new(),
+            "m",
+            Role::Client,
+            Some(TOKEN),
+            &PEER_NONCE,
+        );
+        assert!(
+            matches!(got, Err(ConnectionError::MasterUnproven { .. })),
+            "{got:?}"
+        );
+        // The right proof passes, for a client as for a worker.
+        let mut master = Scripted::new(&[
+            greeting(PROTOCOL_VERSION),
+            welcome_with(proof(TOKEN, RoleTag::Client)),
+        ]);
+        handshake_with_nonce(
+            &mut master,
+            &mut FrameDecoder::new(),
+            "m",
+            Role::Client,
+            Some(TOKEN),
+            &PEER_NONCE,
+        )
+        .expect("proved");
+    }
+
+    #[test]
+    fn every_handshake_brings_a_fresh_nonce() {
+        let mut nonces = Vec::new();
+        for _ in 0..2 {
+            let mut master = Scripted::new(&[greeting(PROTOCOL_VERSION), welcome()]);
+            handshake(
+                &mut master,
+                &mut FrameDecoder::new(),
+                "m",
+                Role::Client,
+                None,
+            )
+            .expect("ok");
+            let ToMaster::Hello { nonce, .. } = master.sent().remove(0) else {
+                panic!("expected Hello");
+            };
+            nonces.push(nonce);
+        }
+        assert_ne!(nonces[0], nonces[1]);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! value enters (the CLI and the master's `Submit`, the master's `Hello` check, the worker and the
 //! master's `Finished` check), so nothing built from accepted values can outgrow a frame.
 
+use crate::messages::{TaskKind, TaskOutcome, TaskSpec};
+
 /// Worker names, host names and group names, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
 
@@ -25,6 +27,132 @@ pub const MAX_TAIL_BYTES: usize = 64 << 10;
 
 /// A failure message (`Failed { error }`), in bytes.
 pub const MAX_ERROR_BYTES: usize = 4 << 10;
+
+/// Why a task spec breaks a limit. Each names the field, and the offending key or size, so a
+/// user can find the line in a task file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// argv, environment and cwd together are too large.
+    #[error("the command (argv, env and cwd) is {len} bytes, more than the limit of {max}")]
+    CommandTooLarge { len: usize, max: usize },
+    /// Too many arguments.
+    #[error("the command has {count} arguments, more than the limit of {max}")]
+    TooManyArgs { count: usize, max: usize },
+    /// Too many environment variables.
+    #[error("the command sets {count} environment variables, more than the limit of {max}")]
+    TooManyEnvVars { count: usize, max: usize },
+    /// The working directory is too long.
+    #[error("cwd is {len} bytes, more than the limit of {max}")]
+    CwdTooLong { len: usize, max: usize },
+    /// An environment key that `exec` could not pass on as written.
+    #[error("env key {key:?} {why}")]
+    BadEnvKey { key: String, why: &'static str },
+    /// A string the kernel cannot take (argv, env value or cwd with a NUL byte).
+    #[error("{field} contains a NUL byte")]
+    Nul { field: &'static str },
+    /// A group name is too long (or empty).
+    #[error("group name must be 1 to {max} bytes, not {len}")]
+    BadGroup { len: usize, max: usize },
+}
+
+/// Checks every size limit of a task spec: the argv, environment and cwd of a command, and the
+/// group name. The CLI calls it before it sends anything; the master calls it on every `Submit`
+/// and on every task it recovers from its journal.
+pub fn check_spec(spec: &TaskSpec) -> Result<(), LimitError> {
+    if let Some(group) = &spec.group {
+        if group.is_empty() || group.len() > MAX_NAME_BYTES {
+            return Err(LimitError::BadGroup {
+                len: group.len(),
+                max: MAX_NAME_BYTES,
+            });
+        }
+    }
+    let TaskKind::Command { argv, env, cwd } = &spec.kind else {
+        return Ok(());
+    };
+    if argv.len() > MAX_ARGS {
+        return Err(LimitError::TooManyArgs {
+            count: argv.len(),
+            max: MAX_ARGS,
+        });
+    }
+    if env.len() > MAX_ENV_VARS {
+        return Err(LimitError::TooManyEnvVars {
+            count: env.len(),
+            max: MAX_ENV_VARS,
+        });
+    }
+    if let Some(cwd) = cwd {
+        if cwd.len() > MAX_CWD_BYTES {
+            return Err(LimitError::CwdTooLong {
+                len: cwd.len(),
+                max: MAX_CWD_BYTES,
+            });
+        }
+        if cwd.contains('\0') {
+            return Err(LimitError::Nul { field: "cwd" });
+        }
+    }
+    // Each string as exec sees it: its bytes and a NUL; an env entry is `KEY=VALUE`.
+    let mut len = cwd.as_ref().map_or(0, |c| c.len() + 1);
+    for arg in argv {
+        if arg.contains('\0') {
+            return Err(LimitError::Nul {
+                field: "an argument",
+            });
+        }
+        len += arg.len() + 1;
+    }
+    for (key, value) in env {
+        let why = if key.is_empty() {
+            Some("is empty")
+        } else if key.contains('=') {
+            Some("contains '='")
+        } else if key.contains('\0') {
+            Some("contains a NUL byte")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            // The key goes into the message: cut it so the message itself stays small.
+            let mut key = key.clone();
+            truncate_with_marker(&mut key, MAX_NAME_BYTES);
+            return Err(LimitError::BadEnvKey { key, why });
+        }
+        if value.contains('\0') {
+            return Err(LimitError::Nul {
+                field: "an env value",
+            });
+        }
+        len += key.len() + value.len() + 2;
+    }
+    if len > MAX_COMMAND_BYTES {
+        return Err(LimitError::CommandTooLarge {
+            len,
+            max: MAX_COMMAND_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Caps what a worker reports about one run, in place: tails keep their last
+/// [`MAX_TAIL_BYTES`], an error its first [`MAX_ERROR_BYTES`] with a marker. Returns whether
+/// anything was cut. The master applies it to every `Finished` before it keeps or journals it.
+pub fn cap_outcome(outcome: &mut TaskOutcome) -> bool {
+    match outcome {
+        TaskOutcome::Exited {
+            stdout_tail,
+            stderr_tail,
+            ..
+        }
+        | TaskOutcome::TimedOut {
+            stdout_tail,
+            stderr_tail,
+        } => keep_tail(stdout_tail, MAX_TAIL_BYTES) | keep_tail(stderr_tail, MAX_TAIL_BYTES),
+        TaskOutcome::Failed { error } => truncate_with_marker(error, MAX_ERROR_BYTES),
+        TaskOutcome::Cancelled | TaskOutcome::WorkerLost => false,
+    }
+}
 
 /// Cuts `text` to at most `max` bytes on a character boundary, keeping the start and ending with
 /// a marker that says how much was cut. Returns whether it cut.
@@ -80,6 +208,148 @@ mod tests {
         let mut short = String::from("short");
         assert!(!truncate_with_marker(&mut short, 5));
         assert_eq!(short, "short");
+    }
+
+    fn command(argv: &[&str], env: &[(&str, &str)], cwd: Option<&str>) -> TaskSpec {
+        TaskSpec::new(TaskKind::Command {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cwd: cwd.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn env_keys_that_exec_cannot_pass_are_refused_by_name() {
+        for (key, why) in [
+            ("A=B", "contains '='"),
+            ("", "is empty"),
+            ("A\0B", "contains a NUL byte"),
+        ] {
+            let err = check_spec(&command(&["true"], &[(key, "x")], None)).unwrap_err();
+            assert_eq!(
+                err,
+                LimitError::BadEnvKey {
+                    key: key.into(),
+                    why
+                }
+            );
+            assert!(err.to_string().contains(&format!("{key:?}")), "{err}");
+        }
+        // A huge bad key is named, cut.
+        let long = format!("{}=", "K".repeat(100_000));
+        let err = check_spec(&command(&["true"], &[(&long, "x")], None)).unwrap_err();
+        assert!(err.to_string().len() < 1_000, "{}", err.to_string().len());
+        assert!(check_spec(&command(&["true"], &[("A", "B=C")], Some("/tmp"))).is_ok());
+    }
+
+    #[test]
+    fn sizes_and_counts_are_bounded() {
+        let big = "x".repeat(MAX_COMMAND_BYTES);
+        assert!(matches!(
+            check_spec(&command(&[&big], &[], None)),
+            Err(LimitError::CommandTooLarge { .. })
+        ));
+        let program = "p".repeat(120_000);
+        assert!(check_spec(&command(&[&program], &[], None)).is_ok());
+        let many = vec!["a"; MAX_ARGS + 1];
+        assert!(matches!(
+            check_spec(&command(&many, &[], None)),
+            Err(LimitError::TooManyArgs { .. })
+        ));
+        let vars: Vec<(String, String)> = (0..=MAX_ENV_VARS)
+            .map(|i| (format!("K{i}"), String::new()))
+            .collect();
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        assert!(matches!(
+            check_spec(&command(&["true"], &vars, None)),
+            Err(LimitError::TooManyEnvVars { .. })
+        ));
+        let cwd = "/".repeat(MAX_CWD_BYTES + 1);
+        assert!(matches!(
+            check_spec(&command(&["true"], &[], Some(&cwd))),
+            Err(LimitError::CwdTooLong { .. })
+        ));
+        assert!(matches!(
+            check_spec(&command(&["a\0b"], &[], None)),
+            Err(LimitError::Nul { .. })
+        ));
+        let mut grouped = TaskSpec::new(TaskKind::Sleep { ms: 1 });
+        grouped.group = Some("g".repeat(100 << 10));
+        assert_eq!(
+            check_spec(&grouped),
+            Err(LimitError::BadGroup {
+                len: 100 << 10,
+                max: MAX_NAME_BYTES
+            })
+        );
+        grouped.group = Some("g".repeat(MAX_NAME_BYTES));
+        assert_eq!(check_spec(&grouped), Ok(()));
+        assert!(grouped.validate().is_ok());
+        grouped.group = Some(String::new());
+        assert!(grouped.validate().is_err());
+    }
+
+    #[test]
+    fn outcomes_are_capped_to_their_limits() {
+        let mut o = TaskOutcome::Failed {
+            error: format!("cannot run `{}`", "p".repeat(120_000)),
+        };
+        assert!(cap_outcome(&mut o));
+        let TaskOutcome::Failed { error } = &o else {
+            unreachable!()
+        };
+        assert!(error.len() <= MAX_ERROR_BYTES && error.starts_with("cannot run `ppp"));
+        let mut o = TaskOutcome::Exited {
+            code: 1,
+            stdout_tail: "\u{fffd}".repeat(MAX_TAIL_BYTES),
+            stderr_tail: "e".repeat(10),
+        };
+        assert!(cap_outcome(&mut o));
+        let TaskOutcome::Exited {
+            stdout_tail,
+            stderr_tail,
+            ..
+        } = &o
+        else {
+            unreachable!()
+        };
+        assert!(stdout_tail.len() <= MAX_TAIL_BYTES && stderr_tail.len() == 10);
+        assert!(!cap_outcome(&mut TaskOutcome::Cancelled));
+    }
+
+    proptest::proptest! {
+        /// Whatever a worker sends, what the master keeps is within the limits, valid text, and
+        /// the start of an error / the end of a tail.
+        #[test]
+        fn capped_outcomes_are_within_the_limits(
+            text in "(.|\\PC|\u{fffd}){0,300}",
+            repeat in 0usize..400,
+            code in proptest::prelude::any::<i32>(),
+        ) {
+            let long = text.repeat(repeat);
+            let mut failed = TaskOutcome::Failed { error: long.clone() };
+            cap_outcome(&mut failed);
+            let TaskOutcome::Failed { error } = &failed else { unreachable!() };
+            proptest::prop_assert!(error.len() <= MAX_ERROR_BYTES);
+            if long.len() <= MAX_ERROR_BYTES {
+                proptest::prop_assert_eq!(error, &long);
+            }
+            let mut exited = TaskOutcome::Exited {
+                code,
+                stdout_tail: long.clone(),
+                stderr_tail: long.repeat(3),
+            };
+            cap_outcome(&mut exited);
+            let TaskOutcome::Exited { stdout_tail, stderr_tail, .. } = &exited else {
+                unreachable!()
+            };
+            proptest::prop_assert!(stdout_tail.len() <= MAX_TAIL_BYTES);
+            proptest::prop_assert!(stderr_tail.len() <= MAX_TAIL_BYTES);
+            proptest::prop_assert!(long.ends_with(stdout_tail.as_str()));
+        }
     }
 
     #[test]

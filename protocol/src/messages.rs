@@ -136,7 +136,7 @@ impl TaskSpec {
                 self.replicas
             ));
         }
-        Ok(())
+        crate::limits::check_spec(self).map_err(|e| e.to_string())
     }
 }
 
@@ -154,6 +154,10 @@ pub struct WorkerInfo {
     /// master may take them back (`Retract`) to run them elsewhere.
     #[serde(default)]
     pub prefetch: u32,
+    /// The heartbeat interval the worker asks for (`worker --heartbeat`); 0: whatever the master
+    /// says. The master answers in `Welcome` with the interval to use, which meets its timeout.
+    #[serde(default)]
+    pub heartbeat_interval_ms: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -263,8 +267,12 @@ pub enum ToMaster {
     Hello {
         version: u32,
         role: Role,
-        /// Empty without a token; HMAC-SHA256(token, nonce) with one.
+        /// Empty without a token; with one, the peer's MAC over both nonces, its role and the
+        /// direction (`auth::peer_answer`).
         auth: Vec<u8>,
+        /// The peer's own fresh nonce (`auth::NONCE_LEN` bytes): the master's proof in `Welcome`
+        /// covers it, so a recorded `Welcome` cannot be replayed to this peer.
+        nonce: Vec<u8>,
     },
     // From workers.
     Load(LoadReport),
@@ -419,6 +427,19 @@ pub struct TaskResult {
     pub error: Option<String>,
 }
 
+/// Why a `Hello` was refused, for a peer that acts on the kind (the reason is for people).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    /// Another protocol version.
+    Version,
+    /// The token's proof was missing or wrong.
+    Authentication,
+    /// The declared `WorkerInfo` is not acceptable (slots, name, sizes, heartbeat).
+    InvalidInfo,
+    /// A live worker already has this name; it may be free again once that one is gone.
+    NameInUse,
+}
+
 /// Everything the master sends.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum FromMaster {
@@ -436,10 +457,15 @@ pub enum FromMaster {
         master_id: u64,
         /// This life of that master; the tasks it hands out carry it.
         incarnation: Incarnation,
+        /// Empty without a token; with one, the master's MAC over both nonces, the peer's role
+        /// and the direction (`auth::master_proof`). A peer with a token refuses a master that
+        /// does not prove it.
+        proof: Vec<u8>,
     },
     /// The handshake failed; the master closes the connection after this.
     Rejected {
         reason: String,
+        kind: RejectKind,
     },
     // To workers.
     Assign(Vec<Assignment>),
@@ -452,7 +478,12 @@ pub enum FromMaster {
         first: TaskId,
         count: u64,
     },
-    Status(StatusReport),
+    /// One chunk of a `Status` reply; `more` says another follows. Every chunk carries the same
+    /// counts (taken when the request was read) and the next workers, in id order.
+    Status {
+        report: StatusReport,
+        more: bool,
+    },
     /// One chunk of a `Results` reply; `more` says another follows.
     Results {
         tasks: Vec<TaskResult>,
@@ -491,7 +522,7 @@ impl FromMaster {
             FromMaster::Cancel(_) => "Cancel",
             FromMaster::Retract(_) => "Retract",
             FromMaster::Submitted { .. } => "Submitted",
-            FromMaster::Status(_) => "Status",
+            FromMaster::Status { .. } => "Status",
             FromMaster::Results { .. } => "Results",
             FromMaster::Progress { .. } => "Progress",
             FromMaster::WaitDone { .. } => "WaitDone",
@@ -523,6 +554,7 @@ mod tests {
                 version: 1,
                 role: Role::Client,
                 auth: vec![],
+                nonce: vec![],
             },
             ToMaster::Load(LoadReport::default()),
             ToMaster::Started(vec![run]),
@@ -554,8 +586,12 @@ mod tests {
                 heartbeat_interval_ms: 1,
                 master_id: 1,
                 incarnation: Incarnation(1),
+                proof: vec![],
             },
-            FromMaster::Rejected { reason: "r".into() },
+            FromMaster::Rejected {
+                reason: "r".into(),
+                kind: RejectKind::Version,
+            },
             FromMaster::Assign(vec![]),
             FromMaster::Cancel(vec![run]),
             FromMaster::Retract(vec![]),
@@ -563,14 +599,17 @@ mod tests {
                 first: TaskId(1),
                 count: 1,
             },
-            FromMaster::Status(StatusReport {
-                policy: "p".into(),
-                workers: vec![],
-                queued: 0,
-                running: 0,
-                succeeded: 0,
-                failed: 0,
-            }),
+            FromMaster::Status {
+                report: StatusReport {
+                    policy: "p".into(),
+                    workers: vec![],
+                    queued: 0,
+                    running: 0,
+                    succeeded: 0,
+                    failed: 0,
+                },
+                more: false,
+            },
             FromMaster::Results {
                 tasks: vec![],
                 more: false,

@@ -8,6 +8,13 @@ pub enum WorkerError {
     /// The master refused the handshake (bad token, other protocol version): retrying cannot help.
     #[error("the master at {addr} rejected this worker: {reason}")]
     Rejected { addr: String, reason: String },
+    /// We hold a token and the master did not prove it in its `Welcome`: it has none or
+    /// another, or it is not our master at all. Nothing it sent was acted on.
+    #[error(
+        "the master at {addr} did not prove the token (it has none, or another one): refusing \
+         to take tasks from it"
+    )]
+    MasterUnproven { addr: String },
     /// The master connection broke and `--on-master-lost stop` asked us not to wait for it.
     #[error("lost the master at {addr}: {reason}")]
     MasterLost { addr: String, reason: String },
@@ -24,7 +31,7 @@ impl WorkerError {
     /// retry can work, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            WorkerError::Rejected { .. } => 2,
+            WorkerError::Rejected { .. } | WorkerError::MasterUnproven { .. } => 2,
             WorkerError::MasterLost { .. } | WorkerError::Setup { .. } => 1,
         }
     }

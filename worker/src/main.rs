@@ -138,6 +138,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             pid,
             group: args.group.filter(|g| !g.is_empty()),
             prefetch: args.prefetch,
+            heartbeat_interval_ms: args.heartbeat.map_or(0, |d| d.as_millis().max(1) as u64),
         },
         heartbeat: args.heartbeat,
         on_master_lost: match args.on_master_lost {

@@ -32,8 +32,8 @@ use log::{debug, error, info, warn};
 use protocol::budget::chunks_within;
 use protocol::connection::{FrameReader, Welcome};
 use protocol::{
-    Completion, Connection, ConnectionError, FromMaster, Role, TaskOutcome, TaskRef, ToMaster,
-    WorkerInfo,
+    Completion, Connection, ConnectionError, FromMaster, RejectKind, Role, TaskOutcome, TaskRef,
+    ToMaster, WorkerInfo,
 };
 use std::collections::HashSet;
 use std::mem;
@@ -59,6 +59,12 @@ const MAX_EVENTS_PER_TURN: usize = 4096;
 /// Budget for one `Finished` frame, far below `MAX_FRAME` (16 MiB): 64 KiB tails of a few hundred
 /// commands could otherwise exceed it, and smaller frames keep the master's loop turns short.
 const FINISHED_FRAME_BYTES: usize = 1 << 20;
+/// A master that says our name is in use (a live worker has it) is asked again this many times,
+/// this far apart, before the worker gives up: the holder may be a previous life of ours whose
+/// connection the master has not yet seen die, which its heartbeat timeout (3 s by default)
+/// settles.
+const NAME_IN_USE_RETRIES: u32 = 3;
+const NAME_IN_USE_DELAY: Duration = Duration::from_secs(2);
 /// After stopping tasks, how long past the SIGKILL to wait for their threads to report.
 const STOP_SLACK: Duration = Duration::from_secs(1);
 /// A master that takes no byte of ours for this many heartbeat intervals (ours or the master's,
@@ -79,7 +85,8 @@ pub struct Config {
     /// Shared secret for the handshake, if the master wants one.
     pub token: Option<Vec<u8>>,
     pub info: WorkerInfo,
-    /// Overrides the master's heartbeat interval.
+    /// The heartbeat interval asked for (also sent in `WorkerInfo`); the master may tell us a
+    /// shorter one to meet its timeout, which wins.
     pub heartbeat: Option<Duration>,
     pub on_master_lost: OnMasterLost,
     /// Commands die with the worker even when it is SIGKILLed (`PR_SET_PDEATHSIG`).
@@ -208,6 +215,8 @@ struct Session {
     /// Runs of another master, stopped when we found ourselves talking to a different one: their
     /// ends are reported to nobody. Emptied as they end.
     disowned: HashSet<TaskRef>,
+    /// Refusals in a row because a live worker holds our name.
+    name_in_use: u32,
 }
 
 impl Session {
@@ -230,6 +239,7 @@ impl Session {
             stopping: None,
             master_id: None,
             disowned: HashSet::new(),
+            name_in_use: 0,
         }
     }
 
@@ -395,11 +405,34 @@ impl Session {
         let addr = self.config.master_addr.clone();
         let (connection, welcome) = match result {
             Ok(ok) => ok,
+            Err(ConnectionError::Rejected {
+                reason,
+                kind: RejectKind::NameInUse,
+                ..
+            }) if self.name_in_use < NAME_IN_USE_RETRIES => {
+                self.name_in_use += 1;
+                warn!(
+                    "the master at {addr} says our name is in use: {reason}; asking again in {} s \
+                     ({} of {NAME_IN_USE_RETRIES})",
+                    NAME_IN_USE_DELAY.as_secs(),
+                    self.name_in_use
+                );
+                self.link = Link::Idle {
+                    retry_at: now + NAME_IN_USE_DELAY,
+                };
+                return;
+            }
             Err(ConnectionError::Rejected { reason, .. }) => {
                 return self.rejected(now, addr, reason)
             }
             Err(e @ ConnectionError::Version { .. }) => {
                 return self.rejected(now, addr, e.to_string())
+            }
+            Err(ConnectionError::MasterUnproven { .. }) => {
+                // Retrying cannot help: someone must give both the same token.
+                let e = WorkerError::MasterUnproven { addr };
+                error!("{e}");
+                return self.begin_stop(now, Err(e));
             }
             Err(e) => {
                 self.failures.note(now, &addr, &e);
@@ -409,6 +442,7 @@ impl Session {
                 return;
             }
         };
+        self.name_in_use = 0;
         self.adopt_master(now, &addr, welcome.master_id);
         let (reader, writer) = connection.split();
         let conn = self.next_tag();
@@ -455,7 +489,20 @@ impl Session {
             }
             ms => Duration::from_millis(ms),
         };
-        let heartbeat = self.config.heartbeat.unwrap_or(master_heartbeat);
+        // The master says what meets its timeout; a faster interval of our own is fine too.
+        let heartbeat = match self.config.heartbeat {
+            Some(asked) if master_heartbeat < asked => {
+                info!(
+                    "the master told us to report every {} ms, not the {} ms asked for \
+                     (--heartbeat): its heartbeat timeout needs it; adjusted",
+                    master_heartbeat.as_millis(),
+                    asked.as_millis()
+                );
+                master_heartbeat
+            }
+            Some(asked) => asked,
+            None => master_heartbeat,
+        };
         let stall_timeout = heartbeat.max(master_heartbeat) * STALL_HEARTBEATS;
         // The name first: the master's internal id (`#3`) only disambiguates.
         let id = welcome
@@ -569,7 +616,7 @@ impl Session {
                 // Answered even when empty: the master counts on one answer per request.
                 self.retracted.push(returned);
             }
-            FromMaster::Rejected { reason } => {
+            FromMaster::Rejected { reason, .. } => {
                 let addr = self.config.master_addr.clone();
                 self.rejected(now, addr, reason);
             }

@@ -41,8 +41,9 @@ impl TailBuffer {
         &self.buf[self.buf.len().saturating_sub(self.cap)..]
     }
 
-    /// The tail as text. Invalid UTF-8 becomes U+FFFD; when the start was cut off, the partial
-    /// character it may begin with is skipped rather than shown as garbage.
+    /// The tail as text, at most `cap` bytes. Invalid UTF-8 becomes U+FFFD (3 bytes for one, so
+    /// the text is cut again after the conversion, keeping its end); when the start was cut off,
+    /// the partial character it may begin with is skipped rather than shown as garbage.
     pub fn to_string_lossy(&self) -> String {
         let mut bytes = self.bytes();
         if self.truncated || self.buf.len() > self.cap {
@@ -54,7 +55,9 @@ impl TailBuffer {
                 .count();
             bytes = &bytes[skip..];
         }
-        String::from_utf8_lossy(bytes).into_owned()
+        let mut text = String::from_utf8_lossy(bytes).into_owned();
+        protocol::limits::keep_tail(&mut text, self.cap);
+        text
     }
 }
 
@@ -110,6 +113,21 @@ mod tests {
         // "xé€" is 78 C3 A9 E2 82 AC; its last 4 bytes start inside "é".
         t.write("xé€".as_bytes());
         assert_eq!(t.to_string_lossy(), "€");
+    }
+
+    #[test]
+    fn replaced_bytes_never_take_the_tail_above_its_cap() {
+        // Issue 14: 64 KiB of invalid bytes became 192 KiB of U+FFFD.
+        let cap = 64 << 10;
+        let mut t = TailBuffer::new(cap);
+        t.write(&vec![0xff; 3 * cap]);
+        t.write(b"end");
+        let text = t.to_string_lossy();
+        assert!(text.len() <= cap, "{} bytes", text.len());
+        assert!(text.ends_with("\u{fffd}end"));
+        let mut short = TailBuffer::new(4);
+        short.write(&[0xff, 0xfe]);
+        assert_eq!(short.to_string_lossy(), "\u{fffd}");
     }
 
     #[test]

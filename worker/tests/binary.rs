@@ -122,6 +122,7 @@ fn welcome() -> FromMaster {
         heartbeat_interval_ms: 60_000,
         master_id: 1,
         incarnation: Incarnation(1),
+        proof: Vec::new(),
     }
 }
 
@@ -207,6 +208,7 @@ fn rejected_worker_exits_2() {
     let mut child = worker(&master.addr());
     let _conn = master.accept(FromMaster::Rejected {
         reason: "bad token".into(),
+        kind: protocol::RejectKind::Authentication,
     });
     let status = wait_exit(&mut child);
     assert_eq!(status.code(), Some(2));

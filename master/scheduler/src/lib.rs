@@ -22,11 +22,14 @@
 
 mod epochs;
 mod group_commit;
+mod handed;
 mod holds;
+mod log_limit;
 pub mod policy;
 mod pools;
 pub mod queue;
 mod rebalance;
+mod replies;
 mod restore_error;
 mod session;
 mod speculation;
@@ -37,17 +40,26 @@ mod workers;
 pub use epochs::EpochStart;
 use epochs::Epochs;
 pub use group_commit::{GroupCommit, COMMIT_BATCH_MAX, COMMIT_WINDOW_US};
+use handed::GivenUp;
 use holds::Holds;
 use log::{debug, info, log, warn, Level};
+use log_limit::LogLimiter;
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
+use protocol::codec::encoded_len;
+use protocol::limits::{LimitError, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_TAIL_BYTES};
 use protocol::{
     Assignment, Completion, FromMaster, Incarnation, StatusReport, TaskId, TaskOutcome, TaskRef,
-    TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerState, WorkerStatus,
+    TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo, WorkerState, WorkerStatus,
 };
 use queue::QueueKey;
 use rebalance::Unstarted;
+use replies::Replies;
+pub use replies::{
+    Backlog, CLIENT_BACKLOG_MAX_BYTES, DRAIN_LOW_WATER_BYTES, REPLY_BYTES_IN_FLIGHT_MAX,
+    REPLY_FRAME_BUDGET, STALLED_READER_MS,
+};
 pub use restore_error::RestoreError;
 pub use session::{ClientId, CloseReason, ConnId, Refusal, Violation};
 use session::{Departed, Inbound, SessionConfig, Sessions, WorkerHello};
@@ -86,6 +98,12 @@ pub struct CoreConfig {
     pub master_id: u64,
     /// This start of the master; `restore` brings the earlier ones.
     pub incarnation: Incarnation,
+    /// A client with nothing in flight (no `wait`) that sends nothing for this long is closed
+    /// (`master --client-idle-timeout`); `None`: never.
+    pub client_idle_timeout_ms: Option<u64>,
+    /// The most tasks the master holds (finished ones included): a submission that would pass it
+    /// is refused whole (`master --max-tasks`).
+    pub max_tasks: u64,
 }
 
 impl Default for CoreConfig {
@@ -103,9 +121,15 @@ impl Default for CoreConfig {
             speculate: None,
             master_id: 0,
             incarnation: Incarnation(1),
+            client_idle_timeout_ms: Some(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
+            max_tasks: u64::MAX,
         }
     }
 }
+
+/// `master --client-idle-timeout`'s default: an idle connection costs some 65 KiB and a place
+/// under `--max-connections`; a person typing commands reconnects each time anyway.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 5 * 60 * 1_000;
 
 /// What the core wants done.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,7 +159,7 @@ pub fn needs_commit(msg: &FromMaster) -> bool {
             | FromMaster::WaitDone { .. }
             | FromMaster::Progress { .. }
             | FromMaster::CancelDone { .. }
-            | FromMaster::Status(_)
+            | FromMaster::Status { .. }
     )
 }
 
@@ -173,6 +197,37 @@ pub struct Outcome {
     pub finished_ms: u64,
 }
 
+impl Outcome {
+    /// A task that never ran and fails with `error`.
+    fn refused(now_ms: u64, error: String) -> Outcome {
+        Outcome {
+            state: TaskState::Failed,
+            attempts: 1,
+            copies: 0,
+            worker: None,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            error: Some(error),
+            started_ms: None,
+            finished_ms: now_ms,
+        }
+    }
+
+    /// Cuts every field to its limit (`protocol::limits`), as a worker's report is cut.
+    fn cap(&mut self) {
+        use protocol::limits::{keep_tail, truncate_with_marker};
+        keep_tail(&mut self.stdout, MAX_TAIL_BYTES);
+        keep_tail(&mut self.stderr, MAX_TAIL_BYTES);
+        if let Some(error) = &mut self.error {
+            truncate_with_marker(error, MAX_ERROR_BYTES);
+        }
+        if let Some(worker) = &mut self.worker {
+            truncate_with_marker(worker, MAX_NAME_BYTES);
+        }
+    }
+}
+
 /// A task read back from the journal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestoredTask {
@@ -186,6 +241,9 @@ pub struct RestoredTask {
 
 /// How often timers are checked. Failure detection is exact to within this.
 const SWEEP_INTERVAL_MS: u64 = 100;
+/// Lines about one worker's bad reports (dropped results) per second; the rest are counted and
+/// summed up once a second.
+const PEER_LINES_PER_SECOND: u32 = 5;
 /// Per-task log lines beyond this many per second go to `debug`, with a summary at `info`.
 const TASK_LINES_PER_SECOND: u32 = 20;
 /// One submission may create at most this many tasks (about 1 GiB of task records): a client
@@ -194,8 +252,6 @@ const MAX_TASKS_PER_SUBMIT: u64 = 10_000_000;
 /// Retry backoff after a failed run: 200 ms, doubling, at most 30 s.
 const RETRY_BACKOFF_BASE_MS: u64 = 200;
 const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
-/// Reply frames are kept well under `MAX_FRAME`.
-const REPLY_FRAME_BUDGET: usize = 4 << 20;
 
 pub struct Core {
     config: CoreConfig,
@@ -206,6 +262,8 @@ pub struct Core {
     pools: Pools,
     workers: WorkerTable,
     waiters: Waiters,
+    /// Chunked replies in progress, one chunk at a time (`replies.rs`).
+    replies: Replies,
     /// Assignments made this turn, sent as one frame per worker by `dispatch`.
     assign_batches: BTreeMap<WorkerId, Vec<Assignment>>,
     /// Something may be placeable: set only by `enqueue` (a task entered a queue) and `learn`
@@ -224,7 +282,13 @@ pub struct Core {
     estimate: RunEstimate,
     /// Which incarnation submitted which ids: a run is credited only to its own task.
     epochs: Epochs,
+    /// Runs taken back from lost workers: a late report of one is believed only from its worker.
+    given_up: GivenUp,
+    /// Warnings about one worker's reports: a few a second, then a summary line.
+    peer_log: LogLimiter<WorkerId>,
     chatter: Chatter,
+    /// When idle clients are looked for next (once a second is plenty for a timeout of minutes).
+    next_idle_check_ms: u64,
 }
 
 impl Core {
@@ -244,6 +308,7 @@ impl Core {
             tasks: TaskTable::new(incarnation),
             workers: WorkerTable::default(),
             waiters: Waiters::default(),
+            replies: Replies::default(),
             assign_batches: BTreeMap::new(),
             dirty: false,
             next_sweep_ms: None,
@@ -252,7 +317,10 @@ impl Core {
             unstarted: Unstarted::default(),
             estimate: RunEstimate::default(),
             epochs: Epochs::fresh(incarnation),
+            given_up: GivenUp::default(),
+            peer_log: LogLimiter::new(PEER_LINES_PER_SECOND, 1_000),
             chatter: Chatter::default(),
+            next_idle_check_ms: 0,
         }
     }
 
@@ -275,7 +343,36 @@ impl Core {
         }
         self.epochs = epochs;
         let (mut finished, mut unfinished) = (0, 0);
-        for t in tasks {
+        // Tasks of one batch share their spec: check each spec once.
+        let mut checked: Option<(*const TaskSpec, Result<(), LimitError>)> = None;
+        for mut t in tasks {
+            if let Some(outcome) = &mut t.outcome {
+                // Rows written before the limits: what the master serves must fit a frame.
+                outcome.cap();
+            } else {
+                let ptr = Arc::as_ptr(&t.spec);
+                let verdict = match &checked {
+                    Some((p, v)) if *p == ptr => v.clone(),
+                    _ => {
+                        let v = protocol::limits::check_spec(&t.spec);
+                        checked = Some((ptr, v.clone()));
+                        v
+                    }
+                };
+                if let Err(e) = verdict {
+                    // IMPORTANT: an over-limit spec from an older journal would be handed to a
+                    // worker in a frame that cannot be sent; it fails here, durably, instead.
+                    warn!("task {} from the journal fails: {e}", t.id);
+                    let outcome = Outcome::refused(now_ms, format!("refused at recovery: {e}"));
+                    if self.config.persist {
+                        self.session.push_record(Record::Finished {
+                            id: t.id,
+                            outcome: outcome.clone(),
+                        });
+                    }
+                    t.outcome = Some(Box::new(outcome));
+                }
+            }
             let worker = t
                 .outcome
                 .as_ref()
@@ -308,7 +405,7 @@ impl Core {
 
     /// One decoded frame from `conn`.
     pub fn handle_message(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) {
-        match self.session.receive(conn, msg) {
+        match self.session.receive(now_ms, conn, msg) {
             Inbound::Handled => {}
             Inbound::WorkerHello(hello) => self.register_worker(now_ms, hello),
             Inbound::Worker(id, msg) => self.on_worker_message(now_ms, id, msg),
@@ -332,6 +429,19 @@ impl Core {
         }
         self.next_sweep_ms = None;
         self.session.expire_handshakes(now_ms);
+        self.session.summarise_logs(now_ms);
+        for s in self.peer_log.summarise(now_ms) {
+            let name = s
+                .peer
+                .and_then(|w| self.workers.name(w))
+                .unwrap_or("other workers");
+            info!(
+                "worker {name}: {} more lines about dropped reports in the last {:.1} s (not \
+                 logged one by one)",
+                s.suppressed,
+                s.over_ms as f64 / 1e3
+            );
+        }
         let timeout = self.config.heartbeat_timeout_ms;
         // In id order, so the simulator replays from a seed.
         let silent: Vec<(WorkerId, u64)> = self
@@ -350,9 +460,34 @@ impl Core {
         if let Some(factor) = self.config.speculate {
             self.speculate(now_ms, factor);
         }
+        self.close_idle_clients(now_ms);
         self.chatter.summarise(now_ms, self.pools.len());
-        if !self.session.is_empty() {
+        // Suppressed lines are summed up even after their peers have gone.
+        if !self.session.is_empty()
+            || self.session.has_pending_logs()
+            || self.peer_log.has_pending()
+        {
             self.arm_sweep(now_ms);
+        }
+    }
+
+    /// Closes clients that sent nothing for `client_idle_timeout_ms` and wait for nothing.
+    fn close_idle_clients(&mut self, now_ms: u64) {
+        let Some(timeout_ms) = self.config.client_idle_timeout_ms else {
+            return;
+        };
+        if now_ms < self.next_idle_check_ms {
+            return;
+        }
+        self.next_idle_check_ms = now_ms + 1_000;
+        for (client, idle_ms) in self.session.idle_clients(now_ms, timeout_ms) {
+            // IMPORTANT: a `wait` may rightly last for hours with nothing said.
+            if self.waiters.has_client(client) {
+                continue;
+            }
+            debug!("{client}: idle for {idle_ms} ms, closing");
+            self.session
+                .close_client(client, CloseReason::ClientIdle { idle_ms });
         }
     }
 
@@ -360,7 +495,10 @@ impl Core {
     fn depart(&mut self, now_ms: u64, peer: Departed, reason: &dyn fmt::Display) {
         match peer {
             Departed::Worker(id) => self.lose_worker(now_ms, id, reason),
-            Departed::Client(id) => self.waiters.drop_client(id),
+            Departed::Client(id) => {
+                self.waiters.drop_client(id);
+                self.replies.drop_client(id);
+            }
         }
     }
 
@@ -381,12 +519,37 @@ impl Core {
                 continue;
             }
             for chunk in chunks_within(batch, REPLY_FRAME_BUDGET) {
+                if chunk.len() == 1 {
+                    // Alone in its chunk: it may be too big for any frame (a spec accepted before
+                    // the limits). Such a run fails, saying why, rather than wait forever for a
+                    // frame that is never sent.
+                    let len = encoded_len(&FromMaster::Assign(chunk.clone()));
+                    if len + 4 > protocol::MAX_FRAME {
+                        self.unsendable(now_ms, worker, &chunk[0], len);
+                        continue;
+                    }
+                }
                 self.session.send_worker(worker, FromMaster::Assign(chunk));
             }
         }
         if !self.waiters.is_empty() {
             self.waiters.flush(&mut self.session);
         }
+    }
+
+    /// An assignment that cannot be encoded within a frame: its run ends as failed to start.
+    fn unsendable(&mut self, now_ms: u64, worker: WorkerId, a: &Assignment, len: usize) {
+        let error = format!(
+            "cannot hand the task to a worker: its assignment is {len} bytes encoded, more than \
+             the frame limit of {} bytes",
+            protocol::MAX_FRAME
+        );
+        warn!("task {}: {error}", a.task);
+        self.on_finished(
+            now_ms,
+            worker,
+            a.task_ref().completion(TaskOutcome::Failed { error }, 0),
+        );
     }
 
     fn place(&mut self, now_ms: u64) {
@@ -492,35 +655,43 @@ impl Core {
 
     // ---- getters -----------------------------------------------------------------------------
 
+    /// The whole status at once (tests, the simulator); clients get it in chunks.
     pub fn status(&self) -> StatusReport {
-        let workers = self
-            .workers
-            .iter()
-            .map(|w| WorkerStatus {
-                id: w.id,
-                name: w.info.name.clone(),
-                group: w.info.group.clone(),
-                host: w.info.host.clone(),
-                addr: w.addr.clone(),
-                state: if w.is_alive() {
-                    WorkerState::Alive
-                } else {
-                    WorkerState::Dead
-                },
-                slots: w.info.slots,
-                prefetch: w.info.prefetch,
-                running: w.assigned.len() as u32,
-                cpu_percent: w.load.cpu_percent,
-                load_avg_1m: w.load.load_avg_1m,
-                mem_used: w.load.mem_used,
-                mem_total: w.load.mem_total,
-                done: w.done,
-            })
-            .collect();
+        StatusReport {
+            workers: self.workers.iter().map(|w| self.worker_status(w)).collect(),
+            ..self.status_counts()
+        }
+    }
+
+    fn worker_status(&self, w: &workers::Worker) -> WorkerStatus {
+        WorkerStatus {
+            id: w.id,
+            name: w.info.name.clone(),
+            group: w.info.group.clone(),
+            host: w.info.host.clone(),
+            addr: w.addr.clone(),
+            state: if w.is_alive() {
+                WorkerState::Alive
+            } else {
+                WorkerState::Dead
+            },
+            slots: w.info.slots,
+            prefetch: w.info.prefetch,
+            running: w.assigned.len() as u32,
+            cpu_percent: w.load.cpu_percent,
+            load_avg_1m: w.load.load_avg_1m,
+            mem_used: w.load.mem_used,
+            mem_total: w.load.mem_total,
+            done: w.done,
+        }
+    }
+
+    /// The status without its workers.
+    fn status_counts(&self) -> StatusReport {
         let t = &self.tasks;
         StatusReport {
             policy: self.pools.kind().to_string(),
-            workers,
+            workers: Vec::new(),
             queued: t.count(TaskState::Queued),
             running: t.count(TaskState::Running),
             succeeded: t.count(TaskState::Succeeded),
@@ -541,14 +712,18 @@ impl Core {
     /// the session layer bind and welcome it.
     fn register_worker(&mut self, now_ms: u64, hello: WorkerHello) {
         let WorkerHello { ticket, info, addr } = hello;
+        if let Some(refusal) = self.name_taken(now_ms, &info) {
+            return self.session.refuse_worker(now_ms, ticket, refusal);
+        }
         let (name, slots, host) = (info.name.clone(), info.slots, info.host.clone());
         let prefetch = info.prefetch;
+        let heartbeat_ms = self.heartbeat_for(&info);
         // A worker coming back (perhaps in another group) leaves the pools it was in and enters
         // the ones it belongs to now.
         let (joined, change) = self.workers.register(info, addr.clone(), now_ms);
         self.learn(change);
         let id = joined.id;
-        let replaced = self.session.accept_worker(ticket, id);
+        let replaced = self.session.accept_worker(ticket, id, heartbeat_ms);
         debug_assert_eq!(
             replaced, joined.replaced,
             "the tables agree on who was alive"
@@ -563,6 +738,48 @@ impl Core {
         };
         // "worker NAME joined" is what scripts grep for; the id only disambiguates.
         info!("worker {name} joined from {addr} ({id}, host {host}, {slots} slots{prefetch})");
+    }
+
+    /// The heartbeat interval to tell a worker: the one it asked for if that meets the timeout
+    /// (at least two reports per timeout), else ours, with a line that says so. A worker that
+    /// reports every 5 s against a 3 s timeout would be declared dead every 3 s, forever.
+    fn heartbeat_for(&self, info: &WorkerInfo) -> u64 {
+        let ours = self.config.heartbeat_interval_ms;
+        let timeout = self.config.heartbeat_timeout_ms;
+        match info.heartbeat_interval_ms {
+            0 => ours,
+            asked if asked.saturating_mul(2) <= timeout => asked,
+            asked => {
+                info!(
+                    "worker {} asked for heartbeat {}; told to use {}, the timeout is {}",
+                    info.name,
+                    ms(asked),
+                    ms(ours),
+                    ms(timeout)
+                );
+                ours
+            }
+        }
+    }
+
+    /// Why `info` may not take its name now: another live worker holds it. A worker that really
+    /// restarted finds its old connection gone (closed, or silent past the heartbeat timeout and
+    /// swept) and takes its name and id back; the same process (host and pid) reconnecting
+    /// before we saw its old connection die replaces it.
+    fn name_taken(&self, now_ms: u64, info: &WorkerInfo) -> Option<Refusal> {
+        let old = self.workers.by_name(&info.name).filter(|w| w.is_alive())?;
+        let quiet_ms = now_ms.saturating_sub(old.last_seen_ms);
+        let timeout_ms = self.config.heartbeat_timeout_ms;
+        let same_process = old.info.host == info.host && old.info.pid == info.pid;
+        if same_process || quiet_ms >= timeout_ms {
+            return None;
+        }
+        Some(Refusal::NameInUse {
+            name: info.name.clone(),
+            addr: old.addr.clone(),
+            quiet_ms,
+            timeout_ms,
+        })
     }
 
     // ---- workers -----------------------------------------------------------------------------
@@ -585,14 +802,18 @@ impl Core {
             }
             ToMaster::Retracted(refs) => self.on_retracted(id, refs),
             ToMaster::Finished(done) => {
+                let mut drops = FrameDrops::default();
                 for c in done {
                     // A worker that broke the protocol mid-frame is forgotten: the rest of its
                     // frame is not credited to anything.
                     if !self.workers.is_alive(id) {
                         break;
                     }
-                    self.on_finished(now_ms, id, c);
+                    if let Some((why, r)) = self.on_finished(now_ms, id, c) {
+                        drops.add(why, r);
+                    }
                 }
+                self.log_drops(now_ms, id, &drops);
             }
             ToMaster::Running(refs) => self.on_running(now_ms, id, refs),
             other => {
@@ -606,10 +827,63 @@ impl Core {
         self.tasks.get(r.task).is_some_and(|t| t.is_run(worker, r))
     }
 
-    fn on_finished(&mut self, now_ms: u64, worker: WorkerId, c: Completion) {
+    /// Whether `worker` may report run `r`, which is not current: a run of this incarnation only
+    /// if it was handed to that worker (and given up when the master lost it); a run of an
+    /// earlier one (unknown: assignments are not journaled) only if the worker could have been
+    /// given the task at all, by its group.
+    fn may_report(&self, worker: WorkerId, r: TaskRef) -> bool {
+        if r.incarnation == self.epochs.current() {
+            return self.given_up.was_handed(worker, r);
+        }
+        let (Some(t), Some(w)) = (self.tasks.get(r.task), self.workers.get(worker)) else {
+            return false;
+        };
+        t.spec.group.is_none() || t.spec.group == w.info.group
+    }
+
+    /// One line per kind of dropped result in a frame, each with its count and first run: a
+    /// forged or broken frame of thousands of ids costs a few lines, not thousands, and a worker
+    /// that sends many such frames is limited per second on top (`peer_log`).
+    fn log_drops(&mut self, now_ms: u64, worker: WorkerId, drops: &FrameDrops) {
+        for (why, count, first) in drops.kinds() {
+            let level = match why {
+                // A copy cancelled because another won is expected, not news.
+                Dropped::StaleCancelled => Level::Debug,
+                Dropped::Stale => Level::Info,
+                Dropped::Forged | Dropped::ReusedId => Level::Warn,
+            };
+            if level <= Level::Info && !self.peer_log.allow(now_ms, &worker) {
+                continue;
+            }
+            let name = self.workers.name(worker).unwrap_or("?");
+            log!(
+                level,
+                "dropped {count} {} from worker {name} ({worker}) (first: task {} attempt {}, \
+                 incarnation {})",
+                why.describe(),
+                first.task,
+                first.attempt,
+                first.incarnation
+            );
+        }
+    }
+
+    /// Credits one completion; returns why it was dropped, if it was.
+    fn on_finished(
+        &mut self,
+        now_ms: u64,
+        worker: WorkerId,
+        mut c: Completion,
+    ) -> Option<(Dropped, TaskRef)> {
+        // IMPORTANT: before anything keeps or journals it: the outcome's record and every reply
+        // that carries it must fit a frame, whatever the worker sent.
+        if protocol::limits::cap_outcome(&mut c.outcome) {
+            debug!("task {}: the worker's report was cut to its limits", c.task);
+        }
         let r = c.task_ref();
         if matches!(c.outcome, TaskOutcome::WorkerLost) {
-            return self.worker_broke_protocol(now_ms, worker, Violation::WorkerLostReported);
+            self.worker_broke_protocol(now_ms, worker, Violation::WorkerLostReported);
+            return None;
         }
         if let Some(change) = self.workers.drained(worker, r) {
             // A losing copy is gone: its slot is free now.
@@ -620,30 +894,24 @@ impl Core {
             if !self.epochs.owns(r) {
                 // IMPORTANT: this run was handed out by an earlier incarnation for a submission
                 // that died uncommitted with it; the id now names another task.
-                warn!(
-                    "dropped result of task {} attempt {} from {name}: it ran for incarnation {}, \
-                     before this task was submitted (the id was reused after a crash)",
-                    c.task, c.attempt, r.incarnation
-                );
-                return;
+                return Some((Dropped::ReusedId, r));
             }
             let waiting = self.tasks.get(c.task).map(|t| t.state) == Some(TaskState::Queued);
             // IMPORTANT: a stale `Cancelled` answers a cancel of ours (a duplicate run, a losing
             // copy); it never says how the task ended. Found by the simulator with cut links.
             if !waiting || matches!(c.outcome, TaskOutcome::Cancelled) {
-                // Final already, or running as another attempt: that attempt's result will count.
-                // A copy cancelled because another won is expected, not news.
-                let level = match c.outcome {
-                    TaskOutcome::Cancelled => Level::Debug,
-                    _ => Level::Info,
+                // Final already, or running as another attempt (or unknown): that attempt's
+                // result will count.
+                let why = match c.outcome {
+                    TaskOutcome::Cancelled => Dropped::StaleCancelled,
+                    _ => Dropped::Stale,
                 };
-                log!(
-                    level,
-                    "dropped stale result for task {} attempt {} from {name}",
-                    c.task,
-                    c.attempt
-                );
-                return;
+                return Some((why, r));
+            }
+            // IMPORTANT: only the worker the run was handed to may end a waiting task with it;
+            // anything else is a forged result (or another worker's mistake).
+            if !self.may_report(worker, r) {
+                return Some((Dropped::Forged, r));
             }
             // The attempt we gave up on (its worker vanished, or the master restarted) finished
             // before anyone ran the task again: take its result rather than run it twice.
@@ -675,7 +943,7 @@ impl Core {
                 "copy of task {} (attempt {}) ended on {name} without success; other copies run on",
                 c.task, c.attempt
             );
-            return;
+            return None;
         }
         let failed_run = match &c.outcome {
             TaskOutcome::Failed { .. } => true,
@@ -683,7 +951,7 @@ impl Core {
             _ => false,
         };
         if failed_run && self.retry_after_failure(now_ms, c.task, &name) {
-            return;
+            return None;
         }
         let (state, result) = settle(c.outcome);
         let level = self.chatter.task_line(now_ms, Event::Finished);
@@ -700,6 +968,7 @@ impl Core {
                 .unwrap_or_default()
         );
         self.finish(now_ms, c.task, state, result);
+        None
     }
 
     /// Re-queues a failed run if its spec allows more (`retry_failed`), after a backoff that doubles
@@ -732,6 +1001,7 @@ impl Core {
         let mut cancel = Vec::new();
         let mut adopted = 0;
         let mut foreign = 0;
+        let mut forged = Vec::new();
         for r in refs {
             if self.is_current(worker, r) {
                 continue;
@@ -739,6 +1009,12 @@ impl Core {
             if !self.epochs.owns(r) {
                 // A run of a submission lost with an earlier incarnation: nobody owns it.
                 foreign += 1;
+                cancel.push(r);
+                continue;
+            }
+            if !self.may_report(worker, r) {
+                // Never handed to this worker: not adopted, and stopped if it really runs.
+                forged.push(r);
                 cancel.push(r);
                 continue;
             }
@@ -783,11 +1059,23 @@ impl Core {
                  master and never committed: cancelling them"
             );
         }
-        if cancel.len() > foreign {
+        if cancel.len() > foreign + forged.len() {
             info!(
                 "worker {name} runs {} attempts that are final or run elsewhere: cancelling them",
-                cancel.len() - foreign
+                cancel.len() - foreign - forged.len()
             );
+        }
+        if let Some(first) = forged.first() {
+            if self.peer_log.allow(now_ms, &worker) {
+                warn!(
+                    "worker {name} reports {} runs it was never handed (first: task {} attempt \
+                     {}, incarnation {}): not adopted, cancelled",
+                    forged.len(),
+                    first.task,
+                    first.attempt,
+                    first.incarnation
+                );
+            }
         }
         if !cancel.is_empty() {
             self.session.send_worker(worker, FromMaster::Cancel(cancel));
@@ -905,7 +1193,18 @@ impl Core {
         };
         self.learn(change);
         let (mut requeued, mut finished) = (0, 0);
+        let current = self.epochs.current();
         for task in lost {
+            // Its late report (after a reconnect) is believed from this worker only.
+            if let Some(run) = self
+                .tasks
+                .get(task)
+                .and_then(|t| t.runs().find(|r| r.worker == id))
+            {
+                if run.incarnation == current {
+                    self.given_up.record(task, id, run.attempt);
+                }
+            }
             if self.tasks.has_other_runs(task, id) {
                 // Another copy runs on: the task is not lost.
                 self.tasks.end_run(task, id);
@@ -946,10 +1245,7 @@ impl Core {
     fn on_client_message(&mut self, now_ms: u64, client: ClientId, msg: ToMaster) {
         match msg {
             ToMaster::Submit { specs, count } => self.on_submit(now_ms, client, specs, count),
-            ToMaster::Status => {
-                let report = self.status();
-                self.session.send_client(client, FromMaster::Status(report));
-            }
+            ToMaster::Status => self.start_status(client),
             // Repeated ids would cost work and reply bytes per repeat (a 16 MiB frame holds ~2M).
             ToMaster::Results { ids } => self.on_results(client, unique(ids)),
             ToMaster::Wait { ids, progress } => self.on_wait(client, unique(ids), progress),
@@ -958,6 +1254,7 @@ impl Core {
                 let v = Violation::ClientMayNotSend(other.name());
                 self.session.close_client(client, CloseReason::Protocol(v));
                 self.waiters.drop_client(client);
+                self.replies.drop_client(client);
             }
         }
     }
@@ -972,6 +1269,21 @@ impl Core {
                 client,
                 format!(
                     "{asked} tasks in one submission; at most {MAX_TASKS_PER_SUBMIT} at a time"
+                ),
+            );
+        }
+        let held = self.tasks.len() as u64;
+        if held.saturating_add(asked) > self.config.max_tasks {
+            warn!(
+                "refused a submission of {asked} tasks: {held} held, --max-tasks {}",
+                self.config.max_tasks
+            );
+            return self.error(
+                client,
+                format!(
+                    "cannot accept {asked} more tasks: the master holds {held} and its limit \
+                     (--max-tasks) is {}",
+                    self.config.max_tasks
                 ),
             );
         }
@@ -1013,41 +1325,11 @@ impl Core {
     }
 
     fn on_results(&mut self, client: ClientId, ids: Vec<TaskId>) {
-        let views: Vec<TaskResult> = if ids.is_empty() {
-            self.tasks
-                .iter()
-                .map(|(id, t)| self.result_view(id, t))
-                .collect()
-        } else {
-            let mut v = Vec::with_capacity(ids.len());
-            for id in ids {
-                match self.tasks.get(id) {
-                    Some(t) => v.push(self.result_view(id, t)),
-                    None => return self.error(client, format!("unknown task id {id}")),
-                }
-            }
-            v
-        };
-        let chunks: Vec<_> = chunks_within(views, REPLY_FRAME_BUDGET).collect();
-        let n = chunks.len();
-        for (i, tasks) in chunks.into_iter().enumerate() {
-            self.session.send_client(
-                client,
-                FromMaster::Results {
-                    tasks,
-                    more: i + 1 < n,
-                },
-            );
+        if let Some(&id) = ids.iter().find(|&&id| self.tasks.get(id).is_none()) {
+            return self.error(client, format!("unknown task id {id}"));
         }
-        if n == 0 {
-            self.session.send_client(
-                client,
-                FromMaster::Results {
-                    tasks: Vec::new(),
-                    more: false,
-                },
-            );
-        }
+        // Chunk by chunk, as the connection drains (`replies.rs`).
+        self.start_results(client, ids);
     }
 
     fn on_wait(&mut self, client: ClientId, ids: Vec<TaskId>, progress: bool) {
@@ -1141,6 +1423,7 @@ impl Core {
             self.avoid.remove(&id);
         }
         self.tasks.finish(id, state, result, now_ms);
+        self.given_up.forget(id);
         self.waiters.on_final(id, state == TaskState::Succeeded);
         if self.config.persist {
             if let Some(t) = self.tasks.get(id) {
@@ -1297,6 +1580,15 @@ impl Core {
     }
 }
 
+/// A duration for a log line: `5s`, `1.5s`, `250ms`.
+fn ms(ms: u64) -> String {
+    if ms >= 1_000 && ms % 100 == 0 {
+        format!("{}s", ms as f64 / 1e3)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 /// `ids` without repeats, first occurrence kept (the set is only looked up: the order is the
 /// input's).
 fn unique(ids: Vec<TaskId>) -> Vec<TaskId> {
@@ -1309,6 +1601,64 @@ fn queue_key(order: QueueOrder, id: TaskId, t: &Task) -> QueueKey {
     QueueKey {
         priority: t.spec.priority,
         order: order.tie_breaker(id.0, t.spec.size),
+    }
+}
+
+/// Why a reported completion was not credited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    /// The task is final, runs as another attempt, or is unknown.
+    Stale,
+    /// As `Stale`, a `Cancelled` (the answer to a cancel of ours).
+    StaleCancelled,
+    /// Of a submission lost with an earlier incarnation: the id names another task now.
+    ReusedId,
+    /// A run the master never handed to this worker.
+    Forged,
+}
+
+impl Dropped {
+    const ALL: [Dropped; 4] = [
+        Dropped::Stale,
+        Dropped::StaleCancelled,
+        Dropped::ReusedId,
+        Dropped::Forged,
+    ];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Dropped::Stale => {
+                "stale results (the task is final, unknown, or runs as another attempt)"
+            }
+            Dropped::StaleCancelled => "stale cancellations",
+            Dropped::ReusedId => {
+                "results of runs handed out before their task was submitted (ids reused after a \
+                 crash)"
+            }
+            Dropped::Forged => "results for runs it was never handed",
+        }
+    }
+}
+
+/// The dropped completions of one `Finished` frame, by kind: a count and the first run.
+#[derive(Debug, Default)]
+struct FrameDrops {
+    kinds: [(u64, Option<TaskRef>); 4],
+}
+
+impl FrameDrops {
+    fn add(&mut self, why: Dropped, r: TaskRef) {
+        let i = Dropped::ALL.iter().position(|&d| d == why).unwrap_or(0);
+        let (count, first) = &mut self.kinds[i];
+        *count += 1;
+        first.get_or_insert(r);
+    }
+
+    fn kinds(&self) -> impl Iterator<Item = (Dropped, u64, TaskRef)> + '_ {
+        Dropped::ALL
+            .iter()
+            .zip(&self.kinds)
+            .filter_map(|(&why, &(count, first))| first.map(|r| (why, count, r)))
     }
 }
 

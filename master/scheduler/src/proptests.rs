@@ -209,6 +209,7 @@ fn worker_info() -> BoxedStrategy<WorkerInfo> {
             pid: 1,
             group,
             prefetch,
+            heartbeat_interval_ms: 0,
         })
         .boxed()
 }
@@ -277,6 +278,7 @@ fn to_master() -> BoxedStrategy<ToMaster> {
             version: if h.version_ok { PROTOCOL_VERSION } else { 1 },
             role: Role::Client,
             auth: Vec::new(),
+            nonce: vec![5; 32],
         }),
     ]
     .boxed()
@@ -404,6 +406,8 @@ impl World {
             master_id: 1,
             // A restored master is the second incarnation on its journal.
             incarnation: Incarnation(if s.restored.is_empty() { 1 } else { 2 }),
+            client_idle_timeout_ms: Some(60_000),
+            max_tasks: u64::MAX,
         });
         let now = 1_000_000;
         if !s.restored.is_empty() {
@@ -512,6 +516,7 @@ impl World {
                         pid: 1,
                         group: (pick / 27 % 4 == 0).then(|| "g".to_string()),
                         prefetch: (pick / 108 % 3) as u32,
+                        heartbeat_interval_ms: 0,
                     });
                     let h = HelloSpec {
                         version_ok: true,
@@ -574,14 +579,19 @@ impl World {
     }
 
     fn hello(&self, slot: usize, h: &HelloSpec, out: &mut Vec<u8>) {
-        let auth = match &h.auth {
-            Auth::Good => protocol::auth::respond(self.token.as_deref(), &self.slots[slot].nonce),
-            Auth::Empty => Vec::new(),
-            Auth::Bad(b) => b.clone(),
-        };
         let role = match &h.worker {
             Some(info) => Role::Worker(info.clone()),
             None => Role::Client,
+        };
+        let auth = match &h.auth {
+            Auth::Good => protocol::auth::peer_answer(
+                self.token.as_deref(),
+                protocol::auth::RoleTag::of(&role),
+                &self.slots[slot].nonce,
+                &[5; 32],
+            ),
+            Auth::Empty => Vec::new(),
+            Auth::Bad(b) => b.clone(),
         };
         let version = if h.version_ok { PROTOCOL_VERSION } else { 1 };
         encode_frame(
@@ -589,6 +599,7 @@ impl World {
                 version,
                 role,
                 auth,
+                nonce: vec![5; 32],
             },
             out,
         )
@@ -690,6 +701,11 @@ impl World {
         self.core.handle_timeout(self.now);
         self.core.dispatch(self.now);
         self.drain();
+        // Clients read at once: each chunked reply moves on by one chunk per turn.
+        for conn in self.core.replies_pending() {
+            self.core.handle_drain(self.now, conn, Backlog::default());
+        }
+        self.drain();
         self.core.sanity_check();
         if let Some(at) = self.core.poll_timeout() {
             // A deadline may be now or in the past only if `handle_timeout` just did not fire it,
@@ -774,6 +790,7 @@ impl World {
                 pid: 1,
                 group: group.map(str::to_string),
                 prefetch: 0,
+                heartbeat_interval_ms: 0,
             }),
         );
         assert_eq!(self.slots[slot].welcomed, Some(true), "{name} joined");

@@ -11,10 +11,12 @@
 //! handshake, a missed deadline). A closed connection is forgotten at once; the `Close` output
 //! tells the shell to flush and drop it.
 
+use crate::log_limit::LogLimiter;
 use crate::{Output, Record};
 use log::{debug, warn};
+use protocol::auth::{self, RoleTag};
 use protocol::{
-    auth, FromMaster, Incarnation, Role, ToMaster, WorkerId, WorkerInfo, PROTOCOL_VERSION,
+    FromMaster, Incarnation, RejectKind, Role, ToMaster, WorkerId, WorkerInfo, PROTOCOL_VERSION,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -37,8 +39,9 @@ impl fmt::Display for ClientId {
 
 /// A worker may prefetch at most this many tasks beyond its slots.
 pub const MAX_PREFETCH: u32 = 1024;
-/// Longest worker name accepted, in bytes (names go into every log line and status report).
-const MAX_WORKER_NAME: usize = 256;
+/// Longest worker name, host name and group accepted, in bytes: they go into every log line,
+/// status report and outcome record.
+const MAX_WORKER_NAME: usize = protocol::limits::MAX_NAME_BYTES;
 
 /// Why the master closes a connection (`Output::Close`).
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +56,8 @@ pub enum CloseReason {
     HeartbeatTimeout { quiet_ms: u64 },
     /// The same worker connected again before its old connection was seen to die.
     Replaced,
+    /// A client with nothing in flight sent nothing for this long (`--client-idle-timeout`).
+    ClientIdle { idle_ms: u64 },
 }
 
 impl fmt::Display for CloseReason {
@@ -68,6 +73,9 @@ impl fmt::Display for CloseReason {
             }
             CloseReason::Replaced => {
                 f.write_str("replaced by a new connection from the same worker")
+            }
+            CloseReason::ClientIdle { idle_ms } => {
+                write!(f, "client idle for {idle_ms} ms with nothing in flight")
             }
         }
     }
@@ -110,9 +118,42 @@ pub enum Refusal {
     },
     /// Names starting with `#` would read as the master's internal ids (`#3`) in the log.
     NameLooksLikeId,
+    HostTooLong {
+        len: usize,
+    },
+    /// Empty (use no group) or too long.
+    BadGroup {
+        len: usize,
+    },
     PrefetchTooLarge {
         asked: u32,
     },
+    /// A live worker (connected, heard from within the heartbeat timeout) has this name and is
+    /// not this process: two workers under one name would take each other's id and tasks.
+    NameInUse {
+        name: String,
+        /// Where the live one is connected from.
+        addr: String,
+        quiet_ms: u64,
+        timeout_ms: u64,
+    },
+}
+
+impl Refusal {
+    /// What the peer is told it may act on (`Rejected::kind`).
+    pub fn kind(&self) -> RejectKind {
+        match self {
+            Refusal::VersionMismatch { .. } => RejectKind::Version,
+            Refusal::AuthenticationFailed => RejectKind::Authentication,
+            Refusal::NoSlots
+            | Refusal::BadName { .. }
+            | Refusal::NameLooksLikeId
+            | Refusal::HostTooLong { .. }
+            | Refusal::BadGroup { .. }
+            | Refusal::PrefetchTooLarge { .. } => RejectKind::InvalidInfo,
+            Refusal::NameInUse { .. } => RejectKind::NameInUse,
+        }
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -131,9 +172,27 @@ impl fmt::Display for Refusal {
             Refusal::NameLooksLikeId => f.write_str(
                 "worker name must not start with '#': the log writes the master's ids that way",
             ),
+            Refusal::HostTooLong { len } => write!(
+                f,
+                "worker host name must be at most {MAX_WORKER_NAME} bytes, not {len}"
+            ),
+            Refusal::BadGroup { len } => write!(
+                f,
+                "worker group must be 1 to {MAX_WORKER_NAME} bytes, not {len}"
+            ),
             Refusal::PrefetchTooLarge { asked } => {
                 write!(f, "prefetch must be at most {MAX_PREFETCH}, not {asked}")
             }
+            Refusal::NameInUse {
+                name,
+                addr,
+                quiet_ms,
+                timeout_ms,
+            } => write!(
+                f,
+                "the name {name:?} is in use by a live worker (connected from {addr}, heard from \
+                 {quiet_ms} ms ago; a worker silent for {timeout_ms} ms is declared dead)"
+            ),
         }
     }
 }
@@ -181,15 +240,28 @@ pub enum Departed {
 
 #[derive(Debug)]
 enum Peer {
-    Pending { nonce: Vec<u8>, deadline_ms: u64 },
+    /// `proof` is empty until the `Hello` is accepted, then the master's MAC for `Welcome`.
+    Pending {
+        nonce: Vec<u8>,
+        deadline_ms: u64,
+        proof: Vec<u8>,
+    },
     Worker(WorkerId),
     Client(ClientId),
+    /// Failed its authentication from an address that keeps failing: told `refusal` and closed
+    /// only at `at_ms` (in `handshakes`), so guessing tokens goes slowly. Frames are ignored.
+    Refusing {
+        at_ms: u64,
+        refusal: Refusal,
+    },
 }
 
 #[derive(Debug)]
 struct Conn {
     addr: String,
     peer: Peer,
+    /// When the peer last sent a frame (or connected).
+    last_active_ms: u64,
 }
 
 #[derive(Debug)]
@@ -197,12 +269,37 @@ pub struct Sessions {
     config: SessionConfig,
     /// Only looked up by id, never iterated: its hash order decides nothing.
     conns: HashMap<ConnId, Conn>,
-    /// Pending handshakes by deadline: expiries go out in one deterministic order.
+    /// Pending handshakes by deadline, and delayed refusals by their time: expiries go out in one
+    /// deterministic order.
     handshakes: BTreeSet<(u64, ConnId)>,
     workers: BTreeMap<WorkerId, ConnId>,
     clients: BTreeMap<ClientId, ConnId>,
     next_client: u64,
     out: VecDeque<Output>,
+    /// Warnings about peers before (or at) their handshake, per IP address: a flood of wrong
+    /// tokens or idle connections from one address writes a few lines and a summary a second.
+    refusals: LogLimiter<String>,
+    /// Failed authentications per IP address: (start of the window, failures in it).
+    auth_failures: BTreeMap<String, (u64, u32)>,
+}
+
+/// Failed authentications from one address within `AUTH_FAILURE_WINDOW_MS` answered at once;
+/// beyond, each waits `AUTH_FAILURE_DELAY_MS` for its `Rejected`. A script that guesses tokens
+/// one connection at a time gets 10 guesses a second instead of thousands; the holder of the
+/// right token from the same address is let in at once.
+const AUTH_FAILURES_FREE: u32 = 5;
+const AUTH_FAILURE_WINDOW_MS: u64 = 10_000;
+const AUTH_FAILURE_DELAY_MS: u64 = 100;
+/// Addresses whose failures are counted at once (beyond, new ones are not slowed down).
+const MAX_FAILING_ADDRS: usize = 4_096;
+
+/// Lines about one address's refused or failed handshakes: this many per window, then counted.
+const REFUSAL_LINES: u32 = 5;
+const REFUSAL_WINDOW_MS: u64 = 10_000;
+
+/// The address part of `ip:port` (`[v6]:port` keeps its brackets).
+fn ip_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(ip, _)| ip)
 }
 
 impl Sessions {
@@ -215,6 +312,8 @@ impl Sessions {
             clients: BTreeMap::new(),
             next_client: 1,
             out: VecDeque::new(),
+            refusals: LogLimiter::new(REFUSAL_LINES, REFUSAL_WINDOW_MS),
+            auth_failures: BTreeMap::new(),
         }
     }
 
@@ -247,7 +346,12 @@ impl Sessions {
             conn,
             Conn {
                 addr,
-                peer: Peer::Pending { nonce, deadline_ms },
+                last_active_ms: now_ms,
+                peer: Peer::Pending {
+                    nonce,
+                    deadline_ms,
+                    proof: Vec::new(),
+                },
             },
         );
         earlier
@@ -255,46 +359,58 @@ impl Sessions {
 
     /// One decoded frame from `conn`: handshake frames are handled here, the rest are handed on
     /// with the peer's id.
-    pub fn receive(&mut self, conn: ConnId, msg: ToMaster) -> Inbound {
-        let Some(c) = self.conns.get(&conn) else {
+    pub fn receive(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) -> Inbound {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return Inbound::Handled; // closed by us; late bytes are ignored
         };
+        c.last_active_ms = now_ms;
+        let c = &*c;
         match (&c.peer, msg) {
             (Peer::Worker(id), msg) => Inbound::Worker(*id, msg),
             (Peer::Client(id), msg) => Inbound::Client(*id, msg),
+            (Peer::Refusing { .. }, _) => Inbound::Handled,
             (
                 Peer::Pending { .. },
                 ToMaster::Hello {
                     version,
                     role,
                     auth,
+                    nonce,
                 },
-            ) => self.on_hello(conn, version, role, &auth),
+            ) => self.on_hello(now_ms, conn, version, role, &auth, &nonce),
             (Peer::Pending { .. }, other) => {
                 let v = Violation::ExpectedHello { got: other.name() };
-                warn!("protocol error from {}: {v}", c.addr);
+                if self.refusals.allow(now_ms, &ip_of(&c.addr).to_string()) {
+                    warn!("protocol error from {}: {v}", c.addr);
+                }
                 self.close(conn, CloseReason::Protocol(v));
                 Inbound::Handled
             }
         }
     }
 
-    fn on_hello(&mut self, conn: ConnId, version: u32, role: Role, answer: &[u8]) -> Inbound {
+    fn on_hello(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        version: u32,
+        role: Role,
+        answer: &[u8],
+        peer_nonce: &[u8],
+    ) -> Inbound {
         let Some(Conn {
             addr,
             peer: Peer::Pending { nonce, .. },
+            ..
         }) = self.conns.get(&conn)
         else {
             return Inbound::Handled;
         };
+        let tag = RoleTag::of(&role);
+        let token = self.config.token.as_deref();
         let refusal = if version != PROTOCOL_VERSION {
             Some(Refusal::VersionMismatch { peer: version })
-        } else if self
-            .config
-            .token
-            .as_ref()
-            .is_some_and(|token| !auth::verify(token, nonce, answer))
-        {
+        } else if token.is_some_and(|t| !auth::verify_peer(t, tag, nonce, peer_nonce, answer)) {
             Some(Refusal::AuthenticationFailed)
         } else if let Role::Worker(info) = &role {
             worker_refusal(info)
@@ -302,32 +418,109 @@ impl Sessions {
             None
         };
         if let Some(refusal) = refusal {
-            warn!("refused connection from {addr}: {refusal}");
-            self.close(conn, CloseReason::Refused(refusal));
+            // IMPORTANT: a wrong token costs one line only while the address stays under its
+            // budget: 500 attempts a second write a handful and a summary a second.
+            let ip = ip_of(addr).to_string();
+            if self.refusals.allow(now_ms, &ip) {
+                warn!("refused connection from {addr}: {refusal}");
+            }
+            if refusal == Refusal::AuthenticationFailed && self.count_auth_failure(now_ms, ip) {
+                self.refuse_later(now_ms, conn, refusal);
+            } else {
+                self.close(conn, CloseReason::Refused(refusal));
+            }
             return Inbound::Handled;
+        }
+        let master_proof = auth::master_proof(token, tag, nonce, peer_nonce);
+        let addr = addr.clone();
+        if let Some(Conn {
+            peer: Peer::Pending { proof, .. },
+            ..
+        }) = self.conns.get_mut(&conn)
+        {
+            *proof = master_proof;
         }
         match role {
             Role::Client => {
                 debug!("client connected from {addr}");
                 let id = ClientId(self.next_client);
                 self.next_client += 1;
-                self.bind(conn, Peer::Client(id));
+                let proof = self.bind(conn, Peer::Client(id));
                 self.clients.insert(id, conn);
-                self.welcome(conn, None);
+                let interval_ms = self.config.heartbeat_interval_ms;
+                self.welcome(conn, None, proof, interval_ms);
                 Inbound::Handled
             }
             Role::Worker(info) => Inbound::WorkerHello(WorkerHello {
                 ticket: HelloTicket(conn),
                 info,
-                addr: addr.clone(),
+                addr,
             }),
         }
     }
 
-    /// Binds a worker's connection to the id the scheduler gave it and welcomes it. Returns
-    /// whether another connection held that worker: it is closed (`Replaced`), and the scheduler
-    /// must take back what it had assigned there.
-    pub fn accept_worker(&mut self, ticket: HelloTicket, id: WorkerId) -> bool {
+    /// Counts a failed authentication from `ip`; returns whether its answer is to be delayed.
+    fn count_auth_failure(&mut self, now_ms: u64, ip: String) -> bool {
+        if !self.auth_failures.contains_key(&ip) && self.auth_failures.len() >= MAX_FAILING_ADDRS {
+            return false;
+        }
+        let (start_ms, failures) = self.auth_failures.entry(ip).or_insert((now_ms, 0));
+        if now_ms.saturating_sub(*start_ms) >= AUTH_FAILURE_WINDOW_MS {
+            (*start_ms, *failures) = (now_ms, 0);
+        }
+        *failures += 1;
+        *failures > AUTH_FAILURES_FREE
+    }
+
+    /// Holds `conn`'s refusal until `AUTH_FAILURE_DELAY_MS` from now (`expire_handshakes`).
+    fn refuse_later(&mut self, now_ms: u64, conn: ConnId, refusal: Refusal) {
+        let at_ms = now_ms + AUTH_FAILURE_DELAY_MS;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Peer::Pending { deadline_ms, .. } = c.peer {
+            self.handshakes.remove(&(deadline_ms, conn));
+        }
+        c.peer = Peer::Refusing { at_ms, refusal };
+        self.handshakes.insert((at_ms, conn));
+    }
+
+    /// When the next delayed refusal or handshake deadline is due (the sweep runs every 100 ms;
+    /// that granularity is enough for both).
+    #[cfg(test)]
+    pub fn next_refusal(&self) -> Option<u64> {
+        self.handshakes
+            .iter()
+            .find(|(_, conn)| {
+                matches!(
+                    self.conns.get(conn).map(|c| &c.peer),
+                    Some(Peer::Refusing { .. })
+                )
+            })
+            .map(|&(at, _)| at)
+    }
+
+    /// Refuses a worker's `Hello` for a reason only the scheduler knows (its name is taken).
+    pub fn refuse_worker(&mut self, now_ms: u64, ticket: HelloTicket, refusal: Refusal) {
+        let conn = ticket.0;
+        if let Some(c) = self.conns.get(&conn) {
+            if self.refusals.allow(now_ms, &ip_of(&c.addr).to_string()) {
+                warn!("refused worker from {}: {refusal}", c.addr);
+            }
+            self.close(conn, CloseReason::Refused(refusal));
+        }
+    }
+
+    /// Binds a worker's connection to the id the scheduler gave it and welcomes it, telling it
+    /// to report every `heartbeat_interval_ms`. Returns whether another connection held that
+    /// worker: it is closed (`Replaced`), and the scheduler must take back what it had assigned
+    /// there.
+    pub fn accept_worker(
+        &mut self,
+        ticket: HelloTicket,
+        id: WorkerId,
+        heartbeat_interval_ms: u64,
+    ) -> bool {
         let conn = ticket.0;
         let replaced = match self.workers.get(&id) {
             Some(&old) if old != conn => {
@@ -342,29 +535,43 @@ impl Sessions {
         ) {
             return replaced; // closed meanwhile (the scheduler accepts in the same call)
         }
-        self.bind(conn, Peer::Worker(id));
+        let proof = self.bind(conn, Peer::Worker(id));
         self.workers.insert(id, conn);
-        self.welcome(conn, Some(id));
+        self.welcome(conn, Some(id), proof, heartbeat_interval_ms);
         replaced
     }
 
-    fn bind(&mut self, conn: ConnId, peer: Peer) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            if let Peer::Pending { deadline_ms, .. } = c.peer {
+    /// Binds a pending connection to its peer; returns the master's proof for its `Welcome`.
+    fn bind(&mut self, conn: ConnId, peer: Peer) -> Vec<u8> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        match std::mem::replace(&mut c.peer, peer) {
+            Peer::Pending {
+                deadline_ms, proof, ..
+            } => {
                 self.handshakes.remove(&(deadline_ms, conn));
+                proof
             }
-            c.peer = peer;
+            _ => Vec::new(),
         }
     }
 
-    fn welcome(&mut self, conn: ConnId, worker_id: Option<WorkerId>) {
+    fn welcome(
+        &mut self,
+        conn: ConnId,
+        worker_id: Option<WorkerId>,
+        proof: Vec<u8>,
+        heartbeat_interval_ms: u64,
+    ) {
         self.out.push_back(Output::Send {
             conn,
             msg: FromMaster::Welcome {
                 worker_id,
-                heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                heartbeat_interval_ms,
                 master_id: self.config.master_id,
                 incarnation: self.config.incarnation,
+                proof,
             },
         });
     }
@@ -376,7 +583,7 @@ impl Sessions {
         match c.peer {
             Peer::Worker(id) => Some(Departed::Worker(id)),
             Peer::Client(id) => Some(Departed::Client(id)),
-            Peer::Pending { .. } => {
+            Peer::Pending { .. } | Peer::Refusing { .. } => {
                 debug!("{} left before the handshake: {reason}", c.addr);
                 None
             }
@@ -390,14 +597,46 @@ impl Sessions {
                 break;
             }
             self.handshakes.pop_first();
+            if let Some(Conn {
+                peer: Peer::Refusing { refusal, .. },
+                ..
+            }) = self.conns.get(&conn)
+            {
+                let reason = CloseReason::Refused(refusal.clone());
+                self.close(conn, reason);
+                continue;
+            }
             if let Some(c) = self.conns.get(&conn) {
-                warn!(
-                    "{}: no handshake within {} ms, closing",
-                    c.addr, self.config.handshake_timeout_ms
-                );
+                if self.refusals.allow(now_ms, &ip_of(&c.addr).to_string()) {
+                    warn!(
+                        "{}: no handshake within {} ms, closing",
+                        c.addr, self.config.handshake_timeout_ms
+                    );
+                }
             }
             let timeout_ms = self.config.handshake_timeout_ms;
             self.close(conn, CloseReason::HandshakeTimeout { timeout_ms });
+        }
+    }
+
+    /// Some refusal line waits for its summary (the sweep must go on).
+    pub fn has_pending_logs(&self) -> bool {
+        self.refusals.has_pending()
+    }
+
+    /// Writes one line per address whose refusals were not written, at most once a second.
+    pub fn summarise_logs(&mut self, now_ms: u64) {
+        self.auth_failures.retain(|_, &mut (start_ms, _)| {
+            now_ms.saturating_sub(start_ms) < AUTH_FAILURE_WINDOW_MS
+        });
+        for s in self.refusals.summarise(now_ms) {
+            let from = s.peer.as_deref().unwrap_or("other addresses");
+            warn!(
+                "{from}: {} more refused or failed handshakes in the last {:.1} s (not logged \
+                 one by one)",
+                s.suppressed,
+                s.over_ms as f64 / 1e3
+            );
         }
     }
 
@@ -413,6 +652,18 @@ impl Sessions {
         if let Some(&conn) = self.workers.get(&worker) {
             self.close(conn, reason);
         }
+    }
+
+    /// Clients that have sent nothing for `timeout_ms`, in id order (the caller spares those
+    /// with a request in flight).
+    pub fn idle_clients(&self, now_ms: u64, timeout_ms: u64) -> Vec<(ClientId, u64)> {
+        self.clients
+            .iter()
+            .filter_map(|(&id, conn)| {
+                let idle_ms = now_ms.saturating_sub(self.conns.get(conn)?.last_active_ms);
+                (idle_ms >= timeout_ms).then_some((id, idle_ms))
+            })
+            .collect()
     }
 
     /// Closes `client`'s connection, if it has one.
@@ -436,6 +687,7 @@ impl Sessions {
             }),
             CloseReason::Refused(r) => Some(FromMaster::Rejected {
                 reason: r.to_string(),
+                kind: r.kind(),
             }),
             _ => None,
         };
@@ -451,6 +703,9 @@ impl Sessions {
         match c.peer {
             Peer::Pending { deadline_ms, .. } => {
                 self.handshakes.remove(&(deadline_ms, conn));
+            }
+            Peer::Refusing { at_ms, .. } => {
+                self.handshakes.remove(&(at_ms, conn));
             }
             Peer::Worker(id) => {
                 self.workers.remove(&id);
@@ -474,6 +729,19 @@ impl Sessions {
         if let Some(&conn) = self.clients.get(&client) {
             self.out.push_back(Output::Send { conn, msg });
         }
+    }
+
+    /// The client on `conn`, if a client has it.
+    pub fn client_on(&self, conn: ConnId) -> Option<ClientId> {
+        match self.conns.get(&conn)?.peer {
+            Peer::Client(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The connection of `client`, if it still has one.
+    pub fn conn_of(&self, client: ClientId) -> Option<ConnId> {
+        self.clients.get(&client).copied()
     }
 
     /// Queues a journal record, in order with this turn's messages.
@@ -505,6 +773,10 @@ impl Sessions {
                     pending += 1;
                     assert!(self.handshakes.contains(&(deadline_ms, conn)));
                 }
+                Peer::Refusing { at_ms, .. } => {
+                    pending += 1;
+                    assert!(self.handshakes.contains(&(at_ms, conn)));
+                }
                 Peer::Worker(id) => assert_eq!(self.workers.get(&id), Some(&conn)),
                 Peer::Client(id) => assert_eq!(self.clients.get(&id), Some(&conn)),
             }
@@ -527,6 +799,17 @@ fn worker_refusal(info: &WorkerInfo) -> Option<Refusal> {
         })
     } else if info.name.starts_with('#') {
         Some(Refusal::NameLooksLikeId)
+    } else if info.host.len() > MAX_WORKER_NAME {
+        Some(Refusal::HostTooLong {
+            len: info.host.len(),
+        })
+    } else if let Some(len) = info
+        .group
+        .as_ref()
+        .map(String::len)
+        .filter(|&len| len == 0 || len > MAX_WORKER_NAME)
+    {
+        Some(Refusal::BadGroup { len })
     } else if info.prefetch > MAX_PREFETCH {
         Some(Refusal::PrefetchTooLarge {
             asked: info.prefetch,
@@ -542,6 +825,12 @@ mod tests {
     use protocol::auth::NONCE_LEN;
 
     const NONCE: [u8; NONCE_LEN] = [7; NONCE_LEN];
+    /// What every test peer sends as its nonce (`hello` puts it in).
+    const PEER_NONCE: [u8; NONCE_LEN] = [5; NONCE_LEN];
+
+    fn answer(token: &[u8], role: RoleTag) -> Vec<u8> {
+        auth::peer_answer(Some(token), role, &NONCE, &PEER_NONCE)
+    }
 
     fn sessions(token: Option<&[u8]>) -> Sessions {
         Sessions::new(SessionConfig {
@@ -564,6 +853,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             role,
             auth,
+            nonce: PEER_NONCE.to_vec(),
         }
     }
 
@@ -576,6 +866,7 @@ mod tests {
             pid: 1,
             group: None,
             prefetch: 0,
+            heartbeat_interval_ms: 0,
         })
     }
 
@@ -583,11 +874,11 @@ mod tests {
     fn client(s: &mut Sessions, conn: ConnId) -> ClientId {
         assert_eq!(s.connect(0, conn, "c".into(), NONCE.to_vec()), None);
         assert!(matches!(
-            s.receive(conn, hello(Role::Client, vec![])),
+            s.receive(0, conn, hello(Role::Client, vec![])),
             Inbound::Handled
         ));
         drain(s);
-        match s.receive(conn, ToMaster::Status) {
+        match s.receive(0, conn, ToMaster::Status) {
             Inbound::Client(id, ToMaster::Status) => id,
             other => panic!("expected a client's message, got {other:?}"),
         }
@@ -596,11 +887,11 @@ mod tests {
     /// Opens `conn` and binds it to worker `id`; returns whether that replaced a connection.
     fn join(s: &mut Sessions, conn: ConnId, name: &str, id: WorkerId) -> bool {
         s.connect(0, conn, "w".into(), NONCE.to_vec());
-        let Inbound::WorkerHello(h) = s.receive(conn, hello(worker(name), vec![])) else {
+        let Inbound::WorkerHello(h) = s.receive(0, conn, hello(worker(name), vec![])) else {
             panic!("expected a worker's hello");
         };
         assert_eq!(h.info.name, name);
-        s.accept_worker(h.ticket, id)
+        s.accept_worker(h.ticket, id, 1_000)
     }
 
     fn send(conn: ConnId, msg: FromMaster) -> Output {
@@ -623,7 +914,7 @@ mod tests {
             )]
         );
         assert!(matches!(
-            s.receive(conn, hello(Role::Client, vec![])),
+            s.receive(0, conn, hello(Role::Client, vec![])),
             Inbound::Handled
         ));
         let welcome = FromMaster::Welcome {
@@ -631,11 +922,12 @@ mod tests {
             heartbeat_interval_ms: 1_000,
             master_id: 42,
             incarnation: Incarnation(3),
+            proof: Vec::new(),
         };
         assert_eq!(drain(&mut s), vec![send(conn, welcome)]);
         assert_eq!(s.next_deadline(), None, "no handshake pending");
         assert!(matches!(
-            s.receive(conn, ToMaster::Status),
+            s.receive(0, conn, ToMaster::Status),
             Inbound::Client(_, ToMaster::Status)
         ));
     }
@@ -658,7 +950,7 @@ mod tests {
             }) if *c == conn
         ));
         assert!(matches!(
-            s.receive(conn, ToMaster::Running(vec![])),
+            s.receive(0, conn, ToMaster::Running(vec![])),
             Inbound::Worker(WorkerId(4), ToMaster::Running(_))
         ));
         s.send_worker(WorkerId(4), FromMaster::Cancel(vec![]));
@@ -673,14 +965,15 @@ mod tests {
                 ToMaster::Hello {
                     version: PROTOCOL_VERSION + 1,
                     role: Role::Client,
-                    auth: auth::respond(Some(b"secret"), &NONCE),
+                    auth: answer(b"secret", RoleTag::Client),
+                    nonce: PEER_NONCE.to_vec(),
                 },
                 Refusal::VersionMismatch {
                     peer: PROTOCOL_VERSION + 1,
                 },
             ),
             (
-                hello(Role::Client, auth::respond(Some(b"wrong"), &NONCE)),
+                hello(Role::Client, answer(b"wrong", RoleTag::Client)),
                 Refusal::AuthenticationFailed,
             ),
             (hello(Role::Client, vec![]), Refusal::AuthenticationFailed),
@@ -690,14 +983,14 @@ mod tests {
                         slots: 0,
                         ..worker_info("a")
                     }),
-                    auth::respond(Some(b"secret"), &NONCE),
+                    answer(b"secret", RoleTag::Worker),
                 ),
                 Refusal::NoSlots,
             ),
             (
                 hello(
                     Role::Worker(worker_info(&"x".repeat(MAX_WORKER_NAME + 1))),
-                    auth::respond(Some(b"secret"), &NONCE),
+                    answer(b"secret", RoleTag::Worker),
                 ),
                 Refusal::BadName {
                     len: MAX_WORKER_NAME + 1,
@@ -706,9 +999,56 @@ mod tests {
             (
                 hello(
                     Role::Worker(worker_info("#2")),
-                    auth::respond(Some(b"secret"), &NONCE),
+                    answer(b"secret", RoleTag::Worker),
                 ),
                 Refusal::NameLooksLikeId,
+            ),
+            (
+                hello(
+                    Role::Worker(WorkerInfo {
+                        host: "h".repeat(MAX_WORKER_NAME + 1),
+                        ..worker_info("a")
+                    }),
+                    answer(b"secret", RoleTag::Worker),
+                ),
+                Refusal::HostTooLong {
+                    len: MAX_WORKER_NAME + 1,
+                },
+            ),
+            (
+                hello(
+                    Role::Worker(WorkerInfo {
+                        group: Some("g".repeat(MAX_WORKER_NAME + 1)),
+                        ..worker_info("a")
+                    }),
+                    answer(b"secret", RoleTag::Worker),
+                ),
+                Refusal::BadGroup {
+                    len: MAX_WORKER_NAME + 1,
+                },
+            ),
+            (
+                hello(
+                    Role::Worker(WorkerInfo {
+                        group: Some(String::new()),
+                        ..worker_info("a")
+                    }),
+                    answer(b"secret", RoleTag::Worker),
+                ),
+                Refusal::BadGroup { len: 0 },
+            ),
+            (
+                // A worker's answer replayed as a client's `Hello` (a relay posing as the master).
+                hello(Role::Client, answer(b"secret", RoleTag::Worker)),
+                Refusal::AuthenticationFailed,
+            ),
+            (
+                // The right MAC for another peer nonce than the one sent.
+                hello(
+                    Role::Client,
+                    auth::peer_answer(Some(b"secret"), RoleTag::Client, &NONCE, &[6; NONCE_LEN]),
+                ),
+                Refusal::AuthenticationFailed,
             ),
             (
                 hello(
@@ -716,7 +1056,7 @@ mod tests {
                         prefetch: MAX_PREFETCH + 1,
                         ..worker_info("a")
                     }),
-                    auth::respond(Some(b"secret"), &NONCE),
+                    answer(b"secret", RoleTag::Worker),
                 ),
                 Refusal::PrefetchTooLarge {
                     asked: MAX_PREFETCH + 1,
@@ -727,14 +1067,15 @@ mod tests {
             let conn = ConnId(i + 1);
             s.connect(0, conn, "x".into(), NONCE.to_vec());
             drain(&mut s);
-            assert!(matches!(s.receive(conn, msg), Inbound::Handled));
+            assert!(matches!(s.receive(0, conn, msg), Inbound::Handled));
             assert_eq!(
                 drain(&mut s),
                 vec![
                     send(
                         conn,
                         FromMaster::Rejected {
-                            reason: refusal.to_string()
+                            reason: refusal.to_string(),
+                            kind: refusal.kind(),
                         }
                     ),
                     Output::Close {
@@ -745,7 +1086,7 @@ mod tests {
             );
             // Forgotten: late frames are ignored and nothing more is sent.
             assert!(matches!(
-                s.receive(conn, ToMaster::Status),
+                s.receive(0, conn, ToMaster::Status),
                 Inbound::Handled
             ));
             assert!(drain(&mut s).is_empty());
@@ -754,17 +1095,134 @@ mod tests {
         // The right answer passes.
         let conn = ConnId(99);
         s.connect(0, conn, "x".into(), NONCE.to_vec());
-        let answer = auth::respond(Some(b"secret"), &NONCE);
+        let answer = answer(b"secret", RoleTag::Client);
         assert!(matches!(
-            s.receive(conn, hello(Role::Client, answer)),
+            s.receive(0, conn, hello(Role::Client, answer)),
             Inbound::Handled
         ));
+        let out = drain(&mut s);
+        let Some(Output::Send {
+            msg: FromMaster::Welcome { proof, .. },
+            ..
+        }) = out.last()
+        else {
+            panic!("expected Welcome, got {out:?}");
+        };
+        assert!(
+            auth::verify_master(b"secret", RoleTag::Client, &NONCE, &PEER_NONCE, proof),
+            "the master proves the token over both nonces, for a client"
+        );
+    }
+
+    /// An address that keeps failing its authentication is answered late; the holder of the
+    /// right token from the same address is let in at once, and another address is not slowed.
+    #[test]
+    fn repeated_auth_failures_from_one_address_are_answered_late() {
+        let mut s = sessions(Some(b"secret"));
+        let wrong = || hello(Role::Client, answer(b"wrong", RoleTag::Client));
+        let mut conn = 0;
+        let mut open = |s: &mut Sessions, addr: &str| {
+            conn += 1;
+            s.connect(1_000, ConnId(conn), addr.into(), NONCE.to_vec());
+            drain(s);
+            ConnId(conn)
+        };
+        for _ in 0..AUTH_FAILURES_FREE {
+            let c = open(&mut s, "10.0.0.1:5");
+            s.receive(1_000, c, wrong());
+            assert!(matches!(
+                &drain(&mut s)[..],
+                [
+                    Output::Send {
+                        msg: FromMaster::Rejected { .. },
+                        ..
+                    },
+                    Output::Close { .. }
+                ]
+            ));
+        }
+        let slow = open(&mut s, "10.0.0.1:6");
+        s.receive(1_000, slow, wrong());
+        assert!(drain(&mut s).is_empty(), "answered later");
+        assert_eq!(s.next_refusal(), Some(1_000 + AUTH_FAILURE_DELAY_MS));
+        // Frames meanwhile are ignored.
+        s.receive(1_010, slow, wrong());
+        assert!(drain(&mut s).is_empty());
+        // The right token from the same address, and a wrong one from another, at once.
+        let good = open(&mut s, "10.0.0.1:7");
+        s.receive(
+            1_010,
+            good,
+            hello(Role::Client, answer(b"secret", RoleTag::Client)),
+        );
         assert!(matches!(
-            drain(&mut s).last(),
-            Some(Output::Send {
+            &drain(&mut s)[..],
+            [Output::Send {
                 msg: FromMaster::Welcome { .. },
                 ..
-            })
+            }]
+        ));
+        let other = open(&mut s, "10.0.0.2:5");
+        s.receive(1_010, other, wrong());
+        assert_eq!(drain(&mut s).len(), 2);
+        s.expire_handshakes(1_000 + AUTH_FAILURE_DELAY_MS - 1);
+        assert!(drain(&mut s).is_empty());
+        s.expire_handshakes(1_000 + AUTH_FAILURE_DELAY_MS);
+        assert_eq!(
+            drain(&mut s),
+            vec![
+                send(
+                    slow,
+                    FromMaster::Rejected {
+                        reason: Refusal::AuthenticationFailed.to_string(),
+                        kind: RejectKind::Authentication,
+                    }
+                ),
+                Output::Close {
+                    conn: slow,
+                    reason: CloseReason::Refused(Refusal::AuthenticationFailed)
+                }
+            ]
+        );
+        // After the window, the address starts afresh.
+        s.summarise_logs(1_000 + AUTH_FAILURE_WINDOW_MS);
+        let late = open(&mut s, "10.0.0.1:8");
+        s.receive(1_000 + AUTH_FAILURE_WINDOW_MS, late, wrong());
+        assert_eq!(drain(&mut s).len(), 2, "answered at once again");
+    }
+
+    /// A worker's `Welcome` proves the token for a worker: bound to its role and to both nonces.
+    #[test]
+    fn a_worker_is_welcomed_with_the_masters_proof() {
+        let mut s = sessions(Some(b"secret"));
+        let conn = ConnId(1);
+        s.connect(0, conn, "w".into(), NONCE.to_vec());
+        let msg = hello(worker("a"), answer(b"secret", RoleTag::Worker));
+        let Inbound::WorkerHello(h) = s.receive(0, conn, msg) else {
+            panic!("expected a worker's hello");
+        };
+        s.accept_worker(h.ticket, WorkerId(1), 1_000);
+        let out = drain(&mut s);
+        let Some(Output::Send {
+            msg: FromMaster::Welcome { proof, .. },
+            ..
+        }) = out.last()
+        else {
+            panic!("expected Welcome, got {out:?}");
+        };
+        assert!(auth::verify_master(
+            b"secret",
+            RoleTag::Worker,
+            &NONCE,
+            &PEER_NONCE,
+            proof
+        ));
+        assert!(!auth::verify_master(
+            b"secret",
+            RoleTag::Client,
+            &NONCE,
+            &PEER_NONCE,
+            proof
         ));
     }
 
@@ -782,7 +1240,7 @@ mod tests {
         s.connect(0, conn, "x".into(), NONCE.to_vec());
         drain(&mut s);
         assert!(matches!(
-            s.receive(conn, ToMaster::Status),
+            s.receive(0, conn, ToMaster::Status),
             Inbound::Handled
         ));
         let v = Violation::ExpectedHello { got: "Status" };
@@ -837,7 +1295,7 @@ mod tests {
         );
         assert_eq!(s.next_deadline(), None);
         assert!(
-            matches!(s.receive(quick, ToMaster::Status), Inbound::Client(..)),
+            matches!(s.receive(0, quick, ToMaster::Status), Inbound::Client(..)),
             "the welcomed client stays"
         );
     }
@@ -900,7 +1358,7 @@ mod tests {
             }]
         );
         assert!(matches!(
-            s.receive(ConnId(6), ToMaster::Running(vec![])),
+            s.receive(0, ConnId(6), ToMaster::Running(vec![])),
             Inbound::Handled
         ));
     }

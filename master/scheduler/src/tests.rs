@@ -1,11 +1,17 @@
 //! Core tests: no sockets, a fake clock, and every output checked (nothing unexpected is sent).
 
 use super::*;
+use protocol::auth::RoleTag;
 use protocol::{
-    auth, Attempt, Incarnation, LoadReport, Role, TaskKind, WorkerInfo, PROTOCOL_VERSION,
+    auth, Attempt, Incarnation, LoadReport, RejectKind, Role, TaskKind, WorkerInfo,
+    PROTOCOL_VERSION,
 };
 
 mod copies;
+mod forged;
+mod idle;
+mod limits;
+mod names;
 
 struct Harness {
     core: Core,
@@ -63,9 +69,20 @@ impl Harness {
         }
     }
 
+    /// One shell turn with clients that read at once: chunked replies come out whole.
     fn drain(&mut self) -> Vec<Output> {
         self.core.dispatch(self.now);
-        let out: Vec<Output> = std::iter::from_fn(|| self.core.poll_output()).collect();
+        let mut out: Vec<Output> = std::iter::from_fn(|| self.core.poll_output()).collect();
+        loop {
+            let pending = self.core.replies_pending();
+            if pending.is_empty() {
+                break;
+            }
+            for conn in pending {
+                self.core.handle_drain(self.now, conn, Backlog::default());
+            }
+            out.extend(std::iter::from_fn(|| self.core.poll_output()));
+        }
         self.core.sanity_check();
         out
     }
@@ -112,8 +129,10 @@ impl Harness {
                     pid: 1,
                     group: None,
                     prefetch,
+                    heartbeat_interval_ms: 0,
                 }),
                 auth: vec![],
+                nonce: vec![5; 32],
             },
         );
         let mut out = self.drain();
@@ -147,6 +166,7 @@ impl Harness {
                 version: PROTOCOL_VERSION,
                 role: Role::Client,
                 auth: vec![],
+                nonce: vec![5; 32],
             },
         );
         let out = self.drain();
@@ -553,11 +573,12 @@ fn protocol_violations_close_only_that_connection() {
             version: PROTOCOL_VERSION + 1,
             role: Role::Client,
             auth: vec![],
+            nonce: vec![5; 32],
         },
     );
     match &out[..] {
         [Output::Send {
-            msg: FromMaster::Rejected { reason },
+            msg: FromMaster::Rejected { reason, .. },
             ..
         }, Output::Close { .. }] => {
             assert!(reason.contains(&PROTOCOL_VERSION.to_string()), "{reason}");
@@ -592,20 +613,22 @@ fn token_is_checked() {
             version: PROTOCOL_VERSION,
             role: Role::Client,
             auth: vec![],
+            nonce: vec![5; 32],
         },
     );
     assert!(matches!(
         &out[..],
-        [Output::Send { msg: FromMaster::Rejected { reason }, .. }, Output::Close { .. }] if reason == "authentication failed"
+        [Output::Send { msg: FromMaster::Rejected { reason, .. }, .. }, Output::Close { .. }] if reason == "authentication failed"
     ));
     let conn = h.connect();
-    let answer = auth::respond(Some(b"s3cret"), &[9; 32]);
+    let answer = auth::peer_answer(Some(b"s3cret"), RoleTag::Client, &[9; 32], &[5; 32]);
     let out = h.msg(
         conn,
         ToMaster::Hello {
             version: PROTOCOL_VERSION,
             role: Role::Client,
             auth: answer,
+            nonce: vec![5; 32],
         },
     );
     assert!(matches!(
@@ -733,8 +756,10 @@ fn reconnecting_worker_keeps_its_running_tasks() {
                 pid: 1,
                 group: None,
                 prefetch: 0,
+                heartbeat_interval_ms: 0,
             }),
             auth: vec![],
+            nonce: vec![5; 32],
         },
     );
     let running = vec![
@@ -991,8 +1016,10 @@ fn group_tasks_run_only_in_their_group() {
                     pid: 1,
                     group: group.map(str::to_string),
                     prefetch: 0,
+                    heartbeat_interval_ms: 0,
                 }),
                 auth: vec![],
+                nonce: vec![5; 32],
             },
         );
         h.msg(conn, ToMaster::Running(vec![]));
@@ -1097,8 +1124,10 @@ fn hello(h: &mut Harness, name: &str, slots: u32, group: Option<&str>) -> ConnId
                 pid: 1,
                 group: group.map(String::from),
                 prefetch: 0,
+                heartbeat_interval_ms: 0,
             }),
             auth: vec![],
+            nonce: vec![5; 32],
         },
     );
     conn

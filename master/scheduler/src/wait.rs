@@ -116,6 +116,11 @@ impl Waiters {
         }
     }
 
+    /// Whether `client` waits for something (its connection must stay open).
+    pub fn has_client(&self, client: ClientId) -> bool {
+        self.list.iter().any(|w| w.client == client)
+    }
+
     pub fn drop_client(&mut self, client: ClientId) {
         self.list.retain(|w| w.client != client);
     }

@@ -178,6 +178,7 @@ impl WorkerTable {
             pid: 0,
             group: None,
             prefetch: 0,
+            heartbeat_interval_ms: 0,
         };
         self.workers
             .push(Worker::new(id, info, String::new(), false, 0));
@@ -328,6 +329,11 @@ impl WorkerTable {
         self.get(id).is_some_and(Worker::is_alive)
     }
 
+    /// The worker that has (or last had) this name.
+    pub fn by_name(&self, name: &str) -> Option<&Worker> {
+        self.by_name.get(name).and_then(|&id| self.get(id))
+    }
+
     pub fn name(&self, id: WorkerId) -> Option<&str> {
         self.get(id).map(|w| w.info.name.as_str())
     }
@@ -369,6 +375,7 @@ mod tests {
             pid: 1,
             group: group.map(str::to_string),
             prefetch,
+            heartbeat_interval_ms: 0,
         }
     }
 

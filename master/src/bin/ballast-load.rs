@@ -357,6 +357,7 @@ impl SimThread {
                 pid: std::process::id(),
                 group: None,
                 prefetch: 0,
+                heartbeat_interval_ms: 0,
             };
             let (stream, decoder, hb_ms) = handshake(addr, token, info)
                 .with_context(|| format!("simulated worker {n} connecting to {addr}"))?;

@@ -94,8 +94,11 @@ fn parse_replicas(text: &str) -> std::result::Result<u32, String> {
 
 /// A task file's specs, each checked to fit a frame on its own.
 fn parse_task_file(text: &str, origin: &str, defaults: &SpecDefaults) -> Result<Vec<TaskSpec>> {
-    let specs = master::taskfile::parse(text, origin, defaults)
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    let specs =
+        master::taskfile::parse(text, origin, defaults).map_err(|e| match e.breaks_limit {
+            true => ClientError::Refused(e.to_string()),
+            false => ClientError::Usage(e.to_string()),
+        })?;
     for (i, spec) in specs.iter().enumerate() {
         check_frame_size(spec)
             .map_err(|e| ClientError::Usage(format!("{origin}: task {}: {e}", i + 1)))?;
@@ -189,6 +192,8 @@ impl SubmitArgs {
         match self.source()? {
             Source::Kind(kind) => {
                 let spec = defaults.spec(kind);
+                protocol::limits::check_spec(&spec)
+                    .map_err(|e| ClientError::Refused(e.to_string()))?;
                 spec.validate().map_err(ClientError::Usage)?;
                 Ok(vec![spec])
             }

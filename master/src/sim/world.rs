@@ -401,6 +401,8 @@ impl<'a> World<'a> {
             heartbeat_timeout_ms: cfg.heartbeat_timeout_ms,
             // The records are the ground truth of what the core decided, journal or not.
             persist: true,
+            // The simulated client is one long session; an idle close would only add noise.
+            client_idle_timeout_ms: None,
             ..CoreConfig::default()
         };
         let workers = (0..fleet.len())
@@ -820,6 +822,7 @@ impl<'a> World<'a> {
             pid: worker + 1,
             group: Some(format!("g{}", spec.group)),
             prefetch: 0,
+            heartbeat_interval_ms: 0,
         };
         let conn = self.net.open(Owner::Worker(worker), self.master);
         let nonce = self.nonce();
@@ -834,6 +837,7 @@ impl<'a> World<'a> {
             version: PROTOCOL_VERSION,
             role: Role::Worker(info),
             auth: Vec::new(),
+            nonce: vec![5; 32],
         };
         self.send_to_core(now_us, conn, hello, None);
         if fresh {
@@ -1122,6 +1126,7 @@ impl<'a> World<'a> {
             version: PROTOCOL_VERSION,
             role: Role::Client,
             auth: Vec::new(),
+            nonce: vec![5; 32],
         };
         self.send_to_core(now_us, conn, hello, None);
         while let Some((i, arrival_us)) = self.client.backlog.pop_front() {
@@ -1423,7 +1428,7 @@ impl<'a> World<'a> {
                     } => self.on_welcome(now_us, worker, conn, heartbeat_interval_ms),
                     FromMaster::Assign(list) => self.on_assign(now_us, worker, conn, list, tags),
                     FromMaster::Cancel(refs) => self.on_cancel(now_us, worker, conn, refs),
-                    FromMaster::Rejected { reason } => {
+                    FromMaster::Rejected { reason, .. } => {
                         return Err(SimError::Core(format!(
                             "the core rejected worker {}: {reason}",
                             self.fleet[worker as usize].name

@@ -77,8 +77,9 @@ impl Cluster {
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(extra)
-            .envs(env.iter().copied())
+            // Debug unless the test asks for another level.
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -341,7 +341,10 @@ fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or(-1)
 }
 
-fn failed(error: String) -> TaskOutcome {
+/// A run that could not start or be waited for. The message may echo a program name of up to
+/// `MAX_COMMAND_BYTES`: it is cut to what the master keeps.
+fn failed(mut error: String) -> TaskOutcome {
+    protocol::limits::truncate_with_marker(&mut error, protocol::limits::MAX_ERROR_BYTES);
     TaskOutcome::Failed { error }
 }
 

@@ -136,6 +136,7 @@ fn welcome(heartbeat_interval_ms: u64) -> FromMaster {
         heartbeat_interval_ms,
         master_id: 1,
         incarnation: Incarnation(1),
+        proof: Vec::new(),
     }
 }
 
@@ -151,6 +152,7 @@ fn test_config(addr: String, on_master_lost: OnMasterLost, heartbeat: Option<Dur
             pid: std::process::id(),
             group: None,
             prefetch: 0,
+            heartbeat_interval_ms: 0,
         },
         heartbeat,
         on_master_lost,
@@ -257,6 +259,28 @@ fn heartbeat_override_sends_periodic_loads() {
         Some(Duration::from_millis(20)),
     );
     let (mut conn, _) = master.accept(welcome(60_000));
+    let mut loads = 0;
+    while loads < 3 {
+        match conn.recv() {
+            ToMaster::Load(_) => loads += 1,
+            ToMaster::Running(refs) => assert!(refs.is_empty(), "nothing runs yet"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(worker.stop().is_ok());
+}
+
+/// A worker that asked for a heartbeat too slow for the master's timeout reports as often as the
+/// master tells it.
+#[test]
+fn a_shorter_heartbeat_from_the_master_wins() {
+    let master = FakeMaster::new();
+    let worker = Worker::start(
+        master.addr(),
+        OnMasterLost::Wait,
+        Some(Duration::from_secs(60)),
+    );
+    let (mut conn, _) = master.accept(welcome(20));
     let mut loads = 0;
     while loads < 3 {
         match conn.recv() {
@@ -542,6 +566,7 @@ fn rejection_exits_with_status_2() {
     let worker = Worker::start(master.addr(), OnMasterLost::Wait, None);
     let _conn = master.accept(FromMaster::Rejected {
         reason: "bad token".into(),
+        kind: protocol::RejectKind::Authentication,
     });
     match worker.join() {
         Err(e @ WorkerError::Rejected { .. }) => {
@@ -899,6 +924,7 @@ fn runs_of_another_master_are_stopped_and_never_reported() {
         heartbeat_interval_ms: 60_000,
         master_id: 2,
         incarnation: Incarnation(1),
+        proof: Vec::new(),
     };
     let (mut conn, _) = master.accept(other);
     assert!(matches!(conn.recv(), ToMaster::Load(_)), "load first");

@@ -1,0 +1,72 @@
+//! Idle clients are closed; waiting ones are not (issue 14, item 7).
+
+use super::*;
+
+fn closes(out: &[Output]) -> Vec<(ConnId, CloseReason)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Close { conn, reason } => Some((*conn, reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_idle_client_is_closed_and_a_waiting_one_is_not() {
+    let mut h = Harness::with(CoreConfig {
+        client_idle_timeout_ms: Some(10_000),
+        ..CoreConfig::default()
+    });
+    let idle = h.client();
+    let busy = h.client();
+    let waiting = h.client();
+    let (ids, _) = h.submit(waiting, vec![sleep_spec(0)], 1);
+    h.msg(
+        waiting,
+        ToMaster::Wait {
+            ids: ids.clone(),
+            progress: false,
+        },
+    );
+    let mut closed = Vec::new();
+    for _ in 0..120 {
+        // `busy` asks something every 5 s.
+        if h.now % 5_000 == 0 {
+            h.msg(busy, ToMaster::Status);
+        }
+        closed.extend(closes(&h.advance(100)));
+    }
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    let (conn, reason) = &closed[0];
+    assert_eq!(*conn, idle);
+    assert!(
+        matches!(reason, CloseReason::ClientIdle { idle_ms } if *idle_ms >= 10_000),
+        "{reason:?}"
+    );
+    // The waiting client still hears its answer when the task ends.
+    let (w, _, out) = h.worker("a", 1);
+    assert_eq!(assignments(&out), vec![(w, ids[0], 1)]);
+    let out = h.finish(w, ids[0], 1, exited(0));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Send { conn, msg: FromMaster::WaitDone { .. } } if *conn == waiting
+    )));
+    // Done waiting, it is idle like any other from now on.
+    let mut closed = Vec::new();
+    for _ in 0..120 {
+        closed.extend(closes(&h.advance(100)));
+    }
+    assert!(closed.iter().any(|(c, _)| *c == waiting), "{closed:?}");
+}
+
+#[test]
+fn no_timeout_closes_nobody() {
+    let mut h = Harness::with(CoreConfig {
+        client_idle_timeout_ms: None,
+        ..CoreConfig::default()
+    });
+    h.client();
+    for _ in 0..100 {
+        assert!(closes(&h.advance(10_000)).is_empty());
+    }
+}
