@@ -10,13 +10,14 @@
 //! output or an event for a connection that is gone cannot reach the one that took over its slot.
 
 use crate::core::{
-    needs_commit, ConnId, Core, CoreConfig, GroupCommit, Output, Record, RestoreError,
+    needs_commit, Backlog, ConnId, Core, CoreConfig, GroupCommit, Output, Record, RestoreError,
+    REPLY_BYTES_IN_FLIGHT_MAX, STALLED_READER_MS,
 };
 use crate::journal::{Journal, JournalError, OpenOptions};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use protocol::{auth::NONCE_LEN, encode_frame, FrameDecoder, FrameError, ToMaster};
+use protocol::{auth::NONCE_LEN, encode_frame, FrameDecoder, FrameError, FromMaster, ToMaster};
 use slab::Slab;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -130,6 +131,18 @@ struct Connection {
     touched: bool,
     /// Offset in `out` where bytes start that may only leave after this turn's journal commit.
     gate: Option<usize>,
+    /// The core said not to read it (backpressure): it is in `Server::paused`, and frames may
+    /// wait in its decoder.
+    paused: bool,
+    /// When it last took bytes (or had none waiting), for closing stalled readers.
+    progress_ms: u64,
+}
+
+impl Connection {
+    /// Bytes waiting to be written.
+    fn unsent(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
 }
 
 pub struct Server {
@@ -142,6 +155,10 @@ pub struct Server {
     touched: Vec<ConnId>,
     /// Connections with a gate set this turn.
     gated: Vec<ConnId>,
+    /// Connections not read for backpressure; asked about again at the end of every turn.
+    paused: Vec<ConnId>,
+    /// Bytes waiting in every connection's `out` together.
+    unsent_total: usize,
     journal: Option<Journal>,
     /// When the oldest record not yet committed was made.
     group_commit: GroupCommit,
@@ -189,6 +206,8 @@ impl Server {
             config,
             touched: Vec::new(),
             gated: Vec::new(),
+            paused: Vec::new(),
+            unsent_total: 0,
             journal,
             group_commit: GroupCommit::default(),
         })
@@ -252,9 +271,68 @@ impl Server {
                 self.touch(id);
             }
             self.flush_touched(now);
+            self.resume_paused(now);
             if !self.core.has_work() {
-                return Ok(());
+                break;
             }
+        }
+        if self.unsent_total >= REPLY_BYTES_IN_FLIGHT_MAX {
+            self.close_stalled_readers(now);
+        }
+        Ok(())
+    }
+
+    /// Asks the core about every paused connection: it may make the next chunk of a reply, and
+    /// a connection it wants input from again is read (frames left in its decoder first).
+    fn resume_paused(&mut self, now: u64) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let mut resumed = Vec::new();
+        for id in std::mem::take(&mut self.paused) {
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
+            let backlog = Backlog {
+                conn_bytes: c.unsent(),
+                total_bytes: self.unsent_total,
+            };
+            self.core.handle_drain(now, id, backlog);
+            if self.core.wants_input(id, backlog) {
+                c.paused = false;
+                resumed.push(id);
+            } else {
+                self.paused.push(id);
+            }
+        }
+        for id in resumed {
+            self.read(now, id);
+        }
+    }
+
+    /// Over the global budget: a connection that has taken nothing for `STALLED_READER_MS` while
+    /// bytes wait for it is closed, so one reader that never reads cannot hold every client.
+    fn close_stalled_readers(&mut self, now: u64) {
+        let stalled: Vec<(ConnId, usize)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.unsent() > 0 && now.saturating_sub(c.progress_ms) > STALLED_READER_MS
+            })
+            .map(|(id, c)| (id, c.unsent()))
+            .collect();
+        for (id, unsent) in stalled {
+            let reason = format!(
+                "peer has read nothing for {} s with {unsent} bytes waiting, and replies in \
+                 flight pass {} MiB",
+                STALLED_READER_MS / 1_000,
+                REPLY_BYTES_IN_FLIGHT_MAX >> 20
+            );
+            if let Some(c) = self.conns.get_mut(id) {
+                warn!("{}: {reason}; closing", c.addr);
+            }
+            self.core.handle_disconnect(now, id, &reason);
+            self.remove(id);
         }
     }
 
@@ -365,6 +443,8 @@ impl Server {
                     closing: false,
                     touched: false,
                     gate: None,
+                    paused: false,
+                    progress_ms: now,
                 },
             );
             debug!("accepted {addr}");
@@ -380,8 +460,32 @@ impl Server {
         if conn.closing {
             return;
         }
+        if conn.paused {
+            return; // asked again at the end of the turn (edge-triggered: nothing is lost)
+        }
+        let total_bytes = self.unsent_total;
         let mut failure: Option<ReadFailure> = None;
         loop {
+            // Decode as we go so the buffer holds at most one partial frame plus one read; frames
+            // left by an earlier pause go first.
+            let backlog = Backlog {
+                conn_bytes: conn.unsent(),
+                total_bytes,
+            };
+            match decode_all(&mut self.core, now, id, conn, backlog) {
+                Err(e) => {
+                    failure = Some(ReadFailure::Frame(e));
+                    break;
+                }
+                // IMPORTANT: backpressure: no more bytes are taken from the socket (the kernel's
+                // window then slows the peer) until the core wants input again.
+                Ok(Decoded::Paused) => {
+                    conn.paused = true;
+                    self.paused.push(id);
+                    break;
+                }
+                Ok(Decoded::All) => {}
+            }
             let spare = conn.decoder.spare(READ_CHUNK);
             match conn.stream.read(spare) {
                 Ok(0) => {
@@ -402,16 +506,6 @@ impl Server {
                     failure = Some(ReadFailure::Io(e));
                     break;
                 }
-            }
-            // Decode as we go so the buffer holds at most one partial frame plus one read.
-            if let Err(e) = decode_all(&mut self.core, now, id, conn) {
-                failure = Some(ReadFailure::Frame(e));
-                break;
-            }
-        }
-        if failure.is_none() {
-            if let Err(e) = decode_all(&mut self.core, now, id, conn) {
-                failure = Some(ReadFailure::Frame(e));
             }
         }
         if let Some(reason) = failure {
@@ -441,10 +535,25 @@ impl Server {
                         c.gate = Some(c.out.len());
                         self.gated.push(conn);
                     }
-                    if let Err(e) = encode_frame(&msg, &mut c.out) {
-                        error!("{}: cannot encode a reply: {e}", c.addr);
-                        continue;
+                    let before = c.out.len();
+                    if before == c.out_pos {
+                        c.progress_ms = self.clock.now_ms(); // nothing waited: not stalled
                     }
+                    if let Err(e) = encode_frame(&msg, &mut c.out) {
+                        // Never silent: the peer hears why instead of waiting for ever.
+                        error!("{}: cannot encode a {} frame: {e}", c.addr, msg.name());
+                        c.out.truncate(before);
+                        let apology = FromMaster::Error {
+                            message: format!(
+                                "the master could not send its {} reply: {e}",
+                                msg.name()
+                            ),
+                        };
+                        if encode_frame(&apology, &mut c.out).is_err() {
+                            c.out.truncate(before);
+                        }
+                    }
+                    self.unsent_total += c.out.len() - before;
                     self.touch(conn);
                 }
                 Output::Close { conn, reason } => {
@@ -481,8 +590,13 @@ impl Server {
                 continue;
             };
             c.touched = false;
+            let before = c.unsent();
             let result = write_out(c);
-            let pending = c.out.len() - c.out_pos;
+            let pending = c.unsent();
+            if pending < before {
+                c.progress_ms = now;
+            }
+            self.unsent_total -= before - pending;
             let reason = match result {
                 Err(e) => Some(format!("write error: {e}")),
                 Ok(()) if pending > self.config.max_write_buffer => Some(format!(
@@ -529,6 +643,7 @@ impl Server {
 
     fn remove(&mut self, id: ConnId) {
         if let Some(mut c) = self.conns.remove(id) {
+            self.unsent_total -= c.unsent();
             let _ = self.poll.registry().deregister(&mut c.stream);
         }
     }
@@ -590,6 +705,11 @@ impl<T> ConnTable<T> {
         }
         let key = self.slots.insert(Slot { id, conn });
         debug_assert_eq!(key, index);
+    }
+
+    /// Every open connection with its id.
+    fn iter(&self) -> impl Iterator<Item = (ConnId, &T)> {
+        self.slots.iter().map(|(_, slot)| (slot.id, &slot.conn))
     }
 
     /// The connection `id` names, if it is still open.
@@ -671,17 +791,29 @@ enum ReadFailure {
     Frame(FrameError),
 }
 
-/// Hands every whole frame in the decoder to the core. Err: the stream is broken.
+/// How far [`decode_all`] got.
+enum Decoded {
+    /// Every whole frame went to the core.
+    All,
+    /// The core wants no more input from this connection for now; frames may wait.
+    Paused,
+}
+
+/// Hands whole frames in the decoder to the core while it wants them. Err: the stream is broken.
 fn decode_all(
     core: &mut Core,
     now: u64,
     id: ConnId,
     conn: &mut Connection,
-) -> Result<(), FrameError> {
+    backlog: Backlog,
+) -> Result<Decoded, FrameError> {
     loop {
+        if !core.wants_input(id, backlog) {
+            return Ok(Decoded::Paused);
+        }
         match conn.decoder.next_frame::<ToMaster>() {
             Ok(Some(msg)) => core.handle_message(now, id, msg),
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(Decoded::All),
             Err(e) => return Err(e),
         }
     }

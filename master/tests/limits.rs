@@ -100,3 +100,107 @@ fn a_submission_past_max_tasks_exits_1_and_the_master_serves_on() {
     let out = c.cli(&["submit", "--count", "1", "--sleep", "1s"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// The master's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 14: 400 pipelined `Results` (2.4 KB) from a client that never reads raised the master's
+/// memory by 1.6 GB and stalled its loop. Now the client is not read while its reply waits, and a
+/// reply is made one chunk at a time: the memory stays flat, other clients are served, and the
+/// replies still come whole and in order once the client reads.
+#[test]
+fn pipelined_results_from_a_client_that_never_reads_cost_one_chunk() {
+    let c = Cluster::start(&["--no-journal"]);
+    let ids = c.submit(&["--count", "20000", "--sleep", "1s"]);
+    assert_eq!(ids.len(), 20_000);
+    let pid = c.master_pid();
+    let before = rss_kib(pid);
+    let mut greedy = client(&c);
+    for _ in 0..400 {
+        greedy
+            .writer
+            .queue(&ToMaster::Results { ids: vec![] })
+            .expect("queues");
+    }
+    greedy.writer.flush().expect("sends");
+    // Each reply is about 1.3 MB: all 400 built at once would be over 500 MB.
+    let mut peak = before;
+    for _ in 0..10 {
+        let out = c.cli_within(Duration::from_secs(30), &["status", "--json"], &[]);
+        assert!(out.status.success(), "others are served meanwhile");
+        peak = peak.max(rss_kib(pid));
+    }
+    eprintln!("master RSS {before} KiB before, {peak} KiB at most with 400 unread Results");
+    assert!(
+        peak < before + 100 * 1024,
+        "{before} KiB before, {peak} KiB with 400 unread Results"
+    );
+    // Read three replies back: whole, in order.
+    for _ in 0..3 {
+        let mut seen = 0;
+        loop {
+            match greedy.recv().expect("a chunk") {
+                FromMaster::Results { tasks, more } => {
+                    seen += tasks.len();
+                    if !more {
+                        break;
+                    }
+                }
+                other => panic!("expected Results, got {}", other.name()),
+            }
+        }
+        assert_eq!(seen, 20_000);
+    }
+}
+
+/// `--reply-timeout`: a master that stops answering is an error naming what the client waited
+/// for (exit 2), while `wait` outlives tasks longer than the timeout by probing.
+#[test]
+fn the_reply_timeout_says_what_it_waited_for_and_wait_outlives_it() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("w", 1);
+    c.wait_for_workers(1);
+    c.submit(&["--sleep", "3s"]);
+    let out = c.cli_within(
+        Duration::from_secs(30),
+        &["wait", "--reply-timeout", "1s"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "a 3 s task outlives a 1 s reply timeout: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Now a master that stops mid-wait.
+    c.submit(&["--sleep", "30s"]);
+    let child = std::process::Command::new(common::MASTER)
+        .args(["wait", "--master", &c.addr, "--reply-timeout", "1s"])
+        .env("BALLAST_REPLY_TIMEOUT", "1h")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wait runs");
+    // Once the master has seen the client, stop it.
+    let clients = |c: &Cluster| c.master_log().matches("client connected").count();
+    let seen = clients(&c);
+    eventually(Duration::from_secs(10), "the waiting client", || {
+        (clients(&c) > seen).then_some(())
+    });
+    c.signal_master(libc::SIGSTOP);
+    let out = child.wait_with_output().expect("wait ends");
+    c.signal_master(libc::SIGCONT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no reply from the master within 1s") && err.contains("status probe"),
+        "{err}"
+    );
+}

@@ -81,7 +81,7 @@ impl<T: Serialize> Iterator for Chunks<T> {
 }
 
 /// Encoded size of a sequence of `count` items that take `item_bytes` together.
-fn sequence_len(count: usize, item_bytes: usize) -> usize {
+pub fn sequence_len(count: usize, item_bytes: usize) -> usize {
     // A sequence is its length (as a u64, in the codec's own integer encoding), then its items.
     encoded_len(&(count as u64)) + item_bytes
 }

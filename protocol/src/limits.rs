@@ -320,6 +320,38 @@ mod tests {
         assert!(!cap_outcome(&mut TaskOutcome::Cancelled));
     }
 
+    proptest::proptest! {
+        /// Whatever a worker sends, what the master keeps is within the limits, valid text, and
+        /// the start of an error / the end of a tail.
+        #[test]
+        fn capped_outcomes_are_within_the_limits(
+            text in "(.|\\PC|\u{fffd}){0,300}",
+            repeat in 0usize..400,
+            code in proptest::prelude::any::<i32>(),
+        ) {
+            let long = text.repeat(repeat);
+            let mut failed = TaskOutcome::Failed { error: long.clone() };
+            cap_outcome(&mut failed);
+            let TaskOutcome::Failed { error } = &failed else { unreachable!() };
+            proptest::prop_assert!(error.len() <= MAX_ERROR_BYTES);
+            if long.len() <= MAX_ERROR_BYTES {
+                proptest::prop_assert_eq!(error, &long);
+            }
+            let mut exited = TaskOutcome::Exited {
+                code,
+                stdout_tail: long.clone(),
+                stderr_tail: long.repeat(3),
+            };
+            cap_outcome(&mut exited);
+            let TaskOutcome::Exited { stdout_tail, stderr_tail, .. } = &exited else {
+                unreachable!()
+            };
+            proptest::prop_assert!(stdout_tail.len() <= MAX_TAIL_BYTES);
+            proptest::prop_assert!(stderr_tail.len() <= MAX_TAIL_BYTES);
+            proptest::prop_assert!(long.ends_with(stdout_tail.as_str()));
+        }
+    }
+
     #[test]
     fn tails_keep_the_end_on_a_char_boundary() {
         let mut s = format!("{}end", "é".repeat(100));

@@ -480,7 +480,12 @@ pub enum FromMaster {
         first: TaskId,
         count: u64,
     },
-    Status(StatusReport),
+    /// One chunk of a `Status` reply; `more` says another follows. Every chunk carries the same
+    /// counts (taken when the request was read) and the next workers, in id order.
+    Status {
+        report: StatusReport,
+        more: bool,
+    },
     /// One chunk of a `Results` reply; `more` says another follows.
     Results {
         tasks: Vec<TaskResult>,
@@ -519,7 +524,7 @@ impl FromMaster {
             FromMaster::Cancel(_) => "Cancel",
             FromMaster::Retract(_) => "Retract",
             FromMaster::Submitted { .. } => "Submitted",
-            FromMaster::Status(_) => "Status",
+            FromMaster::Status { .. } => "Status",
             FromMaster::Results { .. } => "Results",
             FromMaster::Progress { .. } => "Progress",
             FromMaster::WaitDone { .. } => "WaitDone",
@@ -596,14 +601,17 @@ mod tests {
                 first: TaskId(1),
                 count: 1,
             },
-            FromMaster::Status(StatusReport {
-                policy: "p".into(),
-                workers: vec![],
-                queued: 0,
-                running: 0,
-                succeeded: 0,
-                failed: 0,
-            }),
+            FromMaster::Status {
+                report: StatusReport {
+                    policy: "p".into(),
+                    workers: vec![],
+                    queued: 0,
+                    running: 0,
+                    succeeded: 0,
+                    failed: 0,
+                },
+                more: false,
+            },
             FromMaster::Results {
                 tasks: vec![],
                 more: false,

@@ -5,6 +5,7 @@ mod error;
 mod executor;
 mod outbox;
 mod pending;
+mod procfs;
 mod sampler;
 mod sentinel;
 mod session;

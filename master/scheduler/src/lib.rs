@@ -29,6 +29,7 @@ pub mod policy;
 mod pools;
 pub mod queue;
 mod rebalance;
+mod replies;
 mod restore_error;
 mod session;
 mod speculation;
@@ -46,6 +47,7 @@ use log_limit::LogLimiter;
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
+use protocol::codec::encoded_len;
 use protocol::limits::{LimitError, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_TAIL_BYTES};
 use protocol::{
     Assignment, Completion, FromMaster, Incarnation, StatusReport, TaskId, TaskOutcome, TaskRef,
@@ -53,6 +55,11 @@ use protocol::{
 };
 use queue::QueueKey;
 use rebalance::Unstarted;
+use replies::Replies;
+pub use replies::{
+    Backlog, CLIENT_BACKLOG_MAX_BYTES, DRAIN_LOW_WATER_BYTES, REPLY_BYTES_IN_FLIGHT_MAX,
+    REPLY_FRAME_BUDGET, STALLED_READER_MS,
+};
 pub use restore_error::RestoreError;
 pub use session::{ClientId, CloseReason, ConnId, Refusal, Violation};
 use session::{Departed, Inbound, SessionConfig, Sessions, WorkerHello};
@@ -152,7 +159,7 @@ pub fn needs_commit(msg: &FromMaster) -> bool {
             | FromMaster::WaitDone { .. }
             | FromMaster::Progress { .. }
             | FromMaster::CancelDone { .. }
-            | FromMaster::Status(_)
+            | FromMaster::Status { .. }
     )
 }
 
@@ -245,8 +252,6 @@ const MAX_TASKS_PER_SUBMIT: u64 = 10_000_000;
 /// Retry backoff after a failed run: 200 ms, doubling, at most 30 s.
 const RETRY_BACKOFF_BASE_MS: u64 = 200;
 const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
-/// Reply frames are kept well under `MAX_FRAME`.
-const REPLY_FRAME_BUDGET: usize = 4 << 20;
 
 pub struct Core {
     config: CoreConfig,
@@ -257,6 +262,8 @@ pub struct Core {
     pools: Pools,
     workers: WorkerTable,
     waiters: Waiters,
+    /// Chunked replies in progress, one chunk at a time (`replies.rs`).
+    replies: Replies,
     /// Assignments made this turn, sent as one frame per worker by `dispatch`.
     assign_batches: BTreeMap<WorkerId, Vec<Assignment>>,
     /// Something may be placeable: set only by `enqueue` (a task entered a queue) and `learn`
@@ -301,6 +308,7 @@ impl Core {
             tasks: TaskTable::new(incarnation),
             workers: WorkerTable::default(),
             waiters: Waiters::default(),
+            replies: Replies::default(),
             assign_batches: BTreeMap::new(),
             dirty: false,
             next_sweep_ms: None,
@@ -487,7 +495,10 @@ impl Core {
     fn depart(&mut self, now_ms: u64, peer: Departed, reason: &dyn fmt::Display) {
         match peer {
             Departed::Worker(id) => self.lose_worker(now_ms, id, reason),
-            Departed::Client(id) => self.waiters.drop_client(id),
+            Departed::Client(id) => {
+                self.waiters.drop_client(id);
+                self.replies.drop_client(id);
+            }
         }
     }
 
@@ -508,12 +519,37 @@ impl Core {
                 continue;
             }
             for chunk in chunks_within(batch, REPLY_FRAME_BUDGET) {
+                if chunk.len() == 1 {
+                    // Alone in its chunk: it may be too big for any frame (a spec accepted before
+                    // the limits). Such a run fails, saying why, rather than wait forever for a
+                    // frame that is never sent.
+                    let len = encoded_len(&FromMaster::Assign(chunk.clone()));
+                    if len + 4 > protocol::MAX_FRAME {
+                        self.unsendable(now_ms, worker, &chunk[0], len);
+                        continue;
+                    }
+                }
                 self.session.send_worker(worker, FromMaster::Assign(chunk));
             }
         }
         if !self.waiters.is_empty() {
             self.waiters.flush(&mut self.session);
         }
+    }
+
+    /// An assignment that cannot be encoded within a frame: its run ends as failed to start.
+    fn unsendable(&mut self, now_ms: u64, worker: WorkerId, a: &Assignment, len: usize) {
+        let error = format!(
+            "cannot hand the task to a worker: its assignment is {len} bytes encoded, more than \
+             the frame limit of {} bytes",
+            protocol::MAX_FRAME
+        );
+        warn!("task {}: {error}", a.task);
+        self.on_finished(
+            now_ms,
+            worker,
+            a.task_ref().completion(TaskOutcome::Failed { error }, 0),
+        );
     }
 
     fn place(&mut self, now_ms: u64) {
@@ -619,35 +655,43 @@ impl Core {
 
     // ---- getters -----------------------------------------------------------------------------
 
+    /// The whole status at once (tests, the simulator); clients get it in chunks.
     pub fn status(&self) -> StatusReport {
-        let workers = self
-            .workers
-            .iter()
-            .map(|w| WorkerStatus {
-                id: w.id,
-                name: w.info.name.clone(),
-                group: w.info.group.clone(),
-                host: w.info.host.clone(),
-                addr: w.addr.clone(),
-                state: if w.is_alive() {
-                    WorkerState::Alive
-                } else {
-                    WorkerState::Dead
-                },
-                slots: w.info.slots,
-                prefetch: w.info.prefetch,
-                running: w.assigned.len() as u32,
-                cpu_percent: w.load.cpu_percent,
-                load_avg_1m: w.load.load_avg_1m,
-                mem_used: w.load.mem_used,
-                mem_total: w.load.mem_total,
-                done: w.done,
-            })
-            .collect();
+        StatusReport {
+            workers: self.workers.iter().map(|w| self.worker_status(w)).collect(),
+            ..self.status_counts()
+        }
+    }
+
+    fn worker_status(&self, w: &workers::Worker) -> WorkerStatus {
+        WorkerStatus {
+            id: w.id,
+            name: w.info.name.clone(),
+            group: w.info.group.clone(),
+            host: w.info.host.clone(),
+            addr: w.addr.clone(),
+            state: if w.is_alive() {
+                WorkerState::Alive
+            } else {
+                WorkerState::Dead
+            },
+            slots: w.info.slots,
+            prefetch: w.info.prefetch,
+            running: w.assigned.len() as u32,
+            cpu_percent: w.load.cpu_percent,
+            load_avg_1m: w.load.load_avg_1m,
+            mem_used: w.load.mem_used,
+            mem_total: w.load.mem_total,
+            done: w.done,
+        }
+    }
+
+    /// The status without its workers.
+    fn status_counts(&self) -> StatusReport {
         let t = &self.tasks;
         StatusReport {
             policy: self.pools.kind().to_string(),
-            workers,
+            workers: Vec::new(),
             queued: t.count(TaskState::Queued),
             running: t.count(TaskState::Running),
             succeeded: t.count(TaskState::Succeeded),
@@ -1201,10 +1245,7 @@ impl Core {
     fn on_client_message(&mut self, now_ms: u64, client: ClientId, msg: ToMaster) {
         match msg {
             ToMaster::Submit { specs, count } => self.on_submit(now_ms, client, specs, count),
-            ToMaster::Status => {
-                let report = self.status();
-                self.session.send_client(client, FromMaster::Status(report));
-            }
+            ToMaster::Status => self.start_status(client),
             // Repeated ids would cost work and reply bytes per repeat (a 16 MiB frame holds ~2M).
             ToMaster::Results { ids } => self.on_results(client, unique(ids)),
             ToMaster::Wait { ids, progress } => self.on_wait(client, unique(ids), progress),
@@ -1213,6 +1254,7 @@ impl Core {
                 let v = Violation::ClientMayNotSend(other.name());
                 self.session.close_client(client, CloseReason::Protocol(v));
                 self.waiters.drop_client(client);
+                self.replies.drop_client(client);
             }
         }
     }
@@ -1283,41 +1325,11 @@ impl Core {
     }
 
     fn on_results(&mut self, client: ClientId, ids: Vec<TaskId>) {
-        let views: Vec<TaskResult> = if ids.is_empty() {
-            self.tasks
-                .iter()
-                .map(|(id, t)| self.result_view(id, t))
-                .collect()
-        } else {
-            let mut v = Vec::with_capacity(ids.len());
-            for id in ids {
-                match self.tasks.get(id) {
-                    Some(t) => v.push(self.result_view(id, t)),
-                    None => return self.error(client, format!("unknown task id {id}")),
-                }
-            }
-            v
-        };
-        let chunks: Vec<_> = chunks_within(views, REPLY_FRAME_BUDGET).collect();
-        let n = chunks.len();
-        for (i, tasks) in chunks.into_iter().enumerate() {
-            self.session.send_client(
-                client,
-                FromMaster::Results {
-                    tasks,
-                    more: i + 1 < n,
-                },
-            );
+        if let Some(&id) = ids.iter().find(|&&id| self.tasks.get(id).is_none()) {
+            return self.error(client, format!("unknown task id {id}"));
         }
-        if n == 0 {
-            self.session.send_client(
-                client,
-                FromMaster::Results {
-                    tasks: Vec::new(),
-                    more: false,
-                },
-            );
-        }
+        // Chunk by chunk, as the connection drains (`replies.rs`).
+        self.start_results(client, ids);
     }
 
     fn on_wait(&mut self, client: ClientId, ids: Vec<TaskId>, progress: bool) {

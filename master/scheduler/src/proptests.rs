@@ -701,6 +701,11 @@ impl World {
         self.core.handle_timeout(self.now);
         self.core.dispatch(self.now);
         self.drain();
+        // Clients read at once: each chunked reply moves on by one chunk per turn.
+        for conn in self.core.replies_pending() {
+            self.core.handle_drain(self.now, conn, Backlog::default());
+        }
+        self.drain();
         self.core.sanity_check();
         if let Some(at) = self.core.poll_timeout() {
             // A deadline may be now or in the past only if `handle_timeout` just did not fire it,

@@ -731,6 +731,19 @@ impl Sessions {
         }
     }
 
+    /// The client on `conn`, if a client has it.
+    pub fn client_on(&self, conn: ConnId) -> Option<ClientId> {
+        match self.conns.get(&conn)?.peer {
+            Peer::Client(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The connection of `client`, if it still has one.
+    pub fn conn_of(&self, client: ClientId) -> Option<ConnId> {
+        self.clients.get(&client).copied()
+    }
+
     /// Queues a journal record, in order with this turn's messages.
     pub fn push_record(&mut self, record: Record) {
         self.out.push_back(Output::Persist(record));

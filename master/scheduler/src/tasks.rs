@@ -294,6 +294,7 @@ impl TaskTable {
         &mut self.tasks[id.0 as usize - 1]
     }
 
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (TaskId, &Task)> {
         self.tasks
             .iter()

@@ -69,9 +69,20 @@ impl Harness {
         }
     }
 
+    /// One shell turn with clients that read at once: chunked replies come out whole.
     fn drain(&mut self) -> Vec<Output> {
         self.core.dispatch(self.now);
-        let out: Vec<Output> = std::iter::from_fn(|| self.core.poll_output()).collect();
+        let mut out: Vec<Output> = std::iter::from_fn(|| self.core.poll_output()).collect();
+        loop {
+            let pending = self.core.replies_pending();
+            if pending.is_empty() {
+                break;
+            }
+            for conn in pending {
+                self.core.handle_drain(self.now, conn, Backlog::default());
+            }
+            out.extend(std::iter::from_fn(|| self.core.poll_output()));
+        }
         self.core.sanity_check();
         out
     }

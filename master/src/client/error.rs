@@ -1,7 +1,7 @@
 //! Everything that can go wrong in a client subcommand, and the exit code each maps to.
 //!
 //! Exit codes: 0 all good; 1 the master said no, a task did not succeed, or an id was unknown;
-//! 2 we could not talk to the master at all, or the command line / task file was unusable
+//! 2 we could not talk to the master at all (or it stopped answering), or the command line / task file was unusable
 //! (the same code clap uses for usage errors).
 
 use protocol::ConnectionError;
@@ -23,6 +23,15 @@ pub enum ClientError {
     /// The master answered with `Error { message }`.
     #[error("{0}")]
     Master(String),
+    /// The master sent nothing for `--reply-timeout` (it is stopped, stuck or overloaded).
+    #[error(
+        "no reply from the master within {after:?} (waiting for {waiting_for}); raise \
+         --reply-timeout if it is busy"
+    )]
+    NoReply {
+        waiting_for: &'static str,
+        after: std::time::Duration,
+    },
     /// The master answered with a message that does not fit the request.
     #[error("unexpected reply from the master: {got} (expected {expected})")]
     Unexpected { got: String, expected: &'static str },
@@ -34,7 +43,7 @@ pub enum ClientError {
 impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            ClientError::Usage(_) | ClientError::Connection(_) => 2,
+            ClientError::Usage(_) | ClientError::Connection(_) | ClientError::NoReply { .. } => 2,
             ClientError::Master(_)
             | ClientError::Refused(_)
             | ClientError::Unexpected { .. }

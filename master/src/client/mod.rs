@@ -26,6 +26,7 @@ use error::Result;
 use session::Session;
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Largest frame body the client builds, half of `MAX_FRAME`: a master that is busy with a big
 /// frame is not handed a second one as large as the limit.
@@ -55,6 +56,26 @@ pub struct ConnArgs {
     /// Shared secret, if the master requires one (never sent: answers an HMAC challenge).
     #[arg(long, value_name = "T", env = "BALLAST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Longest wait for any reply from the master; past it the client says what it waited for
+    /// and exits 2. `wait` stays up however long its tasks take: when the master is quiet for
+    /// this long it asks for a status to check that the master still answers.
+    #[arg(long, value_name = "D", env = "BALLAST_REPLY_TIMEOUT", default_value = "60s",
+          value_parser = parse_reply_timeout)]
+    pub reply_timeout: Duration,
+}
+
+/// The default `--reply-timeout`.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A duration above zero; empty (`BALLAST_REPLY_TIMEOUT=` in a script) means the default.
+fn parse_reply_timeout(text: &str) -> std::result::Result<Duration, String> {
+    if text.trim().is_empty() {
+        return Ok(REPLY_TIMEOUT);
+    }
+    match protocol::duration::parse_duration(text)? {
+        d if d.is_zero() => Err("the reply timeout must be greater than zero".into()),
+        d => Ok(d),
+    }
 }
 
 impl ConnArgs {
@@ -64,7 +85,7 @@ impl ConnArgs {
             "" => protocol::DEFAULT_MASTER_ADDR,
             addr => addr,
         };
-        Session::connect(addr, self.token.as_deref())
+        Session::connect(addr, self.token.as_deref(), self.reply_timeout)
     }
 }
 
@@ -144,6 +165,12 @@ mod tests {
             assert!(parse(argv).is_ok(), "{argv:?}: {:?}", parse(argv).err());
         }
         assert!(parse(&["cancel"]).is_err(), "cancel needs ids");
+        let Ok(ClientCommand::Results(r)) = parse(&["results", "--reply-timeout", "1.5s"]) else {
+            panic!("--reply-timeout parses");
+        };
+        assert_eq!(r.conn.reply_timeout, Duration::from_millis(1_500));
+        assert!(parse(&["status", "--reply-timeout", "0s"]).is_err());
+        assert_eq!(parse_reply_timeout(""), Ok(REPLY_TIMEOUT));
         assert!(parse(&["results", "x"]).is_err(), "ids are numbers");
     }
 
@@ -168,7 +195,7 @@ mod tests {
     #[test]
     fn unreachable_master_is_one_line_and_exit_2() {
         // Port 1 on loopback: nothing listens there, so connect is refused at once.
-        let err = match Session::connect("127.0.0.1:1", None) {
+        let err = match Session::connect("127.0.0.1:1", None, Duration::from_secs(1)) {
             Err(e) => e,
             Ok(_) => return, // something does listen there; nothing to check
         };

@@ -50,7 +50,7 @@ fn fetch(
     session.send(&ToMaster::Results { ids })?;
     // Bounded by the master: every chunk carries tasks we asked for, and the last has `more: false`.
     loop {
-        match session.recv()? {
+        match session.recv("the reply to Results")? {
             FromMaster::Results { tasks, more } => {
                 for task in &tasks {
                     sink.push(out, task)?;

@@ -2,7 +2,7 @@
 //! "the master refused" and "something else".
 
 use super::error::{ClientError, Result};
-use protocol::{Connection, FromMaster, Role, ToMaster};
+use protocol::{Connection, ConnectionError, FromMaster, Role, ToMaster};
 use std::time::Duration;
 
 /// How long to wait for the TCP connect. A refused port fails at once; this bounds a silent one
@@ -11,32 +11,67 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Session {
     conn: Connection,
+    /// How long one read may wait for the master (`--reply-timeout`).
+    reply_timeout: Duration,
 }
 
 impl Session {
     /// Connects to `addr` as a client. An empty token counts as no token, so `BALLAST_TOKEN=` in
-    /// a script means "none" rather than "HMAC with an empty key".
-    pub fn connect(addr: &str, token: Option<&str>) -> Result<Session> {
+    /// a script means "none" rather than "HMAC with an empty key". Every later read waits at most
+    /// `reply_timeout` (a master that stopped answering is an error that says so, not a hang).
+    pub fn connect(addr: &str, token: Option<&str>, reply_timeout: Duration) -> Result<Session> {
         let token = token.filter(|t| !t.is_empty()).map(str::as_bytes);
         let (conn, _welcome) = Connection::connect(addr, Role::Client, token, CONNECT_TIMEOUT)?;
-        Ok(Session { conn })
+        conn.reader
+            .set_read_timeout(Some(reply_timeout))
+            .map_err(ConnectionError::Io)?;
+        Ok(Session {
+            conn,
+            reply_timeout,
+        })
     }
 
     pub fn send(&mut self, msg: &ToMaster) -> Result<()> {
         Ok(self.conn.send(msg)?)
     }
 
-    /// The next reply; the master's `Error { message }` becomes `ClientError::Master`.
-    pub fn recv(&mut self) -> Result<FromMaster> {
-        match self.conn.recv()? {
-            FromMaster::Error { message } => Err(ClientError::Master(message)),
-            other => Ok(other),
+    /// The next reply, which `waiting_for` names in a timeout's error ("the reply to Results");
+    /// the master's `Error { message }` becomes `ClientError::Master`.
+    pub fn recv(&mut self, waiting_for: &'static str) -> Result<FromMaster> {
+        match self.conn.recv() {
+            Ok(FromMaster::Error { message }) => Err(ClientError::Master(message)),
+            Ok(other) => Ok(other),
+            // A read timeout leaves a partial frame in the decoder: a later `recv` goes on.
+            Err(ConnectionError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(ClientError::NoReply {
+                    waiting_for,
+                    after: self.reply_timeout,
+                })
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
     pub fn request(&mut self, msg: &ToMaster) -> Result<FromMaster> {
         self.send(msg)?;
-        self.recv()
+        self.recv(reply_to(msg))
+    }
+}
+
+/// What a reply to `msg` is called in a timeout's error.
+pub fn reply_to(msg: &ToMaster) -> &'static str {
+    match msg {
+        ToMaster::Submit { .. } => "the reply to Submit",
+        ToMaster::Status => "the reply to Status",
+        ToMaster::Results { .. } => "the reply to Results",
+        ToMaster::Wait { .. } => "the reply to Wait",
+        ToMaster::Cancel { .. } => "the reply to Cancel",
+        _ => "a reply",
     }
 }
 

@@ -1,9 +1,9 @@
 //! `master status`: one `Status` request, shown as a worker table or the `--json` shape.
 
 use super::error::Result;
-use super::session::unexpected;
+use super::session::{unexpected, Session};
 use super::{view, ConnArgs, Outcome};
-use protocol::{FromMaster, ToMaster};
+use protocol::{FromMaster, StatusReport, ToMaster};
 use std::io::Write;
 
 #[derive(clap::Args, Debug)]
@@ -17,10 +17,7 @@ pub struct StatusArgs {
 
 pub fn run(args: StatusArgs) -> Result<Outcome> {
     let mut session = args.conn.connect()?;
-    let report = match session.request(&ToMaster::Status)? {
-        FromMaster::Status(report) => report,
-        other => return Err(unexpected(&other, "Status")),
-    };
+    let report = fetch(&mut session)?;
     let mut out = view::stdout();
     if args.json {
         view::write_status_json(&mut out, &report)?;
@@ -29,4 +26,28 @@ pub fn run(args: StatusArgs) -> Result<Outcome> {
     }
     out.flush()?;
     Ok(Outcome::Success)
+}
+
+/// One `Status` request and all of its chunks: the counts of the first, the workers of all.
+pub fn fetch(session: &mut Session) -> Result<StatusReport> {
+    session.send(&ToMaster::Status)?;
+    let mut report: Option<StatusReport> = None;
+    // Bounded by the master: every chunk carries the next workers, and the last has `more: false`.
+    loop {
+        let (chunk, more) = match session.recv("the reply to Status")? {
+            FromMaster::Status { report, more } => (report, more),
+            other => return Err(unexpected(&other, "Status")),
+        };
+        let whole = match report.take() {
+            None => chunk,
+            Some(mut r) => {
+                r.workers.extend(chunk.workers);
+                r
+            }
+        };
+        if !more {
+            return Ok(whole);
+        }
+        report = Some(whole);
+    }
 }

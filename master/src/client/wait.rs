@@ -1,7 +1,7 @@
 //! `master wait [ID...]`, also used by `submit --wait`: one `Wait` per frame-sized batch of ids,
 //! `Progress` frames feeding the bar, and `WaitDone` totals summed over the batches.
 
-use super::error::Result;
+use super::error::{ClientError, Result};
 use super::progress::{Counts, ProgressBar};
 use super::session::{unexpected, Session};
 use super::{ids, view, ConnArgs, Outcome};
@@ -86,8 +86,29 @@ pub fn wait_batches(
         })?;
         // Bounded by the master: it sends at most one `Progress` per loop turn and ends with
         // `WaitDone`, an `Error`, or by closing the connection.
+        let mut probing = false;
         loop {
-            match session.recv()? {
+            let reply = match session.recv("the reply to Wait") {
+                // Quiet for a whole reply timeout: tasks may just be long. Ask for a status
+                // (answered at once, between our wait's frames); only if that too goes
+                // unanswered is the master gone.
+                Err(ClientError::NoReply { .. }) if !probing => {
+                    session.send(&ToMaster::Status)?;
+                    probing = true;
+                    continue;
+                }
+                Err(ClientError::NoReply { after, .. }) => {
+                    return Err(ClientError::NoReply {
+                        waiting_for: "the answer to a status probe, sent while waiting for tasks",
+                        after,
+                    })
+                }
+                other => other?,
+            };
+            probing = false;
+            match reply {
+                // The answer to a probe: the master is alive.
+                FromMaster::Status { .. } => {}
                 FromMaster::Progress {
                     total,
                     finished,

@@ -255,6 +255,47 @@ mod tests {
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 
+    proptest::proptest! {
+        /// Whatever bytes the file holds, reading it never panics, and a valid slot is only ever
+        /// found where one was written whole.
+        #[test]
+        fn any_file_bytes_read_without_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = newest(&bytes);
+        }
+
+        /// A run of writes, the last one torn at any byte: the file says the last values whole,
+        /// or the ones before them, never anything else.
+        #[test]
+        fn a_torn_last_write_reads_as_the_one_before(
+            writes in 1u64..20,
+            cut in 0usize..SLOT_BYTES,
+            garbage in proptest::num::u8::ANY,
+        ) {
+            let mut file = Vec::new();
+            let first = Slot { seq: 1, values: values(1) };
+            file.extend_from_slice(&encode(&first));
+            file.extend_from_slice(&encode(&first));
+            for n in 2..=writes + 1 {
+                let slot = encode(&Slot { seq: n, values: values(n) });
+                let at = (n % SLOTS) as usize * SLOT_BYTES;
+                let torn = n == writes + 1;
+                let upto = if torn { cut } else { SLOT_BYTES };
+                file[at..at + upto].copy_from_slice(&slot[..upto]);
+                if torn {
+                    for b in &mut file[at + upto..at + SLOT_BYTES] {
+                        *b ^= garbage | 1;
+                    }
+                }
+            }
+            let got = newest(&file).map(|s| s.values);
+            let last = writes + 1;
+            proptest::prop_assert!(
+                got == Some(values(last - 1)) || got == Some(values(last)),
+                "got {got:?} after {writes} writes, the last torn at {cut}"
+            );
+        }
+    }
+
     #[test]
     fn an_unchanged_mark_is_not_written_again() {
         let path = temp("same");

@@ -156,7 +156,7 @@ fn for_clients(msg: &FromMaster) -> bool {
     matches!(
         msg,
         FromMaster::Submitted { .. }
-            | FromMaster::Status(_)
+            | FromMaster::Status { .. }
             | FromMaster::Results { .. }
             | FromMaster::Progress { .. }
             | FromMaster::WaitDone { .. }

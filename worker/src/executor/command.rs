@@ -1,4 +1,6 @@
-//! Child processes: spawning, output capture, and killing the whole process group.
+//! Child processes: spawning, output capture, and killing the whole process group, and (for a
+//! stopped command, or one whose output something outside the group still holds) whatever left
+//! the group, by the command's mark (see `tree`).
 //!
 //! Each command gets a supervisor thread that spawns the child (`posix_spawn`, through std) and
 //! waits for it. The worker's sentinel (see `crate::sentinel`) is told of the child's group right
@@ -18,6 +20,7 @@
 //! sentinel, and only then reaps it. The main loop signals the group only under the same lock and
 //! only if it is not reaped.
 
+use super::tree::{TaskMark, TASK_MARK_VAR};
 use super::TAIL_BYTES;
 use crate::sentinel::{Link, MARK_VAR};
 use crate::tail::TailBuffer;
@@ -36,6 +39,11 @@ use std::time::{Duration, Instant};
 /// process that left the group (setsid) can hold them longer; the task does not wait for it.
 const OUTPUT_DRAIN_GRACE: Duration = Duration::from_secs(1);
 
+/// Pipes still open this long after the group was killed: something that left the group holds
+/// them, and the processes carrying the command's mark are killed (see `tree`). Far above the
+/// time the readers need to take what a dead group left in the pipes.
+const ESCAPE_CHECK: Duration = Duration::from_millis(50);
+
 /// Stacks for the per-command threads: they hold a read buffer and little else, and a busy worker
 /// may run hundreds of commands.
 const SUPERVISOR_STACK_BYTES: usize = 256 << 10;
@@ -50,9 +58,11 @@ pub(super) enum StopReason {
 }
 
 /// Shared by the main loop (which stops commands) and the supervisor (which owns the child).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct CommandControl {
     state: Mutex<ControlState>,
+    /// In the command's environment: finds its descendants that left the group.
+    mark: TaskMark,
 }
 
 #[derive(Debug, Default)]
@@ -77,7 +87,15 @@ impl ControlState {
 
 impl CommandControl {
     pub(super) fn new() -> Self {
-        Self::default()
+        CommandControl {
+            state: Mutex::default(),
+            mark: TaskMark::new(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn mark(&self) -> &TaskMark {
+        &self.mark
     }
 
     /// Records why the command must stop and sends SIGTERM to its group (now, or as soon as it is
@@ -148,7 +166,16 @@ impl CommandControl {
             state.reaped = true;
             state.stop
         };
-        // Outside the lock: a slow sentinel may stall this thread, never the main loop.
+        // Outside the lock: a slow sentinel or /proc walk may stall this thread, never the main
+        // loop.
+        if stop.is_some() {
+            // A stopped command goes whole: what left its group (setsid) too. The leader is
+            // dead, so the group's members, and nothing else, are left to carry its mark.
+            let strays = self.mark.kill_all();
+            if strays > 0 {
+                debug!("pid {pid}: killed {strays} processes that left its process group");
+            }
+        }
         if let Some(sentinel) = sentinel {
             sentinel.task_reaped(pid);
         }
@@ -213,13 +240,14 @@ fn run(job: &CommandJob) -> TaskOutcome {
     let mut command = Command::new(program);
     command
         .args(&argv[1..])
-        // IMPORTANT: a task may not set the sentinel's mark: it would slip out of its own
-        // worker's sweep, or into another's.
+        // IMPORTANT: a task may not set the sentinel's mark or its own: it would slip out of its
+        // own worker's sweep (or its own stop), or into another's.
         .envs(
             env.iter()
-                .filter(|(k, _)| k != MARK_VAR)
+                .filter(|(k, _)| k != MARK_VAR && k != TASK_MARK_VAR)
                 .map(|(k, v)| (k, v)),
         )
+        .env(TASK_MARK_VAR, job.control.mark.value())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -257,14 +285,32 @@ fn run(job: &CommandJob) -> TaskOutcome {
     let (status, stop) = job.control.reap(&mut child, job.sentinel.as_deref());
 
     let drain_deadline = Instant::now() + OUTPUT_DRAIN_GRACE;
-    for _ in 0..readers {
+    // A stopped command's strays were killed at the reap already.
+    let mut swept = stop.is_some();
+    let mut drained = 0;
+    while drained < readers {
         let left = drain_deadline.saturating_duration_since(Instant::now());
-        if drained_rx.recv_timeout(left).is_err() {
-            debug!(
-                "task {}: output still open after the process group died; not waiting for it",
-                job.task.task
-            );
-            break;
+        let wait = if swept { left } else { left.min(ESCAPE_CHECK) };
+        match drained_rx.recv_timeout(wait) {
+            Ok(()) => drained += 1,
+            Err(_) if !swept => {
+                // Only a process that left the group can hold the pipes now: it goes with the
+                // task, as the rest of the group did.
+                swept = true;
+                let strays = job.control.mark.kill_all();
+                debug!(
+                    "task {}: output still open after the process group died; killed {strays} \
+                     processes that left it",
+                    job.task.task
+                );
+            }
+            Err(_) => {
+                debug!(
+                    "task {}: output still open after the process group died; not waiting for it",
+                    job.task.task
+                );
+                break;
+            }
         }
     }
     let tail = |buf: &Mutex<TailBuffer>| {

@@ -20,6 +20,7 @@
 
 mod command;
 mod spin;
+mod tree;
 
 use crate::sentinel::{self, Link};
 use command::{CommandControl, StopReason};
@@ -422,6 +423,15 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
             entry,
             kind: TimerKind::Kill,
         });
+    }
+
+    /// The environment mark of a running command (see `tree`).
+    #[cfg(test)]
+    fn task_mark(&self, task: TaskRef) -> Option<String> {
+        match &self.running.get(&task)?.kind {
+            Running::Command { control } => Some(control.mark().value().to_owned()),
+            _ => None,
+        }
     }
 
     /// The process group of a running command, once its child exists.

@@ -520,3 +520,103 @@ fn a_task_cannot_set_the_sentinel_mark() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+// ---- descendants that left the process group (setsid) ------------------------------------------
+
+/// Live (not zombie) processes whose environment carries this command mark.
+fn marked_alive(mark: &str) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with('Z')))
+                .unwrap_or(true);
+            !zombie
+                && crate::sentinel::env_value(&environ, tree::TASK_MARK_VAR)
+                    == Some(mark.as_bytes())
+        })
+        .collect()
+}
+
+/// Starts `script`, waits until a process that left the group (`setsid sleep 30`) runs with the
+/// command's mark, and returns the task and its mark.
+fn start_escaping(h: &mut Harness, script: &str, timeout_ms: Option<u64>) -> (TaskRef, String) {
+    let t = h.start(1, sh(script), timeout_ms);
+    let pgid = h.pgid(t);
+    let mark = h.exec.task_mark(t).expect("a command has a mark");
+    poll_until("the setsid child", || {
+        marked_alive(&mark)
+            .into_iter()
+            .any(|pid| crate::procfs::process_group(pid).is_some_and(|g| g != pgid))
+            .then_some(())
+    });
+    (t, mark)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn timeout_kills_what_left_the_group() {
+    let mut h = Harness::new(KILL_GRACE);
+    let (t, mark) = start_escaping(&mut h, "setsid sleep 30 & wait", Some(300));
+    assert!(matches!(
+        h.wait_for(t).outcome,
+        TaskOutcome::TimedOut { .. }
+    ));
+    poll_until("the setsid child to die", || {
+        marked_alive(&mark).is_empty().then_some(())
+    });
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn cancel_kills_what_left_the_group() {
+    let mut h = Harness::new(KILL_GRACE);
+    let (t, mark) = start_escaping(&mut h, "setsid sleep 30 & wait", None);
+    h.exec.cancel(Instant::now(), t, &mut h.done);
+    assert_eq!(h.wait_for(t).outcome, TaskOutcome::Cancelled);
+    poll_until("the setsid child to die", || {
+        marked_alive(&mark).is_empty().then_some(())
+    });
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_setsid_child_holding_the_output_goes_with_the_task() {
+    let mut h = Harness::new(KILL_GRACE);
+    let (t, mark) = start_escaping(&mut h, "setsid sleep 30 & sleep 0.2; echo done", None);
+    match h.wait_for(t).outcome {
+        TaskOutcome::Exited {
+            code, stdout_tail, ..
+        } => assert_eq!((code, stdout_tail.as_str()), (0, "done\n")),
+        other => panic!("unexpected {other:?}"),
+    }
+    poll_until("the setsid child to die", || {
+        marked_alive(&mark).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn a_task_cannot_set_its_own_mark() {
+    let mut h = Harness::new(KILL_GRACE);
+    let script = format!("echo \"[${}]\"", tree::TASK_MARK_VAR);
+    let kind = TaskKind::Command {
+        argv: vec!["sh".into(), "-c".into(), script],
+        env: vec![(tree::TASK_MARK_VAR.into(), "forged".into())],
+        cwd: None,
+    };
+    let t = h.start(1, kind, None);
+    match h.wait_for(t).outcome {
+        TaskOutcome::Exited { stdout_tail, .. } => {
+            assert!(!stdout_tail.contains("forged"), "{stdout_tail:?}");
+            assert!(
+                stdout_tail.len() > 4,
+                "the real mark is set: {stdout_tail:?}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}

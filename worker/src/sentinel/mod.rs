@@ -25,12 +25,12 @@
 
 mod groups;
 mod mark;
-mod procfs;
 
+use crate::procfs;
 use groups::{Groups, Record};
 use log::{debug, info, warn};
-pub use mark::MARK_VAR;
-use mark::{env_value, Mark};
+use mark::Mark;
+pub use mark::{env_value, MARK_VAR};
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -210,7 +210,7 @@ fn watch(mut pipe: File, mark: &Mark) {
     let me = unsafe { libc::getpid() };
     let spare = [me, mark.pid];
 
-    let left = procfs::kill_by_environment(&spare, |_, environ| {
+    let left = procfs::kill_by_environment(&spare, libc::SIGKILL, |_, environ| {
         env_value(environ, MARK_VAR).is_some_and(|value| {
             // A zombie predecessor is dead: its commands are left over.
             mark.is_left_by_predecessor(value, |pid, start| {
@@ -259,7 +259,7 @@ fn watch(mut pipe: File, mark: &Mark) {
     let own = mark.to_string();
     let mut strays = BTreeSet::new();
     for _ in 0..SWEEP_ROUNDS {
-        let found = procfs::kill_by_environment(&spare, |pid, environ| {
+        let found = procfs::kill_by_environment(&spare, libc::SIGKILL, |pid, environ| {
             env_value(environ, MARK_VAR) == Some(own.as_bytes())
                 && !strays.contains(&pid)
                 && !procfs::process_group(pid).is_some_and(|g| killed_groups.contains(&g))

@@ -222,3 +222,246 @@ fn a_submission_past_max_tasks_is_refused_whole_and_the_master_serves_on() {
     assert_eq!(more.len(), 400, "up to the limit exactly");
     assert_eq!(h.core.status().queued, 1_000);
 }
+
+/// The chunks sent to `conn` in `out`: (tasks, more) of each `Results`.
+fn result_chunks(out: &[Output], conn: ConnId) -> Vec<(usize, bool)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                conn: c,
+                msg: FromMaster::Results { tasks, more },
+            } if *c == conn => Some((tasks.len(), *more)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Finished tasks whose results are about 100 KB each: 40 make a reply of about 1 chunk per 40.
+fn big_results(h: &mut Harness, n: u32) -> ConnId {
+    let (w, _, _) = h.worker("a", n);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], n);
+    for id in ids {
+        h.finish(
+            w,
+            id,
+            1,
+            TaskOutcome::Exited {
+                code: 0,
+                stdout_tail: "o".repeat(MAX_TAIL_BYTES),
+                stderr_tail: "e".repeat(MAX_TAIL_BYTES / 2),
+            },
+        );
+    }
+    c
+}
+
+#[test]
+fn a_chunked_reply_is_made_one_chunk_per_drain_and_the_client_waits_meanwhile() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let c = big_results(&mut h, 200);
+    let idle = Backlog::default();
+    h.core
+        .handle_message(h.now, c, ToMaster::Results { ids: vec![] });
+    h.core.dispatch(h.now);
+    let out: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
+    let first = result_chunks(&out, c);
+    assert_eq!(first.len(), 1, "one chunk until the shell says it drained");
+    assert!(first[0].1, "more follow");
+    assert!(
+        !h.core.wants_input(c, idle),
+        "not read while the reply is unfinished"
+    );
+    // A full buffer makes nothing.
+    let full = Backlog {
+        conn_bytes: DRAIN_LOW_WATER_BYTES,
+        total_bytes: DRAIN_LOW_WATER_BYTES,
+    };
+    h.core.handle_drain(h.now, c, full);
+    assert!(h.core.poll_output().is_none());
+    // Nor does the global budget being spent.
+    let spent = Backlog {
+        conn_bytes: 0,
+        total_bytes: REPLY_BYTES_IN_FLIGHT_MAX,
+    };
+    h.core.handle_drain(h.now, c, spent);
+    assert!(h.core.poll_output().is_none());
+    let mut tasks = first[0].0;
+    let mut chunks = 1;
+    loop {
+        h.core.handle_drain(h.now, c, idle);
+        let out: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
+        let got = result_chunks(&out, c);
+        if got.is_empty() {
+            break;
+        }
+        assert_eq!(got.len(), 1, "one chunk per drain");
+        assert!(out.iter().all(|o| match o {
+            Output::Send { msg, .. } => encoded_len(msg) <= REPLY_FRAME_BUDGET + 64,
+            _ => true,
+        }));
+        tasks += got[0].0;
+        chunks += 1;
+        assert!(
+            !h.core.wants_input(c, idle),
+            "still not read: the last chunk has not drained"
+        );
+        if !got[0].1 {
+            break;
+        }
+        assert!(chunks < 100, "bounded");
+    }
+    assert_eq!(tasks, 200);
+    assert!(chunks >= 5, "{chunks} chunks");
+    h.core.handle_drain(h.now, c, idle);
+    assert!(
+        h.core.wants_input(c, idle),
+        "read again once the last chunk drained"
+    );
+    assert!(h.core.replies_pending().is_empty());
+    h.core.sanity_check();
+}
+
+#[test]
+fn clients_are_paused_by_their_backlog_and_the_global_budget_but_workers_never() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let own = Backlog {
+        conn_bytes: CLIENT_BACKLOG_MAX_BYTES,
+        total_bytes: CLIENT_BACKLOG_MAX_BYTES,
+    };
+    let everyone = Backlog {
+        conn_bytes: 0,
+        total_bytes: REPLY_BYTES_IN_FLIGHT_MAX,
+    };
+    for b in [own, everyone] {
+        assert!(!h.core.wants_input(c, b), "{b:?}");
+        assert!(
+            h.core.wants_input(w, b),
+            "a worker's heartbeats must not stall: {b:?}"
+        );
+    }
+    assert!(h.core.wants_input(c, Backlog::default()));
+}
+
+#[test]
+fn a_shell_that_reads_anyway_gets_replies_in_order_not_interleaved() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let c = big_results(&mut h, 100);
+    // Two requests back to back with no drain between them.
+    h.core
+        .handle_message(h.now, c, ToMaster::Results { ids: vec![] });
+    h.core.handle_message(
+        h.now,
+        c,
+        ToMaster::Results {
+            ids: vec![TaskId(3)],
+        },
+    );
+    let out = h.drain();
+    let chunks = result_chunks(&out, c);
+    let ends: Vec<usize> = chunks
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, more))| !more)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(ends.len(), 2, "{chunks:?}");
+    assert_eq!(ends[1], chunks.len() - 1);
+    assert_eq!(chunks[..=ends[0]].iter().map(|c| c.0).sum::<usize>(), 100);
+    assert_eq!(chunks[ends[0] + 1..], [(1, false)]);
+}
+
+#[test]
+fn status_comes_in_chunks_with_names_cut_to_their_limit() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    // Hosts at their limit are accepted; one as long as a frame allows is refused at `Hello`
+    // (it would make a status row too big).
+    for i in 0..4 {
+        let conn = h.connect();
+        let host_len = if i < 3 { MAX_NAME_BYTES } else { 9 << 20 };
+        h.core.handle_message(
+            h.now,
+            conn,
+            ToMaster::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Worker(WorkerInfo {
+                    name: format!("w{i}"),
+                    host: "h".repeat(host_len),
+                    cpus: 1,
+                    slots: 1,
+                    pid: 1,
+                    group: None,
+                    prefetch: 0,
+                    heartbeat_interval_ms: 0,
+                }),
+                auth: vec![],
+                nonce: vec![5; 32],
+            },
+        );
+        let out = h.drain();
+        assert_eq!(
+            out.iter().any(|o| matches!(
+                o,
+                Output::Send {
+                    msg: FromMaster::Rejected { .. },
+                    ..
+                }
+            )),
+            i == 3,
+            "{out:?}"
+        );
+    }
+    let c = h.client();
+    let out = h.msg(c, ToMaster::Status);
+    let mut workers = 0;
+    let mut last_more = true;
+    for o in &out {
+        if let Output::Send {
+            msg: msg @ FromMaster::Status { report, more },
+            ..
+        } = o
+        {
+            assert!(encoded_len(msg) <= REPLY_FRAME_BUDGET + 64);
+            workers += report.workers.len();
+            assert!(report
+                .workers
+                .iter()
+                .all(|w| w.host.len() <= MAX_NAME_BYTES));
+            last_more = *more;
+        }
+    }
+    assert_eq!(workers, 3);
+    assert!(!last_more);
+}
+
+#[test]
+fn an_assignment_that_cannot_fit_a_frame_fails_its_task_saying_why() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 2);
+    let c = h.client();
+    // The largest spec the limits accept still travels.
+    let largest = command(
+        vec!["a".repeat(protocol::limits::MAX_COMMAND_BYTES - 2)],
+        Vec::new(),
+    );
+    let (ids, out) = h.submit(c, vec![largest], 1);
+    assert_eq!(assignments(&out), vec![(w, ids[0], 1)]);
+    // One that no submit accepts (as an old journal's could have been, before the limits and
+    // recovery's check) goes around them, straight into the table: it fails, saying why,
+    // instead of staying `running` with an `Assign` that is never sent.
+    let huge = Arc::new(command(vec!["b".repeat(MAX_FRAME)], Vec::new()));
+    let id = h.core.tasks.add(huge, h.now);
+    h.core.enqueue(id);
+    let out = h.drain();
+    assert!(assignments(&out).is_empty(), "{out:?}");
+    let r = h.core.task(id).expect("exists");
+    assert_eq!(r.state, TaskState::Failed);
+    let error = r.error.unwrap_or_default();
+    assert!(error.contains("more than the frame limit"), "{error}");
+    assert!(
+        h.core.wants_input(w, Backlog::default()),
+        "the worker serves on"
+    );
+}

@@ -1,6 +1,8 @@
-//! What the sentinel reads from `/proc` (start times, environments) and how it kills a process it
-//! found there without hitting another that took the same pid meanwhile. Linux only; elsewhere
-//! nothing is found and only the recorded process groups are killed.
+//! What the worker and its sentinel read from `/proc` (start times, environments) and how they
+//! signal a process found there without hitting another that took the same pid meanwhile: the
+//! sentinel sweeps a dead worker's commands by its mark, the executor a stopped task's
+//! descendants that left its process group (`setsid`) by the task's mark. Linux only; elsewhere
+//! nothing is found and only process groups are signalled.
 
 #[cfg(target_os = "linux")]
 mod linux {
@@ -46,12 +48,13 @@ mod linux {
         rest.split_whitespace().nth(n - 3).map(str::to_owned)
     }
 
-    /// SIGKILLs every process (except those in `spare`) that `doomed(pid, environment)` condemns,
-    /// and returns their pids. Processes whose environment cannot be read (another user's,
-    /// non-dumpable ones) are skipped. One pass: what a killed process forks while it is being
-    /// killed needs another.
+    /// Sends `signal` to every process (except those in `spare`) that `doomed(pid, environment)`
+    /// condemns, and returns their pids. Processes whose environment cannot be read (another
+    /// user's, non-dumpable ones) and zombies (their environment reads empty) are skipped. One
+    /// pass: what a killed process forks while it is being killed needs another.
     pub fn kill_by_environment(
         spare: &[libc::pid_t],
+        signal: libc::c_int,
         mut doomed: impl FnMut(libc::pid_t, &[u8]) -> bool,
     ) -> Vec<libc::pid_t> {
         let mut killed = Vec::new();
@@ -83,7 +86,7 @@ mod linux {
             if read.is_err() || !doomed(pid, &environ) {
                 continue;
             }
-            if handle.kill().is_ok() {
+            if handle.kill(signal).is_ok() {
                 killed.push(pid);
             }
         }
@@ -112,18 +115,18 @@ mod linux {
             }
         }
 
-        fn kill(&self) -> io::Result<()> {
+        fn kill(&self, signal: libc::c_int) -> io::Result<()> {
             // SAFETY: plain syscalls; ESRCH (it exited) is reported as an error.
             let rc = unsafe {
                 match self {
                     Handle::PidFd(fd) => libc::syscall(
                         libc::SYS_pidfd_send_signal,
                         fd.as_raw_fd(),
-                        libc::SIGKILL,
+                        signal,
                         std::ptr::null::<libc::siginfo_t>(),
                         0,
                     ) as libc::c_int,
-                    Handle::Pid(pid) => libc::kill(*pid, libc::SIGKILL),
+                    Handle::Pid(pid) => libc::kill(*pid, signal),
                 }
             };
             if rc == 0 {
@@ -188,6 +191,7 @@ pub fn process_group(_pid: libc::pid_t) -> Option<libc::pid_t> {
 #[cfg(not(target_os = "linux"))]
 pub fn kill_by_environment(
     _spare: &[libc::pid_t],
+    _signal: libc::c_int,
     _doomed: impl FnMut(libc::pid_t, &[u8]) -> bool,
 ) -> Vec<libc::pid_t> {
     Vec::new()

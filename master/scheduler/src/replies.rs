@@ -1,0 +1,267 @@
+//! Replies that come in chunks (`Results`, `Status`), made one chunk at a time. A request starts a
+//! cursor and sends its first chunk; the next chunk is made only once the shell reports that the
+//! connection's write buffer has drained ([`Core::handle_drain`]), so a client that does not read
+//! costs the master one chunk, not the whole reply (issue 14: 400 pipelined `Results` from a
+//! client that never read took 1.6 GB). Like the rest of the crate this does no IO: the shell
+//! says how many bytes wait ([`Backlog`]), the core decides.
+//!
+//! Backpressure for clients, as the core answers [`Core::wants_input`]: no frame of a client is
+//! read while its chunked reply is unfinished or its last chunk is not drained, while more than
+//! [`CLIENT_BACKLOG_MAX_BYTES`] wait for it, or while the bytes waiting for every connection
+//! together pass [`REPLY_BYTES_IN_FLIGHT_MAX`]. Workers are always read: their heartbeats and
+//! results must not stall behind a client.
+
+use crate::{ClientId, ConnId, Core};
+use protocol::budget::sequence_len;
+use protocol::codec::encoded_len;
+use protocol::limits::{truncate_with_marker, MAX_NAME_BYTES};
+use protocol::{FromMaster, StatusReport, TaskId, WorkerStatus};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Reply chunks are kept well under `MAX_FRAME`.
+pub const REPLY_FRAME_BUDGET: usize = 4 << 20;
+/// The next chunk is made once fewer bytes than this wait for the connection.
+pub const DRAIN_LOW_WATER_BYTES: usize = 1 << 20;
+/// A client is not read while this many bytes wait for it (replies it has not read).
+pub const CLIENT_BACKLOG_MAX_BYTES: usize = 4 << 20;
+/// No client is read, and no chunk made, while the bytes waiting for all connections together
+/// pass this; the shell closes a connection that has not taken a byte for
+/// [`STALLED_READER_MS`] while they do.
+pub const REPLY_BYTES_IN_FLIGHT_MAX: usize = 256 << 20;
+/// See [`REPLY_BYTES_IN_FLIGHT_MAX`].
+pub const STALLED_READER_MS: u64 = 30_000;
+
+/// What the shell holds for one connection, and for all, not yet written to their sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Bytes waiting for this connection.
+    pub conn_bytes: usize,
+    /// Bytes waiting for every connection together.
+    pub total_bytes: usize,
+}
+
+impl Backlog {
+    fn over_budget(self) -> bool {
+        self.total_bytes >= REPLY_BYTES_IN_FLIGHT_MAX
+    }
+}
+
+/// Where a chunked reply stands.
+#[derive(Debug)]
+enum Cursor {
+    /// Every task with an index from `next` below `end` (the tasks known when asked).
+    AllResults { next: usize, end: usize },
+    /// These ids (checked to exist when asked), from `pos`.
+    Results { ids: Vec<TaskId>, pos: usize },
+    /// The counts taken when asked; workers from index `next` below `end`.
+    Status {
+        header: StatusReport,
+        next: usize,
+        end: usize,
+    },
+}
+
+/// The chunked replies in progress, per client. `None`: the last chunk is out, and the client
+/// waits for it to drain before it is read again.
+#[derive(Debug, Default)]
+pub struct Replies {
+    pending: BTreeMap<ClientId, Option<Cursor>>,
+}
+
+impl Replies {
+    pub fn drop_client(&mut self, client: ClientId) {
+        self.pending.remove(&client);
+    }
+}
+
+/// Takes `make(0)`, `make(1)` ... while their encoding as a sequence stays within `budget`
+/// (always at least one, if there is one); `make` returning `None` ends the batch.
+fn fill_chunk<T: Serialize>(budget: usize, mut make: impl FnMut(usize) -> Option<T>) -> Vec<T> {
+    let mut chunk = Vec::new();
+    let mut item_bytes = 0;
+    while let Some(item) = make(chunk.len()) {
+        let len = encoded_len(&item);
+        if !chunk.is_empty() && sequence_len(chunk.len() + 1, item_bytes + len) > budget {
+            break; // made for nothing: it opens the next chunk
+        }
+        item_bytes += len;
+        chunk.push(item);
+    }
+    chunk
+}
+
+impl Core {
+    /// Whether the shell may hand the core more frames from `conn` now (see the module doc).
+    /// IMPORTANT: a shell that reads a client while this says no lets the client make the master
+    /// build replies it does not read; the core stays correct (an unfinished reply is then
+    /// finished at once, before the next request), but memory is no longer bounded.
+    pub fn wants_input(&self, conn: ConnId, backlog: Backlog) -> bool {
+        let Some(client) = self.session.client_on(conn) else {
+            return true; // a worker, a handshake, or gone
+        };
+        !self.replies.pending.contains_key(&client)
+            && backlog.conn_bytes < CLIENT_BACKLOG_MAX_BYTES
+            && !backlog.over_budget()
+    }
+
+    /// The shell's write buffer for `conn` holds `backlog.conn_bytes`. If the client there has a
+    /// chunked reply in progress and the buffer is low (and the global budget allows), its next
+    /// chunk is made; a reply whose last chunk has drained is forgotten, and the client may be
+    /// read again. Anything else is a no-op, so the shell may call it for any connection.
+    pub fn handle_drain(&mut self, _now_ms: u64, conn: ConnId, backlog: Backlog) {
+        let Some(client) = self.session.client_on(conn) else {
+            return;
+        };
+        match self.replies.pending.get(&client) {
+            None => {}
+            Some(_) if backlog.conn_bytes >= DRAIN_LOW_WATER_BYTES || backlog.over_budget() => {}
+            Some(None) => {
+                self.replies.pending.remove(&client);
+            }
+            Some(Some(_)) => self.next_chunk(client),
+        }
+    }
+
+    /// Connections whose client has a chunked reply in progress (or not yet drained).
+    pub fn replies_pending(&self) -> Vec<ConnId> {
+        self.replies
+            .pending
+            .keys()
+            .filter_map(|&client| self.session.conn_of(client))
+            .collect()
+    }
+
+    /// Answers `Results` for every task (`ids` empty) or for these ids, all known.
+    pub(crate) fn start_results(&mut self, client: ClientId, ids: Vec<TaskId>) {
+        let cursor = if ids.is_empty() {
+            Cursor::AllResults {
+                next: 0,
+                end: self.tasks.len(),
+            }
+        } else {
+            Cursor::Results { ids, pos: 0 }
+        };
+        self.start_reply(client, cursor);
+    }
+
+    /// Answers `Status`: the counts now, the workers in chunks.
+    pub(crate) fn start_status(&mut self, client: ClientId) {
+        let header = self.status_counts();
+        let end = self.workers.iter().count();
+        self.start_reply(
+            client,
+            Cursor::Status {
+                header,
+                next: 0,
+                end,
+            },
+        );
+    }
+
+    fn start_reply(&mut self, client: ClientId, cursor: Cursor) {
+        // A request while a reply is unfinished only comes from a shell that read the client
+        // anyway: finish that reply first, so chunks never interleave.
+        while let Some(Some(_)) = self.replies.pending.get(&client) {
+            self.next_chunk(client);
+        }
+        self.replies.pending.insert(client, Some(cursor));
+        self.next_chunk(client);
+    }
+
+    /// Makes and sends the next chunk of `client`'s reply.
+    fn next_chunk(&mut self, client: ClientId) {
+        let Some(Some(cursor)) = self.replies.pending.remove(&client) else {
+            return;
+        };
+        let (msg, rest) = match cursor {
+            Cursor::AllResults { next, end } => {
+                let tasks = fill_chunk(REPLY_FRAME_BUDGET, |i| {
+                    let index = next + i;
+                    (index < end)
+                        .then(|| TaskId(index as u64 + 1))
+                        .and_then(|id| self.tasks.get(id).map(|t| self.result_view(id, t)))
+                });
+                let next = next + tasks.len();
+                let more = next < end;
+                let rest = more.then_some(Cursor::AllResults { next, end });
+                (FromMaster::Results { tasks, more }, rest)
+            }
+            Cursor::Results { ids, pos } => {
+                let tasks = fill_chunk(REPLY_FRAME_BUDGET, |i| {
+                    let id = *ids.get(pos + i)?;
+                    self.tasks.get(id).map(|t| self.result_view(id, t))
+                });
+                let pos = pos + tasks.len();
+                // A listed id that vanished would end the reply early rather than loop.
+                let more = pos < ids.len() && !tasks.is_empty();
+                let rest = more.then_some(Cursor::Results { ids, pos });
+                (FromMaster::Results { tasks, more }, rest)
+            }
+            Cursor::Status { header, next, end } => {
+                let workers = fill_chunk(REPLY_FRAME_BUDGET, |i| {
+                    (next + i < end)
+                        .then(|| self.workers.iter().nth(next + i))
+                        .flatten()
+                        .map(|w| capped(self.worker_status(w)))
+                });
+                let next = next + workers.len();
+                let more = next < end && !workers.is_empty();
+                let report = StatusReport {
+                    workers,
+                    ..header.clone()
+                };
+                let rest = more.then_some(Cursor::Status { header, next, end });
+                (FromMaster::Status { report, more }, rest)
+            }
+        };
+        self.replies.pending.insert(client, rest);
+        self.session.send_client(client, msg);
+    }
+}
+
+/// A worker's names as a status shows them: cut to [`MAX_NAME_BYTES`], whatever its `Hello` said,
+/// so a status row always fits a chunk.
+fn capped(mut w: WorkerStatus) -> WorkerStatus {
+    truncate_with_marker(&mut w.name, MAX_NAME_BYTES);
+    truncate_with_marker(&mut w.host, MAX_NAME_BYTES);
+    truncate_with_marker(&mut w.addr, MAX_NAME_BYTES);
+    if let Some(g) = &mut w.group {
+        truncate_with_marker(g, MAX_NAME_BYTES);
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Chunk after chunk from a cursor covers every item once, in order, each chunk within
+        /// the budget unless it is one item alone, and greedy.
+        #[test]
+        fn chunks_made_from_a_cursor_cover_all_within_budget(
+            lens in proptest::collection::vec(0usize..300, 0..80),
+            budget in 1usize..1_000,
+        ) {
+            let items: Vec<String> =
+                lens.iter().enumerate().map(|(i, &n)| format!("{i}:{}", "z".repeat(n))).collect();
+            let mut next = 0;
+            let mut got = Vec::new();
+            while next < items.len() {
+                let chunk = fill_chunk(budget, |i| items.get(next + i).cloned());
+                prop_assert!(!chunk.is_empty());
+                prop_assert!(chunk.len() == 1 || encoded_len(&chunk) <= budget);
+                if let Some(after) = items.get(next + chunk.len()) {
+                    let mut grown = chunk.clone();
+                    grown.push(after.clone());
+                    prop_assert!(encoded_len(&grown) > budget, "greedy");
+                }
+                next += chunk.len();
+                got.extend(chunk);
+            }
+            prop_assert_eq!(got, items);
+        }
+    }
+}
