@@ -3,7 +3,9 @@
 //! `master` binary adds the command line (serve and the client subcommands).
 
 pub use scheduler as core;
+pub mod http;
 pub mod journal;
+pub mod json;
 pub mod server;
 pub mod sim;
 pub mod taskfile;

@@ -57,8 +57,8 @@ use queue::QueueKey;
 use rebalance::Unstarted;
 use replies::Replies;
 pub use replies::{
-    Backlog, CLIENT_BACKLOG_MAX_BYTES, DRAIN_LOW_WATER_BYTES, REPLY_BYTES_IN_FLIGHT_MAX,
-    REPLY_FRAME_BUDGET, STALLED_READER_MS,
+    Backlog, CLIENT_BACKLOG_MAX_BYTES, DRAIN_LOW_WATER_BYTES, PAGE_LIMIT_MAX, PAGE_SCAN_MAX,
+    PAGE_TAIL_BYTES, REPLY_BYTES_IN_FLIGHT_MAX, REPLY_FRAME_BUDGET, STALLED_READER_MS,
 };
 pub use restore_error::RestoreError;
 pub use session::{ClientId, CloseReason, ConnId, Refusal, Violation};
@@ -160,6 +160,7 @@ pub fn needs_commit(msg: &FromMaster) -> bool {
             | FromMaster::Progress { .. }
             | FromMaster::CancelDone { .. }
             | FromMaster::Status { .. }
+            | FromMaster::ResultsPage { .. }
     )
 }
 
@@ -398,6 +399,16 @@ impl Core {
     /// A connection was accepted. `nonce` must be fresh and unpredictable (the shell's randomness).
     pub fn handle_connect(&mut self, now_ms: u64, conn: ConnId, addr: String, nonce: Vec<u8>) {
         if let Some(earlier) = self.session.connect(now_ms, conn, addr, nonce) {
+            self.depart(now_ms, earlier, &"its connection id was reused");
+        }
+        self.arm_sweep(now_ms);
+    }
+
+    /// A local client on `conn` (the HTTP API): a client session without a handshake, because the
+    /// shell has already checked the caller (its bearer token). Its requests are then handed in
+    /// with `handle_message` and answered like any client's, through the same journal gate.
+    pub fn handle_local_client(&mut self, now_ms: u64, conn: ConnId, addr: String) {
+        if let Some(earlier) = self.session.connect_local(now_ms, conn, addr) {
             self.depart(now_ms, earlier, &"its connection id was reused");
         }
         self.arm_sweep(now_ms);
@@ -1251,6 +1262,11 @@ impl Core {
             ToMaster::Results { ids } => self.on_results(client, unique(ids)),
             ToMaster::Wait { ids, progress } => self.on_wait(client, unique(ids), progress),
             ToMaster::Cancel { ids } => self.on_cancel(now_ms, client, unique(ids)),
+            ToMaster::ResultsPage {
+                state,
+                after,
+                limit,
+            } => self.start_page(client, state, after, limit),
             other => {
                 let v = Violation::ClientMayNotSend(other.name());
                 self.session.close_client(client, CloseReason::Protocol(v));
