@@ -1293,6 +1293,7 @@ mod tests {
             assert_eq!(id.0 & INDEX_MASK, 1, "the freed slot is reused");
             assert!(seen.insert(id), "{id:?} handed out twice");
             assert_ne!(token(id), LISTENER);
+            assert_ne!(token(id), HTTP_LISTENER);
             assert_eq!(table.remove(id), Some(i));
         }
         assert_eq!(
@@ -1325,6 +1326,7 @@ mod tests {
         let last = open(&mut table, 1);
         assert_eq!(last, ConnId(GENERATION_MASK << INDEX_BITS));
         assert_ne!(token(last), LISTENER);
+        assert_ne!(token(last), HTTP_LISTENER);
         assert_eq!(table.remove(last), Some(1));
         assert_eq!(
             table.vacant_id(),
