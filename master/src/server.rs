@@ -42,7 +42,7 @@ const READ_CHUNK: usize = 64 << 10;
 #[derive(Debug, Error)]
 pub enum ServerError {
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind { addr: String, source: io::Error },
     /// The event loop itself failed (not one connection: those are only closed).
     #[error("event loop failed: {0}")]
