@@ -11,7 +11,7 @@
 
 use crate::core::{
     needs_commit, Backlog, ConnId, Core, CoreConfig, GroupCommit, Output, Record, RestoreError,
-    REPLY_BYTES_IN_FLIGHT_MAX, STALLED_READER_MS,
+    CLIENT_BACKLOG_MAX_BYTES, REPLY_BYTES_IN_FLIGHT_MAX, STALLED_READER_MS,
 };
 use crate::http::api::{self, Action, Pending};
 use crate::http::conn::{
@@ -636,6 +636,12 @@ impl Server {
         let mut pause = false;
         'turn: loop {
             while h.pending.is_none() && !c.closing {
+                // IMPORTANT: a client that pipelines requests and reads no answer is not read on
+                // while this much waits for it (as `wants_input` does for a client of the core).
+                if c.unsent() >= CLIENT_BACKLOG_MAX_BYTES {
+                    pause = true;
+                    break 'turn;
+                }
                 let answer = match h.conn.next_request() {
                     Ok(None) => break,
                     Ok(Some(req)) => {

@@ -436,6 +436,42 @@ fn keep_alive_answers_pipelined_requests_in_order() {
 }
 
 #[test]
+fn a_client_that_pipelines_without_reading_gets_every_answer_in_order_later() {
+    let c = Cluster::start(&[]);
+    let http = c.http_addr.clone();
+    ids(&post(
+        &http,
+        &json!({"tasks": [{"sleep": "1h", "group": "nobody"}], "count": 1000}),
+    ));
+    // 300 pages of 1,000 tasks (some 200 KB each, 60 MB in all) asked at once, nothing read
+    // until all are sent: the master stops reading this client while 4 MiB wait for it, and
+    // serves on.
+    let mut s = connect(&http);
+    let writer = {
+        let mut s = s.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for _ in 0..300 {
+                s.write_all(b"GET /api/v1/tasks?limit=1000 HTTP/1.1\r\n\r\n")
+                    .expect("send");
+            }
+            s.write_all(b"GET /nope HTTP/1.1\r\n\r\n").expect("send");
+        })
+    };
+    assert_eq!(
+        get(&http, "/api/v1/status").status,
+        200,
+        "others are served meanwhile"
+    );
+    for i in 0..300 {
+        let r = read_reply(&mut s);
+        assert_eq!(r.status, 200, "answer {i}");
+        assert_eq!(r.json()["tasks"].as_array().map(Vec::len), Some(1000));
+    }
+    assert_eq!(read_reply(&mut s).status, 404, "the last one last");
+    writer.join().expect("writer");
+}
+
+#[test]
 fn idle_connections_and_garbage_do_not_stop_the_api() {
     let mut c = Cluster::start(&[]);
     c.add_worker("w1", 4);

@@ -110,6 +110,10 @@ impl HttpConn {
     pub fn commit(&mut self, n: usize, now_ms: u64) {
         let filled = self.buf.len() - READ_CHUNK + n;
         self.buf.truncate(filled);
+        if filled == 0 {
+            // An idle kept-alive connection holds no buffer.
+            self.buf = Vec::new();
+        }
         if n > 0 && self.started_ms.is_none() {
             self.started_ms = Some(now_ms);
         }
