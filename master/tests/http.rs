@@ -436,6 +436,36 @@ fn keep_alive_answers_pipelined_requests_in_order() {
 }
 
 #[test]
+fn a_201_means_the_submission_survives_a_crash() {
+    let mut c = Cluster::start(&[]);
+    let id = ids(&post(
+        &c.http_addr,
+        &json!({"sleep": "1h", "group": "nobody"}),
+    ))[0];
+    // SIGKILL right after the answer: it was sent only after the journal commit.
+    c.kill_master();
+    c.restart_master(&[]);
+    let t = get(&c.http_addr, &format!("/api/v1/tasks/{id}"));
+    assert_eq!(t.status, 200);
+    assert_eq!(t.json()["state"], "queued");
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let c = Cluster::start(&[]);
+    let mut s = connect(&c.http_addr);
+    let body = br#"{"sleep": "1ms"}"#;
+    let head = format!(
+        "POST /api/v1/tasks HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    assert_eq!(read_reply(&mut s).status, 100);
+    s.write_all(body).expect("body");
+    assert_eq!(read_reply(&mut s).status, 201);
+}
+
+#[test]
 fn a_client_that_pipelines_without_reading_gets_every_answer_in_order_later() {
     let c = Cluster::start(&[]);
     let http = c.http_addr.clone();
