@@ -460,6 +460,8 @@ pub enum FromMaster {
     Welcome {
         /// Set for workers, `None` for clients.
         worker_id: Option<WorkerId>,
+        /// How often to report (a worker): the interval it asked for if that meets the
+        /// master's heartbeat timeout, else the master's own.
         heartbeat_interval_ms: u64,
         /// Names the master's data dir (random at its creation; random per start without a
         /// journal). A worker whose runs came from another master stops them: nobody owns them.

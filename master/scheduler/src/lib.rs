@@ -492,8 +492,9 @@ impl Core {
         }
         self.next_idle_check_ms = now_ms + 1_000;
         for (client, idle_ms) in self.session.idle_clients(now_ms, timeout_ms) {
-            // IMPORTANT: a `wait` may rightly last for hours with nothing said.
-            if self.waiters.has_client(client) {
+            // IMPORTANT: a `wait` may rightly last for hours with nothing said, and a client
+            // reading a long reply sends nothing until it has it all.
+            if self.waiters.has_client(client) || self.replies.has_client(client) {
                 continue;
             }
             debug!("{client}: idle for {idle_ms} ms, closing");

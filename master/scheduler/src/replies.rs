@@ -89,6 +89,11 @@ impl Replies {
     pub fn drop_client(&mut self, client: ClientId) {
         self.pending.remove(&client);
     }
+
+    /// Whether `client` has a reply in progress (or its last chunk not yet drained).
+    pub fn has_client(&self, client: ClientId) -> bool {
+        self.pending.contains_key(&client)
+    }
 }
 
 /// Takes `make(0)`, `make(1)` ... while their encoding as a sequence stays within `budget`
