@@ -8,6 +8,10 @@
 //!
 //! Connection ids carry their slot's generation ([`ConnTable`]), and the mio token is the id itself:
 //! output or an event for a connection that is gone cannot reach the one that took over its slot.
+//!
+//! HTTP (`crate::http`) is a second listener in the same loop; its connections share the table
+//! (and `--max-connections`), carry an [`HttpState`] instead of using their frame decoder, and
+//! reach the core as local clients, so their answers pass the same journal gate.
 
 use crate::core::{
     needs_commit, Backlog, ConnId, Core, CoreConfig, GroupCommit, Output, Record, RestoreError,
