@@ -10,7 +10,7 @@
 //! output or an event for a connection that is gone cannot reach the one that took over its slot.
 //!
 //! HTTP (`crate::http`) is a second listener in the same loop; its connections share the table
-//! (and `--max-connections`), carry an [`HttpState`] instead of using their frame decoder, and
+//! (and `--max-connections`), carry an `HttpState` instead of using their frame decoder, and
 //! reach the core as local clients, so their answers pass the same journal gate.
 
 use crate::core::{
