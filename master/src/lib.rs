@@ -4,6 +4,7 @@
 
 pub use scheduler as core;
 pub mod journal;
+pub mod metrics_text;
 pub mod server;
 pub mod sim;
 pub mod taskfile;

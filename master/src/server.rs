@@ -345,10 +345,13 @@ impl Server {
         };
         let now_us = self.clock.monotonic_us();
         if self.group_commit.due(now_us, journal.pending(), force) {
+            let started = Instant::now();
             if let Err(e) = journal.commit() {
                 self.tell_waiting_clients(&e);
                 return Err(e.into());
             }
+            // For `ballast_journal_commit_duration_seconds`.
+            self.core.observe_commit(started.elapsed().as_secs_f64());
         }
         Ok(())
     }

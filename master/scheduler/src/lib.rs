@@ -25,6 +25,7 @@ mod group_commit;
 mod handed;
 mod holds;
 mod log_limit;
+pub mod metrics;
 pub mod policy;
 mod pools;
 pub mod queue;
@@ -44,6 +45,7 @@ use handed::GivenUp;
 use holds::Holds;
 use log::{debug, info, log, warn, Level};
 use log_limit::LogLimiter;
+use metrics::Metrics;
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
@@ -289,6 +291,8 @@ pub struct Core {
     chatter: Chatter,
     /// When idle clients are looked for next (once a second is plenty for a timeout of minutes).
     next_idle_check_ms: u64,
+    /// Histograms and the report's accumulators, updated where the events happen (`metrics.rs`).
+    metrics: Metrics,
 }
 
 impl Core {
@@ -321,6 +325,7 @@ impl Core {
             peer_log: LogLimiter::new(PEER_LINES_PER_SECOND, 1_000),
             chatter: Chatter::default(),
             next_idle_check_ms: 0,
+            metrics: Metrics::default(),
         }
     }
 
@@ -380,6 +385,11 @@ impl Core {
                 .map(|name| self.workers.intern(name));
             let is_final = t.outcome.is_some();
             let id = t.id;
+            self.metrics.submitted(t.submitted_ms);
+            if let Some(o) = &t.outcome {
+                self.metrics
+                    .finished(o.finished_ms, t.submitted_ms, o.state);
+            }
             self.tasks.restore(t, worker)?;
             if is_final {
                 finished += 1;
@@ -581,6 +591,9 @@ impl Core {
         };
         let attempt = if t.state == TaskState::Queued {
             let attempt = t.attempt;
+            if !t.dispatched {
+                self.metrics.assigned_first(now_ms, t.submitted_ms);
+            }
             self.tasks.assign(id, worker);
             attempt
         } else {
@@ -795,6 +808,9 @@ impl Core {
             ToMaster::Started(refs) => {
                 for r in refs {
                     if self.is_current(id, r) {
+                        if let Some(t) = self.tasks.get(r.task).filter(|_| r.attempt.0 == 1) {
+                            self.metrics.started_first(now_ms, t.submitted_ms);
+                        }
                         self.tasks.mark_started(r.task, id, now_ms);
                         self.forget_unstarted(r.task, id);
                     }
@@ -929,6 +945,7 @@ impl Core {
             self.forget_unstarted(c.task, worker);
         }
         self.workers.count_done(worker);
+        self.metrics.ran(worker, c.run_ms);
         let succeeded = matches!(c.outcome, TaskOutcome::Exited { code: 0, .. });
         if succeeded {
             if let Some(t) = self.tasks.get(c.task) {
@@ -990,6 +1007,7 @@ impl Core {
         } else {
             self.tasks.bump_failed(id);
         }
+        self.metrics.retried += 1;
         info!("task {id} failed on {worker}; retry {n}/{of} in {delay_ms} ms");
         self.holds.hold(id, now_ms + delay_ms);
         true
@@ -1232,6 +1250,7 @@ impl Core {
                 finished += 1;
             } else {
                 self.tasks.requeue(task);
+                self.metrics.requeued += 1;
                 self.enqueue(task);
                 debug!("task {task} re-queued after losing its worker");
                 requeued += 1;
@@ -1294,6 +1313,7 @@ impl Core {
         }
         let first = self.tasks.next_id();
         let mut total = 0u64;
+        self.metrics.submitted(now_ms);
         for spec in specs {
             let spec = Arc::new(spec);
             if self.config.persist {
@@ -1423,6 +1443,9 @@ impl Core {
             self.avoid.remove(&id);
         }
         self.tasks.finish(id, state, result, now_ms);
+        if let Some(t) = self.tasks.get(id) {
+            self.metrics.finished(now_ms, t.submitted_ms, state);
+        }
         self.given_up.forget(id);
         self.waiters.on_final(id, state == TaskState::Succeeded);
         if self.config.persist {

@@ -51,6 +51,17 @@ impl Pools {
         self.shared.queue.len() + self.groups.iter().map(|p| p.queue.len()).sum::<usize>()
     }
 
+    /// Queue length per group (`""`: the default pool), every group ever seen, by name.
+    pub fn queue_lens(&self) -> Vec<(String, u64)> {
+        let mut lens = vec![(String::new(), self.shared.queue.len() as u64)];
+        lens.extend(
+            self.by_name
+                .iter()
+                .map(|(name, &i)| (name.clone(), self.groups[i].queue.len() as u64)),
+        );
+        lens
+    }
+
     fn pool_mut(&mut self, group: Option<&str>) -> &mut Pool {
         let Some(name) = group else {
             return &mut self.shared;

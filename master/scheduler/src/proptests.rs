@@ -707,6 +707,7 @@ impl World {
         }
         self.drain();
         self.core.sanity_check();
+        self.core.check_metrics();
         if let Some(at) = self.core.poll_timeout() {
             // A deadline may be now or in the past only if `handle_timeout` just did not fire it,
             // which would make the shell spin.
