@@ -21,6 +21,7 @@
 //! passes virtual time.
 
 mod epochs;
+pub mod events;
 mod group_commit;
 mod handed;
 mod holds;
@@ -40,6 +41,7 @@ mod workers;
 
 pub use epochs::EpochStart;
 use epochs::Epochs;
+use events::{Event as StreamEvent, Events};
 pub use group_commit::{GroupCommit, COMMIT_BATCH_MAX, COMMIT_WINDOW_US};
 use handed::GivenUp;
 use holds::Holds;
@@ -293,6 +295,8 @@ pub struct Core {
     next_idle_check_ms: u64,
     /// Histograms and the report's accumulators, updated where the events happen (`metrics.rs`).
     metrics: Metrics,
+    /// The SSE stream, off while nobody subscribes (`events.rs`).
+    events: Events,
 }
 
 impl Core {
@@ -326,6 +330,7 @@ impl Core {
             chatter: Chatter::default(),
             next_idle_check_ms: 0,
             metrics: Metrics::default(),
+            events: Events::default(),
         }
     }
 
@@ -433,6 +438,7 @@ impl Core {
     /// Timers: heartbeats, handshakes and held tasks. A call before a deadline is a no-op.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.release_holds(now_ms);
+        self.summarise_events(now_ms);
         match self.next_sweep_ms {
             Some(at) if now_ms >= at => {}
             _ => return,
@@ -620,6 +626,12 @@ impl Core {
             return;
         };
         let prefetches = w.info.prefetch > 0;
+        self.events.task(now_ms, || StreamEvent::Task {
+            id: id.0,
+            state: TaskState::Running.as_str(),
+            worker: Some(w.info.name.clone()),
+            at_ms: now_ms,
+        });
         let level = self.chatter.task_line(now_ms, Event::Assigned);
         log!(
             level,
@@ -660,10 +672,10 @@ impl Core {
     /// When `handle_timeout` should next be called, if at all.
     pub fn poll_timeout(&self) -> Option<u64> {
         let hold = self.holds.next_release();
-        match (self.next_sweep_ms, hold) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.next_sweep_ms, hold, self.events.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     // ---- getters -----------------------------------------------------------------------------
@@ -749,6 +761,13 @@ impl Core {
             0 => String::new(),
             n => format!(", prefetch {n}"),
         };
+        self.events.worker(|| StreamEvent::WorkerJoined {
+            worker: name.clone(),
+            group: self.workers.get(id).and_then(|w| w.info.group.clone()),
+            addr: addr.clone(),
+            slots,
+            at_ms: now_ms,
+        });
         // "worker NAME joined" is what scripts grep for; the id only disambiguates.
         info!("worker {name} joined from {addr} ({id}, host {host}, {slots} slots{prefetch})");
     }
@@ -1008,6 +1027,12 @@ impl Core {
             self.tasks.bump_failed(id);
         }
         self.metrics.retried += 1;
+        self.events.task(now_ms, || StreamEvent::Task {
+            id: id.0,
+            state: TaskState::Queued.as_str(),
+            worker: None,
+            at_ms: now_ms,
+        });
         info!("task {id} failed on {worker}; retry {n}/{of} in {delay_ms} ms");
         self.holds.hold(id, now_ms + delay_ms);
         true
@@ -1196,6 +1221,13 @@ impl Core {
         let (requeued, failed) = self.requeue_from(now_ms, id, reason);
         let name = self.workers.name(id).unwrap_or("?");
         warn!("worker {name} ({id}) lost: {reason}; {requeued} tasks re-queued, {failed} failed");
+        self.events.worker(|| StreamEvent::WorkerLost {
+            worker: name.to_string(),
+            reason: reason.to_string(),
+            requeued: requeued as u64,
+            failed: failed as u64,
+            at_ms: now_ms,
+        });
     }
 
     /// Takes every task away from `id`: back to the queue with the next attempt (keeping its place),
@@ -1251,6 +1283,12 @@ impl Core {
             } else {
                 self.tasks.requeue(task);
                 self.metrics.requeued += 1;
+                self.events.task(now_ms, || StreamEvent::Task {
+                    id: task.0,
+                    state: TaskState::Queued.as_str(),
+                    worker: None,
+                    at_ms: now_ms,
+                });
                 self.enqueue(task);
                 debug!("task {task} re-queued after losing its worker");
                 requeued += 1;
@@ -1331,6 +1369,11 @@ impl Core {
             }
         }
         let last = TaskId(first.0 + total - 1);
+        self.events.task(now_ms, || StreamEvent::Submitted {
+            first: first.0,
+            last: last.0,
+            at_ms: now_ms,
+        });
         info!(
             "accepted {total} tasks ({first}..={last}), {} queued",
             self.pools.len()
@@ -1445,6 +1488,15 @@ impl Core {
         self.tasks.finish(id, state, result, now_ms);
         if let Some(t) = self.tasks.get(id) {
             self.metrics.finished(now_ms, t.submitted_ms, state);
+            let worker = t.worker;
+            self.events.task(now_ms, || StreamEvent::Task {
+                id: id.0,
+                state: state.as_str(),
+                worker: worker
+                    .and_then(|w| self.workers.name(w))
+                    .map(str::to_string),
+                at_ms: now_ms,
+            });
         }
         self.given_up.forget(id);
         self.waiters.on_final(id, state == TaskState::Succeeded);

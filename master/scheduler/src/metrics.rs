@@ -174,6 +174,8 @@ pub struct Metrics {
     pub completion: Durations,
     /// Run time reported per worker (every attempt and copy, as `simulate` counts busy time).
     pub busy_ms: BTreeMap<WorkerId, u64>,
+    /// The longest run reported, for the report's lower bound.
+    pub longest_run_ms: u64,
 }
 
 impl Default for Metrics {
@@ -188,6 +190,7 @@ impl Default for Metrics {
             last_finish_ms: None,
             completion: Durations::default(),
             busy_ms: BTreeMap::new(),
+            longest_run_ms: 0,
         }
     }
 }
@@ -216,6 +219,7 @@ impl Metrics {
 
     pub fn ran(&mut self, worker: WorkerId, run_ms: u64) {
         *self.busy_ms.entry(worker).or_default() += run_ms;
+        self.longest_run_ms = self.longest_run_ms.max(run_ms);
     }
 
     /// `last_finish - first_submit`, or 0 before anything finished.
@@ -271,6 +275,154 @@ impl MetricsSnapshot {
             .iter()
             .find(|(s, _)| *s == state)
             .map_or(0, |&(_, n)| n)
+    }
+}
+
+/// `GET /api/v1/report`: the figures of `master simulate --json` for the real cluster, from what
+/// the core kept as it went (no walk over the tasks; the worker table only).
+///
+/// - `makespan_s`: first submission to the last task becoming final (tasks read back from the
+///   journal included).
+/// - `lower_bound_s`: `max(busy time / slots, longest run)`: the real cluster has no speeds, so
+///   capacity is slots, and work is the run time workers reported.
+/// - `utilisation`: reported run time over `slots × makespan`, summed over every worker ever
+///   seen (a worker that joined late counts its slots over the whole makespan, as downtime counts
+///   in the simulator).
+/// - completion times (succeeded tasks, final − submitted) come from log-spaced buckets: the
+///   percentiles are the bucket's upper edge, within 2.2 % of the exact value, never above the
+///   maximum; mean and max are exact.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterReport {
+    pub policy: String,
+    pub tasks: u64,
+    pub completed: u64,
+    pub lost: u64,
+    pub requeued: u64,
+    pub makespan_s: f64,
+    pub lower_bound_s: f64,
+    pub utilisation: f64,
+    pub order: String,
+    pub workers: u32,
+    pub groups: u32,
+    pub slots: u32,
+    /// Failed runs retried.
+    pub failures: u64,
+    /// Final as failed, timed out or cancelled (not lost).
+    pub failed: u64,
+    /// Not final yet.
+    pub unfinished: u64,
+    pub mean_completion_s: f64,
+    pub p50_completion_s: f64,
+    pub p99_completion_s: f64,
+    pub max_completion_s: f64,
+    pub per_group: Vec<GroupFigures>,
+    pub per_worker: Vec<WorkerFigures>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupFigures {
+    /// `""`: the default pool.
+    pub group: String,
+    pub workers: u32,
+    /// Attempts finished by its workers.
+    pub done: u64,
+    pub utilisation: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerFigures {
+    pub worker: String,
+    pub group: String,
+    pub state: &'static str,
+    pub slots: u32,
+    pub done: u64,
+    /// Run time it reported, seconds.
+    pub busy_s: f64,
+    pub utilisation: f64,
+}
+
+fn micro(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+fn ratio(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+impl crate::Core {
+    /// The experiment figures of what ran (`ClusterReport`).
+    pub fn report(&self) -> ClusterReport {
+        let m = &self.metrics;
+        let makespan_ms = m.makespan_ms();
+        let share = |busy_ms: u64, slots: u64| {
+            if makespan_ms == 0 || slots == 0 {
+                0.0
+            } else {
+                ratio(busy_ms as f64 / (slots as f64 * makespan_ms as f64))
+            }
+        };
+        let mut per_worker = Vec::new();
+        let mut groups: BTreeMap<String, (u32, u64, u64, u64)> = BTreeMap::new();
+        let (mut slots, mut busy) = (0u64, 0u64);
+        for w in self.workers.iter() {
+            let busy_ms = m.busy_ms.get(&w.id).copied().unwrap_or(0);
+            let group = w.info.group.clone().unwrap_or_default();
+            let g = groups.entry(group.clone()).or_default();
+            g.0 += 1;
+            g.1 += w.done;
+            g.2 += busy_ms;
+            g.3 += u64::from(w.info.slots);
+            slots += u64::from(w.info.slots);
+            busy += busy_ms;
+            per_worker.push(WorkerFigures {
+                worker: w.info.name.clone(),
+                group,
+                state: if w.is_alive() { "alive" } else { "dead" },
+                slots: w.info.slots,
+                done: w.done,
+                busy_s: micro(busy_ms as f64 / 1e3),
+                utilisation: share(busy_ms, u64::from(w.info.slots)),
+            });
+        }
+        let t = &self.tasks;
+        let lower_ms = if slots == 0 {
+            0.0
+        } else {
+            (busy as f64 / slots as f64).max(m.longest_run_ms as f64)
+        };
+        let c = &m.completion;
+        ClusterReport {
+            policy: self.pools.kind().to_string(),
+            tasks: t.len() as u64,
+            completed: t.count(TaskState::Succeeded),
+            lost: t.count(TaskState::WorkerLost),
+            requeued: m.requeued,
+            makespan_s: micro(makespan_ms as f64 / 1e3),
+            lower_bound_s: micro(lower_ms / 1e3),
+            utilisation: share(busy, slots),
+            order: self.config.order.to_string(),
+            workers: per_worker.len() as u32,
+            groups: groups.keys().filter(|g| !g.is_empty()).count() as u32,
+            slots: slots as u32,
+            failures: m.retried,
+            failed: t.count(TaskState::Failed)
+                + t.count(TaskState::TimedOut)
+                + t.count(TaskState::Cancelled),
+            unfinished: t.unfinished(),
+            mean_completion_s: micro(c.mean_ms() / 1e3),
+            p50_completion_s: micro(c.percentile_ms(50.0) / 1e3),
+            p99_completion_s: micro(c.percentile_ms(99.0) / 1e3),
+            max_completion_s: micro(c.max_ms() as f64 / 1e3),
+            per_group: groups
+                .into_iter()
+                .map(|(group, (workers, done, busy_ms, slots))| GroupFigures {
+                    group,
+                    workers,
+                    done,
+                    utilisation: share(busy_ms, slots),
+                })
+                .collect(),
+            per_worker,
+        }
     }
 }
 
