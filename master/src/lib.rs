@@ -3,6 +3,7 @@
 //! `master` binary adds the command line (serve and the client subcommands).
 
 pub use scheduler as core;
+pub mod events_sse;
 pub mod journal;
 pub mod metrics_text;
 pub mod server;

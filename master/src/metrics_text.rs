@@ -4,6 +4,7 @@
 //! `docs/HTTP.md` ("Metrics").
 
 use crate::core::metrics::{Histogram, MetricsSnapshot, ALL_STATES};
+use crate::core::Core;
 use std::fmt::Write as _;
 
 /// The `Content-Type` of the exposition.
@@ -17,6 +18,22 @@ pub struct ShellGauges {
     pub sse_subscribers: u64,
     /// SSE subscribers dropped for falling behind, since start.
     pub sse_dropped_total: u64,
+}
+
+/// `GET /metrics`: the body (serve it with [`CONTENT_TYPE`], status 200). O(workers + groups).
+pub fn metrics_body(core: &Core, shell: &ShellGauges) -> String {
+    render(&core.metrics(), shell)
+}
+
+/// `GET /api/v1/report`: the JSON body (`application/json`, status 200): the figures of
+/// `master simulate --json` for the real cluster (`ClusterReport`), from what the core kept as
+/// it went: O(workers), whatever the number of tasks.
+pub fn report_body(core: &Core) -> Vec<u8> {
+    serde_json::to_vec(&core.report()).unwrap_or_else(|e| {
+        serde_json::json!({ "error": format!("cannot encode the report: {e}") })
+            .to_string()
+            .into_bytes()
+    })
 }
 
 /// Renders the whole exposition. Every family has its `HELP` and `TYPE`; label values are
@@ -502,6 +519,28 @@ mod tests {
             out.status.success() && said.trim().is_empty(),
             "promtool: {said}\n{text}"
         );
+    }
+
+    #[test]
+    fn a_fresh_core_serves_both_bodies() {
+        let core = Core::new(crate::core::CoreConfig::default());
+        let text = metrics_body(&core, &ShellGauges::default());
+        let s = parse(&text);
+        assert_eq!(value(&s, "ballast_tasks", &[("state", "queued")]), 0.0);
+        let report: serde_json::Value = serde_json::from_slice(&report_body(&core)).expect("JSON");
+        for field in [
+            "policy",
+            "tasks",
+            "completed",
+            "makespan_s",
+            "utilisation",
+            "p50_completion_s",
+            "p99_completion_s",
+            "per_worker",
+        ] {
+            assert!(report.get(field).is_some(), "{field} in {report}");
+        }
+        assert_eq!(report["policy"], "least-loaded");
     }
 
     #[test]

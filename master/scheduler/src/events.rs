@@ -8,7 +8,7 @@
 //! counts and the throughput. Worker joins and losses always go out.
 
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Task events per one-second window; beyond, they are only counted (the summary says how many).
 pub const TASK_EVENTS_PER_SECOND: u32 = 20;
@@ -76,8 +76,8 @@ pub struct Summary {
     pub succeeded: u64,
     /// Final but not succeeded (failed, timed out, cancelled, worker lost), as `status` counts.
     pub failed: u64,
-    /// Waiting per group (`""`: the default pool).
-    pub queue: Vec<(String, u64)>,
+    /// Waiting per group (`""`: the default pool); a JSON object.
+    pub queue: BTreeMap<String, u64>,
     pub workers_alive: u64,
     /// Tasks that became final per second since the previous summary.
     pub finished_per_s: f64,
@@ -220,7 +220,7 @@ impl crate::Core {
             running: counts.running,
             succeeded: counts.succeeded,
             failed: counts.failed,
-            queue: self.pools.queue_lens(),
+            queue: self.pools.queue_lens().into_iter().collect(),
             workers_alive: self.workers.iter().filter(|w| w.is_alive()).count() as u64,
             finished_per_s: 0.0,
             submitted_per_s: 0.0,
@@ -252,7 +252,7 @@ mod tests {
             running: 0,
             succeeded: 0,
             failed: 0,
-            queue: Vec::new(),
+            queue: BTreeMap::new(),
             workers_alive: 0,
             finished_per_s: 0.0,
             submitted_per_s: 0.0,
