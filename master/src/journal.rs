@@ -24,6 +24,11 @@
 //!
 //! The schema is versioned (`SCHEMA_VERSION`): `open` migrates a journal of an older version in
 //! place (see `migrate`) and refuses one of a newer version.
+//!
+//! Beside the database, `marks` keeps how far the last commit got (written after each commit,
+//! before its replies leave): `open` refuses a database that holds less ([`JournalError::Lost`]),
+//! which is how a WAL damaged in the middle is found, since SQLite replays it silently up to the
+//! bad frame. [`OpenOptions::accept_loss`] starts anyway and records the lost ids as failed.
 
 mod marks;
 mod migrate;
