@@ -105,7 +105,9 @@ start_master() {
     mkdir -p "$dir"
     local jargs=(--data-dir "$dir/data")
     [ "$journal" = nojournal ] && jargs=(--no-journal)
-    "$MASTER" serve --listen 127.0.0.1:0 --port-file "$dir/port" "${jargs[@]}" "$@" \
+    # HTTP on a free port of its own (its address in $dir/http-port), never the shared 7701.
+    "$MASTER" serve --listen 127.0.0.1:0 --port-file "$dir/port" \
+        --http 127.0.0.1:0 --http-port-file "$dir/http-port" "${jargs[@]}" "$@" \
         >"$LOGS/$name.master.log" 2>&1 &
     MPID=$!
     PIDS+=("$MPID")

@@ -95,12 +95,13 @@ started=$SECONDS
 # --- master -------------------------------------------------------------------------------------------
 say "starting a master on a free loopback port"
 "$master" --listen 127.0.0.1:0 --port-file "$dir/addr" --data-dir "$dir/ballast-data" \
-  >"$dir/master.log" 2>&1 &
+  --http 127.0.0.1:0 --http-port-file "$dir/http-addr" >"$dir/master.log" 2>&1 &
 master_pid=$!
 eventually 10 "the master's port file" test -s "$dir/addr"
 BALLAST_MASTER=$(cat "$dir/addr")
 export BALLAST_MASTER
 echo "master pid $master_pid listening on $BALLAST_MASTER (BALLAST_MASTER=$BALLAST_MASTER)"
+echo "dashboard and HTTP API on http://$(cat "$dir/http-addr")/"
 
 # --- workers ------------------------------------------------------------------------------------------
 say "starting $workers workers with $slots slots each"

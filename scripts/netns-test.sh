@@ -111,7 +111,7 @@ fi
 # ---- processes ---------------------------------------------------------------------------------
 ADDR=$MASTER_IP:$PORT
 ip netns exec "$NS_M" env RUST_LOG=info "$MASTER" --listen "$ADDR" --token "$TOKEN" \
-    --no-journal --heartbeat "$HEARTBEAT" --heartbeat-timeout "${HEARTBEAT_TIMEOUT_MS}ms" \
+    --http off --no-journal --heartbeat "$HEARTBEAT" --heartbeat-timeout "${HEARTBEAT_TIMEOUT_MS}ms" \
     --port-file "$WORK/addr" >"$WORK/master.log" 2>&1 &
 PIDS+=($!)
 

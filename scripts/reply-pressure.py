@@ -59,7 +59,8 @@ def main() -> None:
     port_file = os.path.join(tmp, "addr")
     log = open(os.path.join(tmp, "master.log"), "w")
     proc = subprocess.Popen(
-        [master, "--listen", "127.0.0.1:0", "--port-file", port_file, "--no-journal"],
+        [master, "--listen", "127.0.0.1:0", "--http", "off", "--port-file", port_file,
+         "--no-journal"],
         stdout=subprocess.DEVNULL,
         stderr=log,
     )

@@ -4,7 +4,9 @@
 
 pub use scheduler as core;
 pub mod events_sse;
+pub mod http;
 pub mod journal;
+pub mod json;
 pub mod metrics_text;
 pub mod server;
 pub mod sim;

@@ -64,6 +64,14 @@ struct ServeArgs {
     /// Write the bound address (host:port) to this file once listening.
     #[arg(long)]
     port_file: Option<PathBuf>,
+    /// Address of the HTTP API and dashboard (http://ADDR/); port 0 picks a free port (see
+    /// --http-port-file); "off" serves no HTTP. Same rule as --listen: a non-loopback address
+    /// needs a token, or --insecure.
+    #[arg(long, value_name = "ADDR|off", default_value = master::http::DEFAULT_HTTP_ADDR)]
+    http: String,
+    /// Write the HTTP listener's bound address (host:port) to this file once listening.
+    #[arg(long, value_name = "FILE")]
+    http_port_file: Option<PathBuf>,
     /// Most connections served at once; more are closed on accept.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -160,7 +168,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if heartbeat_timeout_ms <= heartbeat_interval_ms {
         bail!("--heartbeat-timeout ({heartbeat_timeout_ms} ms) must exceed --heartbeat ({heartbeat_interval_ms} ms)");
     }
-    check_exposure(&args.listen, token.is_some(), args.insecure)?;
+    check_exposure("--listen", &args.listen, token.is_some(), args.insecure)?;
+    let http_addr = (args.http != "off").then_some(args.http);
+    if let Some(http) = &http_addr {
+        check_exposure("--http", http, token.is_some(), args.insecure)?;
+    }
+    if http_addr.is_none() && args.http_port_file.is_some() {
+        bail!("--http-port-file needs an HTTP listener, but --http is off");
+    }
     let config = ServerConfig {
         core: CoreConfig {
             policy,
@@ -179,11 +194,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         data_dir: (!args.no_journal).then_some(args.data_dir),
         accept_journal_loss: args.accept_journal_loss,
+        http_addr,
         ..ServerConfig::default()
     };
     let server = Server::bind(&args.listen, config.clone())?;
     let addr = server.local_addr().context("reading the bound address")?;
     log_listening(addr, &config);
+    if let Some(http) = server.http_addr() {
+        let http = http.context("reading the bound HTTP address")?;
+        log::info!("HTTP API and dashboard on http://{http}/");
+        if let Some(path) = &args.http_port_file {
+            write_atomically(path, &http.to_string())
+                .with_context(|| format!("writing --http-port-file {}", path.display()))?;
+        }
+    }
     if let Some(path) = &args.port_file {
         write_atomically(path, &addr.to_string())
             .with_context(|| format!("writing --port-file {}", path.display()))?;
@@ -206,18 +230,19 @@ fn parse_idle_timeout(text: &str) -> Result<IdleTimeout, String> {
 }
 
 /// Refuses to serve strangers: a non-loopback address needs a token, or an explicit --insecure.
-fn check_exposure(listen: &str, has_token: bool, insecure: bool) -> anyhow::Result<()> {
+fn check_exposure(flag: &str, listen: &str, has_token: bool, insecure: bool) -> anyhow::Result<()> {
     if has_token || insecure {
         return Ok(());
     }
     let addrs: Vec<SocketAddr> = listen
         .to_socket_addrs()
-        .with_context(|| format!("resolving --listen {listen}"))?
+        .with_context(|| format!("resolving {flag} {listen}"))?
         .collect();
     if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) {
         bail!(
-            "refusing to listen on {open} without a token: anyone who can reach it could run \
-             commands here. Set --token / BALLAST_TOKEN, or pass --insecure if the network is trusted"
+            "refusing to listen on {open} ({flag}) without a token: anyone who can reach it could \
+             run commands here. Set --token / BALLAST_TOKEN, or pass --insecure if the network is \
+             trusted"
         );
     }
     Ok(())

@@ -13,6 +13,10 @@ use crate::core::{
     needs_commit, Backlog, ConnId, Core, CoreConfig, GroupCommit, Output, Record, RestoreError,
     REPLY_BYTES_IN_FLIGHT_MAX, STALLED_READER_MS,
 };
+use crate::http::api::{self, Action, Pending};
+use crate::http::conn::{
+    HttpConn, Response, CONTINUE, HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS, LINGER_MS,
+};
 use crate::journal::{Journal, JournalError, OpenOptions};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -26,6 +30,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 const LISTENER: Token = Token(usize::MAX);
+/// The HTTP listener's token; no connection id is ever this (see [`ConnTable::vacant_id`]).
+const HTTP_LISTENER: Token = Token(usize::MAX - 1);
+/// How often HTTP connections are checked for their timeouts, while any are open.
+const HTTP_SWEEP_MS: u64 = 1_000;
+/// A whole request (head and body) must have arrived this long after its first byte.
+const HTTP_REQUEST_TIMEOUT_MS: u64 = 60_000;
 /// Bytes asked of the kernel per read; also the decoder's growth step.
 const READ_CHUNK: usize = 64 << 10;
 
@@ -74,6 +84,8 @@ pub struct ServerConfig {
     pub data_dir: Option<PathBuf>,
     /// Start on a journal that lost acknowledged work (its lost ids become failed tasks).
     pub accept_journal_loss: bool,
+    /// Where the HTTP API and dashboard listen; `None`: no HTTP side.
+    pub http_addr: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +96,7 @@ impl Default for ServerConfig {
             max_write_buffer: 256 << 20,
             data_dir: None,
             accept_journal_loss: false,
+            http_addr: None,
         }
     }
 }
@@ -136,6 +149,26 @@ struct Connection {
     paused: bool,
     /// When it last took bytes (or had none waiting), for closing stalled readers.
     progress_ms: u64,
+    /// An HTTP connection (from the HTTP listener); `decoder` is then unused.
+    http: Option<Box<HttpState>>,
+}
+
+/// What the shell keeps for one HTTP connection beyond the bytes.
+#[derive(Default)]
+struct HttpState {
+    conn: HttpConn,
+    /// The request handed to the core, gathering its replies. IMPORTANT: one request at a time:
+    /// nothing more is parsed (nor read) until it is answered, so pipelined answers keep their
+    /// order and a client cannot queue work faster than it reads answers.
+    pending: Option<Pending>,
+    /// The request in progress leaves the connection open after its answer.
+    keep_alive: bool,
+    /// The core knows this connection as a local client (from its first API request on).
+    local: bool,
+    /// Closing: the write side is shut, bytes read are dropped, and it is closed at this time.
+    lingering_until: Option<u64>,
+    /// When it last had a byte from the peer or sent an answer.
+    last_active_ms: u64,
 }
 
 impl Connection {
@@ -148,6 +181,13 @@ impl Connection {
 pub struct Server {
     poll: Poll,
     listener: TcpListener,
+    http_listener: Option<TcpListener>,
+    /// HTTP connections open (they are in `conns` with the others).
+    http_conns: usize,
+    next_http_sweep_ms: Option<u64>,
+    /// HTTP connections whose request was answered: requests they already sent wait in their
+    /// buffers, so they are read again before the turn ends.
+    http_ready: Vec<ConnId>,
     conns: ConnTable<Connection>,
     core: Core,
     clock: Clock,
@@ -177,6 +217,21 @@ impl Server {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let http_listener = match &config.http_addr {
+            Some(http) => {
+                let bind_err = |source| ServerError::Bind {
+                    addr: http.clone(),
+                    source,
+                };
+                let std_listener = std::net::TcpListener::bind(http).map_err(bind_err)?;
+                std_listener.set_nonblocking(true).map_err(bind_err)?;
+                let mut l = TcpListener::from_std(std_listener);
+                poll.registry()
+                    .register(&mut l, HTTP_LISTENER, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
         let clock = Clock::new();
         let mut core_config = config.core.clone();
         core_config.persist = config.data_dir.is_some();
@@ -200,6 +255,10 @@ impl Server {
         Ok(Server {
             poll,
             listener,
+            http_listener,
+            http_conns: 0,
+            next_http_sweep_ms: None,
+            http_ready: Vec::new(),
             conns: ConnTable::default(),
             core,
             clock,
@@ -217,6 +276,11 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The HTTP listener's bound address, if there is one.
+    pub fn http_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.http_listener.as_ref().map(|l| l.local_addr())
+    }
+
     /// Runs the loop forever (until the process is stopped or the poll itself fails).
     pub fn run(mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(1024);
@@ -231,6 +295,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
+                    HTTP_LISTENER => self.accept_http(now),
                     // An event for a connection closed earlier in this batch finds nothing.
                     token => {
                         let id = ConnId(token.0);
@@ -244,6 +309,7 @@ impl Server {
                 }
             }
             self.core.handle_timeout(now);
+            self.sweep_http(now);
             self.end_turn(now)?;
         }
     }
@@ -272,6 +338,10 @@ impl Server {
             }
             self.flush_touched(now);
             self.resume_paused(now);
+            for id in std::mem::take(&mut self.http_ready) {
+                self.read(now, id);
+            }
+            self.flush_touched(now);
             if !self.core.has_work() {
                 break;
             }
@@ -362,13 +432,24 @@ impl Server {
     fn tell_waiting_clients(&mut self, e: &JournalError) {
         let mut message = format!("the master cannot write its journal: {e}; it is stopping");
         protocol::limits::truncate_with_marker(&mut message, protocol::limits::MAX_ERROR_BYTES);
-        let msg = protocol::FromMaster::Error { message };
+        let msg = protocol::FromMaster::Error {
+            message: message.clone(),
+        };
         for id in std::mem::take(&mut self.gated) {
             let Some(c) = self.conns.get_mut(id) else {
                 continue;
             };
             if let Some(gate) = c.gate.take() {
                 c.out.truncate(gate.max(c.out_pos));
+            }
+            if c.http.is_some() {
+                Response::error(503, &message)
+                    .closing()
+                    .write_to(&mut c.out);
+                if let Err(err) = write_out(c) {
+                    debug!("{}: cannot say the journal failed: {err}", c.addr);
+                }
+                continue;
             }
             if encode_frame(&msg, &mut c.out).is_ok() {
                 if let Err(err) = write_out(c) {
@@ -389,10 +470,10 @@ impl Server {
             .group_commit
             .deadline_us()
             .map(|at| Duration::from_micros(at.saturating_sub(now_us)));
-        match (core, commit) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let http = self
+            .next_http_sweep_ms
+            .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
+        [core, commit, http].into_iter().flatten().min()
     }
 
     fn accept(&mut self, now: u64) {
@@ -448,10 +529,273 @@ impl Server {
                     gate: None,
                     paused: false,
                     progress_ms: now,
+                    http: None,
                 },
             );
             debug!("accepted {addr}");
             self.core.handle_connect(now, id, addr.to_string(), nonce);
+        }
+    }
+
+    /// Accepts HTTP connections until none wait. They share the table, and the limit, with the
+    /// protocol's connections.
+    fn accept_http(&mut self, now: u64) {
+        loop {
+            let Some(listener) = &self.http_listener else {
+                return;
+            };
+            let (mut stream, addr) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("HTTP accept failed: {e}");
+                    return;
+                }
+            };
+            if self.conns.len() >= self.config.max_connections {
+                warn!(
+                    "refused HTTP {addr}: {} connections is the limit",
+                    self.config.max_connections
+                );
+                continue;
+            }
+            if let Err(e) = stream.set_nodelay(true) {
+                debug!("{addr}: cannot set TCP_NODELAY: {e}");
+            }
+            let Some(id) = self.conns.vacant_id() else {
+                warn!("refused HTTP {addr}: no connection slot left");
+                continue;
+            };
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut stream, token(id), Interest::READABLE)
+            {
+                warn!("refused HTTP {addr}: cannot register: {e}");
+                continue;
+            }
+            let http = HttpState {
+                last_active_ms: now,
+                ..HttpState::default()
+            };
+            self.conns.insert(
+                id,
+                Connection {
+                    stream,
+                    addr,
+                    decoder: FrameDecoder::new(),
+                    out: Vec::new(),
+                    out_pos: 0,
+                    writable_interest: false,
+                    closing: false,
+                    touched: false,
+                    gate: None,
+                    paused: false,
+                    progress_ms: now,
+                    http: Some(Box::new(http)),
+                },
+            );
+            self.http_conns += 1;
+            if self.next_http_sweep_ms.is_none() {
+                self.next_http_sweep_ms = Some(now + HTTP_SWEEP_MS);
+            }
+            debug!("accepted HTTP {addr}");
+        }
+    }
+
+    /// Reads an HTTP connection until the socket would block or a request waits for the core,
+    /// answering each whole request in turn.
+    fn read_http(&mut self, now: u64, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Some(mut h) = c.http.take() else {
+            return;
+        };
+        if h.lingering_until.is_some() {
+            c.http = Some(h);
+            // Dropping what a refused client still sends, so it reads our answer, not a reset.
+            let mut scratch = [0u8; 16 << 10];
+            loop {
+                match c.stream.read(&mut scratch) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            self.remove(id);
+            return;
+        }
+        if c.closing || c.paused {
+            c.http = Some(h);
+            return;
+        }
+        let token = self.config.core.token.as_deref();
+        let mut touched = false;
+        let mut failure: Option<String> = None;
+        let mut pause = false;
+        'turn: loop {
+            while h.pending.is_none() && !c.closing {
+                let answer = match h.conn.next_request() {
+                    Ok(None) => break,
+                    Ok(Some(req)) => {
+                        h.last_active_ms = now;
+                        h.keep_alive = req.keep_alive;
+                        h.conn.restart_clock(now);
+                        match api::handle(&req, token) {
+                            Action::Respond(r) => r,
+                            Action::Ask { msg, pending } => {
+                                if !h.local {
+                                    self.core.handle_local_client(now, id, c.addr.to_string());
+                                    h.local = true;
+                                }
+                                h.pending = Some(pending);
+                                self.core.handle_message(now, id, msg);
+                                let backlog = Backlog {
+                                    conn_bytes: c.unsent(),
+                                    total_bytes: self.unsent_total,
+                                };
+                                // A chunked reply: its next chunks are made as the shell
+                                // reports drains (`resume_paused`).
+                                if !self.core.wants_input(id, backlog) {
+                                    pause = true;
+                                }
+                                break 'turn;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        debug!("{}: HTTP {e}", c.addr);
+                        h.keep_alive = false;
+                        Response::error(e.status(), &e.to_string())
+                    }
+                };
+                self.unsent_total += push_response(c, now, answer, h.keep_alive);
+                h.last_active_ms = now;
+                touched = true;
+            }
+            if c.closing {
+                break;
+            }
+            if h.conn.wants_continue {
+                h.conn.wants_continue = false;
+                c.out.extend_from_slice(CONTINUE);
+                self.unsent_total += CONTINUE.len();
+                touched = true;
+            }
+            if !h.conn.wants_bytes() {
+                break;
+            }
+            let spare = h.conn.spare();
+            match c.stream.read(spare) {
+                Ok(0) => {
+                    h.conn.commit(0, now);
+                    failure = Some("connection closed by peer".into());
+                    break;
+                }
+                Ok(n) => {
+                    h.conn.commit(n, now);
+                    h.last_active_ms = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    h.conn.commit(0, now);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => h.conn.commit(0, now),
+                Err(e) => {
+                    h.conn.commit(0, now);
+                    failure = Some(format!("read error: {e}"));
+                    break;
+                }
+            }
+        }
+        let closing = c.closing;
+        if pause {
+            c.paused = true;
+            self.paused.push(id);
+        }
+        if let Some(reason) = failure {
+            // The peer is gone (or half-closed): what it asked for already is still answered if
+            // it waits at the core, else the connection ends now.
+            if c.unsent() == 0 && h.pending.is_none() {
+                debug!("{}: HTTP {reason}", c.addr);
+                c.http = Some(h);
+                self.core.handle_disconnect(now, id, &reason);
+                self.remove(id);
+                return;
+            }
+            c.closing = true;
+            h.keep_alive = false;
+            touched = true;
+        }
+        c.http = Some(h);
+        if closing {
+            self.core
+                .handle_disconnect(now, id, "HTTP connection closing");
+        }
+        if touched {
+            self.touch(id);
+        }
+    }
+
+    /// Closes HTTP connections past a timeout: a lingering close that is done, a request head
+    /// not complete within [`HEAD_TIMEOUT_MS`] (or a whole request within
+    /// [`HTTP_REQUEST_TIMEOUT_MS`]) gets 408, one with nothing in flight for [`IDLE_TIMEOUT_MS`]
+    /// is closed.
+    fn sweep_http(&mut self, now: u64) {
+        match self.next_http_sweep_ms {
+            Some(at) if now >= at => {}
+            _ => return,
+        }
+        self.next_http_sweep_ms = (self.http_conns > 0).then_some(now + HTTP_SWEEP_MS);
+        let mut lingered = Vec::new();
+        let mut slow = Vec::new();
+        let mut idle = Vec::new();
+        for (id, c) in self.conns.iter() {
+            let Some(h) = c.http.as_deref() else {
+                continue;
+            };
+            if let Some(until) = h.lingering_until {
+                if now >= until {
+                    lingered.push(id);
+                }
+                continue;
+            }
+            if h.pending.is_some() || c.closing {
+                continue;
+            }
+            let started = h.conn.started_ms.unwrap_or(now);
+            let waited = now.saturating_sub(started);
+            if (h.conn.head_pending() && waited >= HEAD_TIMEOUT_MS)
+                || (!h.conn.is_idle() && waited >= HTTP_REQUEST_TIMEOUT_MS)
+            {
+                slow.push(id);
+            } else if now.saturating_sub(h.last_active_ms.max(c.progress_ms)) >= IDLE_TIMEOUT_MS {
+                idle.push(id);
+            }
+        }
+        for id in lingered {
+            self.remove(id);
+        }
+        for id in idle {
+            self.core.handle_disconnect(now, id, "idle HTTP connection");
+            self.remove(id);
+        }
+        for id in slow {
+            self.core.handle_disconnect(now, id, "slow HTTP request");
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
+            debug!("{}: HTTP request too slow; closing", c.addr);
+            let e = crate::http::conn::RequestError::HeadTimeout {
+                ms: HEAD_TIMEOUT_MS,
+            };
+            let answer = Response::error(e.status(), &e.to_string());
+            self.unsent_total += push_response(c, now, answer, false);
+            self.touch(id);
         }
     }
 
@@ -460,6 +804,9 @@ impl Server {
         let Some(conn) = self.conns.get_mut(id) else {
             return; // a late event for a connection we already closed
         };
+        if conn.http.is_some() {
+            return self.read_http(now, id);
+        }
         if conn.closing {
             return;
         }
@@ -534,6 +881,40 @@ impl Server {
                     let Some(c) = self.conns.get_mut(conn) else {
                         continue; // the peer left in this same turn (its slot may be reused)
                     };
+                    if let Some(h) = c.http.as_deref_mut() {
+                        let durable = needs_commit(&msg);
+                        let Some(pending) = &mut h.pending else {
+                            debug!(
+                                "{}: a {} reply with no request; dropped",
+                                c.addr,
+                                msg.name()
+                            );
+                            continue;
+                        };
+                        let Some(answer) = pending.absorb(msg) else {
+                            continue; // more chunks to come
+                        };
+                        h.pending = None;
+                        // IMPORTANT: an answer about durable state waits for the commit.
+                        if self.journal.is_some() && c.gate.is_none() && durable {
+                            c.gate = Some(c.out.len());
+                            self.gated.push(conn);
+                        }
+                        let keep_alive = h.keep_alive;
+                        h.last_active_ms = self.clock.now_ms();
+                        self.unsent_total +=
+                            push_response(c, self.clock.now_ms(), answer, keep_alive);
+                        if c.closing {
+                            self.core.handle_disconnect(
+                                self.clock.now_ms(),
+                                conn,
+                                "HTTP connection closing",
+                            );
+                        }
+                        self.http_ready.push(conn);
+                        self.touch(conn);
+                        continue;
+                    }
                     if self.journal.is_some() && c.gate.is_none() && needs_commit(&msg) {
                         c.gate = Some(c.out.len());
                         self.gated.push(conn);
@@ -615,6 +996,16 @@ impl Server {
                 continue;
             }
             if c.closing && pending == 0 {
+                if let Some(h) = c.http.as_deref_mut() {
+                    if h.lingering_until.is_none() {
+                        // Half-close, then drop what the client still sends for a moment: a
+                        // close with unread bytes would reset the connection and could destroy
+                        // our answer (a 413 sent before the body) in the client's kernel.
+                        let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                        h.lingering_until = Some(now + LINGER_MS);
+                    }
+                    continue;
+                }
                 self.remove(id);
                 continue;
             }
@@ -646,6 +1037,9 @@ impl Server {
 
     fn remove(&mut self, id: ConnId) {
         if let Some(mut c) = self.conns.remove(id) {
+            if c.http.is_some() {
+                self.http_conns -= 1;
+            }
             self.unsent_total -= c.unsent();
             let _ = self.poll.registry().deregister(&mut c.stream);
         }
@@ -691,8 +1085,8 @@ impl<T> ConnTable<T> {
     /// id (never below 2^32 open connections on 64 bits).
     fn vacant_id(&self) -> Option<ConnId> {
         let index = self.slots.vacant_key();
-        // The all-ones index is never used, so no id equals the listener's token.
-        if index >= INDEX_MASK {
+        // The two highest indexes are never used, so no id equals a listener's token.
+        if index >= INDEX_MASK - 1 {
             return None;
         }
         let generation = self.generations.get(index).copied().unwrap_or(0);
@@ -820,6 +1214,21 @@ fn decode_all(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Appends an HTTP answer to `c`'s buffer and marks the connection closing if the answer or its
+/// request says so. Returns the bytes added.
+fn push_response(c: &mut Connection, now: u64, answer: Response, keep_alive: bool) -> usize {
+    let before = c.out.len();
+    if before == c.out_pos {
+        c.progress_ms = now; // nothing waited: not stalled
+    }
+    let answer = if keep_alive { answer } else { answer.closing() };
+    answer.write_to(&mut c.out);
+    if answer.close {
+        c.closing = true;
+    }
+    c.out.len() - before
 }
 
 /// Writes as much of `out` as the socket takes, up to the gate; keeps the allocation for reuse.

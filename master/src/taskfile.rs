@@ -128,8 +128,25 @@ fn parse_line(
     Ok(spec)
 }
 
+/// One task object already read as JSON (the HTTP API's submit body): the same fields, checks
+/// and messages as a task-file line, without the line number.
+pub fn parse_object(
+    value: Value,
+    defaults: &SpecDefaults,
+) -> std::result::Result<TaskSpec, String> {
+    let line: Line = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    let spec = line_spec(line, defaults)?;
+    protocol::limits::check_spec(&spec).map_err(|e| e.to_string())?;
+    spec.validate()?;
+    Ok(spec)
+}
+
 fn parse_fields(text: &str, defaults: &SpecDefaults) -> std::result::Result<TaskSpec, String> {
     let line: Line = serde_json::from_str(text).map_err(|e| json_message(&e))?;
+    line_spec(line, defaults)
+}
+
+fn line_spec(line: Line, defaults: &SpecDefaults) -> std::result::Result<TaskSpec, String> {
     let kind = match (&line.cmd, &line.sleep, &line.spin) {
         (Some(argv), None, None) => TaskKind::Command {
             argv: argv.clone(),

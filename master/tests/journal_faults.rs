@@ -55,7 +55,7 @@ fn start_lone(dir: &Path, data: &Path, extra: &[&str]) -> Start {
     let log_path = dir.join("master.log");
     let log = File::create(&log_path).expect("log");
     let mut child = Command::new(MASTER)
-        .args(["--listen", "127.0.0.1:0", "--port-file"])
+        .args(["--listen", "127.0.0.1:0", "--http", "off", "--port-file"])
         .arg(&port_file)
         .arg("--data-dir")
         .arg(data)
@@ -275,7 +275,7 @@ fn master_on_tmpfs(dir: &Path, size: &str, ro: bool) -> Option<Start> {
     };
     let script = format!(
         "mount -t tmpfs -o size={size} tmpfs \"$1\" && {remount} exec \"$2\" --listen 127.0.0.1:0 \
-         --port-file \"$3\" --data-dir \"$1\""
+         --http off --port-file \"$3\" --data-dir \"$1\""
     );
     // unshare and sh exec: the child's pid is the master's, so killing it kills the master.
     let mut child = Command::new("unshare")

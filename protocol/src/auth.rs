@@ -235,6 +235,39 @@ mod tests {
         assert!(!verify_peer(TOKEN, RoleTag::Client, &fresh, &P, &answer));
     }
 
+    proptest::proptest! {
+        /// For any token and nonces, a MAC verifies only for its own token, role, direction
+        /// and nonces.
+        #[test]
+        fn a_mac_verifies_only_where_it_was_made(
+            token in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            other in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            m in proptest::prelude::any::<[u8; NONCE_LEN]>(),
+            p in proptest::prelude::any::<[u8; NONCE_LEN]>(),
+            worker in proptest::prelude::any::<bool>(),
+        ) {
+            let (role, wrong_role) = if worker {
+                (RoleTag::Worker, RoleTag::Client)
+            } else {
+                (RoleTag::Client, RoleTag::Worker)
+            };
+            let answer = peer_answer(Some(&token), role, &m, &p);
+            let proof = master_proof(Some(&token), role, &m, &p);
+            proptest::prop_assert!(verify_peer(&token, role, &m, &p, &answer));
+            proptest::prop_assert!(verify_master(&token, role, &m, &p, &proof));
+            proptest::prop_assert!(!verify_peer(&token, wrong_role, &m, &p, &answer));
+            proptest::prop_assert!(!verify_master(&token, wrong_role, &m, &p, &proof));
+            proptest::prop_assert!(!verify_master(&token, role, &m, &p, &answer));
+            proptest::prop_assert!(!verify_peer(&token, role, &m, &p, &proof));
+            if other != token {
+                proptest::prop_assert!(!verify_peer(&other, role, &m, &p, &answer));
+            }
+            if m != p {
+                proptest::prop_assert!(!verify_peer(&token, role, &p, &m, &answer));
+            }
+        }
+    }
+
     #[test]
     fn nonces_of_another_length_never_verify() {
         let short = [7u8; NONCE_LEN - 1];

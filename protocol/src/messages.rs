@@ -304,6 +304,14 @@ pub enum ToMaster {
     /// From workers, answering `Retract`: the attempts given back, never started. Asked-for attempts
     /// missing here had started (or finished) and will report as usual.
     Retracted(Vec<TaskRef>),
+    /// One page of results (the HTTP API's task list): tasks with an id above `after`, oldest
+    /// first, only those in `state` if given, at most `limit` (the master caps it). Answered by
+    /// `ResultsPage` chunks.
+    ResultsPage {
+        state: Option<TaskState>,
+        after: TaskId,
+        limit: u32,
+    },
 }
 
 impl ToMaster {
@@ -322,6 +330,7 @@ impl ToMaster {
             ToMaster::Cancel { .. } => "Cancel",
             ToMaster::Running(_) => "Running",
             ToMaster::Retracted(_) => "Retracted",
+            ToMaster::ResultsPage { .. } => "ResultsPage",
         }
     }
 }
@@ -451,6 +460,8 @@ pub enum FromMaster {
     Welcome {
         /// Set for workers, `None` for clients.
         worker_id: Option<WorkerId>,
+        /// How often to report (a worker): the interval it asked for if that meets the
+        /// master's heartbeat timeout, else the master's own.
         heartbeat_interval_ms: u64,
         /// Names the master's data dir (random at its creation; random per start without a
         /// journal). A worker whose runs came from another master stops them: nobody owns them.
@@ -509,6 +520,13 @@ pub enum FromMaster {
     Error {
         message: String,
     },
+    /// One chunk of a `ResultsPage` reply; `more` says another follows. The last chunk's `next`
+    /// is the `after` of the following page, or `None` when no task past this page was there.
+    ResultsPage {
+        tasks: Vec<TaskResult>,
+        more: bool,
+        next: Option<TaskId>,
+    },
 }
 
 impl FromMaster {
@@ -528,6 +546,7 @@ impl FromMaster {
             FromMaster::WaitDone { .. } => "WaitDone",
             FromMaster::CancelDone { .. } => "CancelDone",
             FromMaster::Error { .. } => "Error",
+            FromMaster::ResultsPage { .. } => "ResultsPage",
         }
     }
 }
@@ -572,6 +591,11 @@ mod tests {
             ToMaster::Cancel { ids: vec![] },
             ToMaster::Running(vec![]),
             ToMaster::Retracted(vec![]),
+            ToMaster::ResultsPage {
+                state: None,
+                after: TaskId(0),
+                limit: 1,
+            },
         ];
         for msg in &to_master {
             named_as_debug(format!("{msg:?}"), msg.name());
@@ -631,6 +655,11 @@ mod tests {
             },
             FromMaster::Error {
                 message: "m".into(),
+            },
+            FromMaster::ResultsPage {
+                tasks: vec![],
+                more: false,
+                next: None,
             },
         ];
         for msg in &from_master {

@@ -87,7 +87,7 @@ write_w3() {
 start_master() {
   local d=$1
   shift
-  "$master" serve --listen 127.0.0.1:0 --port-file "$d/addr" "$@" >"$d/master.log" 2>&1 &
+  "$master" serve --listen 127.0.0.1:0 --port-file "$d/addr" --http off "$@" >"$d/master.log" 2>&1 &
   mpid=$!
   pids+=("$mpid")
   local end=$((SECONDS + 10))

@@ -61,8 +61,8 @@ use queue::QueueKey;
 use rebalance::Unstarted;
 use replies::Replies;
 pub use replies::{
-    Backlog, CLIENT_BACKLOG_MAX_BYTES, DRAIN_LOW_WATER_BYTES, REPLY_BYTES_IN_FLIGHT_MAX,
-    REPLY_FRAME_BUDGET, STALLED_READER_MS,
+    Backlog, CLIENT_BACKLOG_MAX_BYTES, DRAIN_LOW_WATER_BYTES, PAGE_LIMIT_MAX, PAGE_SCAN_MAX,
+    PAGE_TAIL_BYTES, REPLY_BYTES_IN_FLIGHT_MAX, REPLY_FRAME_BUDGET, STALLED_READER_MS,
 };
 pub use restore_error::RestoreError;
 pub use session::{ClientId, CloseReason, ConnId, Refusal, Violation};
@@ -164,6 +164,7 @@ pub fn needs_commit(msg: &FromMaster) -> bool {
             | FromMaster::Progress { .. }
             | FromMaster::CancelDone { .. }
             | FromMaster::Status { .. }
+            | FromMaster::ResultsPage { .. }
     )
 }
 
@@ -418,6 +419,16 @@ impl Core {
         self.arm_sweep(now_ms);
     }
 
+    /// A local client on `conn` (the HTTP API): a client session without a handshake, because the
+    /// shell has already checked the caller (its bearer token). Its requests are then handed in
+    /// with `handle_message` and answered like any client's, through the same journal gate.
+    pub fn handle_local_client(&mut self, now_ms: u64, conn: ConnId, addr: String) {
+        if let Some(earlier) = self.session.connect_local(now_ms, conn, addr) {
+            self.depart(now_ms, earlier, &"its connection id was reused");
+        }
+        self.arm_sweep(now_ms);
+    }
+
     /// One decoded frame from `conn`.
     pub fn handle_message(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) {
         match self.session.receive(now_ms, conn, msg) {
@@ -497,8 +508,9 @@ impl Core {
         }
         self.next_idle_check_ms = now_ms + 1_000;
         for (client, idle_ms) in self.session.idle_clients(now_ms, timeout_ms) {
-            // IMPORTANT: a `wait` may rightly last for hours with nothing said.
-            if self.waiters.has_client(client) {
+            // IMPORTANT: a `wait` may rightly last for hours with nothing said, and a client
+            // reading a long reply sends nothing until it has it all.
+            if self.waiters.has_client(client) || self.replies.has_client(client) {
                 continue;
             }
             debug!("{client}: idle for {idle_ms} ms, closing");
@@ -1307,6 +1319,11 @@ impl Core {
             ToMaster::Results { ids } => self.on_results(client, unique(ids)),
             ToMaster::Wait { ids, progress } => self.on_wait(client, unique(ids), progress),
             ToMaster::Cancel { ids } => self.on_cancel(now_ms, client, unique(ids)),
+            ToMaster::ResultsPage {
+                state,
+                after,
+                limit,
+            } => self.start_page(client, state, after, limit),
             other => {
                 let v = Violation::ClientMayNotSend(other.name());
                 self.session.close_client(client, CloseReason::Protocol(v));

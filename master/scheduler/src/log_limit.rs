@@ -1,4 +1,5 @@
-//! `LogLimiter`: at most a few lines per peer per window, then silence with a count, summed up
+//! `LogLimiter`: at most a few lines per peer, then silence with a count until the peer has been
+//! quiet for a whole window, summed up
 //! in one line per peer after a second, then after 2, 4 ... at most a minute apart while the
 //! flood goes on (a flood slowed down by the session layer lasts long: one line a second would
 //! be a line per few attempts again). A peer that sends junk (wrong tokens, frames of unknown
@@ -18,7 +19,9 @@ const MAX_SUMMARY_INTERVAL_MS: u64 = 60_000;
 
 #[derive(Debug)]
 struct Window {
-    start_ms: u64,
+    /// When the peer last asked for a line (written or not): a window of quiet since then
+    /// gives it its lines back.
+    last_ms: u64,
     lines: u32,
     suppressed: u64,
     /// When the last summary of this peer was given (or its first suppression).
@@ -48,7 +51,7 @@ pub struct Suppressed<K> {
 }
 
 impl<K: Ord + Clone> LogLimiter<K> {
-    /// At most `lines_per_window` lines per peer in any `window_ms`.
+    /// At most `lines_per_window` lines per peer until it has been quiet for `window_ms`.
     pub fn new(lines_per_window: u32, window_ms: u64) -> Self {
         LogLimiter {
             lines_per_window,
@@ -69,16 +72,18 @@ impl<K: Ord + Clone> LogLimiter<K> {
             return false;
         }
         let w = self.peers.entry(peer.clone()).or_insert(Window {
-            start_ms: now_ms,
+            last_ms: now_ms,
             lines: 0,
             suppressed: 0,
             summary_ms: now_ms,
             interval_ms: SUMMARY_INTERVAL_MS,
         });
-        if now_ms.saturating_sub(w.start_ms) >= self.window_ms {
-            w.start_ms = now_ms;
+        // IMPORTANT: the budget comes back only after a quiet window, not every window: a flood
+        // slowed down to one attempt per window's worth would otherwise write a line per few.
+        if now_ms.saturating_sub(w.last_ms) >= self.window_ms {
             w.lines = 0;
         }
+        w.last_ms = now_ms;
         if w.lines < self.lines_per_window {
             w.lines += 1;
             return true;
@@ -106,7 +111,7 @@ impl<K: Ord + Clone> LogLimiter<K> {
                 w.summary_ms = now_ms;
                 w.interval_ms = (w.interval_ms * 2).min(MAX_SUMMARY_INTERVAL_MS);
             }
-            w.suppressed > 0 || now_ms.saturating_sub(w.start_ms) < window_ms
+            w.suppressed > 0 || now_ms.saturating_sub(w.last_ms) < window_ms
         });
         if self.others > 0 && now_ms.saturating_sub(self.others_since_ms) >= SUMMARY_INTERVAL_MS {
             due.push(Suppressed {
@@ -147,8 +152,8 @@ mod tests {
             }
             summaries.extend(l.summarise(now));
         }
-        // A new window every 10 s lets 5 more through.
-        assert_eq!(written, 25);
+        // The flood never pauses for a window: 5 lines, then only summaries.
+        assert_eq!(written, 5);
         let at: Vec<u64> = summaries.iter().map(|s| s.over_ms).collect();
         assert_eq!(
             at,
@@ -163,6 +168,22 @@ mod tests {
             "every line is written or counted"
         );
         assert!(!l.has_pending());
+    }
+
+    /// 500 wrong tokens one after another, each answered 100 ms late (the acceptance run took
+    /// 90 s): a budget that came back every window wrote 51 lines.
+    #[test]
+    fn a_slow_flood_gets_no_new_budget_until_it_pauses() {
+        let mut l = LogLimiter::new(5, 10_000);
+        let mut lines = 0;
+        for i in 0..500u64 {
+            let now = i * 180;
+            lines += u64::from(l.allow(now, &"ip"));
+            lines += l.summarise(now).len() as u64;
+        }
+        assert!(lines <= 12, "{lines} lines");
+        // Quiet for a window: the next line is written.
+        assert!(l.allow(500 * 180 + 10_000, &"ip"));
     }
 
     #[test]

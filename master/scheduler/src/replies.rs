@@ -14,8 +14,8 @@
 use crate::{ClientId, ConnId, Core};
 use protocol::budget::sequence_len;
 use protocol::codec::encoded_len;
-use protocol::limits::{truncate_with_marker, MAX_NAME_BYTES};
-use protocol::{FromMaster, StatusReport, TaskId, WorkerStatus};
+use protocol::limits::{keep_tail, truncate_with_marker, MAX_NAME_BYTES};
+use protocol::{FromMaster, StatusReport, TaskId, TaskResult, TaskState, WorkerStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -31,6 +31,14 @@ pub const CLIENT_BACKLOG_MAX_BYTES: usize = 4 << 20;
 pub const REPLY_BYTES_IN_FLIGHT_MAX: usize = 256 << 20;
 /// See [`REPLY_BYTES_IN_FLIGHT_MAX`].
 pub const STALLED_READER_MS: u64 = 30_000;
+/// Most tasks in one `ResultsPage` (a larger `limit` is cut to it).
+pub const PAGE_LIMIT_MAX: u32 = 1_000;
+/// Most tasks one `ResultsPage` looks at, so a page filtered by a rare state never walks a table
+/// of millions in one turn: the page then holds fewer tasks and `next` says where to go on.
+pub const PAGE_SCAN_MAX: usize = 100_000;
+/// The stdout and stderr tails in a page are cut to their last this many bytes each (a page of a
+/// thousand tasks stays a few MiB); one task's own result has them whole.
+pub const PAGE_TAIL_BYTES: usize = 1 << 10;
 
 /// What the shell holds for one connection, and for all, not yet written to their sockets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,6 +62,14 @@ enum Cursor {
     AllResults { next: usize, end: usize },
     /// These ids (checked to exist when asked), from `pos`.
     Results { ids: Vec<TaskId>, pos: usize },
+    /// One page of the task list: tasks from index `next` on, in `state` if given, until `left`
+    /// more are sent or `scan_left` more are looked at.
+    Page {
+        state: Option<TaskState>,
+        next: usize,
+        left: u32,
+        scan_left: usize,
+    },
     /// The counts taken when asked; workers from index `next` below `end`.
     Status {
         header: StatusReport,
@@ -72,6 +88,11 @@ pub struct Replies {
 impl Replies {
     pub fn drop_client(&mut self, client: ClientId) {
         self.pending.remove(&client);
+    }
+
+    /// Whether `client` has a reply in progress (or its last chunk not yet drained).
+    pub fn has_client(&self, client: ClientId) -> bool {
+        self.pending.contains_key(&client)
     }
 }
 
@@ -159,6 +180,62 @@ impl Core {
         );
     }
 
+    /// Answers `ResultsPage`: tasks after `after`, oldest first, in `state` if given.
+    pub(crate) fn start_page(
+        &mut self,
+        client: ClientId,
+        state: Option<TaskState>,
+        after: TaskId,
+        limit: u32,
+    ) {
+        let cursor = Cursor::Page {
+            state,
+            // Ids start at 1, so task `after` sits at index `after - 1`: the next is at `after`.
+            next: usize::try_from(after.0).unwrap_or(usize::MAX),
+            left: limit.clamp(1, PAGE_LIMIT_MAX),
+            scan_left: PAGE_SCAN_MAX,
+        };
+        self.start_reply(client, cursor);
+    }
+
+    /// The next chunk of a page from index `next`: its tasks, and the page's `next`, `left` and
+    /// `scan_left` after them. Never looks past `scan_left` tasks.
+    fn page_chunk(
+        &self,
+        state: Option<TaskState>,
+        next: usize,
+        left: u32,
+        scan_left: usize,
+    ) -> (Vec<TaskResult>, usize, u32, usize) {
+        let end = self.tasks.len().min(next.saturating_add(scan_left));
+        let mut at = next;
+        // The index of every task made, so one left out of a full chunk opens the next chunk.
+        let mut made_at = Vec::new();
+        let tasks = fill_chunk(REPLY_FRAME_BUDGET, |i| {
+            if i >= left as usize {
+                return None;
+            }
+            while at < end {
+                let index = at;
+                at += 1;
+                let id = TaskId(index as u64 + 1);
+                let t = self.tasks.get(id)?;
+                if state.is_none_or(|s| s == t.state) {
+                    let mut view = self.result_view(id, t);
+                    keep_tail(&mut view.stdout, PAGE_TAIL_BYTES);
+                    keep_tail(&mut view.stderr, PAGE_TAIL_BYTES);
+                    made_at.push(index);
+                    return Some(view);
+                }
+            }
+            None
+        });
+        let resume = made_at.get(tasks.len()).copied().unwrap_or(at);
+        let left = left - tasks.len() as u32;
+        let scan_left = scan_left - (resume - next);
+        (tasks, resume, left, scan_left)
+    }
+
     fn start_reply(&mut self, client: ClientId, cursor: Cursor) {
         // A request while a reply is unfinished only comes from a shell that read the client
         // anyway: finish that reply first, so chunks never interleave.
@@ -197,6 +274,30 @@ impl Core {
                 let more = pos < ids.len() && !tasks.is_empty();
                 let rest = more.then_some(Cursor::Results { ids, pos });
                 (FromMaster::Results { tasks, more }, rest)
+            }
+            Cursor::Page {
+                state,
+                next,
+                left,
+                scan_left,
+            } => {
+                let (tasks, next, left, scan_left) = self.page_chunk(state, next, left, scan_left);
+                let len = self.tasks.len();
+                let done = left == 0 || scan_left == 0 || next >= len;
+                let rest = (!done).then_some(Cursor::Page {
+                    state,
+                    next,
+                    left,
+                    scan_left,
+                });
+                // The last task looked at has index `next - 1`, so id `next`.
+                let after = (done && next < len).then_some(TaskId(next as u64));
+                let msg = FromMaster::ResultsPage {
+                    tasks,
+                    more: !done,
+                    next: after,
+                };
+                (msg, rest)
             }
             Cursor::Status { header, next, end } => {
                 let workers = fill_chunk(REPLY_FRAME_BUDGET, |i| {

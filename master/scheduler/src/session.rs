@@ -363,6 +363,25 @@ impl Sessions {
         earlier
     }
 
+    /// A client that needs no handshake (the shell's HTTP side, which checked the bearer token
+    /// itself): bound at once, with no `Greeting` and no deadline. Like [`Sessions::connect`], a
+    /// live id given again departs its earlier peer.
+    pub fn connect_local(&mut self, now_ms: u64, conn: ConnId, addr: String) -> Option<Departed> {
+        let earlier = self.disconnect(conn, &"its connection id was given to a new connection");
+        let id = ClientId(self.next_client);
+        self.next_client += 1;
+        self.conns.insert(
+            conn,
+            Conn {
+                addr,
+                last_active_ms: now_ms,
+                peer: Peer::Client(id),
+            },
+        );
+        self.clients.insert(id, conn);
+        earlier
+    }
+
     /// One decoded frame from `conn`: handshake frames are handled here, the rest are handed on
     /// with the peer's id.
     pub fn receive(&mut self, now_ms: u64, conn: ConnId, msg: ToMaster) -> Inbound {

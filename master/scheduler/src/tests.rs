@@ -13,6 +13,7 @@ mod idle;
 mod limits;
 mod names;
 mod observe;
+mod pages;
 
 struct Harness {
     core: Core,

@@ -35,9 +35,27 @@ pub fn worker_bin() -> PathBuf {
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// The HTTP flags for a master: `--http ADDR --http-port-file FILE`, unless the test's own flags
+/// choose (`--http off`, or an address of their own, whose port file is then still written).
+fn http_args(extra: &[&str], addr: &str, file: &Path) -> Vec<String> {
+    let file = file.display().to_string();
+    match extra.iter().position(|a| *a == "--http") {
+        Some(i) if extra.get(i + 1) == Some(&"off") => Vec::new(),
+        Some(_) => vec!["--http-port-file".into(), file],
+        None => vec![
+            "--http".into(),
+            addr.into(),
+            "--http-port-file".into(),
+            file,
+        ],
+    }
+}
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub addr: String,
+    /// The HTTP listener's `host:port`; empty when the test turned it off (`--http off`).
+    pub http_addr: String,
     master: Child,
     workers: Vec<(String, Child)>,
 }
@@ -70,12 +88,16 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let port_file = dir.join("addr");
+        let http_file = dir.join("http-addr");
         let log = File::create(dir.join("master.log")).expect("log file");
+        // IMPORTANT: a port of its own for HTTP too, so parallel tests never meet on 7701.
+        let http = http_args(extra, "127.0.0.1:0", &http_file);
         let master = Command::new(MASTER)
             .args(["--listen", "127.0.0.1:0", "--port-file"])
             .arg(&port_file)
             .arg("--data-dir")
             .arg(dir.join("data"))
+            .args(&http)
             .args(extra)
             // Debug unless the test asks for another level.
             .env("RUST_LOG", "debug")
@@ -87,12 +109,15 @@ impl Cluster {
         let mut cluster = Cluster {
             dir,
             addr: String::new(),
+            http_addr: String::new(),
             master,
             workers: Vec::new(),
         };
         cluster.addr = eventually(Duration::from_secs(10), "the master's port file", || {
             std::fs::read_to_string(&port_file).ok()
         });
+        // Written before the port file, so it is there now.
+        cluster.http_addr = std::fs::read_to_string(&http_file).unwrap_or_default();
         cluster
     }
 
@@ -233,6 +258,14 @@ impl Cluster {
         self.kill_master();
         let port_file = self.dir.join("addr");
         let _ = std::fs::remove_file(&port_file);
+        let http_file = self.dir.join("http-addr");
+        let _ = std::fs::remove_file(&http_file);
+        let same_http = if self.http_addr.is_empty() {
+            "127.0.0.1:0".to_string()
+        } else {
+            self.http_addr.clone()
+        };
+        let http = http_args(extra, &same_http, &http_file);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -243,6 +276,7 @@ impl Cluster {
             .arg(&port_file)
             .arg("--data-dir")
             .arg(self.dir.join("data"))
+            .args(&http)
             .args(extra)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
@@ -258,6 +292,7 @@ impl Cluster {
             addr, self.addr,
             "the restarted master must reuse the address"
         );
+        self.http_addr = std::fs::read_to_string(&http_file).unwrap_or_default();
     }
 
     /// SIGKILLs worker `name` if it runs, then starts it again under the same name; its log is

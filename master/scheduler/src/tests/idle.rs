@@ -70,3 +70,42 @@ fn no_timeout_closes_nobody() {
         assert!(closes(&h.advance(10_000)).is_empty());
     }
 }
+
+/// A client reading a long reply slowly sends nothing meanwhile: it is not idle.
+#[test]
+fn a_client_with_a_reply_in_progress_is_not_closed() {
+    let mut h = Harness::with(CoreConfig {
+        client_idle_timeout_ms: Some(10_000),
+        ..CoreConfig::default()
+    });
+    let c = super::limits::big_results(&mut h, 200);
+    // Results of large outputs: several chunks, made one per drain, and no drain is reported
+    // (the harness's `drain` would report them all, so the core is driven by hand).
+    h.core
+        .handle_message(h.now, c, ToMaster::Results { ids: vec![] });
+    h.core.dispatch(h.now);
+    while h.core.poll_output().is_some() {}
+    assert!(!h.core.replies_pending().is_empty(), "a reply in progress");
+    // (Its worker goes silent and is lost meanwhile: only the client's connection matters.)
+    let of_client = |out: &[Output]| -> Vec<(ConnId, CloseReason)> {
+        closes(out)
+            .into_iter()
+            .filter(|(conn, _)| *conn == c)
+            .collect()
+    };
+    for _ in 0..300 {
+        h.now += 100;
+        h.core.handle_timeout(h.now);
+        h.core.dispatch(h.now);
+        let out: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
+        assert!(of_client(&out).is_empty(), "{:?}", of_client(&out));
+    }
+    // Once it has drained it all, idleness counts again.
+    h.drain();
+    assert!(h.core.replies_pending().is_empty());
+    let mut closed = Vec::new();
+    for _ in 0..120 {
+        closed.extend(of_client(&h.advance(100)));
+    }
+    assert_eq!(closed.len(), 1, "{closed:?}");
+}

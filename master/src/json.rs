@@ -1,0 +1,108 @@
+//! The JSON shapes of a status report and a task result, as `master status --json`, `master
+//! results --json` and the HTTP API (`/api/v1/...`) all print them. Field names are the
+//! command-line contract, so they are spelled out here rather than derived from wire types that
+//! may grow; fields are added, never renamed.
+
+use protocol::{StatusReport, TaskResult, WorkerStatus};
+use serde::Serialize;
+
+#[derive(Serialize, Debug)]
+pub struct StatusView<'a> {
+    pub workers: Vec<WorkerView<'a>>,
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub policy: &'a str,
+}
+
+#[derive(Serialize, Debug)]
+pub struct WorkerView<'a> {
+    pub id: u32,
+    pub name: &'a str,
+    pub addr: &'a str,
+    /// "alive" | "dead"
+    pub state: &'static str,
+    pub slots: u32,
+    /// Tasks it may hold beyond `slots`, not yet started.
+    pub prefetch: u32,
+    pub running: u32,
+    /// f32 on purpose: serde_json prints it with f32 precision (35.2, not 35.20000076293945).
+    pub cpu_percent: f32,
+    pub done: u64,
+    pub host: &'a str,
+    pub load_avg_1m: f32,
+    /// The worker's group, or null for the shared pool.
+    pub group: Option<&'a str>,
+}
+
+impl<'a> From<&'a WorkerStatus> for WorkerView<'a> {
+    fn from(w: &'a WorkerStatus) -> Self {
+        WorkerView {
+            id: w.id.0,
+            name: &w.name,
+            addr: &w.addr,
+            state: w.state.as_str(),
+            slots: w.slots,
+            prefetch: w.prefetch,
+            running: w.running,
+            cpu_percent: w.cpu_percent,
+            done: w.done,
+            host: &w.host,
+            load_avg_1m: w.load_avg_1m,
+            group: w.group.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a StatusReport> for StatusView<'a> {
+    fn from(r: &'a StatusReport) -> Self {
+        StatusView {
+            workers: r.workers.iter().map(WorkerView::from).collect(),
+            queued: r.queued,
+            running: r.running,
+            succeeded: r.succeeded,
+            failed: r.failed,
+            policy: &r.policy,
+        }
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct ResultView<'a> {
+    pub id: u64,
+    /// `TaskState::as_str`: queued | running | succeeded | failed | timed_out | cancelled | worker_lost
+    pub state: &'static str,
+    pub exit_code: Option<i32>,
+    pub worker: Option<&'a str>,
+    pub attempts: u32,
+    /// Copies that ran for this outcome: 1 ordinarily, 0 if it never ran, more for replicas.
+    pub copies: u32,
+    pub priority: i32,
+    pub submitted_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub stdout: &'a str,
+    pub stderr: &'a str,
+    pub error: Option<&'a str>,
+}
+
+impl<'a> From<&'a TaskResult> for ResultView<'a> {
+    fn from(t: &'a TaskResult) -> Self {
+        ResultView {
+            id: t.id.0,
+            state: t.state.as_str(),
+            exit_code: t.exit_code,
+            worker: t.worker.as_deref(),
+            attempts: t.attempts,
+            copies: t.copies,
+            priority: t.priority,
+            submitted_ms: t.submitted_ms,
+            started_ms: t.started_ms,
+            finished_ms: t.finished_ms,
+            stdout: &t.stdout,
+            stderr: &t.stderr,
+            error: t.error.as_deref(),
+        }
+    }
+}
