@@ -3,11 +3,9 @@
 //! `master` binary adds the command line (serve and the client subcommands).
 
 pub use scheduler as core;
-pub mod events_sse;
 pub mod http;
 pub mod journal;
 pub mod json;
-pub mod metrics_text;
 pub mod server;
 pub mod sim;
 pub mod taskfile;

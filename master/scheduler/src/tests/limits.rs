@@ -237,7 +237,7 @@ fn result_chunks(out: &[Output], conn: ConnId) -> Vec<(usize, bool)> {
 }
 
 /// Finished tasks whose results are about 100 KB each: 40 make a reply of about 1 chunk per 40.
-fn big_results(h: &mut Harness, n: u32) -> ConnId {
+pub(super) fn big_results(h: &mut Harness, n: u32) -> ConnId {
     let (w, _, _) = h.worker("a", n);
     let c = h.client();
     let (ids, _) = h.submit(c, vec![sleep_spec(0)], n);

@@ -1,14 +1,14 @@
 //! Server-Sent Events for `GET /api/v1/events`: the wire format of the core's events and the
-//! subscribers' bounded buffers. No sockets here: the shell moves each subscriber's bytes to its
-//! connection as it becomes writable, and closes the ones [`Subscribers::publish`] drops.
+//! set of subscribers with their bound. No sockets here: the shell appends each event to the
+//! subscribers' connection buffers and closes the ones [`Subscribers::publish`] drops.
 //!
 //! IMPORTANT: a subscriber never slows dispatch. Each event is formatted once and appended to
-//! every buffer; a buffer past [`SUBSCRIBER_BUFFER_MAX`] (a reader that stopped reading, or reads
-//! slower than events come) drops that subscriber instead of growing or waiting. Browsers
-//! reconnect after the `retry:` hint.
+//! every subscriber's buffer; one whose unsent bytes would pass [`SUBSCRIBER_BUFFER_MAX`] (a
+//! reader that stopped reading, or reads slower than events come) is dropped instead of growing
+//! or being waited for. Browsers reconnect after the `retry:` hint.
 
 use crate::core::events::Event;
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 /// `Content-Type` of the stream.
 pub const CONTENT_TYPE: &str = "text/event-stream";
@@ -44,10 +44,27 @@ pub fn frame(event: &Event) -> String {
     format!("event: {}\ndata: {data}\n\n", event.name())
 }
 
-/// The subscribers, by the shell's key (its connection id).
+/// Where one event went (what the shell's `deliver` says for a subscriber).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Appended to its connection's buffer.
+    Queued,
+    /// Its buffer would pass [`SUBSCRIBER_BUFFER_MAX`]: it fell behind, drop it.
+    Behind,
+    /// Its connection is gone.
+    Gone,
+}
+
+/// Whether `frame` may join `unsent` bytes already waiting for a subscriber.
+pub fn fits(unsent: usize, frame: usize) -> bool {
+    unsent + frame <= SUBSCRIBER_BUFFER_MAX
+}
+
+/// The subscribers, by the shell's key (its connection id). Their buffers are their
+/// connections' own write buffers; this keeps who subscribes and the bound.
 #[derive(Debug)]
 pub struct Subscribers<K> {
-    buffers: BTreeMap<K, Vec<u8>>,
+    keys: BTreeSet<K>,
     /// Subscribers dropped for falling behind, since start (`ballast_sse_dropped_total`).
     pub dropped_total: u64,
 }
@@ -55,7 +72,7 @@ pub struct Subscribers<K> {
 impl<K> Default for Subscribers<K> {
     fn default() -> Self {
         Subscribers {
-            buffers: BTreeMap::new(),
+            keys: BTreeSet::new(),
             dropped_total: 0,
         }
     }
@@ -71,71 +88,60 @@ pub enum SubscribeError {
 
 impl<K: Ord + Copy> Subscribers<K> {
     pub fn len(&self) -> usize {
-        self.buffers.len()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buffers.is_empty()
+        self.keys.is_empty()
     }
 
-    /// Adds `key`, its buffer starting with the preamble. Turn the core's events on when the
-    /// first one arrives (`Core::set_events`).
+    pub fn contains(&self, key: K) -> bool {
+        self.keys.contains(&key)
+    }
+
+    /// Adds `key`; the shell then writes [`stream_head`] and [`preamble`] to it. Turn the core's
+    /// events on when the first one arrives (`Core::set_events`).
     pub fn add(&mut self, key: K) -> Result<(), SubscribeError> {
-        if self.buffers.len() >= MAX_SUBSCRIBERS && !self.buffers.contains_key(&key) {
+        if self.keys.len() >= MAX_SUBSCRIBERS && !self.keys.contains(&key) {
             return Err(SubscribeError::Full {
                 max: MAX_SUBSCRIBERS,
             });
         }
-        self.buffers.insert(key, preamble().into_bytes());
+        self.keys.insert(key);
         Ok(())
     }
 
-    /// The subscriber went away (closed, or dropped by the shell). Turn the core's events off
-    /// when the last one leaves.
-    pub fn remove(&mut self, key: K) {
-        self.buffers.remove(&key);
+    /// The subscriber went away. Returns whether it was one. Turn the core's events off when
+    /// the last one leaves.
+    pub fn remove(&mut self, key: K) -> bool {
+        self.keys.remove(&key)
     }
 
-    /// Appends one event to every buffer. Returns the subscribers dropped because their buffer
-    /// would pass the cap: the shell closes their connections.
-    pub fn publish(&mut self, event: &Event) -> Vec<K> {
-        if self.buffers.is_empty() {
+    /// Formats `event` once and hands it to `deliver` for every subscriber. Those behind or gone
+    /// are forgotten; the ones behind are returned for the shell to close.
+    pub fn publish(
+        &mut self,
+        event: &Event,
+        mut deliver: impl FnMut(K, &[u8]) -> Delivery,
+    ) -> Vec<K> {
+        if self.keys.is_empty() {
             return Vec::new();
         }
         let bytes = frame(event);
-        let mut dropped = Vec::new();
-        for (&key, buf) in &mut self.buffers {
-            if buf.len() + bytes.len() > SUBSCRIBER_BUFFER_MAX {
-                dropped.push(key);
-            } else {
-                buf.extend_from_slice(bytes.as_bytes());
+        let mut behind = Vec::new();
+        let mut gone = Vec::new();
+        for &key in &self.keys {
+            match deliver(key, bytes.as_bytes()) {
+                Delivery::Queued => {}
+                Delivery::Behind => behind.push(key),
+                Delivery::Gone => gone.push(key),
             }
         }
-        for key in &dropped {
-            self.buffers.remove(key);
+        for key in behind.iter().chain(&gone) {
+            self.keys.remove(key);
         }
-        self.dropped_total += dropped.len() as u64;
-        dropped
-    }
-
-    /// What `key` has to write (empty once written).
-    pub fn pending(&self, key: K) -> &[u8] {
-        self.buffers.get(&key).map_or(&[], Vec::as_slice)
-    }
-
-    /// `n` bytes of `pending(key)` were written.
-    pub fn consumed(&mut self, key: K, n: usize) {
-        if let Some(buf) = self.buffers.get_mut(&key) {
-            buf.drain(..n.min(buf.len()));
-        }
-    }
-
-    /// Subscribers with bytes to write (the shell wants WRITABLE for these).
-    pub fn with_pending(&self) -> impl Iterator<Item = K> + '_ {
-        self.buffers
-            .iter()
-            .filter(|(_, b)| !b.is_empty())
-            .map(|(&k, _)| k)
+        self.dropped_total += behind.len() as u64;
+        behind
     }
 }
 
@@ -143,6 +149,7 @@ impl<K: Ord + Copy> Subscribers<K> {
 mod tests {
     use super::*;
     use crate::core::events::Summary;
+    use std::collections::BTreeMap;
 
     fn lost(name: &str) -> Event {
         Event::WorkerLost {
@@ -197,20 +204,35 @@ mod tests {
         let mut subs = Subscribers::default();
         subs.add(1u32).expect("room");
         subs.add(2u32).expect("room");
+        subs.add(3u32).expect("room");
+        // 1 reads everything at once; 2 never reads; 3's connection is gone.
+        let mut buffers: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         let one = frame(&lost("w")).len();
         let mut dropped = Vec::new();
         for _ in 0..(SUBSCRIBER_BUFFER_MAX / one + 1) {
-            // Subscriber 1 reads everything at once; 2 never reads.
-            let n = subs.pending(1).len();
-            subs.consumed(1, n);
-            dropped.extend(subs.publish(&lost("w")));
+            buffers.entry(1).or_default().clear();
+            dropped.extend(subs.publish(&lost("w"), |k, bytes| {
+                if k == 3 {
+                    return Delivery::Gone;
+                }
+                let buf = buffers.entry(k).or_default();
+                if !fits(buf.len(), bytes.len()) {
+                    return Delivery::Behind;
+                }
+                buf.extend_from_slice(bytes);
+                Delivery::Queued
+            }));
         }
-        assert_eq!(dropped, vec![2]);
+        assert_eq!(
+            dropped,
+            vec![2],
+            "only the one behind is closed by the shell"
+        );
         assert_eq!(subs.len(), 1);
+        assert!(subs.contains(1));
         assert_eq!(subs.dropped_total, 1);
-        assert!(subs.pending(2).is_empty());
-        assert_eq!(subs.pending(1).len(), one);
-        assert_eq!(subs.with_pending().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(buffers[&1].len(), one);
+        assert!(buffers[&2].len() <= SUBSCRIBER_BUFFER_MAX);
     }
 
     #[test]
@@ -236,10 +258,8 @@ mod tests {
                 max: MAX_SUBSCRIBERS
             })
         );
-        subs.remove(0);
+        assert!(subs.remove(0));
+        assert!(!subs.remove(0));
         assert!(subs.add(MAX_SUBSCRIBERS).is_ok());
-        assert!(subs
-            .pending(MAX_SUBSCRIBERS)
-            .starts_with(b": ballast events\n"));
     }
 }
