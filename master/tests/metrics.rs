@@ -282,3 +282,84 @@ fn a_prometheus_server_scraping_the_master_sees_its_workers() {
         },
     );
 }
+
+/// The raw answer to `METHOD PATH` with extra header lines, on a fresh connection.
+fn call(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("the HTTP port accepts");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("request written");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("response read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, text)
+}
+
+#[test]
+fn metrics_events_and_report_refuse_what_they_must() {
+    let c = Cluster::start(&["--token", "s3cret"]);
+    for path in ["/metrics", "/api/v1/report", "/api/v1/events"] {
+        let (status, text) = call(&c.http_addr, "GET", path, "");
+        assert_eq!(status, 401, "{path} without the token: {text}");
+        assert!(text.contains("\"error\""), "{text}");
+        let (status, text) = call(
+            &c.http_addr,
+            "POST",
+            path,
+            "Authorization: Bearer s3cret\r\n",
+        );
+        assert_eq!(status, 405, "{path} is GET only: {text}");
+        assert!(text.contains("Allow: GET"), "{text}");
+    }
+    let (status, text) = call(
+        &c.http_addr,
+        "GET",
+        "/metrics",
+        "Authorization: Bearer s3cret\r\n",
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("ballast_workers{state=\"alive\"} 0"),
+        "{text}"
+    );
+
+    // Subscribers are bounded: past the limit, 503; the ones in keep their stream.
+    let auth = "Authorization: Bearer s3cret\r\n";
+    let mut streams = Vec::new();
+    for _ in 0..64 {
+        let mut s = TcpStream::connect(&c.http_addr).expect("connects");
+        write!(s, "GET /api/v1/events HTTP/1.1\r\nHost: x\r\n{auth}\r\n").expect("request");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).expect("status line");
+        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+        streams.push(r);
+    }
+    let (status, text) = call(&c.http_addr, "GET", "/api/v1/events", auth);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("subscribers"), "{text}");
+    // One leaves: its place is free again (the master notices the close).
+    drop(streams.pop());
+    eventually(Duration::from_secs(10), "a free subscriber place", || {
+        let mut s = TcpStream::connect(&c.http_addr).ok()?;
+        write!(s, "GET /api/v1/events HTTP/1.1\r\nHost: x\r\n{auth}\r\n").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).ok()?;
+        line.starts_with("HTTP/1.1 200").then_some(())
+    });
+    // The master still serves the API.
+    let (status, text) = call(&c.http_addr, "GET", "/api/v1/status", auth);
+    assert_eq!(status, 200, "{text}");
+}
