@@ -76,8 +76,11 @@ pub struct Summary {
     pub succeeded: u64,
     /// Final but not succeeded (failed, timed out, cancelled, worker lost), as `status` counts.
     pub failed: u64,
-    /// Waiting per group (`""`: the default pool); a JSON object.
+    /// Waiting per group (`""`: the default pool); a JSON object of at most
+    /// `metrics::QUEUE_GROUPS_LISTED` groups and the default pool.
     pub queue: BTreeMap<String, u64>,
+    /// Tasks waiting in groups not listed in `queue`.
+    pub queue_unlisted: u64,
     pub workers_alive: u64,
     /// Tasks that became final per second since the previous summary.
     pub finished_per_s: f64,
@@ -214,13 +217,15 @@ impl crate::Core {
             return;
         }
         let counts = self.status_counts();
+        let queue = self.pools.queue_lens(crate::metrics::QUEUE_GROUPS_LISTED);
         let summary = Summary {
             at_ms: now_ms,
             queued: counts.queued,
             running: counts.running,
             succeeded: counts.succeeded,
             failed: counts.failed,
-            queue: self.pools.queue_lens().into_iter().collect(),
+            queue: queue.listed.into_iter().collect(),
+            queue_unlisted: queue.unlisted_tasks,
             workers_alive: self.workers.iter().filter(|w| w.is_alive()).count() as u64,
             finished_per_s: 0.0,
             submitted_per_s: 0.0,
@@ -253,6 +258,7 @@ mod tests {
             succeeded: 0,
             failed: 0,
             queue: BTreeMap::new(),
+            queue_unlisted: 0,
             workers_alive: 0,
             finished_per_s: 0.0,
             submitted_per_s: 0.0,

@@ -10,6 +10,10 @@ use protocol::{TaskState, WorkerId};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// Groups listed one by one in the metrics and the events' summary: one label value each in
+/// Prometheus, so a submission that names a million groups cannot make a million series.
+pub const QUEUE_GROUPS_LISTED: usize = 100;
+
 /// Upper bounds (seconds) of the queueing latencies: submit → assign and submit → start. A batch
 /// of a million short tasks waits minutes; a lone task a millisecond.
 pub const QUEUE_LATENCY_BOUNDS_S: &[f64] = &[
@@ -257,8 +261,11 @@ pub struct MetricsSnapshot {
     pub retried_total: u64,
     pub workers: Vec<WorkerMetrics>,
     /// Tasks waiting in a queue (not held for a retry backoff), per group; `""` is the default
-    /// pool. Every group ever seen is listed.
+    /// pool. Every group ever seen while there are at most [`QUEUE_GROUPS_LISTED`]; beyond, the
+    /// first of those with waiting tasks, the rest summed in `queue_unlisted_*`.
     pub queue: Vec<(String, u64)>,
+    pub queue_unlisted_groups: u64,
+    pub queue_unlisted_tasks: u64,
     pub dispatch_latency: Histogram,
     pub start_latency: Histogram,
     pub commit_latency: Histogram,
@@ -443,6 +450,7 @@ impl crate::Core {
     pub fn metrics(&self) -> MetricsSnapshot {
         let (worker_connections, client_connections, handshake_connections) =
             self.session.connection_counts();
+        let queue = self.pools.queue_lens(QUEUE_GROUPS_LISTED);
         MetricsSnapshot {
             tasks: ALL_STATES
                 .iter()
@@ -465,7 +473,9 @@ impl crate::Core {
                     done: w.done,
                 })
                 .collect(),
-            queue: self.pools.queue_lens(),
+            queue: queue.listed,
+            queue_unlisted_groups: queue.unlisted_groups,
+            queue_unlisted_tasks: queue.unlisted_tasks,
             dispatch_latency: self.metrics.dispatch_latency.clone(),
             start_latency: self.metrics.start_latency.clone(),
             commit_latency: self.metrics.commit_latency.clone(),
@@ -506,6 +516,8 @@ impl crate::Core {
                 "queue of {group:?}"
             );
         }
+        let listed: u64 = m.queue.iter().map(|(_, n)| n).sum();
+        assert_eq!(listed + m.queue_unlisted_tasks, self.pools.len() as u64);
         for group in queued.keys() {
             assert!(
                 m.queue.iter().any(|(g, _)| g == group),

@@ -186,6 +186,7 @@ mod tests {
             succeeded: 0,
             failed: 0,
             queue: [(String::new(), 3)].into_iter().collect(),
+            queue_unlisted: 0,
             workers_alive: 0,
             finished_per_s: 0.5,
             submitted_per_s: 0.0,

@@ -154,6 +154,26 @@ pub fn render(m: &MetricsSnapshot, shell: &ShellGauges) -> String {
     for (group, n) in &m.queue {
         out.sample("ballast_queue_length", &[("group", group)], *n as f64);
     }
+    out.family(
+        "ballast_queue_unlisted_length",
+        "gauge",
+        "Tasks waiting in groups beyond the ones ballast_queue_length lists (it lists 100 at most).",
+    );
+    out.sample(
+        "ballast_queue_unlisted_length",
+        &[],
+        m.queue_unlisted_tasks as f64,
+    );
+    out.family(
+        "ballast_queue_unlisted_groups",
+        "gauge",
+        "Groups with waiting tasks that ballast_queue_length does not list.",
+    );
+    out.sample(
+        "ballast_queue_unlisted_groups",
+        &[],
+        m.queue_unlisted_groups as f64,
+    );
     out.histogram(
         "ballast_dispatch_latency_seconds",
         "Submission to the first handout of a task to a worker.",
@@ -409,6 +429,8 @@ mod tests {
                 },
             ],
             queue: vec![(String::new(), 3), ("gpu".into(), 0)],
+            queue_unlisted_groups: 0,
+            queue_unlisted_tasks: 0,
             dispatch_latency: Histogram::new(&[0.1, 1.0]),
             start_latency: Histogram::new(&[0.1, 1.0]),
             commit_latency: commit,
