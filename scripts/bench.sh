@@ -3,8 +3,8 @@
 #
 # Usage: scripts/bench.sh [--no-build] [--only W1,W2,...] [--repeat N]
 #   --no-build      use the binaries already in target/release
-#   --only LIST     run only these workloads (W1 W2 W3 W4 W5 W7 H1; W6 is W2 with the journal on)
-#   --repeat N      runs of each throughput workload (W1, W2, W5); the median is reported (default 3)
+#   --only LIST     run only these workloads (W1 W2 W3 W4 W5 W7 W8 H1; W6 is W2 with the journal on)
+#   --repeat N      runs of each throughput workload (W1, W2, W5, W8); the median is reported (default 3)
 #   BENCH_OUT=DIR   where results.json and the run's logs go (default: bench/ in the repo)
 #   BENCH_TMP=DIR   parent of the scratch folder (default: $TMPDIR or /tmp)
 #
@@ -218,6 +218,71 @@ for mode in journal nojournal; do
     extra "w2_${mode}_workers_cpu_s" "$(json_list "${wcpu[@]}")"
     extra "w2_${mode}_host_busy_steal_pct" "$(json_strs "${busy[@]}")"
 done
+
+# ---- W8 watched dispatch (issue 10) --------------------------------------------------------
+# W2 (journal on) with one SSE reader on /api/v1/events and a scrape of /metrics every 100 ms,
+# against W2 unwatched on the same master in the same run (the two batches alternate which goes
+# first, so the second one's 200,000 extra finished tasks weigh on both). Watching must not slow
+# dispatch: target >= 0.85x.
+if want W8; then
+    ratios=() plain=() watched=() scrapes=() sse=()
+    for r in $(seq "$REPEAT"); do
+        start_master "w8-$r" journal
+        HTTP=$(cat "$SCRATCH/w8-$r/http-port")
+        start_workers "w8-$r" 2 64
+        order="plain watched"; [ $((r % 2)) = 0 ] && order="watched plain"
+        for kind in $order; do
+            watchers=()
+            if [ "$kind" = watched ]; then
+                curl -sN "http://$HTTP/api/v1/events" >"$LOGS/w8-$r.events" 2>/dev/null &
+                watchers+=("$!")
+                : >"$LOGS/w8-$r.scrapes"
+                # One process on one keep-alive connection, as Prometheus scrapes: a curl per
+                # scrape would measure process starts on a 2-core host, not the master.
+                python3 -c '
+import http.client, sys, time
+conn = http.client.HTTPConnection(sys.argv[1], timeout=10)
+with open(sys.argv[2], "a") as out:
+    while True:
+        conn.request("GET", "/metrics")
+        reply = conn.getresponse()
+        reply.read()
+        print(reply.status, file=out, flush=True)
+        time.sleep(0.1)
+' "$HTTP" "$LOGS/w8-$r.scrapes" 2>>"$LOGS/w8-$r.scraper.log" &
+                watchers+=("$!")
+                PIDS+=("${watchers[@]}")
+                # Both are connected before the batch starts.
+                for i in $(seq 100); do
+                    [ -s "$LOGS/w8-$r.scrapes" ] && [ -s "$LOGS/w8-$r.events" ] && break
+                    sleep 0.02
+                done
+            fi
+            now; t0=$NOW
+            "$MASTER" submit --master "$ADDR" --count 200000 --sleep 0ms --wait >/dev/null
+            now; t1=$NOW
+            rate=$(calc "200000 / (($t1 - $t0) / 1e9)" 0)
+            if [ "$kind" = watched ]; then
+                watched+=("$rate")
+                for pid in "${watchers[@]}"; do kill "$pid" 2>/dev/null || true; done
+                for pid in "${watchers[@]}"; do wait "$pid" 2>/dev/null || true; done
+            else
+                plain+=("$rate")
+            fi
+        done
+        ratios+=("$(calc "${watched[-1]} / ${plain[-1]}" 3)")
+        scrapes+=("$(grep -c '^200$' "$LOGS/w8-$r.scrapes" || true)")
+        sse+=("$(grep -c '^event: ' "$LOGS/w8-$r.events" || true)")
+        stop_all
+        echo "W8 watched dispatch run $r ($order): watched ${watched[-1]} tasks/s, plain ${plain[-1]} tasks/s (${ratios[-1]}x; ${scrapes[-1]} scrapes, ${sse[-1]} events)"
+    done
+    mid=$(for i in "${!ratios[@]}"; do echo "${ratios[$i]} $i"; done | sort -g | awk -v n="${#ratios[@]}" 'NR == int((n + 1) / 2) { print $2 }')
+    row W8 "W2 + SSE reader + /metrics every 100 ms" "${watched[$mid]}" tasks/s higher 0.85 "W2 unwatched" "${plain[$mid]}"
+    extra "w8_watched_tasks_per_s" "$(json_list "${watched[@]}")"
+    extra "w8_plain_tasks_per_s" "$(json_list "${plain[@]}")"
+    extra "w8_scrapes" "$(json_list "${scrapes[@]}")"
+    extra "w8_sse_events" "$(json_list "${sse[@]}")"
+fi
 
 # ---- W3 latency ----------------------------------------------------------------------------
 for mode in journal nojournal; do

@@ -21,6 +21,8 @@ use crate::http::api::{self, Action, Pending};
 use crate::http::conn::{
     HttpConn, Response, CONTINUE, HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS, LINGER_MS,
 };
+use crate::http::events::{self as sse, Delivery, Subscribers};
+use crate::http::metrics::{self as exposition, ShellGauges};
 use crate::journal::{Journal, JournalError, OpenOptions};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -173,6 +175,9 @@ struct HttpState {
     lingering_until: Option<u64>,
     /// When it last had a byte from the peer or sent an answer.
     last_active_ms: u64,
+    /// An event stream (`GET /api/v1/events`): it only receives events from now on; what the
+    /// peer sends is dropped. In `Server::subscribers`.
+    streaming: bool,
 }
 
 impl Connection {
@@ -192,6 +197,8 @@ pub struct Server {
     /// HTTP connections whose request was answered: requests they already sent wait in their
     /// buffers, so they are read again before the turn ends.
     http_ready: Vec<ConnId>,
+    /// HTTP connections reading `/api/v1/events`; the core makes events while there is one.
+    subscribers: Subscribers<ConnId>,
     conns: ConnTable<Connection>,
     core: Core,
     clock: Clock,
@@ -263,6 +270,7 @@ impl Server {
             http_conns: 0,
             next_http_sweep_ms: None,
             http_ready: Vec::new(),
+            subscribers: Subscribers::default(),
             conns: ConnTable::default(),
             core,
             clock,
@@ -327,6 +335,7 @@ impl Server {
                 self.tell_waiting_clients(&e);
                 return Err(e.into());
             }
+            self.publish_events(now);
             // Frames to workers leave now, so they work while we fsync; client replies wait at
             // their connection's gate.
             self.flush_touched(now);
@@ -419,10 +428,13 @@ impl Server {
         };
         let now_us = self.clock.monotonic_us();
         if self.group_commit.due(now_us, journal.pending(), force) {
+            let started = Instant::now();
             if let Err(e) = journal.commit() {
                 self.tell_waiting_clients(&e);
                 return Err(e.into());
             }
+            // For `ballast_journal_commit_duration_seconds`.
+            self.core.observe_commit(started.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -630,6 +642,26 @@ impl Server {
             self.remove(id);
             return;
         }
+        if h.streaming {
+            c.http = Some(h);
+            // An event stream only listens for the end: what the peer sends is dropped.
+            let mut scratch = [0u8; 4 << 10];
+            let gone = loop {
+                match c.stream.read(&mut scratch) {
+                    Ok(0) => break true,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break true,
+                }
+            };
+            if gone {
+                debug!("{}: event stream closed by peer", c.addr);
+                self.core.handle_disconnect(now, id, "event stream closed");
+                self.remove(id);
+            }
+            return;
+        }
         if c.closing || c.paused {
             c.http = Some(h);
             return;
@@ -654,6 +686,39 @@ impl Server {
                         h.conn.restart_clock(now);
                         match api::handle(&req, token) {
                             Action::Respond(r) => r,
+                            Action::Metrics => {
+                                let gauges = ShellGauges {
+                                    http_connections: self.http_conns as u64,
+                                    sse_subscribers: self.subscribers.len() as u64,
+                                    sse_dropped_total: self.subscribers.dropped_total,
+                                };
+                                let body = exposition::metrics_body(&self.core, &gauges);
+                                Response::new(200, exposition::CONTENT_TYPE, body.into_bytes())
+                            }
+                            Action::Report => Response::new(
+                                200,
+                                crate::http::conn::JSON,
+                                exposition::report_body(&self.core),
+                            ),
+                            Action::Subscribe => match self.subscribers.add(id) {
+                                Ok(()) => {
+                                    if self.subscribers.len() == 1 {
+                                        self.core.set_events(now, true);
+                                    }
+                                    if c.unsent() == 0 {
+                                        c.progress_ms = now;
+                                    }
+                                    let before = c.out.len();
+                                    c.out.extend_from_slice(sse::stream_head().as_bytes());
+                                    c.out.extend_from_slice(sse::preamble().as_bytes());
+                                    self.unsent_total += c.out.len() - before;
+                                    h.streaming = true;
+                                    touched = true;
+                                    debug!("{}: subscribed to events", c.addr);
+                                    break 'turn;
+                                }
+                                Err(e) => Response::error(503, &e.to_string()),
+                            },
                             Action::Ask { msg, pending } => {
                                 if !h.local {
                                     self.core.handle_local_client(now, id, c.addr.to_string());
@@ -771,7 +836,8 @@ impl Server {
                 }
                 continue;
             }
-            if h.pending.is_some() || c.closing {
+            // An event stream is quiet by design; a dead one shows as a full buffer.
+            if h.pending.is_some() || c.closing || h.streaming {
                 continue;
             }
             let started = h.conn.started_ms.unwrap_or(now);
@@ -964,6 +1030,49 @@ impl Server {
         failed.map_or(Ok(()), Err)
     }
 
+    /// Moves the core's events to every subscriber's buffer, each formatted once. A subscriber
+    /// that fell behind (`http::events::SUBSCRIBER_BUFFER_MAX` unsent) is closed: it never makes
+    /// the loop wait, and its browser reconnects.
+    fn publish_events(&mut self, now: u64) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let mut behind = Vec::new();
+        let mut reached = Vec::new();
+        while let Some(event) = self.core.poll_event() {
+            let (conns, unsent_total) = (&mut self.conns, &mut self.unsent_total);
+            behind.extend(self.subscribers.publish(&event, |id, bytes| {
+                let Some(c) = conns.get_mut(id).filter(|c| !c.closing) else {
+                    return Delivery::Gone;
+                };
+                if !sse::fits(c.unsent(), bytes.len()) {
+                    return Delivery::Behind;
+                }
+                if c.unsent() == 0 {
+                    c.progress_ms = now; // nothing waited: not stalled
+                }
+                c.out.extend_from_slice(bytes);
+                *unsent_total += bytes.len();
+                reached.push(id);
+                Delivery::Queued
+            }));
+        }
+        for id in reached {
+            self.touch(id);
+        }
+        for id in behind {
+            if let Some(c) = self.conns.get_mut(id) {
+                warn!("{}: event subscriber fell behind; closing it", c.addr);
+            }
+            self.core
+                .handle_disconnect(now, id, "event subscriber fell behind");
+            self.remove(id);
+        }
+        if self.subscribers.is_empty() {
+            self.core.set_events(now, false);
+        }
+    }
+
     fn touch(&mut self, id: ConnId) {
         if let Some(c) = self.conns.get_mut(id) {
             if !c.touched {
@@ -1043,6 +1152,9 @@ impl Server {
     }
 
     fn remove(&mut self, id: ConnId) {
+        if self.subscribers.remove(id) && self.subscribers.is_empty() {
+            self.core.set_events(self.clock.now_ms(), false);
+        }
         if let Some(mut c) = self.conns.remove(id) {
             if c.http.is_some() {
                 self.http_conns -= 1;

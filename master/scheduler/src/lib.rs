@@ -21,10 +21,12 @@
 //! passes virtual time.
 
 mod epochs;
+pub mod events;
 mod group_commit;
 mod handed;
 mod holds;
 mod log_limit;
+pub mod metrics;
 pub mod policy;
 mod pools;
 pub mod queue;
@@ -39,11 +41,13 @@ mod workers;
 
 pub use epochs::EpochStart;
 use epochs::Epochs;
+use events::{Event as StreamEvent, Events};
 pub use group_commit::{GroupCommit, COMMIT_BATCH_MAX, COMMIT_WINDOW_US};
 use handed::GivenUp;
 use holds::Holds;
 use log::{debug, info, log, warn, Level};
 use log_limit::LogLimiter;
+use metrics::Metrics;
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
@@ -290,6 +294,10 @@ pub struct Core {
     chatter: Chatter,
     /// When idle clients are looked for next (once a second is plenty for a timeout of minutes).
     next_idle_check_ms: u64,
+    /// Histograms and the report's accumulators, updated where the events happen (`metrics.rs`).
+    metrics: Metrics,
+    /// The SSE stream, off while nobody subscribes (`events.rs`).
+    events: Events,
 }
 
 impl Core {
@@ -322,6 +330,8 @@ impl Core {
             peer_log: LogLimiter::new(PEER_LINES_PER_SECOND, 1_000),
             chatter: Chatter::default(),
             next_idle_check_ms: 0,
+            metrics: Metrics::default(),
+            events: Events::default(),
         }
     }
 
@@ -381,6 +391,11 @@ impl Core {
                 .map(|name| self.workers.intern(name));
             let is_final = t.outcome.is_some();
             let id = t.id;
+            self.metrics.submitted(t.submitted_ms);
+            if let Some(o) = &t.outcome {
+                self.metrics
+                    .finished(o.finished_ms, t.submitted_ms, o.state);
+            }
             self.tasks.restore(t, worker)?;
             if is_final {
                 finished += 1;
@@ -434,6 +449,7 @@ impl Core {
     /// Timers: heartbeats, handshakes and held tasks. A call before a deadline is a no-op.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.release_holds(now_ms);
+        self.summarise_events(now_ms);
         match self.next_sweep_ms {
             Some(at) if now_ms >= at => {}
             _ => return,
@@ -593,6 +609,9 @@ impl Core {
         };
         let attempt = if t.state == TaskState::Queued {
             let attempt = t.attempt;
+            if !t.dispatched {
+                self.metrics.assigned_first(now_ms, t.submitted_ms);
+            }
             self.tasks.assign(id, worker);
             attempt
         } else {
@@ -619,6 +638,12 @@ impl Core {
             return;
         };
         let prefetches = w.info.prefetch > 0;
+        self.events.task(now_ms, || StreamEvent::Task {
+            id: id.0,
+            state: TaskState::Running.as_str(),
+            worker: Some(w.info.name.clone()),
+            at_ms: now_ms,
+        });
         let level = self.chatter.task_line(now_ms, Event::Assigned);
         log!(
             level,
@@ -659,10 +684,10 @@ impl Core {
     /// When `handle_timeout` should next be called, if at all.
     pub fn poll_timeout(&self) -> Option<u64> {
         let hold = self.holds.next_release();
-        match (self.next_sweep_ms, hold) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.next_sweep_ms, hold, self.events.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     // ---- getters -----------------------------------------------------------------------------
@@ -748,6 +773,13 @@ impl Core {
             0 => String::new(),
             n => format!(", prefetch {n}"),
         };
+        self.events.worker(|| StreamEvent::WorkerJoined {
+            worker: name.clone(),
+            group: self.workers.get(id).and_then(|w| w.info.group.clone()),
+            addr: addr.clone(),
+            slots,
+            at_ms: now_ms,
+        });
         // "worker NAME joined" is what scripts grep for; the id only disambiguates.
         info!("worker {name} joined from {addr} ({id}, host {host}, {slots} slots{prefetch})");
     }
@@ -807,6 +839,9 @@ impl Core {
             ToMaster::Started(refs) => {
                 for r in refs {
                     if self.is_current(id, r) {
+                        if let Some(t) = self.tasks.get(r.task).filter(|_| r.attempt.0 == 1) {
+                            self.metrics.started_first(now_ms, t.submitted_ms);
+                        }
                         self.tasks.mark_started(r.task, id, now_ms);
                         self.forget_unstarted(r.task, id);
                     }
@@ -941,6 +976,7 @@ impl Core {
             self.forget_unstarted(c.task, worker);
         }
         self.workers.count_done(worker);
+        self.metrics.ran(worker, c.run_ms);
         let succeeded = matches!(c.outcome, TaskOutcome::Exited { code: 0, .. });
         if succeeded {
             if let Some(t) = self.tasks.get(c.task) {
@@ -1002,6 +1038,13 @@ impl Core {
         } else {
             self.tasks.bump_failed(id);
         }
+        self.metrics.retried += 1;
+        self.events.task(now_ms, || StreamEvent::Task {
+            id: id.0,
+            state: TaskState::Queued.as_str(),
+            worker: None,
+            at_ms: now_ms,
+        });
         info!("task {id} failed on {worker}; retry {n}/{of} in {delay_ms} ms");
         self.holds.hold(id, now_ms + delay_ms);
         true
@@ -1190,6 +1233,13 @@ impl Core {
         let (requeued, failed) = self.requeue_from(now_ms, id, reason);
         let name = self.workers.name(id).unwrap_or("?");
         warn!("worker {name} ({id}) lost: {reason}; {requeued} tasks re-queued, {failed} failed");
+        self.events.worker(|| StreamEvent::WorkerLost {
+            worker: name.to_string(),
+            reason: reason.to_string(),
+            requeued: requeued as u64,
+            failed: failed as u64,
+            at_ms: now_ms,
+        });
     }
 
     /// Takes every task away from `id`: back to the queue with the next attempt (keeping its place),
@@ -1244,6 +1294,13 @@ impl Core {
                 finished += 1;
             } else {
                 self.tasks.requeue(task);
+                self.metrics.requeued += 1;
+                self.events.task(now_ms, || StreamEvent::Task {
+                    id: task.0,
+                    state: TaskState::Queued.as_str(),
+                    worker: None,
+                    at_ms: now_ms,
+                });
                 self.enqueue(task);
                 debug!("task {task} re-queued after losing its worker");
                 requeued += 1;
@@ -1311,6 +1368,7 @@ impl Core {
         }
         let first = self.tasks.next_id();
         let mut total = 0u64;
+        self.metrics.submitted(now_ms);
         for spec in specs {
             let spec = Arc::new(spec);
             if self.config.persist {
@@ -1328,6 +1386,11 @@ impl Core {
             }
         }
         let last = TaskId(first.0 + total - 1);
+        self.events.task(now_ms, || StreamEvent::Submitted {
+            first: first.0,
+            last: last.0,
+            at_ms: now_ms,
+        });
         info!(
             "accepted {total} tasks ({first}..={last}), {} queued",
             self.pools.len()
@@ -1440,6 +1503,18 @@ impl Core {
             self.avoid.remove(&id);
         }
         self.tasks.finish(id, state, result, now_ms);
+        if let Some(t) = self.tasks.get(id) {
+            self.metrics.finished(now_ms, t.submitted_ms, state);
+            let worker = t.worker;
+            self.events.task(now_ms, || StreamEvent::Task {
+                id: id.0,
+                state: state.as_str(),
+                worker: worker
+                    .and_then(|w| self.workers.name(w))
+                    .map(str::to_string),
+                at_ms: now_ms,
+            });
+        }
         self.given_up.forget(id);
         self.waiters.on_final(id, state == TaskState::Succeeded);
         if self.config.persist {

@@ -18,6 +18,15 @@ struct Pool {
     placement: Placement,
 }
 
+/// What `Pools::queue_lens` gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueLens {
+    pub listed: Vec<(String, u64)>,
+    /// Groups with waiting tasks left out, and those tasks.
+    pub unlisted_groups: u64,
+    pub unlisted_tasks: u64,
+}
+
 #[derive(Debug)]
 pub struct Pools {
     kind: PolicyKind,
@@ -49,6 +58,29 @@ impl Pools {
     /// Queued tasks in all pools.
     pub fn len(&self) -> usize {
         self.shared.queue.len() + self.groups.iter().map(|p| p.queue.len()).sum::<usize>()
+    }
+
+    /// Queue length per group (`""`: the default pool first, then by name): every group ever
+    /// seen while there are at most `limit`; beyond, only the first `limit` with waiting tasks,
+    /// the others summed in `QueueLens::unlisted_*` (a submission may name a million groups; a
+    /// scrape or an event must stay small).
+    pub fn queue_lens(&self, limit: usize) -> QueueLens {
+        let mut lens = QueueLens {
+            listed: vec![(String::new(), self.shared.queue.len() as u64)],
+            unlisted_groups: 0,
+            unlisted_tasks: 0,
+        };
+        let all = self.by_name.len() <= limit;
+        for (name, &i) in &self.by_name {
+            let n = self.groups[i].queue.len() as u64;
+            if all || (n > 0 && lens.listed.len() <= limit) {
+                lens.listed.push((name.clone(), n));
+            } else if n > 0 {
+                lens.unlisted_groups += 1;
+                lens.unlisted_tasks += n;
+            }
+        }
+        lens
     }
 
     fn pool_mut(&mut self, group: Option<&str>) -> &mut Pool {
@@ -259,5 +291,30 @@ mod tests {
         assert_eq!(p.next(|_, _| false), Next::Done);
         assert!(p.remove(TaskId(1), Some("gpu")));
         assert_eq!(p.len(), 0);
+    }
+
+    #[test]
+    fn queue_lengths_list_a_bounded_number_of_groups() {
+        use crate::queue::QueueKey;
+        let mut p = Pools::new(PolicyKind::LeastLoaded, 1);
+        let key = QueueKey {
+            priority: 0,
+            order: 0,
+        };
+        for g in 0..5u64 {
+            p.push(TaskId(g + 1), Some(&format!("g{g}")), key);
+        }
+        p.remove(TaskId(1), Some("g0"));
+        let all = p.queue_lens(5);
+        assert_eq!(
+            all.listed.len(),
+            6,
+            "the default pool and every group, empty g0 too"
+        );
+        assert_eq!((all.unlisted_groups, all.unlisted_tasks), (0, 0));
+        let some = p.queue_lens(2);
+        let names: Vec<&str> = some.listed.iter().map(|(g, _)| g.as_str()).collect();
+        assert_eq!(names, vec!["", "g1", "g2"], "non-empty ones, by name");
+        assert_eq!((some.unlisted_groups, some.unlisted_tasks), (2, 2));
     }
 }

@@ -454,6 +454,8 @@ impl World {
             ];
             core.restore(now, restored, history).expect("restores");
         }
+        // The SSE stream on, as with a subscriber: its hooks run at every transition.
+        core.set_events(now, true);
         World {
             core,
             now,
@@ -707,6 +709,18 @@ impl World {
         }
         self.drain();
         self.core.sanity_check();
+        self.core.check_metrics();
+        let mut events = 0;
+        while let Some(e) = self.core.poll_event() {
+            if let crate::events::Event::Summary(s) = &e {
+                assert!(s.at_ms <= self.now, "a summary from the future");
+            }
+            events += 1;
+        }
+        assert!(
+            events <= crate::events::EVENT_RING_MAX,
+            "the ring is bounded"
+        );
         if let Some(at) = self.core.poll_timeout() {
             // A deadline may be now or in the past only if `handle_timeout` just did not fire it,
             // which would make the shell spin.

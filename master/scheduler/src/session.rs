@@ -317,6 +317,12 @@ impl Sessions {
         }
     }
 
+    /// Connections: (workers, clients, in the handshake or being refused).
+    pub fn connection_counts(&self) -> (u64, u64, u64) {
+        let (w, c) = (self.workers.len() as u64, self.clients.len() as u64);
+        (w, c, (self.conns.len() as u64).saturating_sub(w + c))
+    }
+
     /// No connection is open (so no deadline can pass).
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()

@@ -12,6 +12,7 @@ mod forged;
 mod idle;
 mod limits;
 mod names;
+mod observe;
 mod pages;
 
 struct Harness {

@@ -25,6 +25,12 @@ pub enum Action {
     Respond(Response),
     /// Hand `msg` to the core; its replies go to `pending`.
     Ask { msg: ToMaster, pending: Pending },
+    /// `GET /metrics`: the shell renders the core's metrics (`http::metrics`).
+    Metrics,
+    /// `GET /api/v1/report`: the shell renders the core's report.
+    Report,
+    /// `GET /api/v1/events`: the connection becomes an event stream (`http::events`).
+    Subscribe,
 }
 
 /// Routes and checks a request. `token`: the master's, if it has one.
@@ -77,6 +83,9 @@ pub fn handle(req: &Request, token: Option<&[u8]>) -> Action {
             Pending::Task(Vec::new()),
         ),
         Route::CancelTask(id) => ask(ToMaster::Cancel { ids: vec![id] }, Pending::Cancel),
+        Route::Metrics => Action::Metrics,
+        Route::Report => Action::Report,
+        Route::Events => Action::Subscribe,
     }
 }
 
@@ -324,6 +333,7 @@ mod tests {
         match action {
             Action::Respond(r) => (r.status, String::from_utf8_lossy(&r.body).into_owned()),
             Action::Ask { msg, .. } => panic!("asked the core: {}", msg.name()),
+            other => panic!("answered by the shell: {other:?}"),
         }
     }
 

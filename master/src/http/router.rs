@@ -24,6 +24,12 @@ pub enum Route {
     GetTask(TaskId),
     /// `DELETE /api/v1/tasks/ID`.
     CancelTask(TaskId),
+    /// `GET /metrics`: the Prometheus exposition.
+    Metrics,
+    /// `GET /api/v1/events`: the SSE stream.
+    Events,
+    /// `GET /api/v1/report`: the experiment figures.
+    Report,
 }
 
 impl Route {
@@ -53,12 +59,18 @@ enum Resource {
     Status,
     Tasks,
     Task(TaskId),
+    Metrics,
+    Events,
+    Report,
 }
 
 fn resource(path: &str) -> Result<Option<Resource>, NoRoute> {
     Ok(Some(match path {
         "/" | "/index.html" => Resource::Root,
         "/api/v1/status" => Resource::Status,
+        "/metrics" => Resource::Metrics,
+        "/api/v1/events" => Resource::Events,
+        "/api/v1/report" => Resource::Report,
         "/api/v1/tasks" | "/api/v1/tasks/" => Resource::Tasks,
         _ => {
             if let Some(asset) = path.strip_prefix("/static/").and_then(Asset::named) {
@@ -79,7 +91,12 @@ fn resource(path: &str) -> Result<Option<Resource>, NoRoute> {
 
 fn allowed(r: Resource) -> &'static str {
     match r {
-        Resource::Root | Resource::Static(_) | Resource::Status => "GET",
+        Resource::Root
+        | Resource::Static(_)
+        | Resource::Status
+        | Resource::Metrics
+        | Resource::Events
+        | Resource::Report => "GET",
         Resource::Tasks => "GET, POST",
         Resource::Task(_) => "GET, DELETE",
     }
@@ -97,6 +114,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
         ("POST", Resource::Tasks) => Ok(Route::Submit),
         ("GET", Resource::Task(id)) => Ok(Route::GetTask(id)),
         ("DELETE", Resource::Task(id)) => Ok(Route::CancelTask(id)),
+        ("GET", Resource::Metrics) => Ok(Route::Metrics),
+        ("GET", Resource::Events) => Ok(Route::Events),
+        ("GET", Resource::Report) => Ok(Route::Report),
         (_, r) => Err(NoRoute::MethodNotAllowed { allow: allowed(r) }),
     }
 }
@@ -133,6 +153,14 @@ mod tests {
             route("GET", "/api/v1/tasks/x"),
             Err(NoRoute::BadId(_))
         ));
+        assert_eq!(route("GET", "/metrics"), Ok(Route::Metrics));
+        assert_eq!(route("GET", "/api/v1/events"), Ok(Route::Events));
+        assert_eq!(route("GET", "/api/v1/report"), Ok(Route::Report));
+        assert_eq!(
+            route("POST", "/metrics"),
+            Err(NoRoute::MethodNotAllowed { allow: "GET" })
+        );
+        assert!(Route::Metrics.needs_token() && Route::Events.needs_token());
         assert!(!Route::Dashboard.needs_token());
         assert!(Route::Status.needs_token());
     }

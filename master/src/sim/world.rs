@@ -1463,9 +1463,25 @@ impl<'a> World<'a> {
                 "re-queues seen vs attempts in the core"
             );
         }
+        let start = self.first_submit_us.unwrap_or(0);
+        if cfg!(debug_assertions) && !self.cfg.faults.any() && !self.stalled {
+            // The core's own report (`GET /api/v1/report`), kept as it went, agrees with the
+            // simulator's ground truth (the core's clock is milliseconds: a step each end).
+            let r = self.core.report();
+            debug_assert_eq!(
+                (r.completed, r.lost, r.requeued),
+                (tally.succeeded, tally.worker_lost, self.requeued),
+                "the core's report vs the ground truth"
+            );
+            let truth_ms = tally.last_completion_us.saturating_sub(start) as f64 / 1e3;
+            debug_assert!(
+                (r.makespan_s * 1e3 - truth_ms).abs() <= 2.0,
+                "the core's makespan {} s vs the ground truth {truth_ms} ms",
+                r.makespan_s
+            );
+        }
         let mut completion_s = tally.completion_s;
         completion_s.sort_by(f64::total_cmp);
-        let start = self.first_submit_us.unwrap_or(0);
         let (violations, examples) = self.truth.violations();
         RunResult {
             tasks: self.total,
