@@ -11,6 +11,7 @@ const TICK_MS = 1000; // the page changes at most once a second
 const CPU_SAMPLES = 60; // per worker: a minute of status fetches
 const THROUGHPUT_SAMPLES = 300; // five minutes
 const TIMELINE_TASKS = 300; // the most recent tasks drawn in the timeline
+const TIMELINE_LANES_MAX = 16; // per worker; more tasks at once share the last lanes
 const PAGE_TASKS = 25; // rows of the task table
 const REPORT_MIN_MS = 5000; // the report is fetched again at most this often
 const EVENTS_RETRY_MS = 2000; // the stream's own `retry:` overrides it
@@ -136,14 +137,11 @@ async function fetchStatus() {
   const now = Date.now();
   const finished = st.succeeded + st.failed;
   const total = finished + st.queued + st.running;
-  if (S.prev && now > S.prev.at) {
+  // While events flow, the master's once-a-second summary gives the throughput (exact seconds);
+  // otherwise it is the change between two status fetches.
+  if (S.events !== "live" && S.prev && now > S.prev.at) {
     const dt = (now - S.prev.at) / 1000;
-    S.throughput.push({
-      at: now,
-      finished_per_s: Math.max(0, finished - S.prev.finished) / dt,
-      submitted_per_s: Math.max(0, total - S.prev.total) / dt,
-    });
-    if (S.throughput.length > THROUGHPUT_SAMPLES) S.throughput.shift();
+    pushThroughput(now, Math.max(0, finished - S.prev.finished) / dt, Math.max(0, total - S.prev.total) / dt);
   }
   S.prev = { at: now, finished, total };
   for (const w of st.workers) {
@@ -155,6 +153,11 @@ async function fetchStatus() {
   }
   S.status = st;
   return total;
+}
+
+function pushThroughput(at, finished, submitted) {
+  S.throughput.push({ at, finished_per_s: finished, submitted_per_s: submitted });
+  if (S.throughput.length > THROUGHPUT_SAMPLES) S.throughput.shift();
 }
 
 /// Ids are dense from 1, so the last `TIMELINE_TASKS` ids are the tasks after `total - N`.
@@ -302,7 +305,10 @@ function onEventBlock(block) {
     return retry;
   }
   if (typeof ev.at_ms === "number") S.skewMs = ev.at_ms - Date.now();
-  if (name === "summary") S.summary = ev;
+  if (name === "summary") {
+    S.summary = ev;
+    if (typeof ev.finished_per_s === "number") pushThroughput(Date.now(), ev.finished_per_s, ev.submitted_per_s || 0);
+  }
   if (name === "worker_lost" && typeof ev.worker === "string") S.lastSeen.set(ev.worker, ev.at_ms - S.skewMs);
   S.heard = true;
   return retry;
@@ -340,14 +346,25 @@ function renderWorkers() {
       el("td", { class: "num worker-cpu" }, w.cpu_percent.toFixed(0)),
       el("td", { class: "worker-spark" }, sparkline(S.cpu.get(w.name) || [])),
       el("td", { class: "num worker-done" }, w.done),
-      el("td", { class: "worker-seen" }, ago(S.lastSeen.get(w.name)))));
+      el("td", { class: "worker-seen" }, seen(w))));
   $("#workers tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 9, class: "muted" }, "no worker has joined yet"))]));
 }
 
+/// An alive worker's heartbeats are within the master's heartbeat timeout: "now". A dead one was
+/// last seen when this page last saw it alive (or when its `worker_lost` event came).
+function seen(w) {
+  if (w.state === "alive") return "now";
+  const at = S.lastSeen.get(w.name);
+  return at === undefined ? "before this page" : ago(at);
+}
+
 function renderAges() {
+  if (!S.status) return;
+  const byName = new Map(S.status.workers.map((w) => [w.name, w]));
   for (const tr of document.querySelectorAll("#workers tr.worker")) {
     const cell = tr.querySelector(".worker-seen");
-    if (cell) cell.textContent = ago(S.lastSeen.get(tr.dataset.name));
+    const w = byName.get(tr.dataset.name);
+    if (cell && w) cell.textContent = seen(w);
   }
 }
 
@@ -370,7 +387,8 @@ function renderQueue() {
     groups.replaceChildren(...(parts.length ? parts : ["nothing waiting"]));
   } else {
     const names = [...new Set(st.workers.map((w) => (w.group === null ? "shared pool" : w.group)))];
-    groups.textContent = names.length ? "groups: " + names.join(", ") + " (waiting per group comes with the event stream)" : "";
+    const hint = S.events === "live" ? "" : " (waiting per group comes with the event stream)";
+    groups.textContent = names.length ? "groups: " + names.join(", ") + hint : "";
   }
   drawThroughput();
 }
@@ -382,7 +400,9 @@ function drawThroughput() {
   $("#throughput-now").textContent = last ? `${last.finished_per_s.toFixed(1)} finished/s, ${last.submitted_per_s.toFixed(1)} submitted/s` : "";
   const max = Math.max(1, ...pts.map((p) => Math.max(p.finished_per_s, p.submitted_per_s)));
   const top = niceCeil(max);
-  const now = Date.now(), span = THROUGHPUT_SAMPLES * TICK_MS;
+  // The window grows with the history, from one minute to five.
+  const now = Date.now();
+  const span = Math.min(THROUGHPUT_SAMPLES * TICK_MS, Math.max(60000, pts.length ? now - pts[0].at : 0));
   const x = (at) => L + ((W - L) * (span - (now - at))) / span;
   const y = (v) => H - B - ((H - B - 4) * v) / top;
   const line = (f) => pts.map((p) => `${x(p.at).toFixed(1)},${y(f(p)).toFixed(1)}`).join(" ");
@@ -390,7 +410,7 @@ function drawThroughput() {
     svg("line", { class: "axis", x1: L, y1: H - B, x2: W, y2: H - B }),
     svg("text", { class: "tick", x: L - 4, y: y(top) + 4, "text-anchor": "end" }, fmtNum(top)),
     svg("text", { class: "tick", x: L - 4, y: H - B, "text-anchor": "end" }, "0"),
-    svg("text", { class: "tick", x: L, y: H - 3 }, "−5 min"),
+    svg("text", { class: "tick", x: L, y: H - 3 }, `−${Math.round(span / 60000)} min`),
     svg("text", { class: "tick", x: W, y: H - 3, "text-anchor": "end" }, "now"),
   ];
   if (pts.length > 1) {
@@ -407,48 +427,67 @@ function niceCeil(v) {
 }
 const fmtNum = (v) => (v >= 1000 ? (v / 1000).toFixed(v >= 10000 ? 0 : 1) + "k" : String(v));
 
-/// The last tasks that ran, one row per worker, a bar from started_ms to finished_ms (or now).
+/// The last tasks that ran: one row per worker, split in lanes so that tasks running at the same
+/// time (one per slot) do not hide each other; a bar from started_ms to finished_ms (or now).
 function renderTimeline() {
   const box = $("#timeline");
-  const ran = S.timeline.filter((t) => t.started_ms && t.worker !== null);
+  const ran = S.timeline.filter((t) => t.started_ms && t.worker !== null).sort((a, b) => a.started_ms - b.started_ms);
   const names = new Set(S.status ? S.status.workers.map((w) => w.name) : []);
   for (const t of ran) names.add(t.worker);
-  const rows = [...names].sort();
   const finished = ran.filter((t) => FINAL.has(t.state)).length;
   $("#timeline-summary").textContent = ran.length ? `the last ${S.timeline.length} tasks: ${finished} finished, ${ran.length - finished} running` : "no task has run yet";
-  const W = Math.max(600, box.clientWidth || 1200), L = 110, R = 10, ROW = 20, TOP = 4, AX = 18;
-  const H = TOP + rows.length * ROW + AX;
   const now = masterNow();
   const end = (t) => (FINAL.has(t.state) ? t.finished_ms || t.started_ms : now);
+  // Greedy lanes per worker: a task takes the first lane free at its start.
+  const lanes = new Map([...names].map((n) => [n, []])); // name -> [end of the lane's last task]
+  const place = new Map(); // task id -> lane
+  for (const t of ran) {
+    const ends = lanes.get(t.worker);
+    let lane = ends.findIndex((e) => e <= t.started_ms);
+    if (lane < 0) lane = ends.length < TIMELINE_LANES_MAX ? ends.length : ends.indexOf(Math.min(...ends));
+    ends[lane] = Math.max(ends[lane] || 0, end(t));
+    place.set(t.id, lane);
+  }
+  const W = Math.max(600, box.clientWidth || 1200), L = 110, R = 24, LANE = 12, PAD = 4, TOP = 2, AX = 18;
+  // Workers in the status's order (as the table lists them), then any the tasks name besides.
+  const listed = S.status ? S.status.workers.map((w) => w.name) : [];
+  const rows = [...listed, ...[...names].filter((n) => !listed.includes(n)).sort()];
+  const rowTop = new Map();
+  let y = TOP;
+  for (const name of rows) {
+    rowTop.set(name, y);
+    y += Math.max(1, lanes.get(name).length) * LANE + 2 * PAD;
+  }
+  const axisY = y, H = axisY + AX;
   let t0 = Math.min(...ran.map((t) => t.started_ms)), t1 = Math.max(...ran.map(end));
   if (!ran.length) (t0 = now - 60000), (t1 = now);
   if (t1 - t0 < 1000) t1 = t0 + 1000;
   const x = (ms) => L + ((W - L - R) * (ms - t0)) / (t1 - t0);
   const kids = [];
   rows.forEach((name, i) => {
-    const y = TOP + i * ROW;
-    if (i % 2) kids.push(svg("rect", { class: "stripe", x: 0, y, width: W, height: ROW }));
-    kids.push(svg("text", { class: "row-label", x: L - 6, y: y + ROW / 2 + 4, "text-anchor": "end" }, name));
+    const top = rowTop.get(name), h = Math.max(1, lanes.get(name).length) * LANE + 2 * PAD;
+    if (i % 2) kids.push(svg("rect", { class: "stripe", x: 0, y: top, width: W, height: h }));
+    kids.push(svg("text", { class: "row-label", x: L - 6, y: top + h / 2 + 4, "text-anchor": "end" }, name));
   });
-  const rowOf = new Map(rows.map((n, i) => [n, i]));
+  const step = niceCeil((t1 - t0) / 1000 / 8);
+  const digits = Math.max(0, -Math.floor(Math.log10(step)));
+  for (let i = 0; i * step * 1000 <= t1 - t0; i++) {
+    const xs = x(t0 + i * step * 1000);
+    const label = i === 0 ? clock(t0) : step >= 60 ? clock(t0 + i * step * 1000) : `+${(i * step).toFixed(digits)} s`;
+    kids.push(svg("line", { class: "grid", x1: xs, y1: TOP, x2: xs, y2: axisY }));
+    kids.push(svg("text", { class: "tick", x: xs, y: axisY + 13, "text-anchor": i === 0 ? "start" : "middle" }, label));
+  }
   for (const t of ran) {
     const x0 = x(t.started_ms), x1 = Math.max(x0 + 2, x(end(t)));
-    const y = TOP + rowOf.get(t.worker) * ROW + 3;
     const took = ((end(t) - t.started_ms) / 1000).toFixed(3);
     kids.push(svg("rect", {
-      class: `bar s-${t.state}`, "data-id": t.id, "data-state": t.state, x: x0.toFixed(1), y,
-      width: (x1 - x0).toFixed(1), height: ROW - 6, click: () => showDetail(t.id),
+      class: `bar s-${t.state}`, "data-id": t.id, "data-state": t.state, x: x0.toFixed(1),
+      y: rowTop.get(t.worker) + PAD + place.get(t.id) * LANE + 1, width: (x1 - x0).toFixed(1),
+      height: LANE - 2, click: () => showDetail(t.id),
     }, svg("title", {}, `task ${t.id}: ${t.state} on ${t.worker}, ${took} s`)));
   }
-  const axisY = TOP + rows.length * ROW;
   kids.push(svg("line", { class: "axis", x1: L, y1: axisY, x2: W - R, y2: axisY }));
-  const step = niceCeil((t1 - t0) / 1000 / 8);
-  for (let s = 0; s * 1000 <= t1 - t0; s += step) {
-    const xs = x(t0 + s * 1000);
-    kids.push(svg("line", { class: "grid", x1: xs, y1: TOP, x2: xs, y2: axisY }));
-    kids.push(svg("text", { class: "tick", x: xs, y: axisY + 13, "text-anchor": "middle" }, s === 0 ? clock(t0) : `+${s} s`));
-  }
-  box.replaceChildren(svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}` }, ...kids));
+  box.replaceChildren(svg("svg", { width: "100%", height: H, viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "xMinYMin meet" }, ...kids));
 }
 
 function renderTasks() {
@@ -536,10 +575,11 @@ function renderDetail() {
     ...field("started", clock(t.started_ms)),
     ...field("finished", clock(t.finished_ms)),
     ...field("ran", t.started_ms && t.finished_ms ? secs((t.finished_ms - t.started_ms) / 1000) : null));
-  $("#detail").replaceChildren(dl,
-    el("h3", {}, "stdout ", el("span", { class: "muted" }, "(tail)")), el("pre", { id: "detail-stdout" }, t.stdout || ""),
-    el("h3", {}, "stderr ", el("span", { class: "muted" }, "(tail)")), el("pre", { id: "detail-stderr" }, t.stderr || ""),
-    cancelButton(t));
+  const out = (name) => [
+    el("h3", {}, name + " ", el("span", { class: "muted" }, t[name] ? "(its tail)" : "(empty)")),
+    t[name] ? el("pre", { id: "detail-" + name }, t[name]) : null,
+  ];
+  $("#detail").replaceChildren(...[dl, ...out("stdout"), ...out("stderr"), cancelButton(t)].filter((n) => n));
 }
 
 function renderReport() {
