@@ -149,7 +149,14 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let port_file = dir.join("addr");
         let master = Command::new(master_bin())
-            .args(["--listen", "127.0.0.1:0", "--http", "off", "--no-journal", "--port-file"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "off",
+                "--no-journal",
+                "--port-file",
+            ])
             .arg(&port_file)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
