@@ -211,7 +211,8 @@ async function refresh(force) {
     await Promise.all(work);
     if (S.events !== "live" && S.events !== "connecting") setConn("polling", "polling the status every second");
   } catch (e) {
-    setConn("down", "the master does not answer: " + e.message);
+    if (e.status === 401) setConn("token needed", "this master needs its token");
+    else setConn("down", "the master does not answer: " + e.message);
   }
   render();
 }
@@ -232,7 +233,7 @@ async function tick() {
 function setConn(kind, title) {
   const c = $("#conn");
   c.textContent = kind;
-  c.className = "conn conn-" + kind;
+  c.className = "conn conn-" + kind.replace(/ .*/, "");
   c.title = title || "";
 }
 
