@@ -16,6 +16,7 @@ const PAGE_TASKS = 25; // rows of the task table
 const REPORT_MIN_MS = 5000; // the report is fetched again at most this often
 const EVENTS_RETRY_MS = 2000; // the stream's own `retry:` overrides it
 const EVENTS_ABSENT_RETRY_MS = 30000; // a master without /api/v1/events is asked again after this
+const EVENTS_SILENT_MS = 10000; // no byte for this long: the stream is dead
 const EVENTS_BUFFER_MAX = 1 << 20; // an unfinished event longer than this is dropped
 const FINAL = new Set(["succeeded", "failed", "timed_out", "cancelled", "worker_lost"]);
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -32,6 +33,7 @@ const S = {
   timeline: [],
   report: null,
   reportAt: 0,
+  reportKey: "", // the counts the report was fetched at
   reportError: null,
   page: { after: 0, back: [], tasks: [], next: null },
   detail: null, // the task shown in the detail view
@@ -206,7 +208,11 @@ async function refresh(force) {
     S.seenKey = key;
     const work = [];
     if (changed) work.push(fetchTimeline(total), fetchPage());
-    if (force || (changed && Date.now() - S.reportAt >= REPORT_MIN_MS)) work.push(fetchReport());
+    // The report follows the counts, at most every REPORT_MIN_MS, and catches up once they stop.
+    if (force || (key !== S.reportKey && Date.now() - S.reportAt >= REPORT_MIN_MS)) {
+      S.reportKey = key;
+      work.push(fetchReport());
+    }
     if (changed && S.detail && !FINAL.has(S.detail.state)) work.push(showDetail(S.detail.id));
     await Promise.all(work);
     if (S.events !== "live" && S.events !== "connecting") setConn("polling", "polling the status every second");
@@ -243,9 +249,14 @@ async function streamEvents() {
   let retryMs = EVENTS_RETRY_MS;
   for (;;) {
     let wait = retryMs;
+    // The master sends a summary every second: a stream silent for EVENTS_SILENT_MS is dead
+    // (a host that vanished sends no FIN), so it is cut and opened again.
+    const abort = new AbortController();
+    let heardAt = Date.now();
+    const watchdog = setInterval(() => Date.now() - heardAt > EVENTS_SILENT_MS && abort.abort(), 1000);
     try {
       S.events = "connecting";
-      const r = await fetch("/api/v1/events", { headers: authHeaders(), cache: "no-store" });
+      const r = await fetch("/api/v1/events", { headers: authHeaders(), cache: "no-store", signal: abort.signal });
       if (r.status === 404) {
         S.events = "absent";
         wait = EVENTS_ABSENT_RETRY_MS;
@@ -263,7 +274,9 @@ async function streamEvents() {
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
-          buf = (buf + value).replace(/\r\n?/g, "\n");
+          heardAt = Date.now();
+          // A lone \r ends a line too; one at the very end may be half of a \r\n.
+          buf = (buf + value).replace(/\r\n|\r(?!$)/g, "\n");
           let end;
           while ((end = buf.indexOf("\n\n")) >= 0) {
             const ms = onEventBlock(buf.slice(0, end));
@@ -276,6 +289,7 @@ async function streamEvents() {
     } catch (_) {
       // The master went away or the stream broke: reconnect below.
     }
+    clearInterval(watchdog);
     if (S.events === "live" || S.events === "connecting") {
       S.events = "off";
       setConn("reconnecting", "the event stream ended; trying again");
