@@ -26,6 +26,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 12
+DUMP_ATTEMPTS = 5
 WORKERS = ("dash-w1", "dash-w2")
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "worker_lost"}
 # Markup a task prints: the detail view must show it as text.
@@ -132,6 +133,19 @@ def dump_dom(chromium, url, profile, extra=(), keep=None):
     return dom
 
 
+def rendered_dom(chromium, url, work, keep):
+    """The DOM once the page has rendered fetched data (`body[data-rendered]`). The virtual time
+    budget does not wait for slow answers, so on a loaded machine a dump may come too early:
+    it is taken again, a bounded number of times."""
+    for attempt in range(1, DUMP_ATTEMPTS + 1):
+        dom = Dom()
+        dom.feed(dump_dom(chromium, url, os.path.join(work, "profile"), keep=os.path.join(work, keep)))
+        if any(e[0] == "body" and e[1].get("data-rendered") for e in dom.elements):
+            return dom
+        print(f"browser-check: {url}: the page had not rendered its data yet (dump {attempt})", file=sys.stderr)
+    raise CheckFailed(f"{url} never rendered fetched data in {DUMP_ATTEMPTS} dumps (see {keep} in the logs)")
+
+
 def check(chromium, bin_dir, work):
     procs = []
     try:
@@ -167,8 +181,7 @@ def check(chromium, bin_dir, work):
         succeeded = http(http_addr, "GET", "/api/v1/status")["succeeded"]
 
         url = f"http://{http_addr}/"
-        dom = Dom()
-        dom.feed(dump_dom(chromium, url, os.path.join(work, "profile"), keep=os.path.join(work, "page.html")))
+        dom = rendered_dom(chromium, url, work, "page.html")
         problems = []
         names = [e[2].strip() for e in dom.by_class("worker-name", inside="workers")]
         for name in WORKERS:
@@ -185,9 +198,7 @@ def check(chromium, bin_dir, work):
             problems.append(f"#timeline has {len(finished)} finished bars for the batch's {BATCH} "
                             f"tasks (ids {sorted(per_task)}, expected {sorted(batch)})")
 
-        detail = Dom()
-        detail.feed(dump_dom(chromium, f"{url}#task={marked}", os.path.join(work, "profile"),
-                             keep=os.path.join(work, "detail.html")))
+        detail = rendered_dom(chromium, f"{url}#task={marked}", work, "detail.html")
         stdout = [e[2] for e in detail.by_id("detail-stdout")]
         if stdout != [INJECTED]:
             problems.append(f"#detail-stdout of task {marked} shows {stdout!r}, expected the text {INJECTED!r}")

@@ -216,6 +216,7 @@ async function refresh(force) {
     if (changed && S.detail && !FINAL.has(S.detail.state)) work.push(showDetail(S.detail.id));
     await Promise.all(work);
     if (S.events !== "live" && S.events !== "connecting") setConn("polling", "polling the status every second");
+    document.body.dataset.rendered = String(Date.now()); // for tests: the page shows fetched data
   } catch (e) {
     if (e.status === 401) setConn("token needed", "this master needs its token");
     else setConn("down", "the master does not answer: " + e.message);
