@@ -11,6 +11,7 @@ const TICK_MS = 1000; // the page changes at most once a second
 const CPU_SAMPLES = 60; // per worker: a minute of status fetches
 const THROUGHPUT_SAMPLES = 300; // five minutes
 const TIMELINE_TASKS = 300; // the most recent tasks drawn in the timeline
+const TIMELINE_GAP_MS = 30000; // a pause this long starts a new stretch of the timeline
 const TIMELINE_LANES_MAX = 16; // per worker; more tasks at once share the last lanes
 const PAGE_TASKS = 25; // rows of the task table
 const REPORT_MIN_MS = 5000; // the report is fetched again at most this often
@@ -447,13 +448,22 @@ const fmtNum = (v) => (v >= 1000 ? (v / 1000).toFixed(v >= 10000 ? 0 : 1) + "k" 
 /// time (one per slot) do not hide each other; a bar from started_ms to finished_ms (or now).
 function renderTimeline() {
   const box = $("#timeline");
-  const ran = S.timeline.filter((t) => t.started_ms && t.worker !== null).sort((a, b) => a.started_ms - b.started_ms);
+  const now = masterNow();
+  const end = (t) => (FINAL.has(t.state) ? t.finished_ms || t.started_ms : now);
+  const all = S.timeline.filter((t) => t.started_ms && t.worker !== null).sort((a, b) => a.started_ms - b.started_ms);
+  // Only the last busy stretch: a pause of TIMELINE_GAP_MS with nothing running starts a new one,
+  // so one batch fills the width instead of a sliver beside an hour-old one.
+  let from = 0, reach = -Infinity;
+  all.forEach((t, i) => {
+    if (t.started_ms > reach + TIMELINE_GAP_MS) from = i;
+    reach = Math.max(reach, end(t));
+  });
+  const ran = all.slice(from);
   const names = new Set(S.status ? S.status.workers.map((w) => w.name) : []);
   for (const t of ran) names.add(t.worker);
   const finished = ran.filter((t) => FINAL.has(t.state)).length;
-  $("#timeline-summary").textContent = ran.length ? `the last ${S.timeline.length} tasks: ${finished} finished, ${ran.length - finished} running` : "no task has run yet";
-  const now = masterNow();
-  const end = (t) => (FINAL.has(t.state) ? t.finished_ms || t.started_ms : now);
+  const earlier = from ? `; ${from} earlier not drawn` : "";
+  $("#timeline-summary").textContent = ran.length ? `the last busy stretch: ${finished} finished, ${ran.length - finished} running${earlier}` : "no task has run yet";
   // Greedy lanes per worker: a task takes the first lane free at its start.
   const lanes = new Map([...names].map((n) => [n, []])); // name -> [end of the lane's last task]
   const place = new Map(); // task id -> lane
