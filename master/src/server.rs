@@ -8,10 +8,14 @@
 //!
 //! Connection ids carry their slot's generation ([`ConnTable`]), and the mio token is the id itself:
 //! output or an event for a connection that is gone cannot reach the one that took over its slot.
+//!
+//! HTTP (`crate::http`) is a second listener in the same loop; its connections share the table
+//! (and `--max-connections`), carry an `HttpState` instead of using their frame decoder, and
+//! reach the core as local clients, so their answers pass the same journal gate.
 
 use crate::core::{
     needs_commit, Backlog, ConnId, Core, CoreConfig, GroupCommit, Output, Record, RestoreError,
-    REPLY_BYTES_IN_FLIGHT_MAX, STALLED_READER_MS,
+    CLIENT_BACKLOG_MAX_BYTES, REPLY_BYTES_IN_FLIGHT_MAX, STALLED_READER_MS,
 };
 use crate::http::api::{self, Action, Pending};
 use crate::http::conn::{
@@ -44,7 +48,7 @@ const READ_CHUNK: usize = 64 << 10;
 #[derive(Debug, Error)]
 pub enum ServerError {
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind { addr: String, source: io::Error },
     /// The event loop itself failed (not one connection: those are only closed).
     #[error("event loop failed: {0}")]
@@ -668,6 +672,12 @@ impl Server {
         let mut pause = false;
         'turn: loop {
             while h.pending.is_none() && !c.closing {
+                // IMPORTANT: a client that pipelines requests and reads no answer is not read on
+                // while this much waits for it (as `wants_input` does for a client of the core).
+                if c.unsent() >= CLIENT_BACKLOG_MAX_BYTES {
+                    pause = true;
+                    break 'turn;
+                }
                 let answer = match h.conn.next_request() {
                     Ok(None) => break,
                     Ok(Some(req)) => {
@@ -1405,6 +1415,7 @@ mod tests {
             assert_eq!(id.0 & INDEX_MASK, 1, "the freed slot is reused");
             assert!(seen.insert(id), "{id:?} handed out twice");
             assert_ne!(token(id), LISTENER);
+            assert_ne!(token(id), HTTP_LISTENER);
             assert_eq!(table.remove(id), Some(i));
         }
         assert_eq!(
@@ -1437,6 +1448,7 @@ mod tests {
         let last = open(&mut table, 1);
         assert_eq!(last, ConnId(GENERATION_MASK << INDEX_BITS));
         assert_ne!(token(last), LISTENER);
+        assert_ne!(token(last), HTTP_LISTENER);
         assert_eq!(table.remove(last), Some(1));
         assert_eq!(
             table.vacant_id(),

@@ -436,6 +436,72 @@ fn keep_alive_answers_pipelined_requests_in_order() {
 }
 
 #[test]
+fn a_201_means_the_submission_survives_a_crash() {
+    let mut c = Cluster::start(&[]);
+    let id = ids(&post(
+        &c.http_addr,
+        &json!({"sleep": "1h", "group": "nobody"}),
+    ))[0];
+    // SIGKILL right after the answer: it was sent only after the journal commit.
+    c.kill_master();
+    c.restart_master(&[]);
+    let t = get(&c.http_addr, &format!("/api/v1/tasks/{id}"));
+    assert_eq!(t.status, 200);
+    assert_eq!(t.json()["state"], "queued");
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let c = Cluster::start(&[]);
+    let mut s = connect(&c.http_addr);
+    let body = br#"{"sleep": "1ms"}"#;
+    let head = format!(
+        "POST /api/v1/tasks HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    assert_eq!(read_reply(&mut s).status, 100);
+    s.write_all(body).expect("body");
+    assert_eq!(read_reply(&mut s).status, 201);
+}
+
+#[test]
+fn a_client_that_pipelines_without_reading_gets_every_answer_in_order_later() {
+    let c = Cluster::start(&[]);
+    let http = c.http_addr.clone();
+    ids(&post(
+        &http,
+        &json!({"tasks": [{"sleep": "1h", "group": "nobody"}], "count": 1000}),
+    ));
+    // 300 pages of 1,000 tasks (some 200 KB each, 60 MB in all) asked at once, nothing read
+    // until all are sent: the master stops reading this client while 4 MiB wait for it, and
+    // serves on.
+    let mut s = connect(&http);
+    let writer = {
+        let mut s = s.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for _ in 0..300 {
+                s.write_all(b"GET /api/v1/tasks?limit=1000 HTTP/1.1\r\n\r\n")
+                    .expect("send");
+            }
+            s.write_all(b"GET /nope HTTP/1.1\r\n\r\n").expect("send");
+        })
+    };
+    assert_eq!(
+        get(&http, "/api/v1/status").status,
+        200,
+        "others are served meanwhile"
+    );
+    for i in 0..300 {
+        let r = read_reply(&mut s);
+        assert_eq!(r.status, 200, "answer {i}");
+        assert_eq!(r.json()["tasks"].as_array().map(Vec::len), Some(1000));
+    }
+    assert_eq!(read_reply(&mut s).status, 404, "the last one last");
+    writer.join().expect("writer");
+}
+
+#[test]
 fn idle_connections_and_garbage_do_not_stop_the_api() {
     let mut c = Cluster::start(&[]);
     c.add_worker("w1", 4);

@@ -49,6 +49,13 @@ pub enum ConnectionError {
          refusing to work with it"
     )]
     MasterUnproven { addr: String },
+    /// The master accepted the connection and then said nothing within the handshake's bound: it
+    /// is stopped, overloaded, or not a Ballast master.
+    #[error(
+        "no answer from the master at {addr} within {waited:?} of connecting \
+         (is it stopped or overloaded, or not a Ballast master?)"
+    )]
+    HandshakeTimeout { addr: String, waited: Duration },
     /// The system gave no randomness for our handshake nonce.
     #[error("no randomness for the handshake nonce: {0}")]
     Random(String),
@@ -156,12 +163,28 @@ impl Connection {
             },
         };
         // Bound the handshake so a wrong port does not hang us; callers set their own timeouts after.
-        conn.reader
-            .set_read_timeout(Some(connect_timeout.max(Duration::from_secs(5))))?;
+        let bound = connect_timeout.max(Duration::from_secs(5));
+        conn.reader.set_read_timeout(Some(bound))?;
         // The writer's buffer is empty until the caller queues something: the handshake may write
         // through the reader's handle of the same socket.
         let reader = &mut conn.reader;
-        let welcome = handshake(&mut reader.stream, &mut reader.decoder, addr, role, token)?;
+        let welcome = handshake(&mut reader.stream, &mut reader.decoder, addr, role, token)
+            .map_err(|e| match e {
+                // A read timeout surfaces as EAGAIN ("Resource temporarily unavailable"), which
+                // says nothing to a person: name what we waited for.
+                ConnectionError::Io(io)
+                    if matches!(
+                        io.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    ConnectionError::HandshakeTimeout {
+                        addr: addr.to_string(),
+                        waited: bound,
+                    }
+                }
+                other => other,
+            })?;
         conn.reader.set_read_timeout(None)?;
         Ok((conn, welcome))
     }
@@ -425,6 +448,26 @@ mod tests {
             prefetch: 0,
             heartbeat_interval_ms: 0,
         })
+    }
+
+    #[test]
+    fn a_master_that_never_greets_is_named_in_a_timeout_error() {
+        // Issue 14: a stopped master (SIGSTOP) accepts in the kernel and says nothing; the error
+        // was "Resource temporarily unavailable (os error 11)".
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let err = Connection::connect(&addr, Role::Client, None, Duration::from_millis(100))
+            .err()
+            .expect("no greeting, no connection");
+        assert!(
+            matches!(&err, ConnectionError::HandshakeTimeout { addr: a, .. } if *a == addr),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("no answer from the master"),
+            "{err}"
+        );
+        drop(listener);
     }
 
     #[test]

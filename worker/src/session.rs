@@ -806,9 +806,11 @@ struct FailureLog {
 impl FailureLog {
     fn note(&mut self, now: Instant, addr: &str, error: &ConnectionError) {
         self.failures += 1;
-        // `Connect` errors already name the address.
+        // `Connect` and `HandshakeTimeout` errors already name the address.
         let what = match error {
-            ConnectionError::Connect { .. } => error.to_string(),
+            ConnectionError::Connect { .. } | ConnectionError::HandshakeTimeout { .. } => {
+                error.to_string()
+            }
             _ => format!("handshake with the master at {addr} failed: {error}"),
         };
         let due = match self.last_info {

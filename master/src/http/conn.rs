@@ -110,6 +110,10 @@ impl HttpConn {
     pub fn commit(&mut self, n: usize, now_ms: u64) {
         let filled = self.buf.len() - READ_CHUNK + n;
         self.buf.truncate(filled);
+        if filled == 0 {
+            // An idle kept-alive connection holds no buffer.
+            self.buf = Vec::new();
+        }
         if n > 0 && self.started_ms.is_none() {
             self.started_ms = Some(now_ms);
         }
@@ -395,6 +399,55 @@ mod tests {
             let spare = c.spare();
             spare[..chunk.len()].copy_from_slice(chunk);
             c.commit(chunk.len(), 0);
+        }
+    }
+
+    /// Feeds `bytes` in pieces of the given sizes; returns the requests, or the first error.
+    fn parse_in_pieces(bytes: &[u8], sizes: &[usize]) -> Result<Vec<Request>, RequestError> {
+        let mut c = HttpConn::default();
+        let mut got = Vec::new();
+        let mut rest = bytes;
+        let mut sizes = sizes.iter().cycle();
+        while !rest.is_empty() {
+            let n = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
+            feed(&mut c, &rest[..n]);
+            rest = &rest[n..];
+            while let Some(r) = c.next_request()? {
+                got.push(r);
+            }
+        }
+        Ok(got)
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives, in whatever pieces: no panic, and the buffer stays bounded.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2_000),
+            sizes in proptest::collection::vec(1usize..300, 1..8),
+        ) {
+            let _ = parse_in_pieces(&bytes, &sizes);
+        }
+
+        /// Valid pipelined requests give the same requests however the bytes are split.
+        #[test]
+        fn splitting_does_not_change_the_requests(
+            bodies in proptest::collection::vec("[a-z{}\\[\\]\":, ]{0,40}", 1..5),
+            sizes in proptest::collection::vec(1usize..64, 1..8),
+        ) {
+            let mut raw = Vec::new();
+            for b in &bodies {
+                raw.extend_from_slice(
+                    format!("POST /api/v1/tasks HTTP/1.1\r\nContent-Length: {}\r\n\r\n{b}", b.len())
+                        .as_bytes(),
+                );
+            }
+            let whole = parse_in_pieces(&raw, &[raw.len()]).expect("valid");
+            let split = parse_in_pieces(&raw, &sizes).expect("valid");
+            proptest::prop_assert_eq!(&whole, &split);
+            let got: Vec<Vec<u8>> = whole.into_iter().map(|r| r.body).collect();
+            let want: Vec<Vec<u8>> = bodies.iter().map(|b| b.as_bytes().to_vec()).collect();
+            proptest::prop_assert_eq!(got, want);
         }
     }
 

@@ -1,7 +1,7 @@
 //! Method and path to a route: one match on `(method, resource)`. A path no resource has is 404;
 //! a known resource asked with another method is 405 with `Allow`.
 //!
-//! To add a route: a [`Resource`] variant, its line in [`resource`] and in [`allowed`], and its
+//! To add a route: a `Resource` variant, its line in `resource` and in `allowed`, and its
 //! arm in [`route`].
 
 use super::dashboard::Asset;
