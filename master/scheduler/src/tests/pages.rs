@@ -279,3 +279,53 @@ fn a_workers_status_says_when_it_was_last_heard() {
         "kept once dead"
     );
 }
+
+#[test]
+fn argvs_of_a_mib_keep_results_within_the_chunk_budget_and_pages_small() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let c = local(&mut h);
+    let argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        "x".repeat(protocol::limits::MAX_COMMAND_BYTES - 100),
+    ];
+    let spec = TaskSpec::new(TaskKind::Command {
+        argv: argv.clone(),
+        env: vec![],
+        cwd: None,
+    });
+    h.submit(c, vec![spec], 20);
+    let chunks = |out: Vec<Output>| -> Vec<(usize, Vec<TaskResult>)> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                Output::Send { msg, .. } => {
+                    let len = protocol::codec::encoded_len(&msg);
+                    match msg {
+                        FromMaster::Results { tasks, .. }
+                        | FromMaster::ResultsPage { tasks, .. } => Some((len, tasks)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let all = chunks(h.msg(c, ToMaster::Results { ids: vec![] }));
+    assert!(all.len() >= 5, "{} chunks of about a MiB a task", all.len());
+    for (len, tasks) in &all {
+        assert!(*len <= REPLY_FRAME_BUDGET + 64, "{len} bytes");
+        assert!(tasks.iter().all(|t| t.cmd.as_ref() == Some(&argv)), "whole");
+    }
+    assert_eq!(all.iter().map(|(_, t)| t.len()).sum::<usize>(), 20);
+    let page = chunks(h.msg(
+        c,
+        ToMaster::ResultsPage {
+            state: None,
+            after: TaskId(0),
+            limit: 20,
+        },
+    ));
+    assert_eq!(page.len(), 1, "cut argvs: one small chunk");
+    assert!(page[0].0 < 20 * 2 * PAGE_ARGV_BYTES, "{} bytes", page[0].0);
+    assert_eq!(page[0].1.len(), 20);
+}
