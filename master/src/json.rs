@@ -34,6 +34,9 @@ pub struct WorkerView<'a> {
     pub load_avg_1m: f32,
     /// The worker's group, or null for the shared pool.
     pub group: Option<&'a str>,
+    /// Epoch ms of the last frame heard from it; null if it has not connected since the master
+    /// started (a worker named only by restored results).
+    pub last_seen_ms: Option<u64>,
 }
 
 impl<'a> From<&'a WorkerStatus> for WorkerView<'a> {
@@ -51,6 +54,7 @@ impl<'a> From<&'a WorkerStatus> for WorkerView<'a> {
             host: &w.host,
             load_avg_1m: w.load_avg_1m,
             group: w.group.as_deref(),
+            last_seen_ms: w.last_seen_ms,
         }
     }
 }
@@ -85,6 +89,14 @@ pub struct ResultView<'a> {
     pub stdout: &'a str,
     pub stderr: &'a str,
     pub error: Option<&'a str>,
+    // Added after the first fields (scripts match their order): what the task is.
+    /// "command" | "sleep" | "spin"
+    pub kind: &'static str,
+    /// A command's argv, null for a synthetic task. Whole, except in a page of
+    /// `GET /api/v1/tasks` (its first KiB, then a marker element `[... N bytes cut]`).
+    pub cmd: Option<&'a [String]>,
+    /// The group the task is bound to, or null for any worker.
+    pub group: Option<&'a str>,
 }
 
 impl<'a> From<&'a TaskResult> for ResultView<'a> {
@@ -103,6 +115,9 @@ impl<'a> From<&'a TaskResult> for ResultView<'a> {
             stdout: &t.stdout,
             stderr: &t.stderr,
             error: t.error.as_deref(),
+            kind: t.kind.as_str(),
+            cmd: t.cmd.as_deref(),
+            group: t.group.as_deref(),
         }
     }
 }

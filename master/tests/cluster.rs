@@ -8,12 +8,18 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
+fn epoch_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.expect("a clock after 1970").as_millis() as u64
+}
+
 fn by_state<'a>(results: &'a [Value], state: &str) -> Vec<&'a Value> {
     results.iter().filter(|r| r["state"] == state).collect()
 }
 
 #[test]
 fn batch_is_spread_over_two_workers() {
+    let started_ms = epoch_ms();
     let mut c = Cluster::start(&[]);
     c.add_worker("a", 2);
     c.add_worker("b", 2);
@@ -32,6 +38,13 @@ fn batch_is_spread_over_two_workers() {
         assert_eq!(r["state"], "succeeded", "{r}");
         assert_eq!(r["exit_code"], 0);
         assert_eq!(r["copies"], 1, "an ordinary task runs one copy: {r}");
+        assert_eq!(r["kind"], "command", "{r}");
+        assert_eq!(
+            r["cmd"],
+            serde_json::json!(["sh", "-c", "echo hello-$((6*7))"]),
+            "{r}"
+        );
+        assert!(r["group"].is_null(), "{r}");
         assert!(
             r["stdout"].as_str().unwrap_or("").contains("hello-42"),
             "{r}"
@@ -45,6 +58,14 @@ fn batch_is_spread_over_two_workers() {
     assert_eq!(status["succeeded"], 200);
     let workers = status["workers"].as_array().expect("workers");
     assert!(workers.iter().all(|w| w["prefetch"].is_u64()), "{status}");
+    let asked_ms = epoch_ms();
+    for w in workers {
+        let seen = w["last_seen_ms"].as_u64().expect("heard from");
+        assert!(
+            (started_ms..=asked_ms).contains(&seen),
+            "{seen} not within {started_ms}..={asked_ms}: {w}"
+        );
+    }
     assert_eq!(status["queued"], 0);
 }
 

@@ -130,6 +130,11 @@ fn final_task(addr: &str, id: u64) -> Value {
     })
 }
 
+fn epoch_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.expect("a clock after 1970").as_millis() as u64
+}
+
 fn cluster_of_two() -> Cluster {
     let mut c = Cluster::start(&[]);
     assert!(!c.http_addr.is_empty(), "the harness gives HTTP a port");
@@ -141,6 +146,7 @@ fn cluster_of_two() -> Cluster {
 
 #[test]
 fn the_api_submits_lists_shows_cancels_and_reports_status() {
+    let started_ms = epoch_ms();
     let c = cluster_of_two();
     let http = c.http_addr.clone();
 
@@ -151,6 +157,9 @@ fn the_api_submits_lists_shows_cancels_and_reports_status() {
     assert_eq!(t["state"], "succeeded", "{t}");
     assert_eq!(t["stdout"], "hi\n", "{t}");
     assert_eq!(t["id"], one[0]);
+    assert_eq!(t["kind"], "command", "{t}");
+    assert_eq!(t["cmd"], json!(["sh", "-c", "echo hi"]), "{t}");
+    assert!(t["group"].is_null(), "{t}");
     // The same shape as `results --json`.
     let cli = c.json(&["results", &one[0].to_string()]);
     let mut from_cli = cli[0].clone();
@@ -166,9 +175,18 @@ fn the_api_submits_lists_shows_cancels_and_reports_status() {
         &json!({"tasks": [{"cmd": ["true"]}, {"sleep": "1ms"}], "count": 50}),
     ));
     assert_eq!(batch.len(), 100, "50 ids per task object");
+    let mut kinds = Vec::new();
     for id in &batch {
-        assert_eq!(final_task(&http, *id)["state"], "succeeded");
+        let t = final_task(&http, *id);
+        assert_eq!(t["state"], "succeeded");
+        match t["kind"].as_str() {
+            Some("command") => assert_eq!(t["cmd"], json!(["true"]), "{t}"),
+            Some("sleep") => assert!(t["cmd"].is_null(), "a synthetic task has no argv: {t}"),
+            _ => panic!("no such kind in the batch: {t}"),
+        }
+        kinds.push(t["kind"].as_str().unwrap_or_default().to_string());
     }
+    assert_eq!(kinds.iter().filter(|k| *k == "sleep").count(), 50);
 
     // Pages: oldest first, filtered, with a next.
     let page = get(&http, "/api/v1/tasks?state=succeeded&limit=10").json();
@@ -192,6 +210,11 @@ fn the_api_submits_lists_shows_cancels_and_reports_status() {
 
     // A queued task (its group has no worker) is cancelled.
     let queued = ids(&post(&http, &json!({"sleep": "1s", "group": "nobody"})))[0];
+    let t = get(&http, &format!("/api/v1/tasks/{queued}")).json();
+    assert_eq!(
+        (&t["kind"], &t["group"]),
+        (&json!("sleep"), &json!("nobody"))
+    );
     let r = call(
         &http,
         "DELETE",
@@ -240,6 +263,15 @@ fn the_api_submits_lists_shows_cancels_and_reports_status() {
     };
     assert_eq!(keys(&status), keys(&cli));
     assert_eq!(status["succeeded"], cli["succeeded"]);
+    let asked_ms = epoch_ms();
+    for w in status["workers"].as_array().expect("workers") {
+        let seen = w["last_seen_ms"].as_u64().expect("heard from");
+        assert!(
+            (started_ms..=asked_ms).contains(&seen),
+            "{seen} not within {started_ms}..={asked_ms}: {w}"
+        );
+        assert_eq!(keys(w), keys(&cli["workers"][0]));
+    }
 
     // The page and its files.
     let page = get(&http, "/");
@@ -251,6 +283,30 @@ fn the_api_submits_lists_shows_cancels_and_reports_status() {
     assert!(String::from_utf8_lossy(&page.body).contains("Ballast"));
     assert_eq!(get(&http, "/static/app.js").status, 200);
     assert_eq!(get(&http, "/static/style.css").status, 200);
+}
+
+/// A long argv is whole in its task's own answer and in `results --json`, cut to its first KiB
+/// (with a marker element) in a page of tasks.
+#[test]
+fn a_page_cuts_a_long_command_and_the_task_shows_it_whole() {
+    let c = cluster_of_two();
+    let http = c.http_addr.clone();
+    let script = format!("# {}", "x".repeat(100 << 10));
+    let argv = json!(["sh", "-c", script]);
+    let id = ids(&post(&http, &json!({"cmd": argv})))[0];
+    let t = final_task(&http, id);
+    assert_eq!(t["state"], "succeeded", "{}", t["error"]);
+    assert_eq!(t["cmd"], argv);
+    assert_eq!(c.json(&["results", &id.to_string()])[0]["cmd"], argv);
+    let page = get(&http, &format!("/api/v1/tasks?after={}&limit=1", id - 1)).json();
+    let cut = page["tasks"][0]["cmd"].as_array().expect("an argv");
+    assert_eq!(page["tasks"][0]["id"], id);
+    assert_eq!(cut.len(), 4, "{cut:?}");
+    assert_eq!((&cut[0], &cut[1]), (&json!("sh"), &json!("-c")));
+    let kept = cut[2].as_str().expect("a string");
+    assert!(kept.len() < 1024 && script.starts_with(kept), "{kept}");
+    let marker = format!("[... {} bytes cut]", script.len() - kept.len());
+    assert_eq!(cut[3], json!(marker));
 }
 
 #[test]

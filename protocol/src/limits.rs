@@ -175,6 +175,42 @@ pub fn truncate_with_marker(text: &mut String, max: usize) -> bool {
     true
 }
 
+/// Cuts an argv to its first `max` bytes, each argument counting its length plus one (the space
+/// between words in a command line, so a list of empty strings is cut too). A cut ends with a
+/// marker element, `[... N bytes cut]`, N counting the bytes of the arguments dropped or cut; the
+/// argument that crosses the limit keeps the part that fits. Returns whether it cut.
+pub fn cut_argv(argv: &mut Vec<String>, max: usize) -> bool {
+    let total: usize = argv.iter().map(|a| a.len() + 1).sum();
+    if total <= max {
+        return false;
+    }
+    let mut room = max;
+    let mut keep = 0;
+    let mut cut = 0;
+    for arg in argv.iter_mut() {
+        if room > arg.len() {
+            room -= arg.len() + 1;
+            keep += 1;
+            continue;
+        }
+        // The first argument that does not fit whole: keep what fits of it, if anything.
+        let mut end = room.saturating_sub(1);
+        while !arg.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end > 0 {
+            cut += arg.len() - end;
+            arg.truncate(end);
+            keep += 1;
+        }
+        break;
+    }
+    cut += argv[keep..].iter().map(String::len).sum::<usize>();
+    argv.truncate(keep);
+    argv.push(format!("[... {cut} bytes cut]"));
+    true
+}
+
 /// Keeps the last `max` bytes of `text` (a tail), cut on a character boundary.
 pub fn keep_tail(text: &mut String, max: usize) -> bool {
     if text.len() <= max {
@@ -191,6 +227,32 @@ pub fn keep_tail(text: &mut String, max: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_argv_is_cut_to_its_start_with_a_marker_element() {
+        let mut short = vec!["sh".to_string(), "-c".into(), "echo hi".into()];
+        assert!(!cut_argv(&mut short, 1024));
+        assert_eq!(short, ["sh", "-c", "echo hi"]);
+
+        let mut long = vec!["sh".to_string(), "-c".into(), "é".repeat(2000)];
+        assert!(cut_argv(&mut long, 20));
+        assert_eq!(long.len(), 4);
+        assert_eq!(&long[..2], ["sh", "-c"]);
+        // 20 bytes: "sh " and "-c " take 6, the last argument keeps 13 bytes rounded down to a
+        // whole character.
+        assert_eq!(long[2], "é".repeat(6));
+        assert_eq!(long[3], format!("[... {} bytes cut]", 4000 - 12));
+
+        let mut empties = vec![String::new(); 32_768];
+        assert!(cut_argv(&mut empties, 1024));
+        assert_eq!(empties.len(), 1025, "each argument costs at least one byte");
+        assert_eq!(empties[1024], "[... 0 bytes cut]");
+
+        let mut one_big = vec!["x".repeat(1 << 20)];
+        assert!(cut_argv(&mut one_big, 1024));
+        assert_eq!(one_big[0].len(), 1023);
+        assert_eq!(one_big[1], format!("[... {} bytes cut]", (1 << 20) - 1023));
+    }
 
     #[test]
     fn truncation_keeps_the_start_marks_the_cut_and_fits() {

@@ -67,6 +67,43 @@ pub enum TaskKind {
     Spin { ms: u64 },
 }
 
+/// Which [`TaskKind`] a task is, without its arguments (results show it).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindName {
+    Command,
+    Sleep,
+    Spin,
+}
+
+impl KindName {
+    /// The name used in `--json` output: "command" | "sleep" | "spin".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KindName::Command => "command",
+            KindName::Sleep => "sleep",
+            KindName::Spin => "spin",
+        }
+    }
+}
+
+impl TaskKind {
+    pub fn name(&self) -> KindName {
+        match self {
+            TaskKind::Command { .. } => KindName::Command,
+            TaskKind::Sleep { .. } => KindName::Sleep,
+            TaskKind::Spin { .. } => KindName::Spin,
+        }
+    }
+
+    /// The argv of a command; `None` for a synthetic task.
+    pub fn argv(&self) -> Option<&[String]> {
+        match self {
+            TaskKind::Command { argv, .. } => Some(argv),
+            TaskKind::Sleep { .. } | TaskKind::Spin { .. } => None,
+        }
+    }
+}
+
 /// A submitted unit of work and how to treat it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct TaskSpec {
@@ -400,6 +437,9 @@ pub struct WorkerStatus {
     pub mem_total: u64,
     /// Attempts this worker has finished, whatever their outcome.
     pub done: u64,
+    /// When the master last heard a frame from it (ms since the Unix epoch); `None` for a worker
+    /// named by restored results that has not connected since this master started.
+    pub last_seen_ms: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -418,6 +458,13 @@ pub struct StatusReport {
 pub struct TaskResult {
     pub id: TaskId,
     pub state: TaskState,
+    /// What the task is: a command or a synthetic one.
+    pub kind: KindName,
+    /// A command's argv (in a `ResultsPage`, cut by [`crate::limits::cut_argv`] to its first
+    /// KiB); `None` for a synthetic task.
+    pub cmd: Option<Vec<String>>,
+    /// The group the task is bound to; `None`: any worker.
+    pub group: Option<String>,
     pub exit_code: Option<i32>,
     /// Name of the worker that produced the outcome (or runs the task now).
     pub worker: Option<String>,

@@ -61,8 +61,9 @@ use queue::QueueKey;
 use rebalance::Unstarted;
 use replies::Replies;
 pub use replies::{
-    Backlog, CLIENT_BACKLOG_MAX_BYTES, DRAIN_LOW_WATER_BYTES, PAGE_LIMIT_MAX, PAGE_SCAN_MAX,
-    PAGE_TAIL_BYTES, REPLY_BYTES_IN_FLIGHT_MAX, REPLY_FRAME_BUDGET, STALLED_READER_MS,
+    Backlog, CLIENT_BACKLOG_MAX_BYTES, DRAIN_LOW_WATER_BYTES, PAGE_ARGV_BYTES, PAGE_LIMIT_MAX,
+    PAGE_SCAN_MAX, PAGE_TAIL_BYTES, REPLY_BYTES_IN_FLIGHT_MAX, REPLY_FRAME_BUDGET,
+    STALLED_READER_MS,
 };
 pub use restore_error::RestoreError;
 pub use session::{ClientId, CloseReason, ConnId, Refusal, Violation};
@@ -720,6 +721,7 @@ impl Core {
             mem_used: w.load.mem_used,
             mem_total: w.load.mem_total,
             done: w.done,
+            last_seen_ms: w.heard.then_some(w.last_seen_ms),
         }
     }
 
@@ -1550,6 +1552,9 @@ impl Core {
         TaskResult {
             id,
             state: t.state,
+            kind: t.spec.kind.name(),
+            cmd: t.spec.kind.argv().map(<[String]>::to_vec),
+            group: t.spec.group.clone(),
             exit_code: r.and_then(|r| r.exit_code),
             worker: t
                 .worker

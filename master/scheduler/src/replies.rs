@@ -14,7 +14,7 @@
 use crate::{ClientId, ConnId, Core};
 use protocol::budget::sequence_len;
 use protocol::codec::encoded_len;
-use protocol::limits::{keep_tail, truncate_with_marker, MAX_NAME_BYTES};
+use protocol::limits::{cut_argv, keep_tail, truncate_with_marker, MAX_NAME_BYTES};
 use protocol::{FromMaster, StatusReport, TaskId, TaskResult, TaskState, WorkerStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -39,6 +39,9 @@ pub const PAGE_SCAN_MAX: usize = 100_000;
 /// The stdout and stderr tails in a page are cut to their last this many bytes each (a page of a
 /// thousand tasks stays a few MiB); one task's own result has them whole.
 pub const PAGE_TAIL_BYTES: usize = 1 << 10;
+/// A command's argv in a page is cut to its first this many bytes ([`cut_argv`]: an argv may be
+/// a MiB); one task's own result has it whole.
+pub const PAGE_ARGV_BYTES: usize = 1 << 10;
 
 /// What the shell holds for one connection, and for all, not yet written to their sockets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -224,6 +227,9 @@ impl Core {
                     let mut view = self.result_view(id, t);
                     keep_tail(&mut view.stdout, PAGE_TAIL_BYTES);
                     keep_tail(&mut view.stderr, PAGE_TAIL_BYTES);
+                    if let Some(argv) = &mut view.cmd {
+                        cut_argv(argv, PAGE_ARGV_BYTES);
+                    }
                     made_at.push(index);
                     return Some(view);
                 }

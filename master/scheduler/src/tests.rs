@@ -964,6 +964,16 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
     assert!(got
         .iter()
         .all(|&(conn, _, attempt)| conn == w2 && attempt == 2));
+    // "a" is only named by a restored result: nothing was heard from it in this life.
+    let st = h2.core.status();
+    let seen = |name: &str| {
+        st.workers
+            .iter()
+            .find(|w| w.name == name)
+            .map(|w| w.last_seen_ms)
+    };
+    assert_eq!(seen("a"), Some(None));
+    assert_eq!(seen("b"), Some(Some(h2.now - 100)), "its last load report");
     let gaps = Harness::restarted().core.restore(
         0,
         vec![RestoredTask {

@@ -18,6 +18,9 @@ pub struct Worker {
     pub addr: String,
     alive: bool,
     pub last_seen_ms: u64,
+    /// Has connected in this master's life (`last_seen_ms` means something): false for a
+    /// placeholder named only by restored results.
+    pub heard: bool,
     pub load: LoadReport,
     /// Tasks assigned here and not yet finished. Ordered: it is iterated when the worker's tasks
     /// are taken back and by rebalancing, and those decisions must not depend on hash order.
@@ -41,6 +44,7 @@ impl Worker {
             addr,
             alive,
             last_seen_ms: now_ms,
+            heard: alive,
             load: LoadReport::default(),
             assigned: BTreeSet::new(),
             done: 0,
@@ -132,6 +136,7 @@ impl WorkerTable {
             w.alive = true;
             w.addr = addr;
             w.last_seen_ms = now_ms;
+            w.heard = true;
             w.load = LoadReport::default();
             w.ready = false;
             w.retracting.clear();

@@ -135,6 +135,7 @@ impl ResultsOutput {
             ("copies", Align::Right),
             ("exit", Align::Right),
             ("ms", Align::Right),
+            ("command", Align::Left),
         ]);
         debug_assert_eq!(table.headers[COPIES_COLUMN], "copies");
         ResultsOutput::Table {
@@ -191,7 +192,68 @@ fn result_row(t: &TaskResult) -> Vec<String> {
         t.copies.to_string(),
         blank_or(t.exit_code.map(|c| c.to_string())),
         blank_or(ms),
+        command_cell(t),
     ]
+}
+
+/// The results table's `command` cell is cut to this many characters (`…` last).
+const COMMAND_CELL_CHARS: usize = 40;
+
+/// A command's argv as a shell would take it back (`results --json` has it exactly), cut to
+/// [`COMMAND_CELL_CHARS`]; `(sleep)` or `(spin)` for a synthetic task.
+fn command_cell(t: &TaskResult) -> String {
+    let Some(argv) = &t.cmd else {
+        return format!("({})", t.kind.as_str());
+    };
+    let mut cell = String::new();
+    for arg in argv {
+        if !cell.is_empty() {
+            cell.push(' ');
+        }
+        push_quoted(&mut cell, arg);
+        if width(&cell) > COMMAND_CELL_CHARS {
+            break; // an argv may be a MiB: quote no more than is shown
+        }
+    }
+    if width(&cell) > COMMAND_CELL_CHARS {
+        cell = cell.chars().take(COMMAND_CELL_CHARS - 1).collect();
+        cell.push('…');
+    }
+    cell
+}
+
+/// Appends `arg` quoted for a POSIX shell: bare if it is made of safe characters, `'...'` if it
+/// has no control characters (so a table row stays one line), `$'...'` with escapes otherwise.
+/// Only its first [`COMMAND_CELL_CHARS`] characters are written: the cell shows no more.
+fn push_quoted(out: &mut String, arg: &str) {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    let shown = arg.chars().take(COMMAND_CELL_CHARS);
+    if !arg.is_empty() && arg.chars().all(safe) {
+        out.extend(shown);
+    } else if !arg.chars().any(char::is_control) {
+        out.push('\'');
+        for c in shown {
+            match c {
+                '\'' => out.push_str(r"'\''"),
+                c => out.push(c),
+            }
+        }
+        out.push('\'');
+    } else {
+        out.push_str("$'");
+        for c in shown {
+            match c {
+                '\\' => out.push_str(r"\\"),
+                '\'' => out.push_str(r"\'"),
+                '\n' => out.push_str(r"\n"),
+                '\t' => out.push_str(r"\t"),
+                '\r' => out.push_str(r"\r"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('\'');
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -295,7 +357,7 @@ fn width(s: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{TaskId, TaskState, WorkerId, WorkerState};
+    use protocol::{KindName, TaskId, TaskState, WorkerId, WorkerState};
     use serde_json::Value;
 
     fn report() -> StatusReport {
@@ -317,6 +379,7 @@ mod tests {
                     mem_total: 2,
                     done: 17,
                     prefetch: 2,
+                    last_seen_ms: Some(1_700_000_000_500),
                 },
                 WorkerStatus {
                     id: WorkerId(2),
@@ -333,6 +396,7 @@ mod tests {
                     mem_total: 0,
                     done: 123456,
                     prefetch: 0,
+                    last_seen_ms: None,
                 },
             ],
             queued: 10,
@@ -350,6 +414,13 @@ mod tests {
             } else {
                 TaskState::Queued
             },
+            kind: if done {
+                KindName::Command
+            } else {
+                KindName::Sleep
+            },
+            cmd: done.then(|| vec!["sh".into(), "-c".into(), "echo hi".into()]),
+            group: done.then(|| "gpu".into()),
             exit_code: done.then_some(-1),
             worker: done.then(|| "w\"1".to_string()),
             attempts: 2,
@@ -428,6 +499,7 @@ mod tests {
                 "group",
                 "host",
                 "id",
+                "last_seen_ms",
                 "load_avg_1m",
                 "name",
                 "prefetch",
@@ -451,6 +523,8 @@ mod tests {
             "printed with f32 precision"
         );
         assert_eq!(w["load_avg_1m"].as_f64(), Some(1.5));
+        assert_eq!(w["last_seen_ms"].as_u64(), Some(1_700_000_000_500));
+        assert!(workers[1]["last_seen_ms"].is_null(), "never heard from");
     }
 
     #[test]
@@ -468,11 +542,14 @@ mod tests {
                 keys(row),
                 [
                     "attempts",
+                    "cmd",
                     "copies",
                     "error",
                     "exit_code",
                     "finished_ms",
+                    "group",
                     "id",
+                    "kind",
                     "priority",
                     "started_ms",
                     "state",
@@ -495,10 +572,22 @@ mod tests {
         assert_eq!(done["finished_ms"].as_u64(), Some(1_700_000_000_350));
         assert_eq!(done["stdout"], "out\nline");
         assert_eq!(done["error"], "timed out after 250ms");
+        assert_eq!(done["kind"], "command");
+        assert_eq!(done["cmd"], serde_json::json!(["sh", "-c", "echo hi"]));
+        assert_eq!(done["group"], "gpu");
         let queued = &rows[1];
         assert_eq!(queued["state"], "queued");
+        assert_eq!(queued["kind"], "sleep");
         assert_eq!(queued["copies"].as_u64(), Some(0), "never ran");
-        for nullable in ["exit_code", "worker", "started_ms", "finished_ms", "error"] {
+        for nullable in [
+            "exit_code",
+            "worker",
+            "started_ms",
+            "finished_ms",
+            "error",
+            "cmd",
+            "group",
+        ] {
             assert!(queued[nullable].is_null(), "{nullable}");
         }
     }
@@ -539,11 +628,11 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert_eq!(
             lines[0],
-            "  id  state      priority  worker  attempts  exit   ms"
+            "  id  state      priority  worker  attempts  exit   ms  command"
         );
         assert_eq!(
             lines[1],
-            "   1  timed_out        -5  w\"1            2    -1  250"
+            "   1  timed_out        -5  w\"1            2    -1  250  sh -c 'echo hi'"
         );
         assert!(lines[2].starts_with("1000  queued"));
         // Right-aligned columns end at the same place on every line.
@@ -568,12 +657,38 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "id  state      priority  worker  attempts  copies  exit   ms",
-                " 1  timed_out        -5  w\"1            2       1    -1  250",
-                " 2  timed_out        -5  w\"1            2       3    -1  250",
-                " 3  queued           -5                 2       0",
+                "id  state      priority  worker  attempts  copies  exit   ms  command",
+                " 1  timed_out        -5  w\"1            2       1    -1  250  sh -c 'echo hi'",
+                " 2  timed_out        -5  w\"1            2       3    -1  250  sh -c 'echo hi'",
+                " 3  queued           -5                 2       0             (sleep)",
             ]
         );
+    }
+
+    #[test]
+    fn the_command_cell_is_shell_quoted_one_line_and_cut() {
+        let cell = |argv: &[&str]| {
+            let mut t = task(1, true);
+            t.cmd = Some(argv.iter().map(|a| a.to_string()).collect());
+            command_cell(&t)
+        };
+        assert_eq!(cell(&["ls", "-l", "/tmp/a_b.c"]), "ls -l /tmp/a_b.c");
+        assert_eq!(cell(&["echo", "", "it's"]), r"echo '' 'it'\''s'");
+        assert_eq!(cell(&["printf", "a\tb\n\u{1}"]), r"printf $'a\tb\n\u0001'");
+        let long = cell(&["sh", "-c", &"x".repeat(1 << 20)]);
+        assert_eq!(long.chars().count(), COMMAND_CELL_CHARS);
+        assert!(
+            long.starts_with("sh -c xxx") && long.ends_with("x…"),
+            "{long}"
+        );
+        let many = cell(&[""; 32_768]);
+        assert_eq!(many.chars().count(), COMMAND_CELL_CHARS);
+        assert!(many.ends_with('…'));
+        let exact = "y".repeat(COMMAND_CELL_CHARS);
+        assert_eq!(cell(&[&exact]), exact, "40 characters fit whole");
+        let mut spin = task(1, false);
+        spin.kind = KindName::Spin;
+        assert_eq!(command_cell(&spin), "(spin)");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! that look at no more of the table than the page needs.
 
 use super::*;
+use protocol::KindName;
 
 /// Every `ResultsPage` chunk to `conn` in `out`, in order: (tasks' ids, more, next).
 fn pages(out: &[Output], to: ConnId) -> Vec<(Vec<u64>, bool, Option<TaskId>)> {
@@ -183,4 +184,148 @@ fn a_page_with_big_outputs_comes_in_chunks_with_cut_tails() {
         }
     }
     assert_eq!(seen, 10);
+}
+
+#[test]
+fn results_say_what_each_task_is_and_a_page_cuts_a_long_argv() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let c = local(&mut h);
+    let command = |argv: Vec<String>| {
+        TaskSpec::new(TaskKind::Command {
+            argv,
+            env: vec![],
+            cwd: None,
+        })
+    };
+    let short = vec!["sh".to_string(), "-c".into(), "echo hi".into()];
+    let long = vec!["sh".to_string(), "-c".into(), "x".repeat(900 << 10)];
+    let grouped = TaskSpec {
+        group: Some("gpu".into()),
+        ..sleep_spec(0)
+    };
+    let spin = TaskSpec::new(TaskKind::Spin { ms: 5 });
+    let specs = vec![command(short.clone()), command(long.clone()), grouped, spin];
+    h.submit(c, specs, 1);
+
+    let one = |h: &Harness, id| h.core.task(TaskId(id)).expect("known");
+    let t = one(&h, 1);
+    assert_eq!(
+        (t.kind, t.cmd, t.group),
+        (KindName::Command, Some(short.clone()), None)
+    );
+    assert_eq!(
+        one(&h, 2).cmd,
+        Some(long.clone()),
+        "whole in a task's own result"
+    );
+    let t = one(&h, 3);
+    assert_eq!(
+        (t.kind, t.cmd, t.group.as_deref()),
+        (KindName::Sleep, None, Some("gpu"))
+    );
+    assert_eq!((one(&h, 4).kind, one(&h, 4).cmd), (KindName::Spin, None));
+
+    let out = h.msg(
+        c,
+        ToMaster::ResultsPage {
+            state: None,
+            after: TaskId(0),
+            limit: 10,
+        },
+    );
+    let tasks: Vec<TaskResult> = out
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                msg: FromMaster::ResultsPage { tasks, .. },
+                ..
+            } => Some(tasks),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(tasks.len(), 4);
+    assert_eq!(tasks[0].cmd, Some(short), "a short argv is whole in a page");
+    let cut = tasks[1].cmd.as_ref().expect("a command");
+    assert_eq!(cut.len(), 4, "{cut:?}");
+    assert_eq!(&cut[..2], ["sh", "-c"]);
+    assert_eq!(cut[2].len(), PAGE_ARGV_BYTES - 7);
+    assert_eq!(
+        cut[3],
+        format!("[... {} bytes cut]", long[2].len() - cut[2].len())
+    );
+    assert_eq!(tasks[2].group.as_deref(), Some("gpu"));
+}
+
+#[test]
+fn a_workers_status_says_when_it_was_last_heard() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let joined = h.now;
+    let (w, _, _) = h.worker("a", 1);
+    let seen = |h: &Harness| h.core.status().workers[0].last_seen_ms;
+    assert_eq!(seen(&h), Some(joined));
+    h.advance(250);
+    assert_eq!(seen(&h), Some(joined), "time alone is not a frame");
+    h.msg(w, ToMaster::Load(LoadReport::default()));
+    assert_eq!(seen(&h), Some(joined + 250));
+    h.core.handle_disconnect(h.now, w, "gone");
+    h.drain();
+    h.advance(100);
+    let st = h.core.status();
+    assert_eq!(st.workers[0].state, WorkerState::Dead);
+    assert_eq!(
+        st.workers[0].last_seen_ms,
+        Some(joined + 250),
+        "kept once dead"
+    );
+}
+
+#[test]
+fn argvs_of_a_mib_keep_results_within_the_chunk_budget_and_pages_small() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let c = local(&mut h);
+    let argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        "x".repeat(protocol::limits::MAX_COMMAND_BYTES - 100),
+    ];
+    let spec = TaskSpec::new(TaskKind::Command {
+        argv: argv.clone(),
+        env: vec![],
+        cwd: None,
+    });
+    h.submit(c, vec![spec], 20);
+    let chunks = |out: Vec<Output>| -> Vec<(usize, Vec<TaskResult>)> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                Output::Send { msg, .. } => {
+                    let len = protocol::codec::encoded_len(&msg);
+                    match msg {
+                        FromMaster::Results { tasks, .. }
+                        | FromMaster::ResultsPage { tasks, .. } => Some((len, tasks)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let all = chunks(h.msg(c, ToMaster::Results { ids: vec![] }));
+    assert!(all.len() >= 5, "{} chunks of about a MiB a task", all.len());
+    for (len, tasks) in &all {
+        assert!(*len <= REPLY_FRAME_BUDGET + 64, "{len} bytes");
+        assert!(tasks.iter().all(|t| t.cmd.as_ref() == Some(&argv)), "whole");
+    }
+    assert_eq!(all.iter().map(|(_, t)| t.len()).sum::<usize>(), 20);
+    let page = chunks(h.msg(
+        c,
+        ToMaster::ResultsPage {
+            state: None,
+            after: TaskId(0),
+            limit: 20,
+        },
+    ));
+    assert_eq!(page.len(), 1, "cut argvs: one small chunk");
+    assert!(page[0].0 < 20 * 2 * PAGE_ARGV_BYTES, "{} bytes", page[0].0);
+    assert_eq!(page[0].1.len(), 20);
 }

@@ -21,6 +21,7 @@ const EVENTS_SILENT_MS = 10000; // no byte for this long: the stream is dead
 const EVENTS_BUFFER_MAX = 1 << 20; // an unfinished event longer than this is dropped
 const FINAL = new Set(["succeeded", "failed", "timed_out", "cancelled", "worker_lost"]);
 const SVG_NS = "http://www.w3.org/2000/svg";
+const SEEN_NOW_MS = 3000; // a worker heard from this recently was seen "now"
 
 const S = {
   token: sessionStorage.getItem("ballast-token"),
@@ -28,7 +29,6 @@ const S = {
   prev: null, // { at, finished, total } of the previous status, for the throughput
   throughput: [], // { at, finished_per_s, submitted_per_s }
   cpu: new Map(), // worker name -> [cpu percent]
-  lastSeen: new Map(), // worker name -> ms when this page last saw it alive
   summary: null, // the last `summary` event
   skewMs: 0, // master clock minus ours, from event times
   timeline: [],
@@ -152,7 +152,6 @@ async function fetchStatus() {
     h.push(w.cpu_percent);
     if (h.length > CPU_SAMPLES) h.shift();
     S.cpu.set(w.name, h);
-    if (w.state === "alive") S.lastSeen.set(w.name, now);
   }
   S.status = st;
   return total;
@@ -326,7 +325,6 @@ function onEventBlock(block) {
     S.summary = ev;
     if (typeof ev.finished_per_s === "number") pushThroughput(Date.now(), ev.finished_per_s, ev.submitted_per_s || 0);
   }
-  if (name === "worker_lost" && typeof ev.worker === "string") S.lastSeen.set(ev.worker, ev.at_ms - S.skewMs);
   S.heard = true;
   return retry;
 }
@@ -367,12 +365,12 @@ function renderWorkers() {
   $("#workers tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 9, class: "muted" }, "no worker has joined yet"))]));
 }
 
-/// An alive worker's heartbeats are within the master's heartbeat timeout: "now". A dead one was
-/// last seen when this page last saw it alive (or when its `worker_lost` event came).
+/// When the master last heard from the worker (`last_seen_ms`, on the master's clock: the skew
+/// learnt from event times turns it into ours). Within a few heartbeats: "now".
 function seen(w) {
-  if (w.state === "alive") return "now";
-  const at = S.lastSeen.get(w.name);
-  return at === undefined ? "before this page" : ago(at);
+  if (typeof w.last_seen_ms !== "number") return "not since the master started";
+  const at = w.last_seen_ms - S.skewMs;
+  return Date.now() - at < SEEN_NOW_MS ? "now" : ago(at);
 }
 
 function renderAges() {
@@ -587,11 +585,12 @@ function renderDetail() {
   const t = S.detail;
   if (!t) return;
   $("#detail-id").textContent = `${t.id}`;
-  const cmd = Array.isArray(t.cmd) ? t.cmd.join(" ") : "(not in this master's task view)";
+  const cmd = Array.isArray(t.cmd) ? joinArgs(t.cmd) : `(${t.kind})`;
   const field = (name, value, cls) => [el("dt", {}, name), el("dd", { class: cls || null }, value === null || value === undefined ? "–" : value)];
   const dl = el("dl", {},
     ...field("state", el("span", { class: "pill s-" + t.state }, t.state), "detail-state"),
     ...field("command", cmd, "detail-cmd"),
+    ...field("group", t.group, "detail-group"),
     ...field("worker", t.worker, "detail-worker"),
     ...field("attempts", `${t.attempts} (copies ${t.copies})`),
     ...field("exit code", t.exit_code, "detail-exit"),
@@ -677,6 +676,14 @@ function completionChart(r) {
 }
 
 // --- submitting ----------------------------------------------------------------------------------------
+
+/// argv to a command line `splitArgs` reads back: a word bare if it is plain, else '...', or
+/// "..." (with \" and \\) if it holds a '.
+function joinArgs(argv) {
+  return argv
+    .map((a) => (/^[A-Za-z0-9_@%+=:,.\/-]+$/.test(a) ? a : !a.includes("'") ? `'${a}'` : `"${a.replace(/[\\"]/g, (c) => "\\" + c)}"`))
+    .join(" ");
+}
 
 /// A command line to argv: whitespace separates, '...' is literal, "..." keeps \" and \\.
 function splitArgs(line) {
