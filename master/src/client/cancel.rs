@@ -10,9 +10,9 @@ use std::io::Write;
 pub struct CancelArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
-    /// Tasks to cancel (queued ones are dropped, running ones are killed).
-    #[arg(value_name = "ID", required = true)]
-    pub ids: Vec<u64>,
+    /// Tasks (`7`, `5-9`, `1-3,7`) to cancel (queued ones are dropped, running ones are killed).
+    #[arg(value_name = "ID", value_parser = ids::parse_id_arg, required = true)]
+    pub ids: Vec<ids::IdArg>,
 }
 
 /// `CancelDone` summed over the batches.
@@ -26,7 +26,7 @@ struct Cancelled {
 pub fn run(args: CancelArgs) -> Result<Outcome> {
     let mut session = args.conn.connect()?;
     let mut all = Cancelled::default();
-    for batch in ids::batched(args.ids.iter().copied().map(TaskId)) {
+    for batch in ids::batched(ids::from_args(&args.ids)) {
         match session.request(&ToMaster::Cancel { ids: batch })? {
             FromMaster::CancelDone {
                 cancelled,

@@ -77,6 +77,56 @@ pub fn format_ranges(ranges: &[IdRange]) -> String {
     parts.join(", ")
 }
 
+/// Most ids one command-line argument may name: a mistyped range (`1-100000000000`) is refused
+/// rather than sent id by id. As many as one `submit` can create.
+pub const MAX_IDS_PER_ARG: u64 = 10_000_000;
+
+/// One id argument as the user typed it: `7`, `5-9`, or a comma list of those (`1-3,7`, and
+/// `1-3,` as `master cancel` prints it, so its output can be pasted back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdArg(pub Vec<IdRange>);
+
+/// The clap value parser for id arguments.
+pub fn parse_id_arg(text: &str) -> Result<IdArg, String> {
+    let mut ranges = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let number = |s: &str| {
+            s.trim().parse::<u64>().map_err(|_| {
+                format!("{s:?} is not a task id (ids are whole numbers: 7, 5-9, 1-3,7)")
+            })
+        };
+        let range = match item.split_once('-') {
+            None => IdRange {
+                first: number(item)?,
+                count: 1,
+            },
+            Some((a, b)) => {
+                let (first, last) = (number(a)?, number(b)?);
+                if last < first {
+                    return Err(format!("{item:?} runs backwards: write {last}-{first}"));
+                }
+                let count = last - first + 1;
+                if count > MAX_IDS_PER_ARG {
+                    return Err(format!(
+                        "{item:?} names {count} ids; at most {MAX_IDS_PER_ARG} per argument"
+                    ));
+                }
+                IdRange { first, count }
+            }
+        };
+        ranges.push(range);
+    }
+    if ranges.is_empty() {
+        return Err(format!("{text:?} names no task id"));
+    }
+    Ok(IdArg(ranges))
+}
+
+/// Every id the arguments name, in the order given.
+pub fn from_args(args: &[IdArg]) -> impl Iterator<Item = TaskId> + '_ {
+    args.iter().flat_map(|a| all(&a.0))
+}
+
 /// Serializes as a flat JSON array of numbers without expanding the ranges into a `Vec` first.
 pub struct IdList<'a>(pub &'a [IdRange]);
 
@@ -136,6 +186,25 @@ mod tests {
             },
         ];
         assert_eq!(serde_json::to_string(&IdList(&r)).unwrap(), "[4,5,10]");
+    }
+
+    #[test]
+    fn id_arguments_take_numbers_ranges_and_what_the_cli_prints() {
+        let parsed = |t: &str| parse_id_arg(t).map(|a| all(&a.0).map(|t| t.0).collect::<Vec<_>>());
+        assert_eq!(parsed("7"), Ok(vec![7]));
+        assert_eq!(parsed("201-203"), Ok(vec![201, 202, 203]));
+        assert_eq!(parsed("1-3,7"), Ok(vec![1, 2, 3, 7]));
+        // `format_ranges` output, split by the shell at the spaces.
+        assert_eq!(parsed("1-3,"), Ok(vec![1, 2, 3]));
+        assert_eq!(parsed(" 9 - 10 "), Ok(vec![9, 10]));
+        assert!(parsed("9-5").unwrap_err().contains("backwards"));
+        assert!(parsed("x").unwrap_err().contains("not a task id"));
+        assert!(parsed("-3").unwrap_err().contains("not a task id"));
+        assert!(parsed(",").unwrap_err().contains("no task id"));
+        assert!(parsed("1-18446744073709551615")
+            .unwrap_err()
+            .contains("at most"));
+        assert_eq!(parsed("0-9999999").map(|v| v.len()), Ok(10_000_000));
     }
 
     #[test]

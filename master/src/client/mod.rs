@@ -160,6 +160,8 @@ mod tests {
             &["wait"],
             &["wait", "--json", "4", "5"],
             &["cancel", "--master", "h:1", "7", "8"],
+            &["results", "201-203"],
+            &["cancel", "5-9", "12"],
         ];
         for argv in ok {
             assert!(parse(argv).is_ok(), "{argv:?}: {:?}", parse(argv).err());
@@ -188,8 +190,18 @@ mod tests {
         };
         assert_eq!(
             (w.conn.master.as_str(), w.ids.as_slice()),
-            ("10.0.0.1:9", &[3][..])
+            (
+                "10.0.0.1:9",
+                &[ids::IdArg(vec![ids::IdRange { first: 3, count: 1 }])][..]
+            )
         );
+        // Ranges, as `submit` and `cancel` print them (issue 11).
+        let Ok(ClientCommand::Cancel(c)) = parse(&["cancel", "5-9", "12", "1-3,"]) else {
+            panic!("cancel parses ranges");
+        };
+        let named: Vec<u64> = ids::from_args(&c.ids).map(|t| t.0).collect();
+        assert_eq!(named, [5, 6, 7, 8, 9, 12, 1, 2, 3]);
+        assert!(parse(&["results", "9-5"]).is_err(), "a backwards range");
     }
 
     #[test]

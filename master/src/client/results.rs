@@ -15,9 +15,9 @@ pub struct ResultsArgs {
     /// Print a JSON array of task objects.
     #[arg(long)]
     pub json: bool,
-    /// Tasks to show; none means all.
-    #[arg(value_name = "ID")]
-    pub ids: Vec<u64>,
+    /// Tasks (`7`, `5-9`, `1-3,7`) to show; none means all.
+    #[arg(value_name = "ID", value_parser = ids::parse_id_arg)]
+    pub ids: Vec<ids::IdArg>,
 }
 
 pub fn run(args: ResultsArgs) -> Result<Outcome> {
@@ -31,7 +31,7 @@ pub fn run(args: ResultsArgs) -> Result<Outcome> {
     if args.ids.is_empty() {
         fetch(&mut session, Vec::new(), &mut sink, &mut out)?;
     } else {
-        for batch in ids::batched(args.ids.iter().copied().map(TaskId)) {
+        for batch in ids::batched(ids::from_args(&args.ids)) {
             fetch(&mut session, batch, &mut sink, &mut out)?;
         }
     }

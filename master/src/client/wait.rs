@@ -17,9 +17,9 @@ pub struct WaitArgs {
     /// Print `{"total":..,"succeeded":..,"failed":..}`.
     #[arg(long)]
     pub json: bool,
-    /// Tasks to wait for; none means every task unfinished now.
-    #[arg(value_name = "ID")]
-    pub ids: Vec<u64>,
+    /// Tasks (`7`, `5-9`, `1-3,7`) to wait for; none means every task unfinished now.
+    #[arg(value_name = "ID", value_parser = ids::parse_id_arg)]
+    pub ids: Vec<ids::IdArg>,
 }
 
 /// What `WaitDone` reports. Field names are the `--json` contract.
@@ -50,7 +50,7 @@ impl WaitSummary {
 
 pub fn run(args: WaitArgs) -> Result<Outcome> {
     let mut session = args.conn.connect()?;
-    let ids: Vec<TaskId> = args.ids.iter().copied().map(TaskId).collect();
+    let ids: Vec<TaskId> = ids::from_args(&args.ids).collect();
     let summary = if ids.is_empty() {
         // Empty ids asks the master for "everything unfinished now".
         wait_batches(&mut session, [Vec::new()], 0)?
