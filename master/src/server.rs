@@ -48,8 +48,13 @@ const READ_CHUNK: usize = 64 << 10;
 #[derive(Debug, Error)]
 pub enum ServerError {
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}")]
-    Bind { addr: String, source: io::Error },
+    #[error("cannot listen on {addr} ({flag})")]
+    Bind {
+        addr: String,
+        /// The flag that chose the address, so a person knows which one to change.
+        flag: &'static str,
+        source: io::Error,
+    },
     /// The event loop itself failed (not one connection: those are only closed).
     #[error("event loop failed: {0}")]
     Poll(#[from] io::Error),
@@ -220,6 +225,7 @@ impl Server {
     pub fn bind(addr: &str, config: ServerConfig) -> Result<Server, ServerError> {
         let bind_err = |source| ServerError::Bind {
             addr: addr.to_string(),
+            flag: "--listen",
             source,
         };
         let std_listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
@@ -232,6 +238,7 @@ impl Server {
             Some(http) => {
                 let bind_err = |source| ServerError::Bind {
                     addr: http.clone(),
+                    flag: "--http",
                     source,
                 };
                 let std_listener = std::net::TcpListener::bind(http).map_err(bind_err)?;

@@ -389,6 +389,19 @@ fn a_non_loopback_http_address_needs_a_token() {
 }
 
 #[test]
+fn a_taken_http_port_names_the_flag_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let err = refused_start(&["--http", &addr]);
+    assert!(
+        err.contains(&format!("cannot listen on {addr} (--http)")),
+        "{err}"
+    );
+    // The cause once, not repeated by every layer that passed it on.
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+}
+
+#[test]
 fn bad_requests_get_the_right_answers() {
     let c = Cluster::start(&[]);
     let http = c.http_addr.clone();
