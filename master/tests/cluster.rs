@@ -75,13 +75,34 @@ fn failing_command_fails_the_wait() {
     c.add_worker("a", 1);
     c.wait_for_workers(1);
     let ids = c.submit(&["--", "sh", "-c", "echo oops >&2; exit 7"]);
-    let out = c.cli(&["wait"]);
+    // By id: the task may have failed before the wait starts, and a named task counts anyway.
+    let out = c.cli(&["wait", &ids[0].to_string()]);
     assert!(!out.status.success(), "wait must fail when a task failed");
     let r = c.json(&["results", &ids[0].to_string()]);
     assert_eq!(r[0]["state"], "failed");
     assert_eq!(r[0]["exit_code"], 7);
     assert!(r[0]["stderr"].as_str().unwrap_or("").contains("oops"));
     assert_eq!(r[0]["attempts"], 1, "a non-zero exit is not retried");
+}
+
+#[test]
+fn wait_without_ids_counts_only_what_was_unfinished_when_it_began() {
+    // Issue 11: the summary counted the whole history, so one old failure made every later
+    // `master wait` exit 1 ("304 tasks: 299 succeeded, 5 failed" for a batch of 40 successes).
+    let mut c = Cluster::start(&[]);
+    c.add_worker("a", 2);
+    c.wait_for_workers(1);
+    let failing = c.submit(&["--count", "3", "--", "false"]);
+    let named: Vec<String> = failing.iter().map(u64::to_string).collect();
+    let named: Vec<&str> = named.iter().map(String::as_str).collect();
+    let first = c.cli(&[&["wait"][..], &named].concat());
+    assert!(!first.status.success(), "the first batch failed");
+    // Long enough that none is final before the wait begins.
+    c.submit(&["--count", "4", "--sleep", "1s"]);
+    let out = c.cli(&["wait"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("4 tasks: 4 succeeded, 0 failed"), "{text}");
 }
 
 #[test]
