@@ -11,6 +11,7 @@ mod sentinel;
 mod session;
 mod signals;
 mod tail;
+mod task_log;
 
 use clap::{Parser, ValueEnum};
 use log::error;

@@ -28,6 +28,7 @@ use crate::outbox::{Outbox, WriterNote, OUTBOX_LIMIT};
 use crate::pending::PendingQueue;
 use crate::sampler::LoadSampler;
 use crate::signals::signal_name;
+use crate::task_log::TaskLog;
 use log::{debug, error, info, warn};
 use protocol::budget::chunks_within;
 use protocol::connection::{FrameReader, Welcome};
@@ -209,6 +210,8 @@ struct Session {
     /// Whether we warned that the master assigned more than `slots + prefetch` (warn once per
     /// episode).
     over_limit: bool,
+    /// The per-task lines of the terminal, rate-limited.
+    task_log: TaskLog,
     stopping: Option<Stopping>,
     /// The master (its data dir) whose tasks we run: set by the first `Welcome`.
     master_id: Option<u64>,
@@ -236,6 +239,7 @@ impl Session {
             retracted: Vec::new(),
             pending: PendingQueue::default(),
             over_limit: false,
+            task_log: TaskLog::default(),
             stopping: None,
             master_id: None,
             disowned: HashSet::new(),
@@ -341,7 +345,11 @@ impl Session {
                 self.started = refs;
             }
         }
+        self.task_log.tick(now);
         if !self.finished.is_empty() {
+            for c in &self.finished {
+                self.task_log.finished(now, c);
+            }
             queue_finished(&mut up.out, &mut self.finished);
         }
         for returned in self.retracted.drain(..) {
@@ -721,6 +729,7 @@ impl Session {
             let Some(a) = self.pending.pop() else {
                 break;
             };
+            self.task_log.started(now, &a);
             if self.executor.start(now, &a, &mut self.finished) {
                 self.started.push(a.task_ref());
             }
