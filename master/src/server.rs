@@ -497,63 +497,16 @@ impl Server {
     }
 
     fn accept(&mut self, now: u64) {
-        loop {
-            let (mut stream, addr) = match self.listener.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: keep serving the connections we have.
-                    warn!("accept failed: {e}");
-                    return;
-                }
-            };
-            if self.conns.len() >= self.config.max_connections {
-                warn!(
-                    "refused {addr}: {} connections is the limit",
-                    self.config.max_connections
-                );
-                continue; // dropping the stream closes it
-            }
+        while let Some((stream, addr)) = accept_one(&self.listener, "") {
             let mut nonce = vec![0u8; NONCE_LEN];
             if let Err(e) = getrandom::fill(&mut nonce) {
                 error!("refused {addr}: no randomness for the handshake nonce: {e}");
-                continue;
+                continue; // dropping the stream closes it
             }
-            if let Err(e) = stream.set_nodelay(true) {
-                debug!("{addr}: cannot set TCP_NODELAY: {e}");
+            if let Some(id) = self.admit(now, stream, addr, None) {
+                debug!("accepted {addr}");
+                self.core.handle_connect(now, id, addr.to_string(), nonce);
             }
-            let Some(id) = self.conns.vacant_id() else {
-                warn!("refused {addr}: no connection slot left");
-                continue;
-            };
-            if let Err(e) =
-                self.poll
-                    .registry()
-                    .register(&mut stream, token(id), Interest::READABLE)
-            {
-                warn!("refused {addr}: cannot register: {e}");
-                continue;
-            }
-            self.conns.insert(
-                id,
-                Connection {
-                    stream,
-                    addr,
-                    decoder: FrameDecoder::new(),
-                    out: Vec::new(),
-                    out_pos: 0,
-                    writable_interest: false,
-                    closing: false,
-                    touched: false,
-                    gate: None,
-                    paused: false,
-                    progress_ms: now,
-                    http: None,
-                },
-            );
-            debug!("accepted {addr}");
-            self.core.handle_connect(now, id, addr.to_string(), nonce);
         }
     }
 
@@ -564,64 +517,76 @@ impl Server {
             let Some(listener) = &self.http_listener else {
                 return;
             };
-            let (mut stream, addr) = match listener.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    warn!("HTTP accept failed: {e}");
-                    return;
-                }
+            let Some((stream, addr)) = accept_one(listener, "HTTP ") else {
+                return;
             };
-            if self.conns.len() >= self.config.max_connections {
-                warn!(
-                    "refused HTTP {addr}: {} connections is the limit",
-                    self.config.max_connections
-                );
-                continue;
-            }
-            if let Err(e) = stream.set_nodelay(true) {
-                debug!("{addr}: cannot set TCP_NODELAY: {e}");
-            }
-            let Some(id) = self.conns.vacant_id() else {
-                warn!("refused HTTP {addr}: no connection slot left");
-                continue;
-            };
-            if let Err(e) =
-                self.poll
-                    .registry()
-                    .register(&mut stream, token(id), Interest::READABLE)
-            {
-                warn!("refused HTTP {addr}: cannot register: {e}");
-                continue;
-            }
             let http = HttpState {
                 last_active_ms: now,
                 ..HttpState::default()
             };
-            self.conns.insert(
-                id,
-                Connection {
-                    stream,
-                    addr,
-                    decoder: FrameDecoder::new(),
-                    out: Vec::new(),
-                    out_pos: 0,
-                    writable_interest: false,
-                    closing: false,
-                    touched: false,
-                    gate: None,
-                    paused: false,
-                    progress_ms: now,
-                    http: Some(Box::new(http)),
-                },
-            );
-            self.http_conns += 1;
-            if self.next_http_sweep_ms.is_none() {
-                self.next_http_sweep_ms = Some(now + HTTP_SWEEP_MS);
+            if self
+                .admit(now, stream, addr, Some(Box::new(http)))
+                .is_some()
+            {
+                self.http_conns += 1;
+                if self.next_http_sweep_ms.is_none() {
+                    self.next_http_sweep_ms = Some(now + HTTP_SWEEP_MS);
+                }
+                debug!("accepted HTTP {addr}");
             }
-            debug!("accepted HTTP {addr}");
         }
+    }
+
+    /// Puts an accepted stream in the table, registered for reading, under `--max-connections`;
+    /// `None` (the stream dropped, so closed) when it cannot.
+    fn admit(
+        &mut self,
+        now: u64,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        http: Option<Box<HttpState>>,
+    ) -> Option<ConnId> {
+        let kind = if http.is_some() { "HTTP " } else { "" };
+        if self.conns.len() >= self.config.max_connections {
+            warn!(
+                "refused {kind}{addr}: {} connections is the limit",
+                self.config.max_connections
+            );
+            return None;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!("{addr}: cannot set TCP_NODELAY: {e}");
+        }
+        let Some(id) = self.conns.vacant_id() else {
+            warn!("refused {kind}{addr}: no connection slot left");
+            return None;
+        };
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, token(id), Interest::READABLE)
+        {
+            warn!("refused {kind}{addr}: cannot register: {e}");
+            return None;
+        }
+        self.conns.insert(
+            id,
+            Connection {
+                stream,
+                addr,
+                decoder: FrameDecoder::new(),
+                out: Vec::new(),
+                out_pos: 0,
+                writable_interest: false,
+                closing: false,
+                touched: false,
+                gate: None,
+                paused: false,
+                progress_ms: now,
+                http,
+            },
+        );
+        Some(id)
     }
 
     /// Reads an HTTP connection until the socket would block or a request waits for the core,
@@ -1355,6 +1320,22 @@ fn push_response(c: &mut Connection, now: u64, answer: Response, keep_alive: boo
         c.closing = true;
     }
     c.out.len() - before
+}
+
+/// The next connection waiting on `listener`, or `None` once none waits (or accept fails:
+/// EMFILE and friends, when we keep serving the connections we have).
+fn accept_one(listener: &TcpListener, kind: &str) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        match listener.accept() {
+            Ok(pair) => return Some(pair),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                warn!("{kind}accept failed: {e}");
+                return None;
+            }
+        }
+    }
 }
 
 /// Writes as much of `out` as the socket takes, up to the gate; keeps the allocation for reuse.

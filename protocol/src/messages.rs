@@ -385,6 +385,17 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Every state, in the order tables and metrics list them.
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::TimedOut,
+        TaskState::Cancelled,
+        TaskState::WorkerLost,
+    ];
+
     pub fn is_final(self) -> bool {
         !matches!(self, TaskState::Queued | TaskState::Running)
     }

@@ -433,17 +433,6 @@ impl crate::Core {
     }
 }
 
-/// Every task state, in the order metrics list them.
-pub const ALL_STATES: [TaskState; 7] = [
-    TaskState::Queued,
-    TaskState::Running,
-    TaskState::Succeeded,
-    TaskState::Failed,
-    TaskState::TimedOut,
-    TaskState::Cancelled,
-    TaskState::WorkerLost,
-];
-
 impl crate::Core {
     /// The metrics as they stand (`metrics.rs`): counters kept as tasks move, the worker table
     /// and the queues per group; no walk over the tasks.
@@ -452,7 +441,7 @@ impl crate::Core {
             self.session.connection_counts();
         let queue = self.pools.queue_lens(QUEUE_GROUPS_LISTED);
         MetricsSnapshot {
-            tasks: ALL_STATES
+            tasks: TaskState::ALL
                 .iter()
                 .map(|&s| (s, self.tasks.count(s)))
                 .collect(),
@@ -496,7 +485,7 @@ impl crate::Core {
     #[cfg(test)]
     pub(crate) fn check_metrics(&self) {
         let m = self.metrics();
-        for s in ALL_STATES {
+        for s in TaskState::ALL {
             let scanned = self.tasks.iter().filter(|(_, t)| t.state == s).count() as u64;
             assert_eq!(m.count(s), scanned, "tasks in state {s:?}");
         }
@@ -537,7 +526,7 @@ impl crate::Core {
             m.worker_connections, alive,
             "a live worker has one connection"
         );
-        let finals: u64 = ALL_STATES
+        let finals: u64 = TaskState::ALL
             .iter()
             .filter(|s| s.is_final())
             .map(|&s| m.count(s))

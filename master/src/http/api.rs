@@ -162,16 +162,6 @@ fn parse_submit(body: &[u8]) -> Result<(Vec<TaskSpec>, u32), String> {
     Ok((specs, count))
 }
 
-const STATES: [TaskState; 7] = [
-    TaskState::Queued,
-    TaskState::Running,
-    TaskState::Succeeded,
-    TaskState::Failed,
-    TaskState::TimedOut,
-    TaskState::Cancelled,
-    TaskState::WorkerLost,
-];
-
 /// `state=S&after=ID&limit=N`, each optional.
 fn parse_page_query(query: &str) -> Result<(Option<TaskState>, TaskId, u32), String> {
     let mut state = None;
@@ -181,9 +171,9 @@ fn parse_page_query(query: &str) -> Result<(Option<TaskState>, TaskId, u32), Str
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "state" => {
-                let found = STATES.iter().find(|s| s.as_str() == value);
+                let found = TaskState::ALL.iter().find(|s| s.as_str() == value);
                 let Some(&s) = found else {
-                    let names: Vec<&str> = STATES.iter().map(|s| s.as_str()).collect();
+                    let names: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
                     return Err(format!(
                         "state: unknown state {value:?}; one of {}",
                         names.join(", ")

@@ -3,8 +3,9 @@
 //! prefix, `_total` on counters, base units (seconds, ratios). The list with meanings is in
 //! `docs/HTTP.md` ("Metrics").
 
-use crate::core::metrics::{Histogram, MetricsSnapshot, ALL_STATES};
+use crate::core::metrics::{Histogram, MetricsSnapshot};
 use crate::core::Core;
+use protocol::TaskState;
 use std::fmt::Write as _;
 
 /// The `Content-Type` of the exposition.
@@ -63,7 +64,7 @@ pub fn render(m: &MetricsSnapshot, shell: &ShellGauges) -> String {
         "counter",
         "Tasks that reached a final state, by outcome.",
     );
-    for state in ALL_STATES.iter().filter(|s| s.is_final()) {
+    for state in TaskState::ALL.iter().filter(|s| s.is_final()) {
         out.sample(
             "ballast_tasks_finished_total",
             &[("outcome", state.as_str())],
@@ -402,7 +403,7 @@ mod tests {
             commit.observe(v);
         }
         MetricsSnapshot {
-            tasks: ALL_STATES.iter().map(|&s| (s, 3)).collect(),
+            tasks: TaskState::ALL.iter().map(|&s| (s, 3)).collect(),
             submitted_total: 21,
             requeued_total: 1,
             retried_total: 2,
