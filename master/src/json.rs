@@ -97,6 +97,8 @@ pub struct ResultView<'a> {
     pub cmd: Option<&'a [String]>,
     /// The group the task is bound to, or null for any worker.
     pub group: Option<&'a str>,
+    /// The job (submission) it belongs to.
+    pub job: u64,
 }
 
 impl<'a> From<&'a TaskResult> for ResultView<'a> {
@@ -118,6 +120,7 @@ impl<'a> From<&'a TaskResult> for ResultView<'a> {
             kind: t.kind.as_str(),
             cmd: t.cmd.as_deref(),
             group: t.group.as_deref(),
+            job: t.job.0,
         }
     }
 }

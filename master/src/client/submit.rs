@@ -11,8 +11,9 @@ use super::{view, ConnArgs, Outcome, FRAME_BUDGET};
 use protocol::budget::{chunks_within, Chunks};
 use protocol::codec::encoded_len;
 use protocol::duration::parse_duration;
+use protocol::limits::MAX_JOB_NAME_BYTES;
 use protocol::{
-    FromMaster, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME, MAX_REPLICAS,
+    FromMaster, JobId, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME, MAX_REPLICAS,
 };
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -69,9 +70,13 @@ pub struct SubmitArgs {
     /// Then wait for the new tasks, as `master wait` does.
     #[arg(long)]
     pub wait: bool,
-    /// Print {"ids": [...]} (with --wait also total, succeeded, failed).
+    /// Print {"ids": [...], "job": J} (with --wait also total, succeeded, failed).
     #[arg(long)]
     pub json: bool,
+    /// The job's name (default: the command line, `sleep 200ms` for a synthetic task, the
+    /// file's name for --file).
+    #[arg(long, value_name = "NAME", value_parser = parse_job_name)]
+    pub name: Option<String>,
     /// The program and its arguments, run directly (no shell).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -90,6 +95,17 @@ fn parse_replicas(text: &str) -> std::result::Result<u32, String> {
         ));
     }
     Ok(n)
+}
+
+/// `--name`: refused here if the master would refuse it.
+fn parse_job_name(text: &str) -> std::result::Result<String, String> {
+    if text.len() > MAX_JOB_NAME_BYTES {
+        return Err(format!(
+            "is {} bytes, more than the limit of {MAX_JOB_NAME_BYTES}",
+            text.len()
+        ));
+    }
+    Ok(text.to_string())
 }
 
 /// A task file's specs, each checked to fit a frame on its own.
@@ -112,8 +128,9 @@ pub fn duration_ms(d: Duration) -> u64 {
 }
 
 /// Bytes a `Submit` frame adds around its specs: variant tag, vector length and count, each a
-/// varint (at most 5 + 9 + 5), rounded up.
-const SUBMIT_OVERHEAD: usize = 32;
+/// varint (at most 5 + 9 + 5), rounded up, and the job's name (an option tag, a length and at
+/// most `MAX_JOB_NAME_BYTES`).
+const SUBMIT_OVERHEAD: usize = 32 + 16 + MAX_JOB_NAME_BYTES;
 
 /// A spec that cannot travel even alone in a frame (a giant argv or env in a task file).
 pub fn check_frame_size(spec: &TaskSpec) -> std::result::Result<(), String> {
@@ -186,6 +203,25 @@ impl SubmitArgs {
         Ok(source)
     }
 
+    /// The job's name: `--name`, else what the submission is (its command line, or the task
+    /// file's name).
+    fn job_name(&self, specs: &[TaskSpec]) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let mut name = match (&self.file, specs.first()) {
+            (Some(path), _) if path == Path::new("-") => "stdin".to_string(),
+            (Some(path), _) => path.file_name().map_or_else(
+                || path.display().to_string(),
+                |f| f.to_string_lossy().into(),
+            ),
+            (None, Some(spec)) => protocol::names::job_name(spec),
+            (None, None) => String::new(),
+        };
+        protocol::names::cut_name(&mut name);
+        name
+    }
+
     /// The specs to send, validated: bad input is reported before anything touches the network.
     fn specs(&self) -> Result<Vec<TaskSpec>> {
         let defaults = self.defaults();
@@ -227,27 +263,41 @@ pub fn frame_chunks(specs: Vec<TaskSpec>, budget: usize) -> Chunks<TaskSpec> {
     chunks_within(specs, budget.saturating_sub(SUBMIT_OVERHEAD))
 }
 
-/// Sends every chunk, each `count` times, one request at a time, and appends the accepted id
-/// ranges to `accepted` (merging adjacent ones). On error, `accepted` still says what the master
-/// took before it, so the caller can tell the user.
+/// What the master accepted of one submission.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// The id ranges, adjacent ones merged.
+    pub ids: Vec<IdRange>,
+    /// The job of each frame: one, unless the submission needed several frames.
+    pub jobs: Vec<JobId>,
+}
+
+/// Sends every chunk, each `count` times, one request at a time, as job `name`, and appends the
+/// accepted id ranges and jobs to `accepted` (merging adjacent ranges). On error, `accepted`
+/// still says what the master took before it, so the caller can tell the user.
 pub fn submit_all(
     master: &mut impl Requester,
     specs: Vec<TaskSpec>,
     count: u32,
     budget: usize,
-    accepted: &mut Vec<IdRange>,
+    name: &str,
+    accepted: &mut Accepted,
 ) -> Result<()> {
     for chunk in frame_chunks(specs, budget) {
         let expected = chunk.len() as u64 * u64::from(count);
         let reply = master.request(&ToMaster::Submit {
             specs: chunk,
             count,
+            name: Some(name.to_string()),
         })?;
         let range = match reply {
-            FromMaster::Submitted { first, count } if count == expected => IdRange {
-                first: first.0,
-                count,
-            },
+            FromMaster::Submitted { first, count, job } if count == expected => {
+                accepted.jobs.push(job);
+                IdRange {
+                    first: first.0,
+                    count,
+                }
+            }
             FromMaster::Submitted { count: got, .. } => {
                 return Err(ClientError::Unexpected {
                     got: format!("Submitted with {got} ids"),
@@ -256,9 +306,9 @@ pub fn submit_all(
             }
             other => return Err(unexpected(&other, "Submitted")),
         };
-        match accepted.last_mut() {
+        match accepted.ids.last_mut() {
             Some(last) if last.end() == range.first => last.count += range.count,
-            _ => accepted.push(range),
+            _ => accepted.ids.push(range),
         }
     }
     Ok(())
@@ -266,19 +316,29 @@ pub fn submit_all(
 
 pub fn run(args: SubmitArgs) -> Result<Outcome> {
     let specs = args.specs()?;
+    let name = args.job_name(&specs);
     let mut session = args.conn.connect()?;
-    let mut accepted = Vec::new();
-    if let Err(e) = submit_all(&mut session, specs, args.count, FRAME_BUDGET, &mut accepted) {
-        if !accepted.is_empty() {
+    let mut accepted = Accepted::default();
+    if let Err(e) = submit_all(
+        &mut session,
+        specs,
+        args.count,
+        FRAME_BUDGET,
+        &name,
+        &mut accepted,
+    ) {
+        if !accepted.ids.is_empty() {
             // Those tasks exist and will run; the user needs their ids to wait for or cancel them.
             let _ = writeln!(
                 std::io::stderr(),
                 "note: the master had already accepted tasks {}",
-                ids::format_ranges(&accepted)
+                ids::format_ranges(&accepted.ids)
             );
         }
         return Err(e);
     }
+    let accepted_jobs = accepted.jobs;
+    let accepted = accepted.ids;
     let mut out = view::stdout();
     if !args.json {
         for id in ids::all(&accepted) {
@@ -298,7 +358,7 @@ pub fn run(args: SubmitArgs) -> Result<Outcome> {
         None
     };
     if args.json {
-        view::write_submit_json(&mut out, &accepted, summary)?;
+        view::write_submit_json(&mut out, &accepted, summary, &accepted_jobs)?;
     } else if let Some(s) = &summary {
         s.write_human(&mut out)?;
     }
@@ -499,6 +559,7 @@ mod tests {
                 let frame = ToMaster::Submit {
                     specs: chunk.clone(),
                     count: u32::MAX,
+                    name: None,
                 };
                 assert!(
                     encoded_len(&frame) <= budget || chunk.len() == 1,
@@ -525,6 +586,7 @@ mod tests {
             let frame = ToMaster::Submit {
                 specs: chunk,
                 count: 1,
+                name: Some("n".repeat(MAX_JOB_NAME_BYTES)),
             };
             let len = encoded_len(&frame);
             assert!(len <= FRAME_BUDGET, "{len}");
@@ -540,7 +602,7 @@ mod tests {
 
     impl Requester for FakeMaster {
         fn request(&mut self, msg: &ToMaster) -> Result<FromMaster> {
-            let ToMaster::Submit { specs, count } = msg else {
+            let ToMaster::Submit { specs, count, .. } = msg else {
                 return Ok(FromMaster::Error {
                     message: "not a submit".into(),
                 });
@@ -550,7 +612,11 @@ mod tests {
             let n = specs.len() as u64 * u64::from(*count) + u64::from(self.lie_about_count);
             let first = TaskId(self.next_id);
             self.next_id += n;
-            Ok(FromMaster::Submitted { first, count: n })
+            Ok(FromMaster::Submitted {
+                first,
+                count: n,
+                job: JobId(first.0),
+            })
         }
     }
 
@@ -561,8 +627,10 @@ mod tests {
             frames: vec![],
             lie_about_count: false,
         };
-        let mut accepted = Vec::new();
-        submit_all(&mut master, sample_specs(300), 4, 2_000, &mut accepted).unwrap();
+        let mut accepted = Accepted::default();
+        submit_all(&mut master, sample_specs(300), 4, 2_000, "j", &mut accepted).unwrap();
+        assert_eq!(accepted.jobs.len(), master.frames.len(), "a job per frame");
+        let accepted = accepted.ids;
         assert!(
             master.frames.len() > 5,
             "split into {} frames",
@@ -588,8 +656,8 @@ mod tests {
             frames: vec![],
             lie_about_count: true,
         };
-        let mut accepted = Vec::new();
-        let e = submit_all(&mut master, sample_specs(1), 1, 2_000, &mut accepted).unwrap_err();
+        let mut accepted = Accepted::default();
+        let e = submit_all(&mut master, sample_specs(1), 1, 2_000, "j", &mut accepted).unwrap_err();
         assert!(matches!(e, ClientError::Unexpected { .. }), "{e}");
         assert_eq!(e.exit_code(), 1);
     }
