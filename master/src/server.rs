@@ -1243,7 +1243,7 @@ fn open_journal(
     config.incarnation = current;
     let mut core = Core::new(config);
     let (finished, unfinished) =
-        core.restore(now_ms, recovered.tasks, recovered.history, Vec::new())?;
+        core.restore(now_ms, recovered.tasks, recovered.history, recovered.jobs)?;
     info!(
         "journal {}: incarnation {current}; recovered {} tasks in {} ms ({finished} finished, \
          {unfinished} to run again)",
@@ -1263,8 +1263,7 @@ fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {
             submitted_ms,
         } => journal.record_submit(first, count, &spec, submitted_ms),
         Record::Finished { id, outcome } => journal.record_final(id, &outcome),
-        // Not journaled yet: a restart names one job per batch.
-        Record::Job(_) => Ok(()),
+        Record::Job(job) => journal.record_job(&job),
     }
 }
 
