@@ -262,6 +262,8 @@ mod tests {
                 retry_failed: 0,
                 group: None,
                 replicas: 2,
+                name: None,
+                after: vec![],
             }
         );
         assert_eq!(
@@ -275,6 +277,8 @@ mod tests {
                 retry_failed: 0,
                 group: None,
                 replicas: 2,
+                name: None,
+                after: vec![],
             }
         );
         assert_eq!(specs[2].kind, TaskKind::Spin { ms: 1_500 });

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod budget;
 pub mod codec;
 pub mod connection;
+pub mod dag;
 pub mod duration;
 pub mod limits;
 pub mod messages;
@@ -18,7 +19,7 @@ pub use connection::{Connection, ConnectionError};
 pub use messages::*;
 
 /// Bumped whenever a wire type changes shape; peers with another version are rejected.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Address used when neither `--master` nor `$BALLAST_MASTER` is given.
 pub const DEFAULT_MASTER_ADDR: &str = "127.0.0.1:7700";

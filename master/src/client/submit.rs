@@ -356,6 +356,8 @@ mod tests {
                 retry_failed: 0,
                 group: None,
                 replicas: 3,
+                name: None,
+                after: vec![],
             }]
         );
     }

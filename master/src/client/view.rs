@@ -403,6 +403,7 @@ mod tests {
             running: 2,
             succeeded: 100,
             failed: 3,
+            waiting: 0,
         }
     }
 
@@ -432,6 +433,8 @@ mod tests {
             stderr: String::new(),
             error: done.then(|| "timed out after 250ms".into()),
             copies: u32::from(done),
+            name: None,
+            after: vec![],
         }
     }
 
