@@ -251,18 +251,19 @@ fn check_ids_exist(master: &mut impl Requester, file: &TaskFile, origin: &str) -
     let Some((id, line)) = file.largest_id() else {
         return Ok(());
     };
-    match master.request(&ToMaster::Results { ids: vec![id] })? {
-        FromMaster::Results { .. } => Ok(()),
-        FromMaster::Error { .. } => {
+    match master.request(&ToMaster::Results { ids: vec![id] }) {
+        Ok(FromMaster::Results { .. }) => Ok(()),
+        Ok(FromMaster::Error { .. }) | Err(ClientError::Master(_)) => {
             let at = match line {
                 0 => origin.to_string(),
-                n => format!("{origin} line {n}"),
+                n => format!("{origin} line {n}: after"),
             };
             Err(ClientError::Master(format!(
-                "{at}: after: no task {id}; nothing was submitted"
+                "{at}: no task {id}; nothing was submitted"
             )))
         }
-        other => Err(unexpected(&other, "Results")),
+        Ok(other) => Err(unexpected(&other, "Results")),
+        Err(e) => Err(e),
     }
 }
 
