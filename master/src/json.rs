@@ -3,7 +3,8 @@
 //! command-line contract, so they are spelled out here rather than derived from wire types that
 //! may grow; fields are added, never renamed.
 
-use protocol::{StatusReport, TaskResult, WorkerStatus};
+use protocol::{After, StatusReport, TaskResult, WorkerStatus};
+use serde::ser::Serializer;
 use serde::Serialize;
 
 #[derive(Serialize, Debug)]
@@ -14,6 +15,8 @@ pub struct StatusView<'a> {
     pub succeeded: u64,
     pub failed: u64,
     pub policy: &'a str,
+    /// Tasks waiting for their dependencies (added after the first fields).
+    pub waiting: u64,
 }
 
 #[derive(Serialize, Debug)]
@@ -68,6 +71,7 @@ impl<'a> From<&'a StatusReport> for StatusView<'a> {
             succeeded: r.succeeded,
             failed: r.failed,
             policy: &r.policy,
+            waiting: r.waiting,
         }
     }
 }
@@ -99,6 +103,29 @@ pub struct ResultView<'a> {
     pub group: Option<&'a str>,
     /// The job (submission) it belongs to.
     pub job: u64,
+    /// The task's name (a task file's `"name"`), or null.
+    pub name: Option<&'a str>,
+    /// What it waits (or waited) for: a number per task, `"5-9"` per range; `[]` for none.
+    pub after: AfterList<'a>,
+}
+
+/// `after` as JSON: `[12, "5-9"]`, so a task waiting for a million others is one string.
+#[derive(Debug)]
+pub struct AfterList<'a>(pub &'a [After]);
+
+impl Serialize for AfterList<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Entry {
+            One(u64),
+            Range(String),
+        }
+        serializer.collect_seq(self.0.iter().map(|a| match a {
+            After::Ids { first, last } if first == last => Entry::One(first.0),
+            other => Entry::Range(other.to_string()),
+        }))
+    }
 }
 
 impl<'a> From<&'a TaskResult> for ResultView<'a> {
@@ -121,6 +148,8 @@ impl<'a> From<&'a TaskResult> for ResultView<'a> {
             cmd: t.cmd.as_deref(),
             group: t.group.as_deref(),
             job: t.job.0,
+            name: t.name.as_deref(),
+            after: AfterList(&t.after),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod budget;
 pub mod codec;
 pub mod connection;
+pub mod dag;
 pub mod duration;
 pub mod limits;
 pub mod messages;

@@ -137,6 +137,49 @@ pub struct TaskSpec {
     /// copies are cancelled. 1 for an ordinary task.
     #[serde(default = "one")]
     pub replicas: u32,
+    /// A name for people (`"name": "fetch"` in a task file; results show it). At most
+    /// `limits::MAX_NAME_BYTES`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What the task waits for: it runs only once every task named here has succeeded, and ends
+    /// `DependencyFailed` without running if one ends otherwise. Empty: it runs at once. At most
+    /// `limits::MAX_AFTER` entries; the master keeps only `After::Ids` (it resolves the others
+    /// when it accepts the submission).
+    #[serde(default)]
+    pub after: Vec<After>,
+}
+
+/// One entry of [`TaskSpec::after`]. Ranges, so a task waiting for a million others costs one
+/// entry, not a million.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum After {
+    /// Tasks `first ..= last`, submitted before this submission.
+    Ids { first: TaskId, last: TaskId },
+    /// Every task made from the spec at this index of the same `Submit` (its `count` copies): a
+    /// task file's `"after": ["fetch"]`. The master turns it into `Ids` when it accepts the
+    /// submission, and refuses the whole submission on a cycle or an index out of range.
+    Spec(u32),
+}
+
+impl After {
+    /// One existing task.
+    pub fn id(id: TaskId) -> After {
+        After::Ids {
+            first: id,
+            last: id,
+        }
+    }
+}
+
+impl fmt::Display for After {
+    /// `12`, `5-9`, or `spec 3` (an unresolved reference within a submission).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            After::Ids { first, last } if first == last => write!(f, "{first}"),
+            After::Ids { first, last } => write!(f, "{first}-{last}"),
+            After::Spec(i) => write!(f, "spec {}", u64::from(*i) + 1),
+        }
+    }
 }
 
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
@@ -159,6 +202,8 @@ impl TaskSpec {
             retry_failed: 0,
             group: None,
             replicas: 1,
+            name: None,
+            after: Vec::new(),
         }
     }
 
@@ -177,6 +222,13 @@ impl TaskSpec {
         }
         if self.timeout_ms == Some(0) {
             return Err("timeout must be greater than zero".into());
+        }
+        for a in &self.after {
+            if let After::Ids { first, last } = a {
+                if first.0 == 0 || first > last {
+                    return Err(format!("after: {first}-{last} is not a range of task ids"));
+                }
+            }
         }
         if !(1..=MAX_REPLICAS).contains(&self.replicas) {
             return Err(format!(
@@ -396,7 +448,7 @@ impl ToMaster {
     }
 }
 
-/// Where a task is in its life; the last five are final.
+/// Where a task is in its life. `Queued`, `Running` and `Waiting` are not final; the others are.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TaskState {
     Queued,
@@ -406,11 +458,15 @@ pub enum TaskState {
     TimedOut,
     Cancelled,
     WorkerLost,
+    /// Waits for its dependencies (`TaskSpec::after`) to succeed; not in any queue.
+    Waiting,
+    /// A dependency ended in another state than `Succeeded`: it never ran (final).
+    DependencyFailed,
 }
 
 impl TaskState {
     /// Every state, in the order tables and metrics list them.
-    pub const ALL: [TaskState; 7] = [
+    pub const ALL: [TaskState; 9] = [
         TaskState::Queued,
         TaskState::Running,
         TaskState::Succeeded,
@@ -418,10 +474,15 @@ impl TaskState {
         TaskState::TimedOut,
         TaskState::Cancelled,
         TaskState::WorkerLost,
+        TaskState::Waiting,
+        TaskState::DependencyFailed,
     ];
 
     pub fn is_final(self) -> bool {
-        !matches!(self, TaskState::Queued | TaskState::Running)
+        !matches!(
+            self,
+            TaskState::Queued | TaskState::Running | TaskState::Waiting
+        )
     }
 
     /// The name used in `--json` output and tables.
@@ -434,6 +495,8 @@ impl TaskState {
             TaskState::TimedOut => "timed_out",
             TaskState::Cancelled => "cancelled",
             TaskState::WorkerLost => "worker_lost",
+            TaskState::Waiting => "waiting",
+            TaskState::DependencyFailed => "dependency_failed",
         }
     }
 }
@@ -484,8 +547,11 @@ pub struct StatusReport {
     pub queued: u64,
     pub running: u64,
     pub succeeded: u64,
-    /// Every unsuccessful final state: failed, timed out, cancelled, worker lost.
+    /// Every unsuccessful final state: failed, timed out, cancelled, worker lost, dependency
+    /// failed.
     pub failed: u64,
+    /// Tasks waiting for their dependencies.
+    pub waiting: u64,
 }
 
 /// One task as `results` shows it.
@@ -518,6 +584,10 @@ pub struct TaskResult {
     pub error: Option<String>,
     /// The job (submission) it belongs to.
     pub job: JobId,
+    /// The spec's name, if it has one.
+    pub name: Option<String>,
+    /// What it waits (or waited) for: id ranges.
+    pub after: Vec<After>,
 }
 
 /// One job as `jobs` shows it: its tasks counted by state, kept as tasks move (never a scan).
@@ -770,6 +840,7 @@ mod tests {
                     running: 0,
                     succeeded: 0,
                     failed: 0,
+                    waiting: 0,
                 },
                 more: false,
             },

@@ -20,6 +20,7 @@
 //! epoch derived from a monotonic clock, so timestamps in results are wall-clock; the simulator
 //! passes virtual time.
 
+mod deps;
 mod epochs;
 pub mod events;
 mod group_commit;
@@ -40,6 +41,7 @@ mod tasks;
 mod wait;
 mod workers;
 
+use deps::{Deps, Release};
 pub use epochs::EpochStart;
 use epochs::Epochs;
 use events::{Event as StreamEvent, Events};
@@ -58,9 +60,9 @@ use protocol::limits::{
     LimitError, MAX_ERROR_BYTES, MAX_JOB_NAME_BYTES, MAX_NAME_BYTES, MAX_TAIL_BYTES,
 };
 use protocol::{
-    Assignment, Completion, FromMaster, Incarnation, JobId, StatusReport, TaskId, TaskOutcome,
-    TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo, WorkerState,
-    WorkerStatus,
+    After, Assignment, Completion, FromMaster, Incarnation, JobId, StatusReport, TaskId,
+    TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo,
+    WorkerState, WorkerStatus,
 };
 use queue::QueueKey;
 use rebalance::Unstarted;
@@ -308,6 +310,13 @@ pub struct Core {
     metrics: Metrics,
     /// The SSE stream, off while nobody subscribes (`events.rs`).
     events: Events,
+    /// Waiting tasks and what they wait for (`deps.rs`).
+    deps: Deps,
+    /// What ended tasks released, still to apply (`settle_releases`): a worklist, so a chain of
+    /// a million dependency failures does not recurse.
+    releases: Vec<Release>,
+    /// `settle_releases` is applying `releases` (a `finish` inside it only adds to them).
+    settling: bool,
 }
 
 impl Core {
@@ -342,6 +351,9 @@ impl Core {
             next_idle_check_ms: 0,
             metrics: Metrics::default(),
             events: Events::default(),
+            deps: Deps::default(),
+            releases: Vec::new(),
+            settling: false,
         }
     }
 
@@ -383,6 +395,9 @@ impl Core {
         }
         self.name_orphans(&tasks[covered as usize..]);
         let (mut finished, mut unfinished) = (0, 0);
+        // Batches with dependencies: (first, count, spec). Their gates are made once every task
+        // is back, since a task may wait for a later id of its own submission.
+        let mut gated: Vec<(TaskId, u64, Arc<TaskSpec>)> = Vec::new();
         // Tasks of one batch share their spec: check each spec once.
         let mut checked: Option<(*const TaskSpec, Result<(), LimitError>)> = None;
         for mut t in tasks {
@@ -420,6 +435,16 @@ impl Core {
                 .map(|name| self.workers.intern(name));
             let is_final = t.outcome.is_some();
             let id = t.id;
+            if !t.spec.after.is_empty() {
+                match gated.last_mut() {
+                    Some((first, count, spec))
+                        if Arc::ptr_eq(spec, &t.spec) && first.0 + *count == id.0 =>
+                    {
+                        *count += 1
+                    }
+                    _ => gated.push((id, 1, t.spec.clone())),
+                }
+            }
             self.metrics.submitted(t.submitted_ms);
             if let Some(o) = &t.outcome {
                 self.metrics
@@ -428,6 +453,9 @@ impl Core {
             self.tasks.restore(t, worker)?;
             if is_final {
                 finished += 1;
+            } else if self.tasks.get(id).map(|t| t.state) == Some(TaskState::Waiting) {
+                // Never ran: no attempt to count, no worker to wait for. Its gate comes below.
+                unfinished += 1;
             } else {
                 // The attempt that was in flight when the master died counts as one.
                 self.tasks.bump_attempt(id);
@@ -435,6 +463,18 @@ impl Core {
                 unfinished += 1;
             }
         }
+        for (first, count, spec) in gated {
+            let last = TaskId(first.0 + count - 1);
+            let waiting = (first.0..=last.0)
+                .any(|i| self.tasks.get(TaskId(i)).map(|t| t.state) == Some(TaskState::Waiting));
+            if waiting {
+                // A dependency may have ended while the master was down (or in the same turn as
+                // the crash): what it releases is applied now, durably.
+                let ranges = id_ranges(&spec.after);
+                self.gate(first, count, ranges, TaskId(u64::MAX));
+            }
+        }
+        self.settle_releases(now_ms);
         Ok((finished, unfinished))
     }
 
@@ -473,6 +513,112 @@ impl Core {
             }
             rest = &rest[len..];
         }
+    }
+
+    /// Makes the gate of tasks `first .. first + count` (all `Waiting`), which wait for the
+    /// normalised `ranges`: ids at or past `new_from` belong to the same submission (not final,
+    /// not scanned). A dependency that already ended otherwise than succeeded fails them, one
+    /// that leaves nothing to wait for runs them: both through `releases`.
+    fn gate(&mut self, first: TaskId, count: u64, ranges: Vec<(u64, u64)>, new_from: TaskId) {
+        let mut remaining = 0u64;
+        for &(a, b) in &ranges {
+            let scanned_end = b.min(new_from.0.saturating_sub(1));
+            for i in a..=scanned_end {
+                match self.tasks.get(TaskId(i)).map(|t| t.state) {
+                    Some(TaskState::Succeeded) => {}
+                    Some(s) if s.is_final() => {
+                        self.releases.push(Release::Fail {
+                            first,
+                            count,
+                            because: TaskId(i),
+                        });
+                        return;
+                    }
+                    // Checked at submit; an id missing from a journal cannot be waited for.
+                    None => {
+                        self.releases.push(Release::Fail {
+                            first,
+                            count,
+                            because: TaskId(i),
+                        });
+                        return;
+                    }
+                    Some(_) => remaining += 1,
+                }
+            }
+            let new_start = a.max(new_from.0);
+            if new_start <= b {
+                remaining += b - new_start + 1;
+            }
+        }
+        if remaining == 0 {
+            self.releases.push(Release::Run { first, count });
+        } else {
+            self.deps.add(first, count, ranges, remaining);
+        }
+    }
+
+    /// Applies what ended tasks released: waiting tasks run, or end `DependencyFailed` (which
+    /// releases their own dependents in turn, through the same list).
+    fn settle_releases(&mut self, now_ms: u64) {
+        if self.settling {
+            return;
+        }
+        self.settling = true;
+        while let Some(r) = self.releases.pop() {
+            match r {
+                Release::Run { first, count } => {
+                    for i in first.0..first.0 + count {
+                        let id = TaskId(i);
+                        if self.tasks.get(id).map(|t| t.state) != Some(TaskState::Waiting) {
+                            continue;
+                        }
+                        self.tasks.release(id);
+                        self.events.task(now_ms, || StreamEvent::Task {
+                            id: i,
+                            state: TaskState::Queued.as_str(),
+                            worker: None,
+                            at_ms: now_ms,
+                        });
+                        self.enqueue(id);
+                    }
+                    debug!(
+                        "tasks {first}..={}: dependencies succeeded, queued",
+                        first.0 + count - 1
+                    );
+                }
+                Release::Fail {
+                    first,
+                    count,
+                    because,
+                } => {
+                    let error = match self.tasks.get(because).map(|t| t.state) {
+                        Some(TaskState::Failed) | None => format!("dependency {because} failed"),
+                        Some(s) => format!("dependency {because} failed ({})", s.as_str()),
+                    };
+                    let mut ended = 0u64;
+                    for i in first.0..first.0 + count {
+                        let id = TaskId(i);
+                        if self.tasks.get(id).map(|t| t.state) != Some(TaskState::Waiting) {
+                            continue;
+                        }
+                        let result = FinalResult {
+                            error: Some(error.clone()),
+                            ..FinalResult::default()
+                        };
+                        self.finish(now_ms, id, TaskState::DependencyFailed, result);
+                        ended += 1;
+                    }
+                    if ended > 0 {
+                        info!(
+                            "{ended} tasks ({first}..={}) dependency_failed: {error}",
+                            first.0 + count - 1
+                        );
+                    }
+                }
+            }
+        }
+        self.settling = false;
     }
 
     // ---- input -------------------------------------------------------------------------------
@@ -802,7 +948,9 @@ impl Core {
             failed: t.count(TaskState::Failed)
                 + t.count(TaskState::TimedOut)
                 + t.count(TaskState::Cancelled)
-                + t.count(TaskState::WorkerLost),
+                + t.count(TaskState::WorkerLost)
+                + t.count(TaskState::DependencyFailed),
+            waiting: t.count(TaskState::Waiting),
         }
     }
 
@@ -1461,6 +1609,10 @@ impl Core {
             }
         }
         let first = self.tasks.next_id();
+        let specs = match resolve_after(specs, first, count) {
+            Ok(specs) => specs,
+            Err(e) => return self.error(client, e),
+        };
         let name = name.unwrap_or_else(|| protocol::names::job_name(&specs[0]));
         let job = self.tasks.open_job(name.clone(), first, asked, now_ms);
         if self.config.persist {
@@ -1475,8 +1627,12 @@ impl Core {
         }
         let mut total = 0u64;
         self.metrics.submitted(now_ms);
+        let mut gated = Vec::new();
         for spec in specs {
             let spec = Arc::new(spec);
+            if !spec.after.is_empty() {
+                gated.push((self.tasks.next_id(), id_ranges(&spec.after)));
+            }
             if self.config.persist {
                 self.session.push_record(Record::Submitted {
                     first: self.tasks.next_id(),
@@ -1487,10 +1643,18 @@ impl Core {
             }
             for _ in 0..count {
                 let id = self.tasks.add(spec.clone(), now_ms);
-                self.enqueue(id);
+                if spec.after.is_empty() {
+                    self.enqueue(id);
+                }
                 total += 1;
             }
         }
+        // IMPORTANT: every gate before any release is applied: a release may end tasks of this
+        // submission, and a gate made later would count them as not yet final.
+        for (gate_first, ranges) in gated {
+            self.gate(gate_first, u64::from(count), ranges, first);
+        }
+        self.settle_releases(now_ms);
         let last = TaskId(first.0 + total - 1);
         self.events.task(now_ms, || StreamEvent::Submitted {
             first: first.0,
@@ -1660,6 +1824,15 @@ impl Core {
                     );
                     cancelled.push(id);
                 }
+                TaskState::Waiting => {
+                    self.finish(
+                        now_ms,
+                        id,
+                        TaskState::Cancelled,
+                        settle(TaskOutcome::Cancelled).1,
+                    );
+                    cancelled.push(id);
+                }
                 TaskState::Running => {
                     for run in t.runs() {
                         kills.entry(run.worker).or_default().push(run.task_ref(id));
@@ -1716,6 +1889,11 @@ impl Core {
                 self.session.push_record(Record::Finished { id, outcome });
             }
         }
+        self.deps
+            .on_final(id, state == TaskState::Succeeded, &mut self.releases);
+        if !self.releases.is_empty() {
+            self.settle_releases(now_ms);
+        }
     }
 
     /// What the journal keeps of a final task.
@@ -1762,6 +1940,8 @@ impl Core {
             error: r.and_then(|r| r.error.clone()),
             // Every task has one (a restore names jobs for tasks without one).
             job: self.tasks.job_of(id).unwrap_or(JobId(0)),
+            name: t.spec.name.clone(),
+            after: t.spec.after.clone(),
         }
     }
 
@@ -1853,8 +2033,11 @@ impl Core {
                 );
             }
         }
+        self.check_dependencies();
         self.workers.sanity_check();
         self.session.sanity_check();
+        self.deps.sanity_check();
+        assert!(self.releases.is_empty() && !self.settling);
         for w in self.workers.iter() {
             assert_eq!(
                 w.is_alive(),
@@ -1885,6 +2068,49 @@ impl Core {
     }
 }
 
+#[cfg(test)]
+impl Core {
+    /// What dependencies promise, by a scan: a task waits exactly while some dependency has not
+    /// succeeded and none ended otherwise; a task that left `Waiting` for a queue (or ran) saw
+    /// every dependency succeed; one that ended `DependencyFailed` has a dependency that ended
+    /// otherwise. Small tables only (tests).
+    pub fn check_dependencies(&self) {
+        for (id, t) in self.tasks.iter() {
+            if t.spec.after.is_empty() {
+                continue;
+            }
+            let states: Vec<Option<TaskState>> = id_ranges(&t.spec.after)
+                .into_iter()
+                .flat_map(|(a, b)| a..=b)
+                .map(|i| self.tasks.get(TaskId(i)).map(|d| d.state))
+                .collect();
+            let bad = states
+                .iter()
+                .any(|s| s.is_none_or(|s| s.is_final() && s != TaskState::Succeeded));
+            let all_ok = states.iter().all(|&s| s == Some(TaskState::Succeeded));
+            match t.state {
+                TaskState::Waiting => {
+                    assert!(!bad, "task {id} waits for a dependency that failed");
+                    assert!(!all_ok, "task {id} waits though its dependencies succeeded");
+                }
+                TaskState::DependencyFailed => {
+                    assert!(bad, "task {id} dependency_failed with no failed dependency")
+                }
+                TaskState::Queued | TaskState::Running => assert!(
+                    all_ok,
+                    "task {id} is {:?} before its dependencies succeeded",
+                    t.state
+                ),
+                // Final: what it ended as is checked when it did (or came from a journal).
+                _ => {}
+            }
+            if t.dispatched {
+                assert!(all_ok, "task {id} ran before its dependencies succeeded");
+            }
+        }
+    }
+}
+
 /// A duration for a log line: `5s`, `1.5s`, `250ms`.
 fn ms(ms: u64) -> String {
     if ms >= 1_000 && ms % 100 == 0 {
@@ -1892,6 +2118,60 @@ fn ms(ms: u64) -> String {
     } else {
         format!("{ms}ms")
     }
+}
+
+/// The id ranges of a resolved `after` (only `After::Ids` are left once a submission is accepted).
+fn id_ranges(after: &[After]) -> Vec<(u64, u64)> {
+    let ranges = after
+        .iter()
+        .filter_map(|a| match a {
+            After::Ids { first, last } => Some((first.0, last.0)),
+            After::Spec(_) => None,
+        })
+        .collect();
+    deps::normalise(ranges)
+}
+
+/// Checks and resolves every spec's `after` for a submission whose ids start at `first`, each
+/// spec `count` times: references within it become the id ranges of that spec's copies, and
+/// the whole is kept sorted and merged. Refused: a cycle, a reference out of the submission, an
+/// id not submitted before it.
+fn resolve_after(
+    mut specs: Vec<TaskSpec>,
+    first: TaskId,
+    count: u32,
+) -> Result<Vec<TaskSpec>, String> {
+    protocol::dag::check(&specs).map_err(|e| e.to_string())?;
+    let count = u64::from(count);
+    for (i, spec) in specs.iter_mut().enumerate() {
+        if spec.after.is_empty() {
+            continue;
+        }
+        let mut ranges = Vec::with_capacity(spec.after.len());
+        for a in &spec.after {
+            match *a {
+                After::Ids { last, .. } if last >= first => {
+                    return Err(format!(
+                        "task {} of the submission waits for task {last}, which does not exist",
+                        i + 1
+                    ));
+                }
+                After::Ids { first, last } => ranges.push((first.0, last.0)),
+                After::Spec(j) => {
+                    let start = first.0 + u64::from(j) * count;
+                    ranges.push((start, start + count - 1));
+                }
+            }
+        }
+        spec.after = deps::normalise(ranges)
+            .into_iter()
+            .map(|(a, b)| After::Ids {
+                first: TaskId(a),
+                last: TaskId(b),
+            })
+            .collect();
+    }
+    Ok(specs)
 }
 
 /// `ids` without repeats, first occurrence kept (the set is only looked up: the order is the

@@ -160,6 +160,23 @@ fn group() -> BoxedStrategy<Option<String>> {
         .boxed()
 }
 
+/// Dependencies: none mostly; else ids of the small id space (0 and backwards ranges are
+/// refused), or other specs of the same submission (cycles and missing ones refused).
+fn after() -> BoxedStrategy<Vec<After>> {
+    let one = prop_oneof![
+        2 => (0u64..IDS, 0u64..3).prop_map(|(a, n)| After::Ids {
+            first: TaskId(a),
+            last: TaskId(a + n),
+        }),
+        1 => (1u64..IDS).prop_map(|a| After::Ids {
+            first: TaskId(a),
+            last: TaskId(a - 1),
+        }),
+        2 => (0u32..3).prop_map(After::Spec),
+    ];
+    prop_oneof![3 => Just(Vec::new()), 2 => vec(one, 1..3)].boxed()
+}
+
 fn spec() -> BoxedStrategy<TaskSpec> {
     let kind = prop_oneof![
         (0u64..50).prop_map(|ms| TaskKind::Sleep { ms }),
@@ -185,9 +202,20 @@ fn spec() -> BoxedStrategy<TaskSpec> {
         0u32..3,
         group(),
         prop_oneof![12 => Just(1u32), 4 => 2u32..4, 1 => Just(0u32)],
+        after(),
     )
         .prop_map(
-            |(kind, priority, size, timeout_ms, max_retries, retry_failed, group, replicas)| {
+            |(
+                kind,
+                priority,
+                size,
+                timeout_ms,
+                max_retries,
+                retry_failed,
+                group,
+                replicas,
+                after,
+            )| {
                 TaskSpec {
                     kind,
                     priority,
@@ -197,6 +225,8 @@ fn spec() -> BoxedStrategy<TaskSpec> {
                     retry_failed,
                     group,
                     replicas,
+                    name: None,
+                    after,
                 }
             },
         )
@@ -428,9 +458,15 @@ impl World {
                 .enumerate()
                 .map(|(i, (spec, fin))| {
                     let id = TaskId(i as u64 + 1);
+                    // A journal holds only resolved dependencies, on ids it holds.
+                    let mut spec = spec.clone();
+                    let held = s.restored.len() as u64;
+                    spec.after.retain(|a| {
+                        matches!(a, After::Ids { first, last } if first.0 >= 1 && first <= last && last.0 <= held)
+                    });
                     RestoredTask {
                         id,
-                        spec: Arc::new(spec.clone()),
+                        spec: Arc::new(spec),
                         submitted_ms: now - 10,
                         outcome: fin.map(|ok| {
                             Box::new(Outcome {

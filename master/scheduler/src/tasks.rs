@@ -173,7 +173,7 @@ impl Task {
     }
 }
 
-pub(crate) const STATES: usize = 7;
+pub(crate) const STATES: usize = 9;
 
 pub(crate) fn state_index(s: TaskState) -> usize {
     match s {
@@ -184,6 +184,8 @@ pub(crate) fn state_index(s: TaskState) -> usize {
         TaskState::TimedOut => 4,
         TaskState::Cancelled => 5,
         TaskState::WorkerLost => 6,
+        TaskState::Waiting => 7,
+        TaskState::DependencyFailed => 8,
     }
 }
 
@@ -293,11 +295,16 @@ impl TaskTable {
         TaskId(self.tasks.len() as u64 + 1)
     }
 
+    /// A new task: `Waiting` if its spec waits for others, else `Queued`.
     pub fn add(&mut self, spec: Arc<TaskSpec>, now_ms: u64) -> TaskId {
         let id = self.next_id();
+        let state = match spec.after.is_empty() {
+            true => TaskState::Queued,
+            false => TaskState::Waiting,
+        };
         self.tasks.push(Task {
             spec,
-            state: TaskState::Queued,
+            state,
             attempt: Attempt(1),
             incarnation: self.incarnation,
             worker: None,
@@ -310,8 +317,8 @@ impl TaskTable {
             result: None,
             copies: None,
         });
-        self.counts[state_index(TaskState::Queued)] += 1;
-        self.jobs.added(id, TaskState::Queued);
+        self.counts[state_index(state)] += 1;
+        self.jobs.added(id, state);
         id
     }
 
@@ -339,7 +346,15 @@ impl TaskTable {
 
     /// Tasks not in a final state.
     pub fn unfinished(&self) -> u64 {
-        self.count(TaskState::Queued) + self.count(TaskState::Running)
+        self.count(TaskState::Queued)
+            + self.count(TaskState::Running)
+            + self.count(TaskState::Waiting)
+    }
+
+    /// Waiting → Queued: its dependencies succeeded; the caller queues it.
+    pub fn release(&mut self, id: TaskId) {
+        debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Waiting));
+        self.set_state(id, TaskState::Queued, None);
     }
 
     /// The one place a task's state changes: the table's and its job's counts move with it.

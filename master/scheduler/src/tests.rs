@@ -8,6 +8,7 @@ use protocol::{
 };
 
 mod copies;
+mod deps;
 mod forged;
 mod idle;
 mod jobs;

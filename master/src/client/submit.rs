@@ -8,12 +8,14 @@ use super::ids::{self, IdRange};
 use super::session::{unexpected, Requester};
 use super::wait::wait_batches;
 use super::{view, ConnArgs, Outcome, FRAME_BUDGET};
+use master::taskfile::TaskFile;
 use protocol::budget::{chunks_within, Chunks};
 use protocol::codec::encoded_len;
 use protocol::duration::parse_duration;
 use protocol::limits::MAX_JOB_NAME_BYTES;
 use protocol::{
-    FromMaster, JobId, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME, MAX_REPLICAS,
+    After, FromMaster, JobId, TaskId, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME,
+    MAX_REPLICAS,
 };
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -51,6 +53,11 @@ pub struct SubmitArgs {
     /// Run only on workers of this group (default: any worker).
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
+    /// Start only after these tasks succeeded (7, 5-9, 1-3,7; repeatable); if one ends
+    /// otherwise, the new tasks end dependency_failed without running. With --file: for lines
+    /// without their own "after".
+    #[arg(long, value_name = "IDS", value_parser = ids::parse_id_arg)]
+    pub after: Vec<ids::IdArg>,
     /// Run N copies of each task at once on distinct workers; the first success wins and the
     /// others are cancelled (1 to 64).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_replicas)]
@@ -108,18 +115,29 @@ fn parse_job_name(text: &str) -> std::result::Result<String, String> {
     Ok(text.to_string())
 }
 
-/// A task file's specs, each checked to fit a frame on its own.
-fn parse_task_file(text: &str, origin: &str, defaults: &SpecDefaults) -> Result<Vec<TaskSpec>> {
-    let specs =
-        master::taskfile::parse(text, origin, defaults).map_err(|e| match e.breaks_limit {
+/// A task file's specs, each checked to fit a frame on its own, and a file whose lines wait for
+/// each other to fit one (its references are indices into that one `Submit`).
+fn parse_task_file(text: &str, origin: &str, defaults: &SpecDefaults) -> Result<TaskFile> {
+    let file =
+        master::taskfile::parse_file(text, origin, defaults).map_err(|e| match e.breaks_limit {
             true => ClientError::Refused(e.to_string()),
             false => ClientError::Usage(e.to_string()),
         })?;
-    for (i, spec) in specs.iter().enumerate() {
+    for (spec, line) in file.specs.iter().zip(&file.lines) {
         check_frame_size(spec)
-            .map_err(|e| ClientError::Usage(format!("{origin}: task {}: {e}", i + 1)))?;
+            .map_err(|e| ClientError::Usage(format!("{origin} line {line}: {e}")))?;
     }
-    Ok(specs)
+    if file.is_dag() {
+        let len: usize = file.specs.iter().map(encoded_len).sum();
+        if len + SUBMIT_OVERHEAD > FRAME_BUDGET {
+            return Err(ClientError::Usage(format!(
+                "{origin}: its lines wait for each other (after), so it goes in one request, \
+                 but it is {len} bytes encoded, more than {FRAME_BUDGET}; split it into files \
+                 that wait by task id"
+            )));
+        }
+    }
+    Ok(file)
 }
 
 /// Whole milliseconds, saturating (parse_duration already caps values far below u64::MAX ms).
@@ -160,6 +178,15 @@ impl SubmitArgs {
             retry_failed: self.retry_failed,
             group: self.group.clone(),
             replicas: self.replicas,
+            after: self
+                .after
+                .iter()
+                .flat_map(|a| a.0.iter())
+                .map(|r| After::Ids {
+                    first: TaskId(r.first),
+                    last: TaskId(r.end() - 1),
+                })
+                .collect(),
         }
     }
 
@@ -223,7 +250,14 @@ impl SubmitArgs {
     }
 
     /// The specs to send, validated: bad input is reported before anything touches the network.
+    #[cfg(test)]
     fn specs(&self) -> Result<Vec<TaskSpec>> {
+        self.task_file().map(|(f, _)| f.specs)
+    }
+
+    /// The specs with their line numbers (the command line's one spec is "line" 0), and where
+    /// they come from ("the command line" or the file's name).
+    fn task_file(&self) -> Result<(TaskFile, String)> {
         let defaults = self.defaults();
         match self.source()? {
             Source::Kind(kind) => {
@@ -231,13 +265,44 @@ impl SubmitArgs {
                 protocol::limits::check_spec(&spec)
                     .map_err(|e| ClientError::Refused(e.to_string()))?;
                 spec.validate().map_err(ClientError::Usage)?;
-                Ok(vec![spec])
+                let file = TaskFile {
+                    specs: vec![spec],
+                    lines: vec![0],
+                };
+                Ok((file, "--after".into()))
             }
             Source::File(path) => {
                 let (text, origin) = read_task_file(path)?;
-                parse_task_file(&text, &origin, &defaults)
+                let file = parse_task_file(&text, &origin, &defaults)?;
+                Ok((file, origin))
             }
         }
+    }
+}
+
+/// Before anything is submitted: the largest task id the specs wait for must exist (ids only
+/// grow, so then every smaller one does), or the whole submission is refused here, naming the
+/// line. The master checks again (a forged `Submit`), without line numbers.
+fn check_ids_exist(master: &mut impl Requester, file: &TaskFile, origin: &str) -> Result<()> {
+    let Some((id, line)) = file.largest_id() else {
+        return Ok(());
+    };
+    match master.request(&ToMaster::Results {
+        ids: vec![id],
+        jobs: vec![],
+    }) {
+        Ok(FromMaster::Results { .. }) => Ok(()),
+        Ok(FromMaster::Error { .. }) | Err(ClientError::Master(_)) => {
+            let at = match line {
+                0 => origin.to_string(),
+                n => format!("{origin} line {n}: after"),
+            };
+            Err(ClientError::Master(format!(
+                "{at}: no task {id}; nothing was submitted"
+            )))
+        }
+        Ok(other) => Err(unexpected(&other, "Results")),
+        Err(e) => Err(e),
     }
 }
 
@@ -315,9 +380,11 @@ pub fn submit_all(
 }
 
 pub fn run(args: SubmitArgs) -> Result<Outcome> {
-    let specs = args.specs()?;
-    let name = args.job_name(&specs);
+    let (file, origin) = args.task_file()?;
+    let name = args.job_name(&file.specs);
     let mut session = args.conn.connect()?;
+    check_ids_exist(&mut session, &file, &origin)?;
+    let specs = file.specs;
     let mut accepted = Accepted::default();
     if let Err(e) = submit_all(
         &mut session,
@@ -416,6 +483,8 @@ mod tests {
                 retry_failed: 0,
                 group: None,
                 replicas: 3,
+                name: None,
+                after: vec![],
             }]
         );
     }

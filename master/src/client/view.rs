@@ -90,9 +90,13 @@ pub fn write_status_table(out: &mut impl Write, report: &StatusReport) -> io::Re
         }
         table.write_to(out)?;
     }
+    let waiting = match report.waiting {
+        0 => String::new(),
+        n => format!(", {n} waiting"),
+    };
     writeln!(
         out,
-        "policy {}: {} queued, {} running, {} succeeded, {} failed",
+        "policy {}: {} queued{waiting}, {} running, {} succeeded, {} failed",
         report.policy, report.queued, report.running, report.succeeded, report.failed
     )
 }
@@ -121,6 +125,8 @@ pub enum ResultsOutput {
         /// Some task ran more than one copy. Without one, the `copies` column is dropped at the
         /// end: it would only repeat 1 (or 0 for tasks that never ran) on every line.
         replicated: bool,
+        /// Some task has dependencies; without one the `after` column (the last) is dropped.
+        waits: bool,
     },
 }
 
@@ -143,11 +149,13 @@ impl ResultsOutput {
             ("exit", Align::Right),
             ("ms", Align::Right),
             ("command", Align::Left),
+            ("after", Align::Left),
         ]);
         debug_assert_eq!(table.headers[COPIES_COLUMN], "copies");
         ResultsOutput::Table {
             table,
             replicated: false,
+            waits: false,
         }
     }
 
@@ -158,8 +166,13 @@ impl ResultsOutput {
                 *rows += 1;
                 write_json(out, &ResultView::from(t))
             }
-            ResultsOutput::Table { table, replicated } => {
+            ResultsOutput::Table {
+                table,
+                replicated,
+                waits,
+            } => {
                 *replicated |= t.copies > 1;
+                *waits |= !t.after.is_empty();
                 table.push(result_row(t));
                 Ok(())
             }
@@ -173,7 +186,11 @@ impl ResultsOutput {
             ResultsOutput::Table {
                 mut table,
                 replicated,
+                waits,
             } => {
+                if !waits {
+                    table.remove_column(table.headers.len() - 1);
+                }
                 if !replicated {
                     table.remove_column(COPIES_COLUMN);
                 }
@@ -200,7 +217,18 @@ fn result_row(t: &TaskResult) -> Vec<String> {
         blank_or(t.exit_code.map(|c| c.to_string())),
         blank_or(ms),
         command_cell(t),
+        after_cell(t),
     ]
+}
+
+/// What a task waits for, `waiting for 1-3, 12` while it does, else just the ids.
+fn after_cell(t: &TaskResult) -> String {
+    let ids: Vec<String> = t.after.iter().map(ToString::to_string).collect();
+    match (t.state, ids.is_empty()) {
+        (_, true) => String::new(),
+        (protocol::TaskState::Waiting, false) => format!("waiting for {}", ids.join(", ")),
+        (_, false) => ids.join(", "),
+    }
 }
 
 /// The results table's `command` cell is cut to this many characters (`…` last).
@@ -410,6 +438,7 @@ mod tests {
             running: 2,
             succeeded: 100,
             failed: 3,
+            waiting: 0,
         }
     }
 
@@ -440,6 +469,8 @@ mod tests {
             error: done.then(|| "timed out after 250ms".into()),
             copies: u32::from(done),
             job: protocol::JobId(1),
+            name: None,
+            after: vec![],
         }
     }
 
@@ -483,6 +514,7 @@ mod tests {
                 "queued",
                 "running",
                 "succeeded",
+                "waiting",
                 "workers"
             ]
         );
@@ -549,6 +581,7 @@ mod tests {
             assert_eq!(
                 keys(row),
                 [
+                    "after",
                     "attempts",
                     "cmd",
                     "copies",
@@ -559,6 +592,7 @@ mod tests {
                     "id",
                     "job",
                     "kind",
+                    "name",
                     "priority",
                     "started_ms",
                     "state",
@@ -699,6 +733,34 @@ mod tests {
         let mut spin = task(1, false);
         spin.kind = KindName::Spin;
         assert_eq!(command_cell(&spin), "(spin)");
+    }
+
+    #[test]
+    fn results_table_shows_what_a_task_waits_for_only_when_one_does() {
+        let table = |tasks: &[TaskResult]| {
+            let mut buf = Vec::new();
+            let mut sink = ResultsOutput::table();
+            for t in tasks {
+                sink.push(&mut buf, t).unwrap();
+            }
+            sink.finish(&mut buf).unwrap();
+            String::from_utf8(buf).unwrap()
+        };
+        assert!(!table(&[task(1, false)]).contains("after"));
+        let mut waiting = task(2, false);
+        waiting.state = TaskState::Waiting;
+        waiting.after = vec![
+            protocol::After::Ids {
+                first: TaskId(1),
+                last: TaskId(3),
+            },
+            protocol::After::id(TaskId(7)),
+        ];
+        let text = table(&[task(1, false), waiting]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("after"), "{text}");
+        assert!(lines[2].contains("waiting"), "{text}");
+        assert!(lines[2].ends_with("waiting for 1-3, 7"), "{text}");
     }
 
     #[test]

@@ -403,6 +403,7 @@ mod tests {
             running: 0,
             succeeded: 2,
             failed: 0,
+            waiting: 0,
         };
         let mut p = Pending::Status(None);
         assert_eq!(

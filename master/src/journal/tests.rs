@@ -62,6 +62,11 @@ fn command_spec() -> TaskSpec {
         retry_failed: 2,
         group: Some("gpu".into()),
         replicas: 1,
+        name: Some("fetch \"ü\"".into()),
+        after: vec![protocol::After::Ids {
+            first: protocol::TaskId(1),
+            last: protocol::TaskId(3),
+        }],
     }
 }
 
