@@ -353,6 +353,7 @@ pub fn run(args: SubmitArgs) -> Result<Outcome> {
             &mut session,
             ids::batched(ids::all(&accepted)),
             total,
+            Vec::new(),
         )?)
     } else {
         None
