@@ -246,3 +246,19 @@ fn jobs_survive_a_master_restart() {
         (j["succeeded"] == 1).then_some(())
     });
 }
+
+#[test]
+fn submit_wait_waits_for_its_job() {
+    let mut c = Cluster::start(&["--http", "off"]);
+    c.add_worker("a", 2);
+    c.wait_for_workers(1);
+    // An older failure must not count.
+    ok(&c.cli(&["submit", "--", "false"]), "submit false");
+    let v = c.json(&["submit", "--count", "5", "--wait", "--", "true"]);
+    assert_eq!(v["ids"].as_array().map(Vec::len), Some(5), "{v}");
+    assert_eq!(
+        (&v["total"], &v["succeeded"], &v["failed"]),
+        (&5.into(), &5.into(), &0.into())
+    );
+    assert_eq!(v["job"], 2, "{v}");
+}
