@@ -416,11 +416,14 @@ pub fn run(args: SubmitArgs) -> Result<Outcome> {
     }
     let summary = if args.wait {
         let total = ids::total(&accepted);
-        Some(wait_batches(
-            &mut session,
-            ids::batched(ids::all(&accepted)),
-            total,
-        )?)
+        let summary = if accepted_jobs.is_empty() {
+            let batches = ids::batched(ids::all(&accepted));
+            wait_batches(&mut session, batches, total, Vec::new())?
+        } else {
+            // The jobs are exactly the new tasks: one small frame, however many ids.
+            wait_batches(&mut session, [Vec::new()], total, accepted_jobs.clone())?
+        };
+        Some(summary)
     } else {
         None
     };
