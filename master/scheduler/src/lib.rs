@@ -471,7 +471,8 @@ impl Core {
                 // A dependency may have ended while the master was down (or in the same turn as
                 // the crash): what it releases is applied now, durably.
                 let ranges = id_ranges(&spec.after);
-                self.gate(first, count, ranges, TaskId(u64::MAX));
+                let existing = self.dependency_verdict(&ranges, TaskId(u64::MAX));
+                self.gate(first, count, ranges, TaskId(u64::MAX), existing);
             }
         }
         self.settle_releases(now_ms);
@@ -515,37 +516,48 @@ impl Core {
         }
     }
 
-    /// Makes the gate of tasks `first .. first + count` (all `Waiting`), which wait for the
-    /// normalised `ranges`: ids at or past `new_from` belong to the same submission (not final,
-    /// not scanned). A dependency that already ended otherwise than succeeded fails them, one
-    /// that leaves nothing to wait for runs them: both through `releases`.
-    fn gate(&mut self, first: TaskId, count: u64, ranges: Vec<(u64, u64)>, new_from: TaskId) {
+    /// What the tasks of `ranges` below `new_from` (the ones submitted before) say for a gate:
+    /// how many have not succeeded, or the first that ended otherwise. A scan: O(ids in them).
+    fn dependency_verdict(&self, ranges: &[(u64, u64)], new_from: TaskId) -> Verdict {
         let mut remaining = 0u64;
-        for &(a, b) in &ranges {
-            let scanned_end = b.min(new_from.0.saturating_sub(1));
-            for i in a..=scanned_end {
+        for &(a, b) in ranges {
+            for i in a..=b.min(new_from.0.saturating_sub(1)) {
                 match self.tasks.get(TaskId(i)).map(|t| t.state) {
                     Some(TaskState::Succeeded) => {}
-                    Some(s) if s.is_final() => {
-                        self.releases.push(Release::Fail {
-                            first,
-                            count,
-                            because: TaskId(i),
-                        });
-                        return;
-                    }
-                    // Checked at submit; an id missing from a journal cannot be waited for.
-                    None => {
-                        self.releases.push(Release::Fail {
-                            first,
-                            count,
-                            because: TaskId(i),
-                        });
-                        return;
-                    }
-                    Some(_) => remaining += 1,
+                    Some(s) if !s.is_final() => remaining += 1,
+                    // Final otherwise; or missing (checked at submit; from a journal, an id that
+                    // is not there cannot be waited for).
+                    _ => return Verdict::Failed(TaskId(i)),
                 }
             }
+        }
+        Verdict::Remaining(remaining)
+    }
+
+    /// Makes the gate of tasks `first .. first + count` (all `Waiting`), which wait for the
+    /// normalised `ranges`: `existing` is the verdict of the ids below `new_from`; the ids at or
+    /// past it belong to the same submission (not final yet). A dependency that ended otherwise
+    /// than succeeded fails them, none left to wait for runs them: both through `releases`.
+    fn gate(
+        &mut self,
+        first: TaskId,
+        count: u64,
+        ranges: Vec<(u64, u64)>,
+        new_from: TaskId,
+        existing: Verdict,
+    ) {
+        let mut remaining = match existing {
+            Verdict::Failed(because) => {
+                self.releases.push(Release::Fail {
+                    first,
+                    count,
+                    because,
+                });
+                return;
+            }
+            Verdict::Remaining(n) => n,
+        };
+        for &(a, b) in &ranges {
             let new_start = a.max(new_from.0);
             if new_start <= b {
                 remaining += b - new_start + 1;
@@ -1613,6 +1625,39 @@ impl Core {
             Ok(specs) => specs,
             Err(e) => return self.error(client, e),
         };
+        // What the tasks submitted before say, per distinct `after` (a file whose every line
+        // waits for one job scans it once), within a budget: a Submit cannot make the loop
+        // walk more tasks than it could create.
+        let mut verdicts: HashMap<Vec<(u64, u64)>, Verdict> = HashMap::new();
+        let mut scan_budget = MAX_TASKS_PER_SUBMIT;
+        let mut gated = Vec::new();
+        let mut next = first.0;
+        for spec in &specs {
+            if !spec.after.is_empty() {
+                let ranges = id_ranges(&spec.after);
+                if !verdicts.contains_key(&ranges) {
+                    let scanned: u64 = ranges
+                        .iter()
+                        .filter(|r| r.0 < first.0)
+                        .map(|&(a, b)| b.min(first.0 - 1) - a + 1)
+                        .sum();
+                    if scanned > scan_budget {
+                        return self.error(
+                            client,
+                            format!(
+                                "the submission waits for more than {MAX_TASKS_PER_SUBMIT} \
+                                 earlier tasks (each distinct after counted); split it"
+                            ),
+                        );
+                    }
+                    scan_budget -= scanned;
+                    let verdict = self.dependency_verdict(&ranges, first);
+                    verdicts.insert(ranges.clone(), verdict);
+                }
+                gated.push((TaskId(next), ranges));
+            }
+            next += u64::from(count);
+        }
         let name = name.unwrap_or_else(|| protocol::names::job_name(&specs[0]));
         let job = self.tasks.open_job(name.clone(), first, asked, now_ms);
         if self.config.persist {
@@ -1627,12 +1672,8 @@ impl Core {
         }
         let mut total = 0u64;
         self.metrics.submitted(now_ms);
-        let mut gated = Vec::new();
         for spec in specs {
             let spec = Arc::new(spec);
-            if !spec.after.is_empty() {
-                gated.push((self.tasks.next_id(), id_ranges(&spec.after)));
-            }
             if self.config.persist {
                 self.session.push_record(Record::Submitted {
                     first: self.tasks.next_id(),
@@ -1652,7 +1693,11 @@ impl Core {
         // IMPORTANT: every gate before any release is applied: a release may end tasks of this
         // submission, and a gate made later would count them as not yet final.
         for (gate_first, ranges) in gated {
-            self.gate(gate_first, u64::from(count), ranges, first);
+            let existing = verdicts
+                .get(&ranges)
+                .copied()
+                .unwrap_or(Verdict::Remaining(0));
+            self.gate(gate_first, u64::from(count), ranges, first, existing);
         }
         self.settle_releases(now_ms);
         let last = TaskId(first.0 + total - 1);
@@ -2187,6 +2232,15 @@ fn queue_key(order: QueueOrder, id: TaskId, t: &Task) -> QueueKey {
         priority: t.spec.priority,
         order: order.tie_breaker(id.0, t.spec.size),
     }
+}
+
+/// What the earlier tasks a gate waits for say (`Core::dependency_verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// This many have not succeeded yet (none ended otherwise).
+    Remaining(u64),
+    /// This one ended otherwise than succeeded (or does not exist).
+    Failed(TaskId),
 }
 
 /// Why a reported completion was not credited.
