@@ -26,6 +26,7 @@ mod group_commit;
 mod handed;
 mod holds;
 mod log_limit;
+mod logs;
 pub mod metrics;
 pub mod policy;
 mod pools;
@@ -47,15 +48,20 @@ use handed::GivenUp;
 use holds::Holds;
 use log::{debug, info, log, warn, Level};
 use log_limit::LogLimiter;
+pub use logs::LogOp;
+use logs::LoggedTasks;
 use metrics::Metrics;
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
 use protocol::codec::encoded_len;
-use protocol::limits::{LimitError, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_TAIL_BYTES};
+use protocol::limits::{
+    LimitError, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_OUTPUT_CHUNK_BYTES, MAX_TAIL_BYTES,
+};
 use protocol::{
-    Assignment, Completion, FromMaster, Incarnation, StatusReport, TaskId, TaskOutcome, TaskRef,
-    TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo, WorkerState, WorkerStatus,
+    Assignment, Attempt, Completion, FromMaster, Incarnation, OutputChunk, OutputStream,
+    StatusReport, TaskId, TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState, ToMaster,
+    WorkerId, WorkerInfo, WorkerState, WorkerStatus,
 };
 use queue::QueueKey;
 use rebalance::Unstarted;
@@ -151,6 +157,8 @@ pub enum Output {
     /// Make this durable. IMPORTANT: the shell must commit every `Persist` of a turn before it
     /// writes that turn's bytes to sockets, so no client hears of work that could still be lost.
     Persist(Record),
+    /// A task log's bytes, end or read, for the shell's log store (`logs.rs`).
+    Log(LogOp),
 }
 
 /// Whether a reply speaks of durable state (ids, results, completion, status) and so must wait
@@ -166,6 +174,7 @@ pub fn needs_commit(msg: &FromMaster) -> bool {
             | FromMaster::CancelDone { .. }
             | FromMaster::Status { .. }
             | FromMaster::ResultsPage { .. }
+            | FromMaster::Log { .. }
     )
 }
 
@@ -299,6 +308,8 @@ pub struct Core {
     metrics: Metrics,
     /// The SSE stream, off while nobody subscribes (`events.rs`).
     events: Events,
+    /// Unfinished tasks whose output the log store holds (`logs.rs`).
+    logged: LoggedTasks,
 }
 
 impl Core {
@@ -333,6 +344,7 @@ impl Core {
             next_idle_check_ms: 0,
             metrics: Metrics::default(),
             events: Events::default(),
+            logged: LoggedTasks::default(),
         }
     }
 
@@ -865,9 +877,41 @@ impl Core {
                 self.log_drops(now_ms, id, &drops);
             }
             ToMaster::Running(refs) => self.on_running(now_ms, id, refs),
+            ToMaster::Output(chunks) => self.on_output(id, chunks),
             other => {
                 self.worker_broke_protocol(now_ms, id, Violation::WorkerMayNotSend(other.name()))
             }
+        }
+    }
+
+    /// Output of running commands: each chunk is accepted only for a run whose outcome may still
+    /// count, and only from the worker it was handed to (`logs.rs`); the rest is dropped with one
+    /// line per frame.
+    fn on_output(&mut self, worker: WorkerId, chunks: Vec<OutputChunk>) {
+        let mut dropped = 0usize;
+        let mut first = None;
+        for chunk in chunks {
+            let r = chunk.task;
+            let counts = chunk.bytes.len() <= MAX_OUTPUT_CHUNK_BYTES
+                && (self.is_current(worker, r)
+                    || (self.epochs.owns(r)
+                        && self.tasks.get(r.task).map(|t| t.state) == Some(TaskState::Queued)
+                        && self.may_report(worker, r)));
+            if !counts {
+                dropped += 1;
+                first.get_or_insert(r);
+                continue;
+            }
+            self.logged.note(r.task);
+            self.session.push_log(LogOp::Append(chunk));
+        }
+        if let Some(r) = first {
+            // Expected for a copy that lost (it prints on until it is killed): debug only.
+            debug!(
+                "dropped {dropped} output chunks from worker {worker} for runs that cannot count \
+                 (first: task {} attempt {})",
+                r.task, r.attempt
+            );
         }
     }
 
@@ -1017,7 +1061,7 @@ impl Core {
                 .map(|code| format!(" (exit {code})"))
                 .unwrap_or_default()
         );
-        self.finish(now_ms, c.task, state, result);
+        self.finish(now_ms, c.task, state, result, Some(c.attempt));
         None
     }
 
@@ -1284,6 +1328,7 @@ impl Core {
                     task,
                     TaskState::Cancelled,
                     settle(TaskOutcome::Cancelled).1,
+                    None,
                 );
                 finished += 1;
             } else if t.attempt.0 > t.spec.max_retries {
@@ -1292,7 +1337,7 @@ impl Core {
                     "worker lost ({reason}) on attempt {}, retries exhausted",
                     t.attempt
                 ));
-                self.finish(now_ms, task, state, result);
+                self.finish(now_ms, task, state, result, None);
                 finished += 1;
             } else {
                 self.tasks.requeue(task);
@@ -1326,6 +1371,11 @@ impl Core {
                 after,
                 limit,
             } => self.start_page(client, state, after, limit),
+            ToMaster::Log {
+                task,
+                stream,
+                offset,
+            } => self.on_log(client, task, stream, offset),
             other => {
                 let v = Violation::ClientMayNotSend(other.name());
                 self.session.close_client(client, CloseReason::Protocol(v));
@@ -1406,6 +1456,35 @@ impl Core {
         );
     }
 
+    /// A read of a task's log: the store (the shell's) answers, told whether the task is final
+    /// and, for a final one, the tail to show if the store has nothing of it.
+    fn on_log(&mut self, client: ClientId, task: TaskId, stream: OutputStream, offset: u64) {
+        let Some(t) = self.tasks.get(task) else {
+            return self.error(client, format!("unknown task id {task}"));
+        };
+        let Some(conn) = self.session.conn_of(client) else {
+            return;
+        };
+        let done = t.state.is_final();
+        let tail = done.then(|| {
+            t.result
+                .as_deref()
+                .map(|r| match stream {
+                    OutputStream::Stdout => r.stdout.clone(),
+                    OutputStream::Stderr => r.stderr.clone(),
+                })
+                .unwrap_or_default()
+        });
+        self.session.push_log(LogOp::Read {
+            conn,
+            task,
+            stream,
+            offset,
+            done,
+            tail,
+        });
+    }
+
     fn on_results(&mut self, client: ClientId, ids: Vec<TaskId>) {
         if let Some(&id) = ids.iter().find(|&&id| self.tasks.get(id).is_none()) {
             return self.error(client, format!("unknown task id {id}"));
@@ -1466,6 +1545,7 @@ impl Core {
                         id,
                         TaskState::Cancelled,
                         settle(TaskOutcome::Cancelled).1,
+                        None,
                     );
                     cancelled.push(id);
                 }
@@ -1499,7 +1579,23 @@ impl Core {
     // ---- helpers -----------------------------------------------------------------------------
 
     /// The one place a task becomes final: tables, counters and waiters move together.
-    fn finish(&mut self, now_ms: u64, id: TaskId, state: TaskState, result: FinalResult) {
+    /// `run`: the attempt whose report ended the task, if one did (its log is the task's).
+    fn finish(
+        &mut self,
+        now_ms: u64,
+        id: TaskId,
+        state: TaskState,
+        result: FinalResult,
+        run: Option<Attempt>,
+    ) {
+        if self.logged.end(id) {
+            self.session.push_log(LogOp::End {
+                task: id,
+                attempt: run,
+                stdout_tail: result.stdout.clone(),
+                stderr_tail: result.stderr.clone(),
+            });
+        }
         self.drop_copy_request(id);
         if !self.avoid.is_empty() {
             self.avoid.remove(&id);

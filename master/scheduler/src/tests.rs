@@ -11,6 +11,7 @@ mod copies;
 mod forged;
 mod idle;
 mod limits;
+mod logs;
 mod names;
 mod observe;
 mod pages;

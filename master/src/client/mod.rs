@@ -8,6 +8,7 @@
 mod cancel;
 mod error;
 mod ids;
+mod logs;
 mod progress;
 mod results;
 mod session;
@@ -17,6 +18,7 @@ mod view;
 mod wait;
 
 pub use cancel::CancelArgs;
+pub use logs::LogsArgs;
 pub use results::ResultsArgs;
 pub use status::StatusArgs;
 pub use submit::SubmitArgs;
@@ -45,6 +47,8 @@ pub enum ClientCommand {
     Wait(WaitArgs),
     /// Cancel tasks.
     Cancel(CancelArgs),
+    /// Print a task's whole stdout (or --stderr), as stored by the master; --follow while it runs.
+    Logs(LogsArgs),
 }
 
 /// Where the master is and how to prove we may talk to it; shared by every subcommand.
@@ -104,6 +108,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
         ClientCommand::Results(args) => results::run(args),
         ClientCommand::Wait(args) => wait::run(args),
         ClientCommand::Cancel(args) => cancel::run(args),
+        ClientCommand::Logs(args) => logs::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
@@ -162,6 +167,8 @@ mod tests {
             &["cancel", "--master", "h:1", "7", "8"],
             &["results", "201-203"],
             &["cancel", "5-9", "12"],
+            &["logs", "7"],
+            &["logs", "7", "--stderr", "--follow"],
         ];
         for argv in ok {
             assert!(parse(argv).is_ok(), "{argv:?}: {:?}", parse(argv).err());
