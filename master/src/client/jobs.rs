@@ -45,8 +45,8 @@ pub fn run(args: JobsArgs) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// One `Jobs` request and all of its chunks.
-fn fetch(session: &mut Session, ids: Vec<JobId>) -> Result<Vec<JobStatus>> {
+/// One `Jobs` request and all of its chunks (an unknown job is the master's error).
+pub fn fetch(session: &mut Session, ids: Vec<JobId>) -> Result<Vec<JobStatus>> {
     session.send(&ToMaster::Jobs { ids })?;
     let mut all = Vec::new();
     // Bounded by the master: every chunk carries the next jobs, and the last has `more: false`.
