@@ -273,6 +273,9 @@ const TASK_LINES_PER_SECOND: u32 = 20;
 /// One submission may create at most this many tasks (about 1 GiB of task records): a client
 /// cannot make the master allocate without bound in one request.
 const MAX_TASKS_PER_SUBMIT: u64 = 10_000_000;
+/// One `Cancel` may name jobs of at most this many tasks together: its `CancelDone` lists each
+/// (up to 10 bytes an id), and must fit a frame. `master cancel --job` cancels by ids instead.
+const MAX_CANCEL_JOB_TASKS: u64 = 1_000_000;
 /// Retry backoff after a failed run: 200 ms, doubling, at most 30 s.
 const RETRY_BACKOFF_BASE_MS: u64 = 200;
 const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
@@ -1914,6 +1917,16 @@ impl Core {
             Ok(ranges) => ranges,
             Err(job) => return self.error(client, format!("unknown job {job}")),
         };
+        let by_job: u64 = ranges.iter().map(|(f, l)| l.0 - f.0 + 1).sum();
+        if by_job > MAX_CANCEL_JOB_TASKS {
+            return self.error(
+                client,
+                format!(
+                    "those jobs hold {by_job} tasks; at most {MAX_CANCEL_JOB_TASKS} are cancelled \
+                     by job at once (name their ids instead)"
+                ),
+            );
+        }
         let mut cancelled = Vec::new();
         let mut already_final = Vec::new();
         let mut unknown = Vec::new();
