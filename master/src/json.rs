@@ -101,6 +101,8 @@ pub struct ResultView<'a> {
     pub cmd: Option<&'a [String]>,
     /// The group the task is bound to, or null for any worker.
     pub group: Option<&'a str>,
+    /// The job (submission) it belongs to.
+    pub job: u64,
     /// The task's name (a task file's `"name"`), or null.
     pub name: Option<&'a str>,
     /// What it waits (or waited) for: a number per task, `"5-9"` per range; `[]` for none.
@@ -145,6 +147,7 @@ impl<'a> From<&'a TaskResult> for ResultView<'a> {
             kind: t.kind.as_str(),
             cmd: t.cmd.as_deref(),
             group: t.group.as_deref(),
+            job: t.job.0,
             name: t.name.as_deref(),
             after: AfterList(&t.after),
         }

@@ -13,6 +13,7 @@ pub mod dag;
 pub mod duration;
 pub mod limits;
 pub mod messages;
+pub mod names;
 
 pub use codec::{encode_frame, FrameDecoder, FrameError, MAX_FRAME};
 pub use connection::{Connection, ConnectionError};

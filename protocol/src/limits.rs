@@ -7,6 +7,9 @@ use crate::messages::{TaskKind, TaskOutcome, TaskSpec};
 /// Worker names, host names and group names, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
 
+/// A job's name, in bytes: the CLI names a job after its command line, cut to this.
+pub const MAX_JOB_NAME_BYTES: usize = 1 << 10;
+
 /// A command's argv, environment and working directory together, in bytes. Linux allows 2 MiB of
 /// argv and environment per `exec` (128 KiB per string); a spec this size still fits a frame
 /// many times over.

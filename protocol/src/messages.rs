@@ -12,6 +12,17 @@ use std::sync::Arc;
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId(pub u64);
 
+/// A job's id: dense, starting at 1. Every `Submit` makes one job, and its tasks are one
+/// contiguous range of ids, so a job is a name, a range and a submission time.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A worker's id, assigned by the master at registration.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId(pub u32);
@@ -148,6 +159,9 @@ pub enum After {
     /// task file's `"after": ["fetch"]`. The master turns it into `Ids` when it accepts the
     /// submission, and refuses the whole submission on a cycle or an index out of range.
     Spec(u32),
+    /// Every task of this job (`submit --after-job J`): resolved to its id range at accept, so
+    /// a job of a million tasks is one entry.
+    Job(JobId),
 }
 
 impl After {
@@ -167,6 +181,7 @@ impl fmt::Display for After {
             After::Ids { first, last } if first == last => write!(f, "{first}"),
             After::Ids { first, last } => write!(f, "{first}-{last}"),
             After::Spec(i) => write!(f, "spec {}", u64::from(*i) + 1),
+            After::Job(j) => write!(f, "job {j}"),
         }
     }
 }
@@ -368,24 +383,32 @@ pub enum ToMaster {
     Started(Vec<TaskRef>),
     Finished(Vec<Completion>),
     // From clients; each is answered by one reply (`Results` may come in several chunks).
-    /// Submit every spec `count` times; the new ids are one contiguous range.
+    /// Submit every spec `count` times; the new ids are one contiguous range, one job.
     Submit {
         specs: Vec<TaskSpec>,
         count: u32,
+        /// The job's name (at most `limits::MAX_JOB_NAME_BYTES`); `None`: the master names it
+        /// after its first spec.
+        name: Option<String>,
     },
     Status,
-    /// Results of these tasks; empty means all.
+    /// Results of these tasks and of every task of these jobs; both empty means all.
     Results {
         ids: Vec<TaskId>,
+        jobs: Vec<JobId>,
     },
-    /// Reply once all these tasks (empty: every task unfinished now) are finished.
-    /// With `progress`, `Progress` frames come first, at most one per master loop turn.
+    /// Reply once all these tasks and those of these jobs (both empty: every task unfinished
+    /// now) are finished. With `progress`, `Progress` frames come first, at most one per master
+    /// loop turn.
     Wait {
         ids: Vec<TaskId>,
         progress: bool,
+        jobs: Vec<JobId>,
     },
+    /// Cancel these tasks and every unfinished task of these jobs.
     Cancel {
         ids: Vec<TaskId>,
+        jobs: Vec<JobId>,
     },
     /// From workers, right after `Welcome`: the attempts this worker is running now (empty on a fresh
     /// start). After a reconnect or a master restart the master adopts them instead of re-running.
@@ -400,6 +423,10 @@ pub enum ToMaster {
         state: Option<TaskState>,
         after: TaskId,
         limit: u32,
+    },
+    /// These jobs (empty: all), each with its counts by state; answered by `Jobs` chunks.
+    Jobs {
+        ids: Vec<JobId>,
     },
 }
 
@@ -420,6 +447,7 @@ impl ToMaster {
             ToMaster::Running(_) => "Running",
             ToMaster::Retracted(_) => "Retracted",
             ToMaster::ResultsPage { .. } => "ResultsPage",
+            ToMaster::Jobs { .. } => "Jobs",
         }
     }
 }
@@ -558,10 +586,50 @@ pub struct TaskResult {
     pub stderr: String,
     /// Why it failed, when that is not an exit code.
     pub error: Option<String>,
+    /// The job (submission) it belongs to.
+    pub job: JobId,
     /// The spec's name, if it has one.
     pub name: Option<String>,
     /// What it waits (or waited) for: id ranges.
     pub after: Vec<After>,
+}
+
+/// One job as `jobs` shows it: its tasks counted by state, kept as tasks move (never a scan).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct JobStatus {
+    pub id: JobId,
+    pub name: String,
+    /// Its tasks are ids `first .. first + tasks`.
+    pub first: TaskId,
+    pub tasks: u64,
+    /// How many of its tasks are in each state, for every state of [`TaskState::ALL`], in that
+    /// order (a state added later is listed too, without a new field).
+    pub counts: Vec<(TaskState, u64)>,
+    /// Milliseconds since the Unix epoch.
+    pub submitted_ms: u64,
+    /// When its last task became final, once every one is; `None` while some still run.
+    pub finished_ms: Option<u64>,
+    /// From submission until `finished_ms`, or until the reply was made while it runs.
+    pub duration_ms: u64,
+}
+
+impl JobStatus {
+    /// How many of its tasks are in `state`.
+    pub fn count(&self, state: TaskState) -> u64 {
+        self.counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |&(_, n)| n)
+    }
+
+    /// Tasks in an unsuccessful final state, every kind together (the table's `failed`).
+    pub fn unsuccessful(&self) -> u64 {
+        self.counts
+            .iter()
+            .filter(|(s, _)| s.is_final() && *s != TaskState::Succeeded)
+            .map(|&(_, n)| n)
+            .sum()
+    }
 }
 
 /// Why a `Hello` was refused, for a peer that acts on the kind (the reason is for people).
@@ -612,10 +680,11 @@ pub enum FromMaster {
     /// Give back these attempts if they have not started; answered by `Retracted`.
     Retract(Vec<TaskRef>),
     // To clients.
-    /// Ids `first .. first + count` were accepted.
+    /// Ids `first .. first + count` were accepted, as job `job`.
     Submitted {
         first: TaskId,
         count: u64,
+        job: JobId,
     },
     /// One chunk of a `Status` reply; `more` says another follows. Every chunk carries the same
     /// counts (taken when the request was read) and the next workers, in id order.
@@ -655,6 +724,11 @@ pub enum FromMaster {
         more: bool,
         next: Option<TaskId>,
     },
+    /// One chunk of a `Jobs` reply, in id order; `more` says another follows.
+    Jobs {
+        jobs: Vec<JobStatus>,
+        more: bool,
+    },
 }
 
 impl FromMaster {
@@ -675,6 +749,7 @@ impl FromMaster {
             FromMaster::CancelDone { .. } => "CancelDone",
             FromMaster::Error { .. } => "Error",
             FromMaster::ResultsPage { .. } => "ResultsPage",
+            FromMaster::Jobs { .. } => "Jobs",
         }
     }
 }
@@ -709,14 +784,22 @@ mod tests {
             ToMaster::Submit {
                 specs: vec![],
                 count: 1,
+                name: None,
             },
             ToMaster::Status,
-            ToMaster::Results { ids: vec![] },
+            ToMaster::Results {
+                ids: vec![],
+                jobs: vec![],
+            },
             ToMaster::Wait {
                 ids: vec![],
                 progress: false,
+                jobs: vec![],
             },
-            ToMaster::Cancel { ids: vec![] },
+            ToMaster::Cancel {
+                ids: vec![],
+                jobs: vec![],
+            },
             ToMaster::Running(vec![]),
             ToMaster::Retracted(vec![]),
             ToMaster::ResultsPage {
@@ -724,6 +807,7 @@ mod tests {
                 after: TaskId(0),
                 limit: 1,
             },
+            ToMaster::Jobs { ids: vec![] },
         ];
         for msg in &to_master {
             named_as_debug(format!("{msg:?}"), msg.name());
@@ -750,6 +834,7 @@ mod tests {
             FromMaster::Submitted {
                 first: TaskId(1),
                 count: 1,
+                job: JobId(1),
             },
             FromMaster::Status {
                 report: StatusReport {
@@ -789,6 +874,10 @@ mod tests {
                 tasks: vec![],
                 more: false,
                 next: None,
+            },
+            FromMaster::Jobs {
+                jobs: vec![],
+                more: false,
             },
         ];
         for msg in &from_master {

@@ -26,6 +26,7 @@ pub mod events;
 mod group_commit;
 mod handed;
 mod holds;
+mod jobs;
 mod log_limit;
 pub mod metrics;
 pub mod policy;
@@ -47,6 +48,7 @@ use events::{Event as StreamEvent, Events};
 pub use group_commit::{GroupCommit, COMMIT_BATCH_MAX, COMMIT_WINDOW_US};
 use handed::GivenUp;
 use holds::Holds;
+pub use jobs::JobRecord;
 use log::{debug, info, log, warn, Level};
 use log_limit::LogLimiter;
 use metrics::Metrics;
@@ -54,11 +56,13 @@ use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
 use protocol::codec::encoded_len;
-use protocol::limits::{LimitError, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_TAIL_BYTES};
+use protocol::limits::{
+    LimitError, MAX_ERROR_BYTES, MAX_JOB_NAME_BYTES, MAX_NAME_BYTES, MAX_TAIL_BYTES,
+};
 use protocol::{
-    After, Assignment, Completion, FromMaster, Incarnation, StatusReport, TaskId, TaskOutcome,
-    TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo, WorkerState,
-    WorkerStatus,
+    After, Assignment, Completion, FromMaster, Incarnation, JobId, StatusReport, TaskId,
+    TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo,
+    WorkerState, WorkerStatus,
 };
 use queue::QueueKey;
 use rebalance::Unstarted;
@@ -169,6 +173,7 @@ pub fn needs_commit(msg: &FromMaster) -> bool {
             | FromMaster::CancelDone { .. }
             | FromMaster::Status { .. }
             | FromMaster::ResultsPage { .. }
+            | FromMaster::Jobs { .. }
     )
 }
 
@@ -184,6 +189,9 @@ pub enum Record {
     },
     /// A task reached its final state.
     Finished { id: TaskId, outcome: Outcome },
+    /// A job was made (one per `Submit`, before the `Submitted` records of its tasks), or named
+    /// at recovery for tasks an older journal kept without one.
+    Job(JobRecord),
 }
 
 /// A task's final outcome as it is made durable and read back: the one shape from the core's
@@ -352,12 +360,15 @@ impl Core {
     /// Rebuilds state from the journal; call once, before any connection. Finished tasks keep
     /// their results; unfinished ones wait `recovery_grace_ms` for a reconnecting worker to claim
     /// them, then run again with the next attempt. Returns (finished, unfinished).
-    /// `history` lists every incarnation's start, this one (`config.incarnation`) last.
+    /// `history` lists every incarnation's start, this one (`config.incarnation`) last. `jobs`
+    /// come densely in id order; tasks past the last job's range (from a journal older than
+    /// jobs) get one job per batch, named after its spec, and recorded.
     pub fn restore(
         &mut self,
         now_ms: u64,
         tasks: Vec<RestoredTask>,
         history: Vec<EpochStart>,
+        jobs: Vec<JobRecord>,
     ) -> Result<(u64, u64), RestoreError> {
         let epochs = Epochs::from_history(history)?;
         if epochs.current() != self.config.incarnation {
@@ -367,6 +378,22 @@ impl Core {
             });
         }
         self.epochs = epochs;
+        for job in jobs {
+            self.tasks.restore_job(job)?;
+        }
+        let covered = self
+            .tasks
+            .jobs()
+            .iter()
+            .last()
+            .map_or(0, |(_, j)| j.last().0);
+        if covered > tasks.len() as u64 {
+            return Err(RestoreError::JobPastTasks {
+                job: JobId(self.tasks.jobs().len() as u64),
+                tasks: tasks.len() as u64,
+            });
+        }
+        self.name_orphans(&tasks[covered as usize..]);
         let (mut finished, mut unfinished) = (0, 0);
         // Batches with dependencies: (first, count, spec). Their gates are made once every task
         // is back, since a task may wait for a later id of its own submission.
@@ -567,6 +594,43 @@ impl Core {
             }
         }
         self.settling = false;
+    }
+
+    /// Jobs for restored tasks that have none (`tasks` are those past the last job): one per
+    /// batch (a run of tasks sharing a spec and a submission time), recorded so the ids stay.
+    fn name_orphans(&mut self, tasks: &[RestoredTask]) {
+        let mut rest = tasks;
+        let mut next = TaskId(tasks.first().map_or(0, |_| self.tasks.jobs().next_task().0));
+        while let Some(head) = rest.first() {
+            if head.id != next {
+                return; // a gap in the ids: `TaskTable::restore` refuses it
+            }
+            let len = rest
+                .iter()
+                .zip(head.id.0..)
+                .take_while(|(t, id)| {
+                    t.id.0 == *id
+                        && Arc::ptr_eq(&t.spec, &head.spec)
+                        && t.submitted_ms == head.submitted_ms
+                })
+                .count();
+            next = TaskId(head.id.0 + len as u64);
+            let name = protocol::names::job_name(&head.spec);
+            let first = head.id;
+            let id = self
+                .tasks
+                .open_job(name.clone(), first, len as u64, head.submitted_ms);
+            if self.config.persist {
+                self.session.push_record(Record::Job(JobRecord {
+                    id,
+                    name,
+                    first,
+                    count: len as u64,
+                    submitted_ms: head.submitted_ms,
+                }));
+            }
+            rest = &rest[len..];
+        }
     }
 
     // ---- input -------------------------------------------------------------------------------
@@ -1476,12 +1540,21 @@ impl Core {
 
     fn on_client_message(&mut self, now_ms: u64, client: ClientId, msg: ToMaster) {
         match msg {
-            ToMaster::Submit { specs, count } => self.on_submit(now_ms, client, specs, count),
+            ToMaster::Submit { specs, count, name } => {
+                self.on_submit(now_ms, client, specs, count, name)
+            }
             ToMaster::Status => self.start_status(client),
             // Repeated ids would cost work and reply bytes per repeat (a 16 MiB frame holds ~2M).
-            ToMaster::Results { ids } => self.on_results(client, unique(ids)),
-            ToMaster::Wait { ids, progress } => self.on_wait(client, unique(ids), progress),
-            ToMaster::Cancel { ids } => self.on_cancel(now_ms, client, unique(ids)),
+            ToMaster::Results { ids, jobs } => self.on_results(client, unique(ids), unique(jobs)),
+            ToMaster::Wait {
+                ids,
+                progress,
+                jobs,
+            } => self.on_wait(client, unique(ids), progress, unique(jobs)),
+            ToMaster::Cancel { ids, jobs } => {
+                self.on_cancel(now_ms, client, unique(ids), unique(jobs))
+            }
+            ToMaster::Jobs { ids } => self.on_jobs(now_ms, client, unique(ids)),
             ToMaster::ResultsPage {
                 state,
                 after,
@@ -1496,9 +1569,27 @@ impl Core {
         }
     }
 
-    fn on_submit(&mut self, now_ms: u64, client: ClientId, specs: Vec<TaskSpec>, count: u32) {
+    fn on_submit(
+        &mut self,
+        now_ms: u64,
+        client: ClientId,
+        specs: Vec<TaskSpec>,
+        count: u32,
+        name: Option<String>,
+    ) {
         if specs.is_empty() || count == 0 {
             return self.error(client, "nothing to submit".into());
+        }
+        if let Some(name) = &name {
+            if name.len() > MAX_JOB_NAME_BYTES {
+                return self.error(
+                    client,
+                    format!(
+                        "the job name is {} bytes, more than the limit of {MAX_JOB_NAME_BYTES}",
+                        name.len()
+                    ),
+                );
+            }
         }
         let asked = specs.len() as u64 * count as u64;
         if asked > MAX_TASKS_PER_SUBMIT {
@@ -1530,7 +1621,9 @@ impl Core {
             }
         }
         let first = self.tasks.next_id();
-        let specs = match resolve_after(specs, first, count) {
+        let jobs = self.tasks.jobs();
+        let job_range = |j: JobId| jobs.get(j).map(|job| (job.first, job.last()));
+        let specs = match resolve_after(specs, first, count, job_range) {
             Ok(specs) => specs,
             Err(e) => return self.error(client, e),
         };
@@ -1566,6 +1659,18 @@ impl Core {
                 gated.push((TaskId(next), ranges));
             }
             next += u64::from(count);
+        }
+        let name = name.unwrap_or_else(|| protocol::names::job_name(&specs[0]));
+        let job = self.tasks.open_job(name.clone(), first, asked, now_ms);
+        if self.config.persist {
+            // IMPORTANT: before its tasks' records: recovery reads a job before its tasks.
+            self.session.push_record(Record::Job(JobRecord {
+                id: job,
+                name,
+                first,
+                count: asked,
+                submitted_ms: now_ms,
+            }));
         }
         let mut total = 0u64;
         self.metrics.submitted(now_ms);
@@ -1604,7 +1709,7 @@ impl Core {
             at_ms: now_ms,
         });
         info!(
-            "accepted {total} tasks ({first}..={last}), {} queued",
+            "accepted job {job}: {total} tasks ({first}..={last}), {} queued",
             self.pools.len()
         );
         self.session.send_client(
@@ -1612,19 +1717,51 @@ impl Core {
             FromMaster::Submitted {
                 first,
                 count: total,
+                job,
             },
         );
     }
 
-    fn on_results(&mut self, client: ClientId, ids: Vec<TaskId>) {
+    /// The id ranges of `jobs`, or the first unknown one.
+    fn job_ranges(&self, jobs: &[JobId]) -> Result<Vec<(TaskId, TaskId)>, JobId> {
+        jobs.iter()
+            .map(|&id| {
+                self.tasks
+                    .jobs()
+                    .get(id)
+                    .map(|j| (j.first, j.last()))
+                    .ok_or(id)
+            })
+            .collect()
+    }
+
+    fn on_results(&mut self, client: ClientId, ids: Vec<TaskId>, jobs: Vec<JobId>) {
         if let Some(&id) = ids.iter().find(|&&id| self.tasks.get(id).is_none()) {
             return self.error(client, format!("unknown task id {id}"));
         }
+        let ranges = match self.job_ranges(&jobs) {
+            Ok(ranges) => ranges,
+            Err(job) => return self.error(client, format!("unknown job {job}")),
+        };
         // Chunk by chunk, as the connection drains (`replies.rs`).
-        self.start_results(client, ids);
+        if jobs.is_empty() {
+            self.start_results(client, ids);
+        } else {
+            self.start_ranges(client, ids, ranges);
+        }
     }
 
-    fn on_wait(&mut self, client: ClientId, ids: Vec<TaskId>, progress: bool) {
+    fn on_jobs(&mut self, now_ms: u64, client: ClientId, ids: Vec<JobId>) {
+        if let Some(&id) = ids.iter().find(|&&id| self.tasks.jobs().get(id).is_none()) {
+            return self.error(client, format!("unknown job {id}"));
+        }
+        self.start_jobs(now_ms, client, ids);
+    }
+
+    fn on_wait(&mut self, client: ClientId, ids: Vec<TaskId>, progress: bool, jobs: Vec<JobId>) {
+        if !jobs.is_empty() {
+            return self.wait_jobs(client, ids, progress, jobs);
+        }
         if ids.is_empty() {
             // The tasks unfinished now, and only those: a summary that also counted the whole
             // history would report last week's failures (and exit 1) for a batch that succeeded.
@@ -1656,12 +1793,67 @@ impl Core {
         self.waiters.add_ids(client, pending, start, progress);
     }
 
-    fn on_cancel(&mut self, now_ms: u64, client: ClientId, ids: Vec<TaskId>) {
+    /// A wait for whole jobs (and ids): a job's tasks are counted from its counts, not one by
+    /// one, so waiting for a job of a million tasks costs its range, not a million entries.
+    fn wait_jobs(&mut self, client: ClientId, ids: Vec<TaskId>, progress: bool, jobs: Vec<JobId>) {
+        let mut ranges = match self.job_ranges(&jobs) {
+            Ok(ranges) => ranges,
+            Err(job) => return self.error(client, format!("unknown job {job}")),
+        };
+        ranges.sort_unstable();
+        let mut start = WaitStart {
+            succeeded: 0,
+            failed: 0,
+        };
+        let mut remaining = 0;
+        for &job in &jobs {
+            let Some(j) = self.tasks.jobs().get(job) else {
+                continue;
+            };
+            let unfinished = j.unfinished();
+            let succeeded = j.count(TaskState::Succeeded);
+            remaining += unfinished;
+            start.succeeded += succeeded;
+            start.failed += j.count - unfinished - succeeded;
+        }
+        let mut pending = BTreeSet::new();
+        for id in ids {
+            if wait::in_ranges(&ranges, id) {
+                continue; // counted with its job
+            }
+            match self.tasks.get(id).map(|t| t.state) {
+                None => return self.error(client, format!("unknown task id {id}")),
+                Some(s) if !s.is_final() => {
+                    pending.insert(id);
+                }
+                Some(TaskState::Succeeded) => start.succeeded += 1,
+                Some(_) => start.failed += 1,
+            }
+        }
+        self.waiters
+            .add_ranges(client, pending, ranges, remaining, start, progress);
+    }
+
+    fn on_cancel(&mut self, now_ms: u64, client: ClientId, ids: Vec<TaskId>, jobs: Vec<JobId>) {
+        let ranges = match self.job_ranges(&jobs) {
+            Ok(ranges) => ranges,
+            Err(job) => return self.error(client, format!("unknown job {job}")),
+        };
         let mut cancelled = Vec::new();
         let mut already_final = Vec::new();
         let mut unknown = Vec::new();
         let mut kills: BTreeMap<WorkerId, Vec<TaskRef>> = BTreeMap::new();
-        for id in ids {
+        let listed: HashSet<TaskId> = if ranges.is_empty() {
+            HashSet::new()
+        } else {
+            ids.iter().copied().collect()
+        };
+        // A job's tasks after the ids, each once.
+        let of_jobs = ranges
+            .iter()
+            .flat_map(|&(first, last)| (first.0..=last.0).map(TaskId))
+            .filter(|id| !listed.contains(id));
+        for id in ids.into_iter().chain(of_jobs) {
             let Some(t) = self.tasks.get(id) else {
                 unknown.push(id);
                 continue;
@@ -1793,6 +1985,8 @@ impl Core {
             stdout: r.map(|r| r.stdout.clone()).unwrap_or_default(),
             stderr: r.map(|r| r.stderr.clone()).unwrap_or_default(),
             error: r.and_then(|r| r.error.clone()),
+            // Every task has one (a restore names jobs for tasks without one).
+            job: self.tasks.job_of(id).unwrap_or(JobId(0)),
             name: t.spec.name.clone(),
             after: t.spec.after.clone(),
         }
@@ -1872,6 +2066,21 @@ impl Core {
         }
         assert_eq!(queued + copy_requests, self.pools.len() + self.holds.len());
         self.check_dependencies();
+        self.tasks.jobs().sanity_check(self.tasks.len() as u64);
+        // Every job's counts, kept on transitions, against a scan of its tasks.
+        for (job, j) in self.tasks.jobs().iter() {
+            for state in TaskState::ALL {
+                let scanned = (j.first.0..=j.last().0)
+                    .filter(|&id| self.tasks.get(TaskId(id)).is_some_and(|t| t.state == state))
+                    .count() as u64;
+                assert_eq!(
+                    j.count(state),
+                    scanned,
+                    "job {job}: {} count",
+                    state.as_str()
+                );
+            }
+        }
         self.workers.sanity_check();
         self.session.sanity_check();
         self.deps.sanity_check();
@@ -1964,20 +2173,22 @@ fn id_ranges(after: &[After]) -> Vec<(u64, u64)> {
         .iter()
         .filter_map(|a| match a {
             After::Ids { first, last } => Some((first.0, last.0)),
-            After::Spec(_) => None,
+            After::Spec(_) | After::Job(_) => None,
         })
         .collect();
     deps::normalise(ranges)
 }
 
 /// Checks and resolves every spec's `after` for a submission whose ids start at `first`, each
-/// spec `count` times: references within it become the id ranges of that spec's copies, and
-/// the whole is kept sorted and merged. Refused: a cycle, a reference out of the submission, an
-/// id not submitted before it.
+/// spec `count` times: references within it become the id ranges of that spec's copies, a job
+/// its range (`job_range`: first and last id of a job, if there is one), and the whole is kept
+/// sorted and merged. Refused: a cycle, a reference out of the submission, an id not submitted
+/// before it, an unknown job.
 fn resolve_after(
     mut specs: Vec<TaskSpec>,
     first: TaskId,
     count: u32,
+    job_range: impl Fn(JobId) -> Option<(TaskId, TaskId)>,
 ) -> Result<Vec<TaskSpec>, String> {
     protocol::dag::check(&specs).map_err(|e| e.to_string())?;
     let count = u64::from(count);
@@ -1999,6 +2210,15 @@ fn resolve_after(
                     let start = first.0 + u64::from(j) * count;
                     ranges.push((start, start + count - 1));
                 }
+                After::Job(job) => match job_range(job) {
+                    Some((a, b)) => ranges.push((a.0, b.0)),
+                    None => {
+                        return Err(format!(
+                            "task {} of the submission waits for job {job}, which does not exist",
+                            i + 1
+                        ))
+                    }
+                },
             }
         }
         spec.after = deps::normalise(ranges)
@@ -2014,7 +2234,7 @@ fn resolve_after(
 
 /// `ids` without repeats, first occurrence kept (the set is only looked up: the order is the
 /// input's).
-fn unique(ids: Vec<TaskId>) -> Vec<TaskId> {
+fn unique<T: Copy + Eq + std::hash::Hash>(ids: Vec<T>) -> Vec<T> {
     let mut seen = HashSet::with_capacity(ids.len());
     ids.into_iter().filter(|id| seen.insert(*id)).collect()
 }

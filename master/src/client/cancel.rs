@@ -27,7 +27,10 @@ pub fn run(args: CancelArgs) -> Result<Outcome> {
     let mut session = args.conn.connect()?;
     let mut all = Cancelled::default();
     for batch in ids::batched(ids::from_args(&args.ids)) {
-        match session.request(&ToMaster::Cancel { ids: batch })? {
+        match session.request(&ToMaster::Cancel {
+            ids: batch,
+            jobs: vec![],
+        })? {
             FromMaster::CancelDone {
                 cancelled,
                 already_final,

@@ -47,7 +47,7 @@ fn fetch(
     sink: &mut ResultsOutput,
     out: &mut impl Write,
 ) -> Result<()> {
-    session.send(&ToMaster::Results { ids })?;
+    session.send(&ToMaster::Results { ids, jobs: vec![] })?;
     // Bounded by the master: every chunk carries tasks we asked for, and the last has `more: false`.
     loop {
         match session.recv("the reply to Results")? {

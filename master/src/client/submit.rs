@@ -12,8 +12,9 @@ use master::taskfile::TaskFile;
 use protocol::budget::{chunks_within, Chunks};
 use protocol::codec::encoded_len;
 use protocol::duration::parse_duration;
+use protocol::limits::MAX_JOB_NAME_BYTES;
 use protocol::{
-    After, FromMaster, TaskId, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME,
+    After, FromMaster, JobId, TaskId, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME,
     MAX_REPLICAS,
 };
 use std::io::{Read, Write};
@@ -57,6 +58,9 @@ pub struct SubmitArgs {
     /// without their own "after".
     #[arg(long, value_name = "IDS", value_parser = ids::parse_id_arg)]
     pub after: Vec<ids::IdArg>,
+    /// Start only after every task of job J succeeded (repeatable; as --after otherwise).
+    #[arg(long, value_name = "J")]
+    pub after_job: Vec<u64>,
     /// Run N copies of each task at once on distinct workers; the first success wins and the
     /// others are cancelled (1 to 64).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_replicas)]
@@ -76,9 +80,13 @@ pub struct SubmitArgs {
     /// Then wait for the new tasks, as `master wait` does.
     #[arg(long)]
     pub wait: bool,
-    /// Print {"ids": [...]} (with --wait also total, succeeded, failed).
+    /// Print {"ids": [...], "job": J} (with --wait also total, succeeded, failed).
     #[arg(long)]
     pub json: bool,
+    /// The job's name (default: the command line, `sleep 200ms` for a synthetic task, the
+    /// file's name for --file).
+    #[arg(long, value_name = "NAME", value_parser = parse_job_name)]
+    pub name: Option<String>,
     /// The program and its arguments, run directly (no shell).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -97,6 +105,17 @@ fn parse_replicas(text: &str) -> std::result::Result<u32, String> {
         ));
     }
     Ok(n)
+}
+
+/// `--name`: refused here if the master would refuse it.
+fn parse_job_name(text: &str) -> std::result::Result<String, String> {
+    if text.len() > MAX_JOB_NAME_BYTES {
+        return Err(format!(
+            "is {} bytes, more than the limit of {MAX_JOB_NAME_BYTES}",
+            text.len()
+        ));
+    }
+    Ok(text.to_string())
 }
 
 /// A task file's specs, each checked to fit a frame on its own, and a file whose lines wait for
@@ -130,8 +149,9 @@ pub fn duration_ms(d: Duration) -> u64 {
 }
 
 /// Bytes a `Submit` frame adds around its specs: variant tag, vector length and count, each a
-/// varint (at most 5 + 9 + 5), rounded up.
-const SUBMIT_OVERHEAD: usize = 32;
+/// varint (at most 5 + 9 + 5), rounded up, and the job's name (an option tag, a length and at
+/// most `MAX_JOB_NAME_BYTES`).
+const SUBMIT_OVERHEAD: usize = 32 + 16 + MAX_JOB_NAME_BYTES;
 
 /// A spec that cannot travel even alone in a frame (a giant argv or env in a task file).
 pub fn check_frame_size(spec: &TaskSpec) -> std::result::Result<(), String> {
@@ -169,6 +189,7 @@ impl SubmitArgs {
                     first: TaskId(r.first),
                     last: TaskId(r.end() - 1),
                 })
+                .chain(self.after_job.iter().map(|&j| After::Job(JobId(j))))
                 .collect(),
         }
     }
@@ -213,6 +234,25 @@ impl SubmitArgs {
         Ok(source)
     }
 
+    /// The job's name: `--name`, else what the submission is (its command line, or the task
+    /// file's name).
+    fn job_name(&self, specs: &[TaskSpec]) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let mut name = match (&self.file, specs.first()) {
+            (Some(path), _) if path == Path::new("-") => "stdin".to_string(),
+            (Some(path), _) => path.file_name().map_or_else(
+                || path.display().to_string(),
+                |f| f.to_string_lossy().into(),
+            ),
+            (None, Some(spec)) => protocol::names::job_name(spec),
+            (None, None) => String::new(),
+        };
+        protocol::names::cut_name(&mut name);
+        name
+    }
+
     /// The specs to send, validated: bad input is reported before anything touches the network.
     #[cfg(test)]
     fn specs(&self) -> Result<Vec<TaskSpec>> {
@@ -251,7 +291,10 @@ fn check_ids_exist(master: &mut impl Requester, file: &TaskFile, origin: &str) -
     let Some((id, line)) = file.largest_id() else {
         return Ok(());
     };
-    match master.request(&ToMaster::Results { ids: vec![id] }) {
+    match master.request(&ToMaster::Results {
+        ids: vec![id],
+        jobs: vec![],
+    }) {
         Ok(FromMaster::Results { .. }) => Ok(()),
         Ok(FromMaster::Error { .. }) | Err(ClientError::Master(_)) => {
             let at = match line {
@@ -289,27 +332,41 @@ pub fn frame_chunks(specs: Vec<TaskSpec>, budget: usize) -> Chunks<TaskSpec> {
     chunks_within(specs, budget.saturating_sub(SUBMIT_OVERHEAD))
 }
 
-/// Sends every chunk, each `count` times, one request at a time, and appends the accepted id
-/// ranges to `accepted` (merging adjacent ones). On error, `accepted` still says what the master
-/// took before it, so the caller can tell the user.
+/// What the master accepted of one submission.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// The id ranges, adjacent ones merged.
+    pub ids: Vec<IdRange>,
+    /// The job of each frame: one, unless the submission needed several frames.
+    pub jobs: Vec<JobId>,
+}
+
+/// Sends every chunk, each `count` times, one request at a time, as job `name`, and appends the
+/// accepted id ranges and jobs to `accepted` (merging adjacent ranges). On error, `accepted`
+/// still says what the master took before it, so the caller can tell the user.
 pub fn submit_all(
     master: &mut impl Requester,
     specs: Vec<TaskSpec>,
     count: u32,
     budget: usize,
-    accepted: &mut Vec<IdRange>,
+    name: &str,
+    accepted: &mut Accepted,
 ) -> Result<()> {
     for chunk in frame_chunks(specs, budget) {
         let expected = chunk.len() as u64 * u64::from(count);
         let reply = master.request(&ToMaster::Submit {
             specs: chunk,
             count,
+            name: Some(name.to_string()),
         })?;
         let range = match reply {
-            FromMaster::Submitted { first, count } if count == expected => IdRange {
-                first: first.0,
-                count,
-            },
+            FromMaster::Submitted { first, count, job } if count == expected => {
+                accepted.jobs.push(job);
+                IdRange {
+                    first: first.0,
+                    count,
+                }
+            }
             FromMaster::Submitted { count: got, .. } => {
                 return Err(ClientError::Unexpected {
                     got: format!("Submitted with {got} ids"),
@@ -318,9 +375,9 @@ pub fn submit_all(
             }
             other => return Err(unexpected(&other, "Submitted")),
         };
-        match accepted.last_mut() {
+        match accepted.ids.last_mut() {
             Some(last) if last.end() == range.first => last.count += range.count,
-            _ => accepted.push(range),
+            _ => accepted.ids.push(range),
         }
     }
     Ok(())
@@ -331,18 +388,28 @@ pub fn run(args: SubmitArgs) -> Result<Outcome> {
     let mut session = args.conn.connect()?;
     check_ids_exist(&mut session, &file, &origin)?;
     let specs = file.specs;
-    let mut accepted = Vec::new();
-    if let Err(e) = submit_all(&mut session, specs, args.count, FRAME_BUDGET, &mut accepted) {
-        if !accepted.is_empty() {
+    let name = args.job_name(&specs);
+    let mut accepted = Accepted::default();
+    if let Err(e) = submit_all(
+        &mut session,
+        specs,
+        args.count,
+        FRAME_BUDGET,
+        &name,
+        &mut accepted,
+    ) {
+        if !accepted.ids.is_empty() {
             // Those tasks exist and will run; the user needs their ids to wait for or cancel them.
             let _ = writeln!(
                 std::io::stderr(),
                 "note: the master had already accepted tasks {}",
-                ids::format_ranges(&accepted)
+                ids::format_ranges(&accepted.ids)
             );
         }
         return Err(e);
     }
+    let accepted_jobs = accepted.jobs;
+    let accepted = accepted.ids;
     let mut out = view::stdout();
     if !args.json {
         for id in ids::all(&accepted) {
@@ -362,7 +429,7 @@ pub fn run(args: SubmitArgs) -> Result<Outcome> {
         None
     };
     if args.json {
-        view::write_submit_json(&mut out, &accepted, summary)?;
+        view::write_submit_json(&mut out, &accepted, summary, &accepted_jobs)?;
     } else if let Some(s) = &summary {
         s.write_human(&mut out)?;
     }
@@ -565,6 +632,7 @@ mod tests {
                 let frame = ToMaster::Submit {
                     specs: chunk.clone(),
                     count: u32::MAX,
+                    name: None,
                 };
                 assert!(
                     encoded_len(&frame) <= budget || chunk.len() == 1,
@@ -591,6 +659,7 @@ mod tests {
             let frame = ToMaster::Submit {
                 specs: chunk,
                 count: 1,
+                name: Some("n".repeat(MAX_JOB_NAME_BYTES)),
             };
             let len = encoded_len(&frame);
             assert!(len <= FRAME_BUDGET, "{len}");
@@ -606,7 +675,7 @@ mod tests {
 
     impl Requester for FakeMaster {
         fn request(&mut self, msg: &ToMaster) -> Result<FromMaster> {
-            let ToMaster::Submit { specs, count } = msg else {
+            let ToMaster::Submit { specs, count, .. } = msg else {
                 return Ok(FromMaster::Error {
                     message: "not a submit".into(),
                 });
@@ -616,7 +685,11 @@ mod tests {
             let n = specs.len() as u64 * u64::from(*count) + u64::from(self.lie_about_count);
             let first = TaskId(self.next_id);
             self.next_id += n;
-            Ok(FromMaster::Submitted { first, count: n })
+            Ok(FromMaster::Submitted {
+                first,
+                count: n,
+                job: JobId(first.0),
+            })
         }
     }
 
@@ -627,8 +700,10 @@ mod tests {
             frames: vec![],
             lie_about_count: false,
         };
-        let mut accepted = Vec::new();
-        submit_all(&mut master, sample_specs(300), 4, 2_000, &mut accepted).unwrap();
+        let mut accepted = Accepted::default();
+        submit_all(&mut master, sample_specs(300), 4, 2_000, "j", &mut accepted).unwrap();
+        assert_eq!(accepted.jobs.len(), master.frames.len(), "a job per frame");
+        let accepted = accepted.ids;
         assert!(
             master.frames.len() > 5,
             "split into {} frames",
@@ -654,8 +729,8 @@ mod tests {
             frames: vec![],
             lie_about_count: true,
         };
-        let mut accepted = Vec::new();
-        let e = submit_all(&mut master, sample_specs(1), 1, 2_000, &mut accepted).unwrap_err();
+        let mut accepted = Accepted::default();
+        let e = submit_all(&mut master, sample_specs(1), 1, 2_000, "j", &mut accepted).unwrap_err();
         assert!(matches!(e, ClientError::Unexpected { .. }), "{e}");
         assert_eq!(e.exit_code(), 1);
     }

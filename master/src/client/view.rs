@@ -24,24 +24,31 @@ pub fn write_json<T: Serialize + ?Sized>(out: &mut impl Write, value: &T) -> io:
 // ---------------------------------------------------------------------------------------------
 // submit
 
-/// `{"ids": [...]}`, and with `--wait` also `"total"`, `"succeeded"`, `"failed"`.
+/// `{"ids": [...]}`, with `--wait` also `"total"`, `"succeeded"`, `"failed"`; then `"job"` (and
+/// `"jobs"` if the submission needed several frames, each a job).
 #[derive(Serialize)]
 struct SubmitView<'a> {
     ids: IdList<'a>,
     #[serde(flatten)]
     wait: Option<WaitSummary>,
+    job: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jobs: Option<Vec<u64>>,
 }
 
 pub fn write_submit_json(
     out: &mut impl Write,
     ids: &[IdRange],
     wait: Option<WaitSummary>,
+    jobs: &[protocol::JobId],
 ) -> io::Result<()> {
     write_json(
         out,
         &SubmitView {
             ids: IdList(ids),
             wait,
+            job: jobs.first().map(|j| j.0),
+            jobs: (jobs.len() > 1).then(|| jobs.iter().map(|j| j.0).collect()),
         },
     )?;
     writeln!(out)
@@ -461,6 +468,7 @@ mod tests {
             stderr: String::new(),
             error: done.then(|| "timed out after 250ms".into()),
             copies: u32::from(done),
+            job: protocol::JobId(1),
             name: None,
             after: vec![],
         }
@@ -476,20 +484,20 @@ mod tests {
     fn submit_json_shapes() {
         let ids = [IdRange { first: 7, count: 3 }];
         let mut buf = Vec::new();
-        write_submit_json(&mut buf, &ids, None).unwrap();
+        write_submit_json(&mut buf, &ids, None, &[protocol::JobId(2)]).unwrap();
         let v: Value = serde_json::from_slice(&buf).unwrap();
-        assert_eq!(v, serde_json::json!({"ids": [7, 8, 9]}));
+        assert_eq!(v, serde_json::json!({"ids": [7, 8, 9], "job": 2}));
         let waited = WaitSummary {
             total: 3,
             succeeded: 2,
             failed: 1,
         };
         buf.clear();
-        write_submit_json(&mut buf, &ids, Some(waited)).unwrap();
+        write_submit_json(&mut buf, &ids, Some(waited), &[protocol::JobId(2)]).unwrap();
         let v: Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"ids": [7, 8, 9], "total": 3, "succeeded": 2, "failed": 1})
+            serde_json::json!({"ids": [7, 8, 9], "total": 3, "succeeded": 2, "failed": 1, "job": 2})
         );
     }
 
@@ -582,6 +590,7 @@ mod tests {
                     "finished_ms",
                     "group",
                     "id",
+                    "job",
                     "kind",
                     "name",
                     "priority",
@@ -609,6 +618,7 @@ mod tests {
         assert_eq!(done["kind"], "command");
         assert_eq!(done["cmd"], serde_json::json!(["sh", "-c", "echo hi"]));
         assert_eq!(done["group"], "gpu");
+        assert_eq!(done["job"].as_u64(), Some(1));
         let queued = &rows[1];
         assert_eq!(queued["state"], "queued");
         assert_eq!(queued["kind"], "sleep");

@@ -83,6 +83,7 @@ pub fn wait_batches(
         session.send(&ToMaster::Wait {
             ids: batch,
             progress: show,
+            jobs: vec![],
         })?;
         // Bounded by the master: it sends at most one `Progress` per loop turn and ends with
         // `WaitDone`, an `Error`, or by closing the connection.

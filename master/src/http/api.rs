@@ -64,7 +64,14 @@ pub fn handle(req: &Request, token: Option<&[u8]>) -> Action {
         Route::Static(a) => Action::Respond(asset(a)),
         Route::Status => ask(ToMaster::Status, Pending::Status(None)),
         Route::Submit => match parse_submit(&req.body) {
-            Ok((specs, count)) => ask(ToMaster::Submit { specs, count }, Pending::Submit),
+            Ok((specs, count)) => ask(
+                ToMaster::Submit {
+                    specs,
+                    count,
+                    name: None,
+                },
+                Pending::Submit,
+            ),
             Err(message) => Action::Respond(Response::error(400, &message)),
         },
         Route::ListTasks => match parse_page_query(&req.query) {
@@ -79,10 +86,19 @@ pub fn handle(req: &Request, token: Option<&[u8]>) -> Action {
             Err(message) => Action::Respond(Response::error(400, &message)),
         },
         Route::GetTask(id) => ask(
-            ToMaster::Results { ids: vec![id] },
+            ToMaster::Results {
+                ids: vec![id],
+                jobs: vec![],
+            },
             Pending::Task(Vec::new()),
         ),
-        Route::CancelTask(id) => ask(ToMaster::Cancel { ids: vec![id] }, Pending::Cancel),
+        Route::CancelTask(id) => ask(
+            ToMaster::Cancel {
+                ids: vec![id],
+                jobs: vec![],
+            },
+            Pending::Cancel,
+        ),
         Route::Metrics => Action::Metrics,
         Route::Report => Action::Report,
         Route::Events => Action::Subscribe,
@@ -229,9 +245,9 @@ impl Pending {
                 let report = acc.take()?;
                 Some(ok(200, &StatusView::from(&report)))
             }
-            (Pending::Submit, FromMaster::Submitted { first, count }) => {
+            (Pending::Submit, FromMaster::Submitted { first, count, job }) => {
                 let ids: Vec<u64> = (first.0..first.0 + count).collect();
-                Some(ok(201, &json!({ "ids": ids })))
+                Some(ok(201, &json!({ "ids": ids, "job": job.0 })))
             }
             (Pending::Page(acc), FromMaster::ResultsPage { tasks, more, next }) => {
                 acc.extend(tasks);

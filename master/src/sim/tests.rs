@@ -259,7 +259,11 @@ fn a_dag_task_file_runs_in_dependency_order() {
     .expect("write");
     let (r, _) = run(&format!("--workers 4 --workload {}", path.display()));
     // The timed-out head and its dependent (dependency_failed) are the two failures.
-    assert_eq!((r.tasks, r.completed, r.failed, r.lost), (6, 4, 2, 0), "{r:?}");
+    assert_eq!(
+        (r.tasks, r.completed, r.failed, r.lost),
+        (6, 4, 2, 0),
+        "{r:?}"
+    );
     assert!(
         r.makespan_s >= 3.0,
         "the chain of three runs one after another: {r:?}"
@@ -268,7 +272,10 @@ fn a_dag_task_file_runs_in_dependency_order() {
         "--workers 4 --tasks 12 --workload {}",
         path.display()
     )));
-    assert!(matches!(repeated, Err(SimError::Usage { flag: "tasks", .. })));
+    assert!(matches!(
+        repeated,
+        Err(SimError::Usage { flag: "tasks", .. })
+    ));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

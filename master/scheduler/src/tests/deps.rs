@@ -71,6 +71,7 @@ fn a_failure_fails_its_dependents_transitively_without_running_them() {
         ToMaster::Wait {
             ids: vec![b, cc, d],
             progress: false,
+            jobs: vec![],
         },
     );
     assert!(out.is_empty());
@@ -148,7 +149,14 @@ fn cycles_unknown_ids_and_bad_ranges_refuse_the_whole_submission() {
         ),
     ];
     for (specs, want) in cases {
-        let out = h.msg(c, ToMaster::Submit { specs, count: 1 });
+        let out = h.msg(
+            c,
+            ToMaster::Submit {
+                specs,
+                count: 1,
+                name: None,
+            },
+        );
         let e = error_of(&out).unwrap_or_default();
         assert!(e.contains(want), "{e:?} should say {want:?}");
         assert_eq!(h.core.tasks.len(), 1, "nothing of it accepted ({want})");
@@ -187,7 +195,13 @@ fn cancelling_a_waiting_task_fails_its_dependents() {
         ],
         1,
     );
-    let out = h.msg(c, ToMaster::Cancel { ids: vec![t[1]] });
+    let out = h.msg(
+        c,
+        ToMaster::Cancel {
+            ids: vec![t[1]],
+            jobs: vec![],
+        },
+    );
     assert!(out.iter().any(|o| matches!(
         o,
         Output::Send { msg: FromMaster::CancelDone { cancelled, .. }, .. } if cancelled == &[t[1]]
@@ -246,7 +260,8 @@ fn a_restart_keeps_waiting_and_resolves_what_the_journal_decided() {
         .collect();
     let now = h.now;
     assert_eq!(
-        h.core.restore(now, restored, history(&[(1, 1), (2, 8)])),
+        h.core
+            .restore(now, restored, history(&[(1, 1), (2, 8)]), Vec::new()),
         Ok((2, 5))
     );
     let out = h.drain();
@@ -448,4 +463,34 @@ proptest! {
         prop_assert_eq!(h.core.status().waiting, 0);
         prop_assert_eq!(h.core.deps.len(), 0, "every gate was released");
     }
+}
+
+#[test]
+fn after_a_job_waits_for_its_whole_range_as_one_entry() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 8);
+    let c = h.client();
+    let (batch, _) = h.submit(c, vec![sleep_spec(0)], 3);
+    let job = h.core.task(batch[0]).expect("task").job;
+    let (d, out) = h.submit(c, vec![after(sleep_spec(0), &[After::Job(job)])], 1);
+    assert!(assignments(&out).is_empty());
+    assert_eq!(
+        h.core.task(d[0]).expect("d").after,
+        vec![ids(batch[0].0, batch[2].0)]
+    );
+    h.finish(w, batch[0], 1, exited(0));
+    h.finish(w, batch[1], 1, exited(0));
+    assert_eq!(h.state(d[0]), TaskState::Waiting);
+    let out = h.finish(w, batch[2], 1, exited(0));
+    assert_eq!(assignments(&out), vec![(w, d[0], 1)]);
+    let out = h.msg(
+        c,
+        ToMaster::Submit {
+            specs: vec![after(sleep_spec(0), &[After::Job(protocol::JobId(99))])],
+            count: 1,
+            name: None,
+        },
+    );
+    let e = error_of(&out).unwrap_or_default();
+    assert!(e.contains("job 99, which does not exist"), "{e}");
 }
