@@ -159,6 +159,9 @@ pub enum After {
     /// task file's `"after": ["fetch"]`. The master turns it into `Ids` when it accepts the
     /// submission, and refuses the whole submission on a cycle or an index out of range.
     Spec(u32),
+    /// Every task of this job (`submit --after-job J`): resolved to its id range at accept, so
+    /// a job of a million tasks is one entry.
+    Job(JobId),
 }
 
 impl After {
@@ -178,6 +181,7 @@ impl fmt::Display for After {
             After::Ids { first, last } if first == last => write!(f, "{first}"),
             After::Ids { first, last } => write!(f, "{first}-{last}"),
             After::Spec(i) => write!(f, "spec {}", u64::from(*i) + 1),
+            After::Job(j) => write!(f, "job {j}"),
         }
     }
 }

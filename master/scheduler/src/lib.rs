@@ -1672,7 +1672,9 @@ impl Core {
             }
         }
         let first = self.tasks.next_id();
-        let specs = match resolve_after(specs, first, count) {
+        let jobs = self.tasks.jobs();
+        let job_range = |j: JobId| jobs.get(j).map(|job| (job.first, job.last()));
+        let specs = match resolve_after(specs, first, count, job_range) {
             Ok(specs) => specs,
             Err(e) => return self.error(client, e),
         };
@@ -2171,6 +2173,7 @@ impl Core {
             }
         }
         assert_eq!(queued + copy_requests, self.pools.len() + self.holds.len());
+        self.check_dependencies();
         self.tasks.jobs().sanity_check(self.tasks.len() as u64);
         // Every job's counts, kept on transitions, against a scan of its tasks.
         for (job, j) in self.tasks.jobs().iter() {
@@ -2186,7 +2189,6 @@ impl Core {
                 );
             }
         }
-        self.check_dependencies();
         self.workers.sanity_check();
         self.session.sanity_check();
         self.deps.sanity_check();
@@ -2279,20 +2281,22 @@ fn id_ranges(after: &[After]) -> Vec<(u64, u64)> {
         .iter()
         .filter_map(|a| match a {
             After::Ids { first, last } => Some((first.0, last.0)),
-            After::Spec(_) => None,
+            After::Spec(_) | After::Job(_) => None,
         })
         .collect();
     deps::normalise(ranges)
 }
 
 /// Checks and resolves every spec's `after` for a submission whose ids start at `first`, each
-/// spec `count` times: references within it become the id ranges of that spec's copies, and
-/// the whole is kept sorted and merged. Refused: a cycle, a reference out of the submission, an
-/// id not submitted before it.
+/// spec `count` times: references within it become the id ranges of that spec's copies, a job
+/// its range (`job_range`: first and last id of a job, if there is one), and the whole is kept
+/// sorted and merged. Refused: a cycle, a reference out of the submission, an id not submitted
+/// before it, an unknown job.
 fn resolve_after(
     mut specs: Vec<TaskSpec>,
     first: TaskId,
     count: u32,
+    job_range: impl Fn(JobId) -> Option<(TaskId, TaskId)>,
 ) -> Result<Vec<TaskSpec>, String> {
     protocol::dag::check(&specs).map_err(|e| e.to_string())?;
     let count = u64::from(count);
@@ -2314,6 +2318,15 @@ fn resolve_after(
                     let start = first.0 + u64::from(j) * count;
                     ranges.push((start, start + count - 1));
                 }
+                After::Job(job) => match job_range(job) {
+                    Some((a, b)) => ranges.push((a.0, b.0)),
+                    None => {
+                        return Err(format!(
+                            "task {} of the submission waits for job {job}, which does not exist",
+                            i + 1
+                        ))
+                    }
+                },
             }
         }
         spec.after = deps::normalise(ranges)

@@ -161,7 +161,7 @@ fn group() -> BoxedStrategy<Option<String>> {
 }
 
 /// Dependencies: none mostly; else ids of the small id space (0 and backwards ranges are
-/// refused), or other specs of the same submission (cycles and missing ones refused).
+/// refused), other specs of the same submission (cycles and missing ones refused), or jobs.
 fn after() -> BoxedStrategy<Vec<After>> {
     let one = prop_oneof![
         2 => (0u64..IDS, 0u64..3).prop_map(|(a, n)| After::Ids {
@@ -173,6 +173,7 @@ fn after() -> BoxedStrategy<Vec<After>> {
             last: TaskId(a - 1),
         }),
         2 => (0u32..3).prop_map(After::Spec),
+        1 => (0u64..4).prop_map(|j| After::Job(protocol::JobId(j))),
     ];
     prop_oneof![3 => Just(Vec::new()), 2 => vec(one, 1..3)].boxed()
 }
