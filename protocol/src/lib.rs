@@ -7,12 +7,14 @@
 
 pub mod auth;
 pub mod budget;
+pub mod cause;
 pub mod codec;
 pub mod connection;
 pub mod duration;
 pub mod limits;
 pub mod messages;
 
+pub use cause::Cause;
 pub use codec::{encode_frame, FrameDecoder, FrameError, MAX_FRAME};
 pub use connection::{Connection, ConnectionError};
 pub use messages::*;

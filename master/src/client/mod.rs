@@ -2,8 +2,8 @@
 //! Each subcommand opens one connection (`protocol::Connection`), sends its request(s), and turns
 //! the replies into text or `--json` for a person or a script.
 //!
-//! Exit codes: 0 success; 1 the master refused, an awaited task did not succeed, or a cancelled id
-//! was unknown; 2 the master could not be reached (or refused the handshake), or bad usage.
+//! Exit codes: 0 success; 1 the master refused (a request, or the handshake), an awaited task did
+//! not succeed, or a cancelled id was unknown; 2 the master could not be reached, or bad usage.
 
 mod cancel;
 mod error;
