@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{eventually, MASTER};
+use common::{eventually, Cluster, MASTER};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -113,4 +113,38 @@ fn worker_address_mistakes_exit_at_once() {
     let _ = child.wait();
     let _ = std::fs::remove_file(&log);
     assert!(still_up, "a refused connection is retried");
+}
+
+/// Terminal-less (piped), the results table shows why a missing program failed in its row, and
+/// `--state` filters the rows.
+#[test]
+fn results_table_of_a_missing_program_shows_its_reason() {
+    let mut c = Cluster::start(&["--no-journal"]);
+    c.add_worker("w", 1);
+    c.wait_for_workers(1);
+    let ok = c.cli(&["submit", "--wait", "--", "true"]);
+    assert!(ok.status.success(), "{ok:?}");
+    let failed = c.cli(&["submit", "--wait", "--", "nonexistent-program-xyz"]);
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    let out = c.cli(&["results"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and both tasks, piped: {text}");
+    assert!(lines[0].contains("reason"), "{text}");
+    let row = lines
+        .iter()
+        .find(|l| l.contains("nonexistent-program-xyz  failed"))
+        .unwrap_or_else(|| panic!("the failed row: {text}"));
+    assert!(
+        row.contains("no such program `nonexistent-program-xyz`"),
+        "{row}"
+    );
+    assert!(!text.contains('\x1b'), "no colour when piped: {text:?}");
+    let only_failed = c.cli(&["results", "--state", "failed"]);
+    let text = String::from_utf8_lossy(&only_failed.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("no such program"), "{text}");
+    let bad = c.cli(&["results", "--state", "broken"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
 }

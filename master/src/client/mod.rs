@@ -13,6 +13,7 @@ mod results;
 mod session;
 mod status;
 mod submit;
+mod term;
 mod view;
 mod wait;
 
@@ -87,6 +88,21 @@ impl ConnArgs {
         };
         Session::connect(addr, self.token.as_deref(), self.reply_timeout)
     }
+}
+
+/// `one` for 1, `many` otherwise: `1 task`, `2 tasks`, `0 tasks`.
+pub fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+/// `1 task`, `3 tasks`.
+#[allow(dead_code)] // used by wait and status (plurals) in the next step
+pub fn count(n: u64, one: &'static str, many: &'static str) -> String {
+    format!("{n} {}", plural(n, one, many))
 }
 
 /// How a subcommand that ran to the end went.
