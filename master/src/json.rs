@@ -14,6 +14,14 @@ pub struct StatusView<'a> {
     pub succeeded: u64,
     pub failed: u64,
     pub policy: &'a str,
+    /// Groups with queued tasks and no live worker: `[{"group": "gpu", "queued": 4}]`.
+    pub unserved_groups: Vec<UnservedView<'a>>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct UnservedView<'a> {
+    pub group: &'a str,
+    pub queued: u64,
 }
 
 #[derive(Serialize, Debug)]
@@ -68,6 +76,14 @@ impl<'a> From<&'a StatusReport> for StatusView<'a> {
             succeeded: r.succeeded,
             failed: r.failed,
             policy: &r.policy,
+            unserved_groups: r
+                .unserved
+                .iter()
+                .map(|(group, queued)| UnservedView {
+                    group,
+                    queued: *queued,
+                })
+                .collect(),
         }
     }
 }

@@ -148,3 +148,26 @@ fn results_table_of_a_missing_program_shows_its_reason() {
     let bad = c.cli(&["results", "--state", "broken"]);
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
 }
+
+/// A group with no live worker: accepted with a warning on stderr (stdout keeps the ids), and
+/// `status` says what the queue waits for.
+#[test]
+fn a_group_without_workers_is_accepted_with_a_warning() {
+    let c = Cluster::start(&["--no-journal"]);
+    let out = c.cli(&[
+        "submit", "--group", "gpu", "--count", "2", "--sleep", "10ms",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: no live worker is in group gpu"),
+        "{err}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let status = c.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("group gpu: 2 queued, waiting for a worker of group gpu"),
+        "{text}"
+    );
+}

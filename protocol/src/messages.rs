@@ -462,6 +462,9 @@ pub struct StatusReport {
     pub succeeded: u64,
     /// Every unsuccessful final state: failed, timed out, cancelled, worker lost.
     pub failed: u64,
+    /// Groups whose queue holds tasks while no live worker serves the group: `(group, queued)`,
+    /// by name, at most a few (the core's bound).
+    pub unserved: Vec<(String, u64)>,
 }
 
 /// One task as `results` shows it.
@@ -546,6 +549,9 @@ pub enum FromMaster {
     Submitted {
         first: TaskId,
         count: u64,
+        /// What the person should know about the accepted tasks (a group with no live worker,
+        /// more replicas than live workers); at most a few short lines, made by the core.
+        warnings: Vec<String>,
     },
     /// One chunk of a `Status` reply; `more` says another follows. Every chunk carries the same
     /// counts (taken when the request was read) and the next workers, in id order.
@@ -680,6 +686,7 @@ mod tests {
             FromMaster::Submitted {
                 first: TaskId(1),
                 count: 1,
+                warnings: vec!["w".into()],
             },
             FromMaster::Status {
                 report: StatusReport {
@@ -689,6 +696,7 @@ mod tests {
                     running: 0,
                     succeeded: 0,
                     failed: 0,
+                    unserved: vec![("g".into(), 1)],
                 },
                 more: false,
             },

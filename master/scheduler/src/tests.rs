@@ -14,6 +14,7 @@ mod limits;
 mod names;
 mod observe;
 mod pages;
+mod warnings;
 
 struct Harness {
     core: Core,
@@ -203,7 +204,7 @@ impl Harness {
             .position(|o| matches!(o, Output::Send { conn, msg: FromMaster::Submitted { .. } } if *conn == client))
             .expect("Submitted reply");
         let Output::Send {
-            msg: FromMaster::Submitted { first, count },
+            msg: FromMaster::Submitted { first, count, .. },
             ..
         } = out.remove(pos)
         else {

@@ -177,7 +177,9 @@ fn round_trip(conn: &mut Connection, spec: &TaskSpec) -> anyhow::Result<()> {
         specs: vec![spec.clone()],
         count: 1,
     })? {
-        FromMaster::Submitted { first, count: 1 } => first,
+        FromMaster::Submitted {
+            first, count: 1, ..
+        } => first,
         other => bail!("unexpected reply to Submit: {other:?}"),
     };
     match conn.request(&ToMaster::Wait {

@@ -229,14 +229,16 @@ pub fn frame_chunks(specs: Vec<TaskSpec>, budget: usize) -> Chunks<TaskSpec> {
 
 /// Sends every chunk, each `count` times, one request at a time, and appends the accepted id
 /// ranges to `accepted` (merging adjacent ones). On error, `accepted` still says what the master
-/// took before it, so the caller can tell the user.
+/// took before it, so the caller can tell the user. Returns the master's warnings about the
+/// accepted tasks, each once (every chunk may repeat them).
 pub fn submit_all(
     master: &mut impl Requester,
     specs: Vec<TaskSpec>,
     count: u32,
     budget: usize,
     accepted: &mut Vec<IdRange>,
-) -> Result<()> {
+) -> Result<Vec<String>> {
+    let mut all_warnings: Vec<String> = Vec::new();
     for chunk in frame_chunks(specs, budget) {
         let expected = chunk.len() as u64 * u64::from(count);
         let reply = master.request(&ToMaster::Submit {
@@ -244,10 +246,22 @@ pub fn submit_all(
             count,
         })?;
         let range = match reply {
-            FromMaster::Submitted { first, count } if count == expected => IdRange {
-                first: first.0,
+            FromMaster::Submitted {
+                first,
                 count,
-            },
+                warnings,
+            } if count == expected => {
+                for w in warnings {
+                    // Bounded: the core sends a few per chunk, and repeats are dropped.
+                    if !all_warnings.contains(&w) && all_warnings.len() < MAX_WARNINGS {
+                        all_warnings.push(w);
+                    }
+                }
+                IdRange {
+                    first: first.0,
+                    count,
+                }
+            }
             FromMaster::Submitted { count: got, .. } => {
                 return Err(ClientError::Unexpected {
                     got: format!("Submitted with {got} ids"),
@@ -261,23 +275,34 @@ pub fn submit_all(
             _ => accepted.push(range),
         }
     }
-    Ok(())
+    Ok(all_warnings)
 }
+
+/// Warnings printed for one `submit`, however many chunks it took.
+const MAX_WARNINGS: usize = 16;
 
 pub fn run(args: SubmitArgs) -> Result<Outcome> {
     let specs = args.specs()?;
     let mut session = args.conn.connect()?;
     let mut accepted = Vec::new();
-    if let Err(e) = submit_all(&mut session, specs, args.count, FRAME_BUDGET, &mut accepted) {
-        if !accepted.is_empty() {
-            // Those tasks exist and will run; the user needs their ids to wait for or cancel them.
-            let _ = writeln!(
-                std::io::stderr(),
-                "note: the master had already accepted tasks {}",
-                ids::format_ranges(&accepted)
-            );
+    let warnings = match submit_all(&mut session, specs, args.count, FRAME_BUDGET, &mut accepted) {
+        Ok(warnings) => warnings,
+        Err(e) => {
+            if !accepted.is_empty() {
+                // Those tasks exist and will run; the user needs their ids to wait for or
+                // cancel them.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: the master had already accepted tasks {}",
+                    ids::format_ranges(&accepted)
+                );
+            }
+            return Err(e);
         }
-        return Err(e);
+    };
+    // On stderr, so `--json` and the ids on stdout stay as scripts read them.
+    for w in &warnings {
+        let _ = writeln!(std::io::stderr(), "warning: {w}");
     }
     let mut out = view::stdout();
     if !args.json {
@@ -550,7 +575,11 @@ mod tests {
             let n = specs.len() as u64 * u64::from(*count) + u64::from(self.lie_about_count);
             let first = TaskId(self.next_id);
             self.next_id += n;
-            Ok(FromMaster::Submitted { first, count: n })
+            Ok(FromMaster::Submitted {
+                first,
+                count: n,
+                warnings: Vec::new(),
+            })
         }
     }
 

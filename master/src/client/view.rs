@@ -89,7 +89,15 @@ pub fn write_status_table(out: &mut impl Write, report: &StatusReport) -> io::Re
         out,
         "policy {}: {} queued, {} running, {} succeeded, {} failed",
         report.policy, report.queued, report.running, report.succeeded, report.failed
-    )
+    )?;
+    for (group, queued) in &report.unserved {
+        writeln!(
+            out,
+            "group {group}: {} queued, waiting for a worker of group {group}",
+            queued
+        )?;
+    }
+    Ok(())
 }
 
 /// `4`, or `4+2` for a worker that also holds up to 2 prefetched tasks: one narrow column.
@@ -679,6 +687,7 @@ mod tests {
             running: 2,
             succeeded: 100,
             failed: 3,
+            unserved: vec![("gpu".into(), 4)],
         }
     }
 
@@ -751,10 +760,15 @@ mod tests {
                 "queued",
                 "running",
                 "succeeded",
+                "unserved_groups",
                 "workers"
             ]
         );
         assert_eq!(v["policy"], "least-loaded");
+        assert_eq!(
+            v["unserved_groups"],
+            serde_json::json!([{"group": "gpu", "queued": 4}])
+        );
         for (field, want) in [
             ("queued", 10),
             ("running", 2),
@@ -1110,6 +1124,10 @@ mod tests {
         assert_eq!(
             lines[3],
             "policy least-loaded: 10 queued, 2 running, 100 succeeded, 3 failed"
+        );
+        assert_eq!(
+            lines[4],
+            "group gpu: 4 queued, waiting for a worker of group gpu"
         );
     }
 }

@@ -229,7 +229,7 @@ impl Pending {
                 let report = acc.take()?;
                 Some(ok(200, &StatusView::from(&report)))
             }
-            (Pending::Submit, FromMaster::Submitted { first, count }) => {
+            (Pending::Submit, FromMaster::Submitted { first, count, .. }) => {
                 let ids: Vec<u64> = (first.0..first.0 + count).collect();
                 Some(ok(201, &json!({ "ids": ids })))
             }
@@ -387,6 +387,7 @@ mod tests {
             running: 0,
             succeeded: 2,
             failed: 0,
+            unserved: Vec::new(),
         };
         let mut p = Pending::Status(None);
         assert_eq!(

@@ -1404,7 +1404,7 @@ impl<'a> World<'a> {
             return Ok(()); // Lost with the connection.
         }
         match (link.owner, msg) {
-            (Owner::Client, FromMaster::Submitted { first, count }) => {
+            (Owner::Client, FromMaster::Submitted { first, count, .. }) => {
                 let Some(instance) = self.client.awaiting.pop_front() else {
                     return Err(SimError::Core(format!(
                         "ids {first}+{count} for no submission"

@@ -73,7 +73,8 @@ fn a_local_client_submits_and_is_answered_like_any_client() {
                 Output::Send {
                     msg: FromMaster::Submitted {
                         first: TaskId(1),
-                        count: 3
+                        count: 3,
+                        ..
                     },
                     ..
                 }
