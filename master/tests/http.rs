@@ -493,7 +493,7 @@ fn keep_alive_answers_pipelined_requests_in_order() {
     s.write_all(&pipelined).expect("send");
     let first = read_reply(&mut s);
     assert_eq!(first.status, 201);
-    assert_eq!(first.json(), json!({"ids": [1]}));
+    assert_eq!(first.json(), json!({"ids": [1], "job": 1}));
     assert_eq!(read_reply(&mut s).status, 404);
     let status = read_reply(&mut s);
     assert_eq!(status.status, 200);

@@ -10,9 +10,11 @@ pub mod budget;
 pub mod cause;
 pub mod codec;
 pub mod connection;
+pub mod dag;
 pub mod duration;
 pub mod limits;
 pub mod messages;
+pub mod names;
 
 pub use cause::Cause;
 pub use codec::{encode_frame, FrameDecoder, FrameError, MAX_FRAME};

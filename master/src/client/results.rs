@@ -1,4 +1,4 @@
-//! `master results [ID...] [--state S] [--limit N]`: the reply arrives in chunks (`more` says
+//! `master results [ID...] [--job J] [--state S] [--limit N]`: the reply arrives in chunks (`more` says
 //! another follows), which are written out as they come so memory stays at one chunk for `--json`
 //! (or `--limit` rows). The filter and the limit apply here, as rows arrive.
 
@@ -6,8 +6,8 @@ use super::error::Result;
 use super::session::{unexpected, Session};
 use super::term::Layout;
 use super::view::{self, ResultsOutput};
-use super::{ids, plural, ConnArgs, Outcome};
-use protocol::{FromMaster, TaskId, TaskState, ToMaster};
+use super::{ids, jobs, plural, ConnArgs, Outcome};
+use protocol::{FromMaster, JobId, TaskId, TaskState, ToMaster};
 use std::io::{IsTerminal, Write};
 
 /// Rows the table shows on a terminal without `--limit`: the last ones, the newest at the bottom.
@@ -30,6 +30,9 @@ pub struct ResultsArgs {
     /// Tasks (`7`, `5-9`, `1-3,7`) to show; none means all.
     #[arg(value_name = "ID", value_parser = ids::parse_id_arg)]
     pub ids: Vec<ids::IdArg>,
+    /// Also show every task of this job (may be given more than once).
+    #[arg(long, value_name = "J", value_parser = ids::parse_id_arg)]
+    pub job: Vec<ids::IdArg>,
 }
 
 pub fn run(args: ResultsArgs) -> Result<Outcome> {
@@ -49,11 +52,21 @@ pub fn run(args: ResultsArgs) -> Result<Outcome> {
         ResultsOutput::table(Layout::for_stdout(), limit)
     };
     let filter = Filter(&args.state);
+    let mut job_list = jobs::job_ids(&args.job);
     if args.ids.is_empty() {
-        fetch(&mut session, Vec::new(), filter, &mut sink, &mut out)?;
+        fetch(
+            &mut session,
+            Vec::new(),
+            job_list,
+            filter,
+            &mut sink,
+            &mut out,
+        )?;
     } else {
         for batch in ids::batched(ids::from_args(&args.ids)) {
-            fetch(&mut session, batch, filter, &mut sink, &mut out)?;
+            // The jobs go with the first frame.
+            let jobs = std::mem::take(&mut job_list);
+            fetch(&mut session, batch, jobs, filter, &mut sink, &mut out)?;
         }
     }
     let left_out = sink.finish(&mut out)?;
@@ -94,11 +107,12 @@ impl Filter<'_> {
 fn fetch(
     session: &mut Session,
     ids: Vec<TaskId>,
+    jobs: Vec<JobId>,
     filter: Filter,
     sink: &mut ResultsOutput,
     out: &mut impl Write,
 ) -> Result<()> {
-    session.send(&ToMaster::Results { ids })?;
+    session.send(&ToMaster::Results { ids, jobs })?;
     // Bounded by the master: every chunk carries tasks we asked for, and the last has `more: false`.
     loop {
         match session.recv("the reply to Results")? {

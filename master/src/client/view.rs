@@ -26,24 +26,31 @@ pub fn write_json<T: Serialize + ?Sized>(out: &mut impl Write, value: &T) -> io:
 // ---------------------------------------------------------------------------------------------
 // submit
 
-/// `{"ids": [...]}`, and with `--wait` also `"total"`, `"succeeded"`, `"failed"`.
+/// `{"ids": [...]}`, with `--wait` also `"total"`, `"succeeded"`, `"failed"`; then `"job"` (and
+/// `"jobs"` if the submission needed several frames, each a job).
 #[derive(Serialize)]
 struct SubmitView<'a> {
     ids: IdList<'a>,
     #[serde(flatten)]
     wait: Option<WaitSummary>,
+    job: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jobs: Option<Vec<u64>>,
 }
 
 pub fn write_submit_json(
     out: &mut impl Write,
     ids: &[IdRange],
     wait: Option<WaitSummary>,
+    jobs: &[protocol::JobId],
 ) -> io::Result<()> {
     write_json(
         out,
         &SubmitView {
             ids: IdList(ids),
             wait,
+            job: jobs.first().map(|j| j.0),
+            jobs: (jobs.len() > 1).then(|| jobs.iter().map(|j| j.0).collect()),
         },
     )?;
     writeln!(out)
@@ -85,9 +92,13 @@ pub fn write_status_table(out: &mut impl Write, report: &StatusReport) -> io::Re
         }
         table.write_to(out)?;
     }
+    let waiting = match report.waiting {
+        0 => String::new(),
+        n => format!(", {n} waiting"),
+    };
     writeln!(
         out,
-        "policy {}: {} queued, {} running, {} succeeded, {} failed",
+        "policy {}: {} queued{waiting}, {} running, {} succeeded, {} failed",
         report.policy, report.queued, report.running, report.succeeded, report.failed
     )?;
     for (group, queued) in &report.unserved {
@@ -146,11 +157,11 @@ const fn column(
 
 const RESULT_COLUMNS: &[ResultColumn] = &[
     column("id", Align::Right, |t| t.id.0.to_string()),
-    // The deps helper's task `name` goes first here when it lands (name, else the command).
+    column("job", Align::Right, |t| t.job.0.to_string()),
     ResultColumn {
         flex_min: Some(12),
         piped_max: COMMAND_CELL_CHARS,
-        ..column("command", Align::Left, command_cell)
+        ..column("name/command", Align::Left, label_cell)
     },
     ResultColumn {
         style: Some(state_style),
@@ -172,6 +183,12 @@ const RESULT_COLUMNS: &[ResultColumn] = &[
         flex_min: Some(16),
         piped_max: REASON_CELL_CHARS,
         ..column("reason", Align::Left, reason_cell)
+    },
+    ResultColumn {
+        flex_min: Some(12),
+        piped_max: AFTER_CELL_CHARS,
+        shown_if: Some(|t| !t.after.is_empty()),
+        ..column("after", Align::Left, after_cell)
     },
 ];
 
@@ -344,6 +361,8 @@ fn state_style(state: &str) -> Option<&'static str> {
 const COMMAND_CELL_CHARS: usize = 40;
 /// The `reason` cell, piped: room for `no such program ...` and `timed out after 5s` whole.
 const REASON_CELL_CHARS: usize = 100;
+/// The `after` cell, piped.
+const AFTER_CELL_CHARS: usize = 60;
 /// No cell is built longer than this (a terminal is narrower): an argv or an error may be a MiB.
 const CELL_MAX_CHARS: usize = 400;
 
@@ -355,6 +374,39 @@ fn cut(text: String, max: usize) -> String {
     let mut cell: String = text.chars().take(max.saturating_sub(1)).collect();
     cell.push('…');
     cell
+}
+
+/// What a task waits for, `waiting for 1-3, 12` while it does, else just the ids; at most
+/// [`CELL_MAX_CHARS`] (a task may wait for many ranges).
+fn after_cell(t: &TaskResult) -> String {
+    let mut cell = String::new();
+    if t.state == protocol::TaskState::Waiting && !t.after.is_empty() {
+        cell.push_str("waiting for ");
+    }
+    for (i, after) in t.after.iter().enumerate() {
+        if i > 0 {
+            cell.push_str(", ");
+        }
+        cell.push_str(&after.to_string());
+        if width(&cell) > CELL_MAX_CHARS {
+            break;
+        }
+    }
+    cut(cell, CELL_MAX_CHARS)
+}
+
+/// The task's name if it has one (`"name"` in a task file), else its command.
+fn label_cell(t: &TaskResult) -> String {
+    match &t.name {
+        Some(name) => cut(
+            name.chars()
+                .take(CELL_MAX_CHARS + 1)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+            CELL_MAX_CHARS,
+        ),
+        None => command_cell(t),
+    }
 }
 
 /// A command's argv as a shell would take it back (`results --json` has it exactly), cut to
@@ -687,6 +739,7 @@ mod tests {
             running: 2,
             succeeded: 100,
             failed: 3,
+            waiting: 0,
             unserved: vec![("gpu".into(), 4)],
         }
     }
@@ -717,6 +770,9 @@ mod tests {
             stderr: String::new(),
             error: done.then(|| "timed out after 250ms".into()),
             copies: u32::from(done),
+            job: protocol::JobId(1),
+            name: None,
+            after: vec![],
         }
     }
 
@@ -730,20 +786,20 @@ mod tests {
     fn submit_json_shapes() {
         let ids = [IdRange { first: 7, count: 3 }];
         let mut buf = Vec::new();
-        write_submit_json(&mut buf, &ids, None).unwrap();
+        write_submit_json(&mut buf, &ids, None, &[protocol::JobId(2)]).unwrap();
         let v: Value = serde_json::from_slice(&buf).unwrap();
-        assert_eq!(v, serde_json::json!({"ids": [7, 8, 9]}));
+        assert_eq!(v, serde_json::json!({"ids": [7, 8, 9], "job": 2}));
         let waited = WaitSummary {
             total: 3,
             succeeded: 2,
             failed: 1,
         };
         buf.clear();
-        write_submit_json(&mut buf, &ids, Some(waited)).unwrap();
+        write_submit_json(&mut buf, &ids, Some(waited), &[protocol::JobId(2)]).unwrap();
         let v: Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"ids": [7, 8, 9], "total": 3, "succeeded": 2, "failed": 1})
+            serde_json::json!({"ids": [7, 8, 9], "total": 3, "succeeded": 2, "failed": 1, "job": 2})
         );
     }
 
@@ -761,6 +817,7 @@ mod tests {
                 "running",
                 "succeeded",
                 "unserved_groups",
+                "waiting",
                 "workers"
             ]
         );
@@ -831,6 +888,7 @@ mod tests {
             assert_eq!(
                 keys(row),
                 [
+                    "after",
                     "attempts",
                     "cmd",
                     "copies",
@@ -839,7 +897,9 @@ mod tests {
                     "finished_ms",
                     "group",
                     "id",
+                    "job",
                     "kind",
+                    "name",
                     "priority",
                     "started_ms",
                     "state",
@@ -865,6 +925,7 @@ mod tests {
         assert_eq!(done["kind"], "command");
         assert_eq!(done["cmd"], serde_json::json!(["sh", "-c", "echo hi"]));
         assert_eq!(done["group"], "gpu");
+        assert_eq!(done["job"].as_u64(), Some(1));
         let queued = &rows[1];
         assert_eq!(queued["state"], "queued");
         assert_eq!(queued["kind"], "sleep");
@@ -934,10 +995,10 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "  id  command          state      worker  attempts  exit   time  reason",
-                "   1  sh -c 'echo hi'  timed_out  w\"1            2    -1  250ms  timed out after 250ms",
-                "   2  nonexistent-xyz  failed     w\"1            2          0ms  no such program `nonexistent-xyz` in PATH",
-                "1000  (sleep)          queued                    2",
+                "  id  job  name/command     state      worker  attempts  exit   time  reason",
+                "   1    1  sh -c 'echo hi'  timed_out  w\"1            2    -1  250ms  timed out after 250ms",
+                "   2    1  nonexistent-xyz  failed     w\"1            2          0ms  no such program `nonexistent-xyz` in PATH",
+                "1000    1  (sleep)          queued                    2",
             ]
         );
     }
@@ -955,10 +1016,10 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "id  command          state      worker  attempts  copies  exit   time  reason",
-                " 1  sh -c 'echo hi'  timed_out  w\"1            2       1    -1  250ms  timed out after 250ms",
-                " 2  sh -c 'echo hi'  timed_out  w\"1            2       3    -1  250ms  timed out after 250ms",
-                " 3  (sleep)          queued                    2       0",
+                "id  job  name/command     state      worker  attempts  copies  exit   time  reason",
+                " 1    1  sh -c 'echo hi'  timed_out  w\"1            2       1    -1  250ms  timed out after 250ms",
+                " 2    1  sh -c 'echo hi'  timed_out  w\"1            2       3    -1  250ms  timed out after 250ms",
+                " 3    1  (sleep)          queued                    2       0",
             ]
         );
     }
@@ -970,7 +1031,7 @@ mod tests {
         let mut long = task(1, true);
         long.cmd = Some(vec!["sh".into(), "-c".into(), "x".repeat(300)]);
         long.error = Some(format!("timed out after 5s\n{}", "detail ".repeat(40)));
-        for width in [80, 100, 120, 200] {
+        for width in [90, 100, 120, 200] {
             let layout = Layout {
                 width: Some(width),
                 color: false,
@@ -1067,6 +1128,16 @@ mod tests {
     }
 
     #[test]
+    fn a_named_task_shows_its_name_instead_of_its_command() {
+        let mut named = task(1, true);
+        named.name = Some("fetch\nsources".into());
+        let (text, _) = table_text(&[named, task(2, true)], Layout::default(), None);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("  fetch sources "), "{text}");
+        assert!(lines[2].contains("sh -c 'echo hi'"), "{text}");
+    }
+
+    #[test]
     fn run_times_read_as_durations() {
         assert_eq!(human_ms(0), "0ms");
         assert_eq!(human_ms(999), "999ms");
@@ -1100,6 +1171,26 @@ mod tests {
         let mut spin = task(1, false);
         spin.kind = KindName::Spin;
         assert_eq!(command_cell(&spin), "(spin)");
+    }
+
+    #[test]
+    fn results_table_shows_what_a_task_waits_for_only_when_one_does() {
+        let table = |tasks: &[TaskResult]| table_text(tasks, Layout::default(), None).0;
+        assert!(!table(&[task(1, false)]).contains("after"));
+        let mut waiting = task(2, false);
+        waiting.state = TaskState::Waiting;
+        waiting.after = vec![
+            protocol::After::Ids {
+                first: TaskId(1),
+                last: TaskId(3),
+            },
+            protocol::After::id(TaskId(7)),
+        ];
+        let text = table(&[task(1, false), waiting]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("after"), "{text}");
+        assert!(lines[2].contains("waiting"), "{text}");
+        assert!(lines[2].ends_with("waiting for 1-3, 7"), "{text}");
     }
 
     #[test]

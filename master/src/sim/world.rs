@@ -1148,7 +1148,11 @@ impl<'a> World<'a> {
         self.send_to_core(
             now_us,
             conn,
-            ToMaster::Submit { specs, count },
+            ToMaster::Submit {
+                specs,
+                count,
+                name: None,
+            },
             Some(u64::from(instance)),
         );
     }
@@ -1385,6 +1389,7 @@ impl<'a> World<'a> {
                 None
             }
             Record::Finished { id, outcome } => self.truth.ended(now_us, *id, outcome.state),
+            Record::Job(_) => None,
         };
         if let Some(j) = &mut self.journal {
             j.record(record, logical);

@@ -5,7 +5,14 @@ use super::*;
 
 /// Submits and returns the warnings of the `Submitted` reply.
 fn warnings(h: &mut Harness, client: ConnId, specs: Vec<TaskSpec>) -> Vec<String> {
-    let out = h.msg(client, ToMaster::Submit { specs, count: 1 });
+    let out = h.msg(
+        client,
+        ToMaster::Submit {
+            specs,
+            count: 1,
+            name: None,
+        },
+    );
     out.into_iter()
         .find_map(|o| match o {
             Output::Send {
