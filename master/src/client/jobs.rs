@@ -103,13 +103,16 @@ fn write_table(out: &mut impl Write, jobs: &[JobStatus], now_ms: u64) -> std::io
         ]);
     }
     if jobs.iter().all(|j| j.count(TaskState::Waiting) == 0) {
-        table.remove_column(WAITING_COLUMN);
+        let keep: Vec<bool> = (0..JOB_COLUMNS).map(|i| i != WAITING_COLUMN).collect();
+        table.retain_columns(&keep);
     }
     table.write_to(out)
 }
 
 /// The `waiting` column's index, dropped when no job waits for dependencies.
 const WAITING_COLUMN: usize = 4;
+/// Columns of the `jobs` table.
+const JOB_COLUMNS: usize = 10;
 
 /// One line, at most [`NAME_CELL_CHARS`] characters.
 fn name_cell(name: &str) -> String {

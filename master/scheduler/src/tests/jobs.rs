@@ -22,7 +22,9 @@ fn submit_job(
     let reply = out.iter().find_map(|o| match o {
         Output::Send {
             conn,
-            msg: FromMaster::Submitted { first, count, job },
+            msg: FromMaster::Submitted {
+                first, count, job, ..
+            },
         } if *conn == c => Some((*job, (first.0..first.0 + count).map(TaskId).collect())),
         _ => None,
     });
