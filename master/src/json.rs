@@ -3,7 +3,7 @@
 //! command-line contract, so they are spelled out here rather than derived from wire types that
 //! may grow; fields are added, never renamed.
 
-use protocol::{After, StatusReport, TaskResult, WorkerStatus};
+use protocol::{After, JobStatus, StatusReport, TaskResult, TaskState, WorkerStatus};
 use serde::ser::Serializer;
 use serde::Serialize;
 
@@ -151,5 +151,33 @@ impl<'a> From<&'a TaskResult> for ResultView<'a> {
             name: t.name.as_deref(),
             after: AfterList(&t.after),
         }
+    }
+}
+
+/// One job as `master jobs --json` and `GET /api/v1/jobs` show it: `{"id", "name", "tasks",
+/// then one count per state of `TaskState::ALL` under its own name ("queued", "running",
+/// "succeeded", "failed", "timed_out", "cancelled", "worker_lost", and any state added later),
+/// "submitted_ms", "duration_ms" (so far, or until its last task ended), "finished_ms" (null
+/// while a task is unfinished), "first_id", "last_id"}`.
+#[derive(Debug)]
+pub struct JobView<'a>(pub &'a JobStatus);
+
+impl Serialize for JobView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let j = self.0;
+        let mut map = s.serialize_map(Some(TaskState::ALL.len() + 8))?;
+        map.serialize_entry("id", &j.id.0)?;
+        map.serialize_entry("name", &j.name)?;
+        map.serialize_entry("tasks", &j.tasks)?;
+        for state in TaskState::ALL {
+            map.serialize_entry(state.as_str(), &j.count(state))?;
+        }
+        map.serialize_entry("submitted_ms", &j.submitted_ms)?;
+        map.serialize_entry("duration_ms", &j.duration_ms)?;
+        map.serialize_entry("finished_ms", &j.finished_ms)?;
+        map.serialize_entry("first_id", &j.first.0)?;
+        map.serialize_entry("last_id", &(j.first.0 + j.tasks.saturating_sub(1)))?;
+        map.end()
     }
 }

@@ -62,6 +62,9 @@ pub struct JobRecord {
 pub struct JobTable {
     /// `jobs[i]` has id `i + 1`; their ranges follow each other in id order.
     jobs: Vec<Job>,
+    /// The index of the job last moved: transitions come in bursts within one job (a batch
+    /// dispatched, finishing), so most skip the binary search.
+    hint: usize,
 }
 
 impl JobTable {
@@ -135,10 +138,14 @@ impl JobTable {
     }
 
     fn job_mut(&mut self, task: TaskId) -> Option<&mut Job> {
-        let i = self
-            .jobs
-            .partition_point(|j| j.first <= task)
-            .checked_sub(1)?;
+        let i = match self.jobs.get(self.hint) {
+            Some(j) if j.contains(task) => self.hint,
+            _ => self
+                .jobs
+                .partition_point(|j| j.first <= task)
+                .checked_sub(1)?,
+        };
+        self.hint = i;
         let job = &mut self.jobs[i];
         job.contains(task).then_some(job)
     }

@@ -479,6 +479,43 @@ impl Core {
         Ok((finished, unfinished))
     }
 
+    /// Jobs for restored tasks that have none (`tasks` are those past the last job): one per
+    /// batch (a run of tasks sharing a spec and a submission time), recorded so the ids stay.
+    fn name_orphans(&mut self, tasks: &[RestoredTask]) {
+        let mut rest = tasks;
+        let mut next = TaskId(tasks.first().map_or(0, |_| self.tasks.jobs().next_task().0));
+        while let Some(head) = rest.first() {
+            if head.id != next {
+                return; // a gap in the ids: `TaskTable::restore` refuses it
+            }
+            let len = rest
+                .iter()
+                .zip(head.id.0..)
+                .take_while(|(t, id)| {
+                    t.id.0 == *id
+                        && Arc::ptr_eq(&t.spec, &head.spec)
+                        && t.submitted_ms == head.submitted_ms
+                })
+                .count();
+            next = TaskId(head.id.0 + len as u64);
+            let name = protocol::names::job_name(&head.spec);
+            let first = head.id;
+            let id = self
+                .tasks
+                .open_job(name.clone(), first, len as u64, head.submitted_ms);
+            if self.config.persist {
+                self.session.push_record(Record::Job(JobRecord {
+                    id,
+                    name,
+                    first,
+                    count: len as u64,
+                    submitted_ms: head.submitted_ms,
+                }));
+            }
+            rest = &rest[len..];
+        }
+    }
+
     /// What the tasks of `ranges` below `new_from` (the ones submitted before) say for a gate:
     /// how many have not succeeded, or the first that ended otherwise. A scan: O(ids in them).
     fn dependency_verdict(&self, ranges: &[(u64, u64)], new_from: TaskId) -> Verdict {
@@ -594,43 +631,6 @@ impl Core {
             }
         }
         self.settling = false;
-    }
-
-    /// Jobs for restored tasks that have none (`tasks` are those past the last job): one per
-    /// batch (a run of tasks sharing a spec and a submission time), recorded so the ids stay.
-    fn name_orphans(&mut self, tasks: &[RestoredTask]) {
-        let mut rest = tasks;
-        let mut next = TaskId(tasks.first().map_or(0, |_| self.tasks.jobs().next_task().0));
-        while let Some(head) = rest.first() {
-            if head.id != next {
-                return; // a gap in the ids: `TaskTable::restore` refuses it
-            }
-            let len = rest
-                .iter()
-                .zip(head.id.0..)
-                .take_while(|(t, id)| {
-                    t.id.0 == *id
-                        && Arc::ptr_eq(&t.spec, &head.spec)
-                        && t.submitted_ms == head.submitted_ms
-                })
-                .count();
-            next = TaskId(head.id.0 + len as u64);
-            let name = protocol::names::job_name(&head.spec);
-            let first = head.id;
-            let id = self
-                .tasks
-                .open_job(name.clone(), first, len as u64, head.submitted_ms);
-            if self.config.persist {
-                self.session.push_record(Record::Job(JobRecord {
-                    id,
-                    name,
-                    first,
-                    count: len as u64,
-                    submitted_ms: head.submitted_ms,
-                }));
-            }
-            rest = &rest[len..];
-        }
     }
 
     // ---- input -------------------------------------------------------------------------------
@@ -2065,7 +2065,6 @@ impl Core {
             }
         }
         assert_eq!(queued + copy_requests, self.pools.len() + self.holds.len());
-        self.check_dependencies();
         self.tasks.jobs().sanity_check(self.tasks.len() as u64);
         // Every job's counts, kept on transitions, against a scan of its tasks.
         for (job, j) in self.tasks.jobs().iter() {
@@ -2081,6 +2080,7 @@ impl Core {
                 );
             }
         }
+        self.check_dependencies();
         self.workers.sanity_check();
         self.session.sanity_check();
         self.deps.sanity_check();

@@ -1,8 +1,9 @@
-//! `master cancel ID...`: says per group what happened; unknown ids make the exit code 1.
+//! `master cancel ID... [--job J]`: says per group what happened; unknown ids make the exit code
+//! 1 (an unknown job is refused by the master: exit 1 too).
 
 use super::error::Result;
 use super::session::unexpected;
-use super::{ids, view, ConnArgs, Outcome};
+use super::{ids, jobs, view, ConnArgs, Outcome};
 use protocol::{FromMaster, TaskId, ToMaster};
 use std::io::Write;
 
@@ -11,8 +12,11 @@ pub struct CancelArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Tasks (`7`, `5-9`, `1-3,7`) to cancel (queued ones are dropped, running ones are killed).
-    #[arg(value_name = "ID", value_parser = ids::parse_id_arg, required = true)]
+    #[arg(value_name = "ID", value_parser = ids::parse_id_arg, required_unless_present = "job")]
     pub ids: Vec<ids::IdArg>,
+    /// Also cancel every unfinished task of this job (may be given more than once).
+    #[arg(long, value_name = "J", value_parser = ids::parse_id_arg)]
+    pub job: Vec<ids::IdArg>,
 }
 
 /// `CancelDone` summed over the batches.
@@ -26,11 +30,15 @@ struct Cancelled {
 pub fn run(args: CancelArgs) -> Result<Outcome> {
     let mut session = args.conn.connect()?;
     let mut all = Cancelled::default();
-    for batch in ids::batched(ids::from_args(&args.ids)) {
-        match session.request(&ToMaster::Cancel {
-            ids: batch,
-            jobs: vec![],
-        })? {
+    let mut job_list = jobs::job_ids(&args.job);
+    let mut batches: Vec<Vec<TaskId>> = ids::batched(ids::from_args(&args.ids)).collect();
+    if batches.is_empty() {
+        batches.push(Vec::new()); // the jobs alone
+    }
+    for batch in batches {
+        // The jobs go with the first frame.
+        let jobs = std::mem::take(&mut job_list);
+        match session.request(&ToMaster::Cancel { ids: batch, jobs })? {
             FromMaster::CancelDone {
                 cancelled,
                 already_final,

@@ -1,4 +1,5 @@
-//! The client side of the `master` binary: `submit`, `status`, `results`, `wait`, `cancel`.
+//! The client side of the `master` binary: `submit`, `status`, `results`, `wait`, `cancel`,
+//! `jobs`.
 //! Each subcommand opens one connection (`protocol::Connection`), sends its request(s), and turns
 //! the replies into text or `--json` for a person or a script.
 //!
@@ -8,6 +9,7 @@
 mod cancel;
 mod error;
 mod ids;
+mod jobs;
 mod progress;
 mod results;
 mod session;
@@ -17,6 +19,7 @@ mod view;
 mod wait;
 
 pub use cancel::CancelArgs;
+pub use jobs::JobsArgs;
 pub use results::ResultsArgs;
 pub use status::StatusArgs;
 pub use submit::SubmitArgs;
@@ -45,6 +48,8 @@ pub enum ClientCommand {
     Wait(WaitArgs),
     /// Cancel tasks.
     Cancel(CancelArgs),
+    /// Show jobs (one per submit): their tasks counted by state.
+    Jobs(JobsArgs),
 }
 
 /// Where the master is and how to prove we may talk to it; shared by every subcommand.
@@ -104,6 +109,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
         ClientCommand::Results(args) => results::run(args),
         ClientCommand::Wait(args) => wait::run(args),
         ClientCommand::Cancel(args) => cancel::run(args),
+        ClientCommand::Jobs(args) => jobs::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

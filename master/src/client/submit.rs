@@ -385,10 +385,10 @@ pub fn submit_all(
 
 pub fn run(args: SubmitArgs) -> Result<Outcome> {
     let (file, origin) = args.task_file()?;
+    let name = args.job_name(&file.specs);
     let mut session = args.conn.connect()?;
     check_ids_exist(&mut session, &file, &origin)?;
     let specs = file.specs;
-    let name = args.job_name(&specs);
     let mut accepted = Accepted::default();
     if let Err(e) = submit_all(
         &mut session,
@@ -420,11 +420,14 @@ pub fn run(args: SubmitArgs) -> Result<Outcome> {
     }
     let summary = if args.wait {
         let total = ids::total(&accepted);
-        Some(wait_batches(
-            &mut session,
-            ids::batched(ids::all(&accepted)),
-            total,
-        )?)
+        let summary = if accepted_jobs.is_empty() {
+            let batches = ids::batched(ids::all(&accepted));
+            wait_batches(&mut session, batches, total, Vec::new())?
+        } else {
+            // The jobs are exactly the new tasks: one small frame, however many ids.
+            wait_batches(&mut session, [Vec::new()], total, accepted_jobs.clone())?
+        };
+        Some(summary)
     } else {
         None
     };

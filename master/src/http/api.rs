@@ -6,9 +6,12 @@
 use super::conn::{Request, Response, JSON};
 use super::dashboard::Asset;
 use super::router::{route, NoRoute, Route};
-use crate::json::{ResultView, StatusView};
+use crate::json::{JobView, ResultView, StatusView};
 use crate::taskfile::{parse_object, parse_objects, SpecDefaults};
-use protocol::{FromMaster, StatusReport, TaskId, TaskResult, TaskSpec, TaskState, ToMaster};
+use protocol::limits::MAX_JOB_NAME_BYTES;
+use protocol::{
+    FromMaster, JobStatus, StatusReport, TaskId, TaskResult, TaskSpec, TaskState, ToMaster,
+};
 use scheduler::PAGE_LIMIT_MAX;
 use serde_json::{json, Value};
 
@@ -64,14 +67,9 @@ pub fn handle(req: &Request, token: Option<&[u8]>) -> Action {
         Route::Static(a) => Action::Respond(asset(a)),
         Route::Status => ask(ToMaster::Status, Pending::Status(None)),
         Route::Submit => match parse_submit(&req.body) {
-            Ok((specs, count)) => ask(
-                ToMaster::Submit {
-                    specs,
-                    count,
-                    name: None,
-                },
-                Pending::Submit,
-            ),
+            Ok((specs, count, name)) => {
+                ask(ToMaster::Submit { specs, count, name }, Pending::Submit)
+            }
             Err(message) => Action::Respond(Response::error(400, &message)),
         },
         Route::ListTasks => match parse_page_query(&req.query) {
@@ -99,6 +97,8 @@ pub fn handle(req: &Request, token: Option<&[u8]>) -> Action {
             },
             Pending::Cancel,
         ),
+        Route::ListJobs => ask(ToMaster::Jobs { ids: vec![] }, Pending::Jobs(Vec::new())),
+        Route::GetJob(id) => ask(ToMaster::Jobs { ids: vec![id] }, Pending::Job(Vec::new())),
         Route::Metrics => Action::Metrics,
         Route::Report => Action::Report,
         Route::Events => Action::Subscribe,
@@ -132,7 +132,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The body of `POST /api/v1/tasks`: one task object, or `{"tasks": [obj, ...], "count": N}`.
 /// Errors name the field, with the task-file's messages.
-fn parse_submit(body: &[u8]) -> Result<(Vec<TaskSpec>, u32), String> {
+fn parse_submit(body: &[u8]) -> Result<(Vec<TaskSpec>, u32, Option<String>), String> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("invalid JSON in the body: {e}"))?;
     let defaults = SpecDefaults::default();
@@ -143,13 +143,25 @@ fn parse_submit(body: &[u8]) -> Result<(Vec<TaskSpec>, u32), String> {
     };
     if !map.contains_key("tasks") {
         let spec = parse_object(Value::Object(map), &defaults).map_err(|e| format!("task: {e}"))?;
-        return Ok((vec![spec], 1));
+        return Ok((vec![spec], 1, None));
     }
-    if let Some(key) = map.keys().find(|k| *k != "tasks" && *k != "count") {
+    if let Some(key) = map
+        .keys()
+        .find(|k| !["tasks", "count", "name"].contains(&k.as_str()))
+    {
         return Err(format!(
-            "unknown field `{key}`: a batch has only `tasks` and `count`"
+            "unknown field `{key}`: a batch has only `tasks`, `count` and `name` (the job's)"
         ));
     }
+    let name = match map.remove("name") {
+        None => None,
+        Some(Value::String(s)) if s.len() <= MAX_JOB_NAME_BYTES => Some(s),
+        Some(v) => {
+            return Err(format!(
+                "name: must be a string of at most {MAX_JOB_NAME_BYTES} bytes, got {v:.40}"
+            ))
+        }
+    };
     let count = match map.remove("count") {
         None => 1,
         Some(v) => v
@@ -171,7 +183,7 @@ fn parse_submit(body: &[u8]) -> Result<(Vec<TaskSpec>, u32), String> {
         ));
     }
     let specs = parse_objects(tasks, &defaults)?;
-    Ok((specs, count))
+    Ok((specs, count, name))
 }
 
 /// `state=S&after=ID&limit=N`, each optional.
@@ -224,6 +236,10 @@ pub enum Pending {
     Page(Vec<TaskResult>),
     Task(Vec<TaskResult>),
     Cancel,
+    /// `GET /api/v1/jobs`: every job, as `master jobs --json`.
+    Jobs(Vec<JobStatus>),
+    /// `GET /api/v1/jobs/ID`: one job's object.
+    Job(Vec<JobStatus>),
 }
 
 impl Pending {
@@ -284,8 +300,26 @@ impl Pending {
                     }),
                 ))
             }
-            // The only error a one-task `Results` gets is an unknown id.
-            (Pending::Task(_), FromMaster::Error { message }) => {
+            (Pending::Jobs(acc), FromMaster::Jobs { jobs, more }) => {
+                acc.extend(jobs);
+                if more {
+                    return None;
+                }
+                let views: Vec<JobView<'_>> = acc.iter().map(JobView).collect();
+                Some(ok(200, &views))
+            }
+            (Pending::Job(acc), FromMaster::Jobs { jobs, more }) => {
+                acc.extend(jobs);
+                if more {
+                    return None;
+                }
+                Some(match acc.first() {
+                    Some(j) => ok(200, &JobView(j)),
+                    None => Response::error(404, "no such job"),
+                })
+            }
+            // The only error a one-task `Results` (or one-job `Jobs`) gets is an unknown id.
+            (Pending::Task(_) | Pending::Job(_), FromMaster::Error { message }) => {
                 Some(Response::error(404, &message))
             }
             (Pending::Submit, FromMaster::Error { message }) => {
@@ -341,10 +375,13 @@ mod tests {
 
     #[test]
     fn submit_bodies_are_one_task_or_a_batch() {
-        let (specs, count) = parse_submit(br#"{"cmd": ["sh", "-c", "echo hi"]}"#).unwrap();
+        let (specs, count, _) = parse_submit(br#"{"cmd": ["sh", "-c", "echo hi"]}"#).unwrap();
         assert_eq!((specs.len(), count), (1, 1));
-        let (specs, count) =
-            parse_submit(br#"{"tasks": [{"sleep": "1ms"}, {"spin": 0.5}], "count": 50}"#).unwrap();
+        let (specs, count, name) = parse_submit(
+            br#"{"tasks": [{"sleep": "1ms"}, {"spin": 0.5}], "count": 50, "name": "b"}"#,
+        )
+        .unwrap();
+        assert_eq!(name.as_deref(), Some("b"));
         assert_eq!((specs.len(), count), (2, 50));
         let err = |body: &str| parse_submit(body.as_bytes()).unwrap_err();
         assert!(err("{").starts_with("invalid JSON"), "{}", err("{"));
