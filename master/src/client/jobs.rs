@@ -69,7 +69,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// id, name, tasks, queued, running, succeeded, failed (every unsuccessful end), submitted
+/// id, name, tasks, queued, waiting (only when some job has tasks waiting for dependencies),
+/// running, succeeded, failed (every unsuccessful end, `dependency_failed` included), submitted
 /// (how long ago), duration (so far, or until its last task ended).
 fn write_table(out: &mut impl Write, jobs: &[JobStatus], now_ms: u64) -> std::io::Result<()> {
     if jobs.is_empty() {
@@ -80,6 +81,7 @@ fn write_table(out: &mut impl Write, jobs: &[JobStatus], now_ms: u64) -> std::io
         ("name", Align::Left),
         ("tasks", Align::Right),
         ("queued", Align::Right),
+        ("waiting", Align::Right),
         ("running", Align::Right),
         ("succeeded", Align::Right),
         ("failed", Align::Right),
@@ -92,6 +94,7 @@ fn write_table(out: &mut impl Write, jobs: &[JobStatus], now_ms: u64) -> std::io
             name_cell(&j.name),
             j.tasks.to_string(),
             j.count(TaskState::Queued).to_string(),
+            j.count(TaskState::Waiting).to_string(),
             j.count(TaskState::Running).to_string(),
             j.count(TaskState::Succeeded).to_string(),
             j.unsuccessful().to_string(),
@@ -99,8 +102,14 @@ fn write_table(out: &mut impl Write, jobs: &[JobStatus], now_ms: u64) -> std::io
             human_ms(j.duration_ms),
         ]);
     }
+    if jobs.iter().all(|j| j.count(TaskState::Waiting) == 0) {
+        table.remove_column(WAITING_COLUMN);
+    }
     table.write_to(out)
 }
+
+/// Where `waiting` sits in the jobs table, right after `queued`.
+const WAITING_COLUMN: usize = 4;
 
 /// One line, at most [`NAME_CELL_CHARS`] characters.
 fn name_cell(name: &str) -> String {
@@ -205,6 +214,24 @@ mod tests {
             (v["first_id"].as_u64(), v["last_id"].as_u64()),
             (Some(1), Some(3))
         );
+    }
+
+    #[test]
+    fn waiting_tasks_get_a_column_only_when_there_are_some() {
+        let jobs = [job(
+            2,
+            "dag",
+            &[(TaskState::Waiting, 4), (TaskState::DependencyFailed, 1)],
+            false,
+        )];
+        let mut buf = Vec::new();
+        write_table(&mut buf, &jobs, 61_000).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(&header[3..6], ["queued", "waiting", "running"], "{text}");
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!((row[4], row[7]), ("4", "1"), "waiting 4, failed 1: {text}");
     }
 
     #[test]
