@@ -428,6 +428,42 @@ pub enum ToMaster {
     Jobs {
         ids: Vec<JobId>,
     },
+    /// From workers: what running commands printed since the last frame, in stream order per
+    /// run (batched per worker loop turn; each chunk at most `limits::MAX_OUTPUT_CHUNK_BYTES`).
+    Output(Vec<OutputChunk>),
+    /// From clients: the stored log of `task`'s `stream` from byte `offset` on. Answered by one
+    /// `Log` frame of at most `limits::MAX_LOG_READ_BYTES`; the client asks again from where it
+    /// ended.
+    Log {
+        task: TaskId,
+        stream: OutputStream,
+        offset: u64,
+    },
+}
+
+/// Which output of a command.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Bytes one run printed on one stream, starting at byte `offset` of that stream.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct OutputChunk {
+    pub task: TaskRef,
+    pub stream: OutputStream,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
 }
 
 impl ToMaster {
@@ -448,6 +484,8 @@ impl ToMaster {
             ToMaster::Retracted(_) => "Retracted",
             ToMaster::ResultsPage { .. } => "ResultsPage",
             ToMaster::Jobs { .. } => "Jobs",
+            ToMaster::Output(_) => "Output",
+            ToMaster::Log { .. } => "Log",
         }
     }
 }
@@ -729,6 +767,19 @@ pub enum FromMaster {
         jobs: Vec<JobStatus>,
         more: bool,
     },
+    /// The answer to `Log`: the bytes of the log from `offset` (possibly none), and where the
+    /// stored log ends now. `done`: the task is final and `bytes` reach the end of its log, so
+    /// nothing more will come. `removed`: the full log was removed (`--log-budget`) and `bytes`
+    /// come from the 64 KiB tail of the result.
+    Log {
+        task: TaskId,
+        stream: OutputStream,
+        offset: u64,
+        bytes: Vec<u8>,
+        end: u64,
+        done: bool,
+        removed: bool,
+    },
 }
 
 impl FromMaster {
@@ -750,6 +801,7 @@ impl FromMaster {
             FromMaster::Error { .. } => "Error",
             FromMaster::ResultsPage { .. } => "ResultsPage",
             FromMaster::Jobs { .. } => "Jobs",
+            FromMaster::Log { .. } => "Log",
         }
     }
 }
@@ -808,6 +860,12 @@ mod tests {
                 limit: 1,
             },
             ToMaster::Jobs { ids: vec![] },
+            ToMaster::Output(vec![]),
+            ToMaster::Log {
+                task: TaskId(1),
+                stream: OutputStream::Stdout,
+                offset: 0,
+            },
         ];
         for msg in &to_master {
             named_as_debug(format!("{msg:?}"), msg.name());
@@ -878,6 +936,15 @@ mod tests {
             FromMaster::Jobs {
                 jobs: vec![],
                 more: false,
+            },
+            FromMaster::Log {
+                task: TaskId(1),
+                stream: OutputStream::Stderr,
+                offset: 0,
+                bytes: vec![],
+                end: 0,
+                done: true,
+                removed: false,
             },
         ];
         for msg in &from_master {

@@ -28,6 +28,7 @@ mod handed;
 mod holds;
 mod jobs;
 mod log_limit;
+mod logs;
 pub mod metrics;
 pub mod policy;
 mod pools;
@@ -51,18 +52,21 @@ use holds::Holds;
 pub use jobs::JobRecord;
 use log::{debug, info, log, warn, Level};
 use log_limit::LogLimiter;
+pub use logs::LogOp;
+use logs::LoggedTasks;
 use metrics::Metrics;
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
 use protocol::codec::encoded_len;
 use protocol::limits::{
-    LimitError, MAX_ERROR_BYTES, MAX_JOB_NAME_BYTES, MAX_NAME_BYTES, MAX_TAIL_BYTES,
+    LimitError, MAX_ERROR_BYTES, MAX_JOB_NAME_BYTES, MAX_NAME_BYTES, MAX_OUTPUT_CHUNK_BYTES,
+    MAX_TAIL_BYTES,
 };
 use protocol::{
-    After, Assignment, Completion, FromMaster, Incarnation, JobId, StatusReport, TaskId,
-    TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo,
-    WorkerState, WorkerStatus,
+    After, Assignment, Attempt, Completion, FromMaster, Incarnation, JobId, OutputChunk,
+    OutputStream, StatusReport, TaskId, TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState,
+    ToMaster, WorkerId, WorkerInfo, WorkerState, WorkerStatus,
 };
 use queue::QueueKey;
 use rebalance::Unstarted;
@@ -158,6 +162,8 @@ pub enum Output {
     /// Make this durable. IMPORTANT: the shell must commit every `Persist` of a turn before it
     /// writes that turn's bytes to sockets, so no client hears of work that could still be lost.
     Persist(Record),
+    /// A task log's bytes, end or read, for the shell's log store (`logs.rs`).
+    Log(LogOp),
 }
 
 /// Whether a reply speaks of durable state (ids, results, completion, status) and so must wait
@@ -174,6 +180,7 @@ pub fn needs_commit(msg: &FromMaster) -> bool {
             | FromMaster::Status { .. }
             | FromMaster::ResultsPage { .. }
             | FromMaster::Jobs { .. }
+            | FromMaster::Log { .. }
     )
 }
 
@@ -266,6 +273,9 @@ const TASK_LINES_PER_SECOND: u32 = 20;
 /// One submission may create at most this many tasks (about 1 GiB of task records): a client
 /// cannot make the master allocate without bound in one request.
 const MAX_TASKS_PER_SUBMIT: u64 = 10_000_000;
+/// One `Cancel` may name jobs of at most this many tasks together: its `CancelDone` lists each
+/// (up to 10 bytes an id), and must fit a frame. `master cancel --job` cancels by ids instead.
+const MAX_CANCEL_JOB_TASKS: u64 = 1_000_000;
 /// Retry backoff after a failed run: 200 ms, doubling, at most 30 s.
 const RETRY_BACKOFF_BASE_MS: u64 = 200;
 const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
@@ -317,6 +327,8 @@ pub struct Core {
     releases: Vec<Release>,
     /// `settle_releases` is applying `releases` (a `finish` inside it only adds to them).
     settling: bool,
+    /// Unfinished tasks whose output the log store holds (`logs.rs`).
+    logged: LoggedTasks,
 }
 
 impl Core {
@@ -354,6 +366,7 @@ impl Core {
             deps: Deps::default(),
             releases: Vec::new(),
             settling: false,
+            logged: LoggedTasks::default(),
         }
     }
 
@@ -618,7 +631,7 @@ impl Core {
                             error: Some(error.clone()),
                             ..FinalResult::default()
                         };
-                        self.finish(now_ms, id, TaskState::DependencyFailed, result);
+                        self.finish(now_ms, id, TaskState::DependencyFailed, result, None);
                         ended += 1;
                     }
                     if ended > 0 {
@@ -1090,9 +1103,41 @@ impl Core {
                 self.log_drops(now_ms, id, &drops);
             }
             ToMaster::Running(refs) => self.on_running(now_ms, id, refs),
+            ToMaster::Output(chunks) => self.on_output(id, chunks),
             other => {
                 self.worker_broke_protocol(now_ms, id, Violation::WorkerMayNotSend(other.name()))
             }
+        }
+    }
+
+    /// Output of running commands: each chunk is accepted only for a run whose outcome may still
+    /// count, and only from the worker it was handed to (`logs.rs`); the rest is dropped with one
+    /// line per frame.
+    fn on_output(&mut self, worker: WorkerId, chunks: Vec<OutputChunk>) {
+        let mut dropped = 0usize;
+        let mut first = None;
+        for chunk in chunks {
+            let r = chunk.task;
+            let counts = chunk.bytes.len() <= MAX_OUTPUT_CHUNK_BYTES
+                && (self.is_current(worker, r)
+                    || (self.epochs.owns(r)
+                        && self.tasks.get(r.task).map(|t| t.state) == Some(TaskState::Queued)
+                        && self.may_report(worker, r)));
+            if !counts {
+                dropped += 1;
+                first.get_or_insert(r);
+                continue;
+            }
+            self.logged.note(r.task);
+            self.session.push_log(LogOp::Append(chunk));
+        }
+        if let Some(r) = first {
+            // Expected for a copy that lost (it prints on until it is killed): debug only.
+            debug!(
+                "dropped {dropped} output chunks from worker {worker} for runs that cannot count \
+                 (first: task {} attempt {})",
+                r.task, r.attempt
+            );
         }
     }
 
@@ -1242,7 +1287,7 @@ impl Core {
                 .map(|code| format!(" (exit {code})"))
                 .unwrap_or_default()
         );
-        self.finish(now_ms, c.task, state, result);
+        self.finish(now_ms, c.task, state, result, Some(c.attempt));
         None
     }
 
@@ -1509,6 +1554,7 @@ impl Core {
                     task,
                     TaskState::Cancelled,
                     settle(TaskOutcome::Cancelled).1,
+                    None,
                 );
                 finished += 1;
             } else if t.attempt.0 > t.spec.max_retries {
@@ -1517,7 +1563,7 @@ impl Core {
                     "worker lost ({reason}) on attempt {}, retries exhausted",
                     t.attempt
                 ));
-                self.finish(now_ms, task, state, result);
+                self.finish(now_ms, task, state, result, None);
                 finished += 1;
             } else {
                 self.tasks.requeue(task);
@@ -1560,6 +1606,11 @@ impl Core {
                 after,
                 limit,
             } => self.start_page(client, state, after, limit),
+            ToMaster::Log {
+                task,
+                stream,
+                offset,
+            } => self.on_log(client, task, stream, offset),
             other => {
                 let v = Violation::ClientMayNotSend(other.name());
                 self.session.close_client(client, CloseReason::Protocol(v));
@@ -1735,6 +1786,35 @@ impl Core {
             .collect()
     }
 
+    /// A read of a task's log: the store (the shell's) answers, told whether the task is final
+    /// and, for a final one, the tail to show if the store has nothing of it.
+    fn on_log(&mut self, client: ClientId, task: TaskId, stream: OutputStream, offset: u64) {
+        let Some(t) = self.tasks.get(task) else {
+            return self.error(client, format!("unknown task id {task}"));
+        };
+        let Some(conn) = self.session.conn_of(client) else {
+            return;
+        };
+        let done = t.state.is_final();
+        let tail = done.then(|| {
+            t.result
+                .as_deref()
+                .map(|r| match stream {
+                    OutputStream::Stdout => r.stdout.clone(),
+                    OutputStream::Stderr => r.stderr.clone(),
+                })
+                .unwrap_or_default()
+        });
+        self.session.push_log(LogOp::Read {
+            conn,
+            task,
+            stream,
+            offset,
+            done,
+            tail,
+        });
+    }
+
     fn on_results(&mut self, client: ClientId, ids: Vec<TaskId>, jobs: Vec<JobId>) {
         if let Some(&id) = ids.iter().find(|&&id| self.tasks.get(id).is_none()) {
             return self.error(client, format!("unknown task id {id}"));
@@ -1839,6 +1919,16 @@ impl Core {
             Ok(ranges) => ranges,
             Err(job) => return self.error(client, format!("unknown job {job}")),
         };
+        let by_job: u64 = ranges.iter().map(|(f, l)| l.0 - f.0 + 1).sum();
+        if by_job > MAX_CANCEL_JOB_TASKS {
+            return self.error(
+                client,
+                format!(
+                    "those jobs hold {by_job} tasks; at most {MAX_CANCEL_JOB_TASKS} are cancelled \
+                     by job at once (name their ids instead)"
+                ),
+            );
+        }
         let mut cancelled = Vec::new();
         let mut already_final = Vec::new();
         let mut unknown = Vec::new();
@@ -1868,6 +1958,7 @@ impl Core {
                         id,
                         TaskState::Cancelled,
                         settle(TaskOutcome::Cancelled).1,
+                        None,
                     );
                     cancelled.push(id);
                 }
@@ -1877,6 +1968,7 @@ impl Core {
                         id,
                         TaskState::Cancelled,
                         settle(TaskOutcome::Cancelled).1,
+                        None,
                     );
                     cancelled.push(id);
                 }
@@ -1910,7 +2002,23 @@ impl Core {
     // ---- helpers -----------------------------------------------------------------------------
 
     /// The one place a task becomes final: tables, counters and waiters move together.
-    fn finish(&mut self, now_ms: u64, id: TaskId, state: TaskState, result: FinalResult) {
+    /// `run`: the attempt whose report ended the task, if one did (its log is the task's).
+    fn finish(
+        &mut self,
+        now_ms: u64,
+        id: TaskId,
+        state: TaskState,
+        result: FinalResult,
+        run: Option<Attempt>,
+    ) {
+        if self.logged.end(id) {
+            self.session.push_log(LogOp::End {
+                task: id,
+                attempt: run,
+                stdout_tail: result.stdout.clone(),
+                stderr_tail: result.stderr.clone(),
+            });
+        }
         self.drop_copy_request(id);
         if !self.avoid.is_empty() {
             self.avoid.remove(&id);
@@ -2065,6 +2173,7 @@ impl Core {
             }
         }
         assert_eq!(queued + copy_requests, self.pools.len() + self.holds.len());
+        self.check_dependencies();
         self.tasks.jobs().sanity_check(self.tasks.len() as u64);
         // Every job's counts, kept on transitions, against a scan of its tasks.
         for (job, j) in self.tasks.jobs().iter() {
@@ -2080,7 +2189,6 @@ impl Core {
                 );
             }
         }
-        self.check_dependencies();
         self.workers.sanity_check();
         self.session.sanity_check();
         self.deps.sanity_check();

@@ -385,10 +385,10 @@ pub fn submit_all(
 
 pub fn run(args: SubmitArgs) -> Result<Outcome> {
     let (file, origin) = args.task_file()?;
-    let name = args.job_name(&file.specs);
     let mut session = args.conn.connect()?;
     check_ids_exist(&mut session, &file, &origin)?;
     let specs = file.specs;
+    let name = args.job_name(&specs);
     let mut accepted = Accepted::default();
     if let Err(e) = submit_all(
         &mut session,
