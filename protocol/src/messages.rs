@@ -776,7 +776,10 @@ pub enum FromMaster {
     /// The answer to `Log`: the bytes of the log from `offset` (possibly none), and where the
     /// stored log ends now. `done`: the task is final and `bytes` reach the end of its log, so
     /// nothing more will come. `removed`: the full log was removed (`--log-budget`) and `bytes`
-    /// come from the 64 KiB tail of the result.
+    /// come from the 64 KiB tail of the result. `attempt`: the run whose stored log this is
+    /// (`None`: the bytes are the result's tail, or nothing is stored yet). A task's log is
+    /// its counting run's, and that run can change under a reader (a retry, the winning copy of
+    /// a replicated task), so a reader that sees another run than before starts again from 0.
     Log {
         task: TaskId,
         stream: OutputStream,
@@ -785,6 +788,7 @@ pub enum FromMaster {
         end: u64,
         done: bool,
         removed: bool,
+        attempt: Option<Attempt>,
     },
 }
 
@@ -953,6 +957,7 @@ mod tests {
                 end: 0,
                 done: true,
                 removed: false,
+                attempt: None,
             },
         ];
         for msg in &from_master {
