@@ -397,8 +397,8 @@ pub enum ToMaster {
         ids: Vec<TaskId>,
         jobs: Vec<JobId>,
     },
-    /// Reply once all these tasks and those of these jobs (both empty: every task unfinished
-    /// now) are finished. With `progress`, `Progress` frames come first, at most one per master
+    /// Reply once all these tasks and those of these jobs (both empty: every job unfinished now,
+    /// and the latest job) are finished. With `progress`, `Progress` frames come first, at most one per master
     /// loop turn.
     Wait {
         ids: Vec<TaskId>,

@@ -1936,8 +1936,21 @@ impl Core {
             return self.wait_jobs(client, ids, progress, jobs);
         }
         if ids.is_empty() {
-            // The tasks unfinished now, and only those: a summary that also counted the whole
-            // history would report last week's failures (and exit 1) for a batch that succeeded.
+            // The jobs with tasks unfinished now, and the latest job (what a `submit` just before
+            // asked for, even if it ended already), each counted whole: a summary that also
+            // counted the whole history would report last week's failures (and exit 1) for a
+            // batch that succeeded. O(jobs), once per request.
+            let latest = JobId(self.tasks.jobs().len() as u64);
+            let jobs: Vec<JobId> = self
+                .tasks
+                .jobs()
+                .iter()
+                .filter(|&(id, j)| j.unfinished() > 0 || id == latest)
+                .map(|(id, _)| id)
+                .collect();
+            if !jobs.is_empty() {
+                return self.wait_jobs(client, ids, progress, jobs);
+            }
             let upto = TaskId(self.tasks.len() as u64);
             let start = WaitStart {
                 succeeded: 0,
