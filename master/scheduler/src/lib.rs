@@ -1456,6 +1456,12 @@ impl Core {
         );
     }
 
+    /// The log store holds output of unfinished `task` from before a restart: its log is to be
+    /// ended like any other (`LogOp::End`). Call before any connection.
+    pub fn note_logged(&mut self, task: TaskId) {
+        self.logged.note(task);
+    }
+
     /// A read of a task's log: the store (the shell's) answers, told whether the task is final
     /// and, for a final one, the tail to show if the store has nothing of it.
     fn on_log(&mut self, client: ClientId, task: TaskId, stream: OutputStream, offset: u64) {

@@ -8,7 +8,9 @@ use super::dashboard::Asset;
 use super::router::{route, NoRoute, Route};
 use crate::json::{ResultView, StatusView};
 use crate::taskfile::{parse_object, SpecDefaults};
-use protocol::{FromMaster, StatusReport, TaskId, TaskResult, TaskSpec, TaskState, ToMaster};
+use protocol::{
+    FromMaster, OutputStream, StatusReport, TaskId, TaskResult, TaskSpec, TaskState, ToMaster,
+};
 use scheduler::PAGE_LIMIT_MAX;
 use serde_json::{json, Value};
 
@@ -83,6 +85,17 @@ pub fn handle(req: &Request, token: Option<&[u8]>) -> Action {
             Pending::Task(Vec::new()),
         ),
         Route::CancelTask(id) => ask(ToMaster::Cancel { ids: vec![id] }, Pending::Cancel),
+        Route::TaskLog(task) => match parse_log_query(&req.query) {
+            Ok((stream, offset)) => ask(
+                ToMaster::Log {
+                    task,
+                    stream,
+                    offset,
+                },
+                Pending::Log,
+            ),
+            Err(message) => Action::Respond(Response::error(400, &message)),
+        },
         Route::Metrics => Action::Metrics,
         Route::Report => Action::Report,
         Route::Events => Action::Subscribe,
@@ -162,6 +175,35 @@ fn parse_submit(body: &[u8]) -> Result<(Vec<TaskSpec>, u32), String> {
     Ok((specs, count))
 }
 
+/// `stream=stdout|stderr&offset=N`, each optional (stdout from 0).
+fn parse_log_query(query: &str) -> Result<(OutputStream, u64), String> {
+    let mut stream = OutputStream::Stdout;
+    let mut offset = 0;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "stream" => {
+                stream = match value {
+                    "stdout" => OutputStream::Stdout,
+                    "stderr" => OutputStream::Stderr,
+                    _ => return Err(format!("stream: stdout or stderr, got {value:?}")),
+                }
+            }
+            "offset" => {
+                offset = value.parse().map_err(|_| {
+                    format!("offset: must be a byte offset (a whole number), got {value:?}")
+                })?
+            }
+            other => {
+                return Err(format!(
+                    "unknown query parameter {other:?}; known: stream, offset"
+                ))
+            }
+        }
+    }
+    Ok((stream, offset))
+}
+
 /// `state=S&after=ID&limit=N`, each optional.
 fn parse_page_query(query: &str) -> Result<(Option<TaskState>, TaskId, u32), String> {
     let mut state = None;
@@ -212,6 +254,7 @@ pub enum Pending {
     Page(Vec<TaskResult>),
     Task(Vec<TaskResult>),
     Cancel,
+    Log,
 }
 
 impl Pending {
@@ -272,6 +315,30 @@ impl Pending {
                     }),
                 ))
             }
+            (
+                Pending::Log,
+                FromMaster::Log {
+                    offset,
+                    bytes,
+                    end,
+                    done,
+                    removed,
+                    ..
+                },
+            ) => {
+                // The bytes as printed (not necessarily UTF-8); where they are in the log, and
+                // whether more will come, in headers: ask again from `offset + length`.
+                let answer = Response::new(200, "application/octet-stream", bytes)
+                    .header(format!("X-Log-Offset: {offset}"))
+                    .header(format!("X-Log-End: {end}"))
+                    .header(format!("X-Log-Done: {done}"));
+                Some(if removed {
+                    answer.header("X-Log-Removed: true".into())
+                } else {
+                    answer
+                })
+            }
+            (Pending::Log, FromMaster::Error { message }) => Some(Response::error(404, &message)),
             // The only error a one-task `Results` gets is an unknown id.
             (Pending::Task(_), FromMaster::Error { message }) => {
                 Some(Response::error(404, &message))

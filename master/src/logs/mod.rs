@@ -208,14 +208,17 @@ impl LogStore {
 
     /// Sorts out the logs found at `open`: `state(task)` says whether the journal knows the task
     /// (`None`: it does not, and its files go) and whether it is final (then only its latest
-    /// run's log is kept, and it joins the budget's queue, oldest file first).
-    pub fn recover(&mut self, state: impl Fn(TaskId) -> Option<bool>) {
+    /// run's log is kept, and it joins the budget's queue, oldest file first). Returns the
+    /// unfinished tasks that have a log, which the core must know of to end them
+    /// (`Core::note_logged`).
+    pub fn recover(&mut self, state: impl Fn(TaskId) -> Option<bool>) -> Vec<TaskId> {
+        let mut unfinished = Vec::new();
         let mut finals = Vec::new();
         let found: Vec<TaskId> = self.tasks.keys().copied().collect();
         for task in found {
             match state(task) {
                 None => self.remove_task(task),
-                Some(false) => {}
+                Some(false) => unfinished.push(task),
                 Some(true) => {
                     let Some(mut logs) = self.tasks.remove(&task) else {
                         continue;
@@ -248,6 +251,7 @@ impl LogStore {
             );
         }
         self.keep_budget(0);
+        unfinished
     }
 
     fn mtime(&self, task: TaskId, run: &RunLog) -> std::time::SystemTime {
