@@ -36,7 +36,7 @@ mod recover;
 #[cfg(test)]
 mod tests;
 
-use crate::core::{EpochStart, Outcome, RestoredTask};
+use crate::core::{EpochStart, JobRecord, Outcome, RestoredTask};
 use log::{error, info, warn};
 use marks::{MarkValues, Marks};
 use protocol::{Incarnation, TaskId, TaskSpec, TaskState};
@@ -64,8 +64,9 @@ pub struct OpenOptions {
 
 /// The schema this master writes. Bump it with every change to the tables below or to
 /// `FinalEntry`, and teach `inspect` and `migrate` to upgrade from the previous one.
-/// Version 2 added `copies` to `FinalEntry`; version 3 the identity tables (`IDENTITY_TABLES`).
-pub const SCHEMA_VERSION: i64 = 3;
+/// Version 2 added `copies` to `FinalEntry`; version 3 the identity tables (`IDENTITY_TABLES`);
+/// version 4 the `jobs` table (`JOBS_TABLE`).
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The tables of versions 1 and 2. STRICT so SQLite rejects a value of the wrong type instead of
 /// storing it.
@@ -101,6 +102,22 @@ CREATE TABLE incarnations (
 ) STRICT;
 ";
 
+/// Added in version 4: every submission is a job, its tasks one range of ids. Jobs are dense
+/// from 1 and their ranges follow each other; a version 3 journal gets one job per batch.
+pub(crate) const JOBS_TABLE: &str = "
+-- Tasks first_id .. first_id + count are job id, named name (at most MAX_JOB_NAME_BYTES).
+CREATE TABLE jobs (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL,
+    first_id     INTEGER NOT NULL,
+    count        INTEGER NOT NULL,
+    submitted_ms INTEGER NOT NULL
+) STRICT;
+";
+
+const INSERT_JOB: &str =
+    "INSERT INTO jobs (id, name, first_id, count, submitted_ms) VALUES (?1, ?2, ?3, ?4, ?5)";
+
 const INSERT_BATCH: &str =
     "INSERT INTO batches (first_id, count, spec, submitted_ms) VALUES (?1, ?2, ?3, ?4)";
 /// `seq` is left to SQLite: one more than the largest so far, as rows are never deleted.
@@ -127,6 +144,9 @@ pub struct Recovered {
     pub master_id: u64,
     /// Every start of a master on this journal, this one last (recorded and committed by `open`).
     pub history: Vec<EpochStart>,
+    /// Every job in id order (dense from 1, their ranges following each other from task 1);
+    /// tasks past the last one's range have none yet (the core names them).
+    pub jobs: Vec<JobRecord>,
 }
 
 /// One final outcome inside a `final_batches` blob, one frame each. Borrows on the way in (no copy
@@ -250,6 +270,18 @@ pub enum JournalError {
     /// dense from 1, as the core hands them out).
     #[error("cannot journal tasks from {first}: the next id to record is {expected}")]
     OutOfOrder { first: TaskId, expected: TaskId },
+    /// `record_job` with another id than the next, or a range that does not follow the last
+    /// job's (jobs are dense from 1, as the core makes them).
+    #[error(
+        "cannot journal job {job} from task {first}: the next job to record is {expected_job}, \
+         from task {expected_first}"
+    )]
+    JobOutOfOrder {
+        job: protocol::JobId,
+        first: TaskId,
+        expected_job: protocol::JobId,
+        expected_first: TaskId,
+    },
     /// `record_final` for an id that was never recorded as submitted.
     #[error("cannot journal the outcome of task {id}: it was never recorded as submitted")]
     UnknownTask { id: TaskId },
@@ -389,6 +421,10 @@ pub struct Journal {
     final_buf: Vec<u8>,
     /// The first error, once one happened; see `JournalError::Poisoned`.
     poisoned: Option<String>,
+    /// The id the next `record_job` must have, and the first task id it must start at: jobs
+    /// are dense and their ranges follow each other.
+    next_job: u64,
+    jobs_end: u64,
     /// The largest `final_batches.seq` written (committed or not).
     finals_seq: u64,
     /// What every commit writes to the marks file after SQLite's commit; `None` only inside
@@ -432,6 +468,15 @@ impl Journal {
         let found = prepare(&conn, &path).map_err(|e| refine(&conn, e))?;
         let mut recovered = match found {
             Found::Empty | Found::Current => recover::read_all(&conn, &path)?,
+            Found::V3 => {
+                let recovered = migrate::from_v3(&conn, &path)?;
+                info!(
+                    "journal schema 3 migrated to {SCHEMA_VERSION}: {} jobs, one per batch ({})",
+                    recovered.jobs.len(),
+                    path.display()
+                );
+                recovered
+            }
             Found::V2 => {
                 let recovered = migrate::from_v2(&conn, &path)?;
                 info!(
@@ -462,6 +507,8 @@ impl Journal {
             spec_buf: Vec::with_capacity(256),
             final_buf: Vec::new(),
             poisoned: None,
+            next_job: recovered.jobs.len() as u64 + 1,
+            jobs_end: recovered.jobs.last().map_or(1, |j| j.first.0 + j.count),
             finals_seq: reached.finals_seq,
             marks: None,
             master_id: 0,
@@ -527,6 +574,18 @@ impl Journal {
             started_ms: None,
             finished_ms: now_ms,
         };
+        if self.jobs_end == first.0 {
+            // A job for them too, unless jobs were lost with them (the core names those).
+            let job = JobRecord {
+                id: protocol::JobId(self.next_job),
+                name: "lost (--accept-journal-loss)".into(),
+                first,
+                count,
+                submitted_ms: now_ms,
+            };
+            self.record_job(&job)?;
+            recovered.jobs.push(job);
+        }
         self.record_submit(first, count, &spec, now_ms)?;
         if recovered.tasks.try_reserve(count as usize).is_err() {
             return Err(JournalError::Unrepresentable {
@@ -575,6 +634,14 @@ impl Journal {
             return Ok(());
         }
         let result = self.insert_batch(first, count, spec, submitted_ms);
+        self.settle(result)
+    }
+
+    /// Records a job: the next id, its range following the last job's. Durable at the next
+    /// `commit`.
+    pub fn record_job(&mut self, job: &JobRecord) -> Result<(), JournalError> {
+        self.check()?;
+        let result = self.insert_job(job);
         self.settle(result)
     }
 
@@ -700,6 +767,42 @@ impl Journal {
         result.map_err(|e| self.sqlite_error(e))?;
         self.pending += 1;
         self.next_id = end;
+        Ok(())
+    }
+
+    fn insert_job(&mut self, job: &JobRecord) -> Result<(), JournalError> {
+        if job.id.0 != self.next_job || job.first.0 != self.jobs_end || job.count == 0 {
+            return Err(JournalError::JobOutOfOrder {
+                job: job.id,
+                first: job.first,
+                expected_job: protocol::JobId(self.next_job),
+                expected_first: TaskId(self.jobs_end),
+            });
+        }
+        let end = job
+            .first
+            .0
+            .checked_add(job.count)
+            .filter(|&end| end <= i64::MAX as u64)
+            .ok_or_else(|| JournalError::Unrepresentable {
+                what: "a job's id range",
+                detail: format!("{} + {} is past {}", job.first, job.count, i64::MAX),
+            })?;
+        let submitted = to_i64("submitted_ms", job.submitted_ms)?;
+        let result = begin_if_idle(&self.conn, self.pending).and_then(|()| {
+            let mut stmt = self.conn.prepare_cached(INSERT_JOB)?;
+            stmt.execute(params![
+                job.id.0 as i64,
+                job.name,
+                job.first.0 as i64,
+                job.count as i64,
+                submitted
+            ])
+        });
+        result.map_err(|e| self.sqlite_error(e))?;
+        self.pending += 1;
+        self.next_job += 1;
+        self.jobs_end = end;
         Ok(())
     }
 
@@ -873,6 +976,8 @@ enum Found {
     V1,
     /// A version 2 journal: `migrate::from_v2` adds the identity tables.
     V2,
+    /// A version 3 journal: `migrate::from_v3` adds the jobs table, one job per batch.
+    V3,
 }
 
 /// How far the database reaches, in the marks' terms (read at `open`, before this start adds its
@@ -1127,6 +1232,7 @@ fn prepare(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
         let tx = conn.unchecked_transaction().map_err(sql)?;
         tx.execute_batch(SCHEMA).map_err(sql)?;
         tx.execute_batch(IDENTITY_TABLES).map_err(sql)?;
+        tx.execute_batch(JOBS_TABLE).map_err(sql)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
             [SCHEMA_VERSION],
@@ -1191,6 +1297,7 @@ fn inspect(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
     }
     match found {
         SCHEMA_VERSION => Ok(Found::Current),
+        3 => Ok(Found::V3),
         2 => Ok(Found::V2),
         1 => {
             // Version 1 changed in place before its release (per-task `finals` rows became

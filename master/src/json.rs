@@ -3,7 +3,8 @@
 //! command-line contract, so they are spelled out here rather than derived from wire types that
 //! may grow; fields are added, never renamed.
 
-use protocol::{StatusReport, TaskResult, WorkerStatus};
+use protocol::{After, JobStatus, StatusReport, TaskResult, TaskState, WorkerStatus};
+use serde::ser::Serializer;
 use serde::Serialize;
 
 #[derive(Serialize, Debug)]
@@ -14,6 +15,8 @@ pub struct StatusView<'a> {
     pub succeeded: u64,
     pub failed: u64,
     pub policy: &'a str,
+    /// Tasks waiting for their dependencies (added after the first fields).
+    pub waiting: u64,
 }
 
 #[derive(Serialize, Debug)]
@@ -68,6 +71,7 @@ impl<'a> From<&'a StatusReport> for StatusView<'a> {
             succeeded: r.succeeded,
             failed: r.failed,
             policy: &r.policy,
+            waiting: r.waiting,
         }
     }
 }
@@ -97,6 +101,31 @@ pub struct ResultView<'a> {
     pub cmd: Option<&'a [String]>,
     /// The group the task is bound to, or null for any worker.
     pub group: Option<&'a str>,
+    /// The job (submission) it belongs to.
+    pub job: u64,
+    /// The task's name (a task file's `"name"`), or null.
+    pub name: Option<&'a str>,
+    /// What it waits (or waited) for: a number per task, `"5-9"` per range; `[]` for none.
+    pub after: AfterList<'a>,
+}
+
+/// `after` as JSON: `[12, "5-9"]`, so a task waiting for a million others is one string.
+#[derive(Debug)]
+pub struct AfterList<'a>(pub &'a [After]);
+
+impl Serialize for AfterList<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Entry {
+            One(u64),
+            Range(String),
+        }
+        serializer.collect_seq(self.0.iter().map(|a| match a {
+            After::Ids { first, last } if first == last => Entry::One(first.0),
+            other => Entry::Range(other.to_string()),
+        }))
+    }
 }
 
 impl<'a> From<&'a TaskResult> for ResultView<'a> {
@@ -118,6 +147,37 @@ impl<'a> From<&'a TaskResult> for ResultView<'a> {
             kind: t.kind.as_str(),
             cmd: t.cmd.as_deref(),
             group: t.group.as_deref(),
+            job: t.job.0,
+            name: t.name.as_deref(),
+            after: AfterList(&t.after),
         }
+    }
+}
+
+/// One job as `master jobs --json` and `GET /api/v1/jobs` show it: `{"id", "name", "tasks",
+/// then one count per state of `TaskState::ALL` under its own name ("queued", "running",
+/// "succeeded", "failed", "timed_out", "cancelled", "worker_lost", and any state added later),
+/// "submitted_ms", "duration_ms" (so far, or until its last task ended), "finished_ms" (null
+/// while a task is unfinished), "first_id", "last_id"}`.
+#[derive(Debug)]
+pub struct JobView<'a>(pub &'a JobStatus);
+
+impl Serialize for JobView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let j = self.0;
+        let mut map = s.serialize_map(Some(TaskState::ALL.len() + 8))?;
+        map.serialize_entry("id", &j.id.0)?;
+        map.serialize_entry("name", &j.name)?;
+        map.serialize_entry("tasks", &j.tasks)?;
+        for state in TaskState::ALL {
+            map.serialize_entry(state.as_str(), &j.count(state))?;
+        }
+        map.serialize_entry("submitted_ms", &j.submitted_ms)?;
+        map.serialize_entry("duration_ms", &j.duration_ms)?;
+        map.serialize_entry("finished_ms", &j.finished_ms)?;
+        map.serialize_entry("first_id", &j.first.0)?;
+        map.serialize_entry("last_id", &(j.first.0 + j.tasks.saturating_sub(1)))?;
+        map.end()
     }
 }

@@ -1285,7 +1285,8 @@ fn open_journal(
     config.master_id = recovered.master_id;
     config.incarnation = current;
     let mut core = Core::new(config);
-    let (finished, unfinished) = core.restore(now_ms, recovered.tasks, recovered.history)?;
+    let (finished, unfinished) =
+        core.restore(now_ms, recovered.tasks, recovered.history, recovered.jobs)?;
     info!(
         "journal {}: incarnation {current}; recovered {} tasks in {} ms ({finished} finished, \
          {unfinished} to run again)",
@@ -1305,6 +1306,7 @@ fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {
             submitted_ms,
         } => journal.record_submit(first, count, &spec, submitted_ms),
         Record::Finished { id, outcome } => journal.record_final(id, &outcome),
+        Record::Job(job) => journal.record_job(&job),
     }
 }
 

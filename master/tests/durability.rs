@@ -489,7 +489,10 @@ fn client_that_never_reads_huge_results_does_not_stall_others() {
     assert!(welcome.worker_id.is_none());
     for _ in 0..8 {
         hog.writer
-            .send(&ToMaster::Results { ids: Vec::new() })
+            .send(&ToMaster::Results {
+                ids: Vec::new(),
+                jobs: Vec::new(),
+            })
             .expect("request sent");
     }
     // The hog never reads. Everyone else must still be served.

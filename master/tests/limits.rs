@@ -34,6 +34,7 @@ fn a_bad_env_key_is_refused_by_the_cli_and_by_the_master() {
     match conn.request(&ToMaster::Submit {
         specs: vec![spec],
         count: 1,
+        name: None,
     }) {
         Ok(FromMaster::Error { message }) => assert!(message.contains("\"A=B\""), "{message}"),
         other => panic!("expected an Error, got {other:?}"),
@@ -127,7 +128,10 @@ fn pipelined_results_from_a_client_that_never_reads_cost_one_chunk() {
     for _ in 0..400 {
         greedy
             .writer
-            .queue(&ToMaster::Results { ids: vec![] })
+            .queue(&ToMaster::Results {
+                ids: vec![],
+                jobs: vec![],
+            })
             .expect("queues");
     }
     greedy.writer.flush().expect("sends");

@@ -226,6 +226,10 @@ mod tests {
                     cwd: None,
                 })],
                 count: 3,
+                name: Some("build".into()),
+            },
+            ToMaster::Jobs {
+                ids: vec![JobId(2)],
             },
             ToMaster::Finished(vec![Completion {
                 task: TaskId(9),

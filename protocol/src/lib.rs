@@ -9,9 +9,11 @@ pub mod auth;
 pub mod budget;
 pub mod codec;
 pub mod connection;
+pub mod dag;
 pub mod duration;
 pub mod limits;
 pub mod messages;
+pub mod names;
 
 pub use codec::{encode_frame, FrameDecoder, FrameError, MAX_FRAME};
 pub use connection::{Connection, ConnectionError};

@@ -7,6 +7,9 @@ use crate::messages::{TaskKind, TaskOutcome, TaskSpec};
 /// Worker names, host names and group names, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
 
+/// A job's name, in bytes: the CLI names a job after its command line, cut to this.
+pub const MAX_JOB_NAME_BYTES: usize = 1 << 10;
+
 /// A command's argv, environment and working directory together, in bytes. Linux allows 2 MiB of
 /// argv and environment per `exec` (128 KiB per string); a spec this size still fits a frame
 /// many times over.
@@ -28,6 +31,8 @@ pub const MAX_TAIL_BYTES: usize = 64 << 10;
 /// A failure message (`Failed { error }`), in bytes.
 pub const MAX_ERROR_BYTES: usize = 4 << 10;
 
+/// Entries of one spec's `after` (each a range, or a reference within the submission).
+pub const MAX_AFTER: usize = 4_096;
 /// One `OutputChunk`'s bytes. The worker sends at most this per stream per frame; the master
 /// drops (and logs) a bigger chunk rather than store it, since only a broken or hostile worker
 /// sends one.
@@ -62,12 +67,32 @@ pub enum LimitError {
     /// A group name is too long (or empty).
     #[error("group name must be 1 to {max} bytes, not {len}")]
     BadGroup { len: usize, max: usize },
+    /// A task name is too long (or empty).
+    #[error("name must be 1 to {max} bytes, not {len}")]
+    BadTaskName { len: usize, max: usize },
+    /// Too many entries in `after`.
+    #[error("after lists {count} entries, more than the limit of {max}")]
+    TooManyAfter { count: usize, max: usize },
 }
 
 /// Checks every size limit of a task spec: the argv, environment and cwd of a command, and the
 /// group name. The CLI calls it before it sends anything; the master calls it on every `Submit`
 /// and on every task it recovers from its journal.
 pub fn check_spec(spec: &TaskSpec) -> Result<(), LimitError> {
+    if let Some(name) = &spec.name {
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(LimitError::BadTaskName {
+                len: name.len(),
+                max: MAX_NAME_BYTES,
+            });
+        }
+    }
+    if spec.after.len() > MAX_AFTER {
+        return Err(LimitError::TooManyAfter {
+            count: spec.after.len(),
+            max: MAX_AFTER,
+        });
+    }
     if let Some(group) = &spec.group {
         if group.is_empty() || group.len() > MAX_NAME_BYTES {
             return Err(LimitError::BadGroup {

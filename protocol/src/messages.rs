@@ -12,6 +12,17 @@ use std::sync::Arc;
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId(pub u64);
 
+/// A job's id: dense, starting at 1. Every `Submit` makes one job, and its tasks are one
+/// contiguous range of ids, so a job is a name, a range and a submission time.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A worker's id, assigned by the master at registration.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId(pub u32);
@@ -126,6 +137,53 @@ pub struct TaskSpec {
     /// copies are cancelled. 1 for an ordinary task.
     #[serde(default = "one")]
     pub replicas: u32,
+    /// A name for people (`"name": "fetch"` in a task file; results show it). At most
+    /// `limits::MAX_NAME_BYTES`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What the task waits for: it runs only once every task named here has succeeded, and ends
+    /// `DependencyFailed` without running if one ends otherwise. Empty: it runs at once. At most
+    /// `limits::MAX_AFTER` entries; the master keeps only `After::Ids` (it resolves the others
+    /// when it accepts the submission).
+    #[serde(default)]
+    pub after: Vec<After>,
+}
+
+/// One entry of [`TaskSpec::after`]. Ranges, so a task waiting for a million others costs one
+/// entry, not a million.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum After {
+    /// Tasks `first ..= last`, submitted before this submission.
+    Ids { first: TaskId, last: TaskId },
+    /// Every task made from the spec at this index of the same `Submit` (its `count` copies): a
+    /// task file's `"after": ["fetch"]`. The master turns it into `Ids` when it accepts the
+    /// submission, and refuses the whole submission on a cycle or an index out of range.
+    Spec(u32),
+    /// Every task of this job (`submit --after-job J`): resolved to its id range at accept, so
+    /// a job of a million tasks is one entry.
+    Job(JobId),
+}
+
+impl After {
+    /// One existing task.
+    pub fn id(id: TaskId) -> After {
+        After::Ids {
+            first: id,
+            last: id,
+        }
+    }
+}
+
+impl fmt::Display for After {
+    /// `12`, `5-9`, or `spec 3` (an unresolved reference within a submission).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            After::Ids { first, last } if first == last => write!(f, "{first}"),
+            After::Ids { first, last } => write!(f, "{first}-{last}"),
+            After::Spec(i) => write!(f, "spec {}", u64::from(*i) + 1),
+            After::Job(j) => write!(f, "job {j}"),
+        }
+    }
 }
 
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
@@ -148,6 +206,8 @@ impl TaskSpec {
             retry_failed: 0,
             group: None,
             replicas: 1,
+            name: None,
+            after: Vec::new(),
         }
     }
 
@@ -166,6 +226,13 @@ impl TaskSpec {
         }
         if self.timeout_ms == Some(0) {
             return Err("timeout must be greater than zero".into());
+        }
+        for a in &self.after {
+            if let After::Ids { first, last } = a {
+                if first.0 == 0 || first > last {
+                    return Err(format!("after: {first}-{last} is not a range of task ids"));
+                }
+            }
         }
         if !(1..=MAX_REPLICAS).contains(&self.replicas) {
             return Err(format!(
@@ -316,24 +383,32 @@ pub enum ToMaster {
     Started(Vec<TaskRef>),
     Finished(Vec<Completion>),
     // From clients; each is answered by one reply (`Results` may come in several chunks).
-    /// Submit every spec `count` times; the new ids are one contiguous range.
+    /// Submit every spec `count` times; the new ids are one contiguous range, one job.
     Submit {
         specs: Vec<TaskSpec>,
         count: u32,
+        /// The job's name (at most `limits::MAX_JOB_NAME_BYTES`); `None`: the master names it
+        /// after its first spec.
+        name: Option<String>,
     },
     Status,
-    /// Results of these tasks; empty means all.
+    /// Results of these tasks and of every task of these jobs; both empty means all.
     Results {
         ids: Vec<TaskId>,
+        jobs: Vec<JobId>,
     },
-    /// Reply once all these tasks (empty: every task unfinished now) are finished.
-    /// With `progress`, `Progress` frames come first, at most one per master loop turn.
+    /// Reply once all these tasks and those of these jobs (both empty: every task unfinished
+    /// now) are finished. With `progress`, `Progress` frames come first, at most one per master
+    /// loop turn.
     Wait {
         ids: Vec<TaskId>,
         progress: bool,
+        jobs: Vec<JobId>,
     },
+    /// Cancel these tasks and every unfinished task of these jobs.
     Cancel {
         ids: Vec<TaskId>,
+        jobs: Vec<JobId>,
     },
     /// From workers, right after `Welcome`: the attempts this worker is running now (empty on a fresh
     /// start). After a reconnect or a master restart the master adopts them instead of re-running.
@@ -348,6 +423,10 @@ pub enum ToMaster {
         state: Option<TaskState>,
         after: TaskId,
         limit: u32,
+    },
+    /// These jobs (empty: all), each with its counts by state; answered by `Jobs` chunks.
+    Jobs {
+        ids: Vec<JobId>,
     },
     /// From workers: what running commands printed since the last frame, in stream order per
     /// run (batched per worker loop turn; each chunk at most `limits::MAX_OUTPUT_CHUNK_BYTES`).
@@ -404,13 +483,14 @@ impl ToMaster {
             ToMaster::Running(_) => "Running",
             ToMaster::Retracted(_) => "Retracted",
             ToMaster::ResultsPage { .. } => "ResultsPage",
+            ToMaster::Jobs { .. } => "Jobs",
             ToMaster::Output(_) => "Output",
             ToMaster::Log { .. } => "Log",
         }
     }
 }
 
-/// Where a task is in its life; the last five are final.
+/// Where a task is in its life. `Queued`, `Running` and `Waiting` are not final; the others are.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TaskState {
     Queued,
@@ -420,11 +500,15 @@ pub enum TaskState {
     TimedOut,
     Cancelled,
     WorkerLost,
+    /// Waits for its dependencies (`TaskSpec::after`) to succeed; not in any queue.
+    Waiting,
+    /// A dependency ended in another state than `Succeeded`: it never ran (final).
+    DependencyFailed,
 }
 
 impl TaskState {
     /// Every state, in the order tables and metrics list them.
-    pub const ALL: [TaskState; 7] = [
+    pub const ALL: [TaskState; 9] = [
         TaskState::Queued,
         TaskState::Running,
         TaskState::Succeeded,
@@ -432,10 +516,15 @@ impl TaskState {
         TaskState::TimedOut,
         TaskState::Cancelled,
         TaskState::WorkerLost,
+        TaskState::Waiting,
+        TaskState::DependencyFailed,
     ];
 
     pub fn is_final(self) -> bool {
-        !matches!(self, TaskState::Queued | TaskState::Running)
+        !matches!(
+            self,
+            TaskState::Queued | TaskState::Running | TaskState::Waiting
+        )
     }
 
     /// The name used in `--json` output and tables.
@@ -448,6 +537,8 @@ impl TaskState {
             TaskState::TimedOut => "timed_out",
             TaskState::Cancelled => "cancelled",
             TaskState::WorkerLost => "worker_lost",
+            TaskState::Waiting => "waiting",
+            TaskState::DependencyFailed => "dependency_failed",
         }
     }
 }
@@ -498,8 +589,11 @@ pub struct StatusReport {
     pub queued: u64,
     pub running: u64,
     pub succeeded: u64,
-    /// Every unsuccessful final state: failed, timed out, cancelled, worker lost.
+    /// Every unsuccessful final state: failed, timed out, cancelled, worker lost, dependency
+    /// failed.
     pub failed: u64,
+    /// Tasks waiting for their dependencies.
+    pub waiting: u64,
 }
 
 /// One task as `results` shows it.
@@ -530,6 +624,50 @@ pub struct TaskResult {
     pub stderr: String,
     /// Why it failed, when that is not an exit code.
     pub error: Option<String>,
+    /// The job (submission) it belongs to.
+    pub job: JobId,
+    /// The spec's name, if it has one.
+    pub name: Option<String>,
+    /// What it waits (or waited) for: id ranges.
+    pub after: Vec<After>,
+}
+
+/// One job as `jobs` shows it: its tasks counted by state, kept as tasks move (never a scan).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct JobStatus {
+    pub id: JobId,
+    pub name: String,
+    /// Its tasks are ids `first .. first + tasks`.
+    pub first: TaskId,
+    pub tasks: u64,
+    /// How many of its tasks are in each state, for every state of [`TaskState::ALL`], in that
+    /// order (a state added later is listed too, without a new field).
+    pub counts: Vec<(TaskState, u64)>,
+    /// Milliseconds since the Unix epoch.
+    pub submitted_ms: u64,
+    /// When its last task became final, once every one is; `None` while some still run.
+    pub finished_ms: Option<u64>,
+    /// From submission until `finished_ms`, or until the reply was made while it runs.
+    pub duration_ms: u64,
+}
+
+impl JobStatus {
+    /// How many of its tasks are in `state`.
+    pub fn count(&self, state: TaskState) -> u64 {
+        self.counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |&(_, n)| n)
+    }
+
+    /// Tasks in an unsuccessful final state, every kind together (the table's `failed`).
+    pub fn unsuccessful(&self) -> u64 {
+        self.counts
+            .iter()
+            .filter(|(s, _)| s.is_final() && *s != TaskState::Succeeded)
+            .map(|&(_, n)| n)
+            .sum()
+    }
 }
 
 /// Why a `Hello` was refused, for a peer that acts on the kind (the reason is for people).
@@ -580,10 +718,11 @@ pub enum FromMaster {
     /// Give back these attempts if they have not started; answered by `Retracted`.
     Retract(Vec<TaskRef>),
     // To clients.
-    /// Ids `first .. first + count` were accepted.
+    /// Ids `first .. first + count` were accepted, as job `job`.
     Submitted {
         first: TaskId,
         count: u64,
+        job: JobId,
     },
     /// One chunk of a `Status` reply; `more` says another follows. Every chunk carries the same
     /// counts (taken when the request was read) and the next workers, in id order.
@@ -623,6 +762,11 @@ pub enum FromMaster {
         more: bool,
         next: Option<TaskId>,
     },
+    /// One chunk of a `Jobs` reply, in id order; `more` says another follows.
+    Jobs {
+        jobs: Vec<JobStatus>,
+        more: bool,
+    },
     /// The answer to `Log`: the bytes of the log from `offset` (possibly none), and where the
     /// stored log ends now. `done`: the task is final and `bytes` reach the end of its log, so
     /// nothing more will come. `removed`: the full log was removed (`--log-budget`) and `bytes`
@@ -656,6 +800,7 @@ impl FromMaster {
             FromMaster::CancelDone { .. } => "CancelDone",
             FromMaster::Error { .. } => "Error",
             FromMaster::ResultsPage { .. } => "ResultsPage",
+            FromMaster::Jobs { .. } => "Jobs",
             FromMaster::Log { .. } => "Log",
         }
     }
@@ -691,14 +836,22 @@ mod tests {
             ToMaster::Submit {
                 specs: vec![],
                 count: 1,
+                name: None,
             },
             ToMaster::Status,
-            ToMaster::Results { ids: vec![] },
+            ToMaster::Results {
+                ids: vec![],
+                jobs: vec![],
+            },
             ToMaster::Wait {
                 ids: vec![],
                 progress: false,
+                jobs: vec![],
             },
-            ToMaster::Cancel { ids: vec![] },
+            ToMaster::Cancel {
+                ids: vec![],
+                jobs: vec![],
+            },
             ToMaster::Running(vec![]),
             ToMaster::Retracted(vec![]),
             ToMaster::ResultsPage {
@@ -706,6 +859,7 @@ mod tests {
                 after: TaskId(0),
                 limit: 1,
             },
+            ToMaster::Jobs { ids: vec![] },
             ToMaster::Output(vec![]),
             ToMaster::Log {
                 task: TaskId(1),
@@ -738,6 +892,7 @@ mod tests {
             FromMaster::Submitted {
                 first: TaskId(1),
                 count: 1,
+                job: JobId(1),
             },
             FromMaster::Status {
                 report: StatusReport {
@@ -747,6 +902,7 @@ mod tests {
                     running: 0,
                     succeeded: 0,
                     failed: 0,
+                    waiting: 0,
                 },
                 more: false,
             },
@@ -776,6 +932,10 @@ mod tests {
                 tasks: vec![],
                 more: false,
                 next: None,
+            },
+            FromMaster::Jobs {
+                jobs: vec![],
+                more: false,
             },
             FromMaster::Log {
                 task: TaskId(1),

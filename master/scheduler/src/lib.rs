@@ -20,11 +20,13 @@
 //! epoch derived from a monotonic clock, so timestamps in results are wall-clock; the simulator
 //! passes virtual time.
 
+mod deps;
 mod epochs;
 pub mod events;
 mod group_commit;
 mod handed;
 mod holds;
+mod jobs;
 mod log_limit;
 mod logs;
 pub mod metrics;
@@ -40,12 +42,14 @@ mod tasks;
 mod wait;
 mod workers;
 
+use deps::{Deps, Release};
 pub use epochs::EpochStart;
 use epochs::Epochs;
 use events::{Event as StreamEvent, Events};
 pub use group_commit::{GroupCommit, COMMIT_BATCH_MAX, COMMIT_WINDOW_US};
 use handed::GivenUp;
 use holds::Holds;
+pub use jobs::JobRecord;
 use log::{debug, info, log, warn, Level};
 use log_limit::LogLimiter;
 pub use logs::LogOp;
@@ -56,12 +60,13 @@ use pools::{Next, Pools};
 use protocol::budget::chunks_within;
 use protocol::codec::encoded_len;
 use protocol::limits::{
-    LimitError, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_OUTPUT_CHUNK_BYTES, MAX_TAIL_BYTES,
+    LimitError, MAX_ERROR_BYTES, MAX_JOB_NAME_BYTES, MAX_NAME_BYTES, MAX_OUTPUT_CHUNK_BYTES,
+    MAX_TAIL_BYTES,
 };
 use protocol::{
-    Assignment, Attempt, Completion, FromMaster, Incarnation, OutputChunk, OutputStream,
-    StatusReport, TaskId, TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState, ToMaster,
-    WorkerId, WorkerInfo, WorkerState, WorkerStatus,
+    After, Assignment, Attempt, Completion, FromMaster, Incarnation, JobId, OutputChunk,
+    OutputStream, StatusReport, TaskId, TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState,
+    ToMaster, WorkerId, WorkerInfo, WorkerState, WorkerStatus,
 };
 use queue::QueueKey;
 use rebalance::Unstarted;
@@ -174,6 +179,7 @@ pub fn needs_commit(msg: &FromMaster) -> bool {
             | FromMaster::CancelDone { .. }
             | FromMaster::Status { .. }
             | FromMaster::ResultsPage { .. }
+            | FromMaster::Jobs { .. }
             | FromMaster::Log { .. }
     )
 }
@@ -190,6 +196,9 @@ pub enum Record {
     },
     /// A task reached its final state.
     Finished { id: TaskId, outcome: Outcome },
+    /// A job was made (one per `Submit`, before the `Submitted` records of its tasks), or named
+    /// at recovery for tasks an older journal kept without one.
+    Job(JobRecord),
 }
 
 /// A task's final outcome as it is made durable and read back: the one shape from the core's
@@ -264,6 +273,9 @@ const TASK_LINES_PER_SECOND: u32 = 20;
 /// One submission may create at most this many tasks (about 1 GiB of task records): a client
 /// cannot make the master allocate without bound in one request.
 const MAX_TASKS_PER_SUBMIT: u64 = 10_000_000;
+/// One `Cancel` may name jobs of at most this many tasks together: its `CancelDone` lists each
+/// (up to 10 bytes an id), and must fit a frame. `master cancel --job` cancels by ids instead.
+const MAX_CANCEL_JOB_TASKS: u64 = 1_000_000;
 /// Retry backoff after a failed run: 200 ms, doubling, at most 30 s.
 const RETRY_BACKOFF_BASE_MS: u64 = 200;
 const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
@@ -308,6 +320,13 @@ pub struct Core {
     metrics: Metrics,
     /// The SSE stream, off while nobody subscribes (`events.rs`).
     events: Events,
+    /// Waiting tasks and what they wait for (`deps.rs`).
+    deps: Deps,
+    /// What ended tasks released, still to apply (`settle_releases`): a worklist, so a chain of
+    /// a million dependency failures does not recurse.
+    releases: Vec<Release>,
+    /// `settle_releases` is applying `releases` (a `finish` inside it only adds to them).
+    settling: bool,
     /// Unfinished tasks whose output the log store holds (`logs.rs`).
     logged: LoggedTasks,
 }
@@ -344,6 +363,9 @@ impl Core {
             next_idle_check_ms: 0,
             metrics: Metrics::default(),
             events: Events::default(),
+            deps: Deps::default(),
+            releases: Vec::new(),
+            settling: false,
             logged: LoggedTasks::default(),
         }
     }
@@ -351,12 +373,15 @@ impl Core {
     /// Rebuilds state from the journal; call once, before any connection. Finished tasks keep
     /// their results; unfinished ones wait `recovery_grace_ms` for a reconnecting worker to claim
     /// them, then run again with the next attempt. Returns (finished, unfinished).
-    /// `history` lists every incarnation's start, this one (`config.incarnation`) last.
+    /// `history` lists every incarnation's start, this one (`config.incarnation`) last. `jobs`
+    /// come densely in id order; tasks past the last job's range (from a journal older than
+    /// jobs) get one job per batch, named after its spec, and recorded.
     pub fn restore(
         &mut self,
         now_ms: u64,
         tasks: Vec<RestoredTask>,
         history: Vec<EpochStart>,
+        jobs: Vec<JobRecord>,
     ) -> Result<(u64, u64), RestoreError> {
         let epochs = Epochs::from_history(history)?;
         if epochs.current() != self.config.incarnation {
@@ -366,7 +391,26 @@ impl Core {
             });
         }
         self.epochs = epochs;
+        for job in jobs {
+            self.tasks.restore_job(job)?;
+        }
+        let covered = self
+            .tasks
+            .jobs()
+            .iter()
+            .last()
+            .map_or(0, |(_, j)| j.last().0);
+        if covered > tasks.len() as u64 {
+            return Err(RestoreError::JobPastTasks {
+                job: JobId(self.tasks.jobs().len() as u64),
+                tasks: tasks.len() as u64,
+            });
+        }
+        self.name_orphans(&tasks[covered as usize..]);
         let (mut finished, mut unfinished) = (0, 0);
+        // Batches with dependencies: (first, count, spec). Their gates are made once every task
+        // is back, since a task may wait for a later id of its own submission.
+        let mut gated: Vec<(TaskId, u64, Arc<TaskSpec>)> = Vec::new();
         // Tasks of one batch share their spec: check each spec once.
         let mut checked: Option<(*const TaskSpec, Result<(), LimitError>)> = None;
         for mut t in tasks {
@@ -404,6 +448,16 @@ impl Core {
                 .map(|name| self.workers.intern(name));
             let is_final = t.outcome.is_some();
             let id = t.id;
+            if !t.spec.after.is_empty() {
+                match gated.last_mut() {
+                    Some((first, count, spec))
+                        if Arc::ptr_eq(spec, &t.spec) && first.0 + *count == id.0 =>
+                    {
+                        *count += 1
+                    }
+                    _ => gated.push((id, 1, t.spec.clone())),
+                }
+            }
             self.metrics.submitted(t.submitted_ms);
             if let Some(o) = &t.outcome {
                 self.metrics
@@ -412,6 +466,9 @@ impl Core {
             self.tasks.restore(t, worker)?;
             if is_final {
                 finished += 1;
+            } else if self.tasks.get(id).map(|t| t.state) == Some(TaskState::Waiting) {
+                // Never ran: no attempt to count, no worker to wait for. Its gate comes below.
+                unfinished += 1;
             } else {
                 // The attempt that was in flight when the master died counts as one.
                 self.tasks.bump_attempt(id);
@@ -419,7 +476,174 @@ impl Core {
                 unfinished += 1;
             }
         }
+        for (first, count, spec) in gated {
+            let last = TaskId(first.0 + count - 1);
+            let waiting = (first.0..=last.0)
+                .any(|i| self.tasks.get(TaskId(i)).map(|t| t.state) == Some(TaskState::Waiting));
+            if waiting {
+                // A dependency may have ended while the master was down (or in the same turn as
+                // the crash): what it releases is applied now, durably.
+                let ranges = id_ranges(&spec.after);
+                let existing = self.dependency_verdict(&ranges, TaskId(u64::MAX));
+                self.gate(first, count, ranges, TaskId(u64::MAX), existing);
+            }
+        }
+        self.settle_releases(now_ms);
         Ok((finished, unfinished))
+    }
+
+    /// Jobs for restored tasks that have none (`tasks` are those past the last job): one per
+    /// batch (a run of tasks sharing a spec and a submission time), recorded so the ids stay.
+    fn name_orphans(&mut self, tasks: &[RestoredTask]) {
+        let mut rest = tasks;
+        let mut next = TaskId(tasks.first().map_or(0, |_| self.tasks.jobs().next_task().0));
+        while let Some(head) = rest.first() {
+            if head.id != next {
+                return; // a gap in the ids: `TaskTable::restore` refuses it
+            }
+            let len = rest
+                .iter()
+                .zip(head.id.0..)
+                .take_while(|(t, id)| {
+                    t.id.0 == *id
+                        && Arc::ptr_eq(&t.spec, &head.spec)
+                        && t.submitted_ms == head.submitted_ms
+                })
+                .count();
+            next = TaskId(head.id.0 + len as u64);
+            let name = protocol::names::job_name(&head.spec);
+            let first = head.id;
+            let id = self
+                .tasks
+                .open_job(name.clone(), first, len as u64, head.submitted_ms);
+            if self.config.persist {
+                self.session.push_record(Record::Job(JobRecord {
+                    id,
+                    name,
+                    first,
+                    count: len as u64,
+                    submitted_ms: head.submitted_ms,
+                }));
+            }
+            rest = &rest[len..];
+        }
+    }
+
+    /// What the tasks of `ranges` below `new_from` (the ones submitted before) say for a gate:
+    /// how many have not succeeded, or the first that ended otherwise. A scan: O(ids in them).
+    fn dependency_verdict(&self, ranges: &[(u64, u64)], new_from: TaskId) -> Verdict {
+        let mut remaining = 0u64;
+        for &(a, b) in ranges {
+            for i in a..=b.min(new_from.0.saturating_sub(1)) {
+                match self.tasks.get(TaskId(i)).map(|t| t.state) {
+                    Some(TaskState::Succeeded) => {}
+                    Some(s) if !s.is_final() => remaining += 1,
+                    // Final otherwise; or missing (checked at submit; from a journal, an id that
+                    // is not there cannot be waited for).
+                    _ => return Verdict::Failed(TaskId(i)),
+                }
+            }
+        }
+        Verdict::Remaining(remaining)
+    }
+
+    /// Makes the gate of tasks `first .. first + count` (all `Waiting`), which wait for the
+    /// normalised `ranges`: `existing` is the verdict of the ids below `new_from`; the ids at or
+    /// past it belong to the same submission (not final yet). A dependency that ended otherwise
+    /// than succeeded fails them, none left to wait for runs them: both through `releases`.
+    fn gate(
+        &mut self,
+        first: TaskId,
+        count: u64,
+        ranges: Vec<(u64, u64)>,
+        new_from: TaskId,
+        existing: Verdict,
+    ) {
+        let mut remaining = match existing {
+            Verdict::Failed(because) => {
+                self.releases.push(Release::Fail {
+                    first,
+                    count,
+                    because,
+                });
+                return;
+            }
+            Verdict::Remaining(n) => n,
+        };
+        for &(a, b) in &ranges {
+            let new_start = a.max(new_from.0);
+            if new_start <= b {
+                remaining += b - new_start + 1;
+            }
+        }
+        if remaining == 0 {
+            self.releases.push(Release::Run { first, count });
+        } else {
+            self.deps.add(first, count, ranges, remaining);
+        }
+    }
+
+    /// Applies what ended tasks released: waiting tasks run, or end `DependencyFailed` (which
+    /// releases their own dependents in turn, through the same list).
+    fn settle_releases(&mut self, now_ms: u64) {
+        if self.settling {
+            return;
+        }
+        self.settling = true;
+        while let Some(r) = self.releases.pop() {
+            match r {
+                Release::Run { first, count } => {
+                    for i in first.0..first.0 + count {
+                        let id = TaskId(i);
+                        if self.tasks.get(id).map(|t| t.state) != Some(TaskState::Waiting) {
+                            continue;
+                        }
+                        self.tasks.release(id);
+                        self.events.task(now_ms, || StreamEvent::Task {
+                            id: i,
+                            state: TaskState::Queued.as_str(),
+                            worker: None,
+                            at_ms: now_ms,
+                        });
+                        self.enqueue(id);
+                    }
+                    debug!(
+                        "tasks {first}..={}: dependencies succeeded, queued",
+                        first.0 + count - 1
+                    );
+                }
+                Release::Fail {
+                    first,
+                    count,
+                    because,
+                } => {
+                    let error = match self.tasks.get(because).map(|t| t.state) {
+                        Some(TaskState::Failed) | None => format!("dependency {because} failed"),
+                        Some(s) => format!("dependency {because} failed ({})", s.as_str()),
+                    };
+                    let mut ended = 0u64;
+                    for i in first.0..first.0 + count {
+                        let id = TaskId(i);
+                        if self.tasks.get(id).map(|t| t.state) != Some(TaskState::Waiting) {
+                            continue;
+                        }
+                        let result = FinalResult {
+                            error: Some(error.clone()),
+                            ..FinalResult::default()
+                        };
+                        self.finish(now_ms, id, TaskState::DependencyFailed, result, None);
+                        ended += 1;
+                    }
+                    if ended > 0 {
+                        info!(
+                            "{ended} tasks ({first}..={}) dependency_failed: {error}",
+                            first.0 + count - 1
+                        );
+                    }
+                }
+            }
+        }
+        self.settling = false;
     }
 
     // ---- input -------------------------------------------------------------------------------
@@ -749,7 +973,9 @@ impl Core {
             failed: t.count(TaskState::Failed)
                 + t.count(TaskState::TimedOut)
                 + t.count(TaskState::Cancelled)
-                + t.count(TaskState::WorkerLost),
+                + t.count(TaskState::WorkerLost)
+                + t.count(TaskState::DependencyFailed),
+            waiting: t.count(TaskState::Waiting),
         }
     }
 
@@ -1360,12 +1586,21 @@ impl Core {
 
     fn on_client_message(&mut self, now_ms: u64, client: ClientId, msg: ToMaster) {
         match msg {
-            ToMaster::Submit { specs, count } => self.on_submit(now_ms, client, specs, count),
+            ToMaster::Submit { specs, count, name } => {
+                self.on_submit(now_ms, client, specs, count, name)
+            }
             ToMaster::Status => self.start_status(client),
             // Repeated ids would cost work and reply bytes per repeat (a 16 MiB frame holds ~2M).
-            ToMaster::Results { ids } => self.on_results(client, unique(ids)),
-            ToMaster::Wait { ids, progress } => self.on_wait(client, unique(ids), progress),
-            ToMaster::Cancel { ids } => self.on_cancel(now_ms, client, unique(ids)),
+            ToMaster::Results { ids, jobs } => self.on_results(client, unique(ids), unique(jobs)),
+            ToMaster::Wait {
+                ids,
+                progress,
+                jobs,
+            } => self.on_wait(client, unique(ids), progress, unique(jobs)),
+            ToMaster::Cancel { ids, jobs } => {
+                self.on_cancel(now_ms, client, unique(ids), unique(jobs))
+            }
+            ToMaster::Jobs { ids } => self.on_jobs(now_ms, client, unique(ids)),
             ToMaster::ResultsPage {
                 state,
                 after,
@@ -1385,9 +1620,27 @@ impl Core {
         }
     }
 
-    fn on_submit(&mut self, now_ms: u64, client: ClientId, specs: Vec<TaskSpec>, count: u32) {
+    fn on_submit(
+        &mut self,
+        now_ms: u64,
+        client: ClientId,
+        specs: Vec<TaskSpec>,
+        count: u32,
+        name: Option<String>,
+    ) {
         if specs.is_empty() || count == 0 {
             return self.error(client, "nothing to submit".into());
+        }
+        if let Some(name) = &name {
+            if name.len() > MAX_JOB_NAME_BYTES {
+                return self.error(
+                    client,
+                    format!(
+                        "the job name is {} bytes, more than the limit of {MAX_JOB_NAME_BYTES}",
+                        name.len()
+                    ),
+                );
+            }
         }
         let asked = specs.len() as u64 * count as u64;
         if asked > MAX_TASKS_PER_SUBMIT {
@@ -1419,6 +1672,57 @@ impl Core {
             }
         }
         let first = self.tasks.next_id();
+        let jobs = self.tasks.jobs();
+        let job_range = |j: JobId| jobs.get(j).map(|job| (job.first, job.last()));
+        let specs = match resolve_after(specs, first, count, job_range) {
+            Ok(specs) => specs,
+            Err(e) => return self.error(client, e),
+        };
+        // What the tasks submitted before say, per distinct `after` (a file whose every line
+        // waits for one job scans it once), within a budget: a Submit cannot make the loop
+        // walk more tasks than it could create.
+        let mut verdicts: HashMap<Vec<(u64, u64)>, Verdict> = HashMap::new();
+        let mut scan_budget = MAX_TASKS_PER_SUBMIT;
+        let mut gated = Vec::new();
+        let mut next = first.0;
+        for spec in &specs {
+            if !spec.after.is_empty() {
+                let ranges = id_ranges(&spec.after);
+                if !verdicts.contains_key(&ranges) {
+                    let scanned: u64 = ranges
+                        .iter()
+                        .filter(|r| r.0 < first.0)
+                        .map(|&(a, b)| b.min(first.0 - 1) - a + 1)
+                        .sum();
+                    if scanned > scan_budget {
+                        return self.error(
+                            client,
+                            format!(
+                                "the submission waits for more than {MAX_TASKS_PER_SUBMIT} \
+                                 earlier tasks (each distinct after counted); split it"
+                            ),
+                        );
+                    }
+                    scan_budget -= scanned;
+                    let verdict = self.dependency_verdict(&ranges, first);
+                    verdicts.insert(ranges.clone(), verdict);
+                }
+                gated.push((TaskId(next), ranges));
+            }
+            next += u64::from(count);
+        }
+        let name = name.unwrap_or_else(|| protocol::names::job_name(&specs[0]));
+        let job = self.tasks.open_job(name.clone(), first, asked, now_ms);
+        if self.config.persist {
+            // IMPORTANT: before its tasks' records: recovery reads a job before its tasks.
+            self.session.push_record(Record::Job(JobRecord {
+                id: job,
+                name,
+                first,
+                count: asked,
+                submitted_ms: now_ms,
+            }));
+        }
         let mut total = 0u64;
         self.metrics.submitted(now_ms);
         for spec in specs {
@@ -1433,10 +1737,22 @@ impl Core {
             }
             for _ in 0..count {
                 let id = self.tasks.add(spec.clone(), now_ms);
-                self.enqueue(id);
+                if spec.after.is_empty() {
+                    self.enqueue(id);
+                }
                 total += 1;
             }
         }
+        // IMPORTANT: every gate before any release is applied: a release may end tasks of this
+        // submission, and a gate made later would count them as not yet final.
+        for (gate_first, ranges) in gated {
+            let existing = verdicts
+                .get(&ranges)
+                .copied()
+                .unwrap_or(Verdict::Remaining(0));
+            self.gate(gate_first, u64::from(count), ranges, first, existing);
+        }
+        self.settle_releases(now_ms);
         let last = TaskId(first.0 + total - 1);
         self.events.task(now_ms, || StreamEvent::Submitted {
             first: first.0,
@@ -1444,7 +1760,7 @@ impl Core {
             at_ms: now_ms,
         });
         info!(
-            "accepted {total} tasks ({first}..={last}), {} queued",
+            "accepted job {job}: {total} tasks ({first}..={last}), {} queued",
             self.pools.len()
         );
         self.session.send_client(
@@ -1452,6 +1768,7 @@ impl Core {
             FromMaster::Submitted {
                 first,
                 count: total,
+                job,
             },
         );
     }
@@ -1460,6 +1777,19 @@ impl Core {
     /// ended like any other (`LogOp::End`). Call before any connection.
     pub fn note_logged(&mut self, task: TaskId) {
         self.logged.note(task);
+    }
+
+    /// The id ranges of `jobs`, or the first unknown one.
+    fn job_ranges(&self, jobs: &[JobId]) -> Result<Vec<(TaskId, TaskId)>, JobId> {
+        jobs.iter()
+            .map(|&id| {
+                self.tasks
+                    .jobs()
+                    .get(id)
+                    .map(|j| (j.first, j.last()))
+                    .ok_or(id)
+            })
+            .collect()
     }
 
     /// A read of a task's log: the store (the shell's) answers, told whether the task is final
@@ -1491,15 +1821,33 @@ impl Core {
         });
     }
 
-    fn on_results(&mut self, client: ClientId, ids: Vec<TaskId>) {
+    fn on_results(&mut self, client: ClientId, ids: Vec<TaskId>, jobs: Vec<JobId>) {
         if let Some(&id) = ids.iter().find(|&&id| self.tasks.get(id).is_none()) {
             return self.error(client, format!("unknown task id {id}"));
         }
+        let ranges = match self.job_ranges(&jobs) {
+            Ok(ranges) => ranges,
+            Err(job) => return self.error(client, format!("unknown job {job}")),
+        };
         // Chunk by chunk, as the connection drains (`replies.rs`).
-        self.start_results(client, ids);
+        if jobs.is_empty() {
+            self.start_results(client, ids);
+        } else {
+            self.start_ranges(client, ids, ranges);
+        }
     }
 
-    fn on_wait(&mut self, client: ClientId, ids: Vec<TaskId>, progress: bool) {
+    fn on_jobs(&mut self, now_ms: u64, client: ClientId, ids: Vec<JobId>) {
+        if let Some(&id) = ids.iter().find(|&&id| self.tasks.jobs().get(id).is_none()) {
+            return self.error(client, format!("unknown job {id}"));
+        }
+        self.start_jobs(now_ms, client, ids);
+    }
+
+    fn on_wait(&mut self, client: ClientId, ids: Vec<TaskId>, progress: bool, jobs: Vec<JobId>) {
+        if !jobs.is_empty() {
+            return self.wait_jobs(client, ids, progress, jobs);
+        }
         if ids.is_empty() {
             // The tasks unfinished now, and only those: a summary that also counted the whole
             // history would report last week's failures (and exit 1) for a batch that succeeded.
@@ -1531,12 +1879,77 @@ impl Core {
         self.waiters.add_ids(client, pending, start, progress);
     }
 
-    fn on_cancel(&mut self, now_ms: u64, client: ClientId, ids: Vec<TaskId>) {
+    /// A wait for whole jobs (and ids): a job's tasks are counted from its counts, not one by
+    /// one, so waiting for a job of a million tasks costs its range, not a million entries.
+    fn wait_jobs(&mut self, client: ClientId, ids: Vec<TaskId>, progress: bool, jobs: Vec<JobId>) {
+        let mut ranges = match self.job_ranges(&jobs) {
+            Ok(ranges) => ranges,
+            Err(job) => return self.error(client, format!("unknown job {job}")),
+        };
+        ranges.sort_unstable();
+        let mut start = WaitStart {
+            succeeded: 0,
+            failed: 0,
+        };
+        let mut remaining = 0;
+        for &job in &jobs {
+            let Some(j) = self.tasks.jobs().get(job) else {
+                continue;
+            };
+            let unfinished = j.unfinished();
+            let succeeded = j.count(TaskState::Succeeded);
+            remaining += unfinished;
+            start.succeeded += succeeded;
+            start.failed += j.count - unfinished - succeeded;
+        }
+        let mut pending = BTreeSet::new();
+        for id in ids {
+            if wait::in_ranges(&ranges, id) {
+                continue; // counted with its job
+            }
+            match self.tasks.get(id).map(|t| t.state) {
+                None => return self.error(client, format!("unknown task id {id}")),
+                Some(s) if !s.is_final() => {
+                    pending.insert(id);
+                }
+                Some(TaskState::Succeeded) => start.succeeded += 1,
+                Some(_) => start.failed += 1,
+            }
+        }
+        self.waiters
+            .add_ranges(client, pending, ranges, remaining, start, progress);
+    }
+
+    fn on_cancel(&mut self, now_ms: u64, client: ClientId, ids: Vec<TaskId>, jobs: Vec<JobId>) {
+        let ranges = match self.job_ranges(&jobs) {
+            Ok(ranges) => ranges,
+            Err(job) => return self.error(client, format!("unknown job {job}")),
+        };
+        let by_job: u64 = ranges.iter().map(|(f, l)| l.0 - f.0 + 1).sum();
+        if by_job > MAX_CANCEL_JOB_TASKS {
+            return self.error(
+                client,
+                format!(
+                    "those jobs hold {by_job} tasks; at most {MAX_CANCEL_JOB_TASKS} are cancelled \
+                     by job at once (name their ids instead)"
+                ),
+            );
+        }
         let mut cancelled = Vec::new();
         let mut already_final = Vec::new();
         let mut unknown = Vec::new();
         let mut kills: BTreeMap<WorkerId, Vec<TaskRef>> = BTreeMap::new();
-        for id in ids {
+        let listed: HashSet<TaskId> = if ranges.is_empty() {
+            HashSet::new()
+        } else {
+            ids.iter().copied().collect()
+        };
+        // A job's tasks after the ids, each once.
+        let of_jobs = ranges
+            .iter()
+            .flat_map(|&(first, last)| (first.0..=last.0).map(TaskId))
+            .filter(|id| !listed.contains(id));
+        for id in ids.into_iter().chain(of_jobs) {
             let Some(t) = self.tasks.get(id) else {
                 unknown.push(id);
                 continue;
@@ -1546,6 +1959,16 @@ impl Core {
                     if !self.dequeue(id) {
                         self.holds.unhold(id);
                     }
+                    self.finish(
+                        now_ms,
+                        id,
+                        TaskState::Cancelled,
+                        settle(TaskOutcome::Cancelled).1,
+                        None,
+                    );
+                    cancelled.push(id);
+                }
+                TaskState::Waiting => {
                     self.finish(
                         now_ms,
                         id,
@@ -1627,6 +2050,11 @@ impl Core {
                 self.session.push_record(Record::Finished { id, outcome });
             }
         }
+        self.deps
+            .on_final(id, state == TaskState::Succeeded, &mut self.releases);
+        if !self.releases.is_empty() {
+            self.settle_releases(now_ms);
+        }
     }
 
     /// What the journal keeps of a final task.
@@ -1671,6 +2099,10 @@ impl Core {
             stdout: r.map(|r| r.stdout.clone()).unwrap_or_default(),
             stderr: r.map(|r| r.stderr.clone()).unwrap_or_default(),
             error: r.and_then(|r| r.error.clone()),
+            // Every task has one (a restore names jobs for tasks without one).
+            job: self.tasks.job_of(id).unwrap_or(JobId(0)),
+            name: t.spec.name.clone(),
+            after: t.spec.after.clone(),
         }
     }
 
@@ -1747,8 +2179,26 @@ impl Core {
             }
         }
         assert_eq!(queued + copy_requests, self.pools.len() + self.holds.len());
+        self.check_dependencies();
+        self.tasks.jobs().sanity_check(self.tasks.len() as u64);
+        // Every job's counts, kept on transitions, against a scan of its tasks.
+        for (job, j) in self.tasks.jobs().iter() {
+            for state in TaskState::ALL {
+                let scanned = (j.first.0..=j.last().0)
+                    .filter(|&id| self.tasks.get(TaskId(id)).is_some_and(|t| t.state == state))
+                    .count() as u64;
+                assert_eq!(
+                    j.count(state),
+                    scanned,
+                    "job {job}: {} count",
+                    state.as_str()
+                );
+            }
+        }
         self.workers.sanity_check();
         self.session.sanity_check();
+        self.deps.sanity_check();
+        assert!(self.releases.is_empty() && !self.settling);
         for w in self.workers.iter() {
             assert_eq!(
                 w.is_alive(),
@@ -1779,6 +2229,49 @@ impl Core {
     }
 }
 
+#[cfg(test)]
+impl Core {
+    /// What dependencies promise, by a scan: a task waits exactly while some dependency has not
+    /// succeeded and none ended otherwise; a task that left `Waiting` for a queue (or ran) saw
+    /// every dependency succeed; one that ended `DependencyFailed` has a dependency that ended
+    /// otherwise. Small tables only (tests).
+    pub fn check_dependencies(&self) {
+        for (id, t) in self.tasks.iter() {
+            if t.spec.after.is_empty() {
+                continue;
+            }
+            let states: Vec<Option<TaskState>> = id_ranges(&t.spec.after)
+                .into_iter()
+                .flat_map(|(a, b)| a..=b)
+                .map(|i| self.tasks.get(TaskId(i)).map(|d| d.state))
+                .collect();
+            let bad = states
+                .iter()
+                .any(|s| s.is_none_or(|s| s.is_final() && s != TaskState::Succeeded));
+            let all_ok = states.iter().all(|&s| s == Some(TaskState::Succeeded));
+            match t.state {
+                TaskState::Waiting => {
+                    assert!(!bad, "task {id} waits for a dependency that failed");
+                    assert!(!all_ok, "task {id} waits though its dependencies succeeded");
+                }
+                TaskState::DependencyFailed => {
+                    assert!(bad, "task {id} dependency_failed with no failed dependency")
+                }
+                TaskState::Queued | TaskState::Running => assert!(
+                    all_ok,
+                    "task {id} is {:?} before its dependencies succeeded",
+                    t.state
+                ),
+                // Final: what it ended as is checked when it did (or came from a journal).
+                _ => {}
+            }
+            if t.dispatched {
+                assert!(all_ok, "task {id} ran before its dependencies succeeded");
+            }
+        }
+    }
+}
+
 /// A duration for a log line: `5s`, `1.5s`, `250ms`.
 fn ms(ms: u64) -> String {
     if ms >= 1_000 && ms % 100 == 0 {
@@ -1788,9 +2281,74 @@ fn ms(ms: u64) -> String {
     }
 }
 
+/// The id ranges of a resolved `after` (only `After::Ids` are left once a submission is accepted).
+fn id_ranges(after: &[After]) -> Vec<(u64, u64)> {
+    let ranges = after
+        .iter()
+        .filter_map(|a| match a {
+            After::Ids { first, last } => Some((first.0, last.0)),
+            After::Spec(_) | After::Job(_) => None,
+        })
+        .collect();
+    deps::normalise(ranges)
+}
+
+/// Checks and resolves every spec's `after` for a submission whose ids start at `first`, each
+/// spec `count` times: references within it become the id ranges of that spec's copies, a job
+/// its range (`job_range`: first and last id of a job, if there is one), and the whole is kept
+/// sorted and merged. Refused: a cycle, a reference out of the submission, an id not submitted
+/// before it, an unknown job.
+fn resolve_after(
+    mut specs: Vec<TaskSpec>,
+    first: TaskId,
+    count: u32,
+    job_range: impl Fn(JobId) -> Option<(TaskId, TaskId)>,
+) -> Result<Vec<TaskSpec>, String> {
+    protocol::dag::check(&specs).map_err(|e| e.to_string())?;
+    let count = u64::from(count);
+    for (i, spec) in specs.iter_mut().enumerate() {
+        if spec.after.is_empty() {
+            continue;
+        }
+        let mut ranges = Vec::with_capacity(spec.after.len());
+        for a in &spec.after {
+            match *a {
+                After::Ids { last, .. } if last >= first => {
+                    return Err(format!(
+                        "task {} of the submission waits for task {last}, which does not exist",
+                        i + 1
+                    ));
+                }
+                After::Ids { first, last } => ranges.push((first.0, last.0)),
+                After::Spec(j) => {
+                    let start = first.0 + u64::from(j) * count;
+                    ranges.push((start, start + count - 1));
+                }
+                After::Job(job) => match job_range(job) {
+                    Some((a, b)) => ranges.push((a.0, b.0)),
+                    None => {
+                        return Err(format!(
+                            "task {} of the submission waits for job {job}, which does not exist",
+                            i + 1
+                        ))
+                    }
+                },
+            }
+        }
+        spec.after = deps::normalise(ranges)
+            .into_iter()
+            .map(|(a, b)| After::Ids {
+                first: TaskId(a),
+                last: TaskId(b),
+            })
+            .collect();
+    }
+    Ok(specs)
+}
+
 /// `ids` without repeats, first occurrence kept (the set is only looked up: the order is the
 /// input's).
-fn unique(ids: Vec<TaskId>) -> Vec<TaskId> {
+fn unique<T: Copy + Eq + std::hash::Hash>(ids: Vec<T>) -> Vec<T> {
     let mut seen = HashSet::with_capacity(ids.len());
     ids.into_iter().filter(|id| seen.insert(*id)).collect()
 }
@@ -1801,6 +2359,15 @@ fn queue_key(order: QueueOrder, id: TaskId, t: &Task) -> QueueKey {
         priority: t.spec.priority,
         order: order.tie_breaker(id.0, t.spec.size),
     }
+}
+
+/// What the earlier tasks a gate waits for say (`Core::dependency_verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// This many have not succeeded yet (none ended otherwise).
+    Remaining(u64),
+    /// This one ended otherwise than succeeded (or does not exist).
+    Failed(TaskId),
 }
 
 /// Why a reported completion was not credited.

@@ -413,7 +413,8 @@ impl crate::Core {
             failures: m.retried,
             failed: t.count(TaskState::Failed)
                 + t.count(TaskState::TimedOut)
-                + t.count(TaskState::Cancelled),
+                + t.count(TaskState::Cancelled)
+                + t.count(TaskState::DependencyFailed),
             unfinished: t.unfinished(),
             mean_completion_s: micro(c.mean_ms() / 1e3),
             p50_completion_s: micro(c.percentile_ms(50.0) / 1e3),

@@ -86,6 +86,15 @@ fn task_id() -> BoxedStrategy<TaskId> {
     (0..IDS).prop_map(TaskId).boxed()
 }
 
+/// Job 0 and jobs past the last one are unknown.
+fn job_id() -> BoxedStrategy<JobId> {
+    (0u64..6).prop_map(JobId).boxed()
+}
+
+fn job_name() -> BoxedStrategy<Option<String>> {
+    prop_oneof![Just(None), Just(Some("build".to_string()))].boxed()
+}
+
 fn task_ref() -> BoxedStrategy<TaskRef> {
     // Incarnation 2 is this master's after a restart, 1 an earlier one's, 3 another master's.
     (task_id(), 0u32..5, 1u32..4)
@@ -151,6 +160,24 @@ fn group() -> BoxedStrategy<Option<String>> {
         .boxed()
 }
 
+/// Dependencies: none mostly; else ids of the small id space (0 and backwards ranges are
+/// refused), other specs of the same submission (cycles and missing ones refused), or jobs.
+fn after() -> BoxedStrategy<Vec<After>> {
+    let one = prop_oneof![
+        2 => (0u64..IDS, 0u64..3).prop_map(|(a, n)| After::Ids {
+            first: TaskId(a),
+            last: TaskId(a + n),
+        }),
+        1 => (1u64..IDS).prop_map(|a| After::Ids {
+            first: TaskId(a),
+            last: TaskId(a - 1),
+        }),
+        2 => (0u32..3).prop_map(After::Spec),
+        1 => (0u64..4).prop_map(|j| After::Job(protocol::JobId(j))),
+    ];
+    prop_oneof![3 => Just(Vec::new()), 2 => vec(one, 1..3)].boxed()
+}
+
 fn spec() -> BoxedStrategy<TaskSpec> {
     let kind = prop_oneof![
         (0u64..50).prop_map(|ms| TaskKind::Sleep { ms }),
@@ -176,9 +203,20 @@ fn spec() -> BoxedStrategy<TaskSpec> {
         0u32..3,
         group(),
         prop_oneof![12 => Just(1u32), 4 => 2u32..4, 1 => Just(0u32)],
+        after(),
     )
         .prop_map(
-            |(kind, priority, size, timeout_ms, max_retries, retry_failed, group, replicas)| {
+            |(
+                kind,
+                priority,
+                size,
+                timeout_ms,
+                max_retries,
+                retry_failed,
+                group,
+                replicas,
+                after,
+            )| {
                 TaskSpec {
                     kind,
                     priority,
@@ -188,6 +226,8 @@ fn spec() -> BoxedStrategy<TaskSpec> {
                     retry_failed,
                     group,
                     replicas,
+                    name: None,
+                    after,
                 }
             },
         )
@@ -267,11 +307,12 @@ fn to_master() -> BoxedStrategy<ToMaster> {
             0..4
         )
         .prop_map(ToMaster::Finished),
-        3 => (vec(spec(), 0..3), 0u32..5).prop_map(|(specs, count)| ToMaster::Submit { specs, count }),
+        3 => (vec(spec(), 0..3), 0u32..5, job_name()).prop_map(|(specs, count, name)| ToMaster::Submit { specs, count, name }),
         1 => Just(ToMaster::Status),
-        1 => vec(task_id(), 0..4).prop_map(|ids| ToMaster::Results { ids }),
-        1 => (vec(task_id(), 0..4), any::<bool>()).prop_map(|(ids, progress)| ToMaster::Wait { ids, progress }),
-        1 => vec(task_id(), 0..4).prop_map(|ids| ToMaster::Cancel { ids }),
+        1 => (vec(task_id(), 0..4), vec(job_id(), 0..2)).prop_map(|(ids, jobs)| ToMaster::Results { ids, jobs }),
+        1 => (vec(task_id(), 0..4), any::<bool>(), vec(job_id(), 0..2)).prop_map(|(ids, progress, jobs)| ToMaster::Wait { ids, progress, jobs }),
+        1 => (vec(task_id(), 0..4), vec(job_id(), 0..2)).prop_map(|(ids, jobs)| ToMaster::Cancel { ids, jobs }),
+        1 => vec(job_id(), 0..3).prop_map(|ids| ToMaster::Jobs { ids }),
         1 => vec(task_ref(), 0..4).prop_map(ToMaster::Running),
         1 => vec(task_ref(), 0..4).prop_map(ToMaster::Retracted),
         1 => vec(output_chunk(), 0..3).prop_map(ToMaster::Output),
@@ -288,11 +329,12 @@ fn to_master() -> BoxedStrategy<ToMaster> {
 
 fn client_msg() -> BoxedStrategy<ToMaster> {
     prop_oneof![
-        4 => (vec(spec(), 1..3), 1u32..5).prop_map(|(specs, count)| ToMaster::Submit { specs, count }),
+        4 => (vec(spec(), 1..3), 1u32..5, job_name()).prop_map(|(specs, count, name)| ToMaster::Submit { specs, count, name }),
         1 => Just(ToMaster::Status),
-        1 => vec(task_id(), 0..4).prop_map(|ids| ToMaster::Results { ids }),
-        1 => (vec(task_id(), 0..4), any::<bool>()).prop_map(|(ids, progress)| ToMaster::Wait { ids, progress }),
-        1 => vec(task_id(), 0..4).prop_map(|ids| ToMaster::Cancel { ids }),
+        1 => (vec(task_id(), 0..4), vec(job_id(), 0..2)).prop_map(|(ids, jobs)| ToMaster::Results { ids, jobs }),
+        1 => (vec(task_id(), 0..4), any::<bool>(), vec(job_id(), 0..2)).prop_map(|(ids, progress, jobs)| ToMaster::Wait { ids, progress, jobs }),
+        1 => (vec(task_id(), 0..4), vec(job_id(), 0..2)).prop_map(|(ids, jobs)| ToMaster::Cancel { ids, jobs }),
+        1 => vec(job_id(), 0..3).prop_map(|ids| ToMaster::Jobs { ids }),
         1 => log_read(),
     ]
     .boxed()
@@ -454,9 +496,15 @@ impl World {
                 .enumerate()
                 .map(|(i, (spec, fin))| {
                     let id = TaskId(i as u64 + 1);
+                    // A journal holds only resolved dependencies, on ids it holds.
+                    let mut spec = spec.clone();
+                    let held = s.restored.len() as u64;
+                    spec.after.retain(|a| {
+                        matches!(a, After::Ids { first, last } if first.0 >= 1 && first <= last && last.0 <= held)
+                    });
                     RestoredTask {
                         id,
-                        spec: Arc::new(spec.clone()),
+                        spec: Arc::new(spec),
                         submitted_ms: now - 10,
                         outcome: fin.map(|ok| {
                             Box::new(Outcome {
@@ -489,7 +537,8 @@ impl World {
                     first_id: TaskId(s.restored.len() as u64 + 1),
                 },
             ];
-            core.restore(now, restored, history).expect("restores");
+            core.restore(now, restored, history, Vec::new())
+                .expect("restores");
         }
         // The SSE stream on, as with a subscriber: its hooks run at every transition.
         core.set_events(now, true);
@@ -882,6 +931,7 @@ fn worker_rejoining_outside_its_group_leaves_the_group() {
                 ..TaskSpec::new(TaskKind::Sleep { ms: 10 })
             }],
             count: 1,
+            name: None,
         },
     );
     assert!(

@@ -1,4 +1,4 @@
-//! Replies that come in chunks (`Results`, `Status`), made one chunk at a time. A request starts a
+//! Replies that come in chunks (`Results`, `Status`, `Jobs`), made one chunk at a time. A request starts a
 //! cursor and sends its first chunk; the next chunk is made only once the shell reports that the
 //! connection's write buffer has drained ([`Core::handle_drain`]), so a client that does not read
 //! costs the master one chunk, not the whole reply (issue 14: 400 pipelined `Results` from a
@@ -15,7 +15,7 @@ use crate::{ClientId, ConnId, Core};
 use protocol::budget::sequence_len;
 use protocol::codec::encoded_len;
 use protocol::limits::{cut_argv, keep_tail, truncate_with_marker, MAX_NAME_BYTES};
-use protocol::{FromMaster, StatusReport, TaskId, TaskResult, TaskState, WorkerStatus};
+use protocol::{FromMaster, JobId, StatusReport, TaskId, TaskResult, TaskState, WorkerStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -65,6 +65,19 @@ enum Cursor {
     AllResults { next: usize, end: usize },
     /// These ids (checked to exist when asked), from `pos`.
     Results { ids: Vec<TaskId>, pos: usize },
+    /// Id ranges (inclusive, sorted, disjoint: jobs and ids merged), from range `at`, id `next`.
+    Ranges {
+        ranges: Vec<(TaskId, TaskId)>,
+        at: usize,
+        next: TaskId,
+    },
+    /// Jobs (`ids` empty: every job below index `end`), from `pos`; durations as of `now_ms`.
+    Jobs {
+        ids: Vec<JobId>,
+        pos: usize,
+        end: usize,
+        now_ms: u64,
+    },
     /// One page of the task list: tasks from index `next` on, in `state` if given, until `left`
     /// more are sent or `scan_left` more are looked at.
     Page {
@@ -165,6 +178,49 @@ impl Core {
             }
         } else {
             Cursor::Results { ids, pos: 0 }
+        };
+        self.start_reply(client, cursor);
+    }
+
+    /// Answers `Results` for these ids and whole jobs (`ranges`), all known: in id order, each
+    /// task once, a job's range walked as the reply goes (never a list of its ids).
+    pub(crate) fn start_ranges(
+        &mut self,
+        client: ClientId,
+        ids: Vec<TaskId>,
+        ranges: Vec<(TaskId, TaskId)>,
+    ) {
+        let mut all: Vec<(TaskId, TaskId)> = ids.into_iter().map(|id| (id, id)).collect();
+        all.extend(ranges);
+        all.sort_unstable();
+        let mut merged: Vec<(TaskId, TaskId)> = Vec::with_capacity(all.len());
+        for (first, last) in all {
+            match merged.last_mut() {
+                Some(prev) if first.0 <= prev.1 .0.saturating_add(1) => prev.1 = prev.1.max(last),
+                _ => merged.push((first, last)),
+            }
+        }
+        let next = merged.first().map_or(TaskId(1), |r| r.0);
+        let cursor = Cursor::Ranges {
+            ranges: merged,
+            at: 0,
+            next,
+        };
+        self.start_reply(client, cursor);
+    }
+
+    /// Answers `Jobs`: these (all known) or every job, in chunks.
+    pub(crate) fn start_jobs(&mut self, now_ms: u64, client: ClientId, ids: Vec<JobId>) {
+        let end = if ids.is_empty() {
+            self.tasks.jobs().len()
+        } else {
+            ids.len()
+        };
+        let cursor = Cursor::Jobs {
+            ids,
+            pos: 0,
+            end,
+            now_ms,
         };
         self.start_reply(client, cursor);
     }
@@ -281,6 +337,52 @@ impl Core {
                 let rest = more.then_some(Cursor::Results { ids, pos });
                 (FromMaster::Results { tasks, more }, rest)
             }
+            Cursor::Ranges { ranges, at, next } => {
+                let (mut at, mut id) = (at, next);
+                let tasks = fill_chunk(REPLY_FRAME_BUDGET, |_| {
+                    let &(_, last) = ranges.get(at)?;
+                    let this = id;
+                    if this >= last {
+                        at += 1;
+                        id = ranges.get(at).map_or(this, |r| r.0);
+                    } else {
+                        id = TaskId(this.0 + 1);
+                    }
+                    self.tasks.get(this).map(|t| self.result_view(this, t))
+                });
+                // `fill_chunk` may have made one task more than it kept: go on after the last
+                // one kept.
+                let rest = tasks
+                    .last()
+                    .and_then(|t| after_in(&ranges, t.id))
+                    .map(|(at, next)| Cursor::Ranges { ranges, at, next });
+                let more = rest.is_some();
+                (FromMaster::Results { tasks, more }, rest)
+            }
+            Cursor::Jobs {
+                ids,
+                pos,
+                end,
+                now_ms,
+            } => {
+                let jobs = fill_chunk(REPLY_FRAME_BUDGET, |i| {
+                    let index = pos + i;
+                    if index >= end {
+                        return None;
+                    }
+                    let id = ids.get(index).copied().unwrap_or(JobId(index as u64 + 1));
+                    self.tasks.jobs().status(id, now_ms)
+                });
+                let pos = pos + jobs.len();
+                let more = pos < end && !jobs.is_empty();
+                let rest = more.then_some(Cursor::Jobs {
+                    ids,
+                    pos,
+                    end,
+                    now_ms,
+                });
+                (FromMaster::Jobs { jobs, more }, rest)
+            }
             Cursor::Page {
                 state,
                 next,
@@ -325,6 +427,14 @@ impl Core {
         self.replies.pending.insert(client, rest);
         self.session.send_client(client, msg);
     }
+}
+
+/// The first id after `id` in `ranges` (inclusive, sorted, disjoint): its range's index and the
+/// id; `None` past the last range.
+fn after_in(ranges: &[(TaskId, TaskId)], id: TaskId) -> Option<(usize, TaskId)> {
+    let at = ranges.partition_point(|&(_, last)| last <= id);
+    let &(first, _) = ranges.get(at)?;
+    Some((at, first.max(TaskId(id.0 + 1))))
 }
 
 /// A worker's names as a status shows them: cut to [`MAX_NAME_BYTES`], whatever its `Hello` said,

@@ -1,6 +1,6 @@
 //! Why the journal's contents cannot be taken back by `Core::restore`.
 
-use protocol::{Incarnation, TaskId};
+use protocol::{Incarnation, JobId, TaskId};
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,16 @@ pub enum RestoreError {
     MissingTask { expected: TaskId, got: TaskId },
     /// An outcome whose state is not final.
     NotFinal { id: TaskId },
+    /// Jobs must be dense from 1 and their task ranges follow each other, none empty.
+    BadJob {
+        job: JobId,
+        first: TaskId,
+        count: u64,
+        expected_job: JobId,
+        expected_first: TaskId,
+    },
+    /// Restored jobs hold more (or other) tasks than the journal has.
+    JobPastTasks { job: JobId, tasks: u64 },
 }
 
 impl fmt::Display for RestoreError {
@@ -43,6 +53,21 @@ impl fmt::Display for RestoreError {
             RestoreError::NotFinal { id } => {
                 write!(f, "journal holds a non-final outcome for task {id}")
             }
+            RestoreError::BadJob {
+                job,
+                first,
+                count,
+                expected_job,
+                expected_first,
+            } => write!(
+                f,
+                "journal holds job {job} of {count} tasks from {first}; expected job \
+                 {expected_job} from task {expected_first}"
+            ),
+            RestoreError::JobPastTasks { job, tasks } => write!(
+                f,
+                "journal holds job {job} past its last task ({tasks} tasks)"
+            ),
         }
     }
 }

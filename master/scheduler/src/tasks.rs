@@ -1,8 +1,11 @@
 //! `TaskTable`: every task the master has accepted, indexed by id, with per-state counts kept as
 //! tasks move so `status` never scans the table. All state transitions happen here.
 
+use crate::jobs::JobTable;
 use crate::{RestoreError, RestoredTask};
-use protocol::{Attempt, Incarnation, TaskId, TaskOutcome, TaskRef, TaskSpec, TaskState, WorkerId};
+use protocol::{
+    Attempt, Incarnation, JobId, TaskId, TaskOutcome, TaskRef, TaskSpec, TaskState, WorkerId,
+};
 use std::sync::Arc;
 
 /// What a finished task produced. Boxed in `Task` so queued tasks do not pay for it.
@@ -170,9 +173,9 @@ impl Task {
     }
 }
 
-const STATES: usize = 7;
+pub(crate) const STATES: usize = 9;
 
-fn state_index(s: TaskState) -> usize {
+pub(crate) fn state_index(s: TaskState) -> usize {
     match s {
         TaskState::Queued => 0,
         TaskState::Running => 1,
@@ -181,6 +184,8 @@ fn state_index(s: TaskState) -> usize {
         TaskState::TimedOut => 4,
         TaskState::Cancelled => 5,
         TaskState::WorkerLost => 6,
+        TaskState::Waiting => 7,
+        TaskState::DependencyFailed => 8,
     }
 }
 
@@ -247,6 +252,8 @@ pub struct TaskTable {
     counts: [u64; STATES],
     /// This master's incarnation: every run this table hands out carries it.
     incarnation: Incarnation,
+    /// Every job, its counts moved with each task's state here (`set_state`).
+    jobs: JobTable,
 }
 
 impl TaskTable {
@@ -255,7 +262,28 @@ impl TaskTable {
             tasks: Vec::new(),
             counts: [0; STATES],
             incarnation,
+            jobs: JobTable::default(),
         }
+    }
+
+    pub fn jobs(&self) -> &JobTable {
+        &self.jobs
+    }
+
+    /// Opens the job of `count` tasks from `first` (the next to be added with `add` or
+    /// `restore`), following the last job's.
+    pub fn open_job(&mut self, name: String, first: TaskId, count: u64, now_ms: u64) -> JobId {
+        self.jobs.open(name, first, count, now_ms)
+    }
+
+    /// The job of task `id`.
+    pub fn job_of(&self, id: TaskId) -> Option<JobId> {
+        self.jobs.of_task(id)
+    }
+
+    /// Rebuilds a job from the journal (before its tasks).
+    pub fn restore_job(&mut self, job: crate::JobRecord) -> Result<(), RestoreError> {
+        self.jobs.restore(job)
     }
 
     pub fn len(&self) -> usize {
@@ -267,11 +295,16 @@ impl TaskTable {
         TaskId(self.tasks.len() as u64 + 1)
     }
 
+    /// A new task: `Waiting` if its spec waits for others, else `Queued`.
     pub fn add(&mut self, spec: Arc<TaskSpec>, now_ms: u64) -> TaskId {
         let id = self.next_id();
+        let state = match spec.after.is_empty() {
+            true => TaskState::Queued,
+            false => TaskState::Waiting,
+        };
         self.tasks.push(Task {
             spec,
-            state: TaskState::Queued,
+            state,
             attempt: Attempt(1),
             incarnation: self.incarnation,
             worker: None,
@@ -284,7 +317,8 @@ impl TaskTable {
             result: None,
             copies: None,
         });
-        self.counts[state_index(TaskState::Queued)] += 1;
+        self.counts[state_index(state)] += 1;
+        self.jobs.added(id, state);
         id
     }
 
@@ -312,21 +346,32 @@ impl TaskTable {
 
     /// Tasks not in a final state.
     pub fn unfinished(&self) -> u64 {
-        self.count(TaskState::Queued) + self.count(TaskState::Running)
+        self.count(TaskState::Queued)
+            + self.count(TaskState::Running)
+            + self.count(TaskState::Waiting)
     }
 
-    fn set_state(&mut self, id: TaskId, state: TaskState) {
+    /// Waiting → Queued: its dependencies succeeded; the caller queues it.
+    pub fn release(&mut self, id: TaskId) {
+        debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Waiting));
+        self.set_state(id, TaskState::Queued, None);
+    }
+
+    /// The one place a task's state changes: the table's and its job's counts move with it.
+    /// `final_ms`: when, for a final state.
+    fn set_state(&mut self, id: TaskId, state: TaskState, final_ms: Option<u64>) {
         let task = self.get_mut(id);
         let old = task.state;
         task.state = state;
         self.counts[state_index(old)] -= 1;
         self.counts[state_index(state)] += 1;
+        self.jobs.moved(id, old, state, final_ms);
     }
 
     /// Queued → Running on `worker`: the primary run, the first copy of a round.
     pub fn assign(&mut self, id: TaskId, worker: WorkerId) {
         debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Queued));
-        self.set_state(id, TaskState::Running);
+        self.set_state(id, TaskState::Running, None);
         let incarnation = self.incarnation;
         let task = self.get_mut(id);
         task.worker = Some(worker);
@@ -440,7 +485,7 @@ impl TaskTable {
     /// so the attempt never ran and is handed out again.
     pub fn unassign(&mut self, id: TaskId) {
         debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Running));
-        self.set_state(id, TaskState::Queued);
+        self.set_state(id, TaskState::Queued, None);
         let task = self.get_mut(id);
         task.worker = None;
         task.started_ms = None;
@@ -464,7 +509,7 @@ impl TaskTable {
     /// back in the queue.
     pub fn requeue(&mut self, id: TaskId) {
         debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Running));
-        self.set_state(id, TaskState::Queued);
+        self.set_state(id, TaskState::Queued, None);
         let task = self.get_mut(id);
         task.attempt = task.next_attempt();
         task.worker = None;
@@ -500,7 +545,7 @@ impl TaskTable {
     /// reports it): the task is adopted, not started again.
     pub fn adopt(&mut self, worker: WorkerId, r: TaskRef) {
         debug_assert_eq!(self.get(r.task).map(|t| t.state), Some(TaskState::Queued));
-        self.set_state(r.task, TaskState::Running);
+        self.set_state(r.task, TaskState::Running, None);
         let task = self.get_mut(r.task);
         task.worker = Some(worker);
         task.take_reported_run(r);
@@ -563,7 +608,7 @@ impl TaskTable {
                 return Err(RestoreError::NotFinal { id });
             }
             let done = *done;
-            self.set_state(id, done.state);
+            self.set_state(id, done.state, Some(done.finished_ms));
             let task = self.get_mut(id);
             task.attempt = Attempt(done.attempts.max(1));
             task.worker = worker;
@@ -590,7 +635,7 @@ impl TaskTable {
     pub fn finish(&mut self, id: TaskId, state: TaskState, result: FinalResult, now_ms: u64) {
         debug_assert!(state.is_final());
         debug_assert!(!self.get(id).map(|t| t.state.is_final()).unwrap_or(true));
-        self.set_state(id, state);
+        self.set_state(id, state, Some(now_ms));
         let task = self.get_mut(id);
         task.finished_ms = Some(now_ms);
         task.result = Some(Box::new(result));
@@ -611,6 +656,7 @@ mod tests {
     fn counts_follow_transitions() {
         let mut t = TaskTable::new(Incarnation(1));
         let spec = Arc::new(TaskSpec::new(TaskKind::Sleep { ms: 1 }));
+        let job = t.open_job("j".into(), TaskId(1), 2, 5);
         let a = t.add(spec.clone(), 5);
         let b = t.add(spec, 5);
         assert_eq!((a, b), (TaskId(1), TaskId(2)));
@@ -629,5 +675,11 @@ mod tests {
         assert_eq!(t.unfinished(), 1);
         assert!(t.get(TaskId(0)).is_none());
         assert!(t.get(TaskId(3)).is_none());
+        let s = t.jobs().status(job, 20).expect("the job");
+        assert_eq!(
+            (s.count(TaskState::Failed), s.count(TaskState::Queued)),
+            (1, 1)
+        );
+        t.jobs().sanity_check(2);
     }
 }

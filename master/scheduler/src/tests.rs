@@ -8,8 +8,10 @@ use protocol::{
 };
 
 mod copies;
+mod deps;
 mod forged;
 mod idle;
+mod jobs;
 mod limits;
 mod logs;
 mod names;
@@ -198,13 +200,20 @@ impl Harness {
         specs: Vec<TaskSpec>,
         count: u32,
     ) -> (Vec<TaskId>, Vec<Output>) {
-        let mut out = self.msg(client, ToMaster::Submit { specs, count });
+        let mut out = self.msg(
+            client,
+            ToMaster::Submit {
+                specs,
+                count,
+                name: None,
+            },
+        );
         let pos = out
             .iter()
             .position(|o| matches!(o, Output::Send { conn, msg: FromMaster::Submitted { .. } } if *conn == client))
             .expect("Submitted reply");
         let Output::Send {
-            msg: FromMaster::Submitted { first, count },
+            msg: FromMaster::Submitted { first, count, .. },
             ..
         } = out.remove(pos)
         else {
@@ -454,6 +463,7 @@ fn wait_reports_progress_then_done() {
         ToMaster::Wait {
             ids: vec![],
             progress: true,
+            jobs: vec![],
         },
     );
     assert_eq!(
@@ -497,6 +507,7 @@ fn wait_reports_progress_then_done() {
         ToMaster::Wait {
             ids: vec![ids[1]],
             progress: false,
+            jobs: vec![],
         },
     );
     assert_eq!(
@@ -520,9 +531,11 @@ fn unknown_ids_and_bad_specs_get_errors_not_panics() {
         ToMaster::Wait {
             ids: vec![TaskId(42)],
             progress: false,
+            jobs: vec![],
         },
         ToMaster::Results {
             ids: vec![TaskId(0)],
+            jobs: vec![],
         },
         ToMaster::Submit {
             specs: vec![TaskSpec::new(TaskKind::Command {
@@ -531,10 +544,12 @@ fn unknown_ids_and_bad_specs_get_errors_not_panics() {
                 cwd: None,
             })],
             count: 1,
+            name: None,
         },
         ToMaster::Submit {
             specs: vec![],
             count: 1,
+            name: None,
         },
     ] {
         let out = h.msg(c, msg);
@@ -553,6 +568,7 @@ fn unknown_ids_and_bad_specs_get_errors_not_panics() {
         c,
         ToMaster::Cancel {
             ids: vec![TaskId(5)],
+            jobs: vec![],
         },
     );
     assert!(matches!(
@@ -667,7 +683,13 @@ fn cancel_removes_queued_and_kills_running() {
     let (w, _, _) = h.worker("a", 1);
     let c = h.client();
     let (ids, _) = h.submit(c, vec![sleep_spec(0)], 2);
-    let out = h.msg(c, ToMaster::Cancel { ids: ids.clone() });
+    let out = h.msg(
+        c,
+        ToMaster::Cancel {
+            ids: ids.clone(),
+            jobs: vec![],
+        },
+    );
     assert!(out.contains(&Output::Send {
         conn: w,
         msg: FromMaster::Cancel(vec![TaskRef {
@@ -683,7 +705,13 @@ fn cancel_removes_queued_and_kills_running() {
     assert_eq!(h.state(ids[0]), TaskState::Cancelled);
     // A cancelled task whose worker dies is not re-queued.
     let (ids2, _) = h.submit(c, vec![sleep_spec(0)], 1);
-    h.msg(c, ToMaster::Cancel { ids: ids2.clone() });
+    h.msg(
+        c,
+        ToMaster::Cancel {
+            ids: ids2.clone(),
+            jobs: vec![],
+        },
+    );
     h.core.handle_disconnect(h.now, w, "gone");
     h.drain();
     assert_eq!(h.state(ids2[0]), TaskState::Cancelled);
@@ -717,7 +745,13 @@ fn count_shares_one_spec_and_results_are_chunked() {
             },
         );
     }
-    let out = h.msg(c, ToMaster::Results { ids: vec![] });
+    let out = h.msg(
+        c,
+        ToMaster::Results {
+            ids: vec![],
+            jobs: vec![],
+        },
+    );
     assert!(out.len() > 1, "chunked");
     let mut seen = 0;
     for (i, o) in out.iter().enumerate() {
@@ -905,12 +939,14 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
         ToMaster::Submit {
             specs: vec![sleep_spec(0), sleep_spec(5)],
             count: 2,
+            name: None,
         },
     );
     let kinds: Vec<&str> = out
         .iter()
         .map(|o| match o {
             Output::Persist(Record::Submitted { .. }) => "persist",
+            Output::Persist(Record::Job(_)) => "job",
             Output::Send {
                 msg: FromMaster::Submitted { .. },
                 ..
@@ -922,7 +958,22 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
             _ => "other",
         })
         .collect();
-    assert_eq!(kinds, vec!["persist", "persist", "reply", "assign"]);
+    assert_eq!(kinds, vec!["job", "persist", "persist", "reply", "assign"]);
+    let job = out.iter().find_map(|o| match o {
+        Output::Persist(Record::Job(j)) => Some(j.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        job,
+        Some(JobRecord {
+            id: JobId(1),
+            name: "sleep 10ms".into(),
+            first: TaskId(1),
+            count: 4,
+            submitted_ms: h.now,
+        }),
+        "one job for the whole submission, named after its first spec"
+    );
     let a = assignments(&out);
     let out = h.finish(w, a[0].1, 1, exited(0));
     let finals: Vec<(TaskId, Outcome)> = out
@@ -950,7 +1001,8 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
     let mut h2 = Harness::restarted();
     let now = h2.now;
     assert_eq!(
-        h2.core.restore(now, restored, history(&[(1, 1), (2, 5)])),
+        h2.core
+            .restore(now, restored, history(&[(1, 1), (2, 5)]), Vec::new()),
         Ok((1, 3))
     );
     assert_eq!(h2.state(finals[0].0), TaskState::Succeeded);
@@ -984,6 +1036,7 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
             outcome: None,
         }],
         history(&[(1, 1), (2, 3)]),
+        Vec::new(),
     );
     assert!(
         gaps.is_err(),
@@ -1005,7 +1058,13 @@ fn cancel_reaches_held_tasks() {
         1,
     );
     h.finish(w, ids[0], 1, exited(1));
-    h.msg(c, ToMaster::Cancel { ids: ids.clone() });
+    h.msg(
+        c,
+        ToMaster::Cancel {
+            ids: ids.clone(),
+            jobs: vec![],
+        },
+    );
     assert_eq!(h.state(ids[0]), TaskState::Cancelled);
     for _ in 0..10 {
         assert!(assignments(&h.advance(100)).is_empty());
@@ -1079,6 +1138,7 @@ fn repeated_ids_cost_once_and_huge_submissions_are_refused() {
         c,
         ToMaster::Results {
             ids: vec![ids[0]; 10_000],
+            jobs: vec![],
         },
     );
     match &out[..] {
@@ -1095,6 +1155,7 @@ fn repeated_ids_cost_once_and_huge_submissions_are_refused() {
         ToMaster::Wait {
             ids: vec![ids[0]; 3],
             progress: false,
+            jobs: vec![],
         },
     );
     assert_eq!(
@@ -1113,6 +1174,7 @@ fn repeated_ids_cost_once_and_huge_submissions_are_refused() {
         ToMaster::Submit {
             specs: vec![sleep_spec(0), sleep_spec(0)],
             count: 6_000_000,
+            name: None,
         },
     );
     assert!(
@@ -1173,7 +1235,8 @@ fn a_run_of_a_lost_submission_is_never_credited_to_the_reused_id() {
     let mut h = Harness::restarted();
     let now = h.now;
     assert_eq!(
-        h.core.restore(now, vec![], history(&[(1, 1), (2, 1)])),
+        h.core
+            .restore(now, vec![], history(&[(1, 1), (2, 1)]), Vec::new()),
         Ok((0, 0))
     );
     let c = h.client();
@@ -1220,7 +1283,7 @@ fn a_late_result_of_a_lost_submission_is_not_kept_for_a_waiting_task() {
     let mut h = Harness::restarted();
     let now = h.now;
     h.core
-        .restore(now, vec![], history(&[(1, 1), (2, 1)]))
+        .restore(now, vec![], history(&[(1, 1), (2, 1)]), Vec::new())
         .expect("restores");
     let c = h.client();
     let spec = TaskSpec {
@@ -1248,7 +1311,8 @@ fn a_run_of_a_committed_task_is_adopted_across_a_restart() {
         outcome: None,
     }];
     assert_eq!(
-        h.core.restore(now, restored, history(&[(1, 1), (2, 2)])),
+        h.core
+            .restore(now, restored, history(&[(1, 1), (2, 2)]), Vec::new()),
         Ok((0, 1))
     );
     let old = run_ref(TaskId(1), 1, 1);
@@ -1295,7 +1359,8 @@ fn a_client_closed_for_a_protocol_error_hears_nothing_more() {
             c,
             ToMaster::Wait {
                 ids: vec![],
-                progress: true
+                progress: true,
+                jobs: vec![]
             }
         )
         .iter()

@@ -11,6 +11,19 @@ enum Scope {
     All { upto: TaskId, remaining: u64 },
     /// Explicit ids still to finish.
     Ids(BTreeSet<TaskId>),
+    /// Whole jobs, as id ranges (sorted, disjoint), of which `remaining` tasks are still to
+    /// finish, and explicit ids outside them.
+    Ranges {
+        ids: BTreeSet<TaskId>,
+        ranges: Vec<(TaskId, TaskId)>,
+        remaining: u64,
+    },
+}
+
+/// Whether `id` is in one of `ranges` (inclusive, sorted, disjoint): O(log ranges).
+pub fn in_ranges(ranges: &[(TaskId, TaskId)], id: TaskId) -> bool {
+    let i = ranges.partition_point(|&(first, _)| first <= id);
+    i > 0 && id <= ranges[i - 1].1
 }
 
 impl Scope {
@@ -18,6 +31,7 @@ impl Scope {
         match self {
             Scope::All { remaining, .. } => *remaining,
             Scope::Ids(ids) => ids.len() as u64,
+            Scope::Ranges { ids, remaining, .. } => ids.len() as u64 + remaining,
         }
     }
 }
@@ -81,6 +95,25 @@ impl Waiters {
         self.push(client, Scope::Ids(pending), start, progress);
     }
 
+    /// Waits for the tasks of `ranges` (jobs: sorted, disjoint), of which `remaining` are not
+    /// final, and for `pending` ids outside them, plus tasks already final that `start` counts.
+    pub fn add_ranges(
+        &mut self,
+        client: ClientId,
+        pending: BTreeSet<TaskId>,
+        ranges: Vec<(TaskId, TaskId)>,
+        remaining: u64,
+        start: WaitStart,
+        progress: bool,
+    ) {
+        let scope = Scope::Ranges {
+            ids: pending,
+            ranges,
+            remaining,
+        };
+        self.push(client, scope, start, progress);
+    }
+
     fn push(&mut self, client: ClientId, scope: Scope, start: WaitStart, progress: bool) {
         let total = scope.remaining() + start.succeeded + start.failed;
         self.list.push(Waiter {
@@ -103,6 +136,20 @@ impl Waiters {
                     true
                 }
                 Scope::Ids(ids) => ids.remove(&id),
+                Scope::Ranges {
+                    ids,
+                    ranges,
+                    remaining,
+                } => {
+                    if ids.remove(&id) {
+                        true
+                    } else if *remaining > 0 && in_ranges(ranges, id) {
+                        *remaining -= 1;
+                        true
+                    } else {
+                        false
+                    }
+                }
                 _ => false,
             };
             if covered {

@@ -176,13 +176,17 @@ fn round_trip(conn: &mut Connection, spec: &TaskSpec) -> anyhow::Result<()> {
     let first = match conn.request(&ToMaster::Submit {
         specs: vec![spec.clone()],
         count: 1,
+        name: None,
     })? {
-        FromMaster::Submitted { first, count: 1 } => first,
+        FromMaster::Submitted {
+            first, count: 1, ..
+        } => first,
         other => bail!("unexpected reply to Submit: {other:?}"),
     };
     match conn.request(&ToMaster::Wait {
         ids: vec![first],
         progress: false,
+        jobs: vec![],
     })? {
         FromMaster::WaitDone { succeeded: 1, .. } => Ok(()),
         other => bail!("unexpected reply to Wait for {first}: {other:?}"),

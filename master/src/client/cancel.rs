@@ -1,8 +1,9 @@
-//! `master cancel ID...`: says per group what happened; unknown ids make the exit code 1.
+//! `master cancel ID... [--job J]`: says per group what happened; unknown ids make the exit code
+//! 1 (an unknown job is refused by the master: exit 1 too).
 
 use super::error::Result;
 use super::session::unexpected;
-use super::{ids, view, ConnArgs, Outcome};
+use super::{ids, jobs, view, ConnArgs, Outcome};
 use protocol::{FromMaster, TaskId, ToMaster};
 use std::io::Write;
 
@@ -11,8 +12,11 @@ pub struct CancelArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Tasks (`7`, `5-9`, `1-3,7`) to cancel (queued ones are dropped, running ones are killed).
-    #[arg(value_name = "ID", value_parser = ids::parse_id_arg, required = true)]
+    #[arg(value_name = "ID", value_parser = ids::parse_id_arg, required_unless_present = "job")]
     pub ids: Vec<ids::IdArg>,
+    /// Also cancel every unfinished task of this job (may be given more than once).
+    #[arg(long, value_name = "J", value_parser = ids::parse_id_arg)]
+    pub job: Vec<ids::IdArg>,
 }
 
 /// `CancelDone` summed over the batches.
@@ -26,8 +30,29 @@ struct Cancelled {
 pub fn run(args: CancelArgs) -> Result<Outcome> {
     let mut session = args.conn.connect()?;
     let mut all = Cancelled::default();
-    for batch in ids::batched(ids::from_args(&args.ids)) {
-        match session.request(&ToMaster::Cancel { ids: batch })? {
+    // A job's tasks are cancelled by id, in frame-sized batches like any ids: a job of millions
+    // would make a `CancelDone` larger than a frame (the master refuses that many by job).
+    let ranges: Vec<(u64, u64)> = match jobs::job_ids(&args.job) {
+        none if none.is_empty() => Vec::new(),
+        asked => jobs::fetch(&mut session, asked)?
+            .iter()
+            .map(|j| (j.first.0, j.first.0 + j.tasks))
+            .collect(),
+    };
+    let in_a_job = |id: &TaskId| {
+        ranges
+            .iter()
+            .any(|&(first, end)| (first..end).contains(&id.0))
+    };
+    let listed = ids::from_args(&args.ids).filter(|id| !in_a_job(id));
+    let of_jobs = ranges
+        .iter()
+        .flat_map(|&(first, end)| (first..end).map(TaskId));
+    for batch in ids::batched(listed.chain(of_jobs)) {
+        match session.request(&ToMaster::Cancel {
+            ids: batch,
+            jobs: Vec::new(),
+        })? {
             FromMaster::CancelDone {
                 cancelled,
                 already_final,

@@ -171,6 +171,7 @@ mod tests {
         let worst = protocol::ToMaster::Wait {
             ids: vec![TaskId(u64::MAX); IDS_PER_FRAME],
             progress: true,
+            jobs: vec![],
         };
         assert!(protocol::codec::encoded_len(&worst) <= FRAME_BUDGET + 16);
         assert!(protocol::codec::encoded_len(&worst) < protocol::MAX_FRAME);

@@ -1,4 +1,5 @@
-//! The client side of the `master` binary: `submit`, `status`, `results`, `wait`, `cancel`.
+//! The client side of the `master` binary: `submit`, `status`, `results`, `wait`, `cancel`,
+//! `jobs`.
 //! Each subcommand opens one connection (`protocol::Connection`), sends its request(s), and turns
 //! the replies into text or `--json` for a person or a script.
 //!
@@ -8,6 +9,7 @@
 mod cancel;
 mod error;
 mod ids;
+mod jobs;
 mod logs;
 mod progress;
 mod results;
@@ -18,6 +20,7 @@ mod view;
 mod wait;
 
 pub use cancel::CancelArgs;
+pub use jobs::JobsArgs;
 pub use logs::LogsArgs;
 pub use results::ResultsArgs;
 pub use status::StatusArgs;
@@ -47,6 +50,8 @@ pub enum ClientCommand {
     Wait(WaitArgs),
     /// Cancel tasks.
     Cancel(CancelArgs),
+    /// Show jobs (one per submit): their tasks counted by state.
+    Jobs(JobsArgs),
     /// Print a task's whole stdout (or --stderr), as stored by the master; --follow while it runs.
     Logs(LogsArgs),
 }
@@ -108,6 +113,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
         ClientCommand::Results(args) => results::run(args),
         ClientCommand::Wait(args) => wait::run(args),
         ClientCommand::Cancel(args) => cancel::run(args),
+        ClientCommand::Jobs(args) => jobs::run(args),
         ClientCommand::Logs(args) => logs::run(args),
     };
     match result {

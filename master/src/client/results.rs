@@ -1,11 +1,11 @@
-//! `master results [ID...]`: the reply arrives in chunks (`more` says another follows), which are
+//! `master results [ID...] [--job J]`: the reply arrives in chunks (`more` says another follows), which are
 //! written out as they come so memory stays at one chunk for `--json`.
 
 use super::error::Result;
 use super::session::{unexpected, Session};
 use super::view::{self, ResultsOutput};
-use super::{ids, ConnArgs, Outcome};
-use protocol::{FromMaster, TaskId, ToMaster};
+use super::{ids, jobs, ConnArgs, Outcome};
+use protocol::{FromMaster, JobId, TaskId, ToMaster};
 use std::io::Write;
 
 #[derive(clap::Args, Debug)]
@@ -18,6 +18,9 @@ pub struct ResultsArgs {
     /// Tasks (`7`, `5-9`, `1-3,7`) to show; none means all.
     #[arg(value_name = "ID", value_parser = ids::parse_id_arg)]
     pub ids: Vec<ids::IdArg>,
+    /// Also show every task of this job (may be given more than once).
+    #[arg(long, value_name = "J", value_parser = ids::parse_id_arg)]
+    pub job: Vec<ids::IdArg>,
 }
 
 pub fn run(args: ResultsArgs) -> Result<Outcome> {
@@ -28,11 +31,14 @@ pub fn run(args: ResultsArgs) -> Result<Outcome> {
     } else {
         ResultsOutput::table()
     };
+    let mut job_list = jobs::job_ids(&args.job);
     if args.ids.is_empty() {
-        fetch(&mut session, Vec::new(), &mut sink, &mut out)?;
+        fetch(&mut session, Vec::new(), job_list, &mut sink, &mut out)?;
     } else {
         for batch in ids::batched(ids::from_args(&args.ids)) {
-            fetch(&mut session, batch, &mut sink, &mut out)?;
+            // The jobs go with the first frame.
+            let jobs = std::mem::take(&mut job_list);
+            fetch(&mut session, batch, jobs, &mut sink, &mut out)?;
         }
     }
     sink.finish(&mut out)?;
@@ -44,10 +50,11 @@ pub fn run(args: ResultsArgs) -> Result<Outcome> {
 fn fetch(
     session: &mut Session,
     ids: Vec<TaskId>,
+    jobs: Vec<JobId>,
     sink: &mut ResultsOutput,
     out: &mut impl Write,
 ) -> Result<()> {
-    session.send(&ToMaster::Results { ids })?;
+    session.send(&ToMaster::Results { ids, jobs })?;
     // Bounded by the master: every chunk carries tasks we asked for, and the last has `more: false`.
     loop {
         match session.recv("the reply to Results")? {

@@ -8,11 +8,14 @@ use super::ids::{self, IdRange};
 use super::session::{unexpected, Requester};
 use super::wait::wait_batches;
 use super::{view, ConnArgs, Outcome, FRAME_BUDGET};
+use master::taskfile::TaskFile;
 use protocol::budget::{chunks_within, Chunks};
 use protocol::codec::encoded_len;
 use protocol::duration::parse_duration;
+use protocol::limits::MAX_JOB_NAME_BYTES;
 use protocol::{
-    FromMaster, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME, MAX_REPLICAS,
+    After, FromMaster, JobId, TaskId, TaskKind, TaskSpec, ToMaster, DEFAULT_MAX_RETRIES, MAX_FRAME,
+    MAX_REPLICAS,
 };
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -50,6 +53,14 @@ pub struct SubmitArgs {
     /// Run only on workers of this group (default: any worker).
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
+    /// Start only after these tasks succeeded (7, 5-9, 1-3,7; repeatable); if one ends
+    /// otherwise, the new tasks end dependency_failed without running. With --file: for lines
+    /// without their own "after".
+    #[arg(long, value_name = "IDS", value_parser = ids::parse_id_arg)]
+    pub after: Vec<ids::IdArg>,
+    /// Start only after every task of job J succeeded (repeatable; as --after otherwise).
+    #[arg(long, value_name = "J")]
+    pub after_job: Vec<u64>,
     /// Run N copies of each task at once on distinct workers; the first success wins and the
     /// others are cancelled (1 to 64).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_replicas)]
@@ -69,9 +80,13 @@ pub struct SubmitArgs {
     /// Then wait for the new tasks, as `master wait` does.
     #[arg(long)]
     pub wait: bool,
-    /// Print {"ids": [...]} (with --wait also total, succeeded, failed).
+    /// Print {"ids": [...], "job": J} (with --wait also total, succeeded, failed).
     #[arg(long)]
     pub json: bool,
+    /// The job's name (default: the command line, `sleep 200ms` for a synthetic task, the
+    /// file's name for --file).
+    #[arg(long, value_name = "NAME", value_parser = parse_job_name)]
+    pub name: Option<String>,
     /// The program and its arguments, run directly (no shell).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -92,18 +107,40 @@ fn parse_replicas(text: &str) -> std::result::Result<u32, String> {
     Ok(n)
 }
 
-/// A task file's specs, each checked to fit a frame on its own.
-fn parse_task_file(text: &str, origin: &str, defaults: &SpecDefaults) -> Result<Vec<TaskSpec>> {
-    let specs =
-        master::taskfile::parse(text, origin, defaults).map_err(|e| match e.breaks_limit {
+/// `--name`: refused here if the master would refuse it.
+fn parse_job_name(text: &str) -> std::result::Result<String, String> {
+    if text.len() > MAX_JOB_NAME_BYTES {
+        return Err(format!(
+            "is {} bytes, more than the limit of {MAX_JOB_NAME_BYTES}",
+            text.len()
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// A task file's specs, each checked to fit a frame on its own, and a file whose lines wait for
+/// each other to fit one (its references are indices into that one `Submit`).
+fn parse_task_file(text: &str, origin: &str, defaults: &SpecDefaults) -> Result<TaskFile> {
+    let file =
+        master::taskfile::parse_file(text, origin, defaults).map_err(|e| match e.breaks_limit {
             true => ClientError::Refused(e.to_string()),
             false => ClientError::Usage(e.to_string()),
         })?;
-    for (i, spec) in specs.iter().enumerate() {
+    for (spec, line) in file.specs.iter().zip(&file.lines) {
         check_frame_size(spec)
-            .map_err(|e| ClientError::Usage(format!("{origin}: task {}: {e}", i + 1)))?;
+            .map_err(|e| ClientError::Usage(format!("{origin} line {line}: {e}")))?;
     }
-    Ok(specs)
+    if file.is_dag() {
+        let len: usize = file.specs.iter().map(encoded_len).sum();
+        if len + SUBMIT_OVERHEAD > FRAME_BUDGET {
+            return Err(ClientError::Usage(format!(
+                "{origin}: its lines wait for each other (after), so it goes in one request, \
+                 but it is {len} bytes encoded, more than {FRAME_BUDGET}; split it into files \
+                 that wait by task id"
+            )));
+        }
+    }
+    Ok(file)
 }
 
 /// Whole milliseconds, saturating (parse_duration already caps values far below u64::MAX ms).
@@ -112,8 +149,9 @@ pub fn duration_ms(d: Duration) -> u64 {
 }
 
 /// Bytes a `Submit` frame adds around its specs: variant tag, vector length and count, each a
-/// varint (at most 5 + 9 + 5), rounded up.
-const SUBMIT_OVERHEAD: usize = 32;
+/// varint (at most 5 + 9 + 5), rounded up, and the job's name (an option tag, a length and at
+/// most `MAX_JOB_NAME_BYTES`).
+const SUBMIT_OVERHEAD: usize = 32 + 16 + MAX_JOB_NAME_BYTES;
 
 /// A spec that cannot travel even alone in a frame (a giant argv or env in a task file).
 pub fn check_frame_size(spec: &TaskSpec) -> std::result::Result<(), String> {
@@ -143,6 +181,16 @@ impl SubmitArgs {
             retry_failed: self.retry_failed,
             group: self.group.clone(),
             replicas: self.replicas,
+            after: self
+                .after
+                .iter()
+                .flat_map(|a| a.0.iter())
+                .map(|r| After::Ids {
+                    first: TaskId(r.first),
+                    last: TaskId(r.end() - 1),
+                })
+                .chain(self.after_job.iter().map(|&j| After::Job(JobId(j))))
+                .collect(),
         }
     }
 
@@ -186,8 +234,34 @@ impl SubmitArgs {
         Ok(source)
     }
 
+    /// The job's name: `--name`, else what the submission is (its command line, or the task
+    /// file's name).
+    fn job_name(&self, specs: &[TaskSpec]) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let mut name = match (&self.file, specs.first()) {
+            (Some(path), _) if path == Path::new("-") => "stdin".to_string(),
+            (Some(path), _) => path.file_name().map_or_else(
+                || path.display().to_string(),
+                |f| f.to_string_lossy().into(),
+            ),
+            (None, Some(spec)) => protocol::names::job_name(spec),
+            (None, None) => String::new(),
+        };
+        protocol::names::cut_name(&mut name);
+        name
+    }
+
     /// The specs to send, validated: bad input is reported before anything touches the network.
+    #[cfg(test)]
     fn specs(&self) -> Result<Vec<TaskSpec>> {
+        self.task_file().map(|(f, _)| f.specs)
+    }
+
+    /// The specs with their line numbers (the command line's one spec is "line" 0), and where
+    /// they come from ("the command line" or the file's name).
+    fn task_file(&self) -> Result<(TaskFile, String)> {
         let defaults = self.defaults();
         match self.source()? {
             Source::Kind(kind) => {
@@ -195,13 +269,44 @@ impl SubmitArgs {
                 protocol::limits::check_spec(&spec)
                     .map_err(|e| ClientError::Refused(e.to_string()))?;
                 spec.validate().map_err(ClientError::Usage)?;
-                Ok(vec![spec])
+                let file = TaskFile {
+                    specs: vec![spec],
+                    lines: vec![0],
+                };
+                Ok((file, "--after".into()))
             }
             Source::File(path) => {
                 let (text, origin) = read_task_file(path)?;
-                parse_task_file(&text, &origin, &defaults)
+                let file = parse_task_file(&text, &origin, &defaults)?;
+                Ok((file, origin))
             }
         }
+    }
+}
+
+/// Before anything is submitted: the largest task id the specs wait for must exist (ids only
+/// grow, so then every smaller one does), or the whole submission is refused here, naming the
+/// line. The master checks again (a forged `Submit`), without line numbers.
+fn check_ids_exist(master: &mut impl Requester, file: &TaskFile, origin: &str) -> Result<()> {
+    let Some((id, line)) = file.largest_id() else {
+        return Ok(());
+    };
+    match master.request(&ToMaster::Results {
+        ids: vec![id],
+        jobs: vec![],
+    }) {
+        Ok(FromMaster::Results { .. }) => Ok(()),
+        Ok(FromMaster::Error { .. }) | Err(ClientError::Master(_)) => {
+            let at = match line {
+                0 => origin.to_string(),
+                n => format!("{origin} line {n}: after"),
+            };
+            Err(ClientError::Master(format!(
+                "{at}: no task {id}; nothing was submitted"
+            )))
+        }
+        Ok(other) => Err(unexpected(&other, "Results")),
+        Err(e) => Err(e),
     }
 }
 
@@ -227,27 +332,41 @@ pub fn frame_chunks(specs: Vec<TaskSpec>, budget: usize) -> Chunks<TaskSpec> {
     chunks_within(specs, budget.saturating_sub(SUBMIT_OVERHEAD))
 }
 
-/// Sends every chunk, each `count` times, one request at a time, and appends the accepted id
-/// ranges to `accepted` (merging adjacent ones). On error, `accepted` still says what the master
-/// took before it, so the caller can tell the user.
+/// What the master accepted of one submission.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// The id ranges, adjacent ones merged.
+    pub ids: Vec<IdRange>,
+    /// The job of each frame: one, unless the submission needed several frames.
+    pub jobs: Vec<JobId>,
+}
+
+/// Sends every chunk, each `count` times, one request at a time, as job `name`, and appends the
+/// accepted id ranges and jobs to `accepted` (merging adjacent ranges). On error, `accepted`
+/// still says what the master took before it, so the caller can tell the user.
 pub fn submit_all(
     master: &mut impl Requester,
     specs: Vec<TaskSpec>,
     count: u32,
     budget: usize,
-    accepted: &mut Vec<IdRange>,
+    name: &str,
+    accepted: &mut Accepted,
 ) -> Result<()> {
     for chunk in frame_chunks(specs, budget) {
         let expected = chunk.len() as u64 * u64::from(count);
         let reply = master.request(&ToMaster::Submit {
             specs: chunk,
             count,
+            name: Some(name.to_string()),
         })?;
         let range = match reply {
-            FromMaster::Submitted { first, count } if count == expected => IdRange {
-                first: first.0,
-                count,
-            },
+            FromMaster::Submitted { first, count, job } if count == expected => {
+                accepted.jobs.push(job);
+                IdRange {
+                    first: first.0,
+                    count,
+                }
+            }
             FromMaster::Submitted { count: got, .. } => {
                 return Err(ClientError::Unexpected {
                     got: format!("Submitted with {got} ids"),
@@ -256,29 +375,41 @@ pub fn submit_all(
             }
             other => return Err(unexpected(&other, "Submitted")),
         };
-        match accepted.last_mut() {
+        match accepted.ids.last_mut() {
             Some(last) if last.end() == range.first => last.count += range.count,
-            _ => accepted.push(range),
+            _ => accepted.ids.push(range),
         }
     }
     Ok(())
 }
 
 pub fn run(args: SubmitArgs) -> Result<Outcome> {
-    let specs = args.specs()?;
+    let (file, origin) = args.task_file()?;
     let mut session = args.conn.connect()?;
-    let mut accepted = Vec::new();
-    if let Err(e) = submit_all(&mut session, specs, args.count, FRAME_BUDGET, &mut accepted) {
-        if !accepted.is_empty() {
+    check_ids_exist(&mut session, &file, &origin)?;
+    let specs = file.specs;
+    let name = args.job_name(&specs);
+    let mut accepted = Accepted::default();
+    if let Err(e) = submit_all(
+        &mut session,
+        specs,
+        args.count,
+        FRAME_BUDGET,
+        &name,
+        &mut accepted,
+    ) {
+        if !accepted.ids.is_empty() {
             // Those tasks exist and will run; the user needs their ids to wait for or cancel them.
             let _ = writeln!(
                 std::io::stderr(),
                 "note: the master had already accepted tasks {}",
-                ids::format_ranges(&accepted)
+                ids::format_ranges(&accepted.ids)
             );
         }
         return Err(e);
     }
+    let accepted_jobs = accepted.jobs;
+    let accepted = accepted.ids;
     let mut out = view::stdout();
     if !args.json {
         for id in ids::all(&accepted) {
@@ -289,16 +420,19 @@ pub fn run(args: SubmitArgs) -> Result<Outcome> {
     }
     let summary = if args.wait {
         let total = ids::total(&accepted);
-        Some(wait_batches(
-            &mut session,
-            ids::batched(ids::all(&accepted)),
-            total,
-        )?)
+        let summary = if accepted_jobs.is_empty() {
+            let batches = ids::batched(ids::all(&accepted));
+            wait_batches(&mut session, batches, total, Vec::new())?
+        } else {
+            // The jobs are exactly the new tasks: one small frame, however many ids.
+            wait_batches(&mut session, [Vec::new()], total, accepted_jobs.clone())?
+        };
+        Some(summary)
     } else {
         None
     };
     if args.json {
-        view::write_submit_json(&mut out, &accepted, summary)?;
+        view::write_submit_json(&mut out, &accepted, summary, &accepted_jobs)?;
     } else if let Some(s) = &summary {
         s.write_human(&mut out)?;
     }
@@ -356,6 +490,8 @@ mod tests {
                 retry_failed: 0,
                 group: None,
                 replicas: 3,
+                name: None,
+                after: vec![],
             }]
         );
     }
@@ -499,6 +635,7 @@ mod tests {
                 let frame = ToMaster::Submit {
                     specs: chunk.clone(),
                     count: u32::MAX,
+                    name: None,
                 };
                 assert!(
                     encoded_len(&frame) <= budget || chunk.len() == 1,
@@ -525,6 +662,7 @@ mod tests {
             let frame = ToMaster::Submit {
                 specs: chunk,
                 count: 1,
+                name: Some("n".repeat(MAX_JOB_NAME_BYTES)),
             };
             let len = encoded_len(&frame);
             assert!(len <= FRAME_BUDGET, "{len}");
@@ -540,7 +678,7 @@ mod tests {
 
     impl Requester for FakeMaster {
         fn request(&mut self, msg: &ToMaster) -> Result<FromMaster> {
-            let ToMaster::Submit { specs, count } = msg else {
+            let ToMaster::Submit { specs, count, .. } = msg else {
                 return Ok(FromMaster::Error {
                     message: "not a submit".into(),
                 });
@@ -550,7 +688,11 @@ mod tests {
             let n = specs.len() as u64 * u64::from(*count) + u64::from(self.lie_about_count);
             let first = TaskId(self.next_id);
             self.next_id += n;
-            Ok(FromMaster::Submitted { first, count: n })
+            Ok(FromMaster::Submitted {
+                first,
+                count: n,
+                job: JobId(first.0),
+            })
         }
     }
 
@@ -561,8 +703,10 @@ mod tests {
             frames: vec![],
             lie_about_count: false,
         };
-        let mut accepted = Vec::new();
-        submit_all(&mut master, sample_specs(300), 4, 2_000, &mut accepted).unwrap();
+        let mut accepted = Accepted::default();
+        submit_all(&mut master, sample_specs(300), 4, 2_000, "j", &mut accepted).unwrap();
+        assert_eq!(accepted.jobs.len(), master.frames.len(), "a job per frame");
+        let accepted = accepted.ids;
         assert!(
             master.frames.len() > 5,
             "split into {} frames",
@@ -588,8 +732,8 @@ mod tests {
             frames: vec![],
             lie_about_count: true,
         };
-        let mut accepted = Vec::new();
-        let e = submit_all(&mut master, sample_specs(1), 1, 2_000, &mut accepted).unwrap_err();
+        let mut accepted = Accepted::default();
+        let e = submit_all(&mut master, sample_specs(1), 1, 2_000, "j", &mut accepted).unwrap_err();
         assert!(matches!(e, ClientError::Unexpected { .. }), "{e}");
         assert_eq!(e.exit_code(), 1);
     }

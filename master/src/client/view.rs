@@ -24,24 +24,31 @@ pub fn write_json<T: Serialize + ?Sized>(out: &mut impl Write, value: &T) -> io:
 // ---------------------------------------------------------------------------------------------
 // submit
 
-/// `{"ids": [...]}`, and with `--wait` also `"total"`, `"succeeded"`, `"failed"`.
+/// `{"ids": [...]}`, with `--wait` also `"total"`, `"succeeded"`, `"failed"`; then `"job"` (and
+/// `"jobs"` if the submission needed several frames, each a job).
 #[derive(Serialize)]
 struct SubmitView<'a> {
     ids: IdList<'a>,
     #[serde(flatten)]
     wait: Option<WaitSummary>,
+    job: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jobs: Option<Vec<u64>>,
 }
 
 pub fn write_submit_json(
     out: &mut impl Write,
     ids: &[IdRange],
     wait: Option<WaitSummary>,
+    jobs: &[protocol::JobId],
 ) -> io::Result<()> {
     write_json(
         out,
         &SubmitView {
             ids: IdList(ids),
             wait,
+            job: jobs.first().map(|j| j.0),
+            jobs: (jobs.len() > 1).then(|| jobs.iter().map(|j| j.0).collect()),
         },
     )?;
     writeln!(out)
@@ -83,9 +90,13 @@ pub fn write_status_table(out: &mut impl Write, report: &StatusReport) -> io::Re
         }
         table.write_to(out)?;
     }
+    let waiting = match report.waiting {
+        0 => String::new(),
+        n => format!(", {n} waiting"),
+    };
     writeln!(
         out,
-        "policy {}: {} queued, {} running, {} succeeded, {} failed",
+        "policy {}: {} queued{waiting}, {} running, {} succeeded, {} failed",
         report.policy, report.queued, report.running, report.succeeded, report.failed
     )
 }
@@ -114,6 +125,8 @@ pub enum ResultsOutput {
         /// Some task ran more than one copy. Without one, the `copies` column is dropped at the
         /// end: it would only repeat 1 (or 0 for tasks that never ran) on every line.
         replicated: bool,
+        /// Some task has dependencies; without one the `after` column (the last) is dropped.
+        waits: bool,
     },
 }
 
@@ -136,11 +149,13 @@ impl ResultsOutput {
             ("exit", Align::Right),
             ("ms", Align::Right),
             ("command", Align::Left),
+            ("after", Align::Left),
         ]);
         debug_assert_eq!(table.headers[COPIES_COLUMN], "copies");
         ResultsOutput::Table {
             table,
             replicated: false,
+            waits: false,
         }
     }
 
@@ -151,8 +166,13 @@ impl ResultsOutput {
                 *rows += 1;
                 write_json(out, &ResultView::from(t))
             }
-            ResultsOutput::Table { table, replicated } => {
+            ResultsOutput::Table {
+                table,
+                replicated,
+                waits,
+            } => {
                 *replicated |= t.copies > 1;
+                *waits |= !t.after.is_empty();
                 table.push(result_row(t));
                 Ok(())
             }
@@ -166,7 +186,11 @@ impl ResultsOutput {
             ResultsOutput::Table {
                 mut table,
                 replicated,
+                waits,
             } => {
+                if !waits {
+                    table.remove_column(table.headers.len() - 1);
+                }
                 if !replicated {
                     table.remove_column(COPIES_COLUMN);
                 }
@@ -193,7 +217,18 @@ fn result_row(t: &TaskResult) -> Vec<String> {
         blank_or(t.exit_code.map(|c| c.to_string())),
         blank_or(ms),
         command_cell(t),
+        after_cell(t),
     ]
+}
+
+/// What a task waits for, `waiting for 1-3, 12` while it does, else just the ids.
+fn after_cell(t: &TaskResult) -> String {
+    let ids: Vec<String> = t.after.iter().map(ToString::to_string).collect();
+    match (t.state, ids.is_empty()) {
+        (_, true) => String::new(),
+        (protocol::TaskState::Waiting, false) => format!("waiting for {}", ids.join(", ")),
+        (_, false) => ids.join(", "),
+    }
 }
 
 /// The results table's `command` cell is cut to this many characters (`…` last).
@@ -403,6 +438,7 @@ mod tests {
             running: 2,
             succeeded: 100,
             failed: 3,
+            waiting: 0,
         }
     }
 
@@ -432,6 +468,9 @@ mod tests {
             stderr: String::new(),
             error: done.then(|| "timed out after 250ms".into()),
             copies: u32::from(done),
+            job: protocol::JobId(1),
+            name: None,
+            after: vec![],
         }
     }
 
@@ -445,20 +484,20 @@ mod tests {
     fn submit_json_shapes() {
         let ids = [IdRange { first: 7, count: 3 }];
         let mut buf = Vec::new();
-        write_submit_json(&mut buf, &ids, None).unwrap();
+        write_submit_json(&mut buf, &ids, None, &[protocol::JobId(2)]).unwrap();
         let v: Value = serde_json::from_slice(&buf).unwrap();
-        assert_eq!(v, serde_json::json!({"ids": [7, 8, 9]}));
+        assert_eq!(v, serde_json::json!({"ids": [7, 8, 9], "job": 2}));
         let waited = WaitSummary {
             total: 3,
             succeeded: 2,
             failed: 1,
         };
         buf.clear();
-        write_submit_json(&mut buf, &ids, Some(waited)).unwrap();
+        write_submit_json(&mut buf, &ids, Some(waited), &[protocol::JobId(2)]).unwrap();
         let v: Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"ids": [7, 8, 9], "total": 3, "succeeded": 2, "failed": 1})
+            serde_json::json!({"ids": [7, 8, 9], "total": 3, "succeeded": 2, "failed": 1, "job": 2})
         );
     }
 
@@ -475,6 +514,7 @@ mod tests {
                 "queued",
                 "running",
                 "succeeded",
+                "waiting",
                 "workers"
             ]
         );
@@ -541,6 +581,7 @@ mod tests {
             assert_eq!(
                 keys(row),
                 [
+                    "after",
                     "attempts",
                     "cmd",
                     "copies",
@@ -549,7 +590,9 @@ mod tests {
                     "finished_ms",
                     "group",
                     "id",
+                    "job",
                     "kind",
+                    "name",
                     "priority",
                     "started_ms",
                     "state",
@@ -575,6 +618,7 @@ mod tests {
         assert_eq!(done["kind"], "command");
         assert_eq!(done["cmd"], serde_json::json!(["sh", "-c", "echo hi"]));
         assert_eq!(done["group"], "gpu");
+        assert_eq!(done["job"].as_u64(), Some(1));
         let queued = &rows[1];
         assert_eq!(queued["state"], "queued");
         assert_eq!(queued["kind"], "sleep");
@@ -689,6 +733,34 @@ mod tests {
         let mut spin = task(1, false);
         spin.kind = KindName::Spin;
         assert_eq!(command_cell(&spin), "(spin)");
+    }
+
+    #[test]
+    fn results_table_shows_what_a_task_waits_for_only_when_one_does() {
+        let table = |tasks: &[TaskResult]| {
+            let mut buf = Vec::new();
+            let mut sink = ResultsOutput::table();
+            for t in tasks {
+                sink.push(&mut buf, t).unwrap();
+            }
+            sink.finish(&mut buf).unwrap();
+            String::from_utf8(buf).unwrap()
+        };
+        assert!(!table(&[task(1, false)]).contains("after"));
+        let mut waiting = task(2, false);
+        waiting.state = TaskState::Waiting;
+        waiting.after = vec![
+            protocol::After::Ids {
+                first: TaskId(1),
+                last: TaskId(3),
+            },
+            protocol::After::id(TaskId(7)),
+        ];
+        let text = table(&[task(1, false), waiting]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("after"), "{text}");
+        assert!(lines[2].contains("waiting"), "{text}");
+        assert!(lines[2].ends_with("waiting for 1-3, 7"), "{text}");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use super::error::{ClientError, Result};
 use super::progress::{Counts, ProgressBar};
 use super::session::{unexpected, Session};
-use super::{ids, view, ConnArgs, Outcome};
-use protocol::{FromMaster, TaskId, ToMaster};
+use super::{ids, jobs, view, ConnArgs, Outcome};
+use protocol::{FromMaster, JobId, TaskId, ToMaster};
 use serde::Serialize;
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -20,6 +20,9 @@ pub struct WaitArgs {
     /// Tasks (`7`, `5-9`, `1-3,7`) to wait for; none means every task unfinished now.
     #[arg(value_name = "ID", value_parser = ids::parse_id_arg)]
     pub ids: Vec<ids::IdArg>,
+    /// Wait for every task of this job (may be given more than once).
+    #[arg(long, value_name = "J", value_parser = ids::parse_id_arg)]
+    pub job: Vec<ids::IdArg>,
 }
 
 /// What `WaitDone` reports. Field names are the `--json` contract.
@@ -51,12 +54,13 @@ impl WaitSummary {
 pub fn run(args: WaitArgs) -> Result<Outcome> {
     let mut session = args.conn.connect()?;
     let ids: Vec<TaskId> = ids::from_args(&args.ids).collect();
+    let jobs = jobs::job_ids(&args.job);
     let summary = if ids.is_empty() {
-        // Empty ids asks the master for "everything unfinished now".
-        wait_batches(&mut session, [Vec::new()], 0)?
+        // Empty ids (and no jobs) asks the master for "everything unfinished now".
+        wait_batches(&mut session, [Vec::new()], 0, jobs)?
     } else {
         let known = ids.len() as u64;
-        wait_batches(&mut session, ids::batched(ids), known)?
+        wait_batches(&mut session, ids::batched(ids), known, jobs)?
     };
     let mut out = view::stdout();
     if args.json {
@@ -69,12 +73,13 @@ pub fn run(args: WaitArgs) -> Result<Outcome> {
     Ok(summary.outcome())
 }
 
-/// Waits for every batch in turn. `known_total` (0 if unknown) keeps the bar's total steady
-/// while later batches have not been asked about yet.
+/// Waits for every batch in turn, `jobs` with the first. `known_total` (0 if unknown) keeps the
+/// bar's total steady while later batches have not been asked about yet.
 pub fn wait_batches(
     session: &mut Session,
     batches: impl IntoIterator<Item = Vec<TaskId>>,
     known_total: u64,
+    mut jobs: Vec<JobId>,
 ) -> Result<WaitSummary> {
     let show = std::io::stderr().is_terminal();
     let mut bar = ProgressBar::new(show, Instant::now());
@@ -83,6 +88,7 @@ pub fn wait_batches(
         session.send(&ToMaster::Wait {
             ids: batch,
             progress: show,
+            jobs: std::mem::take(&mut jobs),
         })?;
         // Bounded by the master: it sends at most one `Progress` per loop turn and ends with
         // `WaitDone`, an `Error`, or by closing the connection.

@@ -6,10 +6,12 @@
 use super::conn::{Request, Response, JSON};
 use super::dashboard::Asset;
 use super::router::{route, NoRoute, Route};
-use crate::json::{ResultView, StatusView};
-use crate::taskfile::{parse_object, SpecDefaults};
+use crate::json::{JobView, ResultView, StatusView};
+use crate::taskfile::{parse_object, parse_objects, SpecDefaults};
+use protocol::limits::MAX_JOB_NAME_BYTES;
 use protocol::{
-    FromMaster, OutputStream, StatusReport, TaskId, TaskResult, TaskSpec, TaskState, ToMaster,
+    FromMaster, JobStatus, OutputStream, StatusReport, TaskId, TaskResult, TaskSpec, TaskState,
+    ToMaster,
 };
 use scheduler::PAGE_LIMIT_MAX;
 use serde_json::{json, Value};
@@ -66,7 +68,9 @@ pub fn handle(req: &Request, token: Option<&[u8]>) -> Action {
         Route::Static(a) => Action::Respond(asset(a)),
         Route::Status => ask(ToMaster::Status, Pending::Status(None)),
         Route::Submit => match parse_submit(&req.body) {
-            Ok((specs, count)) => ask(ToMaster::Submit { specs, count }, Pending::Submit),
+            Ok((specs, count, name)) => {
+                ask(ToMaster::Submit { specs, count, name }, Pending::Submit)
+            }
             Err(message) => Action::Respond(Response::error(400, &message)),
         },
         Route::ListTasks => match parse_page_query(&req.query) {
@@ -81,10 +85,21 @@ pub fn handle(req: &Request, token: Option<&[u8]>) -> Action {
             Err(message) => Action::Respond(Response::error(400, &message)),
         },
         Route::GetTask(id) => ask(
-            ToMaster::Results { ids: vec![id] },
+            ToMaster::Results {
+                ids: vec![id],
+                jobs: vec![],
+            },
             Pending::Task(Vec::new()),
         ),
-        Route::CancelTask(id) => ask(ToMaster::Cancel { ids: vec![id] }, Pending::Cancel),
+        Route::CancelTask(id) => ask(
+            ToMaster::Cancel {
+                ids: vec![id],
+                jobs: vec![],
+            },
+            Pending::Cancel,
+        ),
+        Route::ListJobs => ask(ToMaster::Jobs { ids: vec![] }, Pending::Jobs(Vec::new())),
+        Route::GetJob(id) => ask(ToMaster::Jobs { ids: vec![id] }, Pending::Job(Vec::new())),
         Route::TaskLog(task) => match parse_log_query(&req.query) {
             Ok((stream, offset)) => ask(
                 ToMaster::Log {
@@ -129,7 +144,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The body of `POST /api/v1/tasks`: one task object, or `{"tasks": [obj, ...], "count": N}`.
 /// Errors name the field, with the task-file's messages.
-fn parse_submit(body: &[u8]) -> Result<(Vec<TaskSpec>, u32), String> {
+fn parse_submit(body: &[u8]) -> Result<(Vec<TaskSpec>, u32, Option<String>), String> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("invalid JSON in the body: {e}"))?;
     let defaults = SpecDefaults::default();
@@ -140,13 +155,25 @@ fn parse_submit(body: &[u8]) -> Result<(Vec<TaskSpec>, u32), String> {
     };
     if !map.contains_key("tasks") {
         let spec = parse_object(Value::Object(map), &defaults).map_err(|e| format!("task: {e}"))?;
-        return Ok((vec![spec], 1));
+        return Ok((vec![spec], 1, None));
     }
-    if let Some(key) = map.keys().find(|k| *k != "tasks" && *k != "count") {
+    if let Some(key) = map
+        .keys()
+        .find(|k| !["tasks", "count", "name"].contains(&k.as_str()))
+    {
         return Err(format!(
-            "unknown field `{key}`: a batch has only `tasks` and `count`"
+            "unknown field `{key}`: a batch has only `tasks`, `count` and `name` (the job's)"
         ));
     }
+    let name = match map.remove("name") {
+        None => None,
+        Some(Value::String(s)) if s.len() <= MAX_JOB_NAME_BYTES => Some(s),
+        Some(v) => {
+            return Err(format!(
+                "name: must be a string of at most {MAX_JOB_NAME_BYTES} bytes, got {v:.40}"
+            ))
+        }
+    };
     let count = match map.remove("count") {
         None => 1,
         Some(v) => v
@@ -167,12 +194,8 @@ fn parse_submit(body: &[u8]) -> Result<(Vec<TaskSpec>, u32), String> {
             "{total} tasks in one request; at most {SUBMIT_TASKS_MAX} (the answer lists every id)"
         ));
     }
-    let specs = tasks
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| parse_object(v, &defaults).map_err(|e| format!("tasks[{i}]: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((specs, count))
+    let specs = parse_objects(tasks, &defaults)?;
+    Ok((specs, count, name))
 }
 
 /// `stream=stdout|stderr&offset=N`, each optional (stdout from 0).
@@ -255,6 +278,10 @@ pub enum Pending {
     Task(Vec<TaskResult>),
     Cancel,
     Log,
+    /// `GET /api/v1/jobs`: every job, as `master jobs --json`.
+    Jobs(Vec<JobStatus>),
+    /// `GET /api/v1/jobs/ID`: one job's object.
+    Job(Vec<JobStatus>),
 }
 
 impl Pending {
@@ -272,9 +299,9 @@ impl Pending {
                 let report = acc.take()?;
                 Some(ok(200, &StatusView::from(&report)))
             }
-            (Pending::Submit, FromMaster::Submitted { first, count }) => {
+            (Pending::Submit, FromMaster::Submitted { first, count, job }) => {
                 let ids: Vec<u64> = (first.0..first.0 + count).collect();
-                Some(ok(201, &json!({ "ids": ids })))
+                Some(ok(201, &json!({ "ids": ids, "job": job.0 })))
             }
             (Pending::Page(acc), FromMaster::ResultsPage { tasks, more, next }) => {
                 acc.extend(tasks);
@@ -339,8 +366,26 @@ impl Pending {
                 })
             }
             (Pending::Log, FromMaster::Error { message }) => Some(Response::error(404, &message)),
-            // The only error a one-task `Results` gets is an unknown id.
-            (Pending::Task(_), FromMaster::Error { message }) => {
+            (Pending::Jobs(acc), FromMaster::Jobs { jobs, more }) => {
+                acc.extend(jobs);
+                if more {
+                    return None;
+                }
+                let views: Vec<JobView<'_>> = acc.iter().map(JobView).collect();
+                Some(ok(200, &views))
+            }
+            (Pending::Job(acc), FromMaster::Jobs { jobs, more }) => {
+                acc.extend(jobs);
+                if more {
+                    return None;
+                }
+                Some(match acc.first() {
+                    Some(j) => ok(200, &JobView(j)),
+                    None => Response::error(404, "no such job"),
+                })
+            }
+            // The only error a one-task `Results` (or one-job `Jobs`) gets is an unknown id.
+            (Pending::Task(_) | Pending::Job(_), FromMaster::Error { message }) => {
                 Some(Response::error(404, &message))
             }
             (Pending::Submit, FromMaster::Error { message }) => {
@@ -396,10 +441,13 @@ mod tests {
 
     #[test]
     fn submit_bodies_are_one_task_or_a_batch() {
-        let (specs, count) = parse_submit(br#"{"cmd": ["sh", "-c", "echo hi"]}"#).unwrap();
+        let (specs, count, _) = parse_submit(br#"{"cmd": ["sh", "-c", "echo hi"]}"#).unwrap();
         assert_eq!((specs.len(), count), (1, 1));
-        let (specs, count) =
-            parse_submit(br#"{"tasks": [{"sleep": "1ms"}, {"spin": 0.5}], "count": 50}"#).unwrap();
+        let (specs, count, name) = parse_submit(
+            br#"{"tasks": [{"sleep": "1ms"}, {"spin": 0.5}], "count": 50, "name": "b"}"#,
+        )
+        .unwrap();
+        assert_eq!(name.as_deref(), Some("b"));
         assert_eq!((specs.len(), count), (2, 50));
         let err = |body: &str| parse_submit(body.as_bytes()).unwrap_err();
         assert!(err("{").starts_with("invalid JSON"), "{}", err("{"));
@@ -454,6 +502,7 @@ mod tests {
             running: 0,
             succeeded: 2,
             failed: 0,
+            waiting: 0,
         };
         let mut p = Pending::Status(None);
         assert_eq!(

@@ -5,7 +5,7 @@
 //! arm in [`route`].
 
 use super::dashboard::Asset;
-use protocol::TaskId;
+use protocol::{JobId, TaskId};
 
 /// What a request may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,10 @@ pub enum Route {
     Events,
     /// `GET /api/v1/report`: the experiment figures.
     Report,
+    /// `GET /api/v1/jobs`.
+    ListJobs,
+    /// `GET /api/v1/jobs/ID`.
+    GetJob(JobId),
 }
 
 impl Route {
@@ -49,7 +53,7 @@ pub enum NoRoute {
     NotFound,
     /// 405; `allow` is the `Allow` header's value.
     MethodNotAllowed { allow: &'static str },
-    /// 400: the path names a task with something that is not an id.
+    /// 400: the path names a task or a job with something that is not an id.
     BadId(String),
 }
 
@@ -65,6 +69,8 @@ enum Resource {
     Metrics,
     Events,
     Report,
+    Jobs,
+    Job(JobId),
 }
 
 fn resource(path: &str) -> Result<Option<Resource>, NoRoute> {
@@ -75,6 +81,7 @@ fn resource(path: &str) -> Result<Option<Resource>, NoRoute> {
         "/api/v1/events" => Resource::Events,
         "/api/v1/report" => Resource::Report,
         "/api/v1/tasks" | "/api/v1/tasks/" => Resource::Tasks,
+        "/api/v1/jobs" | "/api/v1/jobs/" => Resource::Jobs,
         _ => {
             if let Some(asset) = path.strip_prefix("/static/").and_then(Asset::named) {
                 Resource::Static(asset)
@@ -89,6 +96,11 @@ fn resource(path: &str) -> Result<Option<Resource>, NoRoute> {
                     Err(_) => {
                         return Err(NoRoute::BadId(format!("task id {id:?} is not a number")))
                     }
+                }
+            } else if let Some(id) = path.strip_prefix("/api/v1/jobs/") {
+                match id.parse::<u64>() {
+                    Ok(n) => Resource::Job(JobId(n)),
+                    Err(_) => return Err(NoRoute::BadId(format!("job id {id:?} is not a number"))),
                 }
             } else {
                 return Ok(None);
@@ -105,7 +117,9 @@ fn allowed(r: Resource) -> &'static str {
         | Resource::Metrics
         | Resource::Events
         | Resource::Report
-        | Resource::TaskLog(_) => "GET",
+        | Resource::TaskLog(_)
+        | Resource::Jobs
+        | Resource::Job(_) => "GET",
         Resource::Tasks => "GET, POST",
         Resource::Task(_) => "GET, DELETE",
     }
@@ -127,6 +141,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
         ("GET", Resource::Metrics) => Ok(Route::Metrics),
         ("GET", Resource::Events) => Ok(Route::Events),
         ("GET", Resource::Report) => Ok(Route::Report),
+        ("GET", Resource::Jobs) => Ok(Route::ListJobs),
+        ("GET", Resource::Job(id)) => Ok(Route::GetJob(id)),
         (_, r) => Err(NoRoute::MethodNotAllowed { allow: allowed(r) }),
     }
 }
@@ -172,6 +188,16 @@ mod tests {
             route("DELETE", "/api/v1/tasks/7/log"),
             Err(NoRoute::MethodNotAllowed { allow: "GET" })
         ));
+        assert_eq!(route("GET", "/api/v1/jobs"), Ok(Route::ListJobs));
+        assert_eq!(route("GET", "/api/v1/jobs/3"), Ok(Route::GetJob(JobId(3))));
+        assert!(matches!(
+            route("GET", "/api/v1/jobs/x"),
+            Err(NoRoute::BadId(_))
+        ));
+        assert_eq!(
+            route("DELETE", "/api/v1/jobs/3"),
+            Err(NoRoute::MethodNotAllowed { allow: "GET" })
+        );
         assert_eq!(route("GET", "/api/v1/events"), Ok(Route::Events));
         assert_eq!(route("GET", "/api/v1/report"), Ok(Route::Report));
         assert_eq!(

@@ -2,17 +2,18 @@
 //! read-back, so a file that fails either is rolled back and left as it was, still the old version.
 
 use super::{
-    classify, recover, FinalEntry, JournalError, Recovered, IDENTITY_TABLES, SCHEMA_VERSION,
+    classify, recover, FinalEntry, JournalError, Recovered, IDENTITY_TABLES, INSERT_JOB,
+    JOBS_TABLE, SCHEMA_VERSION,
 };
-use protocol::{FrameDecoder, TaskState};
+use protocol::{FrameDecoder, TaskSpec, TaskState};
 use rusqlite::{params, Connection};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::path::Path;
 
-// `from_v1` writes version 2 entries, which version 3 keeps (it only added tables); a version 4
-// needs its own step after `add_identity`.
-const _: () = assert!(SCHEMA_VERSION == 3);
+// `from_v1` writes version 2 entries, which versions 3 and 4 keep (they only added tables); a
+// version 5 needs its own step after `add_jobs`.
+const _: () = assert!(SCHEMA_VERSION == 4);
 
 /// `FinalEntry` exactly as version 1 wrote it: no `copies`.
 /// IMPORTANT: frozen. It must decode version 1 blobs for as long as they can be migrated.
@@ -114,6 +115,7 @@ pub(super) fn from_v1(conn: &Connection, path: &Path) -> Result<(Recovered, usiz
             .map_err(sql)?;
     }
     tx.execute_batch(IDENTITY_TABLES).map_err(sql)?;
+    add_jobs(&tx, path)?;
     tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
         .map_err(sql)?;
     // Inside the transaction: a migrated journal that does not read back is never committed.
@@ -128,9 +130,56 @@ pub(super) fn from_v2(conn: &Connection, path: &Path) -> Result<Recovered, Journ
     let sql = |e| classify(path, e);
     let tx = conn.unchecked_transaction().map_err(sql)?;
     tx.execute_batch(IDENTITY_TABLES).map_err(sql)?;
+    add_jobs(&tx, path)?;
     tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
         .map_err(sql)?;
     let recovered = recover::read_all(&tx, path)?;
     tx.commit().map_err(sql)?;
     Ok(recovered)
+}
+
+/// Version 3 to 4: the jobs table, one job per batch (a batch is one spec of one submission;
+/// which batches were one submission is not recorded), named after its spec, in one
+/// transaction with the read-back.
+pub(super) fn from_v3(conn: &Connection, path: &Path) -> Result<Recovered, JournalError> {
+    let sql = |e| classify(path, e);
+    let tx = conn.unchecked_transaction().map_err(sql)?;
+    add_jobs(&tx, path)?;
+    tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
+        .map_err(sql)?;
+    let recovered = recover::read_all(&tx, path)?;
+    tx.commit().map_err(sql)?;
+    Ok(recovered)
+}
+
+/// Creates the jobs table and fills it with one job per batch. A spec that does not parse is
+/// left to the read-back, which names its row.
+fn add_jobs(tx: &Connection, path: &Path) -> Result<(), JournalError> {
+    let sql = |e| classify(path, e);
+    tx.execute_batch(JOBS_TABLE).map_err(sql)?;
+    // Read whole first: SQLite leaves a SELECT undefined while the same connection writes. One
+    // row per batch, whose spec is at most a MiB; a journal of many batches costs their names.
+    let batches = tx
+        .prepare("SELECT first_id, count, spec, submitted_ms FROM batches ORDER BY first_id")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| {
+                let spec: String = r.get(2)?;
+                let name = serde_json::from_str::<TaskSpec>(&spec)
+                    .map_or_else(|_| "?".to_string(), |s| protocol::names::job_name(&s));
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    name,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(sql)?;
+    let mut stmt = tx.prepare(INSERT_JOB).map_err(sql)?;
+    for (i, (first, count, name, submitted_ms)) in batches.into_iter().enumerate() {
+        stmt.execute(params![i as i64 + 1, name, first, count, submitted_ms])
+            .map_err(sql)?;
+    }
+    Ok(())
 }

@@ -2,8 +2,9 @@
 //! finals replayed onto them in commit order.
 //! Nothing read from the file is trusted: every impossible value is a typed error naming its row.
 
-use super::{classify, FinalEntry, JournalError, Outcome, Recovered, RestoredTask};
-use protocol::{FrameDecoder, TaskId, TaskSpec};
+use super::{classify, FinalEntry, JobRecord, JournalError, Outcome, Recovered, RestoredTask};
+use protocol::limits::MAX_JOB_NAME_BYTES;
+use protocol::{FrameDecoder, JobId, TaskId, TaskSpec};
 use rusqlite::{Connection, Row};
 use std::path::Path;
 use std::sync::Arc;
@@ -38,13 +39,75 @@ pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Recovered, Jour
         next_id = batch.end;
     }
     read_finals(conn, path, &mut tasks)?;
+    let jobs = read_jobs(conn, path, next_id)?;
     Ok(Recovered {
         tasks,
         next_id: TaskId(next_id),
         // Filled in by `open`, which starts the next incarnation.
         master_id: 0,
         history: Vec::new(),
+        jobs,
     })
+}
+
+/// The `jobs` rows in id order, checked: dense from 1, each range right after the last, none
+/// past the tasks (`next_id` is one past the last task recorded).
+fn read_jobs(conn: &Connection, path: &Path, next_id: u64) -> Result<Vec<JobRecord>, JournalError> {
+    let sql = |e| classify(path, e);
+    let mut stmt = conn
+        .prepare("SELECT id, name, first_id, count, submitted_ms FROM jobs ORDER BY id")
+        .map_err(sql)?;
+    let mut rows = stmt.query([]).map_err(sql)?;
+    let mut jobs: Vec<JobRecord> = Vec::new();
+    let mut end: u64 = 1;
+    while let Some(row) = rows.next().map_err(sql)? {
+        let id: i64 = row.get(0).map_err(sql)?;
+        let bad = |detail: String| JournalError::BadRow {
+            path: path.to_path_buf(),
+            table: "jobs",
+            id,
+            detail,
+        };
+        let name: String = row.get(1).map_err(|e| bad(e.to_string()))?;
+        let first: i64 = row.get(2).map_err(|e| bad(e.to_string()))?;
+        let count: i64 = row.get(3).map_err(|e| bad(e.to_string()))?;
+        let submitted_ms: i64 = row.get(4).map_err(|e| bad(e.to_string()))?;
+        if id != jobs.len() as i64 + 1 {
+            return Err(bad(format!("expected job {}", jobs.len() + 1)));
+        }
+        if first != end as i64 {
+            return Err(bad(format!("expected its tasks to start at id {end}")));
+        }
+        if count < 1 || submitted_ms < 0 {
+            return Err(bad(format!(
+                "count {count} and submitted_ms {submitted_ms} must be positive"
+            )));
+        }
+        if name.len() > MAX_JOB_NAME_BYTES {
+            return Err(bad(format!(
+                "name of {} bytes, more than {MAX_JOB_NAME_BYTES}",
+                name.len()
+            )));
+        }
+        let last_end = first.checked_add(count).map(|e| e as u64);
+        match last_end {
+            Some(e) if e <= next_id => end = e,
+            _ => {
+                return Err(bad(format!(
+                    "tasks past the last recorded ({})",
+                    next_id - 1
+                )))
+            }
+        }
+        jobs.push(JobRecord {
+            id: JobId(id as u64),
+            name,
+            first: TaskId(first as u64),
+            count: count as u64,
+            submitted_ms: submitted_ms as u64,
+        });
+    }
+    Ok(jobs)
 }
 
 /// Replays `final_batches` in commit order onto `tasks` (dense from id 1, as `read_batch`

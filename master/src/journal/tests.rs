@@ -62,6 +62,11 @@ fn command_spec() -> TaskSpec {
         retry_failed: 2,
         group: Some("gpu".into()),
         replicas: 1,
+        name: Some("fetch \"ü\"".into()),
+        after: vec![protocol::After::Ids {
+            first: protocol::TaskId(1),
+            last: protocol::TaskId(3),
+        }],
     }
 }
 
@@ -117,6 +122,7 @@ fn round_trip() {
                 incarnation: Incarnation(1),
                 first_id: TaskId(1)
             }],
+            jobs: vec![],
         }
     );
     let master_id = rec.master_id;
@@ -438,7 +444,7 @@ fn newer_schema_is_refused() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("database schema version 7 is newer than this master (3); upgrade ballast"),
+        msg.contains("database schema version 7 is newer than this master (4); upgrade ballast"),
         "{msg}"
     );
     assert!(msg.contains(&dir.db().display().to_string()));
@@ -1166,7 +1172,8 @@ fn a_version_2_journal_gains_the_identity_tables() {
     }
     let conn = raw(&dir);
     conn.execute_batch(
-        "DROP TABLE master; DROP TABLE incarnations; UPDATE schema_version SET version = 2;",
+        "DROP TABLE master; DROP TABLE incarnations; DROP TABLE jobs;
+         UPDATE schema_version SET version = 2;",
     )
     .expect("downgrade to version 2");
     drop(conn);
@@ -1183,6 +1190,60 @@ fn a_version_2_journal_gains_the_identity_tables() {
         }],
         "history starts at the migration: no version 2 worker can report a run"
     );
+}
+
+#[test]
+fn a_version_3_journal_gets_a_job_per_batch_and_jobs_come_back() {
+    let dir = TempDir::new("from-v3");
+    {
+        let (mut j, _) = Journal::open(&dir.0).expect("opens");
+        j.record_submit(TaskId(1), 3, &sleep_spec(1), 100)
+            .expect("submit");
+        j.record_submit(TaskId(4), 1, &command_spec(), 101)
+            .expect("submit");
+        j.commit().expect("commit");
+    }
+    let conn = raw(&dir);
+    conn.execute_batch("DROP TABLE jobs; UPDATE schema_version SET version = 3;")
+        .expect("downgrade to version 3");
+    drop(conn);
+    let (mut j, rec) = Journal::open(&dir.0).expect("migrates");
+    assert_eq!(version(&j.conn), SCHEMA_VERSION);
+    let jobs: Vec<(u64, &str, u64, u64, u64)> = rec
+        .jobs
+        .iter()
+        .map(|j| (j.id.0, j.name.as_str(), j.first.0, j.count, j.submitted_ms))
+        .collect();
+    let command = protocol::names::job_name(&command_spec());
+    assert_eq!(
+        jobs,
+        vec![
+            (1, "sleep 1ms", 1, 3, 100),
+            (2, command.as_str(), 4, 1, 101)
+        ]
+    );
+    // New jobs follow, and come back.
+    let job = JobRecord {
+        id: protocol::JobId(3),
+        name: "build".into(),
+        first: TaskId(5),
+        count: 2,
+        submitted_ms: 200,
+    };
+    let wrong = JobRecord {
+        id: protocol::JobId(4),
+        ..job.clone()
+    };
+    j.record_job(&job).expect("job");
+    j.record_submit(TaskId(5), 2, &sleep_spec(2), 200)
+        .expect("submit");
+    j.commit().expect("commit");
+    drop(j);
+    let (mut j, rec) = Journal::open(&dir.0).expect("reopens");
+    assert_eq!(rec.jobs.len(), 3);
+    assert_eq!(rec.jobs[2], job);
+    let e = j.record_job(&wrong).unwrap_err();
+    assert!(matches!(e, JournalError::JobOutOfOrder { .. }), "{e}");
 }
 
 // ---- marks: a journal that lost committed work is refused, or its loss accepted aloud ----------

@@ -100,12 +100,13 @@ pub struct Truth {
 }
 
 /// Final states as a byte, in a fixed order.
-const FINAL_STATES: [TaskState; 5] = [
+const FINAL_STATES: [TaskState; 6] = [
     TaskState::Succeeded,
     TaskState::Failed,
     TaskState::TimedOut,
     TaskState::Cancelled,
     TaskState::WorkerLost,
+    TaskState::DependencyFailed,
 ];
 
 fn state_byte(s: TaskState) -> u8 {

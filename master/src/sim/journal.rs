@@ -9,7 +9,8 @@
 //! what is committed is always a prefix of what was recorded.
 
 use crate::core::{
-    Core, CoreConfig, EpochStart, GroupCommit, Outcome, Record, RestoreError, RestoredTask,
+    Core, CoreConfig, EpochStart, GroupCommit, JobRecord, Outcome, Record, RestoreError,
+    RestoredTask,
 };
 use protocol::{Incarnation, TaskId, TaskSpec};
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct SimJournal {
     pending: Vec<Pending>,
     /// Committed submissions, in id order (dense from 1).
     batches: Vec<Batch>,
+    /// Committed jobs, in id order (dense from 1), as the real journal's `jobs` table.
+    jobs: Vec<JobRecord>,
     /// The last committed final of each committed id, by id - 1.
     finals: Vec<Option<Box<Outcome>>>,
     /// When the oldest pending record was seen at a turn's end.
@@ -92,6 +95,7 @@ impl SimJournal {
                         submitted_ms,
                     });
                 }
+                Record::Job(job) => self.jobs.push(job),
                 Record::Finished { id, outcome } => {
                     if let Some(slot) = (id.0 as usize)
                         .checked_sub(1)
@@ -156,7 +160,12 @@ pub fn restart(
 ) -> Result<Core, RestoreError> {
     config.incarnation = journal.start_incarnation();
     let mut core = Core::new(config);
-    core.restore(now_ms, journal.restored_tasks(), journal.history.clone())?;
+    core.restore(
+        now_ms,
+        journal.restored_tasks(),
+        journal.history.clone(),
+        journal.jobs.clone(),
+    )?;
     Ok(core)
 }
 

@@ -181,6 +181,7 @@ mod tests {
         let ids = FromMaster::Submitted {
             first: TaskId(1),
             count: 1,
+            job: protocol::JobId(1),
         };
         assert_eq!(net.check_output(client, Some(&ids), 0, 0), Ok(true));
         assert_eq!(

@@ -210,6 +210,19 @@ pub fn build(kind: &WorkloadKind, p: WorkloadParams) -> Result<Workload, SimErro
         }
         WorkloadKind::File(path) => {
             let templates = read_file(path, p.retries)?;
+            let dag = templates.iter().any(|t| {
+                t.after
+                    .iter()
+                    .any(|a| matches!(a, protocol::After::Spec(_)))
+            });
+            if dag && tasks.is_some_and(|n| n != templates.len() as u64) {
+                // Its `after` references are positions in one submission of the whole file.
+                return Err(SimError::usage(
+                    "tasks",
+                    "a task file whose lines wait for each other runs whole, once: leave \
+                     --tasks out",
+                ));
+            }
             let n = tasks.unwrap_or(templates.len() as u64) as usize;
             let order = (0..n).map(|i| (i % templates.len()) as u32).collect();
             Ok(Workload {

@@ -1148,7 +1148,11 @@ impl<'a> World<'a> {
         self.send_to_core(
             now_us,
             conn,
-            ToMaster::Submit { specs, count },
+            ToMaster::Submit {
+                specs,
+                count,
+                name: None,
+            },
             Some(u64::from(instance)),
         );
     }
@@ -1387,6 +1391,7 @@ impl<'a> World<'a> {
                 None
             }
             Record::Finished { id, outcome } => self.truth.ended(now_us, *id, outcome.state),
+            Record::Job(_) => None,
         };
         if let Some(j) = &mut self.journal {
             j.record(record, logical);
@@ -1406,7 +1411,7 @@ impl<'a> World<'a> {
             return Ok(()); // Lost with the connection.
         }
         match (link.owner, msg) {
-            (Owner::Client, FromMaster::Submitted { first, count }) => {
+            (Owner::Client, FromMaster::Submitted { first, count, .. }) => {
                 let Some(instance) = self.client.awaiting.pop_front() else {
                     return Err(SimError::Core(format!(
                         "ids {first}+{count} for no submission"

@@ -142,7 +142,13 @@ fn cancel_kills_every_copy() {
     let (b, _, _) = h.worker("b", 1);
     let c = h.client();
     let (ids, _) = h.submit(c, vec![replicated(3)], 1);
-    let out = h.msg(c, ToMaster::Cancel { ids: ids.clone() });
+    let out = h.msg(
+        c,
+        ToMaster::Cancel {
+            ids: ids.clone(),
+            jobs: vec![],
+        },
+    );
     let mut got = cancels(&out);
     got.sort();
     assert_eq!(got, vec![(a, ids[0], 1), (b, ids[0], 2)]);

@@ -147,7 +147,8 @@ fn an_earlier_incarnations_run_is_refused_from_a_worker_outside_its_group() {
         outcome: None,
     }];
     assert_eq!(
-        h.core.restore(now, restored, history(&[(1, 1), (2, 2)])),
+        h.core
+            .restore(now, restored, history(&[(1, 1), (2, 2)]), Vec::new()),
         Ok((0, 1))
     );
     let rogue = join(&mut h, "rogue", 2, Some("y"));

@@ -26,6 +26,7 @@ fn an_idle_client_is_closed_and_a_waiting_one_is_not() {
         ToMaster::Wait {
             ids: ids.clone(),
             progress: false,
+            jobs: vec![],
         },
     );
     let mut closed = Vec::new();
@@ -81,8 +82,14 @@ fn a_client_with_a_reply_in_progress_is_not_closed() {
     let c = super::limits::big_results(&mut h, 200);
     // Results of large outputs: several chunks, made one per drain, and no drain is reported
     // (the harness's `drain` would report them all, so the core is driven by hand).
-    h.core
-        .handle_message(h.now, c, ToMaster::Results { ids: vec![] });
+    h.core.handle_message(
+        h.now,
+        c,
+        ToMaster::Results {
+            ids: vec![],
+            jobs: vec![],
+        },
+    );
     h.core.dispatch(h.now);
     while h.core.poll_output().is_some() {}
     assert!(!h.core.replies_pending().is_empty(), "a reply in progress");

@@ -40,6 +40,7 @@ fn a_raw_submit_with_a_bad_env_key_is_refused_naming_the_key() {
         ToMaster::Submit {
             specs: vec![sleep_spec(0), bad],
             count: 1,
+            name: None,
         },
     );
     let message = error_to(&out, c);
@@ -63,6 +64,7 @@ fn a_huge_group_name_is_refused_at_submit() {
         ToMaster::Submit {
             specs: vec![spec],
             count: 200,
+            name: None,
         },
     );
     let message = error_to(&out, c);
@@ -165,7 +167,8 @@ fn an_over_limit_spec_from_an_old_journal_fails_at_recovery() {
         },
     ];
     assert_eq!(
-        h.core.restore(now, restored, history(&[(1, 1), (2, 4)])),
+        h.core
+            .restore(now, restored, history(&[(1, 1), (2, 4)]), Vec::new()),
         Ok((3, 0)),
         "the over-limit tasks are final, the master serves on"
     );
@@ -210,6 +213,7 @@ fn a_submission_past_max_tasks_is_refused_whole_and_the_master_serves_on() {
         ToMaster::Submit {
             specs: vec![sleep_spec(0)],
             count: 600,
+            name: None,
         },
     );
     let message = error_to(&out, c);
@@ -261,8 +265,14 @@ fn a_chunked_reply_is_made_one_chunk_per_drain_and_the_client_waits_meanwhile() 
     let mut h = Harness::new(PolicyKind::LeastLoaded);
     let c = big_results(&mut h, 200);
     let idle = Backlog::default();
-    h.core
-        .handle_message(h.now, c, ToMaster::Results { ids: vec![] });
+    h.core.handle_message(
+        h.now,
+        c,
+        ToMaster::Results {
+            ids: vec![],
+            jobs: vec![],
+        },
+    );
     h.core.dispatch(h.now);
     let out: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
     let first = result_chunks(&out, c);
@@ -350,13 +360,20 @@ fn a_shell_that_reads_anyway_gets_replies_in_order_not_interleaved() {
     let mut h = Harness::new(PolicyKind::LeastLoaded);
     let c = big_results(&mut h, 100);
     // Two requests back to back with no drain between them.
-    h.core
-        .handle_message(h.now, c, ToMaster::Results { ids: vec![] });
+    h.core.handle_message(
+        h.now,
+        c,
+        ToMaster::Results {
+            ids: vec![],
+            jobs: vec![],
+        },
+    );
     h.core.handle_message(
         h.now,
         c,
         ToMaster::Results {
             ids: vec![TaskId(3)],
+            jobs: vec![],
         },
     );
     let out = h.drain();
@@ -442,6 +459,8 @@ fn an_assignment_that_cannot_fit_a_frame_fails_its_task_saying_why() {
     // recovery's check) goes around them, straight into the table: it fails, saying why,
     // instead of staying `running` with an `Assign` that is never sent.
     let huge = Arc::new(command(vec!["b".repeat(MAX_FRAME)], Vec::new()));
+    let first = h.core.tasks.next_id();
+    h.core.tasks.open_job("huge".into(), first, 1, h.now);
     let id = h.core.tasks.add(huge, h.now);
     h.core.enqueue(id);
     let out = h.drain();

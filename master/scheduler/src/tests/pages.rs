@@ -62,6 +62,7 @@ fn a_local_client_submits_and_is_answered_like_any_client() {
         ToMaster::Submit {
             specs: vec![sleep_spec(0)],
             count: 3,
+            name: None,
         },
     );
     // The record precedes the reply, so the shell's journal gate holds for HTTP too.
@@ -69,11 +70,13 @@ fn a_local_client_submits_and_is_answered_like_any_client() {
         matches!(
             &out[..],
             [
+                Output::Persist(Record::Job(_)),
                 Output::Persist(Record::Submitted { count: 3, .. }),
                 Output::Send {
                     msg: FromMaster::Submitted {
                         first: TaskId(1),
-                        count: 3
+                        count: 3,
+                        ..
                     },
                     ..
                 }
@@ -85,6 +88,7 @@ fn a_local_client_submits_and_is_answered_like_any_client() {
         c,
         ToMaster::Cancel {
             ids: vec![TaskId(1)],
+            jobs: vec![],
         },
     );
     let done = out.iter().find_map(|o| match o {
@@ -310,7 +314,13 @@ fn argvs_of_a_mib_keep_results_within_the_chunk_budget_and_pages_small() {
             })
             .collect()
     };
-    let all = chunks(h.msg(c, ToMaster::Results { ids: vec![] }));
+    let all = chunks(h.msg(
+        c,
+        ToMaster::Results {
+            ids: vec![],
+            jobs: vec![],
+        },
+    ));
     assert!(all.len() >= 5, "{} chunks of about a MiB a task", all.len());
     for (len, tasks) in &all {
         assert!(*len <= REPLY_FRAME_BUDGET + 64, "{len} bytes");

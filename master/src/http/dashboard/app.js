@@ -19,7 +19,9 @@ const EVENTS_RETRY_MS = 2000; // the stream's own `retry:` overrides it
 const EVENTS_ABSENT_RETRY_MS = 30000; // a master without /api/v1/events is asked again after this
 const EVENTS_SILENT_MS = 10000; // no byte for this long: the stream is dead
 const EVENTS_BUFFER_MAX = 1 << 20; // an unfinished event longer than this is dropped
-const FINAL = new Set(["succeeded", "failed", "timed_out", "cancelled", "worker_lost"]);
+const FINAL = new Set([
+  "succeeded", "failed", "timed_out", "cancelled", "worker_lost", "dependency_failed",
+]);
 const SVG_NS = "http://www.w3.org/2000/svg";
 const SEEN_NOW_MS = 3000; // a worker heard from this recently was seen "now"
 
@@ -139,7 +141,7 @@ async function fetchStatus() {
   const st = await api("/api/v1/status");
   const now = Date.now();
   const finished = st.succeeded + st.failed;
-  const total = finished + st.queued + st.running;
+  const total = finished + st.queued + st.running + (st.waiting || 0);
   // While events flow, the master's once-a-second summary gives the throughput (exact seconds);
   // otherwise it is the change between two status fetches.
   if (S.events !== "live" && S.prev && now > S.prev.at) {
@@ -394,7 +396,9 @@ function sparkline(values) {
 function renderQueue() {
   const st = S.status;
   if (!st) return;
-  for (const k of ["queued", "running", "succeeded", "failed"]) $("#count-" + k).textContent = st[k];
+  for (const k of ["queued", "waiting", "running", "succeeded", "failed"]) {
+    $("#count-" + k).textContent = st[k] ?? 0;
+  }
   const groups = $("#groups");
   const q = S.summary && S.summary.queue;
   if (q && typeof q === "object") {
