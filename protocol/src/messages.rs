@@ -786,6 +786,12 @@ pub enum FromMaster {
         done: bool,
         removed: bool,
     },
+    /// To a worker, right after `Welcome` when the master keeps another amount than
+    /// `limits::DEFAULT_LOG_LIMIT_BYTES` of each stream (`--log-limit`): the worker sends no more
+    /// of a stream than this (the rest it only counts, and says where the stream ended).
+    LogLimit {
+        per_stream_bytes: u64,
+    },
 }
 
 impl FromMaster {
@@ -808,6 +814,7 @@ impl FromMaster {
             FromMaster::ResultsPage { .. } => "ResultsPage",
             FromMaster::Jobs { .. } => "Jobs",
             FromMaster::Log { .. } => "Log",
+            FromMaster::LogLimit { .. } => "LogLimit",
         }
     }
 }
@@ -953,6 +960,9 @@ mod tests {
                 end: 0,
                 done: true,
                 removed: false,
+            },
+            FromMaster::LogLimit {
+                per_stream_bytes: 1,
             },
         ];
         for msg in &from_master {

@@ -120,6 +120,9 @@ pub struct CoreConfig {
     /// The most tasks the master holds (finished ones included): a submission that would pass it
     /// is refused whole (`master --max-tasks`).
     pub max_tasks: u64,
+    /// Bytes of each stream of a task kept in its log (`master --log-limit`); workers are told
+    /// when it is not the default, so they send no more.
+    pub log_limit_bytes: u64,
 }
 
 impl Default for CoreConfig {
@@ -139,6 +142,7 @@ impl Default for CoreConfig {
             incarnation: Incarnation(1),
             client_idle_timeout_ms: Some(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
             max_tasks: u64::MAX,
+            log_limit_bytes: protocol::limits::DEFAULT_LOG_LIMIT_BYTES,
         }
     }
 }
@@ -1035,6 +1039,15 @@ impl Core {
         self.learn(change);
         let id = joined.id;
         let replaced = self.session.accept_worker(ticket, id, heartbeat_ms);
+        if self.config.log_limit_bytes != protocol::limits::DEFAULT_LOG_LIMIT_BYTES {
+            // After `Welcome`, before any task: the worker streams no more than we keep.
+            self.session.send_worker(
+                id,
+                FromMaster::LogLimit {
+                    per_stream_bytes: self.config.log_limit_bytes,
+                },
+            );
+        }
         debug_assert_eq!(
             replaced, joined.replaced,
             "the tables agree on who was alive"
@@ -1864,6 +1877,12 @@ impl Core {
             }
         }
         warnings
+    }
+
+    /// The log store holds output of unfinished `task` from before a restart: its log is to be
+    /// ended like any other (`LogOp::End`). Call before any connection.
+    pub fn note_logged(&mut self, task: TaskId) {
+        self.logged.note(task);
     }
 
     /// The id ranges of `jobs`, or the first unknown one.
