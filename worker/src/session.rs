@@ -531,10 +531,10 @@ impl Session {
             .worker_id
             .map_or_else(String::new, |id| format!(" ({id})"));
         info!(
-            "connected to the master at {addr} as worker {}{id} ({} slots, prefetch {}, heartbeat \
+            "connected to the master at {addr} as worker {}{id} ({}, prefetch {}, heartbeat \
              every {} ms, master incarnation {})",
             self.config.info.name,
-            self.config.info.slots,
+            protocol::plural::count(self.config.info.slots, "slot", "slots"),
             self.config.info.prefetch,
             heartbeat.as_millis(),
             welcome.incarnation
@@ -669,15 +669,16 @@ impl Session {
         match self.config.on_master_lost {
             OnMasterLost::Stop => {
                 error!(
-                    "lost the master at {addr} ({why}); \
-                     stopping {running} running tasks and exiting"
+                    "lost the master at {addr} ({why}); stopping {} and exiting",
+                    protocol::plural::count_usize(running, "running task", "running tasks")
                 );
                 let reason = why.to_string();
                 self.begin_stop(now, Err(WorkerError::MasterLost { addr, reason }));
             }
             OnMasterLost::Wait => {
                 info!(
-                    "lost the master at {addr} ({why}); reconnecting, {running} tasks keep running"
+                    "lost the master at {addr} ({why}); reconnecting, {} running",
+                    protocol::plural::count_usize(running, "task keeps", "tasks keep")
                 );
                 self.drop_pending("the master connection is lost");
                 if now.saturating_duration_since(up.since) >= STABLE_CONNECTION {
@@ -700,8 +701,12 @@ impl Session {
             }
             None => {
                 info!(
-                    "{name}: stopping {} running tasks and exiting",
-                    self.executor.running()
+                    "{name}: stopping {} and exiting",
+                    protocol::plural::count_usize(
+                        self.executor.running(),
+                        "running task",
+                        "running tasks"
+                    )
                 );
                 self.begin_stop(now, Ok(()));
             }

@@ -1030,7 +1030,10 @@ impl Core {
             at_ms: now_ms,
         });
         // "worker NAME joined" is what scripts grep for; the id only disambiguates.
-        info!("worker {name} joined from {addr} ({id}, host {host}, {slots} slots{prefetch})");
+        info!(
+            "worker {name} joined from {addr} ({id}, host {host}, {}{prefetch})",
+            protocol::plural::count(slots, "slot", "slots")
+        );
     }
 
     /// The heartbeat interval to tell a worker: the one it asked for if that meets the timeout
@@ -1355,7 +1358,10 @@ impl Core {
         }
         let name = self.workers.name(worker).unwrap_or("?").to_string();
         if adopted > 0 {
-            info!("worker {name} still runs {adopted} tasks: adopted, not re-run");
+            info!(
+                "worker {name} still runs {}: adopted, not re-run",
+                protocol::plural::count_usize(adopted, "task", "tasks")
+            );
         }
         if foreign > 0 {
             warn!(
@@ -1481,7 +1487,10 @@ impl Core {
         self.learn(change);
         let (requeued, failed) = self.requeue_from(now_ms, id, reason);
         let name = self.workers.name(id).unwrap_or("?");
-        warn!("worker {name} ({id}) lost: {reason}; {requeued} tasks re-queued, {failed} failed");
+        warn!(
+            "worker {name} ({id}) lost: {reason}; {} re-queued, {failed} failed",
+            protocol::plural::count_usize(requeued, "task", "tasks")
+        );
         self.events.worker(|| StreamEvent::WorkerLost {
             worker: name.to_string(),
             reason: reason.to_string(),
@@ -1697,7 +1706,8 @@ impl Core {
             at_ms: now_ms,
         });
         info!(
-            "accepted job {job}: {total} tasks ({first}..={last}), {} queued",
+            "accepted job {job}: {} ({first}..={last}), {} queued",
+            protocol::plural::count(total, "task", "tasks"),
             self.pools.len()
         );
         self.session.send_client(
@@ -1941,7 +1951,10 @@ impl Core {
             self.session.send_worker(worker, FromMaster::Cancel(refs));
         }
         if !cancelled.is_empty() {
-            info!("cancelling {} tasks", cancelled.len());
+            info!(
+                "cancelling {}",
+                protocol::plural::count_usize(cancelled.len(), "task", "tasks")
+            );
         }
         self.session.send_client(
             client,
