@@ -8,4 +8,5 @@ pub mod journal;
 pub mod json;
 pub mod server;
 pub mod sim;
+pub mod stop_signal;
 pub mod taskfile;

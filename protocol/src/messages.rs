@@ -424,6 +424,10 @@ pub enum ToMaster {
     Jobs {
         ids: Vec<JobId>,
     },
+    /// Worker: it stops on purpose (SIGINT, SIGTERM) and closes its connection next, so the
+    /// master logs it as having left rather than as lost. Best effort: a worker that cannot send
+    /// it is taken for lost, which changes nothing but the log line.
+    Leaving,
 }
 
 impl ToMaster {
@@ -444,6 +448,7 @@ impl ToMaster {
             ToMaster::Retracted(_) => "Retracted",
             ToMaster::ResultsPage { .. } => "ResultsPage",
             ToMaster::Jobs { .. } => "Jobs",
+            ToMaster::Leaving => "Leaving",
         }
     }
 }

@@ -716,6 +716,13 @@ impl Session {
     /// Closes the connection, asks every task to stop (SIGTERM, SIGKILL after the grace) and
     /// arranges for `poll_exit` to return `result` once they are gone.
     fn begin_stop(&mut self, now: Instant, result: Result<(), WorkerError>) {
+        if let (Link::Up(up), Ok(())) = (&mut self.link, &result) {
+            // A stop on purpose: say so, so the master logs `left`, not `lost`. Best effort:
+            // written at once if the socket takes it (it is empty but for this), dropped by the
+            // close below otherwise.
+            up.out.queue(&ToMaster::Leaving);
+            up.out.send(now);
+        }
         if let Link::Up(up) = &mut self.link {
             // The master sees the worker gone at once and re-queues its tasks. What had not been
             // written is not reported, as nothing is once the worker stops (see `flush`).

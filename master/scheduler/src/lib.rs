@@ -1115,6 +1115,8 @@ impl Core {
                 self.log_drops(now_ms, id, &drops);
             }
             ToMaster::Running(refs) => self.on_running(now_ms, id, refs),
+            // Its disconnect follows; only the log line differs.
+            ToMaster::Leaving => self.workers.leaving(id),
             other => {
                 self.worker_broke_protocol(now_ms, id, Violation::WorkerMayNotSend(other.name()))
             }
@@ -1487,10 +1489,15 @@ impl Core {
         self.learn(change);
         let (requeued, failed) = self.requeue_from(now_ms, id, reason);
         let name = self.workers.name(id).unwrap_or("?");
-        warn!(
-            "worker {name} ({id}) lost: {reason}; {} re-queued, {failed} failed",
-            protocol::plural::count_usize(requeued, "task", "tasks")
-        );
+        let requeued_tasks = protocol::plural::count_usize(requeued, "task", "tasks");
+        if self.workers.get(id).is_some_and(|w| w.left) {
+            // Stopped on purpose (it said `Leaving`): news, not a warning.
+            info!("worker {name} ({id}) left; {requeued_tasks} re-queued, {failed} failed");
+        } else {
+            warn!(
+                "worker {name} ({id}) lost: {reason}; {requeued_tasks} re-queued, {failed} failed"
+            );
+        }
         self.events.worker(|| StreamEvent::WorkerLost {
             worker: name.to_string(),
             reason: reason.to_string(),

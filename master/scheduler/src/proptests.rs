@@ -314,6 +314,7 @@ fn to_master() -> BoxedStrategy<ToMaster> {
         1 => vec(job_id(), 0..3).prop_map(|ids| ToMaster::Jobs { ids }),
         1 => vec(task_ref(), 0..4).prop_map(ToMaster::Running),
         1 => vec(task_ref(), 0..4).prop_map(ToMaster::Retracted),
+        1 => Just(ToMaster::Leaving),
         1 => hello().prop_map(|h| ToMaster::Hello {
             version: if h.version_ok { PROTOCOL_VERSION } else { 1 },
             role: Role::Client,
