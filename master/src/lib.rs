@@ -6,6 +6,7 @@ pub use scheduler as core;
 pub mod http;
 pub mod journal;
 pub mod json;
+pub mod logs;
 pub mod server;
 pub mod sim;
 pub mod stop_signal;

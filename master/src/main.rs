@@ -99,6 +99,14 @@ struct ServeArgs {
     /// 256 bytes a task, and at least 1,000,000.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_tasks: Option<u64>,
+    /// The most bytes of each task's stdout (and of its stderr) kept in its log (`master logs`);
+    /// past it the log ends with one line saying how many bytes were dropped. 64MiB, 1G, 500K ...
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = master::logs::parse_size)]
+    log_limit: u64,
+    /// The most bytes all task logs take together (in the data dir, or in memory with
+    /// --no-journal); the logs of the oldest finished tasks are removed first.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = master::logs::parse_size)]
+    log_budget: u64,
 }
 
 /// What one task costs the master, for the default `--max-tasks`: its record, its queue entry
@@ -195,6 +203,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: (!args.no_journal).then_some(args.data_dir),
         accept_journal_loss: args.accept_journal_loss,
         http_addr,
+        logs: master::logs::LogLimits {
+            per_stream: args.log_limit,
+            budget: args.log_budget,
+        },
         ..ServerConfig::default()
     };
     let server = Server::bind(&args.listen, config.clone())?;

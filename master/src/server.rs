@@ -24,6 +24,7 @@ use crate::http::conn::{
 use crate::http::events::{self as sse, Delivery, Subscribers};
 use crate::http::metrics::{self as exposition, ShellGauges};
 use crate::journal::{Journal, JournalError, OpenOptions};
+use crate::logs::{LogLimits, LogStore, LogStoreError};
 use crate::stop_signal::StopSignal;
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -71,6 +72,9 @@ pub enum ServerError {
     /// The journal's contents do not fit together.
     #[error("cannot recover from the journal: {0}")]
     Recovery(RestoreError),
+    /// The task log directory cannot be used.
+    #[error("{0}")]
+    Logs(#[from] LogStoreError),
     /// The system gave no randomness for the master id.
     #[error("no randomness for the master id: {0}")]
     Random(String),
@@ -101,6 +105,8 @@ pub struct ServerConfig {
     pub accept_journal_loss: bool,
     /// Where the HTTP API and dashboard listen; `None`: no HTTP side.
     pub http_addr: Option<String>,
+    /// Caps of the task log store (`--log-limit`, `--log-budget`).
+    pub logs: LogLimits,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +118,7 @@ impl Default for ServerConfig {
             data_dir: None,
             accept_journal_loss: false,
             http_addr: None,
+            logs: LogLimits::default(),
         }
     }
 }
@@ -222,6 +229,8 @@ pub struct Server {
     journal: Option<Journal>,
     /// When the oldest record not yet committed was made.
     group_commit: GroupCommit,
+    /// Every task's full output (`crate::logs`).
+    logs: LogStore,
 }
 
 impl Server {
@@ -274,6 +283,14 @@ impl Server {
                 (Core::new(core_config), None)
             }
         };
+        let logs = match &config.data_dir {
+            Some(dir) => {
+                let mut logs = LogStore::open(dir.join("logs"), config.logs)?;
+                logs.recover(|id| core.task(id).map(|t| t.state.is_final()));
+                logs
+            }
+            None => LogStore::in_memory(config.logs),
+        };
         Ok(Server {
             poll,
             listener,
@@ -292,6 +309,7 @@ impl Server {
             unsent_total: 0,
             journal,
             group_commit: GroupCommit::default(),
+            logs,
         })
     }
 
@@ -961,83 +979,84 @@ impl Server {
     fn drain_core(&mut self) -> Result<(), JournalError> {
         let mut failed = None;
         while let Some(output) = self.core.poll_output() {
-            match output {
-                Output::Send { conn, msg } => {
-                    let Some(c) = self.conns.get_mut(conn) else {
-                        continue; // the peer left in this same turn (its slot may be reused)
-                    };
-                    if let Some(h) = c.http.as_deref_mut() {
-                        let durable = needs_commit(&msg);
-                        let Some(pending) = &mut h.pending else {
-                            debug!(
-                                "{}: a {} reply with no request; dropped",
-                                c.addr,
-                                msg.name()
-                            );
-                            continue;
-                        };
-                        let Some(answer) = pending.absorb(msg) else {
-                            continue; // more chunks to come
-                        };
-                        h.pending = None;
-                        // IMPORTANT: an answer about durable state waits for the commit.
-                        if self.journal.is_some() && c.gate.is_none() && durable {
-                            c.gate = Some(c.out.len());
-                            self.gated.push(conn);
-                        }
-                        let keep_alive = h.keep_alive;
-                        h.last_active_ms = self.clock.now_ms();
-                        self.unsent_total +=
-                            push_response(c, self.clock.now_ms(), answer, keep_alive);
-                        if c.closing {
-                            self.core.handle_disconnect(
-                                self.clock.now_ms(),
-                                conn,
-                                "HTTP connection closing",
-                            );
-                        }
-                        self.http_ready.push(conn);
-                        self.touch(conn);
-                        continue;
-                    }
-                    if self.journal.is_some() && c.gate.is_none() && needs_commit(&msg) {
-                        c.gate = Some(c.out.len());
-                        self.gated.push(conn);
-                    }
-                    let before = c.out.len();
-                    if before == c.out_pos {
-                        c.progress_ms = self.clock.now_ms(); // nothing waited: not stalled
-                    }
-                    if let Err(e) = encode_frame(&msg, &mut c.out) {
-                        // Never silent: the peer hears why instead of waiting for ever.
-                        error!("{}: cannot encode a {} frame: {e}", c.addr, msg.name());
-                        c.out.truncate(before);
-                        let apology = FromMaster::Error {
-                            message: format!(
-                                "the master could not send its {} reply: {e}",
-                                msg.name()
-                            ),
-                        };
-                        if encode_frame(&apology, &mut c.out).is_err() {
-                            c.out.truncate(before);
-                        }
-                    }
-                    self.unsent_total += c.out.len() - before;
-                    self.touch(conn);
-                }
+            let (conn, msg) = match output {
+                Output::Send { conn, msg } => (conn, msg),
+                Output::Log(op) => match self.logs.apply(op) {
+                    Some(reply) => reply,
+                    None => continue,
+                },
                 Output::Close { conn, reason } => {
                     if let Some(c) = self.conns.get_mut(conn) {
                         debug!("{}: closing: {reason}", c.addr);
                         c.closing = true;
                         self.touch(conn);
                     }
+                    continue;
                 }
                 Output::Persist(record) => {
                     if let (Some(journal), None) = (&mut self.journal, &failed) {
                         failed = persist(journal, record).err();
                     }
+                    continue;
+                }
+            };
+            let Some(c) = self.conns.get_mut(conn) else {
+                continue; // the peer left in this same turn (its slot may be reused)
+            };
+            if let Some(h) = c.http.as_deref_mut() {
+                let durable = needs_commit(&msg);
+                let Some(pending) = &mut h.pending else {
+                    debug!(
+                        "{}: a {} reply with no request; dropped",
+                        c.addr,
+                        msg.name()
+                    );
+                    continue;
+                };
+                let Some(answer) = pending.absorb(msg) else {
+                    continue; // more chunks to come
+                };
+                h.pending = None;
+                // IMPORTANT: an answer about durable state waits for the commit.
+                if self.journal.is_some() && c.gate.is_none() && durable {
+                    c.gate = Some(c.out.len());
+                    self.gated.push(conn);
+                }
+                let keep_alive = h.keep_alive;
+                h.last_active_ms = self.clock.now_ms();
+                self.unsent_total += push_response(c, self.clock.now_ms(), answer, keep_alive);
+                if c.closing {
+                    self.core.handle_disconnect(
+                        self.clock.now_ms(),
+                        conn,
+                        "HTTP connection closing",
+                    );
+                }
+                self.http_ready.push(conn);
+                self.touch(conn);
+                continue;
+            }
+            if self.journal.is_some() && c.gate.is_none() && needs_commit(&msg) {
+                c.gate = Some(c.out.len());
+                self.gated.push(conn);
+            }
+            let before = c.out.len();
+            if before == c.out_pos {
+                c.progress_ms = self.clock.now_ms(); // nothing waited: not stalled
+            }
+            if let Err(e) = encode_frame(&msg, &mut c.out) {
+                // Never silent: the peer hears why instead of waiting for ever.
+                error!("{}: cannot encode a {} frame: {e}", c.addr, msg.name());
+                c.out.truncate(before);
+                let apology = FromMaster::Error {
+                    message: format!("the master could not send its {} reply: {e}", msg.name()),
+                };
+                if encode_frame(&apology, &mut c.out).is_err() {
+                    c.out.truncate(before);
                 }
             }
+            self.unsent_total += c.out.len() - before;
+            self.touch(conn);
         }
         failed.map_or(Ok(()), Err)
     }

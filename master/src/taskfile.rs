@@ -294,6 +294,52 @@ pub fn parse_object(
     Ok(spec)
 }
 
+/// A batch of task objects (the HTTP API's `{"tasks": [...]}`): each checked as
+/// [`parse_object`], and `after` may name other objects of the batch by their `name`, as the
+/// lines of a file may (a cycle or an unknown name refuses the batch). Errors name the object:
+/// `tasks[2]: ...`.
+pub fn parse_objects(
+    values: Vec<Value>,
+    defaults: &SpecDefaults,
+) -> std::result::Result<Vec<TaskSpec>, String> {
+    let mut specs = Vec::with_capacity(values.len());
+    let mut afters = Vec::with_capacity(values.len());
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, value) in values.into_iter().enumerate() {
+        let at = |why: String| format!("tasks[{i}]: {why}");
+        let line: Line = serde_json::from_value(value).map_err(|e| at(e.to_string()))?;
+        let after = line.after.clone();
+        let spec = line_spec(line, defaults).map_err(at)?;
+        protocol::limits::check_spec(&spec).map_err(|e| at(e.to_string()))?;
+        spec.validate().map_err(at)?;
+        if let Some(name) = &spec.name {
+            if let Some(&earlier) = names.get(name) {
+                return Err(at(format!("name {name:?} is already tasks[{earlier}]'s")));
+            }
+            names.insert(name.clone(), i);
+        }
+        specs.push(spec);
+        afters.push(after);
+    }
+    for (i, after) in afters.into_iter().enumerate() {
+        if let Some(values) = after {
+            let lookup = |name: &str| names.get(name).map(|&j| j as u32);
+            specs[i].after =
+                resolve_after(&values, lookup).map_err(|(why, _)| format!("tasks[{i}]: {why}"))?;
+        }
+    }
+    protocol::dag::check(&specs).map_err(|e| match e {
+        DagError::UnknownSpec { spec, target } => {
+            format!("tasks[{spec}]: after: no tasks[{target}]")
+        }
+        DagError::Cycle { path } => {
+            let steps: Vec<String> = path.iter().map(|i| format!("tasks[{i}]")).collect();
+            format!("tasks[{}]: cycle in after: {}", path[0], steps.join(" -> "))
+        }
+    })?;
+    Ok(specs)
+}
+
 fn line_spec(line: Line, defaults: &SpecDefaults) -> std::result::Result<TaskSpec, String> {
     let kind = match (&line.cmd, &line.sleep, &line.spin) {
         (Some(argv), None, None) => TaskKind::Command {
@@ -599,6 +645,29 @@ mod tests {
         assert!(err(r#"{"sleep": 1, "after": [true]}"#).contains("line names or task ids"));
         assert!(err(r#"{"sleep": 1, "after": "a"}"#).contains("invalid type"));
         assert!(err(r#"{"sleep": 1, "name": ""}"#).contains("name must be 1 to 256 bytes"));
+    }
+
+    #[test]
+    fn a_batch_of_objects_is_one_dag() {
+        let batch =
+            |v: Value| parse_objects(v.as_array().cloned().unwrap_or_default(), &defaults());
+        let specs = batch(serde_json::json!([
+            {"sleep": "1s", "after": ["b", 3]},
+            {"sleep": "1s", "name": "b"}
+        ]))
+        .expect("valid");
+        assert_eq!(specs[0].after, [After::Spec(1), After::id(TaskId(3))]);
+        let e = batch(serde_json::json!([
+            {"sleep": "1s", "name": "a", "after": ["b"]},
+            {"sleep": "1s", "name": "b", "after": ["a"]}
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "tasks[0]: cycle in after: tasks[0] -> tasks[1] -> tasks[0]"
+        );
+        let e = batch(serde_json::json!([{"sleep": "1s"}, {"slep": 1}])).unwrap_err();
+        assert!(e.starts_with("tasks[1]: unknown field"), "{e}");
     }
 
     #[test]

@@ -191,3 +191,29 @@ fn dependencies_survive_a_master_restart() {
         (c.status()["waiting"] == 0).then_some(())
     });
 }
+
+#[test]
+fn after_job_waits_for_every_task_of_the_job() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("a", 3);
+    c.wait_for_workers(1);
+    let lines = c.dir.join("lines.txt");
+    let lines = lines.to_str().expect("utf-8 path");
+    let write = format!("sleep 0.2; echo x >> {lines}");
+    let v = c.json(&["submit", "--count", "2", "--", "sh", "-c", &write]);
+    let job = v["job"].as_u64().expect("a job");
+    let count = format!("wc -l < {lines}");
+    let d = c.submit(&["--after-job", &job.to_string(), "--", "sh", "-c", &count])[0];
+    let out = c.cli(&["wait", &d.to_string()]);
+    assert!(out.status.success(), "wait: {}", stderr(&out));
+    let rd = result(&c, d);
+    assert_eq!(rd["stdout"].as_str().map(str::trim), Some("2"), "{rd}");
+    let ids = v["ids"].as_array().expect("ids");
+    let range = format!("{}-{}", ids[0], ids[1]);
+    assert_eq!(rd["after"], serde_json::json!([range]), "{rd}");
+    let before = c.results().len();
+    let out = c.cli(&["submit", "--after-job", "999", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("job 999"), "{}", stderr(&out));
+    assert_eq!(c.results().len(), before, "nothing queued");
+}

@@ -126,7 +126,7 @@ fn final_task(addr: &str, id: u64) -> Value {
     eventually(LIMIT, &format!("task {id} to finish"), || {
         let t = get(addr, &format!("/api/v1/tasks/{id}")).json();
         let state = t["state"].as_str().unwrap_or_default().to_string();
-        (state != "queued" && state != "running").then_some(t)
+        (!["queued", "running", "waiting"].contains(&state.as_str())).then_some(t)
     })
 }
 
@@ -617,4 +617,43 @@ fn idle_connections_and_garbage_do_not_stop_the_api() {
     let _ = idle[0].read_to_end(&mut rest);
     assert!(rest.is_empty());
     drop(idle);
+}
+
+#[test]
+fn a_batch_may_be_a_dag_and_waiting_tasks_are_counted_everywhere() {
+    let mut c = Cluster::start(&[]);
+    let addr = c.http_addr.clone();
+    let batch = json!({"tasks": [
+        {"sleep": "10ms", "after": ["first"], "name": "second"},
+        {"sleep": "10ms", "name": "first"}
+    ]});
+    let got = ids(&post(&addr, &batch));
+    assert_eq!(got.len(), 2);
+    let page = get(&addr, "/api/v1/tasks?state=waiting").json();
+    let waiting: Vec<u64> = page["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["id"].as_u64())
+        .collect();
+    assert_eq!(waiting, [got[0]], "{page}");
+    assert_eq!(get(&addr, "/api/v1/status").json()["waiting"], 1);
+    let metrics = String::from_utf8_lossy(&get(&addr, "/metrics").body).into_owned();
+    assert!(
+        metrics.contains("ballast_tasks{state=\"waiting\"} 1"),
+        "{metrics}"
+    );
+    let cycle = json!({"tasks": [
+        {"sleep": "10ms", "name": "a", "after": ["b"]},
+        {"sleep": "10ms", "name": "b", "after": ["a"]}
+    ]});
+    let r = post(&addr, &cycle);
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("cycle"));
+    c.add_worker("w", 2);
+    let second = final_task(&addr, got[0]);
+    assert_eq!(second["state"], "succeeded", "{second}");
+    assert_eq!(second["name"], "second", "{second}");
+    let first = final_task(&addr, got[1]);
+    assert!(second["started_ms"].as_u64() >= first["finished_ms"].as_u64());
 }

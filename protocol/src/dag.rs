@@ -27,7 +27,7 @@ pub fn check(specs: &[TaskSpec]) -> Result<(), DagError> {
     let edges = |i: usize| {
         specs[i].after.iter().filter_map(|a| match a {
             After::Spec(j) => Some(*j),
-            After::Ids { .. } => None,
+            After::Ids { .. } | After::Job(_) => None,
         })
     };
     for (i, _) in specs.iter().enumerate() {

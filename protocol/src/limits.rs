@@ -33,6 +33,14 @@ pub const MAX_ERROR_BYTES: usize = 4 << 10;
 
 /// Entries of one spec's `after` (each a range, or a reference within the submission).
 pub const MAX_AFTER: usize = 4_096;
+/// One `OutputChunk`'s bytes. The worker sends at most this per stream per frame; the master
+/// drops (and logs) a bigger chunk rather than store it, since only a broken or hostile worker
+/// sends one.
+pub const MAX_OUTPUT_CHUNK_BYTES: usize = 1 << 20;
+
+/// The bytes of one `Log` answer: a client reads a large log in pieces of this size, one request
+/// at a time, so an answer never waits in the master's memory beside others of its kind.
+pub const MAX_LOG_READ_BYTES: usize = 1 << 20;
 
 /// Why a task spec breaks a limit. Each names the field, and the offending key or size, so a
 /// user can find the line in a task file.

@@ -159,6 +159,9 @@ pub enum After {
     /// task file's `"after": ["fetch"]`. The master turns it into `Ids` when it accepts the
     /// submission, and refuses the whole submission on a cycle or an index out of range.
     Spec(u32),
+    /// Every task of this job (`submit --after-job J`): resolved to its id range at accept, so
+    /// a job of a million tasks is one entry.
+    Job(JobId),
 }
 
 impl After {
@@ -178,6 +181,7 @@ impl fmt::Display for After {
             After::Ids { first, last } if first == last => write!(f, "{first}"),
             After::Ids { first, last } => write!(f, "{first}-{last}"),
             After::Spec(i) => write!(f, "spec {}", u64::from(*i) + 1),
+            After::Job(j) => write!(f, "job {j}"),
         }
     }
 }
@@ -424,10 +428,46 @@ pub enum ToMaster {
     Jobs {
         ids: Vec<JobId>,
     },
+    /// From workers: what running commands printed since the last frame, in stream order per
+    /// run (batched per worker loop turn; each chunk at most `limits::MAX_OUTPUT_CHUNK_BYTES`).
+    Output(Vec<OutputChunk>),
+    /// From clients: the stored log of `task`'s `stream` from byte `offset` on. Answered by one
+    /// `Log` frame of at most `limits::MAX_LOG_READ_BYTES`; the client asks again from where it
+    /// ended.
+    Log {
+        task: TaskId,
+        stream: OutputStream,
+        offset: u64,
+    },
     /// Worker: it stops on purpose (SIGINT, SIGTERM) and closes its connection next, so the
     /// master logs it as having left rather than as lost. Best effort: a worker that cannot send
     /// it is taken for lost, which changes nothing but the log line.
     Leaving,
+}
+
+/// Which output of a command.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Bytes one run printed on one stream, starting at byte `offset` of that stream.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct OutputChunk {
+    pub task: TaskRef,
+    pub stream: OutputStream,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
 }
 
 impl ToMaster {
@@ -448,6 +488,8 @@ impl ToMaster {
             ToMaster::Retracted(_) => "Retracted",
             ToMaster::ResultsPage { .. } => "ResultsPage",
             ToMaster::Jobs { .. } => "Jobs",
+            ToMaster::Output(_) => "Output",
+            ToMaster::Log { .. } => "Log",
             ToMaster::Leaving => "Leaving",
         }
     }
@@ -736,6 +778,19 @@ pub enum FromMaster {
         jobs: Vec<JobStatus>,
         more: bool,
     },
+    /// The answer to `Log`: the bytes of the log from `offset` (possibly none), and where the
+    /// stored log ends now. `done`: the task is final and `bytes` reach the end of its log, so
+    /// nothing more will come. `removed`: the full log was removed (`--log-budget`) and `bytes`
+    /// come from the 64 KiB tail of the result.
+    Log {
+        task: TaskId,
+        stream: OutputStream,
+        offset: u64,
+        bytes: Vec<u8>,
+        end: u64,
+        done: bool,
+        removed: bool,
+    },
 }
 
 impl FromMaster {
@@ -757,6 +812,7 @@ impl FromMaster {
             FromMaster::Error { .. } => "Error",
             FromMaster::ResultsPage { .. } => "ResultsPage",
             FromMaster::Jobs { .. } => "Jobs",
+            FromMaster::Log { .. } => "Log",
         }
     }
 }
@@ -815,6 +871,12 @@ mod tests {
                 limit: 1,
             },
             ToMaster::Jobs { ids: vec![] },
+            ToMaster::Output(vec![]),
+            ToMaster::Log {
+                task: TaskId(1),
+                stream: OutputStream::Stdout,
+                offset: 0,
+            },
         ];
         for msg in &to_master {
             named_as_debug(format!("{msg:?}"), msg.name());
@@ -887,6 +949,15 @@ mod tests {
             FromMaster::Jobs {
                 jobs: vec![],
                 more: false,
+            },
+            FromMaster::Log {
+                task: TaskId(1),
+                stream: OutputStream::Stderr,
+                offset: 0,
+                bytes: vec![],
+                end: 0,
+                done: true,
+                removed: false,
             },
         ];
         for msg in &from_master {

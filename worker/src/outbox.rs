@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 /// Unwritten bytes beyond which the loop stops queueing: one frame of the largest size fits, and a
 /// master that reads at all drains it long before its reports are stale.
 pub const OUTBOX_LIMIT: usize = protocol::MAX_FRAME;
+/// Unwritten bytes below which commands' output may be queued (`Outbox::wants_output`): far
+/// below `OUTBOX_LIMIT`, so a heartbeat or a completion never waits behind more than a couple of
+/// MiB of output, and a master on a slow link does not take a worker for dead.
+pub const OUTPUT_BACKLOG_BYTES: usize = 1 << 20;
 /// Most bytes per `write`. A blocking `write` returns only once all its bytes are in the socket,
 /// so this is the grain at which progress is seen: a master that takes less than this per stall
 /// timeout counts as not reading.
@@ -63,6 +67,8 @@ struct Backlog {
     limit: usize,
     /// The loop found the backlog full and waits for `Drained`.
     drain_wanted: bool,
+    /// The loop held output back (`OUTPUT_BACKLOG_BYTES`) and waits for `Drained`.
+    output_wanted: bool,
     /// The writer waits for bytes (so an append must wake it).
     writer_idle: bool,
     /// The loop gave the connection up: the writer exits.
@@ -78,6 +84,7 @@ impl Backlog {
             waiting_since: None,
             limit,
             drain_wanted: false,
+            output_wanted: false,
             writer_idle: false,
             closed: false,
         }
@@ -95,6 +102,14 @@ impl Backlog {
         let full = self.unwritten() >= self.limit;
         self.drain_wanted |= full;
         !full
+    }
+
+    /// Whether commands' output may be queued now; when not, `Drained` follows once the backlog
+    /// is down to half of `OUTPUT_BACKLOG_BYTES`.
+    fn wants_output(&mut self) -> bool {
+        let ok = self.unwritten() < OUTPUT_BACKLOG_BYTES;
+        self.output_wanted |= !ok;
+        ok
     }
 
     /// Moves `staged` to the end of the queue, leaving it empty (swapped, not copied, when the
@@ -130,7 +145,9 @@ impl Backlog {
         self.waiting_since = (self.unwritten() > 0).then_some(now);
         let drained = self.drain_wanted && self.unwritten() <= self.limit / 2;
         self.drain_wanted &= !drained;
-        drained
+        let output = self.output_wanted && self.unwritten() <= OUTPUT_BACKLOG_BYTES / 2;
+        self.output_wanted &= !output;
+        drained || output
     }
 
     fn stall_deadline(&self, timeout: Duration) -> Option<Instant> {
@@ -246,6 +263,12 @@ impl Outbox {
     /// it has caught up by half.
     pub fn accepting(&self) -> bool {
         self.shared.lock().accepting()
+    }
+
+    /// Whether commands' output may be queued now (see `OUTPUT_BACKLOG_BYTES`). When it may not,
+    /// `WriterNote::Drained` follows once the writer has caught up by half.
+    pub fn wants_output(&self) -> bool {
+        self.shared.lock().wants_output()
     }
 
     /// Hands this turn's frames to the writer.

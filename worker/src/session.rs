@@ -23,7 +23,7 @@
 
 use crate::backoff::{seed_from_clock_and_pid, Backoff};
 use crate::error::WorkerError;
-use crate::executor::{Executor, KILL_GRACE};
+use crate::executor::{Executor, Wake, KILL_GRACE};
 use crate::outbox::{Outbox, WriterNote, OUTBOX_LIMIT};
 use crate::pending::PendingQueue;
 use crate::sampler::LoadSampler;
@@ -33,12 +33,13 @@ use log::{debug, error, info, warn};
 use protocol::budget::chunks_within;
 use protocol::connection::{FrameReader, Welcome};
 use protocol::{
-    Completion, Connection, ConnectionError, FromMaster, RejectKind, Role, TaskOutcome, TaskRef,
-    ToMaster, WorkerInfo,
+    Completion, Connection, ConnectionError, FromMaster, OutputChunk, RejectKind, Role,
+    TaskOutcome, TaskRef, ToMaster, WorkerInfo,
 };
 use std::collections::HashSet;
 use std::mem;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,11 @@ const FINISHED_FRAME_BYTES: usize = 1 << 20;
 /// settles.
 const NAME_IN_USE_RETRIES: u32 = 3;
 const NAME_IN_USE_DELAY: Duration = Duration::from_secs(2);
+/// Commands' output taken per loop turn, in all. With `OUTPUT_BACKLOG_BYTES` this bounds what a
+/// heartbeat or a completion can find ahead of it in the outbox to about 2 MiB.
+const TURN_OUTPUT_BYTES: usize = 1 << 20;
+/// One `Output` frame's budget.
+const OUTPUT_FRAME_BYTES: usize = 1 << 20;
 /// After stopping tasks, how long past the SIGKILL to wait for their threads to report.
 const STOP_SLACK: Duration = Duration::from_secs(1);
 /// A master that takes no byte of ours for this many heartbeat intervals (ours or the master's,
@@ -112,6 +118,9 @@ pub enum Event {
     Finished(Completion),
     /// SIGINT or SIGTERM arrived.
     Signal(libc::c_int),
+    /// A command printed: there is output to take (one such event until the loop has taken it
+    /// all, not one per read).
+    Output,
 }
 
 impl From<Completion> for Event {
@@ -220,13 +229,23 @@ struct Session {
     disowned: HashSet<TaskRef>,
     /// Refusals in a row because a live worker holds our name.
     name_in_use: u32,
+    /// This turn's command output, sent before `finished` (reused from turn to turn).
+    output: Vec<OutputChunk>,
+    /// Output was left behind for lack of this turn's budget: the next turn comes at once.
+    output_more: bool,
 }
 
 impl Session {
     fn new(config: Config, events: Sender<Event>) -> Self {
+        let wake_events = events.clone();
+        let wake: Wake = Arc::new(move || {
+            // A closed channel means the worker is exiting.
+            let _ = wake_events.send(Event::Output);
+        });
         Session {
             executor: Executor::new(events.clone(), KILL_GRACE)
-                .with_tasks_die_with_worker(config.tasks_die_with_worker),
+                .with_tasks_die_with_worker(config.tasks_die_with_worker)
+                .with_output(wake),
             config,
             events,
             link: Link::Closed,
@@ -244,6 +263,8 @@ impl Session {
             master_id: None,
             disowned: HashSet::new(),
             name_in_use: 0,
+            output: Vec::new(),
+            output_more: false,
         }
     }
 
@@ -264,6 +285,7 @@ impl Session {
         };
         [
             link,
+            self.output_more.then(Instant::now),
             self.executor.poll_timeout(),
             self.stopping.as_ref().map(|s| s.give_up_at),
         ]
@@ -284,12 +306,17 @@ impl Session {
             // From a connection already given up.
             Event::Frame { .. } | Event::Lost { .. } => {}
             Event::Finished(completion) => {
-                if self.executor.handle_finished(&completion)
-                    && (self.disowned.is_empty() || !self.disowned.remove(&completion.task_ref()))
-                {
-                    self.finished.push(completion);
+                let run = completion.task_ref();
+                if self.executor.handle_finished(&completion) {
+                    if self.disowned.is_empty() || !self.disowned.remove(&run) {
+                        self.finished.push(completion);
+                    } else {
+                        self.executor.drop_output(run);
+                    }
                 }
             }
+            // This turn's `flush` takes it.
+            Event::Output => {}
             Event::Signal(signal) => self.on_signal(now, signal),
         }
     }
@@ -298,7 +325,14 @@ impl Session {
         self.executor.handle_timeout(now, &mut self.finished);
         if !self.disowned.is_empty() {
             let disowned = &mut self.disowned;
-            self.finished.retain(|c| !disowned.remove(&c.task_ref()));
+            let executor = &mut self.executor;
+            self.finished.retain(|c| {
+                let gone = disowned.remove(&c.task_ref());
+                if gone {
+                    executor.drop_output(c.task_ref());
+                }
+                !gone
+            });
         }
         match &self.link {
             Link::Idle { retry_at } if now >= *retry_at => self.connect(now),
@@ -325,13 +359,16 @@ impl Session {
             self.started.clear();
             self.finished.clear();
             self.retracted.clear();
+            self.executor.drop_all_output();
+            self.output_more = false;
             return;
         }
         let Link::Up(up) = &mut self.link else {
             // The answers were for a connection that is gone, whose master forgets this worker's
-            // pending tasks anyway.
+            // pending tasks anyway. Output waits (and then its commands, on their full pipes).
             self.started.clear();
             self.retracted.clear();
+            self.output_more = false;
             return;
         };
         if !up.out.accepting() {
@@ -343,6 +380,20 @@ impl Session {
             if let ToMaster::Started(mut refs) = msg {
                 refs.clear();
                 self.started = refs;
+            }
+        }
+        // IMPORTANT: a finished command's output goes before its completion, so the master has
+        // its whole log when it hears that the task ended.
+        for c in &self.finished {
+            self.executor.finish_output(c.task_ref(), &mut self.output);
+        }
+        self.output_more = up.out.wants_output()
+            && self
+                .executor
+                .take_output(TURN_OUTPUT_BYTES, &mut self.output);
+        if !self.output.is_empty() {
+            for chunk in chunks_within(mem::take(&mut self.output), OUTPUT_FRAME_BYTES) {
+                up.out.queue(&ToMaster::Output(chunk));
             }
         }
         self.task_log.tick(now);

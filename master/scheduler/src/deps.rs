@@ -3,13 +3,17 @@
 //!
 //! A *gate* is one spec's copies of one submission (a contiguous id range, all `Waiting`) with
 //! what they wait for: disjoint id ranges and how many of those tasks have not yet succeeded.
-//! The reverse index is a map of disjoint *segments* of watched ids, each with the gates that
-//! watch every id in it. A task's end looks up its one segment (O(log segments)) and touches only
-//! the gates watching it: the cost per finished task is O(its dependents' gates), and a task
-//! waiting for a million others is one range, not a million entries.
+//! The reverse index is an implicit binary trie over task ids: a node at level `L` covers the
+//! aligned block of `2^L` ids `i << L ..= ((i + 1) << L) - 1`, and each watched range is stored
+//! at the O(log) blocks that tile it exactly. A task's end looks at the one block of each level
+//! that holds its id and finds exactly the gates whose ranges contain it, so the cost per
+//! finished task is O(levels in use + its dependents' gates), whatever the ranges' widths and
+//! overlaps, and a task waiting for a million others costs one range and a few dozen entries.
+//! Released gates leave their entries behind; a visit drops the ones it meets, and a sweep the
+//! rest once they outnumber the live ones (amortised O(1) per entry).
 
 use protocol::TaskId;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Names a gate; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,16 +26,15 @@ struct Gate {
     count: u64,
     /// Tasks waited for that have not succeeded yet.
     remaining: u64,
-    /// What it watches: sorted, disjoint, inclusive id ranges.
+    /// What it watches: sorted, disjoint, inclusive id ranges (checked by `sanity_check`).
+    #[cfg(test)]
     ranges: Vec<(u64, u64)>,
+    /// Its entries in `Deps::nodes`.
+    entries: usize,
 }
 
-/// Ids `start ..= end`, watched by `gates`.
-#[derive(Debug, Clone)]
-struct Segment {
-    end: u64,
-    gates: Vec<GateId>,
-}
+/// A block of the trie: (level, index).
+type Node = (u8, u64);
 
 /// What a task's end (or a gate's creation) decided for waiting tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +49,20 @@ pub enum Release {
     },
 }
 
+/// Entries of released gates tolerated before a sweep, beyond as many as there are live ones.
+const DEAD_ENTRIES_SLACK: usize = 4_096;
+
 #[derive(Debug, Default)]
 pub struct Deps {
     gates: HashMap<GateId, Gate>,
-    /// Keyed by segment start; segments never overlap.
-    watch: BTreeMap<u64, Segment>,
+    /// The gates watching every id of each block (lookups only: order never matters).
+    nodes: HashMap<Node, Vec<GateId>>,
+    /// Bit `L` set: some block of level `L` may hold entries.
+    levels: u64,
     next_gate: u64,
+    /// Entries in `nodes` of live gates, and of released ones not yet dropped.
+    live_entries: usize,
+    dead_entries: usize,
     /// Reused by `on_final` so a task's end allocates nothing.
     scratch: Vec<GateId>,
 }
@@ -67,6 +78,24 @@ pub fn normalise(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// Calls `f` with the aligned blocks that tile `a ..= b` exactly, largest first where they
+/// fit: at most two per level.
+fn tile(mut a: u64, b: u64, mut f: impl FnMut(Node)) {
+    debug_assert!(a <= b);
+    loop {
+        let mut level = a.trailing_zeros().min(63);
+        while level > 0 && a.checked_add((1u64 << level) - 1).is_none_or(|end| end > b) {
+            level -= 1;
+        }
+        f((level as u8, a >> level));
+        let end = a + ((1u64 << level) - 1);
+        if end >= b {
+            return;
+        }
+        a = end + 1;
+    }
 }
 
 impl Deps {
@@ -86,33 +115,53 @@ impl Deps {
         }
         let id = GateId(self.next_gate);
         self.next_gate += 1;
+        let mut entries = 0;
         for &(a, b) in &ranges {
-            self.watch_range(a, b, id);
+            tile(a, b, |node| {
+                self.nodes.entry(node).or_default().push(id);
+                self.levels |= 1 << node.0;
+                entries += 1;
+            });
         }
+        self.live_entries += entries;
         self.gates.insert(
             id,
             Gate {
                 first,
                 count,
                 remaining,
+                #[cfg(test)]
                 ranges,
+                entries,
             },
         );
     }
 
     /// Task `task` became final (`succeeded` or not): appends what that releases to `out`.
     pub fn on_final(&mut self, task: TaskId, succeeded: bool, out: &mut Vec<Release>) {
-        if self.watch.is_empty() {
-            return;
-        }
-        let Some((_, seg)) = self.watch.range(..=task.0).next_back() else {
-            return;
-        };
-        if seg.end < task.0 {
+        if self.gates.is_empty() {
             return;
         }
         self.scratch.clear();
-        self.scratch.extend_from_slice(&seg.gates);
+        let mut levels = self.levels;
+        while levels != 0 {
+            let level = levels.trailing_zeros() as u8;
+            levels &= levels - 1;
+            let node = (level, task.0 >> level);
+            let Some(list) = self.nodes.get_mut(&node) else {
+                continue;
+            };
+            // Every gate here watches `task`; released ones are dropped on the way.
+            let before = list.len();
+            let gates = &self.gates;
+            list.retain(|g| gates.contains_key(g));
+            self.dead_entries -= before - list.len();
+            self.scratch.extend_from_slice(list);
+            if list.is_empty() {
+                self.nodes.remove(&node);
+            }
+        }
+        // A gate's ranges are disjoint, so its blocks are too: each gate is here at most once.
         for i in 0..self.scratch.len() {
             let id = self.scratch[i];
             let Some(gate) = self.gates.get_mut(&id) else {
@@ -132,113 +181,56 @@ impl Deps {
                     because: task,
                 });
             }
-            self.remove(id);
+            self.release(id);
         }
     }
 
-    /// Forgets a gate and its place in every segment.
-    fn remove(&mut self, id: GateId) {
+    /// Forgets a gate; its entries go when a visit meets them, or at the next sweep.
+    fn release(&mut self, id: GateId) {
         let Some(gate) = self.gates.remove(&id) else {
             return;
         };
-        for (a, b) in gate.ranges {
-            let starts: Vec<u64> = self.watch.range(a..=b).map(|(&s, _)| s).collect();
-            for s in starts {
-                if let Some(seg) = self.watch.get_mut(&s) {
-                    seg.gates.retain(|&g| g != id);
-                    if seg.gates.is_empty() {
-                        self.watch.remove(&s);
-                    }
-                }
-            }
+        self.live_entries -= gate.entries;
+        self.dead_entries += gate.entries;
+        if self.dead_entries > self.live_entries + DEAD_ENTRIES_SLACK {
+            self.sweep();
         }
     }
 
-    /// Splits the segment holding `at` (if it starts before it) so a segment starts at `at`.
-    fn split_at(&mut self, at: u64) {
-        let Some((&start, seg)) = self.watch.range(..at).next_back() else {
-            return;
-        };
-        if seg.end < at {
-            return;
-        }
-        let right = Segment {
-            end: seg.end,
-            gates: seg.gates.clone(),
-        };
-        if let Some(left) = self.watch.get_mut(&start) {
-            left.end = at - 1;
-        }
-        self.watch.insert(at, right);
+    /// Drops every entry of a released gate: O(entries), after at least as many releases.
+    fn sweep(&mut self) {
+        let gates = &self.gates;
+        self.nodes.retain(|_, list| {
+            list.retain(|g| gates.contains_key(g));
+            !list.is_empty()
+        });
+        self.levels = self.nodes.keys().fold(0, |l, &(level, _)| l | 1 << level);
+        self.dead_entries = 0;
     }
 
-    fn watch_range(&mut self, a: u64, b: u64, id: GateId) {
-        self.split_at(a);
-        if let Some(after) = b.checked_add(1) {
-            self.split_at(after);
-        }
-        let inside: Vec<(u64, u64)> = self
-            .watch
-            .range(a..=b)
-            .map(|(&s, seg)| (s, seg.end))
-            .collect();
-        let mut pos = a;
-        for (s, end) in inside {
-            if s > pos {
-                self.watch.insert(
-                    pos,
-                    Segment {
-                        end: s - 1,
-                        gates: vec![id],
-                    },
-                );
-            }
-            if let Some(seg) = self.watch.get_mut(&s) {
-                seg.gates.push(id);
-            }
-            pos = end + 1;
-        }
-        if pos <= b {
-            self.watch.insert(
-                pos,
-                Segment {
-                    end: b,
-                    gates: vec![id],
-                },
-            );
-        }
-    }
-
-    /// The gates' own invariants: segments disjoint and non-empty, each gate in exactly the
-    /// segments of its ranges, `remaining` positive.
+    /// The index's own invariants: each live gate is in exactly the blocks tiling its ranges,
+    /// the entry counts are right, `remaining` is positive.
     #[cfg(test)]
     pub fn sanity_check(&self) {
-        let mut last_end: Option<u64> = None;
-        for (&s, seg) in &self.watch {
-            assert!(s <= seg.end, "segment {s}-{} backwards", seg.end);
-            assert!(last_end.is_none_or(|e| e < s), "segments overlap at {s}");
-            assert!(!seg.gates.is_empty(), "empty segment at {s}");
-            last_end = Some(seg.end);
-            for g in &seg.gates {
-                let gate = self.gates.get(g).expect("segment names a live gate");
-                assert!(
-                    gate.ranges.iter().any(|&(a, b)| a <= s && seg.end <= b),
-                    "segment {s} is outside its gate's ranges"
-                );
-            }
-        }
+        let mut live = 0;
         for (id, gate) in &self.gates {
             assert!(gate.remaining > 0);
+            let mut entries = 0;
             for &(a, b) in &gate.ranges {
-                let covered: u64 = self
-                    .watch
-                    .range(a..=b)
-                    .filter(|(_, seg)| seg.gates.contains(id))
-                    .map(|(&s, seg)| seg.end - s + 1)
-                    .sum();
-                assert_eq!(covered, b - a + 1, "gate {id:?} range {a}-{b} not watched");
+                tile(a, b, |node| {
+                    assert!(self.levels & (1 << node.0) != 0, "level of {node:?} unset");
+                    let list = self.nodes.get(&node).map(Vec::as_slice).unwrap_or(&[]);
+                    assert_eq!(list.iter().filter(|&g| g == id).count(), 1, "{node:?}");
+                    entries += 1;
+                });
             }
+            assert_eq!(entries, gate.entries);
+            live += entries;
         }
+        assert_eq!(live, self.live_entries);
+        let all: usize = self.nodes.values().map(Vec::len).sum();
+        assert_eq!(all, self.live_entries + self.dead_entries);
+        assert!(self.nodes.values().all(|l| !l.is_empty()));
     }
 }
 
@@ -254,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_ranges_share_segments() {
+    fn overlapping_ranges_count_each_id_once() {
         let mut d = Deps::default();
         d.add(TaskId(100), 2, normalise(vec![(1, 10)]), 10);
         d.add(TaskId(102), 1, normalise(vec![(5, 5), (8, 12)]), 6);
@@ -283,7 +275,6 @@ mod tests {
             }]
         );
         assert_eq!(d.len(), 0);
-        assert!(d.watch.is_empty());
     }
 
     #[test]
@@ -291,6 +282,57 @@ mod tests {
         assert_eq!(
             normalise(vec![(5, 9), (1, 3), (4, 4), (7, 12), (20, 20)]),
             [(1, 12), (20, 20)]
+        );
+    }
+
+    #[test]
+    fn blocks_tile_a_range_exactly() {
+        for (a, b) in [
+            (1, 1),
+            (1, 10),
+            (3, 17),
+            (8, 15),
+            (1, 1 << 20),
+            (5, u64::MAX - 1),
+        ] {
+            let mut blocks = Vec::new();
+            tile(a, b, |(l, i)| {
+                blocks.push((i << l, (i << l) + ((1u64 << l) - 1)))
+            });
+            assert_eq!(blocks[0].0, a);
+            assert_eq!(blocks.last().map(|x| x.1), Some(b));
+            assert!(blocks.windows(2).all(|w| w[0].1 + 1 == w[1].0), "{a}-{b}");
+            assert!(blocks.len() <= 128, "{a}-{b}: {}", blocks.len());
+        }
+    }
+
+    #[test]
+    fn wide_overlapping_ranges_cost_little_and_released_entries_are_swept() {
+        let mut d = Deps::default();
+        // 2,000 gates over the same million ids, and 2,000 over single ids inside it.
+        for g in 0..2_000u64 {
+            d.add(TaskId(2_000_000 + g), 1, vec![(1, 1_000_000)], 1_000_000);
+            d.add(TaskId(3_000_000 + g), 1, vec![(g + 1, g + 1)], 1);
+        }
+        assert!(d.live_entries < 2_000 * 40 + 2_000, "{}", d.live_entries);
+        let mut out = Vec::new();
+        d.on_final(TaskId(7), true, &mut out);
+        assert_eq!(
+            out,
+            [Release::Run {
+                first: TaskId(3_000_006),
+                count: 1
+            }]
+        );
+        out.clear();
+        d.on_final(TaskId(9), false, &mut out);
+        assert_eq!(out.len(), 2_001, "every wide gate and the one on 9");
+        d.sanity_check();
+        assert!(
+            d.dead_entries <= d.live_entries + DEAD_ENTRIES_SLACK,
+            "released entries are swept: {} dead, {} live",
+            d.dead_entries,
+            d.live_entries
         );
     }
 

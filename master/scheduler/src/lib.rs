@@ -28,6 +28,7 @@ mod handed;
 mod holds;
 mod jobs;
 mod log_limit;
+mod logs;
 pub mod metrics;
 pub mod policy;
 mod pools;
@@ -51,18 +52,21 @@ use holds::Holds;
 pub use jobs::JobRecord;
 use log::{debug, info, log, warn, Level};
 use log_limit::LogLimiter;
+pub use logs::LogOp;
+use logs::LoggedTasks;
 use metrics::Metrics;
 use policy::{PolicyKind, QueueOrder};
 use pools::{Next, Pools};
 use protocol::budget::chunks_within;
 use protocol::codec::encoded_len;
 use protocol::limits::{
-    LimitError, MAX_ERROR_BYTES, MAX_JOB_NAME_BYTES, MAX_NAME_BYTES, MAX_TAIL_BYTES,
+    LimitError, MAX_ERROR_BYTES, MAX_JOB_NAME_BYTES, MAX_NAME_BYTES, MAX_OUTPUT_CHUNK_BYTES,
+    MAX_TAIL_BYTES,
 };
 use protocol::{
-    After, Assignment, Completion, FromMaster, Incarnation, JobId, StatusReport, TaskId,
-    TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState, ToMaster, WorkerId, WorkerInfo,
-    WorkerState, WorkerStatus,
+    After, Assignment, Attempt, Completion, FromMaster, Incarnation, JobId, OutputChunk,
+    OutputStream, StatusReport, TaskId, TaskOutcome, TaskRef, TaskResult, TaskSpec, TaskState,
+    ToMaster, WorkerId, WorkerInfo, WorkerState, WorkerStatus,
 };
 use queue::QueueKey;
 use rebalance::Unstarted;
@@ -158,6 +162,8 @@ pub enum Output {
     /// Make this durable. IMPORTANT: the shell must commit every `Persist` of a turn before it
     /// writes that turn's bytes to sockets, so no client hears of work that could still be lost.
     Persist(Record),
+    /// A task log's bytes, end or read, for the shell's log store (`logs.rs`).
+    Log(LogOp),
 }
 
 /// Whether a reply speaks of durable state (ids, results, completion, status) and so must wait
@@ -174,6 +180,7 @@ pub fn needs_commit(msg: &FromMaster) -> bool {
             | FromMaster::Status { .. }
             | FromMaster::ResultsPage { .. }
             | FromMaster::Jobs { .. }
+            | FromMaster::Log { .. }
     )
 }
 
@@ -266,6 +273,9 @@ const TASK_LINES_PER_SECOND: u32 = 20;
 /// One submission may create at most this many tasks (about 1 GiB of task records): a client
 /// cannot make the master allocate without bound in one request.
 const MAX_TASKS_PER_SUBMIT: u64 = 10_000_000;
+/// One `Cancel` may name jobs of at most this many tasks together: its `CancelDone` lists each
+/// (up to 10 bytes an id), and must fit a frame. `master cancel --job` cancels by ids instead.
+const MAX_CANCEL_JOB_TASKS: u64 = 1_000_000;
 /// Groups a submission is checked for in its warnings (a task file may name a thousand; the
 /// reply stays a few lines, and the check one pass over the workers).
 const MAX_SUBMIT_WARNINGS: usize = 8;
@@ -322,6 +332,8 @@ pub struct Core {
     releases: Vec<Release>,
     /// `settle_releases` is applying `releases` (a `finish` inside it only adds to them).
     settling: bool,
+    /// Unfinished tasks whose output the log store holds (`logs.rs`).
+    logged: LoggedTasks,
 }
 
 impl Core {
@@ -359,6 +371,7 @@ impl Core {
             deps: Deps::default(),
             releases: Vec::new(),
             settling: false,
+            logged: LoggedTasks::default(),
         }
     }
 
@@ -476,7 +489,8 @@ impl Core {
                 // A dependency may have ended while the master was down (or in the same turn as
                 // the crash): what it releases is applied now, durably.
                 let ranges = id_ranges(&spec.after);
-                self.gate(first, count, ranges, TaskId(u64::MAX));
+                let existing = self.dependency_verdict(&ranges, TaskId(u64::MAX));
+                self.gate(first, count, ranges, TaskId(u64::MAX), existing);
             }
         }
         self.settle_releases(now_ms);
@@ -520,37 +534,48 @@ impl Core {
         }
     }
 
-    /// Makes the gate of tasks `first .. first + count` (all `Waiting`), which wait for the
-    /// normalised `ranges`: ids at or past `new_from` belong to the same submission (not final,
-    /// not scanned). A dependency that already ended otherwise than succeeded fails them, one
-    /// that leaves nothing to wait for runs them: both through `releases`.
-    fn gate(&mut self, first: TaskId, count: u64, ranges: Vec<(u64, u64)>, new_from: TaskId) {
+    /// What the tasks of `ranges` below `new_from` (the ones submitted before) say for a gate:
+    /// how many have not succeeded, or the first that ended otherwise. A scan: O(ids in them).
+    fn dependency_verdict(&self, ranges: &[(u64, u64)], new_from: TaskId) -> Verdict {
         let mut remaining = 0u64;
-        for &(a, b) in &ranges {
-            let scanned_end = b.min(new_from.0.saturating_sub(1));
-            for i in a..=scanned_end {
+        for &(a, b) in ranges {
+            for i in a..=b.min(new_from.0.saturating_sub(1)) {
                 match self.tasks.get(TaskId(i)).map(|t| t.state) {
                     Some(TaskState::Succeeded) => {}
-                    Some(s) if s.is_final() => {
-                        self.releases.push(Release::Fail {
-                            first,
-                            count,
-                            because: TaskId(i),
-                        });
-                        return;
-                    }
-                    // Checked at submit; an id missing from a journal cannot be waited for.
-                    None => {
-                        self.releases.push(Release::Fail {
-                            first,
-                            count,
-                            because: TaskId(i),
-                        });
-                        return;
-                    }
-                    Some(_) => remaining += 1,
+                    Some(s) if !s.is_final() => remaining += 1,
+                    // Final otherwise; or missing (checked at submit; from a journal, an id that
+                    // is not there cannot be waited for).
+                    _ => return Verdict::Failed(TaskId(i)),
                 }
             }
+        }
+        Verdict::Remaining(remaining)
+    }
+
+    /// Makes the gate of tasks `first .. first + count` (all `Waiting`), which wait for the
+    /// normalised `ranges`: `existing` is the verdict of the ids below `new_from`; the ids at or
+    /// past it belong to the same submission (not final yet). A dependency that ended otherwise
+    /// than succeeded fails them, none left to wait for runs them: both through `releases`.
+    fn gate(
+        &mut self,
+        first: TaskId,
+        count: u64,
+        ranges: Vec<(u64, u64)>,
+        new_from: TaskId,
+        existing: Verdict,
+    ) {
+        let mut remaining = match existing {
+            Verdict::Failed(because) => {
+                self.releases.push(Release::Fail {
+                    first,
+                    count,
+                    because,
+                });
+                return;
+            }
+            Verdict::Remaining(n) => n,
+        };
+        for &(a, b) in &ranges {
             let new_start = a.max(new_from.0);
             if new_start <= b {
                 remaining += b - new_start + 1;
@@ -611,7 +636,7 @@ impl Core {
                             error: Some(error.clone()),
                             ..FinalResult::default()
                         };
-                        self.finish(now_ms, id, TaskState::DependencyFailed, result);
+                        self.finish(now_ms, id, TaskState::DependencyFailed, result, None);
                         ended += 1;
                     }
                     if ended > 0 {
@@ -1115,11 +1140,43 @@ impl Core {
                 self.log_drops(now_ms, id, &drops);
             }
             ToMaster::Running(refs) => self.on_running(now_ms, id, refs),
+            ToMaster::Output(chunks) => self.on_output(id, chunks),
             // Its disconnect follows; only the log line differs.
             ToMaster::Leaving => self.workers.leaving(id),
             other => {
                 self.worker_broke_protocol(now_ms, id, Violation::WorkerMayNotSend(other.name()))
             }
+        }
+    }
+
+    /// Output of running commands: each chunk is accepted only for a run whose outcome may still
+    /// count, and only from the worker it was handed to (`logs.rs`); the rest is dropped with one
+    /// line per frame.
+    fn on_output(&mut self, worker: WorkerId, chunks: Vec<OutputChunk>) {
+        let mut dropped = 0usize;
+        let mut first = None;
+        for chunk in chunks {
+            let r = chunk.task;
+            let counts = chunk.bytes.len() <= MAX_OUTPUT_CHUNK_BYTES
+                && (self.is_current(worker, r)
+                    || (self.epochs.owns(r)
+                        && self.tasks.get(r.task).map(|t| t.state) == Some(TaskState::Queued)
+                        && self.may_report(worker, r)));
+            if !counts {
+                dropped += 1;
+                first.get_or_insert(r);
+                continue;
+            }
+            self.logged.note(r.task);
+            self.session.push_log(LogOp::Append(chunk));
+        }
+        if let Some(r) = first {
+            // Expected for a copy that lost (it prints on until it is killed): debug only.
+            debug!(
+                "dropped {dropped} output chunks from worker {worker} for runs that cannot count \
+                 (first: task {} attempt {})",
+                r.task, r.attempt
+            );
         }
     }
 
@@ -1269,7 +1326,7 @@ impl Core {
                 .map(|code| format!(" (exit {code})"))
                 .unwrap_or_default()
         );
-        self.finish(now_ms, c.task, state, result);
+        self.finish(now_ms, c.task, state, result, Some(c.attempt));
         None
     }
 
@@ -1547,6 +1604,7 @@ impl Core {
                     task,
                     TaskState::Cancelled,
                     settle(TaskOutcome::Cancelled).1,
+                    None,
                 );
                 finished += 1;
             } else if t.attempt.0 > t.spec.max_retries {
@@ -1555,7 +1613,7 @@ impl Core {
                     "worker lost ({reason}) on attempt {}, retries exhausted",
                     t.attempt
                 ));
-                self.finish(now_ms, task, state, result);
+                self.finish(now_ms, task, state, result, None);
                 finished += 1;
             } else {
                 self.tasks.requeue(task);
@@ -1598,6 +1656,11 @@ impl Core {
                 after,
                 limit,
             } => self.start_page(client, state, after, limit),
+            ToMaster::Log {
+                task,
+                stream,
+                offset,
+            } => self.on_log(client, task, stream, offset),
             other => {
                 let v = Violation::ClientMayNotSend(other.name());
                 self.session.close_client(client, CloseReason::Protocol(v));
@@ -1660,10 +1723,45 @@ impl Core {
         }
         let warnings = self.submit_warnings(&specs);
         let first = self.tasks.next_id();
-        let specs = match resolve_after(specs, first, count) {
+        let jobs = self.tasks.jobs();
+        let job_range = |j: JobId| jobs.get(j).map(|job| (job.first, job.last()));
+        let specs = match resolve_after(specs, first, count, job_range) {
             Ok(specs) => specs,
             Err(e) => return self.error(client, e),
         };
+        // What the tasks submitted before say, per distinct `after` (a file whose every line
+        // waits for one job scans it once), within a budget: a Submit cannot make the loop
+        // walk more tasks than it could create.
+        let mut verdicts: HashMap<Vec<(u64, u64)>, Verdict> = HashMap::new();
+        let mut scan_budget = MAX_TASKS_PER_SUBMIT;
+        let mut gated = Vec::new();
+        let mut next = first.0;
+        for spec in &specs {
+            if !spec.after.is_empty() {
+                let ranges = id_ranges(&spec.after);
+                if !verdicts.contains_key(&ranges) {
+                    let scanned: u64 = ranges
+                        .iter()
+                        .filter(|r| r.0 < first.0)
+                        .map(|&(a, b)| b.min(first.0 - 1) - a + 1)
+                        .sum();
+                    if scanned > scan_budget {
+                        return self.error(
+                            client,
+                            format!(
+                                "the submission waits for more than {MAX_TASKS_PER_SUBMIT} \
+                                 earlier tasks (each distinct after counted); split it"
+                            ),
+                        );
+                    }
+                    scan_budget -= scanned;
+                    let verdict = self.dependency_verdict(&ranges, first);
+                    verdicts.insert(ranges.clone(), verdict);
+                }
+                gated.push((TaskId(next), ranges));
+            }
+            next += u64::from(count);
+        }
         let name = name.unwrap_or_else(|| protocol::names::job_name(&specs[0]));
         let job = self.tasks.open_job(name.clone(), first, asked, now_ms);
         if self.config.persist {
@@ -1678,12 +1776,8 @@ impl Core {
         }
         let mut total = 0u64;
         self.metrics.submitted(now_ms);
-        let mut gated = Vec::new();
         for spec in specs {
             let spec = Arc::new(spec);
-            if !spec.after.is_empty() {
-                gated.push((self.tasks.next_id(), id_ranges(&spec.after)));
-            }
             if self.config.persist {
                 self.session.push_record(Record::Submitted {
                     first: self.tasks.next_id(),
@@ -1703,7 +1797,11 @@ impl Core {
         // IMPORTANT: every gate before any release is applied: a release may end tasks of this
         // submission, and a gate made later would count them as not yet final.
         for (gate_first, ranges) in gated {
-            self.gate(gate_first, u64::from(count), ranges, first);
+            let existing = verdicts
+                .get(&ranges)
+                .copied()
+                .unwrap_or(Verdict::Remaining(0));
+            self.gate(gate_first, u64::from(count), ranges, first, existing);
         }
         self.settle_releases(now_ms);
         let last = TaskId(first.0 + total - 1);
@@ -1796,6 +1894,35 @@ impl Core {
                     .ok_or(id)
             })
             .collect()
+    }
+
+    /// A read of a task's log: the store (the shell's) answers, told whether the task is final
+    /// and, for a final one, the tail to show if the store has nothing of it.
+    fn on_log(&mut self, client: ClientId, task: TaskId, stream: OutputStream, offset: u64) {
+        let Some(t) = self.tasks.get(task) else {
+            return self.error(client, format!("unknown task id {task}"));
+        };
+        let Some(conn) = self.session.conn_of(client) else {
+            return;
+        };
+        let done = t.state.is_final();
+        let tail = done.then(|| {
+            t.result
+                .as_deref()
+                .map(|r| match stream {
+                    OutputStream::Stdout => r.stdout.clone(),
+                    OutputStream::Stderr => r.stderr.clone(),
+                })
+                .unwrap_or_default()
+        });
+        self.session.push_log(LogOp::Read {
+            conn,
+            task,
+            stream,
+            offset,
+            done,
+            tail,
+        });
     }
 
     fn on_results(&mut self, client: ClientId, ids: Vec<TaskId>, jobs: Vec<JobId>) {
@@ -1902,6 +2029,16 @@ impl Core {
             Ok(ranges) => ranges,
             Err(job) => return self.error(client, format!("unknown job {job}")),
         };
+        let by_job: u64 = ranges.iter().map(|(f, l)| l.0 - f.0 + 1).sum();
+        if by_job > MAX_CANCEL_JOB_TASKS {
+            return self.error(
+                client,
+                format!(
+                    "those jobs hold {by_job} tasks; at most {MAX_CANCEL_JOB_TASKS} are cancelled \
+                     by job at once (name their ids instead)"
+                ),
+            );
+        }
         let mut cancelled = Vec::new();
         let mut already_final = Vec::new();
         let mut unknown = Vec::new();
@@ -1931,6 +2068,7 @@ impl Core {
                         id,
                         TaskState::Cancelled,
                         settle(TaskOutcome::Cancelled).1,
+                        None,
                     );
                     cancelled.push(id);
                 }
@@ -1940,6 +2078,7 @@ impl Core {
                         id,
                         TaskState::Cancelled,
                         settle(TaskOutcome::Cancelled).1,
+                        None,
                     );
                     cancelled.push(id);
                 }
@@ -1976,7 +2115,23 @@ impl Core {
     // ---- helpers -----------------------------------------------------------------------------
 
     /// The one place a task becomes final: tables, counters and waiters move together.
-    fn finish(&mut self, now_ms: u64, id: TaskId, state: TaskState, result: FinalResult) {
+    /// `run`: the attempt whose report ended the task, if one did (its log is the task's).
+    fn finish(
+        &mut self,
+        now_ms: u64,
+        id: TaskId,
+        state: TaskState,
+        result: FinalResult,
+        run: Option<Attempt>,
+    ) {
+        if self.logged.end(id) {
+            self.session.push_log(LogOp::End {
+                task: id,
+                attempt: run,
+                stdout_tail: result.stdout.clone(),
+                stderr_tail: result.stderr.clone(),
+            });
+        }
         self.drop_copy_request(id);
         if !self.avoid.is_empty() {
             self.avoid.remove(&id);
@@ -2131,6 +2286,7 @@ impl Core {
             }
         }
         assert_eq!(queued + copy_requests, self.pools.len() + self.holds.len());
+        self.check_dependencies();
         self.tasks.jobs().sanity_check(self.tasks.len() as u64);
         // Every job's counts, kept on transitions, against a scan of its tasks.
         for (job, j) in self.tasks.jobs().iter() {
@@ -2146,7 +2302,6 @@ impl Core {
                 );
             }
         }
-        self.check_dependencies();
         self.workers.sanity_check();
         self.session.sanity_check();
         self.deps.sanity_check();
@@ -2239,20 +2394,22 @@ fn id_ranges(after: &[After]) -> Vec<(u64, u64)> {
         .iter()
         .filter_map(|a| match a {
             After::Ids { first, last } => Some((first.0, last.0)),
-            After::Spec(_) => None,
+            After::Spec(_) | After::Job(_) => None,
         })
         .collect();
     deps::normalise(ranges)
 }
 
 /// Checks and resolves every spec's `after` for a submission whose ids start at `first`, each
-/// spec `count` times: references within it become the id ranges of that spec's copies, and
-/// the whole is kept sorted and merged. Refused: a cycle, a reference out of the submission, an
-/// id not submitted before it.
+/// spec `count` times: references within it become the id ranges of that spec's copies, a job
+/// its range (`job_range`: first and last id of a job, if there is one), and the whole is kept
+/// sorted and merged. Refused: a cycle, a reference out of the submission, an id not submitted
+/// before it, an unknown job.
 fn resolve_after(
     mut specs: Vec<TaskSpec>,
     first: TaskId,
     count: u32,
+    job_range: impl Fn(JobId) -> Option<(TaskId, TaskId)>,
 ) -> Result<Vec<TaskSpec>, String> {
     protocol::dag::check(&specs).map_err(|e| e.to_string())?;
     let count = u64::from(count);
@@ -2274,6 +2431,15 @@ fn resolve_after(
                     let start = first.0 + u64::from(j) * count;
                     ranges.push((start, start + count - 1));
                 }
+                After::Job(job) => match job_range(job) {
+                    Some((a, b)) => ranges.push((a.0, b.0)),
+                    None => {
+                        return Err(format!(
+                            "task {} of the submission waits for job {job}, which does not exist",
+                            i + 1
+                        ))
+                    }
+                },
             }
         }
         spec.after = deps::normalise(ranges)
@@ -2300,6 +2466,15 @@ fn queue_key(order: QueueOrder, id: TaskId, t: &Task) -> QueueKey {
         priority: t.spec.priority,
         order: order.tie_breaker(id.0, t.spec.size),
     }
+}
+
+/// What the earlier tasks a gate waits for say (`Core::dependency_verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// This many have not succeeded yet (none ended otherwise).
+    Remaining(u64),
+    /// This one ended otherwise than succeeded (or does not exist).
+    Failed(TaskId),
 }
 
 /// Why a reported completion was not credited.

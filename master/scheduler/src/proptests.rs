@@ -161,7 +161,7 @@ fn group() -> BoxedStrategy<Option<String>> {
 }
 
 /// Dependencies: none mostly; else ids of the small id space (0 and backwards ranges are
-/// refused), or other specs of the same submission (cycles and missing ones refused).
+/// refused), other specs of the same submission (cycles and missing ones refused), or jobs.
 fn after() -> BoxedStrategy<Vec<After>> {
     let one = prop_oneof![
         2 => (0u64..IDS, 0u64..3).prop_map(|(a, n)| After::Ids {
@@ -173,6 +173,7 @@ fn after() -> BoxedStrategy<Vec<After>> {
             last: TaskId(a - 1),
         }),
         2 => (0u32..3).prop_map(After::Spec),
+        1 => (0u64..4).prop_map(|j| After::Job(protocol::JobId(j))),
     ];
     prop_oneof![3 => Just(Vec::new()), 2 => vec(one, 1..3)].boxed()
 }
@@ -314,6 +315,8 @@ fn to_master() -> BoxedStrategy<ToMaster> {
         1 => vec(job_id(), 0..3).prop_map(|ids| ToMaster::Jobs { ids }),
         1 => vec(task_ref(), 0..4).prop_map(ToMaster::Running),
         1 => vec(task_ref(), 0..4).prop_map(ToMaster::Retracted),
+        1 => vec(output_chunk(), 0..3).prop_map(ToMaster::Output),
+        1 => log_read(),
         1 => Just(ToMaster::Leaving),
         1 => hello().prop_map(|h| ToMaster::Hello {
             version: if h.version_ok { PROTOCOL_VERSION } else { 1 },
@@ -333,8 +336,43 @@ fn client_msg() -> BoxedStrategy<ToMaster> {
         1 => (vec(task_id(), 0..4), any::<bool>(), vec(job_id(), 0..2)).prop_map(|(ids, progress, jobs)| ToMaster::Wait { ids, progress, jobs }),
         1 => (vec(task_id(), 0..4), vec(job_id(), 0..2)).prop_map(|(ids, jobs)| ToMaster::Cancel { ids, jobs }),
         1 => vec(job_id(), 0..3).prop_map(|ids| ToMaster::Jobs { ids }),
+        1 => log_read(),
     ]
     .boxed()
+}
+
+fn output_chunk() -> BoxedStrategy<OutputChunk> {
+    (
+        task_ref(),
+        any::<bool>(),
+        0u64..100,
+        vec(any::<u8>(), 0..16),
+    )
+        .prop_map(|(task, err, offset, bytes)| OutputChunk {
+            task,
+            stream: if err {
+                OutputStream::Stderr
+            } else {
+                OutputStream::Stdout
+            },
+            offset,
+            bytes,
+        })
+        .boxed()
+}
+
+fn log_read() -> BoxedStrategy<ToMaster> {
+    (task_id(), any::<bool>(), 0u64..100)
+        .prop_map(|(task, err, offset)| ToMaster::Log {
+            task,
+            stream: if err {
+                OutputStream::Stderr
+            } else {
+                OutputStream::Stdout
+            },
+            offset,
+        })
+        .boxed()
 }
 
 fn piece() -> BoxedStrategy<Piece> {
@@ -743,6 +781,13 @@ impl World {
                     }
                 }
                 Output::Persist(_) => {}
+                Output::Log(LogOp::Read { conn, .. }) => {
+                    assert!(
+                        !self.closed.contains(&conn),
+                        "a log read answered to {conn:?} after it was closed"
+                    );
+                }
+                Output::Log(_) => {}
             }
         }
     }

@@ -774,6 +774,11 @@ impl Sessions {
         self.out.push_back(Output::Persist(record));
     }
 
+    /// Queues an operation for the log store, in order with this turn's messages.
+    pub fn push_log(&mut self, op: crate::LogOp) {
+        self.out.push_back(Output::Log(op));
+    }
+
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }

@@ -13,6 +13,7 @@ mod forged;
 mod idle;
 mod jobs;
 mod limits;
+mod logs;
 mod names;
 mod observe;
 mod pages;

@@ -30,15 +30,29 @@ struct Cancelled {
 pub fn run(args: CancelArgs) -> Result<Outcome> {
     let mut session = args.conn.connect()?;
     let mut all = Cancelled::default();
-    let mut job_list = jobs::job_ids(&args.job);
-    let mut batches: Vec<Vec<TaskId>> = ids::batched(ids::from_args(&args.ids)).collect();
-    if batches.is_empty() {
-        batches.push(Vec::new()); // the jobs alone
-    }
-    for batch in batches {
-        // The jobs go with the first frame.
-        let jobs = std::mem::take(&mut job_list);
-        match session.request(&ToMaster::Cancel { ids: batch, jobs })? {
+    // A job's tasks are cancelled by id, in frame-sized batches like any ids: a job of millions
+    // would make a `CancelDone` larger than a frame (the master refuses that many by job).
+    let ranges: Vec<(u64, u64)> = match jobs::job_ids(&args.job) {
+        none if none.is_empty() => Vec::new(),
+        asked => jobs::fetch(&mut session, asked)?
+            .iter()
+            .map(|j| (j.first.0, j.first.0 + j.tasks))
+            .collect(),
+    };
+    let in_a_job = |id: &TaskId| {
+        ranges
+            .iter()
+            .any(|&(first, end)| (first..end).contains(&id.0))
+    };
+    let listed = ids::from_args(&args.ids).filter(|id| !in_a_job(id));
+    let of_jobs = ranges
+        .iter()
+        .flat_map(|&(first, end)| (first..end).map(TaskId));
+    for batch in ids::batched(listed.chain(of_jobs)) {
+        match session.request(&ToMaster::Cancel {
+            ids: batch,
+            jobs: Vec::new(),
+        })? {
             FromMaster::CancelDone {
                 cancelled,
                 already_final,

@@ -45,8 +45,8 @@ pub fn run(args: JobsArgs) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// One `Jobs` request and all of its chunks.
-fn fetch(session: &mut Session, ids: Vec<JobId>) -> Result<Vec<JobStatus>> {
+/// One `Jobs` request and all of its chunks (an unknown job is the master's error).
+pub fn fetch(session: &mut Session, ids: Vec<JobId>) -> Result<Vec<JobStatus>> {
     session.send(&ToMaster::Jobs { ids })?;
     let mut all = Vec::new();
     // Bounded by the master: every chunk carries the next jobs, and the last has `more: false`.
@@ -69,8 +69,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// id, name, tasks, queued, running, succeeded, failed (every unsuccessful end), submitted
-/// (how long ago), duration (so far, or until its last task ended).
+/// id, name, tasks, queued, (waiting, when some job has tasks waiting for dependencies,)
+/// running, succeeded, failed (every unsuccessful end), submitted (how long ago), duration (so
+/// far, or until its last task ended).
 fn write_table(out: &mut impl Write, jobs: &[JobStatus], now_ms: u64) -> std::io::Result<()> {
     if jobs.is_empty() {
         return writeln!(out, "no jobs");
@@ -80,6 +81,7 @@ fn write_table(out: &mut impl Write, jobs: &[JobStatus], now_ms: u64) -> std::io
         ("name", Align::Left),
         ("tasks", Align::Right),
         ("queued", Align::Right),
+        ("waiting", Align::Right),
         ("running", Align::Right),
         ("succeeded", Align::Right),
         ("failed", Align::Right),
@@ -92,6 +94,7 @@ fn write_table(out: &mut impl Write, jobs: &[JobStatus], now_ms: u64) -> std::io
             name_cell(&j.name),
             j.tasks.to_string(),
             j.count(TaskState::Queued).to_string(),
+            j.count(TaskState::Waiting).to_string(),
             j.count(TaskState::Running).to_string(),
             j.count(TaskState::Succeeded).to_string(),
             j.unsuccessful().to_string(),
@@ -99,8 +102,17 @@ fn write_table(out: &mut impl Write, jobs: &[JobStatus], now_ms: u64) -> std::io
             human_ms(j.duration_ms),
         ]);
     }
+    if jobs.iter().all(|j| j.count(TaskState::Waiting) == 0) {
+        let keep: Vec<bool> = (0..JOB_COLUMNS).map(|i| i != WAITING_COLUMN).collect();
+        table.retain_columns(&keep);
+    }
     table.write_to(out)
 }
+
+/// The `waiting` column's index, dropped when no job waits for dependencies.
+const WAITING_COLUMN: usize = 4;
+/// Columns of the `jobs` table.
+const JOB_COLUMNS: usize = 10;
 
 /// One line, at most [`NAME_CELL_CHARS`] characters.
 fn name_cell(name: &str) -> String {
@@ -184,6 +196,24 @@ mod tests {
              2  1m00s ago      3.5s"
         );
         assert!(lines[2].starts_with("12  sh -c xxx") && lines[2].contains("x…"));
+        assert!(!lines[0].contains("waiting"), "no job waits");
+        let waits = [job(
+            2,
+            "dag",
+            &[(TaskState::Waiting, 2), (TaskState::Running, 1)],
+            false,
+        )];
+        let mut buf = Vec::new();
+        write_table(&mut buf, &waits, 61_000).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(
+            text.starts_with("id  name  tasks  queued  waiting  running"),
+            "{text}"
+        );
+        assert!(
+            text.contains(" 2  dag       3       0        2        1"),
+            "{text}"
+        );
     }
 
     #[test]

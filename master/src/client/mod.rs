@@ -10,6 +10,7 @@ mod cancel;
 mod error;
 mod ids;
 mod jobs;
+mod logs;
 mod progress;
 mod results;
 mod session;
@@ -21,6 +22,7 @@ mod wait;
 
 pub use cancel::CancelArgs;
 pub use jobs::JobsArgs;
+pub use logs::LogsArgs;
 pub use results::ResultsArgs;
 pub use status::StatusArgs;
 pub use submit::SubmitArgs;
@@ -51,6 +53,8 @@ pub enum ClientCommand {
     Cancel(CancelArgs),
     /// Show jobs (one per submit): their tasks counted by state.
     Jobs(JobsArgs),
+    /// Print a task's whole stdout (or --stderr), as stored by the master; --follow while it runs.
+    Logs(LogsArgs),
 }
 
 /// Where the master is and how to prove we may talk to it; shared by every subcommand.
@@ -125,6 +129,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
         ClientCommand::Wait(args) => wait::run(args),
         ClientCommand::Cancel(args) => cancel::run(args),
         ClientCommand::Jobs(args) => jobs::run(args),
+        ClientCommand::Logs(args) => logs::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
@@ -183,6 +188,8 @@ mod tests {
             &["cancel", "--master", "h:1", "7", "8"],
             &["results", "201-203"],
             &["cancel", "5-9", "12"],
+            &["logs", "7"],
+            &["logs", "7", "--stderr", "--follow"],
         ];
         for argv in ok {
             assert!(parse(argv).is_ok(), "{argv:?}: {:?}", parse(argv).err());

@@ -58,6 +58,9 @@ pub struct SubmitArgs {
     /// without their own "after".
     #[arg(long, value_name = "IDS", value_parser = ids::parse_id_arg)]
     pub after: Vec<ids::IdArg>,
+    /// Start only after every task of job J succeeded (repeatable; as --after otherwise).
+    #[arg(long, value_name = "J")]
+    pub after_job: Vec<u64>,
     /// Run N copies of each task at once on distinct workers; the first success wins and the
     /// others are cancelled (1 to 64).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_replicas)]
@@ -186,6 +189,7 @@ impl SubmitArgs {
                     first: TaskId(r.first),
                     last: TaskId(r.end() - 1),
                 })
+                .chain(self.after_job.iter().map(|&j| After::Job(JobId(j))))
                 .collect(),
         }
     }
@@ -398,10 +402,10 @@ const MAX_WARNINGS: usize = 16;
 
 pub fn run(args: SubmitArgs) -> Result<Outcome> {
     let (file, origin) = args.task_file()?;
-    let name = args.job_name(&file.specs);
     let mut session = args.conn.connect()?;
     check_ids_exist(&mut session, &file, &origin)?;
     let specs = file.specs;
+    let name = args.job_name(&specs);
     let mut accepted = Accepted::default();
     if let Err(e) = submit_all(
         &mut session,

@@ -7,7 +7,7 @@ use super::conn::{Request, Response, JSON};
 use super::dashboard::Asset;
 use super::router::{route, NoRoute, Route};
 use crate::json::{JobView, ResultView, StatusView};
-use crate::taskfile::{parse_object, SpecDefaults};
+use crate::taskfile::{parse_object, parse_objects, SpecDefaults};
 use protocol::limits::MAX_JOB_NAME_BYTES;
 use protocol::{
     FromMaster, JobStatus, StatusReport, TaskId, TaskResult, TaskSpec, TaskState, ToMaster,
@@ -182,11 +182,7 @@ fn parse_submit(body: &[u8]) -> Result<(Vec<TaskSpec>, u32, Option<String>), Str
             "{total} tasks in one request; at most {SUBMIT_TASKS_MAX} (the answer lists every id)"
         ));
     }
-    let specs = tasks
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| parse_object(v, &defaults).map_err(|e| format!("tasks[{i}]: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let specs = parse_objects(tasks, &defaults)?;
     Ok((specs, count, name))
 }
 

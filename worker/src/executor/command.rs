@@ -20,6 +20,7 @@
 //! sentinel, and only then reaps it. The main loop signals the group only under the same lock and
 //! only if it is not reaped.
 
+use super::output::OutputBuffer;
 use super::tree::{TaskMark, TASK_MARK_VAR};
 use super::TAIL_BYTES;
 use crate::sentinel::{Link, MARK_VAR};
@@ -201,6 +202,9 @@ pub(super) struct CommandJob {
     pub die_with_worker: bool,
     /// Kills the command's group if the worker dies; `None` when there is none (unit tests).
     pub sentinel: Option<Arc<Link>>,
+    /// Where stdout and stderr go on their way to the master, besides the tails; `None`: only
+    /// the tails are kept (unit tests).
+    pub output: Option<[Arc<OutputBuffer>; 2]>,
 }
 
 /// Starts the supervisor thread, which reports the attempt's completion on `events`.
@@ -274,11 +278,23 @@ fn run(job: &CommandJob) -> TaskOutcome {
     let stderr = Arc::new(Mutex::new(TailBuffer::new(TAIL_BYTES)));
     let (drained_tx, drained_rx) = mpsc::channel();
     let mut readers = 0;
+    let [out_log, err_log] = match &job.output {
+        Some([out, err]) => [Some(out.clone()), Some(err.clone())],
+        None => [None, None],
+    };
     if let Some(pipe) = child.stdout.take() {
-        readers += spawn_reader(job.task, "out", pipe, stdout.clone(), drained_tx.clone());
+        let sink = Sink {
+            tail: stdout.clone(),
+            log: out_log,
+        };
+        readers += spawn_reader(job.task, "out", pipe, sink, drained_tx.clone());
     }
     if let Some(pipe) = child.stderr.take() {
-        readers += spawn_reader(job.task, "err", pipe, stderr.clone(), drained_tx.clone());
+        let sink = Sink {
+            tail: stderr.clone(),
+            log: err_log,
+        };
+        readers += spawn_reader(job.task, "err", pipe, sink, drained_tx.clone());
     }
     drop(drained_tx);
 
@@ -414,13 +430,20 @@ fn reap_orphaned_members(pgid: libc::pid_t) {
     }
 }
 
-/// Copies `pipe` into `tail` until end of file, then says so on `drained`. Returns how many
-/// readers were started (0 or 1).
+/// Where a reader puts what it reads: the tail for the outcome, and the log's buffer.
+struct Sink {
+    tail: Arc<Mutex<TailBuffer>>,
+    log: Option<Arc<OutputBuffer>>,
+}
+
+/// Copies `pipe` into the sink until end of file, then says so on `drained`. Returns how many
+/// readers were started (0 or 1). The log's buffer may make it wait (see `output`): that is
+/// what slows down a command that prints faster than its output reaches the master.
 fn spawn_reader(
     task: TaskRef,
     stream: &str,
     mut pipe: impl Read + Send + 'static,
-    tail: Arc<Mutex<TailBuffer>>,
+    sink: Sink,
     drained: Sender<()>,
 ) -> usize {
     let spawned = thread::Builder::new()
@@ -431,10 +454,15 @@ fn spawn_reader(
             loop {
                 match pipe.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => tail
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .write(&buf[..n]),
+                    Ok(n) => {
+                        sink.tail
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .write(&buf[..n]);
+                        if let Some(log) = &sink.log {
+                            log.push(&buf[..n]);
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => break,
                 }

@@ -19,15 +19,20 @@
 //! kills them if the worker dies.
 
 mod command;
+mod output;
 mod spin;
 mod tree;
+
+pub use output::{Wake, OUTPUT_BUFFER_BYTES};
 
 use crate::sentinel::{self, Link};
 use command::{CommandControl, StopReason};
 use log::{debug, warn};
-use protocol::{Assignment, Completion, TaskKind, TaskOutcome, TaskRef};
+use output::OutputBuffer;
+use protocol::{Assignment, Completion, OutputChunk, OutputStream, TaskKind, TaskOutcome, TaskRef};
 use spin::{SpinJob, SpinPool};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -35,6 +40,11 @@ use std::time::{Duration, Instant};
 
 /// How much of each output stream a command's outcome carries.
 pub const TAIL_BYTES: usize = 64 << 10;
+
+/// The most bytes of one stream in one `OutputChunk`.
+pub const OUTPUT_CHUNK_BYTES: usize = OUTPUT_BUFFER_BYTES;
+
+const STREAMS: [OutputStream; 2] = [OutputStream::Stdout, OutputStream::Stderr];
 
 /// Time between SIGTERM and SIGKILL when a command is timed out or cancelled.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -52,6 +62,15 @@ pub struct Executor<E> {
     /// recognised as stale.
     next_id: u64,
     spins: SpinPool<E>,
+    /// Wakes the loop when a command printed; `None`: output is not streamed, only its tails.
+    wake: Option<Wake>,
+    /// Commands' output not yet taken, until their completion has been reported with it.
+    outputs: BTreeMap<TaskRef, [Arc<OutputBuffer>; 2]>,
+    /// Where `take_output` stopped last: the next turn starts after it, so one loud task
+    /// cannot keep the others' output waiting.
+    output_cursor: Option<TaskRef>,
+    /// Reused by `take_output`.
+    pieces: Vec<(u64, Vec<u8>)>,
 }
 
 struct Entry {
@@ -149,7 +168,18 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
             running: HashMap::new(),
             timers: BinaryHeap::new(),
             next_id: 0,
+            wake: None,
+            outputs: BTreeMap::new(),
+            output_cursor: None,
+            pieces: Vec::new(),
         }
+    }
+
+    /// Streams commands' output (see `output`): `wake` is called, from reader threads, when
+    /// there is some to take with [`Executor::take_output`].
+    pub fn with_output(mut self, wake: Wake) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// Also gives commands `PR_SET_PDEATHSIG`, for when the sentinel dies with the worker, at a
@@ -246,6 +276,14 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
             }
             TaskKind::Command { .. } => {
                 let control = Arc::new(CommandControl::new());
+                let output = self.wake.as_ref().map(|wake| {
+                    let buffers = [
+                        Arc::new(OutputBuffer::new(wake.clone())),
+                        Arc::new(OutputBuffer::new(wake.clone())),
+                    ];
+                    self.outputs.insert(task, buffers.clone());
+                    buffers
+                });
                 let job = command::CommandJob {
                     task,
                     spec: spec.clone(),
@@ -253,8 +291,10 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
                     control: control.clone(),
                     die_with_worker: self.die_with_worker,
                     sentinel: self.sentinel.clone(),
+                    output,
                 };
                 if let Err(e) = command::spawn_supervisor(job, self.events.clone()) {
+                    self.drop_output(task);
                     let error = format!("cannot start a supervisor thread: {e}");
                     done.push(completion(task, TaskOutcome::Failed { error }, 0));
                     return true;
@@ -353,6 +393,89 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
                 );
                 false
             }
+        }
+    }
+
+    /// Takes what running commands printed, at most `budget` bytes in all (in chunks of at most
+    /// [`OUTPUT_CHUNK_BYTES`]), starting after the command served last. Returns whether some was
+    /// left behind. Finished commands are skipped: their rest goes with their completion
+    /// ([`Executor::finish_output`]).
+    pub fn take_output(&mut self, mut budget: usize, out: &mut Vec<OutputChunk>) -> bool {
+        let mut left = false;
+        let after = match self.output_cursor {
+            Some(c) => (Bound::Excluded(c), Bound::Unbounded),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        };
+        let before = match self.output_cursor {
+            Some(c) => (Bound::Unbounded, Bound::Included(c)),
+            None => (
+                Bound::Unbounded,
+                Bound::Excluded(TaskRef {
+                    task: protocol::TaskId(0),
+                    attempt: protocol::Attempt(0),
+                    incarnation: protocol::Incarnation(0),
+                }),
+            ),
+        };
+        let order = self.outputs.range(after).chain(self.outputs.range(before));
+        for (&task, buffers) in order {
+            if !self.running.contains_key(&task) {
+                continue;
+            }
+            if budget == 0 {
+                left = true;
+                break;
+            }
+            for (stream, buffer) in STREAMS.into_iter().zip(buffers) {
+                left |= buffer.take(budget.min(OUTPUT_CHUNK_BYTES), &mut self.pieces);
+                for (offset, bytes) in self.pieces.drain(..) {
+                    budget = budget.saturating_sub(bytes.len());
+                    out.push(OutputChunk {
+                        task,
+                        stream,
+                        offset,
+                        bytes,
+                    });
+                }
+            }
+            self.output_cursor = Some(task);
+        }
+        left
+    }
+
+    /// Everything left of a finished command's output, to go before its completion; its
+    /// buffers are then given up.
+    pub fn finish_output(&mut self, task: TaskRef, out: &mut Vec<OutputChunk>) {
+        let Some(buffers) = self.outputs.remove(&task) else {
+            return;
+        };
+        for (stream, buffer) in STREAMS.into_iter().zip(&buffers) {
+            // Bounded: the buffer holds at most OUTPUT_BUFFER_BYTES and its reader is done (or
+            // given up on by the supervisor), and each pass takes a chunk.
+            while buffer.take(OUTPUT_CHUNK_BYTES, &mut self.pieces) {}
+            for (offset, bytes) in self.pieces.drain(..) {
+                out.push(OutputChunk {
+                    task,
+                    stream,
+                    offset,
+                    bytes,
+                });
+            }
+            buffer.abandon();
+        }
+    }
+
+    /// Gives up a command's output: nobody will be told of it.
+    pub fn drop_output(&mut self, task: TaskRef) {
+        if let Some(buffers) = self.outputs.remove(&task) {
+            buffers.iter().for_each(|b| b.abandon());
+        }
+    }
+
+    /// Gives up every command's output (the worker stops).
+    pub fn drop_all_output(&mut self) {
+        for buffers in std::mem::take(&mut self.outputs).values() {
+            buffers.iter().for_each(|b| b.abandon());
         }
     }
 

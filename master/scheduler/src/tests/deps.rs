@@ -464,3 +464,33 @@ proptest! {
         prop_assert_eq!(h.core.deps.len(), 0, "every gate was released");
     }
 }
+
+#[test]
+fn after_a_job_waits_for_its_whole_range_as_one_entry() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 8);
+    let c = h.client();
+    let (batch, _) = h.submit(c, vec![sleep_spec(0)], 3);
+    let job = h.core.task(batch[0]).expect("task").job;
+    let (d, out) = h.submit(c, vec![after(sleep_spec(0), &[After::Job(job)])], 1);
+    assert!(assignments(&out).is_empty());
+    assert_eq!(
+        h.core.task(d[0]).expect("d").after,
+        vec![ids(batch[0].0, batch[2].0)]
+    );
+    h.finish(w, batch[0], 1, exited(0));
+    h.finish(w, batch[1], 1, exited(0));
+    assert_eq!(h.state(d[0]), TaskState::Waiting);
+    let out = h.finish(w, batch[2], 1, exited(0));
+    assert_eq!(assignments(&out), vec![(w, d[0], 1)]);
+    let out = h.msg(
+        c,
+        ToMaster::Submit {
+            specs: vec![after(sleep_spec(0), &[After::Job(protocol::JobId(99))])],
+            count: 1,
+            name: None,
+        },
+    );
+    let e = error_of(&out).unwrap_or_default();
+    assert!(e.contains("job 99, which does not exist"), "{e}");
+}
