@@ -25,6 +25,7 @@ use crate::http::events::{self as sse, Delivery, Subscribers};
 use crate::http::metrics::{self as exposition, ShellGauges};
 use crate::journal::{Journal, JournalError, OpenOptions};
 use crate::logs::{LogLimits, LogStore, LogStoreError};
+use crate::stop_signal::StopSignal;
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -39,6 +40,8 @@ use thiserror::Error;
 const LISTENER: Token = Token(usize::MAX);
 /// The HTTP listener's token; no connection id is ever this (see [`ConnTable::vacant_id`]).
 const HTTP_LISTENER: Token = Token(usize::MAX - 1);
+/// SIGINT or SIGTERM arrived (`stop_signal.rs`).
+const STOP: Token = Token(usize::MAX - 2);
 /// How often HTTP connections are checked for their timeouts, while any are open.
 const HTTP_SWEEP_MS: u64 = 1_000;
 /// A whole request (head and body) must have arrived this long after its first byte.
@@ -331,10 +334,19 @@ impl Server {
         self.http_listener.as_ref().map(|l| l.local_addr())
     }
 
-    /// Runs the loop forever (until the process is stopped or the poll itself fails).
+    /// Runs the loop until SIGINT or SIGTERM (then it finishes the turn, commits the journal and
+    /// logs one line) or until the poll itself fails.
     pub fn run(mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(1024);
+        let mut stop = StopSignal::install()?;
+        self.poll
+            .registry()
+            .register(stop.source(), STOP, Interest::READABLE)?;
+        let mut stopping = None;
         loop {
+            if let Some(signal) = stopping {
+                return self.stop(signal);
+            }
             let timeout = self.poll_timeout();
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -346,6 +358,7 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept(now),
                     HTTP_LISTENER => self.accept_http(now),
+                    STOP => stopping = stop.take().or(stopping),
                     // An event for a connection closed earlier in this batch finds nothing.
                     token => {
                         let id = ConnId(token.0);
@@ -365,6 +378,32 @@ impl Server {
             self.sweep_http(now);
             self.end_turn(now)?;
         }
+    }
+
+    /// The end on a signal: what was accepted is committed, and one line says why the master
+    /// stops, what is left unfinished and what becomes of it.
+    fn stop(mut self, signal: &str) -> Result<(), ServerError> {
+        self.commit_if_due(true)?;
+        let status = self.core.status();
+        let unfinished = status.queued + status.running + status.waiting;
+        let tasks = protocol::plural::count(unfinished, "task", "tasks");
+        let journaled = self.journal.take().map(drop).is_some();
+        let journal = match (journaled, unfinished) {
+            (true, 0) => "journal closed",
+            (true, _) => "journal closed; they run again at the next start",
+            (false, 0) => "no journal",
+            (false, _) => "no journal (--no-journal): they are forgotten",
+        };
+        if unfinished == 0 {
+            info!("stopping on {signal}: no task unfinished; {journal}");
+        } else {
+            info!(
+                "stopping on {signal}: {tasks} unfinished ({} queued, {} running, {} waiting); \
+                 {journal}",
+                status.queued, status.running, status.waiting
+            );
+        }
+        Ok(())
     }
 
     /// Places work, moves the core's output out, commits the journal once, and writes.

@@ -439,6 +439,10 @@ pub enum ToMaster {
         stream: OutputStream,
         offset: u64,
     },
+    /// Worker: it stops on purpose (SIGINT, SIGTERM) and closes its connection next, so the
+    /// master logs it as having left rather than as lost. Best effort: a worker that cannot send
+    /// it is taken for lost, which changes nothing but the log line.
+    Leaving,
 }
 
 /// Which output of a command.
@@ -486,6 +490,7 @@ impl ToMaster {
             ToMaster::Jobs { .. } => "Jobs",
             ToMaster::Output(_) => "Output",
             ToMaster::Log { .. } => "Log",
+            ToMaster::Leaving => "Leaving",
         }
     }
 }

@@ -1068,7 +1068,10 @@ impl Core {
             at_ms: now_ms,
         });
         // "worker NAME joined" is what scripts grep for; the id only disambiguates.
-        info!("worker {name} joined from {addr} ({id}, host {host}, {slots} slots{prefetch})");
+        info!(
+            "worker {name} joined from {addr} ({id}, host {host}, {}{prefetch})",
+            protocol::plural::count(slots, "slot", "slots")
+        );
     }
 
     /// The heartbeat interval to tell a worker: the one it asked for if that meets the timeout
@@ -1151,6 +1154,8 @@ impl Core {
             }
             ToMaster::Running(refs) => self.on_running(now_ms, id, refs),
             ToMaster::Output(chunks) => self.on_output(id, chunks),
+            // Its disconnect follows; only the log line differs.
+            ToMaster::Leaving => self.workers.leaving(id),
             other => {
                 self.worker_broke_protocol(now_ms, id, Violation::WorkerMayNotSend(other.name()))
             }
@@ -1425,7 +1430,10 @@ impl Core {
         }
         let name = self.workers.name(worker).unwrap_or("?").to_string();
         if adopted > 0 {
-            info!("worker {name} still runs {adopted} tasks: adopted, not re-run");
+            info!(
+                "worker {name} still runs {}: adopted, not re-run",
+                protocol::plural::count_usize(adopted, "task", "tasks")
+            );
         }
         if foreign > 0 {
             warn!(
@@ -1551,7 +1559,15 @@ impl Core {
         self.learn(change);
         let (requeued, failed) = self.requeue_from(now_ms, id, reason);
         let name = self.workers.name(id).unwrap_or("?");
-        warn!("worker {name} ({id}) lost: {reason}; {requeued} tasks re-queued, {failed} failed");
+        let requeued_tasks = protocol::plural::count_usize(requeued, "task", "tasks");
+        if self.workers.get(id).is_some_and(|w| w.left) {
+            // Stopped on purpose (it said `Leaving`): news, not a warning.
+            info!("worker {name} ({id}) left; {requeued_tasks} re-queued, {failed} failed");
+        } else {
+            warn!(
+                "worker {name} ({id}) lost: {reason}; {requeued_tasks} re-queued, {failed} failed"
+            );
+        }
         self.events.worker(|| StreamEvent::WorkerLost {
             worker: name.to_string(),
             reason: reason.to_string(),
@@ -1808,7 +1824,8 @@ impl Core {
             at_ms: now_ms,
         });
         info!(
-            "accepted job {job}: {total} tasks ({first}..={last}), {} queued",
+            "accepted job {job}: {} ({first}..={last}), {} queued",
+            protocol::plural::count(total, "task", "tasks"),
             self.pools.len()
         );
         self.session.send_client(
@@ -2112,7 +2129,10 @@ impl Core {
             self.session.send_worker(worker, FromMaster::Cancel(refs));
         }
         if !cancelled.is_empty() {
-            info!("cancelling {} tasks", cancelled.len());
+            info!(
+                "cancelling {}",
+                protocol::plural::count_usize(cancelled.len(), "task", "tasks")
+            );
         }
         self.session.send_client(
             client,

@@ -317,6 +317,7 @@ fn to_master() -> BoxedStrategy<ToMaster> {
         1 => vec(task_ref(), 0..4).prop_map(ToMaster::Retracted),
         1 => vec(output_chunk(), 0..3).prop_map(ToMaster::Output),
         1 => log_read(),
+        1 => Just(ToMaster::Leaving),
         1 => hello().prop_map(|h| ToMaster::Hello {
             version: if h.version_ok { PROTOCOL_VERSION } else { 1 },
             role: Role::Client,
