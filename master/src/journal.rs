@@ -213,11 +213,14 @@ pub struct CommitStats {
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     /// The data directory could not be created.
-    #[error("cannot create data directory {}: {source}", path.display())]
+    #[error("cannot create data directory {}: {}", path.display(), protocol::Cause(cause))]
     CreateDir {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+    /// The data directory's path names a file (or something else that is not a directory).
+    #[error("data directory {} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
     /// The file at the database path is not an SQLite database, or it is damaged.
     #[error(
         "{}: the journal is damaged, or not an SQLite database ({source}); the master cannot \
@@ -448,9 +451,14 @@ impl Journal {
         dir: &Path,
         options: OpenOptions,
     ) -> Result<(Journal, Recovered), JournalError> {
-        std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
+        if dir.exists() && !dir.is_dir() {
+            return Err(JournalError::NotADirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(|cause| JournalError::CreateDir {
             path: dir.to_path_buf(),
-            source,
+            cause,
         })?;
         let path = dir.join(DB_FILE);
         check_writable(dir, &path)?;

@@ -17,6 +17,14 @@ pub struct StatusView<'a> {
     pub policy: &'a str,
     /// Tasks waiting for their dependencies (added after the first fields).
     pub waiting: u64,
+    /// Groups with queued tasks and no live worker: `[{"group": "gpu", "queued": 4}]`.
+    pub unserved_groups: Vec<UnservedView<'a>>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct UnservedView<'a> {
+    pub group: &'a str,
+    pub queued: u64,
 }
 
 #[derive(Serialize, Debug)]
@@ -72,6 +80,14 @@ impl<'a> From<&'a StatusReport> for StatusView<'a> {
             failed: r.failed,
             policy: &r.policy,
             waiting: r.waiting,
+            unserved_groups: r
+                .unserved
+                .iter()
+                .map(|(group, queued)| UnservedView {
+                    group,
+                    queued: *queued,
+                })
+                .collect(),
         }
     }
 }

@@ -54,12 +54,13 @@ const READ_BUDGET_BYTES: usize = 1 << 20;
 #[derive(Debug, Error)]
 pub enum ServerError {
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr} ({flag})")]
+    // The cause is part of the text, not the `source`: `{:#}` in main would print it twice.
+    #[error("cannot listen on {addr}: {} ({flag})", protocol::Cause(cause))]
     Bind {
         addr: String,
         /// The flag that chose the address, so a person knows which one to change.
         flag: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
     /// The event loop itself failed (not one connection: those are only closed).
     #[error("event loop failed: {0}")]
@@ -240,10 +241,10 @@ pub struct Server {
 impl Server {
     /// Binds `addr` (port 0 picks a free port; see [`Server::local_addr`]).
     pub fn bind(addr: &str, config: ServerConfig) -> Result<Server, ServerError> {
-        let bind_err = |source| ServerError::Bind {
+        let bind_err = |cause| ServerError::Bind {
             addr: addr.to_string(),
             flag: "--listen",
-            source,
+            cause,
         };
         let std_listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
         std_listener.set_nonblocking(true).map_err(bind_err)?;
@@ -253,10 +254,10 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let http_listener = match &config.http_addr {
             Some(http) => {
-                let bind_err = |source| ServerError::Bind {
+                let bind_err = |cause| ServerError::Bind {
                     addr: http.clone(),
                     flag: "--http",
-                    source,
+                    cause,
                 };
                 let std_listener = std::net::TcpListener::bind(http).map_err(bind_err)?;
                 std_listener.set_nonblocking(true).map_err(bind_err)?;

@@ -324,8 +324,13 @@ fn token_from_the_environment_admits_only_holders() {
     let out = c.cli(&["status"]);
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(1),
         "a client without the token is refused"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("requires a token: set --token or BALLAST_TOKEN"),
+        "{err}"
     );
 
     c.add_worker_with("friend", 2, &["--token", TOKEN]);
@@ -376,15 +381,19 @@ fn token_from_the_environment_admits_only_holders() {
     );
 }
 
-/// DESIGN.md: "A client that cannot reach the master (or is rejected) says so in one line with the
-/// address and exits 2."
+/// DESIGN.md: "A client that the master rejects says so in one line with the address and exits
+/// 1", and says whether its token is missing or wrong.
 #[test]
 fn rejected_client_says_so_in_one_line_with_the_address() {
     let c = Cluster::start(&["--token", "s3cret"]);
+    let out = c.cli(&["status", "--token", "not-it"]);
+    assert_eq!(out.status.code(), Some(1), "a wrong token is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused our token"), "{err}");
     let out = c.cli(&["status"]);
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(1),
         "a client without the token is refused"
     );
     let err = String::from_utf8_lossy(&out.stderr);

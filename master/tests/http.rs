@@ -394,11 +394,13 @@ fn a_taken_http_port_names_the_flag_once() {
     let addr = taken.local_addr().expect("addr").to_string();
     let err = refused_start(&["--http", &addr]);
     assert!(
-        err.contains(&format!("cannot listen on {addr} (--http)")),
+        err.contains(&format!(
+            "cannot listen on {addr}: address already in use (--http)"
+        )),
         "{err}"
     );
     // The cause once, not repeated by every layer that passed it on.
-    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    assert_eq!(err.matches("already in use").count(), 1, "{err}");
 }
 
 #[test]

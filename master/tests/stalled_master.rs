@@ -38,10 +38,11 @@ fn pids(file: &Path) -> Vec<libc::pid_t> {
 
 #[test]
 fn sigterm_ends_a_worker_whose_master_is_stopped() {
-    // A 5 s heartbeat makes the worker give up on a master that reads nothing only after 15 s,
-    // long after this test is done: with the default 1 s it would drop its prefetched tasks
-    // after 3 s, and the long tasks below would never start.
-    let mut c = Cluster::start(&["--heartbeat", "5s", "--heartbeat-timeout", "15s"]);
+    // A 10 s heartbeat makes the worker give up on a master that reads nothing only after 30 s,
+    // long after this test is done even on a loaded machine (the 200 noisy tasks take 5 s on 8
+    // idle slots, 15 s were seen under a load of 8): with the default 1 s it would drop its
+    // prefetched tasks after 3 s, and the long tasks below would never start.
+    let mut c = Cluster::start(&["--heartbeat", "10s", "--heartbeat-timeout", "30s"]);
     c.add_worker_with("w1", 8, &["--prefetch", "200"]);
     c.wait_for_workers(1);
 

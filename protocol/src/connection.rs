@@ -5,6 +5,7 @@
 
 use crate::auth;
 use crate::auth::{RoleTag, NONCE_LEN};
+use crate::cause::Cause;
 use crate::codec::{encode_frame, FrameDecoder, FrameError};
 use crate::messages::{FromMaster, Incarnation, RejectKind, Role, ToMaster, WorkerId};
 use crate::PROTOCOL_VERSION;
@@ -24,10 +25,10 @@ const HANDSHAKE_READ_CHUNK: usize = 4 << 10;
 #[derive(Debug, Error)]
 pub enum ConnectionError {
     /// No address answered (or the name did not resolve).
-    #[error("cannot reach the master at {addr}: {source}")]
-    Connect { addr: String, source: io::Error },
+    #[error("cannot reach the master at {addr}: {}", Cause(cause))]
+    Connect { addr: String, cause: io::Error },
     /// The socket failed after connecting.
-    #[error("connection to the master failed: {0}")]
+    #[error("connection to the master failed: {}", Cause(.0))]
     Io(#[from] io::Error),
     /// The master closed the connection.
     #[error("the master closed the connection")]
@@ -35,12 +36,15 @@ pub enum ConnectionError {
     /// The peer sent bytes that are not our protocol.
     #[error("protocol error: {0}")]
     Frame(#[from] FrameError),
-    /// The master refused the handshake.
-    #[error("the master at {addr} refused this connection: {reason}")]
+    /// The master refused the handshake. For a refused token the text says which side lacks
+    /// what, as far as the handshake can tell.
+    #[error("{}", refusal(addr, reason, *kind, *token_sent))]
     Rejected {
         addr: String,
         reason: String,
         kind: RejectKind,
+        /// We answered the challenge with a token (so it is the wrong one, not a missing one).
+        token_sent: bool,
     },
     /// We hold a token and the master's `Welcome` did not prove it: a master without the token
     /// (or with another), or something posing as the master. Nothing it sends is acted on.
@@ -65,6 +69,22 @@ pub enum ConnectionError {
     /// A message arrived that makes no sense at this point of the conversation.
     #[error("unexpected message from the master: {0}")]
     Unexpected(String),
+}
+
+/// The one line for a refused handshake. A refused authentication is either no token where the
+/// master requires one, or a token the master does not hold (the MAC cannot tell a typo from
+/// another cluster's token, so neither can we).
+fn refusal(addr: &str, reason: &str, kind: RejectKind, token_sent: bool) -> String {
+    match (kind, token_sent) {
+        (RejectKind::Authentication, false) => {
+            format!("the master at {addr} requires a token: set --token or BALLAST_TOKEN")
+        }
+        (RejectKind::Authentication, true) => format!(
+            "the master at {addr} refused our token: it holds another one (check --token or \
+             BALLAST_TOKEN)"
+        ),
+        _ => format!("the master at {addr} refused this connection: {reason}"),
+    }
 }
 
 /// What the master said when it accepted us.
@@ -294,6 +314,7 @@ pub fn handshake_with_nonce<S: Read + Write>(
             addr: master.to_string(),
             reason,
             kind,
+            token_sent: token.is_some(),
         }),
         other => Err(ConnectionError::Unexpected(other.name().to_string())),
     }
@@ -330,9 +351,9 @@ fn recv_blocking<T: DeserializeOwned>(
 }
 
 fn connect_any(addr: &str, timeout: Duration) -> Result<TcpStream, ConnectionError> {
-    let err = |source| ConnectionError::Connect {
+    let err = |cause| ConnectionError::Connect {
         addr: addr.to_string(),
-        source,
+        cause,
     };
     let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
     for sock in addr.to_socket_addrs().map_err(err)? {
@@ -541,7 +562,21 @@ mod tests {
             Role::Client,
             None,
         ) {
-            Err(ConnectionError::Rejected { addr, reason, kind }) => {
+            Err(
+                e @ ConnectionError::Rejected {
+                    token_sent: false, ..
+                },
+            ) => {
+                assert_eq!(
+                    e.to_string(),
+                    "the master at m:1 requires a token: set --token or BALLAST_TOKEN"
+                );
+                let ConnectionError::Rejected {
+                    addr, reason, kind, ..
+                } = e
+                else {
+                    unreachable!()
+                };
                 assert_eq!(
                     (addr.as_str(), reason.as_str(), kind),
                     ("m:1", "authentication failed", RejectKind::Authentication)
@@ -554,6 +589,30 @@ mod tests {
         };
         assert!(auth.is_empty(), "no token, no answer");
         assert_eq!(nonce.len(), NONCE_LEN, "a fresh nonce all the same");
+
+        // With a token, the same refusal means the master holds another one.
+        let mut master = Scripted::new(&[
+            greeting(PROTOCOL_VERSION),
+            FromMaster::Rejected {
+                reason: "authentication failed".into(),
+                kind: RejectKind::Authentication,
+            },
+        ]);
+        let got = handshake(
+            &mut master,
+            &mut FrameDecoder::new(),
+            "m:1",
+            Role::Client,
+            Some(TOKEN),
+        );
+        let text = got.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("refused our token"), "{text}");
+        // Other refusals keep the master's reason.
+        let other = refusal("m:1", "version 4, we speak 5", RejectKind::Version, true);
+        assert_eq!(
+            other,
+            "the master at m:1 refused this connection: version 4, we speak 5"
+        );
     }
 
     /// With a token, a `Welcome` without the master's proof, with a wrong one, with one for

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod budget;
+pub mod cause;
 pub mod codec;
 pub mod connection;
 pub mod dag;
@@ -15,6 +16,7 @@ pub mod limits;
 pub mod messages;
 pub mod names;
 
+pub use cause::Cause;
 pub use codec::{encode_frame, FrameDecoder, FrameError, MAX_FRAME};
 pub use connection::{Connection, ConnectionError};
 pub use messages::*;

@@ -397,8 +397,8 @@ pub enum ToMaster {
         ids: Vec<TaskId>,
         jobs: Vec<JobId>,
     },
-    /// Reply once all these tasks and those of these jobs (both empty: every task unfinished
-    /// now) are finished. With `progress`, `Progress` frames come first, at most one per master
+    /// Reply once all these tasks and those of these jobs (both empty: every job unfinished now,
+    /// and the latest job) are finished. With `progress`, `Progress` frames come first, at most one per master
     /// loop turn.
     Wait {
         ids: Vec<TaskId>,
@@ -594,6 +594,9 @@ pub struct StatusReport {
     pub failed: u64,
     /// Tasks waiting for their dependencies.
     pub waiting: u64,
+    /// Groups whose queue holds tasks while no live worker serves the group: `(group, queued)`,
+    /// by name, at most a few (the core's bound).
+    pub unserved: Vec<(String, u64)>,
 }
 
 /// One task as `results` shows it.
@@ -723,6 +726,9 @@ pub enum FromMaster {
         first: TaskId,
         count: u64,
         job: JobId,
+        /// What the person should know about the accepted tasks (a group with no live worker,
+        /// more replicas than live workers); at most a few short lines, made by the core.
+        warnings: Vec<String>,
     },
     /// One chunk of a `Status` reply; `more` says another follows. Every chunk carries the same
     /// counts (taken when the request was read) and the next workers, in id order.
@@ -900,6 +906,7 @@ mod tests {
                 first: TaskId(1),
                 count: 1,
                 job: JobId(1),
+                warnings: vec!["w".into()],
             },
             FromMaster::Status {
                 report: StatusReport {
@@ -910,6 +917,7 @@ mod tests {
                     succeeded: 0,
                     failed: 0,
                     waiting: 0,
+                    unserved: vec![("g".into(), 1)],
                 },
                 more: false,
             },

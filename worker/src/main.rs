@@ -96,6 +96,12 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let args = Args::parse();
+    // An address that cannot be parsed or resolved is a mistake on the command line: retrying
+    // cannot fix it, so say so at once. Only a refused or lost connection is retried.
+    if let Err(e) = check_master_addr(&args.master) {
+        error!("{e}");
+        return ExitCode::from(1);
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -113,6 +119,29 @@ fn main() -> ExitCode {
             };
             ExitCode::from(code)
         }
+    }
+}
+
+/// `--master` as HOST:PORT that resolves to at least one address.
+fn check_master_addr(addr: &str) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!(
+            "--master {addr:?} is not HOST:PORT (for example 127.0.0.1:7700)"
+        ));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!(
+            "--master {addr:?} is not HOST:PORT (for example 127.0.0.1:7700)"
+        ));
+    }
+    match addr.to_socket_addrs().map(|mut addrs| addrs.next()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!("--master {addr}: the host resolves to no address")),
+        Err(e) => Err(format!(
+            "--master {addr}: cannot resolve the host: {}",
+            protocol::Cause(&e)
+        )),
     }
 }
 

@@ -481,6 +481,20 @@ impl Session {
                 };
                 return;
             }
+            Err(ConnectionError::Rejected {
+                reason,
+                kind: RejectKind::Authentication,
+                token_sent,
+                ..
+            }) => {
+                // Say which side of the token is wrong, as far as the handshake can tell.
+                let hint = if token_sent {
+                    "the master holds another token (check --token or BALLAST_TOKEN)"
+                } else {
+                    "the master requires a token: set --token or BALLAST_TOKEN"
+                };
+                return self.rejected(now, addr, format!("{reason}: {hint}"));
+            }
             Err(ConnectionError::Rejected { reason, .. }) => {
                 return self.rejected(now, addr, reason)
             }

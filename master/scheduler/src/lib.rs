@@ -280,6 +280,11 @@ const MAX_TASKS_PER_SUBMIT: u64 = 10_000_000;
 /// One `Cancel` may name jobs of at most this many tasks together: its `CancelDone` lists each
 /// (up to 10 bytes an id), and must fit a frame. `master cancel --job` cancels by ids instead.
 const MAX_CANCEL_JOB_TASKS: u64 = 1_000_000;
+/// Groups a submission is checked for in its warnings (a task file may name a thousand; the
+/// reply stays a few lines, and the check one pass over the workers).
+const MAX_SUBMIT_WARNINGS: usize = 8;
+/// Groups a status names as waiting for a worker (the rest are in `queued` all the same).
+const MAX_UNSERVED_LISTED: usize = 16;
 /// Retry backoff after a failed run: 200 ms, doubling, at most 30 s.
 const RETRY_BACKOFF_BASE_MS: u64 = 200;
 const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
@@ -980,7 +985,36 @@ impl Core {
                 + t.count(TaskState::WorkerLost)
                 + t.count(TaskState::DependencyFailed),
             waiting: t.count(TaskState::Waiting),
+            unserved: self.unserved_groups(),
         }
+    }
+
+    /// Groups with queued tasks and no live worker of theirs, at most [`MAX_UNSERVED_LISTED`]
+    /// (a submission may name a thousand groups; a status stays small). One pass over the
+    /// workers, and only when some group has queued tasks.
+    fn unserved_groups(&self) -> Vec<(String, u64)> {
+        let lens = self.pools.queue_lens(MAX_UNSERVED_LISTED);
+        let waiting: Vec<&(String, u64)> = lens
+            .listed
+            .iter()
+            .skip(1) // the shared pool: any worker serves it
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if waiting.is_empty() {
+            return Vec::new();
+        }
+        let served: BTreeSet<&str> = self
+            .workers
+            .iter()
+            .filter(|w| w.is_alive())
+            .filter_map(|w| w.info.group.as_deref())
+            .collect();
+        waiting
+            .into_iter()
+            .filter(|(g, _)| !served.contains(g.as_str()))
+            .take(MAX_UNSERVED_LISTED)
+            .cloned()
+            .collect()
     }
 
     pub fn task(&self, id: TaskId) -> Option<TaskResult> {
@@ -1684,6 +1718,7 @@ impl Core {
                 return self.error(client, format!("task {} of the submission: {e}", i + 1));
             }
         }
+        let warnings = self.submit_warnings(&specs);
         let first = self.tasks.next_id();
         let jobs = self.tasks.jobs();
         let job_range = |j: JobId| jobs.get(j).map(|job| (job.first, job.last()));
@@ -1782,8 +1817,66 @@ impl Core {
                 first,
                 count: total,
                 job,
+                warnings,
             },
         );
+    }
+
+    /// What a person submitting `specs` should hear now: a group that no live worker serves
+    /// (its tasks wait until one joins), or more replicas than live workers that may run them
+    /// (only that many copies start now). At most [`MAX_SUBMIT_WARNINGS`] lines; costs one pass
+    /// over the workers, and only for a submission with a group or replicas.
+    fn submit_warnings(&self, specs: &[TaskSpec]) -> Vec<String> {
+        // The most replicas asked for, per group (`None`: any worker), for a few groups only.
+        let mut asked: BTreeMap<Option<&str>, u32> = BTreeMap::new();
+        for spec in specs {
+            if spec.group.is_none() && spec.replicas <= 1 {
+                continue;
+            }
+            let key = spec.group.as_deref();
+            if !asked.contains_key(&key) && asked.len() >= MAX_SUBMIT_WARNINGS {
+                continue;
+            }
+            let most = asked.entry(key).or_insert(1);
+            *most = (*most).max(spec.replicas);
+        }
+        if asked.is_empty() {
+            return Vec::new();
+        }
+        let mut live: BTreeMap<Option<&str>, u64> = asked.keys().map(|&g| (g, 0)).collect();
+        for w in self.workers.iter().filter(|w| w.is_alive()) {
+            if let Some(n) = live.get_mut(&None) {
+                *n += 1;
+            }
+            if let Some(g) = w.info.group.as_deref() {
+                if let Some(n) = live.get_mut(&Some(g)) {
+                    *n += 1;
+                }
+            }
+        }
+        let mut warnings = Vec::new();
+        for (group, replicas) in asked {
+            let k = live.get(&group).copied().unwrap_or(0);
+            match group {
+                Some(g) if k == 0 => warnings.push(format!(
+                    "no live worker is in group {g}: its tasks wait until one joins"
+                )),
+                _ if u64::from(replicas) > k && k > 0 => {
+                    let whose = match group {
+                        Some(g) => format!("of group {g} "),
+                        None => String::new(),
+                    };
+                    warnings.push(format!(
+                        "--replicas {replicas}, but only {k} live {} {whose}can run them: only \
+                         {k} {} can run now",
+                        if k == 1 { "worker" } else { "workers" },
+                        if k == 1 { "copy" } else { "copies" },
+                    ));
+                }
+                _ => {}
+            }
+        }
+        warnings
     }
 
     /// The log store holds output of unfinished `task` from before a restart: its log is to be
@@ -1862,8 +1955,21 @@ impl Core {
             return self.wait_jobs(client, ids, progress, jobs);
         }
         if ids.is_empty() {
-            // The tasks unfinished now, and only those: a summary that also counted the whole
-            // history would report last week's failures (and exit 1) for a batch that succeeded.
+            // The jobs with tasks unfinished now, and the latest job (what a `submit` just before
+            // asked for, even if it ended already), each counted whole: a summary that also
+            // counted the whole history would report last week's failures (and exit 1) for a
+            // batch that succeeded. O(jobs), once per request.
+            let latest = JobId(self.tasks.jobs().len() as u64);
+            let jobs: Vec<JobId> = self
+                .tasks
+                .jobs()
+                .iter()
+                .filter(|&(id, j)| j.unfinished() > 0 || id == latest)
+                .map(|(id, _)| id)
+                .collect();
+            if !jobs.is_empty() {
+                return self.wait_jobs(client, ids, progress, jobs);
+            }
             let upto = TaskId(self.tasks.len() as u64);
             let start = WaitStart {
                 succeeded: 0,

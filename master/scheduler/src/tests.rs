@@ -17,6 +17,7 @@ mod logs;
 mod names;
 mod observe;
 mod pages;
+mod warnings;
 
 struct Harness {
     core: Core,

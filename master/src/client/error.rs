@@ -1,6 +1,7 @@
 //! Everything that can go wrong in a client subcommand, and the exit code each maps to.
 //!
-//! Exit codes: 0 all good; 1 the master said no, a task did not succeed, or an id was unknown;
+//! Exit codes: 0 all good; 1 the master said no (a request, or the handshake: a missing or
+//! wrong token), a task did not succeed, or an id was unknown;
 //! 2 we could not talk to the master at all (or it stopped answering), or the command line / task file was unusable
 //! (the same code clap uses for usage errors).
 
@@ -43,6 +44,9 @@ pub enum ClientError {
 impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
+            // A refused handshake is a refusal like any other (README: exit 1); the master is
+            // there and answers, and retrying as it is cannot help.
+            ClientError::Connection(ConnectionError::Rejected { .. }) => 1,
             ClientError::Usage(_) | ClientError::Connection(_) | ClientError::NoReply { .. } => 2,
             ClientError::Master(_)
             | ClientError::Refused(_)

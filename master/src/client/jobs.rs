@@ -103,13 +103,16 @@ fn write_table(out: &mut impl Write, jobs: &[JobStatus], now_ms: u64) -> std::io
         ]);
     }
     if jobs.iter().all(|j| j.count(TaskState::Waiting) == 0) {
-        table.remove_column(WAITING_COLUMN);
+        let keep: Vec<bool> = (0..JOB_COLUMNS).map(|i| i != WAITING_COLUMN).collect();
+        table.retain_columns(&keep);
     }
     table.write_to(out)
 }
 
 /// The `waiting` column's index, dropped when no job waits for dependencies.
 const WAITING_COLUMN: usize = 4;
+/// Columns of the `jobs` table.
+const JOB_COLUMNS: usize = 10;
 
 /// One line, at most [`NAME_CELL_CHARS`] characters.
 fn name_cell(name: &str) -> String {
@@ -232,6 +235,24 @@ mod tests {
             (v["first_id"].as_u64(), v["last_id"].as_u64()),
             (Some(1), Some(3))
         );
+    }
+
+    #[test]
+    fn waiting_tasks_get_a_column_only_when_there_are_some() {
+        let jobs = [job(
+            2,
+            "dag",
+            &[(TaskState::Waiting, 4), (TaskState::DependencyFailed, 1)],
+            false,
+        )];
+        let mut buf = Vec::new();
+        write_table(&mut buf, &jobs, 61_000).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(&header[3..6], ["queued", "waiting", "running"], "{text}");
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!((row[4], row[7]), ("4", "1"), "waiting 4, failed 1: {text}");
     }
 
     #[test]

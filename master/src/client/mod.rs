@@ -3,8 +3,8 @@
 //! Each subcommand opens one connection (`protocol::Connection`), sends its request(s), and turns
 //! the replies into text or `--json` for a person or a script.
 //!
-//! Exit codes: 0 success; 1 the master refused, an awaited task did not succeed, or a cancelled id
-//! was unknown; 2 the master could not be reached (or refused the handshake), or bad usage.
+//! Exit codes: 0 success; 1 the master refused (a request, or the handshake), an awaited task did
+//! not succeed, or a cancelled id was unknown; 2 the master could not be reached, or bad usage.
 
 mod cancel;
 mod error;
@@ -16,6 +16,7 @@ mod results;
 mod session;
 mod status;
 mod submit;
+mod term;
 mod view;
 mod wait;
 
@@ -96,6 +97,21 @@ impl ConnArgs {
         };
         Session::connect(addr, self.token.as_deref(), self.reply_timeout)
     }
+}
+
+/// `one` for 1, `many` otherwise: `1 task`, `2 tasks`, `0 tasks`.
+pub fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+/// `1 task`, `3 tasks`.
+#[allow(dead_code)] // used by wait and status (plurals) in the next step
+pub fn count(n: u64, one: &'static str, many: &'static str) -> String {
+    format!("{n} {}", plural(n, one, many))
 }
 
 /// How a subcommand that ran to the end went.

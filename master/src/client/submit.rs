@@ -339,6 +339,9 @@ pub struct Accepted {
     pub ids: Vec<IdRange>,
     /// The job of each frame: one, unless the submission needed several frames.
     pub jobs: Vec<JobId>,
+    /// The master's warnings about the accepted tasks, each once (every frame may repeat
+    /// them), at most [`MAX_WARNINGS`].
+    pub warnings: Vec<String>,
 }
 
 /// Sends every chunk, each `count` times, one request at a time, as job `name`, and appends the
@@ -360,8 +363,19 @@ pub fn submit_all(
             name: Some(name.to_string()),
         })?;
         let range = match reply {
-            FromMaster::Submitted { first, count, job } if count == expected => {
+            FromMaster::Submitted {
+                first,
+                count,
+                job,
+                warnings,
+            } if count == expected => {
                 accepted.jobs.push(job);
+                for w in warnings {
+                    // Bounded: the core sends a few per frame, and repeats are dropped.
+                    if !accepted.warnings.contains(&w) && accepted.warnings.len() < MAX_WARNINGS {
+                        accepted.warnings.push(w);
+                    }
+                }
                 IdRange {
                     first: first.0,
                     count,
@@ -382,6 +396,9 @@ pub fn submit_all(
     }
     Ok(())
 }
+
+/// Warnings printed for one `submit`, however many chunks it took.
+const MAX_WARNINGS: usize = 16;
 
 pub fn run(args: SubmitArgs) -> Result<Outcome> {
     let (file, origin) = args.task_file()?;
@@ -407,6 +424,10 @@ pub fn run(args: SubmitArgs) -> Result<Outcome> {
             );
         }
         return Err(e);
+    }
+    // On stderr, so `--json` and the ids on stdout stay as scripts read them.
+    for w in &accepted.warnings {
+        let _ = writeln!(std::io::stderr(), "warning: {w}");
     }
     let accepted_jobs = accepted.jobs;
     let accepted = accepted.ids;
@@ -692,6 +713,7 @@ mod tests {
                 first,
                 count: n,
                 job: JobId(first.0),
+                warnings: Vec::new(),
             })
         }
     }

@@ -2,10 +2,12 @@
 //! spelled out in view structs rather than derived from wire types that may grow), and aligned tables.
 
 use super::ids::{IdList, IdRange};
+use super::term::Layout;
 use super::wait::WaitSummary;
 pub use master::json::{ResultView, StatusView};
 use protocol::{StatusReport, TaskResult, WorkerStatus};
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::io::{self, BufWriter, StdoutLock, Write};
 
 pub type Out = BufWriter<StdoutLock<'static>>;
@@ -98,7 +100,15 @@ pub fn write_status_table(out: &mut impl Write, report: &StatusReport) -> io::Re
         out,
         "policy {}: {} queued{waiting}, {} running, {} succeeded, {} failed",
         report.policy, report.queued, report.running, report.succeeded, report.failed
-    )
+    )?;
+    for (group, queued) in &report.unserved {
+        writeln!(
+            out,
+            "group {group}: {} queued, waiting for a worker of group {group}",
+            queued
+        )?;
+    }
+    Ok(())
 }
 
 /// `4`, or `4+2` for a worker that also holds up to 2 prefetched tasks: one narrow column.
@@ -113,129 +123,294 @@ fn slots_cell(w: &WorkerStatus) -> String {
 // ---------------------------------------------------------------------------------------------
 // results
 
+/// One column of the results table. IMPORTANT: the table is [`RESULT_COLUMNS`]; a new column is
+/// one line there (and its cell function), nothing else.
+struct ResultColumn {
+    header: &'static str,
+    align: Align,
+    /// May be cut to fit a terminal, down to this many characters; `None`: always whole.
+    flex_min: Option<usize>,
+    /// The most characters of its cell when piped (no terminal to fit): a row stays short.
+    piped_max: usize,
+    /// Shown only when some row needs it (`copies` would repeat 1 on every line otherwise).
+    shown_if: Option<fn(&TaskResult) -> bool>,
+    /// Coloured on a terminal, by the cell's text.
+    style: Option<Style>,
+    cell: fn(&TaskResult) -> String,
+}
+
+const fn column(
+    header: &'static str,
+    align: Align,
+    cell: fn(&TaskResult) -> String,
+) -> ResultColumn {
+    ResultColumn {
+        header,
+        align,
+        flex_min: None,
+        piped_max: usize::MAX,
+        shown_if: None,
+        style: None,
+        cell,
+    }
+}
+
+const RESULT_COLUMNS: &[ResultColumn] = &[
+    column("id", Align::Right, |t| t.id.0.to_string()),
+    column("job", Align::Right, |t| t.job.0.to_string()),
+    ResultColumn {
+        flex_min: Some(12),
+        piped_max: COMMAND_CELL_CHARS,
+        ..column("name/command", Align::Left, label_cell)
+    },
+    ResultColumn {
+        style: Some(state_style),
+        ..column("state", Align::Left, |t| t.state.as_str().to_string())
+    },
+    column("worker", Align::Left, |t| {
+        t.worker.clone().unwrap_or_default()
+    }),
+    column("attempts", Align::Right, |t| t.attempts.to_string()),
+    ResultColumn {
+        shown_if: Some(|t| t.copies > 1),
+        ..column("copies", Align::Right, |t| t.copies.to_string())
+    },
+    column("exit", Align::Right, |t| {
+        t.exit_code.map(|c| c.to_string()).unwrap_or_default()
+    }),
+    column("time", Align::Right, run_time_cell),
+    ResultColumn {
+        flex_min: Some(16),
+        piped_max: REASON_CELL_CHARS,
+        ..column("reason", Align::Left, reason_cell)
+    },
+    ResultColumn {
+        flex_min: Some(12),
+        piped_max: AFTER_CELL_CHARS,
+        shown_if: Some(|t| !t.after.is_empty()),
+        ..column("after", Align::Left, after_cell)
+    },
+];
+
 /// Where `results` rows go as chunks arrive. JSON is streamed (one object per line inside the
-/// array) so task output is never held for more than one chunk; the table needs every row for its
-/// widths, so it keeps only the short cells.
-pub enum ResultsOutput {
+/// array) so task output is never held for more than one chunk, unless only the last `--limit`
+/// rows are wanted; the table needs every row for its widths, so it keeps only the short cells.
+pub struct ResultsOutput {
+    sink: Sink,
+    /// Keep only the last this many rows (`--limit`).
+    limit: Option<usize>,
+    /// Rows pushed, kept or not.
+    seen: u64,
+}
+
+enum Sink {
     Json {
         rows: u64,
+        /// With a limit: the last rows, each one encoded object.
+        kept: Option<VecDeque<Vec<u8>>>,
     },
     Table {
         table: Table,
-        /// Some task ran more than one copy. Without one, the `copies` column is dropped at the
-        /// end: it would only repeat 1 (or 0 for tasks that never ran) on every line.
-        replicated: bool,
-        /// Some task has dependencies; without one the `after` column (the last) is dropped.
-        waits: bool,
+        /// Per column of [`RESULT_COLUMNS`]: some row needs it.
+        needed: Vec<bool>,
+        layout: Layout,
     },
 }
 
-/// Where `copies` sits in the results table, right after `attempts`.
-const COPIES_COLUMN: usize = 5;
-
 impl ResultsOutput {
-    pub fn json() -> Self {
-        ResultsOutput::Json { rows: 0 }
+    pub fn json(limit: Option<usize>) -> Self {
+        ResultsOutput {
+            sink: Sink::Json {
+                rows: 0,
+                kept: limit.map(|_| VecDeque::new()),
+            },
+            limit,
+            seen: 0,
+        }
     }
 
-    pub fn table() -> Self {
-        let table = Table::new(&[
-            ("id", Align::Right),
-            ("state", Align::Left),
-            ("priority", Align::Right),
-            ("worker", Align::Left),
-            ("attempts", Align::Right),
-            ("copies", Align::Right),
-            ("exit", Align::Right),
-            ("ms", Align::Right),
-            ("command", Align::Left),
-            ("after", Align::Left),
-        ]);
-        debug_assert_eq!(table.headers[COPIES_COLUMN], "copies");
-        ResultsOutput::Table {
-            table,
-            replicated: false,
-            waits: false,
+    pub fn table(layout: Layout, limit: Option<usize>) -> Self {
+        let mut table = Table::new(
+            &RESULT_COLUMNS
+                .iter()
+                .map(|c| (c.header, c.align))
+                .collect::<Vec<_>>(),
+        );
+        for (i, c) in RESULT_COLUMNS.iter().enumerate() {
+            if let Some(min) = c.flex_min {
+                table.flex(i, min);
+            }
+            if let Some(style) = c.style {
+                table.style(i, style);
+            }
+        }
+        ResultsOutput {
+            sink: Sink::Table {
+                table,
+                needed: RESULT_COLUMNS
+                    .iter()
+                    .map(|c| c.shown_if.is_none())
+                    .collect(),
+                layout,
+            },
+            limit,
+            seen: 0,
         }
     }
 
     pub fn push(&mut self, out: &mut impl Write, t: &TaskResult) -> io::Result<()> {
-        match self {
-            ResultsOutput::Json { rows } => {
+        self.seen += 1;
+        match &mut self.sink {
+            Sink::Json {
+                kept: Some(kept), ..
+            } => {
+                let mut row = Vec::new();
+                write_json(&mut row, &ResultView::from(t))?;
+                kept.push_back(row);
+                if kept.len() > self.limit.unwrap_or(usize::MAX) {
+                    kept.pop_front();
+                }
+                Ok(())
+            }
+            Sink::Json { rows, kept: None } => {
                 out.write_all(if *rows == 0 { b"[\n" } else { b",\n" })?;
                 *rows += 1;
                 write_json(out, &ResultView::from(t))
             }
-            ResultsOutput::Table {
+            Sink::Table {
                 table,
-                replicated,
-                waits,
+                needed,
+                layout,
             } => {
-                *replicated |= t.copies > 1;
-                *waits |= !t.after.is_empty();
-                table.push(result_row(t));
+                let piped = layout.width.is_none();
+                let row = RESULT_COLUMNS
+                    .iter()
+                    .zip(needed.iter_mut())
+                    .map(|(c, needed)| {
+                        *needed |= c.shown_if.is_some_and(|f| f(t));
+                        let cell = (c.cell)(t);
+                        if piped {
+                            cut(cell, c.piped_max)
+                        } else {
+                            cell
+                        }
+                    })
+                    .collect();
+                table.push(row);
+                if let Some(limit) = self.limit {
+                    table.keep_last(limit);
+                }
                 Ok(())
             }
         }
     }
 
-    pub fn finish(self, out: &mut impl Write) -> io::Result<()> {
-        match self {
-            ResultsOutput::Json { rows: 0 } => out.write_all(b"[]\n"),
-            ResultsOutput::Json { .. } => out.write_all(b"\n]\n"),
-            ResultsOutput::Table {
-                mut table,
-                replicated,
-                waits,
+    /// Writes what is kept; returns how many rows `--limit` left out.
+    pub fn finish(self, out: &mut impl Write) -> io::Result<u64> {
+        let kept = match self.sink {
+            Sink::Json {
+                kept: Some(kept), ..
             } => {
-                if !waits {
-                    table.remove_column(table.headers.len() - 1);
+                if kept.is_empty() {
+                    out.write_all(b"[]\n")?;
+                } else {
+                    for (i, row) in kept.iter().enumerate() {
+                        out.write_all(if i == 0 { b"[\n" } else { b",\n" })?;
+                        out.write_all(row)?;
+                    }
+                    out.write_all(b"\n]\n")?;
                 }
-                if !replicated {
-                    table.remove_column(COPIES_COLUMN);
-                }
-                table.write_to(out)
+                kept.len()
             }
+            Sink::Json { rows: 0, .. } => {
+                out.write_all(b"[]\n")?;
+                0
+            }
+            Sink::Json { rows, .. } => {
+                out.write_all(b"\n]\n")?;
+                rows as usize
+            }
+            Sink::Table {
+                mut table,
+                needed,
+                layout,
+            } => {
+                table.retain_columns(&needed);
+                table.write_with(out, layout)?;
+                table.rows.len()
+            }
+        };
+        Ok(self.seen.saturating_sub(kept as u64))
+    }
+}
+
+/// The colour of a state on a terminal (SGR codes): green for success, red for the failures,
+/// yellow for cancelled, cyan while running; queued (and what is not a state) plain.
+fn state_style(state: &str) -> Option<&'static str> {
+    match state {
+        "succeeded" => Some("32"),
+        "failed" | "timed_out" | "worker_lost" | "dependency_failed" => Some("31"),
+        "cancelled" => Some("33"),
+        "running" => Some("36"),
+        "waiting" => Some("35"),
+        _ => None,
+    }
+}
+
+/// The results table's `command` cell is cut to this many characters (`…` last) when piped.
+const COMMAND_CELL_CHARS: usize = 40;
+/// The `reason` cell, piped: room for `no such program ...` and `timed out after 5s` whole.
+const REASON_CELL_CHARS: usize = 100;
+/// The `after` cell, piped.
+const AFTER_CELL_CHARS: usize = 60;
+/// No cell is built longer than this (a terminal is narrower): an argv or an error may be a MiB.
+const CELL_MAX_CHARS: usize = 400;
+
+/// `text` cut to `max` characters, `…` last when cut.
+fn cut(text: String, max: usize) -> String {
+    if width(&text) <= max {
+        return text;
+    }
+    let mut cell: String = text.chars().take(max.saturating_sub(1)).collect();
+    cell.push('…');
+    cell
+}
+
+/// What a task waits for, `waiting for 1-3, 12` while it does, else just the ids; at most
+/// [`CELL_MAX_CHARS`] (a task may wait for many ranges).
+fn after_cell(t: &TaskResult) -> String {
+    let mut cell = String::new();
+    if t.state == protocol::TaskState::Waiting && !t.after.is_empty() {
+        cell.push_str("waiting for ");
+    }
+    for (i, after) in t.after.iter().enumerate() {
+        if i > 0 {
+            cell.push_str(", ");
+        }
+        cell.push_str(&after.to_string());
+        if width(&cell) > CELL_MAX_CHARS {
+            break;
         }
     }
+    cut(cell, CELL_MAX_CHARS)
 }
 
-fn result_row(t: &TaskResult) -> Vec<String> {
-    let blank_or = |v: Option<String>| v.unwrap_or_default();
-    // A clock step backwards on the master could make finished < started: show nothing, not garbage.
-    let ms = match (t.started_ms, t.finished_ms) {
-        (Some(s), Some(f)) => f.checked_sub(s).map(|d| d.to_string()),
-        _ => None,
-    };
-    vec![
-        t.id.0.to_string(),
-        t.state.as_str().to_string(),
-        t.priority.to_string(),
-        blank_or(t.worker.clone()),
-        t.attempts.to_string(),
-        t.copies.to_string(),
-        blank_or(t.exit_code.map(|c| c.to_string())),
-        blank_or(ms),
-        command_cell(t),
-        after_cell(t),
-    ]
-}
-
-/// What a task waits for, `waiting for 1-3, 12` while it does, else just the ids.
-fn after_cell(t: &TaskResult) -> String {
-    let ids: Vec<String> = t.after.iter().map(ToString::to_string).collect();
-    match (t.state, ids.is_empty()) {
-        (_, true) => String::new(),
-        (protocol::TaskState::Waiting, false) => format!("waiting for {}", ids.join(", ")),
-        (_, false) => ids.join(", "),
+/// The task's name if it has one (`"name"` in a task file), else its command.
+fn label_cell(t: &TaskResult) -> String {
+    match &t.name {
+        Some(name) => cut(
+            name.chars()
+                .take(CELL_MAX_CHARS + 1)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+            CELL_MAX_CHARS,
+        ),
+        None => command_cell(t),
     }
 }
 
-/// The results table's `command` cell is cut to this many characters (`…` last).
-const COMMAND_CELL_CHARS: usize = 40;
-
 /// A command's argv as a shell would take it back (`results --json` has it exactly), cut to
-/// [`COMMAND_CELL_CHARS`]; `(sleep)` or `(spin)` for a synthetic task.
+/// [`CELL_MAX_CHARS`]; `(sleep)` or `(spin)` for a synthetic task.
 fn command_cell(t: &TaskResult) -> String {
     let Some(argv) = &t.cmd else {
         return format!("({})", t.kind.as_str());
@@ -246,23 +421,66 @@ fn command_cell(t: &TaskResult) -> String {
             cell.push(' ');
         }
         push_quoted(&mut cell, arg);
-        if width(&cell) > COMMAND_CELL_CHARS {
+        if width(&cell) > CELL_MAX_CHARS {
             break; // an argv may be a MiB: quote no more than is shown
         }
     }
-    if width(&cell) > COMMAND_CELL_CHARS {
-        cell = cell.chars().take(COMMAND_CELL_CHARS - 1).collect();
-        cell.push('…');
+    cut(cell, CELL_MAX_CHARS)
+}
+
+/// Why a task did not succeed, on one line: the master's or worker's error (`no such program
+/// ...`, `timed out after 5s`); blank for a task that succeeded or has not ended.
+fn reason_cell(t: &TaskResult) -> String {
+    use protocol::TaskState;
+    if matches!(
+        t.state,
+        TaskState::Queued | TaskState::Running | TaskState::Succeeded
+    ) {
+        return String::new();
+    }
+    let Some(error) = &t.error else {
+        return String::new();
+    };
+    let mut cell = String::new();
+    let mut space = false;
+    // Control characters (a multi-line error) become one space: a row is one line.
+    for c in error.trim().chars().take(CELL_MAX_CHARS) {
+        if c.is_control() || c == ' ' {
+            space = !cell.is_empty();
+            continue;
+        }
+        if std::mem::take(&mut space) {
+            cell.push(' ');
+        }
+        cell.push(c);
     }
     cell
 }
 
+/// How long the run that counts took: `250ms`, `12.3s`, `5m02s`, `2h03m`; blank before it ended.
+fn run_time_cell(t: &TaskResult) -> String {
+    // A clock step backwards on the master could make finished < started: show nothing.
+    match (t.started_ms, t.finished_ms) {
+        (Some(s), Some(f)) => f.checked_sub(s).map(human_ms).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+    }
+}
+
 /// Appends `arg` quoted for a POSIX shell: bare if it is made of safe characters, `'...'` if it
 /// has no control characters (so a table row stays one line), `$'...'` with escapes otherwise.
-/// Only its first [`COMMAND_CELL_CHARS`] characters are written: the cell shows no more.
+/// Only its first [`CELL_MAX_CHARS`] characters are written: the cell shows no more.
 fn push_quoted(out: &mut String, arg: &str) {
     let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
-    let shown = arg.chars().take(COMMAND_CELL_CHARS);
+    let shown = arg.chars().take(CELL_MAX_CHARS);
     if !arg.is_empty() && arg.chars().all(safe) {
         out.extend(shown);
     } else if !arg.chars().any(char::is_control) {
@@ -294,6 +512,9 @@ fn push_quoted(out: &mut String, arg: &str) {
 // ---------------------------------------------------------------------------------------------
 // tables
 
+/// The SGR colour code for a cell, by its text (`None`: plain).
+pub type Style = fn(&str) -> Option<&'static str>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Align {
     Left,
@@ -301,12 +522,17 @@ pub enum Align {
 }
 
 /// A tiny aligned-column printer: two spaces between columns, numbers right-aligned, no padding
-/// after the last column.
+/// after the last column. On a terminal ([`Layout`]) the flexible columns are cut so a line fits
+/// its width, and styled columns are coloured.
 #[derive(Debug)]
 pub struct Table {
     headers: Vec<&'static str>,
     aligns: Vec<Align>,
-    rows: Vec<Vec<String>>,
+    /// Per column: may be cut down to this many characters to fit a width.
+    flex_min: Vec<Option<usize>>,
+    /// Per column: the SGR colour of a cell, by its text.
+    styles: Vec<Option<Style>>,
+    rows: VecDeque<Vec<String>>,
 }
 
 impl Table {
@@ -314,8 +540,20 @@ impl Table {
         Table {
             headers: columns.iter().map(|c| c.0).collect(),
             aligns: columns.iter().map(|c| c.1).collect(),
-            rows: Vec::new(),
+            flex_min: vec![None; columns.len()],
+            styles: vec![None; columns.len()],
+            rows: VecDeque::new(),
         }
+    }
+
+    /// Lets column `index` be cut down to `min` characters when the width asks for it.
+    pub fn flex(&mut self, index: usize, min: usize) {
+        self.flex_min[index] = Some(min.max(1));
+    }
+
+    /// Colours column `index`'s cells (not its header) with `style` on a terminal.
+    pub fn style(&mut self, index: usize, style: Style) {
+        self.styles[index] = Some(style);
     }
 
     pub fn push(&mut self, row: Vec<String>) {
@@ -324,31 +562,71 @@ impl Table {
             self.headers.len(),
             "row width differs from the header"
         );
-        self.rows.push(row);
+        self.rows.push_back(row);
     }
 
-    /// Drops a column from the header and every row, for one decided only after all rows are in.
-    pub fn remove_column(&mut self, index: usize) {
-        self.headers.remove(index);
-        self.aligns.remove(index);
+    /// Drops the oldest rows beyond `n`.
+    pub fn keep_last(&mut self, n: usize) {
+        while self.rows.len() > n {
+            self.rows.pop_front();
+        }
+    }
+
+    /// Keeps the columns whose flag is set, in the header and every row, for columns decided
+    /// only after all rows are in.
+    pub fn retain_columns(&mut self, keep: &[bool]) {
+        debug_assert_eq!(keep.len(), self.headers.len());
+        retain_by(&mut self.headers, keep);
+        retain_by(&mut self.aligns, keep);
+        retain_by(&mut self.flex_min, keep);
+        retain_by(&mut self.styles, keep);
         for row in &mut self.rows {
-            row.remove(index);
+            retain_by(row, keep);
         }
     }
 
     pub fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        self.write_with(out, Layout::default())
+    }
+
+    pub fn write_with(&self, out: &mut impl Write, layout: Layout) -> io::Result<()> {
         let mut widths: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
         for row in &self.rows {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(width(cell));
             }
         }
+        if let Some(max) = layout.width {
+            self.fit(&mut widths, max);
+        }
         let mut line = String::new();
-        self.write_row(out, &mut line, &widths, self.headers.iter().copied())?;
+        self.write_row(out, &mut line, &widths, self.headers.iter().copied(), None)?;
+        let color = layout.color.then_some(self.styles.as_slice());
         for row in &self.rows {
-            self.write_row(out, &mut line, &widths, row.iter().map(String::as_str))?;
+            self.write_row(
+                out,
+                &mut line,
+                &widths,
+                row.iter().map(String::as_str),
+                color,
+            )?;
         }
         Ok(())
+    }
+
+    /// Narrows the flexible columns, the widest first, until a line fits in `max` characters or
+    /// every one is at its minimum (the terminal then wraps; nothing is lost).
+    fn fit(&self, widths: &mut [usize], max: usize) {
+        let gaps = 2 * widths.len().saturating_sub(1);
+        let mut total: usize = widths.iter().sum::<usize>() + gaps;
+        while total > max {
+            let widest = (0..widths.len())
+                .filter(|&i| self.flex_min[i].is_some_and(|min| widths[i] > min))
+                .max_by_key(|&i| (widths[i], i));
+            let Some(i) = widest else { break };
+            widths[i] -= 1;
+            total -= 1;
+        }
     }
 
     /// Builds the line in a reused buffer so trailing padding (an empty last cell) can be trimmed.
@@ -358,17 +636,34 @@ impl Table {
         line: &mut String,
         widths: &[usize],
         cells: impl Iterator<Item = &'c str>,
+        styles: Option<&[Option<Style>]>,
     ) -> io::Result<()> {
         line.clear();
         for (i, ((cell, &w), &align)) in cells.zip(widths).zip(&self.aligns).enumerate() {
             if i > 0 {
                 line.push_str("  ");
             }
+            let cut_cell;
+            let cell = if width(cell) > w {
+                cut_cell = cut(cell.to_string(), w);
+                cut_cell.as_str()
+            } else {
+                cell
+            };
             let pad = w.saturating_sub(width(cell));
             if align == Align::Right {
                 push_spaces(line, pad);
             }
-            line.push_str(cell);
+            match styles.and_then(|s| s[i]).and_then(|style| style(cell)) {
+                Some(sgr) => {
+                    line.push_str("\x1b[");
+                    line.push_str(sgr);
+                    line.push('m');
+                    line.push_str(cell);
+                    line.push_str("\x1b[0m");
+                }
+                None => line.push_str(cell),
+            }
             if align == Align::Left {
                 push_spaces(line, pad);
             }
@@ -376,6 +671,12 @@ impl Table {
         out.write_all(line.trim_end().as_bytes())?;
         out.write_all(b"\n")
     }
+}
+
+/// Keeps the items whose flag in `keep` is set (items past its end are kept).
+fn retain_by<T>(items: &mut Vec<T>, keep: &[bool]) {
+    let mut flags = keep.iter();
+    items.retain(|_| *flags.next().unwrap_or(&true));
 }
 
 fn push_spaces(line: &mut String, n: usize) {
@@ -439,6 +740,7 @@ mod tests {
             succeeded: 100,
             failed: 3,
             waiting: 0,
+            unserved: vec![("gpu".into(), 4)],
         }
     }
 
@@ -514,11 +816,16 @@ mod tests {
                 "queued",
                 "running",
                 "succeeded",
+                "unserved_groups",
                 "waiting",
                 "workers"
             ]
         );
         assert_eq!(v["policy"], "least-loaded");
+        assert_eq!(
+            v["unserved_groups"],
+            serde_json::json!([{"group": "gpu", "queued": 4}])
+        );
         for (field, want) in [
             ("queued", 10),
             ("running", 2),
@@ -570,7 +877,7 @@ mod tests {
     #[test]
     fn results_json_has_exactly_the_contract_fields() {
         let mut buf = Vec::new();
-        let mut sink = ResultsOutput::json();
+        let mut sink = ResultsOutput::json(None);
         sink.push(&mut buf, &task(1, true)).unwrap();
         sink.push(&mut buf, &task(2, false)).unwrap();
         sink.finish(&mut buf).unwrap();
@@ -639,7 +946,7 @@ mod tests {
     #[test]
     fn empty_results_json_is_an_empty_array() {
         let mut buf = Vec::new();
-        ResultsOutput::json().finish(&mut buf).unwrap();
+        ResultsOutput::json(None).finish(&mut buf).unwrap();
         let v: Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v, serde_json::json!([]));
     }
@@ -659,54 +966,185 @@ mod tests {
         assert_eq!(text, "name      n  note\nhöst      7  x\na     12345\n");
     }
 
-    #[test]
-    fn results_table_shows_blank_ms_and_lines_up() {
+    fn table_text(tasks: &[TaskResult], layout: Layout, limit: Option<usize>) -> (String, u64) {
         let mut buf = Vec::new();
-        let mut sink = ResultsOutput::table();
-        sink.push(&mut buf, &task(1, true)).unwrap();
-        sink.push(&mut buf, &task(1000, false)).unwrap();
-        assert!(buf.is_empty(), "the table is written only at the end");
-        sink.finish(&mut buf).unwrap();
-        let text = String::from_utf8(buf).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3);
-        assert_eq!(
-            lines[0],
-            "  id  state      priority  worker  attempts  exit   ms  command"
-        );
-        assert_eq!(
-            lines[1],
-            "   1  timed_out        -5  w\"1            2    -1  250  sh -c 'echo hi'"
-        );
-        assert!(lines[2].starts_with("1000  queued"));
-        // Right-aligned columns end at the same place on every line.
-        let end_of_priority = lines[0].find("priority").unwrap() + "priority".len();
-        for l in &lines[1..] {
-            assert_eq!(&l[end_of_priority - 2..end_of_priority], "-5");
+        let mut sink = ResultsOutput::table(layout, limit);
+        for t in tasks {
+            sink.push(&mut buf, t).unwrap();
         }
+        assert!(buf.is_empty(), "the table is written only at the end");
+        let left_out = sink.finish(&mut buf).unwrap();
+        (String::from_utf8(buf).unwrap(), left_out)
+    }
+
+    #[test]
+    fn results_table_shows_reason_and_blank_time_and_lines_up() {
+        let mut missing = task(2, true);
+        missing.state = TaskState::Failed;
+        missing.cmd = Some(vec!["nonexistent-xyz".into()]);
+        missing.exit_code = None;
+        missing.started_ms = missing.finished_ms;
+        missing.error = Some("no such program `nonexistent-xyz` in PATH".into());
+        let (text, left_out) = table_text(
+            &[task(1, true), missing, task(1000, false)],
+            Layout::default(),
+            None,
+        );
+        assert_eq!(left_out, 0);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "  id  job  name/command     state      worker  attempts  exit   time  reason",
+                "   1    1  sh -c 'echo hi'  timed_out  w\"1            2    -1  250ms  timed out after 250ms",
+                "   2    1  nonexistent-xyz  failed     w\"1            2          0ms  no such program `nonexistent-xyz` in PATH",
+                "1000    1  (sleep)          queued                    2",
+            ]
+        );
     }
 
     #[test]
     fn results_table_shows_copies_only_when_a_task_ran_several() {
         let mut replicated = task(2, true);
         replicated.copies = 3;
-        let mut buf = Vec::new();
-        let mut sink = ResultsOutput::table();
-        for t in [task(1, true), replicated, task(3, false)] {
-            sink.push(&mut buf, &t).unwrap();
-        }
-        sink.finish(&mut buf).unwrap();
-        let text = String::from_utf8(buf).unwrap();
+        let (text, _) = table_text(
+            &[task(1, true), replicated, task(3, false)],
+            Layout::default(),
+            None,
+        );
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines,
             [
-                "id  state      priority  worker  attempts  copies  exit   ms  command",
-                " 1  timed_out        -5  w\"1            2       1    -1  250  sh -c 'echo hi'",
-                " 2  timed_out        -5  w\"1            2       3    -1  250  sh -c 'echo hi'",
-                " 3  queued           -5                 2       0             (sleep)",
+                "id  job  name/command     state      worker  attempts  copies  exit   time  reason",
+                " 1    1  sh -c 'echo hi'  timed_out  w\"1            2       1    -1  250ms  timed out after 250ms",
+                " 2    1  sh -c 'echo hi'  timed_out  w\"1            2       3    -1  250ms  timed out after 250ms",
+                " 3    1  (sleep)          queued                    2       0",
             ]
         );
+    }
+
+    /// On a terminal the command and the reason are cut (the widest first) so every line fits
+    /// its width; the other columns stay whole.
+    #[test]
+    fn results_table_fits_the_terminal_width() {
+        let mut long = task(1, true);
+        long.cmd = Some(vec!["sh".into(), "-c".into(), "x".repeat(300)]);
+        long.error = Some(format!("timed out after 5s\n{}", "detail ".repeat(40)));
+        for width in [90, 100, 120, 200] {
+            let layout = Layout {
+                width: Some(width),
+                color: false,
+            };
+            let (text, _) = table_text(&[long.clone(), task(2, false)], layout, None);
+            for line in text.lines() {
+                assert!(line.chars().count() <= width, "{width}: {line:?}");
+            }
+            let row = text.lines().nth(1).unwrap();
+            assert!(row.contains("sh -c xxx") && row.contains('…'), "{row}");
+            assert!(
+                row.contains("timed_out") && row.contains("timed out after"),
+                "{row}"
+            );
+            assert!(!row.contains('\n'));
+        }
+        // Too narrow for the minimums: the fixed columns stay whole and the line overflows.
+        let layout = Layout {
+            width: Some(20),
+            color: false,
+        };
+        let (text, _) = table_text(&[long], layout, None);
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.contains("timed_out  w\"1"), "{row}");
+        // Piped: the command is cut to 40 characters, whatever its length.
+        let (text, _) = table_text(&[task(3, true)], Layout::default(), None);
+        assert!(text.contains("sh -c 'echo hi'"));
+    }
+
+    #[test]
+    fn results_table_colours_states_only_when_asked() {
+        let mut ok = task(1, true);
+        ok.state = TaskState::Succeeded;
+        ok.error = None;
+        let color = Layout {
+            width: Some(200),
+            color: true,
+        };
+        let (text, _) = table_text(&[ok.clone(), task(2, true)], color, None);
+        assert!(text.contains("\x1b[32msucceeded\x1b[0m"), "{text:?}");
+        assert!(text.contains("\x1b[31mtimed_out\x1b[0m"), "{text:?}");
+        assert!(
+            !text.lines().next().unwrap().contains('\x1b'),
+            "no colour in the header"
+        );
+        // Colour codes take no width: the columns after the state line up.
+        let lines: Vec<&str> = text.lines().collect();
+        let plain = |l: &str| {
+            l.replace("\x1b[32m", "")
+                .replace("\x1b[31m", "")
+                .replace("\x1b[0m", "")
+        };
+        let at = |l: &str| plain(l).find("w\"1").unwrap();
+        assert_eq!(at(lines[1]), at(lines[2]));
+        let (text, _) = table_text(
+            &[ok],
+            Layout {
+                width: Some(200),
+                color: false,
+            },
+            None,
+        );
+        assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn results_limit_keeps_the_last_rows() {
+        let tasks: Vec<TaskResult> = (1..=5).map(|i| task(i, false)).collect();
+        let (text, left_out) = table_text(&tasks, Layout::default(), Some(2));
+        assert_eq!(left_out, 3);
+        let ids: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(ids, ["4", "5"]);
+        let mut buf = Vec::new();
+        let mut sink = ResultsOutput::json(Some(2));
+        for t in &tasks {
+            sink.push(&mut buf, t).unwrap();
+        }
+        assert_eq!(sink.finish(&mut buf).unwrap(), 3);
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        let ids: Vec<u64> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, [4, 5]);
+        let mut buf = Vec::new();
+        assert_eq!(ResultsOutput::json(Some(2)).finish(&mut buf).unwrap(), 0);
+        assert_eq!(buf, b"[]\n");
+    }
+
+    #[test]
+    fn a_named_task_shows_its_name_instead_of_its_command() {
+        let mut named = task(1, true);
+        named.name = Some("fetch\nsources".into());
+        let (text, _) = table_text(&[named, task(2, true)], Layout::default(), None);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("  fetch sources "), "{text}");
+        assert!(lines[2].contains("sh -c 'echo hi'"), "{text}");
+    }
+
+    #[test]
+    fn run_times_read_as_durations() {
+        assert_eq!(human_ms(0), "0ms");
+        assert_eq!(human_ms(999), "999ms");
+        assert_eq!(human_ms(1_000), "1.0s");
+        assert_eq!(human_ms(12_345), "12.3s");
+        assert_eq!(human_ms(302_000), "5m02s");
+        assert_eq!(human_ms(7_380_000), "2h03m");
     }
 
     #[test]
@@ -714,7 +1152,7 @@ mod tests {
         let cell = |argv: &[&str]| {
             let mut t = task(1, true);
             t.cmd = Some(argv.iter().map(|a| a.to_string()).collect());
-            command_cell(&t)
+            cut(command_cell(&t), COMMAND_CELL_CHARS)
         };
         assert_eq!(cell(&["ls", "-l", "/tmp/a_b.c"]), "ls -l /tmp/a_b.c");
         assert_eq!(cell(&["echo", "", "it's"]), r"echo '' 'it'\''s'");
@@ -737,15 +1175,7 @@ mod tests {
 
     #[test]
     fn results_table_shows_what_a_task_waits_for_only_when_one_does() {
-        let table = |tasks: &[TaskResult]| {
-            let mut buf = Vec::new();
-            let mut sink = ResultsOutput::table();
-            for t in tasks {
-                sink.push(&mut buf, t).unwrap();
-            }
-            sink.finish(&mut buf).unwrap();
-            String::from_utf8(buf).unwrap()
-        };
+        let table = |tasks: &[TaskResult]| table_text(tasks, Layout::default(), None).0;
         assert!(!table(&[task(1, false)]).contains("after"));
         let mut waiting = task(2, false);
         waiting.state = TaskState::Waiting;
@@ -785,6 +1215,10 @@ mod tests {
         assert_eq!(
             lines[3],
             "policy least-loaded: 10 queued, 2 running, 100 succeeded, 3 failed"
+        );
+        assert_eq!(
+            lines[4],
+            "group gpu: 4 queued, waiting for a worker of group gpu"
         );
     }
 }

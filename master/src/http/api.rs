@@ -299,7 +299,12 @@ impl Pending {
                 let report = acc.take()?;
                 Some(ok(200, &StatusView::from(&report)))
             }
-            (Pending::Submit, FromMaster::Submitted { first, count, job }) => {
+            (
+                Pending::Submit,
+                FromMaster::Submitted {
+                    first, count, job, ..
+                },
+            ) => {
                 let ids: Vec<u64> = (first.0..first.0 + count).collect();
                 Some(ok(201, &json!({ "ids": ids, "job": job.0 })))
             }
@@ -503,6 +508,7 @@ mod tests {
             succeeded: 2,
             failed: 0,
             waiting: 0,
+            unserved: Vec::new(),
         };
         let mut p = Pending::Status(None);
         assert_eq!(

@@ -182,6 +182,7 @@ mod tests {
             first: TaskId(1),
             count: 1,
             job: protocol::JobId(1),
+            warnings: Vec::new(),
         };
         assert_eq!(net.check_output(client, Some(&ids), 0, 0), Ok(true));
         assert_eq!(

@@ -1,0 +1,173 @@
+//! The CLI as a person sees it (issue 11): error messages that say their cause once, worker
+//! address mistakes that exit at once, and the results table.
+
+mod common;
+
+use common::{eventually, Cluster, MASTER};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs a process to its end, killing it (and failing) past `limit`.
+fn run_within(cmd: &mut Command, limit: Duration, what: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn listen_on_a_taken_port_prints_the_cause_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = run_within(
+        Command::new(MASTER).args(["--listen", &addr, "--no-journal", "--http", "off"]),
+        Duration::from_secs(20),
+        "a master on a taken port",
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}: address already in use")),
+        "{err}"
+    );
+    assert_eq!(err.matches("already in use").count(), 1, "{err}");
+    assert!(!err.contains("os error"), "{err}");
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_says_so_once() {
+    let dir = std::env::temp_dir().join(format!("ballast-cli-file-{}", std::process::id()));
+    std::fs::write(&dir, "not a folder").expect("file");
+    let out = run_within(
+        Command::new(MASTER)
+            .args(["--listen", "127.0.0.1:0", "--http", "off", "--data-dir"])
+            .arg(&dir),
+        Duration::from_secs(20),
+        "a master on a file as data dir",
+    );
+    let _ = std::fs::remove_file(&dir);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("is not a directory"), "{err}");
+}
+
+/// An address that cannot be parsed or resolved is a command-line mistake: exit 1 at once, one
+/// line, no retrying. A refused connection is retried (the master may not be up yet).
+#[test]
+fn worker_address_mistakes_exit_at_once() {
+    let worker = common::worker_bin();
+    for (addr, says) in [
+        ("no-port-here", "is not HOST:PORT"),
+        ("host:notaport", "is not HOST:PORT"),
+        ("nohost.invalid:7700", "cannot resolve"),
+    ] {
+        let out = run_within(
+            Command::new(&worker).args(["--master", addr, "--slots", "1"]),
+            Duration::from_secs(20),
+            "a worker with a bad --master",
+        );
+        assert_eq!(out.status.code(), Some(1), "{addr}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{addr}: {err}");
+        assert!(err.contains(says) && err.contains(addr), "{addr}: {err}");
+    }
+    // A refused connection is retried: the worker is still up after saying so.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let log = std::env::temp_dir().join(format!("ballast-cli-retry-{}.log", std::process::id()));
+    let mut child = Command::new(&worker)
+        .args(["--master", &format!("127.0.0.1:{port}"), "--slots", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("worker runs");
+    eventually(
+        Duration::from_secs(20),
+        "the worker to say it retries",
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("retrying").then_some(())
+        },
+    );
+    let still_up = child.try_wait().expect("try_wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&log);
+    assert!(still_up, "a refused connection is retried");
+}
+
+/// Terminal-less (piped), the results table shows why a missing program failed in its row, and
+/// `--state` filters the rows.
+#[test]
+fn results_table_of_a_missing_program_shows_its_reason() {
+    let mut c = Cluster::start(&["--no-journal"]);
+    c.add_worker("w", 1);
+    c.wait_for_workers(1);
+    let ok = c.cli(&["submit", "--wait", "--", "true"]);
+    assert!(ok.status.success(), "{ok:?}");
+    let failed = c.cli(&["submit", "--wait", "--", "nonexistent-program-xyz"]);
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    let out = c.cli(&["results"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and both tasks, piped: {text}");
+    assert!(lines[0].contains("reason"), "{text}");
+    let row = lines
+        .iter()
+        .find(|l| l.contains("nonexistent-program-xyz  failed"))
+        .unwrap_or_else(|| panic!("the failed row: {text}"));
+    assert!(
+        row.contains("no such program `nonexistent-program-xyz`"),
+        "{row}"
+    );
+    assert!(!text.contains('\x1b'), "no colour when piped: {text:?}");
+    let only_failed = c.cli(&["results", "--state", "failed"]);
+    let text = String::from_utf8_lossy(&only_failed.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("no such program"), "{text}");
+    let bad = c.cli(&["results", "--state", "broken"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+}
+
+/// A group with no live worker: accepted with a warning on stderr (stdout keeps the ids), and
+/// `status` says what the queue waits for.
+#[test]
+fn a_group_without_workers_is_accepted_with_a_warning() {
+    let c = Cluster::start(&["--no-journal"]);
+    let out = c.cli(&[
+        "submit", "--group", "gpu", "--count", "2", "--sleep", "10ms",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: no live worker is in group gpu"),
+        "{err}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let status = c.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("group gpu: 2 queued, waiting for a worker of group gpu"),
+        "{text}"
+    );
+}
