@@ -259,15 +259,16 @@ impl Cluster {
     fn wait_succeeded_on(&self, ids: &[String], on: &str) {
         let mut args = vec!["results", "--json"];
         args.extend(ids.iter().map(String::as_str));
+        // The JSON, not the table: its columns are for people and change (issue 11 added some).
         let worker = format!("\"worker\":\"{on}\"");
         eventually(PATIENCE, "the tasks to succeed", || {
             let out = self.cli(&args);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            // One task object per line (the crate has no JSON parser; the table's columns are
-            // for people and may change).
+            // One compact object per task, each starting with its id.
             let done = text
-                .lines()
-                .filter(|row| row.contains("\"state\":\"succeeded\"") && row.contains(&worker))
+                .split("{\"id\":")
+                .skip(1)
+                .filter(|task| task.contains("\"state\":\"succeeded\"") && task.contains(&worker))
                 .count();
             (done == ids.len()).then_some(())
         });
