@@ -72,7 +72,8 @@ eventually() {
 # --- build ------------------------------------------------------------------------------------------
 say "building (cargo build --release --workspace; the first build takes a few minutes)"
 cd "$root"
-cargo build --release --workspace --quiet
+# cargo's own progress (on stderr), so a first build is not minutes of silence.
+cargo build --release --workspace
 # The target directory may be moved by CARGO_TARGET_DIR or a cargo config; ask cargo where it is.
 target=$(cargo metadata --format-version 1 --no-deps |
   sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
@@ -132,6 +133,8 @@ submit() {
   shift
   local out ids
   out=$("$master" submit --json "$@")
+  # Only the ids: the object also names the job (`"job": J`).
+  out=$(grep -o '"ids":\[[0-9,]*\]' <<<"$out")
   read -ra ids <<<"$(grep -o '[0-9][0-9]*' <<<"$out" | paste -sd' ' -)"
   total=$((total + ${#ids[@]}))
   first_id=${ids[0]}
