@@ -33,24 +33,30 @@ declare -A worker_pid=()
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
-  local pids=() pid
-  # Workers first, so their logs do not end with "lost the master".
-  [[ -n $client_pid ]] && pids+=("$client_pid")
-  for pid in "${worker_pid[@]}"; do pids+=("$pid"); done
-  [[ -n $master_pid ]] && pids+=("$master_pid")
-  if ((${#pids[@]})); then
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    # Give them 5 s to exit on SIGTERM, then SIGKILL whatever is left. bash reaps background
-    # children as they exit, so `kill -0` fails once a process is gone.
-    local end=$((SECONDS + 5))
-    for pid in "${pids[@]}"; do
-      while kill -0 "$pid" 2>/dev/null && ((SECONDS < end)); do sleep 0.05; done
-      kill -KILL "$pid" 2>/dev/null || true
-      wait "$pid" 2>/dev/null || true
-    done
-    echo "stopped everything the demo started (pids ${pids[*]})"
-  fi
+  local first=() all=() pid
+  # Client and workers first, and the master once they are gone, so the workers' logs do not end
+  # with "lost the master" and the master's says each worker `left`.
+  [[ -n $client_pid ]] && first+=("$client_pid")
+  for pid in "${worker_pid[@]}"; do first+=("$pid"); done
+  all=("${first[@]}")
+  [[ -n $master_pid ]] && all+=("$master_pid")
+  stop_all "${first[@]}"
+  [[ -n $master_pid ]] && stop_all "$master_pid"
+  ((${#all[@]})) && echo "stopped everything the demo started (pids ${all[*]})"
   exit "$status"
+}
+
+# SIGTERM to each pid, 5 s to exit, then SIGKILL whatever is left. bash reaps background children
+# as they exit, so `kill -0` fails once a process is gone.
+stop_all() {
+  (($#)) || return 0
+  local pid end=$((SECONDS + 5))
+  kill -TERM "$@" 2>/dev/null || true
+  for pid in "$@"; do
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < end)); do sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT
 trap 'exit 130' INT
