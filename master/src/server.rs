@@ -48,6 +48,11 @@ const HTTP_SWEEP_MS: u64 = 1_000;
 const HTTP_REQUEST_TIMEOUT_MS: u64 = 60_000;
 /// Bytes asked of the kernel per read; also the decoder's growth step.
 const READ_CHUNK: usize = 64 << 10;
+/// Bytes read from one connection per turn. IMPORTANT: what a turn decodes waits in the core's
+/// output until the end of the turn (a worker's streamed output, `Output::Log`), so a peer that
+/// sends faster than we read must not be read until `WouldBlock`: it gets this much a turn, the
+/// others get theirs, and the core's outbox stays a few MiB however fast tasks print.
+const READ_BUDGET_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -213,6 +218,9 @@ pub struct Server {
     /// HTTP connections whose request was answered: requests they already sent wait in their
     /// buffers, so they are read again before the turn ends.
     http_ready: Vec<ConnId>,
+    /// Connections whose read stopped at `READ_BUDGET_BYTES` with bytes left in the socket:
+    /// read again next turn (mio is edge-triggered: no new event would say so).
+    more_input: Vec<ConnId>,
     /// HTTP connections reading `/api/v1/events`; the core makes events while there is one.
     subscribers: Subscribers<ConnId>,
     conns: ConnTable<Connection>,
@@ -266,7 +274,7 @@ impl Server {
         let clock = Clock::new();
         let mut core_config = config.core.clone();
         core_config.persist = config.data_dir.is_some();
-        let (core, journal) = match &config.data_dir {
+        let (mut core, journal) = match &config.data_dir {
             Some(dir) => {
                 let options = OpenOptions {
                     accept_loss: config.accept_journal_loss,
@@ -286,7 +294,10 @@ impl Server {
         let logs = match &config.data_dir {
             Some(dir) => {
                 let mut logs = LogStore::open(dir.join("logs"), config.logs)?;
-                logs.recover(|id| core.task(id).map(|t| t.state.is_final()));
+                let unfinished = logs.recover(|id| core.task(id).map(|t| t.state.is_final()));
+                for task in unfinished {
+                    core.note_logged(task);
+                }
                 logs
             }
             None => LogStore::in_memory(config.logs),
@@ -298,6 +309,7 @@ impl Server {
             http_conns: 0,
             next_http_sweep_ms: None,
             http_ready: Vec::new(),
+            more_input: Vec::new(),
             subscribers: Subscribers::default(),
             conns: ConnTable::default(),
             core,
@@ -358,6 +370,9 @@ impl Server {
                         }
                     }
                 }
+            }
+            for id in std::mem::take(&mut self.more_input) {
+                self.read(now, id);
             }
             self.core.handle_timeout(now);
             self.sweep_http(now);
@@ -551,7 +566,8 @@ impl Server {
         let http = self
             .next_http_sweep_ms
             .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
-        [core, commit, http].into_iter().flatten().min()
+        let more = (!self.more_input.is_empty()).then_some(Duration::ZERO);
+        [core, commit, http, more].into_iter().flatten().min()
     }
 
     fn accept(&mut self, now: u64) {
@@ -918,6 +934,7 @@ impl Server {
         }
         let total_bytes = self.unsent_total;
         let mut failure: Option<ReadFailure> = None;
+        let mut budget = READ_BUDGET_BYTES;
         loop {
             // Decode as we go so the buffer holds at most one partial frame plus one read; frames
             // left by an earlier pause go first.
@@ -939,6 +956,10 @@ impl Server {
                 }
                 Ok(Decoded::All) => {}
             }
+            if budget == 0 {
+                self.more_input.push(id);
+                break;
+            }
             let spare = conn.decoder.spare(READ_CHUNK);
             match conn.stream.read(spare) {
                 Ok(0) => {
@@ -946,7 +967,10 @@ impl Server {
                     failure = Some(ReadFailure::Closed);
                     break;
                 }
-                Ok(n) => conn.decoder.commit(READ_CHUNK, n),
+                Ok(n) => {
+                    conn.decoder.commit(READ_CHUNK, n);
+                    budget = budget.saturating_sub(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.decoder.commit(READ_CHUNK, 0);
                     break;

@@ -217,3 +217,26 @@ fn after_job_waits_for_every_task_of_the_job() {
     assert!(stderr(&out).contains("job 999"), "{}", stderr(&out));
     assert_eq!(c.results().len(), before, "nothing queued");
 }
+
+#[test]
+fn a_dependency_running_across_a_restart_still_releases_its_dependent() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("w", 2);
+    c.wait_for_workers(1);
+    let marker = c.dir.join("a-done");
+    let marker = marker.to_str().expect("utf-8 path");
+    let script = format!("sleep 1; touch {marker}");
+    let a = c.submit(&["--", "sh", "-c", &script])[0];
+    let check = format!("test -e {marker}");
+    let b = c.submit(&["--after", &a.to_string(), "--", "sh", "-c", &check])[0];
+    eventually(Duration::from_secs(10), "a to run", || {
+        (result(&c, a)["state"] == "running").then_some(())
+    });
+    // The worker keeps running a while the master is gone, and reports it to the new one.
+    c.restart_master(&[]);
+    assert_eq!(result(&c, b)["state"], "waiting");
+    let out = c.cli(&["wait", &b.to_string()]);
+    assert!(out.status.success(), "wait: {}", stderr(&out));
+    assert_eq!(result(&c, a)["state"], "succeeded");
+    assert_eq!(result(&c, b)["state"], "succeeded", "b saw a's file");
+}

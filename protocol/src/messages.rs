@@ -397,8 +397,8 @@ pub enum ToMaster {
         ids: Vec<TaskId>,
         jobs: Vec<JobId>,
     },
-    /// Reply once all these tasks and those of these jobs (both empty: every task unfinished
-    /// now) are finished. With `progress`, `Progress` frames come first, at most one per master
+    /// Reply once all these tasks and those of these jobs (both empty: every job unfinished now,
+    /// and the latest job) are finished. With `progress`, `Progress` frames come first, at most one per master
     /// loop turn.
     Wait {
         ids: Vec<TaskId>,
@@ -791,6 +791,12 @@ pub enum FromMaster {
         done: bool,
         removed: bool,
     },
+    /// To a worker, right after `Welcome` when the master keeps another amount than
+    /// `limits::DEFAULT_LOG_LIMIT_BYTES` of each stream (`--log-limit`): the worker sends no more
+    /// of a stream than this (the rest it only counts, and says where the stream ended).
+    LogLimit {
+        per_stream_bytes: u64,
+    },
 }
 
 impl FromMaster {
@@ -813,6 +819,7 @@ impl FromMaster {
             FromMaster::ResultsPage { .. } => "ResultsPage",
             FromMaster::Jobs { .. } => "Jobs",
             FromMaster::Log { .. } => "Log",
+            FromMaster::LogLimit { .. } => "LogLimit",
         }
     }
 }
@@ -958,6 +965,9 @@ mod tests {
                 end: 0,
                 done: true,
                 removed: false,
+            },
+            FromMaster::LogLimit {
+                per_stream_bytes: 1,
             },
         ];
         for msg in &from_master {

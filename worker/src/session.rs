@@ -517,6 +517,9 @@ impl Session {
         };
         self.name_in_use = 0;
         self.adopt_master(now, &addr, welcome.master_id);
+        // A master with another `--log-limit` says so right after `Welcome`.
+        self.executor
+            .set_output_limit(protocol::limits::DEFAULT_LOG_LIMIT_BYTES);
         let (reader, writer) = connection.split();
         let conn = self.next_tag();
         if let Err(e) = spawn_reader(reader, conn, self.events.clone()) {
@@ -660,6 +663,9 @@ impl Session {
                         self.pending.push(a);
                     }
                 }
+            }
+            FromMaster::LogLimit { per_stream_bytes } => {
+                self.executor.set_output_limit(per_stream_bytes);
             }
             FromMaster::Cancel(tasks) => {
                 let mut unstarted: HashSet<TaskRef> =

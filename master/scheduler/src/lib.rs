@@ -120,6 +120,9 @@ pub struct CoreConfig {
     /// The most tasks the master holds (finished ones included): a submission that would pass it
     /// is refused whole (`master --max-tasks`).
     pub max_tasks: u64,
+    /// Bytes of each stream of a task kept in its log (`master --log-limit`); workers are told
+    /// when it is not the default, so they send no more.
+    pub log_limit_bytes: u64,
 }
 
 impl Default for CoreConfig {
@@ -139,6 +142,7 @@ impl Default for CoreConfig {
             incarnation: Incarnation(1),
             client_idle_timeout_ms: Some(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
             max_tasks: u64::MAX,
+            log_limit_bytes: protocol::limits::DEFAULT_LOG_LIMIT_BYTES,
         }
     }
 }
@@ -1035,6 +1039,15 @@ impl Core {
         self.learn(change);
         let id = joined.id;
         let replaced = self.session.accept_worker(ticket, id, heartbeat_ms);
+        if self.config.log_limit_bytes != protocol::limits::DEFAULT_LOG_LIMIT_BYTES {
+            // After `Welcome`, before any task: the worker streams no more than we keep.
+            self.session.send_worker(
+                id,
+                FromMaster::LogLimit {
+                    per_stream_bytes: self.config.log_limit_bytes,
+                },
+            );
+        }
         debug_assert_eq!(
             replaced, joined.replaced,
             "the tables agree on who was alive"
@@ -1883,6 +1896,12 @@ impl Core {
         warnings
     }
 
+    /// The log store holds output of unfinished `task` from before a restart: its log is to be
+    /// ended like any other (`LogOp::End`). Call before any connection.
+    pub fn note_logged(&mut self, task: TaskId) {
+        self.logged.note(task);
+    }
+
     /// The id ranges of `jobs`, or the first unknown one.
     fn job_ranges(&self, jobs: &[JobId]) -> Result<Vec<(TaskId, TaskId)>, JobId> {
         jobs.iter()
@@ -1953,8 +1972,21 @@ impl Core {
             return self.wait_jobs(client, ids, progress, jobs);
         }
         if ids.is_empty() {
-            // The tasks unfinished now, and only those: a summary that also counted the whole
-            // history would report last week's failures (and exit 1) for a batch that succeeded.
+            // The jobs with tasks unfinished now, and the latest job (what a `submit` just before
+            // asked for, even if it ended already), each counted whole: a summary that also
+            // counted the whole history would report last week's failures (and exit 1) for a
+            // batch that succeeded. O(jobs), once per request.
+            let latest = JobId(self.tasks.jobs().len() as u64);
+            let jobs: Vec<JobId> = self
+                .tasks
+                .jobs()
+                .iter()
+                .filter(|&(id, j)| j.unfinished() > 0 || id == latest)
+                .map(|(id, _)| id)
+                .collect();
+            if !jobs.is_empty() {
+                return self.wait_jobs(client, ids, progress, jobs);
+            }
             let upto = TaskId(self.tasks.len() as u64);
             let start = WaitStart {
                 succeeded: 0,

@@ -488,6 +488,8 @@ impl World {
             incarnation: Incarnation(if s.restored.is_empty() { 1 } else { 2 }),
             client_idle_timeout_ms: Some(60_000),
             max_tasks: u64::MAX,
+            // Not the default, so every worker is also told it (`FromMaster::LogLimit`).
+            log_limit_bytes: 1 << 16,
         });
         let now = 1_000_000;
         if !s.restored.is_empty() {

@@ -238,6 +238,24 @@ mod tests {
     }
 
     #[test]
+    fn waiting_tasks_get_a_column_only_when_there_are_some() {
+        let jobs = [job(
+            2,
+            "dag",
+            &[(TaskState::Waiting, 4), (TaskState::DependencyFailed, 1)],
+            false,
+        )];
+        let mut buf = Vec::new();
+        write_table(&mut buf, &jobs, 61_000).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(&header[3..6], ["queued", "waiting", "running"], "{text}");
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!((row[4], row[7]), ("4", "1"), "waiting 4, failed 1: {text}");
+    }
+
+    #[test]
     fn durations_read_at_a_glance() {
         assert_eq!(human_ms(850), "850ms");
         assert_eq!(human_ms(12_345), "12.3s");

@@ -17,7 +17,7 @@ pub struct WaitArgs {
     /// Print `{"total":..,"succeeded":..,"failed":..}`.
     #[arg(long)]
     pub json: bool,
-    /// Tasks (`7`, `5-9`, `1-3,7`) to wait for; none means every task unfinished now.
+    /// Tasks (`7`, `5-9`, `1-3,7`) to wait for; none (and no --job) means every job unfinished now and the latest job.
     #[arg(value_name = "ID", value_parser = ids::parse_id_arg)]
     pub ids: Vec<ids::IdArg>,
     /// Wait for every task of this job (may be given more than once).
@@ -58,7 +58,7 @@ pub fn run(args: WaitArgs) -> Result<Outcome> {
     let ids: Vec<TaskId> = ids::from_args(&args.ids).collect();
     let jobs = jobs::job_ids(&args.job);
     let summary = if ids.is_empty() {
-        // Empty ids (and no jobs) asks the master for "everything unfinished now".
+        // Empty ids (and no jobs) asks the master for "the jobs unfinished now and the latest one".
         wait_batches(&mut session, [Vec::new()], 0, jobs)?
     } else {
         let known = ids.len() as u64;
