@@ -3,7 +3,7 @@
 #
 # Usage: scripts/bench.sh [--no-build] [--only W1,W2,...] [--repeat N]
 #   --no-build      use the binaries already in target/release
-#   --only LIST     run only these workloads (W1 W2 W3 W4 W5 W7 W8 H1; W6 is W2 with the journal on)
+#   --only LIST     run only these workloads (W1 W2 W3 W4 W5 W7 W8 W9 H1; W6 is W2 with the journal on)
 #   --repeat N      runs of each throughput workload (W1, W2, W5, W8); the median is reported (default 3)
 #   BENCH_OUT=DIR   where results.json and the run's logs go (default: bench/ in the repo)
 #   BENCH_TMP=DIR   parent of the scratch folder (default: $TMPDIR or /tmp)
@@ -282,6 +282,72 @@ with open(sys.argv[2], "a") as out:
     extra "w8_plain_tasks_per_s" "$(json_list "${plain[@]}")"
     extra "w8_scrapes" "$(json_list "${scrapes[@]}")"
     extra "w8_sse_events" "$(json_list "${sse[@]}")"
+fi
+
+# ---- W9 dispatch beside a loud task (issue 11) ---------------------------------------------
+# W2 (journal on) while one task prints 200 MB to stdout (streamed to the master, whose log
+# store keeps the first 64 MiB, --log-limit), against W2 alone on the same master in the same run
+# (alternating which goes first, as W8 does). Output must not slow dispatch (target >= 0.8x) and
+# must stay bounded in memory: master and worker peak RSS (VmHWM) < 100 MiB. The master's peak is
+# read after the same print alone on the fresh master (the 400,000 tasks of the two batches cost
+# memory of their own, W4's figure), the workers' at the end of the run.
+LOUD_CMD='head -c 200000000 /dev/zero | tr "\0" x'
+if want W9; then
+    ratios=() plain=() loud=() master_hwm=() worker_hwm=() overlap=() stored=() alone_s=()
+    for r in $(seq "$REPEAT"); do
+        start_master "w9-$r" journal
+        start_workers "w9-$r" 2 64
+        now; t0=$NOW
+        "$MASTER" submit --master "$ADDR" --wait -- sh -c "$LOUD_CMD" >/dev/null
+        now; t1=$NOW
+        alone_s+=("$(calc "($t1 - $t0) / 1e9" 2)")
+        master_hwm+=("$(hwm_kb "$MPID")")
+        order="plain loud"; [ $((r % 2)) = 0 ] && order="loud plain"
+        for kind in $order; do
+            if [ "$kind" = loud ]; then
+                id=$("$MASTER" submit --master "$ADDR" -- sh -c "$LOUD_CMD")
+                for i in $(seq 500); do
+                    "$MASTER" results --master "$ADDR" --json "$id" | grep -q '"state":"running"' && break
+                    sleep 0.01
+                done
+            fi
+            now; t0=$NOW
+            "$MASTER" submit --master "$ADDR" --count 200000 --sleep 0ms --wait >/dev/null
+            now; t1=$NOW
+            rate=$(calc "200000 / (($t1 - $t0) / 1e9)" 0)
+            if [ "$kind" = loud ]; then
+                loud+=("$rate")
+                # Whether the loud task still ran when the batch ended (else the overlap was partial).
+                if "$MASTER" results --master "$ADDR" --json "$id" | grep -q '"state":"running"'; then
+                    overlap+=(true)
+                else
+                    overlap+=(false)
+                fi
+                "$MASTER" wait --master "$ADDR" "$id" >/dev/null
+                stored+=("$("$MASTER" logs --master "$ADDR" "$id" | wc -c)")
+            else
+                plain+=("$rate")
+            fi
+        done
+        ratios+=("$(calc "${loud[-1]} / ${plain[-1]}" 3)")
+        extra "w9_run${r}_master_hwm_at_end_kb" "$(hwm_kb "$MPID")"
+        worker_hwm+=("$(for p in "${WPIDS[@]}"; do hwm_kb "$p"; done | sort -n | tail -1)")
+        stop_all
+        echo "W9 dispatch beside a 200 MB print run $r ($order): loud ${loud[-1]} tasks/s, plain ${plain[-1]} tasks/s (${ratios[-1]}x; print still running at the end: ${overlap[-1]}; log kept ${stored[-1]} bytes); the print alone ${alone_s[-1]} s; peak RSS master ${master_hwm[-1]} KiB (print alone), worker ${worker_hwm[-1]} KiB"
+    done
+    mid=$(for i in "${!ratios[@]}"; do echo "${ratios[$i]} $i"; done | sort -g | awk -v n="${#ratios[@]}" 'NR == int((n + 1) / 2) { print $2 }')
+    row W9 "W2 while one task prints 200 MB" "${loud[$mid]}" tasks/s higher 0.8 "W2 alone" "${plain[$mid]}"
+    row W9 "master peak RSS, 200 MB print" "$(calc "$(printf '%s
+' "${master_hwm[@]}" | sort -n | tail -1) / 1024" 1)" MiB lower 100 "" ""
+    row W9 "worker peak RSS, W9 run" "$(calc "$(printf '%s
+' "${worker_hwm[@]}" | sort -n | tail -1) / 1024" 1)" MiB lower 100 "" ""
+    extra "w9_loud_tasks_per_s" "$(json_list "${loud[@]}")"
+    extra "w9_plain_tasks_per_s" "$(json_list "${plain[@]}")"
+    extra "w9_master_hwm_kb" "$(json_list "${master_hwm[@]}")"
+    extra "w9_worker_hwm_kb" "$(json_list "${worker_hwm[@]}")"
+    extra "w9_print_outlasted_batch" "$(json_list "${overlap[@]}")"
+    extra "w9_log_bytes_kept" "$(json_list "${stored[@]}")"
+    extra "w9_print_alone_s" "$(json_list "${alone_s[@]}")"
 fi
 
 # ---- W3 latency ----------------------------------------------------------------------------

@@ -33,24 +33,30 @@ declare -A worker_pid=()
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
-  local pids=() pid
-  # Workers first, so their logs do not end with "lost the master".
-  [[ -n $client_pid ]] && pids+=("$client_pid")
-  for pid in "${worker_pid[@]}"; do pids+=("$pid"); done
-  [[ -n $master_pid ]] && pids+=("$master_pid")
-  if ((${#pids[@]})); then
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    # Give them 5 s to exit on SIGTERM, then SIGKILL whatever is left. bash reaps background
-    # children as they exit, so `kill -0` fails once a process is gone.
-    local end=$((SECONDS + 5))
-    for pid in "${pids[@]}"; do
-      while kill -0 "$pid" 2>/dev/null && ((SECONDS < end)); do sleep 0.05; done
-      kill -KILL "$pid" 2>/dev/null || true
-      wait "$pid" 2>/dev/null || true
-    done
-    echo "stopped everything the demo started (pids ${pids[*]})"
-  fi
+  local first=() all=() pid
+  # Client and workers first, and the master once they are gone, so the workers' logs do not end
+  # with "lost the master" and the master's says each worker `left`.
+  [[ -n $client_pid ]] && first+=("$client_pid")
+  for pid in "${worker_pid[@]}"; do first+=("$pid"); done
+  all=("${first[@]}")
+  [[ -n $master_pid ]] && all+=("$master_pid")
+  stop_all "${first[@]}"
+  [[ -n $master_pid ]] && stop_all "$master_pid"
+  ((${#all[@]})) && echo "stopped everything the demo started (pids ${all[*]})"
   exit "$status"
+}
+
+# SIGTERM to each pid, 5 s to exit, then SIGKILL whatever is left. bash reaps background children
+# as they exit, so `kill -0` fails once a process is gone.
+stop_all() {
+  (($#)) || return 0
+  local pid end=$((SECONDS + 5))
+  kill -TERM "$@" 2>/dev/null || true
+  for pid in "$@"; do
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < end)); do sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -72,7 +78,8 @@ eventually() {
 # --- build ------------------------------------------------------------------------------------------
 say "building (cargo build --release --workspace; the first build takes a few minutes)"
 cd "$root"
-cargo build --release --workspace --quiet
+# cargo's own progress (on stderr), so a first build is not minutes of silence.
+cargo build --release --workspace
 # The target directory may be moved by CARGO_TARGET_DIR or a cargo config; ask cargo where it is.
 target=$(cargo metadata --format-version 1 --no-deps |
   sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
@@ -132,6 +139,8 @@ submit() {
   shift
   local out ids
   out=$("$master" submit --json "$@")
+  # Only the ids: the object also names the job (`"job": J`).
+  out=$(grep -o '"ids":\[[0-9,]*\]' <<<"$out")
   read -ra ids <<<"$(grep -o '[0-9][0-9]*' <<<"$out" | paste -sd' ' -)"
   total=$((total + ${#ids[@]}))
   first_id=${ids[0]}

@@ -9,4 +9,5 @@ pub mod json;
 pub mod logs;
 pub mod server;
 pub mod sim;
+pub mod stop_signal;
 pub mod taskfile;

@@ -197,6 +197,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .0
                 .map(|d| d.as_millis().max(1) as u64),
             max_tasks: args.max_tasks.unwrap_or_else(default_max_tasks),
+            log_limit_bytes: args.log_limit,
             ..CoreConfig::default()
         },
         max_connections: args.max_connections,

@@ -25,6 +25,7 @@ use crate::http::events::{self as sse, Delivery, Subscribers};
 use crate::http::metrics::{self as exposition, ShellGauges};
 use crate::journal::{Journal, JournalError, OpenOptions};
 use crate::logs::{LogLimits, LogStore, LogStoreError};
+use crate::stop_signal::StopSignal;
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -39,12 +40,19 @@ use thiserror::Error;
 const LISTENER: Token = Token(usize::MAX);
 /// The HTTP listener's token; no connection id is ever this (see [`ConnTable::vacant_id`]).
 const HTTP_LISTENER: Token = Token(usize::MAX - 1);
+/// SIGINT or SIGTERM arrived (`stop_signal.rs`).
+const STOP: Token = Token(usize::MAX - 2);
 /// How often HTTP connections are checked for their timeouts, while any are open.
 const HTTP_SWEEP_MS: u64 = 1_000;
 /// A whole request (head and body) must have arrived this long after its first byte.
 const HTTP_REQUEST_TIMEOUT_MS: u64 = 60_000;
 /// Bytes asked of the kernel per read; also the decoder's growth step.
 const READ_CHUNK: usize = 64 << 10;
+/// Bytes read from one connection per turn. IMPORTANT: what a turn decodes waits in the core's
+/// output until the end of the turn (a worker's streamed output, `Output::Log`), so a peer that
+/// sends faster than we read must not be read until `WouldBlock`: it gets this much a turn, the
+/// others get theirs, and the core's outbox stays a few MiB however fast tasks print.
+const READ_BUDGET_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -210,6 +218,9 @@ pub struct Server {
     /// HTTP connections whose request was answered: requests they already sent wait in their
     /// buffers, so they are read again before the turn ends.
     http_ready: Vec<ConnId>,
+    /// Connections whose read stopped at `READ_BUDGET_BYTES` with bytes left in the socket:
+    /// read again next turn (mio is edge-triggered: no new event would say so).
+    more_input: Vec<ConnId>,
     /// HTTP connections reading `/api/v1/events`; the core makes events while there is one.
     subscribers: Subscribers<ConnId>,
     conns: ConnTable<Connection>,
@@ -263,7 +274,7 @@ impl Server {
         let clock = Clock::new();
         let mut core_config = config.core.clone();
         core_config.persist = config.data_dir.is_some();
-        let (core, journal) = match &config.data_dir {
+        let (mut core, journal) = match &config.data_dir {
             Some(dir) => {
                 let options = OpenOptions {
                     accept_loss: config.accept_journal_loss,
@@ -283,7 +294,10 @@ impl Server {
         let logs = match &config.data_dir {
             Some(dir) => {
                 let mut logs = LogStore::open(dir.join("logs"), config.logs)?;
-                logs.recover(|id| core.task(id).map(|t| t.state.is_final()));
+                let unfinished = logs.recover(|id| core.task(id).map(|t| t.state.is_final()));
+                for task in unfinished {
+                    core.note_logged(task);
+                }
                 logs
             }
             None => LogStore::in_memory(config.logs),
@@ -295,6 +309,7 @@ impl Server {
             http_conns: 0,
             next_http_sweep_ms: None,
             http_ready: Vec::new(),
+            more_input: Vec::new(),
             subscribers: Subscribers::default(),
             conns: ConnTable::default(),
             core,
@@ -319,10 +334,19 @@ impl Server {
         self.http_listener.as_ref().map(|l| l.local_addr())
     }
 
-    /// Runs the loop forever (until the process is stopped or the poll itself fails).
+    /// Runs the loop until SIGINT or SIGTERM (then it finishes the turn, commits the journal and
+    /// logs one line) or until the poll itself fails.
     pub fn run(mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(1024);
+        let mut stop = StopSignal::install()?;
+        self.poll
+            .registry()
+            .register(stop.source(), STOP, Interest::READABLE)?;
+        let mut stopping = None;
         loop {
+            if let Some(signal) = stopping {
+                return self.stop(signal);
+            }
             let timeout = self.poll_timeout();
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -334,6 +358,7 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept(now),
                     HTTP_LISTENER => self.accept_http(now),
+                    STOP => stopping = stop.take().or(stopping),
                     // An event for a connection closed earlier in this batch finds nothing.
                     token => {
                         let id = ConnId(token.0);
@@ -346,10 +371,39 @@ impl Server {
                     }
                 }
             }
+            for id in std::mem::take(&mut self.more_input) {
+                self.read(now, id);
+            }
             self.core.handle_timeout(now);
             self.sweep_http(now);
             self.end_turn(now)?;
         }
+    }
+
+    /// The end on a signal: what was accepted is committed, and one line says why the master
+    /// stops, what is left unfinished and what becomes of it.
+    fn stop(mut self, signal: &str) -> Result<(), ServerError> {
+        self.commit_if_due(true)?;
+        let status = self.core.status();
+        let unfinished = status.queued + status.running + status.waiting;
+        let tasks = protocol::plural::count(unfinished, "task", "tasks");
+        let journaled = self.journal.take().map(drop).is_some();
+        let journal = match (journaled, unfinished) {
+            (true, 0) => "journal closed",
+            (true, _) => "journal closed; they run again at the next start",
+            (false, 0) => "no journal",
+            (false, _) => "no journal (--no-journal): they are forgotten",
+        };
+        if unfinished == 0 {
+            info!("stopping on {signal}: no task unfinished; {journal}");
+        } else {
+            info!(
+                "stopping on {signal}: {tasks} unfinished ({} queued, {} running, {} waiting); \
+                 {journal}",
+                status.queued, status.running, status.waiting
+            );
+        }
+        Ok(())
     }
 
     /// Places work, moves the core's output out, commits the journal once, and writes.
@@ -512,7 +566,8 @@ impl Server {
         let http = self
             .next_http_sweep_ms
             .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
-        [core, commit, http].into_iter().flatten().min()
+        let more = (!self.more_input.is_empty()).then_some(Duration::ZERO);
+        [core, commit, http, more].into_iter().flatten().min()
     }
 
     fn accept(&mut self, now: u64) {
@@ -879,6 +934,7 @@ impl Server {
         }
         let total_bytes = self.unsent_total;
         let mut failure: Option<ReadFailure> = None;
+        let mut budget = READ_BUDGET_BYTES;
         loop {
             // Decode as we go so the buffer holds at most one partial frame plus one read; frames
             // left by an earlier pause go first.
@@ -900,6 +956,10 @@ impl Server {
                 }
                 Ok(Decoded::All) => {}
             }
+            if budget == 0 {
+                self.more_input.push(id);
+                break;
+            }
             let spare = conn.decoder.spare(READ_CHUNK);
             match conn.stream.read(spare) {
                 Ok(0) => {
@@ -907,7 +967,10 @@ impl Server {
                     failure = Some(ReadFailure::Closed);
                     break;
                 }
-                Ok(n) => conn.decoder.commit(READ_CHUNK, n),
+                Ok(n) => {
+                    conn.decoder.commit(READ_CHUNK, n);
+                    budget = budget.saturating_sub(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.decoder.commit(READ_CHUNK, 0);
                     break;

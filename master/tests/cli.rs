@@ -171,3 +171,39 @@ fn a_group_without_workers_is_accepted_with_a_warning() {
         "{text}"
     );
 }
+
+/// A worker stopped with SIGTERM is logged as having left, not as lost; the master stopped with
+/// SIGTERM says so in one line (what is unfinished, the journal closed) and exits 0.
+#[test]
+fn clean_stops_are_logged_as_such() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("w", 1);
+    c.wait_for_workers(1);
+    let pid = c.worker_pid("w") as libc::pid_t;
+    // SAFETY: a signal to a child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    eventually(Duration::from_secs(20), "the worker to exit", || {
+        c.worker_exit("w")
+    });
+    let line = eventually(Duration::from_secs(20), "the master to log it", || {
+        c.master_log()
+            .lines()
+            .find(|l| l.contains("worker w (") && (l.contains(" left") || l.contains(" lost")))
+            .map(str::to_string)
+    });
+    assert!(line.contains(" left") && line.contains("INFO"), "{line}");
+    c.submit(&["--count", "2", "--sleep", "10ms"]);
+    c.signal_master(libc::SIGTERM);
+    eventually(Duration::from_secs(20), "the master to exit", || {
+        (!c.master_alive()).then_some(())
+    });
+    let log = c.master_log();
+    let stop = log
+        .lines()
+        .find(|l| l.contains("stopping on SIGTERM"))
+        .unwrap_or_else(|| panic!("no stop line: {log}"));
+    assert!(
+        stop.contains("2 tasks unfinished") && stop.contains("journal closed"),
+        "{stop}"
+    );
+}

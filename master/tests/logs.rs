@@ -144,3 +144,52 @@ fn without_a_journal_logs_are_kept_in_memory() {
     assert!(logs(&c, &[&ids[0].to_string()]) == seq(300_000));
     assert!(!c.dir.join("data").join("logs").exists());
 }
+
+/// One `GET` with `Connection: close`; the status line and headers, and the body.
+fn http_get(addr: &str, path: &str) -> (String, Vec<u8>) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).expect("the answer");
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&all[..split]).into_owned();
+    (head, all[split + 4..].to_vec())
+}
+
+#[test]
+fn the_http_api_serves_a_log_in_pieces() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("w1", 1);
+    let ids = c.submit(&["--wait", "--", "sh", "-c", "seq 1 300000; echo bad >&2"]);
+    let want = seq(300_000);
+    let mut got = Vec::new();
+    loop {
+        let path = format!("/api/v1/tasks/{}/log?offset={}", ids[0], got.len());
+        let (head, body) = http_get(&c.http_addr, &path);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        got.extend_from_slice(&body);
+        if head.contains("X-Log-Done: true") {
+            break;
+        }
+        assert!(
+            !body.is_empty(),
+            "a final task's log ends with done: {head}"
+        );
+    }
+    assert!(got == want, "the whole stdout, in pieces of at most 1 MiB");
+    let path = format!("/api/v1/tasks/{}/log?stream=stderr", ids[0]);
+    assert_eq!(http_get(&c.http_addr, &path).1, b"bad\n");
+    let (head, _) = http_get(&c.http_addr, "/api/v1/tasks/999/log");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (head, _) = http_get(&c.http_addr, "/api/v1/tasks/1/log?stream=both");
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}

@@ -15,6 +15,7 @@ pub mod duration;
 pub mod limits;
 pub mod messages;
 pub mod names;
+pub mod plural;
 
 pub use cause::Cause;
 pub use codec::{encode_frame, FrameDecoder, FrameError, MAX_FRAME};

@@ -38,6 +38,10 @@ pub const MAX_AFTER: usize = 4_096;
 /// sends one.
 pub const MAX_OUTPUT_CHUNK_BYTES: usize = 1 << 20;
 
+/// `master --log-limit`'s default: bytes of each stream of a task kept in its log. A worker sends
+/// no more than this of a stream unless the master says another limit (`FromMaster::LogLimit`).
+pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 64 << 20;
+
 /// The bytes of one `Log` answer: a client reads a large log in pieces of this size, one request
 /// at a time, so an answer never waits in the master's memory beside others of its kind.
 pub const MAX_LOG_READ_BYTES: usize = 1 << 20;

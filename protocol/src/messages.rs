@@ -397,8 +397,8 @@ pub enum ToMaster {
         ids: Vec<TaskId>,
         jobs: Vec<JobId>,
     },
-    /// Reply once all these tasks and those of these jobs (both empty: every task unfinished
-    /// now) are finished. With `progress`, `Progress` frames come first, at most one per master
+    /// Reply once all these tasks and those of these jobs (both empty: every job unfinished now,
+    /// and the latest job) are finished. With `progress`, `Progress` frames come first, at most one per master
     /// loop turn.
     Wait {
         ids: Vec<TaskId>,
@@ -439,6 +439,10 @@ pub enum ToMaster {
         stream: OutputStream,
         offset: u64,
     },
+    /// Worker: it stops on purpose (SIGINT, SIGTERM) and closes its connection next, so the
+    /// master logs it as having left rather than as lost. Best effort: a worker that cannot send
+    /// it is taken for lost, which changes nothing but the log line.
+    Leaving,
 }
 
 /// Which output of a command.
@@ -486,6 +490,7 @@ impl ToMaster {
             ToMaster::Jobs { .. } => "Jobs",
             ToMaster::Output(_) => "Output",
             ToMaster::Log { .. } => "Log",
+            ToMaster::Leaving => "Leaving",
         }
     }
 }
@@ -790,6 +795,12 @@ pub enum FromMaster {
         removed: bool,
         attempt: Option<Attempt>,
     },
+    /// To a worker, right after `Welcome` when the master keeps another amount than
+    /// `limits::DEFAULT_LOG_LIMIT_BYTES` of each stream (`--log-limit`): the worker sends no more
+    /// of a stream than this (the rest it only counts, and says where the stream ended).
+    LogLimit {
+        per_stream_bytes: u64,
+    },
 }
 
 impl FromMaster {
@@ -812,6 +823,7 @@ impl FromMaster {
             FromMaster::ResultsPage { .. } => "ResultsPage",
             FromMaster::Jobs { .. } => "Jobs",
             FromMaster::Log { .. } => "Log",
+            FromMaster::LogLimit { .. } => "LogLimit",
         }
     }
 }
@@ -958,6 +970,9 @@ mod tests {
                 done: true,
                 removed: false,
                 attempt: None,
+            },
+            FromMaster::LogLimit {
+                per_stream_bytes: 1,
             },
         ];
         for msg in &from_master {

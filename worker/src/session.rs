@@ -517,6 +517,9 @@ impl Session {
         };
         self.name_in_use = 0;
         self.adopt_master(now, &addr, welcome.master_id);
+        // A master with another `--log-limit` says so right after `Welcome`.
+        self.executor
+            .set_output_limit(protocol::limits::DEFAULT_LOG_LIMIT_BYTES);
         let (reader, writer) = connection.split();
         let conn = self.next_tag();
         if let Err(e) = spawn_reader(reader, conn, self.events.clone()) {
@@ -582,10 +585,10 @@ impl Session {
             .worker_id
             .map_or_else(String::new, |id| format!(" ({id})"));
         info!(
-            "connected to the master at {addr} as worker {}{id} ({} slots, prefetch {}, heartbeat \
+            "connected to the master at {addr} as worker {}{id} ({}, prefetch {}, heartbeat \
              every {} ms, master incarnation {})",
             self.config.info.name,
-            self.config.info.slots,
+            protocol::plural::count(self.config.info.slots, "slot", "slots"),
             self.config.info.prefetch,
             heartbeat.as_millis(),
             welcome.incarnation
@@ -661,6 +664,9 @@ impl Session {
                     }
                 }
             }
+            FromMaster::LogLimit { per_stream_bytes } => {
+                self.executor.set_output_limit(per_stream_bytes);
+            }
             FromMaster::Cancel(tasks) => {
                 let mut unstarted: HashSet<TaskRef> =
                     self.pending.remove(&tasks).into_iter().collect();
@@ -720,15 +726,16 @@ impl Session {
         match self.config.on_master_lost {
             OnMasterLost::Stop => {
                 error!(
-                    "lost the master at {addr} ({why}); \
-                     stopping {running} running tasks and exiting"
+                    "lost the master at {addr} ({why}); stopping {} and exiting",
+                    protocol::plural::count_usize(running, "running task", "running tasks")
                 );
                 let reason = why.to_string();
                 self.begin_stop(now, Err(WorkerError::MasterLost { addr, reason }));
             }
             OnMasterLost::Wait => {
                 info!(
-                    "lost the master at {addr} ({why}); reconnecting, {running} tasks keep running"
+                    "lost the master at {addr} ({why}); reconnecting, {} running",
+                    protocol::plural::count_usize(running, "task keeps", "tasks keep")
                 );
                 self.drop_pending("the master connection is lost");
                 if now.saturating_duration_since(up.since) >= STABLE_CONNECTION {
@@ -751,8 +758,12 @@ impl Session {
             }
             None => {
                 info!(
-                    "{name}: stopping {} running tasks and exiting",
-                    self.executor.running()
+                    "{name}: stopping {} and exiting",
+                    protocol::plural::count_usize(
+                        self.executor.running(),
+                        "running task",
+                        "running tasks"
+                    )
                 );
                 self.begin_stop(now, Ok(()));
             }
@@ -762,6 +773,13 @@ impl Session {
     /// Closes the connection, asks every task to stop (SIGTERM, SIGKILL after the grace) and
     /// arranges for `poll_exit` to return `result` once they are gone.
     fn begin_stop(&mut self, now: Instant, result: Result<(), WorkerError>) {
+        if let (Link::Up(up), Ok(())) = (&mut self.link, &result) {
+            // A stop on purpose: say so, so the master logs `left`, not `lost`. Best effort:
+            // written at once if the socket takes it (it is empty but for this), dropped by the
+            // close below otherwise.
+            up.out.queue(&ToMaster::Leaving);
+            up.out.send(now);
+        }
         if let Link::Up(up) = &mut self.link {
             // The master sees the worker gone at once and re-queues its tasks. What had not been
             // written is not reported, as nothing is once the worker stops (see `flush`).

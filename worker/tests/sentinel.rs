@@ -257,19 +257,18 @@ impl Cluster {
 
     /// Waits until every task of `ids` has succeeded, each on worker `on`.
     fn wait_succeeded_on(&self, ids: &[String], on: &str) {
-        let mut args = vec!["results"];
+        let mut args = vec!["results", "--json"];
         args.extend(ids.iter().map(String::as_str));
+        // The JSON, not the table: its columns are for people and change (issue 11 added some).
+        let worker = format!("\"worker\":\"{on}\"");
         eventually(PATIENCE, "the tasks to succeed", || {
             let out = self.cli(&args);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            // Rows: id, state, priority, worker, attempts, exit, ms.
+            // One compact object per task, each starting with its id.
             let done = text
-                .lines()
+                .split("{\"id\":")
                 .skip(1)
-                .filter(|row| {
-                    let f: Vec<&str> = row.split_whitespace().collect();
-                    f.len() >= 4 && f[1] == "succeeded" && f[3] == on
-                })
+                .filter(|task| task.contains("\"state\":\"succeeded\"") && task.contains(&worker))
                 .count();
             (done == ids.len()).then_some(())
         });

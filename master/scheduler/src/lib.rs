@@ -120,6 +120,9 @@ pub struct CoreConfig {
     /// The most tasks the master holds (finished ones included): a submission that would pass it
     /// is refused whole (`master --max-tasks`).
     pub max_tasks: u64,
+    /// Bytes of each stream of a task kept in its log (`master --log-limit`); workers are told
+    /// when it is not the default, so they send no more.
+    pub log_limit_bytes: u64,
 }
 
 impl Default for CoreConfig {
@@ -139,6 +142,7 @@ impl Default for CoreConfig {
             incarnation: Incarnation(1),
             client_idle_timeout_ms: Some(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
             max_tasks: u64::MAX,
+            log_limit_bytes: protocol::limits::DEFAULT_LOG_LIMIT_BYTES,
         }
     }
 }
@@ -1035,6 +1039,15 @@ impl Core {
         self.learn(change);
         let id = joined.id;
         let replaced = self.session.accept_worker(ticket, id, heartbeat_ms);
+        if self.config.log_limit_bytes != protocol::limits::DEFAULT_LOG_LIMIT_BYTES {
+            // After `Welcome`, before any task: the worker streams no more than we keep.
+            self.session.send_worker(
+                id,
+                FromMaster::LogLimit {
+                    per_stream_bytes: self.config.log_limit_bytes,
+                },
+            );
+        }
         debug_assert_eq!(
             replaced, joined.replaced,
             "the tables agree on who was alive"
@@ -1055,7 +1068,10 @@ impl Core {
             at_ms: now_ms,
         });
         // "worker NAME joined" is what scripts grep for; the id only disambiguates.
-        info!("worker {name} joined from {addr} ({id}, host {host}, {slots} slots{prefetch})");
+        info!(
+            "worker {name} joined from {addr} ({id}, host {host}, {}{prefetch})",
+            protocol::plural::count(slots, "slot", "slots")
+        );
     }
 
     /// The heartbeat interval to tell a worker: the one it asked for if that meets the timeout
@@ -1138,6 +1154,8 @@ impl Core {
             }
             ToMaster::Running(refs) => self.on_running(now_ms, id, refs),
             ToMaster::Output(chunks) => self.on_output(id, chunks),
+            // Its disconnect follows; only the log line differs.
+            ToMaster::Leaving => self.workers.leaving(id),
             other => {
                 self.worker_broke_protocol(now_ms, id, Violation::WorkerMayNotSend(other.name()))
             }
@@ -1415,7 +1433,10 @@ impl Core {
         }
         let name = self.workers.name(worker).unwrap_or("?").to_string();
         if adopted > 0 {
-            info!("worker {name} still runs {adopted} tasks: adopted, not re-run");
+            info!(
+                "worker {name} still runs {}: adopted, not re-run",
+                protocol::plural::count_usize(adopted, "task", "tasks")
+            );
         }
         if foreign > 0 {
             warn!(
@@ -1541,7 +1562,15 @@ impl Core {
         self.learn(change);
         let (requeued, failed) = self.requeue_from(now_ms, id, reason);
         let name = self.workers.name(id).unwrap_or("?");
-        warn!("worker {name} ({id}) lost: {reason}; {requeued} tasks re-queued, {failed} failed");
+        let requeued_tasks = protocol::plural::count_usize(requeued, "task", "tasks");
+        if self.workers.get(id).is_some_and(|w| w.left) {
+            // Stopped on purpose (it said `Leaving`): news, not a warning.
+            info!("worker {name} ({id}) left; {requeued_tasks} re-queued, {failed} failed");
+        } else {
+            warn!(
+                "worker {name} ({id}) lost: {reason}; {requeued_tasks} re-queued, {failed} failed"
+            );
+        }
         self.events.worker(|| StreamEvent::WorkerLost {
             worker: name.to_string(),
             reason: reason.to_string(),
@@ -1798,7 +1827,8 @@ impl Core {
             at_ms: now_ms,
         });
         info!(
-            "accepted job {job}: {total} tasks ({first}..={last}), {} queued",
+            "accepted job {job}: {} ({first}..={last}), {} queued",
+            protocol::plural::count(total, "task", "tasks"),
             self.pools.len()
         );
         self.session.send_client(
@@ -1867,6 +1897,12 @@ impl Core {
             }
         }
         warnings
+    }
+
+    /// The log store holds output of unfinished `task` from before a restart: its log is to be
+    /// ended like any other (`LogOp::End`). Call before any connection.
+    pub fn note_logged(&mut self, task: TaskId) {
+        self.logged.note(task);
     }
 
     /// The id ranges of `jobs`, or the first unknown one.
@@ -1939,8 +1975,21 @@ impl Core {
             return self.wait_jobs(client, ids, progress, jobs);
         }
         if ids.is_empty() {
-            // The tasks unfinished now, and only those: a summary that also counted the whole
-            // history would report last week's failures (and exit 1) for a batch that succeeded.
+            // The jobs with tasks unfinished now, and the latest job (what a `submit` just before
+            // asked for, even if it ended already), each counted whole: a summary that also
+            // counted the whole history would report last week's failures (and exit 1) for a
+            // batch that succeeded. O(jobs), once per request.
+            let latest = JobId(self.tasks.jobs().len() as u64);
+            let jobs: Vec<JobId> = self
+                .tasks
+                .jobs()
+                .iter()
+                .filter(|&(id, j)| j.unfinished() > 0 || id == latest)
+                .map(|(id, _)| id)
+                .collect();
+            if !jobs.is_empty() {
+                return self.wait_jobs(client, ids, progress, jobs);
+            }
             let upto = TaskId(self.tasks.len() as u64);
             let start = WaitStart {
                 succeeded: 0,
@@ -2083,7 +2132,10 @@ impl Core {
             self.session.send_worker(worker, FromMaster::Cancel(refs));
         }
         if !cancelled.is_empty() {
-            info!("cancelling {} tasks", cancelled.len());
+            info!(
+                "cancelling {}",
+                protocol::plural::count_usize(cancelled.len(), "task", "tasks")
+            );
         }
         self.session.send_client(
             client,

@@ -317,6 +317,7 @@ fn to_master() -> BoxedStrategy<ToMaster> {
         1 => vec(task_ref(), 0..4).prop_map(ToMaster::Retracted),
         1 => vec(output_chunk(), 0..3).prop_map(ToMaster::Output),
         1 => log_read(),
+        1 => Just(ToMaster::Leaving),
         1 => hello().prop_map(|h| ToMaster::Hello {
             version: if h.version_ok { PROTOCOL_VERSION } else { 1 },
             role: Role::Client,
@@ -487,6 +488,8 @@ impl World {
             incarnation: Incarnation(if s.restored.is_empty() { 1 } else { 2 }),
             client_idle_timeout_ms: Some(60_000),
             max_tasks: u64::MAX,
+            // Not the default, so every worker is also told it (`FromMaster::LogLimit`).
+            log_limit_bytes: 1 << 16,
         });
         let now = 1_000_000;
         if !s.restored.is_empty() {

@@ -34,6 +34,8 @@ pub struct Worker {
     pub draining: BTreeSet<TaskRef>,
     /// `Retract` requests without an answer yet, oldest first: the worker answers each in turn.
     pub retracting: VecDeque<Vec<TaskRef>>,
+    /// Said `Leaving` on its current connection: its loss is logged as having left.
+    pub left: bool,
 }
 
 impl Worker {
@@ -51,6 +53,7 @@ impl Worker {
             ready: false,
             draining: BTreeSet::new(),
             retracting: VecDeque::new(),
+            left: false,
         }
     }
 
@@ -141,6 +144,7 @@ impl WorkerTable {
             w.ready = false;
             w.retracting.clear();
             w.draining.clear();
+            w.left = false;
             let change = PlacementChange::Joined {
                 worker: id,
                 previous_group: Some(previous_group),
@@ -205,6 +209,13 @@ impl WorkerTable {
     }
 
     /// Something arrived from the worker: it is alive at `now_ms`.
+    /// The worker said it stops on purpose; cleared when it joins again.
+    pub fn leaving(&mut self, id: WorkerId) {
+        if let Some(w) = self.get_mut(id) {
+            w.left = true;
+        }
+    }
+
     pub fn seen(&mut self, id: WorkerId, now_ms: u64) {
         if let Some(w) = self.get_mut(id) {
             w.last_seen_ms = now_ms;

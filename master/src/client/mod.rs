@@ -109,7 +109,6 @@ pub fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
 }
 
 /// `1 task`, `3 tasks`.
-#[allow(dead_code)] // used by wait and status (plurals) in the next step
 pub fn count(n: u64, one: &'static str, many: &'static str) -> String {
     format!("{n} {}", plural(n, one, many))
 }

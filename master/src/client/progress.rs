@@ -73,8 +73,9 @@ impl Drop for ProgressBar {
     }
 }
 
-/// `[###########-------------------]  375/1000  2 failed  41.7/s  0:09`
-/// `already` tasks were finished before the wait began; the rate counts only the rest.
+/// `[###########-------------------]  375/1000  2 failed  41.7/s  0:09  eta 0:15`
+/// `already` tasks were finished before the wait began; the rate counts only the rest. The ETA
+/// shows once it can be told: a second in, with some task finished since the wait began.
 pub fn render(c: Counts, elapsed: Duration, already: u64) -> String {
     let finished = c.finished.min(c.total);
     let filled = if c.total == 0 {
@@ -91,13 +92,20 @@ pub fn render(c: Counts, elapsed: Duration, already: u64) -> String {
     } else {
         0.0
     };
+    let left = c.total.saturating_sub(finished);
+    let eta = (secs >= 1.0 && rate > 0.0 && left > 0)
+        .then(|| left as f64 / rate)
+        // A wait of years is not an ETA worth a column.
+        .filter(|s| *s < 100.0 * 3600.0)
+        .map(|s| format!("  eta {}", clock(Duration::from_secs_f64(s.ceil()))))
+        .unwrap_or_default();
     let rate = if rate >= 100.0 {
         format!("{rate:.0}/s")
     } else {
         format!("{rate:.1}/s")
     };
     format!(
-        "[{bar}]  {finished}/{}  {} failed  {rate}  {}",
+        "[{bar}]  {finished}/{}  {} failed  {rate}  {}{eta}",
         c.total,
         c.failed,
         clock(elapsed)
@@ -130,12 +138,23 @@ mod tests {
         assert_eq!(
             line,
             format!(
-                "[{}{}]  500/1000  2 failed  125/s  0:04",
+                "[{}{}]  500/1000  2 failed  125/s  0:04  eta 0:04",
                 "#".repeat(15),
                 "-".repeat(15)
             )
         );
-        assert!(render(c, Duration::from_secs(3723), 0).ends_with("1:02:03"));
+        assert!(render(c, Duration::from_secs(3723), 0).contains("1:02:03  eta "));
+        // 125/s with 500 left: 4 s more.
+        assert!(render(c, Duration::from_secs(4), 0).ends_with("0:04  eta 0:04"));
+        // Too early to tell, nothing finished yet, or all done: no ETA.
+        assert!(!render(c, Duration::from_millis(500), 0).contains("eta"));
+        assert!(!render(c, Duration::from_secs(4), 500).contains("eta"));
+        let all = Counts {
+            total: 3,
+            finished: 3,
+            failed: 0,
+        };
+        assert!(!render(all, Duration::from_secs(4), 0).contains("eta"));
         assert!(render(c, Duration::from_secs(100), 0).contains("5.0/s"));
         // 400 were done before the wait began: only 100 in 4 s count.
         assert!(render(c, Duration::from_secs(4), 400).contains("25.0/s"));

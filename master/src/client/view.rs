@@ -159,7 +159,7 @@ const RESULT_COLUMNS: &[ResultColumn] = &[
     column("id", Align::Right, |t| t.id.0.to_string()),
     column("job", Align::Right, |t| t.job.0.to_string()),
     ResultColumn {
-        flex_min: Some(12),
+        flex_min: Some(10),
         piped_max: COMMAND_CELL_CHARS,
         ..column("name/command", Align::Left, label_cell)
     },
@@ -180,7 +180,7 @@ const RESULT_COLUMNS: &[ResultColumn] = &[
     }),
     column("time", Align::Right, run_time_cell),
     ResultColumn {
-        flex_min: Some(16),
+        flex_min: Some(10),
         piped_max: REASON_CELL_CHARS,
         ..column("reason", Align::Left, reason_cell)
     },
@@ -1047,6 +1047,17 @@ mod tests {
                 "{row}"
             );
             assert!(!row.contains('\n'));
+        }
+        // An 80-column terminal fits a row of eight-character worker names.
+        let layout = Layout {
+            width: Some(80),
+            color: false,
+        };
+        let mut named = long.clone();
+        named.worker = Some("worker-1".into());
+        let (text, _) = table_text(&[named], layout, None);
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{line:?}");
         }
         // Too narrow for the minimums: the fixed columns stay whole and the line overflows.
         let layout = Layout {

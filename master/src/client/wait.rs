@@ -17,7 +17,7 @@ pub struct WaitArgs {
     /// Print `{"total":..,"succeeded":..,"failed":..}`.
     #[arg(long)]
     pub json: bool,
-    /// Tasks (`7`, `5-9`, `1-3,7`) to wait for; none means every task unfinished now.
+    /// Tasks (`7`, `5-9`, `1-3,7`) to wait for; none (and no --job) means every job unfinished now and the latest job.
     #[arg(value_name = "ID", value_parser = ids::parse_id_arg)]
     pub ids: Vec<ids::IdArg>,
     /// Wait for every task of this job (may be given more than once).
@@ -45,8 +45,10 @@ impl WaitSummary {
     pub fn write_human(&self, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(
             out,
-            "{} tasks: {} succeeded, {} failed",
-            self.total, self.succeeded, self.failed
+            "{}: {} succeeded, {} failed",
+            super::count(self.total, "task", "tasks"),
+            self.succeeded,
+            self.failed
         )
     }
 }
@@ -56,7 +58,7 @@ pub fn run(args: WaitArgs) -> Result<Outcome> {
     let ids: Vec<TaskId> = ids::from_args(&args.ids).collect();
     let jobs = jobs::job_ids(&args.job);
     let summary = if ids.is_empty() {
-        // Empty ids (and no jobs) asks the master for "everything unfinished now".
+        // Empty ids (and no jobs) asks the master for "the jobs unfinished now and the latest one".
         wait_batches(&mut session, [Vec::new()], 0, jobs)?
     } else {
         let known = ids.len() as u64;
@@ -82,6 +84,7 @@ pub fn wait_batches(
     mut jobs: Vec<JobId>,
 ) -> Result<WaitSummary> {
     let show = std::io::stderr().is_terminal();
+    interrupt::say_tasks_keep_running(show);
     let mut bar = ProgressBar::new(show, Instant::now());
     let mut done = WaitSummary::default();
     for batch in batches {
@@ -145,6 +148,45 @@ pub fn wait_batches(
     Ok(done)
 }
 
+/// Ctrl-C while waiting: the person may think it stops the tasks. It does not, and they are told
+/// so (and how to wait again or cancel) before the client exits 130 as for any SIGINT.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// With the bar erased first (`\r`, erase line) for a terminal.
+    const NOTE_TTY: &[u8] = b"\r\x1b[Kinterrupted: the tasks keep running on the cluster \
+        (`master wait` waits again, `master cancel ID...` stops them)\n";
+    const NOTE: &[u8] = b"interrupted: the tasks keep running on the cluster \
+        (`master wait` waits again, `master cancel ID...` stops them)\n";
+
+    static TTY: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_sigint(_: libc::c_int) {
+        let note = if TTY.load(Ordering::Relaxed) {
+            NOTE_TTY
+        } else {
+            NOTE
+        };
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is static.
+        unsafe {
+            libc::write(libc::STDERR_FILENO, note.as_ptr().cast(), note.len());
+            libc::_exit(130);
+        }
+    }
+
+    /// Installs the SIGINT handler for the rest of the process (a client waits once).
+    pub fn say_tasks_keep_running(tty: bool) {
+        TTY.store(tty, Ordering::Relaxed);
+        // SAFETY: installing a handler that only does async-signal-safe work.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigint as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +206,14 @@ mod tests {
         let mut buf = Vec::new();
         s.write_human(&mut buf).unwrap();
         assert_eq!(buf, b"5 tasks: 4 succeeded, 1 failed\n");
+        let one = WaitSummary {
+            total: 1,
+            succeeded: 1,
+            failed: 0,
+        };
+        buf.clear();
+        one.write_human(&mut buf).unwrap();
+        assert_eq!(buf, b"1 task: 1 succeeded, 0 failed\n");
         assert_eq!(s.outcome(), Outcome::TasksFailed);
         assert_eq!(WaitSummary::default().outcome(), Outcome::Success);
     }

@@ -10,7 +10,8 @@ use crate::json::{JobView, ResultView, StatusView};
 use crate::taskfile::{parse_object, parse_objects, SpecDefaults};
 use protocol::limits::MAX_JOB_NAME_BYTES;
 use protocol::{
-    FromMaster, JobStatus, StatusReport, TaskId, TaskResult, TaskSpec, TaskState, ToMaster,
+    FromMaster, JobStatus, OutputStream, StatusReport, TaskId, TaskResult, TaskSpec, TaskState,
+    ToMaster,
 };
 use scheduler::PAGE_LIMIT_MAX;
 use serde_json::{json, Value};
@@ -99,6 +100,17 @@ pub fn handle(req: &Request, token: Option<&[u8]>) -> Action {
         ),
         Route::ListJobs => ask(ToMaster::Jobs { ids: vec![] }, Pending::Jobs(Vec::new())),
         Route::GetJob(id) => ask(ToMaster::Jobs { ids: vec![id] }, Pending::Job(Vec::new())),
+        Route::TaskLog(task) => match parse_log_query(&req.query) {
+            Ok((stream, offset)) => ask(
+                ToMaster::Log {
+                    task,
+                    stream,
+                    offset,
+                },
+                Pending::Log,
+            ),
+            Err(message) => Action::Respond(Response::error(400, &message)),
+        },
         Route::Metrics => Action::Metrics,
         Route::Report => Action::Report,
         Route::Events => Action::Subscribe,
@@ -186,6 +198,35 @@ fn parse_submit(body: &[u8]) -> Result<(Vec<TaskSpec>, u32, Option<String>), Str
     Ok((specs, count, name))
 }
 
+/// `stream=stdout|stderr&offset=N`, each optional (stdout from 0).
+fn parse_log_query(query: &str) -> Result<(OutputStream, u64), String> {
+    let mut stream = OutputStream::Stdout;
+    let mut offset = 0;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "stream" => {
+                stream = match value {
+                    "stdout" => OutputStream::Stdout,
+                    "stderr" => OutputStream::Stderr,
+                    _ => return Err(format!("stream: stdout or stderr, got {value:?}")),
+                }
+            }
+            "offset" => {
+                offset = value.parse().map_err(|_| {
+                    format!("offset: must be a byte offset (a whole number), got {value:?}")
+                })?
+            }
+            other => {
+                return Err(format!(
+                    "unknown query parameter {other:?}; known: stream, offset"
+                ))
+            }
+        }
+    }
+    Ok((stream, offset))
+}
+
 /// `state=S&after=ID&limit=N`, each optional.
 fn parse_page_query(query: &str) -> Result<(Option<TaskState>, TaskId, u32), String> {
     let mut state = None;
@@ -236,6 +277,7 @@ pub enum Pending {
     Page(Vec<TaskResult>),
     Task(Vec<TaskResult>),
     Cancel,
+    Log,
     /// `GET /api/v1/jobs`: every job, as `master jobs --json`.
     Jobs(Vec<JobStatus>),
     /// `GET /api/v1/jobs/ID`: one job's object.
@@ -305,6 +347,30 @@ impl Pending {
                     }),
                 ))
             }
+            (
+                Pending::Log,
+                FromMaster::Log {
+                    offset,
+                    bytes,
+                    end,
+                    done,
+                    removed,
+                    ..
+                },
+            ) => {
+                // The bytes as printed (not necessarily UTF-8); where they are in the log, and
+                // whether more will come, in headers: ask again from `offset + length`.
+                let answer = Response::new(200, "application/octet-stream", bytes)
+                    .header(format!("X-Log-Offset: {offset}"))
+                    .header(format!("X-Log-End: {end}"))
+                    .header(format!("X-Log-Done: {done}"));
+                Some(if removed {
+                    answer.header("X-Log-Removed: true".into())
+                } else {
+                    answer
+                })
+            }
+            (Pending::Log, FromMaster::Error { message }) => Some(Response::error(404, &message)),
             (Pending::Jobs(acc), FromMaster::Jobs { jobs, more }) => {
                 acc.extend(jobs);
                 if more {

@@ -24,6 +24,8 @@ pub enum Route {
     GetTask(TaskId),
     /// `DELETE /api/v1/tasks/ID`.
     CancelTask(TaskId),
+    /// `GET /api/v1/tasks/ID/log?stream=stdout|stderr&offset=N`: a piece of the task's log.
+    TaskLog(TaskId),
     /// `GET /metrics`: the Prometheus exposition.
     Metrics,
     /// `GET /api/v1/events`: the SSE stream.
@@ -63,6 +65,7 @@ enum Resource {
     Status,
     Tasks,
     Task(TaskId),
+    TaskLog(TaskId),
     Metrics,
     Events,
     Report,
@@ -83,7 +86,12 @@ fn resource(path: &str) -> Result<Option<Resource>, NoRoute> {
             if let Some(asset) = path.strip_prefix("/static/").and_then(Asset::named) {
                 Resource::Static(asset)
             } else if let Some(id) = path.strip_prefix("/api/v1/tasks/") {
+                let (id, log) = match id.strip_suffix("/log") {
+                    Some(id) => (id, true),
+                    None => (id, false),
+                };
                 match id.parse::<u64>() {
+                    Ok(n) if log => Resource::TaskLog(TaskId(n)),
                     Ok(n) => Resource::Task(TaskId(n)),
                     Err(_) => {
                         return Err(NoRoute::BadId(format!("task id {id:?} is not a number")))
@@ -109,6 +117,7 @@ fn allowed(r: Resource) -> &'static str {
         | Resource::Metrics
         | Resource::Events
         | Resource::Report
+        | Resource::TaskLog(_)
         | Resource::Jobs
         | Resource::Job(_) => "GET",
         Resource::Tasks => "GET, POST",
@@ -128,6 +137,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
         ("POST", Resource::Tasks) => Ok(Route::Submit),
         ("GET", Resource::Task(id)) => Ok(Route::GetTask(id)),
         ("DELETE", Resource::Task(id)) => Ok(Route::CancelTask(id)),
+        ("GET", Resource::TaskLog(id)) => Ok(Route::TaskLog(id)),
         ("GET", Resource::Metrics) => Ok(Route::Metrics),
         ("GET", Resource::Events) => Ok(Route::Events),
         ("GET", Resource::Report) => Ok(Route::Report),
@@ -170,6 +180,14 @@ mod tests {
             Err(NoRoute::BadId(_))
         ));
         assert_eq!(route("GET", "/metrics"), Ok(Route::Metrics));
+        assert_eq!(
+            route("GET", "/api/v1/tasks/7/log"),
+            Ok(Route::TaskLog(TaskId(7)))
+        );
+        assert!(matches!(
+            route("DELETE", "/api/v1/tasks/7/log"),
+            Err(NoRoute::MethodNotAllowed { allow: "GET" })
+        ));
         assert_eq!(route("GET", "/api/v1/jobs"), Ok(Route::ListJobs));
         assert_eq!(route("GET", "/api/v1/jobs/3"), Ok(Route::GetJob(JobId(3))));
         assert!(matches!(

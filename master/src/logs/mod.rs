@@ -31,8 +31,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// `master --log-limit`'s default, per stream.
-pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 64 << 20;
+/// `master --log-limit`'s default, per stream (the workers' too).
+pub use protocol::limits::DEFAULT_LOG_LIMIT_BYTES;
 /// `master --log-budget`'s default, for all logs.
 pub const DEFAULT_LOG_BUDGET_BYTES: u64 = 10 << 30;
 /// A stream is held in memory up to this size before it gets its file: the size of the tail the
@@ -208,14 +208,17 @@ impl LogStore {
 
     /// Sorts out the logs found at `open`: `state(task)` says whether the journal knows the task
     /// (`None`: it does not, and its files go) and whether it is final (then only its latest
-    /// run's log is kept, and it joins the budget's queue, oldest file first).
-    pub fn recover(&mut self, state: impl Fn(TaskId) -> Option<bool>) {
+    /// run's log is kept, and it joins the budget's queue, oldest file first). Returns the
+    /// unfinished tasks that have a log, which the core must know of to end them
+    /// (`Core::note_logged`).
+    pub fn recover(&mut self, state: impl Fn(TaskId) -> Option<bool>) -> Vec<TaskId> {
+        let mut unfinished = Vec::new();
         let mut finals = Vec::new();
         let found: Vec<TaskId> = self.tasks.keys().copied().collect();
         for task in found {
             match state(task) {
                 None => self.remove_task(task),
-                Some(false) => {}
+                Some(false) => unfinished.push(task),
                 Some(true) => {
                     let Some(mut logs) = self.tasks.remove(&task) else {
                         continue;
@@ -248,6 +251,7 @@ impl LogStore {
             );
         }
         self.keep_budget(0);
+        unfinished
     }
 
     fn mtime(&self, task: TaskId, run: &RunLog) -> std::time::SystemTime {
@@ -331,15 +335,19 @@ impl LogStore {
         let s = &mut self.tasks.entry(r.task).or_default().runs[i].streams[index(stream)];
         let mut bytes = &bytes[..];
         // Bytes sent twice (a frame resent after a reconnect) are taken once; bytes that never
-        // came (a frame lost with a connection) are marked where they are missing.
+        // came (a frame lost with a connection) are marked where they are missing, unless the
+        // stream is past its limit: then the worker skipped them (it sends no more than the
+        // limit, and an empty chunk where the stream ended) and they only count as dropped.
         let skip = s.received.saturating_sub(offset);
-        if skip >= bytes.len() as u64 {
+        let gap = offset.saturating_sub(s.received);
+        if gap == 0 && skip >= bytes.len() as u64 {
             return;
         }
-        bytes = &bytes[skip as usize..];
-        let gap = offset.saturating_sub(s.received);
+        bytes = &bytes[(skip as usize).min(bytes.len())..];
         s.received = offset.max(s.received) + bytes.len() as u64;
-        if gap > 0 {
+        if gap > 0 && s.stored() >= self.limits.per_stream {
+            s.dropped += gap;
+        } else if gap > 0 {
             let line =
                 format!(
                 "{}[ballast: {gap} bytes of this output were lost on the way from the worker]\n",

@@ -116,9 +116,10 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "T")]
     pub tasks: Option<u64>,
     /// uniform (1 s each, one batch), heterogeneous (0.1/1/10 s arriving over time), w3, or a
-    /// .jsonl task file as `master submit --file` reads.
-    #[arg(long, value_name = "W", default_value = "uniform")]
-    pub workload: String,
+    /// .jsonl task file as `master submit --file` reads [default: uniform; with --compare
+    /// heterogeneous, where the policies differ: on uniform they all give the same schedule].
+    #[arg(long, value_name = "W")]
+    pub workload: Option<String>,
     /// Failures per worker per virtual second (exponential up-times).
     #[arg(long, value_name = "F", default_value_t = 0.0)]
     pub fail_rate: f64,
@@ -222,7 +223,11 @@ impl Scenario {
         if !(1..=MAX_SLOTS).contains(&a.slots) {
             return Err(SimError::usage("slots", format!("must be 1..={MAX_SLOTS}")));
         }
-        let kind = WorkloadKind::parse(&a.workload);
+        let kind = WorkloadKind::parse(a.workload.as_deref().unwrap_or(if a.compare {
+            "heterogeneous"
+        } else {
+            "uniform"
+        }));
         let speed_spread = a.speed_spread;
         if !(1.0..=MAX_SPEED_SPREAD).contains(&speed_spread) {
             return Err(SimError::usage(

@@ -66,7 +66,7 @@ fn simulate(c: &Case) -> (Report, world::RunResult) {
         // (seed 17705572700623052308: 1 worker, 994 requeues, no invariant violated).
         background: Some(0.0),
         tasks: Some(c.tasks),
-        workload: c.workload.into(),
+        workload: Some(c.workload.into()),
         fail_rate: c.fail_rate,
         recover: Duration::from_secs(1),
         seed: c.seed,

@@ -532,3 +532,22 @@ fn acceptance_crashes_and_drops_break_no_invariant() {
     assert_eq!(text, output(&format!("{flags} --json")));
     assert!(text.contains("\"invariant_violations\": 0"), "{text}");
 }
+
+/// `--compare` alone picks a scenario where the policies differ (on `uniform` every policy gives
+/// the same schedule, so four identical rows would say nothing).
+#[test]
+fn compare_defaults_to_a_scenario_where_policies_differ() {
+    let text = output("--workers 12 --tasks 300 --compare --json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let runs = v.as_array().expect("one object per policy");
+    assert_eq!(runs[0]["workload"], "heterogeneous", "{text}");
+    let makespans: Vec<String> = runs.iter().map(|r| r["makespan_s"].to_string()).collect();
+    assert!(
+        makespans.iter().any(|m| m != &makespans[0]),
+        "all policies gave {makespans:?}"
+    );
+    // Without --compare the default stays the simple batch.
+    let one: serde_json::Value =
+        serde_json::from_str(&output("--workers 3 --tasks 10 --json")).expect("json");
+    assert_eq!(one["workload"], "uniform", "{one}");
+}

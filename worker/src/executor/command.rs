@@ -48,8 +48,8 @@ const ESCAPE_CHECK: Duration = Duration::from_millis(50);
 /// Stacks for the per-command threads: they hold a read buffer and little else, and a busy worker
 /// may run hundreds of commands.
 const SUPERVISOR_STACK_BYTES: usize = 256 << 10;
-const READER_STACK_BYTES: usize = 128 << 10;
-const READ_CHUNK_BYTES: usize = 16 << 10;
+const READER_STACK_BYTES: usize = 192 << 10;
+const READ_CHUNK_BYTES: usize = 64 << 10;
 
 /// Why a command is being stopped; the first reason given wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

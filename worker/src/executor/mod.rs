@@ -71,6 +71,8 @@ pub struct Executor<E> {
     output_cursor: Option<TaskRef>,
     /// Reused by `take_output`.
     pieces: Vec<(u64, Vec<u8>)>,
+    /// Bytes of each stream of a command streamed at most: the master's `--log-limit`.
+    output_limit: u64,
 }
 
 struct Entry {
@@ -172,7 +174,14 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
             outputs: BTreeMap::new(),
             output_cursor: None,
             pieces: Vec::new(),
+            output_limit: protocol::limits::DEFAULT_LOG_LIMIT_BYTES,
         }
+    }
+
+    /// Commands started from now on stream at most this much of each stream (the master keeps
+    /// no more: `FromMaster::LogLimit`).
+    pub fn set_output_limit(&mut self, bytes: u64) {
+        self.output_limit = bytes;
     }
 
     /// Streams commands' output (see `output`): `wake` is called, from reader threads, when
@@ -278,8 +287,8 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
                 let control = Arc::new(CommandControl::new());
                 let output = self.wake.as_ref().map(|wake| {
                     let buffers = [
-                        Arc::new(OutputBuffer::new(wake.clone())),
-                        Arc::new(OutputBuffer::new(wake.clone())),
+                        Arc::new(OutputBuffer::new(wake.clone(), self.output_limit)),
+                        Arc::new(OutputBuffer::new(wake.clone(), self.output_limit)),
                     ];
                     self.outputs.insert(task, buffers.clone());
                     buffers
@@ -453,7 +462,10 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
             // Bounded: the buffer holds at most OUTPUT_BUFFER_BYTES and its reader is done (or
             // given up on by the supervisor), and each pass takes a chunk.
             while buffer.take(OUTPUT_CHUNK_BYTES, &mut self.pieces) {}
-            for (offset, bytes) in self.pieces.drain(..) {
+            // Past the limit, an empty chunk where the stream ended tells the master how much
+            // it did not get.
+            let end = buffer.end_past_limit().map(|end| (end, Vec::new()));
+            for (offset, bytes) in self.pieces.drain(..).chain(end) {
                 out.push(OutputChunk {
                     task,
                     stream,

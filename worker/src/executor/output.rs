@@ -33,12 +33,21 @@ struct Inner {
     woken: bool,
     /// Nobody takes any more: the reader drops what it reads, never waits.
     abandoned: bool,
+    /// Bytes of the stream that are sent at most (the master keeps no more); past them the
+    /// reader only counts, and never waits.
+    limit: u64,
+    /// Bytes the reader has read, sent or not.
+    read: u64,
 }
 
 impl OutputBuffer {
-    pub fn new(wake: Wake) -> Self {
+    /// `limit`: bytes of the stream sent at most (see `Inner::limit`).
+    pub fn new(wake: Wake, limit: u64) -> Self {
         OutputBuffer {
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                limit,
+                ..Inner::default()
+            }),
             space: Condvar::new(),
             wake,
         }
@@ -52,6 +61,13 @@ impl OutputBuffer {
     /// The reader's side: appends `bytes`, first waiting while the buffer is full.
     pub fn push(&self, bytes: &[u8]) {
         let mut inner = self.lock();
+        let start = inner.read;
+        inner.read += bytes.len() as u64;
+        let keep = inner.limit.saturating_sub(start).min(bytes.len() as u64) as usize;
+        if keep == 0 {
+            return; // past the limit: counted only, and the command runs on at full speed
+        }
+        let bytes = &bytes[..keep];
         while !inner.abandoned
             && !inner.bytes.is_empty()
             && inner.bytes.len() + bytes.len() > OUTPUT_BUFFER_BYTES
@@ -96,6 +112,13 @@ impl OutputBuffer {
         left
     }
 
+    /// Where the stream ended, if the reader read past what was kept (the limit): the master
+    /// learns from it how many bytes it did not get. Meaningful once the buffer was emptied.
+    pub fn end_past_limit(&self) -> Option<u64> {
+        let inner = self.lock();
+        (inner.read > inner.offset + inner.bytes.len() as u64).then_some(inner.read)
+    }
+
     /// Nobody will take more: the reader stops waiting and drops what it reads.
     pub fn abandon(&self) {
         let mut inner = self.lock();
@@ -127,7 +150,7 @@ mod tests {
     #[test]
     fn wakes_once_until_emptied_and_keeps_offsets() {
         let (wakes, wake) = counting();
-        let buf = OutputBuffer::new(wake);
+        let buf = OutputBuffer::new(wake, u64::MAX);
         buf.push(b"hello ");
         buf.push(b"world");
         assert_eq!(wakes.load(Ordering::SeqCst), 1);
@@ -145,7 +168,7 @@ mod tests {
     #[test]
     fn a_full_buffer_blocks_the_reader_until_the_loop_takes() {
         let (_, wake) = counting();
-        let buf = Arc::new(OutputBuffer::new(wake));
+        let buf = Arc::new(OutputBuffer::new(wake, u64::MAX));
         let chunk = vec![7u8; 64 << 10];
         let total = 4 * OUTPUT_BUFFER_BYTES;
         let reader = {
@@ -173,9 +196,24 @@ mod tests {
     }
 
     #[test]
+    fn past_the_limit_bytes_are_counted_not_kept_and_never_block() {
+        let (_, wake) = counting();
+        let buf = OutputBuffer::new(wake, 10);
+        buf.push(b"0123456");
+        buf.push(b"789abc");
+        for _ in 0..100 {
+            buf.push(&[1u8; 64 << 10]); // would block if it were kept
+        }
+        let mut out = Vec::new();
+        buf.take(usize::MAX, &mut out);
+        assert_eq!(out, vec![(0, b"0123456789".to_vec())]);
+        assert_eq!(buf.end_past_limit(), Some(13 + 100 * (64 << 10)));
+    }
+
+    #[test]
     fn an_abandoned_buffer_never_blocks() {
         let (_, wake) = counting();
-        let buf = OutputBuffer::new(wake);
+        let buf = OutputBuffer::new(wake, u64::MAX);
         buf.abandon();
         for _ in 0..100 {
             buf.push(&[1u8; 64 << 10]);

@@ -366,3 +366,50 @@ fn results_of_jobs_come_in_chunks_each_task_once() {
     want.extend(&c_ids);
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_bare_wait_counts_the_unfinished_jobs_and_the_latest_one_whole() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 8);
+    let c = h.client();
+    let wait = |h: &mut Harness| {
+        h.msg(
+            c,
+            ToMaster::Wait {
+                ids: vec![],
+                progress: false,
+                jobs: vec![],
+            },
+        )
+    };
+    let done = |total, succeeded, failed| {
+        vec![Output::Send {
+            conn: c,
+            msg: FromMaster::WaitDone {
+                total,
+                succeeded,
+                failed,
+            },
+        }]
+    };
+    // An old failure is not counted again...
+    let (_, old) = submit_job(&mut h, c, vec![sleep_spec(0)], 1, None);
+    h.finish(w, old[0], 1, exited(1));
+    // ...and the latest job is counted whole even when it ended before the wait began (the
+    // `submit` then `wait` of a person at a shell, racing fast tasks).
+    let (_, ids) = submit_job(&mut h, c, vec![sleep_spec(0)], 5, None);
+    h.finish(w, ids[0], 1, exited(0));
+    h.finish(w, ids[1], 1, exited(0));
+    h.finish(w, ids[2], 1, exited(0));
+    h.finish(w, ids[3], 1, exited(0));
+    h.finish(w, ids[4], 1, exited(0));
+    assert_eq!(wait(&mut h), done(5, 5, 0));
+    // A job still running is waited for, with the latest.
+    let (_, slow) = submit_job(&mut h, c, vec![sleep_spec(0)], 2, None);
+    let (_, last) = submit_job(&mut h, c, vec![sleep_spec(0)], 1, None);
+    h.finish(w, slow[0], 1, exited(0));
+    h.finish(w, last[0], 1, exited(0));
+    assert!(wait(&mut h).is_empty(), "task {} still runs", slow[1]);
+    assert_eq!(h.finish(w, slow[1], 1, exited(0)), done(3, 3, 0));
+    h.core.sanity_check();
+}

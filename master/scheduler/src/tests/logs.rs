@@ -168,3 +168,38 @@ fn a_read_is_answered_by_the_store_with_the_tail_of_a_final_task() {
         .iter()
         .any(|o| matches!(o, Output::Close { conn, .. } if *conn == c)));
 }
+
+#[test]
+fn a_worker_is_told_a_log_limit_other_than_the_default_after_its_welcome() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (_, _, out) = h.worker("w", 1);
+    assert!(
+        !out.iter().any(|o| matches!(
+            o,
+            Output::Send {
+                msg: FromMaster::LogLimit { .. },
+                ..
+            }
+        )),
+        "the default needs no word: {out:?}"
+    );
+    let mut h = Harness::with(CoreConfig {
+        log_limit_bytes: 1000,
+        ..CoreConfig::default()
+    });
+    let (conn, _, out) = h.worker("w", 1);
+    let sent: Vec<&FromMaster> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { conn: c, msg } if *c == conn => Some(msg),
+            _ => None,
+        })
+        .collect();
+    // The harness took the `Welcome` out; what follows it on joining is the limit.
+    assert_eq!(
+        sent,
+        [&FromMaster::LogLimit {
+            per_stream_bytes: 1000
+        }]
+    );
+}
