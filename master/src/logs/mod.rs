@@ -474,10 +474,12 @@ impl LogStore {
             let s = &mut logs.runs[0].streams[i];
             // A stream that never passed the tail's size is all in the tail when the lengths
             // agree: then the tail is the log, even if the store missed a piece of it (held in
-            // memory by a master that died; marked as a gap) that the worker's result has.
+            // memory by a master that died; marked as a gap) that the worker's result has. No
+            // U+FFFD: then the tail is the bytes as printed, not their lossy UTF-8.
             let whole_tail = s.dropped == 0
                 && s.received <= SPILL_BYTES as u64
-                && s.received == tails[i].len() as u64;
+                && s.received == tails[i].len() as u64
+                && !tails[i].contains('\u{FFFD}');
             if !s.in_file && (s.mem == tails[i].as_bytes() || whole_tail) {
                 // The result's tail is the whole output: nothing to keep twice.
                 self.total -= s.mem.len() as u64;
