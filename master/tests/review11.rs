@@ -122,6 +122,17 @@ fn forged_dependencies_and_log_reads_are_refused_or_answered() {
             other => panic!("{after:?} must be refused: {other:?}"),
         }
     }
+    // A blank job name (it made a `jobs` row with no name at all).
+    match conn.request(&ToMaster::Submit {
+        specs: vec![command(&["true"])],
+        count: 1,
+        name: Some(String::new()),
+    }) {
+        Ok(FromMaster::Error { message }) => assert!(message.contains("empty"), "{message}"),
+        other => panic!("an empty job name must be refused: {other:?}"),
+    }
+    let out = c.cli(&["submit", "--name", "", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     match conn.request(&ToMaster::Log {
         task: TaskId(999_999),
         stream: OutputStream::Stderr,

@@ -1698,6 +1698,10 @@ impl Core {
             return self.error(client, "nothing to submit".into());
         }
         if let Some(name) = &name {
+            if name.is_empty() {
+                // A blank name in every `jobs` row names nothing; leave it out for the default.
+                return self.error(client, "the job name is empty".into());
+            }
             if name.len() > MAX_JOB_NAME_BYTES {
                 return self.error(
                     client,

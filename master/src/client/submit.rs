@@ -109,6 +109,9 @@ fn parse_replicas(text: &str) -> std::result::Result<u32, String> {
 
 /// `--name`: refused here if the master would refuse it.
 fn parse_job_name(text: &str) -> std::result::Result<String, String> {
+    if text.is_empty() {
+        return Err("is empty: leave --name out for the default name".into());
+    }
     if text.len() > MAX_JOB_NAME_BYTES {
         return Err(format!(
             "is {} bytes, more than the limit of {MAX_JOB_NAME_BYTES}",
