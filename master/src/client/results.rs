@@ -21,7 +21,7 @@ pub struct ResultsArgs {
     #[arg(long)]
     pub json: bool,
     /// Only tasks in this state (queued, running, succeeded, failed, timed_out, cancelled,
-    /// worker_lost); several allowed, or a comma list.
+    /// worker_lost, waiting, dependency_failed); several allowed, or a comma list.
     #[arg(long, value_name = "S", value_delimiter = ',', value_parser = parse_state)]
     pub state: Vec<TaskState>,
     /// Show only the last N tasks (0: all) [default: 50 on a terminal, all when piped].
