@@ -781,7 +781,10 @@ pub enum FromMaster {
     /// The answer to `Log`: the bytes of the log from `offset` (possibly none), and where the
     /// stored log ends now. `done`: the task is final and `bytes` reach the end of its log, so
     /// nothing more will come. `removed`: the full log was removed (`--log-budget`) and `bytes`
-    /// come from the 64 KiB tail of the result.
+    /// come from the 64 KiB tail of the result. `attempt`: the run whose stored log this is
+    /// (`None`: the bytes are the result's tail, or nothing is stored yet). A task's log is
+    /// its counting run's, and that run can change under a reader (a retry, the winning copy of
+    /// a replicated task), so a reader that sees another run than before starts again from 0.
     Log {
         task: TaskId,
         stream: OutputStream,
@@ -790,6 +793,7 @@ pub enum FromMaster {
         end: u64,
         done: bool,
         removed: bool,
+        attempt: Option<Attempt>,
     },
     /// To a worker, right after `Welcome` when the master keeps another amount than
     /// `limits::DEFAULT_LOG_LIMIT_BYTES` of each stream (`--log-limit`): the worker sends no more
@@ -965,6 +969,7 @@ mod tests {
                 end: 0,
                 done: true,
                 removed: false,
+                attempt: None,
             },
             FromMaster::LogLimit {
                 per_stream_bytes: 1,

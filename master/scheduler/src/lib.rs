@@ -1170,7 +1170,10 @@ impl Core {
         let mut first = None;
         for chunk in chunks {
             let r = chunk.task;
+            // The offset is the worker's word: one whose chunk would end past u64::MAX is no
+            // stream's, and would wrap the store's count of bytes received.
             let counts = chunk.bytes.len() <= MAX_OUTPUT_CHUNK_BYTES
+                && chunk.offset.checked_add(chunk.bytes.len() as u64).is_some()
                 && (self.is_current(worker, r)
                     || (self.epochs.owns(r)
                         && self.tasks.get(r.task).map(|t| t.state) == Some(TaskState::Queued)

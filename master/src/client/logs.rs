@@ -40,10 +40,13 @@ pub fn run(args: LogsArgs) -> Result<Outcome> {
     };
     let task = TaskId(args.id);
     let mut offset = 0u64;
+    // The run whose log we print: a task's log is its counting run's, which can change while
+    // we read (a retry; the copy of a replicated task that wins).
+    let mut run = None;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // Bounded by the log: every pass either advances `offset`, or (following a running task)
-    // waits, or ends.
+    // waits, or ends, or starts afresh on another run (once per run the task has).
     loop {
         let reply = session.request(&ToMaster::Log {
             task,
@@ -54,11 +57,24 @@ pub fn run(args: LogsArgs) -> Result<Outcome> {
             bytes,
             done,
             removed,
+            attempt,
             ..
         } = reply
         else {
             return Err(unexpected(&reply, "Log"));
         };
+        if attempt != run && offset > 0 {
+            // Reading the new run from the old one's offset would splice two logs together.
+            out.flush()?;
+            eprintln!(
+                "note: task {task} ran again (a retry, or another copy won); its log starts \
+                 afresh"
+            );
+            run = attempt;
+            offset = 0;
+            continue;
+        }
+        run = attempt;
         if removed && offset == 0 {
             eprintln!(
                 "note: the full log of task {task} was removed to stay within the master's \

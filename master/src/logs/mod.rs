@@ -308,6 +308,11 @@ impl LogStore {
             offset,
             bytes,
         } = chunk;
+        // The offset is the worker's word: a chunk that would end past u64::MAX is no stream's
+        // (the core drops it too), and `received` below must not wrap.
+        if offset.checked_add(bytes.len() as u64).is_none() {
+            return;
+        }
         let logs = self.tasks.entry(r.task).or_default();
         if logs.done {
             return; // the core ended it; nothing after that counts
@@ -467,7 +472,15 @@ impl LogStore {
                 return;
             };
             let s = &mut logs.runs[0].streams[i];
-            if !s.in_file && s.mem == tails[i].as_bytes() {
+            // A stream that never passed the tail's size is all in the tail when the lengths
+            // agree: then the tail is the log, even if the store missed a piece of it (held in
+            // memory by a master that died; marked as a gap) that the worker's result has. No
+            // U+FFFD: then the tail is the bytes as printed, not their lossy UTF-8.
+            let whole_tail = s.dropped == 0
+                && s.received <= SPILL_BYTES as u64
+                && s.received == tails[i].len() as u64
+                && !tails[i].contains('\u{FFFD}');
+            if !s.in_file && (s.mem == tails[i].as_bytes() || whole_tail) {
                 // The result's tail is the whole output: nothing to keep twice.
                 self.total -= s.mem.len() as u64;
                 s.mem = Vec::new();
@@ -572,6 +585,7 @@ impl LogStore {
                 end,
                 bytes: piece,
                 removed: self.removed.contains(&task),
+                attempt: None,
             };
         };
         let attempt = run.attempt;
@@ -602,6 +616,7 @@ impl LogStore {
             end,
             done: done && reached,
             removed: false,
+            attempt: Some(attempt),
         }
     }
 }

@@ -177,3 +177,24 @@ fn sizes_parse() {
     assert!(parse_size("lots").is_err());
     assert!(parse_size("5X").is_err());
 }
+
+#[test]
+fn a_chunk_whose_offset_overflows_is_dropped_not_a_panic() {
+    // A worker's `offset` is outside input: offset + len past u64::MAX panicked the master in a
+    // debug build (and wrapped `received` in a release one, so every later byte was skipped).
+    let mut store = LogStore::in_memory(LogLimits::default());
+    append(&mut store, run(3, 1), u64::MAX - 2, b"0123456789");
+    append(&mut store, run(3, 1), 0, b"hello\n");
+    assert_eq!(read_all(&mut store, 3, false, "").0, b"hello\n");
+}
+
+#[test]
+fn a_small_log_missing_its_start_after_a_restart_is_its_tail() {
+    // The master held "abc\n" in memory and died; the worker went on from offset 4 and its
+    // result's tail has the whole output. `master logs` printed the gap line and "def\n" only.
+    let mut store = LogStore::in_memory(LogLimits::default());
+    append(&mut store, run(5, 1), 4, b"def\n");
+    end(&mut store, 5, Some(1), "abc\ndef\n");
+    assert_eq!(read_all(&mut store, 5, true, "abc\ndef\n").0, b"abc\ndef\n");
+    assert_eq!(store.total(), 0, "nothing kept twice");
+}
