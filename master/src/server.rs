@@ -872,6 +872,7 @@ impl Server {
         let mut lingered = Vec::new();
         let mut slow = Vec::new();
         let mut idle = Vec::new();
+        let mut held = Vec::new();
         for (id, c) in self.conns.iter() {
             let Some(h) = c.http.as_deref() else {
                 continue;
@@ -886,6 +887,15 @@ impl Server {
             if h.pending.is_some() || c.closing || h.streaming {
                 continue;
             }
+            // While answers wait for the client to read them, its next request waits for the
+            // master, not the other way round: its clock starts again once they are read.
+            if c.paused || c.unsent() > 0 {
+                held.push(id);
+                if now.saturating_sub(h.last_active_ms.max(c.progress_ms)) >= IDLE_TIMEOUT_MS {
+                    idle.push(id);
+                }
+                continue;
+            }
             let started = h.conn.started_ms.unwrap_or(now);
             let waited = now.saturating_sub(started);
             if (h.conn.head_pending() && waited >= HEAD_TIMEOUT_MS)
@@ -894,6 +904,11 @@ impl Server {
                 slow.push(id);
             } else if now.saturating_sub(h.last_active_ms.max(c.progress_ms)) >= IDLE_TIMEOUT_MS {
                 idle.push(id);
+            }
+        }
+        for id in held {
+            if let Some(h) = self.conns.get_mut(id).and_then(|c| c.http.as_deref_mut()) {
+                h.conn.restart_clock(now);
             }
         }
         for id in lingered {

@@ -15,7 +15,7 @@ pub fn job_name(spec: &TaskSpec) -> String {
                 if !name.is_empty() {
                     name.push(' ');
                 }
-                push_quoted(&mut name, arg);
+                push_quoted(&mut name, arg, MAX_JOB_NAME_BYTES);
                 if name.len() > MAX_JOB_NAME_BYTES {
                     break; // an argv may be a MiB: quote no more than is kept
                 }
@@ -54,11 +54,12 @@ fn duration(ms: u64) -> String {
 }
 
 /// Appends `arg` quoted for a POSIX shell: bare if made of safe characters, `'...'` if it has no
-/// control characters, `$'...'` with escapes otherwise (a name stays one line).
-fn push_quoted(out: &mut String, arg: &str) {
+/// control characters, `$'...'` with escapes otherwise (a name or a table cell stays one line).
+/// Only its first `max_chars` characters are quoted: a caller that keeps no more than that of a
+/// long argument does not pay for the rest.
+pub fn push_quoted(out: &mut String, arg: &str, max_chars: usize) {
     let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
-    // Past the limit nothing more is kept: quote no more than that of a long argument.
-    let shown = arg.chars().take(MAX_JOB_NAME_BYTES);
+    let shown = arg.chars().take(max_chars);
     if !arg.is_empty() && arg.chars().all(safe) {
         out.extend(shown);
     } else if !arg.chars().any(char::is_control) {

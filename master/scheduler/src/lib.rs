@@ -2004,14 +2004,31 @@ impl Core {
                 .add_all(client, upto, unfinished, start, progress);
             return;
         }
-        let mut pending = BTreeSet::new();
         let mut start = WaitStart {
             succeeded: 0,
             failed: 0,
         };
+        match self.pending_ids(ids, &[], &mut start) {
+            Ok(pending) => self.waiters.add_ids(client, pending, start, progress),
+            Err(id) => self.error(client, format!("unknown task id {id}")),
+        }
+    }
+
+    /// The unfinished ones of `ids` outside `ranges` (those are counted with their jobs); the
+    /// final ones are counted into `start`. `Err`: the first unknown id.
+    fn pending_ids(
+        &self,
+        ids: Vec<TaskId>,
+        ranges: &[(TaskId, TaskId)],
+        start: &mut WaitStart,
+    ) -> Result<BTreeSet<TaskId>, TaskId> {
+        let mut pending = BTreeSet::new();
         for id in ids {
+            if wait::in_ranges(ranges, id) {
+                continue;
+            }
             match self.tasks.get(id).map(|t| t.state) {
-                None => return self.error(client, format!("unknown task id {id}")),
+                None => return Err(id),
                 Some(s) if !s.is_final() => {
                     pending.insert(id);
                 }
@@ -2019,7 +2036,7 @@ impl Core {
                 Some(_) => start.failed += 1,
             }
         }
-        self.waiters.add_ids(client, pending, start, progress);
+        Ok(pending)
     }
 
     /// A wait for whole jobs (and ids): a job's tasks are counted from its counts, not one by
@@ -2045,20 +2062,10 @@ impl Core {
             start.succeeded += succeeded;
             start.failed += j.count - unfinished - succeeded;
         }
-        let mut pending = BTreeSet::new();
-        for id in ids {
-            if wait::in_ranges(&ranges, id) {
-                continue; // counted with its job
-            }
-            match self.tasks.get(id).map(|t| t.state) {
-                None => return self.error(client, format!("unknown task id {id}")),
-                Some(s) if !s.is_final() => {
-                    pending.insert(id);
-                }
-                Some(TaskState::Succeeded) => start.succeeded += 1,
-                Some(_) => start.failed += 1,
-            }
-        }
+        let pending = match self.pending_ids(ids, &ranges, &mut start) {
+            Ok(pending) => pending,
+            Err(id) => return self.error(client, format!("unknown task id {id}")),
+        };
         self.waiters
             .add_ranges(client, pending, ranges, remaining, start, progress);
     }

@@ -420,7 +420,7 @@ fn command_cell(t: &TaskResult) -> String {
         if !cell.is_empty() {
             cell.push(' ');
         }
-        push_quoted(&mut cell, arg);
+        protocol::names::push_quoted(&mut cell, arg, CELL_MAX_CHARS);
         if width(&cell) > CELL_MAX_CHARS {
             break; // an argv may be a MiB: quote no more than is shown
         }
@@ -472,40 +472,6 @@ fn human_ms(ms: u64) -> String {
         1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
         60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
         _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
-    }
-}
-
-/// Appends `arg` quoted for a POSIX shell: bare if it is made of safe characters, `'...'` if it
-/// has no control characters (so a table row stays one line), `$'...'` with escapes otherwise.
-/// Only its first [`CELL_MAX_CHARS`] characters are written: the cell shows no more.
-fn push_quoted(out: &mut String, arg: &str) {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
-    let shown = arg.chars().take(CELL_MAX_CHARS);
-    if !arg.is_empty() && arg.chars().all(safe) {
-        out.extend(shown);
-    } else if !arg.chars().any(char::is_control) {
-        out.push('\'');
-        for c in shown {
-            match c {
-                '\'' => out.push_str(r"'\''"),
-                c => out.push(c),
-            }
-        }
-        out.push('\'');
-    } else {
-        out.push_str("$'");
-        for c in shown {
-            match c {
-                '\\' => out.push_str(r"\\"),
-                '\'' => out.push_str(r"\'"),
-                '\n' => out.push_str(r"\n"),
-                '\t' => out.push_str(r"\t"),
-                '\r' => out.push_str(r"\r"),
-                c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-                c => out.push(c),
-            }
-        }
-        out.push('\'');
     }
 }
 
