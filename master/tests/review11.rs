@@ -226,3 +226,39 @@ fn a_small_log_survives_a_master_sigkill_whole() {
     let out = c.cli(&["logs", &id]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "abc\ndef\n");
 }
+
+/// A failure at the head of a chain: every dependent ends `dependency_failed` (one gate each),
+/// and the master's log says so at the per-task rate, not in one `info` line per task (a chain
+/// of 100,000 wrote 100,000 of them, `1 tasks (9..=9) dependency_failed: ...`).
+#[test]
+fn a_failed_chain_head_does_not_flood_the_master_log() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("w1", 1);
+    c.wait_for_workers(1);
+    let file = c.dir.join("chain.jsonl");
+    let mut text = String::from("{\"name\":\"t0\",\"cmd\":[\"false\"]}\n");
+    for i in 1..1_000 {
+        text.push_str(&format!(
+            "{{\"name\":\"t{i}\",\"cmd\":[\"true\"],\"after\":[\"t{}\"]}}\n",
+            i - 1
+        ));
+    }
+    std::fs::write(&file, text).expect("write");
+    let out = c.cli(&["submit", "--file", file.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(Duration::from_secs(30), "the chain to end", || {
+        let s = c.status();
+        (s["failed"] == 1_000).then_some(())
+    });
+    let log = c.master_log();
+    let info = log
+        .lines()
+        .filter(|l| l.contains("INFO") && l.contains("dependency_failed"))
+        .count();
+    assert!(info <= 100, "{info} info lines of dependency_failed");
+    assert!(!log.contains("1 tasks"), "plural");
+}

@@ -644,9 +644,19 @@ impl Core {
                         ended += 1;
                     }
                     if ended > 0 {
-                        info!(
-                            "{ended} tasks ({first}..={}) dependency_failed: {error}",
-                            first.0 + count - 1
+                        // Per-task chatter like any other end: a failure at the head of a chain
+                        // of 100,000 made 100,000 `info` lines, one per gate.
+                        let level = self.chatter.task_line(now_ms, Event::Finished);
+                        let last = first.0 + count - 1;
+                        let ids = if last == first.0 {
+                            format!("{first}")
+                        } else {
+                            format!("{first}-{last}")
+                        };
+                        log!(
+                            level,
+                            "{} ({ids}) dependency_failed: {error}",
+                            protocol::plural::count(ended, "task", "tasks")
                         );
                     }
                 }

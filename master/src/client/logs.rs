@@ -43,6 +43,7 @@ pub fn run(args: LogsArgs) -> Result<Outcome> {
     // The run whose log we print: a task's log is its counting run's, which can change while
     // we read (a retry; the copy of a replicated task that wins).
     let mut run = None;
+    let mut was_removed = false;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // Bounded by the log: every pass either advances `offset`, or (following a running task)
@@ -63,18 +64,26 @@ pub fn run(args: LogsArgs) -> Result<Outcome> {
         else {
             return Err(unexpected(&reply, "Log"));
         };
-        if attempt != run && offset > 0 {
+        // `None` is the result's tail: the same run's bytes, unless the budget removed the log
+        // (the tail then is not what the stored log held at `offset`).
+        let switched = (attempt.is_some() && attempt != run) || (removed && !was_removed);
+        was_removed = removed;
+        if switched && offset > 0 {
             // Reading the new run from the old one's offset would splice two logs together.
             out.flush()?;
-            eprintln!(
-                "note: task {task} ran again (a retry, or another copy won); its log starts \
-                 afresh"
-            );
+            if !removed {
+                eprintln!(
+                    "note: task {task} ran again (a retry, or another copy won); its log \
+                     starts afresh"
+                );
+            }
             run = attempt;
             offset = 0;
             continue;
         }
-        run = attempt;
+        if attempt.is_some() {
+            run = attempt;
+        }
         if removed && offset == 0 {
             eprintln!(
                 "note: the full log of task {task} was removed to stay within the master's \

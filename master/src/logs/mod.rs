@@ -82,6 +82,10 @@ pub struct LogStore {
     finished: VecDeque<TaskId>,
     /// Tasks whose log the budget removed.
     removed: HashSet<TaskId>,
+    /// Finished tasks that had the logs of several runs and whose log is now their result's
+    /// tail (or empty): the run that counts, so a reader of another run's log learns that its
+    /// log is another's (`FromMaster::Log::attempt`). Rare (retries, copies); capped as `removed`.
+    ended_as_tail: HashMap<TaskId, Attempt>,
     /// A file error is logged once at `warn` (then at debug), not once per chunk.
     io_warned: bool,
 }
@@ -161,6 +165,7 @@ impl LogStore {
             tasks: HashMap::new(),
             finished: VecDeque::new(),
             removed: HashSet::new(),
+            ended_as_tail: HashMap::new(),
             io_warned: false,
         }
     }
@@ -436,6 +441,9 @@ impl LogStore {
         let Some(mut logs) = self.tasks.remove(&task) else {
             return;
         };
+        // Runs a reader may have read: any but the one that counts means a switch.
+        let runs_before = logs.runs.len();
+        let winner = attempt.or_else(|| logs.runs.last().map(|r| r.attempt));
         let keep = match attempt {
             Some(a) => logs.runs.iter().position(|r| r.attempt == a),
             None => logs.runs.len().checked_sub(1),
@@ -445,6 +453,8 @@ impl LogStore {
             self.delete_run(task, &run);
         }
         let Some(run) = kept else {
+            // The run that counts printed nothing: its log is its (empty) tail.
+            self.note_ended_as_tail(task, winner, runs_before >= 1);
             return;
         };
         logs.runs.push(run);
@@ -505,6 +515,15 @@ impl LogStore {
             self.finished.push_back(task);
         } else {
             self.tasks.remove(&task);
+            self.note_ended_as_tail(task, winner, runs_before > 1);
+        }
+    }
+
+    fn note_ended_as_tail(&mut self, task: TaskId, winner: Option<Attempt>, switched: bool) {
+        if let (true, Some(a)) = (switched, winner) {
+            if self.ended_as_tail.len() < MAX_REMEMBERED_REMOVALS {
+                self.ended_as_tail.insert(task, a);
+            }
         }
     }
 
@@ -585,7 +604,7 @@ impl LogStore {
                 end,
                 bytes: piece,
                 removed: self.removed.contains(&task),
-                attempt: None,
+                attempt: self.ended_as_tail.get(&task).copied(),
             };
         };
         let attempt = run.attempt;

@@ -198,3 +198,40 @@ fn a_small_log_missing_its_start_after_a_restart_is_its_tail() {
     assert_eq!(read_all(&mut store, 5, true, "abc\ndef\n").0, b"abc\ndef\n");
     assert_eq!(store.total(), 0, "nothing kept twice");
 }
+
+/// What a reader learns of the run it reads: the tail of a one-run task is that run's (no
+/// switch), a retry whose small log is its tail names its run, so a follower of the first
+/// run starts afresh instead of printing the tail from the old run's offset.
+#[test]
+fn a_read_names_the_run_that_counts_even_when_its_log_is_its_tail() {
+    let attempt_of = |store: &mut LogStore, task: u64, tail: &str| match store.apply(LogOp::Read {
+        conn: ConnId(1),
+        task: TaskId(task),
+        stream: OutputStream::Stdout,
+        offset: 0,
+        done: true,
+        tail: Some(tail.into()),
+    }) {
+        Some((_, FromMaster::Log { attempt, .. })) => attempt,
+        other => panic!("a read is answered: {other:?}"),
+    };
+    let mut store = LogStore::in_memory(LogLimits::default());
+    append(&mut store, run(1, 1), 0, b"one\n");
+    end(&mut store, 1, Some(1), "one\n");
+    assert_eq!(
+        attempt_of(&mut store, 1, "one\n"),
+        None,
+        "the same run's tail"
+    );
+    append(&mut store, run(2, 1), 0, b"first run, longer\n");
+    append(&mut store, run(2, 2), 0, b"second\n");
+    end(&mut store, 2, Some(2), "second\n");
+    assert_eq!(attempt_of(&mut store, 2, "second\n"), Some(Attempt(2)));
+    append(&mut store, run(3, 1), 0, b"a loser\n");
+    end(&mut store, 3, Some(2), "");
+    assert_eq!(
+        attempt_of(&mut store, 3, ""),
+        Some(Attempt(2)),
+        "a silent winner"
+    );
+}
