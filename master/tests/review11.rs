@@ -197,6 +197,28 @@ fn follow_starts_afresh_when_the_run_that_counts_changes() {
     assert!(err.contains("afresh"), "{err}");
     let stored = c.cli(&["logs", &ids[0].to_string()]);
     assert_eq!(String::from_utf8_lossy(&stored.stdout), "second\n");
+    // An HTTP poller learns the run the same way.
+    let head = http_head(&c.http_addr, &format!("/api/v1/tasks/{}/log", ids[0]));
+    assert!(head.contains("X-Log-Attempt: 2"), "{head}");
+}
+
+/// The head of a `GET` (`Connection: close`).
+fn http_head(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).expect("the answer");
+    let text = String::from_utf8_lossy(&all).into_owned();
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A small output (under the 64 KiB a stream is held in memory before it spills) whose start

@@ -355,6 +355,7 @@ impl Pending {
                     end,
                     done,
                     removed,
+                    attempt,
                     ..
                 },
             ) => {
@@ -364,6 +365,12 @@ impl Pending {
                     .header(format!("X-Log-Offset: {offset}"))
                     .header(format!("X-Log-End: {end}"))
                     .header(format!("X-Log-Done: {done}"));
+                // The run whose log this is: when it changes (a retry, the winning copy) a
+                // poller starts again from 0, as `master logs --follow` does.
+                let answer = match attempt {
+                    Some(a) => answer.header(format!("X-Log-Attempt: {a}")),
+                    None => answer,
+                };
                 Some(if removed {
                     answer.header("X-Log-Removed: true".into())
                 } else {
