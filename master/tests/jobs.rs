@@ -262,3 +262,30 @@ fn submit_wait_waits_for_its_job() {
     );
     assert_eq!(v["job"], 2, "{v}");
 }
+
+#[test]
+fn jobs_limit_keeps_the_newest_and_says_what_it_left_out() {
+    let c = Cluster::start(&["--no-journal"]);
+    for name in ["a", "b", "c"] {
+        submit(&c, &["--name", name, "--sleep", "0ms"]);
+    }
+    let out = c.cli(&["jobs", "--limit", "2"]);
+    ok(&out, "jobs --limit 2");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(
+        rows[0].contains(" b ") && rows[1].contains(" c "),
+        "{table}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 job earlier not shown"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let newest = c.json(&["jobs", "--limit", "1"]);
+    assert_eq!(newest.as_array().map(Vec::len), Some(1), "{newest}");
+    assert_eq!(newest[0]["name"], "c");
+    let all = c.json(&["jobs"]);
+    assert_eq!(all.as_array().map(Vec::len), Some(3), "piped: all of them");
+}

@@ -7,7 +7,7 @@ use super::view::{self, Align, Table};
 use super::{ids, ConnArgs, Outcome};
 use master::json::JobView;
 use protocol::{FromMaster, JobId, JobStatus, TaskState, ToMaster};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(clap::Args, Debug)]
@@ -17,6 +17,9 @@ pub struct JobsArgs {
     /// Print a JSON array of job objects.
     #[arg(long)]
     pub json: bool,
+    /// Show only the last N jobs (0: all) [default: 50 on a terminal, all when piped].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
     /// Jobs (`3`, `2-4`, `1,5`) to show; none means all.
     #[arg(value_name = "JOB", value_parser = ids::parse_id_arg)]
     pub ids: Vec<ids::IdArg>,
@@ -30,9 +33,21 @@ pub fn job_ids(args: &[ids::IdArg]) -> Vec<JobId> {
 /// The name column is cut to this many characters (`…` last): a default name is a command line.
 const NAME_CELL_CHARS: usize = 40;
 
+/// Rows the table shows on a terminal without `--limit`, as `results` does: the newest jobs.
+const TERMINAL_LIMIT: usize = 50;
+
 pub fn run(args: JobsArgs) -> Result<Outcome> {
     let mut session = args.conn.connect()?;
-    let jobs = fetch(&mut session, job_ids(&args.ids))?;
+    let mut jobs = fetch(&mut session, job_ids(&args.ids))?;
+    let limit = match args.limit {
+        Some(0) => None,
+        Some(n) => Some(n),
+        // Scripts get everything; a person gets the newest screenful.
+        None if std::io::stdout().is_terminal() && !args.json => Some(TERMINAL_LIMIT),
+        None => None,
+    };
+    let left_out = limit.map_or(0, |n| jobs.len().saturating_sub(n));
+    jobs.drain(..left_out);
     let mut out = view::stdout();
     if args.json {
         let views: Vec<JobView<'_>> = jobs.iter().map(JobView).collect();
@@ -42,6 +57,13 @@ pub fn run(args: JobsArgs) -> Result<Outcome> {
         write_table(&mut out, &jobs, now_ms())?;
     }
     out.flush()?;
+    if left_out > 0 && !args.json {
+        // On stderr: stdout stays the table alone.
+        eprintln!(
+            "({} earlier not shown: --limit N shows the last N, --limit 0 all)",
+            protocol::plural::count_usize(left_out, "job", "jobs"),
+        );
+    }
     Ok(Outcome::Success)
 }
 
