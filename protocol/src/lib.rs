@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod budget;
+pub mod bytes;
 pub mod cause;
 pub mod codec;
 pub mod connection;

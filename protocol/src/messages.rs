@@ -467,6 +467,7 @@ pub struct OutputChunk {
     pub task: TaskRef,
     pub stream: OutputStream,
     pub offset: u64,
+    #[serde(with = "crate::bytes")]
     pub bytes: Vec<u8>,
 }
 
@@ -789,6 +790,7 @@ pub enum FromMaster {
         task: TaskId,
         stream: OutputStream,
         offset: u64,
+        #[serde(with = "crate::bytes")]
         bytes: Vec<u8>,
         end: u64,
         done: bool,
