@@ -158,6 +158,17 @@ impl Events {
         }
     }
 
+    /// Task `id` is queued (again): released by its dependencies, re-queued after a lost worker
+    /// or held for a retry.
+    pub fn queued(&mut self, now_ms: u64, id: u64) {
+        self.task(now_ms, || Event::Task {
+            id,
+            state: protocol::TaskState::Queued.as_str(),
+            worker: None,
+            at_ms: now_ms,
+        });
+    }
+
     pub fn next_deadline(&self) -> Option<u64> {
         self.next_summary_ms
     }

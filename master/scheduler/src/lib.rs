@@ -608,12 +608,7 @@ impl Core {
                             continue;
                         }
                         self.tasks.release(id);
-                        self.events.task(now_ms, || StreamEvent::Task {
-                            id: i,
-                            state: TaskState::Queued.as_str(),
-                            worker: None,
-                            at_ms: now_ms,
-                        });
+                        self.events.queued(now_ms, i);
                         self.enqueue(id);
                     }
                     debug!(
@@ -1376,12 +1371,7 @@ impl Core {
             self.tasks.bump_failed(id);
         }
         self.metrics.retried += 1;
-        self.events.task(now_ms, || StreamEvent::Task {
-            id: id.0,
-            state: TaskState::Queued.as_str(),
-            worker: None,
-            at_ms: now_ms,
-        });
+        self.events.queued(now_ms, id.0);
         info!("task {id} failed on {worker}; retry {n}/{of} in {delay_ms} ms");
         self.holds.hold(id, now_ms + delay_ms);
         true
@@ -1644,12 +1634,7 @@ impl Core {
             } else {
                 self.tasks.requeue(task);
                 self.metrics.requeued += 1;
-                self.events.task(now_ms, || StreamEvent::Task {
-                    id: task.0,
-                    state: TaskState::Queued.as_str(),
-                    worker: None,
-                    at_ms: now_ms,
-                });
+                self.events.queued(now_ms, task.0);
                 self.enqueue(task);
                 debug!("task {task} re-queued after losing its worker");
                 requeued += 1;

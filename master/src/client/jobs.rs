@@ -7,7 +7,7 @@ use super::view::{self, Align, Table};
 use super::{ids, ConnArgs, Outcome};
 use master::json::JobView;
 use protocol::{FromMaster, JobId, JobStatus, TaskState, ToMaster};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(clap::Args, Debug)]
@@ -33,20 +33,11 @@ pub fn job_ids(args: &[ids::IdArg]) -> Vec<JobId> {
 /// The name column is cut to this many characters (`…` last): a default name is a command line.
 const NAME_CELL_CHARS: usize = 40;
 
-/// Rows the table shows on a terminal without `--limit`, as `results` does: the newest jobs.
-const TERMINAL_LIMIT: usize = 50;
-
 pub fn run(args: JobsArgs) -> Result<Outcome> {
     let mut session = args.conn.connect()?;
     let mut jobs = fetch(&mut session, job_ids(&args.ids))?;
-    let limit = match args.limit {
-        Some(0) => None,
-        Some(n) => Some(n),
-        // Scripts get everything; a person gets the newest screenful.
-        None if std::io::stdout().is_terminal() && !args.json => Some(TERMINAL_LIMIT),
-        None => None,
-    };
-    let left_out = limit.map_or(0, |n| jobs.len().saturating_sub(n));
+    let left_out =
+        view::row_limit(args.limit, args.json).map_or(0, |n| jobs.len().saturating_sub(n));
     jobs.drain(..left_out);
     let mut out = view::stdout();
     if args.json {
@@ -57,12 +48,8 @@ pub fn run(args: JobsArgs) -> Result<Outcome> {
         write_table(&mut out, &jobs, now_ms())?;
     }
     out.flush()?;
-    if left_out > 0 && !args.json {
-        // On stderr: stdout stays the table alone.
-        eprintln!(
-            "({} earlier not shown: --limit N shows the last N, --limit 0 all)",
-            protocol::plural::count_usize(left_out, "job", "jobs"),
-        );
+    if !args.json {
+        view::note_left_out(left_out as u64, "job", "jobs");
     }
     Ok(Outcome::Success)
 }

@@ -6,12 +6,9 @@ use super::error::Result;
 use super::session::{unexpected, Session};
 use super::term::Layout;
 use super::view::{self, ResultsOutput};
-use super::{ids, jobs, plural, ConnArgs, Outcome};
+use super::{ids, jobs, ConnArgs, Outcome};
 use protocol::{FromMaster, JobId, TaskId, TaskState, ToMaster};
-use std::io::{IsTerminal, Write};
-
-/// Rows the table shows on a terminal without `--limit`: the last ones, the newest at the bottom.
-const TERMINAL_LIMIT: usize = 50;
+use std::io::Write;
 
 #[derive(clap::Args, Debug)]
 pub struct ResultsArgs {
@@ -38,14 +35,7 @@ pub struct ResultsArgs {
 pub fn run(args: ResultsArgs) -> Result<Outcome> {
     let mut session = args.conn.connect()?;
     let mut out = view::stdout();
-    let terminal = std::io::stdout().is_terminal();
-    let limit = match args.limit {
-        Some(0) => None,
-        Some(n) => Some(n),
-        // Scripts get everything; a person gets the newest screenful.
-        None if terminal && !args.json => Some(TERMINAL_LIMIT),
-        None => None,
-    };
+    let limit = view::row_limit(args.limit, args.json);
     let mut sink = if args.json {
         ResultsOutput::json(limit)
     } else {
@@ -71,13 +61,8 @@ pub fn run(args: ResultsArgs) -> Result<Outcome> {
     }
     let left_out = sink.finish(&mut out)?;
     out.flush()?;
-    if left_out > 0 && !args.json {
-        // On stderr: stdout stays the table alone.
-        let _ = writeln!(
-            std::io::stderr(),
-            "({left_out} earlier {} not shown: --limit N shows the last N, --limit 0 all)",
-            plural(left_out, "task", "tasks"),
-        );
+    if !args.json {
+        view::note_left_out(left_out, "task", "tasks");
     }
     Ok(Outcome::Success)
 }

@@ -8,7 +8,7 @@ pub use master::json::{ResultView, StatusView};
 use protocol::{StatusReport, TaskResult, WorkerStatus};
 use serde::Serialize;
 use std::collections::VecDeque;
-use std::io::{self, BufWriter, StdoutLock, Write};
+use std::io::{self, BufWriter, IsTerminal, StdoutLock, Write};
 
 pub type Out = BufWriter<StdoutLock<'static>>;
 
@@ -16,6 +16,30 @@ pub type Out = BufWriter<StdoutLock<'static>>;
 /// both lock per line and panic on a closed pipe.
 pub fn stdout() -> Out {
     BufWriter::with_capacity(64 << 10, io::stdout().lock())
+}
+
+/// Rows a table shows on a terminal without `--limit`: the newest screenful.
+const TERMINAL_ROWS: usize = 50;
+
+/// The rows to keep for `--limit` (`None`: all): `0` is all, and without it a person at a
+/// terminal gets the newest [`TERMINAL_ROWS`], a script (piped, or `--json`) everything.
+pub fn row_limit(limit: Option<usize>, json: bool) -> Option<usize> {
+    match limit {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None if !json && io::stdout().is_terminal() => Some(TERMINAL_ROWS),
+        None => None,
+    }
+}
+
+/// On stderr, so stdout stays the table alone: how many rows `--limit` left out.
+pub fn note_left_out(left_out: u64, one: &str, many: &str) {
+    if left_out > 0 {
+        eprintln!(
+            "({} earlier not shown: --limit N shows the last N, --limit 0 all)",
+            protocol::plural::count(left_out, one, many)
+        );
+    }
 }
 
 pub fn write_json<T: Serialize + ?Sized>(out: &mut impl Write, value: &T) -> io::Result<()> {
