@@ -1340,6 +1340,8 @@ fn open_journal(
     config.master_id = recovered.master_id;
     config.incarnation = current;
     let mut core = Core::new(config);
+    // Ids missing from `tasks` below it were forgotten (the journal checked): never reused.
+    core.expect_forgotten(recovered.next_id);
     let (finished, unfinished) =
         core.restore(now_ms, recovered.tasks, recovered.history, recovered.jobs)?;
     info!(
@@ -1362,6 +1364,7 @@ fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {
         } => journal.record_submit(first, count, &spec, submitted_ms),
         Record::Finished { id, outcome } => journal.record_final(id, &outcome),
         Record::Job(job) => journal.record_job(&job),
+        Record::Forgotten { ranges } => journal.record_forgotten(&ranges),
     }
 }
 

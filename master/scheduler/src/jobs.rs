@@ -15,6 +15,8 @@ pub struct Job {
     pub count: u64,
     pub submitted_ms: u64,
     counts: [u64; STATES],
+    /// Its tasks forgotten (`master forget`): out of `counts`. Once all are, the job is too.
+    forgotten: u64,
     /// When its latest task became final (the job's end once none is unfinished).
     last_final_ms: Option<u64>,
 }
@@ -44,7 +46,17 @@ impl Job {
 
     /// How many of its tasks were added (a job is made before its tasks).
     fn added(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().sum::<u64>() + self.forgotten
+    }
+
+    /// When its last task became final, once none is unfinished.
+    pub fn finished_ms(&self) -> Option<u64> {
+        self.last_final_ms.filter(|_| self.unfinished() == 0)
+    }
+
+    /// Every task of it is forgotten: the job is, too (`get` and `iter` skip it).
+    pub fn is_forgotten(&self) -> bool {
+        self.forgotten == self.count
     }
 }
 
@@ -95,6 +107,7 @@ impl JobTable {
             count,
             submitted_ms: now_ms,
             counts: [0; STATES],
+            forgotten: 0,
             last_final_ms: None,
         });
         JobId(self.jobs.len() as u64)
@@ -116,16 +129,50 @@ impl JobTable {
         Ok(())
     }
 
+    /// Job `id`; `None` for one never made, or forgotten.
     pub fn get(&self, id: JobId) -> Option<&Job> {
         let i = (id.0 as usize).checked_sub(1)?;
-        self.jobs.get(i)
+        self.jobs.get(i).filter(|j| !j.is_forgotten())
     }
 
+    /// Whether job `id` was made and then forgotten (a clearer answer than "unknown").
+    pub fn was_forgotten(&self, id: JobId) -> bool {
+        let i = (id.0 as usize).checked_sub(1);
+        i.and_then(|i| self.jobs.get(i))
+            .is_some_and(Job::is_forgotten)
+    }
+
+    /// Every job not forgotten, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (JobId, &Job)> {
         self.jobs
             .iter()
             .enumerate()
             .map(|(i, j)| (JobId(i as u64 + 1), j))
+            .filter(|(_, j)| !j.is_forgotten())
+    }
+
+    /// A final task of some job was forgotten; returns its job and whether that job is now
+    /// wholly forgotten (its name is freed then).
+    pub fn forgot(&mut self, task: TaskId, state: TaskState) -> Option<(JobId, bool)> {
+        let job = self.job_mut(task)?;
+        job.counts[state_index(state)] -= 1;
+        job.forgotten += 1;
+        let whole = job.is_forgotten();
+        if whole {
+            job.name = String::new();
+        }
+        Some((JobId(self.hint as u64 + 1), whole))
+    }
+
+    /// A forgotten task of some job was skipped over at a restart (the journal no longer holds it).
+    pub fn skipped(&mut self, task: TaskId) {
+        if let Some(job) = self.job_mut(task) {
+            job.forgotten += 1;
+            debug_assert!(job.added() <= job.count);
+            if job.is_forgotten() {
+                job.name = String::new();
+            }
+        }
     }
 
     /// The job holding task `id`: O(log jobs).
@@ -192,7 +239,8 @@ impl JobTable {
     #[cfg(test)]
     pub fn sanity_check(&self, tasks: u64) {
         let mut next = TaskId(1);
-        for (id, job) in self.iter() {
+        let all = self.jobs.iter().enumerate();
+        for (id, job) in all.map(|(i, j)| (JobId(i as u64 + 1), j)) {
             assert_eq!(job.first, next, "job {id} does not follow the one before");
             assert_eq!(job.added(), job.count, "job {id}'s counts do not add up");
             next = TaskId(job.last().0 + 1);
