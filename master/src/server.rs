@@ -377,7 +377,23 @@ impl Server {
             self.core.handle_timeout(now);
             self.sweep_http(now);
             self.end_turn(now)?;
+            self.vacuum_step()?;
         }
+    }
+
+    /// After a forget, the journal gives its freed pages back a few at a time, one small step
+    /// per loop turn once the turn's records are committed, so no turn stalls on it.
+    fn vacuum_step(&mut self) -> Result<(), ServerError> {
+        let Some(journal) = &mut self.journal else {
+            return Ok(());
+        };
+        if journal.vacuum_due() && journal.pending() == 0 {
+            if let Err(e) = journal.compact_step() {
+                self.tell_waiting_clients(&e);
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     /// The end on a signal: what was accepted is committed, and one line says why the master
@@ -567,7 +583,16 @@ impl Server {
             .next_http_sweep_ms
             .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
         let more = (!self.more_input.is_empty()).then_some(Duration::ZERO);
-        [core, commit, http, more].into_iter().flatten().min()
+        // Pages to give back: the next step soon, but not a busy loop.
+        let vacuum = self
+            .journal
+            .as_ref()
+            .filter(|j| j.vacuum_due())
+            .map(|_| Duration::from_millis(VACUUM_STEP_MS));
+        [core, commit, http, more, vacuum]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn accept(&mut self, now: u64) {
@@ -1367,6 +1392,9 @@ fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {
         Record::Forgotten { ranges } => journal.record_forgotten(&ranges),
     }
 }
+
+/// The pause between two incremental vacuum steps while an idle master compacts its journal.
+const VACUUM_STEP_MS: u64 = 5;
 
 /// Why reading from a connection ended it.
 #[derive(Debug, Error)]
