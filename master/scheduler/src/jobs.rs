@@ -54,6 +54,11 @@ impl Job {
         self.last_final_ms.filter(|_| self.unfinished() == 0)
     }
 
+    /// How many of its tasks were forgotten.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
     /// Every task of it is forgotten: the job is, too (`get` and `iter` skip it).
     pub fn is_forgotten(&self) -> bool {
         self.forgotten == self.count

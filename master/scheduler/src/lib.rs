@@ -2106,7 +2106,8 @@ impl Core {
             let succeeded = j.count(TaskState::Succeeded);
             remaining += unfinished;
             start.succeeded += succeeded;
-            start.failed += j.count - unfinished - succeeded;
+            // Forgotten tasks (their outcome is gone) are not counted at all.
+            start.failed += j.count - unfinished - succeeded - j.forgotten();
         }
         let pending = match self.pending_ids(ids, &ranges, &mut start) {
             Ok(pending) => pending,

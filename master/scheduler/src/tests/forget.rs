@@ -291,3 +291,40 @@ fn the_table_gives_its_front_back() {
     assert_eq!(h.core.tasks.first_kept(), kept[0]);
     assert_eq!(h.core.tasks.held(), 1);
 }
+
+#[test]
+fn a_wait_on_a_partly_forgotten_job_counts_only_what_is_left() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let ids = finished_job(&mut h, w, c, 2);
+    h.msg(
+        c,
+        ToMaster::Forget {
+            ids: vec![ids[0]],
+            jobs: vec![],
+            finished_before_ms: None,
+        },
+    );
+    let out = h.msg(
+        c,
+        ToMaster::Wait {
+            ids: vec![],
+            progress: false,
+            jobs: vec![JobId(1)],
+        },
+    );
+    let done = out.iter().find_map(|o| match o {
+        Output::Send {
+            msg:
+                FromMaster::WaitDone {
+                    total,
+                    succeeded,
+                    failed,
+                },
+            ..
+        } => Some((*total, *succeeded, *failed)),
+        _ => None,
+    });
+    assert_eq!(done, Some((1, 1, 0)), "a forgotten task is not a failure");
+}
