@@ -758,11 +758,18 @@ impl Journal {
         if !self.vacuum_due || self.pending > 0 {
             return Ok(self.vacuum_due);
         }
+        // IMPORTANT: stepped to the end: each step of this pragma frees one page (`execute_batch`
+        // steps once, so it would free one page per call).
         let result = self
             .conn
-            .execute_batch(&format!(
+            .prepare_cached(&format!(
                 "PRAGMA incremental_vacuum({VACUUM_PAGES_PER_STEP})"
             ))
+            .and_then(|mut stmt| {
+                let mut rows = stmt.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            })
             .and_then(|()| {
                 self.conn
                     .query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))

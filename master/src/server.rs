@@ -14,8 +14,8 @@
 //! reach the core as local clients, so their answers pass the same journal gate.
 
 use crate::core::{
-    needs_commit, Backlog, ConnId, Core, CoreConfig, GroupCommit, Output, Record, RestoreError,
-    CLIENT_BACKLOG_MAX_BYTES, REPLY_BYTES_IN_FLIGHT_MAX, STALLED_READER_MS,
+    needs_commit, Backlog, ConnId, Core, CoreConfig, GroupCommit, LogOp, Output, Record,
+    RestoreError, CLIENT_BACKLOG_MAX_BYTES, REPLY_BYTES_IN_FLIGHT_MAX, STALLED_READER_MS,
 };
 use crate::http::api::{self, Action, Pending};
 use crate::http::conn::{
@@ -235,6 +235,8 @@ pub struct Server {
     /// Bytes waiting in every connection's `out` together.
     unsent_total: usize,
     journal: Option<Journal>,
+    /// Tasks were forgotten this turn: give the freed memory back at its end.
+    trim_due: bool,
     /// When the oldest record not yet committed was made.
     group_commit: GroupCommit,
     /// Every task's full output (`crate::logs`).
@@ -320,6 +322,7 @@ impl Server {
             paused: Vec::new(),
             unsent_total: 0,
             journal,
+            trim_due: false,
             group_commit: GroupCommit::default(),
             logs,
         })
@@ -378,6 +381,9 @@ impl Server {
             self.sweep_http(now);
             self.end_turn(now)?;
             self.vacuum_step()?;
+            if std::mem::take(&mut self.trim_due) {
+                give_memory_back();
+            }
         }
     }
 
@@ -1045,10 +1051,14 @@ impl Server {
         while let Some(output) = self.core.poll_output() {
             let (conn, msg) = match output {
                 Output::Send { conn, msg } => (conn, msg),
-                Output::Log(op) => match self.logs.apply(op) {
-                    Some(reply) => reply,
-                    None => continue,
-                },
+                Output::Log(op) => {
+                    // Every forget tells the log store: the turn's end gives memory back.
+                    self.trim_due |= matches!(op, LogOp::Forget { .. });
+                    match self.logs.apply(op) {
+                        Some(reply) => reply,
+                        None => continue,
+                    }
+                }
                 Output::Close { conn, reason } => {
                     if let Some(c) = self.conns.get_mut(conn) {
                         debug!("{}: closing: {reason}", c.addr);
@@ -1390,6 +1400,17 @@ fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {
         Record::Finished { id, outcome } => journal.record_final(id, &outcome),
         Record::Job(job) => journal.record_job(&job),
         Record::Forgotten { ranges } => journal.record_forgotten(&ranges),
+    }
+}
+
+/// After tasks were forgotten: the allocator keeps the freed results in its free lists, so RSS
+/// would not drop; `malloc_trim` returns the free pages to the kernel (glibc; a few ms for a heap
+/// of hundreds of MiB, once per forget, not per turn).
+fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only releases memory the allocator holds free; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
