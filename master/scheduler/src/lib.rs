@@ -530,6 +530,7 @@ impl Core {
                 self.tasks
                     .skip_forgotten(self.tasks.next_id(), TaskId(next.0 - 1));
             }
+            self.tasks.compact();
         }
         self.settle_releases(now_ms);
         Ok((finished, unfinished))

@@ -216,9 +216,14 @@ impl Core {
         } else {
             ids.len()
         };
+        // Every job: from the first one not freed (the ids before are forgotten).
+        let pos = match ids.is_empty() {
+            true => self.tasks.jobs().first_kept().0 as usize - 1,
+            false => 0,
+        };
         let cursor = Cursor::Jobs {
             ids,
-            pos: 0,
+            pos,
             end,
             now_ms,
         };

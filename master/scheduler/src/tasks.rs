@@ -423,6 +423,7 @@ impl TaskTable {
         if self.tasks.capacity() > 2 * self.tasks.len() + 64 {
             self.tasks.shrink_to_fit();
         }
+        self.jobs.compact();
     }
 
     pub fn count(&self, state: TaskState) -> u64 {

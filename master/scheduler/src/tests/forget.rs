@@ -255,6 +255,12 @@ fn a_restore_skips_forgotten_ids_and_never_reuses_them() {
     );
     assert_eq!(got, Ok((1, 0)));
     assert!(h.core.task(TaskId(1)).is_none() && h.core.task(TaskId(5)).is_none());
+    assert_eq!(
+        h.core.tasks.first_kept(),
+        TaskId(3),
+        "the forgotten front is not held"
+    );
+    assert_eq!(h.core.tasks.jobs().first_kept(), JobId(2));
     assert!(h.core.task(TaskId(3)).is_some());
     let c = h.client();
     let out = h.msg(c, ToMaster::Jobs { ids: vec![] });
@@ -290,6 +296,22 @@ fn the_table_gives_its_front_back() {
     );
     assert_eq!(h.core.tasks.first_kept(), kept[0]);
     assert_eq!(h.core.tasks.held(), 1);
+    assert_eq!(
+        h.core.tasks.jobs().first_kept(),
+        JobId(2),
+        "the job's entry is freed too"
+    );
+    // Its id is still known as forgotten, and never reused.
+    let c2 = h.client();
+    let out = h.msg(
+        c2,
+        ToMaster::Jobs {
+            ids: vec![JobId(1)],
+        },
+    );
+    assert!(error_of(&out).is_some_and(|e| e.contains("forgotten")));
+    let (ids, _) = h.submit(c2, vec![sleep_spec(0)], 1);
+    assert_eq!(h.core.tasks.job_of(ids[0]), Some(JobId(3)));
 }
 
 #[test]
