@@ -441,33 +441,71 @@ if want W5; then
 fi
 
 # ---- W7 end to end -------------------------------------------------------------------------
+# One command from the shell against the cheapest command the same harness runs: per mode, 30
+# spawns of /bin/true right before 30 `submit --wait -- true` per client binary (the clients
+# interleaved sample by sample, so load drifting on a shared machine hits them alike). The row
+# is the ratio of the medians (issue 13: <= 3.5x). With a build, two clients: `master` as
+# `cargo build` links it, and the same code linked static and not position-independent (`cargo
+# release-master`: no ld.so, no relocations, ~0.4 ms less start-up; docs/PERFORMANCE.md W7).
+W7_SAMPLES=30
+# How a binary is linked: a dynamic ELF names its interpreter in its first page.
+linkage_of() { case "$(head -c 4096 "$1" | tr -dc 'a-z-')" in *ld-linux*) echo dynamic ;; *) echo static ;; esac; }
+W7_CLIENTS=("$MASTER")
+if want W7 && [ "$BUILD" = 1 ]; then
+    (cd "$ROOT" && cargo rustc --release --quiet -p master --bin master -- \
+        -C target-feature=+crt-static -C relocation-model=static)
+    cp "$BIN/master" "$SCRATCH/bin/master-static"
+    # Back to what `cargo build` makes, for whoever uses target/ next (relinks master only).
+    (cd "$ROOT" && cargo build --release --workspace --quiet)
+    W7_CLIENTS+=("$SCRATCH/bin/master-static")
+fi
 for mode in journal nojournal; do
     want W7 || break
     start_master "w7-$mode" "$mode"
     start_workers "w7-$mode" 2 1
     sleep 0.5
     idle=$(rss_kb "$MPID")
-    samples=()
-    for i in $(seq 20); do
+    spawn=()
+    for i in $(seq "$W7_SAMPLES"); do
         now; t0=$NOW
-        "$MASTER" submit --master "$ADDR" --wait -- true >/dev/null
+        /bin/true
         now; t1=$NOW
-        samples+=("$(ms_between "$t0" "$t1")")
+        spawn+=("$(ms_between "$t0" "$t1")")
+    done
+    declare -A w7=()
+    for i in $(seq "$W7_SAMPLES"); do
+        for c in "${!W7_CLIENTS[@]}"; do
+            now; t0=$NOW
+            "${W7_CLIENTS[$c]}" submit --master "$ADDR" --wait -- true >/dev/null
+            now; t1=$NOW
+            w7[$c]="${w7[$c]:-} $(ms_between "$t0" "$t1")"
+        done
     done
     stop_all
-    med=$(printf '%s\n' "${samples[@]}" | median)
-    echo "W7 end to end ($(tag_of $mode)): median $med ms, idle master RSS $idle KiB"
-    row W7 "submit --wait -- true, median, $(tag_of $mode)" "$med" ms lower 3 "" ""
+    true_med=$(printf '%s\n' "${spawn[@]}" | median)
+    extra "w7_${mode}_true_samples_ms" "$(json_list "${spawn[@]}")"
+    for c in "${!W7_CLIENTS[@]}"; do
+        link=$(linkage_of "${W7_CLIENTS[$c]}")
+        read -r -a samples <<<"${w7[$c]}"
+        med=$(printf '%s\n' "${samples[@]}" | median)
+        ratio=$(calc "$med / $true_med" 2)
+        echo "W7 end to end ($(tag_of $mode), $link master): median $med ms, /bin/true $true_med ms: ${ratio}x"
+        row W7 "submit --wait -- true / /bin/true, $link, $(tag_of $mode)" "$ratio" x lower 3.5 "" ""
+        row W7 "submit --wait -- true, median, $link, $(tag_of $mode)" "$med" ms lower "" "" ""
+        extra "w7_${mode}_${link}_samples_ms" "$(json_list "${samples[@]}")"
+    done
+    unset w7
+    row W7 "/bin/true from the same harness, $(tag_of $mode)" "$true_med" ms lower "" "" ""
     if [ "$mode" = journal ]; then
+        echo "W7 idle master RSS: $idle KiB"
         row W7 "idle master RSS, 2 workers" "$(calc "$idle / 1024" 1)" MiB lower 10 "" ""
     fi
-    extra "w7_${mode}_samples_ms" "$(json_list "${samples[@]}")"
     extra "w7_${mode}_idle_rss_kb" "$idle"
 done
 # The floor under W7: the client binary starting and exiting, no master involved.
 if want W7; then
     floor=()
-    for i in $(seq 20); do
+    for i in $(seq "$W7_SAMPLES"); do
         now; t0=$NOW
         "$MASTER" --version >/dev/null
         now; t1=$NOW
