@@ -291,22 +291,20 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
                 Running::Spin { cancel }
             }
             TaskKind::Command { .. } => {
-                if self.reactor.is_none() {
-                    match Reactor::start(self.events.clone()) {
+                let (reactor, space) = match &mut self.reactor {
+                    Some(started) => started,
+                    None => match Reactor::start(self.events.clone()) {
                         Ok(reactor) => {
                             let waker = reactor.waker();
                             let space: Wake = Arc::new(move || waker.wake());
-                            self.reactor = Some((reactor, space));
+                            self.reactor.insert((reactor, space))
                         }
                         Err(e) => {
                             let error = format!("cannot start the task IO thread: {e}");
                             done.push(completion(task, TaskOutcome::Failed { error }, 0));
                             return true;
                         }
-                    }
-                }
-                let Some((reactor, space)) = &self.reactor else {
-                    unreachable!("started above");
+                    },
                 };
                 let control = Arc::new(CommandControl::new());
                 let output = self.wake.as_ref().map(|wake| {

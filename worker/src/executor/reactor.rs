@@ -219,6 +219,9 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
 
     /// Spawns what the loop submitted.
     fn take_submitted(&mut self) {
+        // First, so that the wake of a job taken here does not end the next poll at once; a job
+        // submitted after the swap below wakes the thread again.
+        self.drain_waker();
         {
             let mut queue = self
                 .shared
