@@ -4,7 +4,8 @@
 # Usage: scripts/bench.sh [--no-build] [--only W1,W2,...] [--repeat N]
 #   --no-build      use the binaries already in target/release
 #   --only LIST     run only these workloads (W1 W2 W3 W4 W5 W7 W8 W9 H1; W6 is W2 with the journal on)
-#   --repeat N      runs of each throughput workload (W1, W2, W5, W8); the median is reported (default 3)
+#   --repeat N      runs of each throughput workload (W1, W2, W5, W8); the median is reported (default 3;
+#                   W1 runs at least 3 times and reports its worst run)
 #   BENCH_OUT=DIR   where results.json and the run's logs go (default: bench/ in the repo)
 #   BENCH_TMP=DIR   parent of the scratch folder (default: $TMPDIR or /tmp)
 #
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --only) ONLY=",$2,"; shift ;;
         --repeat) REPEAT=$2; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -159,11 +160,15 @@ echo "Ballast benchmarks: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB",
 echo "logs in $LOGS"
 
 # ---- W1 spawn ------------------------------------------------------------------------------
-# 5,000 `true` through two one-slot workers, against xargs -P2 measured right before each run.
+# 5,000 `true` through two one-slot workers, against xargs -P2 measured right before each run
+# (interleaved: xargs, ballast, xargs, ballast, ...). At least 3 runs whatever --repeat says. The
+# issue-13 target is >= 1.0x xargs in EVERY run, so the row shows the worst run (lowest ratio):
+# `met` only if all of them are.
+W1_RUNS=$(( REPEAT > 3 ? REPEAT : 3 ))
 for mode in journal nojournal; do
     want W1 || break
     xr=() br=() ratios=() busy=()
-    for r in $(seq "$REPEAT"); do
+    for r in $(seq "$W1_RUNS"); do
         busy+=("$(host_busy_pct)")
         now; t0=$NOW
         seq 5000 | xargs -P2 -n1 true
@@ -177,13 +182,14 @@ for mode in journal nojournal; do
         br+=("$(calc "5000 / (($t1 - $t0) / 1e9)" 1)")
         ratios+=("$(calc "${br[-1]} / ${xr[-1]}" 3)")
         stop_all
-        echo "W1 spawn ($(tag_of $mode)) run $r: ballast ${br[-1]}/s, xargs -P2 ${xr[-1]}/s (host busy/steal ${busy[-1]}% before)"
+        echo "W1 spawn ($(tag_of $mode)) run $r: ballast ${br[-1]}/s, xargs -P2 ${xr[-1]}/s, ratio ${ratios[-1]} (host busy/steal ${busy[-1]}% before)"
     done
-    # The median run by ratio, so that figure and peer come from the same run.
-    mid=$(for i in "${!ratios[@]}"; do echo "${ratios[$i]} $i"; done | sort -g | awk -v n="${#ratios[@]}" 'NR == int((n + 1) / 2) { print $2 }')
-    row W1 "spawn 5k true, 2x1 slots, $(tag_of $mode)" "${br[$mid]}" tasks/s higher 0.95 "xargs -P2" "${xr[$mid]}"
+    # The worst run by ratio, so that figure and peer come from the same run.
+    worst=$(for i in "${!ratios[@]}"; do echo "${ratios[$i]} $i"; done | sort -g | awk 'NR == 1 { print $2 }')
+    row W1 "spawn 5k true, 2x1 slots, $(tag_of $mode), worst of $W1_RUNS" "${br[$worst]}" tasks/s higher 1.0 "xargs -P2" "${xr[$worst]}"
     extra "w1_${mode}_ballast_tasks_per_s" "$(json_list "${br[@]}")"
     extra "w1_${mode}_xargs_tasks_per_s" "$(json_list "${xr[@]}")"
+    extra "w1_${mode}_ratios" "$(json_list "${ratios[@]}")"
     extra "w1_${mode}_host_busy_steal_pct" "$(json_strs "${busy[@]}")"
 done
 
