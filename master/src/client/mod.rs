@@ -1,5 +1,5 @@
 //! The client side of the `master` binary: `submit`, `status`, `results`, `wait`, `cancel`,
-//! `jobs`.
+//! `jobs`, `logs`, `forget`.
 //! Each subcommand opens one connection (`protocol::Connection`), sends its request(s), and turns
 //! the replies into text or `--json` for a person or a script.
 //!
@@ -8,6 +8,7 @@
 
 mod cancel;
 mod error;
+mod forget;
 mod ids;
 mod jobs;
 mod logs;
@@ -21,6 +22,7 @@ mod view;
 mod wait;
 
 pub use cancel::CancelArgs;
+pub use forget::ForgetArgs;
 pub use jobs::JobsArgs;
 pub use logs::LogsArgs;
 pub use results::ResultsArgs;
@@ -54,6 +56,8 @@ pub enum ClientCommand {
     Jobs(JobsArgs),
     /// Print a task's whole stdout (or --stderr), as stored by the master; --follow while it runs.
     Logs(LogsArgs),
+    /// Forget finished tasks (by id, --job, --finished-before): from memory, journal and logs.
+    Forget(ForgetArgs),
 }
 
 /// The names of [`ClientCommand`]'s subcommands (a test checks them against clap's), so that
@@ -156,6 +160,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
         ClientCommand::Cancel(args) => cancel::run(args),
         ClientCommand::Jobs(args) => jobs::run(args),
         ClientCommand::Logs(args) => logs::run(args),
+        ClientCommand::Forget(args) => forget::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
@@ -216,6 +221,9 @@ mod tests {
             &["cancel", "5-9", "12"],
             &["logs", "7"],
             &["logs", "7", "--stderr", "--follow"],
+            &["forget", "--job", "3"],
+            &["forget", "5-9", "--finished-before", "1h", "--json"],
+            &["forget", "--finished-before", "30m"],
         ];
         for argv in ok {
             assert!(parse(argv).is_ok(), "{argv:?}: {:?}", parse(argv).err());

@@ -109,6 +109,7 @@ pub fn reply_to(msg: &ToMaster) -> &'static str {
         ToMaster::Results { .. } => "the reply to Results",
         ToMaster::Wait { .. } => "the reply to Wait",
         ToMaster::Cancel { .. } => "the reply to Cancel",
+        ToMaster::Forget { .. } => "the reply to Forget",
         _ => "a reply",
     }
 }
