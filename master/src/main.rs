@@ -150,6 +150,15 @@ fn parse_speculate(s: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
+    // A client subcommand builds only the client's part of the command line: the server's and
+    // the simulator's options are most of the heap a full parse touches, and every page of it is
+    // a fault in a process that lives a few milliseconds (W7 in docs/PERFORMANCE.md).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| client::is_client_command(&first))
+    {
+        return client::main();
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Client(cmd)) => client::run(cmd),

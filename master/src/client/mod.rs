@@ -30,7 +30,6 @@ pub use status::StatusArgs;
 pub use submit::SubmitArgs;
 pub use wait::WaitArgs;
 
-use error::Result;
 use session::Session;
 use std::io::Write;
 use std::process::ExitCode;
@@ -59,6 +58,32 @@ pub enum ClientCommand {
     Logs(LogsArgs),
     /// Forget finished tasks (by id, --job, --finished-before): from memory, journal and logs.
     Forget(ForgetArgs),
+}
+
+/// The names of [`ClientCommand`]'s subcommands (a test checks them against clap's), so that
+/// `main` can tell a client command line from the first argument alone.
+const COMMANDS: [&str; 7] = [
+    "submit", "status", "results", "wait", "cancel", "jobs", "logs",
+];
+
+/// Whether `first` (the first argument) names a client subcommand.
+pub fn is_client_command(first: &std::ffi::OsStr) -> bool {
+    COMMANDS.iter().any(|c| first == *c)
+}
+
+/// `master SUBCOMMAND ...` for a client subcommand: the same parse as through the full command
+/// line, with only the client's subcommands built.
+#[derive(clap::Parser, Debug)]
+#[command(name = "master", version)]
+struct ClientCli {
+    #[command(subcommand)]
+    command: ClientCommand,
+}
+
+/// Parses the command line as a client subcommand and runs it.
+pub fn main() -> ExitCode {
+    use clap::Parser;
+    run(ClientCli::parse().command)
 }
 
 /// Where the master is and how to prove we may talk to it; shared by every subcommand.
@@ -93,13 +118,14 @@ fn parse_reply_timeout(text: &str) -> std::result::Result<Duration, String> {
 }
 
 impl ConnArgs {
-    /// An empty `BALLAST_MASTER=` reaches clap as an empty value; treat it as unset, like the token.
-    fn connect(&self) -> Result<Session> {
+    /// The session with the master; it connects with its first request. An empty
+    /// `BALLAST_MASTER=` reaches clap as an empty value; treat it as unset, like the token.
+    fn session(&self) -> Session {
         let addr = match self.master.trim() {
             "" => protocol::DEFAULT_MASTER_ADDR,
             addr => addr,
         };
-        Session::connect(addr, self.token.as_deref(), self.reply_timeout)
+        Session::new(addr, self.token.as_deref(), self.reply_timeout)
     }
 }
 
@@ -210,6 +236,21 @@ mod tests {
         assert!(parse(&["status", "--reply-timeout", "0s"]).is_err());
         assert_eq!(parse_reply_timeout(""), Ok(REPLY_TIMEOUT));
         assert!(parse(&["results", "x"]).is_err(), "ids are numbers");
+    }
+
+    #[test]
+    fn the_lean_parse_knows_every_client_command() {
+        use clap::CommandFactory;
+        ClientCli::command().debug_assert();
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        assert_eq!(names, COMMANDS);
+        assert!(COMMANDS.iter().all(|c| is_client_command(c.as_ref())));
+        for other in ["serve", "simulate", "--version", "help", "submitx", ""] {
+            assert!(!is_client_command(other.as_ref()), "{other}");
+        }
     }
 
     #[test]
