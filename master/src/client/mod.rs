@@ -62,8 +62,8 @@ pub enum ClientCommand {
 
 /// The names of [`ClientCommand`]'s subcommands (a test checks them against clap's), so that
 /// `main` can tell a client command line from the first argument alone.
-const COMMANDS: [&str; 7] = [
-    "submit", "status", "results", "wait", "cancel", "jobs", "logs",
+const COMMANDS: [&str; 8] = [
+    "submit", "status", "results", "wait", "cancel", "jobs", "logs", "forget",
 ];
 
 /// Whether `first` (the first argument) names a client subcommand.
