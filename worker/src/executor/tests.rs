@@ -204,6 +204,27 @@ fn streamed_output_is_paced_by_the_loop_and_arrives_whole() {
     }
 }
 
+/// Kernels before 5.3 have no pidfds: exits are then found by polling `waitid(WNOWAIT)`.
+#[test]
+fn without_pidfds_commands_exit_and_are_cancelled() {
+    let mut h = Harness::new(KILL_GRACE);
+    h.exec = Executor::new(h.exec.events.clone(), KILL_GRACE).without_pidfds();
+    let t = h.start(1, sh("echo hi; exit 3"), None);
+    assert_eq!(
+        h.wait_for(t).outcome,
+        TaskOutcome::Exited {
+            code: 3,
+            stdout_tail: "hi\n".into(),
+            stderr_tail: String::new(),
+        }
+    );
+    let t = h.start(2, sh("sleep 30 & sleep 30"), None);
+    let pgid = h.pgid(t);
+    h.exec.cancel(Instant::now(), t, &mut h.done);
+    assert_eq!(h.wait_for(t).outcome, TaskOutcome::Cancelled);
+    poll_until("the group to die", || group_is_gone(pgid).then_some(()));
+}
+
 #[test]
 fn command_env_and_cwd() {
     let mut h = Harness::new(KILL_GRACE);
