@@ -1173,7 +1173,7 @@ fn a_version_2_journal_gains_the_identity_tables() {
     }
     let conn = raw(&dir);
     conn.execute_batch(
-        "DROP TABLE master; DROP TABLE incarnations; DROP TABLE jobs; DROP TABLE forgotten;
+        "DROP TABLE master; DROP TABLE incarnations; DROP INDEX final_batches_by_max_id; DROP TABLE jobs; DROP TABLE forgotten;
          ALTER TABLE final_batches DROP COLUMN min_id;
          ALTER TABLE final_batches DROP COLUMN max_id;
          UPDATE schema_version SET version = 2;",
@@ -1208,7 +1208,7 @@ fn a_version_3_journal_gets_a_job_per_batch_and_jobs_come_back() {
     }
     let conn = raw(&dir);
     conn.execute_batch(
-        "DROP TABLE jobs; DROP TABLE forgotten; ALTER TABLE final_batches DROP COLUMN min_id;
+        "DROP INDEX final_batches_by_max_id; DROP TABLE jobs; DROP TABLE forgotten; ALTER TABLE final_batches DROP COLUMN min_id;
          ALTER TABLE final_batches DROP COLUMN max_id; UPDATE schema_version SET version = 3;",
     )
     .expect("downgrade to version 3");
@@ -1591,7 +1591,7 @@ fn a_version_4_journal_gains_retention_and_incremental_vacuum() {
     drop(j);
     raw(&dir)
         .execute_batch(
-            "DROP TABLE forgotten; ALTER TABLE final_batches DROP COLUMN min_id;
+            "DROP INDEX final_batches_by_max_id; DROP INDEX jobs_by_first_id; DROP TABLE forgotten; ALTER TABLE final_batches DROP COLUMN min_id;
              ALTER TABLE final_batches DROP COLUMN max_id; UPDATE schema_version SET version = 4;
              PRAGMA auto_vacuum = NONE; VACUUM;",
         )
