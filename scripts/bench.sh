@@ -95,6 +95,8 @@ host_busy_pct() {
         if (d <= 0) { print "0/0"; exit }
         printf "%.0f/%.0f", 100 * (y[1] - x[1]) / d, 100 * (y[3] - x[3]) / d }'
 }
+# Busy jiffies of the whole machine (user, nice, system, irq, softirq), for CPU per task.
+busy_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 # JSON string list of host samples.
 json_strs() { local out="" v; for v in "$@"; do out="$out${out:+,}\"$v\""; done; echo "[$out]"; }
 
@@ -167,7 +169,7 @@ echo "logs in $LOGS"
 W1_RUNS=$(( REPEAT > 3 ? REPEAT : 3 ))
 for mode in journal nojournal; do
     want W1 || break
-    xr=() br=() ratios=() busy=()
+    xr=() br=() ratios=() busy=() cpu=()
     for r in $(seq "$W1_RUNS"); do
         busy+=("$(host_busy_pct)")
         now; t0=$NOW
@@ -176,13 +178,16 @@ for mode in journal nojournal; do
         xr+=("$(calc "5000 / (($t1 - $t0) / 1e9)" 1)")
         start_master "w1-$mode-$r" "$mode"
         start_workers "w1-$mode-$r" 2 1
+        j0=$(busy_jiffies)
         now; t0=$NOW
         "$MASTER" submit --master "$ADDR" --count 5000 --wait -- true >/dev/null
         now; t1=$NOW
+        j1=$(busy_jiffies)
         br+=("$(calc "5000 / (($t1 - $t0) / 1e9)" 1)")
         ratios+=("$(calc "${br[-1]} / ${xr[-1]}" 3)")
+        cpu+=("$(calc "($j1 - $j0) * 1000 / $TCK / 5000" 3)")
         stop_all
-        echo "W1 spawn ($(tag_of $mode)) run $r: ballast ${br[-1]}/s, xargs -P2 ${xr[-1]}/s, ratio ${ratios[-1]} (host busy/steal ${busy[-1]}% before)"
+        echo "W1 spawn ($(tag_of $mode)) run $r: ballast ${br[-1]}/s, xargs -P2 ${xr[-1]}/s, ratio ${ratios[-1]}, whole-machine CPU ${cpu[-1]} ms/task (host busy/steal ${busy[-1]}% before)"
     done
     # The worst run by ratio, so that figure and peer come from the same run.
     worst=$(for i in "${!ratios[@]}"; do echo "${ratios[$i]} $i"; done | sort -g | awk 'NR == 1 { print $2 }')
@@ -190,6 +195,7 @@ for mode in journal nojournal; do
     extra "w1_${mode}_ballast_tasks_per_s" "$(json_list "${br[@]}")"
     extra "w1_${mode}_xargs_tasks_per_s" "$(json_list "${xr[@]}")"
     extra "w1_${mode}_ratios" "$(json_list "${ratios[@]}")"
+    extra "w1_${mode}_machine_cpu_ms_per_task" "$(json_list "${cpu[@]}")"
     extra "w1_${mode}_host_busy_steal_pct" "$(json_strs "${busy[@]}")"
 done
 

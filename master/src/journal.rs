@@ -36,7 +36,7 @@ mod recover;
 #[cfg(test)]
 mod tests;
 
-use crate::core::{EpochStart, JobRecord, Outcome, RestoredTask};
+use crate::core::{EpochStart, FinalResult, JobRecord, Outcome, RestoredTask, StoredAt};
 use log::{error, info, warn};
 use marks::{MarkValues, Marks};
 use protocol::{Incarnation, TaskId, TaskSpec, TaskState};
@@ -45,7 +45,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 /// The database file inside the data directory.
@@ -144,10 +144,12 @@ const INSERT_JOB: &str =
 
 const INSERT_BATCH: &str =
     "INSERT INTO batches (first_id, count, spec, submitted_ms) VALUES (?1, ?2, ?3, ?4)";
-/// `seq` is left to SQLite: one more than the largest so far (the largest is never deleted, see
-/// `FORGET_TABLES`).
+/// `seq` is chosen before the row is written (one more than the largest so far; the largest is
+/// never deleted, see `FORGET_TABLES`), so each record knows its place (`StoredAt`) as it is
+/// buffered.
 const INSERT_FINALS: &str =
-    "INSERT INTO final_batches (records, min_id, max_id) VALUES (?1, ?2, ?3)";
+    "INSERT INTO final_batches (seq, records, min_id, max_id) VALUES (?1, ?2, ?3, ?4)";
+const SELECT_FINALS: &str = "SELECT records FROM final_batches WHERE seq = ?1";
 
 /// A turn's finals buffer is written out as a row once it reaches this, before the commit: it
 /// bounds the buffer (a final can carry two 64 KiB output tails, a turn can hold thousands) and
@@ -157,6 +159,9 @@ const FINAL_BLOB_FLUSH_BYTES: usize = 4 << 20;
 /// After a checkpoint, a WAL grown by one huge turn is truncated back to this, so a burst does
 /// not pin its disk space forever.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
+
+/// Entries of the uncommitted-finals list kept allocated between commits (16 B each).
+const COMMITTED_KEEP: usize = 1 << 16;
 
 /// Everything the journal held at `open`: enough to rebuild the master's task table.
 #[derive(Debug, Clone, PartialEq)]
@@ -458,6 +463,13 @@ pub struct Journal {
     jobs_end: u64,
     /// The largest `final_batches.seq` written (committed or not).
     finals_seq: u64,
+    /// Where each final recorded since the last commit sits (`StoredAt`), in record order.
+    uncommitted: Vec<(TaskId, StoredAt)>,
+    /// The same for the finals the last `commit` made durable (`committed_finals`).
+    committed: Vec<(TaskId, StoredAt)>,
+    /// The last `final_batches` blob read back (`read_final`): a results page reads many
+    /// tasks of one blob in a row. At most one blob (a few MiB).
+    read_cache: Option<(u64, Vec<u8>)>,
     /// What every commit writes to the marks file after SQLite's commit; `None` only inside
     /// `open`, before the file is made.
     marks: Option<Marks>,
@@ -561,6 +573,9 @@ impl Journal {
             next_job: recovered.jobs.len() as u64 + 1,
             jobs_end: recovered.jobs.last().map_or(1, |j| j.first.0 + j.count),
             finals_seq: reached.finals_seq,
+            uncommitted: Vec::new(),
+            committed: Vec::new(),
+            read_cache: None,
             marks: None,
             master_id: 0,
             incarnation: 0,
@@ -657,6 +672,7 @@ impl Journal {
                 id: TaskId(id),
                 spec: Arc::clone(&spec),
                 submitted_ms: now_ms,
+                stored: None,
                 outcome: Some(Box::new(outcome.clone())),
             });
         }
@@ -716,6 +732,7 @@ impl Journal {
     pub fn commit(&mut self) -> Result<CommitStats, JournalError> {
         self.check()?;
         if self.pending == 0 {
+            self.committed.clear();
             return Ok(CommitStats::default());
         }
         let result = self.flush_finals().and_then(|()| {
@@ -736,6 +753,12 @@ impl Journal {
             self.settle(result)?;
         }
         let records = std::mem::take(&mut self.pending);
+        std::mem::swap(&mut self.committed, &mut self.uncommitted);
+        self.uncommitted.clear();
+        // A burst of finals (200,000 in one commit) must not pin its lists.
+        if self.uncommitted.capacity() > COMMITTED_KEEP {
+            self.uncommitted = Vec::new();
+        }
         Ok(CommitStats { records })
     }
 
@@ -781,6 +804,68 @@ impl Journal {
         let free = self.settle(result)?;
         self.vacuum_due = free > 0;
         Ok(self.vacuum_due)
+    }
+
+    /// Where the finals made durable by the last `commit` sit, for `Core::handle_stored`.
+    pub fn committed_finals(&self) -> &[(TaskId, StoredAt)] {
+        &self.committed
+    }
+
+    /// Reads back the outcome of task `id` stored at `at` (one indexed row fetch, or none when
+    /// the last read was of the same row). `Ok(None)` when that place holds no record of `id`.
+    pub fn read_final(
+        &mut self,
+        id: TaskId,
+        at: StoredAt,
+    ) -> Result<Option<FinalResult>, JournalError> {
+        let seq = at.seq();
+        if self.read_cache.as_ref().is_none_or(|(s, _)| *s != seq) {
+            self.read_cache = None;
+            let blob: Option<Vec<u8>> = self
+                .conn
+                .prepare_cached(SELECT_FINALS)
+                .and_then(|mut stmt| stmt.query_row([seq as i64], |r| r.get(0)))
+                .optional()
+                .map_err(|e| self.sqlite_error(e))?;
+            let Some(blob) = blob else {
+                return Ok(None);
+            };
+            self.read_cache = Some((seq, blob));
+        }
+        let Some((_, blob)) = &self.read_cache else {
+            return Ok(None);
+        };
+        let bad = |detail: String| JournalError::BadRow {
+            path: self.path.clone(),
+            table: "final_batches",
+            id: seq as i64,
+            detail,
+        };
+        let start = at.offset();
+        let Some(header) = blob.get(start..start + 4) else {
+            return Err(bad(format!("no record at offset {start}")));
+        };
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let Some(frame) = blob.get(start..start + 4 + len) else {
+            return Err(bad(format!("record at offset {start} is cut short")));
+        };
+        let mut decoder = protocol::FrameDecoder::new();
+        decoder.extend(frame);
+        let entry = match decoder.next_frame::<FinalEntry<'static>>() {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Err(bad(format!("record at offset {start} is cut short"))),
+            Err(e) => return Err(bad(format!("record at offset {start}: {e}"))),
+        };
+        if entry.id != id.0 {
+            return Ok(None);
+        }
+        let (_, rec) = entry.into_record();
+        Ok(Some(FinalResult {
+            exit_code: rec.exit_code,
+            stdout: rec.stdout,
+            stderr: rec.stderr,
+            error: rec.error,
+        }))
     }
 
     /// Records waiting for the next `commit`.
@@ -926,6 +1011,7 @@ impl Journal {
         }
         to_i64("finished_ms", rec.finished_ms)?;
         begin_if_idle(&self.conn, self.pending).map_err(|e| self.sqlite_error(e))?;
+        let at = StoredAt::new(self.finals_seq + 1, self.final_buf.len() as u64);
         // Only a record above `MAX_FRAME` fails here; the buffer is then left as it was.
         protocol::encode_frame(&FinalEntry::borrowed(id, rec), &mut self.final_buf).map_err(
             |e| JournalError::Unrepresentable {
@@ -938,6 +1024,11 @@ impl Journal {
             None => (id.0, id.0),
         });
         self.pending += 1;
+        // Every record starts below FINAL_BLOB_FLUSH_BYTES, so `at` always fits; were it not to,
+        // the core would just keep that outcome in RAM.
+        if let Some(at) = at {
+            self.uncommitted.push((id, at));
+        }
         if self.final_buf.len() >= FINAL_BLOB_FLUSH_BYTES {
             self.flush_finals()?;
         }
@@ -955,11 +1046,19 @@ impl Journal {
             "finals buffered outside a transaction"
         );
         let (lo, hi) = self.final_span.take().unwrap_or_default();
+        let seq = self.finals_seq + 1;
         self.conn
             .prepare_cached(INSERT_FINALS)
-            .and_then(|mut stmt| stmt.execute(params![&self.final_buf[..], lo as i64, hi as i64]))
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    seq as i64,
+                    &self.final_buf[..],
+                    lo as i64,
+                    hi as i64
+                ])
+            })
             .map_err(|e| self.sqlite_error(e))?;
-        self.finals_seq = self.conn.last_insert_rowid() as u64;
+        self.finals_seq = seq;
         self.final_buf.clear();
         // Only a single huge record grows it this far (flushes happen at FINAL_BLOB_FLUSH_BYTES).
         if self.final_buf.capacity() > 2 * FINAL_BLOB_FLUSH_BYTES {
@@ -1078,6 +1177,57 @@ fn enable_incremental_vacuum(conn: &Connection, path: &Path) -> Result<(), Journ
         started.elapsed().as_millis()
     );
     Ok(())
+}
+
+/// The journal as the shell holds it: shared with the core's [`JournalReader`], which reads
+/// outcomes back from the same connection (the database is opened in exclusive locking mode, so
+/// a second connection could not). One thread uses both; the lock is never contended.
+pub type SharedJournal = Arc<Mutex<Journal>>;
+
+/// Locks the shared journal. A panic while it was held leaves it poisoned for std, but the
+/// journal's own state (`poisoned`) is what says whether it may be used.
+pub fn lock(journal: &Mutex<Journal>) -> MutexGuard<'_, Journal> {
+    journal.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The core's [`OutcomeReader`]: reads finished tasks' outcomes back from the journal for
+/// `results`, `logs` and the HTTP task endpoints. Holds the journal weakly, so dropping the
+/// shell's handle closes the database whatever the core still holds.
+/// IMPORTANT: the shell must not hold the journal's lock while it calls into the core for a
+/// reply (`poll_output`, `task`): the reader takes the same lock.
+#[derive(Debug)]
+pub struct JournalReader {
+    journal: Weak<Mutex<Journal>>,
+}
+
+impl JournalReader {
+    pub fn new(journal: &SharedJournal) -> JournalReader {
+        JournalReader {
+            journal: Arc::downgrade(journal),
+        }
+    }
+}
+
+impl crate::core::OutcomeReader for JournalReader {
+    fn read(&self, id: TaskId, at: StoredAt) -> Option<FinalResult> {
+        let journal = self.journal.upgrade()?;
+        let mut journal = lock(&journal);
+        match journal.read_final(id, at) {
+            Ok(Some(r)) => Some(r),
+            Ok(None) => {
+                warn!(
+                    "journal: no outcome of task {id} at row {} offset {}",
+                    at.seq(),
+                    at.offset()
+                );
+                None
+            }
+            Err(e) => {
+                warn!("journal: cannot read the outcome of task {id}: {e}");
+                None
+            }
+        }
+    }
 }
 
 /// The first record of a turn opens the transaction that `commit` ends.

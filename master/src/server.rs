@@ -23,7 +23,7 @@ use crate::http::conn::{
 };
 use crate::http::events::{self as sse, Delivery, Subscribers};
 use crate::http::metrics::{self as exposition, ShellGauges};
-use crate::journal::{Journal, JournalError, OpenOptions};
+use crate::journal::{self, Journal, JournalError, JournalReader, OpenOptions, SharedJournal};
 use crate::logs::{LogLimits, LogStore, LogStoreError};
 use crate::stop_signal::StopSignal;
 use log::{debug, error, info, warn};
@@ -34,6 +34,7 @@ use slab::Slab;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
@@ -234,7 +235,8 @@ pub struct Server {
     paused: Vec<ConnId>,
     /// Bytes waiting in every connection's `out` together.
     unsent_total: usize,
-    journal: Option<Journal>,
+    /// Shared with the core's reader of finished tasks' outcomes (`JournalReader`).
+    journal: Option<SharedJournal>,
     /// Tasks were forgotten this turn: give the freed memory back at its end.
     trim_due: bool,
     /// When the oldest record not yet committed was made.
@@ -281,7 +283,9 @@ impl Server {
                 let options = OpenOptions {
                     accept_loss: config.accept_journal_loss,
                 };
-                let (core, journal) = open_journal(dir, options, core_config, clock.now_ms())?;
+                let (mut core, journal) = open_journal(dir, options, core_config, clock.now_ms())?;
+                let journal = Arc::new(Mutex::new(journal));
+                core.set_outcome_reader(Box::new(JournalReader::new(&journal)));
                 (core, Some(journal))
             }
             None => {
@@ -390,11 +394,13 @@ impl Server {
     /// After a forget, the journal gives its freed pages back a few at a time, one small step
     /// per loop turn once the turn's records are committed, so no turn stalls on it.
     fn vacuum_step(&mut self) -> Result<(), ServerError> {
-        let Some(journal) = &mut self.journal else {
+        let Some(shared) = &self.journal else {
             return Ok(());
         };
+        let mut journal = journal::lock(shared);
         if journal.vacuum_due() && journal.pending() == 0 {
             if let Err(e) = journal.compact_step() {
+                drop(journal);
                 self.tell_waiting_clients(&e);
                 return Err(e.into());
             }
@@ -525,18 +531,23 @@ impl Server {
     /// waited `COMMIT_WINDOW` or enough have piled up. A turn that only records finals for workers'
     /// results thus shares its fsync with the turns of the next few milliseconds.
     fn commit_if_due(&mut self, force: bool) -> Result<(), ServerError> {
-        let Some(journal) = &mut self.journal else {
+        let Some(shared) = &self.journal else {
             return Ok(());
         };
+        let mut journal = journal::lock(shared);
         let now_us = self.clock.monotonic_us();
         if self.group_commit.due(now_us, journal.pending(), force) {
             let started = Instant::now();
             if let Err(e) = journal.commit() {
+                drop(journal);
                 self.tell_waiting_clients(&e);
                 return Err(e.into());
             }
             // For `ballast_journal_commit_duration_seconds`.
             self.core.observe_commit(started.elapsed().as_secs_f64());
+            // The finals are durable: the core keeps only where they are (it reads nothing
+            // here, so holding the lock is safe).
+            self.core.handle_stored(journal.committed_finals());
         }
         Ok(())
     }
@@ -593,7 +604,7 @@ impl Server {
         let vacuum = self
             .journal
             .as_ref()
-            .filter(|j| j.vacuum_due())
+            .filter(|j| journal::lock(j).vacuum_due())
             .map(|_| Duration::from_millis(VACUUM_STEP_MS));
         [core, commit, http, more, vacuum]
             .into_iter()
@@ -1068,8 +1079,8 @@ impl Server {
                     continue;
                 }
                 Output::Persist(record) => {
-                    if let (Some(journal), None) = (&mut self.journal, &failed) {
-                        failed = persist(journal, record).err();
+                    if let (Some(journal), None) = (&self.journal, &failed) {
+                        failed = persist(&mut journal::lock(journal), record).err();
                     }
                     continue;
                 }

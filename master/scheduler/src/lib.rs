@@ -39,6 +39,7 @@ mod replies;
 mod restore_error;
 mod session;
 mod speculation;
+mod stored;
 mod tasks;
 mod wait;
 mod workers;
@@ -84,7 +85,9 @@ use speculation::RunEstimate;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use tasks::{settle, FinalResult, Task, TaskTable};
+pub use stored::{NoReader, OutcomeReader, StoredAt};
+pub use tasks::FinalResult;
+use tasks::{settle, Task, TaskTable};
 use wait::{WaitStart, Waiters};
 use workers::{PlacementChange, WorkerTable};
 
@@ -274,6 +277,9 @@ pub struct RestoredTask {
     pub submitted_ms: u64,
     /// The final outcome, if it had one. Boxed so a million unfinished tasks cost 32 bytes each.
     pub outcome: Option<Box<Outcome>>,
+    /// Where the journal holds `outcome`: then its tails (stdout, stderr, error) may be left
+    /// empty here, and are read back through the core's `OutcomeReader` when asked for.
+    pub stored: Option<StoredAt>,
 }
 
 /// How often timers are checked. Failure detection is exact to within this.
@@ -351,6 +357,8 @@ pub struct Core {
     next_retention_ms: u64,
     /// Set by `expect_forgotten`: the journal's next id, for a restore with forgotten ids.
     restore_next_id: Option<TaskId>,
+    /// Reads back the outcomes the journal holds (`stored.rs`); the shell's.
+    reader: Box<dyn OutcomeReader>,
 }
 
 impl Core {
@@ -391,7 +399,40 @@ impl Core {
             logged: LoggedTasks::default(),
             next_retention_ms: 0,
             restore_next_id: None,
+            reader: Box::new(NoReader),
         }
+    }
+
+    /// Installs the reader of outcomes the journal holds (see `handle_stored`). Call before
+    /// `restore`'s tasks are asked about.
+    pub fn set_outcome_reader(&mut self, reader: Box<dyn OutcomeReader>) {
+        self.reader = reader;
+    }
+
+    /// The journal committed these final outcomes (`Record::Finished`) at these places: the
+    /// core drops its copies of them and reads them back through its reader when needed.
+    /// IMPORTANT: only after the commit: a reader sees committed rows only.
+    pub fn handle_stored(&mut self, stored: &[(TaskId, StoredAt)]) {
+        for &(id, at) in stored {
+            self.tasks.store(id, at);
+        }
+    }
+
+    /// A final task's outcome: held in RAM, or read back from where it is stored. `None` for a
+    /// task that is not final, or whose stored outcome cannot be read (the reader says why).
+    fn final_result(&self, id: TaskId, t: &Task) -> Option<std::borrow::Cow<'_, FinalResult>> {
+        use std::borrow::Cow;
+        if let Some(r) = self.tasks.held(id) {
+            return Some(Cow::Borrowed(r));
+        }
+        let mut r = self.reader.read(id, t.stored?)?;
+        // Rows written before the limits: what the master serves must fit a frame.
+        protocol::limits::keep_tail(&mut r.stdout, MAX_TAIL_BYTES);
+        protocol::limits::keep_tail(&mut r.stderr, MAX_TAIL_BYTES);
+        if let Some(error) = &mut r.error {
+            protocol::limits::truncate_with_marker(error, MAX_ERROR_BYTES);
+        }
+        Some(Cow::Owned(r))
     }
 
     /// Says, before `restore`, that the journal handed out every id below `next_id`, and that
@@ -1768,7 +1809,7 @@ impl Core {
                 ),
             );
         }
-        let held = self.tasks.held();
+        let held = self.tasks.kept();
         if held.saturating_add(asked) > self.config.max_tasks {
             warn!(
                 "refused a submission of {asked} tasks: {held} held, --max-tasks {}",
@@ -1980,11 +2021,10 @@ impl Core {
         };
         let done = t.state.is_final();
         let tail = done.then(|| {
-            t.result
-                .as_deref()
+            self.final_result(task, t)
                 .map(|r| match stream {
-                    OutputStream::Stdout => r.stdout.clone(),
-                    OutputStream::Stderr => r.stderr.clone(),
+                    OutputStream::Stdout => r.into_owned().stdout,
+                    OutputStream::Stderr => r.into_owned().stderr,
                 })
                 .unwrap_or_default()
         });
@@ -2247,7 +2287,7 @@ impl Core {
         self.waiters.on_final(id, state == TaskState::Succeeded);
         if self.config.persist {
             if let Some(t) = self.tasks.get(id) {
-                let outcome = self.outcome_of(t, now_ms);
+                let outcome = self.outcome_of(id, t, now_ms);
                 self.session.push_record(Record::Finished { id, outcome });
             }
         }
@@ -2259,8 +2299,8 @@ impl Core {
     }
 
     /// What the journal keeps of a final task.
-    fn outcome_of(&self, t: &Task, now_ms: u64) -> Outcome {
-        let r = t.result.as_deref();
+    fn outcome_of(&self, id: TaskId, t: &Task, now_ms: u64) -> Outcome {
+        let r = self.tasks.held(id);
         Outcome {
             state: t.state,
             attempts: t.attempt.0,
@@ -2279,14 +2319,20 @@ impl Core {
     }
 
     fn result_view(&self, id: TaskId, t: &Task) -> TaskResult {
-        let r = t.result.as_deref();
+        let (exit_code, stdout, stderr, error) = match self.final_result(id, t) {
+            Some(r) => {
+                let r = r.into_owned();
+                (r.exit_code, r.stdout, r.stderr, r.error)
+            }
+            None => (None, String::new(), String::new(), None),
+        };
         TaskResult {
             id,
             state: t.state,
             kind: t.spec.kind.name(),
             cmd: t.spec.kind.argv().map(<[String]>::to_vec),
             group: t.spec.group.clone(),
-            exit_code: r.and_then(|r| r.exit_code),
+            exit_code,
             worker: t
                 .worker
                 .and_then(|w| self.workers.name(w))
@@ -2297,9 +2343,9 @@ impl Core {
             submitted_ms: t.submitted_ms,
             started_ms: t.started_ms,
             finished_ms: t.finished_ms,
-            stdout: r.map(|r| r.stdout.clone()).unwrap_or_default(),
-            stderr: r.map(|r| r.stderr.clone()).unwrap_or_default(),
-            error: r.and_then(|r| r.error.clone()),
+            stdout,
+            stderr,
+            error,
             // Every task has one (a restore names jobs for tasks without one).
             job: self.tasks.job_of(id).unwrap_or(JobId(0)),
             name: t.spec.name.clone(),

@@ -497,7 +497,7 @@ impl crate::Core {
             assert_eq!(m.count(s), scanned, "tasks in state {s:?}");
         }
         assert_eq!(m.submitted_total, self.tasks.len() as u64);
-        assert_eq!(self.tasks.held(), self.tasks.iter().count() as u64);
+        assert_eq!(self.tasks.kept(), self.tasks.iter().count() as u64);
         let mut queued: BTreeMap<String, u64> = BTreeMap::new();
         for (id, t) in self.tasks.iter() {
             if self.is_queued(id) {

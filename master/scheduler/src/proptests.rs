@@ -513,6 +513,7 @@ impl World {
                         id,
                         spec: Arc::new(spec),
                         submitted_ms: now - 10,
+                        stored: None,
                         outcome: fin.map(|ok| {
                             Box::new(Outcome {
                                 state: if ok {

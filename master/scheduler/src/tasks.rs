@@ -2,14 +2,17 @@
 //! tasks move so `status` never scans the table. All state transitions happen here.
 
 use crate::jobs::JobTable;
+use crate::stored::StoredAt;
 use crate::{RestoreError, RestoredTask};
 use protocol::{
     Attempt, Incarnation, JobId, TaskId, TaskOutcome, TaskRef, TaskSpec, TaskState, WorkerId,
 };
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// What a finished task produced. Boxed in `Task` so queued tasks do not pay for it.
+/// What a finished task produced. Held in RAM (`TaskTable::held`) only until the journal holds
+/// it (then `Task::stored` says where), or for good without a journal.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FinalResult {
     pub exit_code: Option<i32>,
@@ -39,7 +42,9 @@ pub struct Task {
     pub submitted_ms: u64,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
-    pub result: Option<Box<FinalResult>>,
+    /// Where the journal keeps this final task's outcome (exit code, tails, error); `None` while
+    /// it is held in RAM (`TaskTable::held`: not committed yet, or no journal). 8 bytes.
+    pub stored: Option<StoredAt>,
     /// Only for tasks that ever ran more than one copy at once (replicas, a speculative copy):
     /// ordinary tasks pay 8 bytes for it, not a `Copies`.
     pub copies: Option<Box<Copies>>,
@@ -261,6 +266,9 @@ pub struct TaskTable {
     incarnation: Incarnation,
     /// Every job, its counts moved with each task's state here (`set_state`).
     jobs: JobTable,
+    /// The outcomes of final tasks that are not `stored`: finished since the last journal
+    /// commit, or every one without a journal (`--no-journal` keeps outputs in memory).
+    held: HashMap<TaskId, FinalResult>,
 }
 
 impl TaskTable {
@@ -273,6 +281,32 @@ impl TaskTable {
             counts: [0; STATES],
             incarnation,
             jobs: JobTable::default(),
+            held: HashMap::new(),
+        }
+    }
+
+    /// The outcome of final task `id` if it is held in RAM (not `stored`).
+    pub fn held(&self, id: TaskId) -> Option<&FinalResult> {
+        self.held.get(&id)
+    }
+
+    /// The journal committed final task `id`'s outcome at `at`: RAM keeps only the location.
+    /// Ignored for a task that is not final (a stale location cannot name a newer outcome:
+    /// a task is final once).
+    pub fn store(&mut self, id: TaskId, at: StoredAt) {
+        let Some(task) = self.get(id) else {
+            return;
+        };
+        if !task.state.is_final() {
+            return;
+        }
+        self.get_mut(id).stored = Some(at);
+        if self.held.remove(&id).is_some() {
+            // A burst of finals grows the map; give the memory back once it has drained.
+            let cap = self.held.capacity();
+            if cap > 1024 && cap > 4 * self.held.len() {
+                self.held.shrink_to(2 * self.held.len());
+            }
         }
     }
 
@@ -301,8 +335,8 @@ impl TaskTable {
         self.base as usize + self.tasks.len()
     }
 
-    /// Tasks held: those handed out and not forgotten.
-    pub fn held(&self) -> u64 {
+    /// Tasks kept: those handed out and not forgotten.
+    pub fn kept(&self) -> u64 {
         self.len() as u64 - self.forgotten
     }
 
@@ -330,7 +364,7 @@ impl TaskTable {
             submitted_ms: now_ms,
             started_ms: None,
             finished_ms: None,
-            result: None,
+            stored: None,
             copies: None,
         });
         self.counts[state_index(state)] += 1;
@@ -371,8 +405,9 @@ impl TaskTable {
         let tombstone = Arc::clone(&self.tombstone);
         let task = self.get_mut(id);
         task.spec = tombstone;
-        task.result = None;
+        task.stored = None;
         task.copies = None;
+        self.held.remove(&id);
         Some((state, job))
     }
 
@@ -399,7 +434,7 @@ impl TaskTable {
                 submitted_ms: 0,
                 started_ms: None,
                 finished_ms: None,
-                result: None,
+                stored: None,
                 copies: None,
             });
             self.jobs.skipped(TaskId(id));
@@ -700,12 +735,19 @@ impl TaskTable {
             task.worker = worker;
             task.started_ms = done.started_ms;
             task.finished_ms = Some(done.finished_ms);
-            task.result = Some(Box::new(FinalResult {
-                exit_code: done.exit_code,
-                stdout: done.stdout,
-                stderr: done.stderr,
-                error: done.error,
-            }));
+            task.stored = restored.stored;
+            if restored.stored.is_none() {
+                self.held.insert(
+                    id,
+                    FinalResult {
+                        exit_code: done.exit_code,
+                        stdout: done.stdout,
+                        stderr: done.stderr,
+                        error: done.error,
+                    },
+                );
+            }
+            let task = self.get_mut(id);
             if done.copies != task.copies_ran() {
                 task.copies = Some(Box::new(Copies {
                     started: done.copies,
@@ -724,12 +766,13 @@ impl TaskTable {
         self.set_state(id, state, Some(now_ms));
         let task = self.get_mut(id);
         task.finished_ms = Some(now_ms);
-        task.result = Some(Box::new(result));
+        task.stored = None;
         if let Some(c) = &mut task.copies {
             // `attempts` in results counts every run handed out, copies included.
             task.attempt = task.attempt.max(c.issued);
             c.extra = Vec::new();
         }
+        self.held.insert(id, result);
     }
 }
 

@@ -454,6 +454,58 @@ fn nonzero_exit_fails_without_retry() {
     assert_eq!(r.stdout, "out-7");
 }
 
+/// A reader that serves one stored outcome and counts its reads.
+#[derive(Debug)]
+struct OneOutcome {
+    at: StoredAt,
+    result: FinalResult,
+    reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl OutcomeReader for OneOutcome {
+    fn read(&self, _id: TaskId, at: StoredAt) -> Option<FinalResult> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (at == self.at).then(|| self.result.clone())
+    }
+}
+
+#[test]
+fn a_stored_outcome_leaves_ram_and_is_read_back() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    h.finish(w, ids[0], 1, exited(7));
+    let at = StoredAt::new(3, 40).expect("fits");
+    let reads = std::sync::Arc::default();
+    h.core.set_outcome_reader(Box::new(OneOutcome {
+        at,
+        result: FinalResult {
+            exit_code: Some(7),
+            stdout: "from the journal".into(),
+            stderr: String::new(),
+            error: None,
+        },
+        reads: std::sync::Arc::clone(&reads),
+    }));
+    // Held in RAM until the journal says it committed it: the reader is not asked.
+    assert_eq!(h.core.task(ids[0]).map(|r| r.stdout), Some("out-7".into()));
+    assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), 0);
+    h.core.handle_stored(&[(ids[0], at)]);
+    assert!(h.core.tasks.held(ids[0]).is_none());
+    let r = h.core.task(ids[0]).expect("exists");
+    assert_eq!(
+        (r.state, r.exit_code, r.stdout.as_str()),
+        (TaskState::Failed, Some(7), "from the journal")
+    );
+    assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // A location for a task that is not final is ignored.
+    let (queued, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    h.core.handle_stored(&[(queued[0], at)]);
+    assert_eq!(h.core.tasks.get(queued[0]).and_then(|t| t.stored), None);
+}
+
 #[test]
 fn wait_reports_progress_then_done() {
     let mut h = Harness::new(PolicyKind::LeastLoaded);
@@ -997,6 +1049,7 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
             id: TaskId(i),
             spec: spec.clone(),
             submitted_ms: 5,
+            stored: None,
             outcome: (TaskId(i) == finals[0].0).then(|| Box::new(finals[0].1.clone())),
         })
         .collect();
@@ -1035,6 +1088,7 @@ fn persist_records_precede_replies_and_restore_rebuilds() {
             id: TaskId(2),
             spec,
             submitted_ms: 0,
+            stored: None,
             outcome: None,
         }],
         history(&[(1, 1), (2, 3)]),
@@ -1310,6 +1364,7 @@ fn a_run_of_a_committed_task_is_adopted_across_a_restart() {
         id: TaskId(1),
         spec: Arc::new(sleep_spec(0)),
         submitted_ms: 5,
+        stored: None,
         outcome: None,
     }];
     assert_eq!(

@@ -3,6 +3,7 @@
 //! Nothing read from the file is trusted: every impossible value is a typed error naming its row.
 
 use super::{classify, FinalEntry, JobRecord, JournalError, Outcome, Recovered, RestoredTask};
+use crate::core::StoredAt;
 use protocol::limits::MAX_JOB_NAME_BYTES;
 use protocol::{FrameDecoder, JobId, TaskId, TaskSpec};
 use rusqlite::{Connection, Row};
@@ -52,6 +53,7 @@ pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Recovered, Jour
                 id: TaskId(id),
                 spec: Arc::clone(&batch.spec),
                 submitted_ms: batch.submitted_ms,
+                stored: None,
                 outcome: None,
             });
         }
@@ -222,12 +224,14 @@ fn read_finals(
         let mut index = 0usize;
         let mut span: Option<(u64, u64)> = None;
         loop {
+            // The blob's frames are whole, so the decoder is empty at the blob's start.
+            let offset = blob.len() - decoder.buffered();
             let entry = match decoder.next_frame::<FinalEntry<'static>>() {
                 Ok(Some(entry)) => entry,
                 Ok(None) => break,
                 Err(e) => return Err(bad(format!("record {index}: {e}"))),
             };
-            let (id, rec) = entry.into_record();
+            let (id, mut rec) = entry.into_record();
             span = Some(span.map_or((id, id), |(lo, hi)| (lo.min(id), hi.max(id))));
             index += 1;
             if !dense && is_forgotten(forgotten, id) {
@@ -245,6 +249,15 @@ fn read_finals(
             let slot =
                 slot.map_err(|detail| bad(format!("record {} (task {id}): {detail}", index - 1)))?;
             debug_assert_eq!(tasks[slot].id, TaskId(id));
+            // The tails stay on disk: the core reads them back when asked (`read_final`), so
+            // a restart costs no more RAM per finished task than the run before it did.
+            let stored = StoredAt::new(seq as u64, offset as u64);
+            if stored.is_some() {
+                rec.stdout = String::new();
+                rec.stderr = String::new();
+                rec.error = None;
+            }
+            tasks[slot].stored = stored;
             tasks[slot].outcome = Some(Box::new(rec));
         }
         if let (false, Some((lo, hi))) = (spanned, span) {

@@ -35,7 +35,25 @@ impl Drop for TempDir {
 }
 
 fn open(dir: &TempDir) -> (Journal, Recovered) {
-    Journal::open(&dir.0).expect("open journal")
+    let (mut j, mut rec) = Journal::open(&dir.0).expect("open journal");
+    fill(&mut j, &mut rec);
+    (j, rec)
+}
+
+/// Reads every stored outcome's tails back into `rec` (recovery leaves them on disk, where
+/// `read_final` finds them), so tests compare what was recorded with what a reader gets.
+fn fill(j: &mut Journal, rec: &mut Recovered) {
+    for t in &mut rec.tasks {
+        let (Some(at), Some(o)) = (t.stored.take(), t.outcome.as_deref_mut()) else {
+            continue;
+        };
+        let r = j
+            .read_final(t.id, at)
+            .expect("reads")
+            .expect("holds the task");
+        assert_eq!(r.exit_code, o.exit_code, "task {}", t.id);
+        (o.stdout, o.stderr, o.error) = (r.stdout, r.stderr, r.error);
+    }
 }
 
 /// A plain SQLite connection, for tests that tamper with the file behind the journal's back.
@@ -139,7 +157,8 @@ fn round_trip() {
     assert_eq!(j.commit().expect("commit"), CommitStats { records: 4 });
     drop(j);
 
-    let (mut j, rec) = Journal::open(&nested.0).expect("reopen");
+    let (mut j, mut rec) = Journal::open(&nested.0).expect("reopen");
+    fill(&mut j, &mut rec);
     assert_eq!(rec.next_id, TaskId(4));
     assert_eq!(rec.master_id, master_id, "the data dir keeps its id");
     let starts: Vec<(u32, u64)> = rec
@@ -1182,7 +1201,9 @@ fn a_version_2_journal_gains_the_identity_tables() {
     drop(conn);
     // Version 2 kept no marks.
     std::fs::remove_file(dir.0.join(MARKS_FILE)).expect("marks removed");
-    let (_, rec) = Journal::open(&dir.0).expect("migrates");
+    let (mut j, mut rec) = Journal::open(&dir.0).expect("migrates");
+    fill(&mut j, &mut rec);
+    drop(j);
     assert_eq!(version(&raw(&dir)), SCHEMA_VERSION);
     assert_eq!(rec.tasks.len(), 3);
     assert_eq!(
@@ -1213,7 +1234,8 @@ fn a_version_3_journal_gets_a_job_per_batch_and_jobs_come_back() {
     )
     .expect("downgrade to version 3");
     drop(conn);
-    let (mut j, rec) = Journal::open(&dir.0).expect("migrates");
+    let (mut j, mut rec) = Journal::open(&dir.0).expect("migrates");
+    fill(&mut j, &mut rec);
     assert_eq!(version(&j.conn), SCHEMA_VERSION);
     let jobs: Vec<(u64, &str, u64, u64, u64)> = rec
         .jobs
@@ -1245,7 +1267,8 @@ fn a_version_3_journal_gets_a_job_per_batch_and_jobs_come_back() {
         .expect("submit");
     j.commit().expect("commit");
     drop(j);
-    let (mut j, rec) = Journal::open(&dir.0).expect("reopens");
+    let (mut j, mut rec) = Journal::open(&dir.0).expect("reopens");
+    fill(&mut j, &mut rec);
     assert_eq!(rec.jobs.len(), 3);
     assert_eq!(rec.jobs[2], job);
     let e = j.record_job(&wrong).unwrap_err();
@@ -1619,4 +1642,48 @@ fn a_version_4_journal_gains_retention_and_incremental_vacuum() {
     let (_j, rec) = open(&dir);
     assert_eq!(rec.tasks.len(), 1);
     assert_eq!(rec.next_id, TaskId(3));
+}
+
+#[test]
+fn committed_finals_say_where_they_are_and_read_back() {
+    let dir = TempDir::new("read-back");
+    let (mut j, _) = open(&dir);
+    j.record_submit(TaskId(1), 3, &sleep_spec(1), 5)
+        .expect("submit");
+    j.commit().expect("commit");
+    j.record_final(TaskId(1), &succeeded("one")).expect("final");
+    j.record_final(TaskId(3), &cancelled()).expect("final");
+    // Not durable yet: nothing to say where it is.
+    assert!(j.committed_finals().is_empty());
+    j.commit().expect("commit");
+    let at: Vec<_> = j.committed_finals().to_vec();
+    assert_eq!(
+        at.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        [TaskId(1), TaskId(3)]
+    );
+    assert_eq!(at[0].1.seq(), at[1].1.seq(), "one commit, one row");
+    let one = j
+        .read_final(TaskId(1), at[0].1)
+        .expect("reads")
+        .expect("there");
+    assert_eq!((one.exit_code, one.stdout.as_str()), (Some(0), "one"));
+    let three = j
+        .read_final(TaskId(3), at[1].1)
+        .expect("reads")
+        .expect("there");
+    assert_eq!(three.error, cancelled().error);
+    // The wrong task at a place is nobody's outcome.
+    assert!(j.read_final(TaskId(2), at[0].1).expect("reads").is_none());
+    // A commit with no finals says nothing; the locations survive a restart.
+    j.record_submit(TaskId(4), 1, &sleep_spec(1), 5)
+        .expect("submit");
+    j.commit().expect("commit");
+    assert!(j.committed_finals().is_empty());
+    drop(j);
+    let (_, rec) = Journal::open(&dir.0).expect("reopen");
+    assert_eq!(rec.tasks[0].stored, Some(at[0].1));
+    assert_eq!(
+        rec.tasks[0].outcome.as_ref().map(|o| o.stdout.as_str()),
+        Some("")
+    );
 }

@@ -145,6 +145,7 @@ impl SimJournal {
                     id: TaskId(id),
                     spec: Arc::clone(&b.spec),
                     submitted_ms: b.submitted_ms,
+                    stored: None,
                     outcome: self.finals[id as usize - 1].clone(),
                 });
             }

@@ -150,6 +150,9 @@ pub(super) struct CommandJob {
     pub control: Arc<CommandControl>,
     /// Also tie the child's life to the worker's with `PR_SET_PDEATHSIG` (costs a fork).
     pub die_with_worker: bool,
+    /// Watch the exit without a pidfd, as on kernels before 5.3 (tests of that path).
+    #[cfg(test)]
+    pub without_pidfd: bool,
     /// Kills the command's group if the worker dies; `None` when there is none (unit tests).
     pub sentinel: Option<Arc<Link>>,
     /// Where stdout and stderr go on their way to the master, besides the tails; `None`: only
@@ -218,6 +221,16 @@ pub(super) fn spawn(job: &CommandJob) -> Result<Spawned, TaskOutcome> {
         sentinel.task_started(pid);
     }
     job.control.spawned(pid);
+    #[cfg(test)]
+    if job.without_pidfd {
+        return Ok(Spawned {
+            pid,
+            pidfd: None,
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            child,
+        });
+    }
     let pidfd = match pidfd_open(pid) {
         Ok(fd) => Some(fd),
         Err(e) => {

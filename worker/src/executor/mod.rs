@@ -57,6 +57,9 @@ pub struct Executor<E> {
     kill_grace: Duration,
     /// Commands also get `PR_SET_PDEATHSIG`, at the cost of a fork (see `command`).
     die_with_worker: bool,
+    /// Watch commands' exits as on a kernel without pidfds (tests of that path).
+    #[cfg(test)]
+    without_pidfds: bool,
     /// Told of every command's process group, to kill them if the worker dies.
     sentinel: Option<Arc<Link>>,
     running: HashMap<TaskRef, Entry>,
@@ -172,6 +175,8 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
             events,
             kill_grace,
             die_with_worker: false,
+            #[cfg(test)]
+            without_pidfds: false,
             sentinel: sentinel::link(),
             running: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -202,6 +207,13 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
     /// cost per spawn (see `command`).
     pub fn with_tasks_die_with_worker(mut self, on: bool) -> Self {
         self.die_with_worker = on;
+        self
+    }
+
+    /// Watches commands' exits by polling `waitid`, as on kernels without pidfds.
+    #[cfg(test)]
+    fn without_pidfds(mut self) -> Self {
+        self.without_pidfds = true;
         self
     }
 
@@ -329,6 +341,8 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
                     started: now,
                     control: control.clone(),
                     die_with_worker: self.die_with_worker,
+                    #[cfg(test)]
+                    without_pidfd: self.without_pidfds,
                     sentinel: self.sentinel.clone(),
                     output,
                 });

@@ -136,6 +136,12 @@ impl OutputBuffer {
         (inner.read > inner.offset + inner.bytes.len() as u64).then_some(inner.read)
     }
 
+    /// Bytes waiting for the loop.
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        self.lock().bytes.len()
+    }
+
     /// Nobody will take more: the reader stops waiting and drops what it reads.
     pub fn abandon(&self) {
         let mut inner = self.lock();

@@ -255,6 +255,7 @@ fn a_restart_keeps_waiting_and_resolves_what_the_journal_decided() {
             id: TaskId(i as u64 + 1),
             spec,
             submitted_ms: 1,
+            stored: None,
             outcome,
         })
         .collect();

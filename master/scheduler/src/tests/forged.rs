@@ -144,6 +144,7 @@ fn an_earlier_incarnations_run_is_refused_from_a_worker_outside_its_group() {
         id: TaskId(1),
         spec: Arc::new(grouped(Some("x"))),
         submitted_ms: 0,
+        stored: None,
         outcome: None,
     }];
     assert_eq!(

@@ -246,6 +246,7 @@ fn a_restore_skips_forgotten_ids_and_never_reuses_them() {
         spec,
         submitted_ms: 1,
         outcome: Some(Box::new(done)),
+        stored: None,
     }];
     let got = h.core.restore(
         now,
@@ -295,7 +296,7 @@ fn the_table_gives_its_front_back() {
         },
     );
     assert_eq!(h.core.tasks.first_kept(), kept[0]);
-    assert_eq!(h.core.tasks.held(), 1);
+    assert_eq!(h.core.tasks.kept(), 1);
     assert_eq!(
         h.core.tasks.jobs().first_kept(),
         JobId(2),

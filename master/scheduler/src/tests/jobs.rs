@@ -258,6 +258,7 @@ fn restore_brings_jobs_back_and_names_tasks_without_one() {
         id: TaskId(id),
         spec: Arc::clone(spec),
         submitted_ms: ms,
+        stored: None,
         outcome: None,
     };
     // Job 1 is two tasks of two specs (a task file); 3-4 and 5 are batches of an older journal.

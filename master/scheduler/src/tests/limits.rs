@@ -140,18 +140,21 @@ fn an_over_limit_spec_from_an_old_journal_fails_at_recovery() {
             id: TaskId(1),
             spec: huge.clone(),
             submitted_ms: 5,
+            stored: None,
             outcome: None,
         },
         RestoredTask {
             id: TaskId(2),
             spec: huge,
             submitted_ms: 5,
+            stored: None,
             outcome: None,
         },
         RestoredTask {
             id: TaskId(3),
             spec: fine,
             submitted_ms: 5,
+            stored: None,
             outcome: Some(Box::new(Outcome {
                 state: TaskState::Failed,
                 attempts: 1,
