@@ -458,6 +458,12 @@ impl TaskTable {
         if self.tasks.capacity() > 2 * self.tasks.len() + 64 {
             self.tasks.shrink_to_fit();
         }
+        // Outcomes held in RAM (`--no-journal`, or not committed yet) of forgotten tasks left
+        // the map: give its memory back too.
+        let cap = self.held.capacity();
+        if cap > 1024 && cap > 4 * self.held.len() {
+            self.held.shrink_to(2 * self.held.len());
+        }
         self.jobs.compact();
     }
 
