@@ -4,7 +4,8 @@
 # Usage: scripts/bench.sh [--no-build] [--only W1,W2,...] [--repeat N]
 #   --no-build      use the binaries already in target/release
 #   --only LIST     run only these workloads (W1 W2 W3 W4 W5 W7 W8 W9 W10 H1; W6 is W2 with the journal on)
-#   --repeat N      runs of each throughput workload (W1, W2, W5, W10); the median is reported (default 3)
+#   --repeat N      runs of each throughput workload (W1, W2, W5, W10); the median is reported (default 3;
+#                   W1 runs at least 3 times and reports its worst run)
 #   BENCH_OUT=DIR   where results.json and the run's logs go (default: bench/ in the repo)
 #   BENCH_TMP=DIR   parent of the scratch folder (default: $TMPDIR or /tmp)
 #
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --only) ONLY=",$2,"; shift ;;
         --repeat) REPEAT=$2; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -94,6 +95,8 @@ host_busy_pct() {
         if (d <= 0) { print "0/0"; exit }
         printf "%.0f/%.0f", 100 * (y[1] - x[1]) / d, 100 * (y[3] - x[3]) / d }'
 }
+# Busy jiffies of the whole machine (user, nice, system, irq, softirq), for CPU per task.
+busy_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 # JSON string list of host samples.
 json_strs() { local out="" v; for v in "$@"; do out="$out${out:+,}\"$v\""; done; echo "[$out]"; }
 
@@ -159,11 +162,15 @@ echo "Ballast benchmarks: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB",
 echo "logs in $LOGS"
 
 # ---- W1 spawn ------------------------------------------------------------------------------
-# 5,000 `true` through two one-slot workers, against xargs -P2 measured right before each run.
+# 5,000 `true` through two one-slot workers, against xargs -P2 measured right before each run
+# (interleaved: xargs, ballast, xargs, ballast, ...). At least 3 runs whatever --repeat says. The
+# issue-13 target is >= 1.0x xargs in EVERY run, so the row shows the worst run (lowest ratio):
+# `met` only if all of them are.
+W1_RUNS=$(( REPEAT > 3 ? REPEAT : 3 ))
 for mode in journal nojournal; do
     want W1 || break
-    xr=() br=() ratios=() busy=()
-    for r in $(seq "$REPEAT"); do
+    xr=() br=() ratios=() busy=() cpu=()
+    for r in $(seq "$W1_RUNS"); do
         busy+=("$(host_busy_pct)")
         now; t0=$NOW
         seq 5000 | xargs -P2 -n1 true
@@ -171,19 +178,24 @@ for mode in journal nojournal; do
         xr+=("$(calc "5000 / (($t1 - $t0) / 1e9)" 1)")
         start_master "w1-$mode-$r" "$mode"
         start_workers "w1-$mode-$r" 2 1
+        j0=$(busy_jiffies)
         now; t0=$NOW
         "$MASTER" submit --master "$ADDR" --count 5000 --wait -- true >/dev/null
         now; t1=$NOW
+        j1=$(busy_jiffies)
         br+=("$(calc "5000 / (($t1 - $t0) / 1e9)" 1)")
         ratios+=("$(calc "${br[-1]} / ${xr[-1]}" 3)")
+        cpu+=("$(calc "($j1 - $j0) * 1000 / $TCK / 5000" 3)")
         stop_all
-        echo "W1 spawn ($(tag_of $mode)) run $r: ballast ${br[-1]}/s, xargs -P2 ${xr[-1]}/s (host busy/steal ${busy[-1]}% before)"
+        echo "W1 spawn ($(tag_of $mode)) run $r: ballast ${br[-1]}/s, xargs -P2 ${xr[-1]}/s, ratio ${ratios[-1]}, whole-machine CPU ${cpu[-1]} ms/task (host busy/steal ${busy[-1]}% before)"
     done
-    # The median run by ratio, so that figure and peer come from the same run.
-    mid=$(for i in "${!ratios[@]}"; do echo "${ratios[$i]} $i"; done | sort -g | awk -v n="${#ratios[@]}" 'NR == int((n + 1) / 2) { print $2 }')
-    row W1 "spawn 5k true, 2x1 slots, $(tag_of $mode)" "${br[$mid]}" tasks/s higher 0.95 "xargs -P2" "${xr[$mid]}"
+    # The worst run by ratio, so that figure and peer come from the same run.
+    worst=$(for i in "${!ratios[@]}"; do echo "${ratios[$i]} $i"; done | sort -g | awk 'NR == 1 { print $2 }')
+    row W1 "spawn 5k true, 2x1 slots, $(tag_of $mode), worst of $W1_RUNS" "${br[$worst]}" tasks/s higher 1.0 "xargs -P2" "${xr[$worst]}"
     extra "w1_${mode}_ballast_tasks_per_s" "$(json_list "${br[@]}")"
     extra "w1_${mode}_xargs_tasks_per_s" "$(json_list "${xr[@]}")"
+    extra "w1_${mode}_ratios" "$(json_list "${ratios[@]}")"
+    extra "w1_${mode}_machine_cpu_ms_per_task" "$(json_list "${cpu[@]}")"
     extra "w1_${mode}_host_busy_steal_pct" "$(json_strs "${busy[@]}")"
 done
 
@@ -481,33 +493,71 @@ if want W5; then
 fi
 
 # ---- W7 end to end -------------------------------------------------------------------------
+# One command from the shell against the cheapest command the same harness runs: per mode, 30
+# spawns of /bin/true right before 30 `submit --wait -- true` per client binary (the clients
+# interleaved sample by sample, so load drifting on a shared machine hits them alike). The row
+# is the ratio of the medians (issue 13: <= 3.5x). With a build, two clients: `master` as
+# `cargo build` links it, and the same code linked static and not position-independent (`cargo
+# release-master`: no ld.so, no relocations, ~0.4 ms less start-up; docs/PERFORMANCE.md W7).
+W7_SAMPLES=30
+# How a binary is linked: a dynamic ELF names its interpreter in its first page.
+linkage_of() { case "$(head -c 4096 "$1" | tr -dc 'a-z-')" in *ld-linux*) echo dynamic ;; *) echo static ;; esac; }
+W7_CLIENTS=("$MASTER")
+if want W7 && [ "$BUILD" = 1 ]; then
+    (cd "$ROOT" && cargo rustc --release --quiet -p master --bin master -- \
+        -C target-feature=+crt-static -C relocation-model=static)
+    cp "$BIN/master" "$SCRATCH/bin/master-static"
+    # Back to what `cargo build` makes, for whoever uses target/ next (relinks master only).
+    (cd "$ROOT" && cargo build --release --workspace --quiet)
+    W7_CLIENTS+=("$SCRATCH/bin/master-static")
+fi
 for mode in journal nojournal; do
     want W7 || break
     start_master "w7-$mode" "$mode"
     start_workers "w7-$mode" 2 1
     sleep 0.5
     idle=$(rss_kb "$MPID")
-    samples=()
-    for i in $(seq 20); do
+    spawn=()
+    for i in $(seq "$W7_SAMPLES"); do
         now; t0=$NOW
-        "$MASTER" submit --master "$ADDR" --wait -- true >/dev/null
+        /bin/true
         now; t1=$NOW
-        samples+=("$(ms_between "$t0" "$t1")")
+        spawn+=("$(ms_between "$t0" "$t1")")
+    done
+    declare -A w7=()
+    for i in $(seq "$W7_SAMPLES"); do
+        for c in "${!W7_CLIENTS[@]}"; do
+            now; t0=$NOW
+            "${W7_CLIENTS[$c]}" submit --master "$ADDR" --wait -- true >/dev/null
+            now; t1=$NOW
+            w7[$c]="${w7[$c]:-} $(ms_between "$t0" "$t1")"
+        done
     done
     stop_all
-    med=$(printf '%s\n' "${samples[@]}" | median)
-    echo "W7 end to end ($(tag_of $mode)): median $med ms, idle master RSS $idle KiB"
-    row W7 "submit --wait -- true, median, $(tag_of $mode)" "$med" ms lower 3 "" ""
+    true_med=$(printf '%s\n' "${spawn[@]}" | median)
+    extra "w7_${mode}_true_samples_ms" "$(json_list "${spawn[@]}")"
+    for c in "${!W7_CLIENTS[@]}"; do
+        link=$(linkage_of "${W7_CLIENTS[$c]}")
+        read -r -a samples <<<"${w7[$c]}"
+        med=$(printf '%s\n' "${samples[@]}" | median)
+        ratio=$(calc "$med / $true_med" 2)
+        echo "W7 end to end ($(tag_of $mode), $link master): median $med ms, /bin/true $true_med ms: ${ratio}x"
+        row W7 "submit --wait -- true / /bin/true, $link, $(tag_of $mode)" "$ratio" x lower 3.5 "" ""
+        row W7 "submit --wait -- true, median, $link, $(tag_of $mode)" "$med" ms lower "" "" ""
+        extra "w7_${mode}_${link}_samples_ms" "$(json_list "${samples[@]}")"
+    done
+    unset w7
+    row W7 "/bin/true from the same harness, $(tag_of $mode)" "$true_med" ms lower "" "" ""
     if [ "$mode" = journal ]; then
+        echo "W7 idle master RSS: $idle KiB"
         row W7 "idle master RSS, 2 workers" "$(calc "$idle / 1024" 1)" MiB lower 10 "" ""
     fi
-    extra "w7_${mode}_samples_ms" "$(json_list "${samples[@]}")"
     extra "w7_${mode}_idle_rss_kb" "$idle"
 done
 # The floor under W7: the client binary starting and exiting, no master involved.
 if want W7; then
     floor=()
-    for i in $(seq 20); do
+    for i in $(seq "$W7_SAMPLES"); do
         now; t0=$NOW
         "$MASTER" --version >/dev/null
         now; t1=$NOW

@@ -65,8 +65,9 @@ pub struct OpenOptions {
 /// The schema this master writes. Bump it with every change to the tables below or to
 /// `FinalEntry`, and teach `inspect` and `migrate` to upgrade from the previous one.
 /// Version 2 added `copies` to `FinalEntry`; version 3 the identity tables (`IDENTITY_TABLES`);
-/// version 4 the `jobs` table (`JOBS_TABLE`).
-pub const SCHEMA_VERSION: i64 = 4;
+/// version 4 the `jobs` table (`JOBS_TABLE`); version 5 retention (`FORGET_TABLES`: the
+/// `forgotten` ranges, the id span of each `final_batches` row) and incremental vacuum.
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The tables of versions 1 and 2. STRICT so SQLite rejects a value of the wrong type instead of
 /// storing it.
@@ -115,14 +116,39 @@ CREATE TABLE jobs (
 ) STRICT;
 ";
 
+/// Added in version 5: tasks forgotten (`master forget`, `--keep-finished`). Their ids stay
+/// used (the next id is past every range here even when no batch reaches it), their outcomes
+/// are filtered out when the finals are replayed, and rows that hold only forgotten tasks are
+/// deleted: a `batches` row once its whole range is forgotten, a `final_batches` row once its
+/// `min_id ..= max_id` is (NULL: not known, never deleted). The newest `final_batches` row is
+/// emptied rather than deleted, so `seq` (what the marks check) never goes back.
+pub(crate) const FORGET_TABLES: &str = "
+-- Tasks first_id ..= last_id are forgotten. Disjoint; adjacent ranges are merged.
+CREATE TABLE forgotten (
+    first_id INTEGER PRIMARY KEY,
+    last_id  INTEGER NOT NULL
+) STRICT;
+ALTER TABLE final_batches ADD COLUMN min_id INTEGER;
+ALTER TABLE final_batches ADD COLUMN max_id INTEGER;
+-- So a forget finds the rows inside its range without a scan of every row.
+CREATE INDEX final_batches_by_max_id ON final_batches (max_id);
+CREATE INDEX jobs_by_first_id ON jobs (first_id);
+";
+
+/// Pages `compact_step` gives back per call (4 KiB each): about a millisecond of work, so a
+/// turn never stalls on a vacuum.
+pub const VACUUM_PAGES_PER_STEP: u32 = 128;
+
 const INSERT_JOB: &str =
     "INSERT INTO jobs (id, name, first_id, count, submitted_ms) VALUES (?1, ?2, ?3, ?4, ?5)";
 
 const INSERT_BATCH: &str =
     "INSERT INTO batches (first_id, count, spec, submitted_ms) VALUES (?1, ?2, ?3, ?4)";
-/// `seq` is chosen before the row is written (one more than the largest so far), so each record
-/// knows its place (`StoredAt`) as it is buffered.
-const INSERT_FINALS: &str = "INSERT INTO final_batches (seq, records) VALUES (?1, ?2)";
+/// `seq` is chosen before the row is written (one more than the largest so far; the largest is
+/// never deleted, see `FORGET_TABLES`), so each record knows its place (`StoredAt`) as it is
+/// buffered.
+const INSERT_FINALS: &str =
+    "INSERT INTO final_batches (seq, records, min_id, max_id) VALUES (?1, ?2, ?3, ?4)";
 const SELECT_FINALS: &str = "SELECT records FROM final_batches WHERE seq = ?1";
 
 /// A turn's finals buffer is written out as a row once it reaches this, before the commit: it
@@ -155,6 +181,8 @@ pub struct Recovered {
     /// Every job in id order (dense from 1, their ranges following each other from task 1);
     /// tasks past the last one's range have none yet (the core names them).
     pub jobs: Vec<JobRecord>,
+    /// Forgotten tasks (inclusive, disjoint, in order): not in `tasks`, ids below `next_id`.
+    pub forgotten: Vec<(TaskId, TaskId)>,
 }
 
 /// One final outcome inside a `final_batches` blob, one frame each. Borrows on the way in (no copy
@@ -451,6 +479,12 @@ pub struct Journal {
     /// The data dir's id and this start's incarnation, for the marks.
     master_id: u64,
     incarnation: u64,
+    /// The lowest and highest id in `final_buf` (`final_batches.min_id`, `max_id`).
+    final_span: Option<(u64, u64)>,
+    /// Forgotten ranges, merged (first -> last), as the `forgotten` table holds them.
+    forgotten: std::collections::BTreeMap<u64, u64>,
+    /// Rows were deleted: `compact_step` has pages to give back.
+    vacuum_due: bool,
 }
 
 impl Journal {
@@ -491,6 +525,14 @@ impl Journal {
         let found = prepare(&conn, &path).map_err(|e| refine(&conn, e))?;
         let mut recovered = match found {
             Found::Empty | Found::Current => recover::read_all(&conn, &path)?,
+            Found::V4 => {
+                let recovered = migrate::from_v4(&conn, &path)?;
+                info!(
+                    "journal schema 4 migrated to {SCHEMA_VERSION} ({})",
+                    path.display()
+                );
+                recovered
+            }
             Found::V3 => {
                 let recovered = migrate::from_v3(&conn, &path)?;
                 info!(
@@ -522,6 +564,7 @@ impl Journal {
         let check = check_marks(found_marks, &reached, &path, &marks_path, options)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
             .map_err(|e| classify(&path, e))?;
+        enable_incremental_vacuum(&conn, &path)?;
         let mut journal = Journal {
             conn,
             path,
@@ -539,6 +582,13 @@ impl Journal {
             marks: None,
             master_id: 0,
             incarnation: 0,
+            final_span: None,
+            forgotten: recovered
+                .forgotten
+                .iter()
+                .map(|&(a, b)| (a.0, b.0))
+                .collect(),
+            vacuum_due: false,
         };
         let mut min_incarnation = 0;
         let mut master_hint = None;
@@ -715,6 +765,50 @@ impl Journal {
         Ok(CommitStats { records })
     }
 
+    /// Records that tasks `ranges` (inclusive, final, each once) are forgotten: the ranges are
+    /// kept, and every row that now holds only forgotten tasks is deleted (the pages they free
+    /// are given back by `compact_step`). Durable at the next `commit`.
+    pub fn record_forgotten(&mut self, ranges: &[(TaskId, TaskId)]) -> Result<(), JournalError> {
+        self.check()?;
+        let result = self.forget(ranges);
+        self.settle(result)
+    }
+
+    /// Whether `compact_step` has work: pages freed by forgetting not yet given back.
+    pub fn vacuum_due(&self) -> bool {
+        self.vacuum_due
+    }
+
+    /// Gives back up to `VACUUM_PAGES_PER_STEP` free pages to the file system (incremental
+    /// vacuum, its own small transaction), between turns: never with records pending. Returns
+    /// whether more are left.
+    pub fn compact_step(&mut self) -> Result<bool, JournalError> {
+        self.check()?;
+        if !self.vacuum_due || self.pending > 0 {
+            return Ok(self.vacuum_due);
+        }
+        // IMPORTANT: stepped to the end: each step of this pragma frees one page (`execute_batch`
+        // steps once, so it would free one page per call).
+        let result = self
+            .conn
+            .prepare_cached(&format!(
+                "PRAGMA incremental_vacuum({VACUUM_PAGES_PER_STEP})"
+            ))
+            .and_then(|mut stmt| {
+                let mut rows = stmt.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            })
+            .and_then(|()| {
+                self.conn
+                    .query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
+            })
+            .map_err(|e| self.sqlite_error(e));
+        let free = self.settle(result)?;
+        self.vacuum_due = free > 0;
+        Ok(self.vacuum_due)
+    }
+
     /// Where the finals made durable by the last `commit` sit, for `Core::handle_stored`.
     pub fn committed_finals(&self) -> &[(TaskId, StoredAt)] {
         &self.committed
@@ -809,6 +903,7 @@ impl Journal {
             }
             self.pending = 0;
             self.final_buf = Vec::new();
+            self.final_span = None;
         }
         result
     }
@@ -927,6 +1022,10 @@ impl Journal {
                 detail: e.to_string(),
             },
         )?;
+        self.final_span = Some(match self.final_span {
+            Some((lo, hi)) => (lo.min(id.0), hi.max(id.0)),
+            None => (id.0, id.0),
+        });
         self.pending += 1;
         // Every record starts below FINAL_BLOB_FLUSH_BYTES, so `at` always fits; were it not to,
         // the core would just keep that outcome in RAM.
@@ -949,10 +1048,18 @@ impl Journal {
             !self.conn.is_autocommit(),
             "finals buffered outside a transaction"
         );
+        let (lo, hi) = self.final_span.take().unwrap_or_default();
         let seq = self.finals_seq + 1;
         self.conn
             .prepare_cached(INSERT_FINALS)
-            .and_then(|mut stmt| stmt.execute(params![seq as i64, &self.final_buf[..]]))
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    seq as i64,
+                    &self.final_buf[..],
+                    lo as i64,
+                    hi as i64
+                ])
+            })
             .map_err(|e| self.sqlite_error(e))?;
         self.finals_seq = seq;
         self.final_buf.clear();
@@ -964,9 +1071,116 @@ impl Journal {
         Ok(())
     }
 
+    fn forget(&mut self, ranges: &[(TaskId, TaskId)]) -> Result<(), JournalError> {
+        for &(first, last) in ranges {
+            if first.0 == 0 || first > last || last.0 >= self.next_id {
+                return Err(JournalError::Unrepresentable {
+                    what: "forgotten tasks",
+                    detail: format!("{first} to {last}: not ids this journal handed out"),
+                });
+            }
+            to_i64("a forgotten id", last.0)?;
+        }
+        begin_if_idle(&self.conn, self.pending).map_err(|e| self.sqlite_error(e))?;
+        // IMPORTANT: finals of this turn still buffered may name these tasks (a task that ended
+        // and was forgotten in one turn): out first, so the deletions below see their row.
+        self.flush_finals()?;
+        for &(first, last) in ranges {
+            let (a, b) = self.merge_forgotten(first.0, last.0);
+            let result = self.delete_forgotten(a, b);
+            result.map_err(|e| self.sqlite_error(e))?;
+        }
+        self.pending += 1;
+        self.vacuum_due = true;
+        Ok(())
+    }
+
+    /// Adds `first ..= last` to the forgotten ranges (memory and table), merged with its
+    /// neighbours; returns the merged range.
+    fn merge_forgotten(&mut self, first: u64, last: u64) -> (u64, u64) {
+        let (mut a, mut b) = (first, last);
+        // A range that ends right before (or overlaps) `first`.
+        if let Some((&pa, &pb)) = self.forgotten.range(..=first).next_back() {
+            if pb.saturating_add(1) >= first {
+                a = pa;
+                b = b.max(pb);
+            }
+        }
+        // Ranges that start inside or right after.
+        let after: Vec<(u64, u64)> = self
+            .forgotten
+            .range(a..=b.saturating_add(1))
+            .map(|(&x, &y)| (x, y))
+            .collect();
+        for (x, y) in after {
+            b = b.max(y);
+            self.forgotten.remove(&x);
+        }
+        self.forgotten.insert(a, b);
+        (a, b)
+    }
+
+    /// Replaces the table's ranges inside `a ..= b` by that one range, and deletes the rows
+    /// wholly inside it.
+    fn delete_forgotten(&mut self, a: u64, b: u64) -> rusqlite::Result<()> {
+        let (a, b) = (a as i64, b as i64);
+        let c = &self.conn;
+        c.prepare_cached("DELETE FROM forgotten WHERE first_id >= ?1 AND first_id <= ?2")?
+            .execute(params![a, b])?;
+        c.prepare_cached("INSERT INTO forgotten (first_id, last_id) VALUES (?1, ?2)")?
+            .execute(params![a, b])?;
+        c.prepare_cached(
+            "DELETE FROM batches WHERE first_id >= ?1 AND first_id <= ?2 \
+             AND first_id + count - 1 <= ?2",
+        )?
+        .execute(params![a, b])?;
+        // Jobs keep their row (ids and ranges stay dense); the name of a forgotten one goes.
+        c.prepare_cached(
+            "UPDATE jobs SET name = '' WHERE first_id >= ?1 AND first_id <= ?2 \
+             AND first_id + count - 1 <= ?2",
+        )?
+        .execute(params![a, b])?;
+        let newest: i64 = c
+            .prepare_cached("SELECT coalesce(max(seq), 0) FROM final_batches")?
+            .query_row([], |r| r.get(0))?;
+        c.prepare_cached(
+            "DELETE FROM final_batches WHERE max_id >= ?1 AND max_id <= ?2 AND min_id >= ?1 \
+             AND seq < ?3",
+        )?
+        .execute(params![a, b, newest])?;
+        c.prepare_cached(
+            "UPDATE final_batches SET records = x'', min_id = NULL, max_id = NULL \
+             WHERE seq = ?3 AND max_id >= ?1 AND max_id <= ?2 AND min_id >= ?1",
+        )?
+        .execute(params![a, b, newest])?;
+        Ok(())
+    }
+
     fn sqlite_error(&self, e: rusqlite::Error) -> JournalError {
         refine(&self.conn, classify(&self.path, e))
     }
+}
+
+/// Turns on incremental vacuum for a journal made without it (before version 5): one VACUUM,
+/// once, which rewrites the file (logged: on a large journal it takes a while).
+fn enable_incremental_vacuum(conn: &Connection, path: &Path) -> Result<(), JournalError> {
+    let sql = |e| classify(path, e);
+    let mode: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .map_err(sql)?;
+    // 2: INCREMENTAL.
+    if mode == 2 {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+        .map_err(sql)?;
+    info!(
+        "journal {}: incremental vacuum turned on (one VACUUM, {} ms)",
+        path.display(),
+        started.elapsed().as_millis()
+    );
+    Ok(())
 }
 
 /// The journal as the shell holds it: shared with the core's [`JournalReader`], which reads
@@ -1133,6 +1347,8 @@ enum Found {
     V2,
     /// A version 3 journal: `migrate::from_v3` adds the jobs table, one job per batch.
     V3,
+    /// A version 4 journal: `migrate::from_v4` adds the retention tables.
+    V4,
 }
 
 /// How far the database reaches, in the marks' terms (read at `open`, before this start adds its
@@ -1384,10 +1600,14 @@ fn prepare(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
     )
     .map_err(sql)?;
     if let Found::Empty = found {
+        // Before the first table: only then does it take without a VACUUM.
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+            .map_err(sql)?;
         let tx = conn.unchecked_transaction().map_err(sql)?;
         tx.execute_batch(SCHEMA).map_err(sql)?;
         tx.execute_batch(IDENTITY_TABLES).map_err(sql)?;
         tx.execute_batch(JOBS_TABLE).map_err(sql)?;
+        tx.execute_batch(FORGET_TABLES).map_err(sql)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
             [SCHEMA_VERSION],
@@ -1452,6 +1672,7 @@ fn inspect(conn: &Connection, path: &Path) -> Result<Found, JournalError> {
     }
     match found {
         SCHEMA_VERSION => Ok(Found::Current),
+        4 => Ok(Found::V4),
         3 => Ok(Found::V3),
         2 => Ok(Found::V2),
         1 => {

@@ -107,6 +107,11 @@ struct ServeArgs {
     /// --no-journal); the logs of the oldest finished tasks are removed first.
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = master::logs::parse_size)]
     log_budget: u64,
+    /// Forget the tasks of a job (results, logs, journal rows) once the whole job has been
+    /// finished this long, checked every second: a master that runs for months stays small.
+    /// One line is logged per job forgotten. Default: keep everything (see `master forget`).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    keep_finished: Option<std::time::Duration>,
 }
 
 /// What one task costs the master, for the default `--max-tasks`: its record, its queue entry
@@ -145,6 +150,15 @@ fn parse_speculate(s: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
+    // A client subcommand builds only the client's part of the command line: the server's and
+    // the simulator's options are most of the heap a full parse touches, and every page of it is
+    // a fault in a process that lives a few milliseconds (W7 in docs/PERFORMANCE.md).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| client::is_client_command(&first))
+    {
+        return client::main();
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Client(cmd)) => client::run(cmd),
@@ -198,6 +212,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .map(|d| d.as_millis().max(1) as u64),
             max_tasks: args.max_tasks.unwrap_or_else(default_max_tasks),
             log_limit_bytes: args.log_limit,
+            keep_finished_ms: args
+                .keep_finished
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             ..CoreConfig::default()
         },
         max_connections: args.max_connections,

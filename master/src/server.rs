@@ -14,8 +14,8 @@
 //! reach the core as local clients, so their answers pass the same journal gate.
 
 use crate::core::{
-    needs_commit, Backlog, ConnId, Core, CoreConfig, GroupCommit, Output, Record, RestoreError,
-    CLIENT_BACKLOG_MAX_BYTES, REPLY_BYTES_IN_FLIGHT_MAX, STALLED_READER_MS,
+    needs_commit, Backlog, ConnId, Core, CoreConfig, GroupCommit, LogOp, Output, Record,
+    RestoreError, CLIENT_BACKLOG_MAX_BYTES, REPLY_BYTES_IN_FLIGHT_MAX, STALLED_READER_MS,
 };
 use crate::http::api::{self, Action, Pending};
 use crate::http::conn::{
@@ -237,6 +237,8 @@ pub struct Server {
     unsent_total: usize,
     /// Shared with the core's reader of finished tasks' outcomes (`JournalReader`).
     journal: Option<SharedJournal>,
+    /// Tasks were forgotten this turn: give the freed memory back at its end.
+    trim_due: bool,
     /// When the oldest record not yet committed was made.
     group_commit: GroupCommit,
     /// Every task's full output (`crate::logs`).
@@ -324,6 +326,7 @@ impl Server {
             paused: Vec::new(),
             unsent_total: 0,
             journal,
+            trim_due: false,
             group_commit: GroupCommit::default(),
             logs,
         })
@@ -381,7 +384,28 @@ impl Server {
             self.core.handle_timeout(now);
             self.sweep_http(now);
             self.end_turn(now)?;
+            self.vacuum_step()?;
+            if std::mem::take(&mut self.trim_due) {
+                give_memory_back();
+            }
         }
+    }
+
+    /// After a forget, the journal gives its freed pages back a few at a time, one small step
+    /// per loop turn once the turn's records are committed, so no turn stalls on it.
+    fn vacuum_step(&mut self) -> Result<(), ServerError> {
+        let Some(shared) = &self.journal else {
+            return Ok(());
+        };
+        let mut journal = journal::lock(shared);
+        if journal.vacuum_due() && journal.pending() == 0 {
+            if let Err(e) = journal.compact_step() {
+                drop(journal);
+                self.tell_waiting_clients(&e);
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     /// The end on a signal: what was accepted is committed, and one line says why the master
@@ -576,7 +600,16 @@ impl Server {
             .next_http_sweep_ms
             .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
         let more = (!self.more_input.is_empty()).then_some(Duration::ZERO);
-        [core, commit, http, more].into_iter().flatten().min()
+        // Pages to give back: the next step soon, but not a busy loop.
+        let vacuum = self
+            .journal
+            .as_ref()
+            .filter(|j| journal::lock(j).vacuum_due())
+            .map(|_| Duration::from_millis(VACUUM_STEP_MS));
+        [core, commit, http, more, vacuum]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn accept(&mut self, now: u64) {
@@ -1029,10 +1062,14 @@ impl Server {
         while let Some(output) = self.core.poll_output() {
             let (conn, msg) = match output {
                 Output::Send { conn, msg } => (conn, msg),
-                Output::Log(op) => match self.logs.apply(op) {
-                    Some(reply) => reply,
-                    None => continue,
-                },
+                Output::Log(op) => {
+                    // Every forget tells the log store: the turn's end gives memory back.
+                    self.trim_due |= matches!(op, LogOp::Forget { .. });
+                    match self.logs.apply(op) {
+                        Some(reply) => reply,
+                        None => continue,
+                    }
+                }
                 Output::Close { conn, reason } => {
                     if let Some(c) = self.conns.get_mut(conn) {
                         debug!("{}: closing: {reason}", c.addr);
@@ -1349,6 +1386,8 @@ fn open_journal(
     config.master_id = recovered.master_id;
     config.incarnation = current;
     let mut core = Core::new(config);
+    // Ids missing from `tasks` below it were forgotten (the journal checked): never reused.
+    core.expect_forgotten(recovered.next_id);
     let (finished, unfinished) =
         core.restore(now_ms, recovered.tasks, recovered.history, recovered.jobs)?;
     info!(
@@ -1371,8 +1410,23 @@ fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {
         } => journal.record_submit(first, count, &spec, submitted_ms),
         Record::Finished { id, outcome } => journal.record_final(id, &outcome),
         Record::Job(job) => journal.record_job(&job),
+        Record::Forgotten { ranges } => journal.record_forgotten(&ranges),
     }
 }
+
+/// After tasks were forgotten: the allocator keeps the freed results in its free lists, so RSS
+/// would not drop; `malloc_trim` returns the free pages to the kernel (glibc; a few ms for a heap
+/// of hundreds of MiB, once per forget, not per turn).
+fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only releases memory the allocator holds free; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The pause between two incremental vacuum steps while an idle master compacts its journal.
+const VACUUM_STEP_MS: u64 = 5;
 
 /// Why reading from a connection ended it.
 #[derive(Debug, Error)]

@@ -16,7 +16,9 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 use thiserror::Error;
 
-/// Bytes asked of the socket per read once connected: a `Results` chunk can be megabytes.
+/// Most bytes asked of the socket per read once connected: a `Results` chunk can be megabytes.
+/// Reads start at [`HANDSHAKE_READ_CHUNK`] and double up to this while reads fill them, so a
+/// client that reads a few small replies never zeroes (and faults in) 64 KiB of buffer.
 const READ_CHUNK: usize = 64 << 10;
 /// Per read during the handshake, whose frames are tiny: a caller that holds thousands of
 /// connections (the load generator) keeps their decoders small.
@@ -100,6 +102,8 @@ pub struct Welcome {
 pub struct FrameReader {
     stream: TcpStream,
     decoder: FrameDecoder,
+    /// Bytes asked per read now, from [`HANDSHAKE_READ_CHUNK`] up to [`READ_CHUNK`].
+    read_chunk: usize,
 }
 
 /// Sending half: frames are queued into one buffer and written with one syscall by `flush`.
@@ -116,7 +120,12 @@ pub struct Connection {
 impl FrameReader {
     /// Blocks for the next message. `Err(Closed)` on a clean end of stream.
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T, ConnectionError> {
-        recv_blocking(&mut self.stream, &mut self.decoder, READ_CHUNK)
+        recv_blocking(
+            &mut self.stream,
+            &mut self.decoder,
+            &mut self.read_chunk,
+            READ_CHUNK,
+        )
     }
 
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
@@ -170,12 +179,85 @@ impl Connection {
         token: Option<&[u8]>,
         connect_timeout: Duration,
     ) -> Result<(Connection, Welcome), ConnectionError> {
+        let (mut conn, bound) = Connection::open(addr, connect_timeout)?;
+        // The writer's buffer is empty until the caller queues something: the handshake may write
+        // through the reader's handle of the same socket.
+        let reader = &mut conn.reader;
+        let welcome = handshake(&mut reader.stream, &mut reader.decoder, addr, role, token);
+        conn.finish_handshake(addr, bound, welcome)
+    }
+
+    /// [`Connection::connect`] as a client, with `first` (the client's first request) sent as
+    /// early as the handshake allows: without a token, in the same write as `Hello`, before the
+    /// master's `Greeting` has even arrived (a `Hello` without a token does not depend on the
+    /// master's nonce), which saves the client two waits on the master (W7); with a token, only
+    /// once `Welcome` has proved the master (a request may name commands and their environment,
+    /// which an impostor must not see).
+    ///
+    /// The master handles frames in order, so `first` is read only once `Hello` is accepted; a
+    /// refused `Hello` (a version mismatch, or a token the master requires) drops it unread, and
+    /// the refusal is the error here as with [`Connection::connect`]. A `first` larger than
+    /// [`PIPELINE_MAX`] waits for `Welcome`, so that a refusal is read rather than a write
+    /// failing into a closed connection.
+    pub fn connect_client(
+        addr: &str,
+        token: Option<&[u8]>,
+        connect_timeout: Duration,
+        first: &ToMaster,
+    ) -> Result<(Connection, Welcome), ConnectionError> {
+        let (mut conn, bound) = Connection::open(addr, connect_timeout)?;
+        conn.writer.queue(first)?;
+        if token.is_some() || conn.writer.pending() > PIPELINE_MAX {
+            let reader = &mut conn.reader;
+            let welcome = handshake(
+                &mut reader.stream,
+                &mut reader.decoder,
+                addr,
+                Role::Client,
+                token,
+            );
+            let (mut conn, welcome) = conn.finish_handshake(addr, bound, welcome)?;
+            conn.writer.flush()?;
+            return Ok((conn, welcome));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|e| ConnectionError::Random(e.to_string()))?;
+        // Hello first, then the request, in one write.
+        let mut frames = Vec::with_capacity(64 + conn.writer.pending());
+        encode_frame(&hello(Role::Client, None, &[], &nonce), &mut frames)?;
+        frames.append(&mut conn.writer.buf);
+        let reader = &mut conn.reader;
+        let welcome = reader
+            .stream
+            .write_all(&frames)
+            .map_err(ConnectionError::from)
+            .and_then(|()| {
+                let master_nonce = read_greeting(&mut reader.stream, &mut reader.decoder)?;
+                read_welcome(
+                    &mut reader.stream,
+                    &mut reader.decoder,
+                    addr,
+                    RoleTag::Client,
+                    None,
+                    &master_nonce,
+                    &nonce,
+                )
+            });
+        conn.finish_handshake(addr, bound, welcome)
+    }
+
+    /// A connected socket with the handshake's read bound set (returned, for its error).
+    fn open(
+        addr: &str,
+        connect_timeout: Duration,
+    ) -> Result<(Connection, Duration), ConnectionError> {
         let stream = connect_any(addr, connect_timeout)?;
         stream.set_nodelay(true)?;
-        let mut conn = Connection {
+        let conn = Connection {
             reader: FrameReader {
                 stream: stream.try_clone()?,
                 decoder: FrameDecoder::new(),
+                read_chunk: HANDSHAKE_READ_CHUNK,
             },
             writer: FrameWriter {
                 stream,
@@ -185,28 +267,34 @@ impl Connection {
         // Bound the handshake so a wrong port does not hang us; callers set their own timeouts after.
         let bound = connect_timeout.max(Duration::from_secs(5));
         conn.reader.set_read_timeout(Some(bound))?;
-        // The writer's buffer is empty until the caller queues something: the handshake may write
-        // through the reader's handle of the same socket.
-        let reader = &mut conn.reader;
-        let welcome = handshake(&mut reader.stream, &mut reader.decoder, addr, role, token)
-            .map_err(|e| match e {
-                // A read timeout surfaces as EAGAIN ("Resource temporarily unavailable"), which
-                // says nothing to a person: name what we waited for.
-                ConnectionError::Io(io)
-                    if matches!(
-                        io.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    ConnectionError::HandshakeTimeout {
-                        addr: addr.to_string(),
-                        waited: bound,
-                    }
+        Ok((conn, bound))
+    }
+
+    /// The handshake's outcome, with a read timeout named for a person and the bound lifted.
+    fn finish_handshake(
+        self,
+        addr: &str,
+        bound: Duration,
+        welcome: Result<Welcome, ConnectionError>,
+    ) -> Result<(Connection, Welcome), ConnectionError> {
+        let welcome = welcome.map_err(|e| match e {
+            // A read timeout surfaces as EAGAIN ("Resource temporarily unavailable"), which
+            // says nothing to a person: name what we waited for.
+            ConnectionError::Io(io)
+                if matches!(
+                    io.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                ConnectionError::HandshakeTimeout {
+                    addr: addr.to_string(),
+                    waited: bound,
                 }
-                other => other,
-            })?;
-        conn.reader.set_read_timeout(None)?;
-        Ok((conn, welcome))
+            }
+            other => other,
+        })?;
+        self.reader.set_read_timeout(None)?;
+        Ok((self, welcome))
     }
 
     pub fn send(&mut self, msg: &ToMaster) -> Result<(), ConnectionError> {
@@ -259,7 +347,49 @@ pub fn handshake_with_nonce<S: Read + Write>(
     token: Option<&[u8]>,
     peer_nonce: &[u8; NONCE_LEN],
 ) -> Result<Welcome, ConnectionError> {
-    let master_nonce = match recv_blocking(stream, decoder, HANDSHAKE_READ_CHUNK)? {
+    let master_nonce = read_greeting(stream, decoder)?;
+    let tag = RoleTag::of(&role);
+    let mut frame = Vec::new();
+    encode_frame(&hello(role, token, &master_nonce, peer_nonce), &mut frame)?;
+    stream.write_all(&frame)?;
+    read_welcome(
+        stream,
+        decoder,
+        master,
+        tag,
+        token,
+        &master_nonce,
+        peer_nonce,
+    )
+}
+
+/// The largest first request [`Connection::connect_client`] writes before the master has
+/// accepted `Hello`: it fits the socket buffers, so the write never waits on a master that is
+/// about to refuse us.
+pub const PIPELINE_MAX: usize = 16 << 10;
+
+/// Our `Hello` as `role`, answering `master_nonce` with `token` (no answer without one).
+fn hello(
+    role: Role,
+    token: Option<&[u8]>,
+    master_nonce: &[u8],
+    peer_nonce: &[u8; NONCE_LEN],
+) -> ToMaster {
+    let tag = RoleTag::of(&role);
+    ToMaster::Hello {
+        version: PROTOCOL_VERSION,
+        role,
+        auth: auth::peer_answer(token, tag, master_nonce, peer_nonce),
+        nonce: peer_nonce.to_vec(),
+    }
+}
+
+/// The master's `Greeting`, checked for our protocol version; returns its nonce.
+fn read_greeting<S: Read>(
+    stream: &mut S,
+    decoder: &mut FrameDecoder,
+) -> Result<Vec<u8>, ConnectionError> {
+    match recv_handshake(stream, decoder)? {
         FromMaster::Greeting { version, nonce } => {
             if version != PROTOCOL_VERSION {
                 return Err(ConnectionError::Version {
@@ -267,23 +397,23 @@ pub fn handshake_with_nonce<S: Read + Write>(
                     ours: PROTOCOL_VERSION,
                 });
             }
-            nonce
+            Ok(nonce)
         }
-        other => return Err(ConnectionError::Unexpected(other.name().to_string())),
-    };
-    let tag = RoleTag::of(&role);
-    let mut hello = Vec::new();
-    encode_frame(
-        &ToMaster::Hello {
-            version: PROTOCOL_VERSION,
-            role,
-            auth: auth::peer_answer(token, tag, &master_nonce, peer_nonce),
-            nonce: peer_nonce.to_vec(),
-        },
-        &mut hello,
-    )?;
-    stream.write_all(&hello)?;
-    match recv_blocking(stream, decoder, HANDSHAKE_READ_CHUNK)? {
+        other => Err(ConnectionError::Unexpected(other.name().to_string())),
+    }
+}
+
+/// The master's answer to our `Hello`: `Welcome` (proving `token`, with one), or a refusal.
+fn read_welcome<S: Read>(
+    stream: &mut S,
+    decoder: &mut FrameDecoder,
+    master: &str,
+    tag: RoleTag,
+    token: Option<&[u8]>,
+    master_nonce: &[u8],
+    peer_nonce: &[u8; NONCE_LEN],
+) -> Result<Welcome, ConnectionError> {
+    match recv_handshake(stream, decoder)? {
         FromMaster::Welcome {
             worker_id,
             heartbeat_interval_ms,
@@ -295,8 +425,8 @@ pub fn handshake_with_nonce<S: Read + Write>(
             // with our own nonce could be reflecting our `Hello`; the direction label in the MAC
             // already defeats that, the check costs nothing.
             if let Some(token) = token {
-                if master_nonce.as_slice() == peer_nonce.as_slice()
-                    || !auth::verify_master(token, tag, &master_nonce, peer_nonce, &proof)
+                if master_nonce == peer_nonce.as_slice()
+                    || !auth::verify_master(token, tag, master_nonce, peer_nonce, &proof)
                 {
                     return Err(ConnectionError::MasterUnproven {
                         addr: master.to_string(),
@@ -320,27 +450,42 @@ pub fn handshake_with_nonce<S: Read + Write>(
     }
 }
 
-/// Blocks until `decoder` holds a whole message, reading `read_chunk` bytes at a time.
+/// A handshake frame: they are tiny, so reads stay small.
+fn recv_handshake<T: DeserializeOwned>(
+    stream: &mut impl Read,
+    decoder: &mut FrameDecoder,
+) -> Result<T, ConnectionError> {
+    let mut chunk = HANDSHAKE_READ_CHUNK;
+    recv_blocking(stream, decoder, &mut chunk, HANDSHAKE_READ_CHUNK)
+}
+
+/// Blocks until `decoder` holds a whole message, reading `read_chunk` bytes at a time; a read
+/// that fills its chunk doubles it, up to `max_chunk`.
 fn recv_blocking<T: DeserializeOwned>(
     stream: &mut impl Read,
     decoder: &mut FrameDecoder,
-    read_chunk: usize,
+    read_chunk: &mut usize,
+    max_chunk: usize,
 ) -> Result<T, ConnectionError> {
     loop {
         if let Some(msg) = decoder.next_frame()? {
             return Ok(msg);
         }
-        let spare = decoder.spare(read_chunk);
+        let chunk = *read_chunk;
+        let spare = decoder.spare(chunk);
         match stream.read(spare) {
             Ok(n) => {
-                decoder.commit(read_chunk, n);
+                decoder.commit(chunk, n);
+                if n == chunk && chunk < max_chunk {
+                    *read_chunk = (chunk * 2).min(max_chunk);
+                }
                 if n == 0 {
                     // A clean end, or one in the middle of a frame: either way nothing follows.
                     return Err(ConnectionError::Closed);
                 }
             }
             Err(e) => {
-                decoder.commit(read_chunk, 0);
+                decoder.commit(chunk, 0);
                 // A signal is not the end of the stream.
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e.into());
@@ -784,5 +929,105 @@ mod tests {
             None,
         );
         assert!(matches!(got, Err(ConnectionError::Closed)), "{got:?}");
+    }
+
+    /// A master on a loopback port that runs `script` on its one connection, in a thread.
+    fn fake_master(
+        script: impl FnOnce(TcpStream) -> Vec<ToMaster> + Send + 'static,
+    ) -> (String, std::thread::JoinHandle<Vec<ToMaster>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let thread = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            script(stream)
+        });
+        (addr, thread)
+    }
+
+    fn read_frames(stream: &mut TcpStream, decoder: &mut FrameDecoder, n: usize) -> Vec<ToMaster> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match decoder.next_frame().expect("valid frames") {
+                Some(m) => got.push(m),
+                None => {
+                    let mut buf = [0u8; 512];
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => decoder.extend(&buf[..k]),
+                    }
+                }
+            }
+        }
+        got
+    }
+
+    fn done() -> FromMaster {
+        FromMaster::WaitDone {
+            total: 1,
+            succeeded: 1,
+            failed: 0,
+        }
+    }
+
+    #[test]
+    fn without_a_token_the_first_request_travels_with_hello_before_the_greeting() {
+        let (addr, master) = fake_master(|mut stream| {
+            // Both frames arrive before the master has said anything: the client did not wait.
+            let mut decoder = FrameDecoder::new();
+            let got = read_frames(&mut stream, &mut decoder, 2);
+            for reply in [greeting(PROTOCOL_VERSION), welcome(), done()] {
+                let mut frame = Vec::new();
+                encode_frame(&reply, &mut frame).expect("encodes");
+                stream.write_all(&frame).expect("write");
+            }
+            got
+        });
+        let (mut conn, welcome) =
+            Connection::connect_client(&addr, None, Duration::from_secs(10), &ToMaster::Status)
+                .expect("connects");
+        assert_eq!(welcome.master_id, 77);
+        assert_eq!(conn.recv().expect("the reply"), done());
+        let got = master.join().expect("master thread");
+        assert!(
+            matches!(&got[..], [ToMaster::Hello { auth, role: Role::Client, .. }, ToMaster::Status] if auth.is_empty()),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn with_a_token_nothing_follows_hello_until_the_master_is_proved() {
+        let (addr, master) = fake_master(|mut stream| {
+            let mut frame = Vec::new();
+            encode_frame(&greeting(PROTOCOL_VERSION), &mut frame).expect("encodes");
+            stream.write_all(&frame).expect("write");
+            let mut decoder = FrameDecoder::new();
+            let mut got = read_frames(&mut stream, &mut decoder, 1);
+            // A Welcome that proves nothing: the client must give up without its request.
+            frame.clear();
+            encode_frame(&welcome(), &mut frame).expect("encodes");
+            stream.write_all(&frame).expect("write");
+            got.extend(read_frames(&mut stream, &mut decoder, usize::MAX));
+            got
+        });
+        let err = Connection::connect_client(
+            &addr,
+            Some(TOKEN),
+            Duration::from_secs(10),
+            &ToMaster::Status,
+        )
+        .err()
+        .expect("an unproven master");
+        assert!(
+            matches!(err, ConnectionError::MasterUnproven { .. }),
+            "{err:?}"
+        );
+        let got = master.join().expect("master thread");
+        assert!(
+            matches!(&got[..], [ToMaster::Hello { auth, .. }] if !auth.is_empty()),
+            "only the Hello: {got:?}"
+        );
     }
 }

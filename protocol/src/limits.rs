@@ -46,6 +46,11 @@ pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 64 << 20;
 /// at a time, so an answer never waits in the master's memory beside others of its kind.
 pub const MAX_LOG_READ_BYTES: usize = 1 << 20;
 
+/// A `Forgotten` reply lists at most this many jobs, and this many unfinished and unknown ids
+/// each (the counts beside say how many there were): the reply stays a few KiB whatever was
+/// asked.
+pub const MAX_FORGET_LISTED: usize = 1_000;
+
 /// Why a task spec breaks a limit. Each names the field, and the offending key or size, so a
 /// user can find the line in a task file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

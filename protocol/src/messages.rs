@@ -443,6 +443,16 @@ pub enum ToMaster {
     /// master logs it as having left rather than as lost. Best effort: a worker that cannot send
     /// it is taken for lost, which changes nothing but the log line.
     Leaving,
+    /// From clients (since version 7): drop these finished tasks, and the finished tasks of these
+    /// jobs, from the master's memory, its journal and its log store; with `finished_before_ms`
+    /// only those that finished at least that long ago (ids and jobs both empty: every finished
+    /// task). Unfinished tasks are never forgotten: named ones are reported in `Forgotten`.
+    /// Forgotten ids are never handed out again. Answered by one `Forgotten`.
+    Forget {
+        ids: Vec<TaskId>,
+        jobs: Vec<JobId>,
+        finished_before_ms: Option<u64>,
+    },
 }
 
 /// Which output of a command.
@@ -492,6 +502,7 @@ impl ToMaster {
             ToMaster::Output(_) => "Output",
             ToMaster::Log { .. } => "Log",
             ToMaster::Leaving => "Leaving",
+            ToMaster::Forget { .. } => "Forget",
         }
     }
 }
@@ -803,6 +814,31 @@ pub enum FromMaster {
     LogLimit {
         per_stream_bytes: u64,
     },
+    /// The answer to `Forget`: how many tasks were forgotten, per job in id order (at most
+    /// `limits::MAX_FORGET_LISTED` jobs, `jobs_left_out` more), and which named tasks were not:
+    /// `unfinished` (still queued, waiting or running: never forgotten) and `unknown` (never
+    /// accepted, or forgotten before), each at most `limits::MAX_FORGET_LISTED` ids with the
+    /// full counts beside.
+    Forgotten {
+        tasks: u64,
+        jobs: Vec<JobForgotten>,
+        jobs_left_out: u64,
+        unfinished: Vec<TaskId>,
+        unfinished_count: u64,
+        unknown: Vec<TaskId>,
+        unknown_count: u64,
+    },
+}
+
+/// What one `Forget` did to one job.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobForgotten {
+    pub job: JobId,
+    /// Its tasks forgotten by this request.
+    pub tasks: u64,
+    /// No task of it is left: the job itself is forgotten (`jobs` omits it, `results --job`
+    /// says it is unknown).
+    pub whole: bool,
 }
 
 impl FromMaster {
@@ -826,6 +862,7 @@ impl FromMaster {
             FromMaster::Jobs { .. } => "Jobs",
             FromMaster::Log { .. } => "Log",
             FromMaster::LogLimit { .. } => "LogLimit",
+            FromMaster::Forgotten { .. } => "Forgotten",
         }
     }
 }
@@ -889,6 +926,12 @@ mod tests {
                 task: TaskId(1),
                 stream: OutputStream::Stdout,
                 offset: 0,
+            },
+            ToMaster::Leaving,
+            ToMaster::Forget {
+                ids: vec![],
+                jobs: vec![JobId(1)],
+                finished_before_ms: Some(1),
             },
         ];
         for msg in &to_master {
@@ -975,6 +1018,19 @@ mod tests {
             },
             FromMaster::LogLimit {
                 per_stream_bytes: 1,
+            },
+            FromMaster::Forgotten {
+                tasks: 1,
+                jobs: vec![JobForgotten {
+                    job: JobId(1),
+                    tasks: 1,
+                    whole: true,
+                }],
+                jobs_left_out: 0,
+                unfinished: vec![],
+                unfinished_count: 0,
+                unknown: vec![],
+                unknown_count: 0,
             },
         ];
         for msg in &from_master {

@@ -6,6 +6,7 @@
 use crate::tasks::{state_index, STATES};
 use crate::RestoreError;
 use protocol::{JobId, JobStatus, TaskId, TaskState};
+use std::collections::VecDeque;
 
 #[derive(Debug)]
 pub struct Job {
@@ -15,6 +16,8 @@ pub struct Job {
     pub count: u64,
     pub submitted_ms: u64,
     counts: [u64; STATES],
+    /// Its tasks forgotten (`master forget`): out of `counts`. Once all are, the job is too.
+    forgotten: u64,
     /// When its latest task became final (the job's end once none is unfinished).
     last_final_ms: Option<u64>,
 }
@@ -44,7 +47,22 @@ impl Job {
 
     /// How many of its tasks were added (a job is made before its tasks).
     fn added(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().sum::<u64>() + self.forgotten
+    }
+
+    /// When its last task became final, once none is unfinished.
+    pub fn finished_ms(&self) -> Option<u64> {
+        self.last_final_ms.filter(|_| self.unfinished() == 0)
+    }
+
+    /// How many of its tasks were forgotten.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// Every task of it is forgotten: the job is, too (`get` and `iter` skip it).
+    pub fn is_forgotten(&self) -> bool {
+        self.forgotten == self.count
     }
 }
 
@@ -58,30 +76,67 @@ pub struct JobRecord {
     pub submitted_ms: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct JobTable {
-    /// `jobs[i]` has id `i + 1`; their ranges follow each other in id order.
-    jobs: Vec<Job>,
+    /// `jobs[i]` has id `base + i + 1`; their ranges follow each other in id order. Jobs up to
+    /// `base` were forgotten and their entries freed (`compact`).
+    jobs: VecDeque<Job>,
+    base: u64,
+    /// The first task id no job covers.
+    end_task: TaskId,
     /// The index of the job last moved: transitions come in bursts within one job (a batch
     /// dispatched, finishing), so most skip the binary search.
     hint: usize,
 }
 
+impl Default for JobTable {
+    fn default() -> Self {
+        JobTable {
+            jobs: VecDeque::new(),
+            base: 0,
+            end_task: TaskId(1),
+            hint: 0,
+        }
+    }
+}
+
 impl JobTable {
+    /// Job ids handed out so far (forgotten ones included): the latest job's id.
     pub fn len(&self) -> usize {
-        self.jobs.len()
+        self.base as usize + self.jobs.len()
     }
 
     /// The id the next `open` will return.
     pub fn next_id(&self) -> JobId {
-        JobId(self.jobs.len() as u64 + 1)
+        JobId(self.len() as u64 + 1)
+    }
+
+    /// The lowest job id that may still be held (every one below is forgotten).
+    pub fn first_kept(&self) -> JobId {
+        JobId(self.base + 1)
     }
 
     /// The first task id no job covers.
     pub fn next_task(&self) -> TaskId {
-        self.jobs
-            .last()
-            .map_or(TaskId(1), |j| TaskId(j.last().0 + 1))
+        self.end_task
+    }
+
+    fn index(&self, id: JobId) -> Option<usize> {
+        usize::try_from(id.0.checked_sub(self.base + 1)?).ok()
+    }
+
+    /// Frees the forgotten jobs at the front (retention forgets the oldest first).
+    pub fn compact(&mut self) {
+        let front = self.jobs.iter().take_while(|j| j.is_forgotten()).count();
+        if front == 0 {
+            return;
+        }
+        self.jobs.drain(..front);
+        self.base += front as u64;
+        self.hint = self.hint.saturating_sub(front);
+        if self.jobs.capacity() > 2 * self.jobs.len() + 64 {
+            self.jobs.shrink_to_fit();
+        }
     }
 
     /// A new job of `count` tasks from `first`, which must follow the last job's range; its
@@ -89,15 +144,17 @@ impl JobTable {
     pub fn open(&mut self, name: String, first: TaskId, count: u64, now_ms: u64) -> JobId {
         debug_assert_eq!(first, self.next_task(), "job ranges follow each other");
         debug_assert!(count > 0);
-        self.jobs.push(Job {
+        self.jobs.push_back(Job {
             name,
             first,
             count,
             submitted_ms: now_ms,
             counts: [0; STATES],
+            forgotten: 0,
             last_final_ms: None,
         });
-        JobId(self.jobs.len() as u64)
+        self.end_task = TaskId(first.0 + count);
+        JobId(self.len() as u64)
     }
 
     /// Rebuilds a job from the journal; ids and ranges must come densely, in order.
@@ -116,16 +173,54 @@ impl JobTable {
         Ok(())
     }
 
+    /// Job `id`; `None` for one never made, or forgotten.
     pub fn get(&self, id: JobId) -> Option<&Job> {
-        let i = (id.0 as usize).checked_sub(1)?;
-        self.jobs.get(i)
+        let i = self.index(id)?;
+        self.jobs.get(i).filter(|j| !j.is_forgotten())
     }
 
+    /// Whether job `id` was made and then forgotten (a clearer answer than "unknown").
+    pub fn was_forgotten(&self, id: JobId) -> bool {
+        if id.0 >= 1 && id.0 <= self.base {
+            return true;
+        }
+        self.index(id)
+            .and_then(|i| self.jobs.get(i))
+            .is_some_and(Job::is_forgotten)
+    }
+
+    /// Every job not forgotten, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (JobId, &Job)> {
+        let base = self.base;
         self.jobs
             .iter()
             .enumerate()
-            .map(|(i, j)| (JobId(i as u64 + 1), j))
+            .map(move |(i, j)| (JobId(base + i as u64 + 1), j))
+            .filter(|(_, j)| !j.is_forgotten())
+    }
+
+    /// A final task of some job was forgotten; returns its job and whether that job is now
+    /// wholly forgotten (its name is freed then).
+    pub fn forgot(&mut self, task: TaskId, state: TaskState) -> Option<(JobId, bool)> {
+        let job = self.job_mut(task)?;
+        job.counts[state_index(state)] -= 1;
+        job.forgotten += 1;
+        let whole = job.is_forgotten();
+        if whole {
+            job.name = String::new();
+        }
+        Some((JobId(self.base + self.hint as u64 + 1), whole))
+    }
+
+    /// A forgotten task of some job was skipped over at a restart (the journal no longer holds it).
+    pub fn skipped(&mut self, task: TaskId) {
+        if let Some(job) = self.job_mut(task) {
+            job.forgotten += 1;
+            debug_assert!(job.added() <= job.count);
+            if job.is_forgotten() {
+                job.name = String::new();
+            }
+        }
     }
 
     /// The job holding task `id`: O(log jobs).
@@ -134,7 +229,9 @@ impl JobTable {
             .jobs
             .partition_point(|j| j.first <= id)
             .checked_sub(1)?;
-        self.jobs[i].contains(id).then_some(JobId(i as u64 + 1))
+        self.jobs[i]
+            .contains(id)
+            .then_some(JobId(self.base + i as u64 + 1))
     }
 
     fn job_mut(&mut self, task: TaskId) -> Option<&mut Job> {
@@ -191,8 +288,9 @@ impl JobTable {
     /// Tests: every job's counts add up to its tasks once all are added.
     #[cfg(test)]
     pub fn sanity_check(&self, tasks: u64) {
-        let mut next = TaskId(1);
-        for (id, job) in self.iter() {
+        let mut next = self.jobs.front().map_or(self.end_task, |j| j.first);
+        let all = self.jobs.iter().enumerate();
+        for (id, job) in all.map(|(i, j)| (JobId(self.base + i as u64 + 1), j)) {
             assert_eq!(job.first, next, "job {id} does not follow the one before");
             assert_eq!(job.added(), job.count, "job {id}'s counts do not add up");
             next = TaskId(job.last().0 + 1);

@@ -23,6 +23,7 @@
 mod deps;
 mod epochs;
 pub mod events;
+mod forget;
 mod group_commit;
 mod handed;
 mod holds;
@@ -126,6 +127,9 @@ pub struct CoreConfig {
     /// Bytes of each stream of a task kept in its log (`master --log-limit`); workers are told
     /// when it is not the default, so they send no more.
     pub log_limit_bytes: u64,
+    /// Forget the tasks of a job once it has been wholly finished this long (`master
+    /// --keep-finished D`); `None`: keep everything until `master forget`.
+    pub keep_finished_ms: Option<u64>,
 }
 
 impl Default for CoreConfig {
@@ -146,6 +150,7 @@ impl Default for CoreConfig {
             client_idle_timeout_ms: Some(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
             max_tasks: u64::MAX,
             log_limit_bytes: protocol::limits::DEFAULT_LOG_LIMIT_BYTES,
+            keep_finished_ms: None,
         }
     }
 }
@@ -188,6 +193,7 @@ pub fn needs_commit(msg: &FromMaster) -> bool {
             | FromMaster::ResultsPage { .. }
             | FromMaster::Jobs { .. }
             | FromMaster::Log { .. }
+            | FromMaster::Forgotten { .. }
     )
 }
 
@@ -206,6 +212,9 @@ pub enum Record {
     /// A job was made (one per `Submit`, before the `Submitted` records of its tasks), or named
     /// at recovery for tasks an older journal kept without one.
     Job(JobRecord),
+    /// These tasks (inclusive, final) were forgotten: the journal drops what it kept of them,
+    /// and never gives their ids back.
+    Forgotten { ranges: Vec<(TaskId, TaskId)> },
 }
 
 /// A task's final outcome as it is made durable and read back: the one shape from the core's
@@ -344,6 +353,10 @@ pub struct Core {
     settling: bool,
     /// Unfinished tasks whose output the log store holds (`logs.rs`).
     logged: LoggedTasks,
+    /// When `--keep-finished` looks for jobs to forget next (`forget.rs`).
+    next_retention_ms: u64,
+    /// Set by `expect_forgotten`: the journal's next id, for a restore with forgotten ids.
+    restore_next_id: Option<TaskId>,
     /// Reads back the outcomes the journal holds (`stored.rs`); the shell's.
     reader: Box<dyn OutcomeReader>,
 }
@@ -384,6 +397,8 @@ impl Core {
             releases: Vec::new(),
             settling: false,
             logged: LoggedTasks::default(),
+            next_retention_ms: 0,
+            restore_next_id: None,
             reader: Box::new(NoReader),
         }
     }
@@ -420,6 +435,13 @@ impl Core {
         Some(Cow::Owned(r))
     }
 
+    /// Says, before `restore`, that the journal handed out every id below `next_id`, and that
+    /// those missing from `restore`'s tasks were forgotten (`master forget`): they are skipped
+    /// over, never handed out again.
+    pub fn expect_forgotten(&mut self, next_id: TaskId) {
+        self.restore_next_id = Some(next_id);
+    }
+
     /// Rebuilds state from the journal; call once, before any connection. Finished tasks keep
     /// their results; unfinished ones wait `recovery_grace_ms` for a reconnecting worker to claim
     /// them, then run again with the next attempt. Returns (finished, unfinished).
@@ -444,19 +466,20 @@ impl Core {
         for job in jobs {
             self.tasks.restore_job(job)?;
         }
-        let covered = self
-            .tasks
-            .jobs()
-            .iter()
-            .last()
-            .map_or(0, |(_, j)| j.last().0);
-        if covered > tasks.len() as u64 {
+        let covered = self.tasks.jobs().next_task().0 - 1;
+        let known = match self.restore_next_id {
+            Some(next) => next.0 - 1,
+            None => tasks.len() as u64,
+        };
+        if covered > known {
             return Err(RestoreError::JobPastTasks {
                 job: JobId(self.tasks.jobs().len() as u64),
-                tasks: tasks.len() as u64,
+                tasks: known,
             });
         }
-        self.name_orphans(&tasks[covered as usize..]);
+        let orphans = tasks.partition_point(|t| t.id.0 <= covered);
+        self.name_orphans(&tasks[orphans..]);
+        let gaps_allowed = self.restore_next_id.is_some();
         let (mut finished, mut unfinished) = (0, 0);
         // Batches with dependencies: (first, count, spec). Their gates are made once every task
         // is back, since a task may wait for a later id of its own submission.
@@ -513,6 +536,10 @@ impl Core {
                 self.metrics
                     .finished(o.finished_ms, t.submitted_ms, o.state);
             }
+            if gaps_allowed && id > self.tasks.next_id() {
+                self.tasks
+                    .skip_forgotten(self.tasks.next_id(), TaskId(id.0 - 1));
+            }
             self.tasks.restore(t, worker)?;
             if is_final {
                 finished += 1;
@@ -537,6 +564,14 @@ impl Core {
                 let existing = self.dependency_verdict(&ranges, TaskId(u64::MAX));
                 self.gate(first, count, ranges, TaskId(u64::MAX), existing);
             }
+        }
+        if let Some(next) = self.restore_next_id.take() {
+            if next > self.tasks.next_id() {
+                // The newest tasks were forgotten: their ids stay used.
+                self.tasks
+                    .skip_forgotten(self.tasks.next_id(), TaskId(next.0 - 1));
+            }
+            self.tasks.compact();
         }
         self.settle_releases(now_ms);
         Ok((finished, unfinished))
@@ -741,6 +776,7 @@ impl Core {
     /// Timers: heartbeats, handshakes and held tasks. A call before a deadline is a no-op.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.release_holds(now_ms);
+        self.retain(now_ms);
         self.summarise_events(now_ms);
         match self.next_sweep_ms {
             Some(at) if now_ms >= at => {}
@@ -976,10 +1012,15 @@ impl Core {
     /// When `handle_timeout` should next be called, if at all.
     pub fn poll_timeout(&self) -> Option<u64> {
         let hold = self.holds.next_release();
-        [self.next_sweep_ms, hold, self.events.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.next_sweep_ms,
+            hold,
+            self.events.next_deadline(),
+            self.retention_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- getters -----------------------------------------------------------------------------
@@ -1703,6 +1744,17 @@ impl Core {
                 self.on_cancel(now_ms, client, unique(ids), unique(jobs))
             }
             ToMaster::Jobs { ids } => self.on_jobs(now_ms, client, unique(ids)),
+            ToMaster::Forget {
+                ids,
+                jobs,
+                finished_before_ms,
+            } => self.on_forget(
+                now_ms,
+                client,
+                unique(ids),
+                unique(jobs),
+                finished_before_ms,
+            ),
             ToMaster::ResultsPage {
                 state,
                 after,
@@ -1757,7 +1809,7 @@ impl Core {
                 ),
             );
         }
-        let held = self.tasks.len() as u64;
+        let held = self.tasks.kept();
         if held.saturating_add(asked) > self.config.max_tasks {
             warn!(
                 "refused a submission of {asked} tasks: {held} held, --max-tasks {}",
@@ -1992,7 +2044,7 @@ impl Core {
         }
         let ranges = match self.job_ranges(&jobs) {
             Ok(ranges) => ranges,
-            Err(job) => return self.error(client, format!("unknown job {job}")),
+            Err(job) => return self.error(client, self.unknown_job(job)),
         };
         // Chunk by chunk, as the connection drains (`replies.rs`).
         if jobs.is_empty() {
@@ -2004,7 +2056,7 @@ impl Core {
 
     fn on_jobs(&mut self, now_ms: u64, client: ClientId, ids: Vec<JobId>) {
         if let Some(&id) = ids.iter().find(|&&id| self.tasks.jobs().get(id).is_none()) {
-            return self.error(client, format!("unknown job {id}"));
+            return self.error(client, self.unknown_job(id));
         }
         self.start_jobs(now_ms, client, ids);
     }
@@ -2079,7 +2131,7 @@ impl Core {
     fn wait_jobs(&mut self, client: ClientId, ids: Vec<TaskId>, progress: bool, jobs: Vec<JobId>) {
         let mut ranges = match self.job_ranges(&jobs) {
             Ok(ranges) => ranges,
-            Err(job) => return self.error(client, format!("unknown job {job}")),
+            Err(job) => return self.error(client, self.unknown_job(job)),
         };
         ranges.sort_unstable();
         let mut start = WaitStart {
@@ -2095,7 +2147,8 @@ impl Core {
             let succeeded = j.count(TaskState::Succeeded);
             remaining += unfinished;
             start.succeeded += succeeded;
-            start.failed += j.count - unfinished - succeeded;
+            // Forgotten tasks (their outcome is gone) are not counted at all.
+            start.failed += j.count - unfinished - succeeded - j.forgotten();
         }
         let pending = match self.pending_ids(ids, &ranges, &mut start) {
             Ok(pending) => pending,
@@ -2108,7 +2161,7 @@ impl Core {
     fn on_cancel(&mut self, now_ms: u64, client: ClientId, ids: Vec<TaskId>, jobs: Vec<JobId>) {
         let ranges = match self.job_ranges(&jobs) {
             Ok(ranges) => ranges,
-            Err(job) => return self.error(client, format!("unknown job {job}")),
+            Err(job) => return self.error(client, self.unknown_job(job)),
         };
         let by_job: u64 = ranges.iter().map(|(f, l)| l.0 - f.0 + 1).sum();
         if by_job > MAX_CANCEL_JOB_TASKS {
@@ -2434,16 +2487,23 @@ impl Core {
             if t.spec.after.is_empty() {
                 continue;
             }
-            let states: Vec<Option<TaskState>> = id_ranges(&t.spec.after)
+            // A forgotten dependency was final, its outcome no longer known: it says nothing.
+            let next = self.tasks.next_id().0;
+            let (forgotten, states): (Vec<u64>, Vec<u64>) = id_ranges(&t.spec.after)
                 .into_iter()
                 .flat_map(|(a, b)| a..=b)
+                .partition(|&i| i < next && self.tasks.get(TaskId(i)).is_none());
+            let states: Vec<Option<TaskState>> = states
+                .into_iter()
                 .map(|i| self.tasks.get(TaskId(i)).map(|d| d.state))
                 .collect();
-            let bad = states
-                .iter()
-                .any(|s| s.is_none_or(|s| s.is_final() && s != TaskState::Succeeded));
+            let bad = !forgotten.is_empty()
+                || states
+                    .iter()
+                    .any(|s| s.is_none_or(|s| s.is_final() && s != TaskState::Succeeded));
             let all_ok = states.iter().all(|&s| s == Some(TaskState::Succeeded));
             match t.state {
+                TaskState::Waiting if !forgotten.is_empty() => {}
                 TaskState::Waiting => {
                     assert!(!bad, "task {id} waits for a dependency that failed");
                     assert!(!all_ok, "task {id} waits though its dependencies succeeded");
@@ -2452,7 +2512,7 @@ impl Core {
                     assert!(bad, "task {id} dependency_failed with no failed dependency")
                 }
                 TaskState::Queued | TaskState::Running => assert!(
-                    all_ok,
+                    all_ok || !forgotten.is_empty(),
                     "task {id} is {:?} before its dependencies succeeded",
                     t.state
                 ),
@@ -2460,7 +2520,10 @@ impl Core {
                 _ => {}
             }
             if t.dispatched {
-                assert!(all_ok, "task {id} ran before its dependencies succeeded");
+                assert!(
+                    all_ok || !forgotten.is_empty(),
+                    "task {id} ran before its dependencies succeeded"
+                );
             }
         }
     }

@@ -37,6 +37,8 @@ pub enum LogOp {
         done: bool,
         tail: Option<String>,
     },
+    /// These tasks (inclusive id ranges) are forgotten: remove their logs.
+    Forget { ranges: Vec<(TaskId, TaskId)> },
 }
 
 /// Tasks that have had output accepted and are not final yet: only those get a [`LogOp::End`],

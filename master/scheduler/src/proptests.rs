@@ -313,6 +313,7 @@ fn to_master() -> BoxedStrategy<ToMaster> {
         1 => (vec(task_id(), 0..4), any::<bool>(), vec(job_id(), 0..2)).prop_map(|(ids, progress, jobs)| ToMaster::Wait { ids, progress, jobs }),
         1 => (vec(task_id(), 0..4), vec(job_id(), 0..2)).prop_map(|(ids, jobs)| ToMaster::Cancel { ids, jobs }),
         1 => vec(job_id(), 0..3).prop_map(|ids| ToMaster::Jobs { ids }),
+        1 => (vec(task_id(), 0..4), vec(job_id(), 0..2), proptest::option::of(0u64..50)).prop_map(|(ids, jobs, finished_before_ms)| ToMaster::Forget { ids, jobs, finished_before_ms }),
         1 => vec(task_ref(), 0..4).prop_map(ToMaster::Running),
         1 => vec(task_ref(), 0..4).prop_map(ToMaster::Retracted),
         1 => vec(output_chunk(), 0..3).prop_map(ToMaster::Output),
@@ -336,6 +337,7 @@ fn client_msg() -> BoxedStrategy<ToMaster> {
         1 => (vec(task_id(), 0..4), any::<bool>(), vec(job_id(), 0..2)).prop_map(|(ids, progress, jobs)| ToMaster::Wait { ids, progress, jobs }),
         1 => (vec(task_id(), 0..4), vec(job_id(), 0..2)).prop_map(|(ids, jobs)| ToMaster::Cancel { ids, jobs }),
         1 => vec(job_id(), 0..3).prop_map(|ids| ToMaster::Jobs { ids }),
+        1 => (vec(task_id(), 0..4), vec(job_id(), 0..2), proptest::option::of(0u64..50)).prop_map(|(ids, jobs, finished_before_ms)| ToMaster::Forget { ids, jobs, finished_before_ms }),
         1 => log_read(),
     ]
     .boxed()
@@ -490,6 +492,8 @@ impl World {
             max_tasks: u64::MAX,
             // Not the default, so every worker is also told it (`FromMaster::LogLimit`).
             log_limit_bytes: 1 << 16,
+            // Short, so some runs forget jobs on their own as well as by `Forget`.
+            keep_finished_ms: s.persist.then_some(50),
         });
         let now = 1_000_000;
         if !s.restored.is_empty() {

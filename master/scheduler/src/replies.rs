@@ -216,9 +216,14 @@ impl Core {
         } else {
             ids.len()
         };
+        // Every job: from the first one not freed (the ids before are forgotten).
+        let pos = match ids.is_empty() {
+            true => self.tasks.jobs().first_kept().0 as usize - 1,
+            false => 0,
+        };
         let cursor = Cursor::Jobs {
             ids,
-            pos: 0,
+            pos,
             end,
             now_ms,
         };
@@ -278,7 +283,9 @@ impl Core {
                 let index = at;
                 at += 1;
                 let id = TaskId(index as u64 + 1);
-                let t = self.tasks.get(id)?;
+                let Some(t) = self.tasks.get(id) else {
+                    continue; // forgotten
+                };
                 if state.is_none_or(|s| s == t.state) {
                     let mut view = self.result_view(id, t);
                     keep_tail(&mut view.stdout, PAGE_TAIL_BYTES);
@@ -315,13 +322,22 @@ impl Core {
         };
         let (msg, rest) = match cursor {
             Cursor::AllResults { next, end } => {
-                let tasks = fill_chunk(REPLY_FRAME_BUDGET, |i| {
-                    let index = next + i;
-                    (index < end)
-                        .then(|| TaskId(index as u64 + 1))
-                        .and_then(|id| self.tasks.get(id).map(|t| self.result_view(id, t)))
+                // Forgotten ids are skipped (`made_at` keeps where each task kept sits).
+                let mut at = next.max(self.tasks.first_kept().0 as usize - 1);
+                let mut made_at = Vec::new();
+                let tasks = fill_chunk(REPLY_FRAME_BUDGET, |_| {
+                    while at < end {
+                        let index = at;
+                        at += 1;
+                        let id = TaskId(index as u64 + 1);
+                        if let Some(t) = self.tasks.get(id) {
+                            made_at.push(index);
+                            return Some(self.result_view(id, t));
+                        }
+                    }
+                    None
                 });
-                let next = next + tasks.len();
+                let next = made_at.get(tasks.len()).copied().unwrap_or(at);
                 let more = next < end;
                 let rest = more.then_some(Cursor::AllResults { next, end });
                 (FromMaster::Results { tasks, more }, rest)
@@ -340,15 +356,20 @@ impl Core {
             Cursor::Ranges { ranges, at, next } => {
                 let (mut at, mut id) = (at, next);
                 let tasks = fill_chunk(REPLY_FRAME_BUDGET, |_| {
-                    let &(_, last) = ranges.get(at)?;
-                    let this = id;
-                    if this >= last {
-                        at += 1;
-                        id = ranges.get(at).map_or(this, |r| r.0);
-                    } else {
-                        id = TaskId(this.0 + 1);
+                    // Forgotten ids of a range are skipped.
+                    loop {
+                        let &(_, last) = ranges.get(at)?;
+                        let this = id;
+                        if this >= last {
+                            at += 1;
+                            id = ranges.get(at).map_or(this, |r| r.0);
+                        } else {
+                            id = TaskId(this.0 + 1);
+                        }
+                        if let Some(t) = self.tasks.get(this) {
+                            return Some(self.result_view(this, t));
+                        }
                     }
-                    self.tasks.get(this).map(|t| self.result_view(this, t))
                 });
                 // `fill_chunk` may have made one task more than it kept: go on after the last
                 // one kept.
@@ -365,15 +386,22 @@ impl Core {
                 end,
                 now_ms,
             } => {
-                let jobs = fill_chunk(REPLY_FRAME_BUDGET, |i| {
-                    let index = pos + i;
-                    if index >= end {
-                        return None;
+                // Forgotten jobs are skipped (listed ones were checked when asked).
+                let mut at = pos;
+                let mut made_at = Vec::new();
+                let jobs = fill_chunk(REPLY_FRAME_BUDGET, |_| {
+                    while at < end {
+                        let index = at;
+                        at += 1;
+                        let id = ids.get(index).copied().unwrap_or(JobId(index as u64 + 1));
+                        if let Some(status) = self.tasks.jobs().status(id, now_ms) {
+                            made_at.push(index);
+                            return Some(status);
+                        }
                     }
-                    let id = ids.get(index).copied().unwrap_or(JobId(index as u64 + 1));
-                    self.tasks.jobs().status(id, now_ms)
+                    None
                 });
-                let pos = pos + jobs.len();
+                let pos = made_at.get(jobs.len()).copied().unwrap_or(at);
                 let more = pos < end && !jobs.is_empty();
                 let rest = more.then_some(Cursor::Jobs {
                     ids,

@@ -8,6 +8,7 @@ use protocol::{
     Attempt, Incarnation, JobId, TaskId, TaskOutcome, TaskRef, TaskSpec, TaskState, WorkerId,
 };
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// What a finished task produced. Held in RAM (`TaskTable::held`) only until the journal holds
@@ -252,8 +253,14 @@ pub fn settle(outcome: TaskOutcome) -> (TaskState, FinalResult) {
 
 #[derive(Debug)]
 pub struct TaskTable {
-    /// `tasks[i]` has id `i + 1`.
-    tasks: Vec<Task>,
+    /// `tasks[i]` has id `base + i + 1`: every id up to `base` is forgotten, and its slot freed.
+    tasks: VecDeque<Task>,
+    base: u64,
+    /// The spec of every forgotten task left inside the table (a tombstone: `get` does not see
+    /// it, and it holds no result, no copies and no batch's spec). Compared by pointer.
+    tombstone: Arc<TaskSpec>,
+    /// Tasks forgotten, tombstones and freed slots together.
+    forgotten: u64,
     counts: [u64; STATES],
     /// This master's incarnation: every run this table hands out carries it.
     incarnation: Incarnation,
@@ -267,7 +274,10 @@ pub struct TaskTable {
 impl TaskTable {
     pub fn new(incarnation: Incarnation) -> Self {
         TaskTable {
-            tasks: Vec::new(),
+            tasks: VecDeque::new(),
+            base: 0,
+            tombstone: Arc::new(TaskSpec::new(protocol::TaskKind::Sleep { ms: 0 })),
+            forgotten: 0,
             counts: [0; STATES],
             incarnation,
             jobs: JobTable::default(),
@@ -320,13 +330,19 @@ impl TaskTable {
         self.jobs.restore(job)
     }
 
+    /// Ids handed out so far (forgotten ones included): the last id.
     pub fn len(&self) -> usize {
-        self.tasks.len()
+        self.base as usize + self.tasks.len()
     }
 
-    /// The id the next `add` will return.
+    /// Tasks kept: those handed out and not forgotten.
+    pub fn kept(&self) -> u64 {
+        self.len() as u64 - self.forgotten
+    }
+
+    /// The id the next `add` will return. Forgotten ids are never handed out again.
     pub fn next_id(&self) -> TaskId {
-        TaskId(self.tasks.len() as u64 + 1)
+        TaskId(self.len() as u64 + 1)
     }
 
     /// A new task: `Waiting` if its spec waits for others, else `Queued`.
@@ -336,7 +352,7 @@ impl TaskTable {
             true => TaskState::Queued,
             false => TaskState::Waiting,
         };
-        self.tasks.push(Task {
+        self.tasks.push_back(Task {
             spec,
             state,
             attempt: Attempt(1),
@@ -356,14 +372,16 @@ impl TaskTable {
         id
     }
 
+    /// The task of `id`; `None` for an id never handed out, or forgotten.
     pub fn get(&self, id: TaskId) -> Option<&Task> {
-        let i = (id.0 as usize).checked_sub(1)?;
-        self.tasks.get(i)
+        let i = id.0.checked_sub(self.base + 1)?;
+        let task = self.tasks.get(usize::try_from(i).ok()?)?;
+        (!Arc::ptr_eq(&task.spec, &self.tombstone)).then_some(task)
     }
 
     pub(super) fn get_mut(&mut self, id: TaskId) -> &mut Task {
         // Callers only pass ids they got from `get` or `add`.
-        &mut self.tasks[id.0 as usize - 1]
+        &mut self.tasks[(id.0 - self.base - 1) as usize]
     }
 
     #[cfg(test)]
@@ -371,7 +389,82 @@ impl TaskTable {
         self.tasks
             .iter()
             .enumerate()
-            .map(|(i, t)| (TaskId(i as u64 + 1), t))
+            .map(|(i, t)| (TaskId(self.base + i as u64 + 1), t))
+            .filter(|(_, t)| !Arc::ptr_eq(&t.spec, &self.tombstone))
+    }
+
+    /// Forgets a final task: it leaves the counts (its job's too) and its memory is freed; `get`
+    /// no longer finds it. Returns its state, or `None` (nothing changed) for an unknown or
+    /// unfinished task. Call [`TaskTable::compact`] after a run of these.
+    /// Also returns its job, and whether that job is now wholly forgotten.
+    pub fn forget(&mut self, id: TaskId) -> Option<(TaskState, Option<(JobId, bool)>)> {
+        let state = self.get(id).map(|t| t.state).filter(|s| s.is_final())?;
+        self.counts[state_index(state)] -= 1;
+        let job = self.jobs.forgot(id, state);
+        self.forgotten += 1;
+        let tombstone = Arc::clone(&self.tombstone);
+        let task = self.get_mut(id);
+        task.spec = tombstone;
+        task.stored = None;
+        task.copies = None;
+        self.held.remove(&id);
+        Some((state, job))
+    }
+
+    /// The lowest id that may still be held (every one below is forgotten).
+    pub fn first_kept(&self) -> TaskId {
+        TaskId(self.base + 1)
+    }
+
+    /// Marks ids `first ..= last`, none of which came back from the journal, as forgotten
+    /// (restart): they are skipped over like any forgotten task, and never handed out again.
+    /// `first` must be the next id.
+    pub fn skip_forgotten(&mut self, first: TaskId, last: TaskId) {
+        debug_assert_eq!(first, self.next_id());
+        for id in first.0..=last.0 {
+            self.tasks.push_back(Task {
+                spec: Arc::clone(&self.tombstone),
+                state: TaskState::Succeeded,
+                attempt: Attempt(1),
+                incarnation: self.incarnation,
+                worker: None,
+                cancel_requested: false,
+                dispatched: false,
+                failed_runs: 0,
+                submitted_ms: 0,
+                started_ms: None,
+                finished_ms: None,
+                stored: None,
+                copies: None,
+            });
+            self.jobs.skipped(TaskId(id));
+            self.forgotten += 1;
+            if self.tasks.len() == 1 {
+                self.compact();
+            }
+        }
+    }
+
+    /// Frees the forgotten tasks at the front of the table (the oldest: what retention forgets
+    /// first), and gives memory back once the table is less than half full.
+    pub fn compact(&mut self) {
+        let front = self
+            .tasks
+            .iter()
+            .take_while(|t| Arc::ptr_eq(&t.spec, &self.tombstone))
+            .count();
+        self.tasks.drain(..front);
+        self.base += front as u64;
+        if self.tasks.capacity() > 2 * self.tasks.len() + 64 {
+            self.tasks.shrink_to_fit();
+        }
+        // Outcomes held in RAM (`--no-journal`, or not committed yet) of forgotten tasks left
+        // the map: give its memory back too.
+        let cap = self.held.capacity();
+        if cap > 1024 && cap > 4 * self.held.len() {
+            self.held.shrink_to(2 * self.held.len());
+        }
+        self.jobs.compact();
     }
 
     pub fn count(&self, state: TaskState) -> u64 {

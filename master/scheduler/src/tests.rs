@@ -10,6 +10,7 @@ use protocol::{
 mod copies;
 mod deps;
 mod forged;
+mod forget;
 mod idle;
 mod jobs;
 mod limits;

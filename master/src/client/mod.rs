@@ -1,5 +1,5 @@
 //! The client side of the `master` binary: `submit`, `status`, `results`, `wait`, `cancel`,
-//! `jobs`.
+//! `jobs`, `logs`, `forget`.
 //! Each subcommand opens one connection (`protocol::Connection`), sends its request(s), and turns
 //! the replies into text or `--json` for a person or a script.
 //!
@@ -8,6 +8,7 @@
 
 mod cancel;
 mod error;
+mod forget;
 mod ids;
 mod jobs;
 mod logs;
@@ -21,6 +22,7 @@ mod view;
 mod wait;
 
 pub use cancel::CancelArgs;
+pub use forget::ForgetArgs;
 pub use jobs::JobsArgs;
 pub use logs::LogsArgs;
 pub use results::ResultsArgs;
@@ -28,7 +30,6 @@ pub use status::StatusArgs;
 pub use submit::SubmitArgs;
 pub use wait::WaitArgs;
 
-use error::Result;
 use session::Session;
 use std::io::Write;
 use std::process::ExitCode;
@@ -55,6 +56,34 @@ pub enum ClientCommand {
     Jobs(JobsArgs),
     /// Print a task's whole stdout (or --stderr), as stored by the master; --follow while it runs.
     Logs(LogsArgs),
+    /// Forget finished tasks (by id, --job, --finished-before): from memory, journal and logs.
+    Forget(ForgetArgs),
+}
+
+/// The names of [`ClientCommand`]'s subcommands (a test checks them against clap's), so that
+/// `main` can tell a client command line from the first argument alone.
+const COMMANDS: [&str; 8] = [
+    "submit", "status", "results", "wait", "cancel", "jobs", "logs", "forget",
+];
+
+/// Whether `first` (the first argument) names a client subcommand.
+pub fn is_client_command(first: &std::ffi::OsStr) -> bool {
+    COMMANDS.iter().any(|c| first == *c)
+}
+
+/// `master SUBCOMMAND ...` for a client subcommand: the same parse as through the full command
+/// line, with only the client's subcommands built.
+#[derive(clap::Parser, Debug)]
+#[command(name = "master", version)]
+struct ClientCli {
+    #[command(subcommand)]
+    command: ClientCommand,
+}
+
+/// Parses the command line as a client subcommand and runs it.
+pub fn main() -> ExitCode {
+    use clap::Parser;
+    run(ClientCli::parse().command)
 }
 
 /// Where the master is and how to prove we may talk to it; shared by every subcommand.
@@ -89,13 +118,14 @@ fn parse_reply_timeout(text: &str) -> std::result::Result<Duration, String> {
 }
 
 impl ConnArgs {
-    /// An empty `BALLAST_MASTER=` reaches clap as an empty value; treat it as unset, like the token.
-    fn connect(&self) -> Result<Session> {
+    /// The session with the master; it connects with its first request. An empty
+    /// `BALLAST_MASTER=` reaches clap as an empty value; treat it as unset, like the token.
+    fn session(&self) -> Session {
         let addr = match self.master.trim() {
             "" => protocol::DEFAULT_MASTER_ADDR,
             addr => addr,
         };
-        Session::connect(addr, self.token.as_deref(), self.reply_timeout)
+        Session::new(addr, self.token.as_deref(), self.reply_timeout)
     }
 }
 
@@ -130,6 +160,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
         ClientCommand::Cancel(args) => cancel::run(args),
         ClientCommand::Jobs(args) => jobs::run(args),
         ClientCommand::Logs(args) => logs::run(args),
+        ClientCommand::Forget(args) => forget::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
@@ -190,6 +221,9 @@ mod tests {
             &["cancel", "5-9", "12"],
             &["logs", "7"],
             &["logs", "7", "--stderr", "--follow"],
+            &["forget", "--job", "3"],
+            &["forget", "5-9", "--finished-before", "1h", "--json"],
+            &["forget", "--finished-before", "30m"],
         ];
         for argv in ok {
             assert!(parse(argv).is_ok(), "{argv:?}: {:?}", parse(argv).err());
@@ -202,6 +236,21 @@ mod tests {
         assert!(parse(&["status", "--reply-timeout", "0s"]).is_err());
         assert_eq!(parse_reply_timeout(""), Ok(REPLY_TIMEOUT));
         assert!(parse(&["results", "x"]).is_err(), "ids are numbers");
+    }
+
+    #[test]
+    fn the_lean_parse_knows_every_client_command() {
+        use clap::CommandFactory;
+        ClientCli::command().debug_assert();
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        assert_eq!(names, COMMANDS);
+        assert!(COMMANDS.iter().all(|c| is_client_command(c.as_ref())));
+        for other in ["serve", "simulate", "--version", "help", "submitx", ""] {
+            assert!(!is_client_command(other.as_ref()), "{other}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! "the master refused" and "something else".
 
 use super::error::{ClientError, Result};
-use protocol::{Connection, ConnectionError, FromMaster, Role, ToMaster};
+use protocol::{Connection, ConnectionError, FromMaster, ToMaster};
 use std::time::Duration;
 
 /// How long to wait for the TCP connect. A refused port fails at once; this bounds a silent one
@@ -10,35 +10,73 @@ use std::time::Duration;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Session {
-    conn: Connection,
+    /// `None` until the first request: the connection opens with it (see [`Session::send`]).
+    conn: Option<Connection>,
+    addr: String,
+    /// Empty counts as none.
+    token: Option<String>,
     /// How long one read may wait for the master (`--reply-timeout`).
     reply_timeout: Duration,
 }
 
 impl Session {
-    /// Connects to `addr` as a client. An empty token counts as no token, so `BALLAST_TOKEN=` in
-    /// a script means "none" rather than "HMAC with an empty key". Every later read waits at most
-    /// `reply_timeout` (a master that stopped answering is an error that says so, not a hang).
-    pub fn connect(addr: &str, token: Option<&str>, reply_timeout: Duration) -> Result<Session> {
-        let token = token.filter(|t| !t.is_empty()).map(str::as_bytes);
-        let (conn, _welcome) = Connection::connect(addr, Role::Client, token, CONNECT_TIMEOUT)?;
-        conn.reader
-            .set_read_timeout(Some(reply_timeout))
-            .map_err(ConnectionError::Io)?;
-        Ok(Session {
-            conn,
+    /// A session with the master at `addr`, connected by its first request. An empty token
+    /// counts as no token, so `BALLAST_TOKEN=` in a script means "none" rather than "HMAC with
+    /// an empty key". Every later read waits at most `reply_timeout` (a master that stopped
+    /// answering is an error that says so, not a hang).
+    pub fn new(addr: &str, token: Option<&str>, reply_timeout: Duration) -> Session {
+        Session {
+            conn: None,
+            addr: addr.to_string(),
+            token: token.filter(|t| !t.is_empty()).map(str::to_string),
             reply_timeout,
-        })
+        }
     }
 
+    /// Connects now, with no request (the first `send` connects otherwise).
+    #[cfg(test)]
+    pub fn connect(addr: &str, token: Option<&str>, reply_timeout: Duration) -> Result<Session> {
+        let mut session = Session::new(addr, token, reply_timeout);
+        let token = session.token.as_deref().map(str::as_bytes);
+        let (conn, _welcome) =
+            Connection::connect(addr, protocol::Role::Client, token, CONNECT_TIMEOUT)?;
+        session.opened(conn)?;
+        Ok(session)
+    }
+
+    fn opened(&mut self, conn: Connection) -> Result<()> {
+        conn.reader
+            .set_read_timeout(Some(self.reply_timeout))
+            .map_err(ConnectionError::Io)?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Sends `msg`; the first one opens the connection and travels with the handshake
+    /// (`Connection::connect_client`), so a one-request command waits on the master once.
     pub fn send(&mut self, msg: &ToMaster) -> Result<()> {
-        Ok(self.conn.send(msg)?)
+        match &mut self.conn {
+            Some(conn) => Ok(conn.send(msg)?),
+            None => {
+                let token = self.token.as_deref().map(str::as_bytes);
+                let (conn, _welcome) =
+                    Connection::connect_client(&self.addr, token, CONNECT_TIMEOUT, msg)?;
+                self.opened(conn)
+            }
+        }
     }
 
     /// The next reply, which `waiting_for` names in a timeout's error ("the reply to Results");
     /// the master's `Error { message }` becomes `ClientError::Master`.
     pub fn recv(&mut self, waiting_for: &'static str) -> Result<FromMaster> {
-        match self.conn.recv() {
+        let Some(conn) = &mut self.conn else {
+            // Nothing was asked yet, so nothing can answer.
+            return Err(ClientError::Unexpected {
+                got: "nothing (no request sent)".into(),
+                expected: waiting_for,
+            });
+        };
+        match conn.recv() {
             Ok(FromMaster::Error { message }) => Err(ClientError::Master(message)),
             Ok(other) => Ok(other),
             // A read timeout leaves a partial frame in the decoder: a later `recv` goes on.
@@ -71,6 +109,7 @@ pub fn reply_to(msg: &ToMaster) -> &'static str {
         ToMaster::Results { .. } => "the reply to Results",
         ToMaster::Wait { .. } => "the reply to Wait",
         ToMaster::Cancel { .. } => "the reply to Cancel",
+        ToMaster::Forget { .. } => "the reply to Forget",
         _ => "a reply",
     }
 }

@@ -100,6 +100,14 @@ pub fn handle(req: &Request, token: Option<&[u8]>) -> Action {
         ),
         Route::ListJobs => ask(ToMaster::Jobs { ids: vec![] }, Pending::Jobs(Vec::new())),
         Route::GetJob(id) => ask(ToMaster::Jobs { ids: vec![id] }, Pending::Job(Vec::new())),
+        Route::ForgetJob(id) => ask(
+            ToMaster::Forget {
+                ids: vec![],
+                jobs: vec![id],
+                finished_before_ms: None,
+            },
+            Pending::Forget,
+        ),
         Route::TaskLog(task) => match parse_log_query(&req.query) {
             Ok((stream, offset)) => ask(
                 ToMaster::Log {
@@ -282,6 +290,8 @@ pub enum Pending {
     Jobs(Vec<JobStatus>),
     /// `GET /api/v1/jobs/ID`: one job's object.
     Job(Vec<JobStatus>),
+    /// `DELETE /api/v1/jobs/ID`: what was forgotten.
+    Forget,
 }
 
 impl Pending {
@@ -396,10 +406,31 @@ impl Pending {
                     None => Response::error(404, "no such job"),
                 })
             }
-            // The only error a one-task `Results` (or one-job `Jobs`) gets is an unknown id.
-            (Pending::Task(_) | Pending::Job(_), FromMaster::Error { message }) => {
-                Some(Response::error(404, &message))
+            (
+                Pending::Forget,
+                FromMaster::Forgotten {
+                    tasks,
+                    jobs,
+                    unfinished_count,
+                    ..
+                },
+            ) => {
+                let whole = jobs.iter().any(|j| j.whole);
+                Some(ok(
+                    200,
+                    &json!({
+                        "forgotten": tasks,
+                        "job_forgotten": whole,
+                        "unfinished": unfinished_count,
+                    }),
+                ))
             }
+            // The only error a one-task `Results` (or one-job `Jobs`, `Forget`) gets is an
+            // unknown id.
+            (
+                Pending::Task(_) | Pending::Job(_) | Pending::Forget,
+                FromMaster::Error { message },
+            ) => Some(Response::error(404, &message)),
             (Pending::Submit, FromMaster::Error { message }) => {
                 Some(Response::error(400, &message))
             }

@@ -36,6 +36,8 @@ pub enum Route {
     ListJobs,
     /// `GET /api/v1/jobs/ID`.
     GetJob(JobId),
+    /// `DELETE /api/v1/jobs/ID`: forget the job's finished tasks (`master forget --job ID`).
+    ForgetJob(JobId),
 }
 
 impl Route {
@@ -118,8 +120,8 @@ fn allowed(r: Resource) -> &'static str {
         | Resource::Events
         | Resource::Report
         | Resource::TaskLog(_)
-        | Resource::Jobs
-        | Resource::Job(_) => "GET",
+        | Resource::Jobs => "GET",
+        Resource::Job(_) => "GET, DELETE",
         Resource::Tasks => "GET, POST",
         Resource::Task(_) => "GET, DELETE",
     }
@@ -143,6 +145,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
         ("GET", Resource::Report) => Ok(Route::Report),
         ("GET", Resource::Jobs) => Ok(Route::ListJobs),
         ("GET", Resource::Job(id)) => Ok(Route::GetJob(id)),
+        ("DELETE", Resource::Job(id)) => Ok(Route::ForgetJob(id)),
         (_, r) => Err(NoRoute::MethodNotAllowed { allow: allowed(r) }),
     }
 }
@@ -196,7 +199,13 @@ mod tests {
         ));
         assert_eq!(
             route("DELETE", "/api/v1/jobs/3"),
-            Err(NoRoute::MethodNotAllowed { allow: "GET" })
+            Ok(Route::ForgetJob(JobId(3)))
+        );
+        assert_eq!(
+            route("POST", "/api/v1/jobs/3"),
+            Err(NoRoute::MethodNotAllowed {
+                allow: "GET, DELETE"
+            })
         );
         assert_eq!(route("GET", "/api/v1/events"), Ok(Route::Events));
         assert_eq!(route("GET", "/api/v1/report"), Ok(Route::Report));

@@ -2,8 +2,8 @@
 //! read-back, so a file that fails either is rolled back and left as it was, still the old version.
 
 use super::{
-    classify, recover, FinalEntry, JournalError, Recovered, IDENTITY_TABLES, INSERT_JOB,
-    JOBS_TABLE, SCHEMA_VERSION,
+    classify, recover, FinalEntry, JournalError, Recovered, FORGET_TABLES, IDENTITY_TABLES,
+    INSERT_JOB, JOBS_TABLE, SCHEMA_VERSION,
 };
 use protocol::{FrameDecoder, TaskSpec, TaskState};
 use rusqlite::{params, Connection};
@@ -11,9 +11,9 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::path::Path;
 
-// `from_v1` writes version 2 entries, which versions 3 and 4 keep (they only added tables); a
-// version 5 needs its own step after `add_jobs`.
-const _: () = assert!(SCHEMA_VERSION == 4);
+// `from_v1` writes version 2 entries, which versions 3 to 5 keep (they only added tables and
+// columns); a version 6 needs its own step after `FORGET_TABLES`.
+const _: () = assert!(SCHEMA_VERSION == 5);
 
 /// `FinalEntry` exactly as version 1 wrote it: no `copies`.
 /// IMPORTANT: frozen. It must decode version 1 blobs for as long as they can be migrated.
@@ -116,6 +116,7 @@ pub(super) fn from_v1(conn: &Connection, path: &Path) -> Result<(Recovered, usiz
     }
     tx.execute_batch(IDENTITY_TABLES).map_err(sql)?;
     add_jobs(&tx, path)?;
+    tx.execute_batch(FORGET_TABLES).map_err(sql)?;
     tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
         .map_err(sql)?;
     // Inside the transaction: a migrated journal that does not read back is never committed.
@@ -131,6 +132,7 @@ pub(super) fn from_v2(conn: &Connection, path: &Path) -> Result<Recovered, Journ
     let tx = conn.unchecked_transaction().map_err(sql)?;
     tx.execute_batch(IDENTITY_TABLES).map_err(sql)?;
     add_jobs(&tx, path)?;
+    tx.execute_batch(FORGET_TABLES).map_err(sql)?;
     tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
         .map_err(sql)?;
     let recovered = recover::read_all(&tx, path)?;
@@ -145,6 +147,22 @@ pub(super) fn from_v3(conn: &Connection, path: &Path) -> Result<Recovered, Journ
     let sql = |e| classify(path, e);
     let tx = conn.unchecked_transaction().map_err(sql)?;
     add_jobs(&tx, path)?;
+    tx.execute_batch(FORGET_TABLES).map_err(sql)?;
+    tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
+        .map_err(sql)?;
+    let recovered = recover::read_all(&tx, path)?;
+    tx.commit().map_err(sql)?;
+    Ok(recovered)
+}
+
+/// Version 4 to 5: the retention tables (no task forgotten yet; the id span of every
+/// `final_batches` row is filled in by the read-back), in one transaction with the read-back.
+/// Incremental vacuum is turned on after (`enable_incremental_vacuum`: a VACUUM cannot run
+/// inside a transaction).
+pub(super) fn from_v4(conn: &Connection, path: &Path) -> Result<Recovered, JournalError> {
+    let sql = |e| classify(path, e);
+    let tx = conn.unchecked_transaction().map_err(sql)?;
+    tx.execute_batch(FORGET_TABLES).map_err(sql)?;
     tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
         .map_err(sql)?;
     let recovered = recover::read_all(&tx, path)?;

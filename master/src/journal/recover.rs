@@ -12,13 +12,29 @@ use std::sync::Arc;
 
 pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Recovered, JournalError> {
     let sql = |e| classify(path, e);
+    let forgotten = read_forgotten(conn, path)?;
     let mut tasks: Vec<RestoredTask> = Vec::new();
     let mut next_id: u64 = 1;
     let mut stmt = conn
         .prepare("SELECT first_id, count, spec, submitted_ms FROM batches ORDER BY first_id")
         .map_err(sql)?;
     let mut rows = stmt.query([]).map_err(sql)?;
+    // Forgotten ranges in order: `gone` is the next one not wholly behind the batches read.
+    let mut gone = forgotten.iter().peekable();
     while let Some(row) = rows.next().map_err(sql)? {
+        // Batches wholly forgotten were deleted: their ids are skipped over.
+        let first_id: i64 = row.get(0).map_err(sql)?;
+        let first_id = u64::try_from(first_id).unwrap_or(0);
+        while next_id < first_id {
+            match gone.peek() {
+                Some(&&(_, b)) if b.0 < next_id => {
+                    gone.next();
+                }
+                Some(&&(a, b)) if a.0 <= next_id => next_id = (b.0 + 1).min(first_id),
+                // Not forgotten: `read_batch` says what is missing.
+                _ => break,
+            }
+        }
         let batch = read_batch(row, path, next_id)?;
         let count = usize::try_from(batch.end - batch.first).ok();
         if count.and_then(|n| tasks.try_reserve(n).ok()).is_none() {
@@ -30,6 +46,9 @@ pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Recovered, Jour
             });
         }
         for id in batch.first..batch.end {
+            if is_forgotten(&forgotten, id) {
+                continue;
+            }
             tasks.push(RestoredTask {
                 id: TaskId(id),
                 spec: Arc::clone(&batch.spec),
@@ -40,7 +59,13 @@ pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Recovered, Jour
         }
         next_id = batch.end;
     }
-    read_finals(conn, path, &mut tasks)?;
+    drop(rows);
+    drop(stmt);
+    // The newest tasks may be forgotten, and their batches gone: their ids stay used.
+    if let Some(&(_, last)) = forgotten.last() {
+        next_id = next_id.max(last.0 + 1);
+    }
+    read_finals(conn, path, &mut tasks, &forgotten)?;
     let jobs = read_jobs(conn, path, next_id)?;
     Ok(Recovered {
         tasks,
@@ -49,7 +74,42 @@ pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Recovered, Jour
         master_id: 0,
         history: Vec::new(),
         jobs,
+        forgotten,
     })
+}
+
+/// The `forgotten` ranges in order, checked: each a real range, none overlapping the next.
+fn read_forgotten(conn: &Connection, path: &Path) -> Result<Vec<(TaskId, TaskId)>, JournalError> {
+    let sql = |e| classify(path, e);
+    let mut stmt = conn
+        .prepare("SELECT first_id, last_id FROM forgotten ORDER BY first_id")
+        .map_err(sql)?;
+    let mut rows = stmt.query([]).map_err(sql)?;
+    let mut ranges: Vec<(TaskId, TaskId)> = Vec::new();
+    while let Some(row) = rows.next().map_err(sql)? {
+        let first: i64 = row.get(0).map_err(sql)?;
+        let bad = |detail: String| JournalError::BadRow {
+            path: path.to_path_buf(),
+            table: "forgotten",
+            id: first,
+            detail,
+        };
+        let last: i64 = row.get(1).map_err(|e| bad(e.to_string()))?;
+        if first < 1 || last < first {
+            return Err(bad(format!("{first} to {last} is not a range of task ids")));
+        }
+        if ranges.last().is_some_and(|&(_, b)| b.0 >= first as u64) {
+            return Err(bad("overlaps the range before".into()));
+        }
+        ranges.push((TaskId(first as u64), TaskId(last as u64)));
+    }
+    Ok(ranges)
+}
+
+/// Whether `id` lies in one of `ranges` (sorted, disjoint).
+fn is_forgotten(ranges: &[(TaskId, TaskId)], id: u64) -> bool {
+    let i = ranges.partition_point(|&(a, _)| a.0 <= id);
+    i > 0 && ranges[i - 1].1 .0 >= id
 }
 
 /// The `jobs` rows in id order, checked: dense from 1, each range right after the last, none
@@ -114,14 +174,21 @@ fn read_jobs(conn: &Connection, path: &Path, next_id: u64) -> Result<Vec<JobReco
 
 /// Replays `final_batches` in commit order onto `tasks` (dense from id 1, as `read_batch`
 /// checked), so a later outcome for an id replaces an earlier one, as the live journal promises.
+/// Outcomes of forgotten tasks are skipped; rows without their id span (written before version
+/// 5) get it.
 fn read_finals(
     conn: &Connection,
     path: &Path,
     tasks: &mut [RestoredTask],
+    forgotten: &[(TaskId, TaskId)],
 ) -> Result<(), JournalError> {
     let sql = |e| classify(path, e);
+    // Dense (nothing forgotten): task `id` sits at `id - 1`; else a binary search.
+    let dense = forgotten.is_empty();
+    let known = tasks.len();
+    let mut unspanned: Vec<(i64, u64, u64)> = Vec::new();
     let mut stmt = conn
-        .prepare("SELECT seq, records FROM final_batches ORDER BY seq")
+        .prepare("SELECT seq, records, min_id FROM final_batches ORDER BY seq")
         .map_err(sql)?;
     let mut rows = stmt.query([]).map_err(sql)?;
     // One decoder for all rows: its buffer is reused, and it is empty again after a whole blob.
@@ -140,13 +207,22 @@ fn read_finals(
             .map_err(|e| bad(e.to_string()))?
             .as_blob()
             .map_err(|e| bad(e.to_string()))?;
+        let spanned = row
+            .get_ref(2)
+            .map_err(|e| bad(e.to_string()))?
+            .as_i64_or_null()
+            .map_err(|e| bad(e.to_string()))?
+            .is_some();
         if blob.is_empty() {
-            return Err(bad(
-                "no records (a commit writes a row only with some)".into()
-            ));
+            // The newest row, emptied when all its tasks were forgotten (its seq stays).
+            if spanned {
+                return Err(bad("no records, yet an id span".into()));
+            }
+            continue;
         }
         decoder.extend(blob);
         let mut index = 0usize;
+        let mut span: Option<(u64, u64)> = None;
         loop {
             // The blob's frames are whole, so the decoder is empty at the blob's start.
             let offset = blob.len() - decoder.buffered();
@@ -156,8 +232,22 @@ fn read_finals(
                 Err(e) => return Err(bad(format!("record {index}: {e}"))),
             };
             let (id, mut rec) = entry.into_record();
-            let slot = check_final(id, &rec, tasks.len())
-                .map_err(|detail| bad(format!("record {index} (task {id}): {detail}")))?;
+            span = Some(span.map_or((id, id), |(lo, hi)| (lo.min(id), hi.max(id))));
+            index += 1;
+            if !dense && is_forgotten(forgotten, id) {
+                continue;
+            }
+            let slot = if dense {
+                check_final(id, &rec, known)
+            } else {
+                check_final(id, &rec, usize::MAX).and_then(|_| {
+                    tasks
+                        .binary_search_by_key(&TaskId(id), |t| t.id)
+                        .map_err(|_| "no batch holds this task id".to_string())
+                })
+            };
+            let slot =
+                slot.map_err(|detail| bad(format!("record {} (task {id}): {detail}", index - 1)))?;
             debug_assert_eq!(tasks[slot].id, TaskId(id));
             // The tails stay on disk: the core reads them back when asked (`read_final`), so
             // a restart costs no more RAM per finished task than the run before it did.
@@ -169,7 +259,9 @@ fn read_finals(
             }
             tasks[slot].stored = stored;
             tasks[slot].outcome = Some(Box::new(rec));
-            index += 1;
+        }
+        if let (false, Some((lo, hi))) = (spanned, span) {
+            unspanned.push((seq, lo, hi));
         }
         if decoder.buffered() != 0 {
             return Err(bad(format!(
@@ -177,6 +269,15 @@ fn read_finals(
                 decoder.buffered()
             )));
         }
+    }
+    drop(rows);
+    drop(stmt);
+    // Rows from before version 5 (migrated in this transaction): their span, so forgetting can
+    // delete them.
+    for (seq, lo, hi) in unspanned {
+        conn.prepare_cached("UPDATE final_batches SET min_id = ?2, max_id = ?3 WHERE seq = ?1")
+            .and_then(|mut stmt| stmt.execute(rusqlite::params![seq, lo as i64, hi as i64]))
+            .map_err(sql)?;
     }
     Ok(())
 }

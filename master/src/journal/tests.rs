@@ -141,6 +141,7 @@ fn round_trip() {
                 first_id: TaskId(1)
             }],
             jobs: vec![],
+            forgotten: vec![],
         }
     );
     let master_id = rec.master_id;
@@ -463,7 +464,7 @@ fn newer_schema_is_refused() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("database schema version 7 is newer than this master (4); upgrade ballast"),
+        msg.contains("database schema version 7 is newer than this master (5); upgrade ballast"),
         "{msg}"
     );
     assert!(msg.contains(&dir.db().display().to_string()));
@@ -982,7 +983,7 @@ fn bad_final_batches_are_typed_errors_naming_the_row() {
         for (i, b) in blobs.iter().enumerate() {
             last_seq = 10 * (i as i64 + 1);
             conn.execute(
-                "INSERT INTO final_batches (seq, records) VALUES (?1, ?2)",
+                "INSERT INTO final_batches (seq, records, min_id, max_id) VALUES (?1, ?2, 1, 1)",
                 params![last_seq, b],
             )
             .expect("tamper");
@@ -1191,7 +1192,9 @@ fn a_version_2_journal_gains_the_identity_tables() {
     }
     let conn = raw(&dir);
     conn.execute_batch(
-        "DROP TABLE master; DROP TABLE incarnations; DROP TABLE jobs;
+        "DROP TABLE master; DROP TABLE incarnations; DROP INDEX final_batches_by_max_id; DROP TABLE jobs; DROP TABLE forgotten;
+         ALTER TABLE final_batches DROP COLUMN min_id;
+         ALTER TABLE final_batches DROP COLUMN max_id;
          UPDATE schema_version SET version = 2;",
     )
     .expect("downgrade to version 2");
@@ -1225,8 +1228,11 @@ fn a_version_3_journal_gets_a_job_per_batch_and_jobs_come_back() {
         j.commit().expect("commit");
     }
     let conn = raw(&dir);
-    conn.execute_batch("DROP TABLE jobs; UPDATE schema_version SET version = 3;")
-        .expect("downgrade to version 3");
+    conn.execute_batch(
+        "DROP INDEX final_batches_by_max_id; DROP TABLE jobs; DROP TABLE forgotten; ALTER TABLE final_batches DROP COLUMN min_id;
+         ALTER TABLE final_batches DROP COLUMN max_id; UPDATE schema_version SET version = 3;",
+    )
+    .expect("downgrade to version 3");
     drop(conn);
     let (mut j, mut rec) = Journal::open(&dir.0).expect("migrates");
     fill(&mut j, &mut rec);
@@ -1520,6 +1526,122 @@ fn io_errors_are_named_by_what_the_system_said() {
     // Not an I/O error: the errno is not looked at.
     let busy = refine_io(io(rusqlite::ffi::SQLITE_BUSY), libc::ENOSPC);
     assert!(matches!(busy, JournalError::Locked { .. }), "{busy}");
+}
+
+#[test]
+fn forgotten_tasks_leave_the_journal_and_their_ids_stay_used() {
+    let dir = TempDir::new("forget");
+    let (mut j, _) = open(&dir);
+    // Three batches of two, one commit of finals each: 1-2, 3-4, 5-6. Outputs of some pages
+    // each, so deleting a row frees pages.
+    let big = "x".repeat(20_000);
+    for first in [1, 3, 5] {
+        j.record_submit(TaskId(first), 2, &sleep_spec(1), 1)
+            .expect("submit");
+        j.record_final(TaskId(first), &succeeded(&big))
+            .expect("final");
+        j.record_final(TaskId(first + 1), &succeeded(&big))
+            .expect("final");
+        j.commit().expect("commit");
+    }
+    // 1-2 wholly, 4 alone, 5-6 (the newest batch and the newest finals row).
+    j.record_forgotten(&[(TaskId(1), TaskId(2)), (TaskId(4), TaskId(4))])
+        .expect("forget");
+    j.record_forgotten(&[(TaskId(5), TaskId(6))])
+        .expect("forget");
+    j.commit().expect("commit");
+    assert!(j.vacuum_due());
+    let pages = |j: &Journal| -> i64 {
+        j.conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .expect("freelist")
+    };
+    let free = pages(&j);
+    assert!(free > 0, "the deleted rows left free pages");
+    let steps = (free as u32).div_ceil(VACUUM_PAGES_PER_STEP);
+    for _ in 0..steps {
+        j.compact_step().expect("vacuum");
+    }
+    assert_eq!(pages(&j), 0);
+    assert!(
+        !j.vacuum_due(),
+        "every free page given back in {steps} steps"
+    );
+    {
+        let conn = &j.conn;
+        assert_eq!(rows(conn, "batches"), 1, "only 3-4 keeps its row");
+        // 1-2's row deleted; 3-4's kept (3 lives); 5-6's is the newest: emptied, kept.
+        assert_eq!(rows(conn, "final_batches"), 2);
+        let ranges: Vec<(i64, i64)> = conn
+            .prepare("SELECT first_id, last_id FROM forgotten ORDER BY first_id")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .expect("ranges");
+        assert_eq!(ranges, vec![(1, 2), (4, 6)], "adjacent ranges merged");
+    }
+    drop(j);
+    let (j, rec) = open(&dir);
+    let ids: Vec<TaskId> = rec.tasks.iter().map(|t| t.id).collect();
+    assert_eq!(ids, vec![TaskId(3)]);
+    assert!(rec.tasks[0].outcome.is_some());
+    assert_eq!(
+        rec.next_id,
+        TaskId(7),
+        "the newest ids are never handed out again"
+    );
+    assert_eq!(
+        rec.forgotten,
+        vec![(TaskId(1), TaskId(2)), (TaskId(4), TaskId(6))]
+    );
+    assert_eq!(
+        rec.history.last().map(|s| s.first_id),
+        Some(TaskId(7)),
+        "the new incarnation starts past them"
+    );
+    drop(j);
+}
+
+#[test]
+fn a_version_4_journal_gains_retention_and_incremental_vacuum() {
+    let dir = TempDir::new("from-v4");
+    let (mut j, _) = open(&dir);
+    j.record_submit(TaskId(1), 2, &sleep_spec(1), 1)
+        .expect("submit");
+    j.record_final(TaskId(2), &succeeded("x")).expect("final");
+    j.commit().expect("commit");
+    drop(j);
+    raw(&dir)
+        .execute_batch(
+            "DROP INDEX final_batches_by_max_id; DROP INDEX jobs_by_first_id; DROP TABLE forgotten; ALTER TABLE final_batches DROP COLUMN min_id;
+             ALTER TABLE final_batches DROP COLUMN max_id; UPDATE schema_version SET version = 4;
+             PRAGMA auto_vacuum = NONE; VACUUM;",
+        )
+        .expect("make a version 4 journal");
+    let mode = |c: &Connection| -> i64 {
+        c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .expect("auto_vacuum")
+    };
+    assert_eq!(mode(&raw(&dir)), 0);
+    let (mut j, rec) = Journal::open(&dir.0).expect("migrates");
+    assert_eq!(version(&j.conn), SCHEMA_VERSION);
+    assert_eq!(mode(&j.conn), 2, "incremental");
+    assert_eq!(rec.tasks.len(), 2);
+    let span: (i64, i64) = j
+        .conn
+        .query_row("SELECT min_id, max_id FROM final_batches", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("span");
+    assert_eq!(span, (2, 2), "the old row got its id span");
+    j.record_forgotten(&[(TaskId(2), TaskId(2))])
+        .expect("forget");
+    j.commit().expect("commit");
+    drop(j);
+    let (_j, rec) = open(&dir);
+    assert_eq!(rec.tasks.len(), 1);
+    assert_eq!(rec.next_id, TaskId(3));
 }
 
 #[test]

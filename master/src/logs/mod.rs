@@ -297,7 +297,42 @@ impl LogStore {
                 done,
                 tail,
             } => Some((conn, self.read(task, stream, offset, done, tail))),
+            LogOp::Forget { ranges } => {
+                self.forget(&ranges);
+                None
+            }
         }
+    }
+
+    /// Removes the logs of forgotten tasks (all final): their files go, and what is remembered
+    /// of them. Walks the ranges' ids or the stored tasks, whichever is fewer.
+    fn forget(&mut self, ranges: &[(TaskId, TaskId)]) {
+        let ids: u64 = ranges.iter().map(|(a, b)| b.0 - a.0 + 1).sum();
+        let inside = |id: TaskId| ranges.iter().any(|&(a, b)| a <= id && id <= b);
+        let stored: Vec<TaskId> = if ids <= self.tasks.len() as u64 {
+            ranges
+                .iter()
+                .flat_map(|&(a, b)| (a.0..=b.0).map(TaskId))
+                .filter(|id| self.tasks.contains_key(id))
+                .collect()
+        } else {
+            self.tasks
+                .keys()
+                .copied()
+                .filter(|&id| inside(id))
+                .collect()
+        };
+        for task in stored {
+            self.remove_task(task);
+        }
+        if !self.removed.is_empty() {
+            self.removed.retain(|&id| !inside(id));
+        }
+        if !self.ended_as_tail.is_empty() {
+            self.ended_as_tail.retain(|&id, _| !inside(id));
+        }
+        // The budget's queue drops them too (removing a log that is gone is a no-op anyway).
+        self.finished.retain(|&id| !inside(id));
     }
 
     fn path(&self, task: TaskId, attempt: Attempt, stream: OutputStream) -> Option<PathBuf> {

@@ -235,3 +235,26 @@ fn a_read_names_the_run_that_counts_even_when_its_log_is_its_tail() {
         "a silent winner"
     );
 }
+
+#[test]
+fn forgotten_tasks_lose_their_files() {
+    let dir = temp_dir("forget");
+    let mut store = LogStore::open(dir.clone(), LogLimits::default()).unwrap();
+    // Past the spill size, so each has its file.
+    let big = vec![b'x'; SPILL_BYTES + 10];
+    for task in 1..=3 {
+        append(&mut store, run(task, 1), 0, &big);
+        end(&mut store, task, Some(1), "");
+    }
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 3);
+    store.apply(LogOp::Forget {
+        ranges: vec![(TaskId(1), TaskId(2))],
+    });
+    let left: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["3.1.stdout".to_string()]);
+    assert_eq!(store.total(), big.len() as u64);
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -96,6 +96,8 @@ impl SimJournal {
                     });
                 }
                 Record::Job(job) => self.jobs.push(job),
+                // The simulator never forgets (no `Forget`, no `--keep-finished`).
+                Record::Forgotten { .. } => {}
                 Record::Finished { id, outcome } => {
                     if let Some(slot) = (id.0 as usize)
                         .checked_sub(1)

@@ -1391,7 +1391,7 @@ impl<'a> World<'a> {
                 None
             }
             Record::Finished { id, outcome } => self.truth.ended(now_us, *id, outcome.state),
-            Record::Job(_) => None,
+            Record::Job(_) | Record::Forgotten { .. } => None,
         };
         if let Some(j) = &mut self.journal {
             j.record(record, logical);

@@ -4,8 +4,8 @@
 //! - getters: [`Executor::running`], [`Executor::is_running`], [`Executor::running_refs`];
 //! - commands: [`Executor::start`], [`Executor::cancel`], [`Executor::cancel_all`],
 //!   [`Executor::kill_all`];
-//! - input: [`Executor::handle_finished`] (a completion a task thread sent through the events
-//!   channel) and [`Executor::handle_timeout`] (time passed);
+//! - input: [`Executor::handle_finished`] (a completion the IO thread or a spin thread sent
+//!   through the events channel) and [`Executor::handle_timeout`] (time passed);
 //! - output: [`Executor::poll_timeout`], the next instant `handle_timeout` has work to do.
 //!
 //! Completions known inside a call (a zero-length task, a cancelled sleep) are appended to the
@@ -13,13 +13,15 @@
 //! channel given to [`Executor::new`], and must be passed back to `handle_finished`.
 //!
 //! Sleeps cost no thread: they are entries in a timer heap. Spins burn a CPU each, on a pool that
-//! grows to the largest number run at once. A command gets a supervisor thread that spawns the
-//! child and waits for it for its whole life (see `command`), plus one reader thread per pipe.
-//! Commands are reported to the process's sentinel, if it has one (see `crate::sentinel`), which
-//! kills them if the worker dies.
+//! grows to the largest number run at once. Commands cost no thread of their own: one IO thread,
+//! started with the first command, spawns them all (`posix_spawn`, see `command`), reads their
+//! pipes and reaps them (pidfds and `poll`, see `reactor`). Their timeouts and kills are timers
+//! here, and stops are signalled from the caller's thread. Commands are reported to the process's
+//! sentinel, if it has one (see `crate::sentinel`), which kills them if the worker dies.
 
 mod command;
 mod output;
+mod reactor;
 mod spin;
 mod tree;
 
@@ -30,6 +32,7 @@ use command::{CommandControl, StopReason};
 use log::{debug, warn};
 use output::OutputBuffer;
 use protocol::{Assignment, Completion, OutputChunk, OutputStream, TaskKind, TaskOutcome, TaskRef};
+use reactor::Reactor;
 use spin::{SpinJob, SpinPool};
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::ops::Bound;
@@ -54,6 +57,9 @@ pub struct Executor<E> {
     kill_grace: Duration,
     /// Commands also get `PR_SET_PDEATHSIG`, at the cost of a fork (see `command`).
     die_with_worker: bool,
+    /// Watch commands' exits as on a kernel without pidfds (tests of that path).
+    #[cfg(test)]
+    without_pidfds: bool,
     /// Told of every command's process group, to kill them if the worker dies.
     sentinel: Option<Arc<Link>>,
     running: HashMap<TaskRef, Entry>,
@@ -73,6 +79,9 @@ pub struct Executor<E> {
     pieces: Vec<(u64, Vec<u8>)>,
     /// Bytes of each stream of a command streamed at most: the master's `--log-limit`.
     output_limit: u64,
+    /// The commands' IO thread, started with the first command, and its waker as the output
+    /// buffers' `space`.
+    reactor: Option<(Reactor, Wake)>,
 }
 
 struct Entry {
@@ -86,7 +95,7 @@ enum Running {
     Sleep,
     /// Ends when its thread reports; the flag asks it to stop early.
     Spin { cancel: Arc<AtomicBool> },
-    /// Ends when its supervisor thread reports.
+    /// Ends when the IO thread reports.
     Command { control: Arc<CommandControl> },
 }
 
@@ -166,6 +175,8 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
             events,
             kill_grace,
             die_with_worker: false,
+            #[cfg(test)]
+            without_pidfds: false,
             sentinel: sentinel::link(),
             running: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -175,6 +186,7 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
             output_cursor: None,
             pieces: Vec::new(),
             output_limit: protocol::limits::DEFAULT_LOG_LIMIT_BYTES,
+            reactor: None,
         }
     }
 
@@ -184,7 +196,7 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
         self.output_limit = bytes;
     }
 
-    /// Streams commands' output (see `output`): `wake` is called, from reader threads, when
+    /// Streams commands' output (see `output`): `wake` is called, from the IO thread, when
     /// there is some to take with [`Executor::take_output`].
     pub fn with_output(mut self, wake: Wake) -> Self {
         self.wake = Some(wake);
@@ -195,6 +207,13 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
     /// cost per spawn (see `command`).
     pub fn with_tasks_die_with_worker(mut self, on: bool) -> Self {
         self.die_with_worker = on;
+        self
+    }
+
+    /// Watches commands' exits by polling `waitid`, as on kernels without pidfds.
+    #[cfg(test)]
+    fn without_pidfds(mut self) -> Self {
+        self.without_pidfds = true;
         self
     }
 
@@ -284,30 +303,49 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
                 Running::Spin { cancel }
             }
             TaskKind::Command { .. } => {
+                let (reactor, space) = match &mut self.reactor {
+                    Some(started) => started,
+                    None => match Reactor::start(self.events.clone()) {
+                        Ok(reactor) => {
+                            let waker = reactor.waker();
+                            let space: Wake = Arc::new(move || waker.wake());
+                            self.reactor.insert((reactor, space))
+                        }
+                        Err(e) => {
+                            let error = format!("cannot start the task IO thread: {e}");
+                            done.push(completion(task, TaskOutcome::Failed { error }, 0));
+                            return true;
+                        }
+                    },
+                };
                 let control = Arc::new(CommandControl::new());
                 let output = self.wake.as_ref().map(|wake| {
                     let buffers = [
-                        Arc::new(OutputBuffer::new(wake.clone(), self.output_limit)),
-                        Arc::new(OutputBuffer::new(wake.clone(), self.output_limit)),
+                        Arc::new(OutputBuffer::new(
+                            wake.clone(),
+                            space.clone(),
+                            self.output_limit,
+                        )),
+                        Arc::new(OutputBuffer::new(
+                            wake.clone(),
+                            space.clone(),
+                            self.output_limit,
+                        )),
                     ];
                     self.outputs.insert(task, buffers.clone());
                     buffers
                 });
-                let job = command::CommandJob {
+                reactor.submit(command::CommandJob {
                     task,
                     spec: spec.clone(),
                     started: now,
                     control: control.clone(),
                     die_with_worker: self.die_with_worker,
+                    #[cfg(test)]
+                    without_pidfd: self.without_pidfds,
                     sentinel: self.sentinel.clone(),
                     output,
-                };
-                if let Err(e) = command::spawn_supervisor(job, self.events.clone()) {
-                    self.drop_output(task);
-                    let error = format!("cannot start a supervisor thread: {e}");
-                    done.push(completion(task, TaskOutcome::Failed { error }, 0));
-                    return true;
-                }
+                });
                 if let Some(timeout_ms) = spec.timeout_ms {
                     self.timers.push(Timer {
                         at: now + Duration::from_millis(timeout_ms),
@@ -460,7 +498,7 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
         };
         for (stream, buffer) in STREAMS.into_iter().zip(&buffers) {
             // Bounded: the buffer holds at most OUTPUT_BUFFER_BYTES and its reader is done (or
-            // given up on by the supervisor), and each pass takes a chunk.
+            // gave up on the pipe), and each pass takes a chunk.
             while buffer.take(OUTPUT_CHUNK_BYTES, &mut self.pieces) {}
             // Past the limit, an empty chunk where the stream ended tells the master how much
             // it did not get.

@@ -1,14 +1,16 @@
-//! A running command's output on its way to the master: the bytes its pipe readers read and the
-//! session's loop has not yet taken.
+//! A running command's output on its way to the master: the bytes the executor's IO thread read
+//! from its pipes and the session's loop has not yet taken.
 //!
-//! IMPORTANT: bounded, and the reader thread is what waits. A reader that finds the buffer full
-//! blocks until the loop takes some, so the command then blocks on its full pipe (as it would
-//! under `| less`), while the loop never waits for anything here: it takes what is there, at most
-//! its turn's budget, and moves on. A reader wakes the loop once when the buffer stops being
-//! empty (not once per read), and the loop comes back by itself while it leaves bytes behind.
+//! IMPORTANT: bounded, and the pipe is what waits. The IO thread (see `reactor`) reads a pipe only
+//! while [`OutputBuffer::room`] says there is room; a full buffer leaves the pipe unread until the
+//! loop takes some, so the command then blocks on its full pipe (as it would under `| less`). Nobody
+//! ever blocks here: the loop takes what is there, at most its turn's budget, and moves on, and a
+//! take that frees room the IO thread was waiting for wakes it (`space`). A push wakes the loop once
+//! when the buffer stops being empty (not once per read), and the loop comes back by itself while
+//! it leaves bytes behind.
 
 use std::mem;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Bytes of one stream that may wait for the loop. Four 64 KiB pipe reads; with the outbox's own
 /// bound this keeps a worker's memory for output at a few MiB however fast its tasks print.
@@ -19,8 +21,9 @@ pub type Wake = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 pub struct OutputBuffer {
     inner: Mutex<Inner>,
-    /// Signalled when the loop took bytes (or gave the stream up).
-    space: Condvar,
+    /// Wakes the IO thread when the loop took bytes (or gave the stream up) after it found the
+    /// buffer full.
+    space: Wake,
     wake: Wake,
 }
 
@@ -33,6 +36,8 @@ struct Inner {
     woken: bool,
     /// Nobody takes any more: the reader drops what it reads, never waits.
     abandoned: bool,
+    /// The IO thread found no room and waits for `space`.
+    full: bool,
     /// Bytes of the stream that are sent at most (the master keeps no more); past them the
     /// reader only counts, and never waits.
     limit: u64,
@@ -41,14 +46,15 @@ struct Inner {
 }
 
 impl OutputBuffer {
-    /// `limit`: bytes of the stream sent at most (see `Inner::limit`).
-    pub fn new(wake: Wake, limit: u64) -> Self {
+    /// `wake` wakes the session's loop (there is output to take), `space` the IO thread (there
+    /// is room again); `limit`: bytes of the stream sent at most (see `Inner::limit`).
+    pub fn new(wake: Wake, space: Wake, limit: u64) -> Self {
         OutputBuffer {
             inner: Mutex::new(Inner {
                 limit,
                 ..Inner::default()
             }),
-            space: Condvar::new(),
+            space,
             wake,
         }
     }
@@ -58,29 +64,37 @@ impl OutputBuffer {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The reader's side: appends `bytes`, first waiting while the buffer is full.
+    /// The reader's side: how many bytes (at most `max`) it may read now and [`push`]. Zero: the
+    /// buffer is full, and `space` is called once the loop has taken some (or given the stream
+    /// up). Past the limit, or abandoned, there is always room: those bytes are only counted.
+    ///
+    /// [`push`]: OutputBuffer::push
+    pub fn room(&self, max: usize) -> usize {
+        let mut inner = self.lock();
+        if inner.abandoned || inner.read >= inner.limit || inner.bytes.is_empty() {
+            return max;
+        }
+        let room = OUTPUT_BUFFER_BYTES
+            .saturating_sub(inner.bytes.len())
+            .min(max);
+        if room == 0 {
+            inner.full = true;
+        }
+        room
+    }
+
+    /// The reader's side: appends `bytes`, never waiting; `bytes` is at most what
+    /// [`OutputBuffer::room`] allowed.
     pub fn push(&self, bytes: &[u8]) {
         let mut inner = self.lock();
         let start = inner.read;
         inner.read += bytes.len() as u64;
         let keep = inner.limit.saturating_sub(start).min(bytes.len() as u64) as usize;
-        if keep == 0 {
-            return; // past the limit: counted only, and the command runs on at full speed
+        if keep == 0 || inner.abandoned {
+            return; // past the limit (counted only), or nobody takes it
         }
-        let bytes = &bytes[..keep];
-        while !inner.abandoned
-            && !inner.bytes.is_empty()
-            && inner.bytes.len() + bytes.len() > OUTPUT_BUFFER_BYTES
-        {
-            inner = self
-                .space
-                .wait(inner)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        if inner.abandoned {
-            return;
-        }
-        inner.bytes.extend_from_slice(bytes);
+        debug_assert!(inner.bytes.is_empty() || inner.bytes.len() + keep <= OUTPUT_BUFFER_BYTES);
+        inner.bytes.extend_from_slice(&bytes[..keep]);
         let wake = !mem::replace(&mut inner.woken, true);
         drop(inner);
         if wake {
@@ -106,9 +120,12 @@ impl OutputBuffer {
         };
         inner.offset += bytes.len() as u64;
         let left = !inner.bytes.is_empty();
+        let full = mem::take(&mut inner.full);
         drop(inner);
         out.push((offset, bytes));
-        self.space.notify_all();
+        if full {
+            (self.space)();
+        }
         left
     }
 
@@ -119,13 +136,22 @@ impl OutputBuffer {
         (inner.read > inner.offset + inner.bytes.len() as u64).then_some(inner.read)
     }
 
+    /// Bytes waiting for the loop.
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        self.lock().bytes.len()
+    }
+
     /// Nobody will take more: the reader stops waiting and drops what it reads.
     pub fn abandon(&self) {
         let mut inner = self.lock();
         inner.abandoned = true;
         inner.bytes = Vec::new();
+        let full = mem::take(&mut inner.full);
         drop(inner);
-        self.space.notify_all();
+        if full {
+            (self.space)();
+        }
     }
 }
 
@@ -134,7 +160,6 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::thread;
 
     fn counting() -> (Arc<AtomicUsize>, Wake) {
         let wakes = Arc::new(AtomicUsize::new(0));
@@ -147,10 +172,14 @@ mod tests {
         )
     }
 
+    fn nothing() -> Wake {
+        Arc::new(|| {})
+    }
+
     #[test]
     fn wakes_once_until_emptied_and_keeps_offsets() {
         let (wakes, wake) = counting();
-        let buf = OutputBuffer::new(wake, u64::MAX);
+        let buf = OutputBuffer::new(wake, nothing(), u64::MAX);
         buf.push(b"hello ");
         buf.push(b"world");
         assert_eq!(wakes.load(Ordering::SeqCst), 1);
@@ -166,43 +195,55 @@ mod tests {
     }
 
     #[test]
-    fn a_full_buffer_blocks_the_reader_until_the_loop_takes() {
+    fn a_full_buffer_has_no_room_until_the_loop_takes() {
         let (_, wake) = counting();
-        let buf = Arc::new(OutputBuffer::new(wake, u64::MAX));
+        let (spaces, space) = counting();
+        let buf = OutputBuffer::new(wake, space, u64::MAX);
         let chunk = vec![7u8; 64 << 10];
-        let total = 4 * OUTPUT_BUFFER_BYTES;
-        let reader = {
-            let buf = buf.clone();
-            let chunk = chunk.clone();
-            thread::spawn(move || {
-                for _ in 0..total / chunk.len() {
-                    buf.push(&chunk);
-                }
-            })
-        };
-        let mut got = 0;
-        let mut out = Vec::new();
-        while got < total {
-            buf.take(usize::MAX, &mut out);
-            for (offset, bytes) in out.drain(..) {
-                assert_eq!(offset, got as u64);
-                assert!(bytes.len() <= OUTPUT_BUFFER_BYTES);
-                got += bytes.len();
-            }
-            thread::yield_now();
+        let mut pushed = 0;
+        while buf.room(chunk.len()) > 0 {
+            let n = buf.room(chunk.len());
+            buf.push(&chunk[..n]);
+            pushed += n;
         }
-        reader.join().unwrap();
-        assert_eq!(got, total);
+        assert_eq!(pushed, OUTPUT_BUFFER_BYTES);
+        assert_eq!(spaces.load(Ordering::SeqCst), 0);
+        let mut out = Vec::new();
+        assert!(buf.take(1000, &mut out));
+        assert_eq!(
+            spaces.load(Ordering::SeqCst),
+            1,
+            "the reader is told of room once"
+        );
+        assert_eq!(buf.room(chunk.len()), 1000);
+        assert!(!buf.take(usize::MAX, &mut out));
+        assert_eq!(spaces.load(Ordering::SeqCst), 1, "nobody waited this time");
+        let got: usize = out.iter().map(|(_, b)| b.len()).sum();
+        assert_eq!(got, pushed);
+        assert_eq!(out[1].0, 1000);
+    }
+
+    #[test]
+    fn abandoning_a_full_buffer_wakes_the_reader_and_leaves_room() {
+        let (_, wake) = counting();
+        let (spaces, space) = counting();
+        let buf = OutputBuffer::new(wake, space, u64::MAX);
+        buf.push(&vec![1u8; OUTPUT_BUFFER_BYTES]);
+        assert_eq!(buf.room(10), 0);
+        buf.abandon();
+        assert_eq!(spaces.load(Ordering::SeqCst), 1);
+        assert_eq!(buf.room(10), 10);
     }
 
     #[test]
     fn past_the_limit_bytes_are_counted_not_kept_and_never_block() {
         let (_, wake) = counting();
-        let buf = OutputBuffer::new(wake, 10);
+        let buf = OutputBuffer::new(wake, nothing(), 10);
         buf.push(b"0123456");
         buf.push(b"789abc");
         for _ in 0..100 {
-            buf.push(&[1u8; 64 << 10]); // would block if it were kept
+            assert_eq!(buf.room(64 << 10), 64 << 10, "never full past the limit");
+            buf.push(&[1u8; 64 << 10]);
         }
         let mut out = Vec::new();
         buf.take(usize::MAX, &mut out);
@@ -213,9 +254,10 @@ mod tests {
     #[test]
     fn an_abandoned_buffer_never_blocks() {
         let (_, wake) = counting();
-        let buf = OutputBuffer::new(wake, u64::MAX);
+        let buf = OutputBuffer::new(wake, nothing(), u64::MAX);
         buf.abandon();
         for _ in 0..100 {
+            assert_eq!(buf.room(64 << 10), 64 << 10);
             buf.push(&[1u8; 64 << 10]);
         }
         let mut out = Vec::new();

@@ -138,6 +138,94 @@ fn command_exit_code_and_tails() {
 }
 
 #[test]
+fn many_commands_at_once_all_complete_with_their_own_output() {
+    let mut h = Harness::new(KILL_GRACE);
+    let tasks: Vec<TaskRef> = (1..=40)
+        .map(|id| h.start(id, sh(&format!("echo out{id}; echo err{id} >&2")), None))
+        .collect();
+    assert_eq!(h.exec.running(), 40);
+    for (id, t) in (1..=40).zip(tasks) {
+        assert_eq!(
+            h.wait_for(t).outcome,
+            TaskOutcome::Exited {
+                code: 0,
+                stdout_tail: format!("out{id}\n"),
+                stderr_tail: format!("err{id}\n"),
+            }
+        );
+    }
+    assert_eq!(h.exec.running(), 0);
+}
+
+/// The IO thread stops reading a pipe whose output buffer is full and reads on once the loop
+/// took some: every byte arrives, in order, and the command completes.
+#[test]
+fn streamed_output_is_paced_by_the_loop_and_arrives_whole() {
+    let (tx, rx) = mpsc::channel();
+    let mut exec = Executor::new(tx, KILL_GRACE).with_output(Arc::new(|| {}));
+    let total = 3 * OUTPUT_BUFFER_BYTES + 12_345;
+    let assignment = Assignment {
+        task: TaskId(1),
+        attempt: Attempt(1),
+        incarnation: Incarnation(1),
+        spec: Arc::new(TaskSpec::new(sh(&format!("head -c {total} /dev/zero")))),
+    };
+    let mut done = Vec::new();
+    assert!(exec.start(Instant::now(), &assignment, &mut done));
+    let task = assignment.task_ref();
+    let buffered =
+        |exec: &Executor<Completion>| exec.outputs.get(&task).map_or(0, |b| b[0].buffered());
+    // Nothing is taken until the buffer is full: the command waits on its pipe meanwhile.
+    poll_until("the output buffer to fill", || {
+        (buffered(&exec) >= OUTPUT_BUFFER_BYTES).then_some(())
+    });
+    let mut chunks = Vec::new();
+    let completion = poll_until("the command to finish", || {
+        exec.take_output(usize::MAX, &mut chunks);
+        rx.try_recv().ok()
+    });
+    assert!(exec.handle_finished(&completion));
+    exec.finish_output(task, &mut chunks);
+    let mut offset = 0;
+    for chunk in chunks.iter().filter(|c| c.stream == OutputStream::Stdout) {
+        assert_eq!(chunk.offset, offset);
+        assert!(chunk.bytes.iter().all(|&b| b == 0));
+        offset += chunk.bytes.len() as u64;
+    }
+    assert_eq!(offset, total as u64);
+    match completion.outcome {
+        TaskOutcome::Exited {
+            code, stdout_tail, ..
+        } => {
+            assert_eq!(code, 0);
+            assert_eq!(stdout_tail.len(), TAIL_BYTES);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Kernels before 5.3 have no pidfds: exits are then found by polling `waitid(WNOWAIT)`.
+#[test]
+fn without_pidfds_commands_exit_and_are_cancelled() {
+    let mut h = Harness::new(KILL_GRACE);
+    h.exec = Executor::new(h.exec.events.clone(), KILL_GRACE).without_pidfds();
+    let t = h.start(1, sh("echo hi; exit 3"), None);
+    assert_eq!(
+        h.wait_for(t).outcome,
+        TaskOutcome::Exited {
+            code: 3,
+            stdout_tail: "hi\n".into(),
+            stderr_tail: String::new(),
+        }
+    );
+    let t = h.start(2, sh("sleep 30 & sleep 30"), None);
+    let pgid = h.pgid(t);
+    h.exec.cancel(Instant::now(), t, &mut h.done);
+    assert_eq!(h.wait_for(t).outcome, TaskOutcome::Cancelled);
+    poll_until("the group to die", || group_is_gone(pgid).then_some(()));
+}
+
+#[test]
 fn command_env_and_cwd() {
     let mut h = Harness::new(KILL_GRACE);
     let kind = TaskKind::Command {

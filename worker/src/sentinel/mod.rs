@@ -104,10 +104,10 @@ pub fn link() -> Option<Arc<Link>> {
 }
 
 /// The worker's side: tells the sentinel which process groups to kill if the worker dies.
-/// Called from the command supervisor threads; each record is one `write` of 5 bytes, which a pipe
-/// never interleaves with another. A write blocks only if the sentinel stopped reading with 64 KiB
-/// (13,000 records) unread; that stalls a supervisor thread, never the main loop, and loses
-/// nothing.
+/// Called from the executor's IO thread (see `executor::reactor`); each record is one `write` of 5
+/// bytes, which a pipe never interleaves with another. A write blocks only if the sentinel stopped
+/// reading with 64 KiB (13,000 records) unread; that stalls the IO thread, never the main loop, and
+/// loses nothing.
 #[derive(Debug)]
 pub struct Link {
     pipe: File,

@@ -677,7 +677,7 @@ fn master_lost_with_stop_kills_tasks_and_exits_1() {
         Err(e @ WorkerError::MasterLost { .. }) => assert_eq!(e.exit_code(), 1),
         other => panic!("unexpected {other:?}"),
     }
-    // The group is gone: at once when the supervisor reaped it before the session returned; a
+    // The group is gone: at once when the IO thread reaped it before the session returned; a
     // moment later when a loaded machine made the session give up waiting and SIGKILL it on
     // the way out.
     let deadline = Instant::now() + PATIENCE;
