@@ -32,6 +32,8 @@ struct Entry {
 }
 
 const ABSENT: u32 = u32::MAX;
+/// An empty queue keeps at most this many entries' room (a burst's is freed once it drained).
+const EMPTY_KEEP: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct TaskQueue {
@@ -104,6 +106,10 @@ impl TaskQueue {
         self.swap(at, last);
         self.heap.pop();
         self.pos[id.0 as usize] = ABSENT;
+        if self.heap.is_empty() && self.heap.capacity() > EMPTY_KEEP {
+            // Drained after a burst (a million queued tasks hold 24 MiB here): give it back.
+            self.heap = Vec::new();
+        }
         if at < self.heap.len() {
             // The moved entry may belong above or below its new place.
             self.sift_up(at);
