@@ -68,7 +68,12 @@ impl TaskQueue {
         if self.contains(id) {
             return false;
         }
-        let idx = id.0 as usize;
+        if self.pos.is_empty() {
+            self.base = id.0;
+        } else if id.0 < self.base {
+            self.rebase(id.0);
+        }
+        let idx = self.index(id);
         if idx >= self.pos.len() {
             // Grow geometrically: ids arrive in increasing order, one resize per doubling.
             let new_len = (idx + 1).max(self.pos.len() * 2);
@@ -134,6 +139,18 @@ impl TaskQueue {
         if cap > KEEP_ENTRIES && self.heap.len() < cap / 4 {
             self.heap.shrink_to(cap / 2);
         }
+    }
+
+    /// Moves the span down to cover `low` (an older task queued again): room for as many ids
+    /// below it again as the span holds, so re-queues below the span cost amortised O(1).
+    fn rebase(&mut self, low: u64) {
+        let base = low.saturating_sub(self.pos.len() as u64);
+        let shift = (self.base - base) as usize;
+        let mut pos = Vec::with_capacity(shift + self.pos.len());
+        pos.resize(shift, ABSENT);
+        pos.extend_from_slice(&self.pos);
+        self.pos = pos;
+        self.base = base;
     }
 
     /// `id`'s place in `pos`; only for ids in the span (queued ones).
@@ -228,8 +245,9 @@ mod tests {
         );
         // The next batch's span starts at its own ids; an older id still finds its place.
         q.push(TaskId(200_000), key(0, 2));
+        assert_eq!((q.base, q.pos.len()), (200_000, 1), "a span of one id");
         q.push(TaskId(7), key(0, 1));
-        assert!(q.pos.len() < 300_000);
+        assert!(q.base <= 7 && q.pos.len() < 300_000);
         assert_eq!(
             (q.pop(), q.pop(), q.pop()),
             (Some(TaskId(7)), Some(TaskId(200_000)), None)
