@@ -3,8 +3,8 @@
 #
 # Usage: scripts/bench.sh [--no-build] [--only W1,W2,...] [--repeat N]
 #   --no-build      use the binaries already in target/release
-#   --only LIST     run only these workloads (W1 W2 W3 W4 W5 W7 W8 W9 H1; W6 is W2 with the journal on)
-#   --repeat N      runs of each throughput workload (W1, W2, W5, W8); the median is reported (default 3;
+#   --only LIST     run only these workloads (W1 W2 W3 W4 W5 W7 W8 W9 W10 H1; W6 is W2 with the journal on)
+#   --repeat N      runs of each throughput workload (W1, W2, W5, W10); the median is reported (default 3;
 #                   W1 runs at least 3 times and reports its worst run)
 #   BENCH_OUT=DIR   where results.json and the run's logs go (default: bench/ in the repo)
 #   BENCH_TMP=DIR   parent of the scratch folder (default: $TMPDIR or /tmp)
@@ -231,24 +231,24 @@ for mode in journal nojournal; do
     extra "w2_${mode}_host_busy_steal_pct" "$(json_strs "${busy[@]}")"
 done
 
-# ---- W8 watched dispatch (issue 10) --------------------------------------------------------
+# ---- W10 watched dispatch (issue 10; W8 until issue 13) -----------------------------------------------
 # W2 (journal on) with one SSE reader on /api/v1/events and a scrape of /metrics every 100 ms,
 # against W2 unwatched on the same master in the same run (the two batches alternate which goes
 # first, so the second one's 200,000 extra finished tasks weigh on both). Watching must not slow
 # dispatch: target >= 0.85x.
-if want W8; then
+if want W10; then
     ratios=() plain=() watched=() scrapes=() sse=()
     for r in $(seq "$REPEAT"); do
-        start_master "w8-$r" journal
-        HTTP=$(cat "$SCRATCH/w8-$r/http-port")
-        start_workers "w8-$r" 2 64
+        start_master "w10-$r" journal
+        HTTP=$(cat "$SCRATCH/w10-$r/http-port")
+        start_workers "w10-$r" 2 64
         order="plain watched"; [ $((r % 2)) = 0 ] && order="watched plain"
         for kind in $order; do
             watchers=()
             if [ "$kind" = watched ]; then
-                curl -sN "http://$HTTP/api/v1/events" >"$LOGS/w8-$r.events" 2>/dev/null &
+                curl -sN "http://$HTTP/api/v1/events" >"$LOGS/w10-$r.events" 2>/dev/null &
                 watchers+=("$!")
-                : >"$LOGS/w8-$r.scrapes"
+                : >"$LOGS/w10-$r.scrapes"
                 # One process on one keep-alive connection, as Prometheus scrapes: a curl per
                 # scrape would measure process starts on a 2-core host, not the master.
                 python3 -c '
@@ -261,12 +261,12 @@ with open(sys.argv[2], "a") as out:
         reply.read()
         print(reply.status, file=out, flush=True)
         time.sleep(0.1)
-' "$HTTP" "$LOGS/w8-$r.scrapes" 2>>"$LOGS/w8-$r.scraper.log" &
+' "$HTTP" "$LOGS/w10-$r.scrapes" 2>>"$LOGS/w10-$r.scraper.log" &
                 watchers+=("$!")
                 PIDS+=("${watchers[@]}")
                 # Both are connected before the batch starts.
                 for i in $(seq 100); do
-                    [ -s "$LOGS/w8-$r.scrapes" ] && [ -s "$LOGS/w8-$r.events" ] && break
+                    [ -s "$LOGS/w10-$r.scrapes" ] && [ -s "$LOGS/w10-$r.events" ] && break
                     sleep 0.02
                 done
             fi
@@ -283,23 +283,23 @@ with open(sys.argv[2], "a") as out:
             fi
         done
         ratios+=("$(calc "${watched[-1]} / ${plain[-1]}" 3)")
-        scrapes+=("$(grep -c '^200$' "$LOGS/w8-$r.scrapes" || true)")
-        sse+=("$(grep -c '^event: ' "$LOGS/w8-$r.events" || true)")
+        scrapes+=("$(grep -c '^200$' "$LOGS/w10-$r.scrapes" || true)")
+        sse+=("$(grep -c '^event: ' "$LOGS/w10-$r.events" || true)")
         stop_all
-        echo "W8 watched dispatch run $r ($order): watched ${watched[-1]} tasks/s, plain ${plain[-1]} tasks/s (${ratios[-1]}x; ${scrapes[-1]} scrapes, ${sse[-1]} events)"
+        echo "W10 watched dispatch run $r ($order): watched ${watched[-1]} tasks/s, plain ${plain[-1]} tasks/s (${ratios[-1]}x; ${scrapes[-1]} scrapes, ${sse[-1]} events)"
     done
     mid=$(for i in "${!ratios[@]}"; do echo "${ratios[$i]} $i"; done | sort -g | awk -v n="${#ratios[@]}" 'NR == int((n + 1) / 2) { print $2 }')
-    row W8 "W2 + SSE reader + /metrics every 100 ms" "${watched[$mid]}" tasks/s higher 0.85 "W2 unwatched" "${plain[$mid]}"
-    extra "w8_watched_tasks_per_s" "$(json_list "${watched[@]}")"
-    extra "w8_plain_tasks_per_s" "$(json_list "${plain[@]}")"
-    extra "w8_scrapes" "$(json_list "${scrapes[@]}")"
-    extra "w8_sse_events" "$(json_list "${sse[@]}")"
+    row W10 "W2 + SSE reader + /metrics every 100 ms" "${watched[$mid]}" tasks/s higher 0.85 "W2 unwatched" "${plain[$mid]}"
+    extra "w10_watched_tasks_per_s" "$(json_list "${watched[@]}")"
+    extra "w10_plain_tasks_per_s" "$(json_list "${plain[@]}")"
+    extra "w10_scrapes" "$(json_list "${scrapes[@]}")"
+    extra "w10_sse_events" "$(json_list "${sse[@]}")"
 fi
 
 # ---- W9 dispatch beside a loud task (issue 11) ---------------------------------------------
 # W2 (journal on) while one task prints 200 MB to stdout (streamed to the master, whose log
 # store keeps the first 64 MiB, --log-limit), against W2 alone on the same master in the same run
-# (alternating which goes first, as W8 does). Output must not slow dispatch (target >= 0.8x) and
+# (alternating which goes first, as W10 does). Output must not slow dispatch (target >= 0.8x) and
 # must stay bounded in memory: master and worker peak RSS (VmHWM) < 100 MiB. The master's peak is
 # read after the same print alone on the fresh master (the 400,000 tasks of the two batches cost
 # memory of their own, W4's figure), the workers' at the end of the run.
@@ -384,25 +384,70 @@ for mode in journal nojournal; do
 done
 
 # ---- W4 memory -----------------------------------------------------------------------------
+# 10,000,000 queued tasks on a master with no workers (issue 13): RSS per queued task (settled,
+# VmRSS after the ids came back; the peak, VmHWM, beside it) <= 128 B, and accepted (the client's
+# submit returns the ids) in <= 15 s.
+W4_COUNT=10000000
 for mode in journal nojournal; do
     want W4 || break
     start_master "w4-$mode" "$mode"
     sleep 0.3
     before=$(rss_kb "$MPID")
     now; t0=$NOW
-    "$MASTER" submit --master "$ADDR" --count 1000000 --sleep 1ms >/dev/null
+    "$MASTER" submit --master "$ADDR" --count "$W4_COUNT" --sleep 1ms >/dev/null
     now; t1=$NOW
     after=$(rss_kb "$MPID")
     hwm=$(hwm_kb "$MPID")
     stop_all
-    per_task=$(calc "($after - $before) * 1024 / 1000000" 1)
-    echo "W4 memory ($(tag_of $mode)): RSS $before -> $after KiB, $per_task B per queued task"
-    row W4 "RSS per queued task (1M), $(tag_of $mode)" "$per_task" B lower 1024 "" ""
+    per_task=$(calc "($after - $before) * 1024 / $W4_COUNT" 1)
+    peak_per_task=$(calc "($hwm - $before) * 1024 / $W4_COUNT" 1)
+    accept_s=$(calc "($t1 - $t0) / 1e9" 2)
+    echo "W4 memory ($(tag_of $mode)): RSS $before -> $after KiB (peak $hwm KiB), $per_task B per queued task (peak $peak_per_task B), accepted in $accept_s s"
+    row W4 "RSS per queued task (10M), $(tag_of $mode)" "$per_task" B lower 128 "" ""
+    row W4 "10M accepted (ids returned), $(tag_of $mode)" "$accept_s" s lower 15 "" ""
     extra "w4_${mode}_rss_before_kb" "$before"
     extra "w4_${mode}_rss_after_kb" "$after"
     extra "w4_${mode}_hwm_kb" "$hwm"
-    extra "w4_${mode}_submit_s" "$(calc "($t1 - $t0) / 1e9")"
+    extra "w4_${mode}_submit_s" "$accept_s"
 done
+
+# ---- W8 finished tasks (issue 13) ----------------------------------------------------------
+# Master RSS per finished task, journal on: VmRSS once the batch is done (--wait returned)
+# minus VmRSS before it, over the batch's size. Outcomes and tails live in the journal, so a
+# task's output must not cost RAM: 1,000,000 zero-length tasks, 20,000 commands printing 2 KB,
+# 2,000 printing 64 KiB (the tail limit), each after a warm-up tenth; target <= 96 B per finished
+# task for each.
+if want W8; then
+    head -c 2048 /dev/zero | tr '\0' x >"$SCRATCH/2k.txt"
+    head -c 65536 /dev/zero | tr '\0' y >"$SCRATCH/64k.txt"
+    for kind in zero 2k 64k; do
+        case $kind in
+            zero) n=1000000; what="1M zero-length"; args=(--sleep 0ms) ;;
+            2k) n=20000; what="20k printing 2 KB"; args=(-- cat "$SCRATCH/2k.txt") ;;
+            64k) n=2000; what="2k printing 64 KiB"; args=(-- cat "$SCRATCH/64k.txt") ;;
+        esac
+        start_master "w8-$kind" journal
+        start_workers "w8-$kind" 2 64
+        # A warm-up batch of the same tasks first: the first few thousand fault in the code of
+        # the paths they take (the binary's pages count in VmRSS) and grow the heap, buffers and
+        # SQLite's cache once; W8 is what each further finished task costs.
+        "$MASTER" submit --master "$ADDR" --count "$((n / 10))" --wait "${args[@]}" >/dev/null
+        sleep 0.3
+        before=$(rss_kb "$MPID")
+        now; t0=$NOW
+        "$MASTER" submit --master "$ADDR" --count "$n" --wait "${args[@]}" >/dev/null
+        now; t1=$NOW
+        after=$(rss_kb "$MPID")
+        hwm=$(hwm_kb "$MPID")
+        stop_all
+        per_task=$(calc "($after - $before) * 1024 / $n" 1)
+        echo "W8 finished tasks ($what): RSS $before -> $after KiB (peak $hwm KiB), $per_task B per finished task, $(calc "($t1 - $t0) / 1e9" 2) s"
+        row W8 "RSS per finished task, $what, journal on" "$per_task" B lower 96 "" ""
+        extra "w8_${kind}_rss_before_kb" "$before"
+        extra "w8_${kind}_rss_after_kb" "$after"
+        extra "w8_${kind}_hwm_kb" "$hwm"
+    done
+fi
 
 # ---- W5 fan-in -----------------------------------------------------------------------------
 # 1,000 simulated workers (one ballast-load process, one thread) on one master, journal on.

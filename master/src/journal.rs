@@ -160,6 +160,9 @@ const FINAL_BLOB_FLUSH_BYTES: usize = 4 << 20;
 /// not pin its disk space forever.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 
+/// What the finals buffer keeps allocated between turns.
+const FINAL_BUF_KEEP_BYTES: usize = 256 << 10;
+
 /// Entries of the uncommitted-finals list kept allocated between commits (16 B each).
 const COMMITTED_KEEP: usize = 1 << 16;
 
@@ -1060,9 +1063,10 @@ impl Journal {
             .map_err(|e| self.sqlite_error(e))?;
         self.finals_seq = seq;
         self.final_buf.clear();
-        // Only a single huge record grows it this far (flushes happen at FINAL_BLOB_FLUSH_BYTES).
-        if self.final_buf.capacity() > 2 * FINAL_BLOB_FLUSH_BYTES {
-            self.final_buf.shrink_to(FINAL_BLOB_FLUSH_BYTES);
+        // A busy turn grows it to FINAL_BLOB_FLUSH_BYTES (a huge record past it); an idle
+        // master must not keep megabytes for it (W8 counts the master's RSS).
+        if self.final_buf.capacity() > FINAL_BUF_KEEP_BYTES {
+            self.final_buf.shrink_to(FINAL_BUF_KEEP_BYTES);
         }
         Ok(())
     }

@@ -32,14 +32,18 @@ struct Entry {
 }
 
 const ABSENT: u32 = u32::MAX;
-/// An empty queue keeps at most this many entries' room (a burst's is freed once it drained).
-const EMPTY_KEEP: usize = 4096;
+
+/// Below this many entries a drained queue keeps its allocations.
+const KEEP_ENTRIES: usize = 1024;
 
 #[derive(Debug, Default)]
 pub struct TaskQueue {
     heap: Vec<Entry>,
-    /// `pos[id]` is the id's index in `heap`, or `ABSENT`.
+    /// `pos[id - base]` is the id's index in `heap`, or `ABSENT`. It spans only the ids queued
+    /// since the queue was last empty (then it is freed and `base` moves on), so a master that
+    /// has run millions of tasks does not keep 4 bytes for each of them (issue 13, W8).
     pos: Vec<u32>,
+    base: u64,
 }
 
 impl TaskQueue {
@@ -105,17 +109,36 @@ impl TaskQueue {
         let last = self.heap.len() - 1;
         self.swap(at, last);
         self.heap.pop();
-        self.pos[id.0 as usize] = ABSENT;
-        if self.heap.is_empty() && self.heap.capacity() > EMPTY_KEEP {
-            // Drained after a burst (a million queued tasks hold 24 MiB here): give it back.
-            self.heap = Vec::new();
-        }
+        let idx = self.index(id);
+        self.pos[idx] = ABSENT;
         if at < self.heap.len() {
             // The moved entry may belong above or below its new place.
             self.sift_up(at);
             self.sift_down(at);
         }
+        self.shrink();
         true
+    }
+
+    /// Gives back what a drained burst grew: all of `pos` once the queue is empty, and half of
+    /// `heap` whenever it is three-quarters empty (amortised O(1) per removal).
+    fn shrink(&mut self) {
+        if self.heap.is_empty() {
+            if self.pos.len() > KEEP_ENTRIES {
+                self.pos = Vec::new();
+            } else {
+                self.pos.clear();
+            }
+        }
+        let cap = self.heap.capacity();
+        if cap > KEEP_ENTRIES && self.heap.len() < cap / 4 {
+            self.heap.shrink_to(cap / 2);
+        }
+    }
+
+    /// `id`'s place in `pos`; only for ids in the span (queued ones).
+    fn index(&self, id: TaskId) -> usize {
+        (id.0 - self.base) as usize
     }
 
     /// Queued ids in no particular order.
@@ -124,7 +147,8 @@ impl TaskQueue {
     }
 
     fn slot(&self, id: TaskId) -> Option<usize> {
-        match self.pos.get(id.0 as usize) {
+        let idx = usize::try_from(id.0.checked_sub(self.base)?).ok()?;
+        match self.pos.get(idx) {
             Some(&p) if p != ABSENT => Some(p as usize),
             _ => None,
         }
@@ -132,8 +156,9 @@ impl TaskQueue {
 
     fn swap(&mut self, a: usize, b: usize) {
         self.heap.swap(a, b);
-        self.pos[self.heap[a].id.0 as usize] = a as u32;
-        self.pos[self.heap[b].id.0 as usize] = b as u32;
+        let (ia, ib) = (self.index(self.heap[a].id), self.index(self.heap[b].id));
+        self.pos[ia] = a as u32;
+        self.pos[ib] = b as u32;
     }
 
     fn sift_up(&mut self, mut at: usize) {
@@ -188,6 +213,27 @@ mod tests {
         q.push(TaskId(5), key(-1, 5));
         let order: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|t| t.0).collect();
         assert_eq!(order, vec![2, 4, 1, 3, 5]);
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_memory_back() {
+        let mut q = TaskQueue::new();
+        for i in 1..=100_000 {
+            q.push(TaskId(i), key(0, i));
+        }
+        while q.pop().is_some() {}
+        assert_eq!(
+            (q.pos.capacity(), q.heap.capacity() <= 2 * KEEP_ENTRIES),
+            (0, true)
+        );
+        // The next batch's span starts at its own ids; an older id still finds its place.
+        q.push(TaskId(200_000), key(0, 2));
+        q.push(TaskId(7), key(0, 1));
+        assert!(q.pos.len() < 300_000);
+        assert_eq!(
+            (q.pop(), q.pop(), q.pop()),
+            (Some(TaskId(7)), Some(TaskId(200_000)), None)
+        );
     }
 
     #[test]
