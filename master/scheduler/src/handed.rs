@@ -7,8 +7,8 @@
 //! earlier incarnation are not known at all (assignments are not journaled), so for those only
 //! what the master can still check is checked (see `Core::may_report`).
 
+use crate::id_hash::IdHashMap;
 use protocol::{Attempt, TaskId, TaskRef, WorkerId};
-use std::collections::HashMap;
 
 /// Runs kept per task: a task loses at most `max_retries + 1` primary runs, and a handful of
 /// copies. Beyond this the oldest is forgotten (its late result is then dropped and the task
@@ -18,7 +18,7 @@ const MAX_PER_TASK: usize = 8;
 #[derive(Debug, Default)]
 pub struct GivenUp {
     /// Only looked up by task, never iterated.
-    runs: HashMap<TaskId, Vec<(WorkerId, Attempt)>>,
+    runs: IdHashMap<TaskId, Vec<(WorkerId, Attempt)>>,
 }
 
 impl GivenUp {

@@ -1,15 +1,16 @@
 //! `Holds`: queued tasks kept out of the queue until a time (retry backoff, and the grace period
 //! after a restart), by release time and by task, the two kept together.
 
+use crate::id_hash::IdHashMap;
 use protocol::TaskId;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 #[derive(Debug, Default)]
 pub struct Holds {
     /// Ordered by release time, then id: tasks are released in one deterministic order.
     by_time: BTreeSet<(u64, TaskId)>,
     /// Each held task's release time; only looked up, never iterated.
-    by_task: HashMap<TaskId, u64>,
+    by_task: IdHashMap<TaskId, u64>,
 }
 
 impl Holds {

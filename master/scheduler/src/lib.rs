@@ -27,6 +27,7 @@ mod forget;
 mod group_commit;
 mod handed;
 mod holds;
+mod id_hash;
 mod jobs;
 mod log_limit;
 mod logs;
@@ -51,6 +52,7 @@ use events::{Event as StreamEvent, Events};
 pub use group_commit::{GroupCommit, COMMIT_BATCH_MAX, COMMIT_WINDOW_US};
 use handed::GivenUp;
 use holds::Holds;
+use id_hash::IdHashMap;
 pub use jobs::JobRecord;
 use log::{debug, info, log, warn, Level};
 use log_limit::LogLimiter;
@@ -326,7 +328,7 @@ pub struct Core {
     holds: Holds,
     /// Tasks given back by a worker (`Retracted`), and that worker: the next placement of each
     /// goes elsewhere if it can, or rebalancing could hand it straight back. Only looked up.
-    avoid: HashMap<TaskId, WorkerId>,
+    avoid: IdHashMap<TaskId, WorkerId>,
     /// Unstarted runs on prefetching workers, for displacement by higher priorities.
     unstarted: Unstarted,
     /// Run time per unit of `size`, for speculation.
@@ -383,7 +385,7 @@ impl Core {
             dirty: false,
             next_sweep_ms: None,
             holds: Holds::default(),
-            avoid: HashMap::new(),
+            avoid: IdHashMap::default(),
             unstarted: Unstarted::default(),
             estimate: RunEstimate::default(),
             epochs: Epochs::fresh(incarnation),

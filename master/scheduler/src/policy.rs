@@ -29,9 +29,10 @@
 //! - **largest-first**: the largest `size` first, then submit order (the LPT rule: starting the
 //!   long tasks early keeps them from forming the tail of a batch).
 
+use crate::id_hash::IdHashMap;
 use protocol::WorkerId;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -216,14 +217,14 @@ pub struct Placement {
     ordered: BTreeSet<LoadKey>,
     /// Each eligible worker's current key: to remove it from `ordered` on update, and for
     /// power-of-two to compare its two draws. Only looked up, never iterated.
-    keys: HashMap<WorkerId, LoadKey>,
+    keys: IdHashMap<WorkerId, LoadKey>,
     /// Workers with a free slot in join order (round-robin).
     by_id: BTreeSet<WorkerId>,
     last_pick: Option<WorkerId>,
     /// Workers with a free slot, in no particular order, and where each sits (power-of-two).
     pool: Vec<WorkerId>,
     /// Where each worker sits in `pool`; only looked up.
-    pool_index: HashMap<WorkerId, usize>,
+    pool_index: IdHashMap<WorkerId, usize>,
     rng: SplitMix64,
 }
 
@@ -240,11 +241,11 @@ impl Placement {
         Placement {
             kind,
             ordered: BTreeSet::new(),
-            keys: HashMap::new(),
+            keys: IdHashMap::default(),
             by_id: BTreeSet::new(),
             last_pick: None,
             pool: Vec::new(),
-            pool_index: HashMap::new(),
+            pool_index: IdHashMap::default(),
             rng: SplitMix64::new(seed),
         }
     }

@@ -11,6 +11,7 @@
 //! handshake, a missed deadline). A closed connection is forgotten at once; the `Close` output
 //! tells the shell to flush and drop it.
 
+use crate::id_hash::IdHashMap;
 use crate::log_limit::LogLimiter;
 use crate::{Output, Record};
 use log::{debug, warn};
@@ -18,7 +19,7 @@ use protocol::auth::{self, RoleTag};
 use protocol::{
     FromMaster, Incarnation, RejectKind, Role, ToMaster, WorkerId, WorkerInfo, PROTOCOL_VERSION,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 /// The shell's handle for one connection (the mio token's value); the core never interprets it.
@@ -268,7 +269,7 @@ struct Conn {
 pub struct Sessions {
     config: SessionConfig,
     /// Only looked up by id, never iterated: its hash order decides nothing.
-    conns: HashMap<ConnId, Conn>,
+    conns: IdHashMap<ConnId, Conn>,
     /// Pending handshakes by deadline, and delayed refusals by their time: expiries go out in one
     /// deterministic order.
     handshakes: BTreeSet<(u64, ConnId)>,
@@ -306,7 +307,7 @@ impl Sessions {
     pub fn new(config: SessionConfig) -> Self {
         Sessions {
             config,
-            conns: HashMap::new(),
+            conns: IdHashMap::default(),
             handshakes: BTreeSet::new(),
             workers: BTreeMap::new(),
             clients: BTreeMap::new(),

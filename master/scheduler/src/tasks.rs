@@ -1,13 +1,13 @@
 //! `TaskTable`: every task the master has accepted, indexed by id, with per-state counts kept as
 //! tasks move so `status` never scans the table. All state transitions happen here.
 
+use crate::id_hash::IdHashMap;
 use crate::jobs::JobTable;
 use crate::stored::StoredAt;
 use crate::{RestoreError, RestoredTask};
 use protocol::{
     Attempt, Incarnation, JobId, TaskId, TaskOutcome, TaskRef, TaskSpec, TaskState, WorkerId,
 };
-use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -268,7 +268,7 @@ pub struct TaskTable {
     jobs: JobTable,
     /// The outcomes of final tasks that are not `stored`: finished since the last journal
     /// commit, or every one without a journal (`--no-journal` keeps outputs in memory).
-    held: HashMap<TaskId, FinalResult>,
+    held: IdHashMap<TaskId, FinalResult>,
 }
 
 impl TaskTable {
@@ -281,7 +281,7 @@ impl TaskTable {
             counts: [0; STATES],
             incarnation,
             jobs: JobTable::default(),
-            held: HashMap::new(),
+            held: IdHashMap::default(),
         }
     }
 
