@@ -111,15 +111,19 @@ impl TaskQueue {
         let Some(at) = self.slot(id) else {
             return false;
         };
-        let last = self.heap.len() - 1;
-        self.swap(at, last);
-        self.heap.pop();
         let idx = self.index(id);
         self.pos[idx] = ABSENT;
+        let Some(last) = self.heap.pop() else {
+            return false;
+        };
         if at < self.heap.len() {
-            // The moved entry may belong above or below its new place.
-            self.sift_up(at);
-            self.sift_down(at);
+            // The last entry fills the hole; it may belong above or below it.
+            self.place(at, last);
+            if at > 0 && last.key.before(&self.heap[(at - 1) / 2].key) {
+                self.sift_up(at);
+            } else {
+                self.sift_down(at);
+            }
         }
         self.shrink();
         true
@@ -171,26 +175,36 @@ impl TaskQueue {
         }
     }
 
-    fn swap(&mut self, a: usize, b: usize) {
-        self.heap.swap(a, b);
-        let (ia, ib) = (self.index(self.heap[a].id), self.index(self.heap[b].id));
-        self.pos[ia] = a as u32;
-        self.pos[ib] = b as u32;
+    /// Puts `e` at `at` and records where it now sits.
+    fn place(&mut self, at: usize, e: Entry) {
+        let idx = self.index(e.id);
+        self.pos[idx] = at as u32;
+        self.heap[at] = e;
     }
 
+    /// Moves the entry at `at` up to where it belongs: parents move down into the hole, the
+    /// entry is written once.
     fn sift_up(&mut self, mut at: usize) {
+        let e = self.heap[at];
         while at > 0 {
             let parent = (at - 1) / 2;
-            if !self.heap[at].key.before(&self.heap[parent].key) {
+            if !e.key.before(&self.heap[parent].key) {
                 break;
             }
-            self.swap(at, parent);
+            self.place(at, self.heap[parent]);
             at = parent;
         }
+        self.place(at, e);
     }
 
-    fn sift_down(&mut self, mut at: usize) {
+    /// Moves the entry at `at` down to where it belongs. Bottom-up: the hole follows the better
+    /// child to a leaf (one comparison a level), then the entry climbs back. A pop moves the last
+    /// entry to the root, and in a FIFO queue that entry belongs at the bottom: it climbs
+    /// nothing, where a classic sift-down compares twice a level and swaps every level.
+    fn sift_down(&mut self, start: usize) {
         let n = self.heap.len();
+        let e = self.heap[start];
+        let mut at = start;
         loop {
             let left = 2 * at + 1;
             if left >= n {
@@ -202,12 +216,18 @@ impl TaskQueue {
             } else {
                 left
             };
-            if !self.heap[child].key.before(&self.heap[at].key) {
-                break;
-            }
-            self.swap(at, child);
+            self.place(at, self.heap[child]);
             at = child;
         }
+        while at > start {
+            let parent = (at - 1) / 2;
+            if !e.key.before(&self.heap[parent].key) {
+                break;
+            }
+            self.place(at, self.heap[parent]);
+            at = parent;
+        }
+        self.place(at, e);
     }
 }
 
