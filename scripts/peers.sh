@@ -20,14 +20,17 @@
 #       (2 workers x 2 slots; `parallel -j4`; Ray one node with 4 CPUs); submission order; makespan
 #       over the lower bound 36.2 s / 4 = 9.05 s. Process-running systems (Ballast's second row,
 #       parallel, HyperQueue) all run the same `sh -c 'sleep D && : >STAMP'`, and the makespan ends
-#       at the last stamp's mtime (HyperQueue's wait client polls once a second). Ballast's sleep
+#       at the last stamp's mtime (HyperQueue's wait client polls once a second; file times move
+#       in kernel ticks, 4 ms here, so that end can be up to a tick early). Ballast's sleep
 #       rows and Dask and Ray run in-process sleeps (Ballast's worker timer, a Python function).
 #   W1  N `true` on 2 slots (2 workers x 1 slot; `xargs -P2`, `parallel -j2`; Dask and Ray run it
 #       with subprocess.run), tasks/s and the ratio to `seq N | xargs -P2 -n1 true` of the same run.
-# Every cluster starts fresh and is warmed up before its clock starts (Ballast: workers alive).
+# Every cluster starts fresh and is warmed up before its clock starts (Ballast: workers alive;
+# journal on, the default).
 # A peer that cannot be installed or run is reported as skipped with the reason; the script fails
 # only when Ballast itself cannot run. Every process is stopped by PID (Python peers by the process
-# group the script gave them). Not part of .ci/run: it installs packages and takes ~10 minutes.
+# group the script gave them). Not part of .ci/run: it installs packages (about a minute) and its
+# runs take about 7 minutes here.
 set -euo pipefail
 export LC_ALL=C # EPOCHREALTIME and printf use the locale's decimal point
 
@@ -47,7 +50,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY=",${2:?--only needs a list},"; shift ;;
         --repeat) REPEAT=${2:?--repeat needs a number}; shift ;;
         --w1-tasks) W1_TASKS=${2:?--w1-tasks needs a number}; shift ;;
-        -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "peers.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
