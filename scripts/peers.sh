@@ -268,8 +268,10 @@ load_1m() { cut -d' ' -f1 /proc/loadavg; }
 run_py() {
     local system=$1 workload=$2 dir=$3 limit=$4
     mkdir -p "$dir"
-    setsid "$VENV/bin/python" "$ROOT/scripts/lib/peers.py" "$system" "$workload" "$W1_TASKS" "$dir" \
-        >"$dir/driver.log" 2>&1 &
+    # TMPDIR: HyperQueue's workers and Dask make folders of their own in the temp dir; keep them
+    # in the scratch folder, which the trap removes.
+    TMPDIR=$dir setsid "$VENV/bin/python" "$ROOT/scripts/lib/peers.py" "$system" "$workload" \
+        "$W1_TASKS" "$dir" >"$dir/driver.log" 2>&1 &
     local pgid=$! end=$((SECONDS + limit)) rc=0
     PGROUPS+=("$pgid")
     while kill -0 "$pgid" 2>/dev/null && ((SECONDS < end)); do sleep 0.1; done
