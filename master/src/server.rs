@@ -387,7 +387,13 @@ impl Server {
                     token => {
                         let id = ConnId(token.0);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(now, id);
+                            // With the peer's end closed, read on until the 0 that says so.
+                            let drained = if event.is_read_closed() || event.is_error() {
+                                Drained::AtWouldBlock
+                            } else {
+                                Drained::AtShortRead
+                            };
+                            self.read_until(now, id, drained);
                         }
                         if event.is_writable() {
                             self.touch(id);
@@ -1009,6 +1015,11 @@ impl Server {
     /// Reads until the socket would block (or the turn's budget is spent), handing every whole
     /// frame to the core.
     fn read(&mut self, now: u64, id: ConnId) {
+        self.read_until(now, id, Drained::AtWouldBlock);
+    }
+
+    /// [`Server::read`], stopping where `drained` says the socket is empty.
+    fn read_until(&mut self, now: u64, id: ConnId, drained: Drained) {
         let Some(conn) = self.conns.get_mut(id) else {
             return; // a late event for a connection we already closed
         };
@@ -1024,6 +1035,7 @@ impl Server {
         let total_bytes = self.unsent_total;
         let mut failure: Option<ReadFailure> = None;
         let mut budget = READ_BUDGET_BYTES;
+        let mut emptied = false;
         loop {
             // Decode as we go so the buffer holds at most one partial frame plus one read; frames
             // left by an earlier pause go first.
@@ -1045,6 +1057,9 @@ impl Server {
                 }
                 Ok(Decoded::All) => {}
             }
+            if emptied {
+                break;
+            }
             if budget == 0 {
                 self.more_input.push(id);
                 break;
@@ -1057,6 +1072,7 @@ impl Server {
                 Ok(n) => {
                     conn.decoder.extend(&self.scratch[..n]);
                     budget = budget.saturating_sub(n);
+                    emptied = drained == Drained::AtShortRead && n < self.scratch.len();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1466,6 +1482,18 @@ enum ReadFailure {
     /// The bytes are not our protocol (a bad length or an undecodable frame).
     #[error("protocol error: {0}")]
     Frame(FrameError),
+}
+
+/// When a read of a socket may stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// Only at `WouldBlock` (or the peer's 0).
+    AtWouldBlock,
+    /// Also at a read shorter than asked: TCP hands over everything queued up to the length
+    /// asked, so the socket was empty, and bytes arriving later raise a new edge. Saves one
+    /// `recv` per event (a worker's frame is one short read). Not when the event says the
+    /// peer closed: its 0 may already be queued behind the data, with no edge to come.
+    AtShortRead,
 }
 
 /// How far [`decode_all`] got.
