@@ -534,7 +534,8 @@ impl SimThread {
             for event in events.iter() {
                 let key = event.token().0;
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    self.read(key, totals);
+                    let closed = event.is_read_closed() || event.is_error();
+                    self.read(key, closed, totals);
                 }
                 if event.is_writable() {
                     self.mark(key);
@@ -554,8 +555,9 @@ impl SimThread {
         }
     }
 
-    /// Reads until WouldBlock; every `Assign` becomes an immediate success.
-    fn read(&mut self, key: usize, totals: &Totals) {
+    /// Reads until WouldBlock (or a short read, unless the event said `closed`); every `Assign`
+    /// becomes an immediate success.
+    fn read(&mut self, key: usize, closed: bool, totals: &Totals) {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -573,6 +575,11 @@ impl SimThread {
                 Ok(n) => {
                     c.decoder.extend(&self.scratch[..n]);
                     totals.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    // A short read emptied the socket (TCP hands over all it holds), and what
+                    // comes later raises a new edge: one `recv` less per frame, as the master.
+                    if n < self.scratch.len() && !closed {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
