@@ -219,7 +219,10 @@ const READ_CHUNK: usize = 16 << 10;
 /// not stop while thousands more connect: the master would declare them dead).
 const CONNECT_SLICE: Duration = Duration::from_millis(5);
 
+/// One thread's counters: each thread has its own, on cache lines of their own (counted per frame,
+/// shared ones bounced between the cores on every update); the report sums them.
 #[derive(Default)]
+#[repr(align(128))]
 struct Totals {
     connected: AtomicUsize,
     /// Connections the master closed (or that failed) while we ran.
@@ -264,12 +267,14 @@ fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         .with_context(|| format!("resolving {}", args.target.master))?
         .next()
         .context("address resolved to nothing")?;
-    let totals = Arc::new(Totals::default());
+    let threads = args.threads.min(args.count);
+    let all: Vec<Arc<Totals>> = (0..threads).map(|_| Arc::default()).collect();
+    let count = |f: fn(&Totals) -> u64| all.iter().map(|t| f(t)).sum::<u64>();
+    let connected = || count(|t| t.connected.load(Ordering::Relaxed) as u64);
     let started = Instant::now();
     let deadline = started + args.duration;
-    let threads = args.threads.min(args.count);
     let mut handles = Vec::new();
-    for t in 0..threads {
+    for (t, totals) in all.iter().enumerate() {
         // Worker n goes to thread n % threads.
         let mine: Vec<usize> = (t..args.count).step_by(threads).collect();
         let totals = totals.clone();
@@ -287,7 +292,7 @@ fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         }));
     }
     // Tell the driver when every connection is up (it waits for this line).
-    while totals.connected.load(Ordering::Relaxed) < args.count
+    while connected() < args.count as u64
         && !handles.iter().any(|h| h.is_finished())
         && !STOP.load(Ordering::Relaxed)
     {
@@ -302,7 +307,7 @@ fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         .unwrap_or_default();
     eprintln!(
         "ready: {} simulated workers connected in {connect_s:.2} s{rss}",
-        totals.connected.load(Ordering::Relaxed)
+        connected()
     );
     let mut failure = None;
     for h in handles {
@@ -314,7 +319,11 @@ fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         // One thread failing (e.g. connect refused) stops the others too.
         STOP.store(true, Ordering::Relaxed);
     }
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let get = |f: fn(&Totals) -> &AtomicU64| {
+        all.iter()
+            .map(|t| f(t).load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
     let master_report = master.map(|ready| {
         let end = MasterSample::take(ready.pid);
         let cpu_pct = match (ready.cpu_ticks, end.cpu_ticks) {
@@ -335,16 +344,16 @@ fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         "workers": args.count,
         "threads": threads,
         "slots": args.slots,
-        "connected": totals.connected.load(Ordering::Relaxed),
+        "connected": connected(),
         "connect_s": connect_s,
-        "lost": totals.lost.load(Ordering::Relaxed),
+        "lost": count(|t| t.lost.load(Ordering::Relaxed) as u64),
         "run_s": started.elapsed().as_secs_f64(),
-        "tasks": get(&totals.tasks),
-        "assign_frames": get(&totals.assign_frames),
-        "finished_frames": get(&totals.finished_frames),
-        "heartbeats": get(&totals.heartbeats),
-        "bytes_in": get(&totals.bytes_in),
-        "bytes_out": get(&totals.bytes_out),
+        "tasks": get(|t| &t.tasks),
+        "assign_frames": get(|t| &t.assign_frames),
+        "finished_frames": get(|t| &t.finished_frames),
+        "heartbeats": get(|t| &t.heartbeats),
+        "bytes_in": get(|t| &t.bytes_in),
+        "bytes_out": get(|t| &t.bytes_out),
         "master": master_report,
     });
     println!("{report}");
