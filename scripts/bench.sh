@@ -642,7 +642,8 @@ for r in "${ROWS[@]}"; do
     ratio="" ref="" met=null
     if [ -n "$peer" ]; then
         ratio=$(calc "$value / $peer" 2)
-        met=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r >= t) ? "true" : "false" }')
+        # From the figures, not the rounded ratio: 0.496 is shown as 0.50 but does not meet 0.5.
+        met=$(awk -v v="$value" -v p="$peer" -v t="$target" 'BEGIN { print (v / p >= t) ? "true" : "false" }')
         ref="$peer_label $peer, want >= ${target}x"
     elif [ -n "$target" ]; then
         ratio=$(calc "$value / $target" 2)
