@@ -256,6 +256,19 @@ impl Placement {
 
     /// Records a worker's new capacity; a worker without a free slot leaves the candidate set.
     pub fn update(&mut self, worker: WorkerId, cap: Capacity) {
+        // Held already as it would be (a heartbeat with the same load, as most are): nothing
+        // moves. Not for power-of-two, whose re-insertion reorders its pool and so its draws.
+        let unchanged = cap.free() > 0
+            && match self.kind {
+                PolicyKind::LeastLoaded | PolicyKind::Weighted => {
+                    self.keys.get(&worker) == Some(&self.key(worker, cap))
+                }
+                PolicyKind::RoundRobin => self.by_id.contains(&worker),
+                PolicyKind::PowerOfTwo => false,
+            };
+        if unchanged {
+            return;
+        }
         self.remove(worker);
         if cap.free() == 0 {
             return;

@@ -48,8 +48,7 @@ impl Core {
         }
         let idle: u32 = self
             .workers
-            .iter()
-            .filter(|w| w.is_alive() && w.ready)
+            .idle()
             .map(|w| (w.info.slots as usize).saturating_sub(w.busy()) as u32)
             .sum();
         if idle == 0 {
