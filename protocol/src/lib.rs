@@ -18,6 +18,7 @@ pub mod messages;
 pub mod names;
 pub mod plural;
 pub mod tls;
+pub mod transport;
 
 pub use cause::Cause;
 pub use codec::{encode_frame, FrameDecoder, FrameError, MAX_FRAME};
