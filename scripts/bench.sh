@@ -450,20 +450,39 @@ if want W8; then
 fi
 
 # ---- W5 fan-in -----------------------------------------------------------------------------
-# 1,000 simulated workers (one ballast-load process, one thread) on one master, journal on.
+# W5_WORKERS simulated workers x 4 slots (one ballast-load process, W5_THREADS mio loops) on one
+# master, journal on. Per run: the master's RSS idle (listening, no connection yet) and with every
+# worker connected, its CPU over a 3 s window of heartbeats only (the master's default 1 s
+# interval), then the W2 batch over them. The issue-13 targets: <= 16 KiB of RSS per connection
+# above idle, <= 15% of a core for the heartbeats, the batch >= 0.5x W2 (journal on).
+W5_WORKERS=${W5_WORKERS:-10000}
+W5_THREADS=${W5_THREADS:-2}
 if want W5; then
-    rates=() runcpu=() hbcpu=() busy=() rss1000=()
+    rates=() runcpu=() hbcpu=() busy=() rssidle=() rssfull=() perconn=() connect=()
     for r in $(seq "$REPEAT"); do
         busy+=("$(host_busy_pct)")
-        start_master "w5-$r" journal
-        "$LOAD" workers --master "$ADDR" --count 1000 --slots 4 --duration 10m \
-            >"$SCRATCH/w5-$r.json" 2>"$LOGS/w5-$r.load.log" &
+        # Room for the workers, the status and submit clients and the HTTP side.
+        start_master "w5-$r" journal --max-connections $(( W5_WORKERS + 100 ))
+        sleep 0.5
+        rssidle+=("$(rss_kb "$MPID")")
+        "$LOAD" workers --master "$ADDR" --count "$W5_WORKERS" --threads "$W5_THREADS" --slots 4 \
+            --duration 10m >"$SCRATCH/w5-$r.json" 2>"$LOGS/w5-$r.load.log" &
         LPID=$!
         PIDS+=("$LPID")
-        wait_alive 1000
+        # The load generator says when every connection is up; then the master must agree.
+        now; t0=$NOW
+        for i in $(seq 1200); do
+            grep -q '^ready:' "$LOGS/w5-$r.load.log" 2>/dev/null && break
+            kill -0 "$LPID" 2>/dev/null || break
+            sleep 0.1
+        done
+        now; t1=$NOW
+        connect+=("$(calc "($t1 - $t0) / 1e9" 2)")
+        wait_alive "$W5_WORKERS"
         sleep 1
-        rss1000+=("$(rss_kb "$MPID")")
-        # Heartbeats only: 1,000 Load frames a second.
+        rssfull+=("$(rss_kb "$MPID")")
+        perconn+=("$(calc "(${rssfull[-1]} - ${rssidle[-1]}) / $W5_WORKERS" 2)")
+        # Heartbeats only: W5_WORKERS Load frames a second.
         c0=$(cpu_ticks "$MPID"); now; t0=$NOW
         sleep 3
         c1=$(cpu_ticks "$MPID"); now; t1=$NOW
@@ -478,22 +497,28 @@ if want W5; then
         wait "$LPID" 2>/dev/null || true
         [ "$r" = 1 ] && extra w5_load_generator "$(cat "$SCRATCH/w5-$r.json" 2>/dev/null || echo null)"
         stop_all
-        echo "W5 fan-in run $r: ${rates[-1]} tasks/s, master CPU ${runcpu[-1]}% during, ${hbcpu[-1]}% heartbeats only (host busy/steal ${busy[-1]}% before)"
+        echo "W5 fan-in run $r ($W5_WORKERS workers, connected in ${connect[-1]} s): ${rates[-1]} tasks/s, master CPU ${runcpu[-1]}% during, ${hbcpu[-1]}% heartbeats only; RSS ${rssidle[-1]} KiB idle, ${rssfull[-1]} KiB connected, ${perconn[-1]} KiB per connection (host busy/steal ${busy[-1]}% before)"
     done
     rate=$(printf '%s\n' "${rates[@]}" | median)
     # Compared with W2 (journal on) of this same run; without it, the figure stands alone.
     if [ -n "$W2_RATE_JOURNAL" ]; then
-        row W5 "fan-in 1000 workers x 4, 200k, journal on" "$rate" tasks/s higher 0.5 "W2 journal on" "$W2_RATE_JOURNAL"
+        row W5 "fan-in $W5_WORKERS workers x 4, 200k, journal on" "$rate" tasks/s higher 0.5 "W2 journal on" "$W2_RATE_JOURNAL"
     else
-        row W5 "fan-in 1000 workers x 4, 200k, journal on" "$rate" tasks/s higher "" "" ""
+        row W5 "fan-in $W5_WORKERS workers x 4, 200k, journal on" "$rate" tasks/s higher "" "" ""
     fi
-    row W5 "master CPU, heartbeats only" "$(printf '%s\n' "${hbcpu[@]}" | median)" "% core" lower "" "" ""
+    row W5 "master RSS per connection above idle" "$(printf '%s\n' "${perconn[@]}" | median)" KiB lower 16 "" ""
+    row W5 "master CPU, heartbeats only" "$(printf '%s\n' "${hbcpu[@]}" | median)" "% core" lower 15 "" ""
     row W5 "master CPU, during the batch" "$(printf '%s\n' "${runcpu[@]}" | median)" "% core" lower "" "" ""
-    row W5 "master RSS with 1000 workers" "$(calc "$(printf '%s\n' "${rss1000[@]}" | median) / 1024" 1)" MiB lower "" "" ""
+    row W5 "master RSS with $W5_WORKERS workers" "$(calc "$(printf '%s\n' "${rssfull[@]}" | median) / 1024" 1)" MiB lower "" "" ""
+    extra w5_workers "$W5_WORKERS"
+    extra w5_load_threads "$W5_THREADS"
     extra w5_tasks_per_s "$(json_list "${rates[@]}")"
     extra w5_master_cpu_pct_batch "$(json_list "${runcpu[@]}")"
     extra w5_master_cpu_pct_heartbeats "$(json_list "${hbcpu[@]}")"
-    extra w5_master_rss_kb "$(json_list "${rss1000[@]}")"
+    extra w5_master_rss_idle_kb "$(json_list "${rssidle[@]}")"
+    extra w5_master_rss_kb "$(json_list "${rssfull[@]}")"
+    extra w5_master_rss_per_conn_kb "$(json_list "${perconn[@]}")"
+    extra w5_connect_s "$(json_list "${connect[@]}")"
     extra w5_host_busy_steal_pct "$(json_strs "${busy[@]}")"
 fi
 

@@ -42,6 +42,10 @@ fn decode_as<T: serde::de::DeserializeOwned>(seed: u8, stream: &[u8], via_spare:
                 }
             }
         }
+        // Giving memory back between reads loses nothing.
+        if state & 0x100 != 0 {
+            dec.shrink();
+        }
         // At most one partial frame plus one read is ever buffered.
         assert!(dec.buffered() <= MAX_FRAME + 4 + 64 || broken);
     }

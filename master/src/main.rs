@@ -72,8 +72,10 @@ struct ServeArgs {
     /// Write the HTTP listener's bound address (host:port) to this file once listening.
     #[arg(long, value_name = "FILE")]
     http_port_file: Option<PathBuf>,
-    /// Most connections served at once; more are closed on accept.
-    #[arg(long, default_value_t = 10_000)]
+    /// Most connections served at once (10,000 workers and their clients fit); more are closed
+    /// on accept. The master raises its open-file limit to the hard limit for them, and warns if
+    /// that stays too low.
+    #[arg(long, default_value_t = 16_384)]
     max_connections: usize,
     /// Folder of the journal (SQLite, WAL): accepted tasks and results survive a crash.
     #[arg(long, value_name = "DIR", default_value = "ballast-data")]
@@ -227,6 +229,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..ServerConfig::default()
     };
+    master::fd_limit::ensure_room_for(config.max_connections, "--max-connections");
     let server = Server::bind(&args.listen, config.clone())?;
     let addr = server.local_addr().context("reading the bound address")?;
     log_listening(addr, &config);

@@ -1,7 +1,10 @@
 //! The IO shell: one single-threaded `mio` loop that moves bytes between sockets and the sans-IO
 //! [`Core`](crate::core::Core), and tells it the time. It makes no scheduling decisions.
 //!
-//! Per connection: a `FrameDecoder` and one reused write buffer. WRITABLE interest is registered only
+//! Per connection: a `FrameDecoder` and one write buffer, both small while idle: sockets are read
+//! into one scratch buffer of the server's and only what arrived is kept, and a buffer grown for a
+//! large frame is given back once it has gone (10,000 idle workers cost a few KiB each). WRITABLE
+//! interest is registered only
 //! while that buffer holds bytes; a turn writes each connection at most twice: before the journal
 //! commit (frames to workers), and after it (client replies gated on the commit). The poll timeout
 //! is the core's next deadline.
@@ -47,8 +50,15 @@ const STOP: Token = Token(usize::MAX - 2);
 const HTTP_SWEEP_MS: u64 = 1_000;
 /// A whole request (head and body) must have arrived this long after its first byte.
 const HTTP_REQUEST_TIMEOUT_MS: u64 = 60_000;
-/// Bytes asked of the kernel per read; also the decoder's growth step.
+/// Bytes asked of the kernel per read, into `Server::scratch` (shared by every connection).
 const READ_CHUNK: usize = 64 << 10;
+/// Connections accepted from one listener per turn. IMPORTANT: a crowd connecting at once (10,000
+/// workers after a master restart) must not starve the connections already open; the rest wait in
+/// the kernel's backlog for the next turn (`Server::accept_more`, which makes it come at once).
+const ACCEPT_BATCH: usize = 256;
+/// A write buffer holding more than this once everything is written is freed: a large reply
+/// (a status, a batch of results) must not stay pinned to a connection that may idle for days.
+const WRITE_IDLE_CAPACITY: usize = 4 << 10;
 /// Bytes read from one connection per turn. IMPORTANT: what a turn decodes waits in the core's
 /// output until the end of the turn (a worker's streamed output, `Output::Log`), so a peer that
 /// sends faster than we read must not be read until `WouldBlock`: it gets this much a turn, the
@@ -119,7 +129,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             core: CoreConfig::default(),
-            max_connections: 10_000,
+            max_connections: 16_384,
             max_write_buffer: 256 << 20,
             data_dir: None,
             accept_journal_loss: false,
@@ -222,6 +232,9 @@ pub struct Server {
     /// Connections whose read stopped at `READ_BUDGET_BYTES` with bytes left in the socket:
     /// read again next turn (mio is edge-triggered: no new event would say so).
     more_input: Vec<ConnId>,
+    /// A listener stopped at `ACCEPT_BATCH` with connections still waiting: accepted from again
+    /// next turn (edge-triggered: no new event would say so). Protocol, HTTP.
+    accept_more: (bool, bool),
     /// HTTP connections reading `/api/v1/events`; the core makes events while there is one.
     subscribers: Subscribers<ConnId>,
     conns: ConnTable<Connection>,
@@ -243,6 +256,8 @@ pub struct Server {
     group_commit: GroupCommit,
     /// Every task's full output (`crate::logs`).
     logs: LogStore,
+    /// Where every read lands first; a connection's decoder copies only the bytes that came.
+    scratch: Vec<u8>,
 }
 
 impl Server {
@@ -316,6 +331,7 @@ impl Server {
             next_http_sweep_ms: None,
             http_ready: Vec::new(),
             more_input: Vec::new(),
+            accept_more: (false, false),
             subscribers: Subscribers::default(),
             conns: ConnTable::default(),
             core,
@@ -329,6 +345,7 @@ impl Server {
             trim_due: false,
             group_commit: GroupCommit::default(),
             logs,
+            scratch: vec![0; READ_CHUNK],
         })
     }
 
@@ -370,13 +387,26 @@ impl Server {
                     token => {
                         let id = ConnId(token.0);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(now, id);
+                            // With the peer's end closed, read on until the 0 that says so.
+                            let drained = if event.is_read_closed() || event.is_error() {
+                                Drained::AtWouldBlock
+                            } else {
+                                Drained::AtShortRead
+                            };
+                            self.read_until(now, id, drained);
                         }
                         if event.is_writable() {
                             self.touch(id);
                         }
                     }
                 }
+            }
+            let (more, more_http) = std::mem::take(&mut self.accept_more);
+            if more {
+                self.accept(now);
+            }
+            if more_http {
+                self.accept_http(now);
             }
             for id in std::mem::take(&mut self.more_input) {
                 self.read(now, id);
@@ -599,7 +629,8 @@ impl Server {
         let http = self
             .next_http_sweep_ms
             .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
-        let more = (!self.more_input.is_empty()).then_some(Duration::ZERO);
+        let more = (!self.more_input.is_empty() || self.accept_more != (false, false))
+            .then_some(Duration::ZERO);
         // Pages to give back: the next step soon, but not a busy loop.
         let vacuum = self
             .journal
@@ -612,8 +643,12 @@ impl Server {
             .min()
     }
 
+    /// Accepts up to `ACCEPT_BATCH` connections.
     fn accept(&mut self, now: u64) {
-        while let Some((stream, addr)) = accept_one(&self.listener, "") {
+        for _ in 0..ACCEPT_BATCH {
+            let Some((stream, addr)) = accept_one(&self.listener, "") else {
+                return;
+            };
             let mut nonce = vec![0u8; NONCE_LEN];
             if let Err(e) = getrandom::fill(&mut nonce) {
                 error!("refused {addr}: no randomness for the handshake nonce: {e}");
@@ -624,12 +659,13 @@ impl Server {
                 self.core.handle_connect(now, id, addr.to_string(), nonce);
             }
         }
+        self.accept_more.0 = true;
     }
 
-    /// Accepts HTTP connections until none wait. They share the table, and the limit, with the
-    /// protocol's connections.
+    /// Accepts up to `ACCEPT_BATCH` HTTP connections. They share the table, and the limit, with
+    /// the protocol's connections.
     fn accept_http(&mut self, now: u64) {
-        loop {
+        for _ in 0..ACCEPT_BATCH {
             let Some(listener) = &self.http_listener else {
                 return;
             };
@@ -651,6 +687,7 @@ impl Server {
                 debug!("accepted HTTP {addr}");
             }
         }
+        self.accept_more.1 = true;
     }
 
     /// Puts an accepted stream in the table, registered for reading, under `--max-connections`;
@@ -975,8 +1012,14 @@ impl Server {
         }
     }
 
-    /// Reads until the socket would block, handing every whole frame to the core.
+    /// Reads until the socket would block (or the turn's budget is spent), handing every whole
+    /// frame to the core.
     fn read(&mut self, now: u64, id: ConnId) {
+        self.read_until(now, id, Drained::AtWouldBlock);
+    }
+
+    /// [`Server::read`], stopping where `drained` says the socket is empty.
+    fn read_until(&mut self, now: u64, id: ConnId, drained: Drained) {
         let Some(conn) = self.conns.get_mut(id) else {
             return; // a late event for a connection we already closed
         };
@@ -992,6 +1035,7 @@ impl Server {
         let total_bytes = self.unsent_total;
         let mut failure: Option<ReadFailure> = None;
         let mut budget = READ_BUDGET_BYTES;
+        let mut emptied = false;
         loop {
             // Decode as we go so the buffer holds at most one partial frame plus one read; frames
             // left by an earlier pause go first.
@@ -1013,35 +1057,33 @@ impl Server {
                 }
                 Ok(Decoded::All) => {}
             }
+            if emptied {
+                break;
+            }
             if budget == 0 {
                 self.more_input.push(id);
                 break;
             }
-            let spare = conn.decoder.spare(READ_CHUNK);
-            match conn.stream.read(spare) {
+            match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    conn.decoder.commit(READ_CHUNK, 0);
                     failure = Some(ReadFailure::Closed);
                     break;
                 }
                 Ok(n) => {
-                    conn.decoder.commit(READ_CHUNK, n);
+                    conn.decoder.extend(&self.scratch[..n]);
                     budget = budget.saturating_sub(n);
+                    emptied = drained == Drained::AtShortRead && n < self.scratch.len();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.decoder.commit(READ_CHUNK, 0);
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    conn.decoder.commit(READ_CHUNK, 0);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    conn.decoder.commit(READ_CHUNK, 0);
                     failure = Some(ReadFailure::Io(e));
                     break;
                 }
             }
         }
+        // Only a frame still arriving (or waiting for the core) keeps its memory.
+        conn.decoder.shrink();
         if let Some(reason) = failure {
             let addr = conn.addr;
             if let ReadFailure::Frame(_) = reason {
@@ -1442,6 +1484,18 @@ enum ReadFailure {
     Frame(FrameError),
 }
 
+/// When a read of a socket may stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// Only at `WouldBlock` (or the peer's 0).
+    AtWouldBlock,
+    /// Also at a read shorter than asked: TCP hands over everything queued up to the length
+    /// asked, so the socket was empty, and bytes arriving later raise a new edge. Saves one
+    /// `recv` per event (a worker's frame is one short read). Not when the event says the
+    /// peer closed: its 0 may already be queued behind the data, with no edge to come.
+    AtShortRead,
+}
+
 /// How far [`decode_all`] got.
 enum Decoded {
     /// Every whole frame went to the core.
@@ -1516,9 +1570,8 @@ fn write_out(c: &mut Connection) -> io::Result<()> {
     if c.out_pos == c.out.len() {
         c.out.clear();
         c.out_pos = 0;
-        // Do not pin a huge buffer after one large reply.
-        if c.out.capacity() > 1 << 20 {
-            c.out.shrink_to(64 << 10);
+        if c.out.capacity() > WRITE_IDLE_CAPACITY {
+            c.out = Vec::new();
         }
     } else if c.out_pos > c.out.len() / 2 {
         c.out.drain(..c.out_pos);

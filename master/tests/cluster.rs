@@ -366,3 +366,65 @@ fn a_prefetched_task_never_starts_before_a_higher_priority_one() {
     assert!(started(high[0]) <= started(low[2]));
     assert!(c.master_log().contains("displaces prefetched task"));
 }
+
+/// Fan-in (issue 13): a crowd of worker connections, the load generator's simulated workers,
+/// all pass the handshake and all get work. `scripts/bench.sh` W5 runs the full 10,000.
+#[test]
+fn two_hundred_worker_connections_handshake_and_all_get_work() {
+    const WORKERS: usize = 200;
+    const TASKS: usize = 4_000;
+    let c = Cluster::start(&["--max-connections", "300"]);
+    let mut load = std::process::Command::new(env!("CARGO_BIN_EXE_ballast-load"))
+        .args([
+            "workers",
+            "--master",
+            &c.addr,
+            "--count",
+            &WORKERS.to_string(),
+        ])
+        .args(["--threads", "2", "--slots", "2", "--duration", "2m"])
+        .args(["--master-pid", &c.master_pid().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ballast-load starts");
+    c.wait_for_workers(WORKERS);
+    let out = c.cli(&[
+        "submit",
+        "--count",
+        &TASKS.to_string(),
+        "--sleep",
+        "0ms",
+        "--wait",
+    ]);
+    assert!(
+        out.status.success(),
+        "submit --wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = c.results();
+    assert_eq!(by_state(&results, "succeeded").len(), TASKS);
+    let mut ran_some: Vec<&str> = results
+        .iter()
+        .filter_map(|r| r["worker"].as_str())
+        .collect();
+    ran_some.sort_unstable();
+    ran_some.dedup();
+    assert_eq!(ran_some.len(), WORKERS, "every connection got work");
+    // SAFETY: kill only signals the child we started (not reaped yet, so its pid is its own).
+    let rc = unsafe { libc::kill(load.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let mut report = String::new();
+    use std::io::Read;
+    load.stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut report)
+        .expect("the report");
+    let _ = load.wait();
+    let report: Value = serde_json::from_str(report.trim()).expect("one JSON report");
+    assert_eq!(report["connected"], WORKERS, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["tasks"], TASKS, "{report}");
+    assert!(report["master"]["rss_kb_ready"].is_u64(), "{report}");
+}

@@ -68,12 +68,20 @@ pub fn encoded_len<T: Serialize>(msg: &T) -> usize {
     c.0
 }
 
+/// Capacity [`FrameDecoder::shrink`] lets a decoder keep; a larger buffer (grown for a large frame,
+/// or for one large read) is given back. Small because a master holds one decoder per connection
+/// (10,000 workers): a heartbeat or a worker's batch of results fits.
+pub const IDLE_CAPACITY: usize = 4 << 10;
+
 /// Reassembles frames from a byte stream split in any way. Sans-IO: the caller reads from its socket
 /// and hands the bytes over with [`FrameDecoder::extend`] (or reads straight into [`FrameDecoder::spare`]).
 ///
-/// Memory is bounded: the buffer holds at most one partial frame (≤ `MAX_FRAME`) plus one read.
-/// Bytes are zeroed only when the buffer grows, never per read: `buf[..]` is all initialised and
-/// the data lives in `buf[start..end]`.
+/// Memory is bounded and follows what is in flight: the buffer holds at most one partial frame
+/// (≤ `MAX_FRAME`) plus one read, and grows to a frame's whole size once its header has arrived.
+/// [`FrameDecoder::shrink`] gives back what the frame in flight does not need (a caller with
+/// many idle streams calls it when a read turn is over; one that reads with `spare` keeps its
+/// buffer, which is zeroed only where it grows). Bytes are never zeroed by `extend`: `buf[..]`
+/// is all initialised and the data lives in `buf[start..end]`.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
@@ -81,6 +89,8 @@ pub struct FrameDecoder {
     start: usize,
     /// One past the last received byte.
     end: usize,
+    /// Header and body of the frame whose header has arrived but not all of its body; 0 when none.
+    in_flight: usize,
     /// Sticky: once the stream is broken it stays broken.
     failed: bool,
 }
@@ -90,11 +100,12 @@ impl FrameDecoder {
         Self::default()
     }
 
-    /// Adds bytes read from the stream.
+    /// Adds bytes read from the stream (copied, not zeroed first).
     pub fn extend(&mut self, bytes: &[u8]) {
-        let spare = self.spare(bytes.len());
-        spare.copy_from_slice(bytes);
-        self.end += bytes.len();
+        self.compact();
+        self.buf.truncate(self.end);
+        self.buf.extend_from_slice(bytes);
+        self.end = self.buf.len();
     }
 
     /// A writable region of exactly `len` bytes after the data; call [`FrameDecoder::commit`] with
@@ -116,6 +127,11 @@ impl FrameDecoder {
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.end - self.start
+    }
+
+    /// Bytes of memory the decoder holds (for tests and accounting).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The next whole message, `Ok(None)` if more bytes are needed. After an error every call
@@ -140,6 +156,7 @@ impl FrameDecoder {
             });
         }
         if avail.len() < HEADER_LEN + len {
+            self.in_flight = HEADER_LEN + len;
             // Reserve once for the whole frame instead of growing read by read.
             let need = self.end - self.start + HEADER_LEN + len;
             if self.buf.capacity() < need {
@@ -147,6 +164,7 @@ impl FrameDecoder {
             }
             return Ok(None);
         }
+        self.in_flight = 0;
         let body = &avail[HEADER_LEN..HEADER_LEN + len];
         let result = bincode::serde::decode_from_slice::<T, _>(body, config());
         self.start += HEADER_LEN + len;
@@ -179,11 +197,26 @@ impl FrameDecoder {
             self.end -= self.start;
             self.start = 0;
         }
-        // A connection that once sent a huge frame should not keep that memory forever.
-        const KEEP: usize = 64 << 10;
-        if self.buf.len() > 1 << 20 && self.end < KEEP {
-            self.buf.truncate(KEEP);
-            self.buf.shrink_to(KEEP);
+    }
+
+    /// Gives back memory beyond what the bytes held and the frame in flight need, keeping at most
+    /// [`IDLE_CAPACITY`] beyond that; an empty decoder holding more keeps nothing. So an idle
+    /// stream costs at most `IDLE_CAPACITY` whatever it once sent. A buffer within twice the
+    /// frame in flight is kept: a large frame arriving over many reads is not reallocated.
+    pub fn shrink(&mut self) {
+        let need = self.in_flight.max(self.end - self.start);
+        let keep = need.max(IDLE_CAPACITY);
+        if self.buf.capacity() <= keep || (need > IDLE_CAPACITY && self.buf.capacity() <= 2 * need)
+        {
+            return;
+        }
+        self.compact();
+        self.buf.truncate(self.end);
+        if self.end == 0 {
+            // Nothing left: the next read allocates what it brings.
+            self.buf = Vec::new();
+        } else {
+            self.buf.shrink_to(keep);
         }
     }
 }
@@ -321,6 +354,73 @@ mod tests {
     }
 
     #[test]
+    fn memory_grows_for_a_large_frame_and_shrinks_after() {
+        let large = ToMaster::Submit {
+            specs: vec![TaskSpec::new(TaskKind::Command {
+                argv: vec!["x".repeat(300_000)],
+                env: Vec::new(),
+                cwd: None,
+            })],
+            count: 1,
+            name: None,
+        };
+        let mut bytes = Vec::new();
+        encode_frame(&large, &mut bytes).expect("encodes");
+        let frame_len = bytes.len();
+        encode_frame(&ToMaster::Status, &mut bytes).expect("encodes");
+        let mut dec = FrameDecoder::new();
+        dec.extend(&bytes[..1000]);
+        assert_eq!(dec.next_frame::<ToMaster>().expect("valid"), None);
+        let reserved = dec.capacity();
+        assert!(reserved >= frame_len, "the whole frame is reserved at once");
+        dec.shrink();
+        assert_eq!(
+            dec.capacity(),
+            reserved,
+            "kept while the frame is in flight"
+        );
+        for chunk in bytes[1000..].chunks(64 << 10) {
+            dec.extend(chunk);
+            dec.shrink();
+            assert_eq!(dec.capacity(), reserved, "no reallocation read by read");
+        }
+        assert_eq!(decode_all(&mut dec), vec![large, ToMaster::Status]);
+        dec.shrink();
+        assert_eq!(dec.capacity(), 0, "nothing held once decoded");
+
+        // Small frames keep a small buffer; one large read of them is given back, all but the
+        // start of a frame that has not fully arrived.
+        let (mut small, mut count) = (Vec::new(), 0);
+        while small.len() < 100 << 10 {
+            encode_frame(&ToMaster::Status, &mut small).expect("encodes");
+            count += 1;
+        }
+        let whole = small.len();
+        encode_frame(
+            &ToMaster::Jobs {
+                ids: vec![JobId(1)],
+            },
+            &mut small,
+        )
+        .expect("encodes");
+        dec.extend(&small[..whole + 3]);
+        assert_eq!(decode_all(&mut dec).len(), count);
+        assert!(dec.capacity() > 100 << 10);
+        dec.shrink();
+        assert!(dec.capacity() <= IDLE_CAPACITY, "{}", dec.capacity());
+        assert_eq!(dec.buffered(), 3);
+        dec.extend(&small[whole + 3..]);
+        assert_eq!(
+            decode_all(&mut dec),
+            vec![ToMaster::Jobs {
+                ids: vec![JobId(1)]
+            }]
+        );
+        dec.shrink();
+        assert!(dec.capacity() <= IDLE_CAPACITY);
+    }
+
+    #[test]
     fn oversize_is_rejected_before_allocating() {
         let mut dec = FrameDecoder::new();
         dec.extend(&((MAX_FRAME as u32) + 1).to_be_bytes());
@@ -432,6 +532,10 @@ mod tests {
                 dec.extend(&bytes[at..end]);
                 at = end;
                 got.extend(decode_all(&mut dec));
+                // Memory given back between reads loses nothing.
+                if c % 2 == 0 {
+                    dec.shrink();
+                }
             }
             prop_assert_eq!(got, msgs);
         }

@@ -143,26 +143,22 @@ impl Core {
         if self.workers.prefetching() == 0 || self.pools.len() > 0 {
             return;
         }
-        let mut idle: Vec<(WorkerId, u32, Option<String>)> = Vec::new();
-        let mut donor: Option<(usize, WorkerId)> = None;
-        for w in self.workers.iter() {
-            if !w.is_alive() || !w.ready {
-                continue;
-            }
-            let busy = w.busy();
-            let slots = w.info.slots as usize;
-            if busy < slots {
-                idle.push((w.id, (slots - busy) as u32, w.info.group.clone()));
-            } else if busy > slots && w.retracting.is_empty() {
-                let backlog = busy - slots;
-                if donor.is_none_or(|(b, _)| backlog > b) {
-                    donor = Some((backlog, w.id));
-                }
-            }
-        }
-        let (Some((backlog, donor)), false) = (donor, idle.is_empty()) else {
+        // From the table's index: nothing here is O(workers) unless there is a donor, and a
+        // donor asked leaves the index until it answers.
+        let Some((backlog, donor)) = self.workers.donor() else {
             return;
         };
+        let idle: Vec<(WorkerId, u32, Option<String>)> = self
+            .workers
+            .idle()
+            .map(|w| {
+                let free = (w.info.slots as usize).saturating_sub(w.busy()) as u32;
+                (w.id, free, w.info.group.clone())
+            })
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
         // Unstarted tasks the idle workers may run, the ones the donor would start last first.
         let mut candidates: Vec<(i32, Reverse<u64>, TaskRef)> = Vec::new();
         if let Some(w) = self.workers.get(donor) {
@@ -189,7 +185,16 @@ impl Core {
         let free: u32 = idle.iter().map(|i| i.1).sum();
         let take = backlog.min(free as usize);
         let refs: Vec<TaskRef> = candidates.into_iter().take(take).map(|c| c.2).collect();
-        let names: Vec<&str> = idle.iter().filter_map(|i| self.workers.name(i.0)).collect();
+        // A few names: there may be thousands of idle workers.
+        const NAMED: usize = 5;
+        let mut names: Vec<String> = idle
+            .iter()
+            .take(NAMED)
+            .filter_map(|i| self.workers.name(i.0).map(str::to_string))
+            .collect();
+        if idle.len() > NAMED {
+            names.push(format!("and {} more", idle.len() - NAMED));
+        }
         let (donor_name, busy, slots) = self.workers.get(donor).map_or(("?", 0, 0), |w| {
             (w.info.name.as_str(), w.busy(), w.info.slots)
         });

@@ -2,9 +2,12 @@
 //!
 //! - `latency`: sequential submit → result round trips of one zero-length task from one in-process
 //!   client (`protocol::Connection`), recorded in an HDR histogram (workload W3).
-//! - `workers`: many simulated workers held by one or a few threads (mio), each answering `Assign`
-//!   with an immediate `Finished` and heartbeating like a real worker (workload W5). Each says
-//!   hello through the client library (`protocol::connection::handshake`), then goes non-blocking.
+//! - `workers`: many simulated workers (10,000 and more) held by one or a few threads (mio), each
+//!   answering `Assign` with an immediate `Finished` and heartbeating like a real worker (workload
+//!   W5). Each says hello through the client library (`protocol::connection::handshake`), then
+//!   goes non-blocking; a thread keeps the ones it has connected beating while it connects the
+//!   rest. It raises its own open-file limit, and with `--master-pid` reports the master's RSS
+//!   and CPU.
 //!
 //! It measures; it asserts nothing about the figures. Both subcommands print one JSON object on
 //! stdout at the end (human lines go to stderr), so the script can collect them.
@@ -20,7 +23,8 @@ use protocol::{
     encode_frame, Completion, Connection, FrameDecoder, FromMaster, LoadReport, Role, TaskKind,
     TaskOutcome, TaskSpec, ToMaster, WorkerInfo,
 };
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -104,6 +108,10 @@ struct WorkersArgs {
     /// Stop by itself after this long (SIGINT/SIGTERM stop it earlier).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     duration: Duration,
+    /// The master's process id (same host): its RSS when every worker is connected and at the
+    /// end, and its CPU in between, go into the report.
+    #[arg(long, value_name = "PID")]
+    master_pid: Option<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -205,8 +213,12 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 
 /// Longest poll wait: bounds how late a stop or a heartbeat is noticed.
 const TICK: Duration = Duration::from_millis(20);
-/// Small: a simulated worker only ever receives small `Assign` frames, and 1,000 decoders add up.
+/// Bytes per read, into the thread's one scratch buffer: a simulated worker only ever receives
+/// small `Assign` frames, and its decoder keeps only what arrived (10,000 decoders add up).
 const READ_CHUNK: usize = 16 << 10;
+/// Handshakes a thread does in a row before it serves the workers it has (their heartbeats must
+/// not stop while thousands more connect: the master would declare them dead).
+const CONNECT_SLICE: Duration = Duration::from_millis(5);
 
 #[derive(Default)]
 struct Totals {
@@ -224,6 +236,16 @@ struct Totals {
 fn workers(args: WorkersArgs) -> anyhow::Result<()> {
     if args.count == 0 || args.threads == 0 {
         bail!("--count and --threads must be at least 1");
+    }
+    // One descriptor per simulated worker, plus a few.
+    let wanted = args.count as u64 + master::fd_limit::RESERVED_FDS;
+    match master::fd_limit::raise_to_hard() {
+        Ok(limit) if limit < wanted => eprintln!(
+            "warning: the open-file limit is {limit}, below the {wanted} that {} workers need",
+            args.count
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot raise the open-file limit: {e}"),
     }
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
@@ -255,15 +277,13 @@ fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         let token = args.target.token().map(<[u8]>::to_vec);
         let (prefix, slots, heartbeat) = (args.name_prefix.clone(), args.slots, args.heartbeat);
         handles.push(thread::spawn(move || -> anyhow::Result<()> {
-            let mut sim = SimThread::connect(
+            let target = SimTarget {
                 addr,
-                token.as_deref(),
-                &prefix,
-                &mine,
+                token,
+                prefix,
                 slots,
-                heartbeat,
-                &totals,
-            )?;
+            };
+            let mut sim = SimThread::new(target, mine, heartbeat)?;
             sim.run(deadline, &totals)
         }));
     }
@@ -275,8 +295,14 @@ fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         thread::sleep(Duration::from_millis(5));
     }
     let connect_s = started.elapsed().as_secs_f64();
+    let master = args.master_pid.map(MasterSample::take);
+    let rss = master
+        .as_ref()
+        .and_then(|m| m.rss_kb)
+        .map(|kb| format!("; master RSS {kb} KiB"))
+        .unwrap_or_default();
     eprintln!(
-        "ready: {} simulated workers connected in {connect_s:.2} s",
+        "ready: {} simulated workers connected in {connect_s:.2} s{rss}",
         totals.connected.load(Ordering::Relaxed)
     );
     let mut failure = None;
@@ -290,6 +316,22 @@ fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         STOP.store(true, Ordering::Relaxed);
     }
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let master_report = master.map(|ready| {
+        let end = MasterSample::take(ready.pid);
+        let cpu_pct = match (ready.cpu_ticks, end.cpu_ticks) {
+            (Some(a), Some(b)) => {
+                let secs = end.at.duration_since(ready.at).as_secs_f64();
+                Some(100.0 * b.saturating_sub(a) as f64 / clock_ticks_per_s() / secs.max(1e-3))
+            }
+            _ => None,
+        };
+        serde_json::json!({
+            "pid": ready.pid,
+            "rss_kb_ready": ready.rss_kb,
+            "rss_kb_end": end.rss_kb,
+            "cpu_pct_ready_to_end": cpu_pct,
+        })
+    });
     let report = serde_json::json!({
         "workers": args.count,
         "threads": threads,
@@ -304,11 +346,56 @@ fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         "heartbeats": get(&totals.heartbeats),
         "bytes_in": get(&totals.bytes_in),
         "bytes_out": get(&totals.bytes_out),
+        "master": master_report,
     });
     println!("{report}");
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The master's RSS and CPU time at one moment, from `/proc` (Linux; `None` where unreadable).
+struct MasterSample {
+    pid: u32,
+    at: Instant,
+    rss_kb: Option<u64>,
+    cpu_ticks: Option<u64>,
+}
+
+impl MasterSample {
+    fn take(pid: u32) -> MasterSample {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+        let rss_kb = status.as_deref().and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        });
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        // utime and stime are fields 14 and 15; the name (field 2) may hold spaces, so count
+        // from its closing parenthesis.
+        let cpu_ticks = stat.as_deref().and_then(|text| {
+            let rest = &text[text.rfind(')')? + 1..];
+            let mut fields = rest.split_whitespace().skip(11);
+            let user: u64 = fields.next()?.parse().ok()?;
+            let system: u64 = fields.next()?.parse().ok()?;
+            Some(user + system)
+        });
+        MasterSample {
+            pid,
+            at: Instant::now(),
+            rss_kb,
+            cpu_ticks,
+        }
+    }
+}
+
+fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
     }
 }
 
@@ -325,51 +412,77 @@ struct SimConn {
     dirty: bool,
 }
 
+/// Where and as whom a thread's workers connect.
+struct SimTarget {
+    addr: std::net::SocketAddr,
+    token: Option<Vec<u8>>,
+    prefix: String,
+    slots: u32,
+}
+
 struct SimThread {
     poll: Poll,
+    target: SimTarget,
+    /// Worker numbers still to connect, the next one last.
+    to_connect: Vec<usize>,
     conns: Vec<SimConn>,
-    heartbeat: Duration,
-    /// (due, connection index), in due order: every connection has the same interval, so
-    /// re-appending after each beat keeps the queue sorted without a heap.
-    beats: VecDeque<(Instant, usize)>,
+    /// From `--heartbeat`, else from the first `Welcome`.
+    heartbeat: Option<Duration>,
+    /// (due, connection index), earliest first.
+    beats: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Connections with output this turn.
     dirty: Vec<usize>,
+    /// Every read lands here first; a connection's decoder copies only what arrived.
+    scratch: Vec<u8>,
 }
 
 impl SimThread {
-    #[allow(clippy::too_many_arguments)]
-    fn connect(
-        addr: std::net::SocketAddr,
-        token: Option<&[u8]>,
-        prefix: &str,
-        numbers: &[usize],
-        slots: u32,
+    fn new(
+        target: SimTarget,
+        mut numbers: Vec<usize>,
         heartbeat: Option<Duration>,
-        totals: &Totals,
     ) -> anyhow::Result<SimThread> {
-        let poll = Poll::new()?;
-        let mut conns = Vec::with_capacity(numbers.len());
-        let mut interval = heartbeat;
-        for &n in numbers {
-            if STOP.load(Ordering::Relaxed) {
+        numbers.reverse();
+        Ok(SimThread {
+            poll: Poll::new()?,
+            target,
+            conns: Vec::with_capacity(numbers.len()),
+            to_connect: numbers,
+            heartbeat,
+            beats: BinaryHeap::new(),
+            dirty: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
+        })
+    }
+
+    /// Connects workers for at most `CONNECT_SLICE`, each with its first beat one interval on.
+    fn connect_some(&mut self, totals: &Totals) -> anyhow::Result<()> {
+        let until = Instant::now() + CONNECT_SLICE;
+        while let Some(&n) = self.to_connect.last() {
+            if STOP.load(Ordering::Relaxed) || Instant::now() >= until {
                 break;
             }
+            self.to_connect.pop();
+            let t = &self.target;
             let info = WorkerInfo {
-                name: format!("{prefix}-{}-{n}", std::process::id()),
+                name: format!("{}-{}-{n}", t.prefix, std::process::id()),
                 host: "ballast-load".into(),
-                cpus: slots,
-                slots,
+                cpus: t.slots,
+                slots: t.slots,
                 pid: std::process::id(),
                 group: None,
                 prefetch: 0,
                 heartbeat_interval_ms: 0,
             };
-            let (stream, decoder, hb_ms) = handshake(addr, token, info)
-                .with_context(|| format!("simulated worker {n} connecting to {addr}"))?;
-            interval.get_or_insert(Duration::from_millis(hb_ms.max(1)));
+            let (stream, decoder, hb_ms) = handshake(t.addr, t.token.as_deref(), info)
+                .with_context(|| format!("simulated worker {n} connecting to {}", t.addr))?;
+            let interval = *self
+                .heartbeat
+                .get_or_insert(Duration::from_millis(hb_ms.max(1)));
             let mut stream = MioStream::from_std(stream);
-            let key = conns.len();
-            poll.registry()
+            let key = self.conns.len();
+            self.poll
+                .registry()
                 .register(&mut stream, Token(key), Interest::READABLE)?;
             let mut c = SimConn {
                 stream,
@@ -379,47 +492,41 @@ impl SimThread {
                 writable_interest: false,
                 finished: Vec::new(),
                 alive: true,
-                dirty: true,
+                dirty: false,
             };
             // A worker gets no work before it has said its load and what it still runs.
             encode_frame(&ToMaster::Load(LoadReport::default()), &mut c.out)?;
             encode_frame(&ToMaster::Running(Vec::new()), &mut c.out)?;
-            conns.push(c);
+            self.conns.push(c);
+            self.mark(key);
+            self.beats.push(Reverse((Instant::now() + interval, key)));
             totals.connected.fetch_add(1, Ordering::Relaxed);
         }
-        let heartbeat = interval.unwrap_or(Duration::from_secs(1));
-        // Spread the beats over one interval, as independent workers would be.
-        let now = Instant::now();
-        let n = conns.len().max(1) as u32;
-        let beats = (0..conns.len())
-            .map(|i| (now + heartbeat * (i as u32 + 1) / n, i))
-            .collect();
-        let dirty = (0..conns.len()).collect();
-        Ok(SimThread {
-            poll,
-            conns,
-            heartbeat,
-            beats,
-            dirty,
-        })
+        Ok(())
     }
 
     fn run(&mut self, deadline: Instant, totals: &Totals) -> anyhow::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
+            if !self.to_connect.is_empty() {
+                self.connect_some(totals)?;
+            }
             self.flush(totals)?;
             if STOP.load(Ordering::Relaxed) || Instant::now() >= deadline {
                 break;
             }
-            if self.conns.iter().all(|c| !c.alive) {
+            if self.to_connect.is_empty() && self.conns.iter().all(|c| !c.alive) {
                 break;
             }
-            let wait = self
-                .beats
-                .front()
-                .map(|&(at, _)| at.saturating_duration_since(Instant::now()))
-                .unwrap_or(TICK)
-                .min(TICK);
+            let wait = if self.to_connect.is_empty() {
+                self.beats
+                    .peek()
+                    .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
+                    .unwrap_or(TICK)
+                    .min(TICK)
+            } else {
+                Duration::ZERO // more to connect: only serve what is ready
+            };
             match self.poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -459,26 +566,18 @@ impl SimThread {
         let mut tasks = 0u64;
         let mut lost = false;
         loop {
-            let spare = c.decoder.spare(READ_CHUNK);
-            match c.stream.read(spare) {
+            match c.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    c.decoder.commit(READ_CHUNK, 0);
                     lost = true;
                     break;
                 }
                 Ok(n) => {
-                    c.decoder.commit(READ_CHUNK, n);
+                    c.decoder.extend(&self.scratch[..n]);
                     totals.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.decoder.commit(READ_CHUNK, 0);
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    c.decoder.commit(READ_CHUNK, 0);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    c.decoder.commit(READ_CHUNK, 0);
                     lost = true;
                     break;
                 }
@@ -507,6 +606,7 @@ impl SimThread {
                 }
             }
         }
+        c.decoder.shrink();
         if lost {
             c.alive = false;
             let _ = self.poll.registry().deregister(&mut c.stream);
@@ -519,18 +619,19 @@ impl SimThread {
 
     /// Sends the heartbeats that are due.
     fn beat(&mut self, now: Instant, totals: &Totals) -> anyhow::Result<()> {
-        while let Some(&(at, key)) = self.beats.front() {
+        let interval = self.heartbeat.unwrap_or(Duration::from_secs(1));
+        while let Some(&Reverse((at, key))) = self.beats.peek() {
             if at > now {
                 break;
             }
-            self.beats.pop_front();
+            self.beats.pop();
             let c = &mut self.conns[key];
             if !c.alive {
                 continue;
             }
             encode_frame(&ToMaster::Load(LoadReport::default()), &mut c.out)?;
             totals.heartbeats.fetch_add(1, Ordering::Relaxed);
-            self.beats.push_back((at + self.heartbeat, key));
+            self.beats.push(Reverse((at + interval, key)));
             self.mark(key);
         }
         Ok(())
