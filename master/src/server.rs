@@ -29,11 +29,16 @@ use crate::http::metrics::{self as exposition, ShellGauges};
 use crate::journal::{self, Journal, JournalError, JournalReader, OpenOptions, SharedJournal};
 use crate::logs::{LogLimits, LogStore, LogStoreError};
 use crate::stop_signal::StopSignal;
+use crate::tls_conn::{Received, TlsConn, TlsFailure};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use protocol::{auth::NONCE_LEN, encode_frame, FrameDecoder, FrameError, FromMaster, ToMaster};
+use protocol::tls::ServerTls;
+use protocol::{
+    auth::NONCE_LEN, encode_frame, FrameDecoder, FrameError, FromMaster, RejectKind, ToMaster,
+};
 use slab::Slab;
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +57,11 @@ const HTTP_SWEEP_MS: u64 = 1_000;
 const HTTP_REQUEST_TIMEOUT_MS: u64 = 60_000;
 /// Bytes asked of the kernel per read, into `Server::scratch` (shared by every connection).
 const READ_CHUNK: usize = 64 << 10;
+/// Bytes TLS decrypts per step, into `Server::tls_plaintext` (a record holds at most 16 KiB).
+const TLS_PLAINTEXT_CHUNK: usize = 16 << 10;
+/// How long a peer on a TLS port may stay silent before it is taken for a plaintext one waiting
+/// for our greeting (a TLS client speaks first, at once).
+const TLS_OPENING_MS: u64 = 1_000;
 /// Connections accepted from one listener per turn. IMPORTANT: a crowd connecting at once (10,000
 /// workers after a master restart) must not starve the connections already open; the rest wait in
 /// the kernel's backlog for the next turn (`Server::accept_more`, which makes it come at once).
@@ -123,6 +133,8 @@ pub struct ServerConfig {
     pub http_addr: Option<String>,
     /// Caps of the task log store (`--log-limit`, `--log-budget`).
     pub logs: LogLimits,
+    /// TLS on the protocol port (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +147,7 @@ impl Default for ServerConfig {
             accept_journal_loss: false,
             http_addr: None,
             logs: LogLimits::default(),
+            tls: None,
         }
     }
 }
@@ -189,6 +202,10 @@ struct Connection {
     progress_ms: u64,
     /// An HTTP connection (from the HTTP listener); `decoder` is then unused.
     http: Option<Box<HttpState>>,
+    /// Its TLS session, on a master with `--tls-cert` (protocol connections only).
+    tls: Option<Box<TlsConn>>,
+    /// Some byte arrived: a plaintext port checks the first for a TLS client's.
+    opened: bool,
 }
 
 /// What the shell keeps for one HTTP connection beyond the bytes.
@@ -258,6 +275,11 @@ pub struct Server {
     logs: LogStore,
     /// Where every read lands first; a connection's decoder copies only the bytes that came.
     scratch: Vec<u8>,
+    /// Where TLS sessions put what they decrypt, before the frame decoder takes it.
+    tls_plaintext: Vec<u8>,
+    /// TLS connections by the time their first byte is due (`TLS_OPENING_MS` after accept),
+    /// in accept order: a peer still silent then waits for a plaintext greeting.
+    unopened: VecDeque<(u64, ConnId)>,
 }
 
 impl Server {
@@ -346,6 +368,8 @@ impl Server {
             group_commit: GroupCommit::default(),
             logs,
             scratch: vec![0; READ_CHUNK],
+            tls_plaintext: Vec::new(),
+            unopened: VecDeque::new(),
         })
     }
 
@@ -413,6 +437,7 @@ impl Server {
             }
             self.core.handle_timeout(now);
             self.sweep_http(now);
+            self.refuse_silent_peers(now);
             self.end_turn(now)?;
             self.vacuum_step()?;
             if std::mem::take(&mut self.trim_due) {
@@ -631,13 +656,17 @@ impl Server {
             .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
         let more = (!self.more_input.is_empty() || self.accept_more != (false, false))
             .then_some(Duration::ZERO);
+        let unopened = self
+            .unopened
+            .front()
+            .map(|&(at, _)| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
         // Pages to give back: the next step soon, but not a busy loop.
         let vacuum = self
             .journal
             .as_ref()
             .filter(|j| journal::lock(j).vacuum_due())
             .map(|_| Duration::from_millis(VACUUM_STEP_MS));
-        [core, commit, http, more, vacuum]
+        [core, commit, http, more, vacuum, unopened]
             .into_iter()
             .flatten()
             .min()
@@ -714,6 +743,17 @@ impl Server {
             warn!("refused {kind}{addr}: no connection slot left");
             return None;
         };
+        let tls = match (&self.config.tls, &http) {
+            (Some(tls), None) => match tls.session() {
+                Ok(session) => Some(Box::new(TlsConn::new(session))),
+                Err(e) => {
+                    warn!("refused {addr}: {e}");
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        let opening_deadline = tls.as_ref().map(|_| now + TLS_OPENING_MS);
         if let Err(e) = self
             .poll
             .registry()
@@ -737,8 +777,13 @@ impl Server {
                 paused: false,
                 progress_ms: now,
                 http,
+                tls,
+                opened: false,
             },
         );
+        if let Some(deadline) = opening_deadline {
+            self.unopened.push_back((deadline, id));
+        }
         Some(id)
     }
 
@@ -1036,6 +1081,7 @@ impl Server {
         let mut failure: Option<ReadFailure> = None;
         let mut budget = READ_BUDGET_BYTES;
         let mut emptied = false;
+        let mut tls_ended = false;
         loop {
             // Decode as we go so the buffer holds at most one partial frame plus one read; frames
             // left by an earlier pause go first.
@@ -1070,9 +1116,38 @@ impl Server {
                     break;
                 }
                 Ok(n) => {
-                    conn.decoder.extend(&self.scratch[..n]);
+                    let bytes = &self.scratch[..n];
                     budget = budget.saturating_sub(n);
                     emptied = drained == Drained::AtShortRead && n < self.scratch.len();
+                    if let Some(tls) = conn.tls.as_deref_mut() {
+                        if self.tls_plaintext.is_empty() {
+                            self.tls_plaintext = vec![0; TLS_PLAINTEXT_CHUNK];
+                        }
+                        let decoder = &mut conn.decoder;
+                        match tls.receive(bytes, &mut self.tls_plaintext, |p| decoder.extend(p)) {
+                            Ok(Received::More) => {}
+                            Ok(Received::Ended) => {
+                                // What came before the end is decoded first.
+                                tls_ended = true;
+                                emptied = true;
+                            }
+                            Ok(Received::Opening(_)) => {
+                                failure = Some(ReadFailure::PlaintextOnTls);
+                                break;
+                            }
+                            Err(e) => {
+                                failure = Some(ReadFailure::Tls(e));
+                                break;
+                            }
+                        }
+                    } else {
+                        if !conn.opened && protocol::tls::starts_tls(bytes[0]) {
+                            failure = Some(ReadFailure::TlsOnPlaintext);
+                            break;
+                        }
+                        conn.decoder.extend(bytes);
+                    }
+                    conn.opened = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1084,15 +1159,77 @@ impl Server {
         }
         // Only a frame still arriving (or waiting for the core) keeps its memory.
         conn.decoder.shrink();
+        if failure.is_none() && tls_ended {
+            failure = Some(ReadFailure::Closed);
+        }
+        let mut handshake_out = false;
+        if let Some(tls) = conn.tls.as_deref_mut() {
+            if let Some((version, suite, ms)) = tls.newly_established() {
+                debug!(
+                    "{}: TLS established ({version}, {suite}, {ms} ms)",
+                    conn.addr
+                );
+            }
+            handshake_out = tls.wants_write();
+        }
         if let Some(reason) = failure {
             let addr = conn.addr;
-            if let ReadFailure::Frame(_) = reason {
-                warn!("{addr}: {reason}; closing");
-            } else {
-                debug!("{addr}: {reason}");
+            match reason {
+                ReadFailure::Frame(_) | ReadFailure::Tls(_) | ReadFailure::TlsOnPlaintext => {
+                    warn!("{addr}: {reason}; closing")
+                }
+                ReadFailure::PlaintextOnTls => return self.refuse_plaintext(now, id),
+                ReadFailure::Closed | ReadFailure::Io(_) => debug!("{addr}: {reason}"),
             }
             self.core.handle_disconnect(now, id, &reason);
             self.remove(id);
+        } else if handshake_out {
+            self.touch(id);
+        }
+    }
+
+    /// A peer without TLS on a TLS port: one plaintext refusal it can read (in place of the
+    /// greeting it waits for, or after its `Hello`), a log line, and the connection closed.
+    fn refuse_plaintext(&mut self, now: u64, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        warn!(
+            "refused plaintext connection from {}: this master speaks TLS (the peer needs \
+             --tls-ca)",
+            conn.addr
+        );
+        let mut frame = Vec::new();
+        let refusal = FromMaster::Rejected {
+            reason: "this master speaks TLS".into(),
+            kind: RejectKind::TlsRequired,
+        };
+        if encode_frame(&refusal, &mut frame).is_ok() {
+            // A few dozen bytes into an empty socket buffer: one write takes them or nothing
+            // would (the peer then sees a closed connection).
+            let _ = conn.stream.write(&frame);
+        }
+        self.core
+            .handle_disconnect(now, id, "plaintext peer on a TLS port");
+        self.remove(id);
+    }
+
+    /// TLS connections whose peer said nothing for `TLS_OPENING_MS`: a plaintext peer waits
+    /// for the master's greeting, so it hears the refusal instead of waiting for good.
+    fn refuse_silent_peers(&mut self, now: u64) {
+        while let Some(&(deadline, id)) = self.unopened.front() {
+            if deadline > now {
+                break;
+            }
+            self.unopened.pop_front();
+            let silent = self
+                .conns
+                .get_mut(id)
+                .and_then(|c| c.tls.as_deref())
+                .is_some_and(|t| !t.decided());
+            if silent {
+                self.refuse_plaintext(now, id);
+            }
         }
     }
 
@@ -1269,7 +1406,8 @@ impl Server {
                 self.remove(id);
                 continue;
             }
-            if c.closing && pending == 0 {
+            let tls_pending = c.tls.as_ref().is_some_and(|t| t.wants_write());
+            if c.closing && pending == 0 && !tls_pending {
                 if let Some(h) = c.http.as_deref_mut() {
                     if h.lingering_until.is_none() {
                         // Half-close, then drop what the client still sends for a moment: a
@@ -1284,7 +1422,7 @@ impl Server {
                 continue;
             }
             // Bytes behind the gate need no WRITABLE interest: lifting the gate touches us.
-            let want = c.gate.unwrap_or(c.out.len()) > c.out_pos;
+            let want = c.gate.unwrap_or(c.out.len()) > c.out_pos || tls_pending;
             if want != c.writable_interest {
                 let interest = if want {
                     Interest::READABLE | Interest::WRITABLE
@@ -1476,6 +1614,15 @@ enum ReadFailure {
     /// The peer closed its end.
     #[error("connection closed by peer")]
     Closed,
+    /// TLS failed: a certificate refused, a record garbled.
+    #[error("{0}")]
+    Tls(TlsFailure),
+    /// A plaintext peer on a TLS port (answered with a refusal it can read).
+    #[error("plaintext peer on a TLS port")]
+    PlaintextOnTls,
+    /// A TLS client on a plaintext port.
+    #[error("the peer speaks TLS and this master does not (no --tls-cert): it needs no --tls-ca")]
+    TlsOnPlaintext,
     /// The socket failed.
     #[error("read error: {0}")]
     Io(io::Error),
@@ -1558,7 +1705,21 @@ fn accept_one(listener: &TcpListener, kind: &str) -> Option<(TcpStream, SocketAd
 /// Writes as much of `out` as the socket takes, up to the gate; keeps the allocation for reuse.
 fn write_out(c: &mut Connection) -> io::Result<()> {
     let limit = c.gate.unwrap_or(c.out.len());
-    while c.out_pos < limit {
+    if let Some(tls) = c.tls.as_deref_mut() {
+        loop {
+            if c.out_pos < limit {
+                c.out_pos += tls.send(&c.out[c.out_pos..limit])?;
+            }
+            if !tls.wants_write() {
+                break;
+            }
+            tls.flush(&mut c.stream)?;
+            if tls.wants_write() {
+                break; // the socket would block
+            }
+        }
+    }
+    while c.tls.is_none() && c.out_pos < limit {
         match c.stream.write(&c.out[c.out_pos..limit]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => c.out_pos += n,

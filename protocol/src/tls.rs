@@ -351,13 +351,21 @@ impl ServerCertVerifier for MasterVerifier {
             return Ok(ServerCertVerified::assertion());
         }
         match &self.webpki {
-            Some(webpki) => webpki.verify_server_cert(
-                end_entity,
-                intermediates,
-                server_name,
-                ocsp_response,
-                now,
-            ),
+            Some(webpki) => webpki
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .map_err(|e| match e {
+                    // A self-signed certificate that is not in --tls-ca: what is wrong is who
+                    // issued it, not its CA flag (which only pinning forgives).
+                    rustls::Error::InvalidCertificate(CertificateError::Other(ref other))
+                        if matches!(
+                            other.0.downcast_ref::<webpki::Error>(),
+                            Some(webpki::Error::CaUsedAsEndEntity)
+                        ) =>
+                    {
+                        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+                    }
+                    e => e,
+                }),
             None => Err(rustls::Error::InvalidCertificate(
                 CertificateError::UnknownIssuer,
             )),

@@ -336,3 +336,25 @@ fn a_plaintext_master_answering_tls_is_named() {
     let line = describe_client_error("localhost:7700", &e);
     assert!(line.contains("does not speak TLS"), "{line}");
 }
+
+#[test]
+fn a_self_signed_certificate_not_in_the_ca_file_is_an_unknown_issuer() {
+    // Two `openssl req -x509` certificates: the master presents one, the peer trusts the other.
+    let dir = Dir::new("other-self-signed");
+    let (cert, key) = self_signed_ca(&["localhost"], false);
+    let (other, _) = self_signed_ca(&["localhost"], false);
+    let server = server(&dir, &cert, &key, None);
+    let client = client(&dir, &other, None);
+    let mut c = client.session("localhost:1").expect("session");
+    let mut s = server.session().expect("session");
+    match pump(&mut c, &mut s) {
+        Err(Failed::Client(e)) => {
+            let line = describe_client_error("localhost:1", &e);
+            assert!(
+                line.contains("not issued by a certificate in --tls-ca"),
+                "{line}"
+            );
+        }
+        other => panic!("expected an unknown issuer: {other:?}"),
+    }
+}
