@@ -116,6 +116,9 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let args = Args::parse();
+    // IMPORTANT: the token must not reach the tasks, which inherit our environment: a task that
+    // prints `env` would put it in its stored output. Done while the process has one thread.
+    std::env::remove_var("BALLAST_TOKEN");
     // An address that cannot be parsed or resolved is a mistake on the command line: retrying
     // cannot fix it, so say so at once. Only a refused or lost connection is retried.
     if let Err(e) = check_master_addr(&args.master) {
