@@ -226,13 +226,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .collect();
     let http_addr = (args.http != "off").then_some(args.http);
     if let Some(http) = &http_addr {
-        // The HTTP side is plaintext: TLS on the protocol port does not cover it.
-        let plain = Guard {
-            tls: false,
-            mutual_tls: false,
-            ..guard
-        };
-        readable.extend(check_exposure("--http", http, plain)?);
+        // The HTTP side is served over the same TLS (HTTPS), client certificates included.
+        readable.extend(check_exposure("--http", http, guard)?);
     }
     if !readable.is_empty() {
         log::warn!(
@@ -280,7 +275,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     log_listening(addr, &config);
     if let Some(http) = server.http_addr() {
         let http = http.context("reading the bound HTTP address")?;
-        log::info!("HTTP API and dashboard on http://{http}/");
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        log::info!("HTTP API and dashboard on {scheme}://{http}/");
         if let Some(path) = &args.http_port_file {
             write_atomically(path, &http.to_string())
                 .with_context(|| format!("writing --http-port-file {}", path.display()))?;

@@ -29,7 +29,7 @@ use crate::http::metrics::{self as exposition, ShellGauges};
 use crate::journal::{self, Journal, JournalError, JournalReader, OpenOptions, SharedJournal};
 use crate::logs::{LogLimits, LogStore, LogStoreError};
 use crate::stop_signal::StopSignal;
-use crate::tls_conn::{Received, TlsConn, TlsFailure};
+use crate::tls_conn::{Received, TlsConn, TlsFailure, PLAINTEXT_PEER};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -743,8 +743,8 @@ impl Server {
             warn!("refused {kind}{addr}: no connection slot left");
             return None;
         };
-        let tls = match (&self.config.tls, &http) {
-            (Some(tls), None) => match tls.session() {
+        let tls = match &self.config.tls {
+            Some(tls) => match tls.session() {
                 Ok(session) => Some(Box::new(TlsConn::new(session))),
                 Err(e) => {
                     warn!("refused {addr}: {e}");
@@ -753,7 +753,11 @@ impl Server {
             },
             _ => None,
         };
-        let opening_deadline = tls.as_ref().map(|_| now + TLS_OPENING_MS);
+        // An HTTP client speaks first; a silent one meets the HTTP timeouts.
+        let opening_deadline = tls
+            .as_ref()
+            .filter(|_| http.is_none())
+            .map(|_| now + TLS_OPENING_MS);
         if let Err(e) = self
             .poll
             .registry()
@@ -801,7 +805,7 @@ impl Server {
             // Dropping what a refused client still sends, so it reads our answer, not a reset.
             let mut scratch = [0u8; 16 << 10];
             loop {
-                match c.stream.read(&mut scratch) {
+                match read_plain(c, &mut scratch) {
                     Ok(0) => break,
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -817,7 +821,7 @@ impl Server {
             // An event stream only listens for the end: what the peer sends is dropped.
             let mut scratch = [0u8; 4 << 10];
             let gone = loop {
-                match c.stream.read(&mut scratch) {
+                match read_plain(c, &mut scratch) {
                     Ok(0) => break true,
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
@@ -932,7 +936,14 @@ impl Server {
                 break;
             }
             let spare = h.conn.spare();
-            match c.stream.read(spare) {
+            let read = match c.tls.as_deref_mut() {
+                Some(tls) => tls.read_plain(&mut c.stream, spare),
+                None => c.stream.read(spare),
+            };
+            if c.tls.as_ref().is_some_and(|t| t.wants_write()) {
+                touched = true; // handshake records to send
+            }
+            match read {
                 Ok(0) => {
                     h.conn.commit(0, now);
                     failure = Some("connection closed by peer".into());
@@ -947,6 +958,15 @@ impl Server {
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => h.conn.commit(0, now),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData && c.tls.is_some() => {
+                    h.conn.commit(0, now);
+                    if e.to_string() == PLAINTEXT_PEER {
+                        // A browser asked for http:// on the HTTPS port: say so, in plaintext.
+                        let _ = c.stream.write(PLAIN_HTTP_ON_TLS);
+                    }
+                    failure = Some(e.to_string());
+                    break;
+                }
                 Err(e) => {
                     h.conn.commit(0, now);
                     failure = Some(format!("read error: {e}"));
@@ -1413,6 +1433,10 @@ impl Server {
                         // Half-close, then drop what the client still sends for a moment: a
                         // close with unread bytes would reset the connection and could destroy
                         // our answer (a 413 sent before the body) in the client's kernel.
+                        if let Some(tls) = c.tls.as_deref_mut() {
+                            tls.close();
+                            let _ = tls.flush(&mut c.stream);
+                        }
                         let _ = c.stream.shutdown(std::net::Shutdown::Write);
                         h.lingering_until = Some(now + LINGER_MS);
                     }
@@ -1703,6 +1727,18 @@ fn accept_one(listener: &TcpListener, kind: &str) -> Option<(TcpStream, SocketAd
 }
 
 /// Writes as much of `out` as the socket takes, up to the gate; keeps the allocation for reuse.
+/// Plaintext from `c` as from a non-blocking socket, through its TLS session if it has one.
+fn read_plain(c: &mut Connection, buf: &mut [u8]) -> io::Result<usize> {
+    match c.tls.as_deref_mut() {
+        Some(tls) => tls.read_plain(&mut c.stream, buf),
+        None => c.stream.read(buf),
+    }
+}
+
+/// The answer to a plaintext HTTP request on the HTTPS port, before closing it.
+const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
+Connection: close\r\nContent-Length: 50\r\n\r\nthis port speaks HTTPS: use https:// to reach it\r\n";
+
 fn write_out(c: &mut Connection) -> io::Result<()> {
     let limit = c.gate.unwrap_or(c.out.len());
     if let Some(tls) = c.tls.as_deref_mut() {
@@ -1746,7 +1782,8 @@ fn write_out(c: &mut Connection) -> io::Result<()> {
 
 pub fn log_listening(addr: SocketAddr, config: &ServerConfig) {
     info!(
-        "master listening on {addr} (policy {}, heartbeat {} ms, timeout {} ms, auth {}, max tasks {})",
+        "master listening on {addr} (policy {}, heartbeat {} ms, timeout {} ms, auth {}, tls {}, \
+         max tasks {})",
         config.core.policy,
         config.core.heartbeat_interval_ms,
         config.core.heartbeat_timeout_ms,
@@ -1754,6 +1791,11 @@ pub fn log_listening(addr: SocketAddr, config: &ServerConfig) {
             "token"
         } else {
             "off"
+        },
+        match &config.tls {
+            Some(tls) if tls.mutual() => "mutual",
+            Some(_) => "on",
+            None => "off",
         },
         config.core.max_tasks
     );

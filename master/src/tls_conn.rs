@@ -11,6 +11,20 @@ use protocol::tls::{starts_tls, ServerConnection};
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
+/// The text of [`TlsConn::read_plain`]'s error for a plaintext peer.
+pub const PLAINTEXT_PEER: &str = "plaintext peer on a TLS port";
+
+/// A socket that can show its next bytes without taking them (mio's `TcpStream`).
+pub trait Peek {
+    fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+impl Peek for mio::net::TcpStream {
+    fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        mio::net::TcpStream::peek(self, buf)
+    }
+}
+
 pub struct TlsConn {
     session: ServerConnection,
     /// The first byte told TLS from a plaintext peer.
@@ -86,6 +100,57 @@ impl TlsConn {
         } else {
             Received::More
         })
+    }
+
+    /// Plaintext into `buf` the way a non-blocking socket reads: `Ok(0)` at the end,
+    /// `WouldBlock` while nothing waits. Takes ciphertext from `socket` as it needs it. For an
+    /// HTTP connection, whose parser brings its own buffer; a plaintext peer is
+    /// `ErrorKind::InvalidData` with [`PLAINTEXT_PEER`] as its text.
+    pub fn read_plain(
+        &mut self,
+        socket: &mut (impl Read + Peek),
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        loop {
+            match self.session.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            if !self.decided {
+                let mut first = [0u8; 1];
+                match socket.peek(&mut first)? {
+                    0 => return Ok(0),
+                    _ if !starts_tls(first[0]) => {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, PLAINTEXT_PEER))
+                    }
+                    _ => self.decided = true,
+                }
+            }
+            if self.session.read_tls(socket)? == 0 {
+                // The end: the session's reader says whether it was clean.
+                self.session
+                    .process_new_packets()
+                    .map_err(|e| io::Error::other(TlsFailure::Tls(e).to_string()))?;
+                return match self.session.reader().read(buf) {
+                    Ok(n) => Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                    Err(e) => Err(e),
+                };
+            }
+            self.session
+                .process_new_packets()
+                .map_err(|e| io::Error::other(TlsFailure::Tls(e).to_string()))?;
+        }
+    }
+
+    /// Queues the close_notify alert (sent by the next [`TlsConn::flush`]).
+    pub fn close(&mut self) {
+        if self.decided {
+            self.session.send_close_notify();
+        }
     }
 
     /// The handshake finished since the last call: (TLS version, cipher suite, how long it

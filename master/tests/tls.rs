@@ -183,3 +183,51 @@ fn one_side_without_tls_gets_one_clear_line() {
     );
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// One HTTP/1.1 request over TLS to `addr`, answered in full (the master closes after it).
+fn https_get(addr: &str, ca: &str, path: &str) -> String {
+    use protocol::tls::{ClientTls, ClientTlsFiles};
+    use protocol::transport::Transport;
+    let tls = ClientTls::load(&ClientTlsFiles {
+        ca: ca.into(),
+        ..ClientTlsFiles::default()
+    })
+    .expect("client TLS");
+    let socket = TcpStream::connect(addr).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut stream = Transport::tls(socket, &tls, addr).expect("TLS handshake");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("request");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn the_http_side_is_https_on_a_tls_master() {
+    let scratch = std::env::temp_dir().join(format!("ballast-https-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("dir");
+    let (cert, key) = self_signed(&scratch);
+    let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let c = Cluster::start(&["--tls-cert", cert, "--tls-key", key]);
+    let answer = https_get(&c.http_addr, cert, "/api/v1/status");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"queued\":0"), "{answer}");
+
+    // Plain http:// on that port: one readable answer, not a hang or garbage.
+    let mut plain = TcpStream::connect(&c.http_addr).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    plain
+        .write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("speaks HTTPS"), "{answer}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}
