@@ -3,7 +3,8 @@
 #
 # Usage: scripts/bench.sh [--no-build] [--only W1,W2,...] [--repeat N]
 #   --no-build      use the binaries already in target/release
-#   --only LIST     run only these workloads (W1 W2 W3 W4 W5 W7 W8 W9 W10 H1; W6 is W2 with the journal on)
+#   --only LIST     run only these workloads (W1 W2 W3 W4 W5 W7 W8 W9 W10 H1 W1TLS W2TLS; W6 is W2
+#                   with the journal on)
 #   --repeat N      runs of each throughput workload (W1, W2, W5, W10); the median is reported (default 3;
 #                   W1 runs at least 3 times and reports its worst run)
 #   BENCH_OUT=DIR   where results.json and the run's logs go (default: bench/ in the repo)
@@ -230,6 +231,70 @@ for mode in journal nojournal; do
     extra "w2_${mode}_workers_cpu_s" "$(json_list "${wcpu[@]}")"
     extra "w2_${mode}_host_busy_steal_pct" "$(json_strs "${busy[@]}")"
 done
+
+# ---- W1/TLS, W2/TLS: what TLS costs (issue 12) --------------------------------------------
+# W1 (5,000 `true`, 2 x 1 slot) and W2 (200,000 zero-length, 2 x 64 slots), journal on, each once
+# over TLS (`serve --tls-cert`, workers and client with `--tls-ca`, a self-signed certificate
+# made with openssl) and once in plaintext per run, alternating which goes first; the median
+# run's ratio TLS / plaintext. Target: >= 0.9x for both.
+tls_rate() { # tls_rate NAME plain|tls SLOTS COUNT SUBMIT_ARGS...: tasks/s of one batch
+    local name=$1 kind=$2 slots=$3 count=$4 i
+    shift 4
+    local sargs=() wargs=()
+    if [ "$kind" = tls ]; then
+        start_master "$name" journal --tls-cert "$SCRATCH/tls/c.pem" --tls-key "$SCRATCH/tls/k.pem"
+        sargs=(--tls-ca "$SCRATCH/tls/c.pem") wargs=(--tls-ca "$SCRATCH/tls/c.pem")
+    else
+        start_master "$name" journal
+    fi
+    WPIDS=()
+    for i in 1 2; do
+        "$WORKER" --master "$ADDR" --slots "$slots" --name "$name-w$i" "${wargs[@]}" \
+            >"$LOGS/$name.worker$i.log" 2>&1 &
+        WPIDS+=("$!") PIDS+=("$!")
+    done
+    for i in $(seq 600); do
+        [ "$("$MASTER" status --master "$ADDR" "${sargs[@]}" 2>/dev/null | grep -c ' alive ')" -ge 2 ] && break
+        sleep 0.1
+    done
+    now; local t0=$NOW
+    "$MASTER" submit --master "$ADDR" "${sargs[@]}" --count "$count" --wait "$@" >/dev/null
+    now; local t1=$NOW
+    stop_all
+    calc "$count / (($t1 - $t0) / 1e9)" 0
+}
+if want W1TLS || want W2TLS; then
+    if ! command -v openssl >/dev/null; then
+        echo "W1/TLS, W2/TLS: skipped (no openssl to make a certificate)"
+    else
+        mkdir -p "$SCRATCH/tls"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+            -keyout "$SCRATCH/tls/k.pem" -out "$SCRATCH/tls/c.pem" 2>/dev/null
+        for w in W1 W2; do
+            want "${w}TLS" || continue
+            ratios=() plain=() sealed=()
+            for r in $(seq "$REPEAT"); do
+                order="plain tls"; [ $((r % 2)) = 0 ] && order="tls plain"
+                for kind in $order; do
+                    if [ "$w" = W1 ]; then
+                        rate=$(tls_rate "$w-tls-$r-$kind" "$kind" 1 5000 -- true)
+                    else
+                        rate=$(tls_rate "$w-tls-$r-$kind" "$kind" 64 200000 --sleep 0ms)
+                    fi
+                    if [ "$kind" = tls ]; then sealed+=("$rate"); else plain+=("$rate"); fi
+                done
+                ratios+=("$(calc "${sealed[-1]} / ${plain[-1]}" 3)")
+                echo "$w over TLS run $r ($order): TLS ${sealed[-1]} tasks/s, plaintext ${plain[-1]} tasks/s (${ratios[-1]}x)"
+            done
+            mid=$(for i in "${!ratios[@]}"; do echo "${ratios[$i]} $i"; done | sort -g | awk -v n="${#ratios[@]}" 'NR == int((n + 1) / 2) { print $2 }')
+            what="spawn 5k true, 2x1 slots"; [ "$w" = W2 ] && what="dispatch 200k zero-length"
+            row "$w/TLS" "$what over TLS, journal on, median run" "${sealed[$mid]}" tasks/s higher 0.9 "plaintext" "${plain[$mid]}"
+            lw=$(echo "$w" | tr 'A-Z' 'a-z')
+            extra "${lw}_tls_tasks_per_s" "$(json_list "${sealed[@]}")"
+            extra "${lw}_tls_plain_tasks_per_s" "$(json_list "${plain[@]}")"
+        done
+    fi
+fi
 
 # ---- W10 watched dispatch (issue 10; W8 until issue 13) -----------------------------------------------
 # W2 (journal on) with one SSE reader on /api/v1/events and a scrape of /metrics every 100 ms,

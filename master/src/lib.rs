@@ -12,3 +12,4 @@ pub mod server;
 pub mod sim;
 pub mod stop_signal;
 pub mod taskfile;
+pub mod tls_conn;

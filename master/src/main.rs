@@ -8,6 +8,7 @@ use master::core::policy::{PolicyKind, QueueOrder};
 use master::core::CoreConfig;
 use master::server::{log_listening, Server, ServerConfig};
 use protocol::duration::parse_duration;
+use protocol::tls::{ServerTls, ServerTlsFiles};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,17 @@ struct ServeArgs {
     /// Allow listening on a non-loopback address without a token.
     #[arg(long)]
     insecure: bool,
+    /// Serve the worker and client port over TLS 1.3 with this certificate (PEM, the chain
+    /// after it); peers then need --tls-ca.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: every worker and client must present a certificate issued by a CA in this
+    /// PEM file (their --tls-cert/--tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Write the bound address (host:port) to this file once listening.
     #[arg(long)]
     port_file: Option<PathBuf>,
@@ -192,10 +204,37 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if heartbeat_timeout_ms <= heartbeat_interval_ms {
         bail!("--heartbeat-timeout ({heartbeat_timeout_ms} ms) must exceed --heartbeat ({heartbeat_interval_ms} ms)");
     }
-    check_exposure("--listen", &args.listen, token.is_some(), args.insecure)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            ServerTls::load(&ServerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            })
+            .context("loading the TLS certificate")?,
+        ),
+        _ => None,
+    };
+    let guard = Guard {
+        token: token.is_some(),
+        tls: tls.is_some(),
+        mutual_tls: tls.as_ref().is_some_and(ServerTls::mutual),
+        insecure: args.insecure,
+    };
+    let mut readable: Vec<String> = check_exposure("--listen", &args.listen, guard)?
+        .into_iter()
+        .collect();
     let http_addr = (args.http != "off").then_some(args.http);
     if let Some(http) = &http_addr {
-        check_exposure("--http", http, token.is_some(), args.insecure)?;
+        // The HTTP side is served over the same TLS (HTTPS), client certificates included.
+        readable.extend(check_exposure("--http", http, guard)?);
+    }
+    if !readable.is_empty() {
+        log::warn!(
+            "no TLS on {}: command lines, environments and outputs cross the network readable \
+             (the token itself is never sent); --tls-cert and --tls-key encrypt the worker port",
+            readable.join(" and ")
+        );
     }
     if http_addr.is_none() && args.http_port_file.is_some() {
         bail!("--http-port-file needs an HTTP listener, but --http is off");
@@ -223,6 +262,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: (!args.no_journal).then_some(args.data_dir),
         accept_journal_loss: args.accept_journal_loss,
         http_addr,
+        tls,
         logs: master::logs::LogLimits {
             per_stream: args.log_limit,
             budget: args.log_budget,
@@ -235,7 +275,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     log_listening(addr, &config);
     if let Some(http) = server.http_addr() {
         let http = http.context("reading the bound HTTP address")?;
-        log::info!("HTTP API and dashboard on http://{http}/");
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        log::info!("HTTP API and dashboard on {scheme}://{http}/");
         if let Some(path) = &args.http_port_file {
             write_atomically(path, &http.to_string())
                 .with_context(|| format!("writing --http-port-file {}", path.display()))?;
@@ -262,23 +307,40 @@ fn parse_idle_timeout(text: &str) -> Result<IdleTimeout, String> {
     parse_duration(text).map(|d| IdleTimeout((!d.is_zero()).then_some(d)))
 }
 
-/// Refuses to serve strangers: a non-loopback address needs a token, or an explicit --insecure.
-fn check_exposure(flag: &str, listen: &str, has_token: bool, insecure: bool) -> anyhow::Result<()> {
-    if has_token || insecure {
-        return Ok(());
-    }
+/// What protects a listener from the network.
+#[derive(Debug, Clone, Copy)]
+struct Guard {
+    token: bool,
+    tls: bool,
+    /// Peers must present a certificate of our client CA: TLS says who they are.
+    mutual_tls: bool,
+    insecure: bool,
+}
+
+/// Refuses to serve strangers: a non-loopback address needs a token (or mutual TLS), or an
+/// explicit --insecure. Returns the exposed address if its traffic is readable (no TLS), for one
+/// warning.
+fn check_exposure(flag: &str, listen: &str, guard: Guard) -> anyhow::Result<Option<String>> {
     let addrs: Vec<SocketAddr> = listen
         .to_socket_addrs()
         .with_context(|| format!("resolving {flag} {listen}"))?
         .collect();
-    if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+    let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) else {
+        return Ok(None);
+    };
+    if !(guard.token || guard.mutual_tls || guard.insecure) {
+        let tls_note = if guard.tls {
+            " (TLS hides the traffic but does not say who may connect: add --tls-client-ca)"
+        } else {
+            ""
+        };
         bail!(
             "refusing to listen on {open} ({flag}) without a token: anyone who can reach it could \
-             run commands here. Set --token / BALLAST_TOKEN, or pass --insecure if the network is \
-             trusted"
+             run commands here{tls_note}. Set --token / BALLAST_TOKEN, or pass --insecure if the \
+             network is trusted"
         );
     }
-    Ok(())
+    Ok((!guard.tls && !guard.insecure).then(|| format!("{open} ({flag})")))
 }
 
 /// Readers polling for the file never see it half-written.
@@ -291,6 +353,57 @@ fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exposure_needs_a_token_or_mutual_tls_and_warns_without_tls() {
+        let none = Guard {
+            token: false,
+            tls: false,
+            mutual_tls: false,
+            insecure: false,
+        };
+        assert_eq!(
+            check_exposure("--listen", "127.0.0.1:0", none).ok(),
+            Some(None)
+        );
+        let refused = check_exposure("--listen", "0.0.0.0:0", none).expect_err("open");
+        assert!(refused.to_string().contains("without a token"), "{refused}");
+        let tls_only = Guard { tls: true, ..none };
+        let refused = check_exposure("--listen", "0.0.0.0:0", tls_only).expect_err("anyone");
+        assert!(refused.to_string().contains("--tls-client-ca"), "{refused}");
+        let token = Guard {
+            token: true,
+            ..none
+        };
+        let readable = check_exposure("--listen", "0.0.0.0:0", token).expect("token");
+        assert_eq!(readable.as_deref(), Some("0.0.0.0:0 (--listen)"));
+        let sealed = Guard {
+            token: true,
+            tls: true,
+            ..none
+        };
+        assert_eq!(
+            check_exposure("--listen", "0.0.0.0:0", sealed).ok(),
+            Some(None)
+        );
+        let mutual = Guard {
+            tls: true,
+            mutual_tls: true,
+            ..none
+        };
+        assert_eq!(
+            check_exposure("--listen", "0.0.0.0:0", mutual).ok(),
+            Some(None)
+        );
+        let insecure = Guard {
+            insecure: true,
+            ..none
+        };
+        assert_eq!(
+            check_exposure("--listen", "0.0.0.0:0", insecure).ok(),
+            Some(None)
+        );
+    }
 
     #[test]
     fn the_default_task_limit_fits_the_machine() {

@@ -29,11 +29,16 @@ use crate::http::metrics::{self as exposition, ShellGauges};
 use crate::journal::{self, Journal, JournalError, JournalReader, OpenOptions, SharedJournal};
 use crate::logs::{LogLimits, LogStore, LogStoreError};
 use crate::stop_signal::StopSignal;
+use crate::tls_conn::{Received, TlsConn, TlsFailure, PLAINTEXT_PEER};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use protocol::{auth::NONCE_LEN, encode_frame, FrameDecoder, FrameError, FromMaster, ToMaster};
+use protocol::tls::ServerTls;
+use protocol::{
+    auth::NONCE_LEN, encode_frame, FrameDecoder, FrameError, FromMaster, RejectKind, ToMaster,
+};
 use slab::Slab;
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +57,11 @@ const HTTP_SWEEP_MS: u64 = 1_000;
 const HTTP_REQUEST_TIMEOUT_MS: u64 = 60_000;
 /// Bytes asked of the kernel per read, into `Server::scratch` (shared by every connection).
 const READ_CHUNK: usize = 64 << 10;
+/// Bytes TLS decrypts per step, into `Server::tls_plaintext` (a record holds at most 16 KiB).
+const TLS_PLAINTEXT_CHUNK: usize = 16 << 10;
+/// How long a peer on a TLS port may stay silent before it is taken for a plaintext one waiting
+/// for our greeting (a TLS client speaks first, at once).
+const TLS_OPENING_MS: u64 = 1_000;
 /// Connections accepted from one listener per turn. IMPORTANT: a crowd connecting at once (10,000
 /// workers after a master restart) must not starve the connections already open; the rest wait in
 /// the kernel's backlog for the next turn (`Server::accept_more`, which makes it come at once).
@@ -123,6 +133,8 @@ pub struct ServerConfig {
     pub http_addr: Option<String>,
     /// Caps of the task log store (`--log-limit`, `--log-budget`).
     pub logs: LogLimits,
+    /// TLS on the protocol port (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +147,7 @@ impl Default for ServerConfig {
             accept_journal_loss: false,
             http_addr: None,
             logs: LogLimits::default(),
+            tls: None,
         }
     }
 }
@@ -189,6 +202,10 @@ struct Connection {
     progress_ms: u64,
     /// An HTTP connection (from the HTTP listener); `decoder` is then unused.
     http: Option<Box<HttpState>>,
+    /// Its TLS session, on a master with `--tls-cert` (protocol connections only).
+    tls: Option<Box<TlsConn>>,
+    /// Some byte arrived: a plaintext port checks the first for a TLS client's.
+    opened: bool,
 }
 
 /// What the shell keeps for one HTTP connection beyond the bytes.
@@ -258,6 +275,11 @@ pub struct Server {
     logs: LogStore,
     /// Where every read lands first; a connection's decoder copies only the bytes that came.
     scratch: Vec<u8>,
+    /// Where TLS sessions put what they decrypt, before the frame decoder takes it.
+    tls_plaintext: Vec<u8>,
+    /// TLS connections by the time their first byte is due (`TLS_OPENING_MS` after accept),
+    /// in accept order: a peer still silent then waits for a plaintext greeting.
+    unopened: VecDeque<(u64, ConnId)>,
 }
 
 impl Server {
@@ -346,6 +368,8 @@ impl Server {
             group_commit: GroupCommit::default(),
             logs,
             scratch: vec![0; READ_CHUNK],
+            tls_plaintext: Vec::new(),
+            unopened: VecDeque::new(),
         })
     }
 
@@ -413,6 +437,7 @@ impl Server {
             }
             self.core.handle_timeout(now);
             self.sweep_http(now);
+            self.refuse_silent_peers(now);
             self.end_turn(now)?;
             self.vacuum_step()?;
             if std::mem::take(&mut self.trim_due) {
@@ -631,13 +656,17 @@ impl Server {
             .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
         let more = (!self.more_input.is_empty() || self.accept_more != (false, false))
             .then_some(Duration::ZERO);
+        let unopened = self
+            .unopened
+            .front()
+            .map(|&(at, _)| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
         // Pages to give back: the next step soon, but not a busy loop.
         let vacuum = self
             .journal
             .as_ref()
             .filter(|j| journal::lock(j).vacuum_due())
             .map(|_| Duration::from_millis(VACUUM_STEP_MS));
-        [core, commit, http, more, vacuum]
+        [core, commit, http, more, vacuum, unopened]
             .into_iter()
             .flatten()
             .min()
@@ -714,6 +743,21 @@ impl Server {
             warn!("refused {kind}{addr}: no connection slot left");
             return None;
         };
+        let tls = match &self.config.tls {
+            Some(tls) => match tls.session() {
+                Ok(session) => Some(Box::new(TlsConn::new(session))),
+                Err(e) => {
+                    warn!("refused {addr}: {e}");
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        // An HTTP client speaks first; a silent one meets the HTTP timeouts.
+        let opening_deadline = tls
+            .as_ref()
+            .filter(|_| http.is_none())
+            .map(|_| now + TLS_OPENING_MS);
         if let Err(e) = self
             .poll
             .registry()
@@ -737,8 +781,13 @@ impl Server {
                 paused: false,
                 progress_ms: now,
                 http,
+                tls,
+                opened: false,
             },
         );
+        if let Some(deadline) = opening_deadline {
+            self.unopened.push_back((deadline, id));
+        }
         Some(id)
     }
 
@@ -756,7 +805,7 @@ impl Server {
             // Dropping what a refused client still sends, so it reads our answer, not a reset.
             let mut scratch = [0u8; 16 << 10];
             loop {
-                match c.stream.read(&mut scratch) {
+                match read_plain(c, &mut scratch) {
                     Ok(0) => break,
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -772,7 +821,7 @@ impl Server {
             // An event stream only listens for the end: what the peer sends is dropped.
             let mut scratch = [0u8; 4 << 10];
             let gone = loop {
-                match c.stream.read(&mut scratch) {
+                match read_plain(c, &mut scratch) {
                     Ok(0) => break true,
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
@@ -887,7 +936,14 @@ impl Server {
                 break;
             }
             let spare = h.conn.spare();
-            match c.stream.read(spare) {
+            let read = match c.tls.as_deref_mut() {
+                Some(tls) => tls.read_plain(&mut c.stream, spare),
+                None => c.stream.read(spare),
+            };
+            if c.tls.as_ref().is_some_and(|t| t.wants_write()) {
+                touched = true; // handshake records to send
+            }
+            match read {
                 Ok(0) => {
                     h.conn.commit(0, now);
                     failure = Some("connection closed by peer".into());
@@ -902,6 +958,15 @@ impl Server {
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => h.conn.commit(0, now),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData && c.tls.is_some() => {
+                    h.conn.commit(0, now);
+                    if e.to_string() == PLAINTEXT_PEER {
+                        // A browser asked for http:// on the HTTPS port: say so, in plaintext.
+                        let _ = c.stream.write(PLAIN_HTTP_ON_TLS);
+                    }
+                    failure = Some(e.to_string());
+                    break;
+                }
                 Err(e) => {
                     h.conn.commit(0, now);
                     failure = Some(format!("read error: {e}"));
@@ -1036,6 +1101,7 @@ impl Server {
         let mut failure: Option<ReadFailure> = None;
         let mut budget = READ_BUDGET_BYTES;
         let mut emptied = false;
+        let mut tls_ended = false;
         loop {
             // Decode as we go so the buffer holds at most one partial frame plus one read; frames
             // left by an earlier pause go first.
@@ -1070,9 +1136,38 @@ impl Server {
                     break;
                 }
                 Ok(n) => {
-                    conn.decoder.extend(&self.scratch[..n]);
+                    let bytes = &self.scratch[..n];
                     budget = budget.saturating_sub(n);
                     emptied = drained == Drained::AtShortRead && n < self.scratch.len();
+                    if let Some(tls) = conn.tls.as_deref_mut() {
+                        if self.tls_plaintext.is_empty() {
+                            self.tls_plaintext = vec![0; TLS_PLAINTEXT_CHUNK];
+                        }
+                        let decoder = &mut conn.decoder;
+                        match tls.receive(bytes, &mut self.tls_plaintext, |p| decoder.extend(p)) {
+                            Ok(Received::More) => {}
+                            Ok(Received::Ended) => {
+                                // What came before the end is decoded first.
+                                tls_ended = true;
+                                emptied = true;
+                            }
+                            Ok(Received::Opening(_)) => {
+                                failure = Some(ReadFailure::PlaintextOnTls);
+                                break;
+                            }
+                            Err(e) => {
+                                failure = Some(ReadFailure::Tls(e));
+                                break;
+                            }
+                        }
+                    } else {
+                        if !conn.opened && protocol::tls::starts_tls(bytes[0]) {
+                            failure = Some(ReadFailure::TlsOnPlaintext);
+                            break;
+                        }
+                        conn.decoder.extend(bytes);
+                    }
+                    conn.opened = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1084,15 +1179,77 @@ impl Server {
         }
         // Only a frame still arriving (or waiting for the core) keeps its memory.
         conn.decoder.shrink();
+        if failure.is_none() && tls_ended {
+            failure = Some(ReadFailure::Closed);
+        }
+        let mut handshake_out = false;
+        if let Some(tls) = conn.tls.as_deref_mut() {
+            if let Some((version, suite, ms)) = tls.newly_established() {
+                debug!(
+                    "{}: TLS established ({version}, {suite}, {ms} ms)",
+                    conn.addr
+                );
+            }
+            handshake_out = tls.wants_write();
+        }
         if let Some(reason) = failure {
             let addr = conn.addr;
-            if let ReadFailure::Frame(_) = reason {
-                warn!("{addr}: {reason}; closing");
-            } else {
-                debug!("{addr}: {reason}");
+            match reason {
+                ReadFailure::Frame(_) | ReadFailure::Tls(_) | ReadFailure::TlsOnPlaintext => {
+                    warn!("{addr}: {reason}; closing")
+                }
+                ReadFailure::PlaintextOnTls => return self.refuse_plaintext(now, id),
+                ReadFailure::Closed | ReadFailure::Io(_) => debug!("{addr}: {reason}"),
             }
             self.core.handle_disconnect(now, id, &reason);
             self.remove(id);
+        } else if handshake_out {
+            self.touch(id);
+        }
+    }
+
+    /// A peer without TLS on a TLS port: one plaintext refusal it can read (in place of the
+    /// greeting it waits for, or after its `Hello`), a log line, and the connection closed.
+    fn refuse_plaintext(&mut self, now: u64, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        warn!(
+            "refused plaintext connection from {}: this master speaks TLS (the peer needs \
+             --tls-ca)",
+            conn.addr
+        );
+        let mut frame = Vec::new();
+        let refusal = FromMaster::Rejected {
+            reason: "this master speaks TLS".into(),
+            kind: RejectKind::TlsRequired,
+        };
+        if encode_frame(&refusal, &mut frame).is_ok() {
+            // A few dozen bytes into an empty socket buffer: one write takes them or nothing
+            // would (the peer then sees a closed connection).
+            let _ = conn.stream.write(&frame);
+        }
+        self.core
+            .handle_disconnect(now, id, "plaintext peer on a TLS port");
+        self.remove(id);
+    }
+
+    /// TLS connections whose peer said nothing for `TLS_OPENING_MS`: a plaintext peer waits
+    /// for the master's greeting, so it hears the refusal instead of waiting for good.
+    fn refuse_silent_peers(&mut self, now: u64) {
+        while let Some(&(deadline, id)) = self.unopened.front() {
+            if deadline > now {
+                break;
+            }
+            self.unopened.pop_front();
+            let silent = self
+                .conns
+                .get_mut(id)
+                .and_then(|c| c.tls.as_deref())
+                .is_some_and(|t| !t.decided());
+            if silent {
+                self.refuse_plaintext(now, id);
+            }
         }
     }
 
@@ -1269,12 +1426,17 @@ impl Server {
                 self.remove(id);
                 continue;
             }
-            if c.closing && pending == 0 {
+            let tls_pending = c.tls.as_ref().is_some_and(|t| t.wants_write());
+            if c.closing && pending == 0 && !tls_pending {
                 if let Some(h) = c.http.as_deref_mut() {
                     if h.lingering_until.is_none() {
                         // Half-close, then drop what the client still sends for a moment: a
                         // close with unread bytes would reset the connection and could destroy
                         // our answer (a 413 sent before the body) in the client's kernel.
+                        if let Some(tls) = c.tls.as_deref_mut() {
+                            tls.close();
+                            let _ = tls.flush(&mut c.stream);
+                        }
                         let _ = c.stream.shutdown(std::net::Shutdown::Write);
                         h.lingering_until = Some(now + LINGER_MS);
                     }
@@ -1284,7 +1446,7 @@ impl Server {
                 continue;
             }
             // Bytes behind the gate need no WRITABLE interest: lifting the gate touches us.
-            let want = c.gate.unwrap_or(c.out.len()) > c.out_pos;
+            let want = c.gate.unwrap_or(c.out.len()) > c.out_pos || tls_pending;
             if want != c.writable_interest {
                 let interest = if want {
                     Interest::READABLE | Interest::WRITABLE
@@ -1476,6 +1638,15 @@ enum ReadFailure {
     /// The peer closed its end.
     #[error("connection closed by peer")]
     Closed,
+    /// TLS failed: a certificate refused, a record garbled.
+    #[error("{0}")]
+    Tls(TlsFailure),
+    /// A plaintext peer on a TLS port (answered with a refusal it can read).
+    #[error("plaintext peer on a TLS port")]
+    PlaintextOnTls,
+    /// A TLS client on a plaintext port.
+    #[error("the peer speaks TLS and this master does not (no --tls-cert): it needs no --tls-ca")]
+    TlsOnPlaintext,
     /// The socket failed.
     #[error("read error: {0}")]
     Io(io::Error),
@@ -1556,9 +1727,35 @@ fn accept_one(listener: &TcpListener, kind: &str) -> Option<(TcpStream, SocketAd
 }
 
 /// Writes as much of `out` as the socket takes, up to the gate; keeps the allocation for reuse.
+/// Plaintext from `c` as from a non-blocking socket, through its TLS session if it has one.
+fn read_plain(c: &mut Connection, buf: &mut [u8]) -> io::Result<usize> {
+    match c.tls.as_deref_mut() {
+        Some(tls) => tls.read_plain(&mut c.stream, buf),
+        None => c.stream.read(buf),
+    }
+}
+
+/// The answer to a plaintext HTTP request on the HTTPS port, before closing it.
+const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
+Connection: close\r\nContent-Length: 50\r\n\r\nthis port speaks HTTPS: use https:// to reach it\r\n";
+
 fn write_out(c: &mut Connection) -> io::Result<()> {
     let limit = c.gate.unwrap_or(c.out.len());
-    while c.out_pos < limit {
+    if let Some(tls) = c.tls.as_deref_mut() {
+        loop {
+            if c.out_pos < limit {
+                c.out_pos += tls.send(&c.out[c.out_pos..limit])?;
+            }
+            if !tls.wants_write() {
+                break;
+            }
+            tls.flush(&mut c.stream)?;
+            if tls.wants_write() {
+                break; // the socket would block
+            }
+        }
+    }
+    while c.tls.is_none() && c.out_pos < limit {
         match c.stream.write(&c.out[c.out_pos..limit]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => c.out_pos += n,
@@ -1585,7 +1782,8 @@ fn write_out(c: &mut Connection) -> io::Result<()> {
 
 pub fn log_listening(addr: SocketAddr, config: &ServerConfig) {
     info!(
-        "master listening on {addr} (policy {}, heartbeat {} ms, timeout {} ms, auth {}, max tasks {})",
+        "master listening on {addr} (policy {}, heartbeat {} ms, timeout {} ms, auth {}, tls {}, \
+         max tasks {})",
         config.core.policy,
         config.core.heartbeat_interval_ms,
         config.core.heartbeat_timeout_ms,
@@ -1593,6 +1791,11 @@ pub fn log_listening(addr: SocketAddr, config: &ServerConfig) {
             "token"
         } else {
             "off"
+        },
+        match &config.tls {
+            Some(tls) if tls.mutual() => "mutual",
+            Some(_) => "on",
+            None => "off",
         },
         config.core.max_tasks
     );

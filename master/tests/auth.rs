@@ -333,3 +333,48 @@ fn a_heartbeat_too_slow_for_the_timeout_is_adjusted() {
     assert!(!log.contains("worker slow (#1) lost"), "{log}");
     assert_eq!(c.alive_workers(), 1);
 }
+
+/// A worker given its token in `BALLAST_TOKEN` (as the deployment files do) does not hand it to
+/// its tasks: a task printing its environment would store the secret in its output.
+#[test]
+fn tasks_do_not_inherit_the_workers_token() {
+    let c = Cluster::start(&["--token", TOKEN]);
+    let log = std::fs::File::create(c.dir.join("env-worker.log")).expect("log");
+    let mut worker = Command::new(worker_bin())
+        .args(["--master", &c.addr, "--name", "env-worker", "--slots", "1"])
+        .env("BALLAST_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("worker starts");
+    let out = c.cli_within(
+        Duration::from_secs(30),
+        &[
+            "submit",
+            "--token",
+            TOKEN,
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "echo token=${BALLAST_TOKEN:-none}",
+        ],
+        &[],
+    );
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = c.cli_within(
+        Duration::from_secs(30),
+        &["results", "--token", TOKEN, "--json"],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&results.stdout);
+    assert!(text.contains("token=none"), "{text}");
+    assert!(!text.contains(TOKEN), "the token reached the task: {text}");
+}

@@ -493,7 +493,7 @@ fn client_that_never_reads_huge_results_does_not_stall_others() {
     let ids = c.submit(&["--count", "100000", "--sleep", "1s"]);
     assert_eq!(ids.len(), 100_000);
     let (mut hog, welcome) =
-        protocol::Connection::connect(&c.addr, Role::Client, None, Duration::from_secs(5))
+        protocol::Connection::connect(&c.addr, Role::Client, None, None, Duration::from_secs(5))
             .expect("the hog connects");
     assert!(welcome.worker_id.is_none());
     for _ in 0..8 {
@@ -525,7 +525,7 @@ fn connections_beyond_the_limit_are_closed_on_accept() {
     let mut c = Cluster::start(&["--max-connections", "5"]);
     let held: Vec<protocol::Connection> = (0..5)
         .map(|_| {
-            protocol::Connection::connect(&c.addr, Role::Client, None, Duration::from_secs(5))
+            protocol::Connection::connect(&c.addr, Role::Client, None, None, Duration::from_secs(5))
                 .expect("one of the first five connects")
                 .0
         })

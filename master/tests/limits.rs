@@ -8,7 +8,7 @@ use protocol::{Connection, FromMaster, Role, TaskKind, TaskSpec, ToMaster};
 use std::time::Duration;
 
 fn client(c: &Cluster) -> Connection {
-    Connection::connect(&c.addr, Role::Client, None, Duration::from_secs(5))
+    Connection::connect(&c.addr, Role::Client, None, None, Duration::from_secs(5))
         .expect("connects")
         .0
 }

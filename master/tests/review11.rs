@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn client(c: &Cluster) -> protocol::Connection {
-    protocol::Connection::connect(&c.addr, Role::Client, None, Duration::from_secs(5))
+    protocol::Connection::connect(&c.addr, Role::Client, None, None, Duration::from_secs(5))
         .expect("connects")
         .0
 }
@@ -45,6 +45,7 @@ fn an_output_offset_near_the_end_of_u64_does_not_break_the_master() {
             prefetch: 0,
             heartbeat_interval_ms: 0,
         }),
+        None,
         None,
         Duration::from_secs(5),
     )

@@ -8,11 +8,13 @@ use crate::auth::{RoleTag, NONCE_LEN};
 use crate::cause::Cause;
 use crate::codec::{encode_frame, FrameDecoder, FrameError};
 use crate::messages::{FromMaster, Incarnation, RejectKind, Role, ToMaster, WorkerId};
+use crate::tls::ClientTls;
+use crate::transport::Transport;
 use crate::PROTOCOL_VERSION;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -62,6 +64,10 @@ pub enum ConnectionError {
          (is it stopped or overloaded, or not a Ballast master?)"
     )]
     HandshakeTimeout { addr: String, waited: Duration },
+    /// TLS with the master failed; the text says why (a certificate we do not trust, a master
+    /// that does not speak TLS ...).
+    #[error("{0}")]
+    Tls(String),
     /// The system gave no randomness for our handshake nonce.
     #[error("no randomness for the handshake nonce: {0}")]
     Random(String),
@@ -85,6 +91,9 @@ fn refusal(addr: &str, reason: &str, kind: RejectKind, token_sent: bool) -> Stri
             "the master at {addr} refused our token: it holds another one (check --token or \
              BALLAST_TOKEN)"
         ),
+        (RejectKind::TlsRequired, _) => {
+            format!("the master at {addr} speaks TLS: pass --tls-ca (or BALLAST_TLS_CA)")
+        }
         _ => format!("the master at {addr} refused this connection: {reason}"),
     }
 }
@@ -100,7 +109,7 @@ pub struct Welcome {
 
 /// Receiving half: reads frames with a reused buffer.
 pub struct FrameReader {
-    stream: TcpStream,
+    stream: Transport,
     decoder: FrameDecoder,
     /// Bytes asked per read now, from [`HANDSHAKE_READ_CHUNK`] up to [`READ_CHUNK`].
     read_chunk: usize,
@@ -108,7 +117,7 @@ pub struct FrameReader {
 
 /// Sending half: frames are queued into one buffer and written with one syscall by `flush`.
 pub struct FrameWriter {
-    stream: TcpStream,
+    stream: Transport,
     buf: Vec<u8>,
 }
 
@@ -129,7 +138,7 @@ impl FrameReader {
     }
 
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(timeout)
+        self.stream.socket().set_read_timeout(timeout)
     }
 }
 
@@ -160,26 +169,27 @@ impl FrameWriter {
 
     /// Closes both directions, which also wakes a reader blocked on the other half.
     pub fn shutdown(&self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.shutdown();
     }
 
     /// The socket and the queue buffer (with what is queued and not flushed), for a caller that
     /// writes on its own terms: the worker must never block in `flush`, so its writer thread owns
     /// the socket.
-    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+    pub fn into_parts(self) -> (Transport, Vec<u8>) {
         (self.stream, self.buf)
     }
 }
 
 impl Connection {
-    /// Connects to `addr` and completes the handshake as `role`.
+    /// Connects to `addr` (over TLS with `tls`) and completes the handshake as `role`.
     pub fn connect(
         addr: &str,
         role: Role,
         token: Option<&[u8]>,
+        tls: Option<&ClientTls>,
         connect_timeout: Duration,
     ) -> Result<(Connection, Welcome), ConnectionError> {
-        let (mut conn, bound) = Connection::open(addr, connect_timeout)?;
+        let (mut conn, bound) = Connection::open(addr, tls, connect_timeout)?;
         // The writer's buffer is empty until the caller queues something: the handshake may write
         // through the reader's handle of the same socket.
         let reader = &mut conn.reader;
@@ -202,10 +212,11 @@ impl Connection {
     pub fn connect_client(
         addr: &str,
         token: Option<&[u8]>,
+        tls: Option<&ClientTls>,
         connect_timeout: Duration,
         first: &ToMaster,
     ) -> Result<(Connection, Welcome), ConnectionError> {
-        let (mut conn, bound) = Connection::open(addr, connect_timeout)?;
+        let (mut conn, bound) = Connection::open(addr, tls, connect_timeout)?;
         conn.writer.queue(first)?;
         if token.is_some() || conn.writer.pending() > PIPELINE_MAX {
             let reader = &mut conn.reader;
@@ -232,7 +243,7 @@ impl Connection {
             .write_all(&frames)
             .map_err(ConnectionError::from)
             .and_then(|()| {
-                let master_nonce = read_greeting(&mut reader.stream, &mut reader.decoder)?;
+                let master_nonce = read_greeting(&mut reader.stream, &mut reader.decoder, addr)?;
                 read_welcome(
                     &mut reader.stream,
                     &mut reader.decoder,
@@ -246,13 +257,35 @@ impl Connection {
         conn.finish_handshake(addr, bound, welcome)
     }
 
-    /// A connected socket with the handshake's read bound set (returned, for its error).
+    /// A connected socket (with TLS established over it, with `tls`) with the handshake's read
+    /// bound set (returned, for its error).
     fn open(
         addr: &str,
+        tls: Option<&ClientTls>,
         connect_timeout: Duration,
     ) -> Result<(Connection, Duration), ConnectionError> {
-        let stream = connect_any(addr, connect_timeout)?;
-        stream.set_nodelay(true)?;
+        let socket = connect_any(addr, connect_timeout)?;
+        socket.set_nodelay(true)?;
+        // Bound the handshake so a wrong port does not hang us; callers set their own timeouts after.
+        let bound = connect_timeout.max(Duration::from_secs(5));
+        socket.set_read_timeout(Some(bound))?;
+        let stream = match tls {
+            None => Transport::plain(socket),
+            Some(tls) => Transport::tls(socket, tls, addr).map_err(|e| match e {
+                ConnectionError::Io(io)
+                    if matches!(
+                        io.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    ConnectionError::HandshakeTimeout {
+                        addr: addr.to_string(),
+                        waited: bound,
+                    }
+                }
+                other => other,
+            })?,
+        };
         let conn = Connection {
             reader: FrameReader {
                 stream: stream.try_clone()?,
@@ -264,9 +297,6 @@ impl Connection {
                 buf: Vec::with_capacity(4096),
             },
         };
-        // Bound the handshake so a wrong port does not hang us; callers set their own timeouts after.
-        let bound = connect_timeout.max(Duration::from_secs(5));
-        conn.reader.set_read_timeout(Some(bound))?;
         Ok((conn, bound))
     }
 
@@ -347,7 +377,7 @@ pub fn handshake_with_nonce<S: Read + Write>(
     token: Option<&[u8]>,
     peer_nonce: &[u8; NONCE_LEN],
 ) -> Result<Welcome, ConnectionError> {
-    let master_nonce = read_greeting(stream, decoder)?;
+    let master_nonce = read_greeting(stream, decoder, master)?;
     let tag = RoleTag::of(&role);
     let mut frame = Vec::new();
     encode_frame(&hello(role, token, &master_nonce, peer_nonce), &mut frame)?;
@@ -388,6 +418,7 @@ fn hello(
 fn read_greeting<S: Read>(
     stream: &mut S,
     decoder: &mut FrameDecoder,
+    master: &str,
 ) -> Result<Vec<u8>, ConnectionError> {
     match recv_handshake(stream, decoder)? {
         FromMaster::Greeting { version, nonce } => {
@@ -399,6 +430,13 @@ fn read_greeting<S: Read>(
             }
             Ok(nonce)
         }
+        // A TLS master refuses a plaintext peer before any greeting.
+        FromMaster::Rejected { reason, kind } => Err(ConnectionError::Rejected {
+            addr: master.to_string(),
+            reason,
+            kind,
+            token_sent: false,
+        }),
         other => Err(ConnectionError::Unexpected(other.name().to_string())),
     }
 }
@@ -622,7 +660,7 @@ mod tests {
         // was "Resource temporarily unavailable (os error 11)".
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let err = Connection::connect(&addr, Role::Client, None, Duration::from_millis(100))
+        let err = Connection::connect(&addr, Role::Client, None, None, Duration::from_millis(100))
             .err()
             .expect("no greeting, no connection");
         assert!(
@@ -985,9 +1023,14 @@ mod tests {
             }
             got
         });
-        let (mut conn, welcome) =
-            Connection::connect_client(&addr, None, Duration::from_secs(10), &ToMaster::Status)
-                .expect("connects");
+        let (mut conn, welcome) = Connection::connect_client(
+            &addr,
+            None,
+            None,
+            Duration::from_secs(10),
+            &ToMaster::Status,
+        )
+        .expect("connects");
         assert_eq!(welcome.master_id, 77);
         assert_eq!(conn.recv().expect("the reply"), done());
         let got = master.join().expect("master thread");
@@ -1015,6 +1058,7 @@ mod tests {
         let err = Connection::connect_client(
             &addr,
             Some(TOKEN),
+            None,
             Duration::from_secs(10),
             &ToMaster::Status,
         )

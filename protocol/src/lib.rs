@@ -17,6 +17,8 @@ pub mod limits;
 pub mod messages;
 pub mod names;
 pub mod plural;
+pub mod tls;
+pub mod transport;
 
 pub use cause::Cause;
 pub use codec::{encode_frame, FrameDecoder, FrameError, MAX_FRAME};

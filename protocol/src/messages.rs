@@ -701,6 +701,8 @@ pub enum RejectKind {
     InvalidInfo,
     /// A live worker already has this name; it may be free again once that one is gone.
     NameInUse,
+    /// The master speaks TLS and the peer did not: sent in plaintext, instead of `Greeting`.
+    TlsRequired,
 }
 
 /// Everything the master sends.

@@ -18,6 +18,10 @@ pub enum WorkerError {
     /// The master connection broke and `--on-master-lost stop` asked us not to wait for it.
     #[error("lost the master at {addr}: {reason}")]
     MasterLost { addr: String, reason: String },
+    /// TLS settings that cannot work: a file we cannot use, a master whose certificate we do
+    /// not trust, a master that speaks TLS to a worker without `--tls-ca` or the reverse.
+    #[error("{line}")]
+    Tls { line: String },
     /// The process could not be set up (signal handlers, pipes).
     #[error("cannot {what}: {source}")]
     Setup {
@@ -32,7 +36,10 @@ impl WorkerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             WorkerError::Rejected { .. } | WorkerError::MasterUnproven { .. } => 2,
-            WorkerError::MasterLost { .. } | WorkerError::Setup { .. } => 1,
+            // 1 like a setup error: our own TLS settings are what a person must change.
+            WorkerError::MasterLost { .. }
+            | WorkerError::Setup { .. }
+            | WorkerError::Tls { .. } => 1,
         }
     }
 }

@@ -15,8 +15,10 @@ mod task_log;
 
 use clap::{Parser, ValueEnum};
 use log::error;
+use protocol::tls::{ClientTls, ClientTlsFiles};
 use protocol::WorkerInfo;
 use session::{Config, Event, OnMasterLost};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -75,6 +77,24 @@ struct Args {
     /// without it: the sentinel kills them. Costs a full fork per spawn, about 0.5 ms.
     #[arg(long)]
     tasks_die_with_worker: bool,
+
+    /// Speak TLS to the master and trust its certificate if this PEM file holds it or the CA
+    /// that issued it.
+    #[arg(long, value_name = "FILE", env = "BALLAST_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+
+    /// The name the master's certificate must carry [default: the host of --master]; not
+    /// checked for a certificate that --tls-ca holds itself.
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
+
+    /// Our certificate, for a master that requires one (--tls-client-ca).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -96,6 +116,9 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let args = Args::parse();
+    // IMPORTANT: the token must not reach the tasks, which inherit our environment: a task that
+    // prints `env` would put it in its stored output. Done while the process has one thread.
+    std::env::remove_var("BALLAST_TOKEN");
     // An address that cannot be parsed or resolved is a mistake on the command line: retrying
     // cannot fix it, so say so at once. Only a refused or lost connection is retried.
     if let Err(e) = check_master_addr(&args.master) {
@@ -156,8 +179,27 @@ fn run(args: Args) -> anyhow::Result<()> {
         what: "start the sentinel process",
         source,
     })?;
+    let tls = match args.tls_ca.filter(|p| !p.as_os_str().is_empty()) {
+        None => None,
+        Some(ca) => Some(
+            ClientTls::load(&ClientTlsFiles {
+                ca,
+                server_name: args.tls_server_name,
+                cert: args.tls_cert,
+                key: args.tls_key,
+            })
+            .map_err(|e| {
+                // Logged here like the session's errors (`main` logs only setup errors).
+                error!("{e}");
+                error::WorkerError::Tls {
+                    line: e.to_string(),
+                }
+            })?,
+        ),
+    };
     let config = Config {
         master_addr: args.master,
+        tls,
         // An empty token (e.g. `BALLAST_TOKEN=`) means none.
         token: args.token.filter(|t| !t.is_empty()).map(String::into_bytes),
         info: WorkerInfo {

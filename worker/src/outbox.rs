@@ -19,11 +19,12 @@
 //! to be reported again on the next connection.
 
 use log::error;
+use protocol::transport::Transport;
 use protocol::{encode_frame, Completion, ToMaster};
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::mem;
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -162,9 +163,23 @@ struct Unconfirmed {
     entries: VecDeque<(u64, Completion)>,
 }
 
+/// The frame end of a completion queued over TLS until its turn is sealed.
+const UNSEALED: u64 = u64::MAX;
+
 impl Unconfirmed {
     fn push(&mut self, frame_end: u64, completions: impl Iterator<Item = Completion>) {
         self.entries.extend(completions.map(|c| (frame_end, c)));
+    }
+
+    /// Over TLS, this turn's completions end where its records end, at `wire_end`: a frame is
+    /// only known written once the whole turn is (a record can hold several frames).
+    fn seal(&mut self, wire_end: u64) {
+        for entry in self.entries.iter_mut().rev() {
+            if entry.0 != UNSEALED {
+                break;
+            }
+            entry.0 = wire_end;
+        }
     }
 
     /// Forgets the completions whose frames were written entirely.
@@ -199,9 +214,12 @@ impl Shared {
 /// The loop's end of one connection's outgoing bytes. Dropping it closes the connection.
 pub struct Outbox {
     shared: Arc<Shared>,
-    stream: Arc<TcpStream>,
+    stream: Arc<Transport>,
     /// This turn's frames, handed to the writer by `send`.
     staged: Vec<u8>,
+    /// Over TLS: the records `staged` becomes, which is what the writer writes (and what its
+    /// offsets count).
+    sealed: Vec<u8>,
     /// Bytes handed to the writer so far: the stream offset of the first staged byte.
     handed: u64,
     unconfirmed: Unconfirmed,
@@ -211,7 +229,7 @@ impl Outbox {
     /// Starts the writer thread for `stream`; `staged` is the (empty) buffer to reuse. `notify`
     /// tells the loop what the writer has to say and returns `false` once nobody listens.
     pub fn start(
-        stream: TcpStream,
+        stream: Transport,
         staged: Vec<u8>,
         limit: usize,
         notify: impl FnMut(WriterNote) -> bool + Send + 'static,
@@ -224,16 +242,17 @@ impl Outbox {
         let (thread_shared, thread_stream) = (shared.clone(), stream.clone());
         let spawned = thread::Builder::new()
             .name("master-writer".into())
-            .spawn(move || write_loop(&thread_stream, &thread_shared, notify));
+            .spawn(move || write_loop(thread_stream.socket(), &thread_shared, notify));
         if let Err(e) = spawned {
             // Wakes the reader thread, which holds its own handle on the socket.
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = stream.shutdown();
             return Err(e);
         }
         Ok(Outbox {
             shared,
             stream,
             staged,
+            sealed: Vec::new(),
             handed: 0,
             unconfirmed: Unconfirmed::default(),
         })
@@ -252,7 +271,12 @@ impl Outbox {
     pub fn queue_finished(&mut self, batch: &mut Vec<Completion>) {
         let msg = ToMaster::Finished(mem::take(batch));
         self.queue(&msg);
-        let frame_end = self.handed + self.staged.len() as u64;
+        // Over TLS the wire offset is known once the turn is sealed (`send`).
+        let frame_end = if self.stream.is_tls() {
+            UNSEALED
+        } else {
+            self.handed + self.staged.len() as u64
+        };
         if let ToMaster::Finished(mut completions) = msg {
             self.unconfirmed.push(frame_end, completions.drain(..));
             *batch = completions;
@@ -276,7 +300,22 @@ impl Outbox {
         if self.staged.is_empty() {
             return;
         }
+        if self.stream.is_tls() {
+            self.sealed.clear();
+            if let Err(e) = self.stream.seal(&self.staged, &mut self.sealed) {
+                // The session is broken: closing ends the reader, which reports the loss.
+                error!("cannot encrypt for the master: {e}");
+                self.shut();
+                return;
+            }
+            mem::swap(&mut self.staged, &mut self.sealed);
+            self.sealed.clear();
+            if self.sealed.capacity() > KEEP_CAPACITY {
+                self.sealed = Vec::new();
+            }
+        }
         self.handed += self.staged.len() as u64;
+        self.unconfirmed.seal(self.handed);
         let (wake, written) = {
             let mut backlog = self.shared.lock();
             // Fast path: with nothing queued or in flight the writer is not in `write`, so the
@@ -284,7 +323,7 @@ impl Outbox {
             // switch per turn, the round trip of a one-slot worker). What the socket does not
             // take at once goes to the writer as before.
             if backlog.unwritten() == 0 && !backlog.closed {
-                let n = try_send(&self.stream, &self.staged);
+                let n = try_send(self.stream.socket(), &self.staged);
                 if n > 0 {
                     backlog.written += n as u64;
                     self.staged.drain(..n);
@@ -319,7 +358,7 @@ impl Outbox {
     pub fn close(&mut self) -> Vec<Completion> {
         // Bytes still in the kernel's send queue were accepted, not delivered: a master that took
         // none of them may never see them, so their completions are reported again too.
-        let unsent = unsent_bytes(&self.stream);
+        let unsent = unsent_bytes(self.stream.socket());
         self.shut();
         let written = self.shared.lock().written;
         self.unconfirmed.reclaim(written.saturating_sub(unsent))
@@ -328,7 +367,7 @@ impl Outbox {
     fn shut(&self) {
         self.shared.lock().closed = true;
         self.shared.wake.notify_one();
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.shutdown();
     }
 }
 

@@ -32,6 +32,7 @@ use crate::task_log::TaskLog;
 use log::{debug, error, info, warn};
 use protocol::budget::chunks_within;
 use protocol::connection::{FrameReader, Welcome};
+use protocol::tls::ClientTls;
 use protocol::{
     Completion, Connection, ConnectionError, FromMaster, OutputChunk, RejectKind, Role,
     TaskOutcome, TaskRef, ToMaster, WorkerInfo,
@@ -91,6 +92,8 @@ pub struct Config {
     pub master_addr: String,
     /// Shared secret for the handshake, if the master wants one.
     pub token: Option<Vec<u8>>,
+    /// TLS to the master, with `--tls-ca`.
+    pub tls: Option<ClientTls>,
     pub info: WorkerInfo,
     /// The heartbeat interval asked for (also sent in `WorkerInfo`); the master may tell us a
     /// shorter one to meet its timeout, which wins.
@@ -433,11 +436,18 @@ impl Session {
         let addr = self.config.master_addr.clone();
         let role = Role::Worker(self.config.info.clone());
         let token = self.config.token.clone();
+        let tls = self.config.tls.clone();
         let events = self.events.clone();
         let spawned = thread::Builder::new()
             .name("connect".into())
             .spawn(move || {
-                let result = Connection::connect(&addr, role, token.as_deref(), CONNECT_TIMEOUT);
+                let result = Connection::connect(
+                    &addr,
+                    role,
+                    token.as_deref(),
+                    tls.as_ref(),
+                    CONNECT_TIMEOUT,
+                );
                 let _ = events.send(Event::Connected { attempt, result });
             });
         self.link = match spawned {
@@ -464,6 +474,18 @@ impl Session {
         let addr = self.config.master_addr.clone();
         let (connection, welcome) = match result {
             Ok(ok) => ok,
+            // TLS on one side only, or a certificate we do not trust: retrying cannot help.
+            Err(
+                e @ (ConnectionError::Tls(_)
+                | ConnectionError::Rejected {
+                    kind: RejectKind::TlsRequired,
+                    ..
+                }),
+            ) => {
+                let line = e.to_string();
+                error!("{line}");
+                return self.begin_stop(now, Err(WorkerError::Tls { line }));
+            }
             Err(ConnectionError::Rejected {
                 reason,
                 kind: RejectKind::NameInUse,

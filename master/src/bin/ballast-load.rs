@@ -128,6 +128,7 @@ fn latency(args: LatencyArgs) -> anyhow::Result<()> {
         &args.target.master,
         Role::Client,
         args.target.token(),
+        None,
         Duration::from_secs(5),
     )
     .context("connecting as a client")?;

@@ -28,7 +28,7 @@ struct Cancelled {
 }
 
 pub fn run(args: CancelArgs) -> Result<Outcome> {
-    let mut session = args.conn.session();
+    let mut session = args.conn.session()?;
     let mut all = Cancelled::default();
     // A job's tasks are cancelled by id, in frame-sized batches like any ids: a job of millions
     // would make a `CancelDone` larger than a frame (the master refuses that many by job).

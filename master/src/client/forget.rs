@@ -97,7 +97,7 @@ pub fn run(args: ForgetArgs) -> Result<Outcome> {
     let finished_before_ms = args
         .finished_before
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let mut session = args.conn.session();
+    let mut session = args.conn.session()?;
     let mut all = Forgot::default();
     let job_ids = jobs::job_ids(&args.job);
     // Jobs (and an age alone) in one request: the reply is bounded whatever they hold.

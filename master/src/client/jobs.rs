@@ -34,7 +34,7 @@ pub fn job_ids(args: &[ids::IdArg]) -> Vec<JobId> {
 const NAME_CELL_CHARS: usize = 40;
 
 pub fn run(args: JobsArgs) -> Result<Outcome> {
-    let mut session = args.conn.session();
+    let mut session = args.conn.session()?;
     let mut jobs = fetch(&mut session, job_ids(&args.ids))?;
     let left_out =
         view::row_limit(args.limit, args.json).map_or(0, |n| jobs.len().saturating_sub(n));

@@ -32,7 +32,7 @@ pub struct LogsArgs {
 }
 
 pub fn run(args: LogsArgs) -> Result<Outcome> {
-    let mut session = args.conn.session();
+    let mut session = args.conn.session()?;
     let stream = if args.stderr {
         OutputStream::Stderr
     } else {

@@ -30,8 +30,11 @@ pub use status::StatusArgs;
 pub use submit::SubmitArgs;
 pub use wait::WaitArgs;
 
+use error::{ClientError, Result};
+use protocol::tls::{ClientTls, ClientTlsFiles, TlsError};
 use session::Session;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -101,6 +104,44 @@ pub struct ConnArgs {
     #[arg(long, value_name = "D", env = "BALLAST_REPLY_TIMEOUT", default_value = "60s",
           value_parser = parse_reply_timeout)]
     pub reply_timeout: Duration,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS to the master: on with `--tls-ca` (a master started with `--tls-cert`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// Speak TLS and trust the master's certificate if this PEM file holds it or the CA that
+    /// issued it.
+    #[arg(long, value_name = "FILE", env = "BALLAST_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the master's certificate must carry [default: the host of --master]; not
+    /// checked for a certificate that --tls-ca holds itself.
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+    /// Our certificate, for a master that requires one (--tls-client-ca).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS settings, loaded, or `None` without `--tls-ca` (an empty `BALLAST_TLS_CA=`
+    /// means none too).
+    pub fn load(&self) -> std::result::Result<Option<ClientTls>, TlsError> {
+        let Some(ca) = self.tls_ca.as_ref().filter(|p| !p.as_os_str().is_empty()) else {
+            return Ok(None);
+        };
+        ClientTls::load(&ClientTlsFiles {
+            ca: ca.clone(),
+            server_name: self.tls_server_name.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        })
+        .map(Some)
+    }
 }
 
 /// The default `--reply-timeout`.
@@ -120,12 +161,21 @@ fn parse_reply_timeout(text: &str) -> std::result::Result<Duration, String> {
 impl ConnArgs {
     /// The session with the master; it connects with its first request. An empty
     /// `BALLAST_MASTER=` reaches clap as an empty value; treat it as unset, like the token.
-    fn session(&self) -> Session {
+    fn session(&self) -> Result<Session> {
         let addr = match self.master.trim() {
             "" => protocol::DEFAULT_MASTER_ADDR,
             addr => addr,
         };
-        Session::new(addr, self.token.as_deref(), self.reply_timeout)
+        let tls = self
+            .tls
+            .load()
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        Ok(Session::new(
+            addr,
+            self.token.as_deref(),
+            tls,
+            self.reply_timeout,
+        ))
     }
 }
 

@@ -33,7 +33,7 @@ pub struct ResultsArgs {
 }
 
 pub fn run(args: ResultsArgs) -> Result<Outcome> {
-    let mut session = args.conn.session();
+    let mut session = args.conn.session()?;
     let mut out = view::stdout();
     let limit = view::row_limit(args.limit, args.json);
     let mut sink = if args.json {

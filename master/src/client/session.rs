@@ -2,6 +2,7 @@
 //! "the master refused" and "something else".
 
 use super::error::{ClientError, Result};
+use protocol::tls::ClientTls;
 use protocol::{Connection, ConnectionError, FromMaster, ToMaster};
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ pub struct Session {
     addr: String,
     /// Empty counts as none.
     token: Option<String>,
+    /// TLS to the master, with `--tls-ca`.
+    tls: Option<ClientTls>,
     /// How long one read may wait for the master (`--reply-timeout`).
     reply_timeout: Duration,
 }
@@ -24,11 +27,17 @@ impl Session {
     /// counts as no token, so `BALLAST_TOKEN=` in a script means "none" rather than "HMAC with
     /// an empty key". Every later read waits at most `reply_timeout` (a master that stopped
     /// answering is an error that says so, not a hang).
-    pub fn new(addr: &str, token: Option<&str>, reply_timeout: Duration) -> Session {
+    pub fn new(
+        addr: &str,
+        token: Option<&str>,
+        tls: Option<ClientTls>,
+        reply_timeout: Duration,
+    ) -> Session {
         Session {
             conn: None,
             addr: addr.to_string(),
             token: token.filter(|t| !t.is_empty()).map(str::to_string),
+            tls,
             reply_timeout,
         }
     }
@@ -36,10 +45,10 @@ impl Session {
     /// Connects now, with no request (the first `send` connects otherwise).
     #[cfg(test)]
     pub fn connect(addr: &str, token: Option<&str>, reply_timeout: Duration) -> Result<Session> {
-        let mut session = Session::new(addr, token, reply_timeout);
+        let mut session = Session::new(addr, token, None, reply_timeout);
         let token = session.token.as_deref().map(str::as_bytes);
         let (conn, _welcome) =
-            Connection::connect(addr, protocol::Role::Client, token, CONNECT_TIMEOUT)?;
+            Connection::connect(addr, protocol::Role::Client, token, None, CONNECT_TIMEOUT)?;
         session.opened(conn)?;
         Ok(session)
     }
@@ -59,8 +68,13 @@ impl Session {
             Some(conn) => Ok(conn.send(msg)?),
             None => {
                 let token = self.token.as_deref().map(str::as_bytes);
-                let (conn, _welcome) =
-                    Connection::connect_client(&self.addr, token, CONNECT_TIMEOUT, msg)?;
+                let (conn, _welcome) = Connection::connect_client(
+                    &self.addr,
+                    token,
+                    self.tls.as_ref(),
+                    CONNECT_TIMEOUT,
+                    msg,
+                )?;
                 self.opened(conn)
             }
         }

@@ -16,7 +16,7 @@ pub struct StatusArgs {
 }
 
 pub fn run(args: StatusArgs) -> Result<Outcome> {
-    let mut session = args.conn.session();
+    let mut session = args.conn.session()?;
     let report = fetch(&mut session)?;
     let mut out = view::stdout();
     if args.json {

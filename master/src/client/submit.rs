@@ -405,7 +405,7 @@ const MAX_WARNINGS: usize = 16;
 
 pub fn run(args: SubmitArgs) -> Result<Outcome> {
     let (file, origin) = args.task_file()?;
-    let mut session = args.conn.session();
+    let mut session = args.conn.session()?;
     check_ids_exist(&mut session, &file, &origin)?;
     let specs = file.specs;
     let name = args.job_name(&specs);

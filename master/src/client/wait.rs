@@ -54,7 +54,7 @@ impl WaitSummary {
 }
 
 pub fn run(args: WaitArgs) -> Result<Outcome> {
-    let mut session = args.conn.session();
+    let mut session = args.conn.session()?;
     let ids: Vec<TaskId> = ids::from_args(&args.ids).collect();
     let jobs = jobs::job_ids(&args.job);
     let summary = if ids.is_empty() {

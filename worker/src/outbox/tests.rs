@@ -151,9 +151,12 @@ fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
 fn closing_on_a_peer_that_does_not_read_loses_no_completion() {
     let (ours, peer) = socket_pair();
     let (notes, heard) = mpsc::channel();
-    let mut out = Outbox::start(ours, Vec::new(), usize::MAX, move |note| {
-        notes.send(note).is_ok()
-    })
+    let mut out = Outbox::start(
+        Transport::plain(ours),
+        Vec::new(),
+        usize::MAX,
+        move |note| notes.send(note).is_ok(),
+    )
     .expect("writer thread");
     // 24 MiB in frames of 16 completions: far more than loopback buffers hold.
     const TASKS: u64 = 384;
@@ -200,7 +203,7 @@ fn closing_on_a_peer_that_does_not_read_loses_no_completion() {
 fn a_full_outbox_refuses_more_until_the_peer_reads_half() {
     let (ours, peer) = socket_pair();
     let (notes, heard) = mpsc::channel();
-    let mut out = Outbox::start(ours, Vec::new(), 1 << 20, move |note| {
+    let mut out = Outbox::start(Transport::plain(ours), Vec::new(), 1 << 20, move |note| {
         notes.send(note).is_ok()
     })
     .expect("writer thread");
@@ -238,9 +241,12 @@ fn a_failed_write_is_reported() {
     let (ours, peer) = socket_pair();
     drop(peer);
     let (notes, heard) = mpsc::channel();
-    let mut out = Outbox::start(ours, Vec::new(), usize::MAX, move |note| {
-        notes.send(note).is_ok()
-    })
+    let mut out = Outbox::start(
+        Transport::plain(ours),
+        Vec::new(),
+        usize::MAX,
+        move |note| notes.send(note).is_ok(),
+    )
     .expect("writer thread");
     // The first write may still be taken (and answered with a reset); one of the next fails.
     let deadline = Instant::now() + PATIENCE;
@@ -261,7 +267,8 @@ fn a_failed_write_is_reported() {
 #[test]
 fn a_turn_to_an_idle_writer_is_written_by_the_loop_itself() {
     let (ours, peer) = socket_pair();
-    let mut out = Outbox::start(ours, Vec::new(), usize::MAX, |_| true).expect("writer thread");
+    let mut out = Outbox::start(Transport::plain(ours), Vec::new(), usize::MAX, |_| true)
+        .expect("writer thread");
     let mut batch = vec![completion(7, 100)];
     out.queue_finished(&mut batch);
     out.send(Instant::now());

@@ -155,6 +155,7 @@ fn test_config(addr: String, on_master_lost: OnMasterLost, heartbeat: Option<Dur
     Config {
         master_addr: addr,
         token: None,
+        tls: None,
         info: WorkerInfo {
             name: "test".into(),
             host: "localhost".into(),
@@ -906,7 +907,8 @@ fn loopback_pair() -> (Connection, TcpStream) {
     let master = FakeMaster::new();
     let addr = master.addr();
     let client = thread::spawn(move || {
-        Connection::connect(&addr, Role::Client, None, Duration::from_secs(5)).expect("connect")
+        Connection::connect(&addr, Role::Client, None, None, Duration::from_secs(5))
+            .expect("connect")
     });
     let deadline = Instant::now() + PATIENCE;
     let stream = loop {
