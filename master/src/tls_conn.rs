@@ -76,9 +76,17 @@ impl TlsConn {
         }
         let mut ended = false;
         while !ciphertext.is_empty() {
-            self.session
+            let took = self
+                .session
                 .read_tls(&mut ciphertext)
                 .map_err(TlsFailure::Io)?;
+            if took == 0 {
+                // IMPORTANT: after the peer's close_notify rustls takes nothing more; looping on
+                // what followed it in the same read would never end (one peer froze the loop).
+                // The plaintext before the alert was drained in the round that took it.
+                ended = true;
+                break;
+            }
             self.session
                 .process_new_packets()
                 .map_err(TlsFailure::Tls)?;
@@ -242,6 +250,110 @@ impl std::fmt::Display for TlsFailure {
             ),
             TlsFailure::Tls(e) => write!(f, "TLS: {e}"),
             TlsFailure::Io(e) => write!(f, "TLS: {}", protocol::Cause(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::tls::{ClientConnection, ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
+    use std::path::PathBuf;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A master's TLS session and a peer's, the handshake done in memory.
+    fn established(name: &str) -> (TlsConn, ClientConnection) {
+        let dir: PathBuf =
+            std::env::temp_dir().join(format!("ballast-tlsconn-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let (cert_path, key_path) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cert_path, cert.pem()).expect("write");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write");
+        let server = ServerTls::load(&ServerTlsFiles {
+            cert: cert_path.clone(),
+            key: key_path,
+            client_ca: None,
+        })
+        .expect("server");
+        let client = ClientTls::load(&ClientTlsFiles {
+            ca: cert_path,
+            ..ClientTlsFiles::default()
+        })
+        .expect("client");
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut conn = TlsConn::new(server.session().expect("session"));
+        let mut peer = client.session("localhost:1").expect("session");
+        let mut scratch = vec![0u8; 16 << 10];
+        for _ in 0..8 {
+            let mut wire = Vec::new();
+            while peer.wants_write() {
+                peer.write_tls(&mut wire).expect("peer out");
+            }
+            let got = conn.receive(&wire, &mut scratch, |_| {});
+            assert_eq!(got.expect("handshake"), Received::More);
+            let mut back = Vec::new();
+            conn.flush(&mut back).expect("flush");
+            peer.read_tls(&mut &back[..]).expect("peer in");
+            peer.process_new_packets().expect("peer process");
+            if !peer.is_handshaking() && conn.newly_established().is_some() {
+                return (conn, peer);
+            }
+        }
+        panic!("no handshake after 8 rounds");
+    }
+
+    /// Runs `receive` on `wire` on a thread of its own, so a loop that never ends fails the test
+    /// instead of hanging it.
+    fn receive_within(mut conn: TlsConn, wire: Vec<u8>) -> (Result<Received, String>, Vec<u8>) {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut scratch = vec![0u8; 16 << 10];
+            let mut plain = Vec::new();
+            let got = conn
+                .receive(&wire, &mut scratch, |p| plain.extend_from_slice(p))
+                .map_err(|e| e.to_string());
+            let _ = tx.send((got, plain));
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("receive returned (it spun on the bytes after close_notify)")
+    }
+
+    #[test]
+    fn bytes_after_close_notify_in_the_same_read_end_the_stream() {
+        let (conn, mut peer) = established("after-close");
+        peer.writer().write_all(b"last words").expect("write");
+        peer.send_close_notify();
+        let mut wire = Vec::new();
+        while peer.wants_write() {
+            peer.write_tls(&mut wire).expect("peer out");
+        }
+        // More than rustls reads at once (4 KiB) of anything after the alert, in the same read.
+        wire.extend(std::iter::repeat_n(0x17, 20 << 10));
+        let (got, plain) = receive_within(conn, wire);
+        assert_eq!(got, Ok(Received::Ended));
+        assert_eq!(plain, b"last words");
+    }
+
+    #[test]
+    fn garbage_and_oversized_records_are_errors_not_panics() {
+        for (what, record) in [
+            ("garbage", vec![0x17, 0x03, 0x03, 0x00, 0x04, 9, 9, 9, 9]),
+            ("oversized", vec![0x17, 0x03, 0x03, 0xff, 0xff, 0]),
+            ("unknown type", vec![0x63, 0x03, 0x03, 0x00, 0x01, 0]),
+        ] {
+            let (conn, _peer) = established(what);
+            let (got, plain) = receive_within(conn, record);
+            assert!(
+                got.as_ref().is_err_and(|e| e.starts_with("TLS: ")),
+                "{what}: {got:?}"
+            );
+            assert!(plain.is_empty(), "{what}");
         }
     }
 }

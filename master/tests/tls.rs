@@ -231,3 +231,107 @@ fn the_http_side_is_https_on_a_tls_master() {
     assert!(answer.contains("speaks HTTPS"), "{answer}");
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// A TLS session with the master at `addr`, the handshake done, for a test that then speaks
+/// raw TLS (what a hostile peer can send).
+fn tls_peer(addr: &str, ca: &str) -> (TcpStream, protocol::tls::ClientConnection) {
+    use protocol::tls::{ClientTls, ClientTlsFiles};
+    let tls = ClientTls::load(&ClientTlsFiles {
+        ca: ca.into(),
+        ..ClientTlsFiles::default()
+    })
+    .expect("client TLS");
+    let mut session = tls.session(addr).expect("session");
+    let mut socket = TcpStream::connect(addr).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    while session.is_handshaking() {
+        session.complete_io(&mut socket).expect("handshake");
+    }
+    (socket, session)
+}
+
+/// Reads until the master closes `socket`; false if it stays open past its read timeout.
+fn closed_by_master(socket: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn hostile_tls_peers_are_closed_and_the_master_serves_on() {
+    let scratch = std::env::temp_dir().join(format!("ballast-tls-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("dir");
+    let (cert, key) = self_signed(&scratch);
+    let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let c = Cluster::start(&["--tls-cert", cert, "--tls-key", key]);
+    let status_answers = |when: &str| {
+        let out = c.cli_within(Duration::from_secs(10), &["status", "--tls-ca", cert], &[]);
+        assert!(
+            out.status.success(),
+            "status {when}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    // Half a ClientHello, then silence, from many peers at once: each is held only until the
+    // handshake timeout, and the master answers others meanwhile.
+    let hello = {
+        use protocol::tls::{ClientTls, ClientTlsFiles};
+        let tls = ClientTls::load(&ClientTlsFiles {
+            ca: cert.into(),
+            ..ClientTlsFiles::default()
+        })
+        .expect("client TLS");
+        let mut session = tls.session(&c.addr).expect("session");
+        let mut hello = Vec::new();
+        session.write_tls(&mut hello).expect("hello");
+        hello
+    };
+    let mut stalled: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(&c.addr).expect("connect");
+            s.write_all(&hello[..hello.len() / 2])
+                .expect("half a hello");
+            s.set_read_timeout(Some(Duration::from_secs(15)))
+                .expect("timeout");
+            s
+        })
+        .collect();
+    status_answers("while 200 handshakes stall");
+
+    // After the handshake: a close_notify with more bytes behind it in the same segment (the
+    // master once spun on those for ever), a garbled record, an oversized one.
+    let (mut after_close, mut session) = tls_peer(&c.addr, cert);
+    session.send_close_notify();
+    let mut wire = Vec::new();
+    session.write_tls(&mut wire).expect("alert");
+    wire.extend(std::iter::repeat_n(0x17u8, 20 << 10));
+    after_close.write_all(&wire).expect("send");
+    assert!(closed_by_master(&mut after_close), "after close_notify");
+    for record in [
+        &[0x17u8, 0x03, 0x03, 0x00, 0x04, 9, 9, 9, 9][..],
+        &[0x17, 0x03, 0x03, 0xff, 0xff, 0][..],
+    ] {
+        let (mut socket, _session) = tls_peer(&c.addr, cert);
+        socket.write_all(record).expect("send");
+        assert!(closed_by_master(&mut socket), "after {record:?}");
+    }
+    status_answers("after the bad records");
+
+    for (i, s) in stalled.iter_mut().enumerate() {
+        assert!(closed_by_master(s), "stalled handshake {i} still open");
+    }
+    status_answers("at the end");
+    let log = c.master_log();
+    assert!(log.contains("no handshake within"), "{log}");
+    assert!(log.contains(": TLS: "), "{log}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}

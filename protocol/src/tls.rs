@@ -69,6 +69,14 @@ pub enum TlsError {
     ServerName { addr: String },
     #[error("--tls-cert and --tls-key go together: {0} is missing")]
     Pair(&'static str),
+    #[error(
+        "--tls-key {} is not the private key of the certificate in --tls-cert {}",
+        key.display(),
+        cert.display()
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("--tls-cert {} does not hold a valid X.509 certificate", path.display())]
+    BadCertificate { path: PathBuf },
 }
 
 /// Where a peer (worker or client command) finds its TLS settings.
@@ -111,7 +119,7 @@ impl ClientTls {
         let config = match (&files.cert, &files.key) {
             (Some(cert), Some(key)) => builder
                 .with_client_auth_cert(read_certs("--tls-cert", cert)?, read_key("--tls-key", key)?)
-                .map_err(|e| config_error("our certificate and key", e))?,
+                .map_err(|e| pair_error("our certificate and key", cert, key, e))?,
             (None, None) => builder.with_no_client_auth(),
             (Some(_), None) => return Err(TlsError::Pair("--tls-key")),
             (None, Some(_)) => return Err(TlsError::Pair("--tls-cert")),
@@ -187,7 +195,7 @@ impl ServerTls {
                 read_certs("--tls-cert", &files.cert)?,
                 read_key("--tls-key", &files.key)?,
             )
-            .map_err(|e| config_error("--tls-cert and --tls-key", e))?;
+            .map_err(|e| pair_error("--tls-cert and --tls-key", &files.cert, &files.key, e))?;
         // Peers reconnect with a full handshake: nothing to gain from tickets for a handful of
         // long-lived connections, and a client command is one connection.
         config.send_tls13_tickets = 0;
@@ -216,6 +224,26 @@ fn config_error(what: &'static str, e: impl fmt::Display) -> TlsError {
     TlsError::Config {
         what,
         detail: e.to_string(),
+    }
+}
+
+/// Why rustls refused a certificate and key as a pair, in words about the files: its own
+/// text ("keys may not be consistent: KeyMismatch", "invalid peer certificate") names neither
+/// file and blames a peer for our own certificate.
+fn pair_error(what: &'static str, cert: &Path, key: &Path, e: rustls::Error) -> TlsError {
+    match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            TlsError::KeyMismatch {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+            }
+        }
+        rustls::Error::InvalidCertificate(CertificateError::BadEncoding) => {
+            TlsError::BadCertificate {
+                path: cert.to_path_buf(),
+            }
+        }
+        e => config_error(what, e),
     }
 }
 

@@ -358,3 +358,50 @@ fn a_self_signed_certificate_not_in_the_ca_file_is_an_unknown_issuer() {
         other => panic!("expected an unknown issuer: {other:?}"),
     }
 }
+
+#[test]
+fn a_key_that_is_not_the_certificates_and_a_broken_certificate_are_named() {
+    let dir = Dir::new("mismatch");
+    let (cert, _) = self_signed_ca(&["localhost"], false);
+    let (_, other_key) = self_signed_ca(&["localhost"], false);
+    let mismatch = ServerTls::load(&ServerTlsFiles {
+        cert: dir.write("c.pem", &cert),
+        key: dir.write("other.key", &other_key),
+        client_ca: None,
+    })
+    .expect_err("a key of another certificate");
+    let line = mismatch.to_string();
+    assert!(
+        line.contains("other.key is not the private key of the certificate in --tls-cert"),
+        "{line}"
+    );
+
+    let peer = ClientTls::load(&ClientTlsFiles {
+        ca: dir.write("ca.pem", &cert),
+        cert: Some(dir.write("peer.pem", &cert)),
+        key: Some(dir.write("peer.key", &other_key)),
+        ..ClientTlsFiles::default()
+    })
+    .expect_err("our own certificate with another key");
+    let line = peer.to_string();
+    assert!(
+        line.contains("peer.key is not the private key of the certificate in --tls-cert"),
+        "{line}"
+    );
+
+    // Valid PEM around bytes that are no certificate: named as such, not as a peer's problem.
+    let broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let (_, key) = self_signed_ca(&["localhost"], false);
+    let bad = ServerTls::load(&ServerTlsFiles {
+        cert: dir.write("broken.pem", broken),
+        key: dir.write("k.pem", &key),
+        client_ca: None,
+    })
+    .expect_err("no certificate in the PEM");
+    let line = bad.to_string();
+    assert!(
+        line.contains("broken.pem does not hold a valid X.509 certificate"),
+        "{line}"
+    );
+    assert!(!line.contains("peer"), "{line}");
+}

@@ -277,3 +277,123 @@ fn a_turn_to_an_idle_writer_is_written_by_the_loop_itself() {
     assert!(out.close().is_empty(), "the frame left whole");
     assert_eq!(read_completions(peer), [TaskId(7)]);
 }
+
+/// A TLS pair on loopback, the handshake done: our end as a worker's transport, and the peer's
+/// socket with its session (a master stand-in).
+fn tls_pair() -> (Transport, TcpStream, rustls::ServerConnection) {
+    use protocol::tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
+    let dir = std::env::temp_dir().join(format!("ballast-outbox-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let (cert_path, key_path) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write");
+    let server = ServerTls::load(&ServerTlsFiles {
+        cert: cert_path.clone(),
+        key: key_path,
+        client_ca: None,
+    })
+    .expect("server");
+    let client = ClientTls::load(&ClientTlsFiles {
+        ca: cert_path,
+        ..ClientTlsFiles::default()
+    })
+    .expect("client");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ours, mut peer) = socket_pair();
+    peer.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    ours.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let handshake = thread::spawn(move || {
+        let mut session = server.session().expect("session");
+        while session.is_handshaking() {
+            session.complete_io(&mut peer).expect("peer handshake");
+        }
+        (peer, session)
+    });
+    let ours = Transport::tls(ours, &client, "localhost:1").expect("our handshake");
+    let (peer, session) = handshake.join().expect("peer thread");
+    (ours, peer, session)
+}
+
+/// [`read_completions`] through the peer's TLS session: a torn last record is ignored, as a
+/// torn last frame is.
+fn read_tls_completions(mut peer: TcpStream, mut session: rustls::ServerConnection) -> Vec<TaskId> {
+    let mut decoder = FrameDecoder::new();
+    let mut plain = vec![0u8; 64 << 10];
+    let mut ids = Vec::new();
+    loop {
+        while let Some(msg) = decoder.next_frame::<ToMaster>().expect("valid frames") {
+            let ToMaster::Finished(done) = msg else {
+                panic!("expected Finished, got {msg:?}");
+            };
+            ids.extend(done.iter().map(|c| c.task));
+        }
+        match session.reader().read(&mut plain) {
+            Ok(0) => return ids,
+            Ok(n) => {
+                decoder.extend(&plain[..n]);
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return ids,
+            Err(e) => panic!("plaintext: {e}"),
+        }
+        match session.read_tls(&mut peer) {
+            Ok(0) => return ids,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return ids,
+            Err(e) => panic!("read: {e}"),
+        }
+        session.process_new_packets().expect("valid records");
+    }
+}
+
+#[test]
+fn over_tls_closing_on_a_peer_that_does_not_read_loses_no_completion() {
+    let (ours, peer, session) = tls_pair();
+    let (notes, heard) = mpsc::channel();
+    let mut out = Outbox::start(ours, Vec::new(), usize::MAX, move |note| {
+        notes.send(note).is_ok()
+    })
+    .expect("writer thread");
+    // Several turns, each sealed into records of its own: the completions of each come back
+    // unless all of that turn's records were written.
+    const TASKS: u64 = 384;
+    let mut batch = Vec::new();
+    for id in 1..=TASKS {
+        batch.push(completion(id, 64 << 10));
+        if batch.len() == 16 {
+            out.queue_finished(&mut batch);
+        }
+        if id % 96 == 0 {
+            out.send(Instant::now());
+        }
+    }
+    poll_until("the writer to fill the socket", || {
+        let backlog = out.shared.lock();
+        backlog.written > 0 && backlog.in_flight > 0
+    });
+    let unsent = out.close();
+    assert!(!unsent.is_empty(), "the socket cannot have taken 24 MiB");
+    match heard.recv_timeout(PATIENCE) {
+        Err(RecvTimeoutError::Disconnected) => {}
+        Err(RecvTimeoutError::Timeout) => panic!("the writer thread did not exit"),
+        Ok(note) => panic!("unexpected {note:?}"),
+    }
+    let read = read_tls_completions(peer, session);
+    assert!(
+        !read.is_empty(),
+        "some records were written before the close"
+    );
+    let mut seen: BTreeSet<TaskId> = read.into_iter().collect();
+    seen.extend(unsent.iter().map(|c| c.task));
+    assert_eq!(
+        seen.len() as u64,
+        TASKS,
+        "every completion reached the peer or came back"
+    );
+}
