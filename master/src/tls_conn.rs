@@ -257,7 +257,7 @@ impl std::fmt::Display for TlsFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::tls::{ClientConnection, ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
+    use protocol::tls::ClientConnection;
     use std::path::PathBuf;
     use std::sync::mpsc;
     use std::time::Duration;
@@ -266,26 +266,7 @@ mod tests {
     fn established(name: &str) -> (TlsConn, ClientConnection) {
         let dir: PathBuf =
             std::env::temp_dir().join(format!("ballast-tlsconn-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("cert");
-        let (cert_path, key_path) = (dir.join("c.pem"), dir.join("k.pem"));
-        std::fs::write(&cert_path, cert.pem()).expect("write");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write");
-        let server = ServerTls::load(&ServerTlsFiles {
-            cert: cert_path.clone(),
-            key: key_path,
-            client_ca: None,
-        })
-        .expect("server");
-        let client = ClientTls::load(&ClientTlsFiles {
-            ca: cert_path,
-            ..ClientTlsFiles::default()
-        })
-        .expect("client");
+        let (server, client) = protocol::tls::test_pair(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         let mut conn = TlsConn::new(server.session().expect("session"));
         let mut peer = client.session("localhost:1").expect("session");

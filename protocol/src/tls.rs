@@ -495,6 +495,33 @@ pub fn certificate_problem(c: &CertificateError) -> String {
     }
 }
 
+/// For tests here and in the other crates: a self-signed certificate for `localhost` written
+/// into `dir` (as `c.pem` and `k.pem`), the master's settings with it, and a peer's that trust it.
+#[cfg(any(test, feature = "test-support"))]
+pub fn test_pair(dir: &Path) -> (ServerTls, ClientTls) {
+    std::fs::create_dir_all(dir).expect("certificate dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    let (cert_path, key_path) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    let server = ServerTls::load(&ServerTlsFiles {
+        cert: cert_path.clone(),
+        key: key_path,
+        client_ca: None,
+    })
+    .expect("server TLS");
+    let client = ClientTls::load(&ClientTlsFiles {
+        ca: cert_path,
+        ..ClientTlsFiles::default()
+    })
+    .expect("client TLS");
+    (server, client)
+}
+
 /// Enough DER to read a certificate's validity period; nothing else is parsed here.
 mod der {
     /// One element: (tag, contents, the rest after it).

@@ -212,7 +212,7 @@ impl Write for Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::{ClientTlsFiles, ServerTls, ServerTlsFiles};
+    use crate::tls::ServerTls;
     use std::net::TcpListener;
     use std::thread;
 
@@ -243,26 +243,7 @@ mod tests {
     #[test]
     fn split_halves_share_one_session_across_threads() {
         let dir = std::env::temp_dir().join(format!("ballast-transport-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("cert");
-        let (cert_path, key_path) = (dir.join("c.pem"), dir.join("k.pem"));
-        std::fs::write(&cert_path, cert.pem()).expect("write");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write");
-        let server = ServerTls::load(&ServerTlsFiles {
-            cert: cert_path.clone(),
-            key: key_path,
-            client_ca: None,
-        })
-        .expect("server");
-        let client = ClientTls::load(&ClientTlsFiles {
-            ca: cert_path,
-            ..ClientTlsFiles::default()
-        })
-        .expect("client");
+        let (server, client) = crate::tls::test_pair(&dir);
         let (addr, server_thread) = echo_server(server);
 
         let socket = TcpStream::connect(&addr).expect("connect");

@@ -115,6 +115,16 @@ fn pump(client: &mut ClientConnection, server: &mut ServerConnection) -> Result<
     panic!("no exchange after 16 rounds (ping {got_ping}, pong {got_pong})");
 }
 
+/// The line a peer prints when it refuses the master's certificate, connecting to `addr`.
+fn refusal(server: &ServerTls, client: &ClientTls, addr: &str) -> String {
+    let mut c = client.session(addr).expect("session");
+    let mut s = server.session().expect("session");
+    match pump(&mut c, &mut s) {
+        Err(Failed::Client(e)) => describe_client_error(addr, &e),
+        other => panic!("expected the peer to refuse the master's certificate: {other:?}"),
+    }
+}
+
 fn server(dir: &Dir, cert: &str, key: &str, client_ca: Option<&str>) -> ServerTls {
     ServerTls::load(&ServerTlsFiles {
         cert: dir.write("server.pem", cert),
@@ -153,15 +163,8 @@ fn an_expired_pinned_certificate_is_refused_as_expired() {
     let (cert, key) = self_signed_ca(&["localhost"], true);
     let server = server(&dir, &cert, &key, None);
     let client = client(&dir, &cert, None);
-    let mut c = client.session("localhost:1").expect("session");
-    let mut s = server.session().expect("session");
-    match pump(&mut c, &mut s) {
-        Err(Failed::Client(e)) => {
-            let line = describe_client_error("localhost:1", &e);
-            assert!(line.contains("has expired"), "{line}");
-        }
-        other => panic!("expected the client to refuse: {other:?}"),
-    }
+    let line = refusal(&server, &client, "localhost:1");
+    assert!(line.contains("has expired"), "{line}");
 }
 
 #[test]
@@ -175,15 +178,8 @@ fn a_ca_issued_certificate_is_checked_against_the_name() {
     pump(&mut c, &mut s).expect("valid for the name given");
 
     let by_address = client(&dir, &ca, None);
-    let mut c = by_address.session("10.0.0.1:7700").expect("session");
-    let mut s = server.session().expect("session");
-    match pump(&mut c, &mut s) {
-        Err(Failed::Client(e)) => {
-            let line = describe_client_error("10.0.0.1:7700", &e);
-            assert!(line.contains("--tls-server-name"), "{line}");
-        }
-        other => panic!("expected a name mismatch: {other:?}"),
-    }
+    let line = refusal(&server, &by_address, "10.0.0.1:7700");
+    assert!(line.contains("--tls-server-name"), "{line}");
 }
 
 #[test]
@@ -193,18 +189,11 @@ fn a_certificate_from_another_ca_is_an_unknown_issuer() {
     let (other_ca, _, _) = issued("another CA", &["localhost"]);
     let server = server(&dir, &leaf, &key, None);
     let client = client(&dir, &other_ca, None);
-    let mut c = client.session("localhost:1").expect("session");
-    let mut s = server.session().expect("session");
-    match pump(&mut c, &mut s) {
-        Err(Failed::Client(e)) => {
-            let line = describe_client_error("localhost:1", &e);
-            assert!(
-                line.contains("not issued by a certificate in --tls-ca"),
-                "{line}"
-            );
-        }
-        other => panic!("expected an unknown issuer: {other:?}"),
-    }
+    let line = refusal(&server, &client, "localhost:1");
+    assert!(
+        line.contains("not issued by a certificate in --tls-ca"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -345,18 +334,11 @@ fn a_self_signed_certificate_not_in_the_ca_file_is_an_unknown_issuer() {
     let (other, _) = self_signed_ca(&["localhost"], false);
     let server = server(&dir, &cert, &key, None);
     let client = client(&dir, &other, None);
-    let mut c = client.session("localhost:1").expect("session");
-    let mut s = server.session().expect("session");
-    match pump(&mut c, &mut s) {
-        Err(Failed::Client(e)) => {
-            let line = describe_client_error("localhost:1", &e);
-            assert!(
-                line.contains("not issued by a certificate in --tls-ca"),
-                "{line}"
-            );
-        }
-        other => panic!("expected an unknown issuer: {other:?}"),
-    }
+    let line = refusal(&server, &client, "localhost:1");
+    assert!(
+        line.contains("not issued by a certificate in --tls-ca"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -281,28 +281,8 @@ fn a_turn_to_an_idle_writer_is_written_by_the_loop_itself() {
 /// A TLS pair on loopback, the handshake done: our end as a worker's transport, and the peer's
 /// socket with its session (a master stand-in).
 fn tls_pair() -> (Transport, TcpStream, rustls::ServerConnection) {
-    use protocol::tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
     let dir = std::env::temp_dir().join(format!("ballast-outbox-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("cert");
-    let (cert_path, key_path) = (dir.join("c.pem"), dir.join("k.pem"));
-    std::fs::write(&cert_path, cert.pem()).expect("write");
-    std::fs::write(&key_path, key.serialize_pem()).expect("write");
-    let server = ServerTls::load(&ServerTlsFiles {
-        cert: cert_path.clone(),
-        key: key_path,
-        client_ca: None,
-    })
-    .expect("server");
-    let client = ClientTls::load(&ClientTlsFiles {
-        ca: cert_path,
-        ..ClientTlsFiles::default()
-    })
-    .expect("client");
+    let (server, client) = protocol::tls::test_pair(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     let (ours, mut peer) = socket_pair();
     peer.set_read_timeout(Some(PATIENCE)).expect("timeout");
