@@ -271,20 +271,9 @@ impl Connection {
         socket.set_read_timeout(Some(bound))?;
         let stream = match tls {
             None => Transport::plain(socket),
-            Some(tls) => Transport::tls(socket, tls, addr).map_err(|e| match e {
-                ConnectionError::Io(io)
-                    if matches!(
-                        io.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    ConnectionError::HandshakeTimeout {
-                        addr: addr.to_string(),
-                        waited: bound,
-                    }
-                }
-                other => other,
-            })?,
+            Some(tls) => {
+                Transport::tls(socket, tls, addr).map_err(|e| name_timeout(e, addr, bound))?
+            }
         };
         let conn = Connection {
             reader: FrameReader {
@@ -307,22 +296,7 @@ impl Connection {
         bound: Duration,
         welcome: Result<Welcome, ConnectionError>,
     ) -> Result<(Connection, Welcome), ConnectionError> {
-        let welcome = welcome.map_err(|e| match e {
-            // A read timeout surfaces as EAGAIN ("Resource temporarily unavailable"), which
-            // says nothing to a person: name what we waited for.
-            ConnectionError::Io(io)
-                if matches!(
-                    io.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                ConnectionError::HandshakeTimeout {
-                    addr: addr.to_string(),
-                    waited: bound,
-                }
-            }
-            other => other,
-        })?;
+        let welcome = welcome.map_err(|e| name_timeout(e, addr, bound))?;
         self.reader.set_read_timeout(None)?;
         Ok((self, welcome))
     }
@@ -530,6 +504,25 @@ fn recv_blocking<T: DeserializeOwned>(
                 }
             }
         }
+    }
+}
+
+/// A read timeout during the handshake surfaces as EAGAIN ("Resource temporarily
+/// unavailable"), which says nothing to a person: this names what we waited for.
+fn name_timeout(e: ConnectionError, addr: &str, bound: Duration) -> ConnectionError {
+    match e {
+        ConnectionError::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            ConnectionError::HandshakeTimeout {
+                addr: addr.to_string(),
+                waited: bound,
+            }
+        }
+        other => other,
     }
 }
 
