@@ -58,8 +58,8 @@ impl TlsConn {
     }
 
     /// Takes ciphertext the socket gave and hands the plaintext in it to `plaintext`. Returns
-    /// `Ok(true)` once the peer ended the stream (close_notify). A connection's first bytes
-    /// decide whether it speaks TLS at all.
+    /// `Received::Ended` once the peer ended the stream (close_notify). A connection's first
+    /// bytes decide whether it speaks TLS at all.
     pub fn receive(
         &mut self,
         mut ciphertext: &[u8],
