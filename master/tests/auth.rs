@@ -340,14 +340,16 @@ fn a_heartbeat_too_slow_for_the_timeout_is_adjusted() {
 fn tasks_do_not_inherit_the_workers_token() {
     let c = Cluster::start(&["--token", TOKEN]);
     let log = std::fs::File::create(c.dir.join("env-worker.log")).expect("log");
-    let mut worker = Command::new(worker_bin())
-        .args(["--master", &c.addr, "--name", "env-worker", "--slots", "1"])
-        .env("BALLAST_TOKEN", TOKEN)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("worker starts");
+    let mut worker = common::Reaped(
+        Command::new(worker_bin())
+            .args(["--master", &c.addr, "--name", "env-worker", "--slots", "1"])
+            .env("BALLAST_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("worker starts"),
+    );
     let out = c.cli_within(
         Duration::from_secs(30),
         &[
@@ -362,8 +364,7 @@ fn tasks_do_not_inherit_the_workers_token() {
         ],
         &[],
     );
-    let _ = worker.kill();
-    let _ = worker.wait();
+    worker.stop();
     assert!(
         out.status.success(),
         "{}",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{eventually, worker_bin, Cluster};
+use common::{eventually, worker_bin, Cluster, Reaped};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -76,14 +76,16 @@ fn a_batch_over_tls_crosses_the_wire_encrypted() {
     let c = Cluster::start(&["--tls-cert", cert, "--tls-key", key]);
     let (proxy, seen) = recording_proxy(c.addr.clone());
     let log = std::fs::File::create(c.dir.join("proxied.log")).expect("log");
-    let mut worker = Command::new(worker_bin())
-        .args([
-            "--master", &proxy, "--name", "proxied", "--slots", "2", "--tls-ca", cert,
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("worker starts");
+    let mut worker = Reaped(
+        Command::new(worker_bin())
+            .args([
+                "--master", &proxy, "--name", "proxied", "--slots", "2", "--tls-ca", cert,
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("worker starts"),
+    );
     eventually(
         Duration::from_secs(20),
         "the worker through the proxy",
@@ -114,8 +116,7 @@ fn a_batch_over_tls_crosses_the_wire_encrypted() {
     assert_eq!(text.matches("\"succeeded\"").count(), 3, "{text}");
     assert!(text.contains(MARKER), "the outputs read back: {text}");
 
-    worker.kill().expect("kill");
-    let _ = worker.wait();
+    worker.stop();
     let bytes = seen.lock().expect("lock").clone();
     assert!(
         bytes.len() > 1000,

@@ -60,6 +60,23 @@ pub struct Cluster {
     workers: Vec<(String, Child)>,
 }
 
+/// A child started by a test itself, killed and reaped when dropped: a failing assertion must
+/// not leave it running.
+pub struct Reaped(pub Child);
+
+impl Reaped {
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, panicking with `what` after `limit`.
 pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
