@@ -29,7 +29,7 @@ use crate::http::metrics::{self as exposition, ShellGauges};
 use crate::journal::{self, Journal, JournalError, JournalReader, OpenOptions, SharedJournal};
 use crate::logs::{LogLimits, LogStore, LogStoreError};
 use crate::stop_signal::StopSignal;
-use crate::tls_conn::{Received, TlsConn, TlsFailure, PLAINTEXT_PEER};
+use crate::tls_conn::{is_plaintext_peer, Received, TlsConn, TlsFailure};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -960,7 +960,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => h.conn.commit(0, now),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData && c.tls.is_some() => {
                     h.conn.commit(0, now);
-                    if e.to_string() == PLAINTEXT_PEER {
+                    if is_plaintext_peer(&e) {
                         // A browser asked for http:// on the HTTPS port: say so, in plaintext.
                         let _ = c.stream.write(PLAIN_HTTP_ON_TLS);
                     }
@@ -1741,8 +1741,9 @@ Connection: close\r\nContent-Length: 50\r\n\r\nthis port speaks HTTPS: use https
 
 fn write_out(c: &mut Connection) -> io::Result<()> {
     let limit = c.gate.unwrap_or(c.out.len());
-    if let Some(tls) = c.tls.as_deref_mut() {
-        loop {
+    match c.tls.as_deref_mut() {
+        // Plaintext up to the gate into the session, records out, until the socket would block.
+        Some(tls) => loop {
             if c.out_pos < limit {
                 c.out_pos += tls.send(&c.out[c.out_pos..limit])?;
             }
@@ -1753,15 +1754,17 @@ fn write_out(c: &mut Connection) -> io::Result<()> {
             if tls.wants_write() {
                 break; // the socket would block
             }
-        }
-    }
-    while c.tls.is_none() && c.out_pos < limit {
-        match c.stream.write(&c.out[c.out_pos..limit]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => c.out_pos += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        },
+        None => {
+            while c.out_pos < limit {
+                match c.stream.write(&c.out[c.out_pos..limit]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => c.out_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
         }
     }
     if c.out_pos == c.out.len() {

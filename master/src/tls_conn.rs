@@ -11,8 +11,23 @@ use protocol::tls::{starts_tls, ServerConnection};
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
-/// The text of [`TlsConn::read_plain`]'s error for a plaintext peer.
-pub const PLAINTEXT_PEER: &str = "plaintext peer on a TLS port";
+/// [`TlsConn::read_plain`]'s error for a peer whose first byte is not a TLS record, inside an
+/// `io::Error` of kind `InvalidData` (tell it with [`is_plaintext_peer`]).
+#[derive(Debug)]
+pub struct PlaintextPeer;
+
+impl std::fmt::Display for PlaintextPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("plaintext peer on a TLS port")
+    }
+}
+
+impl std::error::Error for PlaintextPeer {}
+
+/// Whether `e` is [`PlaintextPeer`].
+pub fn is_plaintext_peer(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<PlaintextPeer>())
+}
 
 /// A socket that can show its next bytes without taking them (mio's `TcpStream`).
 pub trait Peek {
@@ -113,7 +128,7 @@ impl TlsConn {
     /// Plaintext into `buf` the way a non-blocking socket reads: `Ok(0)` at the end,
     /// `WouldBlock` while nothing waits. Takes ciphertext from `socket` as it needs it. For an
     /// HTTP connection, whose parser brings its own buffer; a plaintext peer is
-    /// `ErrorKind::InvalidData` with [`PLAINTEXT_PEER`] as its text.
+    /// `ErrorKind::InvalidData` carrying [`PlaintextPeer`].
     pub fn read_plain(
         &mut self,
         socket: &mut (impl Read + Peek),
@@ -131,7 +146,7 @@ impl TlsConn {
                 match socket.peek(&mut first)? {
                     0 => return Ok(0),
                     _ if !starts_tls(first[0]) => {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, PLAINTEXT_PEER))
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, PlaintextPeer))
                     }
                     _ => self.decided = true,
                 }
