@@ -3,6 +3,7 @@
 //! `master` binary adds the command line (serve and the client subcommands).
 
 pub use scheduler as core;
+pub mod alloc;
 pub mod fd_limit;
 pub mod http;
 pub mod journal;

@@ -263,6 +263,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         accept_journal_loss: args.accept_journal_loss,
         http_addr,
         tls,
+        tls_cert_file: args.tls_cert.clone(),
         logs: master::logs::LogLimits {
             per_stream: args.log_limit,
             budget: args.log_budget,

@@ -16,6 +16,7 @@
 //! (and `--max-connections`), carry an `HttpState` instead of using their frame decoder, and
 //! reach the core as local clients, so their answers pass the same journal gate.
 
+use crate::alloc::{AllocError, AllocSettings, Allocator};
 use crate::core::{
     needs_commit, Backlog, ConnId, Core, CoreConfig, GroupCommit, LogOp, Output, Record,
     RestoreError, CLIENT_BACKLOG_MAX_BYTES, REPLY_BYTES_IN_FLIGHT_MAX, STALLED_READER_MS,
@@ -51,6 +52,8 @@ const LISTENER: Token = Token(usize::MAX);
 const HTTP_LISTENER: Token = Token(usize::MAX - 1);
 /// SIGINT or SIGTERM arrived (`stop_signal.rs`).
 const STOP: Token = Token(usize::MAX - 2);
+/// The allocator's command thread has answers (`alloc::runner`).
+const ALLOC_WAKE: Token = Token(usize::MAX - 3);
 /// How often HTTP connections are checked for their timeouts, while any are open.
 const HTTP_SWEEP_MS: u64 = 1_000;
 /// A whole request (head and body) must have arrived this long after its first byte.
@@ -104,6 +107,9 @@ pub enum ServerError {
     /// The system gave no randomness for the master id.
     #[error("no randomness for the master id: {0}")]
     Random(String),
+    /// The allocation queues' state cannot be read or written.
+    #[error("allocation queues: {0}")]
+    Alloc(#[from] AllocError),
 }
 
 impl From<JournalError> for ServerError {
@@ -135,6 +141,8 @@ pub struct ServerConfig {
     pub logs: LogLimits,
     /// TLS on the protocol port (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
     pub tls: Option<ServerTls>,
+    /// The certificate file of `tls`, which allocation workers get as their `--tls-ca`.
+    pub tls_cert_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -148,6 +156,7 @@ impl Default for ServerConfig {
             http_addr: None,
             logs: LogLimits::default(),
             tls: None,
+            tls_cert_file: None,
         }
     }
 }
@@ -280,6 +289,8 @@ pub struct Server {
     /// TLS connections by the time their first byte is due (`TLS_OPENING_MS` after accept),
     /// in accept order: a peer still silent then waits for a plaintext greeting.
     unopened: VecDeque<(u64, ConnId)>,
+    /// Allocation queues (`master alloc`); only with a data dir, where they are kept.
+    alloc: Option<Allocator>,
 }
 
 impl Server {
@@ -345,7 +356,29 @@ impl Server {
             }
             None => LogStore::in_memory(config.logs),
         };
+        let alloc = match &config.data_dir {
+            Some(dir) => {
+                let waker = Arc::new(mio::Waker::new(poll.registry(), ALLOC_WAKE)?);
+                let settings = AllocSettings {
+                    token: config.core.token.clone(),
+                    tls_cert: config
+                        .tls_cert_file
+                        .as_ref()
+                        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+                    mutual_tls: config.tls.as_ref().is_some_and(ServerTls::mutual),
+                };
+                let listen = listener.local_addr()?;
+                Some(Allocator::open(
+                    &dir.join("alloc"),
+                    settings,
+                    listen,
+                    waker,
+                )?)
+            }
+            None => None,
+        };
         Ok(Server {
+            alloc,
             poll,
             listener,
             http_listener,
@@ -407,6 +440,11 @@ impl Server {
                     LISTENER => self.accept(now),
                     HTTP_LISTENER => self.accept_http(now),
                     STOP => stopping = stop.take().or(stopping),
+                    ALLOC_WAKE => {
+                        if let Some(a) = &mut self.alloc {
+                            a.wake();
+                        }
+                    }
                     // An event for a connection closed earlier in this batch finds nothing.
                     token => {
                         let id = ConnId(token.0);
@@ -436,6 +474,11 @@ impl Server {
                 self.read(now, id);
             }
             self.core.handle_timeout(now);
+            if let Some(a) = &mut self.alloc {
+                if a.next_due_ms().is_some_and(|at| at <= now) {
+                    a.tick(now, &self.core);
+                }
+            }
             self.sweep_http(now);
             self.refuse_silent_peers(now);
             self.end_turn(now)?;
@@ -666,7 +709,12 @@ impl Server {
             .as_ref()
             .filter(|j| journal::lock(j).vacuum_due())
             .map(|_| Duration::from_millis(VACUUM_STEP_MS));
-        [core, commit, http, more, vacuum, unopened]
+        let alloc = self
+            .alloc
+            .as_ref()
+            .and_then(Allocator::next_due_ms)
+            .map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
+        [core, commit, http, more, vacuum, unopened, alloc]
             .into_iter()
             .flatten()
             .min()
@@ -1268,6 +1316,18 @@ impl Server {
                         Some(reply) => reply,
                         None => continue,
                     }
+                }
+                Output::Alloc { conn, request } => {
+                    let now = self.clock.now_ms();
+                    let reply = match &mut self.alloc {
+                        Some(a) => a.request(now, request, &self.core),
+                        None => FromMaster::Error {
+                            message: "allocation queues need the master's data dir (it runs \
+                                      with --no-journal)"
+                                .into(),
+                        },
+                    };
+                    (conn, reply)
                 }
                 Output::Close { conn, reason } => {
                     if let Some(c) = self.conns.get_mut(conn) {

@@ -56,6 +56,8 @@ pub struct SpecDefaults {
     pub replicas: u32,
     /// `submit --after`: what a line without its own `after` waits for.
     pub after: Vec<After>,
+    /// `submit --time-request`: how long a worker's allocation must still live.
+    pub time_request_ms: Option<u64>,
 }
 
 impl Default for SpecDefaults {
@@ -69,6 +71,7 @@ impl Default for SpecDefaults {
             group: None,
             replicas: 1,
             after: Vec::new(),
+            time_request_ms: None,
         }
     }
 }
@@ -84,6 +87,7 @@ impl SpecDefaults {
         spec.group = self.group.clone();
         spec.replicas = self.replicas;
         spec.after = self.after.clone();
+        spec.time_request_ms = self.time_request_ms;
         spec
     }
 }
@@ -418,6 +422,7 @@ mod tests {
 
     fn defaults() -> SpecDefaults {
         SpecDefaults {
+            time_request_ms: None,
             priority: 7,
             size: 2.0,
             timeout_ms: Some(9_000),
@@ -448,6 +453,7 @@ mod tests {
         assert_eq!(
             specs[0],
             TaskSpec {
+                time_request_ms: None,
                 kind: TaskKind::Command {
                     argv: vec!["echo".into(), "hi".into()],
                     env: vec![("A".into(), "1".into()), ("B".into(), "2".into())],
@@ -467,6 +473,7 @@ mod tests {
         assert_eq!(
             specs[1],
             TaskSpec {
+                time_request_ms: None,
                 kind: TaskKind::Sleep { ms: 20 },
                 priority: -3,
                 size: 0.5,

@@ -239,6 +239,7 @@ fn a_frame_of_unknown_ids_costs_one_line() {
         .expect("timeout");
     let mut dec = FrameDecoder::new();
     let info = protocol::WorkerInfo {
+        allocation: None,
         name: "junk".into(),
         host: "h".into(),
         cpus: 1,

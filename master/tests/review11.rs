@@ -36,6 +36,7 @@ fn an_output_offset_near_the_end_of_u64_does_not_break_the_master() {
     let (mut worker, _) = protocol::Connection::connect(
         &c.addr,
         Role::Worker(WorkerInfo {
+            allocation: None,
             name: "forger".into(),
             host: "h".into(),
             cpus: 1,

@@ -233,6 +233,7 @@ mod tests {
             ToMaster::Hello {
                 version: 1,
                 role: Role::Worker(WorkerInfo {
+                    allocation: None,
                     name: "a".into(),
                     host: "h".into(),
                     cpus: 4,

@@ -636,6 +636,7 @@ mod tests {
 
     fn worker() -> Role {
         Role::Worker(WorkerInfo {
+            allocation: None,
             name: "w".into(),
             host: "h".into(),
             cpus: 1,

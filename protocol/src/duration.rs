@@ -29,9 +29,36 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_micros((ms * 1000.0).round() as u64))
 }
 
+/// The duration in the largest unit that holds it exactly (`2h`, `90s`, `250ms`), in the form
+/// [`parse_duration`] reads back: for command lines the master writes, and for log lines.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".into(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_what_it_parses() {
+        for (text, ms) in [
+            ("2h", 7_200_000),
+            ("90s", 90_000),
+            ("5m", 300_000),
+            ("250ms", 250),
+            ("0s", 0),
+        ] {
+            assert_eq!(format_duration(Duration::from_millis(ms)), text);
+            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)));
+        }
+    }
 
     #[test]
     fn units() {

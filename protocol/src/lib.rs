@@ -5,6 +5,7 @@
 //! [`encode_frame`] appends one frame to a caller-owned buffer. Only `codec` knows about bincode.
 //! Batched messages are cut to a frame budget by [`budget::chunks_within`], by their encoded size.
 
+pub mod alloc;
 pub mod auth;
 pub mod budget;
 pub mod bytes;
@@ -26,7 +27,7 @@ pub use connection::{Connection, ConnectionError};
 pub use messages::*;
 
 /// Bumped whenever a wire type changes shape; peers with another version are rejected.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Address used when neither `--master` nor `$BALLAST_MASTER` is given.
 pub const DEFAULT_MASTER_ADDR: &str = "127.0.0.1:7700";

@@ -2,6 +2,9 @@
 //! sends. Batched variants (`Assign`, `Started`, `Finished`) carry many items per frame so a busy
 //! connection costs one frame per loop turn, not one per task.
 
+pub use crate::alloc::{
+    AllocState, AllocationInfo, AllocationStatus, Manager, QueueParams, QueueStatus,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
@@ -147,6 +150,10 @@ pub struct TaskSpec {
     /// when it accepts the submission).
     #[serde(default)]
     pub after: Vec<After>,
+    /// How long the task may need to run: it is placed only on a worker whose allocation lives
+    /// at least this long (`submit --time-request`); `None`: any worker.
+    #[serde(default)]
+    pub time_request_ms: Option<u64>,
 }
 
 /// One entry of [`TaskSpec::after`]. Ranges, so a task waiting for a million others costs one
@@ -208,6 +215,7 @@ impl TaskSpec {
             replicas: 1,
             name: None,
             after: Vec::new(),
+            time_request_ms: None,
         }
     }
 
@@ -262,6 +270,9 @@ pub struct WorkerInfo {
     /// says. The master answers in `Welcome` with the interval to use, which meets its timeout.
     #[serde(default)]
     pub heartbeat_interval_ms: u64,
+    /// The batch-system allocation it runs in (Slurm's job), if any.
+    #[serde(default)]
+    pub allocation: Option<Box<AllocationInfo>>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -453,6 +464,15 @@ pub enum ToMaster {
         jobs: Vec<JobId>,
         finished_before_ms: Option<u64>,
     },
+    /// From clients (since version 8): make an allocation queue; answered by `AllocAdded`.
+    AllocAdd(Box<QueueParams>),
+    /// Every allocation queue with its allocations; answered by `AllocQueues`.
+    AllocList,
+    /// Cancel the queue's pending allocations and let its running ones drain; answered by
+    /// `AllocRemoved`.
+    AllocRemove {
+        id: u32,
+    },
 }
 
 /// Which output of a command.
@@ -503,6 +523,9 @@ impl ToMaster {
             ToMaster::Log { .. } => "Log",
             ToMaster::Leaving => "Leaving",
             ToMaster::Forget { .. } => "Forget",
+            ToMaster::AllocAdd(_) => "AllocAdd",
+            ToMaster::AllocList => "AllocList",
+            ToMaster::AllocRemove { .. } => "AllocRemove",
         }
     }
 }
@@ -597,6 +620,10 @@ pub struct WorkerStatus {
     /// When the master last heard a frame from it (ms since the Unix epoch); `None` for a worker
     /// named by restored results that has not connected since this master started.
     pub last_seen_ms: Option<u64>,
+    /// The batch-system job it runs in, if any.
+    pub allocation: Option<String>,
+    /// When its allocation ends (ms since the Unix epoch); `None`: no limit known.
+    pub allocation_ends_ms: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -830,6 +857,20 @@ pub enum FromMaster {
         unknown: Vec<TaskId>,
         unknown_count: u64,
     },
+    /// The answer to `AllocAdd`.
+    AllocAdded {
+        id: u32,
+        name: String,
+    },
+    /// The answer to `AllocList`, in id order.
+    AllocQueues(Vec<QueueStatus>),
+    /// The answer to `AllocRemove`: the job ids cancelled (pending) and how many running
+    /// allocations are left to drain.
+    AllocRemoved {
+        id: u32,
+        cancelled: Vec<String>,
+        draining: u32,
+    },
 }
 
 /// What one `Forget` did to one job.
@@ -865,6 +906,9 @@ impl FromMaster {
             FromMaster::Log { .. } => "Log",
             FromMaster::LogLimit { .. } => "LogLimit",
             FromMaster::Forgotten { .. } => "Forgotten",
+            FromMaster::AllocAdded { .. } => "AllocAdded",
+            FromMaster::AllocQueues(_) => "AllocQueues",
+            FromMaster::AllocRemoved { .. } => "AllocRemoved",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `worker`: joins a Ballast master, runs the tasks it assigns, and reports this host's load.
 
+mod allocation;
 mod backoff;
 mod error;
 mod executor;
@@ -67,6 +68,16 @@ struct Args {
     #[arg(long, env = "BALLAST_TOKEN", hide_env_values = true)]
     token: Option<String>,
 
+    /// Read the token from this file (its first line) instead: keeps it off command lines and
+    /// out of the environment.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+
+    /// Exit (status 0) after this long with no task to run: 30s, 5m. A worker of a batch
+    /// allocation ends the allocation so [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle_timeout)]
+    idle_timeout: Option<Duration>,
+
     /// When the master connection breaks: keep tasks running and reconnect (`wait`), or kill
     /// them and exit with status 1 (`stop`).
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = LostPolicy::Wait)]
@@ -111,11 +122,42 @@ fn parse_heartbeat(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
+    let idle = protocol::duration::parse_duration(text)?;
+    if idle.is_zero() {
+        return Err("the idle timeout must be greater than zero".into());
+    }
+    Ok(idle)
+}
+
+/// The token in `path`: its first line, without the line end.
+fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--token-file {}: {}", path.display(), protocol::Cause(&e)))?;
+    let token = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if token.is_empty() {
+        return Err(format!(
+            "--token-file {}: the file is empty",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(path) = &args.token_file {
+        match read_token_file(path) {
+            Ok(token) => args.token = Some(token),
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     // IMPORTANT: the token must not reach the tasks, which inherit our environment: a task that
     // prints `env` would put it in its stored output. Done while the process has one thread.
     std::env::remove_var("BALLAST_TOKEN");
@@ -174,6 +216,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let host = sysinfo::System::host_name().unwrap_or_else(|_| "unknown-host".to_string());
     let pid = std::process::id();
     let name = args.name.unwrap_or_else(|| format!("{host}-{pid}"));
+    let allocation = allocation::detect();
+    // Inside an allocation the job's CPUs on this node, not the host's, are ours.
+    let default_slots = match &allocation {
+        Some(_) => allocation::cpus_on_node().unwrap_or(cpus),
+        None => cpus,
+    };
     // IMPORTANT: first, while the process has one thread (the sentinel is forked).
     sentinel::start(&name).map_err(|source| error::WorkerError::Setup {
         what: "start the sentinel process",
@@ -203,10 +251,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         // An empty token (e.g. `BALLAST_TOKEN=`) means none.
         token: args.token.filter(|t| !t.is_empty()).map(String::into_bytes),
         info: WorkerInfo {
+            allocation: allocation.map(Box::new),
             name,
             host,
             cpus,
-            slots: args.slots.unwrap_or(cpus),
+            slots: args.slots.unwrap_or(default_slots),
             pid,
             group: args.group.filter(|g| !g.is_empty()),
             prefetch: args.prefetch,
@@ -218,6 +267,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             LostPolicy::Stop => OnMasterLost::Stop,
         },
         tasks_die_with_worker: args.tasks_die_with_worker,
+        idle_timeout: args.idle_timeout,
     };
     let (events, inbox) = mpsc::channel();
     let signal_events = events.clone();

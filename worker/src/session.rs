@@ -101,6 +101,9 @@ pub struct Config {
     pub on_master_lost: OnMasterLost,
     /// Commands die with the worker even when it is SIGKILLed (`PR_SET_PDEATHSIG`).
     pub tasks_die_with_worker: bool,
+    /// Exit (status 0) after this long with no task running or held: a worker of a batch
+    /// allocation ends the allocation so. `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Everything the loop reacts to, from whichever thread.
@@ -162,6 +165,7 @@ pub fn run(
         session.handle_timeout(now);
         session.start_pending(now);
         session.flush(now);
+        session.note_idle(now);
         if let Some(result) = session.poll_exit(Instant::now()) {
             return result;
         }
@@ -236,6 +240,8 @@ struct Session {
     output: Vec<OutputChunk>,
     /// Output was left behind for lack of this turn's budget: the next turn comes at once.
     output_more: bool,
+    /// Since when no task has been running or held (`--idle-timeout`); `None` while busy.
+    idle_since: Option<Instant>,
 }
 
 impl Session {
@@ -268,7 +274,26 @@ impl Session {
             name_in_use: 0,
             output: Vec::new(),
             output_more: false,
+            idle_since: Some(Instant::now()),
         }
+    }
+
+    /// Starts or ends the idle period at the end of a turn.
+    fn note_idle(&mut self, now: Instant) {
+        let idle = self.executor.running() == 0 && self.pending.is_empty();
+        match (idle, self.idle_since) {
+            (true, None) => self.idle_since = Some(now),
+            (false, Some(_)) => self.idle_since = None,
+            _ => {}
+        }
+    }
+
+    /// When the idle timeout ends the worker, if it is idle and has one.
+    fn idle_deadline(&self) -> Option<Instant> {
+        if self.stopping.is_some() {
+            return None;
+        }
+        Some(self.idle_since? + self.config.idle_timeout?)
     }
 
     fn next_tag(&mut self) -> u64 {
@@ -291,6 +316,7 @@ impl Session {
             self.output_more.then(Instant::now),
             self.executor.poll_timeout(),
             self.stopping.as_ref().map(|s| s.give_up_at),
+            self.idle_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -325,6 +351,15 @@ impl Session {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        if self.idle_deadline().is_some_and(|at| at <= now) {
+            let idle = self.config.idle_timeout.unwrap_or_default();
+            info!(
+                "{}: idle for {}: exiting (--idle-timeout)",
+                self.config.info.name,
+                protocol::duration::format_duration(idle)
+            );
+            self.begin_stop(now, Ok(()));
+        }
         self.executor.handle_timeout(now, &mut self.finished);
         if !self.disowned.is_empty() {
             let disowned = &mut self.disowned;

@@ -178,6 +178,20 @@ pub enum Output {
     Persist(Record),
     /// A task log's bytes, end or read, for the shell's log store (`logs.rs`).
     Log(LogOp),
+    /// A client's request about allocation queues, for the shell's allocator (it runs the batch
+    /// system's commands); the shell answers on `conn`.
+    Alloc {
+        conn: ConnId,
+        request: AllocRequest,
+    },
+}
+
+/// What a client asked of the allocation queues (`master alloc ...`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AllocRequest {
+    Add(protocol::QueueParams),
+    List,
+    Remove { id: u32 },
 }
 
 /// Whether a reply speaks of durable state (ids, results, completion, status) and so must wait
@@ -913,10 +927,14 @@ impl Core {
     fn place(&mut self, now_ms: u64) {
         let mut blocked = Vec::new();
         loop {
-            let (tasks, avoid) = (&self.tasks, &self.avoid);
+            let (tasks, avoid, workers) = (&self.tasks, &self.avoid, &self.workers);
             let next = self.pools.next(|id, w| {
-                tasks.get(id).is_some_and(|t| t.runs_on(w))
-                    || (!avoid.is_empty() && avoid.get(&id) == Some(&w))
+                tasks.get(id).is_some_and(|t| {
+                    t.runs_on(w)
+                        || t.spec.time_request_ms.is_some_and(|needed| {
+                            workers.get(w).is_some_and(|w| !w.lives_for(now_ms, needed))
+                        })
+                }) || (!avoid.is_empty() && avoid.get(&id) == Some(&w))
             });
             match next {
                 Next::Place(id, pick) => self.assign_run(now_ms, id, pick.worker, pick.score),
@@ -1037,6 +1055,8 @@ impl Core {
 
     fn worker_status(&self, w: &workers::Worker) -> WorkerStatus {
         WorkerStatus {
+            allocation: w.info.allocation.as_ref().map(|a| a.job_id.clone()),
+            allocation_ends_ms: w.ends_at_ms,
             id: w.id,
             name: w.info.name.clone(),
             group: w.info.group.clone(),
@@ -1767,6 +1787,9 @@ impl Core {
                 stream,
                 offset,
             } => self.on_log(client, task, stream, offset),
+            ToMaster::AllocAdd(params) => self.on_alloc(client, AllocRequest::Add(*params)),
+            ToMaster::AllocList => self.on_alloc(client, AllocRequest::List),
+            ToMaster::AllocRemove { id } => self.on_alloc(client, AllocRequest::Remove { id }),
             other => {
                 let v = Violation::ClientMayNotSend(other.name());
                 self.session.close_client(client, CloseReason::Protocol(v));
@@ -2014,6 +2037,31 @@ impl Core {
 
     /// A read of a task's log: the store (the shell's) answers, told whether the task is final
     /// and, for a final one, the tail to show if the store has nothing of it.
+    fn on_alloc(&mut self, client: ClientId, request: AllocRequest) {
+        if let Some(conn) = self.session.conn_of(client) {
+            self.session.push_alloc(conn, request);
+        }
+    }
+
+    /// Queued tasks that a worker of `group` could run (the allocator's demand).
+    pub fn waiting_for(&self, group: Option<&str>) -> u64 {
+        self.pools.waiting_for(group)
+    }
+
+    /// Every worker that joined from a batch-system allocation: its job id, name, whether it
+    /// is connected, and its slots.
+    pub fn allocation_workers(&self) -> impl Iterator<Item = (&str, &str, bool, u32)> {
+        self.workers.iter().filter_map(|w| {
+            let a = w.info.allocation.as_ref()?;
+            Some((
+                a.job_id.as_str(),
+                w.info.name.as_str(),
+                w.is_alive(),
+                w.info.slots,
+            ))
+        })
+    }
+
     fn on_log(&mut self, client: ClientId, task: TaskId, stream: OutputStream, offset: u64) {
         let Some(t) = self.tasks.get(task) else {
             return self.error(client, format!("unknown task id {task}"));

@@ -60,6 +60,14 @@ impl Pools {
         self.shared.queue.len() + self.groups.iter().map(|p| p.queue.len()).sum::<usize>()
     }
 
+    /// Queued tasks that a worker of `group` could run: the shared pool's and its group's.
+    pub fn waiting_for(&self, group: Option<&str>) -> u64 {
+        let own = group
+            .and_then(|g| self.by_name.get(g))
+            .map_or(0, |&i| self.groups[i].queue.len());
+        (self.shared.queue.len() + own) as u64
+    }
+
     /// Queue length per group (`""`: the default pool first, then by name): every group ever
     /// seen while there are at most `limit`; beyond, only the first `limit` with waiting tasks,
     /// the others summed in `QueueLens::unlisted_*` (a submission may name a million groups; a

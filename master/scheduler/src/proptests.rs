@@ -218,6 +218,7 @@ fn spec() -> BoxedStrategy<TaskSpec> {
                 after,
             )| {
                 TaskSpec {
+                    time_request_ms: None,
                     kind,
                     priority,
                     size,
@@ -242,6 +243,7 @@ fn worker_info() -> BoxedStrategy<WorkerInfo> {
         prop_oneof![3 => Just(0u32), 1 => 1u32..3, 1 => Just(5_000u32)],
     )
         .prop_map(|(name, slots, group, prefetch)| WorkerInfo {
+            allocation: None,
             name: name.to_string(),
             host: "h".into(),
             cpus: 2,
@@ -605,6 +607,7 @@ impl World {
                 None => {
                     // A third of the peers are clients, the rest workers "a", "b" or "c".
                     let worker = (pick / 3 % 3 != 0).then(|| WorkerInfo {
+                        allocation: None,
                         name: ["a", "b", "c"][pick % 3].into(),
                         host: "h".into(),
                         cpus: 2,
@@ -788,6 +791,8 @@ impl World {
                     }
                 }
                 Output::Persist(_) => {}
+                // The model's clients make no allocation queues.
+                Output::Alloc { .. } => {}
                 Output::Log(LogOp::Read { conn, .. }) => {
                     assert!(
                         !self.closed.contains(&conn),
@@ -898,6 +903,7 @@ impl World {
         self.hello_as(
             slot,
             Some(WorkerInfo {
+                allocation: None,
                 name: name.into(),
                 host: "h".into(),
                 cpus: 2,

@@ -129,6 +129,10 @@ pub enum Refusal {
     PrefetchTooLarge {
         asked: u32,
     },
+    /// An allocation's job id that is empty or too long.
+    BadAllocation {
+        len: usize,
+    },
     /// A live worker (connected, heard from within the heartbeat timeout) has this name and is
     /// not this process: two workers under one name would take each other's id and tasks.
     NameInUse {
@@ -151,7 +155,8 @@ impl Refusal {
             | Refusal::NameLooksLikeId
             | Refusal::HostTooLong { .. }
             | Refusal::BadGroup { .. }
-            | Refusal::PrefetchTooLarge { .. } => RejectKind::InvalidInfo,
+            | Refusal::PrefetchTooLarge { .. }
+            | Refusal::BadAllocation { .. } => RejectKind::InvalidInfo,
             Refusal::NameInUse { .. } => RejectKind::NameInUse,
         }
     }
@@ -180,6 +185,10 @@ impl fmt::Display for Refusal {
             Refusal::BadGroup { len } => write!(
                 f,
                 "worker group must be 1 to {MAX_WORKER_NAME} bytes, not {len}"
+            ),
+            Refusal::BadAllocation { len } => write!(
+                f,
+                "an allocation's job id must be 1 to {MAX_WORKER_NAME} bytes, not {len}"
             ),
             Refusal::PrefetchTooLarge { asked } => {
                 write!(f, "prefetch must be at most {MAX_PREFETCH}, not {asked}")
@@ -780,6 +789,12 @@ impl Sessions {
         self.out.push_back(Output::Log(op));
     }
 
+    /// Queues a client's allocation-queue request for the shell, in order with this turn's
+    /// messages.
+    pub fn push_alloc(&mut self, conn: ConnId, request: crate::AllocRequest) {
+        self.out.push_back(Output::Alloc { conn, request });
+    }
+
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
@@ -841,6 +856,13 @@ fn worker_refusal(info: &WorkerInfo) -> Option<Refusal> {
         .filter(|&len| len == 0 || len > MAX_WORKER_NAME)
     {
         Some(Refusal::BadGroup { len })
+    } else if let Some(len) = info
+        .allocation
+        .as_ref()
+        .map(|a| a.job_id.len())
+        .filter(|&len| len == 0 || len > MAX_WORKER_NAME)
+    {
+        Some(Refusal::BadAllocation { len })
     } else if info.prefetch > MAX_PREFETCH {
         Some(Refusal::PrefetchTooLarge {
             asked: info.prefetch,
@@ -890,6 +912,7 @@ mod tests {
 
     fn worker(name: &str) -> Role {
         Role::Worker(WorkerInfo {
+            allocation: None,
             name: name.into(),
             host: "h".into(),
             cpus: 1,

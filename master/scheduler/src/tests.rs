@@ -3,8 +3,8 @@
 use super::*;
 use protocol::auth::RoleTag;
 use protocol::{
-    auth, Attempt, Incarnation, LoadReport, RejectKind, Role, TaskKind, WorkerInfo,
-    PROTOCOL_VERSION,
+    auth, AllocationInfo, Attempt, Incarnation, LoadReport, Manager, RejectKind, Role, TaskKind,
+    WorkerInfo, PROTOCOL_VERSION,
 };
 
 mod copies;
@@ -13,6 +13,7 @@ mod forged;
 mod forget;
 mod idle;
 mod jobs;
+mod lifetimes;
 mod limits;
 mod logs;
 mod names;
@@ -122,6 +123,17 @@ impl Harness {
         slots: u32,
         prefetch: u32,
     ) -> (ConnId, WorkerId, Vec<Output>) {
+        self.worker_in(name, slots, prefetch, None)
+    }
+
+    /// A worker that runs in a batch-system allocation (`None`: none).
+    fn worker_in(
+        &mut self,
+        name: &str,
+        slots: u32,
+        prefetch: u32,
+        allocation: Option<Box<AllocationInfo>>,
+    ) -> (ConnId, WorkerId, Vec<Output>) {
         let conn = self.connect();
         self.core.handle_message(
             self.now,
@@ -129,6 +141,7 @@ impl Harness {
             ToMaster::Hello {
                 version: PROTOCOL_VERSION,
                 role: Role::Worker(WorkerInfo {
+                    allocation,
                     name: name.into(),
                     host: "h".into(),
                     cpus: 2,
@@ -840,6 +853,7 @@ fn reconnecting_worker_keeps_its_running_tasks() {
         ToMaster::Hello {
             version: PROTOCOL_VERSION,
             role: Role::Worker(WorkerInfo {
+                allocation: None,
                 name: "a".into(),
                 host: "h".into(),
                 cpus: 2,
@@ -1137,6 +1151,7 @@ fn group_tasks_run_only_in_their_group() {
             ToMaster::Hello {
                 version: PROTOCOL_VERSION,
                 role: Role::Worker(WorkerInfo {
+                    allocation: None,
                     name: name.into(),
                     host: "h".into(),
                     cpus: 2,
@@ -1248,6 +1263,7 @@ fn hello(h: &mut Harness, name: &str, slots: u32, group: Option<&str>) -> ConnId
         ToMaster::Hello {
             version: PROTOCOL_VERSION,
             role: Role::Worker(WorkerInfo {
+                allocation: None,
                 name: name.into(),
                 host: "h".into(),
                 cpus: 2,

@@ -41,6 +41,9 @@ pub struct Worker {
     pub left: bool,
     /// Where the table's rebalancing index holds it now.
     standing: Standing,
+    /// When its batch-system allocation ends (the time left it reported on joining, from then);
+    /// `None`: no known end.
+    pub ends_at_ms: Option<u64>,
 }
 
 /// What a worker is to rebalancing: a live, ready worker with a free slot is idle; one with more
@@ -77,6 +80,7 @@ impl Standing {
 impl Worker {
     fn new(id: WorkerId, info: WorkerInfo, addr: String, alive: bool, now_ms: u64) -> Self {
         Worker {
+            ends_at_ms: ends_at(&info, now_ms),
             id,
             info,
             addr,
@@ -92,6 +96,13 @@ impl Worker {
             left: false,
             standing: Standing::Neither,
         }
+    }
+
+    /// Whether it will still be there `needed_ms` from `now_ms` as far as anyone knows: always,
+    /// unless its allocation ends before.
+    pub fn lives_for(&self, now_ms: u64, needed_ms: u64) -> bool {
+        self.ends_at_ms
+            .is_none_or(|end| end >= now_ms.saturating_add(needed_ms))
     }
 
     /// Connected (the session layer holds a connection for it).
@@ -112,6 +123,11 @@ impl Worker {
             prefetch: if self.ready { self.info.prefetch } else { 0 },
         }
     }
+}
+
+fn ends_at(info: &WorkerInfo, now_ms: u64) -> Option<u64> {
+    let left = info.allocation.as_ref()?.time_left_ms?;
+    Some(now_ms.saturating_add(left))
 }
 
 /// What placement must learn after a worker changed. Apply each one (`Core::learn`) right away:
@@ -176,6 +192,7 @@ impl WorkerTable {
             if replaced && w.info.prefetch > 0 {
                 self.prefetching -= 1;
             }
+            w.ends_at_ms = ends_at(&info, now_ms);
             let previous_group = std::mem::replace(&mut w.info, info).group;
             w.alive = true;
             w.addr = addr;
@@ -222,6 +239,7 @@ impl WorkerTable {
         let id = self.next_id();
         self.by_name.insert(name.to_string(), id);
         let info = WorkerInfo {
+            allocation: None,
             name: name.to_string(),
             host: String::new(),
             cpus: 0,
@@ -523,6 +541,7 @@ mod tests {
 
     fn info(name: &str, prefetch: u32, group: Option<&str>) -> WorkerInfo {
         WorkerInfo {
+            allocation: None,
             name: name.into(),
             host: "h".into(),
             cpus: 1,

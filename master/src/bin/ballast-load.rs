@@ -474,6 +474,7 @@ impl SimThread {
             self.to_connect.pop();
             let t = &self.target;
             let info = WorkerInfo {
+                allocation: None,
                 name: format!("{}-{}-{n}", t.prefix, std::process::id()),
                 host: "ballast-load".into(),
                 cpus: t.slots,

@@ -6,6 +6,7 @@
 //! Exit codes: 0 success; 1 the master refused (a request, or the handshake), an awaited task did
 //! not succeed, or a cancelled id was unknown; 2 the master could not be reached, or bad usage.
 
+mod alloc;
 mod cancel;
 mod error;
 mod forget;
@@ -21,6 +22,7 @@ mod term;
 mod view;
 mod wait;
 
+pub use alloc::AllocArgs;
 pub use cancel::CancelArgs;
 pub use forget::ForgetArgs;
 pub use jobs::JobsArgs;
@@ -61,12 +63,14 @@ pub enum ClientCommand {
     Logs(LogsArgs),
     /// Forget finished tasks (by id, --job, --finished-before): from memory, journal and logs.
     Forget(ForgetArgs),
+    /// Allocation queues: workers from Slurm on demand (add, list, remove).
+    Alloc(AllocArgs),
 }
 
 /// The names of [`ClientCommand`]'s subcommands (a test checks them against clap's), so that
 /// `main` can tell a client command line from the first argument alone.
-const COMMANDS: [&str; 8] = [
-    "submit", "status", "results", "wait", "cancel", "jobs", "logs", "forget",
+const COMMANDS: [&str; 9] = [
+    "submit", "status", "results", "wait", "cancel", "jobs", "logs", "forget", "alloc",
 ];
 
 /// Whether `first` (the first argument) names a client subcommand.
@@ -211,6 +215,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
         ClientCommand::Jobs(args) => jobs::run(args),
         ClientCommand::Logs(args) => logs::run(args),
         ClientCommand::Forget(args) => forget::run(args),
+        ClientCommand::Alloc(args) => alloc::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -53,6 +53,10 @@ pub struct SubmitArgs {
     /// Run only on workers of this group (default: any worker).
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
+    /// How long the task may run (30m, 2h): it is placed only on a worker whose batch
+    /// allocation lives at least that long (default: any worker).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub time_request: Option<Duration>,
     /// Start only after these tasks succeeded (7, 5-9, 1-3,7; repeatable); if one ends
     /// otherwise, the new tasks end dependency_failed without running. With --file: for lines
     /// without their own "after".
@@ -183,6 +187,7 @@ impl SubmitArgs {
             max_retries: self.retries,
             retry_failed: self.retry_failed,
             group: self.group.clone(),
+            time_request_ms: self.time_request.map(duration_ms),
             replicas: self.replicas,
             after: self
                 .after
@@ -506,6 +511,7 @@ mod tests {
         assert_eq!(
             got,
             vec![TaskSpec {
+                time_request_ms: None,
                 kind: TaskKind::Sleep { ms: 250 },
                 priority: -5,
                 size: 2.5,

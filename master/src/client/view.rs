@@ -691,6 +691,8 @@ mod tests {
             policy: "least-loaded".into(),
             workers: vec![
                 WorkerStatus {
+                    allocation: None,
+                    allocation_ends_ms: None,
                     id: WorkerId(1),
                     name: "a".into(),
                     group: Some("gpu".into()),
@@ -708,6 +710,8 @@ mod tests {
                     last_seen_ms: Some(1_700_000_000_500),
                 },
                 WorkerStatus {
+                    allocation: None,
+                    allocation_ends_ms: None,
                     id: WorkerId(2),
                     name: "long-worker-name".into(),
                     group: None,

@@ -68,6 +68,7 @@ fn sleep_spec(ms: u64) -> TaskSpec {
 /// Every field away from its default, and text that needs escaping.
 fn command_spec() -> TaskSpec {
     TaskSpec {
+        time_request_ms: None,
         kind: TaskKind::Command {
             argv: vec!["sh".into(), "-c".into(), "echo \"ünï\" \\ $X".into()],
             env: vec![("X".into(), "a=b".into())],

@@ -815,6 +815,7 @@ impl<'a> World<'a> {
         }
         let spec = &self.fleet[worker as usize];
         let info = WorkerInfo {
+            allocation: None,
             name: spec.name.clone(),
             host: format!("sim-{}", spec.name),
             cpus: spec.slots,
@@ -1284,6 +1285,8 @@ impl<'a> World<'a> {
                 Output::Persist(record) => self.on_persist(now_us, record)?,
                 // Simulated workers print nothing and simulated clients read no logs.
                 Output::Log(_) => {}
+                // Simulated clients make no allocation queues.
+                Output::Alloc { .. } => {}
             }
         }
         Ok(())

@@ -157,6 +157,7 @@ fn test_config(addr: String, on_master_lost: OnMasterLost, heartbeat: Option<Dur
         token: None,
         tls: None,
         info: WorkerInfo {
+            allocation: None,
             name: "test".into(),
             host: "localhost".into(),
             cpus: 2,
@@ -169,6 +170,7 @@ fn test_config(addr: String, on_master_lost: OnMasterLost, heartbeat: Option<Dur
         heartbeat,
         on_master_lost,
         tasks_die_with_worker: false,
+        idle_timeout: None,
     }
 }
 
@@ -259,6 +261,34 @@ fn runs_assignments_and_reports_in_batches() {
     // One Assign frame is one loop turn: one Started and one Finished frame.
     assert_eq!(frames, 2);
     assert!(worker.stop().is_ok());
+    conn.wait_closed();
+}
+
+/// `--idle-timeout`: a worker with work does not leave; once idle that long it says `Leaving`
+/// and exits with status 0.
+#[test]
+fn an_idle_worker_leaves_after_its_idle_timeout() {
+    let master = FakeMaster::new();
+    let mut config = test_config(master.addr(), OnMasterLost::Wait, None);
+    config.idle_timeout = Some(Duration::from_millis(300));
+    let worker = Worker::spawn(config);
+    let (mut conn, _) = master.accept(welcome(60_000));
+    // A task longer than the timeout: the worker is busy, not idle, while it runs.
+    conn.send(&assign(1, 1, TaskKind::Sleep { ms: 600 }));
+    let mut done = false;
+    let mut leaving = false;
+    while !leaving {
+        match conn.recv() {
+            ToMaster::Finished(c) => {
+                assert_eq!(c[0].task, TaskId(1));
+                done = true;
+            }
+            ToMaster::Leaving => leaving = true,
+            _ => {}
+        }
+    }
+    assert!(done, "the worker left before its task finished");
+    assert!(worker.join().is_ok());
     conn.wait_closed();
 }
 

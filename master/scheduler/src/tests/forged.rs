@@ -24,6 +24,7 @@ fn hello(h: &mut Harness, name: &str, pid: u32, group: Option<&str>) -> ConnId {
         ToMaster::Hello {
             version: PROTOCOL_VERSION,
             role: Role::Worker(WorkerInfo {
+                allocation: None,
                 name: name.into(),
                 host: "h".into(),
                 cpus: 1,

@@ -410,6 +410,7 @@ fn status_comes_in_chunks_cut_by_their_encoded_size() {
             ToMaster::Hello {
                 version: PROTOCOL_VERSION,
                 role: Role::Worker(WorkerInfo {
+                    allocation: None,
                     name,
                     host: "h".repeat(MAX_NAME_BYTES),
                     cpus: 1,

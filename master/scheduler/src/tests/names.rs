@@ -4,6 +4,7 @@ use super::*;
 
 fn info(name: &str, pid: u32) -> WorkerInfo {
     WorkerInfo {
+        allocation: None,
         name: name.into(),
         host: "h".into(),
         cpus: 2,
