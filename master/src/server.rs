@@ -77,6 +77,12 @@ const WRITE_IDLE_CAPACITY: usize = 4 << 10;
 /// sends faster than we read must not be read until `WouldBlock`: it gets this much a turn, the
 /// others get theirs, and the core's outbox stays a few MiB however fast tasks print.
 const READ_BUDGET_BYTES: usize = 1 << 20;
+/// Bytes read from peers after which a master with no task queued or running gives its free heap
+/// back (`give_memory_back`). Outputs pass through RAM on their way to the journal (frames, log
+/// streams, the finals buffer, SQLite's copies of a blob), and glibc keeps what they freed: 20-30
+/// MiB after a batch printing 64 KiB a task, the burst's peak, not a per-task cost. Reads below
+/// this (a single `submit --wait`) never pay for a trim.
+const TRIM_AFTER_READ_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -278,6 +284,8 @@ pub struct Server {
     journal: Option<SharedJournal>,
     /// Tasks were forgotten this turn: give the freed memory back at its end.
     trim_due: bool,
+    /// Bytes read from peers since the free heap was last given back (`TRIM_AFTER_READ_BYTES`).
+    read_since_trim: u64,
     /// When the oldest record not yet committed was made.
     group_commit: GroupCommit,
     /// Every task's full output (`crate::logs`).
@@ -398,6 +406,7 @@ impl Server {
             unsent_total: 0,
             journal,
             trim_due: false,
+            read_since_trim: 0,
             group_commit: GroupCommit::default(),
             logs,
             scratch: vec![0; READ_CHUNK],
@@ -483,10 +492,22 @@ impl Server {
             self.refuse_silent_peers(now);
             self.end_turn(now)?;
             self.vacuum_step()?;
-            if std::mem::take(&mut self.trim_due) {
+            if std::mem::take(&mut self.trim_due) || self.burst_ended() {
                 give_memory_back();
+                self.read_since_trim = 0;
             }
         }
+    }
+
+    /// Whether a burst of input is over: enough bytes came since the last trim, no task is
+    /// queued or running, and every outcome is committed (held ones are freed by the commit).
+    fn burst_ended(&self) -> bool {
+        self.read_since_trim >= TRIM_AFTER_READ_BYTES
+            && self.core.tasks_in_flight() == 0
+            && self
+                .journal
+                .as_ref()
+                .is_none_or(|j| journal::lock(j).pending() == 0)
     }
 
     /// After a forget, the journal gives its freed pages back a few at a time, one small step
@@ -1185,6 +1206,7 @@ impl Server {
                 }
                 Ok(n) => {
                     let bytes = &self.scratch[..n];
+                    self.read_since_trim += n as u64;
                     budget = budget.saturating_sub(n);
                     emptied = drained == Drained::AtShortRead && n < self.scratch.len();
                     if let Some(tls) = conn.tls.as_deref_mut() {
@@ -1678,14 +1700,23 @@ fn persist(journal: &mut Journal, record: Record) -> Result<(), JournalError> {
     }
 }
 
-/// After tasks were forgotten: the allocator keeps the freed results in its free lists, so RSS
-/// would not drop; `malloc_trim` returns the free pages to the kernel (glibc; a few ms for a heap
-/// of hundreds of MiB, once per forget, not per turn).
+/// After tasks were forgotten, or a burst of output ended (`Server::burst_ended`): the allocator
+/// keeps what was freed in its free lists, so RSS would not drop; `malloc_trim` returns the free
+/// pages to the kernel (glibc; a few ms for a heap of hundreds of MiB, once per forget or burst,
+/// not per turn).
 fn give_memory_back() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` only releases memory the allocator holds free; no pointer is involved.
-    unsafe {
-        libc::malloc_trim(0);
+    {
+        let started = std::time::Instant::now();
+        // SAFETY: `malloc_trim` only releases memory the allocator holds free; no pointer is
+        // involved.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        debug!(
+            "gave the free heap back in {} µs",
+            started.elapsed().as_micros()
+        );
     }
 }
 

@@ -1024,6 +1024,12 @@ impl Core {
         self.session.poll_output()
     }
 
+    /// Tasks queued or running: none means no output is on its way (the shell then gives
+    /// the memory of a burst back, see `server.rs`).
+    pub fn tasks_in_flight(&self) -> u64 {
+        self.tasks.count(TaskState::Queued) + self.tasks.count(TaskState::Running)
+    }
+
     /// Whether `dispatch` or `poll_output` has something to do (the shell loops until not).
     pub fn has_work(&self) -> bool {
         self.dirty || self.session.has_output()

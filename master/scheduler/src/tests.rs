@@ -308,6 +308,20 @@ fn tasks_wait_for_a_worker_and_respect_slots() {
 }
 
 #[test]
+fn tasks_in_flight_counts_queued_and_running_until_they_end() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let c = h.client();
+    assert_eq!(h.core.tasks_in_flight(), 0);
+    h.submit(c, vec![sleep_spec(0)], 3);
+    let (w, _, _) = h.worker("a", 2);
+    assert_eq!(h.core.tasks_in_flight(), 3, "two running, one queued");
+    for id in 1..=3 {
+        h.finish(w, TaskId(id), 1, exited(0));
+    }
+    assert_eq!(h.core.tasks_in_flight(), 0, "all three final");
+}
+
+#[test]
 fn least_loaded_prefers_idle_cpu_and_counts_assignments_immediately() {
     let mut h = Harness::new(PolicyKind::LeastLoaded);
     let (busy, _, _) = h.worker("busy", 4);
