@@ -95,6 +95,8 @@ impl Allocator {
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
+        // Absolute: sbatch runs in this dir, and job scripts name files here for other nodes.
+        let dir = &fs::canonicalize(dir).map_err(io_err(dir))?;
         let runner = CommandRunner::start(waker).map_err(io_err(dir))?;
         Ok(Allocator {
             queues,
