@@ -212,7 +212,7 @@ impl Core {
                 info!(
                     "forgot {} of job {job} (older than {})",
                     protocol::plural::count(done.tasks - before, "finished task", "finished tasks"),
-                    short_ms(keep_ms)
+                    protocol::duration::format_duration(std::time::Duration::from_millis(keep_ms))
                 );
             }
         }
@@ -231,17 +231,6 @@ impl Core {
         } else {
             format!("unknown job {job}")
         }
-    }
-}
-
-/// `1s`, `250ms`, `2h`: a duration as `--keep-finished` takes it.
-fn short_ms(ms: u64) -> String {
-    match ms {
-        0 => "0s".into(),
-        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
-        ms => format!("{ms}ms"),
     }
 }
 

@@ -11,7 +11,7 @@ pub mod slurm;
 use log::warn;
 use mio::Waker;
 use protocol::{FromMaster, QueueParams};
-use queues::{Action, AllocQueues};
+use queues::{Action, AllocQueues, AllocWorker};
 use runner::{CommandRunner, Job};
 use scheduler::{AllocRequest, Core};
 use slurm::WorkerLaunch;
@@ -56,6 +56,8 @@ enum Tag {
 
 pub struct Allocator {
     queues: AllocQueues,
+    /// The token for the workers (mode 0600), written once at start, if the master has one.
+    token_file: Option<PathBuf>,
     dir: PathBuf,
     settings: AllocSettings,
     listen: SocketAddr,
@@ -97,8 +99,17 @@ impl Allocator {
         };
         // Absolute: sbatch runs in this dir, and job scripts name files here for other nodes.
         let dir = &fs::canonicalize(dir).map_err(io_err(dir))?;
+        let token_file = match &settings.token {
+            Some(token) => {
+                let path = dir.join("token");
+                write_private(&path, token).map_err(io_err(&path))?;
+                Some(path)
+            }
+            None => None,
+        };
         let runner = CommandRunner::start(waker).map_err(io_err(dir))?;
         Ok(Allocator {
+            token_file,
             queues,
             dir: dir.to_path_buf(),
             settings,
@@ -306,21 +317,13 @@ impl Allocator {
             .queues
             .params(queue)
             .ok_or_else(|| format!("queue {queue} is gone"))?;
-        let token_file = match &self.settings.token {
-            Some(token) => {
-                let path = self.dir.join("token");
-                write_private(&path, token).map_err(|e| format!("{}: {e}", path.display()))?;
-                Some(path)
-            }
-            None => None,
-        };
         let launch = WorkerLaunch {
             program: self.program(params)?,
             master_addr: params
                 .master_addr
                 .clone()
                 .unwrap_or_else(|| self.dial_addr()),
-            token_file,
+            token_file: self.token_file.clone(),
             tls_ca: self.settings.tls_cert.clone(),
         };
         let script = self.dir.join(format!("{job_name}.sh"));
@@ -368,11 +371,9 @@ impl Allocator {
     }
 }
 
-/// (job id, name, connected, slots) of every worker that joined from an allocation.
-fn allocation_workers(core: &Core) -> Vec<(String, String, bool, u32)> {
-    core.allocation_workers()
-        .map(|(job, name, alive, slots)| (job.to_string(), name.to_string(), alive, slots))
-        .collect()
+/// Every worker that joined from an allocation (borrowed from the core, not copied).
+fn allocation_workers(core: &Core) -> Vec<AllocWorker<'_>> {
+    core.allocation_workers().collect()
 }
 
 /// Writes `bytes` to `path`, readable by this user only.

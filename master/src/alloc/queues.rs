@@ -22,6 +22,9 @@ const KEPT_ENDED: usize = 20;
 /// The most queues one master holds.
 pub const MAX_QUEUES: usize = 64;
 
+/// A worker that joined from an allocation: (job id, name, connected, slots).
+pub type AllocWorker<'a> = (&'a str, &'a str, bool, u32);
+
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -220,7 +223,7 @@ impl AllocQueues {
         &mut self,
         now_ms: u64,
         waiting: impl Fn(Option<&str>) -> u64,
-        workers: &[(String, String, bool, u32)],
+        workers: &[AllocWorker],
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         self.learn_workers(now_ms, workers);
@@ -262,21 +265,27 @@ impl AllocQueues {
         actions
     }
 
-    fn learn_workers(&mut self, now_ms: u64, workers: &[(String, String, bool, u32)]) {
+    fn learn_workers(&mut self, now_ms: u64, workers: &[AllocWorker]) {
         if workers.is_empty() {
             return;
         }
         for q in self.queues.values_mut() {
-            for a in q.allocations.iter_mut().filter(|a| a.job_id.is_some()) {
+            // Ended allocations gain no workers: only active ones are matched.
+            let active = q
+                .allocations
+                .iter_mut()
+                .filter(|a| a.job_id.is_some() && a.state.is_active());
+            for a in active {
                 let job = a.job_id.as_deref();
-                for (_, name, _, slots) in workers.iter().filter(|w| Some(w.0.as_str()) == job) {
-                    if a.joined.insert(name.clone()) {
+                for &(_, name, _, slots) in workers.iter().filter(|w| Some(w.0) == job) {
+                    if !a.joined.contains(name) {
+                        a.joined.insert(name.to_string());
                         info!(
                             "alloc {}: worker {name} joined from job {}",
                             q.name,
-                            w_job(a)
+                            job_label(a)
                         );
-                        q.slots_seen = q.slots_seen.max(*slots);
+                        q.slots_seen = q.slots_seen.max(slots);
                         q.failures = 0;
                         q.pauses = 0;
                         self.dirty = true;
@@ -373,7 +382,7 @@ impl AllocQueues {
                     }
                     None => {
                         a.finished_ms = Some(now_ms);
-                        let job = w_job(a);
+                        let job = job_label(a);
                         if a.joined.is_empty() {
                             let why = match a.job_id {
                                 None => "never reached the batch queue (found by name after a \
@@ -412,7 +421,7 @@ impl AllocQueues {
         &self,
         now_ms: u64,
         waiting: impl Fn(Option<&str>) -> u64,
-        workers: &[(String, String, bool, u32)],
+        workers: &[AllocWorker],
     ) -> Vec<QueueStatus> {
         self.queues
             .values()
@@ -442,7 +451,7 @@ impl AllocQueues {
                         joined: a.joined.iter().cloned().collect(),
                         connected: workers
                             .iter()
-                            .filter(|w| Some(w.0.as_str()) == a.job_id.as_deref() && w.2)
+                            .filter(|w| Some(w.0) == a.job_id.as_deref() && w.2)
                             .count() as u32,
                         submitted_ms: a.submitted_ms,
                         started_ms: a.started_ms,
@@ -455,7 +464,8 @@ impl AllocQueues {
     }
 }
 
-fn w_job(a: &Allocation) -> &str {
+/// The job id for log lines.
+fn job_label(a: &Allocation) -> &str {
     a.job_id.as_deref().unwrap_or("(no id)")
 }
 
@@ -557,4 +567,129 @@ fn trim_ended(q: &mut Queue) {
         }
         true
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::Manager;
+
+    fn params(max_workers: u32, backlog: u32) -> QueueParams {
+        QueueParams {
+            manager: Manager::Slurm,
+            max_workers,
+            workers_per_alloc: 1,
+            time_limit_ms: None,
+            backlog,
+            idle_timeout_ms: 10_000,
+            name: None,
+            group: None,
+            sbatch_args: Vec::new(),
+            worker_program: None,
+            master_addr: None,
+        }
+    }
+
+    fn submits(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Submit { job_name, .. } => Some(job_name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn submits_while_tasks_wait_within_backlog_and_max_workers() {
+        let mut q = AllocQueues::new("t".into());
+        q.add(params(2, 1)).expect("added");
+        assert!(submits(&q.tick(0, |_| 0, &[])).is_empty(), "nothing waits");
+        let first = submits(&q.tick(1, |_| 20, &[]));
+        assert_eq!(first, ["ballast-t-1-1"]);
+        // Backlog 1: nothing more until the first is answered and running.
+        assert!(submits(&q.tick(2, |_| 20, &[])).is_empty());
+        q.submitted(3, "ballast-t-1-1", Ok("6".into()));
+        assert!(submits(&q.tick(4, |_| 20, &[])).is_empty(), "still pending");
+        let joined = [("6", "w1", true, 1)];
+        assert_eq!(submits(&q.tick(5, |_| 19, &joined)), ["ballast-t-1-2"]);
+        q.submitted(6, "ballast-t-1-2", Ok("7".into()));
+        let both = [("6", "w1", true, 1), ("7", "w2", true, 1)];
+        // Two workers is --max-workers: no third job however many wait.
+        assert!(submits(&q.tick(7, |_| 18, &both)).is_empty());
+        // Gone from squeue: both finished (each had a worker), and nothing waits any more.
+        q.polled(8, 7, Ok(Vec::new()));
+        let status = q.status(9, |_| 0, &[]);
+        let states: Vec<_> = status[0].allocations.iter().map(|a| a.state).collect();
+        assert_eq!(states, [AllocState::Finished, AllocState::Finished]);
+        assert_eq!(status[0].allocations[0].joined, ["w1"]);
+    }
+
+    #[test]
+    fn repeated_failures_pause_the_queue_and_it_resumes_later() {
+        let mut q = AllocQueues::new("t".into());
+        q.add(params(4, 1)).expect("added");
+        for i in 0..FAILURES_TO_PAUSE {
+            let now = u64::from(i) * 10;
+            let job = submits(&q.tick(now, |_| 5, &[]));
+            assert_eq!(job.len(), 1, "try {i}");
+            q.submitted(
+                now + 1,
+                &job[0],
+                Err("sbatch: error: invalid partition".into()),
+            );
+        }
+        let status = q.status(40, |_| 5, &[]);
+        assert_eq!(status[0].state, "paused");
+        assert!(status[0]
+            .paused_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("invalid partition"));
+        assert!(submits(&q.tick(40, |_| 5, &[])).is_empty(), "paused");
+        assert_eq!(submits(&q.tick(PAUSE_FIRST_MS + 30, |_| 5, &[])).len(), 1);
+    }
+
+    #[test]
+    fn a_restarted_master_finds_its_job_by_name_and_does_not_submit_twice() {
+        let mut q = AllocQueues::new("t".into());
+        q.add(params(1, 1)).expect("added");
+        submits(&q.tick(0, |_| 5, &[]));
+        // The master dies before sbatch answers; the saved state comes back.
+        let saved = serde_json::to_string(&q).expect("serialises");
+        let mut q: AllocQueues = serde_json::from_str(&saved).expect("reads back");
+        let actions = q.tick(100, |_| 5, &[]);
+        assert!(submits(&actions).is_empty(), "{actions:?}");
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::Poll { job_names, .. }
+            if job_names == &["ballast-t-1-1".to_string()])));
+        let listed = Listed {
+            job_name: "ballast-t-1-1".into(),
+            job_id: "42".into(),
+            state: "PENDING".into(),
+        };
+        q.polled(101, 100, Ok(vec![listed]));
+        let status = q.status(102, |_| 5, &[]);
+        assert_eq!(status[0].allocations[0].job_id.as_deref(), Some("42"));
+        assert_eq!(status[0].allocations[0].state, AllocState::Pending);
+    }
+
+    #[test]
+    fn remove_cancels_pending_jobs_and_drains_running_ones() {
+        let mut q = AllocQueues::new("t".into());
+        let (id, _) = q.add(params(2, 2)).expect("added");
+        let jobs = submits(&q.tick(0, |_| 9, &[]));
+        q.submitted(1, &jobs[0], Ok("1".into()));
+        let jobs = submits(&q.tick(2, |_| 9, &[]));
+        q.submitted(3, &jobs[0], Ok("2".into()));
+        q.tick(4, |_| 9, &[("1", "w", true, 1)]);
+        assert_eq!(q.remove(id), Ok((vec!["2".to_string()], 1)));
+        assert!(
+            submits(&q.tick(5, |_| 9, &[])).is_empty(),
+            "a removed queue submits nothing"
+        );
+        q.polled(10, 9, Ok(Vec::new()));
+        assert!(q.is_empty(), "gone once nothing is active");
+    }
 }
