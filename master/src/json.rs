@@ -48,6 +48,10 @@ pub struct WorkerView<'a> {
     /// Epoch ms of the last frame heard from it; null if it has not connected since the master
     /// started (a worker named only by restored results).
     pub last_seen_ms: Option<u64>,
+    /// The batch-system job it runs in (a Slurm job id), or null (added with issue 12).
+    pub allocation: Option<&'a str>,
+    /// Epoch ms when that job's time runs out; null when unknown or unlimited.
+    pub allocation_ends_ms: Option<u64>,
 }
 
 impl<'a> From<&'a WorkerStatus> for WorkerView<'a> {
@@ -66,6 +70,8 @@ impl<'a> From<&'a WorkerStatus> for WorkerView<'a> {
             load_avg_1m: w.load_avg_1m,
             group: w.group.as_deref(),
             last_seen_ms: w.last_seen_ms,
+            allocation: w.allocation.as_deref(),
+            allocation_ends_ms: w.allocation_ends_ms,
         }
     }
 }

@@ -380,3 +380,37 @@ fn tasks_do_not_inherit_the_workers_token() {
     assert!(text.contains("token=none"), "{text}");
     assert!(!text.contains(TOKEN), "the token reached the task: {text}");
 }
+
+/// `--token-file` wins over a `BALLAST_TOKEN` the worker inherits (a Slurm job inherits its
+/// submitter's environment): found by the Slurm test, where every worker exited 2 with "cannot be
+/// used with --token".
+#[test]
+fn a_token_file_wins_over_the_environment() {
+    let c = Cluster::start(&["--token", TOKEN]);
+    let file = c.dir.join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).expect("token file");
+    let log = std::fs::File::create(c.dir.join("file-worker.log")).expect("log");
+    let _worker = common::Reaped(
+        Command::new(worker_bin())
+            .args(["--master", &c.addr, "--name", "file-worker", "--slots", "1"])
+            .arg("--token-file")
+            .arg(&file)
+            .env("BALLAST_TOKEN", "stale")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("worker starts"),
+    );
+    let out = c.cli_within(
+        Duration::from_secs(30),
+        &["submit", "--token", TOKEN, "--wait", "--", "true"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(c.dir.join("file-worker.log")).unwrap_or_default()
+    );
+}

@@ -69,8 +69,8 @@ struct Args {
     token: Option<String>,
 
     /// Read the token from this file (its first line) instead: keeps it off command lines and
-    /// out of the environment.
-    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    /// out of the environment. Given, it wins over `--token` and `BALLAST_TOKEN`.
+    #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
 
     /// Exit (status 0) after this long with no task to run: 30s, 5m. A worker of a batch

@@ -416,13 +416,15 @@ impl AllocQueues {
         self.drop_removed();
     }
 
-    /// `alloc list`.
+    /// `alloc list`. Learns the workers first: a worker that joined since the last tick is
+    /// listed under its allocation, as `status` already shows it.
     pub fn status(
-        &self,
+        &mut self,
         now_ms: u64,
         waiting: impl Fn(Option<&str>) -> u64,
         workers: &[AllocWorker],
     ) -> Vec<QueueStatus> {
+        self.learn_workers(now_ms, workers);
         self.queues
             .values()
             .map(|q| QueueStatus {
@@ -673,6 +675,19 @@ mod tests {
         let status = q.status(102, |_| 5, &[]);
         assert_eq!(status[0].allocations[0].job_id.as_deref(), Some("42"));
         assert_eq!(status[0].allocations[0].state, AllocState::Pending);
+    }
+
+    #[test]
+    fn a_worker_that_joined_since_the_last_tick_is_listed() {
+        // Found by the Slurm test: `alloc list` right after the batch named one worker of two,
+        // though `results` already showed the other running tasks.
+        let mut q = AllocQueues::new("t".into());
+        q.add(params(1, 1)).expect("added");
+        let jobs = submits(&q.tick(0, |_| 3, &[]));
+        q.submitted(1, &jobs[0], Ok("5".into()));
+        let status = q.status(2, |_| 3, &[("5", "w", true, 1)]);
+        assert_eq!(status[0].allocations[0].joined, ["w"]);
+        assert_eq!(status[0].allocations[0].state, AllocState::Running);
     }
 
     #[test]

@@ -78,7 +78,10 @@ fn run<T>(job: &Job<T>) -> Result<String, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group: a timeout kills whatever it started too.
-        .process_group(0);
+        .process_group(0)
+        // sbatch exports our environment into the job, where Slurm keeps it in its state files
+        // and the worker would take it for its token: the token travels in the 0600 file only.
+        .env_remove("BALLAST_TOKEN");
     if let Some(dir) = &job.cwd {
         command.current_dir(dir);
     }

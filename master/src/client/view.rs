@@ -835,6 +835,8 @@ mod tests {
             keys(w),
             [
                 "addr",
+                "allocation",
+                "allocation_ends_ms",
                 "cpu_percent",
                 "done",
                 "group",

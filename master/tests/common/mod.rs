@@ -272,6 +272,11 @@ impl Cluster {
     /// find it where they left it); `extra` as for [`Cluster::start`]. Kills a running one first.
     /// Returns once the new master has written its port file.
     pub fn restart_master(&mut self, extra: &[&str]) {
+        self.restart_master_with_env(extra, &[]);
+    }
+
+    /// Like [`Cluster::restart_master`], with these environment variables set for the master.
+    pub fn restart_master_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         self.kill_master();
         let port_file = self.dir.join("addr");
         let _ = std::fs::remove_file(&port_file);
@@ -296,6 +301,7 @@ impl Cluster {
             .args(&http)
             .args(extra)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
