@@ -94,12 +94,24 @@ fn wait_for_empty_queue(conf: &str, what: &str) {
 struct SlurmCluster {
     cluster: Cluster,
     env: Vec<(String, String)>,
+    /// Flags every client command takes (TLS files).
+    client_flags: Vec<String>,
 }
 
 impl SlurmCluster {
     /// A master with a token whose environment reaches Slurm (`SLURM_CONF`), with `path` first on
     /// its `PATH` when given.
     fn start(conf: &str, path: Option<&Path>) -> SlurmCluster {
+        Self::start_with(conf, path, &[], Vec::new())
+    }
+
+    /// Like `start`, with `master_args` for the master and `client_flags` for every client.
+    fn start_with(
+        conf: &str,
+        path: Option<&Path>,
+        master_args: &[&str],
+        client_flags: Vec<String>,
+    ) -> SlurmCluster {
         // The master submits the `worker` beside its own binary: build it now.
         worker_bin();
         let mut env = vec![
@@ -112,8 +124,12 @@ impl SlurmCluster {
         }
         let borrowed: Vec<(&str, &str)> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let cluster = Cluster::start_with_env(&[], &borrowed);
-        SlurmCluster { cluster, env }
+        let cluster = Cluster::start_with_env(master_args, &borrowed);
+        SlurmCluster {
+            cluster,
+            env,
+            client_flags,
+        }
     }
 
     fn env(&self) -> Vec<(&str, &str)> {
@@ -128,6 +144,7 @@ impl SlurmCluster {
     fn cli_ok(&self, args: &[&str], json: bool) -> String {
         let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
         let mut flags = vec!["--master", self.cluster.addr.as_str()];
+        flags.extend(self.client_flags.iter().map(String::as_str));
         if json {
             flags.push("--json");
         }
@@ -352,6 +369,126 @@ fn a_master_killed_while_sbatch_answers_finds_its_job_and_submits_no_other() {
     assert!(
         log.contains(&format!("job {job} found by name after a restart")),
         "{log}"
+    );
+    wait_for_empty_queue(&conf, "squeue -h to print nothing after the batch");
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// A CA for client certificates and a certificate it issued, written into `dir`:
+/// (CA, certificate, key) paths.
+fn client_certificate(dir: &Path) -> (String, String, String) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("key"))
+            .expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["ballast-worker".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("certificate");
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("write");
+        path.display().to_string()
+    };
+    (
+        write("client-ca.pem", ca.pem()),
+        write("client.pem", cert.pem()),
+        write("client.key", key.serialize_pem()),
+    )
+}
+
+/// The master's own certificate for `localhost`, self-signed (its workers' `--tls-ca`).
+fn server_certificate(dir: &Path) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write");
+    (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    )
+}
+
+/// Mutual TLS: the queue's workers present the certificate `alloc add` names, which is refused
+/// without one.
+#[test]
+fn workers_from_slurm_present_their_client_certificate_to_a_mutual_tls_master() {
+    let Some(conf) = slurm_conf() else { return };
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    wait_for_empty_queue(&conf, "an empty batch queue before the test");
+    let scratch = std::env::temp_dir().join(format!("ballast-slurm-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let (server_cert, server_key) = server_certificate(&scratch);
+    let (client_ca, client_cert, client_key) = client_certificate(&scratch);
+    let client_flags = vec![
+        "--tls-ca".to_string(),
+        server_cert.clone(),
+        "--tls-cert".into(),
+        client_cert.clone(),
+        "--tls-key".into(),
+        client_key.clone(),
+    ];
+    let c = SlurmCluster::start_with(
+        &conf,
+        None,
+        &[
+            "--tls-cert",
+            &server_cert,
+            "--tls-key",
+            &server_key,
+            "--tls-client-ca",
+            &client_ca,
+        ],
+        client_flags,
+    );
+
+    let plain = ["alloc", "add", "slurm", "--max-workers", "1"];
+    let out = Command::new(common::MASTER)
+        .args(plain)
+        .args(["--master", &c.cluster.addr])
+        .args(&c.client_flags)
+        .envs(c.env())
+        .output()
+        .expect("the client runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--worker-tls-cert"),
+        "a queue whose workers have no certificate is refused: {stderr}"
+    );
+
+    c.cli_ok(
+        &[
+            "alloc",
+            "add",
+            "slurm",
+            "--max-workers",
+            "1",
+            "--idle-timeout",
+            "5s",
+            "--worker-tls-cert",
+            &client_cert,
+            "--worker-tls-key",
+            &client_key,
+        ],
+        false,
+    );
+    c.cli_ok(&["submit", "--count", "3", "--", "true"], false);
+    let waited = c.cli_ok(&["wait"], false);
+    assert!(waited.contains("3 tasks: 3 succeeded"), "{waited}");
+    let allocations = c.allocations();
+    assert_eq!(allocations.len(), 1, "{allocations:?}");
+    assert!(
+        allocations[0]["joined"]
+            .as_array()
+            .is_some_and(|j| j.len() == 1),
+        "{allocations:?}"
     );
     wait_for_empty_queue(&conf, "squeue -h to print nothing after the batch");
     let _ = std::fs::remove_dir_all(&scratch);

@@ -49,6 +49,12 @@ pub struct QueueParams {
     /// The address its workers dial; `None`: the master's listening address (a wildcard one
     /// replaced by this host's name).
     pub master_addr: Option<String>,
+    /// The client certificate and key its workers present (`worker --tls-cert/--tls-key`), for a
+    /// master with mutual TLS; paths as the compute nodes see them. Both or neither.
+    #[serde(default)]
+    pub worker_tls_cert: Option<String>,
+    #[serde(default)]
+    pub worker_tls_key: Option<String>,
 }
 
 /// Where an allocation is in its life.

@@ -189,7 +189,7 @@ pub enum Output {
 /// What a client asked of the allocation queues (`master alloc ...`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum AllocRequest {
-    Add(protocol::QueueParams),
+    Add(Box<protocol::QueueParams>),
     List,
     Remove { id: u32 },
 }
@@ -1793,7 +1793,7 @@ impl Core {
                 stream,
                 offset,
             } => self.on_log(client, task, stream, offset),
-            ToMaster::AllocAdd(params) => self.on_alloc(client, AllocRequest::Add(*params)),
+            ToMaster::AllocAdd(params) => self.on_alloc(client, AllocRequest::Add(params)),
             ToMaster::AllocList => self.on_alloc(client, AllocRequest::List),
             ToMaster::AllocRemove { id } => self.on_alloc(client, AllocRequest::Remove { id }),
             other => {

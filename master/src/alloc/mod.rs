@@ -139,7 +139,7 @@ impl Allocator {
         let reply = match request {
             AllocRequest::Add(params) => match self.check(&params) {
                 Err(e) => error(e),
-                Ok(()) => match self.queues.add(params) {
+                Ok(()) => match self.queues.add(*params) {
                     Ok((id, name)) => FromMaster::AllocAdded { id, name },
                     Err(e) => error(e),
                 },
@@ -182,12 +182,22 @@ impl Allocator {
         if p.idle_timeout_ms == 0 {
             return Err("--idle-timeout must be greater than zero".into());
         }
-        let names = [&p.name, &p.group, &p.worker_program, &p.master_addr];
+        let names = [
+            &p.name,
+            &p.group,
+            &p.worker_program,
+            &p.master_addr,
+            &p.worker_tls_cert,
+            &p.worker_tls_key,
+        ];
         if names.iter().any(|n| {
             n.as_ref()
                 .is_some_and(|n| n.is_empty() || n.len() > MAX_SBATCH_ARG_BYTES)
         }) {
-            return Err("a name, group, worker program or address is empty or too long".into());
+            return Err(
+                "a name, group, worker program, address or certificate path is empty or too long"
+                    .into(),
+            );
         }
         if p.name
             .as_ref()
@@ -206,12 +216,25 @@ impl Allocator {
                  bytes each"
             ));
         }
-        if self.settings.mutual_tls {
-            return Err(
-                "this master requires client certificates (--tls-client-ca), which \
-                        allocation workers do not have yet"
-                    .into(),
-            );
+        match (&p.worker_tls_cert, &p.worker_tls_key) {
+            (Some(cert), Some(key)) => {
+                // Read where the master runs; the nodes see the same file system, or the job
+                // says why in its output.
+                for file in [cert, key] {
+                    fs::metadata(file)
+                        .map_err(|e| format!("worker TLS file {file}: {}", protocol::Cause(&e)))?;
+                }
+            }
+            (None, None) if self.settings.mutual_tls => {
+                return Err(
+                    "this master requires client certificates (--tls-client-ca): \
+                     pass --worker-tls-cert FILE --worker-tls-key FILE, readable on the \
+                     compute nodes"
+                        .into(),
+                )
+            }
+            (None, None) => {}
+            _ => return Err("--worker-tls-cert and --worker-tls-key go together".into()),
         }
         self.program(p).map(drop)
     }

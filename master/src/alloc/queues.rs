@@ -589,6 +589,8 @@ mod tests {
             sbatch_args: Vec::new(),
             worker_program: None,
             master_addr: None,
+            worker_tls_cert: None,
+            worker_tls_key: None,
         }
     }
 

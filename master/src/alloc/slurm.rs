@@ -43,6 +43,14 @@ pub fn job_script(
     if let Some(ca) = &launch.tls_ca {
         argv.extend(["--tls-ca".into(), ca.display().to_string()]);
     }
+    if let (Some(cert), Some(key)) = (&params.worker_tls_cert, &params.worker_tls_key) {
+        argv.extend([
+            "--tls-cert".into(),
+            cert.clone(),
+            "--tls-key".into(),
+            key.clone(),
+        ]);
+    }
     let line: Vec<String> = argv.iter().map(|a| quote(a)).collect();
     format!(
         "#!/bin/sh\n# Written by the Ballast master: allocation queue {queue_name}, job {job_name}.\n\
@@ -176,6 +184,8 @@ mod tests {
             sbatch_args: vec!["--partition=debug".into()],
             worker_program: None,
             master_addr: None,
+            worker_tls_cert: Some("/home/u/w.pem".into()),
+            worker_tls_key: Some("/home/u/w.key".into()),
         }
     }
 
@@ -191,7 +201,8 @@ mod tests {
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains(
             "exec srun --ntasks-per-node=1 /opt/ballast/worker --master head:7700 --idle-timeout \
-             10000ms --group 'gpu nodes' --token-file /data/alloc/token --tls-ca '/etc/it'\\''s.pem'"
+             10000ms --group 'gpu nodes' --token-file /data/alloc/token --tls-ca '/etc/it'\\''s.pem' \
+             --tls-cert /home/u/w.pem --tls-key /home/u/w.key"
         ), "{script}");
     }
 

@@ -9,6 +9,7 @@ use protocol::duration::{format_duration, parse_duration};
 use protocol::{FromMaster, Manager, QueueParams, QueueStatus, ToMaster};
 use serde_json::json;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(clap::Args, Debug)]
@@ -20,7 +21,7 @@ pub struct AllocArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum AllocCommand {
     /// Make an allocation queue: the master submits worker jobs while tasks wait.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Every allocation queue with its allocations (Slurm job ids, states, workers).
     List(ListArgs),
     /// Cancel a queue's pending allocations; its running ones drain (their workers leave when
@@ -67,6 +68,13 @@ pub struct AddArgs {
     /// The address the workers dial [default: the master's listening address].
     #[arg(long, value_name = "HOST:PORT")]
     pub worker_master: Option<String>,
+    /// The client certificate its workers present to a master with mutual TLS
+    /// (--tls-client-ca); a path the compute nodes can read.
+    #[arg(long, value_name = "FILE", requires = "worker_tls_key")]
+    pub worker_tls_cert: Option<PathBuf>,
+    /// The key of --worker-tls-cert (mode 0600, readable on the compute nodes).
+    #[arg(long, value_name = "FILE", requires = "worker_tls_cert")]
+    pub worker_tls_key: Option<PathBuf>,
     /// Print the new queue as JSON.
     #[arg(long)]
     pub json: bool,
@@ -92,13 +100,26 @@ pub struct RemoveArgs {
     pub id: u32,
 }
 
+/// `path` made absolute against our working directory: the job scripts run elsewhere.
+fn absolute(path: Option<&Path>) -> Result<Option<String>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let full = std::path::absolute(path)
+        .map_err(|e| ClientError::Usage(format!("{}: {}", path.display(), protocol::Cause(&e))))?;
+    let text = full
+        .to_str()
+        .ok_or_else(|| ClientError::Usage(format!("{}: not a UTF-8 path", full.display())))?;
+    Ok(Some(text.to_string()))
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 pub fn run(args: AllocArgs) -> Result<Outcome> {
     match args.command {
-        AllocCommand::Add(a) => add(a),
+        AllocCommand::Add(a) => add(*a),
         AllocCommand::List(a) => list(a),
         AllocCommand::Remove(a) => remove(a),
     }
@@ -124,6 +145,8 @@ fn add(a: AddArgs) -> Result<Outcome> {
         sbatch_args: a.sbatch_args,
         worker_program: a.worker_bin,
         master_addr: a.worker_master,
+        worker_tls_cert: absolute(a.worker_tls_cert.as_deref())?,
+        worker_tls_key: absolute(a.worker_tls_key.as_deref())?,
     };
     let mut session = a.conn.session()?;
     let reply = session.request(&ToMaster::AllocAdd(Box::new(params)))?;
