@@ -335,22 +335,28 @@ fn a_heartbeat_too_slow_for_the_timeout_is_adjusted() {
     assert_eq!(c.alive_workers(), 1);
 }
 
-/// A worker given its token in `BALLAST_TOKEN` (as the deployment files do) does not hand it to
-/// its tasks: a task printing its environment would store the secret in its output.
-#[test]
-fn tasks_do_not_inherit_the_workers_token() {
-    let c = Cluster::start(&["--token", TOKEN]);
-    let log = std::fs::File::create(c.dir.join("env-worker.log")).expect("log");
-    let mut worker = common::Reaped(
+/// A worker of `c` with `token` in its `BALLAST_TOKEN`, logging to `<name>.log`.
+fn worker_with_env_token(c: &Cluster, name: &str, token: &str, extra: &[&str]) -> common::Reaped {
+    let log = std::fs::File::create(c.dir.join(format!("{name}.log"))).expect("log");
+    common::Reaped(
         Command::new(worker_bin())
-            .args(["--master", &c.addr, "--name", "env-worker", "--slots", "1"])
-            .env("BALLAST_TOKEN", TOKEN)
+            .args(["--master", &c.addr, "--name", name, "--slots", "1"])
+            .args(extra)
+            .env("BALLAST_TOKEN", token)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("worker starts"),
-    );
+    )
+}
+
+/// A worker given its token in `BALLAST_TOKEN` (as the deployment files do) does not hand it to
+/// its tasks: a task printing its environment would store the secret in its output.
+#[test]
+fn tasks_do_not_inherit_the_workers_token() {
+    let c = Cluster::start(&["--token", TOKEN]);
+    let mut worker = worker_with_env_token(&c, "env-worker", TOKEN, &[]);
     let out = c.cli_within(
         Duration::from_secs(30),
         &[
@@ -389,19 +395,8 @@ fn a_token_file_wins_over_the_environment() {
     let c = Cluster::start(&["--token", TOKEN]);
     let file = c.dir.join("token");
     std::fs::write(&file, format!("{TOKEN}\n")).expect("token file");
-    let log = std::fs::File::create(c.dir.join("file-worker.log")).expect("log");
-    let _worker = common::Reaped(
-        Command::new(worker_bin())
-            .args(["--master", &c.addr, "--name", "file-worker", "--slots", "1"])
-            .arg("--token-file")
-            .arg(&file)
-            .env("BALLAST_TOKEN", "stale")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("worker starts"),
-    );
+    let file = file.to_str().expect("utf-8 path");
+    let _worker = worker_with_env_token(&c, "file-worker", "stale", &["--token-file", file]);
     let out = c.cli_within(
         Duration::from_secs(30),
         &["submit", "--token", TOKEN, "--wait", "--", "true"],

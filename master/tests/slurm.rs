@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 static NODE: Mutex<()> = Mutex::new(());
@@ -85,6 +85,23 @@ fn squeue(conf: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The cluster's `SLURM_CONF` and the node to ourselves, its batch queue empty; `None` without
+/// a cluster.
+fn take_node() -> Option<(String, MutexGuard<'static, ()>)> {
+    let conf = slurm_conf()?;
+    let node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    wait_for_empty_queue(&conf, "an empty batch queue before the test");
+    Some((conf, node))
+}
+
+/// An empty directory of this test process for files the test writes.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ballast-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
 fn wait_for_empty_queue(conf: &str, what: &str) {
     eventually(Duration::from_secs(60), what, || {
         squeue(conf).trim().is_empty().then_some(())
@@ -139,16 +156,16 @@ impl SlurmCluster {
             .collect()
     }
 
-    /// `master ARGS` with `--master ADDR` (and `--json` when asked) before any `--`; killed
-    /// after 2 minutes.
-    fn cli_ok(&self, args: &[&str], json: bool) -> String {
+    /// `master ARGS` with `--master ADDR`, the client flags (and `--json` when asked) before
+    /// any `--`; killed after 2 minutes.
+    fn cli(&self, args: &[&str], json: bool) -> std::process::Output {
         let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
         let mut flags = vec!["--master", self.cluster.addr.as_str()];
         flags.extend(self.client_flags.iter().map(String::as_str));
         if json {
             flags.push("--json");
         }
-        let out = Command::new("timeout")
+        Command::new("timeout")
             .args(["120", common::MASTER])
             .args(&args[..split])
             .args(flags)
@@ -156,7 +173,12 @@ impl SlurmCluster {
             .envs(self.env())
             .stdin(Stdio::null())
             .output()
-            .expect("the client runs");
+            .expect("the client runs")
+    }
+
+    /// [`SlurmCluster::cli`] that must succeed; its stdout.
+    fn cli_ok(&self, args: &[&str], json: bool) -> String {
+        let out = self.cli(args, json);
         assert!(
             out.status.success(),
             "master {args:?} failed ({}): {}{}",
@@ -170,6 +192,21 @@ impl SlurmCluster {
     fn json(&self, args: &[&str]) -> Value {
         let text = self.cli_ok(args, true);
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: bad JSON ({e}): {text}"))
+    }
+
+    /// `alloc add slurm --max-workers N --idle-timeout D EXTRA...`.
+    fn add_queue(&self, max_workers: &str, idle_timeout: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "alloc",
+            "add",
+            "slurm",
+            "--max-workers",
+            max_workers,
+            "--idle-timeout",
+            idle_timeout,
+        ];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args, false)
     }
 
     fn queues(&self) -> Vec<Value> {
@@ -198,23 +235,12 @@ impl SlurmCluster {
 
 #[test]
 fn workers_arrive_through_slurm_run_the_batch_and_leave() {
-    let Some(conf) = slurm_conf() else { return };
-    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
-    wait_for_empty_queue(&conf, "an empty batch queue before the test");
+    let Some((conf, _node)) = take_node() else {
+        return;
+    };
     let c = SlurmCluster::start(&conf, None);
 
-    let added = c.cli_ok(
-        &[
-            "alloc",
-            "add",
-            "slurm",
-            "--max-workers",
-            "2",
-            "--idle-timeout",
-            "10s",
-        ],
-        false,
-    );
+    let added = c.add_queue("2", "10s", &[]);
     assert!(added.contains("allocation queue 1"), "{added}");
     let ids = c.json(&["submit", "--count", "20", "--", "sh", "-c", "sleep 0.2"]);
     assert_eq!(ids["ids"].as_array().map(Vec::len), Some(20), "{ids}");
@@ -308,27 +334,14 @@ fn slow_sbatch(dir: &Path) -> PathBuf {
 
 #[test]
 fn a_master_killed_while_sbatch_answers_finds_its_job_and_submits_no_other() {
-    let Some(conf) = slurm_conf() else { return };
-    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
-    wait_for_empty_queue(&conf, "an empty batch queue before the test");
-    let scratch = std::env::temp_dir().join(format!("ballast-slurm-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let Some((conf, _node)) = take_node() else {
+        return;
+    };
+    let scratch = scratch("slurm");
     let bin = slow_sbatch(&scratch);
     let mut c = SlurmCluster::start(&conf, Some(&bin));
 
-    c.cli_ok(
-        &[
-            "alloc",
-            "add",
-            "slurm",
-            "--max-workers",
-            "1",
-            "--idle-timeout",
-            "5s",
-        ],
-        false,
-    );
+    c.add_queue("1", "5s", &[]);
     c.cli_ok(&["submit", "--count", "5", "--", "true"], false);
     let calls = scratch.join("sbatch-calls");
     let job = eventually(Duration::from_secs(30), "sbatch to submit the job", || {
@@ -400,32 +413,19 @@ fn client_certificate(dir: &Path) -> (String, String, String) {
     )
 }
 
-/// The master's own certificate for `localhost`, self-signed (its workers' `--tls-ca`).
-fn server_certificate(dir: &Path) -> (String, String) {
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = params.self_signed(&key).expect("certificate");
-    let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
-    std::fs::write(&cert_path, cert.pem()).expect("write");
-    std::fs::write(&key_path, key.serialize_pem()).expect("write");
-    (
-        cert_path.display().to_string(),
-        key_path.display().to_string(),
-    )
-}
-
 /// Mutual TLS: the queue's workers present the certificate `alloc add` names, which is refused
 /// without one.
 #[test]
 fn workers_from_slurm_present_their_client_certificate_to_a_mutual_tls_master() {
-    let Some(conf) = slurm_conf() else { return };
-    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
-    wait_for_empty_queue(&conf, "an empty batch queue before the test");
-    let scratch = std::env::temp_dir().join(format!("ballast-slurm-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
-    let (server_cert, server_key) = server_certificate(&scratch);
+    let Some((conf, _node)) = take_node() else {
+        return;
+    };
+    let scratch = scratch("slurm-tls");
+    let (server_cert, server_key) = common::self_signed_localhost(&scratch);
+    let (server_cert, server_key) = (
+        server_cert.display().to_string(),
+        server_key.display().to_string(),
+    );
     let (client_ca, client_cert, client_key) = client_certificate(&scratch);
     let client_flags = vec![
         "--tls-ca".to_string(),
@@ -449,35 +449,22 @@ fn workers_from_slurm_present_their_client_certificate_to_a_mutual_tls_master() 
         client_flags,
     );
 
-    let plain = ["alloc", "add", "slurm", "--max-workers", "1"];
-    let out = Command::new(common::MASTER)
-        .args(plain)
-        .args(["--master", &c.cluster.addr])
-        .args(&c.client_flags)
-        .envs(c.env())
-        .output()
-        .expect("the client runs");
+    let out = c.cli(&["alloc", "add", "slurm", "--max-workers", "1"], false);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("--worker-tls-cert"),
         "a queue whose workers have no certificate is refused: {stderr}"
     );
 
-    c.cli_ok(
+    c.add_queue(
+        "1",
+        "5s",
         &[
-            "alloc",
-            "add",
-            "slurm",
-            "--max-workers",
-            "1",
-            "--idle-timeout",
-            "5s",
             "--worker-tls-cert",
             &client_cert,
             "--worker-tls-key",
             &client_key,
         ],
-        false,
     );
     c.cli_ok(&["submit", "--count", "3", "--", "true"], false);
     let waited = c.cli_ok(&["wait"], false);

@@ -7,24 +7,10 @@ mod common;
 use common::{eventually, worker_bin, Cluster, Reaped};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
-
-/// What `openssl req -x509 -newkey ... -subj /CN=localhost` makes: a self-signed certificate
-/// marked as a CA. Returns (certificate, key) paths in `dir`.
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = params.self_signed(&key).expect("certificate");
-    let (cert_path, key_path) = (dir.join("c.pem"), dir.join("k.pem"));
-    std::fs::write(&cert_path, cert.pem()).expect("write");
-    std::fs::write(&key_path, key.serialize_pem()).expect("write");
-    (cert_path, key_path)
-}
 
 /// A TCP proxy to `target` for one connection that records every byte, both ways.
 fn recording_proxy(target: String) -> (String, Arc<Mutex<Vec<u8>>>) {
@@ -71,7 +57,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn a_batch_over_tls_crosses_the_wire_encrypted() {
     let scratch = std::env::temp_dir().join(format!("ballast-tls-it-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("dir");
-    let (cert, key) = self_signed(&scratch);
+    let (cert, key) = common::self_signed_localhost(&scratch);
     let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
     let c = Cluster::start(&["--tls-cert", cert, "--tls-key", key]);
     let (proxy, seen) = recording_proxy(c.addr.clone());
@@ -142,7 +128,7 @@ fn a_batch_over_tls_crosses_the_wire_encrypted() {
 fn one_side_without_tls_gets_one_clear_line() {
     let scratch = std::env::temp_dir().join(format!("ballast-tls-half-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("dir");
-    let (cert, key) = self_signed(&scratch);
+    let (cert, key) = common::self_signed_localhost(&scratch);
     let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
 
     // A TLS master: a worker and a client without --tls-ca.
@@ -210,7 +196,7 @@ fn https_get(addr: &str, ca: &str, path: &str) -> String {
 fn the_http_side_is_https_on_a_tls_master() {
     let scratch = std::env::temp_dir().join(format!("ballast-https-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("dir");
-    let (cert, key) = self_signed(&scratch);
+    let (cert, key) = common::self_signed_localhost(&scratch);
     let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
     let c = Cluster::start(&["--tls-cert", cert, "--tls-key", key]);
     let answer = https_get(&c.http_addr, cert, "/api/v1/status");
@@ -270,7 +256,7 @@ fn closed_by_master(socket: &mut TcpStream) -> bool {
 fn hostile_tls_peers_are_closed_and_the_master_serves_on() {
     let scratch = std::env::temp_dir().join(format!("ballast-tls-hostile-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("dir");
-    let (cert, key) = self_signed(&scratch);
+    let (cert, key) = common::self_signed_localhost(&scratch);
     let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
     let c = Cluster::start(&["--tls-cert", cert, "--tls-key", key]);
     let status_answers = |when: &str| {

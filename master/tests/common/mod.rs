@@ -35,6 +35,20 @@ pub fn worker_bin() -> PathBuf {
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// What `openssl req -x509 -newkey ... -subj /CN=localhost` makes: a self-signed certificate
+/// for `localhost`, marked as a CA (so peers can pin it with `--tls-ca`). Written into `dir` as
+/// `c.pem` and `k.pem`; returns their paths.
+pub fn self_signed_localhost(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    let (cert_path, key_path) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write");
+    (cert_path, key_path)
+}
+
 /// The HTTP flags for a master: `--http ADDR --http-port-file FILE`, unless the test's own flags
 /// choose (`--http off`, or an address of their own, whose port file is then still written).
 fn http_args(extra: &[&str], addr: &str, file: &Path) -> Vec<String> {
