@@ -968,7 +968,7 @@ impl Server {
                                     h.local = true;
                                 }
                                 h.pending = Some(pending);
-                                self.core.handle_message(now, id, msg);
+                                self.core.handle_message(now, id, *msg);
                                 let backlog = Backlog {
                                     conn_bytes: c.unsent(),
                                     total_bytes: self.unsent_total,

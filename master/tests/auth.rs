@@ -247,6 +247,7 @@ fn a_frame_of_unknown_ids_costs_one_line() {
         pid: 1,
         group: None,
         prefetch: 0,
+        prefetch_adaptive: false,
         heartbeat_interval_ms: 0,
     };
     protocol::connection::handshake(&mut s, &mut dec, &c.addr, Role::Worker(info), None)

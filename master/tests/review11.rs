@@ -44,6 +44,7 @@ fn an_output_offset_near_the_end_of_u64_does_not_break_the_master() {
             pid: std::process::id(),
             group: None,
             prefetch: 0,
+            prefetch_adaptive: false,
             heartbeat_interval_ms: 0,
         }),
         None,

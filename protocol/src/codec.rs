@@ -241,6 +241,7 @@ mod tests {
                     pid: 7,
                     group: Some("g".into()),
                     prefetch: 3,
+                    prefetch_adaptive: false,
                     heartbeat_interval_ms: 0,
                 }),
                 auth: vec![1, 2, 3],

@@ -266,6 +266,12 @@ pub struct WorkerInfo {
     /// master may take them back (`Retract`) to run them elsewhere.
     #[serde(default)]
     pub prefetch: u32,
+    /// `prefetch` is a ceiling, not a request (the worker's default, no `--prefetch`): the master
+    /// holds tasks beyond the slots only while this worker's recent runs are short next to the
+    /// round trip a freed slot waits for its next task, and none while they are long. `false`:
+    /// it holds `prefetch` whatever the runs take (`--prefetch K` given).
+    #[serde(default)]
+    pub prefetch_adaptive: bool,
     /// The heartbeat interval the worker asks for (`worker --heartbeat`); 0: whatever the master
     /// says. The master answers in `Welcome` with the interval to use, which meets its timeout.
     #[serde(default)]

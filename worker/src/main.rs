@@ -24,6 +24,10 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Tasks held beyond the slots without `--prefetch`: one is enough for a slot never to wait a
+/// round trip for its next task, and the master holds it only while tasks are short.
+const ADAPTIVE_PREFETCH: u32 = 1;
+
 /// Ballast worker: runs the tasks a master assigns and reports this host's load.
 ///
 /// Exit status: 0 after SIGINT/SIGTERM, 1 when the master is lost under `--on-master-lost stop`
@@ -46,9 +50,10 @@ struct Args {
 
     /// Tasks held beyond the slots, not yet started, to hide dispatch latency: the next one starts
     /// as soon as a slot frees, without a round trip to the master. The master may take them back
-    /// to run elsewhere.
-    #[arg(long, value_name = "K", default_value_t = 0)]
-    prefetch: u32,
+    /// to run elsewhere [default: up to 1, held only while this worker's tasks are short next to
+    /// the round trip to the master; with K given, K whatever the tasks take].
+    #[arg(long, value_name = "K")]
+    prefetch: Option<u32>,
 
     /// Name shown by `master status` [default: <hostname>-<pid>].
     #[arg(long)]
@@ -258,7 +263,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             slots: args.slots.unwrap_or(default_slots),
             pid,
             group: args.group.filter(|g| !g.is_empty()),
-            prefetch: args.prefetch,
+            prefetch: args.prefetch.unwrap_or(ADAPTIVE_PREFETCH),
+            prefetch_adaptive: args.prefetch.is_none(),
             heartbeat_interval_ms: args.heartbeat.map_or(0, |d| d.as_millis().max(1) as u64),
         },
         heartbeat: args.heartbeat,

@@ -34,6 +34,7 @@ mod logs;
 pub mod metrics;
 pub mod policy;
 mod pools;
+mod prefetch;
 pub mod queue;
 mod rebalance;
 mod replies;
@@ -982,6 +983,7 @@ impl Core {
             return;
         };
         self.learn(change);
+        self.workers.note_handed(worker, id, now_ms);
         let Some(w) = self.workers.get(worker) else {
             return;
         };
@@ -1074,7 +1076,7 @@ impl Core {
                 WorkerState::Dead
             },
             slots: w.info.slots,
-            prefetch: w.info.prefetch,
+            prefetch: w.prefetch_now(),
             running: w.assigned.len() as u32,
             cpu_percent: w.load.cpu_percent,
             load_avg_1m: w.load.load_avg_1m,
@@ -1146,7 +1148,7 @@ impl Core {
             return self.session.refuse_worker(now_ms, ticket, refusal);
         }
         let (name, slots, host) = (info.name.clone(), info.slots, info.host.clone());
-        let prefetch = info.prefetch;
+        let (prefetch, adaptive) = (info.prefetch, info.prefetch_adaptive);
         let heartbeat_ms = self.heartbeat_for(&info);
         // A worker coming back (perhaps in another group) leaves the pools it was in and enters
         // the ones it belongs to now.
@@ -1171,9 +1173,10 @@ impl Core {
             // The same worker reconnected before we noticed its old connection die.
             self.requeue_from(now_ms, id, &"reconnected on a new connection");
         }
-        let prefetch = match prefetch {
-            0 => String::new(),
-            n => format!(", prefetch {n}"),
+        let prefetch = match (prefetch, adaptive) {
+            (0, _) => String::new(),
+            (n, false) => format!(", prefetch {n}"),
+            (n, true) => format!(", prefetch up to {n} while its tasks are short"),
         };
         self.events.worker(|| StreamEvent::WorkerJoined {
             worker: name.clone(),
@@ -1249,6 +1252,9 @@ impl Core {
                         }
                         self.tasks.mark_started(r.task, id, now_ms);
                         self.forget_unstarted(r.task, id);
+                        if let Some(change) = self.workers.note_started(id, r.task, now_ms) {
+                            self.learn(change);
+                        }
                     }
                 }
             }
@@ -1412,6 +1418,9 @@ impl Core {
                 c.task, c.attempt
             );
         } else {
+            if let Some(change) = self.workers.note_run(worker, c.run_ms) {
+                self.learn(change);
+            }
             if let Some(change) = self.workers.unassign(worker, c.task) {
                 self.learn(change);
             }

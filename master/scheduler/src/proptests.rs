@@ -241,18 +241,22 @@ fn worker_info() -> BoxedStrategy<WorkerInfo> {
         0u32..4,
         group(),
         prop_oneof![3 => Just(0u32), 1 => 1u32..3, 1 => Just(5_000u32)],
+        any::<bool>(),
     )
-        .prop_map(|(name, slots, group, prefetch)| WorkerInfo {
-            allocation: None,
-            name: name.to_string(),
-            host: "h".into(),
-            cpus: 2,
-            slots,
-            pid: 1,
-            group,
-            prefetch,
-            heartbeat_interval_ms: 0,
-        })
+        .prop_map(
+            |(name, slots, group, prefetch, prefetch_adaptive)| WorkerInfo {
+                allocation: None,
+                name: name.to_string(),
+                host: "h".into(),
+                cpus: 2,
+                slots,
+                pid: 1,
+                group,
+                prefetch,
+                prefetch_adaptive,
+                heartbeat_interval_ms: 0,
+            },
+        )
         .boxed()
 }
 
@@ -615,6 +619,7 @@ impl World {
                         pid: 1,
                         group: (pick / 27 % 4 == 0).then(|| "g".to_string()),
                         prefetch: (pick / 108 % 3) as u32,
+                        prefetch_adaptive: pick / 324 % 2 == 0,
                         heartbeat_interval_ms: 0,
                     });
                     let h = HelloSpec {
@@ -911,6 +916,7 @@ impl World {
                 pid: 1,
                 group: group.map(str::to_string),
                 prefetch: 0,
+                prefetch_adaptive: false,
                 heartbeat_interval_ms: 0,
             }),
         );

@@ -920,6 +920,7 @@ mod tests {
             pid: 1,
             group: None,
             prefetch: 0,
+            prefetch_adaptive: false,
             heartbeat_interval_ms: 0,
         })
     }

@@ -19,6 +19,7 @@ mod logs;
 mod names;
 mod observe;
 mod pages;
+mod prefetch;
 mod warnings;
 
 struct Harness {
@@ -123,7 +124,12 @@ impl Harness {
         slots: u32,
         prefetch: u32,
     ) -> (ConnId, WorkerId, Vec<Output>) {
-        self.worker_in(name, slots, prefetch, None)
+        self.join_worker(name, slots, prefetch, false, None)
+    }
+
+    /// A worker started without `--prefetch`: one task beyond its slots, while its runs are short.
+    fn adaptive_worker(&mut self, name: &str, slots: u32) -> (ConnId, WorkerId, Vec<Output>) {
+        self.join_worker(name, slots, 1, true, None)
     }
 
     /// A worker that runs in a batch-system allocation (`None`: none).
@@ -132,6 +138,17 @@ impl Harness {
         name: &str,
         slots: u32,
         prefetch: u32,
+        allocation: Option<Box<AllocationInfo>>,
+    ) -> (ConnId, WorkerId, Vec<Output>) {
+        self.join_worker(name, slots, prefetch, false, allocation)
+    }
+
+    fn join_worker(
+        &mut self,
+        name: &str,
+        slots: u32,
+        prefetch: u32,
+        prefetch_adaptive: bool,
         allocation: Option<Box<AllocationInfo>>,
     ) -> (ConnId, WorkerId, Vec<Output>) {
         let conn = self.connect();
@@ -149,6 +166,7 @@ impl Harness {
                     pid: 1,
                     group: None,
                     prefetch,
+                    prefetch_adaptive,
                     heartbeat_interval_ms: 0,
                 }),
                 auth: vec![],
@@ -875,6 +893,7 @@ fn reconnecting_worker_keeps_its_running_tasks() {
                 pid: 1,
                 group: None,
                 prefetch: 0,
+                prefetch_adaptive: false,
                 heartbeat_interval_ms: 0,
             }),
             auth: vec![],
@@ -1173,6 +1192,7 @@ fn group_tasks_run_only_in_their_group() {
                     pid: 1,
                     group: group.map(str::to_string),
                     prefetch: 0,
+                    prefetch_adaptive: false,
                     heartbeat_interval_ms: 0,
                 }),
                 auth: vec![],
@@ -1285,6 +1305,7 @@ fn hello(h: &mut Harness, name: &str, slots: u32, group: Option<&str>) -> ConnId
                 pid: 1,
                 group: group.map(String::from),
                 prefetch: 0,
+                prefetch_adaptive: false,
                 heartbeat_interval_ms: 0,
             }),
             auth: vec![],

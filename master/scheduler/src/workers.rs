@@ -10,6 +10,7 @@
 //! ran on every dirty dispatch.
 
 use super::policy::Capacity;
+use super::prefetch::PrefetchGauge;
 use protocol::{LoadReport, TaskId, TaskRef, WorkerId, WorkerInfo};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -44,6 +45,8 @@ pub struct Worker {
     /// When its batch-system allocation ends (the time left it reported on joining, from then);
     /// `None`: no known end.
     pub ends_at_ms: Option<u64>,
+    /// Whether holding tasks beyond its slots pays now, for a worker that left it to us.
+    gauge: PrefetchGauge,
 }
 
 /// What a worker is to rebalancing: a live, ready worker with a free slot is idle; one with more
@@ -95,6 +98,7 @@ impl Worker {
             retracting: VecDeque::new(),
             left: false,
             standing: Standing::Neither,
+            gauge: PrefetchGauge::default(),
         }
     }
 
@@ -120,7 +124,17 @@ impl Worker {
             cpu_percent: self.load.cpu_percent,
             busy: self.busy() as u32,
             slots: if self.ready { self.info.slots } else { 0 },
-            prefetch: if self.ready { self.info.prefetch } else { 0 },
+            prefetch: if self.ready { self.prefetch_now() } else { 0 },
+        }
+    }
+
+    /// Tasks it may hold beyond its slots now: its `prefetch`, or for a worker that left it to
+    /// us (`prefetch_adaptive`), that only while its tasks are short.
+    pub fn prefetch_now(&self) -> u32 {
+        if !self.info.prefetch_adaptive || self.gauge.pays() {
+            self.info.prefetch
+        } else {
+            0
         }
     }
 }
@@ -203,6 +217,7 @@ impl WorkerTable {
             w.retracting.clear();
             w.draining.clear();
             w.left = false;
+            w.gauge.disconnected();
             self.restand(id);
             let change = PlacementChange::Joined {
                 worker: id,
@@ -247,6 +262,7 @@ impl WorkerTable {
             pid: 0,
             group: None,
             prefetch: 0,
+            prefetch_adaptive: false,
             heartbeat_interval_ms: 0,
         };
         self.workers
@@ -261,6 +277,7 @@ impl WorkerTable {
         w.alive = false;
         w.retracting.clear();
         w.draining.clear();
+        w.gauge.disconnected();
         let (prefetches, group) = (w.info.prefetch > 0, w.info.group.clone());
         if prefetches {
             self.prefetching -= 1;
@@ -322,6 +339,7 @@ impl WorkerTable {
     pub fn unassign(&mut self, id: WorkerId, task: TaskId) -> Option<PlacementChange> {
         let w = self.get_mut(id)?;
         w.assigned.remove(&task);
+        w.gauge.left(task);
         self.restand(id);
         Some(PlacementChange::Capacity {
             worker: id,
@@ -363,12 +381,54 @@ impl WorkerTable {
     pub fn take_assigned(&mut self, id: WorkerId) -> Option<(BTreeSet<TaskId>, PlacementChange)> {
         let w = self.get_mut(id)?;
         let tasks = std::mem::take(&mut w.assigned);
+        w.gauge.disconnected();
         self.restand(id);
         let change = PlacementChange::Capacity {
             worker: id,
             freed: true,
         };
         Some((tasks, change))
+    }
+
+    /// `task` was just handed to the worker by placement (`assign` first). If it went to a free
+    /// slot, its start times the round trip (adaptive prefetch only).
+    pub fn note_handed(&mut self, id: WorkerId, task: TaskId, now_ms: u64) {
+        if let Some(w) = self.get_mut(id) {
+            if w.info.prefetch_adaptive && w.busy() <= w.info.slots as usize {
+                w.gauge.assigned_to_free_slot(task, now_ms);
+            }
+        }
+    }
+
+    /// The worker reported `task` started. A change if that turned the prefetch decision.
+    pub fn note_started(
+        &mut self,
+        id: WorkerId,
+        task: TaskId,
+        now_ms: u64,
+    ) -> Option<PlacementChange> {
+        self.update_gauge(id, |g| g.started(task, now_ms))
+    }
+
+    /// A run of the worker ended after `run_ms` (its report). A change if that turned the
+    /// prefetch decision.
+    pub fn note_run(&mut self, id: WorkerId, run_ms: u64) -> Option<PlacementChange> {
+        self.update_gauge(id, |g| g.ran(run_ms))
+    }
+
+    fn update_gauge(
+        &mut self,
+        id: WorkerId,
+        update: impl FnOnce(&mut PrefetchGauge),
+    ) -> Option<PlacementChange> {
+        let w = self.get_mut(id).filter(|w| w.info.prefetch_adaptive)?;
+        let before = w.prefetch_now();
+        update(&mut w.gauge);
+        let after = w.prefetch_now();
+        (before != after).then_some(PlacementChange::Capacity {
+            worker: id,
+            freed: after > before,
+        })
     }
 
     pub fn count_done(&mut self, id: WorkerId) {
@@ -549,6 +609,7 @@ mod tests {
             pid: 1,
             group: group.map(str::to_string),
             prefetch,
+            prefetch_adaptive: false,
             heartbeat_interval_ms: 0,
         }
     }

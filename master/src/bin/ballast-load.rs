@@ -482,6 +482,7 @@ impl SimThread {
                 pid: std::process::id(),
                 group: None,
                 prefetch: 0,
+                prefetch_adaptive: false,
                 heartbeat_interval_ms: 0,
             };
             let (stream, decoder, hb_ms) = handshake(t.addr, t.token.as_deref(), info)

@@ -28,7 +28,10 @@ pub enum Action {
     /// Answer this now.
     Respond(Response),
     /// Hand `msg` to the core; its replies go to `pending`.
-    Ask { msg: ToMaster, pending: Pending },
+    Ask {
+        msg: Box<ToMaster>,
+        pending: Pending,
+    },
     /// `GET /metrics`: the shell renders the core's metrics (`http::metrics`).
     Metrics,
     /// `GET /api/v1/report`: the shell renders the core's report.
@@ -62,7 +65,10 @@ pub fn handle(req: &Request, token: Option<&[u8]>) -> Action {
             return Action::Respond(answer);
         }
     }
-    let ask = |msg, pending| Action::Ask { msg, pending };
+    let ask = |msg, pending| Action::Ask {
+        msg: Box::new(msg),
+        pending,
+    };
     match route {
         Route::Dashboard => Action::Respond(asset(Asset::Index)),
         Route::Static(a) => Action::Respond(asset(a)),

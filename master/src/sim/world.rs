@@ -823,6 +823,7 @@ impl<'a> World<'a> {
             pid: worker + 1,
             group: Some(format!("g{}", spec.group)),
             prefetch: 0,
+            prefetch_adaptive: false,
             heartbeat_interval_ms: 0,
         };
         let conn = self.net.open(Owner::Worker(worker), self.master);

@@ -23,16 +23,19 @@
 //! main loop signals the group only under the same lock and only if it is not reaped.
 
 use super::output::OutputBuffer;
+use super::program_path::ProgramPaths;
 use super::tree::{TaskMark, TASK_MARK_VAR};
 use crate::sentinel::{Link, MARK_VAR};
 use log::debug;
 use protocol::{TaskKind, TaskOutcome, TaskRef, TaskSpec};
+use std::ffi::OsString;
+use std::fs::File;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
 /// Why a command is being stopped; the first reason given wins.
@@ -174,7 +177,7 @@ pub(super) struct Spawned {
 /// Spawns the job's command (in its own process group, stdin from /dev/null, stdout and stderr
 /// to pipes) and tells the sentinel and the control of its group. `Err`: the outcome of a
 /// command that could not start.
-pub(super) fn spawn(job: &CommandJob) -> Result<Spawned, TaskOutcome> {
+pub(super) fn spawn(job: &CommandJob, paths: &mut ProgramPaths) -> Result<Spawned, TaskOutcome> {
     let TaskKind::Command { argv, env, cwd } = &job.spec.kind else {
         return Err(failed("internal error: not a command".into()));
     };
@@ -189,31 +192,22 @@ pub(super) fn spawn(job: &CommandJob) -> Result<Spawned, TaskOutcome> {
             )));
         }
     }
-    let mut command = Command::new(program);
-    command
-        .args(&argv[1..])
-        // IMPORTANT: a task may not set the sentinel's mark or its own: it would slip out of its
-        // own worker's sweep (or its own stop), or into another's.
-        .envs(
-            env.iter()
-                .filter(|(k, _)| k != MARK_VAR && k != TASK_MARK_VAR)
-                .map(|(k, v)| (k, v)),
-        )
-        .env(TASK_MARK_VAR, job.control.mark.value())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if let Some(dir) = cwd {
-        command.current_dir(dir);
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| OsString::from(v))
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_default();
+    let found = paths.resolve(program, &path, Instant::now());
+    let mut child = match command(job, found.as_deref().unwrap_or(Path::new(program))).spawn() {
+        Err(e) if found.is_some() && e.kind() == io::ErrorKind::NotFound => {
+            // Gone since it was found: the search of the spawn itself has the last word.
+            paths.forget(program, &path);
+            command(job, Path::new(program)).spawn()
+        }
+        spawned => spawned,
     }
-    if job.die_with_worker {
-        set_parent_death_signal(&mut command);
-    }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => return Err(failed(describe_spawn_error(program, &e))),
-    };
+    .map_err(|e| failed(describe_spawn_error(program, &e)))?;
     let pid = child.id() as libc::pid_t;
     // IMPORTANT: first, to keep short the moment in which a SIGKILLed worker leaves a child the
     // sentinel does not know by its group (its mark covers that moment).
@@ -245,6 +239,51 @@ pub(super) fn spawn(job: &CommandJob) -> Result<Spawned, TaskOutcome> {
         stderr: child.stderr.take(),
         child,
     })
+}
+
+/// The command line of `job`'s command, run from `program` (its `argv[0]`, or where that was
+/// found on `PATH`; the child sees `argv[0]` unchanged): in its own process group, stdin from
+/// /dev/null, stdout and stderr to pipes.
+fn command(job: &CommandJob, program: &Path) -> Command {
+    let mut command = Command::new(program);
+    let TaskKind::Command { argv, env, cwd } = &job.spec.kind else {
+        return command;
+    };
+    if let Some(arg0) = argv.first() {
+        command.arg0(arg0);
+    }
+    command
+        .args(argv.iter().skip(1))
+        // IMPORTANT: a task may not set the sentinel's mark or its own: it would slip out of its
+        // own worker's sweep (or its own stop), or into another's.
+        .envs(
+            env.iter()
+                .filter(|(k, _)| k != MARK_VAR && k != TASK_MARK_VAR)
+                .map(|(k, v)| (k, v)),
+        )
+        .env(TASK_MARK_VAR, job.control.mark.value())
+        .stdin(dev_null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    if job.die_with_worker {
+        set_parent_death_signal(&mut command);
+    }
+    command
+}
+
+/// Stdin for a command: a duplicate of one `/dev/null` opened once, which costs less than the
+/// path lookup of opening it per spawn (`Stdio::null`, still the fallback).
+fn dev_null() -> Stdio {
+    static DEV_NULL: OnceLock<Option<File>> = OnceLock::new();
+    DEV_NULL
+        .get_or_init(|| File::open("/dev/null").ok())
+        .as_ref()
+        .and_then(|f| f.try_clone().ok())
+        .map_or_else(Stdio::null, Stdio::from)
 }
 
 /// A pidfd for our own child `pid`, which is not reaped yet (so the pid is still it).

@@ -21,6 +21,7 @@
 
 mod command;
 mod output;
+mod program_path;
 mod reactor;
 mod spin;
 mod tree;

@@ -22,6 +22,7 @@
 //! a few ms) and `posix_spawn` itself.
 
 use super::command::{self, CommandJob, Spawned, StopReason};
+use super::program_path::ProgramPaths;
 use super::TAIL_BYTES;
 use crate::tail::TailBuffer;
 use log::{debug, warn};
@@ -187,6 +188,8 @@ struct Thread<E> {
     slots: Vec<Slot>,
     incoming: Vec<CommandJob>,
     buf: Vec<u8>,
+    /// Programs found on `PATH`, so a spawn does not search it again.
+    paths: ProgramPaths,
 }
 
 impl<E: From<Completion> + Send + 'static> Thread<E> {
@@ -202,6 +205,7 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
             slots: Vec::new(),
             incoming: Vec::new(),
             buf: vec![0; READ_CHUNK_BYTES],
+            paths: ProgramPaths::default(),
         }
     }
 
@@ -219,9 +223,8 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
 
     /// Spawns what the loop submitted.
     fn take_submitted(&mut self) {
-        // First, so that the wake of a job taken here does not end the next poll at once; a job
-        // submitted after the swap below wakes the thread again.
-        self.drain_waker();
+        // The waker is drained when `poll` finds it readable, not here: a wake for a job taken
+        // below at worst ends the next poll at once, which costs less than a read every turn.
         {
             let mut queue = self
                 .shared
@@ -231,7 +234,7 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
             std::mem::swap(&mut *queue, &mut self.incoming);
         }
         for job in std::mem::take(&mut self.incoming) {
-            match command::spawn(&job) {
+            match command::spawn(&job, &mut self.paths) {
                 Ok(mut spawned) => {
                     let pipes = [
                         spawned.stdout.take().and_then(|p| pipe(Box::new(p))),
@@ -371,7 +374,8 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
 
     fn drain_waker(&mut self) {
         let mut bytes = [0u8; 64];
-        while matches!((&self.wake_rx).read(&mut bytes), Ok(n) if n > 0) {}
+        // A short read took everything there was: no second call to hear `WouldBlock`.
+        while matches!((&self.wake_rx).read(&mut bytes), Ok(n) if n == bytes.len()) {}
     }
 
     /// The leader of command `i` exited (it is a zombie): the reap, in the order `command` says.

@@ -165,6 +165,7 @@ fn test_config(addr: String, on_master_lost: OnMasterLost, heartbeat: Option<Dur
             pid: std::process::id(),
             group: None,
             prefetch: 0,
+            prefetch_adaptive: false,
             heartbeat_interval_ms: 0,
         },
         heartbeat,

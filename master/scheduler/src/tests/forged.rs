@@ -32,6 +32,7 @@ fn hello(h: &mut Harness, name: &str, pid: u32, group: Option<&str>) -> ConnId {
                 pid,
                 group: group.map(str::to_string),
                 prefetch: 0,
+                prefetch_adaptive: false,
                 heartbeat_interval_ms: 0,
             }),
             auth: vec![],

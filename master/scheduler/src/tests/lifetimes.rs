@@ -70,6 +70,7 @@ fn an_empty_or_oversized_job_id_is_refused() {
             pid: 1,
             group: None,
             prefetch: 0,
+            prefetch_adaptive: false,
             heartbeat_interval_ms: 0,
         };
         let out = h.msg(

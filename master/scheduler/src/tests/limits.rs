@@ -418,6 +418,7 @@ fn status_comes_in_chunks_cut_by_their_encoded_size() {
                     pid: 1,
                     group: Some("g".repeat(MAX_NAME_BYTES)),
                     prefetch: 0,
+                    prefetch_adaptive: false,
                     heartbeat_interval_ms: 0,
                 }),
                 auth: vec![],

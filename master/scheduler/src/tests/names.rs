@@ -12,6 +12,7 @@ fn info(name: &str, pid: u32) -> WorkerInfo {
         pid,
         group: None,
         prefetch: 0,
+        prefetch_adaptive: false,
         heartbeat_interval_ms: 0,
     }
 }
