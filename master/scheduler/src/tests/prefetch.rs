@@ -95,14 +95,21 @@ fn a_slow_round_trip_makes_longer_runs_worth_a_held_task() {
     assert_eq!(assignments(&out).len(), 2, "{out:?}");
 }
 
-#[test]
-fn held_tasks_are_queued_again_when_the_worker_is_lost() {
+/// An adaptive worker `a` with one slot whose first task ran short: of the three tasks
+/// submitted, the second is in its slot and the third is held beyond it.
+fn one_short_run_then_two_queued() -> (Harness, ConnId, Vec<TaskId>) {
     let mut h = Harness::new(PolicyKind::LeastLoaded);
     let (a, _, _) = h.adaptive_worker("a", 1);
     let c = h.client();
     let (ids, _) = h.submit(c, vec![sleep_spec(0)], 3);
     start(&mut h, a, ids[0]);
     finish_after(&mut h, a, ids[0], 0);
+    (h, a, ids)
+}
+
+#[test]
+fn held_tasks_are_queued_again_when_the_worker_is_lost() {
+    let (mut h, a, ids) = one_short_run_then_two_queued();
     assert_eq!(h.state(ids[2]), TaskState::Running, "held by a");
     h.core.handle_disconnect(h.now, a, "gone");
     h.drain();
@@ -117,12 +124,7 @@ fn held_tasks_are_queued_again_when_the_worker_is_lost() {
 
 #[test]
 fn an_idle_worker_gets_the_held_task_back_from_a_busy_one() {
-    let mut h = Harness::new(PolicyKind::LeastLoaded);
-    let (a, _, _) = h.adaptive_worker("a", 1);
-    let c = h.client();
-    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 3);
-    start(&mut h, a, ids[0]);
-    finish_after(&mut h, a, ids[0], 0);
+    let (mut h, a, ids) = one_short_run_then_two_queued();
     start(&mut h, a, ids[1]);
     // Task 1 runs long on a and task 2 waits behind it; b joins idle with nothing queued.
     let (_, _, out) = h.adaptive_worker("b", 1);
