@@ -215,6 +215,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    if let (Some(tls), Some(cert)) = (&tls, &args.tls_cert) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Some(problem) = tls.certificate_warning(now) {
+            log::warn!("--tls-cert {}: {problem}", cert.display());
+        }
+    }
     let guard = Guard {
         token: token.is_some(),
         tls: tls.is_some(),

@@ -322,3 +322,32 @@ fn hostile_tls_peers_are_closed_and_the_master_serves_on() {
     assert!(log.contains(": TLS: "), "{log}");
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// A master serving an expired certificate says so once at start (rustls serves it; every peer
+/// refuses it with its own line).
+#[test]
+fn a_master_with_an_expired_certificate_warns_at_start() {
+    let scratch = std::env::temp_dir().join(format!("ballast-tls-expired-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("dir");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 1, 2);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    let (cert_path, key_path) = (scratch.join("old.pem"), scratch.join("old.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write");
+    let c = Cluster::start(&[
+        "--tls-cert",
+        cert_path.to_str().expect("utf-8"),
+        "--tls-key",
+        key_path.to_str().expect("utf-8"),
+    ]);
+    let log = c.master_log();
+    assert!(
+        log.contains("old.pem: the certificate expired")
+            && log.contains("every peer will refuse it"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+}

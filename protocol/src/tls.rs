@@ -26,6 +26,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 
 pub use rustls::{ClientConnection, ServerConnection};
@@ -158,7 +159,12 @@ pub struct ServerTlsFiles {
 pub struct ServerTls {
     config: Arc<ServerConfig>,
     mutual: bool,
+    /// The served certificate's validity (Unix seconds, not before and not after), if it reads.
+    validity: Option<(u64, u64)>,
 }
+
+/// A certificate that runs out within this long gets a warning at start.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -190,11 +196,10 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
+        let certs = read_certs("--tls-cert", &files.cert)?;
+        let validity = certs.first().and_then(|c| der::validity(c.as_ref()));
         let mut config = builder
-            .with_single_cert(
-                read_certs("--tls-cert", &files.cert)?,
-                read_key("--tls-key", &files.key)?,
-            )
+            .with_single_cert(certs, read_key("--tls-key", &files.key)?)
             .map_err(|e| pair_error("--tls-cert and --tls-key", &files.cert, &files.key, e))?;
         // Peers reconnect with a full handshake: nothing to gain from tickets for a handful of
         // long-lived connections, and a client command is one connection.
@@ -202,7 +207,35 @@ impl ServerTls {
         Ok(ServerTls {
             config: Arc::new(config),
             mutual: files.client_ca.is_some(),
+            validity,
         })
+    }
+
+    /// What is wrong with the served certificate's dates at `now_secs` (Unix seconds), in words,
+    /// if anything: expired, not valid yet, or running out within [`EXPIRY_WARNING`]. rustls
+    /// serves any of them; the peers are the ones that refuse, each with its own line.
+    pub fn certificate_warning(&self, now_secs: u64) -> Option<String> {
+        let (not_before, not_after) = self.validity?;
+        let span = roughly;
+        if now_secs > not_after {
+            Some(format!(
+                "the certificate expired {} ago: every peer will refuse it",
+                span(now_secs - not_after)
+            ))
+        } else if now_secs < not_before {
+            Some(format!(
+                "the certificate is not valid for another {}: every peer will refuse it until \
+                 then (is this host's clock right?)",
+                span(not_before - now_secs)
+            ))
+        } else if not_after - now_secs < EXPIRY_WARNING.as_secs() {
+            Some(format!(
+                "the certificate expires in {}: peers will refuse it then",
+                span(not_after - now_secs)
+            ))
+        } else {
+            None
+        }
     }
 
     /// A new TLS session for an accepted connection.
@@ -214,6 +247,17 @@ impl ServerTls {
     pub fn mutual(&self) -> bool {
         self.mutual
     }
+}
+
+/// `secs` in the largest unit that leaves at least 2 of it: `40 days`, `5 hours`, `3 minutes`.
+fn roughly(secs: u64) -> String {
+    let (n, unit) = match secs {
+        s if s >= 2 * 86_400 => (s / 86_400, "days"),
+        s if s >= 2 * 3_600 => (s / 3_600, "hours"),
+        s if s >= 120 => (s / 60, "minutes"),
+        s => (s, "seconds"),
+    };
+    format!("{n} {unit}")
 }
 
 fn provider() -> Arc<CryptoProvider> {

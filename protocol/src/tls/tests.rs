@@ -387,3 +387,35 @@ fn a_key_that_is_not_the_certificates_and_a_broken_certificate_are_named() {
     );
     assert!(!line.contains("peer"), "{line}");
 }
+
+#[test]
+fn the_master_hears_of_its_own_certificate_s_dates() {
+    let dir = Dir::new("own-dates");
+    let (cert, key) = self_signed_ca(&["localhost"], true);
+    let expired = server(&dir, &cert, &key, None);
+    // 2020-01-01 to 2020-01-02.
+    let line = expired.certificate_warning(1_577_923_200 + 3 * 86_400);
+    assert_eq!(
+        line.as_deref(),
+        Some("the certificate expired 3 days ago: every peer will refuse it")
+    );
+    let early = expired
+        .certificate_warning(1_577_836_800 - 7_200)
+        .expect("not yet valid");
+    assert!(early.contains("not valid for another 2 hours"), "{early}");
+    let soon = expired
+        .certificate_warning(1_577_923_200 - 600)
+        .expect("runs out soon");
+    assert!(soon.contains("expires in 10 minutes"), "{soon}");
+    let (fresh_cert, fresh_key) = self_signed_ca(&["localhost"], false);
+    let fresh = server(&dir, &fresh_cert, &fresh_key, None);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert_eq!(
+        fresh.certificate_warning(now),
+        None,
+        "rcgen's default runs to 4096"
+    );
+}
