@@ -42,6 +42,19 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// For people, to a tenth of a second or a few units: `850ms`, `12.3s`, `4m05s`, `3h12m`,
+/// `2d04h` (tables, log lines; not read back).
+pub fn human_ms(ms: u64) -> String {
+    let s = ms / 1_000;
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1_000..=59_999 => format!("{:.1}s", ms as f64 / 1e3),
+        60_000..=3_599_999 => format!("{}m{:02}s", s / 60, s % 60),
+        3_600_000..=86_399_999 => format!("{}h{:02}m", s / 3_600, s % 3_600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3_600),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -216,7 +216,7 @@ impl ServerTls {
     /// serves any of them; the peers are the ones that refuse, each with its own line.
     pub fn certificate_warning(&self, now_secs: u64) -> Option<String> {
         let (not_before, not_after) = self.validity?;
-        let span = roughly;
+        let span = |secs: u64| crate::duration::human_ms(secs.saturating_mul(1_000));
         if now_secs > not_after {
             Some(format!(
                 "the certificate expired {} ago: every peer will refuse it",
@@ -247,17 +247,6 @@ impl ServerTls {
     pub fn mutual(&self) -> bool {
         self.mutual
     }
-}
-
-/// `secs` in the largest unit that leaves at least 2 of it: `40 days`, `5 hours`, `3 minutes`.
-fn roughly(secs: u64) -> String {
-    let (n, unit) = match secs {
-        s if s >= 2 * 86_400 => (s / 86_400, "days"),
-        s if s >= 2 * 3_600 => (s / 3_600, "hours"),
-        s if s >= 120 => (s / 60, "minutes"),
-        s => (s, "seconds"),
-    };
-    format!("{n} {unit}")
 }
 
 fn provider() -> Arc<CryptoProvider> {

@@ -5,6 +5,7 @@ use super::ids::{IdList, IdRange};
 use super::term::Layout;
 use super::wait::WaitSummary;
 pub use master::json::{ResultView, StatusView};
+use protocol::duration::human_ms;
 use protocol::{StatusReport, TaskResult, WorkerStatus};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -487,15 +488,6 @@ fn run_time_cell(t: &TaskResult) -> String {
     match (t.started_ms, t.finished_ms) {
         (Some(s), Some(f)) => f.checked_sub(s).map(human_ms).unwrap_or_default(),
         _ => String::new(),
-    }
-}
-
-fn human_ms(ms: u64) -> String {
-    match ms {
-        0..1_000 => format!("{ms}ms"),
-        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
-        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
-        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
     }
 }
 

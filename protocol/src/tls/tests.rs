@@ -397,16 +397,16 @@ fn the_master_hears_of_its_own_certificate_s_dates() {
     let line = expired.certificate_warning(1_577_923_200 + 3 * 86_400);
     assert_eq!(
         line.as_deref(),
-        Some("the certificate expired 3 days ago: every peer will refuse it")
+        Some("the certificate expired 3d00h ago: every peer will refuse it")
     );
     let early = expired
         .certificate_warning(1_577_836_800 - 7_200)
         .expect("not yet valid");
-    assert!(early.contains("not valid for another 2 hours"), "{early}");
+    assert!(early.contains("not valid for another 2h00m"), "{early}");
     let soon = expired
         .certificate_warning(1_577_923_200 - 600)
         .expect("runs out soon");
-    assert!(soon.contains("expires in 10 minutes"), "{soon}");
+    assert!(soon.contains("expires in 10m00s"), "{soon}");
     let (fresh_cert, fresh_key) = self_signed_ca(&["localhost"], false);
     let fresh = server(&dir, &fresh_cert, &fresh_key, None);
     let now = std::time::SystemTime::now()

@@ -28,7 +28,6 @@ use super::tree::{TaskMark, TASK_MARK_VAR};
 use crate::sentinel::{Link, MARK_VAR};
 use log::debug;
 use protocol::{TaskKind, TaskOutcome, TaskRef, TaskSpec};
-use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -192,17 +191,11 @@ pub(super) fn spawn(job: &CommandJob, paths: &mut ProgramPaths) -> Result<Spawne
             )));
         }
     }
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| OsString::from(v))
-        .or_else(|| std::env::var_os("PATH"))
-        .unwrap_or_default();
-    let found = paths.resolve(program, &path, Instant::now());
+    let found = paths.resolve(program, env, Instant::now());
     let mut child = match command(job, found.as_deref().unwrap_or(Path::new(program))).spawn() {
         Err(e) if found.is_some() && e.kind() == io::ErrorKind::NotFound => {
             // Gone since it was found: the search of the spawn itself has the last word.
-            paths.forget(program, &path);
+            paths.forget(program, env);
             command(job, Path::new(program)).spawn()
         }
         spawned => spawned,

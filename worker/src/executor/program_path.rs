@@ -21,37 +21,93 @@ pub const FRESH_FOR: Duration = Duration::from_secs(1);
 /// from outside, so the table must not grow with them.
 const MAX_ENTRIES: usize = 256;
 
-#[derive(Default)]
 pub struct ProgramPaths {
-    found: HashMap<(OsString, OsString), (PathBuf, Instant)>,
+    /// The worker's own `PATH`, read once: a command without `PATH` in its environment sees it.
+    inherited: OsString,
+    /// By program name, the `PATH`s it was looked up on: where it was found, and when. Looked up
+    /// by reference, so a spawn allocates nothing here.
+    found: HashMap<String, Vec<Found>>,
+    entries: usize,
+}
+
+struct Found {
+    path: OsString,
+    file: PathBuf,
+    at: Instant,
 }
 
 impl ProgramPaths {
-    /// The file `program` names on `path` (the `PATH` the command will see), or `None` to let the
-    /// spawn search itself: a name with a slash, a `PATH` with a relative entry, no executable
-    /// file on it (the spawn then reports the error it always did).
-    pub fn resolve(&mut self, program: &str, path: &OsStr, now: Instant) -> Option<PathBuf> {
+    /// `inherited`: the `PATH` of the worker's environment.
+    pub fn new(inherited: OsString) -> Self {
+        ProgramPaths {
+            inherited,
+            found: HashMap::new(),
+            entries: 0,
+        }
+    }
+
+    /// The file `program` names on the `PATH` a command with environment `env` sees, or `None`
+    /// to let the spawn search itself: a name with a slash, a `PATH` with a relative entry, no
+    /// executable file on it (the spawn then reports the error it always did).
+    pub fn resolve(
+        &mut self,
+        program: &str,
+        env: &[(String, String)],
+        now: Instant,
+    ) -> Option<PathBuf> {
         if program.is_empty() || program.contains('/') {
             return None;
         }
-        let key = (OsString::from(program), path.to_os_string());
-        if let Some((found, at)) = self.found.get(&key) {
-            if now.duration_since(*at) < FRESH_FOR {
-                return Some(found.clone());
-            }
+        let path = path_of(&self.inherited, env);
+        let cached = self
+            .found
+            .get(program)
+            .and_then(|on| on.iter().find(|f| f.path == path));
+        if let Some(f) = cached.filter(|f| now.duration_since(f.at) < FRESH_FOR) {
+            return Some(f.file.clone());
         }
-        let found = search(program, path)?;
-        if self.found.len() >= MAX_ENTRIES {
+        let file = search(program, path)?;
+        forget(&mut self.found, &mut self.entries, program, path);
+        if self.entries >= MAX_ENTRIES {
             self.found.clear();
+            self.entries = 0;
         }
-        self.found.insert(key, (found.clone(), now));
-        Some(found)
+        self.found
+            .entry(program.to_string())
+            .or_default()
+            .push(Found {
+                path: path.to_os_string(),
+                file: file.clone(),
+                at: now,
+            });
+        self.entries += 1;
+        Some(file)
     }
 
     /// `program` could not be run from where it was found: search again next time.
-    pub fn forget(&mut self, program: &str, path: &OsStr) {
-        self.found
-            .remove(&(OsString::from(program), path.to_os_string()));
+    pub fn forget(&mut self, program: &str, env: &[(String, String)]) {
+        let path = path_of(&self.inherited, env);
+        forget(&mut self.found, &mut self.entries, program, path);
+    }
+}
+
+/// The `PATH` a command sees: its own, if its environment sets one, else the worker's.
+fn path_of<'a>(inherited: &'a OsStr, env: &'a [(String, String)]) -> &'a OsStr {
+    env.iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(inherited, |(_, v)| OsStr::new(v))
+}
+
+fn forget(
+    found: &mut HashMap<String, Vec<Found>>,
+    entries: &mut usize,
+    program: &str,
+    path: &OsStr,
+) {
+    if let Some(on) = found.get_mut(program) {
+        let before = on.len();
+        on.retain(|f| f.path != path);
+        *entries -= before - on.len();
     }
 }
 
@@ -83,6 +139,11 @@ mod tests {
         file
     }
 
+    /// A command environment that sets `PATH`.
+    fn env(path: &OsStr) -> Vec<(String, String)> {
+        vec![("PATH".into(), path.to_str().expect("utf-8").into())]
+    }
+
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ballast-path-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -97,13 +158,16 @@ mod tests {
         fs::write(a.join("tool"), "not executable").expect("write");
         let in_b = executable(&b, "tool");
         let path = OsString::from(format!("{}:{}", a.display(), b.display()));
-        let mut paths = ProgramPaths::default();
+        let mut paths = ProgramPaths::new(OsString::new());
         let t0 = Instant::now();
-        assert_eq!(paths.resolve("tool", &path, t0), Some(in_b.clone()));
+        assert_eq!(paths.resolve("tool", &env(&path), t0), Some(in_b.clone()));
         // Installed earlier on PATH: the cached answer holds while fresh, then the new one wins.
         let in_a = executable(&a, "tool");
-        assert_eq!(paths.resolve("tool", &path, t0), Some(in_b));
-        assert_eq!(paths.resolve("tool", &path, t0 + FRESH_FOR), Some(in_a));
+        assert_eq!(paths.resolve("tool", &env(&path), t0), Some(in_b));
+        assert_eq!(
+            paths.resolve("tool", &env(&path), t0 + FRESH_FOR),
+            Some(in_a)
+        );
         let _ = fs::remove_dir_all(&root);
     }
 
@@ -111,15 +175,15 @@ mod tests {
     fn leaves_slashes_relative_entries_and_missing_programs_to_the_spawn() {
         let root = scratch("left");
         executable(&root, "tool");
-        let mut paths = ProgramPaths::default();
+        let mut paths = ProgramPaths::new(OsString::new());
         let now = Instant::now();
         let abs = OsString::from(root.display().to_string());
-        assert_eq!(paths.resolve("./tool", &abs, now), None);
-        assert_eq!(paths.resolve("", &abs, now), None);
-        assert_eq!(paths.resolve("absent", &abs, now), None);
+        assert_eq!(paths.resolve("./tool", &env(&abs), now), None);
+        assert_eq!(paths.resolve("", &env(&abs), now), None);
+        assert_eq!(paths.resolve("absent", &env(&abs), now), None);
         let relative = OsString::from(format!("{}::bin", root.display()));
         assert_eq!(
-            paths.resolve("tool", &relative, now),
+            paths.resolve("tool", &env(&relative), now),
             None,
             "an empty entry is the cwd"
         );
@@ -131,18 +195,22 @@ mod tests {
         let root = scratch("forget");
         let tool = executable(&root, "tool");
         let path = OsString::from(root.display().to_string());
-        let mut paths = ProgramPaths::default();
+        let mut paths = ProgramPaths::new(OsString::new());
         let now = Instant::now();
-        assert_eq!(paths.resolve("tool", &path, now), Some(tool.clone()));
+        assert_eq!(paths.resolve("tool", &env(&path), now), Some(tool.clone()));
         fs::remove_file(&tool).expect("rm");
-        paths.forget("tool", &path);
-        assert_eq!(paths.resolve("tool", &path, now), None);
+        paths.forget("tool", &env(&path));
+        assert_eq!(paths.resolve("tool", &env(&path), now), None);
         executable(&root, "tool");
         for i in 0..(MAX_ENTRIES * 2) {
             let other = OsString::from(format!("{}:/nonexistent/{i}", root.display()));
-            paths.resolve("tool", &other, now);
+            paths.resolve("tool", &env(&other), now);
         }
-        assert!(paths.found.len() <= MAX_ENTRIES);
+        assert!(paths.entries <= MAX_ENTRIES);
+        assert_eq!(
+            paths.entries,
+            paths.found.values().map(Vec::len).sum::<usize>()
+        );
         let _ = fs::remove_dir_all(&root);
     }
 }

@@ -205,7 +205,8 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
             slots: Vec::new(),
             incoming: Vec::new(),
             buf: vec![0; READ_CHUNK_BYTES],
-            paths: ProgramPaths::default(),
+            // The worker's environment is fixed once it runs (the token is removed at start).
+            paths: ProgramPaths::new(std::env::var_os("PATH").unwrap_or_default()),
         }
     }
 
