@@ -319,12 +319,31 @@ fn wait_until_all_assigned(c: &Cluster) {
     });
 }
 
-#[test]
-fn an_idle_worker_gets_unstarted_tasks_retracted_from_a_prefetching_one() {
+/// How the prefetch tests' tasks run: synthetic sleeps wait in the worker's pending queue;
+/// commands also wait on standby in its IO thread, which starts one when a command completes.
+fn naps(kind: &str, ms: u64) -> Vec<String> {
+    match kind {
+        "sleep" => vec!["--sleep".into(), format!("{ms}ms")],
+        _ => vec![
+            "--".into(),
+            "sleep".into(),
+            format!("{}.{:03}", ms / 1000, ms % 1000),
+        ],
+    }
+}
+
+fn submit_naps(c: &Cluster, args: &[&str], kind: &str, ms: u64) -> Vec<u64> {
+    let naps = naps(kind, ms);
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(naps.iter().map(String::as_str));
+    c.submit(&all)
+}
+
+fn an_idle_worker_gets_unstarted_tasks_retracted(kind: &str) {
     let mut c = Cluster::start(&[]);
     c.add_worker_with("w1", 1, &["--prefetch", "4"]);
     c.wait_for_workers(1);
-    let ids = c.submit(&["--count", "5", "--sleep", "800ms"]);
+    let ids = submit_naps(&c, &["--count", "5"], kind, 800);
     // One slot and four prefetched: all five are on w1 before w2 exists.
     wait_until_all_assigned(&c);
     c.add_worker("w2", 2);
@@ -343,15 +362,24 @@ fn an_idle_worker_gets_unstarted_tasks_retracted_from_a_prefetching_one() {
 }
 
 #[test]
-fn a_prefetched_task_never_starts_before_a_higher_priority_one() {
+fn an_idle_worker_gets_unstarted_tasks_retracted_from_a_prefetching_one() {
+    an_idle_worker_gets_unstarted_tasks_retracted("sleep");
+}
+
+#[test]
+fn an_idle_worker_gets_unstarted_commands_retracted_from_a_prefetching_one() {
+    an_idle_worker_gets_unstarted_tasks_retracted("command");
+}
+
+fn a_prefetched_task_never_starts_before_a_higher_priority(kind: &str) {
     let mut c = Cluster::start(&[]);
     c.add_worker_with("w1", 1, &["--prefetch", "2"]);
     c.wait_for_workers(1);
     // The first low task holds the slot long enough for the rest to be submitted behind it.
-    let mut low = c.submit(&["--sleep", "1500ms"]);
-    low.extend(c.submit(&["--count", "2", "--sleep", "100ms"]));
+    let mut low = submit_naps(&c, &[], kind, 1500);
+    low.extend(submit_naps(&c, &["--count", "2"], kind, 100));
     wait_until_all_assigned(&c);
-    let high = c.submit(&["--priority", "5", "--sleep", "10ms"]);
+    let high = submit_naps(&c, &["--priority", "5"], kind, 10);
     assert!(c.cli(&["wait"]).status.success());
     let results = c.results();
     let started = |id: u64| -> u64 {
@@ -362,9 +390,20 @@ fn a_prefetched_task_never_starts_before_a_higher_priority_one() {
             .expect("started")
     };
     // low[0] was running when the high task came; the prefetched low ones start after it.
-    assert!(started(high[0]) <= started(low[1]));
-    assert!(started(high[0]) <= started(low[2]));
+    assert!(started(high[0]) <= started(low[1]), "{results:?}");
+    assert!(started(high[0]) <= started(low[2]), "{results:?}");
     assert!(c.master_log().contains("displaces prefetched task"));
+}
+
+#[test]
+fn a_prefetched_task_never_starts_before_a_higher_priority_one() {
+    a_prefetched_task_never_starts_before_a_higher_priority("sleep");
+}
+
+/// A command on standby in the worker's IO thread goes back behind the higher-priority one.
+#[test]
+fn a_prefetched_command_never_starts_before_a_higher_priority_one() {
+    a_prefetched_task_never_starts_before_a_higher_priority("command");
 }
 
 /// Fan-in (issue 13): a crowd of worker connections, the load generator's simulated workers,

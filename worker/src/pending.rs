@@ -42,6 +42,20 @@ impl PendingQueue {
         self.len += 1;
     }
 
+    /// The assignment to start next.
+    pub fn peek(&self) -> Option<&Assignment> {
+        self.by_priority.values().next()?.front()
+    }
+
+    /// Puts back an assignment taken out, ahead of those of its priority.
+    pub fn push_front(&mut self, assignment: Assignment) {
+        self.by_priority
+            .entry(Reverse(assignment.spec.priority))
+            .or_default()
+            .push_front(assignment);
+        self.len += 1;
+    }
+
     /// Takes the assignment to start next.
     pub fn pop(&mut self) -> Option<Assignment> {
         let mut first = self.by_priority.first_entry()?;

@@ -280,7 +280,9 @@ impl Session {
 
     /// Starts or ends the idle period at the end of a turn.
     fn note_idle(&mut self, now: Instant) {
-        let idle = self.executor.running() == 0 && self.pending.is_empty();
+        let idle = self.executor.running() == 0
+            && self.executor.standing_by() == 0
+            && self.pending.is_empty();
         match (idle, self.idle_since) {
             (true, None) => self.idle_since = Some(now),
             (false, Some(_)) => self.idle_since = None,
@@ -744,7 +746,8 @@ impl Session {
             }
             FromMaster::Retract(tasks) => {
                 let asked = tasks.len();
-                let returned = self.pending.remove(&tasks);
+                let mut returned = self.pending.remove(&tasks);
+                returned.extend(self.executor.withdraw(&tasks).iter().map(|a| a.task_ref()));
                 info!(
                     "returned {} of {asked} tasks to the master (the rest had started)",
                     returned.len()
@@ -863,6 +866,11 @@ impl Session {
             "pending tasks outlived their master connection"
         );
         let slots = self.config.info.slots as usize;
+        self.put_back_outranked_standby();
+        // Slots freed other than by a command's completion on the IO thread (which starts a
+        // standby command itself): a sleep, a cancel, a completion it reported before the
+        // standby was there.
+        while self.executor.running() < slots && self.executor.promote(now) {}
         // Bounded by the queue: every iteration takes one task out. A zero-length task finishes
         // inside `start` and takes no slot, so a batch of them starts in one turn.
         while self.executor.running() < slots {
@@ -874,11 +882,31 @@ impl Session {
                 self.started.push(a.task_ref());
             }
         }
+        // Every slot is busy: the next commands wait on the IO thread, which starts one the
+        // moment a command completes, without two thread hops through this loop (a short task's
+        // slot would idle for them).
+        while self.executor.running() >= slots && self.executor.standing_by() < slots {
+            match self.pending.peek() {
+                Some(a) if matches!(a.spec.kind, protocol::TaskKind::Command { .. }) => {}
+                _ => break,
+            }
+            let Some(a) = self.pending.pop() else {
+                break;
+            };
+            self.task_log.started(now, &a);
+            self.executor.stand_by(now, &a, &mut self.finished);
+        }
+        let before = self.started.len();
+        self.executor.take_started(&mut self.started);
+        if !self.disowned.is_empty() && self.started.len() > before {
+            let disowned = &self.disowned;
+            self.started.retain(|r| !disowned.contains(r));
+        }
         // When the master swaps a higher-priority task in and the task it retracts had already
         // started, we hold one more than `slots + prefetch` for a while: normal, not worth a
         // warning. Beyond that the master and this worker disagree about the limit.
         let limit = slots.saturating_add(self.config.info.prefetch as usize);
-        let held = self.executor.running() + self.pending.len();
+        let held = self.executor.running() + self.executor.standing_by() + self.pending.len();
         if held > limit + 1 && !self.over_limit {
             warn!(
                 "the master assigned more than our {slots} slots + {} prefetch: \
@@ -889,10 +917,28 @@ impl Session {
         self.over_limit = held > limit + 1;
     }
 
+    /// A task that arrived after the commands on standby and outranks one of them goes first:
+    /// they go back to the pending queue, ahead of their equals.
+    fn put_back_outranked_standby(&mut self) {
+        let Some(best) = self.pending.peek().map(|a| a.spec.priority) else {
+            return;
+        };
+        if self
+            .executor
+            .lowest_standby_priority()
+            .is_none_or(|lowest| best <= lowest)
+        {
+            return;
+        }
+        for a in self.executor.withdraw_all().into_iter().rev() {
+            self.pending.push_front(a);
+        }
+    }
+
     /// Forgets the tasks that have not started. They are the master's: it re-queues them when it
     /// sees this worker gone, so starting them later could run them twice.
     fn drop_pending(&mut self, why: &str) {
-        let dropped = self.pending.clear();
+        let dropped = self.pending.clear() + self.executor.withdraw_all().len();
         if dropped > 0 {
             info!(
                 "{why}: dropping {dropped} tasks that had not started (the master re-queues them)"

@@ -83,12 +83,26 @@ pub struct Executor<E> {
     /// The commands' IO thread, started with the first command, and its waker as the output
     /// buffers' `space`.
     reactor: Option<(Reactor, Wake)>,
+    /// Entries on standby (`held`).
+    standing_by: usize,
+    /// Started from standby, not yet taken by `take_started`.
+    started: Vec<TaskRef>,
+    /// Reused by `sync_standby`.
+    promoted: Vec<(TaskRef, Instant)>,
 }
 
 struct Entry {
     id: u64,
     started: Instant,
     kind: Running,
+    /// On standby, not started yet (see [`Executor::stand_by`]).
+    held: Option<Held>,
+}
+
+/// What a command on standby needs once it starts.
+struct Held {
+    priority: i32,
+    timeout_ms: Option<u64>,
 }
 
 enum Running {
@@ -188,6 +202,9 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
             pieces: Vec::new(),
             output_limit: protocol::limits::DEFAULT_LOG_LIMIT_BYTES,
             reactor: None,
+            standing_by: 0,
+            started: Vec::new(),
+            promoted: Vec::new(),
         }
     }
 
@@ -227,7 +244,7 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
 
     /// Attempts started and not yet reported finished.
     pub fn running(&self) -> usize {
-        self.running.len()
+        self.running.len() - self.standing_by
     }
 
     /// Whether that attempt is running now.
@@ -303,60 +320,21 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
                 }
                 Running::Spin { cancel }
             }
-            TaskKind::Command { .. } => {
-                let (reactor, space) = match &mut self.reactor {
-                    Some(started) => started,
-                    None => match Reactor::start(self.events.clone()) {
-                        Ok(reactor) => {
-                            let waker = reactor.waker();
-                            let space: Wake = Arc::new(move || waker.wake());
-                            self.reactor.insert((reactor, space))
-                        }
-                        Err(e) => {
-                            let error = format!("cannot start the task IO thread: {e}");
-                            done.push(completion(task, TaskOutcome::Failed { error }, 0));
-                            return true;
-                        }
-                    },
-                };
-                let control = Arc::new(CommandControl::new());
-                let output = self.wake.as_ref().map(|wake| {
-                    let buffers = [
-                        Arc::new(OutputBuffer::new(
-                            wake.clone(),
-                            space.clone(),
-                            self.output_limit,
-                        )),
-                        Arc::new(OutputBuffer::new(
-                            wake.clone(),
-                            space.clone(),
-                            self.output_limit,
-                        )),
-                    ];
-                    self.outputs.insert(task, buffers.clone());
-                    buffers
-                });
-                reactor.submit(command::CommandJob {
-                    task,
-                    spec: spec.clone(),
-                    started: now,
-                    control: control.clone(),
-                    die_with_worker: self.die_with_worker,
-                    #[cfg(test)]
-                    without_pidfd: self.without_pidfds,
-                    sentinel: self.sentinel.clone(),
-                    output,
-                });
-                if let Some(timeout_ms) = spec.timeout_ms {
-                    self.timers.push(Timer {
-                        at: now + Duration::from_millis(timeout_ms),
-                        task,
-                        entry: id,
-                        kind: TimerKind::Timeout,
-                    });
+            TaskKind::Command { .. } => match self.command_job(now, task, spec) {
+                Ok((job, control)) => {
+                    if let Some((reactor, _)) = &self.reactor {
+                        reactor.submit(job);
+                    }
+                    if let Some(timeout_ms) = spec.timeout_ms {
+                        self.arm_timeout(now, task, id, timeout_ms);
+                    }
+                    Running::Command { control }
                 }
-                Running::Command { control }
-            }
+                Err(failed) => {
+                    done.push(failed);
+                    return true;
+                }
+            },
         };
         self.running.insert(
             task,
@@ -364,9 +342,227 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
                 id,
                 started: now,
                 kind,
+                held: None,
             },
         );
         true
+    }
+
+    /// Holds a command ready to start the moment a running command completes, on the IO thread
+    /// and without a turn of the caller's loop (see `Reactor::stand_by`); it counts in
+    /// [`Executor::standing_by`], not in [`Executor::running`], until it starts. The caller
+    /// learns that it started from [`Executor::take_started`], and starts it itself with
+    /// [`Executor::promote`] when a slot is free otherwise. Anything but a command starts now, as
+    /// with [`Executor::start`]. Returns false if that attempt is already here.
+    pub fn stand_by(
+        &mut self,
+        now: Instant,
+        assignment: &Assignment,
+        done: &mut Vec<Completion>,
+    ) -> bool {
+        let task = assignment.task_ref();
+        let spec = &assignment.spec;
+        if !matches!(spec.kind, TaskKind::Command { .. }) || self.running.contains_key(&task) {
+            return self.start(now, assignment, done);
+        }
+        let (job, control) = match self.command_job(now, task, spec) {
+            Ok(made) => made,
+            Err(failed) => {
+                done.push(failed);
+                return true;
+            }
+        };
+        if let Some((reactor, _)) = &self.reactor {
+            reactor.stand_by(job);
+        }
+        self.next_id += 1;
+        self.running.insert(
+            task,
+            Entry {
+                id: self.next_id,
+                started: now,
+                kind: Running::Command { control },
+                held: Some(Held {
+                    priority: spec.priority,
+                    timeout_ms: spec.timeout_ms,
+                }),
+            },
+        );
+        self.standing_by += 1;
+        true
+    }
+
+    /// Commands on standby (see [`Executor::stand_by`]).
+    pub fn standing_by(&self) -> usize {
+        self.standing_by
+    }
+
+    /// The lowest priority on standby, if any.
+    pub fn lowest_standby_priority(&self) -> Option<i32> {
+        if self.standing_by == 0 {
+            return None;
+        }
+        self.running
+            .values()
+            .filter_map(|e| e.held.as_ref().map(|h| h.priority))
+            .min()
+    }
+
+    /// Starts one command on standby now, because a slot is free. Returns false if none is left.
+    pub fn promote(&mut self, now: Instant) -> bool {
+        if self.standing_by == 0 {
+            return false;
+        }
+        let promoted = self.reactor.as_ref().and_then(|(r, _)| r.promote());
+        match promoted {
+            Some(task) => self.mark_started(task, now),
+            // The IO thread started it a moment ago: its start is in the promoted list.
+            None => self.sync_standby(),
+        }
+        true
+    }
+
+    /// Moves the attempts that started since the last call, from standby, into `out`: they are
+    /// to be reported as `Started`.
+    pub fn take_started(&mut self, out: &mut Vec<TaskRef>) {
+        self.sync_standby();
+        out.append(&mut self.started);
+    }
+
+    /// Takes back the commands of `tasks` still on standby; returns them as the assignments they
+    /// were, in the order of `tasks`. Nothing of them ran.
+    pub fn withdraw(&mut self, tasks: &[TaskRef]) -> Vec<Assignment> {
+        if self.standing_by == 0 || tasks.is_empty() {
+            return Vec::new();
+        }
+        let Some((reactor, _)) = &self.reactor else {
+            return Vec::new();
+        };
+        let mut jobs = reactor.withdraw(tasks);
+        // Whatever is not among them started on the IO thread meanwhile.
+        self.sync_standby();
+        jobs.sort_by_key(|j| tasks.iter().position(|t| *t == j.task));
+        jobs.into_iter()
+            .map(|job| {
+                self.running.remove(&job.task);
+                self.drop_output(job.task);
+                self.standing_by -= 1;
+                Assignment {
+                    task: job.task.task,
+                    attempt: job.task.attempt,
+                    incarnation: job.task.incarnation,
+                    spec: job.spec,
+                }
+            })
+            .collect()
+    }
+
+    /// Takes back every command on standby; returns them in the order they were put there.
+    pub fn withdraw_all(&mut self) -> Vec<Assignment> {
+        if self.standing_by == 0 {
+            return Vec::new();
+        }
+        let mut held: Vec<(u64, TaskRef)> = self
+            .running
+            .iter()
+            .filter(|(_, e)| e.held.is_some())
+            .map(|(t, e)| (e.id, *t))
+            .collect();
+        // In the order they were put on standby.
+        held.sort_unstable();
+        let held: Vec<TaskRef> = held.into_iter().map(|(_, t)| t).collect();
+        self.withdraw(&held)
+    }
+
+    /// A command whose job the IO thread has (from `submit`, or from standby) has started.
+    fn mark_started(&mut self, task: TaskRef, at: Instant) {
+        let Some(entry) = self.running.get_mut(&task) else {
+            return;
+        };
+        let Some(held) = entry.held.take() else {
+            return;
+        };
+        self.standing_by -= 1;
+        entry.started = at;
+        let id = entry.id;
+        if let Some(timeout_ms) = held.timeout_ms {
+            self.arm_timeout(at, task, id, timeout_ms);
+        }
+        self.started.push(task);
+    }
+
+    /// Learns which commands the IO thread started from standby.
+    fn sync_standby(&mut self) {
+        if self.standing_by == 0 {
+            return;
+        }
+        if let Some((reactor, _)) = &self.reactor {
+            reactor.take_promoted(&mut self.promoted);
+        }
+        let mut promoted = std::mem::take(&mut self.promoted);
+        for (task, at) in promoted.drain(..) {
+            self.mark_started(task, at);
+        }
+        self.promoted = promoted;
+    }
+
+    fn arm_timeout(&mut self, now: Instant, task: TaskRef, entry: u64, timeout_ms: u64) {
+        self.timers.push(Timer {
+            at: now + Duration::from_millis(timeout_ms),
+            task,
+            entry,
+            kind: TimerKind::Timeout,
+        });
+    }
+
+    /// A command's job for the IO thread (started with the first command), with its control and
+    /// output buffers; `Err`: the completion of a command that cannot run.
+    fn command_job(
+        &mut self,
+        now: Instant,
+        task: TaskRef,
+        spec: &Arc<protocol::TaskSpec>,
+    ) -> Result<(command::CommandJob, Arc<CommandControl>), Completion> {
+        let space = match &self.reactor {
+            Some((_, space)) => space.clone(),
+            None => match Reactor::start(self.events.clone()) {
+                Ok(reactor) => {
+                    let waker = reactor.waker();
+                    let space: Wake = Arc::new(move || waker.wake());
+                    self.reactor = Some((reactor, space.clone()));
+                    space
+                }
+                Err(e) => {
+                    let error = format!("cannot start the task IO thread: {e}");
+                    return Err(completion(task, TaskOutcome::Failed { error }, 0));
+                }
+            },
+        };
+        let control = Arc::new(CommandControl::new());
+        let output = self.wake.as_ref().map(|wake| {
+            let buffers = [
+                Arc::new(OutputBuffer::new(
+                    wake.clone(),
+                    space.clone(),
+                    self.output_limit,
+                )),
+                Arc::new(OutputBuffer::new(wake.clone(), space, self.output_limit)),
+            ];
+            self.outputs.insert(task, buffers.clone());
+            buffers
+        });
+        let job = command::CommandJob {
+            task,
+            spec: spec.clone(),
+            started: now,
+            control: control.clone(),
+            die_with_worker: self.die_with_worker,
+            #[cfg(test)]
+            without_pidfd: self.without_pidfds,
+            sentinel: self.sentinel.clone(),
+            output,
+        };
+        Ok((job, control))
     }
 
     /// Stops an attempt on the master's request. A sleep ends at once; a spin or command reports
@@ -380,6 +576,18 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
             );
             return;
         };
+        if entry.held.is_some() {
+            if self.withdraw(&[task]).is_empty() {
+                // Started meanwhile: stopped below as any running command is.
+                return self.cancel(now, task, done);
+            }
+            debug!(
+                "task {} attempt {} cancelled on standby",
+                task.task, task.attempt
+            );
+            done.push(completion(task, TaskOutcome::Cancelled, 0));
+            return;
+        }
         debug!("task {} attempt {} cancelled", task.task, task.attempt);
         let id = entry.id;
         match &entry.kind {
@@ -423,8 +631,13 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
     /// not running (a bug somewhere; the caller should not report it).
     pub fn handle_finished(&mut self, completion: &Completion) -> bool {
         let task = completion.task_ref();
+        // A command started from standby reports its start before its end (see `reactor`).
+        self.sync_standby();
         match self.running.remove(&task) {
             Some(entry) => {
+                if entry.held.is_some() {
+                    self.standing_by -= 1;
+                }
                 if let Running::Spin { .. } = entry.kind {
                     self.spins.job_done();
                 }

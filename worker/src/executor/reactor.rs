@@ -26,14 +26,15 @@ use super::program_path::ProgramPaths;
 use super::TAIL_BYTES;
 use crate::tail::TailBuffer;
 use log::{debug, warn};
-use protocol::{Completion, TaskKind};
+use protocol::{Completion, TaskKind, TaskRef};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -65,9 +66,19 @@ struct Shared {
     /// Commands submitted and not yet picked up by the thread. Bounded by the slots: the loop
     /// starts no more commands than it has slots.
     queue: Mutex<Vec<CommandJob>>,
+    /// Commands to start the moment one of the running ones completes (see [`Reactor::stand_by`]).
+    standby: Mutex<Standby>,
     waker: Waker,
     /// The executor is gone: the thread exits once its commands are reaped.
     closing: AtomicBool,
+}
+
+/// Commands held ready for the next free slot, and those this thread started from here that the
+/// loop has not heard of yet.
+#[derive(Default)]
+struct Standby {
+    jobs: VecDeque<CommandJob>,
+    promoted: Vec<(TaskRef, Instant)>,
 }
 
 /// Wakes the IO thread out of `poll`: one byte on a socket pair, drained by the thread.
@@ -94,6 +105,7 @@ impl Reactor {
         rx.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
+            standby: Mutex::default(),
             waker: Waker { tx: Arc::new(tx) },
             closing: AtomicBool::new(false),
         });
@@ -125,6 +137,52 @@ impl Reactor {
         if first {
             self.shared.waker.wake();
         }
+    }
+}
+
+impl Reactor {
+    /// Holds a command to be started by this thread as soon as any running command completes,
+    /// before that completion is reported: a slot freed on this thread is refilled without the
+    /// two thread hops through the loop. The loop learns of the start from
+    /// [`Reactor::take_promoted`].
+    pub(super) fn stand_by(&self, job: CommandJob) {
+        self.standby().jobs.push_back(job);
+    }
+
+    /// Moves the commands this thread started from standby into `out`, with when they started.
+    pub(super) fn take_promoted(&self, out: &mut Vec<(TaskRef, Instant)>) {
+        out.append(&mut self.standby().promoted);
+    }
+
+    /// Starts the first command on standby now (a slot is free and no completion of ours will
+    /// start it); `None` if there is none left, which means this thread has just started it.
+    pub(super) fn promote(&self) -> Option<TaskRef> {
+        let job = self.standby().jobs.pop_front()?;
+        let task = job.task;
+        self.submit(job);
+        Some(task)
+    }
+
+    /// Takes back the standby commands of `tasks` that have not started; returns them.
+    pub(super) fn withdraw(&self, tasks: &[TaskRef]) -> Vec<CommandJob> {
+        let mut standby = self.standby();
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while i < standby.jobs.len() {
+            if tasks.contains(&standby.jobs[i].task) {
+                taken.extend(standby.jobs.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        taken
+    }
+
+    fn standby(&self) -> MutexGuard<'_, Standby> {
+        self.shared
+            .standby
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -235,23 +293,48 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
             std::mem::swap(&mut *queue, &mut self.incoming);
         }
         for job in std::mem::take(&mut self.incoming) {
-            match command::spawn(&job, &mut self.paths) {
-                Ok(mut spawned) => {
-                    let pipes = [
-                        spawned.stdout.take().and_then(|p| pipe(Box::new(p))),
-                        spawned.stderr.take().and_then(|p| pipe(Box::new(p))),
-                    ];
-                    self.commands.push(Watched {
-                        job,
-                        spawned,
-                        pipes,
-                        tails: [TailBuffer::new(TAIL_BYTES), TailBuffer::new(TAIL_BYTES)],
-                        exit: None,
-                    });
-                }
-                Err(outcome) => self.report(&job, outcome),
-            }
+            self.spawn(job);
         }
+    }
+
+    fn spawn(&mut self, job: CommandJob) {
+        match command::spawn(&job, &mut self.paths) {
+            Ok(mut spawned) => {
+                let pipes = [
+                    spawned.stdout.take().and_then(|p| pipe(Box::new(p))),
+                    spawned.stderr.take().and_then(|p| pipe(Box::new(p))),
+                ];
+                self.commands.push(Watched {
+                    job,
+                    spawned,
+                    pipes,
+                    tails: [TailBuffer::new(TAIL_BYTES), TailBuffer::new(TAIL_BYTES)],
+                    exit: None,
+                });
+            }
+            Err(outcome) => self.report(&job, outcome),
+        }
+    }
+
+    /// A command completed, so its slot is free: starts the first one on standby, if any.
+    fn promote_standby(&mut self) {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let job = {
+            let mut standby = self
+                .shared
+                .standby
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(mut job) = standby.jobs.pop_front() else {
+                return;
+            };
+            job.started = Instant::now();
+            standby.promoted.push((job.task, job.started));
+            job
+        };
+        self.spawn(job);
     }
 
     fn report(&self, job: &CommandJob, outcome: protocol::TaskOutcome) {
@@ -487,6 +570,9 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
             let [out, err] = &c.tails;
             let tails = [out.to_string_lossy(), err.to_string_lossy()];
             let outcome = command::outcome(program, exit.status, exit.stop, tails);
+            // IMPORTANT: before the report, so that the loop, which learns of promotions when
+            // it handles a completion, hears of this start before this completion.
+            self.promote_standby();
             self.report(&c.job, outcome);
         }
     }

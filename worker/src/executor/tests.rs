@@ -39,6 +39,28 @@ impl Harness {
         }
     }
 
+    /// Puts a command on standby (see `Executor::stand_by`).
+    fn stand_by(&mut self, id: u64, kind: TaskKind, timeout_ms: Option<u64>) -> TaskRef {
+        let mut spec = TaskSpec::new(kind);
+        spec.timeout_ms = timeout_ms;
+        let assignment = Assignment {
+            task: TaskId(id),
+            attempt: Attempt(1),
+            incarnation: Incarnation(1),
+            spec: Arc::new(spec),
+        };
+        assert!(self
+            .exec
+            .stand_by(Instant::now(), &assignment, &mut self.done));
+        assignment.task_ref()
+    }
+
+    fn take_started(&mut self) -> Vec<TaskRef> {
+        let mut started = Vec::new();
+        self.exec.take_started(&mut started);
+        started
+    }
+
     /// Drives the executor the way the session does until `task` completes.
     fn wait_for(&mut self, task: TaskRef) -> Completion {
         let deadline = Instant::now() + PATIENCE;
@@ -707,4 +729,107 @@ fn a_task_cannot_set_its_own_mark() {
         }
         other => panic!("unexpected {other:?}"),
     }
+}
+
+/// A command that runs until `gate` exists.
+fn gated(gate: &std::path::Path) -> TaskKind {
+    sh(&format!(
+        "while [ ! -e '{}' ]; do sleep 0.01; done",
+        gate.display()
+    ))
+}
+
+#[test]
+fn a_command_on_standby_starts_when_the_running_one_completes() {
+    let dir = tempfile_dir("standby-start");
+    let gate = dir.join("gate");
+    let mut h = Harness::new(KILL_GRACE);
+    let a = h.start(1, gated(&gate), None);
+    // Its timeout counts from its start: it waits on standby far longer than 300 ms.
+    let b = h.stand_by(2, sh("echo b"), Some(300));
+    assert_eq!((h.exec.running(), h.exec.standing_by()), (1, 1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        h.take_started().is_empty(),
+        "started before a slot was free"
+    );
+    std::fs::write(&gate, "").expect("gate");
+    let _ = h.wait_for(a);
+    // The IO thread started it before it reported the first one's end.
+    assert_eq!(h.take_started(), [b]);
+    assert_eq!((h.exec.running(), h.exec.standing_by()), (1, 0));
+    let c = h.wait_for(b);
+    assert_eq!(
+        c.outcome,
+        TaskOutcome::Exited {
+            code: 0,
+            stdout_tail: "b\n".into(),
+            stderr_tail: String::new(),
+        }
+    );
+    assert!(
+        c.run_ms < 300,
+        "its run counts from its start: {} ms",
+        c.run_ms
+    );
+    assert_eq!(h.exec.running(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_command_on_standby_is_withdrawn_or_cancelled_and_never_runs() {
+    let dir = tempfile_dir("standby-withdraw");
+    let gate = dir.join("gate");
+    let ran = dir.join("ran");
+    let mut h = Harness::new(KILL_GRACE);
+    let a = h.start(1, gated(&gate), None);
+    let touch = sh(&format!("touch '{}'", ran.display()));
+    let b = h.stand_by(2, touch.clone(), None);
+    let c = h.stand_by(3, touch, None);
+    let back = h.exec.withdraw(&[b]);
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].task_ref(), b);
+    h.exec.cancel(Instant::now(), c, &mut h.done);
+    let cancelled = h.done.pop().expect("cancelled at once");
+    assert_eq!(
+        (cancelled.task_ref(), cancelled.outcome),
+        (c, TaskOutcome::Cancelled)
+    );
+    assert_eq!((h.exec.running(), h.exec.standing_by()), (1, 0));
+    assert!(!h.exec.is_running(b) && !h.exec.is_running(c));
+    std::fs::write(&gate, "").expect("gate");
+    let _ = h.wait_for(a);
+    assert!(h.take_started().is_empty());
+    assert!(h.rx.recv_timeout(Duration::from_millis(200)).is_err());
+    assert!(!ran.exists(), "a withdrawn or cancelled command ran");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_free_slot_promotes_a_command_on_standby_and_its_timeout_starts_then() {
+    let mut h = Harness::new(Duration::from_millis(100));
+    let b = h.stand_by(1, sh("sleep 5"), Some(200));
+    assert!(h.take_started().is_empty());
+    assert!(h.exec.promote(Instant::now()));
+    assert!(!h.exec.promote(Instant::now()), "nothing left on standby");
+    assert_eq!(h.take_started(), [b]);
+    assert!(matches!(
+        h.wait_for(b).outcome,
+        TaskOutcome::TimedOut { .. }
+    ));
+}
+
+#[test]
+fn only_commands_go_on_standby() {
+    let mut h = Harness::new(KILL_GRACE);
+    let t = h.stand_by(1, TaskKind::Sleep { ms: 0 }, None);
+    assert_eq!(h.exec.standing_by(), 0);
+    assert_eq!(h.wait_for(t).task_ref(), t, "a synthetic task runs at once");
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ballast-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
