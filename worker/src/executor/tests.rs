@@ -23,32 +23,14 @@ impl Harness {
     }
 
     fn start(&mut self, id: u64, kind: TaskKind, timeout_ms: Option<u64>) -> TaskRef {
-        let mut spec = TaskSpec::new(kind);
-        spec.timeout_ms = timeout_ms;
-        let assignment = Assignment {
-            task: TaskId(id),
-            attempt: Attempt(1),
-            incarnation: Incarnation(1),
-            spec: Arc::new(spec),
-        };
+        let assignment = assignment(id, kind, timeout_ms);
         assert!(self.exec.start(Instant::now(), &assignment, &mut self.done));
-        TaskRef {
-            task: TaskId(id),
-            attempt: Attempt(1),
-            incarnation: Incarnation(1),
-        }
+        assignment.task_ref()
     }
 
     /// Puts a command on standby (see `Executor::stand_by`).
     fn stand_by(&mut self, id: u64, kind: TaskKind, timeout_ms: Option<u64>) -> TaskRef {
-        let mut spec = TaskSpec::new(kind);
-        spec.timeout_ms = timeout_ms;
-        let assignment = Assignment {
-            task: TaskId(id),
-            attempt: Attempt(1),
-            incarnation: Incarnation(1),
-            spec: Arc::new(spec),
-        };
+        let assignment = assignment(id, kind, timeout_ms);
         assert!(self
             .exec
             .stand_by(Instant::now(), &assignment, &mut self.done));
@@ -89,6 +71,18 @@ impl Harness {
     /// Waits until the command `task` has a process group, and returns it.
     fn pgid(&self, task: TaskRef) -> libc::pid_t {
         poll_until("the child to be spawned", || self.exec.pgid(task))
+    }
+}
+
+/// Attempt 1 of task `id`.
+fn assignment(id: u64, kind: TaskKind, timeout_ms: Option<u64>) -> Assignment {
+    let mut spec = TaskSpec::new(kind);
+    spec.timeout_ms = timeout_ms;
+    Assignment {
+        task: TaskId(id),
+        attempt: Attempt(1),
+        incarnation: Incarnation(1),
+        spec: Arc::new(spec),
     }
 }
 
