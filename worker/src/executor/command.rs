@@ -3,17 +3,18 @@
 //! command's mark (see `tree`). Their output and their exit are watched by the executor's one IO
 //! thread (see `reactor`), which calls the functions here.
 //!
-//! Commands are spawned with `posix_spawn` (through std: no `pre_exec`, so std takes its
-//! `posix_spawn` path, `clone3(CLONE_VM|CLONE_VFORK)` under strace, not `fork`). The worker's
-//! sentinel (see `crate::sentinel`) is told of the child's group right after the spawn and again
-//! before its leader is reaped, so that it can kill the group if the worker dies, SIGKILL
-//! included. With `die_with_worker` the child also gets `PR_SET_PDEATHSIG`, which takes it down
-//! even if the sentinel died too; the spawning thread must then outlive the child, because the
-//! signal fires when the thread that forked exits, not the process: the IO thread spawns, and
-//! lives until every command it spawned is reaped. It is opt-in because it needs a `pre_exec`
-//! hook, which makes std fork instead of `posix_spawn`: measured here, that costs ~0.5 ms per
-//! command and cut a 5,000 × `true` batch from 1.19× to 0.82-0.88× of `xargs -P2`. Graceful stops
-//! (SIGTERM, `--on-master-lost stop`, timeouts, cancel) kill task groups either way.
+//! Commands are spawned by `clone_spawn` (`clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD)` and `execve`,
+//! no `fork`, no stack mapped per spawn) when the program was found by path, and by std's spawn
+//! otherwise (its `posix_spawn` path: no `pre_exec`), which then also says why a program cannot
+//! be found. The worker's sentinel (see `crate::sentinel`) is told of the child's group right
+//! after the spawn and again before its leader is reaped, so that it can kill the group if the
+//! worker dies, SIGKILL included. With `die_with_worker` the child also gets `PR_SET_PDEATHSIG`,
+//! which takes it down even if the sentinel died too; the spawning thread must then outlive the
+//! child, because the signal fires when the thread that forked exits, not the process: the IO
+//! thread spawns, and lives until every command it spawned is reaped. The clone path sets it in
+//! the child at no cost; std's path needs a `pre_exec` hook for it, which makes std fork (measured
+//! here: ~0.5 ms per command, a 5,000 × `true` batch from 1.19× to 0.82-0.88× of `xargs -P2`).
+//! Graceful stops (SIGTERM, `--on-master-lost stop`, timeouts, cancel) kill task groups either way.
 //!
 //! IMPORTANT: the child is its own process group leader, and its pid is the group id. Signalling
 //! the group is only safe while that id cannot have been reused, that is, until the leader is
@@ -22,6 +23,7 @@
 //! marks it reaped ([`CommandControl::exited`]); it tells the sentinel, and only then reaps it. The
 //! main loop signals the group only under the same lock and only if it is not reaped.
 
+use super::clone_spawn::{self, CloneSpawner, Refused};
 use super::output::OutputBuffer;
 use super::program_path::ProgramPaths;
 use super::tree::{TaskMark, TASK_MARK_VAR};
@@ -30,10 +32,10 @@ use log::debug;
 use protocol::{TaskKind, TaskOutcome, TaskRef, TaskSpec};
 use std::fs::File;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -150,7 +152,7 @@ pub(super) struct CommandJob {
     pub spec: Arc<TaskSpec>,
     pub started: Instant,
     pub control: Arc<CommandControl>,
-    /// Also tie the child's life to the worker's with `PR_SET_PDEATHSIG` (costs a fork).
+    /// Also tie the child's life to the worker's with `PR_SET_PDEATHSIG`.
     pub die_with_worker: bool,
     /// Watch the exit without a pidfd, as on kernels before 5.3 (tests of that path).
     #[cfg(test)]
@@ -162,21 +164,24 @@ pub(super) struct CommandJob {
     pub output: Option<[Arc<OutputBuffer>; 2]>,
 }
 
-/// A child just spawned: the IO thread watches its exit and reads its pipes.
+/// A child just spawned: the IO thread watches its exit, reads its pipes and reaps it ([`wait`]).
 pub(super) struct Spawned {
-    pub child: Child,
     pub pid: libc::pid_t,
     /// Readable once the child has exited; `None` if the kernel has no pidfds (before 5.3): then
     /// the IO thread polls with `waitid(WNOHANG | WNOWAIT)`.
     pub pidfd: Option<OwnedFd>,
-    pub stdout: Option<ChildStdout>,
-    pub stderr: Option<ChildStderr>,
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
 }
 
 /// Spawns the job's command (in its own process group, stdin from /dev/null, stdout and stderr
 /// to pipes) and tells the sentinel and the control of its group. `Err`: the outcome of a
 /// command that could not start.
-pub(super) fn spawn(job: &CommandJob, paths: &mut ProgramPaths) -> Result<Spawned, TaskOutcome> {
+pub(super) fn spawn(
+    job: &CommandJob,
+    paths: &mut ProgramPaths,
+    spawner: &mut CloneSpawner,
+) -> Result<Spawned, TaskOutcome> {
     let TaskKind::Command { argv, env, cwd } = &job.spec.kind else {
         return Err(failed("internal error: not a command".into()));
     };
@@ -192,31 +197,55 @@ pub(super) fn spawn(job: &CommandJob, paths: &mut ProgramPaths) -> Result<Spawne
         }
     }
     let found = paths.resolve(program, env, Instant::now());
-    let mut child = match command(job, found.as_deref().unwrap_or(Path::new(program))).spawn() {
-        Err(e) if found.is_some() && e.kind() == io::ErrorKind::NotFound => {
-            // Gone since it was found: the search of the spawn itself has the last word.
-            paths.forget(program, env);
-            command(job, Path::new(program)).spawn()
+    let by_path = found
+        .as_deref()
+        .or_else(|| program.contains('/').then(|| Path::new(program)));
+    #[cfg(test)]
+    let by_path = by_path.filter(|_| !job.without_pidfd);
+    if let (Some(path), Some(stdin)) = (by_path, dev_null_fd()) {
+        let request = clone_spawn::Request {
+            program: path,
+            argv,
+            env,
+            mark: job.control.mark.value(),
+            cwd: cwd.as_deref(),
+            stdin,
+            die_with_worker: job.die_with_worker,
+        };
+        match spawner.spawn(&request) {
+            Ok(child) => {
+                return Ok(spawned(
+                    job,
+                    child.pid,
+                    Some(child.pidfd),
+                    Some(child.stdout),
+                    Some(child.stderr),
+                ))
+            }
+            Err(Refused::Failed(e)) if found.is_some() && e.kind() == io::ErrorKind::NotFound => {
+                // Gone since it was found: the search of std's spawn has the last word.
+                paths.forget(program, env);
+                return spawn_with_std(job, program, Path::new(program));
+            }
+            Err(Refused::Failed(e)) => return Err(failed(describe_spawn_error(program, &e))),
+            Err(Refused::Unsupported) => {}
         }
-        spawned => spawned,
     }
-    .map_err(|e| failed(describe_spawn_error(program, &e)))?;
+    spawn_with_std(job, program, found.as_deref().unwrap_or(Path::new(program)))
+}
+
+/// The spawn through std (`posix_spawn`, or `fork` with `die_with_worker`): for what the clone
+/// path does not do.
+fn spawn_with_std(job: &CommandJob, program: &str, path: &Path) -> Result<Spawned, TaskOutcome> {
+    let mut child = command(job, path)
+        .spawn()
+        .map_err(|e| failed(describe_spawn_error(program, &e)))?;
     let pid = child.id() as libc::pid_t;
-    // IMPORTANT: first, to keep short the moment in which a SIGKILLed worker leaves a child the
-    // sentinel does not know by its group (its mark covers that moment).
-    if let Some(sentinel) = &job.sentinel {
-        sentinel.task_started(pid);
-    }
-    job.control.spawned(pid);
+    let stdout = child.stdout.take().map(|p| File::from(OwnedFd::from(p)));
+    let stderr = child.stderr.take().map(|p| File::from(OwnedFd::from(p)));
     #[cfg(test)]
     if job.without_pidfd {
-        return Ok(Spawned {
-            pid,
-            pidfd: None,
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
-            child,
-        });
+        return Ok(spawned(job, pid, None, stdout, stderr));
     }
     let pidfd = match pidfd_open(pid) {
         Ok(fd) => Some(fd),
@@ -225,13 +254,44 @@ pub(super) fn spawn(job: &CommandJob, paths: &mut ProgramPaths) -> Result<Spawne
             None
         }
     };
-    Ok(Spawned {
+    Ok(spawned(job, pid, pidfd, stdout, stderr))
+}
+
+/// Tells the sentinel and the control of a child just spawned.
+fn spawned(
+    job: &CommandJob,
+    pid: libc::pid_t,
+    pidfd: Option<OwnedFd>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+) -> Spawned {
+    // IMPORTANT: first, to keep short the moment in which a SIGKILLed worker leaves a child the
+    // sentinel does not know by its group (its mark covers that moment).
+    if let Some(sentinel) = &job.sentinel {
+        sentinel.task_started(pid);
+    }
+    job.control.spawned(pid);
+    Spawned {
         pid,
         pidfd,
-        stdout: child.stdout.take(),
-        stderr: child.stderr.take(),
-        child,
-    })
+        stdout,
+        stderr,
+    }
+}
+
+/// Waits for our child `pid` (which has exited, so this returns at once) and reaps it.
+pub(super) fn wait(pid: libc::pid_t) -> io::Result<ExitStatus> {
+    loop {
+        let mut status = 0;
+        // SAFETY: plain syscall on our own child.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            return Ok(ExitStatus::from_raw(status));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// The command line of `job`'s command, run from `program` (its `argv[0]`, or where that was
@@ -268,13 +328,23 @@ fn command(job: &CommandJob, program: &Path) -> Command {
     command
 }
 
-/// Stdin for a command: a duplicate of one `/dev/null` opened once, which costs less than the
-/// path lookup of opening it per spawn (`Stdio::null`, still the fallback).
-fn dev_null() -> Stdio {
+/// One `/dev/null` opened once (close-on-exec), which costs less than the path lookup of opening
+/// it per spawn.
+fn dev_null_file() -> Option<&'static File> {
     static DEV_NULL: OnceLock<Option<File>> = OnceLock::new();
     DEV_NULL
         .get_or_init(|| File::open("/dev/null").ok())
         .as_ref()
+}
+
+fn dev_null_fd() -> Option<RawFd> {
+    dev_null_file().map(AsRawFd::as_raw_fd)
+}
+
+/// Stdin for a command spawned by std: a duplicate of [`dev_null_file`] (`Stdio::null`, still
+/// the fallback).
+fn dev_null() -> Stdio {
+    dev_null_file()
         .and_then(|f| f.try_clone().ok())
         .map_or_else(Stdio::null, Stdio::from)
 }

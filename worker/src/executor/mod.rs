@@ -14,11 +14,12 @@
 //!
 //! Sleeps cost no thread: they are entries in a timer heap. Spins burn a CPU each, on a pool that
 //! grows to the largest number run at once. Commands cost no thread of their own: one IO thread,
-//! started with the first command, spawns them all (`posix_spawn`, see `command`), reads their
+//! started with the first command, spawns them all (`clone` and `execve`, see `command`), reads their
 //! pipes and reaps them (pidfds and `poll`, see `reactor`). Their timeouts and kills are timers
 //! here, and stops are signalled from the caller's thread. Commands are reported to the process's
 //! sentinel, if it has one (see `crate::sentinel`), which kills them if the worker dies.
 
+mod clone_spawn;
 mod command;
 mod output;
 mod program_path;
@@ -56,7 +57,7 @@ pub const KILL_GRACE: Duration = Duration::from_secs(2);
 pub struct Executor<E> {
     events: Sender<E>,
     kill_grace: Duration,
-    /// Commands also get `PR_SET_PDEATHSIG`, at the cost of a fork (see `command`).
+    /// Commands also get `PR_SET_PDEATHSIG` (see `command`).
     die_with_worker: bool,
     /// Watch commands' exits as on a kernel without pidfds (tests of that path).
     #[cfg(test)]

@@ -21,6 +21,7 @@
 //! retried, and the only slow calls are the `/proc` walks for stopped commands' strays (rare, and
 //! a few ms) and `posix_spawn` itself.
 
+use super::clone_spawn::CloneSpawner;
 use super::command::{self, CommandJob, Spawned, StopReason};
 use super::program_path::ProgramPaths;
 use super::TAIL_BYTES;
@@ -248,6 +249,7 @@ struct Thread<E> {
     buf: Vec<u8>,
     /// Programs found on `PATH`, so a spawn does not search it again.
     paths: ProgramPaths,
+    spawner: CloneSpawner,
 }
 
 impl<E: From<Completion> + Send + 'static> Thread<E> {
@@ -265,6 +267,7 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
             buf: vec![0; READ_CHUNK_BYTES],
             // The worker's environment is fixed once it runs (the token is removed at start).
             paths: ProgramPaths::new(std::env::var_os("PATH").unwrap_or_default()),
+            spawner: CloneSpawner::new(),
         }
     }
 
@@ -298,7 +301,7 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
     }
 
     fn spawn(&mut self, job: CommandJob) {
-        match command::spawn(&job, &mut self.paths) {
+        match command::spawn(&job, &mut self.paths, &mut self.spawner) {
             Ok(mut spawned) => {
                 let pipes = [
                     spawned.stdout.take().and_then(|p| pipe(Box::new(p))),
@@ -482,7 +485,7 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
             sentinel.task_reaped(pid);
         }
         // Returns at once: the child has exited.
-        let status = c.spawned.child.wait();
+        let status = command::wait(pid);
         c.spawned.pidfd = None;
         if command::reap_orphaned_members(pid) {
             self.orphans.push(pid);

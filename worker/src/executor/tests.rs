@@ -827,3 +827,48 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// The clone spawn (see `clone_spawn`): the child unblocks every signal and gets SIGPIPE's
+/// default back, though the test process, like the worker, ignores SIGPIPE (Rust's runtime).
+#[test]
+fn a_command_starts_with_no_signal_blocked_and_sigpipe_at_its_default() {
+    let mut h = Harness::new(KILL_GRACE);
+    let t = h.start(1, sh("grep -E '^Sig(Blk|Ign)' /proc/$$/status"), None);
+    let TaskOutcome::Exited {
+        code: 0,
+        stdout_tail,
+        ..
+    } = h.wait_for(t).outcome
+    else {
+        panic!("the command failed");
+    };
+    let mask = |name: &str| {
+        let line = stdout_tail
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {stdout_tail}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap_or(""), 16).expect("hex mask")
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{stdout_tail}");
+    let sigpipe = 1u64 << (libc::SIGPIPE - 1);
+    assert_eq!(mask("SigIgn:") & sigpipe, 0, "{stdout_tail}");
+}
+
+#[test]
+fn a_program_given_by_a_path_that_cannot_run_fails_with_the_reason() {
+    let dir = tempfile_dir("not-executable");
+    let program = dir.join("script");
+    std::fs::write(&program, "#!/bin/sh\ntrue\n").expect("write");
+    let mut h = Harness::new(KILL_GRACE);
+    let kind = TaskKind::Command {
+        argv: vec![program.display().to_string()],
+        env: Vec::new(),
+        cwd: None,
+    };
+    let t = h.start(1, kind, None);
+    match h.wait_for(t).outcome {
+        TaskOutcome::Failed { error } => assert!(error.contains("permission denied"), "{error}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
