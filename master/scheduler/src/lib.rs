@@ -987,7 +987,10 @@ impl Core {
         let Some(w) = self.workers.get(worker) else {
             return;
         };
-        let prefetches = w.info.prefetch > 0;
+        // Only a run held beyond the slots can be displaced or moved: one handed to a free slot
+        // starts at once. Indexing only those keeps a wide prefetching worker (64 slots, one
+        // held) from paying an ordered-set insert and remove for every task it runs.
+        let held = w.busy() > w.info.slots as usize;
         self.events.task(now_ms, || StreamEvent::Task {
             id: id.0,
             state: TaskState::Running.as_str(),
@@ -1002,7 +1005,7 @@ impl Core {
             copy.map(|(n, of)| format!(", copy {n} of {of}"))
                 .unwrap_or_default()
         );
-        if prefetches {
+        if held {
             self.unstarted.insert(key.priority, key.order, id, worker);
         }
         if wants_copy {

@@ -17,8 +17,8 @@ use protocol::{FromMaster, TaskId, TaskRef, TaskState, WorkerId};
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-/// Runs handed to prefetching workers and not yet reported started, the ones a worker would start
-/// last first: lowest priority, then latest in queue order. Entries are removed when a run starts
+/// Runs handed to workers beyond their slots (prefetched) and not yet reported started, the ones a
+/// worker would start last first: lowest priority, then latest in queue order. Entries are removed when a run starts
 /// or finishes; any other way a run ends (worker lost, cancelled, retracted) leaves an entry that
 /// is found stale and dropped when it is next looked at.
 #[derive(Debug, Default)]

@@ -220,6 +220,23 @@ fn a_waiting_higher_priority_task_displaces_a_prefetched_one() {
 }
 
 #[test]
+fn displacement_takes_a_held_task_never_the_one_handed_to_a_free_slot() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker_with("a", 1, 1);
+    let c = h.client();
+    // `low` goes to a's free slot and starts there at once, whether or not its Started has come
+    // back; `mid` is held beyond the slot.
+    let (low, out) = h.submit(c, vec![sleep_spec(0)], 1);
+    assert_eq!(assignments(&out), vec![(a, low[0], 1)]);
+    let (mid, out) = h.submit(c, vec![sleep_spec(3)], 1);
+    assert_eq!(assignments(&out), vec![(a, mid[0], 1)]);
+    // The lowest unstarted task is `low`, but only the held one can still wait for `high`.
+    let (high, out) = h.submit(c, vec![sleep_spec(5)], 1);
+    assert_eq!(assignments(&out), vec![(a, high[0], 1)]);
+    assert_eq!(retracts(&out), vec![(a, mid[0], 1)]);
+}
+
+#[test]
 fn a_straggler_gets_a_speculative_copy_when_a_slot_is_idle() {
     let mut h = Harness::with(CoreConfig {
         speculate: Some(2.0),
