@@ -18,9 +18,9 @@ use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
 /// Runs handed to workers beyond their slots (prefetched) and not yet reported started, the ones a
-/// worker would start last first: lowest priority, then latest in queue order. Entries are removed when a run starts
-/// or finishes; any other way a run ends (worker lost, cancelled, retracted) leaves an entry that
-/// is found stale and dropped when it is next looked at.
+/// worker would start last first: lowest priority, then latest in queue order. Entries are
+/// removed when a run starts or finishes; any other way a run ends (worker lost, cancelled,
+/// retracted) leaves an entry that is found stale and dropped when it is next looked at.
 #[derive(Debug, Default)]
 pub struct Unstarted {
     set: BTreeSet<(i32, Reverse<u64>, TaskId, WorkerId)>,

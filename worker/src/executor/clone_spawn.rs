@@ -19,6 +19,7 @@
 
 use super::tree::TASK_MARK_VAR;
 use crate::sentinel::MARK_VAR;
+use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::fs::File;
 use std::io;
@@ -67,6 +68,10 @@ pub(super) struct CloneSpawner {
     handled: Vec<c_int>,
     /// Set once the kernel refused `CLONE_PIDFD`: std's spawn from then on.
     unsupported: bool,
+    /// The child's `envp` and `argv`, reused from spawn to spawn; they point into the strings of
+    /// the spawn that filled them and are only read during it.
+    envp: Vec<*const c_char>,
+    argv: Vec<*const c_char>,
 }
 
 /// What the child reads; it lives in the parent's frame for the whole clone.
@@ -100,6 +105,8 @@ impl CloneSpawner {
             base_env,
             handled: handled_signals(),
             unsupported: false,
+            envp: Vec::new(),
+            argv: Vec::new(),
         }
     }
 
@@ -116,36 +123,33 @@ impl CloneSpawner {
             .collect::<Result<Vec<_>, _>>()?;
         let cwd = req.cwd.map(|d| cstr(d.as_bytes())).transpose()?;
         // The task's own variables, the last of a repeated one winning, as with std; never the
-        // marks (see `command`).
-        let task_env: Vec<&(String, String)> = req
-            .env
-            .iter()
-            .enumerate()
-            .filter(|(i, (k, _))| {
-                k != MARK_VAR
-                    && k != TASK_MARK_VAR
-                    && !req.env[i + 1..].iter().any(|(later, _)| later == k)
-            })
-            .map(|(_, kv)| kv)
-            .collect();
-        let mut owned = Vec::with_capacity(task_env.len() + 1);
-        for (k, v) in &task_env {
-            owned.push(cstr(format!("{k}={v}").as_bytes())?);
+        // marks (see `command`). Keys in a set, since a task may carry thousands.
+        let mut keys: HashSet<&str> = HashSet::new();
+        let mut owned = Vec::with_capacity(req.env.len() + 1);
+        for (k, v) in req.env.iter().rev() {
+            if k != MARK_VAR && k != TASK_MARK_VAR && keys.insert(k) {
+                owned.push(cstr(format!("{k}={v}").as_bytes())?);
+            }
         }
+        owned.reverse();
         owned.push(cstr(format!("{TASK_MARK_VAR}={}", req.mark).as_bytes())?);
+        keys.insert(TASK_MARK_VAR);
         let overridden = |kv: &CString, key: usize| {
-            let name = &kv.as_bytes()[..key];
-            name == TASK_MARK_VAR.as_bytes() || task_env.iter().any(|(k, _)| k.as_bytes() == name)
+            std::str::from_utf8(&kv.as_bytes()[..key]).is_ok_and(|name| keys.contains(name))
         };
-        let mut envp: Vec<*const c_char> = self
-            .base_env
-            .iter()
-            .filter(|(key, kv)| !overridden(kv, *key))
-            .map(|(_, kv)| kv.as_ptr())
-            .chain(owned.iter().map(|kv| kv.as_ptr()))
-            .collect();
+        let envp = &mut self.envp;
+        envp.clear();
+        envp.extend(
+            self.base_env
+                .iter()
+                .filter(|(key, kv)| !overridden(kv, *key))
+                .map(|(_, kv)| kv.as_ptr())
+                .chain(owned.iter().map(|kv| kv.as_ptr())),
+        );
         envp.push(std::ptr::null());
-        let mut argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        let argv = &mut self.argv;
+        argv.clear();
+        argv.extend(args.iter().map(|a| a.as_ptr()));
         argv.push(std::ptr::null());
 
         let (out_r, out_w) = pipe().map_err(Refused::Failed)?;

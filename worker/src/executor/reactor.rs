@@ -19,7 +19,7 @@
 //! output and completion. Pipes are non-blocking, a pipe whose output buffer is full is not polled
 //! until the loop made room (see `output`), orphaned group members are reaped with `WNOHANG` and
 //! retried, and the only slow calls are the `/proc` walks for stopped commands' strays (rare, and
-//! a few ms) and `posix_spawn` itself.
+//! a few ms) and the spawn itself.
 
 use super::clone_spawn::CloneSpawner;
 use super::command::{self, CommandJob, Spawned, StopReason};

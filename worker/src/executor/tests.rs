@@ -262,6 +262,39 @@ fn command_env_and_cwd() {
 }
 
 #[test]
+fn a_task_variable_overrides_the_workers_and_the_last_of_a_repeated_one_wins() {
+    let mut h = Harness::new(KILL_GRACE);
+    // `env` by path: the clone spawn runs it (see `command::spawn`), and it prints the
+    // environment as it came, where a shell would fold repeated names.
+    let kind = TaskKind::Command {
+        argv: vec!["/usr/bin/env".into()],
+        env: vec![
+            ("BALLAST_DUP".into(), "first".into()),
+            ("HOME".into(), "/task-home".into()),
+            ("BALLAST_DUP".into(), "last".into()),
+        ],
+        cwd: None,
+    };
+    let t = h.start(1, kind, None);
+    let TaskOutcome::Exited {
+        code: 0,
+        stdout_tail,
+        ..
+    } = h.wait_for(t).outcome
+    else {
+        panic!("env did not exit 0");
+    };
+    let named = |name: &str| -> Vec<&str> {
+        stdout_tail
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}=")))
+            .collect()
+    };
+    assert_eq!(named("HOME"), ["HOME=/task-home"]);
+    assert_eq!(named("BALLAST_DUP"), ["BALLAST_DUP=last"]);
+}
+
+#[test]
 fn death_by_signal_is_128_plus_n() {
     let mut h = Harness::new(KILL_GRACE);
     let t = h.start(1, sh("kill -KILL $$"), None);
