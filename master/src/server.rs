@@ -1762,7 +1762,8 @@ enum Drained {
 enum Decoded {
     /// Every whole frame went to the core.
     All,
-    /// The core wants no more input from this connection for now; frames may wait.
+    /// The core wants no more input from this connection for now, or a `Hello` was just
+    /// handled; frames may wait.
     Paused,
 }
 
@@ -1779,7 +1780,16 @@ fn decode_all(
             return Ok(Decoded::Paused);
         }
         match conn.decoder.next_frame::<ToMaster>() {
-            Ok(Some(msg)) => core.handle_message(now, id, msg),
+            Ok(Some(msg)) => {
+                // A client times its `Welcome` and pipelines its first request behind the
+                // `Hello`: the `Welcome` goes out (at the end of the turn) before that request,
+                // which may take seconds (10 million tasks), is decoded.
+                let hello = matches!(msg, ToMaster::Hello { .. });
+                core.handle_message(now, id, msg);
+                if hello {
+                    return Ok(Decoded::Paused);
+                }
+            }
             Ok(None) => return Ok(Decoded::All),
             Err(e) => return Err(e),
         }

@@ -154,3 +154,41 @@ fn log_lines_never_show_an_internal_id_that_reads_as_a_worker_name() {
         );
     }
 }
+
+/// A client pipelines its first request after its `Hello`, and times the `Welcome` (5 s). The
+/// master answers the `Hello` before it decodes what follows, so a request that takes seconds (10
+/// million tasks) cannot hold it. Seen here without a clock: a broken frame right behind the
+/// `Hello` closes the connection, and the `Welcome` must be out first (it was lost before).
+#[test]
+fn a_hello_is_answered_before_the_frames_pipelined_behind_it() {
+    let c = Cluster::start(&[]);
+    let mut pipelined = Vec::new();
+    let hello = ToMaster::Hello {
+        version: protocol::PROTOCOL_VERSION,
+        role: protocol::Role::Client,
+        auth: Vec::new(),
+        nonce: vec![7; protocol::auth::NONCE_LEN],
+    };
+    encode_frame(&hello, &mut pipelined).expect("encode");
+    pipelined.extend_from_slice(&[0, 0, 0, 3, 0xff, 0xff, 0xff]); // a whole frame, not a message
+    let mut s = TcpStream::connect(&c.addr).expect("connect");
+    s.set_read_timeout(Some(LIMIT)).expect("timeout");
+    s.write_all(&pipelined).expect("write");
+    let mut decoder = FrameDecoder::new();
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(msg) = decoder.next_frame::<FromMaster>().expect("a valid frame") {
+            frames.push(msg.name());
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break, // closed (or reset, with our bytes unread)
+            Ok(n) => decoder.extend(&buf[..n]),
+        }
+    }
+    assert_eq!(frames, ["Greeting", "Welcome"]);
+    assert!(
+        c.master_log().contains("closing"),
+        "the broken frame was seen"
+    );
+}
