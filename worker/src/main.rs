@@ -24,9 +24,11 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Tasks held beyond the slots without `--prefetch`: one is enough for a slot never to wait a
-/// round trip for its next task, and the master holds it only while tasks are short.
-const ADAPTIVE_PREFETCH: u32 = 1;
+/// Tasks held beyond the slots without `--prefetch`, which the master holds only while tasks are
+/// short. One is enough for a slot never to wait a round trip for its next task; four let the
+/// worker report every second task (see `session::REPORT_WAIT`), which halves the master's
+/// wakeups per short task.
+const ADAPTIVE_PREFETCH: u32 = 4;
 
 /// Ballast worker: runs the tasks a master assigns and reports this host's load.
 ///
@@ -50,7 +52,7 @@ struct Args {
 
     /// Tasks held beyond the slots, not yet started, to hide dispatch latency: the next one starts
     /// as soon as a slot frees, without a round trip to the master. The master may take them back
-    /// to run elsewhere [default: up to 1, held only while this worker's tasks are short next to
+    /// to run elsewhere [default: up to 4, held only while this worker's tasks are short next to
     /// the round trip to the master; with K given, K whatever the tasks take].
     #[arg(long, value_name = "K")]
     prefetch: Option<u32>,

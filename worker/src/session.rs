@@ -73,6 +73,11 @@ const NAME_IN_USE_DELAY: Duration = Duration::from_secs(2);
 const TURN_OUTPUT_BYTES: usize = 1 << 20;
 /// One `Output` frame's budget.
 const OUTPUT_FRAME_BYTES: usize = 1 << 20;
+/// While the worker holds more than half its prefetch unstarted, the master has nothing to send
+/// it back: a turn's `Started` and `Finished` wait up to this long to travel with later turns'.
+/// Short tasks then cost the master (and our reader) one wakeup per few tasks, not one per task;
+/// a run's start or end reaches the master at most this much late.
+const REPORT_WAIT: Duration = Duration::from_millis(5);
 /// After stopping tasks, how long past the SIGKILL to wait for their threads to report.
 const STOP_SLACK: Duration = Duration::from_secs(1);
 /// A master that takes no byte of ours for this many heartbeat intervals (ours or the master's,
@@ -242,6 +247,8 @@ struct Session {
     output_more: bool,
     /// Since when no task has been running or held (`--idle-timeout`); `None` while busy.
     idle_since: Option<Instant>,
+    /// When the reports waiting under [`REPORT_WAIT`] go at the latest; `None`: none wait.
+    reports_due: Option<Instant>,
 }
 
 impl Session {
@@ -275,6 +282,7 @@ impl Session {
             output: Vec::new(),
             output_more: false,
             idle_since: Some(Instant::now()),
+            reports_due: None,
         }
     }
 
@@ -319,6 +327,7 @@ impl Session {
             self.executor.poll_timeout(),
             self.stopping.as_ref().map(|s| s.give_up_at),
             self.idle_deadline(),
+            self.reports_due,
         ]
         .into_iter()
         .flatten()
@@ -393,6 +402,8 @@ impl Session {
     /// the outbox is full, everything waits (bounded: the master assigns no more tasks before it
     /// hears of these).
     fn flush(&mut self, now: Instant) {
+        // Set again below if reports wait on a connection that takes them.
+        let reports_due = self.reports_due.take();
         if self.stopping.is_some() {
             // Tasks killed because the worker stops are not reported: the master must see them
             // lost with the worker and run them again, not as cancelled.
@@ -412,9 +423,17 @@ impl Session {
             return;
         };
         if !up.out.accepting() {
-            return;
+            return; // the reports go once the writer drains (`Event::Drained`)
         }
-        if !self.started.is_empty() {
+        let held = self.executor.standing_by() + self.pending.len();
+        self.reports_due = reports_due;
+        let report = reports_go(
+            &mut self.reports_due,
+            now,
+            !self.started.is_empty() || !self.finished.is_empty(),
+            !self.retracted.is_empty() || held * 2 <= self.config.info.prefetch as usize,
+        );
+        if report && !self.started.is_empty() {
             let msg = ToMaster::Started(mem::take(&mut self.started));
             up.out.queue(&msg);
             if let ToMaster::Started(mut refs) = msg {
@@ -424,8 +443,10 @@ impl Session {
         }
         // IMPORTANT: a finished command's output goes before its completion, so the master has
         // its whole log when it hears that the task ended.
-        for c in &self.finished {
-            self.executor.finish_output(c.task_ref(), &mut self.output);
+        if report {
+            for c in &self.finished {
+                self.executor.finish_output(c.task_ref(), &mut self.output);
+            }
         }
         self.output_more = up.out.wants_output()
             && self
@@ -437,7 +458,7 @@ impl Session {
             }
         }
         self.task_log.tick(now);
-        if !self.finished.is_empty() {
+        if report && !self.finished.is_empty() {
             for c in &self.finished {
                 self.task_log.finished(now, c);
             }
@@ -959,6 +980,22 @@ impl Session {
             up.next_heartbeat = now + up.heartbeat;
         }
     }
+}
+
+/// Whether this turn's reports (`pending`: there are some) go now, with `at_once` when the master
+/// needs them now (it must refill our prefetch, or waits for a `Retracted` that must not overtake
+/// them); otherwise they wait up to [`REPORT_WAIT`], `due` keeping when.
+fn reports_go(due: &mut Option<Instant>, now: Instant, pending: bool, at_once: bool) -> bool {
+    if !pending || at_once {
+        *due = None;
+        return true;
+    }
+    let at = *due.get_or_insert(now + REPORT_WAIT);
+    if now < at {
+        return false;
+    }
+    *due = None;
+    true
 }
 
 /// Queues `finished` as `Finished` frames of at most `FINISHED_FRAME_BYTES` each and leaves it

@@ -540,6 +540,65 @@ fn prefetched_tasks_start_one_at_a_time_in_priority_order() {
     assert!(worker.stop().is_ok());
 }
 
+/// With more than half its prefetch still unstarted, a worker lets its reports wait to travel
+/// together; the master here refills what each report freed, as the real one does. A worker
+/// that reported every turn would send one `Finished` per task (one slot, so one completion per
+/// turn).
+#[test]
+fn reports_wait_while_the_worker_holds_work_and_go_when_it_needs_more() {
+    const N: u64 = 40;
+    const PREFETCH: u64 = 4;
+    let master = FakeMaster::new();
+    let worker = Worker::with_prefetch(master.addr(), 1, PREFETCH as u32);
+    let (mut conn, _) = master.accept(welcome(60_000));
+    conn.send(&assign(1, 1 + PREFETCH, TaskKind::Sleep { ms: 1 }));
+    let mut next = 2 + PREFETCH;
+    let (mut finished, mut frames) = (BTreeSet::new(), 0);
+    while finished.len() < N as usize {
+        match conn.recv_report() {
+            ToMaster::Started(_) => {}
+            ToMaster::Finished(done) => {
+                frames += 1;
+                let refill = (done.len() as u64).min(N + 1 - next);
+                for c in done {
+                    assert!(finished.insert(c.task), "{:?} reported twice", c.task);
+                }
+                if refill > 0 {
+                    conn.send(&assign(next, refill, TaskKind::Sleep { ms: 1 }));
+                    next += refill;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    eprintln!("{N} tasks in {frames} Finished frames");
+    assert!(frames <= N * 3 / 4, "{N} tasks in {frames} Finished frames");
+    assert!(worker.stop().is_ok());
+}
+
+#[test]
+fn waiting_reports_go_by_their_deadline_and_at_once_when_needed() {
+    let t0 = Instant::now();
+    let mut due = None;
+    assert!(reports_go(&mut due, t0, false, false), "nothing waits");
+    assert!(!reports_go(&mut due, t0, true, false));
+    assert_eq!(due, Some(t0 + REPORT_WAIT));
+    let later = t0 + REPORT_WAIT / 2;
+    assert!(
+        !reports_go(&mut due, later, true, false),
+        "the wait runs from the first"
+    );
+    assert_eq!(due, Some(t0 + REPORT_WAIT));
+    assert!(reports_go(&mut due, t0 + REPORT_WAIT, true, false));
+    assert_eq!(due, None);
+    assert!(!reports_go(&mut due, later, true, false));
+    assert!(
+        reports_go(&mut due, later, true, true),
+        "the master needs them"
+    );
+    assert_eq!(due, None);
+}
+
 #[test]
 fn retract_returns_only_tasks_not_started() {
     let master = FakeMaster::new();
