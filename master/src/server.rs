@@ -567,14 +567,17 @@ impl Server {
             // their connection's gate.
             self.flush_touched(now);
             // IMPORTANT: commit before any gated reply reaches a socket, so a client only ever
-            // hears of work that survives a crash.
-            let force = !self.gated.is_empty();
-            self.commit_if_due(force)?;
-            for id in std::mem::take(&mut self.gated) {
-                if let Some(c) = self.conns.get_mut(id) {
-                    c.gate = None;
+            // hears of work that survives a crash. A client blocked in a wait does not force it:
+            // its replies leave with the wait's answer, or at the group commit's deadline.
+            let core = &self.core;
+            let force = self.gated.iter().any(|&id| !core.waits_on(id));
+            if self.commit_if_due(force)? {
+                for id in std::mem::take(&mut self.gated) {
+                    if let Some(c) = self.conns.get_mut(id) {
+                        c.gate = None;
+                    }
+                    self.touch(id);
                 }
-                self.touch(id);
             }
             self.flush_touched(now);
             self.resume_paused(now);
@@ -649,9 +652,10 @@ impl Server {
     /// Group commit: at once when a reply waits on it (`force`), else once the oldest record has
     /// waited `COMMIT_WINDOW` or enough have piled up. A turn that only records finals for workers'
     /// results thus shares its fsync with the turns of the next few milliseconds.
-    fn commit_if_due(&mut self, force: bool) -> Result<(), ServerError> {
+    /// Returns whether everything recorded is committed now (so gated replies may leave).
+    fn commit_if_due(&mut self, force: bool) -> Result<bool, ServerError> {
         let Some(shared) = &self.journal else {
-            return Ok(());
+            return Ok(true);
         };
         let mut journal = journal::lock(shared);
         let now_us = self.clock.monotonic_us();
@@ -668,7 +672,7 @@ impl Server {
             // here, so holding the lock is safe).
             self.core.handle_stored(journal.committed_finals());
         }
-        Ok(())
+        Ok(journal.pending() == 0)
     }
 
     /// A commit failed, so the master is about to stop: the replies that waited on it are

@@ -363,3 +363,30 @@ fn metrics_events_and_report_refuse_what_they_must() {
     let (status, text) = call(&c.http_addr, "GET", "/api/v1/status", auth);
     assert_eq!(status, 200, "{text}");
 }
+
+/// `submit --wait` sends its wait behind the `Submit` (`WaitSubmitted`), and the master lets a
+/// waiting client's `Submitted` share the commit of the results: one commit per short task where
+/// it took two (one forced by `Submitted`, one by `WaitDone`). A task outlasting the group
+/// commit's 10 ms window takes two still, so the bound is on the sum, which was exactly 2 per run.
+#[test]
+fn a_short_submit_that_waits_costs_one_commit() {
+    let mut c = Cluster::start(&[]);
+    c.add_worker("m-w1", 1);
+    c.wait_for_workers(1);
+    let commits = |c: &Cluster| {
+        let (_, _, body) = get(&c.http_addr, "/metrics");
+        let text = String::from_utf8(body).expect("UTF-8");
+        sample(&text, "ballast_journal_commit_duration_seconds_count").unwrap_or(0.0)
+    };
+    let before = commits(&c);
+    let runs = 5;
+    for _ in 0..runs {
+        let out = c.cli(&["submit", "--wait", "--sleep", "0ms"]);
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("1 task: 1 succeeded, 0 failed"), "{stdout}");
+    }
+    let spent = commits(&c) - before;
+    assert!(spent >= runs as f64, "each run committed: {spent}");
+    assert!(spent < 2.0 * runs as f64, "{spent} commits for {runs} runs");
+}

@@ -197,7 +197,7 @@ impl Connection {
         conn.finish_handshake(addr, bound, welcome)
     }
 
-    /// [`Connection::connect`] as a client, with `first` (the client's first request) sent as
+    /// [`Connection::connect`] as a client, with `first` (the client's first requests) sent as
     /// early as the handshake allows: without a token, in the same write as `Hello`, before the
     /// master's `Greeting` has even arrived (a `Hello` without a token does not depend on the
     /// master's nonce), which saves the client two waits on the master (W7); with a token, only
@@ -214,10 +214,12 @@ impl Connection {
         token: Option<&[u8]>,
         tls: Option<&ClientTls>,
         connect_timeout: Duration,
-        first: &ToMaster,
+        first: &[&ToMaster],
     ) -> Result<(Connection, Welcome), ConnectionError> {
         let (mut conn, bound) = Connection::open(addr, tls, connect_timeout)?;
-        conn.writer.queue(first)?;
+        for msg in first {
+            conn.writer.queue(msg)?;
+        }
         if token.is_some() || conn.writer.pending() > PIPELINE_MAX {
             let reader = &mut conn.reader;
             let welcome = handshake(
@@ -1023,7 +1025,7 @@ mod tests {
             None,
             None,
             Duration::from_secs(10),
-            &ToMaster::Status,
+            &[&ToMaster::Status],
         )
         .expect("connects");
         assert_eq!(welcome.master_id, 77);
@@ -1055,7 +1057,7 @@ mod tests {
             Some(TOKEN),
             None,
             Duration::from_secs(10),
-            &ToMaster::Status,
+            &[&ToMaster::Status],
         )
         .err()
         .expect("an unproven master");

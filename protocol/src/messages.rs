@@ -479,6 +479,14 @@ pub enum ToMaster {
     AllocRemove {
         id: u32,
     },
+    /// From clients (since version 11): as `Wait` for the job of this connection's last
+    /// `Submit`. Written right behind that `Submit`, in the same write, it spares a one-command
+    /// `submit --wait` the round trip between `Submitted` and `Wait`; `Submitted`, then the
+    /// wait's `Progress` frames and `WaitDone`, answer the two. An `Error` when the connection
+    /// has submitted nothing (or its last `Submit` was refused).
+    WaitSubmitted {
+        progress: bool,
+    },
 }
 
 /// Which output of a command.
@@ -532,6 +540,7 @@ impl ToMaster {
             ToMaster::AllocAdd(_) => "AllocAdd",
             ToMaster::AllocList => "AllocList",
             ToMaster::AllocRemove { .. } => "AllocRemove",
+            ToMaster::WaitSubmitted { .. } => "WaitSubmitted",
         }
     }
 }
@@ -985,6 +994,7 @@ mod tests {
                 jobs: vec![JobId(1)],
                 finished_before_ms: Some(1),
             },
+            ToMaster::WaitSubmitted { progress: true },
         ];
         for msg in &to_master {
             named_as_debug(format!("{msg:?}"), msg.name());

@@ -330,6 +330,8 @@ pub struct Core {
     pools: Pools,
     workers: WorkerTable,
     waiters: Waiters,
+    /// The job of each client's last accepted `Submit`, for its `WaitSubmitted`.
+    last_job: IdHashMap<ClientId, JobId>,
     /// Chunked replies in progress, one chunk at a time (`replies.rs`).
     replies: Replies,
     /// Assignments made this turn, sent as one frame per worker by `dispatch`.
@@ -395,6 +397,7 @@ impl Core {
             tasks: TaskTable::new(incarnation),
             workers: WorkerTable::default(),
             waiters: Waiters::default(),
+            last_job: IdHashMap::default(),
             replies: Replies::default(),
             assign_batches: BTreeMap::new(),
             dirty: false,
@@ -871,6 +874,7 @@ impl Core {
             Departed::Client(id) => {
                 self.waiters.drop_client(id);
                 self.replies.drop_client(id);
+                self.last_job.remove(&id);
             }
         }
     }
@@ -1033,6 +1037,15 @@ impl Core {
     /// the memory of a burst back, see `server.rs`).
     pub fn tasks_in_flight(&self) -> u64 {
         self.tasks.count(TaskState::Queued) + self.tasks.count(TaskState::Running)
+    }
+
+    /// Whether a client on `conn` is blocked in a wait. Its replies that wait for a commit need
+    /// not force one: the wait's own answer will, and the group commit's window bounds the rest
+    /// (see [`GroupCommit`]). So `submit --wait` of a short task costs one commit, not two.
+    pub fn waits_on(&self, conn: ConnId) -> bool {
+        self.session
+            .client_on(conn)
+            .is_some_and(|client| self.waiters.has_client(client))
     }
 
     /// Whether `dispatch` or `poll_output` has something to do (the shell loops until not).
@@ -1808,11 +1821,19 @@ impl Core {
             ToMaster::AllocAdd(params) => self.on_alloc(client, AllocRequest::Add(params)),
             ToMaster::AllocList => self.on_alloc(client, AllocRequest::List),
             ToMaster::AllocRemove { id } => self.on_alloc(client, AllocRequest::Remove { id }),
+            ToMaster::WaitSubmitted { progress } => match self.last_job.get(&client) {
+                Some(&job) => self.wait_jobs(client, Vec::new(), progress, vec![job]),
+                None => self.error(
+                    client,
+                    "nothing submitted on this connection to wait for".into(),
+                ),
+            },
             other => {
                 let v = Violation::ClientMayNotSend(other.name());
                 self.session.close_client(client, CloseReason::Protocol(v));
                 self.waiters.drop_client(client);
                 self.replies.drop_client(client);
+                self.last_job.remove(&client);
             }
         }
     }
@@ -1825,6 +1846,8 @@ impl Core {
         count: u32,
         name: Option<String>,
     ) {
+        // A refused Submit leaves its WaitSubmitted nothing to wait for, not the one before.
+        self.last_job.remove(&client);
         if specs.is_empty() || count == 0 {
             return self.error(client, "nothing to submit".into());
         }
@@ -1966,6 +1989,7 @@ impl Core {
             protocol::plural::count(total, "task", "tasks"),
             self.pools.len()
         );
+        self.last_job.insert(client, job);
         self.session.send_client(
             client,
             FromMaster::Submitted {

@@ -622,6 +622,70 @@ fn wait_reports_progress_then_done() {
     );
 }
 
+/// `WaitSubmitted` waits for the job of the connection's last accepted `Submit` only; while it
+/// waits, `waits_on` says so (the shell then lets the commit wait for the group window).
+#[test]
+fn wait_submitted_waits_for_the_last_submit_of_its_connection() {
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (w, _, _) = h.worker("a", 4);
+    let c = h.client();
+    let other = h.client();
+    let nothing = FromMaster::Error {
+        message: "nothing submitted on this connection to wait for".into(),
+    };
+    let out = h.msg(c, ToMaster::WaitSubmitted { progress: false });
+    assert_eq!(
+        out,
+        vec![Output::Send {
+            conn: c,
+            msg: nothing.clone()
+        }]
+    );
+    let (first, _) = h.submit(c, vec![sleep_spec(0)], 1);
+    let (ids, _) = h.submit(c, vec![sleep_spec(0)], 2);
+    let (theirs, _) = h.submit(other, vec![sleep_spec(0)], 1);
+    assert!(!h.core.waits_on(c));
+    let out = h.msg(c, ToMaster::WaitSubmitted { progress: false });
+    assert!(out.is_empty(), "{out:?}");
+    assert!(h.core.waits_on(c) && !h.core.waits_on(other));
+    // Neither the connection's earlier job nor another client's counts.
+    assert!(h.finish(w, first[0], 1, exited(0)).is_empty());
+    assert!(h.finish(w, theirs[0], 1, exited(0)).is_empty());
+    assert!(h.finish(w, ids[0], 1, exited(0)).is_empty());
+    let out = h.finish(w, ids[1], 1, exited(2));
+    let done = FromMaster::WaitDone {
+        total: 2,
+        succeeded: 1,
+        failed: 1,
+    };
+    assert_eq!(out, vec![Output::Send { conn: c, msg: done }]);
+    assert!(!h.core.waits_on(c), "answered: nothing left to wait for");
+    // A refused Submit leaves nothing to wait for, not the job before it.
+    let out = h.msg(
+        c,
+        ToMaster::Submit {
+            specs: vec![],
+            count: 1,
+            name: None,
+        },
+    );
+    assert!(matches!(
+        &out[..],
+        [Output::Send {
+            msg: FromMaster::Error { .. },
+            ..
+        }]
+    ));
+    let out = h.msg(c, ToMaster::WaitSubmitted { progress: false });
+    assert_eq!(
+        out,
+        vec![Output::Send {
+            conn: c,
+            msg: nothing
+        }]
+    );
+}
+
 #[test]
 fn unknown_ids_and_bad_specs_get_errors_not_panics() {
     let mut h = Harness::new(PolicyKind::LeastLoaded);

@@ -1,5 +1,6 @@
 //! `Waiters`: clients blocked in `wait` (or `submit --wait`), each answered once its tasks are final.
 
+use super::id_hash::IdHashMap;
 use super::session::{ClientId, Sessions};
 use protocol::{FromMaster, TaskId};
 use std::collections::BTreeSet;
@@ -51,6 +52,8 @@ struct Waiter {
 #[derive(Debug, Default)]
 pub struct Waiters {
     list: Vec<Waiter>,
+    /// How many waits each client has in `list`: the shell asks per gated reply, every turn.
+    per_client: IdHashMap<ClientId, u32>,
 }
 
 /// How a new wait starts: the tasks it covers that are already final, and those still to finish.
@@ -116,6 +119,7 @@ impl Waiters {
 
     fn push(&mut self, client: ClientId, scope: Scope, start: WaitStart, progress: bool) {
         let total = scope.remaining() + start.succeeded + start.failed;
+        *self.per_client.entry(client).or_default() += 1;
         self.list.push(Waiter {
             client,
             scope,
@@ -165,18 +169,27 @@ impl Waiters {
 
     /// Whether `client` waits for something (its connection must stay open).
     pub fn has_client(&self, client: ClientId) -> bool {
-        self.list.iter().any(|w| w.client == client)
+        self.per_client.contains_key(&client)
     }
 
     pub fn drop_client(&mut self, client: ClientId) {
-        self.list.retain(|w| w.client != client);
+        if self.per_client.remove(&client).is_some() {
+            self.list.retain(|w| w.client != client);
+        }
     }
 
     /// Emits `Progress` for waiters that changed and `WaitDone` for those now complete (and forgets
     /// them). Called once per loop turn, so progress costs at most one frame per turn per waiter.
     pub fn flush(&mut self, out: &mut Sessions) {
+        let per_client = &mut self.per_client;
         self.list.retain_mut(|w| {
             if w.scope.remaining() == 0 {
+                if let Some(n) = per_client.get_mut(&w.client) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_client.remove(&w.client);
+                    }
+                }
                 out.send_client(
                     w.client,
                     FromMaster::WaitDone {

@@ -64,8 +64,18 @@ impl Session {
     /// Sends `msg`; the first one opens the connection and travels with the handshake
     /// (`Connection::connect_client`), so a one-request command waits on the master once.
     pub fn send(&mut self, msg: &ToMaster) -> Result<()> {
+        self.send_all(&[msg])
+    }
+
+    /// Sends `msgs` in one write (with the handshake's, if they open the connection).
+    pub fn send_all(&mut self, msgs: &[&ToMaster]) -> Result<()> {
         match &mut self.conn {
-            Some(conn) => Ok(conn.send(msg)?),
+            Some(conn) => {
+                for msg in msgs {
+                    conn.writer.queue(msg)?;
+                }
+                Ok(conn.writer.flush()?)
+            }
             None => {
                 let token = self.token.as_deref().map(str::as_bytes);
                 let (conn, _welcome) = Connection::connect_client(
@@ -73,7 +83,7 @@ impl Session {
                     token,
                     self.tls.as_ref(),
                     CONNECT_TIMEOUT,
-                    msg,
+                    msgs,
                 )?;
                 self.opened(conn)
             }
@@ -110,7 +120,16 @@ impl Session {
     }
 
     pub fn request(&mut self, msg: &ToMaster) -> Result<FromMaster> {
-        self.send(msg)?;
+        self.request_with(msg, &[])
+    }
+
+    /// `msg`'s reply, with `then` sent in the same write right behind it (their replies
+    /// follow, for the caller to read).
+    pub fn request_with(&mut self, msg: &ToMaster, then: &[&ToMaster]) -> Result<FromMaster> {
+        let mut all = Vec::with_capacity(1 + then.len());
+        all.push(msg);
+        all.extend_from_slice(then);
+        self.send_all(&all)?;
         self.recv(reply_to(msg))
     }
 }
@@ -121,7 +140,7 @@ pub fn reply_to(msg: &ToMaster) -> &'static str {
         ToMaster::Submit { .. } => "the reply to Submit",
         ToMaster::Status => "the reply to Status",
         ToMaster::Results { .. } => "the reply to Results",
-        ToMaster::Wait { .. } => "the reply to Wait",
+        ToMaster::Wait { .. } | ToMaster::WaitSubmitted { .. } => "the reply to Wait",
         ToMaster::Cancel { .. } => "the reply to Cancel",
         ToMaster::Forget { .. } => "the reply to Forget",
         _ => "a reply",
@@ -131,12 +150,17 @@ pub fn reply_to(msg: &ToMaster) -> &'static str {
 /// One request, one reply. A seam for code that only needs that (submission), so it can be tested
 /// against a fake master without a socket.
 pub trait Requester {
-    fn request(&mut self, msg: &ToMaster) -> Result<FromMaster>;
+    /// `msg`'s reply; `then` goes in the same write, right behind `msg`.
+    fn request_with(&mut self, msg: &ToMaster, then: &[&ToMaster]) -> Result<FromMaster>;
+
+    fn request(&mut self, msg: &ToMaster) -> Result<FromMaster> {
+        self.request_with(msg, &[])
+    }
 }
 
 impl Requester for Session {
-    fn request(&mut self, msg: &ToMaster) -> Result<FromMaster> {
-        Session::request(self, msg)
+    fn request_with(&mut self, msg: &ToMaster, then: &[&ToMaster]) -> Result<FromMaster> {
+        Session::request_with(self, msg, then)
     }
 }
 

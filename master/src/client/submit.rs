@@ -6,7 +6,7 @@
 use super::error::{ClientError, Result};
 use super::ids::{self, IdRange};
 use super::session::{unexpected, Requester};
-use super::wait::wait_batches;
+use super::wait::{self, wait_batches};
 use super::{view, ConnArgs, Outcome, FRAME_BUDGET};
 use master::taskfile::TaskFile;
 use protocol::budget::{chunks_within, Chunks};
@@ -355,6 +355,9 @@ pub struct Accepted {
 /// Sends every chunk, each `count` times, one request at a time, as job `name`, and appends the
 /// accepted id ranges and jobs to `accepted` (merging adjacent ranges). On error, `accepted`
 /// still says what the master took before it, so the caller can tell the user.
+///
+/// `then` rides behind the `Submit` when the submission is one frame (a `WaitSubmitted`, whose
+/// replies the caller reads); returns whether it went.
 pub fn submit_all(
     master: &mut impl Requester,
     specs: Vec<TaskSpec>,
@@ -362,14 +365,24 @@ pub fn submit_all(
     budget: usize,
     name: &str,
     accepted: &mut Accepted,
-) -> Result<()> {
-    for chunk in frame_chunks(specs, budget) {
+    then: Option<&ToMaster>,
+) -> Result<bool> {
+    let mut chunks = frame_chunks(specs, budget).peekable();
+    let mut then_sent = false;
+    while let Some(chunk) = chunks.next() {
         let expected = chunk.len() as u64 * u64::from(count);
-        let reply = master.request(&ToMaster::Submit {
+        let submit = ToMaster::Submit {
             specs: chunk,
             count,
             name: Some(name.to_string()),
-        })?;
+        };
+        let reply = match then {
+            Some(then) if accepted.jobs.is_empty() && chunks.peek().is_none() => {
+                then_sent = true;
+                master.request_with(&submit, &[then])?
+            }
+            _ => master.request(&submit)?,
+        };
         let range = match reply {
             FromMaster::Submitted {
                 first,
@@ -402,7 +415,7 @@ pub fn submit_all(
             _ => accepted.ids.push(range),
         }
     }
-    Ok(())
+    Ok(then_sent)
 }
 
 /// Warnings printed for one `submit`, however many chunks it took.
@@ -415,24 +428,33 @@ pub fn run(args: SubmitArgs) -> Result<Outcome> {
     let specs = file.specs;
     let name = args.job_name(&specs);
     let mut accepted = Accepted::default();
-    if let Err(e) = submit_all(
+    // A one-frame `submit --wait` asks for the wait in the same write: the master answers
+    // both, and need not commit between them (`Core::waits_on`).
+    let show = wait::shows_progress();
+    let then = ToMaster::WaitSubmitted { progress: show };
+    let result = submit_all(
         &mut session,
         specs,
         args.count,
         FRAME_BUDGET,
         &name,
         &mut accepted,
-    ) {
-        if !accepted.ids.is_empty() {
-            // Those tasks exist and will run; the user needs their ids to wait for or cancel them.
-            let _ = writeln!(
-                std::io::stderr(),
-                "note: the master had already accepted tasks {}",
-                ids::format_ranges(&accepted.ids)
-            );
+        args.wait.then_some(&then),
+    );
+    let wait_sent = match result {
+        Ok(sent) => sent,
+        Err(e) => {
+            if !accepted.ids.is_empty() {
+                // Those tasks exist and will run; the user needs their ids to wait for or cancel them.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: the master had already accepted tasks {}",
+                    ids::format_ranges(&accepted.ids)
+                );
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     // On stderr, so `--json` and the ids on stdout stay as scripts read them.
     for w in &accepted.warnings {
         let _ = writeln!(std::io::stderr(), "warning: {w}");
@@ -449,7 +471,9 @@ pub fn run(args: SubmitArgs) -> Result<Outcome> {
     }
     let summary = if args.wait {
         let total = ids::total(&accepted);
-        let summary = if accepted_jobs.is_empty() {
+        let summary = if wait_sent {
+            wait::Waiting::new(show, total).until_done(&mut session)?
+        } else if accepted_jobs.is_empty() {
             let batches = ids::batched(ids::all(&accepted));
             wait_batches(&mut session, batches, total, Vec::new())?
         } else {
@@ -704,10 +728,13 @@ mod tests {
         next_id: u64,
         frames: Vec<(usize, u32)>,
         lie_about_count: bool,
+        /// Frames sent behind a `Submit`.
+        then_sent: usize,
     }
 
     impl Requester for FakeMaster {
-        fn request(&mut self, msg: &ToMaster) -> Result<FromMaster> {
+        fn request_with(&mut self, msg: &ToMaster, then: &[&ToMaster]) -> Result<FromMaster> {
+            self.then_sent += then.len();
             let ToMaster::Submit { specs, count, .. } = msg else {
                 return Ok(FromMaster::Error {
                     message: "not a submit".into(),
@@ -733,9 +760,24 @@ mod tests {
             next_id: 41,
             frames: vec![],
             lie_about_count: false,
+            then_sent: 0,
         };
         let mut accepted = Accepted::default();
-        submit_all(&mut master, sample_specs(300), 4, 2_000, "j", &mut accepted).unwrap();
+        let wait = ToMaster::WaitSubmitted { progress: false };
+        let sent = submit_all(
+            &mut master,
+            sample_specs(300),
+            4,
+            2_000,
+            "j",
+            &mut accepted,
+            Some(&wait),
+        )
+        .unwrap();
+        assert!(
+            !sent && master.then_sent == 0,
+            "a wait behind the last frame would miss the others' jobs"
+        );
         assert_eq!(accepted.jobs.len(), master.frames.len(), "a job per frame");
         let accepted = accepted.ids;
         assert!(
@@ -762,10 +804,45 @@ mod tests {
             next_id: 1,
             frames: vec![],
             lie_about_count: true,
+            then_sent: 0,
         };
         let mut accepted = Accepted::default();
-        let e = submit_all(&mut master, sample_specs(1), 1, 2_000, "j", &mut accepted).unwrap_err();
+        let e = submit_all(
+            &mut master,
+            sample_specs(1),
+            1,
+            2_000,
+            "j",
+            &mut accepted,
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(e, ClientError::Unexpected { .. }), "{e}");
         assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_one_frame_submission_carries_its_wait() {
+        let mut master = FakeMaster {
+            next_id: 1,
+            frames: vec![],
+            lie_about_count: false,
+            then_sent: 0,
+        };
+        let mut accepted = Accepted::default();
+        let wait = ToMaster::WaitSubmitted { progress: false };
+        let sent = submit_all(
+            &mut master,
+            sample_specs(3),
+            2,
+            2_000,
+            "j",
+            &mut accepted,
+            Some(&wait),
+        )
+        .unwrap();
+        assert!(sent);
+        assert_eq!((master.frames.len(), master.then_sent), (1, 1));
+        assert_eq!(ids::total(&accepted.ids), 6);
     }
 }

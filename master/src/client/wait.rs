@@ -83,18 +83,53 @@ pub fn wait_batches(
     known_total: u64,
     mut jobs: Vec<JobId>,
 ) -> Result<WaitSummary> {
-    let show = std::io::stderr().is_terminal();
-    interrupt::say_tasks_keep_running(show);
-    let mut bar = ProgressBar::new(show, Instant::now());
-    let mut done = WaitSummary::default();
+    let show = shows_progress();
+    let mut waiting = Waiting::new(show, known_total);
     for batch in batches {
         session.send(&ToMaster::Wait {
             ids: batch,
             progress: show,
             jobs: std::mem::take(&mut jobs),
         })?;
-        // Bounded by the master: it sends at most one `Progress` per loop turn and ends with
-        // `WaitDone`, an `Error`, or by closing the connection.
+        waiting.one(session)?;
+    }
+    Ok(waiting.finish())
+}
+
+/// Whether to ask for `Progress` frames: a bar is drawn only on a terminal.
+pub fn shows_progress() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// The client's side of waits already asked for: their replies read, the bar drawn, the
+/// counts summed over them.
+pub struct Waiting {
+    bar: ProgressBar,
+    known_total: u64,
+    done: WaitSummary,
+}
+
+impl Waiting {
+    pub fn new(show: bool, known_total: u64) -> Waiting {
+        interrupt::say_tasks_keep_running(show);
+        Waiting {
+            bar: ProgressBar::new(show, Instant::now()),
+            known_total,
+            done: WaitSummary::default(),
+        }
+    }
+
+    /// Reads the replies of the one wait asked for, up to its `WaitDone`, and ends.
+    pub fn until_done(mut self, session: &mut Session) -> Result<WaitSummary> {
+        self.one(session)?;
+        Ok(self.finish())
+    }
+
+    /// Reads one wait's replies up to its `WaitDone`. Bounded by the master: it sends at most
+    /// one `Progress` per loop turn and ends with `WaitDone`, an `Error`, or by closing the
+    /// connection.
+    fn one(&mut self, session: &mut Session) -> Result<()> {
+        let done = &mut self.done;
         let mut probing = false;
         loop {
             let reply = match session.recv("the reply to Wait") {
@@ -124,11 +159,11 @@ pub fn wait_batches(
                     failed,
                 } => {
                     let counts = Counts {
-                        total: known_total.max(done.total.saturating_add(total)),
+                        total: self.known_total.max(done.total.saturating_add(total)),
                         finished: done.total.saturating_add(finished),
                         failed: done.failed.saturating_add(failed),
                     };
-                    bar.update(Instant::now(), counts);
+                    self.bar.update(Instant::now(), counts);
                 }
                 FromMaster::WaitDone {
                     total,
@@ -138,14 +173,17 @@ pub fn wait_batches(
                     done.total = done.total.saturating_add(total);
                     done.succeeded = done.succeeded.saturating_add(succeeded);
                     done.failed = done.failed.saturating_add(failed);
-                    break;
+                    return Ok(());
                 }
                 other => return Err(unexpected(&other, "Progress or WaitDone")),
             }
         }
     }
-    bar.clear();
-    Ok(done)
+
+    fn finish(mut self) -> WaitSummary {
+        self.bar.clear();
+        self.done
+    }
 }
 
 /// Ctrl-C while waiting: the person may think it stops the tasks. It does not, and they are told

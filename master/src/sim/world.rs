@@ -1260,7 +1260,9 @@ impl<'a> World<'a> {
                 return Ok(());
             }
         }
-        let force = !self.gated.is_empty();
+        // As the shell: a client blocked in a wait does not force the commit.
+        let core = &self.core;
+        let force = self.gated.iter().any(|(conn, _)| !core.waits_on(*conn));
         let due = self
             .journal
             .as_mut()
@@ -1270,6 +1272,9 @@ impl<'a> World<'a> {
                 self.commit_due_at_us = Some(at);
                 self.schedule(at, Event::CommitDue);
             }
+        }
+        if self.journal.as_ref().is_some_and(|j| j.pending() > 0) {
+            return Ok(()); // held until the commit that makes them true
         }
         self.client_gated = false;
         for (conn, msg) in std::mem::take(&mut self.gated) {
