@@ -63,7 +63,7 @@ trap 'exit 130' INT TERM
 
 # Private copies: a build in the shared target dir during the run must not swap binaries under us.
 mkdir -p "$SCRATCH/bin" "$OUT"
-cp "$BIN/master" "$BIN/worker" "$BIN/ballast-load" "$SCRATCH/bin/"
+cp "$BIN/master" "$BIN/ballast-master" "$BIN/worker" "$BIN/ballast-load" "$SCRATCH/bin/"
 MASTER=$SCRATCH/bin/master
 WORKER=$SCRATCH/bin/worker
 LOAD=$SCRATCH/bin/ballast-load

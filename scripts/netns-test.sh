@@ -75,7 +75,7 @@ if [[ -n ${BALLAST_BIN_DIR:-} ]]; then
     BIN=$(cd "$BALLAST_BIN_DIR" && pwd)
 else
     say "building master and worker"
-    (cd "$ROOT" && cargo build --quiet -p master --bin master -p worker --bin worker) ||
+    (cd "$ROOT" && cargo build --quiet -p master --bin master --bin ballast-master -p worker --bin worker) ||
         fail "cargo build failed"
     BIN=$ROOT/target/debug
 fi

@@ -158,13 +158,13 @@ if ((BUILD)); then
     (cd "$ROOT" && cargo build --release --workspace --quiet)
 fi
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-for b in master worker; do
+for b in master ballast-master worker; do
     [ -x "$BIN/$b" ] || { echo "peers.sh: missing $BIN/$b (build first)" >&2; exit 2; }
 done
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/ballast-peers.XXXXXX")
 # Private copies: a build in the shared target dir during the run cannot swap binaries under us.
 mkdir -p "$SCRATCH/bin"
-cp "$BIN/master" "$BIN/worker" "$SCRATCH/bin/"
+cp "$BIN/master" "$BIN/ballast-master" "$BIN/worker" "$SCRATCH/bin/"
 MASTER=$SCRATCH/bin/master
 WORKER=$SCRATCH/bin/worker
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)

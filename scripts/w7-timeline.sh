@@ -39,7 +39,7 @@ cleanup() {
     rm -rf "$SCRATCH"
 }
 trap cleanup EXIT
-cp "$BIN/master" "$BIN/worker" "$SCRATCH/"
+cp "$BIN/master" "$BIN/ballast-master" "$BIN/worker" "$SCRATCH/"
 cp "$BIN/master" "$SCRATCH/mcli"
 
 jargs=(--data-dir "$SCRATCH/data")

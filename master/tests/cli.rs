@@ -49,6 +49,40 @@ fn listen_on_a_taken_port_prints_the_cause_once() {
     assert!(!err.contains("os error"), "{err}");
 }
 
+/// `master` runs client commands itself and hands the rest to `ballast-master` beside it (see
+/// `src/main.rs`); installed without it, `master serve` says what is missing, and the client
+/// commands still work.
+#[test]
+fn a_master_without_its_server_says_what_is_missing() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("lone-master-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let lone = dir.join("master");
+    if std::fs::hard_link(MASTER, &lone).is_err() {
+        std::fs::copy(MASTER, &lone).expect("copy of master");
+    }
+    let out = run_within(
+        Command::new(&lone).args(["serve", "--no-journal"]),
+        Duration::from_secs(20),
+        "a master without ballast-master",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ballast-master") && stderr.contains("No such file"),
+        "{stderr}"
+    );
+    let out = run_within(
+        Command::new(&lone).args(["status", "--master", "127.0.0.1:1"]),
+        Duration::from_secs(20),
+        "a client command of the lone master",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach the master"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_data_dir_that_is_a_file_says_so_once() {
     let dir = std::env::temp_dir().join(format!("ballast-cli-file-{}", std::process::id()));

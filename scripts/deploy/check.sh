@@ -90,7 +90,7 @@ if have systemd-analyze && [ -d /lib/systemd/system ]; then
   mkdir -p "$root/etc/systemd/system" "$root/usr/local/bin" "$root/usr/lib/systemd" \
     "$root/etc/ballast" "$root/etc/sysusers.d"
   cp -a /lib/systemd/system "$root/usr/lib/systemd/"
-  cp "$bin_dir/master" "$bin_dir/worker" "$here/ballast-env" "$root/usr/local/bin/"
+  cp "$bin_dir/master" "$bin_dir/ballast-master" "$bin_dir/worker" "$here/ballast-env" "$root/usr/local/bin/"
   cp "$here/ballast-master.service" "$here/ballast-worker@.service" "$root/etc/systemd/system/"
   if (cd "$root/etc/systemd/system" &&
     systemd-analyze verify --root="$root" ballast-master.service ballast-worker@main.service \
@@ -124,7 +124,7 @@ else
 fi
 
 # --- ballast-env, the sbatch script, the binaries with the token from a file ---------------
-cp "$bin_dir/master" "$bin_dir/worker" "$work/"
+cp "$bin_dir/master" "$bin_dir/ballast-master" "$bin_dir/worker" "$work/"
 env_script=$here/ballast-env
 (umask 077 && head -c 24 /dev/urandom | base64 >"$work/token")
 

@@ -61,7 +61,7 @@ target=$(cargo metadata --format-version 1 --no-deps |
 work=$(mktemp -d "${TMPDIR:-/tmp}/$work_prefix.XXXXXX")
 # A private copy of the binaries: other people rebuilding the workspace meanwhile cannot swap them
 # under a half-finished experiment.
-cp "$target/release/master" "$target/release/worker" "$work/"
+cp "$target/release/master" "$target/release/ballast-master" "$target/release/worker" "$work/"
 master=$work/master
 worker=$work/worker
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
