@@ -13,9 +13,10 @@
 //! channel given to [`Executor::new`], and must be passed back to `handle_finished`.
 //!
 //! Sleeps cost no thread: they are entries in a timer heap. Spins burn a CPU each, on a pool that
-//! grows to the largest number run at once. Commands cost no thread of their own: one IO thread,
-//! started with the first command, spawns them all (`clone` and `execve`, see `command`), reads their
-//! pipes and reaps them (pidfds and `poll`, see `reactor`). Their timeouts and kills are timers
+//! grows to the largest number run at once. Commands cost no thread of their own: the caller's
+//! thread spawns them (`clone` and `execve`, see `command`; those on standby, the IO thread), and
+//! one IO thread, started with the first command, reads their pipes and reaps them (pidfds and
+//! `poll`, see `reactor`). Their timeouts and kills are timers
 //! here, and stops are signalled from the caller's thread. Commands are reported to the process's
 //! sentinel, if it has one (see `crate::sentinel`), which kills them if the worker dies.
 
@@ -323,7 +324,7 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
             }
             TaskKind::Command { .. } => match self.command_job(now, task, spec) {
                 Ok((job, control)) => {
-                    if let Some((reactor, _)) = &self.reactor {
+                    if let Some((reactor, _)) = &mut self.reactor {
                         reactor.submit(job);
                     }
                     if let Some(timeout_ms) = spec.timeout_ms {
@@ -414,7 +415,7 @@ impl<E: From<Completion> + Send + 'static> Executor<E> {
         if self.standing_by == 0 {
             return false;
         }
-        let promoted = self.reactor.as_ref().and_then(|(r, _)| r.promote());
+        let promoted = self.reactor.as_mut().and_then(|(r, _)| r.promote());
         match promoted {
             Some(task) => self.mark_started(task, now),
             // The IO thread started it a moment ago: its start is in the promoted list.

@@ -2,9 +2,11 @@
 //! their exits, with `poll(2)` over a pidfd and two pipes per command and one waker. No thread per
 //! command: a command costs three descriptors and a few hundred bytes while it runs.
 //!
-//! The session's loop hands commands over with [`Reactor::submit`] (a queue and a wake); the
-//! thread reports each completion on the executor's events channel, as the per-command threads
-//! did before it. Stops (SIGTERM, SIGKILL) are sent by the loop itself, through each command's
+//! The session's loop starts a command itself with [`Reactor::submit`] and hands the child over
+//! (a queue and a wake): the child runs while this thread wakes, instead of waiting for it (one
+//! thread hop fewer before a command starts, W7). Commands on standby are started by this thread.
+//! It reports each completion on the executor's events channel, as the per-command threads did
+//! before it. Stops (SIGTERM, SIGKILL) are sent by the loop itself, through each command's
 //! `CommandControl`; this thread only sees their effect (the exit).
 //!
 //! A command ends in this order (see `command` for why): its pidfd turns readable (it exited and
@@ -61,12 +63,21 @@ const STACK_BYTES: usize = 256 << 10;
 /// The session's side of the IO thread.
 pub(super) struct Reactor {
     shared: Arc<Shared>,
+    /// The caller's own spawn (see `submit`); the thread has another for standby.
+    paths: ProgramPaths,
+    spawner: CloneSpawner,
+}
+
+/// A command the loop started (or failed to), for the thread to watch (or report).
+enum Handed {
+    Started(CommandJob, Spawned),
+    Refused(CommandJob, protocol::TaskOutcome),
 }
 
 struct Shared {
-    /// Commands submitted and not yet picked up by the thread. Bounded by the slots: the loop
+    /// Commands handed over and not yet picked up by the thread. Bounded by the slots: the loop
     /// starts no more commands than it has slots.
-    queue: Mutex<Vec<CommandJob>>,
+    queue: Mutex<Vec<Handed>>,
     /// Commands to start the moment one of the running ones completes (see [`Reactor::stand_by`]).
     standby: Mutex<Standby>,
     waker: Waker,
@@ -115,7 +126,11 @@ impl Reactor {
             .name("task-io".into())
             .stack_size(STACK_BYTES)
             .spawn(move || Thread::new(thread_shared, rx, events).run())?;
-        Ok(Reactor { shared })
+        Ok(Reactor {
+            shared,
+            paths: ProgramPaths::new(std::env::var_os("PATH").unwrap_or_default()),
+            spawner: CloneSpawner::new(),
+        })
     }
 
     /// Wakes the thread, from any thread (the output buffers' `space`).
@@ -123,15 +138,22 @@ impl Reactor {
         self.shared.waker.clone()
     }
 
-    /// Hands a command to the thread, which spawns it and reports its completion.
-    pub(super) fn submit(&self, job: CommandJob) {
+    /// Spawns a command on the caller's thread and hands it to the thread, which watches it and
+    /// reports its completion (a command that could not start, too). With
+    /// `--tasks-die-with-worker` the child dies with the caller's thread: the session's, which
+    /// lives as long as the worker.
+    pub(super) fn submit(&mut self, job: CommandJob) {
+        let handed = match command::spawn(&job, &mut self.paths, &mut self.spawner) {
+            Ok(spawned) => Handed::Started(job, spawned),
+            Err(outcome) => Handed::Refused(job, outcome),
+        };
         let first = {
             let mut queue = self
                 .shared
                 .queue
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            queue.push(job);
+            queue.push(handed);
             queue.len() == 1
         };
         // Only the first of a batch needs to wake the thread: it takes the whole queue.
@@ -157,7 +179,7 @@ impl Reactor {
 
     /// Starts the first command on standby now (a slot is free and no completion of ours will
     /// start it); `None` if there is none left, which means this thread has just started it.
-    pub(super) fn promote(&self) -> Option<TaskRef> {
+    pub(super) fn promote(&mut self) -> Option<TaskRef> {
         let job = self.standby().jobs.pop_front()?;
         let task = job.task;
         self.submit(job);
@@ -245,7 +267,7 @@ struct Thread<E> {
     /// Reused every turn.
     fds: Vec<libc::pollfd>,
     slots: Vec<Slot>,
-    incoming: Vec<CommandJob>,
+    incoming: Vec<Handed>,
     buf: Vec<u8>,
     /// Programs found on `PATH`, so a spawn does not search it again.
     paths: ProgramPaths,
@@ -283,7 +305,7 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
         }
     }
 
-    /// Spawns what the loop submitted.
+    /// Watches what the loop started.
     fn take_submitted(&mut self) {
         // The waker is drained when `poll` finds it readable, not here: a wake for a job taken
         // below at worst ends the next poll at once, which costs less than a read every turn.
@@ -295,28 +317,35 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
                 .unwrap_or_else(PoisonError::into_inner);
             std::mem::swap(&mut *queue, &mut self.incoming);
         }
-        for job in std::mem::take(&mut self.incoming) {
-            self.spawn(job);
+        let mut incoming = std::mem::take(&mut self.incoming);
+        for handed in incoming.drain(..) {
+            match handed {
+                Handed::Started(job, spawned) => self.watch(job, spawned),
+                Handed::Refused(job, outcome) => self.report(&job, outcome),
+            }
         }
+        self.incoming = incoming;
     }
 
     fn spawn(&mut self, job: CommandJob) {
         match command::spawn(&job, &mut self.paths, &mut self.spawner) {
-            Ok(mut spawned) => {
-                let pipes = [
-                    spawned.stdout.take().and_then(|p| pipe(Box::new(p))),
-                    spawned.stderr.take().and_then(|p| pipe(Box::new(p))),
-                ];
-                self.commands.push(Watched {
-                    job,
-                    spawned,
-                    pipes,
-                    tails: [TailBuffer::new(TAIL_BYTES), TailBuffer::new(TAIL_BYTES)],
-                    exit: None,
-                });
-            }
+            Ok(spawned) => self.watch(job, spawned),
             Err(outcome) => self.report(&job, outcome),
         }
+    }
+
+    fn watch(&mut self, job: CommandJob, mut spawned: Spawned) {
+        let pipes = [
+            spawned.stdout.take().and_then(|p| pipe(Box::new(p))),
+            spawned.stderr.take().and_then(|p| pipe(Box::new(p))),
+        ];
+        self.commands.push(Watched {
+            job,
+            spawned,
+            pipes,
+            tails: [TailBuffer::new(TAIL_BYTES), TailBuffer::new(TAIL_BYTES)],
+            exit: None,
+        });
     }
 
     /// A command completed, so its slot is free: starts the first one on standby, if any.
