@@ -67,30 +67,96 @@ pub enum ClientCommand {
     Alloc(AllocArgs),
 }
 
-/// The names of [`ClientCommand`]'s subcommands (a test checks them against clap's), so that
-/// `main` can tell a client command line from the first argument alone.
-const COMMANDS: [&str; 9] = [
-    "submit", "status", "results", "wait", "cancel", "jobs", "logs", "forget", "alloc",
+/// Each client subcommand's name and how it is built: its arguments, then its help line (last,
+/// as the derive does, so a flattened struct's doc does not win). The same as [`ClientCommand`]'s,
+/// which a test checks help by help.
+type Build = fn(clap::Command) -> clap::Command;
+macro_rules! subcommand {
+    ($name:literal, $args:ty, $about:literal) => {
+        ($name, |c: clap::Command| {
+            <$args as clap::Args>::augment_args(c)
+                .about($about)
+                .long_about(None)
+        })
+    };
+}
+const SUBCOMMANDS: [(&str, Build); 9] = [
+    subcommand!(
+        "submit",
+        SubmitArgs,
+        "Submit tasks: --sleep D, --spin D, --file FILE, or -- CMD ARGS..."
+    ),
+    subcommand!("status", StatusArgs, "Show workers and queue counts"),
+    subcommand!(
+        "results",
+        ResultsArgs,
+        "Show task results (all tasks, or the given ids)"
+    ),
+    subcommand!(
+        "wait",
+        WaitArgs,
+        "Wait until the given tasks (default: all unfinished) are finished"
+    ),
+    subcommand!("cancel", CancelArgs, "Cancel tasks"),
+    subcommand!(
+        "jobs",
+        JobsArgs,
+        "Show jobs (one per submit): their tasks counted by state"
+    ),
+    subcommand!(
+        "logs",
+        LogsArgs,
+        "Print a task's whole stdout (or --stderr), as stored by the master; --follow while it runs"
+    ),
+    subcommand!(
+        "forget",
+        ForgetArgs,
+        "Forget finished tasks (by id, --job, --finished-before): from memory, journal and logs"
+    ),
+    subcommand!(
+        "alloc",
+        AllocArgs,
+        "Allocation queues: workers from Slurm on demand (add, list, remove)"
+    ),
 ];
 
 /// Whether `first` (the first argument) names a client subcommand.
 pub fn is_client_command(first: &std::ffi::OsStr) -> bool {
-    COMMANDS.iter().any(|c| first == *c)
+    SUBCOMMANDS.iter().any(|(c, _)| first == *c)
 }
 
-/// `master SUBCOMMAND ...` for a client subcommand: the same parse as through the full command
-/// line, with only the client's subcommands built.
-#[derive(clap::Parser, Debug)]
-#[command(name = "master", version)]
-struct ClientCli {
-    #[command(subcommand)]
-    command: ClientCommand,
+/// `master SUBCOMMAND ...` for a client subcommand: the same command line as the full one's
+/// client part, but each subcommand's arguments are built only if it is the one run (`defer`):
+/// the others' are most of the heap a parse touches, and every page of it is a fault in a
+/// process that lives a few milliseconds (W7 in docs/PERFORMANCE.md).
+fn lean_command() -> clap::Command {
+    SUBCOMMANDS.iter().fold(
+        clap::Command::new("master")
+            .version(env!("CARGO_PKG_VERSION"))
+            .subcommand_required(true)
+            .arg_required_else_help(true),
+        |cmd, &(name, build)| cmd.subcommand(clap::Command::new(name).defer(build)),
+    )
+}
+
+/// Parses `args` (the program's name first) as a client command line.
+fn parse_from<I, T>(args: I) -> std::result::Result<ClientCommand, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::FromArgMatches;
+    lean_command()
+        .try_get_matches_from(args)
+        .and_then(|m| ClientCommand::from_arg_matches(&m))
 }
 
 /// Parses the command line as a client subcommand and runs it.
 pub fn main() -> ExitCode {
-    use clap::Parser;
-    run(ClientCli::parse().command)
+    match parse_from(std::env::args_os()) {
+        Ok(cmd) => run(cmd),
+        Err(e) => e.exit(),
+    }
 }
 
 /// Where the master is and how to prove we may talk to it; shared by every subcommand.
@@ -241,9 +307,9 @@ mod tests {
         command: ClientCommand,
     }
 
+    /// Through the lean parse that `master` runs.
     fn parse(argv: &[&str]) -> std::result::Result<ClientCommand, clap::Error> {
-        Cli::try_parse_from(std::iter::once("master").chain(argv.iter().copied()))
-            .map(|c| c.command)
+        parse_from(std::iter::once("master").chain(argv.iter().copied()))
     }
 
     #[test]
@@ -293,16 +359,29 @@ mod tests {
         assert!(parse(&["results", "x"]).is_err(), "ids are numbers");
     }
 
+    /// The lean command line is the derived one, help by help (the help lines are written
+    /// twice: in `SUBCOMMANDS`, and as `ClientCommand`'s docs for the full command line).
     #[test]
     fn the_lean_parse_knows_every_client_command() {
         use clap::CommandFactory;
-        ClientCli::command().debug_assert();
-        let names: Vec<String> = Cli::command()
-            .get_subcommands()
-            .map(|c| c.get_name().to_string())
-            .collect();
-        assert_eq!(names, COMMANDS);
-        assert!(COMMANDS.iter().all(|c| is_client_command(c.as_ref())));
+        lean_command().debug_assert();
+        let derived = Cli::command();
+        let names: Vec<&str> = derived.get_subcommands().map(|c| c.get_name()).collect();
+        let lean: Vec<&str> = SUBCOMMANDS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, lean);
+        for name in names {
+            let help = |cmd: clap::Command| {
+                let err = cmd
+                    .try_get_matches_from(["master", name, "--help"])
+                    .expect_err("--help");
+                assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+                err.to_string()
+            };
+            assert_eq!(help(lean_command()), help(Cli::command()), "{name}");
+        }
+        assert!(SUBCOMMANDS
+            .iter()
+            .all(|(c, _)| is_client_command(c.as_ref())));
         for other in ["serve", "simulate", "--version", "help", "submitx", ""] {
             assert!(!is_client_command(other.as_ref()), "{other}");
         }
