@@ -531,6 +531,14 @@ impl Server {
     /// stops, what is left unfinished and what becomes of it.
     fn stop(mut self, signal: &str) -> Result<(), ServerError> {
         self.commit_if_due(true)?;
+        // Replies held for a later commit (a waiting client's `Submitted`) are true now: one
+        // write each, so the client keeps its ids (best effort; the sockets close next).
+        for id in std::mem::take(&mut self.gated) {
+            if let Some(c) = self.conns.get_mut(id) {
+                c.gate = None;
+                let _ = write_out(c);
+            }
+        }
         let status = self.core.status();
         let unfinished = status.queued + status.running + status.waiting;
         let tasks = protocol::plural::count(unfinished, "task", "tasks");
