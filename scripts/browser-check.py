@@ -234,7 +234,7 @@ def main():
         print("skipped: chromium not installed")
         return 0
     bin_dir = os.environ.get("BALLAST_BIN_DIR", os.path.join(ROOT, "target", "release"))
-    if not all(os.path.exists(os.path.join(bin_dir, b)) for b in ("master", "worker")):
+    if not all(os.path.exists(os.path.join(bin_dir, b)) for b in ("master", "ballast-master", "worker")):
         subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "master", "-p", "worker"],
                        cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="ballast-browser-")

@@ -862,20 +862,29 @@ impl Core {
                 continue;
             }
             debug!("{client}: idle for {idle_ms} ms, closing");
-            self.session
-                .close_client(client, CloseReason::ClientIdle { idle_ms });
+            self.close_client(client, CloseReason::ClientIdle { idle_ms });
         }
+    }
+
+    /// Closes a client's connection from the core's side (the session forgets it at once, and
+    /// no `Departed` follows), and forgets what the core kept for it.
+    fn close_client(&mut self, client: ClientId, reason: CloseReason) {
+        self.session.close_client(client, reason);
+        self.forget_client(client);
+    }
+
+    /// A client is gone: its waits, replies in progress and last job go with it.
+    fn forget_client(&mut self, client: ClientId) {
+        self.waiters.drop_client(client);
+        self.replies.drop_client(client);
+        self.last_job.remove(&client);
     }
 
     /// A peer's connection is gone: a worker's tasks go back, a client's waits end.
     fn depart(&mut self, now_ms: u64, peer: Departed, reason: &dyn fmt::Display) {
         match peer {
             Departed::Worker(id) => self.lose_worker(now_ms, id, reason),
-            Departed::Client(id) => {
-                self.waiters.drop_client(id);
-                self.replies.drop_client(id);
-                self.last_job.remove(&id);
-            }
+            Departed::Client(id) => self.forget_client(id),
         }
     }
 
@@ -1830,10 +1839,7 @@ impl Core {
             },
             other => {
                 let v = Violation::ClientMayNotSend(other.name());
-                self.session.close_client(client, CloseReason::Protocol(v));
-                self.waiters.drop_client(client);
-                self.replies.drop_client(client);
-                self.last_job.remove(&client);
+                self.close_client(client, CloseReason::Protocol(v));
             }
         }
     }
@@ -2518,6 +2524,12 @@ impl Core {
             }
         }
         assert_eq!(queued + copy_requests, self.pools.len() + self.holds.len());
+        for client in self.last_job.keys() {
+            assert!(
+                self.session.conn_of(*client).is_some(),
+                "{client} is gone but its last job is kept"
+            );
+        }
         self.check_dependencies();
         self.tasks.jobs().sanity_check(self.tasks.len() as u64);
         // Every job's counts, kept on transitions, against a scan of its tasks.

@@ -1,10 +1,14 @@
-//! The executor's one IO thread: it spawns every command, reads all their pipes and learns of
-//! their exits, with `poll(2)` over a pidfd and two pipes per command and one waker. No thread per
-//! command: a command costs three descriptors and a few hundred bytes while it runs.
+//! The executor's one IO thread: it reads the pipes of every command and learns of their exits,
+//! with `poll(2)` over a pidfd and two pipes per command and one waker. No thread per command: a
+//! command costs three descriptors and a few hundred bytes while it runs.
 //!
 //! The session's loop starts a command itself with [`Reactor::submit`] and hands the child over
 //! (a queue and a wake): the child runs while this thread wakes, instead of waiting for it (one
 //! thread hop fewer before a command starts, W7). Commands on standby are started by this thread.
+//! The price: the loop waits for each spawn until the child's `execve` has loaded the program,
+//! about 0.1 ms from a local disk, longer from a slow file system (a hung one holds the loop, its
+//! heartbeats with it, and the master then takes the worker for lost and runs its tasks again
+//! elsewhere, as for any worker that stops answering).
 //! It reports each completion on the executor's events channel, as the per-command threads did
 //! before it. Stops (SIGTERM, SIGKILL) are sent by the loop itself, through each command's
 //! `CommandControl`; this thread only sees their effect (the exit).
@@ -180,7 +184,9 @@ impl Reactor {
     /// Starts the first command on standby now (a slot is free and no completion of ours will
     /// start it); `None` if there is none left, which means this thread has just started it.
     pub(super) fn promote(&mut self) -> Option<TaskRef> {
-        let job = self.standby().jobs.pop_front()?;
+        let mut job = self.standby().jobs.pop_front()?;
+        // Its run starts now, not when it went on standby (as on the thread's own promotion).
+        job.started = Instant::now();
         let task = job.task;
         self.submit(job);
         Some(task)
@@ -296,13 +302,26 @@ impl<E: From<Completion> + Send + 'static> Thread<E> {
     fn run(mut self) {
         loop {
             self.take_submitted();
-            if self.shared.closing.load(Ordering::Acquire) && self.commands.is_empty() {
+            if self.shared.closing.load(Ordering::Acquire)
+                && self.commands.is_empty()
+                && self.queue_is_empty()
+            {
                 // IMPORTANT: only now, with every child reaped: with `--tasks-die-with-worker`
                 // a child dies when the thread that spawned it exits.
                 return;
             }
             self.poll_once();
         }
+    }
+
+    /// Nothing handed over since `take_submitted`: a child the loop started just before it
+    /// dropped the reactor is still watched and reaped.
+    fn queue_is_empty(&self) -> bool {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
     }
 
     /// Watches what the loop started.

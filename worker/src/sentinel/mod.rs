@@ -104,10 +104,11 @@ pub fn link() -> Option<Arc<Link>> {
 }
 
 /// The worker's side: tells the sentinel which process groups to kill if the worker dies.
-/// Called from the executor's IO thread (see `executor::reactor`); each record is one `write` of 5
-/// bytes, which a pipe never interleaves with another. A write blocks only if the sentinel stopped
-/// reading with 64 KiB (13,000 records) unread; that stalls the IO thread, never the main loop, and
-/// loses nothing.
+/// Called by the thread that spawns a command (the worker's loop, or the executor's IO thread for
+/// one on standby) and by the IO thread before a reap (see `executor::reactor`); each record is one
+/// `write` of 5 bytes, which a pipe never interleaves with another. A write blocks only if the
+/// sentinel stopped reading with 64 KiB (13,000 records) unread, which it does only when it is
+/// stuck itself; that stalls the writer and loses nothing.
 #[derive(Debug)]
 pub struct Link {
     pipe: File,

@@ -116,3 +116,24 @@ fn a_client_with_a_reply_in_progress_is_not_closed() {
     }
     assert_eq!(closed.len(), 1, "{closed:?}");
 }
+
+/// A client the core closes for idleness leaves nothing behind: the session forgets it without a
+/// `Departed`, so the core forgets its last job itself (it was kept for ever before).
+#[test]
+fn an_idle_client_closed_by_the_core_leaves_no_last_job() {
+    let mut h = Harness::with(CoreConfig {
+        client_idle_timeout_ms: Some(1_000),
+        ..CoreConfig::default()
+    });
+    let c = h.client();
+    h.submit(c, vec![sleep_spec(0)], 1);
+    assert_eq!(h.core.last_job.len(), 1);
+    let mut closed = Vec::new();
+    for _ in 0..30 {
+        closed.extend(closes(&h.advance(100)));
+    }
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert!(h.core.last_job.is_empty());
+    h.core.handle_disconnect(h.now, c, "closed");
+    h.core.sanity_check();
+}
