@@ -1157,6 +1157,14 @@ impl<'a> World<'a> {
             },
             Some(u64::from(instance)),
         );
+        // As `submit --wait` does: the connection then waits, and its `Submitted` may be held
+        // for a later commit (the shell's gate rule), which crashes must not turn into a lie.
+        self.send_to_core(
+            now_us,
+            conn,
+            ToMaster::WaitSubmitted { progress: false },
+            None,
+        );
     }
 
     /// The master went away: a submission it never acknowledged is forgotten with it (nothing
