@@ -532,13 +532,9 @@ impl Server {
     fn stop(mut self, signal: &str) -> Result<(), ServerError> {
         self.commit_if_due(true)?;
         // Replies held for a later commit (a waiting client's `Submitted`) are true now: one
-        // write each, so the client keeps its ids (best effort; the sockets close next).
-        for id in std::mem::take(&mut self.gated) {
-            if let Some(c) = self.conns.get_mut(id) {
-                c.gate = None;
-                let _ = write_out(c);
-            }
-        }
+        // flush, so the client keeps its ids (best effort; the sockets close next).
+        self.open_gates();
+        self.flush_touched(self.clock.now_ms());
         let status = self.core.status();
         let unfinished = status.queued + status.running + status.waiting;
         let tasks = protocol::plural::count(unfinished, "task", "tasks");
@@ -577,15 +573,9 @@ impl Server {
             // IMPORTANT: commit before any gated reply reaches a socket, so a client only ever
             // hears of work that survives a crash. A client blocked in a wait does not force it:
             // its replies leave with the wait's answer, or at the group commit's deadline.
-            let core = &self.core;
-            let force = self.gated.iter().any(|&id| !core.waits_on(id));
+            let force = self.core.commit_forced_by(self.gated.iter().copied());
             if self.commit_if_due(force)? {
-                for id in std::mem::take(&mut self.gated) {
-                    if let Some(c) = self.conns.get_mut(id) {
-                        c.gate = None;
-                    }
-                    self.touch(id);
-                }
+                self.open_gates();
             }
             self.flush_touched(now);
             self.resume_paused(now);
@@ -601,6 +591,16 @@ impl Server {
             self.close_stalled_readers(now);
         }
         Ok(())
+    }
+
+    /// Everything recorded is committed: gated replies may leave (at the next flush).
+    fn open_gates(&mut self) {
+        for id in std::mem::take(&mut self.gated) {
+            if let Some(c) = self.conns.get_mut(id) {
+                c.gate = None;
+            }
+            self.touch(id);
+        }
     }
 
     /// Asks the core about every paused connection: it may make the next chunk of a reply, and

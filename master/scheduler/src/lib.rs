@@ -1048,10 +1048,17 @@ impl Core {
         self.tasks.count(TaskState::Queued) + self.tasks.count(TaskState::Running)
     }
 
-    /// Whether a client on `conn` is blocked in a wait. Its replies that wait for a commit need
-    /// not force one: the wait's own answer will, and the group commit's window bounds the rest
-    /// (see [`GroupCommit`]). So `submit --wait` of a short task costs one commit, not two.
-    pub fn waits_on(&self, conn: ConnId) -> bool {
+    /// The gate rule, one copy for the shell and the simulator: whether replies gated on these
+    /// connections (waiting for the journal commit) force the commit at the end of this turn.
+    /// A client blocked in a wait does not: the wait's own answer will, and the group commit's
+    /// window bounds the rest (see [`GroupCommit`]). So `submit --wait` of a short task costs one
+    /// commit, not two.
+    pub fn commit_forced_by(&self, gated: impl IntoIterator<Item = ConnId>) -> bool {
+        gated.into_iter().any(|conn| !self.waits_on(conn))
+    }
+
+    /// Whether a client on `conn` is blocked in a wait.
+    fn waits_on(&self, conn: ConnId) -> bool {
         self.session
             .client_on(conn)
             .is_some_and(|client| self.waiters.has_client(client))

@@ -429,7 +429,7 @@ pub fn run(args: SubmitArgs) -> Result<Outcome> {
     let name = args.job_name(&specs);
     let mut accepted = Accepted::default();
     // A one-frame `submit --wait` asks for the wait in the same write: the master answers
-    // both, and need not commit between them (`Core::waits_on`).
+    // both, and need not commit between them (`Core::commit_forced_by`).
     let show = wait::shows_progress();
     let then = ToMaster::WaitSubmitted { progress: show };
     let result = submit_all(
@@ -732,6 +732,17 @@ mod tests {
         then_sent: usize,
     }
 
+    impl FakeMaster {
+        fn new(next_id: u64, lie_about_count: bool) -> Self {
+            FakeMaster {
+                next_id,
+                frames: Vec::new(),
+                lie_about_count,
+                then_sent: 0,
+            }
+        }
+    }
+
     impl Requester for FakeMaster {
         fn request_with(&mut self, msg: &ToMaster, then: &[&ToMaster]) -> Result<FromMaster> {
             self.then_sent += then.len();
@@ -756,12 +767,7 @@ mod tests {
 
     #[test]
     fn ids_come_back_contiguous_across_frames() {
-        let mut master = FakeMaster {
-            next_id: 41,
-            frames: vec![],
-            lie_about_count: false,
-            then_sent: 0,
-        };
+        let mut master = FakeMaster::new(41, false);
         let mut accepted = Accepted::default();
         let wait = ToMaster::WaitSubmitted { progress: false };
         let sent = submit_all(
@@ -800,12 +806,7 @@ mod tests {
 
     #[test]
     fn a_wrong_id_count_is_an_error() {
-        let mut master = FakeMaster {
-            next_id: 1,
-            frames: vec![],
-            lie_about_count: true,
-            then_sent: 0,
-        };
+        let mut master = FakeMaster::new(1, true);
         let mut accepted = Accepted::default();
         let e = submit_all(
             &mut master,
@@ -823,12 +824,7 @@ mod tests {
 
     #[test]
     fn a_one_frame_submission_carries_its_wait() {
-        let mut master = FakeMaster {
-            next_id: 1,
-            frames: vec![],
-            lie_about_count: false,
-            then_sent: 0,
-        };
+        let mut master = FakeMaster::new(1, false);
         let mut accepted = Accepted::default();
         let wait = ToMaster::WaitSubmitted { progress: false };
         let sent = submit_all(

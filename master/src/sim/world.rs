@@ -1268,9 +1268,9 @@ impl<'a> World<'a> {
                 return Ok(());
             }
         }
-        // As the shell: a client blocked in a wait does not force the commit.
-        let core = &self.core;
-        let force = self.gated.iter().any(|(conn, _)| !core.waits_on(*conn));
+        let force = self
+            .core
+            .commit_forced_by(self.gated.iter().map(|(conn, _)| *conn));
         let due = self
             .journal
             .as_mut()
