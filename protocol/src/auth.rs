@@ -3,9 +3,15 @@
 //! over both nonces, a direction label and the peer's role:
 //!
 //! ```text
-//! peer   -> master: HMAC(token, "ballast-v5 peer->master" || role tag || master nonce || peer nonce)
-//! master -> peer:   HMAC(token, "ballast-v5 master->peer" || role tag || master nonce || peer nonce)
+//! key = SHA-256(token)
+//! peer   -> master: HMAC(key, "ballast-v5 peer->master" || role tag || master nonce || peer nonce)
+//! master -> peer:   HMAC(key, "ballast-v5 master->peer" || role tag || master nonce || peer nonce)
 //! ```
+//!
+//! The key is the token's hash, not the token: HMAC pads a short key with zeros and hashes a long
+//! one, so two tokens that differ only by trailing NUL bytes (a `--token-file` of random bytes),
+//! or a long token and its own SHA-256, would be the same key. A hash of fixed length is never
+//! padded or hashed again.
 //!
 //! The token never crosses the wire; a recorded answer is useless for another nonce; the labels
 //! keep one direction's MAC from being reflected as the other's, and the role tag keeps a worker's
@@ -18,7 +24,7 @@
 
 use crate::messages::Role;
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -66,8 +72,9 @@ fn mac(
     master_nonce: &[u8],
     peer_nonce: &[u8],
 ) -> HmacSha256 {
+    let key = Sha256::digest(token);
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = HmacSha256::new_from_slice(token).expect("HMAC takes any key length");
+    let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes any key length");
     mac.update(match direction {
         Direction::PeerToMaster => PEER_TO_MASTER,
         Direction::MasterToPeer => MASTER_TO_PEER,
@@ -224,6 +231,24 @@ mod tests {
             assert!(!verify_peer(TOKEN, role, &M, &P, &proof));
             // Swapping the nonces (a reflector that greets with the peer's own nonce) fails too.
             assert!(!verify_master(TOKEN, role, &P, &M, &answer));
+        }
+    }
+
+    /// HMAC zero-pads short keys and hashes long ones; the token's hash as key keeps tokens
+    /// apart that raw HMAC would confuse (found by the property below: `[0]` against `[]`).
+    #[test]
+    fn tokens_that_hmac_would_pad_or_hash_alike_stay_apart() {
+        let long = [7u8; 100];
+        let pairs: [(&[u8], Vec<u8>); 3] = [
+            (b"", vec![0]),
+            (b"secret", b"secret\0\0".to_vec()),
+            (&long, Sha256::digest(long).to_vec()),
+        ];
+        for (token, twin) in pairs {
+            let answer = peer_answer(Some(token), RoleTag::Worker, &M, &P);
+            assert!(!verify_peer(&twin, RoleTag::Worker, &M, &P, &answer));
+            let proof = master_proof(Some(token), RoleTag::Client, &M, &P);
+            assert!(!verify_master(&twin, RoleTag::Client, &M, &P, &proof));
         }
     }
 

@@ -27,7 +27,7 @@ pub use connection::{Connection, ConnectionError};
 pub use messages::*;
 
 /// Bumped whenever a wire type changes shape; peers with another version are rejected.
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// Address used when neither `--master` nor `$BALLAST_MASTER` is given.
 pub const DEFAULT_MASTER_ADDR: &str = "127.0.0.1:7700";
