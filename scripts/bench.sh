@@ -536,19 +536,24 @@ fi
 # master, journal on. Per run: the master's RSS idle (listening, no connection yet) and with every
 # worker connected, its CPU over a 3 s window of heartbeats only (the master's default 1 s
 # interval), then the W2 batch over them. The issue-13 targets: <= 16 KiB of RSS per connection
-# above idle, <= 15% of a core for the heartbeats, the batch >= 0.5x W2 (journal on).
+# above idle, <= 15% of a core for the heartbeats, the batch >= 0.5x W2 (journal on). The simulated
+# workers declare what a `worker` started without `--prefetch` declares (up to 4 tasks beyond the
+# slots while tasks are short), as W2's real workers do; one more run with `--prefetch 0` (every
+# task a round trip) is printed beside it, with no target.
 W5_WORKERS=${W5_WORKERS:-10000}
 W5_THREADS=${W5_THREADS:-2}
 if want W5; then
     rates=() runcpu=() hbcpu=() busy=() rssidle=() rssfull=() perconn=() connect=()
-    for r in $(seq "$REPEAT"); do
+    for r in $(seq "$REPEAT") p0; do
+        prefetch=()
+        [ "$r" = p0 ] && prefetch=(--prefetch 0)
         busy+=("$(host_busy_pct)")
         # Room for the workers, the status and submit clients and the HTTP side.
         start_master "w5-$r" journal --max-connections $(( W5_WORKERS + 100 ))
         sleep 0.5
         rssidle+=("$(rss_kb "$MPID")")
         "$LOAD" workers --master "$ADDR" --count "$W5_WORKERS" --threads "$W5_THREADS" --slots 4 \
-            --duration 10m >"$SCRATCH/w5-$r.json" 2>"$LOGS/w5-$r.load.log" &
+            "${prefetch[@]}" --duration 10m >"$SCRATCH/w5-$r.json" 2>"$LOGS/w5-$r.load.log" &
         LPID=$!
         PIDS+=("$LPID")
         # The load generator says when every connection is up; then the master must agree.
@@ -579,7 +584,14 @@ if want W5; then
         wait "$LPID" 2>/dev/null || true
         [ "$r" = 1 ] && extra w5_load_generator "$(cat "$SCRATCH/w5-$r.json" 2>/dev/null || echo null)"
         stop_all
-        echo "W5 fan-in run $r ($W5_WORKERS workers, connected in ${connect[-1]} s): ${rates[-1]} tasks/s, master CPU ${runcpu[-1]}% during, ${hbcpu[-1]}% heartbeats only; RSS ${rssidle[-1]} KiB idle, ${rssfull[-1]} KiB connected, ${perconn[-1]} KiB per connection (host busy/steal ${busy[-1]}% before)"
+        echo "W5 fan-in run $r ($W5_WORKERS workers${prefetch[*]:+, ${prefetch[*]}}, connected in ${connect[-1]} s): ${rates[-1]} tasks/s, master CPU ${runcpu[-1]}% during, ${hbcpu[-1]}% heartbeats only; RSS ${rssidle[-1]} KiB idle, ${rssfull[-1]} KiB connected, ${perconn[-1]} KiB per connection (host busy/steal ${busy[-1]}% before)"
+        if [ "$r" = p0 ]; then
+            # Beside the rows, not in their medians.
+            p0_rate=${rates[-1]} p0_cpu=${runcpu[-1]}
+            for a in rates runcpu hbcpu busy rssidle rssfull perconn connect; do
+                unset "$a[-1]"
+            done
+        fi
     done
     rate=$(printf '%s\n' "${rates[@]}" | median)
     # Compared with W2 (journal on) of this same run; without it, the figure stands alone.
@@ -590,9 +602,12 @@ if want W5; then
     fi
     row W5 "master RSS per connection above idle" "$(printf '%s\n' "${perconn[@]}" | median)" KiB lower 16 "" ""
     row W5 "master CPU, heartbeats only" "$(printf '%s\n' "${hbcpu[@]}" | median)" "% core" lower 15 "" ""
+    row W5 "fan-in, workers with --prefetch 0 (one run)" "$p0_rate" tasks/s higher "" "" ""
     row W5 "master CPU, during the batch" "$(printf '%s\n' "${runcpu[@]}" | median)" "% core" lower "" "" ""
     row W5 "master RSS with $W5_WORKERS workers" "$(calc "$(printf '%s\n' "${rssfull[@]}" | median) / 1024" 1)" MiB lower "" "" ""
     extra w5_workers "$W5_WORKERS"
+    extra w5_prefetch0_tasks_per_s "$p0_rate"
+    extra w5_prefetch0_master_cpu_pct "$p0_cpu"
     extra w5_load_threads "$W5_THREADS"
     extra w5_tasks_per_s "$(json_list "${rates[@]}")"
     extra w5_master_cpu_pct_batch "$(json_list "${runcpu[@]}")"

@@ -31,3 +31,9 @@ pub const PROTOCOL_VERSION: u32 = 12;
 
 /// Address used when neither `--master` nor `$BALLAST_MASTER` is given.
 pub const DEFAULT_MASTER_ADDR: &str = "127.0.0.1:7700";
+
+/// Tasks a worker holds beyond its slots without `--prefetch`, which the master holds only while
+/// tasks are short. One is enough for a slot never to wait a round trip for its next task; four
+/// let the worker report every second task, which halves the master's wakeups per short task.
+/// The load generator's simulated workers declare the same by default.
+pub const ADAPTIVE_PREFETCH: u32 = 4;

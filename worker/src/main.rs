@@ -24,12 +24,6 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Tasks held beyond the slots without `--prefetch`, which the master holds only while tasks are
-/// short. One is enough for a slot never to wait a round trip for its next task; four let the
-/// worker report every second task (see `session::REPORT_WAIT`), which halves the master's
-/// wakeups per short task.
-const ADAPTIVE_PREFETCH: u32 = 4;
-
 /// Ballast worker: runs the tasks a master assigns and reports this host's load.
 ///
 /// Exit status: 0 after SIGINT/SIGTERM, 1 when the master is lost under `--on-master-lost stop`
@@ -265,7 +259,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             slots: args.slots.unwrap_or(default_slots),
             pid,
             group: args.group.filter(|g| !g.is_empty()),
-            prefetch: args.prefetch.unwrap_or(ADAPTIVE_PREFETCH),
+            prefetch: args.prefetch.unwrap_or(protocol::ADAPTIVE_PREFETCH),
             prefetch_adaptive: args.prefetch.is_none(),
             heartbeat_interval_ms: args.heartbeat.map_or(0, |d| d.as_millis().max(1) as u64),
         },

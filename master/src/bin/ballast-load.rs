@@ -99,6 +99,10 @@ struct WorkersArgs {
     /// Threads sharing the connections (each runs one mio loop).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Tasks each simulated worker holds beyond its slots, as `worker --prefetch K` [default:
+    /// what a worker started without it declares: up to 4 while tasks are short].
+    #[arg(long, value_name = "K")]
+    prefetch: Option<u32>,
     /// Worker names are PREFIX-<pid>-<n>.
     #[arg(long, default_value = "sim")]
     name_prefix: String,
@@ -231,6 +235,8 @@ struct Totals {
     tasks: AtomicU64,
     assign_frames: AtomicU64,
     finished_frames: AtomicU64,
+    /// `Retract`s answered.
+    retracts: AtomicU64,
     heartbeats: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -281,12 +287,14 @@ fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         let totals = totals.clone();
         let token = args.target.token().map(<[u8]>::to_vec);
         let (prefix, slots, heartbeat) = (args.name_prefix.clone(), args.slots, args.heartbeat);
+        let prefetch = args.prefetch;
         handles.push(thread::spawn(move || -> anyhow::Result<()> {
             let target = SimTarget {
                 addr,
                 token,
                 prefix,
                 slots,
+                prefetch,
             };
             let mut sim = SimThread::new(target, mine, heartbeat)?;
             sim.run(deadline, &totals)
@@ -352,6 +360,9 @@ fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         "tasks": get(|t| &t.tasks),
         "assign_frames": get(|t| &t.assign_frames),
         "finished_frames": get(|t| &t.finished_frames),
+        "retracts": get(|t| &t.retracts),
+        "prefetch": args.prefetch.unwrap_or(protocol::ADAPTIVE_PREFETCH),
+        "prefetch_adaptive": args.prefetch.is_none(),
         "heartbeats": get(|t| &t.heartbeats),
         "bytes_in": get(|t| &t.bytes_in),
         "bytes_out": get(|t| &t.bytes_out),
@@ -416,6 +427,8 @@ struct SimConn {
     writable_interest: bool,
     /// Completions of this loop turn, sent as one `Finished` frame (as the real worker batches).
     finished: Vec<Completion>,
+    /// `Retract`s of this loop turn, each answered after `finished`.
+    retracts: usize,
     alive: bool,
     /// Already in this turn's `dirty` list.
     dirty: bool,
@@ -427,6 +440,8 @@ struct SimTarget {
     token: Option<Vec<u8>>,
     prefix: String,
     slots: u32,
+    /// `--prefetch`; `None`: the worker's default (adaptive).
+    prefetch: Option<u32>,
 }
 
 struct SimThread {
@@ -481,8 +496,8 @@ impl SimThread {
                 slots: t.slots,
                 pid: std::process::id(),
                 group: None,
-                prefetch: 0,
-                prefetch_adaptive: false,
+                prefetch: t.prefetch.unwrap_or(protocol::ADAPTIVE_PREFETCH),
+                prefetch_adaptive: t.prefetch.is_none(),
                 heartbeat_interval_ms: 0,
             };
             let (stream, decoder, hb_ms) = handshake(t.addr, t.token.as_deref(), info)
@@ -502,6 +517,7 @@ impl SimThread {
                 out_pos: 0,
                 writable_interest: false,
                 finished: Vec::new(),
+                retracts: 0,
                 alive: true,
                 dirty: false,
             };
@@ -615,6 +631,9 @@ impl SimThread {
                         a.task_ref().completion(outcome, 0)
                     }));
                 }
+                // Every task finished the turn it came, so a prefetched one has already been
+                // reported and nothing is given back: what a worker answers when all had started.
+                Ok(Some(FromMaster::Retract(_))) => c.retracts += 1,
                 // Nothing runs long enough to be cancelled; anything else is not for workers.
                 Ok(Some(_)) => {}
                 Ok(None) => break,
@@ -629,7 +648,7 @@ impl SimThread {
             c.alive = false;
             let _ = self.poll.registry().deregister(&mut c.stream);
             totals.lost.fetch_add(1, Ordering::Relaxed);
-        } else if !c.finished.is_empty() {
+        } else if !c.finished.is_empty() || c.retracts > 0 {
             totals.tasks.fetch_add(tasks, Ordering::Relaxed);
             self.mark(key);
         }
@@ -667,6 +686,10 @@ impl SimThread {
                 let done = std::mem::take(&mut c.finished);
                 encode_frame(&ToMaster::Finished(done), &mut c.out)?;
                 totals.finished_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            for _ in 0..std::mem::take(&mut c.retracts) {
+                encode_frame(&ToMaster::Retracted(Vec::new()), &mut c.out)?;
+                totals.retracts.fetch_add(1, Ordering::Relaxed);
             }
             let mut failed = false;
             while c.out_pos < c.out.len() {
