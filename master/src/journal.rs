@@ -227,7 +227,7 @@ impl<'a> FinalEntry<'a> {
             state: self.state,
             attempts: self.attempts,
             copies: self.copies,
-            worker: self.worker.map(Cow::into_owned),
+            worker: self.worker.map(|w| Arc::from(w.as_ref())),
             exit_code: self.exit_code,
             stdout: self.stdout.into_owned(),
             stderr: self.stderr.into_owned(),

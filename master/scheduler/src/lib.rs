@@ -244,8 +244,8 @@ pub struct Outcome {
     pub attempts: u32,
     /// How many copies ran for this outcome (`TaskResult::copies`).
     pub copies: u32,
-    /// Name of the worker that produced it.
-    pub worker: Option<String>,
+    /// Name of the worker that produced it (shared with the worker table).
+    pub worker: Option<Arc<str>>,
     pub exit_code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
@@ -279,8 +279,10 @@ impl Outcome {
         if let Some(error) = &mut self.error {
             truncate_with_marker(error, MAX_ERROR_BYTES);
         }
-        if let Some(worker) = &mut self.worker {
-            truncate_with_marker(worker, MAX_NAME_BYTES);
+        if let Some(worker) = self.worker.as_mut().filter(|w| w.len() > MAX_NAME_BYTES) {
+            let mut cut = worker.to_string();
+            truncate_with_marker(&mut cut, MAX_NAME_BYTES);
+            *worker = Arc::from(cut);
         }
     }
 }
@@ -2410,10 +2412,7 @@ impl Core {
             state: t.state,
             attempts: t.attempt.0,
             copies: t.copies_ran(),
-            worker: t
-                .worker
-                .and_then(|w| self.workers.name(w))
-                .map(str::to_string),
+            worker: t.worker.and_then(|w| self.workers.shared_name(w)),
             exit_code: r.and_then(|r| r.exit_code),
             stdout: r.map(|r| r.stdout.clone()).unwrap_or_default(),
             stderr: r.map(|r| r.stderr.clone()).unwrap_or_default(),

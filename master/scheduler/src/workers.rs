@@ -14,11 +14,15 @@ use super::prefetch::PrefetchGauge;
 use protocol::{LoadReport, TaskId, TaskRef, WorkerId, WorkerInfo};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct Worker {
     pub id: WorkerId,
     pub info: WorkerInfo,
+    /// `info.name`, shared with the outcomes it produces: one allocation per worker, not one per
+    /// finished task. A worker that joins again has the same name (it is found by name).
+    name: Arc<str>,
     pub addr: String,
     alive: bool,
     pub last_seen_ms: u64,
@@ -85,6 +89,7 @@ impl Worker {
         Worker {
             ends_at_ms: ends_at(&info, now_ms),
             id,
+            name: Arc::from(info.name.as_str()),
             info,
             addr,
             alive,
@@ -528,6 +533,11 @@ impl WorkerTable {
 
     pub fn name(&self, id: WorkerId) -> Option<&str> {
         self.get(id).map(|w| w.info.name.as_str())
+    }
+
+    /// [`WorkerTable::name`], to keep: a reference count, no copy.
+    pub fn shared_name(&self, id: WorkerId) -> Option<Arc<str>> {
+        self.get(id).map(|w| Arc::clone(&w.name))
     }
 
     /// In id (join) order.

@@ -159,7 +159,7 @@ fn an_over_limit_spec_from_an_old_journal_fails_at_recovery() {
                 state: TaskState::Failed,
                 attempts: 1,
                 copies: 1,
-                worker: Some("w".repeat(1 << 20)),
+                worker: Some("w".repeat(1 << 20).into()),
                 exit_code: None,
                 stdout: "o".repeat(1 << 20),
                 stderr: String::new(),
