@@ -341,6 +341,11 @@ pub struct Core {
     /// Something may be placeable: set only by `enqueue` (a task entered a queue) and `learn`
     /// (a worker may have room, or something for rebalancing).
     dirty: bool,
+    /// Workers whose capacity changed since placement last heard: placement is read only while
+    /// placing, so the finishes of one turn refresh a worker there once, not once per task (a
+    /// `Finished` of 8 was 8 ordered-set moves). Refreshed from the worker table, so order and
+    /// repeats do not matter; a worker may be listed more than once.
+    stale_placement: Vec<WorkerId>,
     next_sweep_ms: Option<u64>,
     /// Queued tasks kept out of the queue until a time: retry backoff, and the grace period after
     /// a restart.
@@ -403,6 +408,7 @@ impl Core {
             replies: Replies::default(),
             assign_batches: BTreeMap::new(),
             dirty: false,
+            stale_placement: Vec::new(),
             next_sweep_ms: None,
             holds: Holds::default(),
             avoid: IdHashMap::default(),
@@ -894,6 +900,8 @@ impl Core {
 
     /// Places queued tasks on workers with free slots, then sends this turn's batched frames.
     pub fn dispatch(&mut self, now_ms: u64) {
+        // Every turn, placing or not, so the list holds at most one turn's changes.
+        self.refresh_placement();
         if self.dirty {
             self.dirty = false;
             self.place(now_ms);
@@ -943,6 +951,8 @@ impl Core {
     fn place(&mut self, now_ms: u64) {
         let mut blocked = Vec::new();
         loop {
+            // The last assignment changed its worker's capacity.
+            self.refresh_placement();
             let (tasks, avoid, workers) = (&self.tasks, &self.avoid, &self.workers);
             let next = self.pools.next(|id, w| {
                 tasks.get(id).is_some_and(|t| {
@@ -1418,7 +1428,6 @@ impl Core {
             // A losing copy is gone: its slot is free now.
             self.learn(change);
         }
-        let name = self.workers.name(worker).unwrap_or("?").to_string();
         if !self.is_current(worker, r) {
             if !self.epochs.owns(r) {
                 // IMPORTANT: this run was handed out by an earlier incarnation for a submission
@@ -1448,8 +1457,10 @@ impl Core {
             self.holds.unhold(c.task);
             self.tasks.credit(worker, r);
             info!(
-                "task {} attempt {} finished on {name} while waiting to run again: result kept",
-                c.task, c.attempt
+                "task {} attempt {} finished on {} while waiting to run again: result kept",
+                c.task,
+                c.attempt,
+                self.workers.name(worker).unwrap_or("?")
             );
         } else {
             if let Some(change) = self.workers.note_run(worker, c.run_ms) {
@@ -1473,8 +1484,10 @@ impl Core {
         } else if self.tasks.has_other_runs(c.task, worker) {
             self.tasks.end_run(c.task, worker);
             info!(
-                "copy of task {} (attempt {}) ended on {name} without success; other copies run on",
-                c.task, c.attempt
+                "copy of task {} (attempt {}) ended on {} without success; other copies run on",
+                c.task,
+                c.attempt,
+                self.workers.name(worker).unwrap_or("?")
             );
             return None;
         }
@@ -1483,16 +1496,17 @@ impl Core {
             TaskOutcome::Exited { code, .. } => *code != 0,
             _ => false,
         };
-        if failed_run && self.retry_after_failure(now_ms, c.task, &name) {
+        if failed_run && self.retry_after_failure(now_ms, c.task, worker) {
             return None;
         }
         let (state, result) = settle(c.outcome);
         let level = self.chatter.task_line(now_ms, Event::Finished);
         log!(
             level,
-            "task {} {} on {name} in {} ms{}",
+            "task {} {} on {} in {} ms{}",
             c.task,
             state.as_str(),
+            self.workers.name(worker).unwrap_or("?"),
             c.run_ms,
             result
                 .exit_code
@@ -1506,7 +1520,7 @@ impl Core {
 
     /// Re-queues a failed run if its spec allows more (`retry_failed`), after a backoff that doubles
     /// with each failure. Returns whether it did.
-    fn retry_after_failure(&mut self, now_ms: u64, id: TaskId, worker: &str) -> bool {
+    fn retry_after_failure(&mut self, now_ms: u64, id: TaskId, worker: WorkerId) -> bool {
         let Some(t) = self.tasks.get(id) else {
             return false;
         };
@@ -1525,6 +1539,7 @@ impl Core {
         }
         self.metrics.retried += 1;
         self.events.queued(now_ms, id.0);
+        let worker = self.workers.name(worker).unwrap_or("?");
         info!("task {id} failed on {worker}; retry {n}/{of} in {delay_ms} ms");
         self.holds.hold(id, now_ms + delay_ms);
         true
@@ -1655,11 +1670,7 @@ impl Core {
     fn learn(&mut self, change: PlacementChange) {
         match change {
             PlacementChange::Capacity { worker, freed } => {
-                // Placement holds live workers only: a dead one's last tasks leaving changes none.
-                if let Some(w) = self.workers.get(worker).filter(|w| w.is_alive()) {
-                    self.pools
-                        .update(worker, w.info.group.as_deref(), w.capacity());
-                }
+                self.stale_placement.push(worker);
                 if freed {
                     self.dirty = true;
                 }
@@ -1679,6 +1690,17 @@ impl Core {
             }
             PlacementChange::Left { worker, group } => {
                 self.pools.remove_worker(worker, group.as_deref());
+            }
+        }
+    }
+
+    /// Tells placement the capacity of every worker in `stale_placement`, as the table has it now.
+    fn refresh_placement(&mut self) {
+        for worker in self.stale_placement.drain(..) {
+            // Placement holds live workers only: a dead one's last tasks leaving changes none.
+            if let Some(w) = self.workers.get(worker).filter(|w| w.is_alive()) {
+                self.pools
+                    .update(worker, w.info.group.as_deref(), w.capacity());
             }
         }
     }
@@ -2567,11 +2589,12 @@ impl Core {
                 assert!(w.assigned.is_empty(), "dead worker {} holds tasks", w.id);
             }
             assert!(
-                self.pools.agrees(
-                    w.id,
-                    w.info.group.as_deref(),
-                    w.is_alive().then(|| w.capacity())
-                ),
+                self.stale_placement.contains(&w.id)
+                    || self.pools.agrees(
+                        w.id,
+                        w.info.group.as_deref(),
+                        w.is_alive().then(|| w.capacity())
+                    ),
                 "placement has a stale capacity for worker {}",
                 w.id
             );

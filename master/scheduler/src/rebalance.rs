@@ -69,6 +69,8 @@ impl Core {
     /// those. Runs after placement, so any task still queued found every worker full.
     pub(super) fn displace_prefetched(&mut self, now_ms: u64) {
         while !self.unstarted.is_empty() {
+            // `waiting_heads` reads placement, which assignments below change.
+            self.refresh_placement();
             let heads: Vec<(TaskId, i32, Option<String>)> = self
                 .pools
                 .waiting_heads()
