@@ -292,6 +292,9 @@ pub struct Server {
     logs: LogStore,
     /// Where every read lands first; a connection's decoder copies only the bytes that came.
     scratch: Vec<u8>,
+    /// The turn's journal records, in the core's order, written to the journal after the
+    /// workers' frames have left (`persist_records`).
+    records: Vec<Record>,
     /// Where TLS sessions put what they decrypt, before the frame decoder takes it.
     tls_plaintext: Vec<u8>,
     /// TLS connections by the time their first byte is due (`TLS_OPENING_MS` after accept),
@@ -410,6 +413,7 @@ impl Server {
             group_commit: GroupCommit::default(),
             logs,
             scratch: vec![0; READ_CHUNK],
+            records: Vec::new(),
             tls_plaintext: Vec::new(),
             unopened: VecDeque::new(),
         })
@@ -562,14 +566,15 @@ impl Server {
         // Flushing can drop a broken peer, which can free work to place: repeat until quiet.
         loop {
             self.core.dispatch(now);
-            if let Err(e) = self.drain_core() {
+            self.drain_core();
+            self.publish_events(now);
+            // Frames to workers leave now, so they work while we journal and fsync; client
+            // replies wait at their connection's gate.
+            self.flush_touched(now);
+            if let Err(e) = self.persist_records() {
                 self.tell_waiting_clients(&e);
                 return Err(e.into());
             }
-            self.publish_events(now);
-            // Frames to workers leave now, so they work while we fsync; client replies wait at
-            // their connection's gate.
-            self.flush_touched(now);
             // IMPORTANT: commit before any gated reply reaches a socket, so a client only ever
             // hears of work that survives a crash. A client blocked in a wait does not force it:
             // its replies leave with the wait's answer, or at the group commit's deadline.
@@ -1338,8 +1343,7 @@ impl Server {
     /// Moves the core's output into connection buffers and the journal. After a journal error
     /// it drains on without recording, so every reply that would have waited on the commit is
     /// gated (and then answered by `tell_waiting_clients`), and returns the error.
-    fn drain_core(&mut self) -> Result<(), JournalError> {
-        let mut failed = None;
+    fn drain_core(&mut self) {
         while let Some(output) = self.core.poll_output() {
             let (conn, msg) = match output {
                 Output::Send { conn, msg } => (conn, msg),
@@ -1372,8 +1376,8 @@ impl Server {
                     continue;
                 }
                 Output::Persist(record) => {
-                    if let (Some(journal), None) = (&self.journal, &failed) {
-                        failed = persist(&mut journal::lock(journal), record).err();
+                    if self.journal.is_some() {
+                        self.records.push(record);
                     }
                     continue;
                 }
@@ -1436,7 +1440,27 @@ impl Server {
             self.unsent_total += c.out.len() - before;
             self.touch(conn);
         }
-        failed.map_or(Ok(()), Err)
+    }
+
+    /// Writes the turn's records to the journal (durable at the next commit), in order. The
+    /// first failure poisons the journal; the records after it are dropped with it.
+    fn persist_records(&mut self) -> Result<(), JournalError> {
+        let Some(shared) = &self.journal else {
+            self.records.clear();
+            return Ok(());
+        };
+        let mut journal = journal::lock(shared);
+        let mut result = Ok(());
+        for record in self.records.drain(..) {
+            if result.is_ok() {
+                result = persist(&mut journal, record);
+            }
+        }
+        // A burst's records (a million outcomes in a turn) do not keep their room.
+        if self.records.capacity() > RECORDS_KEPT {
+            self.records = Vec::new();
+        }
+        result
     }
 
     /// Moves the core's events to every subscriber's buffer, each formatted once. A subscriber
@@ -1757,6 +1781,9 @@ enum ReadFailure {
     #[error("protocol error: {0}")]
     Frame(FrameError),
 }
+
+/// Room for records [`Server::persist_records`] keeps between turns.
+const RECORDS_KEPT: usize = 4096;
 
 /// When a read of a socket may stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
