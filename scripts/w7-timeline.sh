@@ -68,6 +68,7 @@ echo "load: $(cut -d' ' -f1-3 /proc/loadavg); journal: $([ "$JOURNAL" = 1 ] && e
 perf trace -a -e 'clone,connect,sendto,recvfrom,fsync,fdatasync,clone3,wait4,exit_group,sched:sched_process_exec' \
     -o "$SCRATCH/trace" -- bash -c "sleep 0.2; for i in \$(seq $RUNS); do
         '$SCRATCH/mcli' submit --master '$ADDR' --wait -- true >/dev/null; sleep 0.06; done"
+[ -n "${W7_TRACE_COPY:-}" ] && cp "$SCRATCH/trace" "$W7_TRACE_COPY"
 python3 "$ROOT/scripts/w7_timeline.py" "$SCRATCH/trace" "$MPID" "${WPIDS[@]}"
 
 # The same command untraced, for the tracing overhead.

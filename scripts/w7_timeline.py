@@ -66,6 +66,11 @@ def first(pred, after, limit=None):
             if best is None or t < when(best):
                 best = e
     return best
+def fd_of(e):
+    return e[5].split('fd: ')[1].split(',')[0]
+def got(e):
+    # A receive that returned bytes (not EAGAIN, not the peer's 0).
+    return e[6].split(' ')[0].isdigit() and e[6].split(' ')[0] != '0'
 for c in clients:
     mine = [e for e in ev if e[3] == c]
     execs = [e for e in mine if e[4] == EXEC]
@@ -80,48 +85,38 @@ for c in clients:
         S['fork'] = fork[0][0] if fork else None
         S['exec'] = t0
         S['connect'] = first(lambda e: e[3] == c and e[4] == 'connect', t0)[0]
+        # Hello, Submit and WaitSubmitted in one write (protocol 11).
         hello = first(lambda e: e[3] == c and e[4] == 'sendto', t0)
         S['hello_sent'] = hello[0]
-        rx = first(lambda e: e[3] == master and e[4] == 'recvfrom' and e[6].startswith('79'), hello[0])
+        rx = first(lambda e: e[3] == master and e[4] == 'recvfrom' and got(e), hello[0], tx)
         S['master_read_hello_submit'] = rx[1]
-        assign = first(lambda e: e[3] == master and e[4] == 'sendto' and 'len: 34' in e[5], rx[0], tx)
+        cfd = fd_of(rx)
+        S['welcome_sent'] = first(lambda e: e[3] == master and e[4] == 'sendto' and fd_of(e) == cfd, rx[0], tx)[0]
+        assign = first(lambda e: e[3] == master and e[4] == 'sendto' and fd_of(e) != cfd, rx[0], tx)
         S['assign_sent'] = assign[0]
-        c1 = first(lambda e: e[3] == master and e[4] == 'fsync', rx[0], tx)
-        d1 = first(lambda e: e[3] == master and e[4] == 'fdatasync', c1[0], tx) if c1 else None
-        # Submitted (9 bytes) goes alone after a commit, or with Welcome (20) without a journal.
-        cfd = rx[5].split('fd: ')[1].split(',')[0]
-        sub = first(lambda e: e[3] == master and e[4] == 'sendto' and f'fd: {cfd},' in e[5]
-                    and ('len: 9,' in e[5] or 'len: 29,' in e[5]), rx[0], tx)
-        S['submitted_sent'] = sub[0]
-        if c1 and c1[0] < sub[0]:
-            S['commit1_start'] = c1[0]; S['commit1_end'] = d1[1]
-        wrx = first(lambda e: e[3] in worker_tids and e[4] == 'recvfrom' and e[6].startswith('34'), assign[0], tx)
+        wfd = fd_of(assign)
+        wrx = first(lambda e: e[3] in worker_tids and e[4] == 'recvfrom' and got(e), assign[0], tx)
         S['worker_read_assign'] = wrx[1]
-        clone = first(lambda e: e[3] in worker_tids and e[4] == 'clone3', wrx[1], tx)
-        S['clone3'] = clone[0]
-        child = int(clone[6].split()[0])
-        S['clone3_returned'] = clone[1]
+        spawn = first(lambda e: e[3] in worker_tids and e[4] in ('clone', 'clone3'), wrx[1], tx)
+        S['spawn'] = spawn[0]
+        child = int(spawn[6].split()[0])
         tex = [e for e in ev if e[3] == child and e[4] == EXEC]
         S['true_execve'] = tex[0][0]
         S['true_exit'] = first(lambda e: e[3] == child and e[4] == 'exit_group', tex[0][0])[0]
         S['reaped'] = first(lambda e: e[3] in worker_tids and e[4] == 'wait4' and e[6].startswith(str(child)), S['true_exit'])[1]
-        fin = first(lambda e: e[3] in worker_tids and e[4] == 'sendto' and 'len: 14' in e[5], S['true_exit'], tx)
+        # The worker's 1-byte writes wake its own threads; its next frame is the Finished.
+        fin = first(lambda e: e[3] in worker_tids and e[4] == 'sendto' and 'len: 1,' not in e[5], S['true_exit'], tx)
         S['finished_sent'] = fin[0]
-        wfd = assign[5].split('fd: ')[1].split(',')[0]
-        frx = first(lambda e: e[3] == master and e[4] == 'recvfrom' and f'fd: {wfd},' in e[5] and not e[6].startswith('-'), fin[0], tx)
+        frx = first(lambda e: e[3] == master and e[4] == 'recvfrom' and fd_of(e) == wfd and got(e), fin[0], tx)
         S['master_read_finished'] = frx[1]
-        wd = first(lambda e: e[3] == master and e[4] == 'sendto' and f'fd: {cfd},' in e[5]
-                   and 'len: 8,' in e[5], sub[0], tx)
-        c2 = first(lambda e: e[3] == master and e[4] == 'fsync', max(frx[0], sub[0]), wd[0])
-        if c2:
-            S['commit2_start'] = c2[0]
-            S['commit2_end'] = first(lambda e: e[3] == master and e[4] == 'fdatasync', c2[0], wd[0])[1]
-        S['waitdone_sent'] = wd[0]
-        crx = first(lambda e: e[3] == c and e[4] == 'recvfrom', sub[0], tx)
-        S['client_read_submitted'] = crx[1]
-        S['client_sent_wait'] = first(lambda e: e[3] == c and e[4] == 'sendto' and 'len: 9,' in e[5], crx[1])[0]
-        S['master_read_wait'] = first(lambda e: e[3] == master and e[4] == 'recvfrom' and e[6].startswith('9'), S['client_sent_wait'])[1]
-        S['client_read_waitdone'] = first(lambda e: e[3] == c and e[4] == 'recvfrom', wd[0], tx)[1]
+        # Submitted and WaitDone leave together, after the commit that holds them.
+        reply = first(lambda e: e[3] == master and e[4] == 'sendto' and fd_of(e) == cfd, frx[1], tx)
+        S['reply_sent'] = reply[0]
+        sync = first(lambda e: e[3] == master and e[4] == 'fsync', frx[1], reply[0])
+        if sync:
+            S['commit_start'] = sync[0]
+            S['commit_end'] = first(lambda e: e[3] == master and e[4] == 'fdatasync', sync[0], reply[0])[1]
+        S['client_read_reply'] = first(lambda e: e[3] == c and e[4] == 'recvfrom' and got(e), reply[0], tx)[1]
         S['client_exit_group'] = tx
         reap = first(lambda e: e[4] == 'wait4' and e[6].startswith(str(c)), tx)
         S['shell_reaped_client'] = reap[1] if reap else None
@@ -133,28 +128,23 @@ for c in clients:
 steps = [
     ('shell forks the client -> its exec is done', 'fork', 'exec'),
     ('client exec done -> connect()', 'exec', 'connect'),
-    ('connect() -> Hello+Submit written', 'connect', 'hello_sent'),
-    ('-> master has read Hello+Submit', 'hello_sent', 'master_read_hello_submit'),
-    ('master: read -> Assign written', 'master_read_hello_submit', 'assign_sent'),
-    ('master: Assign -> commit 1 starts', 'assign_sent', 'commit1_start'),
-    ('master: commit 1 (fsync WAL + fdatasync marks)', 'commit1_start', 'commit1_end'),
-    ('master: commit 1 -> Submitted written', 'commit1_end', 'submitted_sent'),
-    ('client: Submitted read', 'submitted_sent', 'client_read_submitted'),
-    ('client: Submitted -> Wait written', 'client_read_submitted', 'client_sent_wait'),
-    ('master: Wait read', 'client_sent_wait', 'master_read_wait'),
+    ('connect() -> Hello+Submit+WaitSubmitted written', 'connect', 'hello_sent'),
+    ('-> master has read them', 'hello_sent', 'master_read_hello_submit'),
+    ('master: read -> Welcome written', 'master_read_hello_submit', 'welcome_sent'),
+    ('master: Welcome -> Assign written', 'welcome_sent', 'assign_sent'),
     ('worker: Assign read (reader thread)', 'assign_sent', 'worker_read_assign'),
-    ('worker: Assign read -> clone3 (main loop, IO thread)', 'worker_read_assign', 'clone3'),
-    ('worker: clone3 -> exec of true done (PATH search)', 'clone3', 'true_execve'),
+    ('worker: Assign read -> spawn (main loop)', 'worker_read_assign', 'spawn'),
+    ('worker: spawn -> exec of true done (PATH search)', 'spawn', 'true_execve'),
     ('true: exec done -> exit_group', 'true_execve', 'true_exit'),
     ('worker: exit -> reaped (IO thread)', 'true_exit', 'reaped'),
     ('worker: reaped -> Finished written (main loop)', 'reaped', 'finished_sent'),
     ('master: Finished read', 'finished_sent', 'master_read_finished'),
-    ('master: Finished read -> commit 2 starts', 'master_read_finished', 'commit2_start'),
-    ('master: commit 2', 'commit2_start', 'commit2_end'),
-    ('master: commit 2 -> WaitDone written', 'commit2_end', 'waitdone_sent'),
-    ('master: Finished read -> WaitDone written (all of it)', 'master_read_finished', 'waitdone_sent'),
-    ('client: WaitDone read', 'waitdone_sent', 'client_read_waitdone'),
-    ('client: WaitDone -> exit_group', 'client_read_waitdone', 'client_exit_group'),
+    ('master: Finished read -> commit starts', 'master_read_finished', 'commit_start'),
+    ('master: commit (fsync WAL + fdatasync marks)', 'commit_start', 'commit_end'),
+    ('master: commit -> Submitted+WaitDone written', 'commit_end', 'reply_sent'),
+    ('master: Finished read -> reply written (all of it)', 'master_read_finished', 'reply_sent'),
+    ('client: reply read', 'reply_sent', 'client_read_reply'),
+    ('client: reply -> exit_group', 'client_read_reply', 'client_exit_group'),
     ('client exit_group -> reaped by the shell', 'client_exit_group', 'shell_reaped_client'),
     ('TOTAL fork -> reaped (what bench.sh times)', 'fork', 'shell_reaped_client'),
     ('worker span: Assign written -> Finished read', 'assign_sent', 'master_read_finished'),
