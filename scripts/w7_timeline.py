@@ -136,8 +136,10 @@ steps = [
     ('worker: Assign read -> spawn (main loop)', 'worker_read_assign', 'spawn'),
     ('worker: spawn -> exec of true done (PATH search)', 'spawn', 'true_execve'),
     ('true: exec done -> exit_group', 'true_execve', 'true_exit'),
-    ('worker: exit -> reaped (IO thread)', 'true_exit', 'reaped'),
-    ('worker: reaped -> Finished written (main loop)', 'reaped', 'finished_sent'),
+    # The IO thread tells the loop of the exit when the pidfd says so and reaps beside it, so
+    # the Finished may leave before the reap returns: the two are measured from the exit.
+    ('worker: exit -> Finished written (IO thread, main loop)', 'true_exit', 'finished_sent'),
+    ('worker: exit -> reaped (IO thread; overlaps the line above)', 'true_exit', 'reaped'),
     ('master: Finished read', 'finished_sent', 'master_read_finished'),
     ('master: Finished read -> commit starts', 'master_read_finished', 'commit_start'),
     ('master: commit (fsync WAL + fdatasync marks)', 'commit_start', 'commit_end'),
