@@ -1340,9 +1340,12 @@ impl Server {
         }
     }
 
-    /// Moves the core's output into connection buffers and the journal. After a journal error
-    /// it drains on without recording, so every reply that would have waited on the commit is
-    /// gated (and then answered by `tell_waiting_clients`), and returns the error.
+    /// Moves the core's output into connection buffers, and its journal records into `records`
+    /// for [`Server::persist_records`]. Every reply that must wait on the commit is gated, so a
+    /// journal error later in the turn leaves it to `tell_waiting_clients`. Frames to workers
+    /// are not gated: they leave before the records are written, as before a commit (a run of
+    /// a submission that never became durable is a run of an earlier incarnation to the next
+    /// master, which cancels it).
     fn drain_core(&mut self) {
         while let Some(output) = self.core.poll_output() {
             let (conn, msg) = match output {

@@ -158,6 +158,9 @@ impl Default for CoreConfig {
     }
 }
 
+/// Room `Core::stale_placement` keeps between turns.
+const STALE_PLACEMENT_KEPT: usize = 4096;
+
 /// `master --client-idle-timeout`'s default: an idle connection costs some 65 KiB and a place
 /// under `--max-connections`; a person typing commands reconnects each time anyway.
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 5 * 60 * 1_000;
@@ -343,8 +346,10 @@ pub struct Core {
     dirty: bool,
     /// Workers whose capacity changed since placement last heard: placement is read only while
     /// placing, so the finishes of one turn refresh a worker there once, not once per task (a
-    /// `Finished` of 8 was 8 ordered-set moves). Refreshed from the worker table, so order and
-    /// repeats do not matter; a worker may be listed more than once.
+    /// `Finished` of 8 was 8 ordered-set moves). Refreshed from the worker table, so a worker may
+    /// be listed more than once and placement ends where the table says (a repeat is a no-op
+    /// for least-loaded and round-robin; power-of-two re-inserts, which reorders its pool, the
+    /// same way every run).
     stale_placement: Vec<WorkerId>,
     next_sweep_ms: Option<u64>,
     /// Queued tasks kept out of the queue until a time: retry backoff, and the grace period after
@@ -1703,6 +1708,10 @@ impl Core {
                     .update(worker, w.info.group.as_deref(), w.capacity());
             }
         }
+        // A burst turn (millions of finishes) does not keep its room.
+        if self.stale_placement.capacity() > STALE_PLACEMENT_KEPT {
+            self.stale_placement = Vec::new();
+        }
     }
 
     /// Moves held tasks whose time has come into the queue.
@@ -2589,7 +2598,8 @@ impl Core {
                 assert!(w.assigned.is_empty(), "dead worker {} holds tasks", w.id);
             }
             assert!(
-                self.stale_placement.contains(&w.id)
+                // A refresh mends a live worker's entries, never a dead one's.
+                (w.is_alive() && self.stale_placement.contains(&w.id))
                     || self.pools.agrees(
                         w.id,
                         w.info.group.as_deref(),

@@ -149,8 +149,8 @@ fn ends_at(info: &WorkerInfo, now_ms: u64) -> Option<u64> {
     Some(now_ms.saturating_add(left))
 }
 
-/// What placement must learn after a worker changed. Apply each one (`Core::learn`) right away:
-/// the next pick depends on it.
+/// What placement must learn after a worker changed. Hand each one to `Core::learn` right away:
+/// it applies joins and departures at once, and a capacity before placement is next read.
 #[must_use = "placement must learn of the change (Core::learn)"]
 #[derive(Debug, PartialEq)]
 pub enum PlacementChange {
