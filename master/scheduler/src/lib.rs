@@ -1019,8 +1019,9 @@ impl Core {
         };
         // Only a run held beyond the slots can be displaced or moved: one handed to a free slot
         // starts at once. Indexing only those keeps a wide prefetching worker (64 slots, one
-        // held) from paying an ordered-set insert and remove for every task it runs.
-        let held = w.busy() > w.info.slots as usize;
+        // held) from paying an ordered-set insert and remove for every task it runs; and only
+        // once priorities differ, when displacement can happen (`Unstarted`).
+        let held = self.unstarted.indexing() && w.busy() > w.info.slots as usize;
         self.events.task(now_ms, || StreamEvent::Task {
             id: id.0,
             state: TaskState::Running.as_str(),
@@ -1476,8 +1477,8 @@ impl Core {
             }
             self.forget_unstarted(c.task, worker);
         }
-        self.workers.count_done(worker);
-        self.metrics.ran(worker, c.run_ms);
+        self.workers.count_done(worker, c.run_ms);
+        self.metrics.ran(c.run_ms);
         let succeeded = matches!(c.outcome, TaskOutcome::Exited { code: 0, .. });
         if succeeded {
             if let Some(t) = self.tasks.get(c.task) {
@@ -1652,6 +1653,9 @@ impl Core {
         if let Some(t) = self.tasks.get(id) {
             let key = queue_key(self.config.order, id, t);
             self.pools.push(id, t.spec.group.as_deref(), key);
+            if self.unstarted.saw_priority(key.priority) {
+                self.index_held_runs();
+            }
         }
     }
 

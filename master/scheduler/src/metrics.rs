@@ -6,7 +6,7 @@
 //! accumulators are updated here, at the event; only the worker table and the pools (bounded by
 //! workers and groups, not tasks) are walked per snapshot.
 
-use protocol::{TaskState, WorkerId};
+use protocol::TaskState;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -176,8 +176,6 @@ pub struct Metrics {
     pub last_finish_ms: Option<u64>,
     /// Completion (final − submitted) of each task that succeeded.
     pub completion: Durations,
-    /// Run time reported per worker (every attempt and copy, as `simulate` counts busy time).
-    pub busy_ms: BTreeMap<WorkerId, u64>,
     /// The longest run reported, for the report's lower bound.
     pub longest_run_ms: u64,
     /// Forgotten tasks that had succeeded, and that had been handed out: the histograms keep
@@ -199,7 +197,6 @@ impl Default for Metrics {
             first_submit_ms: None,
             last_finish_ms: None,
             completion: Durations::default(),
-            busy_ms: BTreeMap::new(),
             longest_run_ms: 0,
         }
     }
@@ -227,8 +224,7 @@ impl Metrics {
         }
     }
 
-    pub fn ran(&mut self, worker: WorkerId, run_ms: u64) {
-        *self.busy_ms.entry(worker).or_default() += run_ms;
+    pub fn ran(&mut self, run_ms: u64) {
         self.longest_run_ms = self.longest_run_ms.max(run_ms);
     }
 
@@ -377,7 +373,7 @@ impl crate::Core {
         let mut groups: BTreeMap<String, (u32, u64, u64, u64)> = BTreeMap::new();
         let (mut slots, mut busy) = (0u64, 0u64);
         for w in self.workers.iter() {
-            let busy_ms = m.busy_ms.get(&w.id).copied().unwrap_or(0);
+            let busy_ms = w.busy_ms;
             let group = w.info.group.clone().unwrap_or_default();
             let g = groups.entry(group.clone()).or_default();
             g.0 += 1;

@@ -21,14 +21,44 @@ use std::collections::BTreeSet;
 /// worker would start last first: lowest priority, then latest in queue order. Entries are
 /// removed when a run starts or finishes; any other way a run ends (worker lost, cancelled,
 /// retracted) leaves an entry that is found stale and dropped when it is next looked at.
+///
+/// Only a task of higher priority displaces, so while every task queued has had one priority
+/// nothing is indexed: with 10,000 prefetching workers half of a batch's runs are held, and an
+/// insert and a remove in a set of 40,000 for each was a cost W2's two workers never pay. The
+/// first task of a second priority turns indexing on for good (`Core::index_held_runs`).
 #[derive(Debug, Default)]
 pub struct Unstarted {
     set: BTreeSet<(i32, Reverse<u64>, TaskId, WorkerId)>,
+    /// The one priority of every task queued so far (`None` before the first).
+    only_priority: Option<i32>,
+    indexing: bool,
 }
 
 impl Unstarted {
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
+    }
+
+    pub fn indexing(&self) -> bool {
+        self.indexing
+    }
+
+    /// A task of `priority` is queued. True when it is the first of a second priority: indexing
+    /// starts, and the runs held so far must be indexed by the caller.
+    pub fn saw_priority(&mut self, priority: i32) -> bool {
+        if self.indexing {
+            return false;
+        }
+        match self.only_priority {
+            None => {
+                self.only_priority = Some(priority);
+                false
+            }
+            Some(p) => {
+                self.indexing = p != priority;
+                self.indexing
+            }
+        }
     }
 
     pub fn insert(&mut self, priority: i32, order: u64, task: TaskId, worker: WorkerId) {
@@ -41,6 +71,36 @@ impl Unstarted {
 }
 
 impl Core {
+    /// Indexes the runs each live worker holds beyond its slots, once, when indexing starts
+    /// (`Unstarted`). Which of a worker's unstarted runs were held was not recorded: taken to be
+    /// the ones it would start last, as placement hands tasks out in queue order and a worker
+    /// starts them in the order they came. Before this every queued task had one priority, so
+    /// those are its latest ones. O(running tasks), once in a master's life.
+    pub(super) fn index_held_runs(&mut self) {
+        let mut held = Vec::new();
+        for w in self.workers.iter().filter(|w| w.is_alive()) {
+            let backlog = w.busy().saturating_sub(w.info.slots as usize);
+            if backlog == 0 {
+                continue;
+            }
+            let mut runs: Vec<(i32, Reverse<u64>, TaskId)> = w
+                .assigned
+                .iter()
+                .filter_map(|&task| {
+                    let t = self.tasks.get(task)?;
+                    let unstarted = t.runs().any(|r| r.worker == w.id && r.started_ms.is_none());
+                    let k = queue_key(self.config.order, task, t);
+                    unstarted.then_some((k.priority, Reverse(k.order), task))
+                })
+                .collect();
+            runs.sort_unstable();
+            held.extend(runs.into_iter().take(backlog).map(|r| (r, w.id)));
+        }
+        for ((priority, Reverse(order), task), worker) in held {
+            self.unstarted.insert(priority, order, task, worker);
+        }
+    }
+
     /// Forgets `task`'s unstarted entry on `worker` (it started, or finished).
     pub(super) fn forget_unstarted(&mut self, task: TaskId, worker: WorkerId) {
         if self.unstarted.is_empty() {

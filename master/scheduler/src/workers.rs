@@ -34,6 +34,8 @@ pub struct Worker {
     /// are taken back and by rebalancing, and those decisions must not depend on hash order.
     pub assigned: BTreeSet<TaskId>,
     pub done: u64,
+    /// Run time its reports added up (every attempt and copy, as `simulate` counts busy time).
+    pub busy_ms: u64,
     /// Has said what it is already running (`Running`). Until then it gets no work, or a task it
     /// still runs from before a reconnect could be handed to it again as a new attempt.
     pub ready: bool,
@@ -46,6 +48,8 @@ pub struct Worker {
     pub left: bool,
     /// Where the table's rebalancing index holds it now.
     standing: Standing,
+    /// Listed in `WorkerTable::unsettled`: `standing` may be out of date.
+    unsettled: bool,
     /// When its batch-system allocation ends (the time left it reported on joining, from then);
     /// `None`: no known end.
     pub ends_at_ms: Option<u64>,
@@ -98,11 +102,13 @@ impl Worker {
             load: LoadReport::default(),
             assigned: BTreeSet::new(),
             done: 0,
+            busy_ms: 0,
             ready: false,
             draining: BTreeSet::new(),
             retracting: VecDeque::new(),
             left: false,
             standing: Standing::Neither,
+            unsettled: false,
             gauge: PrefetchGauge::default(),
         }
     }
@@ -191,7 +197,15 @@ pub struct WorkerTable {
     idle: BTreeSet<WorkerId>,
     /// Workers whose standing is `Donor`: the largest backlog first, then the lowest id.
     donors: BTreeSet<(Reverse<usize>, WorkerId)>,
+    /// Workers changed since the index was last settled, each once. The index is brought up to
+    /// date when rebalancing reads it (only while nothing is queued), not at every assign and
+    /// finish: with 10,000 prefetching workers all of them are donors, and moving one in
+    /// `donors` per task was an ordered-set remove and insert that W2's two workers never pay.
+    unsettled: Vec<WorkerId>,
 }
+
+/// What `unsettled` may keep of a burst's room once settled.
+const UNSETTLED_KEPT: usize = 4096;
 
 impl WorkerTable {
     /// Registers a worker that passed its handshake, reusing the id of a previous one with the
@@ -436,9 +450,12 @@ impl WorkerTable {
         })
     }
 
-    pub fn count_done(&mut self, id: WorkerId) {
+    /// A run on the worker ended after `run_ms`: counted where the worker is found anyway, not in
+    /// a map by worker id that each of 10,000 workers' finishes would search.
+    pub fn count_done(&mut self, id: WorkerId, run_ms: u64) {
         if let Some(w) = self.get_mut(id) {
             w.done += 1;
+            w.busy_ms += run_ms;
         }
     }
 
@@ -468,49 +485,75 @@ impl WorkerTable {
         self.prefetching
     }
 
-    /// Moves the worker in the rebalancing index after a change. IMPORTANT: every method that
-    /// changes what `Standing::of` reads (alive, ready, assigned, draining, slots, retracting)
-    /// calls it before returning.
+    /// Notes that the worker's standing may have changed. IMPORTANT: every method that changes
+    /// what `Standing::of` reads (alive, ready, assigned, draining, slots, retracting) calls it
+    /// before returning; `settle` moves the worker in the index.
     fn restand(&mut self, id: WorkerId) {
         let Some(w) = self.get_mut(id) else {
             return;
         };
-        let (old, new) = (w.standing, Standing::of(w));
-        if old == new {
-            return;
+        if !w.unsettled {
+            w.unsettled = true;
+            self.unsettled.push(id);
         }
-        w.standing = new;
-        match old {
-            Standing::Neither => {}
-            Standing::Idle => {
-                self.idle.remove(&id);
+    }
+
+    /// Brings the rebalancing index up to date: each worker changed since the last settle is
+    /// moved once, however often it changed.
+    fn settle(&mut self) {
+        let mut unsettled = std::mem::take(&mut self.unsettled);
+        for &id in &unsettled {
+            let Some(w) = self.get_mut(id) else {
+                continue;
+            };
+            w.unsettled = false;
+            let (old, new) = (w.standing, Standing::of(w));
+            if old == new {
+                continue;
             }
-            Standing::Donor { backlog } => {
-                self.donors.remove(&(Reverse(backlog), id));
+            w.standing = new;
+            match old {
+                Standing::Neither => {}
+                Standing::Idle => {
+                    self.idle.remove(&id);
+                }
+                Standing::Donor { backlog } => {
+                    self.donors.remove(&(Reverse(backlog), id));
+                }
+            }
+            match new {
+                Standing::Neither => {}
+                Standing::Idle => {
+                    self.idle.insert(id);
+                }
+                Standing::Donor { backlog } => {
+                    self.donors.insert((Reverse(backlog), id));
+                }
             }
         }
-        match new {
-            Standing::Neither => {}
-            Standing::Idle => {
-                self.idle.insert(id);
-            }
-            Standing::Donor { backlog } => {
-                self.donors.insert((Reverse(backlog), id));
-            }
+        if unsettled.capacity() <= UNSETTLED_KEPT {
+            unsettled.clear();
+            self.unsettled = unsettled;
         }
     }
 
     /// The worker rebalancing asks to give tasks back, with its backlog: of the live, ready
     /// workers holding more tasks than slots and no retract outstanding, the one with the most
     /// beyond its slots, the lowest id among equals.
-    pub fn donor(&self) -> Option<(usize, WorkerId)> {
+    pub fn donor(&mut self) -> Option<(usize, WorkerId)> {
+        self.settle();
+        self.indexed_donor()
+    }
+
+    fn indexed_donor(&self) -> Option<(usize, WorkerId)> {
         self.donors
             .first()
             .map(|&(Reverse(backlog), id)| (backlog, id))
     }
 
     /// Live, ready workers with a free slot, in id order.
-    pub fn idle(&self) -> impl Iterator<Item = &Worker> {
+    pub fn idle(&mut self) -> impl Iterator<Item = &Worker> {
+        self.settle();
         self.idle.iter().filter_map(|&id| self.get(id))
     }
 
@@ -559,28 +602,44 @@ impl WorkerTable {
             if !w.alive {
                 assert!(w.draining.is_empty() && w.retracting.is_empty());
             }
+            // A worker not listed as changed is indexed as it is; a listed one is listed once.
+            let listed = self.unsettled.iter().filter(|&&id| id == w.id).count();
             assert_eq!(
-                w.standing,
-                Standing::of(w),
-                "{} is indexed stale",
+                listed,
+                usize::from(w.unsettled),
+                "{} listed {listed}x",
                 w.info.name
             );
+            if !w.unsettled {
+                assert_eq!(
+                    w.standing,
+                    Standing::of(w),
+                    "{} is indexed stale",
+                    w.info.name
+                );
+            }
         }
-        // The index holds what a scan of every worker finds.
-        let idle: Vec<WorkerId> = self
+        // The index holds every worker as its `standing` says, so settling leaves it holding what
+        // a scan of every worker finds.
+        let idle: BTreeSet<WorkerId> = self
             .workers
             .iter()
-            .filter(|w| Standing::of(w) == Standing::Idle)
+            .filter(|w| w.standing == Standing::Idle)
             .map(|w| w.id)
             .collect();
-        assert_eq!(self.idle().map(|w| w.id).collect::<Vec<_>>(), idle);
-        assert_eq!(self.donor(), self.scanned_donor());
-        let donors = self
+        assert_eq!(self.idle, idle);
+        let donors: BTreeSet<(Reverse<usize>, WorkerId)> = self
             .workers
             .iter()
-            .filter(|w| matches!(Standing::of(w), Standing::Donor { .. }))
-            .count();
-        assert_eq!(self.donors.len(), donors);
+            .filter_map(|w| match w.standing {
+                Standing::Donor { backlog } => Some((Reverse(backlog), w.id)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(self.donors, donors);
+        if self.unsettled.is_empty() {
+            assert_eq!(self.indexed_donor(), self.scanned_donor());
+        }
     }
 
     /// The donor as rebalancing found it before the index: a scan in id order keeping the first

@@ -220,6 +220,27 @@ fn a_waiting_higher_priority_task_displaces_a_prefetched_one() {
 }
 
 #[test]
+fn held_runs_found_when_priorities_first_differ_are_the_latest_handed_out() {
+    // Nothing is indexed while every task has one priority; the first task of another priority
+    // indexes what is held then. No `Started` came back, so which run took the slot is
+    // unknown: the one handed out first did, and only the later two may be displaced.
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker_with("a", 1, 2);
+    let c = h.client();
+    let (low, out) = h.submit(c, vec![sleep_spec(0)], 3);
+    assert_eq!(assignments(&out).len(), 3);
+    let (high, out) = h.submit(c, vec![sleep_spec(5)], 2);
+    assert_eq!(
+        assignments(&out),
+        vec![(a, high[0], 1), (a, high[1], 1)],
+        "both wait for a place on a"
+    );
+    let mut asked = retracts(&out);
+    asked.sort();
+    assert_eq!(asked, vec![(a, low[1], 1), (a, low[2], 1)]);
+}
+
+#[test]
 fn displacement_takes_a_held_task_never_the_one_handed_to_a_free_slot() {
     let mut h = Harness::new(PolicyKind::LeastLoaded);
     let (a, _, _) = h.worker_with("a", 1, 1);
