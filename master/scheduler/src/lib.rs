@@ -1021,7 +1021,7 @@ impl Core {
         // starts at once. Indexing only those keeps a wide prefetching worker (64 slots, one
         // held) from paying an ordered-set insert and remove for every task it runs; and only
         // once priorities differ, when displacement can happen (`Unstarted`).
-        let held = self.unstarted.indexing() && w.busy() > w.info.slots as usize;
+        let held = w.busy() > w.info.slots as usize;
         self.events.task(now_ms, || StreamEvent::Task {
             id: id.0,
             state: TaskState::Running.as_str(),
@@ -1037,7 +1037,10 @@ impl Core {
                 .unwrap_or_default()
         );
         if held {
-            self.unstarted.insert(key.priority, key.order, id, worker);
+            self.tasks.mark_prefetched(id, worker);
+            if self.unstarted.indexing() {
+                self.unstarted.insert(key.priority, key.order, id, worker);
+            }
         }
         if wants_copy {
             // The next copy goes out in queue order, like any task, to another worker.

@@ -25,7 +25,8 @@ use std::collections::BTreeSet;
 /// Only a task of higher priority displaces, so while every task queued has had one priority
 /// nothing is indexed: with 10,000 prefetching workers half of a batch's runs are held, and an
 /// insert and a remove in a set of 40,000 for each was a cost W2's two workers never pay. The
-/// first task of a second priority turns indexing on for good (`Core::index_held_runs`).
+/// first task of a second priority turns indexing on for good (`Core::index_held_runs`), from the
+/// runs marked prefetched as they were handed out.
 #[derive(Debug, Default)]
 pub struct Unstarted {
     set: BTreeSet<(i32, Reverse<u64>, TaskId, WorkerId)>,
@@ -71,33 +72,25 @@ impl Unstarted {
 }
 
 impl Core {
-    /// Indexes the runs each live worker holds beyond its slots, once, when indexing starts
-    /// (`Unstarted`). Which of a worker's unstarted runs were held was not recorded: taken to be
-    /// the ones it would start last, as placement hands tasks out in queue order and a worker
-    /// starts them in the order they came. Before this every queued task had one priority, so
-    /// those are its latest ones. O(running tasks), once in a master's life.
+    /// Indexes the unstarted runs each live worker holds beyond its slots (`Run::prefetched`),
+    /// once, when indexing starts (`Unstarted`). O(running tasks), once in a master's life.
     pub(super) fn index_held_runs(&mut self) {
         let mut held = Vec::new();
         for w in self.workers.iter().filter(|w| w.is_alive()) {
-            let backlog = w.busy().saturating_sub(w.info.slots as usize);
-            if backlog == 0 {
-                continue;
+            for &task in &w.assigned {
+                let Some(t) = self.tasks.get(task) else {
+                    continue;
+                };
+                let prefetched = t
+                    .runs()
+                    .any(|r| r.worker == w.id && r.prefetched && r.started_ms.is_none());
+                if prefetched {
+                    held.push((queue_key(self.config.order, task, t), task, w.id));
+                }
             }
-            let mut runs: Vec<(i32, Reverse<u64>, TaskId)> = w
-                .assigned
-                .iter()
-                .filter_map(|&task| {
-                    let t = self.tasks.get(task)?;
-                    let unstarted = t.runs().any(|r| r.worker == w.id && r.started_ms.is_none());
-                    let k = queue_key(self.config.order, task, t);
-                    unstarted.then_some((k.priority, Reverse(k.order), task))
-                })
-                .collect();
-            runs.sort_unstable();
-            held.extend(runs.into_iter().take(backlog).map(|r| (r, w.id)));
         }
-        for ((priority, Reverse(order), task), worker) in held {
-            self.unstarted.insert(priority, order, task, worker);
+        for (key, task, worker) in held {
+            self.unstarted.insert(key.priority, key.order, task, worker);
         }
     }
 

@@ -37,6 +37,9 @@ pub struct Task {
     /// Handed to a worker at least once (the dispatch latency is observed at the first handout
     /// only). Sits in padding: costs no bytes.
     pub dispatched: bool,
+    /// The primary run was handed out beyond its worker's slots: until it starts, a task of
+    /// higher priority may displace it. Sits in padding too.
+    pub prefetched: bool,
     /// Attempts that ended in a non-zero exit or failed to start (for `retry_failed`).
     pub failed_runs: u32,
     pub submitted_ms: u64,
@@ -81,6 +84,8 @@ pub struct Run {
     pub attempt: Attempt,
     pub incarnation: Incarnation,
     pub started_ms: Option<u64>,
+    /// Handed out beyond the worker's slots (`Task::prefetched`).
+    pub prefetched: bool,
 }
 
 impl Run {
@@ -114,6 +119,7 @@ impl Task {
                 attempt: self.attempt,
                 incarnation: self.incarnation,
                 started_ms: self.started_ms,
+                prefetched: self.prefetched,
             }),
             _ => None,
         };
@@ -360,6 +366,7 @@ impl TaskTable {
             worker: None,
             cancel_requested: false,
             dispatched: false,
+            prefetched: false,
             failed_runs: 0,
             submitted_ms: now_ms,
             started_ms: None,
@@ -430,6 +437,7 @@ impl TaskTable {
                 worker: None,
                 cancel_requested: false,
                 dispatched: false,
+                prefetched: false,
                 failed_runs: 0,
                 submitted_ms: 0,
                 started_ms: None,
@@ -505,6 +513,7 @@ impl TaskTable {
         task.incarnation = incarnation;
         task.started_ms = None;
         task.dispatched = true;
+        task.prefetched = false;
         if task.spec.replicas > 1 || task.copies.is_some() {
             let c = task.copies.get_or_insert_with(Box::default);
             c.started = 1;
@@ -527,6 +536,7 @@ impl TaskTable {
             attempt,
             incarnation,
             started_ms: None,
+            prefetched: false,
         });
         attempt
     }
@@ -542,6 +552,18 @@ impl TaskTable {
             })
         });
         !std::mem::replace(&mut c.speculated, true)
+    }
+
+    /// `worker`'s run of `id` was handed out beyond its slots.
+    pub fn mark_prefetched(&mut self, id: TaskId, worker: WorkerId) {
+        let task = self.get_mut(id);
+        if task.worker == Some(worker) {
+            task.prefetched = true;
+        } else if let Some(c) = &mut task.copies {
+            if let Some(r) = c.extra.iter_mut().find(|r| r.worker == worker) {
+                r.prefetched = true;
+            }
+        }
     }
 
     pub fn mark_started(&mut self, id: TaskId, worker: WorkerId, now_ms: u64) {
@@ -576,6 +598,7 @@ impl TaskTable {
                 task.attempt = next.attempt;
                 task.incarnation = next.incarnation;
                 task.started_ms = next.started_ms;
+                task.prefetched = next.prefetched;
             }
         }
     }
@@ -597,12 +620,14 @@ impl TaskTable {
                         attempt: task.attempt,
                         incarnation: task.incarnation,
                         started_ms: task.started_ms,
+                        prefetched: task.prefetched,
                     });
                 }
                 task.worker = Some(winner.worker);
                 task.attempt = winner.attempt;
                 task.incarnation = winner.incarnation;
                 task.started_ms = winner.started_ms;
+                task.prefetched = winner.prefetched;
             }
         }
         others
@@ -698,6 +723,7 @@ impl TaskTable {
             attempt,
             incarnation: r.incarnation,
             started_ms: Some(now_ms),
+            prefetched: false,
         });
     }
 
@@ -786,6 +812,12 @@ impl TaskTable {
 mod tests {
     use super::*;
     use protocol::TaskKind;
+
+    #[test]
+    fn a_task_costs_88_bytes() {
+        // W4 (queued) and W8 (finished) count every byte of it: flags go in its padding.
+        assert_eq!(std::mem::size_of::<Task>(), 88);
+    }
 
     #[test]
     fn counts_follow_transitions() {

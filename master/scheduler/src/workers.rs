@@ -204,9 +204,6 @@ pub struct WorkerTable {
     unsettled: Vec<WorkerId>,
 }
 
-/// What `unsettled` may keep of a burst's room once settled.
-const UNSETTLED_KEPT: usize = 4096;
-
 impl WorkerTable {
     /// Registers a worker that passed its handshake, reusing the id of a previous one with the
     /// same name.
@@ -531,10 +528,9 @@ impl WorkerTable {
                 }
             }
         }
-        if unsettled.capacity() <= UNSETTLED_KEPT {
-            unsettled.clear();
-            self.unsettled = unsettled;
-        }
+        // At most one entry per worker ever: its room is kept.
+        unsettled.clear();
+        self.unsettled = unsettled;
     }
 
     /// The worker rebalancing asks to give tasks back, with its backlog: of the live, ready
@@ -788,7 +784,10 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Register { name: u8, slots: u8 },
+        Register {
+            name: u8,
+            slots: u8,
+        },
         Ready(u8),
         Lose(u8),
         Assign(u8, u8),
@@ -798,6 +797,8 @@ mod tests {
         TakeAssigned(u8),
         AskRetract(u8),
         AnswerRetract(u8),
+        /// Rebalancing reads the index, which settles it.
+        Read,
     }
 
     fn op() -> impl proptest::strategy::Strategy<Value = Op> {
@@ -813,6 +814,7 @@ mod tests {
             any::<u8>().prop_map(Op::TakeAssigned),
             any::<u8>().prop_map(Op::AskRetract),
             any::<u8>().prop_map(Op::AnswerRetract),
+            Just(Op::Read),
         ]
     }
 
@@ -844,6 +846,17 @@ mod tests {
                     Op::TakeAssigned(k) => drop(t.take_assigned(w(k))),
                     Op::AskRetract(k) => t.ask_retract(w(k), vec![r(1)]),
                     Op::AnswerRetract(k) => drop(t.answer_retract(w(k))),
+                    Op::Read => {
+                        let scanned: Vec<WorkerId> = t
+                            .workers
+                            .iter()
+                            .filter(|w| Standing::of(w) == Standing::Idle)
+                            .map(|w| w.id)
+                            .collect();
+                        proptest::prop_assert_eq!(t.idle().map(|w| w.id).collect::<Vec<_>>(), scanned);
+                        proptest::prop_assert_eq!(t.donor(), t.scanned_donor());
+                        proptest::prop_assert!(t.unsettled.is_empty());
+                    }
                 }
                 t.sanity_check();
             }

@@ -241,6 +241,72 @@ fn held_runs_found_when_priorities_first_differ_are_the_latest_handed_out() {
 }
 
 #[test]
+fn held_runs_found_when_priorities_first_differ_are_the_ones_handed_out_beyond_the_slots() {
+    // Found by review: taking a worker's latest runs in queue order as its held ones picks a
+    // re-queued task's run wrongly. `first` runs on b; `second` takes a's free slot; b is lost,
+    // so `first` (earlier in queue order) comes to a beyond its slot.
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (b, _, _) = h.worker("b", 1);
+    let c = h.client();
+    let (first, out) = h.submit(c, vec![sleep_spec(0)], 1);
+    assert_eq!(assignments(&out), vec![(b, first[0], 1)]);
+    let (a, _, _) = h.worker_with("a", 1, 1);
+    let (second, out) = h.submit(c, vec![sleep_spec(0)], 1);
+    assert_eq!(assignments(&out), vec![(a, second[0], 1)], "a's free slot");
+    h.core.handle_disconnect(h.now, b, "gone");
+    assert_eq!(
+        assignments(&h.drain()),
+        vec![(a, first[0], 2)],
+        "held beyond the slot"
+    );
+    let (high, out) = h.submit(c, vec![sleep_spec(5)], 1);
+    assert_eq!(assignments(&out), vec![(a, high[0], 1)]);
+    assert_eq!(
+        retracts(&out),
+        vec![(a, first[0], 2)],
+        "not the run in the slot"
+    );
+}
+
+#[test]
+fn held_runs_found_when_priorities_first_differ_follow_largest_first_handouts() {
+    // Under largest-first a later, larger task sorts first: the one held is still the one
+    // handed out beyond the slot.
+    let mut h = Harness::with(CoreConfig {
+        policy: PolicyKind::LeastLoaded,
+        order: QueueOrder::LargestFirst,
+        ..CoreConfig::default()
+    });
+    let (a, _, _) = h.worker_with("a", 1, 1);
+    let c = h.client();
+    let (small, _) = h.submit(
+        c,
+        vec![TaskSpec {
+            size: 1.0,
+            ..sleep_spec(0)
+        }],
+        1,
+    );
+    let (large, out) = h.submit(
+        c,
+        vec![TaskSpec {
+            size: 100.0,
+            ..sleep_spec(0)
+        }],
+        1,
+    );
+    assert_eq!(assignments(&out), vec![(a, large[0], 1)]);
+    let (high, out) = h.submit(c, vec![sleep_spec(5)], 1);
+    assert_eq!(assignments(&out), vec![(a, high[0], 1)]);
+    assert_eq!(
+        retracts(&out),
+        vec![(a, large[0], 1)],
+        "{:?} is in the slot",
+        small[0]
+    );
+}
+
+#[test]
 fn displacement_takes_a_held_task_never_the_one_handed_to_a_free_slot() {
     let mut h = Harness::new(PolicyKind::LeastLoaded);
     let (a, _, _) = h.worker_with("a", 1, 1);
