@@ -3,7 +3,8 @@
 //! - `latency`: sequential submit → result round trips of one zero-length task from one in-process
 //!   client (`protocol::Connection`), recorded in an HDR histogram (workload W3).
 //! - `workers`: many simulated workers (10,000 and more) held by one or a few threads (mio), each
-//!   answering `Assign` with an immediate `Finished` and heartbeating like a real worker (workload
+//!   answering `Assign` with an immediate `Started` and `Finished` (one write, as a real worker
+//!   reports a round of short tasks) and heartbeating like a real worker (workload
 //!   W5). Each says hello through the client library (`protocol::connection::handshake`), then
 //!   goes non-blocking; a thread keeps the ones it has connected beating while it connects the
 //!   rest. It raises its own open-file limit, and with `--master-pid` reports the master's RSS
@@ -21,7 +22,7 @@ use protocol::connection;
 use protocol::duration::parse_duration;
 use protocol::{
     encode_frame, Completion, Connection, FrameDecoder, FromMaster, LoadReport, Role, TaskKind,
-    TaskOutcome, TaskSpec, ToMaster, WorkerInfo,
+    TaskOutcome, TaskRef, TaskSpec, ToMaster, WorkerInfo,
 };
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -425,6 +426,9 @@ struct SimConn {
     out: Vec<u8>,
     out_pos: usize,
     writable_interest: bool,
+    /// Runs started this loop turn, sent as one `Started` frame before `finished`: a real worker
+    /// reports each start, and the master's handling of it is part of what W2 measures.
+    started: Vec<TaskRef>,
     /// Completions of this loop turn, sent as one `Finished` frame (as the real worker batches).
     finished: Vec<Completion>,
     /// `Retract`s of this loop turn, each answered after `finished`.
@@ -516,6 +520,7 @@ impl SimThread {
                 out: Vec::with_capacity(256),
                 out_pos: 0,
                 writable_interest: false,
+                started: Vec::new(),
                 finished: Vec::new(),
                 retracts: 0,
                 alive: true,
@@ -622,6 +627,7 @@ impl SimThread {
                 Ok(Some(FromMaster::Assign(list))) => {
                     totals.assign_frames.fetch_add(1, Ordering::Relaxed);
                     tasks += list.len() as u64;
+                    c.started.extend(list.iter().map(|a| a.task_ref()));
                     c.finished.extend(list.iter().map(|a| {
                         let outcome = TaskOutcome::Exited {
                             code: 0,
@@ -674,13 +680,18 @@ impl SimThread {
         Ok(())
     }
 
-    /// One `Finished` frame per connection with completions, then one write per connection.
+    /// One `Started` and one `Finished` frame per connection with completions, then one write per
+    /// connection.
     fn flush(&mut self, totals: &Totals) -> anyhow::Result<()> {
         for key in std::mem::take(&mut self.dirty) {
             let c = &mut self.conns[key];
             c.dirty = false;
             if !c.alive {
                 continue;
+            }
+            if !c.started.is_empty() {
+                let started = std::mem::take(&mut c.started);
+                encode_frame(&ToMaster::Started(started), &mut c.out)?;
             }
             if !c.finished.is_empty() {
                 let done = std::mem::take(&mut c.finished);
