@@ -29,6 +29,7 @@ mod handed;
 mod holds;
 mod id_hash;
 mod jobs;
+mod load_heap;
 mod log_limit;
 mod logs;
 pub mod metrics;

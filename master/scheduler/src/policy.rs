@@ -1,6 +1,7 @@
 //! Where the next task goes, and which queued task goes next. Every policy keeps only workers with a
-//! free slot in its candidate structure, so a pick is O(log W) or O(1) and an update (assign,
-//! finish, load report) is O(log W): no scan over all workers per task.
+//! free slot in its candidate structure, so a pick is O(1) (least-loaded and weighted: the root of
+//! a [`LoadHeap`]) or O(log W), and an update (assign, finish, load report) is O(log W): no scan
+//! over all workers per task.
 //!
 //! Placement policies (`--policy`):
 //!
@@ -30,6 +31,7 @@
 //!   long tasks early keeps them from forming the tail of a batch).
 
 use crate::id_hash::IdHashMap;
+use crate::load_heap::{LoadHeap, LoadKey};
 use protocol::WorkerId;
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
@@ -175,10 +177,6 @@ impl Capacity {
     }
 }
 
-/// Sort key, best first: a score in millionths (floats do not order totally), a tie-breaker where
-/// larger is better (free slots for least-loaded, slots for weighted), then the id.
-type LoadKey = (u64, Reverse<u32>, WorkerId);
-
 fn millionths(x: f64) -> u64 {
     (x * 1e6).round() as u64
 }
@@ -213,10 +211,11 @@ impl SplitMix64 {
 #[derive(Debug)]
 pub struct Placement {
     kind: PolicyKind,
-    /// Workers with a free slot, best first (least-loaded, weighted).
-    ordered: BTreeSet<LoadKey>,
-    /// Each eligible worker's current key: to remove it from `ordered` on update, and for
-    /// power-of-two to compare its two draws. Only looked up, never iterated.
+    /// Workers with a free slot, best at the root (least-loaded, weighted). Keys: a score in
+    /// millionths (floats do not order totally), a tie-breaker where larger is better (free
+    /// slots for least-loaded, slots for weighted), then the id.
+    ordered: LoadHeap,
+    /// Each candidate's key, for power-of-two to compare its two draws. Only looked up.
     keys: IdHashMap<WorkerId, LoadKey>,
     /// Workers with a free slot in join order (round-robin).
     by_id: BTreeSet<WorkerId>,
@@ -240,7 +239,7 @@ impl Placement {
     pub fn new(kind: PolicyKind, seed: u64) -> Self {
         Placement {
             kind,
-            ordered: BTreeSet::new(),
+            ordered: LoadHeap::default(),
             keys: IdHashMap::default(),
             by_id: BTreeSet::new(),
             last_pick: None,
@@ -256,36 +255,29 @@ impl Placement {
 
     /// Records a worker's new capacity; a worker without a free slot leaves the candidate set.
     pub fn update(&mut self, worker: WorkerId, cap: Capacity) {
-        // Held already as it would be (a heartbeat with the same load, as most are): nothing
-        // moves. Not for power-of-two, whose re-insertion reorders its pool and so its draws.
-        let unchanged = cap.free() > 0
-            && match self.kind {
-                PolicyKind::LeastLoaded | PolicyKind::Weighted => {
-                    self.keys.get(&worker) == Some(&self.key(worker, cap))
-                }
-                PolicyKind::RoundRobin => self.by_id.contains(&worker),
-                PolicyKind::PowerOfTwo => false,
-            };
-        if unchanged {
-            return;
-        }
-        self.remove(worker);
-        if cap.free() == 0 {
-            return;
-        }
-        let key = self.key(worker, cap);
+        let free = cap.free() > 0;
         match self.kind {
-            PolicyKind::LeastLoaded | PolicyKind::Weighted => {
-                self.ordered.insert(key);
-                self.keys.insert(worker, key);
+            // Moves from where it sits; a heartbeat with the same load, as most are, moves nothing.
+            PolicyKind::LeastLoaded | PolicyKind::Weighted if free => {
+                self.ordered.set(self.key(worker, cap));
             }
-            PolicyKind::PowerOfTwo => {
-                self.keys.insert(worker, key);
-                self.pool_index.insert(worker, self.pool.len());
-                self.pool.push(worker);
+            PolicyKind::LeastLoaded | PolicyKind::Weighted => {
+                self.ordered.remove(worker);
+            }
+            PolicyKind::RoundRobin if free => {
+                self.by_id.insert(worker);
             }
             PolicyKind::RoundRobin => {
-                self.by_id.insert(worker);
+                self.by_id.remove(&worker);
+            }
+            // Always out and in again: re-insertion reorders its pool and so its draws.
+            PolicyKind::PowerOfTwo => {
+                self.remove(worker);
+                if free {
+                    self.keys.insert(worker, self.key(worker, cap));
+                    self.pool_index.insert(worker, self.pool.len());
+                    self.pool.push(worker);
+                }
             }
         }
     }
@@ -304,15 +296,19 @@ impl Placement {
         let cap = cap.filter(|c| c.free() > 0);
         match self.kind {
             PolicyKind::RoundRobin => self.by_id.contains(&worker) == cap.is_some(),
-            _ => self.keys.get(&worker).copied() == cap.map(|c| self.key(worker, c)),
+            PolicyKind::LeastLoaded | PolicyKind::Weighted => {
+                self.ordered.get(worker).copied() == cap.map(|c| self.key(worker, c))
+            }
+            PolicyKind::PowerOfTwo => {
+                self.keys.get(&worker).copied() == cap.map(|c| self.key(worker, c))
+            }
         }
     }
 
     /// Forgets a worker (dead, or full).
     pub fn remove(&mut self, worker: WorkerId) {
-        if let Some(key) = self.keys.remove(&worker) {
-            self.ordered.remove(&key);
-        }
+        self.ordered.remove(worker);
+        self.keys.remove(&worker);
         self.by_id.remove(&worker);
         if let Some(i) = self.pool_index.remove(&worker) {
             self.pool.swap_remove(i);
@@ -335,7 +331,7 @@ impl Placement {
     pub fn pick_excluding(&mut self, excluded: impl Fn(WorkerId) -> bool) -> Option<Pick> {
         let worker = match self.kind {
             PolicyKind::LeastLoaded | PolicyKind::Weighted => {
-                self.ordered.iter().map(|k| k.2).find(|&w| !excluded(w))?
+                self.ordered.first_excluding(&excluded)?.2
             }
             PolicyKind::RoundRobin => {
                 use std::ops::Bound::{Excluded, Included, Unbounded};
@@ -356,7 +352,10 @@ impl Placement {
         };
         let score = match self.kind {
             PolicyKind::RoundRobin => 0,
-            _ => self.keys.get(&worker).map_or(0, |k| k.0),
+            PolicyKind::LeastLoaded | PolicyKind::Weighted => {
+                self.ordered.get(worker).map_or(0, |k| k.0)
+            }
+            PolicyKind::PowerOfTwo => self.keys.get(&worker).map_or(0, |k| k.0),
         };
         Some(Pick {
             worker,
