@@ -164,6 +164,8 @@ impl Task {
         }
         self.attempt = r.attempt;
         self.incarnation = r.incarnation;
+        // Not placed by us: whether it was held beyond the slots is unknown, and it has started.
+        self.prefetched = false;
         self.count_first_copy();
     }
 
@@ -641,6 +643,7 @@ impl TaskTable {
         let task = self.get_mut(id);
         task.worker = None;
         task.started_ms = None;
+        task.prefetched = false;
         if let Some(c) = &mut task.copies {
             c.started = 0;
         }
@@ -666,6 +669,7 @@ impl TaskTable {
         task.attempt = task.next_attempt();
         task.worker = None;
         task.started_ms = None;
+        task.prefetched = false;
         if let Some(c) = &mut task.copies {
             **c = Copies {
                 issued: task.attempt,
