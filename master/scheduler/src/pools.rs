@@ -139,6 +139,12 @@ impl Pools {
         self.pool(group).is_some_and(|p| p.queue.contains(id))
     }
 
+    /// Whether any worker has room for a task (every worker is a candidate of the shared pool
+    /// while it has room, whatever its group).
+    pub fn any_room(&self) -> bool {
+        self.shared.placement.has_candidates()
+    }
+
     /// A worker's new capacity, in the shared pool and in its group's.
     pub fn update(&mut self, worker: WorkerId, group: Option<&str>, cap: Capacity) {
         self.shared.placement.update(worker, cap);

@@ -2,8 +2,8 @@
 //! its slots, not yet started, so it never waits a round trip for its next task. Two things keep
 //! that from costing balance or priority:
 //!
-//! - **Retract**: when a worker has a free slot and nothing is queued, the master asks the most
-//!   loaded worker to give back unstarted tasks (`Retract`). The worker answers with what it really
+//! - **Retract**: when a worker has a free slot (and nothing queued fits it), the master asks the
+//!   most loaded worker holding tasks it may run to give back unstarted ones (`Retract`). The worker answers with what it really
 //!   returned (`Retracted`); the rest had started. Returned tasks are queued again, keep their
 //!   attempt (they never ran), and are not placed back on the worker they came from.
 //! - **Displace**: when a task waits because every worker is full, and a worker holds an unstarted
@@ -16,6 +16,10 @@ use log::{debug, info};
 use protocol::{FromMaster, TaskId, TaskRef, TaskState, WorkerId};
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
+
+/// Donors looked at in one rebalancing, most loaded first, for one holding tasks an idle worker
+/// may run: bounded, as with groups none may fit and there may be thousands.
+const DONORS_TRIED: usize = 16;
 
 /// Runs handed to workers beyond their slots (prefetched) and not yet reported started, the ones a
 /// worker would start last first: lowest priority, then latest in queue order. Entries are
@@ -192,17 +196,21 @@ impl Core {
         Some((r, worker))
     }
 
-    /// When a worker has a free slot and nothing is queued, asks the most loaded worker for
-    /// unstarted tasks the idle ones may run.
+    /// When a worker has a free slot, asks the most loaded worker holding unstarted tasks it
+    /// may run to give them back. Runs after placement, so a task still queued is one no worker
+    /// with room may take (its group has none): it does not stop idle workers from being helped.
     pub(super) fn rebalance(&mut self) {
-        if self.workers.prefetching() == 0 || self.pools.len() > 0 {
+        // No room anywhere means no idle worker: checked before the index is settled, so a busy
+        // batch (every worker full, tasks queued) pays nothing here.
+        if self.workers.prefetching() == 0 || !self.pools.any_room() {
             return;
         }
         // From the table's index: nothing here is O(workers) unless there is a donor, and a
         // donor asked leaves the index until it answers.
-        let Some((backlog, donor)) = self.workers.donor() else {
+        let donors = self.workers.donors(DONORS_TRIED);
+        if donors.is_empty() {
             return;
-        };
+        }
         let idle: Vec<(WorkerId, u32, Option<String>)> = self
             .workers
             .idle()
@@ -214,52 +222,68 @@ impl Core {
         if idle.is_empty() {
             return;
         }
-        // Unstarted tasks the idle workers may run, the ones the donor would start last first.
-        let mut candidates: Vec<(i32, Reverse<u64>, TaskRef)> = Vec::new();
-        if let Some(w) = self.workers.get(donor) {
-            for &task in &w.assigned {
-                let Some(t) = self.tasks.get(task) else {
-                    continue;
-                };
-                let runnable = idle.iter().any(|(i, _, g)| {
-                    (t.spec.group.is_none() || t.spec.group == *g) && !t.runs_on(*i)
-                });
-                if !runnable || t.state != TaskState::Running {
-                    continue;
-                }
-                if let Some(r) = self.is_unstarted(task, donor) {
-                    let k = queue_key(self.config.order, task, t);
-                    candidates.push((k.priority, Reverse(k.order), r));
-                }
+        // The first donor, most loaded first, with tasks the idle workers may run: the top one
+        // may hold only tasks of a group none of them serves.
+        for (backlog, donor) in donors {
+            let candidates = self.retractable(donor, &idle);
+            if candidates.is_empty() {
+                continue;
             }
-        }
-        if candidates.is_empty() {
+            let free: u32 = idle.iter().map(|i| i.1).sum();
+            let take = backlog.min(free as usize);
+            let refs: Vec<TaskRef> = candidates.into_iter().take(take).collect();
+            // A few names: there may be thousands of idle workers.
+            const NAMED: usize = 5;
+            let mut names: Vec<String> = idle
+                .iter()
+                .take(NAMED)
+                .filter_map(|i| self.workers.name(i.0).map(str::to_string))
+                .collect();
+            if idle.len() > NAMED {
+                names.push(format!("and {} more", idle.len() - NAMED));
+            }
+            let (donor_name, busy, slots) = self.workers.get(donor).map_or(("?", 0, 0), |w| {
+                (w.info.name.as_str(), w.busy(), w.info.slots)
+            });
+            info!(
+                "rebalancing: {} idle; asking {donor_name} ({busy} tasks on {slots} slots) to \
+                 return {} unstarted tasks",
+                names.join(", "),
+                refs.len()
+            );
+            self.send_retract(donor, refs);
             return;
         }
-        candidates.sort_unstable_by_key(|c| (c.0, c.1, c.2.task));
-        let free: u32 = idle.iter().map(|i| i.1).sum();
-        let take = backlog.min(free as usize);
-        let refs: Vec<TaskRef> = candidates.into_iter().take(take).map(|c| c.2).collect();
-        // A few names: there may be thousands of idle workers.
-        const NAMED: usize = 5;
-        let mut names: Vec<String> = idle
-            .iter()
-            .take(NAMED)
-            .filter_map(|i| self.workers.name(i.0).map(str::to_string))
-            .collect();
-        if idle.len() > NAMED {
-            names.push(format!("and {} more", idle.len() - NAMED));
+    }
+
+    /// `donor`'s unstarted runs that one of the `idle` workers may run, the ones it would start
+    /// last first.
+    fn retractable(
+        &self,
+        donor: WorkerId,
+        idle: &[(WorkerId, u32, Option<String>)],
+    ) -> Vec<TaskRef> {
+        let mut candidates: Vec<(i32, Reverse<u64>, TaskRef)> = Vec::new();
+        let Some(w) = self.workers.get(donor) else {
+            return Vec::new();
+        };
+        for &task in &w.assigned {
+            let Some(t) = self.tasks.get(task) else {
+                continue;
+            };
+            let runnable = idle
+                .iter()
+                .any(|(i, _, g)| (t.spec.group.is_none() || t.spec.group == *g) && !t.runs_on(*i));
+            if !runnable || t.state != TaskState::Running {
+                continue;
+            }
+            if let Some(r) = self.is_unstarted(task, donor) {
+                let k = queue_key(self.config.order, task, t);
+                candidates.push((k.priority, Reverse(k.order), r));
+            }
         }
-        let (donor_name, busy, slots) = self.workers.get(donor).map_or(("?", 0, 0), |w| {
-            (w.info.name.as_str(), w.busy(), w.info.slots)
-        });
-        info!(
-            "rebalancing: {} idle, nothing queued; asking {donor_name} ({busy} tasks on {slots} \
-             slots) to return {} unstarted tasks",
-            names.join(", "),
-            refs.len()
-        );
-        self.send_retract(donor, refs);
+        candidates.sort_unstable_by_key(|c| (c.0, c.1, c.2.task));
+        candidates.into_iter().map(|c| c.2).collect()
     }
 
     fn send_retract(&mut self, worker: WorkerId, refs: Vec<TaskRef>) {

@@ -124,12 +124,12 @@ impl Harness {
         slots: u32,
         prefetch: u32,
     ) -> (ConnId, WorkerId, Vec<Output>) {
-        self.join_worker(name, slots, prefetch, false, None)
+        self.join_worker(name, slots, prefetch, false, None, None)
     }
 
     /// A worker started without `--prefetch`: one task beyond its slots, while its runs are short.
     fn adaptive_worker(&mut self, name: &str, slots: u32) -> (ConnId, WorkerId, Vec<Output>) {
-        self.join_worker(name, slots, 1, true, None)
+        self.join_worker(name, slots, 1, true, None, None)
     }
 
     /// A worker that runs in a batch-system allocation (`None`: none).
@@ -140,7 +140,18 @@ impl Harness {
         prefetch: u32,
         allocation: Option<Box<AllocationInfo>>,
     ) -> (ConnId, WorkerId, Vec<Output>) {
-        self.join_worker(name, slots, prefetch, false, allocation)
+        self.join_worker(name, slots, prefetch, false, allocation, None)
+    }
+
+    /// A worker of `group` (`worker --group`) that prefetches up to `prefetch`.
+    fn grouped_worker(
+        &mut self,
+        name: &str,
+        slots: u32,
+        prefetch: u32,
+        group: &str,
+    ) -> (ConnId, WorkerId, Vec<Output>) {
+        self.join_worker(name, slots, prefetch, false, None, Some(group))
     }
 
     fn join_worker(
@@ -150,6 +161,7 @@ impl Harness {
         prefetch: u32,
         prefetch_adaptive: bool,
         allocation: Option<Box<AllocationInfo>>,
+        group: Option<&str>,
     ) -> (ConnId, WorkerId, Vec<Output>) {
         let conn = self.connect();
         self.core.handle_message(
@@ -164,7 +176,7 @@ impl Harness {
                     cpus: 2,
                     slots,
                     pid: 1,
-                    group: None,
+                    group: group.map(String::from),
                     prefetch,
                     prefetch_adaptive,
                     heartbeat_interval_ms: 0,

@@ -536,11 +536,23 @@ impl WorkerTable {
     /// The worker rebalancing asks to give tasks back, with its backlog: of the live, ready
     /// workers holding more tasks than slots and no retract outstanding, the one with the most
     /// beyond its slots, the lowest id among equals.
+    #[cfg(test)]
     pub fn donor(&mut self) -> Option<(usize, WorkerId)> {
         self.settle();
         self.indexed_donor()
     }
 
+    /// Up to `n` donors with their backlogs, in the order `donor` ranks them.
+    pub fn donors(&mut self, n: usize) -> Vec<(usize, WorkerId)> {
+        self.settle();
+        self.donors
+            .iter()
+            .take(n)
+            .map(|&(Reverse(backlog), id)| (backlog, id))
+            .collect()
+    }
+
+    #[cfg(test)]
     fn indexed_donor(&self) -> Option<(usize, WorkerId)> {
         self.donors
             .first()

@@ -185,6 +185,49 @@ fn an_idle_worker_gets_tasks_retracted_from_a_prefetching_one() {
 }
 
 #[test]
+fn a_task_no_worker_may_take_does_not_stop_rebalancing() {
+    // Found by an adversarial run: rebalancing waited for an empty queue, so one task for a
+    // group no live worker serves kept an idle worker idle beside a loaded one.
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker_with("a", 1, 2);
+    let c = h.client();
+    let (ids, out) = h.submit(c, vec![sleep_spec(0)], 3);
+    assert_eq!(assignments(&out).len(), 3);
+    started(&mut h, a, ids[0], 1);
+    let nowhere = TaskSpec {
+        group: Some("nobody".into()),
+        ..sleep_spec(0)
+    };
+    let (stuck, out) = h.submit(c, vec![nowhere], 1);
+    assert!(assignments(&out).is_empty());
+    let (_, _, out) = h.worker("b", 1);
+    assert_eq!(retracts(&out), vec![(a, ids[2], 1)]);
+    assert_eq!(h.state(stuck[0]), TaskState::Queued);
+}
+
+#[test]
+fn rebalancing_asks_the_next_donor_when_the_idle_ones_may_not_run_the_first_ones_tasks() {
+    // Found by an adversarial run: only the most loaded worker was ever asked, and g's tasks
+    // are for its group alone.
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (g, _, _) = h.grouped_worker("g", 1, 3, "G");
+    let c = h.client();
+    let grouped = TaskSpec {
+        group: Some("G".into()),
+        ..sleep_spec(0)
+    };
+    let (gs, out) = h.submit(c, vec![grouped], 4);
+    assert_eq!(assignments(&out).len(), 4, "g: one slot and three held");
+    started(&mut h, g, gs[0], 1);
+    let (a, _, _) = h.worker_with("a", 1, 2);
+    let (ids, out) = h.submit(c, vec![sleep_spec(0)], 3);
+    assert_eq!(assignments(&out).len(), 3, "a: one slot and two held");
+    started(&mut h, a, ids[0], 1);
+    let (_, _, out) = h.worker("b", 1);
+    assert_eq!(retracts(&out), vec![(a, ids[2], 1)]);
+}
+
+#[test]
 fn a_retracted_task_does_not_go_back_where_it_came_from() {
     let mut h = Harness::new(PolicyKind::RoundRobin);
     let (a, _, _) = h.worker_with("a", 1, 2);
