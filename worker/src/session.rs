@@ -914,7 +914,7 @@ impl Session {
             let Some(a) = self.pending.pop() else {
                 break;
             };
-            self.task_log.started(now, &a);
+            self.task_log.standing_by(now, &a);
             self.executor.stand_by(now, &a, &mut self.finished);
         }
         let before = self.started.len();

@@ -1,6 +1,6 @@
-//! One line per task for the person watching the worker's terminal (started, and how it ended),
-//! at most `PER_SECOND` a second at info: beyond that they go to debug, and one info line says
-//! how many, as the master's log does. A worker running thousands of tiny tasks a second must not
+//! One line per task for the person watching the worker's terminal (started or on standby, and how
+//! it ended), at most `PER_SECOND` a second at info: beyond that they go to debug, and one info
+//! line says how many, as the master's log does. A worker running thousands of tiny tasks a second must not
 //! spend its loop writing a terminal.
 
 use log::{info, log, log_enabled, Level};
@@ -43,6 +43,21 @@ impl TaskLog {
             log!(
                 level,
                 "task {} (attempt {}) started: {kind}",
+                a.task,
+                a.attempt
+            );
+        }
+    }
+
+    /// Every slot is busy: the command waits on the IO thread, which starts it the moment a slot
+    /// frees, with no line of its own then. Found by an adversarial run: this said "started",
+    /// so two tasks showed as started on one slot, and a retract could give back a "started" one.
+    pub fn standing_by(&mut self, now: Instant, a: &Assignment) {
+        if let Some(level) = self.admit(now) {
+            let kind = describe(&a.spec.kind);
+            log!(
+                level,
+                "task {} (attempt {}) on standby, starts when a slot frees: {kind}",
                 a.task,
                 a.attempt
             );

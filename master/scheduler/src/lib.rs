@@ -1466,6 +1466,10 @@ impl Core {
             self.dequeue(c.task);
             self.holds.unhold(c.task);
             self.tasks.credit(worker, r);
+            // When it started is unknown here (given up, or an earlier incarnation's); its own
+            // run time says, so `results` still shows how long it ran.
+            self.tasks
+                .mark_started_if_unknown(c.task, now_ms.saturating_sub(c.run_ms));
             info!(
                 "task {} attempt {} finished on {} while waiting to run again: result kept",
                 c.task,

@@ -134,6 +134,12 @@ fn only_the_worker_a_run_was_handed_to_may_report_it_late() {
     assert_eq!(t.state, TaskState::Succeeded);
     assert_eq!(t.worker.as_deref(), Some("a"));
     assert_eq!(t.stdout, "out-0");
+    // Found by an adversarial run: a credited result had no start, so `results` showed no time.
+    assert_eq!(
+        (t.started_ms, t.finished_ms),
+        (Some(h.now - 3), Some(h.now)),
+        "started its run time (3 ms) before it finished"
+    );
 }
 
 /// After a restart nobody knows who ran an earlier incarnation's attempts; a report of one is
