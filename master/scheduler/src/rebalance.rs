@@ -20,6 +20,10 @@ use std::collections::BTreeSet;
 /// Donors looked at in one rebalancing, most loaded first, for one holding tasks an idle worker
 /// may run: bounded, as with groups none may fit and there may be thousands.
 const DONORS_TRIED: usize = 16;
+/// Idle workers looked at in one rebalancing (the first in id order): room for what a donor
+/// gives back, while a turn's cost stays bounded when thousands are idle beside donors whose
+/// tasks none of them may run (which may recur at every turn).
+const IDLE_CONSIDERED: usize = 256;
 
 /// Runs handed to workers beyond their slots (prefetched) and not yet reported started, the ones a
 /// worker would start last first: lowest priority, then latest in queue order. Entries are
@@ -211,9 +215,11 @@ impl Core {
         if donors.is_empty() {
             return;
         }
+        let idle_total = self.workers.idle_count();
         let idle: Vec<(WorkerId, u32, Option<String>)> = self
             .workers
             .idle()
+            .take(IDLE_CONSIDERED)
             .map(|w| {
                 let free = (w.info.slots as usize).saturating_sub(w.busy()) as u32;
                 (w.id, free, w.info.group.clone())
@@ -239,8 +245,8 @@ impl Core {
                 .take(NAMED)
                 .filter_map(|i| self.workers.name(i.0).map(str::to_string))
                 .collect();
-            if idle.len() > NAMED {
-                names.push(format!("and {} more", idle.len() - NAMED));
+            if idle_total > NAMED {
+                names.push(format!("and {} more", idle_total - NAMED));
             }
             let (donor_name, busy, slots) = self.workers.get(donor).map_or(("?", 0, 0), |w| {
                 (w.info.name.as_str(), w.busy(), w.info.slots)

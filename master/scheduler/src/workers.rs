@@ -559,6 +559,12 @@ impl WorkerTable {
             .map(|&(Reverse(backlog), id)| (backlog, id))
     }
 
+    /// How many workers `idle` yields.
+    pub fn idle_count(&mut self) -> usize {
+        self.settle();
+        self.idle.len()
+    }
+
     /// Live, ready workers with a free slot, in id order.
     pub fn idle(&mut self) -> impl Iterator<Item = &Worker> {
         self.settle();
