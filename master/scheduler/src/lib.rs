@@ -1504,6 +1504,23 @@ impl Core {
                 self.workers.name(worker).unwrap_or("?")
             );
             return None;
+        } else if self.tasks.get(c.task).is_some_and(Task::wants_copy) {
+            // No other copy runs, but the round still owes one (not placed yet: too few free
+            // workers): it runs before the task is judged, as it would have beside this one.
+            // Found by an adversarial run: a `--replicas 2` task failed with one copy run.
+            self.tasks.await_copy(c.task);
+            self.dequeue(c.task);
+            self.enqueue(c.task);
+            self.avoid.insert(c.task, worker);
+            self.events.queued(now_ms, c.task.0);
+            info!(
+                "copy of task {} (attempt {}) ended on {} without success; the copy still owed \
+                 runs next",
+                c.task,
+                c.attempt,
+                self.workers.name(worker).unwrap_or("?")
+            );
+            return None;
         }
         let failed_run = match &c.outcome {
             TaskOutcome::Failed { .. } => true,

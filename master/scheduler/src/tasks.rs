@@ -518,7 +518,9 @@ impl TaskTable {
         task.prefetched = false;
         if task.spec.replicas > 1 || task.copies.is_some() {
             let c = task.copies.get_or_insert_with(Box::default);
-            c.started = 1;
+            // 0 in a new round (`requeue`, `unassign`); more when a round waits for a copy it
+            // still owes (`await_copy`).
+            c.started += 1;
             c.issued = c.issued.max(task.attempt);
         }
     }
@@ -676,6 +678,19 @@ impl TaskTable {
                 ..Copies::default()
             };
         }
+    }
+
+    /// Running → Queued with the next attempt, in the same round: its only live run ended
+    /// without success while the round still owes a copy. The copies started so far still
+    /// count, so the round runs as many as it wants and no more.
+    pub fn await_copy(&mut self, id: TaskId) {
+        debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Running));
+        self.set_state(id, TaskState::Queued, None);
+        let task = self.get_mut(id);
+        task.attempt = task.next_attempt();
+        task.worker = None;
+        task.started_ms = None;
+        task.prefetched = false;
     }
 
     /// One more attempt for a task that never reached its worker's report (restart recovery).

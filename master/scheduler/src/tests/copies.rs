@@ -114,6 +114,38 @@ fn a_failed_copy_leaves_the_others_running_and_all_failing_fails() {
 }
 
 #[test]
+fn a_copy_still_owed_runs_when_the_only_running_one_fails() {
+    // Found by an adversarial run: with fewer free workers than replicas, the first copy's
+    // failure failed the task (copies 1) while its second copy waited to be placed.
+    let mut h = Harness::new(PolicyKind::LeastLoaded);
+    let (a, _, _) = h.worker("a", 1);
+    let c = h.client();
+    let (ids, out) = h.submit(c, vec![replicated(2)], 1);
+    assert_eq!(assignments(&out), vec![(a, ids[0], 1)]);
+    let out = h.finish(a, ids[0], 1, exited(3));
+    assert_eq!(
+        assignments(&out),
+        vec![(a, ids[0], 2)],
+        "the owed copy, on the only worker there is"
+    );
+    assert_eq!(h.state(ids[0]), TaskState::Running);
+    h.finish(a, ids[0], 2, exited(4));
+    let r = h.core.task(ids[0]).expect("task");
+    assert_eq!(
+        (r.state, r.exit_code, r.copies),
+        (TaskState::Failed, Some(4), 2),
+        "both failed: the last outcome, two copies and no third"
+    );
+    // And when the owed copy succeeds, the task does.
+    let (ids, _) = h.submit(c, vec![replicated(2)], 1);
+    h.finish(a, ids[0], 1, exited(3));
+    let out = h.finish(a, ids[0], 2, exited(0));
+    assert!(assignments(&out).is_empty(), "no third copy: {out:?}");
+    let r = h.core.task(ids[0]).expect("task");
+    assert_eq!((r.state, r.copies), (TaskState::Succeeded, 2));
+}
+
+#[test]
 fn a_copy_waits_for_a_distinct_worker_without_holding_up_others() {
     let mut h = Harness::new(PolicyKind::PowerOfTwo);
     let (a, _, _) = h.worker("a", 2);
