@@ -38,26 +38,22 @@ impl TaskLog {
     }
 
     pub fn started(&mut self, now: Instant, a: &Assignment) {
-        if let Some(level) = self.admit(now) {
-            let kind = describe(&a.spec.kind);
-            log!(
-                level,
-                "task {} (attempt {}) started: {kind}",
-                a.task,
-                a.attempt
-            );
-        }
+        self.assignment_line(now, a, "started");
     }
 
     /// Every slot is busy: the command waits on the IO thread, which starts it the moment a slot
     /// frees, with no line of its own then. Found by an adversarial run: this said "started",
     /// so two tasks showed as started on one slot, and a retract could give back a "started" one.
     pub fn standing_by(&mut self, now: Instant, a: &Assignment) {
+        self.assignment_line(now, a, "on standby, starts when a slot frees");
+    }
+
+    fn assignment_line(&mut self, now: Instant, a: &Assignment, what: &str) {
         if let Some(level) = self.admit(now) {
             let kind = describe(&a.spec.kind);
             log!(
                 level,
-                "task {} (attempt {}) on standby, starts when a slot frees: {kind}",
+                "task {} (attempt {}) {what}: {kind}",
                 a.task,
                 a.attempt
             );

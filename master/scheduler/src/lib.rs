@@ -1509,7 +1509,7 @@ impl Core {
             // workers): it runs before the task is judged, as it would have beside this one.
             // Found by an adversarial run: a `--replicas 2` task failed with one copy run.
             self.tasks.await_copy(c.task);
-            self.dequeue(c.task);
+            // Queued already for the owed copy, as a task that wants one is: a no-op then.
             self.enqueue(c.task);
             self.avoid.insert(c.task, worker);
             self.events.queued(now_ms, c.task.0);

@@ -3,9 +3,10 @@
 //! that from costing balance or priority:
 //!
 //! - **Retract**: when a worker has a free slot (and nothing queued fits it), the master asks the
-//!   most loaded worker holding tasks it may run to give back unstarted ones (`Retract`). The worker answers with what it really
-//!   returned (`Retracted`); the rest had started. Returned tasks are queued again, keep their
-//!   attempt (they never ran), and are not placed back on the worker they came from.
+//!   most loaded worker holding tasks it may run to give back unstarted ones (`Retract`). The
+//!   worker answers with what it really returned (`Retracted`); the rest had started. Returned
+//!   tasks are queued again, keep their attempt (they never ran), and are not placed back on the
+//!   worker they came from.
 //! - **Displace**: when a task waits because every worker is full, and a worker holds an unstarted
 //!   task of lower priority, the waiting task is sent to that worker (whose local queue starts
 //!   higher priorities first) and the lower one is retracted. So a prefetched task never starts
@@ -228,6 +229,7 @@ impl Core {
         if idle.is_empty() {
             return;
         }
+        let free: u32 = idle.iter().map(|i| i.1).sum();
         // The first donor, most loaded first, with tasks the idle workers may run: the top one
         // may hold only tasks of a group none of them serves.
         for (backlog, donor) in donors {
@@ -235,7 +237,6 @@ impl Core {
             if candidates.is_empty() {
                 continue;
             }
-            let free: u32 = idle.iter().map(|i| i.1).sum();
             let take = backlog.min(free as usize);
             let refs: Vec<TaskRef> = candidates.into_iter().take(take).collect();
             // A few names: there may be thousands of idle workers.

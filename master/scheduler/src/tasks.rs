@@ -665,13 +665,7 @@ impl TaskTable {
     /// Running → Queued with the next attempt, starting a new round of copies; the caller puts it
     /// back in the queue.
     pub fn requeue(&mut self, id: TaskId) {
-        debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Running));
-        self.set_state(id, TaskState::Queued, None);
-        let task = self.get_mut(id);
-        task.attempt = task.next_attempt();
-        task.worker = None;
-        task.started_ms = None;
-        task.prefetched = false;
+        let task = self.back_with_next_attempt(id);
         if let Some(c) = &mut task.copies {
             **c = Copies {
                 issued: task.attempt,
@@ -684,6 +678,11 @@ impl TaskTable {
     /// without success while the round still owes a copy. The copies started so far still
     /// count, so the round runs as many as it wants and no more.
     pub fn await_copy(&mut self, id: TaskId) {
+        self.back_with_next_attempt(id);
+    }
+
+    /// Running → Queued with the next attempt and no run: what `requeue` and `await_copy` share.
+    fn back_with_next_attempt(&mut self, id: TaskId) -> &mut Task {
         debug_assert_eq!(self.get(id).map(|t| t.state), Some(TaskState::Running));
         self.set_state(id, TaskState::Queued, None);
         let task = self.get_mut(id);
@@ -691,6 +690,7 @@ impl TaskTable {
         task.worker = None;
         task.started_ms = None;
         task.prefetched = false;
+        task
     }
 
     /// One more attempt for a task that never reached its worker's report (restart recovery).

@@ -198,7 +198,7 @@ pub struct WorkerTable {
     /// Workers whose standing is `Donor`: the largest backlog first, then the lowest id.
     donors: BTreeSet<(Reverse<usize>, WorkerId)>,
     /// Workers changed since the index was last settled, each once. The index is brought up to
-    /// date when rebalancing reads it (only while nothing is queued), not at every assign and
+    /// date when rebalancing reads it (only while some worker has room), not at every assign and
     /// finish: with 10,000 prefetching workers all of them are donors, and moving one in
     /// `donors` per task was an ordered-set remove and insert that W2's two workers never pay.
     unsettled: Vec<WorkerId>,
@@ -538,8 +538,7 @@ impl WorkerTable {
     /// beyond its slots, the lowest id among equals.
     #[cfg(test)]
     pub fn donor(&mut self) -> Option<(usize, WorkerId)> {
-        self.settle();
-        self.indexed_donor()
+        self.donors(1).pop()
     }
 
     /// Up to `n` donors with their backlogs, in the order `donor` ranks them.
